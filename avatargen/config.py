@@ -1,0 +1,420 @@
+"""Typed settings loaded from config.toml.
+
+The schema is the dataclasses below: a field's type says how a TOML value is checked and converted,
+and its metadata adds the unit (durations, paths) and the allowed range. One generic walker turns a
+TOML document into these objects, so every key gets the same clear errors: the file, the dotted key,
+the line, and what is wrong (with the closest valid name for a typo).
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import tomlkit
+
+from avatargen import wordlists
+from avatargen.durations import parse_duration
+
+PROVIDERS = ("paperspace", "always_on", "simulated")
+BUCKET_NAMES = ("unique", "fallback")
+
+
+class ConfigError(Exception):
+    """A configuration problem, worded for the owner: file, key, line and what is wrong."""
+
+    def __init__(self, message: str, *, key: str | None = None, file: Path | None = None,
+                 line: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.key = key
+        self.file = file
+        self.line = line
+
+    def __str__(self) -> str:
+        where = ""
+        if self.file is not None:
+            where = str(self.file) + (f":{self.line}" if self.line else "") + ": "
+        key = f"{self.key}: " if self.key else ""
+        return f"{where}{key}{self.message}"
+
+
+class Secret:
+    """A secret string that never shows itself in a repr, a log line or an error message."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret('********')" if self._value else "Secret('')"
+
+    __str__ = __repr__
+
+
+def _m(*, kind: str | None = None, low: float | None = None, high: float | None = None,
+       choices: tuple[str, ...] | None = None, nonempty: bool = False) -> dict[str, Any]:
+    return {"kind": kind, "low": low, "high": high, "choices": choices, "nonempty": nonempty}
+
+
+def _f(default: Any, **meta: Any) -> Any:
+    if isinstance(default, list | dict) or is_dataclass(default):
+        return field(default_factory=lambda: default, metadata=_m(**meta))
+    return field(default=default, metadata=_m(**meta))
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = _f(8080, low=0, high=65535)
+    trusted_proxies: tuple[str, ...] = _f(("127.0.0.1", "::1"), kind="network")
+    data_dir: Path = _f(Path("data"), kind="path")
+
+
+@dataclass(frozen=True)
+class ServingSettings:
+    unique_every: float = _f(600.0, kind="duration")
+    unique_burst: int = _f(6, low=0)
+    unique_per_visitor: float = _f(86400.0, kind="duration")
+    cache_max_age: float = _f(86400.0, kind="duration")
+    fallback_retire_every: float = _f(3600.0, kind="duration")
+
+
+@dataclass(frozen=True)
+class AdminSettings:
+    token: Secret = _f(Secret(""))
+    allow_from: tuple[str, ...] = _f(("127.0.0.1/32", "::1/128"), kind="network")
+
+
+@dataclass(frozen=True)
+class BucketSettings:
+    dir: Path = _f(Path("data/unique"), kind="path")
+    min: int = _f(1000, low=0)
+    max: int = _f(2000, low=0)
+
+    def check(self) -> None:
+        if self.min > self.max:
+            raise ConfigError(f"min ({self.min}) is greater than max ({self.max})", key="min")
+
+
+@dataclass(frozen=True)
+class BucketsSettings:
+    unique: BucketSettings = _f(BucketSettings(Path("data/unique"), 1000, 2000))
+    fallback: BucketSettings = _f(BucketSettings(Path("data/fallback"), 1000, 2500))
+
+    def items(self) -> list[tuple[str, BucketSettings]]:
+        return [("unique", self.unique), ("fallback", self.fallback)]
+
+    def check(self) -> None:
+        if self.unique.dir == self.fallback.dir:
+            raise ConfigError("the unique and fallback buckets must use different folders", key="fallback.dir")
+
+
+@dataclass(frozen=True)
+class GeneratorSettings:
+    check_every: float = _f(600.0, kind="duration")
+    concurrency: int = _f(2, low=1, high=16)
+    image_size: int = _f(256, low=32, high=2048)
+    webp_quality: int = _f(60, low=0, high=100)
+    max_consecutive_failures: int = _f(5, low=1)
+    image_retries: int = _f(2, low=0, high=10)
+    max_run_duration: float = _f(7200.0, kind="duration")
+
+
+@dataclass(frozen=True)
+class PaperspaceSettings:
+    api_url: str = "https://api.paperspace.com/v1"
+    api_key_env: str = "PAPERSPACE_API_KEY"
+    machine_id: str = ""
+
+    def api_key(self) -> Secret:
+        return Secret(os.environ.get(self.api_key_env, ""))
+
+
+@dataclass(frozen=True)
+class SimulatedSettings:
+    """The built-in GPU machine and SD web UI (demo mode); see avatargen.simulator."""
+
+    boot_delay: float = _f(8.0, kind="duration")
+    stop_delay: float = _f(3.0, kind="duration")
+    sd_boot_delay: float = _f(2.0, kind="duration")
+    step_time: float = _f(0.05, kind="duration")
+    faults: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class GpuSettings:
+    provider: str = _f("simulated", choices=PROVIDERS)
+    ready_timeout: float = _f(600.0, kind="duration")
+    stop_timeout: float = _f(600.0, kind="duration")
+    poll_every: float = _f(5.0, kind="duration")
+    hourly_cost: float = _f(0.76, low=0)
+    daily_budget: float = _f(5.0, low=0)
+    paperspace: PaperspaceSettings = _f(PaperspaceSettings())
+    simulated: SimulatedSettings = _f(SimulatedSettings())
+
+    def check(self) -> None:
+        if self.provider == "paperspace" and not self.paperspace.machine_id:
+            raise ConfigError("required when provider = \"paperspace\"", key="paperspace.machine_id")
+
+
+@dataclass(frozen=True)
+class SdSettings:
+    url: str = "http://127.0.0.1:7860"
+    username: str = ""
+    password_env: str = "SD_API_PASSWORD"
+    checkpoint: str = ""
+    batch_size: int = _f(2, low=1, high=16)
+    sampler: str = "DPM++ 2M"
+    steps: int = _f(20, low=1, high=150)
+    cfg_scale: float = _f(7.0, low=1, high=30)
+    width: int = _f(512, low=64, high=2048)
+    height: int = _f(512, low=64, high=2048)
+    negative_prompt: str = ""
+
+    def password(self) -> Secret:
+        return Secret(os.environ.get(self.password_env, ""))
+
+    def check(self) -> None:
+        if not re.match(r"^https?://", self.url):
+            raise ConfigError(f"must start with http:// or https://, got {self.url!r}", key="url")
+        for name in ("width", "height"):
+            if getattr(self, name) % 8:
+                raise ConfigError(f"must be a multiple of 8, got {getattr(self, name)}", key=name)
+
+
+@dataclass(frozen=True)
+class PromptSettings:
+    subject: str = _f("cjs", nonempty=True)
+    film_only: float = _f(0.2, low=0, high=1)
+    artist_only: float = _f(0.7, low=0, high=1)
+    both: float = _f(0.1, low=0, high=1)
+    suffix_min: int = _f(1, low=0)
+    suffix_max: int = _f(10, low=0)
+    prefixes: tuple[str, ...] = _f(wordlists.PREFIXES, nonempty=True)
+    artists: tuple[str, ...] = _f(wordlists.ARTISTS, nonempty=True)
+    films: tuple[str, ...] = _f(wordlists.FILMS, nonempty=True)
+    suffixes: tuple[str, ...] = _f(wordlists.SUFFIXES, nonempty=True)
+
+    def check(self) -> None:
+        total = self.film_only + self.artist_only + self.both
+        if total > 1 + 1e-9:
+            raise ConfigError(
+                f"film_only + artist_only + both must be at most 1, got {total:g}", key="both"
+            )
+        if self.suffix_min > self.suffix_max:
+            raise ConfigError(
+                f"suffix_min ({self.suffix_min}) is greater than suffix_max ({self.suffix_max})",
+                key="suffix_min",
+            )
+        if self.suffix_max > len(self.suffixes):
+            raise ConfigError(
+                f"suffix_max ({self.suffix_max}) is more than the {len(self.suffixes)} suffixes listed",
+                key="suffix_max",
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings under their config names, lists as JSON arrays."""
+        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in fields(self)}
+
+
+@dataclass(frozen=True)
+class Settings:
+    server: ServerSettings = _f(ServerSettings())
+    serving: ServingSettings = _f(ServingSettings())
+    admin: AdminSettings = _f(AdminSettings())
+    buckets: BucketsSettings = _f(BucketsSettings())
+    generator: GeneratorSettings = _f(GeneratorSettings())
+    gpu: GpuSettings = _f(GpuSettings())
+    sd: SdSettings = _f(SdSettings())
+    prompts: PromptSettings = _f(PromptSettings())
+    # Where the settings came from (None: built-in defaults); not a config key.
+    path: Path | None = field(default=None, metadata={"internal": True})
+
+    def admin_token(self) -> Secret:
+        """The configured admin token: AVATARGEN_ADMIN_TOKEN wins over the file; may be empty."""
+        return Secret(os.environ.get("AVATARGEN_ADMIN_TOKEN", "")) or self.admin.token
+
+
+# --- the generic walker -------------------------------------------------------------------------------
+
+
+class _Context:
+    def __init__(self, file: Path | None, text: str, base_dir: Path) -> None:
+        self.file = file
+        self.lines = text.splitlines()
+        self.base_dir = base_dir
+
+    def line_of(self, dotted: str) -> int | None:
+        """The line that sets a dotted key, found by following [table] headers; None if not in the file."""
+        table, _, key = dotted.rpartition(".")
+        current = ""
+        key_re = re.compile(rf"^\s*[\"']?{re.escape(key)}[\"']?\s*=")
+        for number, line in enumerate(self.lines, start=1):
+            header = re.match(r"^\s*\[([^\[\]]+)\]\s*(#.*)?$", line)
+            if header:
+                current = header.group(1).strip().replace('"', "").replace(" ", "")
+                if current == dotted:
+                    return number
+            elif current == table and key_re.match(line):
+                return number
+        return None
+
+    def error(self, message: str, dotted: str) -> ConfigError:
+        return ConfigError(message, key=dotted, file=self.file, line=self.line_of(dotted))
+
+
+def _type_name(value: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list",
+            dict: "a table"}.get(type(value), type(value).__name__)
+
+
+def _convert(hint: Any, meta: Mapping[str, Any], raw: Any, dotted: str, ctx: _Context) -> Any:
+    kind = meta.get("kind")
+    if kind == "duration":
+        try:
+            return parse_duration(raw)
+        except ValueError as exc:
+            raise ctx.error(str(exc), dotted) from None
+    if hint is bool:
+        if not isinstance(raw, bool):
+            raise ctx.error(f"expected true or false, got {_type_name(raw)} ({raw!r})", dotted)
+        return raw
+    if hint is int:
+        if isinstance(raw, bool) or not isinstance(raw, int):
+            raise ctx.error(f"expected an integer, got {_type_name(raw)} ({raw!r})", dotted)
+        value: Any = raw
+    elif hint is float:
+        if isinstance(raw, bool) or not isinstance(raw, int | float):
+            raise ctx.error(f"expected a number, got {_type_name(raw)} ({raw!r})", dotted)
+        value = float(raw)
+    elif hint in (str, Path, Secret):
+        if not isinstance(raw, str):
+            raise ctx.error(f"expected a string, got {_type_name(raw)} ({raw!r})", dotted)
+        if meta.get("nonempty") and not raw.strip():
+            raise ctx.error("must not be empty", dotted)
+        if hint is Path:
+            path = Path(raw).expanduser()
+            return path if path.is_absolute() else ctx.base_dir / path
+        return Secret(raw) if hint is Secret else raw
+    elif hint == tuple[str, ...]:
+        if not isinstance(raw, list | tuple) or not all(isinstance(item, str) for item in raw):
+            raise ctx.error(f"expected a list of strings, got {_type_name(raw)} ({raw!r})", dotted)
+        items = tuple(item.strip() for item in raw)
+        if meta.get("nonempty") and not items:
+            raise ctx.error("the list must not be empty", dotted)
+        if meta.get("nonempty") and any(not item for item in items):
+            raise ctx.error("the list must not contain empty entries", dotted)
+        if kind == "network":
+            for item in items:
+                try:
+                    ipaddress.ip_network(item, strict=False)
+                except ValueError:
+                    raise ctx.error(f"{item!r} is not an IP address or CIDR range", dotted) from None
+        return items
+    else:  # pragma: no cover - a schema mistake, not a config mistake
+        raise TypeError(f"unsupported setting type {hint!r} for {dotted}")
+    low, high = meta.get("low"), meta.get("high")
+    if low is not None and value < low:
+        raise ctx.error(f"must be at least {low:g}, got {value:g}", dotted)
+    if high is not None and value > high:
+        raise ctx.error(f"must be at most {high:g}, got {value:g}", dotted)
+    return value
+
+
+def _walk(cls: type, table: Mapping[str, Any], default: Any, prefix: str, ctx: _Context) -> Any:
+    hints = get_type_hints(cls)
+    known = [f.name for f in fields(cls) if not f.metadata.get("internal")]
+    for key in table:
+        if key not in known:
+            dotted = f"{prefix}.{key}" if prefix else key
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(known)}"
+            raise ctx.error(f"unknown key{hint}", dotted)
+    values: dict[str, Any] = {}
+    for name in known:
+        hint = hints[name]
+        meta = next(f.metadata for f in fields(cls) if f.name == name)
+        dotted = f"{prefix}.{name}" if prefix else name
+        current = getattr(default, name)
+        if is_dataclass(hint):
+            sub = table.get(name, {})
+            if not isinstance(sub, Mapping):
+                raise ctx.error(f"expected a table [{dotted}], got {_type_name(sub)}", dotted)
+            values[name] = _walk(hint, sub, current, dotted, ctx)
+        elif name in table:
+            raw = table[name]
+            values[name] = _convert(hint, meta, raw.unwrap() if hasattr(raw, "unwrap") else raw, dotted, ctx)
+        elif hint is Path and not current.is_absolute():
+            values[name] = ctx.base_dir / current
+        else:
+            values[name] = current
+        choices = meta.get("choices")
+        if choices and values[name] not in choices:
+            raise ctx.error(f"must be one of {', '.join(map(repr, choices))}, got {values[name]!r}", dotted)
+    obj = cls(**values)
+    check = getattr(obj, "check", None)
+    if check is not None:
+        try:
+            check()
+        except ConfigError as exc:
+            dotted = f"{prefix}.{exc.key}" if prefix and exc.key else (exc.key or prefix)
+            raise ctx.error(exc.message, dotted) from None
+    return obj
+
+
+def _parse_text(text: str, file: Path | None) -> Mapping[str, Any]:
+    try:
+        return tomlkit.parse(text).unwrap()
+    except tomlkit.exceptions.ParseError as exc:
+        raise ConfigError(f"not valid TOML: {exc}", file=file, line=getattr(exc, "line", None)) from None
+
+
+def load_settings(path: Path | None) -> Settings:
+    """Load settings from a config file, or the built-in defaults (relative to the cwd) when path is None."""
+    if path is None:
+        ctx = _Context(None, "", Path.cwd())
+        return _walk(Settings, {}, Settings(), "", ctx)
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("no such config file", file=path) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read the config file: {exc}", file=path) from None
+    ctx = _Context(path, text, path.resolve().parent)
+    settings = _walk(Settings, _parse_text(text, path), Settings(), "", ctx)
+    return replace(settings, path=path)
+
+
+def find_config(explicit: Path | None) -> Path | None:
+    """`--config PATH` if given, else ./config.toml if present, else None (built-in defaults)."""
+    if explicit is not None:
+        return explicit
+    local = Path("config.toml")
+    return local if local.is_file() else None
+
+
+def update_prompts(current: PromptSettings, changes: Mapping[str, Any]) -> PromptSettings:
+    """Apply a partial update of [prompts] values, validated exactly as the config file is."""
+    ctx = _Context(None, "", Path.cwd())
+    return _walk(PromptSettings, changes, current, "prompts", ctx)

@@ -1,0 +1,41 @@
+"""Durations as the owner writes them: "90s", "10m", "24h", "7d", or plain integer seconds."""
+
+from __future__ import annotations
+
+import re
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+
+
+def parse_duration(value: object) -> float:
+    """Return the duration in seconds, or raise ValueError saying what a valid one looks like."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a duration such as \"90s\", \"10m\", \"24h\" or integer seconds, got {value!r}")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError(f"a duration cannot be negative, got {value!r}")
+        return float(value)
+    if isinstance(value, str):
+        match = _PATTERN.match(value)
+        if match:
+            return float(match.group(1)) * _UNITS[match.group(2)]
+        raise ValueError(
+            f"bad duration {value!r}: use a number with a unit (ms, s, m, h, d) such as \"90s\" or \"10m\""
+        )
+    raise ValueError(f"expected a duration such as \"90s\" or integer seconds, got {type(value).__name__}")
+
+
+def format_duration(seconds: float) -> str:
+    """Short human form for logs and the TUI: 42s, 3m 20s, 2h 5m, 1d 4h."""
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, secs = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m {secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours}h {minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d {hours}h"
