@@ -126,7 +126,7 @@ class BucketsSettings:
 
     def check(self) -> None:
         if self.unique.dir == self.fallback.dir:
-            raise ConfigError("the unique and fallback buckets must use different folders", key="fallback.dir")
+            raise ConfigError("the unique and fallback buckets need different folders", key="fallback.dir")
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ _PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 def parse_duration(value: object) -> float:
     """Return the duration in seconds, or raise ValueError saying what a valid one looks like."""
     if isinstance(value, bool):
-        raise ValueError(f"expected a duration such as \"90s\", \"10m\", \"24h\" or integer seconds, got {value!r}")
+        raise ValueError(f"expected a duration such as \"90s\" or integer seconds, got {value!r}")
     if isinstance(value, int | float):
         if value < 0:
             raise ValueError(f"a duration cannot be negative, got {value!r}")
@@ -28,7 +28,7 @@ def parse_duration(value: object) -> float:
 
 def format_duration(seconds: float) -> str:
     """Short human form for logs and the TUI: 42s, 3m 20s, 2h 5m, 1d 4h."""
-    seconds = max(0, int(round(seconds)))
+    seconds = max(0, round(seconds))
     if seconds < 60:
         return f"{seconds}s"
     minutes, secs = divmod(seconds, 60)
