@@ -1,0 +1,442 @@
+"""Buckets: folders of generated avatars that several processes publish into, serve from and claim from.
+
+Layout (the contract): `<dir>/<id>.webp` is an image and `<dir>/<id>.json` its metadata; only `*.webp`
+directly in the folder are images. Work files live in `<dir>/.tmp/`, claimed uniques in `<dir>/.claimed/`
+and pre-framed copies (made by a bucket's `prepare` hook) in `<dir>/.framed/`, all on one filesystem so
+that `os.rename` is atomic. The filesystem is the only arbiter between processes: a unique is claimed by
+renaming it away, and whoever's rename fails lost the race. Each Bucket keeps an in-memory index of the
+ids so that counting and random picks never scan 10,000 files per call; it notices other processes'
+changes from the folder's mtime.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import json
+import logging
+import os
+import random
+import re
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from avatargen.config import Settings
+from avatargen.imaging import frame_unique, sniff_format
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIX = ".webp"
+META_SUFFIX = ".json"
+_ID = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
+# A directory mtime this close to the moment it was read may still change within the same clock tick
+# (coarse filesystem timestamps), so the scan that read it is redone at the next check.
+_RACY_NS = 1_000_000_000
+
+
+class ImageNotFound(LookupError):
+    """No image with that id in the bucket (never published, claimed or deleted meanwhile)."""
+
+
+def check_id(image_id: str) -> str:
+    """Return the id if it is safe to use in a file name (no path traversal); else raise ValueError."""
+    if not isinstance(image_id, str) or not _ID.match(image_id):
+        raise ValueError(f"invalid image id {image_id!r}: expected 1-100 letters, digits, '-' or '_'")
+    return image_id
+
+
+def new_id(now: datetime | None = None) -> str:
+    """A fresh image id that sorts by creation time: `20261124T235959-123456-1a2b3c4d` (UTC, µs, random)."""
+    now = now or datetime.now(UTC)
+    return f"{now:%Y%m%dT%H%M%S-%f}-{secrets.token_hex(4)}"
+
+
+def utc_iso(moment: datetime) -> str:
+    """ISO 8601 in UTC with a Z, the form stored in sidecars and shown by the admin API."""
+    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One stored image: where it is and what its sidecar says."""
+
+    id: str
+    bucket: str
+    path: Path
+    metadata: dict[str, Any]
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A unique taken out of its bucket: `image` is what the visitor gets (framed when the bucket frames)."""
+
+    id: str
+    image: bytes
+    metadata: dict[str, Any]
+
+
+class _Index:
+    """The ids in a folder: O(1) add, remove, count and random pick (a list plus positions)."""
+
+    def __init__(self, ids: list[str]) -> None:
+        self._ids = ids
+        self._positions = {image_id: n for n, image_id in enumerate(ids)}
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._ids)
+
+    def add(self, image_id: str) -> None:
+        if image_id not in self._positions:
+            self._positions[image_id] = len(self._ids)
+            self._ids.append(image_id)
+
+    def discard(self, image_id: str) -> None:
+        position = self._positions.pop(image_id, None)
+        if position is None:
+            return
+        last = self._ids.pop()
+        if last != image_id:
+            self._ids[position] = last
+            self._positions[last] = position
+
+    def choice(self) -> str | None:
+        return random.choice(self._ids) if self._ids else None
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    """Create `path` with `data` and fsync it, so a rename that follows publishes complete bytes."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sync_dir(path: Path) -> None:
+    """fsync a directory so the renames into it survive a crash."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unlink(path: Path) -> bool:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _is_stale(path: Path, older_than: float, *, since_rename: bool = False) -> bool:
+    """Whether a file was last written (or, since_rename, renamed: that moves its ctime) long enough ago.
+
+    A file that vanished meanwhile is not stale: another process is dealing with it.
+    """
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return False
+    return time.time() - (stat.st_ctime if since_rename else stat.st_mtime) >= older_than
+
+
+class Bucket:
+    """One folder of avatars, safe to share between threads of this process and other processes.
+
+    `prepare` (the unique bucket's framing) maps stored WebP bytes to the bytes a claimer receives; its
+    result is written to `.framed/` at publish time so that claiming costs a rename and a read.
+    `recheck_every` bounds how often the folder's mtime is looked at to notice other processes.
+    """
+
+    def __init__(self, name: str, directory: Path, *, prepare: Callable[[bytes], bytes] | None = None,
+                 recheck_every: float = 1.0) -> None:
+        self.name = name
+        self.directory = Path(directory)
+        self.prepare = prepare
+        self.recheck_every = recheck_every
+        self.scans = 0  # how many times the folder was listed: lets tests and the admin see it stays cheap
+        self._tmp = self.directory / ".tmp"
+        self._claimed = self.directory / ".claimed"
+        self._framed = self.directory / ".framed"
+        for folder in (self._tmp, self._claimed, *([self._framed] if prepare else [])):
+            folder.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._index = _Index([])
+        self._stamp: int | None = None
+        self._racy = True
+        self._checked_at = float("-inf")
+
+    def __repr__(self) -> str:
+        return f"Bucket({self.name!r}, {str(self.directory)!r})"
+
+    # --- the in-memory index -------------------------------------------------------------------------
+
+    def _image_path(self, image_id: str) -> Path:
+        return self.directory / f"{image_id}{IMAGE_SUFFIX}"
+
+    def _meta_path(self, image_id: str) -> Path:
+        return self.directory / f"{image_id}{META_SUFFIX}"
+
+    def _framed_path(self, image_id: str) -> Path:
+        return self._framed / f"{image_id}{IMAGE_SUFFIX}"
+
+    def _claimed_path(self, image_id: str) -> Path:
+        return self._claimed / f"{image_id}{IMAGE_SUFFIX}"
+
+    def _list_images(self) -> list[str]:
+        self.scans += 1
+        with os.scandir(self.directory) as entries:
+            return [
+                entry.name[: -len(IMAGE_SUFFIX)]
+                for entry in entries
+                if entry.name.endswith(IMAGE_SUFFIX) and _ID.match(entry.name[: -len(IMAGE_SUFFIX)])
+                and entry.is_file()
+            ]
+
+    def _refresh(self) -> None:
+        """Rescan only if the folder changed since the last scan; look at most once per `recheck_every`.
+
+        Called with the lock held. Our own publish/claim/delete update the index directly; the mtime
+        check is for other processes, and a scan taken in the same clock tick as a change is redone.
+        """
+        now = time.monotonic()
+        if now - self._checked_at < self.recheck_every:
+            return
+        self._checked_at = now
+        stamp = os.stat(self.directory).st_mtime_ns
+        if stamp == self._stamp and not self._racy:
+            return
+        self._index = _Index(self._list_images())
+        self._stamp = stamp
+        self._racy = time.time_ns() - stamp < _RACY_NS
+
+    def count(self) -> int:
+        """How many images are in the bucket (claimed ones excluded), without listing the folder each time."""
+        with self._lock:
+            self._refresh()
+            return len(self._index)
+
+    def ids(self) -> list[str]:
+        """All image ids, in no particular order."""
+        with self._lock:
+            self._refresh()
+            return list(self._index)
+
+    def random_id(self) -> str | None:
+        """A random image id from the index, or None when the bucket is empty."""
+        with self._lock:
+            self._refresh()
+            return self._index.choice()
+
+    def forget(self, image_id: str) -> None:
+        """Drop an id found gone (another process took it) from the index until the next rescan."""
+        with self._lock:
+            self._index.discard(image_id)
+
+    # --- reading -------------------------------------------------------------------------------------
+
+    def read(self, image_id: str) -> bytes:
+        """The stored WebP bytes of an image; ImageNotFound if it is not (or no longer) in the bucket."""
+        try:
+            return self._image_path(check_id(image_id)).read_bytes()
+        except FileNotFoundError:
+            raise ImageNotFound(f"no image {image_id!r} in the {self.name} bucket") from None
+
+    def metadata(self, image_id: str) -> dict[str, Any]:
+        """The sidecar of an image (also while it is claimed); ImageNotFound if there is none."""
+        try:
+            return json.loads(self._meta_path(check_id(image_id)).read_bytes())
+        except FileNotFoundError:
+            raise ImageNotFound(f"no metadata for image {image_id!r} in the {self.name} bucket") from None
+
+    def newest(self, n: int) -> list[ImageRecord]:
+        """The `n` newest images, newest first (ids sort by creation time); ones gone meanwhile are skipped."""
+        records = []
+        for image_id in heapq.nlargest(max(0, n), self.ids()):
+            path = self._image_path(image_id)
+            try:
+                metadata = self.metadata(image_id)
+                created = metadata.get("created_at")
+                created_at = (datetime.fromisoformat(created) if isinstance(created, str)
+                              else datetime.fromtimestamp(path.stat().st_mtime, UTC))
+            except (ImageNotFound, FileNotFoundError, ValueError):
+                continue
+            records.append(ImageRecord(image_id, self.name, path, metadata, created_at))
+        return records
+
+    # --- writing -------------------------------------------------------------------------------------
+
+    def publish(self, image: bytes, metadata: dict[str, Any]) -> ImageRecord:
+        """Store a WebP image with its metadata, atomically: it is visible complete, with its sidecar, or not at all.
+
+        Both files (and the framed copy, if the bucket frames) are written under `.tmp/` and fsynced;
+        the sidecar and framed copy are renamed in first and the image last, so a visible image always
+        has its metadata. `created_at` (ISO 8601 UTC) is added when missing.
+        """
+        if sniff_format(image) != "WEBP":
+            raise ValueError(f"the {self.name} bucket stores WebP images; got data starting {image[:12]!r}")
+        now = datetime.now(UTC)
+        image_id = new_id(now)
+        metadata = {**metadata, "created_at": metadata.get("created_at") or utc_iso(now)}
+        try:
+            created_at = datetime.fromisoformat(metadata["created_at"])
+            sidecar = json.dumps(metadata, ensure_ascii=False, indent=1).encode()
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"image metadata must be JSON with an ISO 8601 created_at: {exc}") from None
+        files = [(sidecar, self._meta_path(image_id))]
+        if self.prepare is not None:
+            files.append((self.prepare(image), self._framed_path(image_id)))
+        files.append((image, self._image_path(image_id)))
+        placed: list[Path] = []
+        try:
+            for data, final in files:
+                self._place(data, final)
+                placed.append(final)
+        except BaseException:
+            for path in placed:
+                _unlink(path)
+            raise
+        if self.prepare is not None:
+            _sync_dir(self._framed)
+        _sync_dir(self.directory)
+        with self._lock:
+            self._index.add(image_id)
+        return ImageRecord(image_id, self.name, self._image_path(image_id), metadata, created_at)
+
+    def _place(self, data: bytes, final: Path) -> None:
+        """Write a file under `.tmp/`, fsync it, then rename it to `final`: it appears whole or not at all."""
+        work = self._tmp / f"{secrets.token_hex(4)}-{final.name}"
+        try:
+            _write_synced(work, data)
+            os.rename(work, final)
+        except BaseException:
+            _unlink(work)
+            raise
+
+    def delete(self, image_id: str) -> bool:
+        """Remove an image (then its sidecar and framed copy); False if it was not there."""
+        removed = _unlink(self._image_path(check_id(image_id)))
+        with self._lock:
+            self._index.discard(image_id)
+        _unlink(self._meta_path(image_id))
+        _unlink(self._framed_path(image_id))
+        return removed
+
+    # --- claiming uniques ----------------------------------------------------------------------------
+
+    def claim(self) -> Claim | None:
+        """Take one image out of the bucket for exactly one visitor; None when the bucket is empty.
+
+        The claim is the rename into `.claimed/`: across threads and processes exactly one rename of a
+        file succeeds, and a loser (FileNotFoundError) forgets that id and tries another one.
+        """
+        while (image_id := self.random_id()) is not None:
+            try:
+                os.rename(self._image_path(image_id), self._claimed_path(image_id))
+            except FileNotFoundError:
+                self.forget(image_id)
+                continue
+            self.forget(image_id)
+            try:
+                return Claim(image_id, self._claimed_image(image_id), self._claimed_metadata(image_id))
+            except BaseException:
+                self.release_claim(image_id)
+                raise
+        return None
+
+    def _claimed_image(self, image_id: str) -> bytes:
+        """What the claimer sends: the framed copy made at publish time, or the image prepared now."""
+        if self.prepare is not None:
+            try:
+                return self._framed_path(image_id).read_bytes()
+            except FileNotFoundError:
+                return self.prepare(self._claimed_path(image_id).read_bytes())
+        return self._claimed_path(image_id).read_bytes()
+
+    def _claimed_metadata(self, image_id: str) -> dict[str, Any]:
+        try:
+            return self.metadata(image_id)
+        except (ImageNotFound, ValueError):
+            return {}
+
+    def finish_claim(self, image_id: str) -> None:
+        """The claimed image was sent: delete it, its sidecar and its framed copy for good."""
+        _unlink(self._claimed_path(check_id(image_id)))
+        _unlink(self._meta_path(image_id))
+        _unlink(self._framed_path(image_id))
+
+    def release_claim(self, image_id: str) -> None:
+        """The claimed image was not sent after all: put it back in the bucket."""
+        os.rename(self._claimed_path(check_id(image_id)), self._image_path(image_id))
+        with self._lock:
+            self._index.add(image_id)
+
+    # --- start-up ------------------------------------------------------------------------------------
+
+    def recover(self, *, stale_after: float = 60.0) -> dict[str, int]:
+        """Repair what a crash can leave behind; returns what was done, by kind.
+
+        Claimed-but-unsent images go back into the bucket, leftover work files are removed, sidecars
+        and framed copies without an image are removed, and missing framed copies are made. Only
+        files untouched for `stale_after` seconds count as leftovers: other worker processes may be
+        in the middle of a publish or a claim right now.
+        """
+        counts = {"released": 0, "temp_removed": 0, "orphans_removed": 0, "framed": 0}
+        for path in self._claimed.glob(f"*{IMAGE_SUFFIX}"):
+            image_id = path.name[: -len(IMAGE_SUFFIX)]
+            if _ID.match(image_id) and _is_stale(path, stale_after, since_rename=True):
+                with contextlib.suppress(FileNotFoundError):
+                    self.release_claim(image_id)
+                    counts["released"] += 1
+        for path in self._tmp.iterdir():
+            if _is_stale(path, stale_after):
+                counts["temp_removed"] += _unlink(path)
+        leftovers = [*self.directory.glob(f"*{META_SUFFIX}"),
+                     *(self._framed.glob(f"*{IMAGE_SUFFIX}") if self._framed.is_dir() else [])]
+        for path in leftovers:
+            image_id = path.name.rsplit(".", 1)[0]
+            owned = self._image_path(image_id).exists() or self._claimed_path(image_id).exists()
+            if not owned and _is_stale(path, stale_after):
+                counts["orphans_removed"] += _unlink(path)
+        if self.prepare is not None:
+            for image_id in self.ids():
+                if not self._framed_path(image_id).exists():
+                    counts["framed"] += self._frame_existing(image_id, self.prepare)
+        return counts
+
+    def _frame_existing(self, image_id: str, prepare: Callable[[bytes], bytes]) -> bool:
+        """Make the missing framed copy of a stored image; False if the image went away meanwhile."""
+        try:
+            self._place(prepare(self.read(image_id)), self._framed_path(image_id))
+        except ImageNotFound:
+            return False
+        return True
+
+
+def open_buckets(settings: Settings) -> dict[str, Bucket]:
+    """The two buckets of the configuration, recovered from any crash; the unique one pre-frames."""
+    frame = partial(frame_unique, quality=settings.generator.webp_quality)
+    buckets = {
+        name: Bucket(name, bucket.dir, prepare=frame if name == "unique" else None)
+        for name, bucket in settings.buckets.items()
+    }
+    for bucket in buckets.values():
+        counts = bucket.recover()
+        if any(counts.values()):
+            log.info("recovered the %s bucket: %s", bucket.name, counts)
+    return buckets

@@ -1,0 +1,465 @@
+"""The refill engine: keeps the buckets between min and max while spending as little GPU time as possible.
+
+A run is booting -> generating -> shutting_down -> idle. Whatever happens inside a run (an error, an
+abort, a timeout, a bug of ours), the machine is stopped in a `finally` that cannot be skipped, after
+all requests have finished or been cancelled, and the stop is retried until it is confirmed: the owner
+pays for every minute the machine is not `off`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from avatargen.buckets import Bucket
+from avatargen.config import PromptSettings, Settings
+from avatargen.durations import format_duration
+from avatargen.events import EventHub
+from avatargen.gpu.base import Provider
+from avatargen.imaging import decode_image, to_avatar_webp
+from avatargen.ledger import CostLedger
+from avatargen.prompts import compose
+from avatargen.run import Run, State, Step, iso
+from avatargen.sd import SdClient, SdError, SdNotReady
+
+log = logging.getLogger("avatargen.engine")
+
+STOP_RETRY_MAX = 60.0
+PROGRESS_POLL = 0.5
+
+
+class RunActive(Exception):
+    """A run is already under way."""
+
+
+class NotRunning(Exception):
+    """There is no run to abort."""
+
+
+class RunFailed(Exception):
+    """The run cannot go on; the message is what the owner reads as the run's error."""
+
+
+def _innermost(exc: BaseException) -> BaseException:
+    """The first real error inside (possibly nested) exception groups from the request workers."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def bucket_levels(settings: Settings, buckets: Mapping[str, Bucket]) -> dict[str, dict[str, int]]:
+    """Each bucket's count against its min and max, as status and events report them."""
+    return {name: {"count": buckets[name].count(), "min": conf.min, "max": conf.max}
+            for name, conf in settings.buckets.items()}
+
+
+def cost_summary(settings: Settings, ledger: CostLedger) -> dict[str, float]:
+    spend = ledger.spend()
+    return {
+        "today": round(spend.today, 4),
+        "month": round(spend.month, 4),
+        "daily_budget": settings.gpu.daily_budget,
+        "hourly_cost": settings.gpu.hourly_cost,
+        "billed_seconds_today": round(spend.billed_seconds_today, 1),
+        "billed_seconds_month": round(spend.billed_seconds_month, 1),
+    }
+
+
+class RefillEngine:
+    def __init__(
+        self,
+        settings: Settings,
+        buckets: Mapping[str, Bucket],
+        provider: Provider,
+        ledger: CostLedger,
+        events: EventHub,
+        sd_factory: Callable[[str], SdClient] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.buckets = buckets
+        self.provider = provider
+        self.ledger = ledger
+        self.events = events
+        self.prompts: PromptSettings = settings.prompts
+        self._sd_factory = sd_factory or (lambda url: SdClient(settings.sd, url=url))
+        self._rng = random.Random()
+        self.run: Run | None = None
+        self.last_run: Run | None = None
+        self._state: State = "idle"
+        self._task: asyncio.Task[None] | None = None
+        self._scheduler: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._auto_failures = 0
+        self._abort_reason: str | None = None
+        self._closing = False
+        self.next_check_at: float | None = None
+        self.paused_reason: str | None = None
+        self.machine_state: str | None = None
+
+    # --- what the owner sees ---------------------------------------------------------------------
+
+    @property
+    def state(self) -> State:
+        return self.run.state if self.run is not None else self._state
+
+    def levels(self) -> dict[str, dict[str, int]]:
+        return bucket_levels(self.settings, self.buckets)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "run": self.run.to_dict() if self.run else None,
+            "last_run": self.last_run.to_dict() if self.last_run else None,
+            "buckets": self.levels(),
+            "gpu": {"provider": self.provider.name, "machine_state": self.machine_state},
+            "cost": cost_summary(self.settings, self.ledger),
+            "next_check_at": iso(self.next_check_at),
+            "paused_reason": self.paused_reason,
+        }
+
+    def _publish_state(self) -> None:
+        self.events.publish("state", {
+            "state": self.state,
+            "run": self.run.to_dict() if self.run else None,
+            "last_run": self.last_run.to_dict() if self.last_run else None,
+            "machine_state": self.machine_state,
+        })
+
+    def _publish_progress(self, run: Run) -> None:
+        self.events.publish("progress", run.to_dict())
+
+    def _on_machine_state(self, state: str) -> None:
+        self.machine_state = state
+        if self.run is not None:
+            self.run.machine_state = state
+        log.info("machine is %s", state)
+        self._publish_state()
+
+    # --- life cycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Stop a machine a crash left running, then check the buckets now and every check_every."""
+        self._scheduler = asyncio.create_task(self._schedule(), name="refill-scheduler")
+
+    async def close(self) -> None:
+        """Abort the active run and wait until its machine is confirmed off (Ctrl-C, SIGTERM)."""
+        if self.run is not None and self.run.state != "shutting_down":
+            self._abort("the server is shutting down")
+        self._closing = True
+        if self._task is not None:
+            await asyncio.shield(self._task)
+        await self._idle.wait()  # an orphaned machine being stopped at start-up
+        if self._scheduler is not None:
+            self._scheduler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._scheduler
+        await self.provider.aclose()
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
+
+    # --- what the owner does ---------------------------------------------------------------------
+
+    def refill(self, buckets: list[str] | None = None, trigger: str = "manual") -> Run:
+        """Start a run that fills the named buckets (default: all) to max."""
+        if self._closing:
+            raise RunActive("the server is shutting down")
+        if self.run is not None or self._state != "idle":
+            raise RunActive(f"a run is already {self.state.replace('_', ' ')}")
+        names = buckets or [name for name, _ in self.settings.buckets.items()]
+        unknown = [name for name in names if name not in self.buckets]
+        if unknown:
+            raise ValueError(f"unknown bucket {unknown[0]!r}; buckets are unique and fallback")
+        levels = self.levels()
+        targets = {name: max(0, levels[name]["max"] - levels[name]["count"]) for name in names}
+        if trigger == "manual":
+            self._auto_failures = 0
+        run = Run(trigger=trigger, targets=targets, hourly_cost=self.settings.gpu.hourly_cost,  # type: ignore[arg-type]
+                  bills=self.provider.bills)
+        self.run = run
+        self._idle.clear()
+        self._abort_reason = None
+        log.info("%s run %s started: %s", trigger, run.id,
+                 ", ".join(f"{n} {name}" for name, n in targets.items()) or "nothing to do")
+        self._task = asyncio.create_task(self._execute(run), name=f"run-{run.id}")
+        self._publish_state()
+        return run
+
+    def abort(self, reason: str = "aborted by the owner") -> Run:
+        """Abort the active run; its machine is stopped and images already stored are kept."""
+        if self.run is None:
+            raise NotRunning("no run is active")
+        if self.run.state != "shutting_down":
+            self._abort(reason)
+        return self.run
+
+    def _abort(self, reason: str) -> None:
+        self._abort_reason = reason
+        log.warning("aborting run %s: %s", self.run.id if self.run else "-", reason)
+        if self._task is not None:
+            self._task.cancel()
+
+    # --- the run ---------------------------------------------------------------------------------
+
+    async def _execute(self, run: Run) -> None:
+        sd: SdClient | None = None
+        try:
+            try:
+                async with asyncio.timeout(self.settings.generator.max_run_duration):
+                    sd = await self._boot(run)
+                    await self._generate(run, sd)
+                run.outcome = "completed"
+            except asyncio.CancelledError:
+                if self._abort_reason is None:
+                    raise
+                asyncio.current_task().uncancel()  # type: ignore[union-attr]
+                run.outcome, run.error = "aborted", self._abort_reason
+            except TimeoutError:
+                run.outcome = "failed"
+                limit = format_duration(self.settings.generator.max_run_duration)
+                run.error = f"the run exceeded max_run_duration ({limit})"
+            except Exception as exc:  # anything at all: the machine must still be stopped
+                cause = _innermost(exc)
+                run.outcome, run.error = "failed", str(cause) or type(cause).__name__
+                if not isinstance(cause, RunFailed | SdError):
+                    log.error("run %s failed", run.id, exc_info=cause)
+        finally:
+            if run.outcome is None:
+                run.outcome, run.error = "aborted", "cancelled"
+            await asyncio.shield(self._shut_down(run, sd))
+
+    async def _boot(self, run: Run) -> SdClient:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.gpu.ready_timeout
+        if run.bills:
+            run.billing_since = time.time()
+            self.ledger.open(run.id, run.billing_since)
+        self._publish_state()
+        await self.provider.start()
+        await self.provider.wait_ready(max(0.0, deadline - loop.time()), self._on_machine_state)
+        sd = self._sd_factory(self.provider.sd_url())
+        log.info("machine ready; waiting for the Stable Diffusion API")
+        while True:
+            try:
+                await sd.probe(self.settings.sd.checkpoint)
+                break
+            except SdNotReady as exc:
+                if loop.time() >= deadline:
+                    raise RunFailed(
+                        f"the SD web UI was not ready within ready_timeout "
+                        f"({format_duration(self.settings.gpu.ready_timeout)}): {exc}"
+                    ) from None
+                await asyncio.sleep(self.settings.gpu.poll_every)
+            except SdError as exc:
+                raise RunFailed(str(exc)) from None
+        return sd
+
+    async def _generate(self, run: Run, sd: SdClient) -> None:
+        run.state = "generating"
+        run.generating_since = time.time()
+        self._publish_state()
+        log.info("generating %d images", run.total)
+        unassigned = dict(run.targets)
+        failures = [0]  # consecutive failed requests, shared by the workers
+
+        def reserve() -> tuple[str, int] | None:
+            for name, missing in unassigned.items():
+                if missing > 0:
+                    count = min(self.settings.sd.batch_size, missing)
+                    unassigned[name] -= count
+                    return name, count
+            return None
+
+        async def worker() -> None:
+            while (job := reserve()) is not None:
+                await self._fill(run, sd, *job, failures)
+
+        poller = asyncio.create_task(self._poll_step(run, sd))
+        try:
+            async with asyncio.TaskGroup() as group:
+                for _ in range(self.settings.generator.concurrency):
+                    group.create_task(worker())
+        finally:
+            poller.cancel()
+            run.step = None
+
+    async def _fill(self, run: Run, sd: SdClient, bucket_name: str, count: int, failures: list[int]) -> None:
+        """One request of `count` images for a bucket, retried with backoff; never more than reserved."""
+        retries = self.settings.generator.image_retries
+        for attempt in range(retries + 1):
+            prompt = compose(self.prompts, self._rng)
+            run.current_prompt = prompt.text
+            started = time.monotonic()
+            try:
+                result = await sd.txt2img(prompt.text, batch_size=count)
+                avatars = await asyncio.to_thread(self._to_avatars, result.images[:count])
+            except (SdError, ValueError) as exc:
+                failures[0] += 1
+                log.warning("image request failed (%d in a row): %s", failures[0], exc)
+                if failures[0] >= self.settings.generator.max_consecutive_failures:
+                    raise RunFailed(f"{failures[0]} image requests failed in a row; last error: {exc}") from None
+                if attempt < retries:
+                    await asyncio.sleep(min(30.0, 0.5 * 2**attempt))
+                continue
+            failures[0] = 0
+            seconds = (time.monotonic() - started) / max(1, len(avatars))
+            for index, webp in enumerate(avatars):
+                seed = result.seeds[index] if index < len(result.seeds) else -1
+                await self._store(run, bucket_name, webp, prompt.text, seed, seconds, result.info)
+            run.failed += count - len(avatars)
+            return
+        run.failed += count
+        self._publish_progress(run)
+
+    def _to_avatars(self, images: list[str]) -> list[bytes]:
+        """Decode, resize and encode (CPU work: runs in a worker thread)."""
+        size, quality = self.settings.generator.image_size, self.settings.generator.webp_quality
+        return [to_avatar_webp(decode_image(data), size, quality) for data in images]
+
+    async def _store(self, run: Run, bucket_name: str, webp: bytes, prompt: str, seed: int, seconds: float,
+                     info: Mapping[str, Any]) -> None:
+        sd = self.settings.sd
+        metadata = {
+            "prompt": prompt,
+            "seed": seed,
+            "sampler": sd.sampler,
+            "steps": sd.steps,
+            "cfg_scale": sd.cfg_scale,
+            "size": self.settings.generator.image_size,
+            "generated_size": [sd.width, sd.height],
+            "backend": self.provider.name,
+            "model": info.get("sd_model_name"),
+            "generation_seconds": round(seconds, 3),
+            "run_id": run.id,
+        }
+        bucket = self.buckets[bucket_name]
+        record = await asyncio.to_thread(bucket.publish, webp, metadata)
+        run.done += 1
+        self.events.publish("image", {
+            "id": record.id,
+            "bucket": bucket_name,
+            "prompt": prompt,
+            "created_at": record.metadata.get("created_at"),
+            "url": f"/admin/api/images/{bucket_name}/{record.id}",
+            "buckets": self.levels(),
+        })
+        self._publish_progress(run)
+
+    async def _poll_step(self, run: Run, sd: SdClient) -> None:
+        """The SD job's own step progress, for the live progress bar (failures here are harmless)."""
+        while True:
+            await asyncio.sleep(PROGRESS_POLL)
+            with contextlib.suppress(SdError, SdNotReady):
+                progress = await sd.progress()
+                run.step = Step(progress.sampling_step, progress.sampling_steps, round(progress.progress, 3))
+                self._publish_progress(run)
+
+    async def _shut_down(self, run: Run, sd: SdClient | None) -> None:
+        """Stop the machine and confirm it is off, retrying for as long as it takes."""
+        run.state = "shutting_down"
+        self._publish_state()
+        if sd is not None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(5):
+                    await sd.interrupt()  # an always-on GPU stops computing what nobody will store
+            with contextlib.suppress(Exception):
+                await sd.aclose()
+        await self._stop_machine()
+        if run.bills:
+            run.billing_until = time.time()
+            self.ledger.close(run.id, run.billing_until)
+        run.ended_at = time.time()
+        run.state = "idle"
+        self.last_run, self.run = run, None
+        if run.trigger == "auto":
+            self._auto_failures = self._auto_failures + 1 if run.outcome == "failed" else 0
+            self.next_check_at = time.time() + self._check_delay()
+            self._wake.set()
+        level = logging.INFO if run.outcome == "completed" else logging.WARNING
+        log.log(level, "run %s %s: %d stored, %d failed, %s billed, cost %.4f%s", run.id, run.outcome,
+                run.done, run.failed, format_duration(run.billed_seconds()),
+                run.billed_seconds() / 3600 * run.hourly_cost, f" ({run.error})" if run.error else "")
+        self._idle.set()
+        self._publish_state()
+        self.events.publish("buckets", self.levels())
+
+    async def _stop_machine(self) -> None:
+        delay = 1.0
+        while True:
+            try:
+                await self.provider.stop(self._on_machine_state)
+                return
+            except Exception as exc:
+                log.error("stopping the machine failed, retrying in %s: %s", format_duration(delay), exc)
+                await asyncio.sleep(delay)
+                delay = min(STOP_RETRY_MAX, delay * 2)
+
+    # --- automatic checks ------------------------------------------------------------------------
+
+    def _check_delay(self) -> float:
+        every = self.settings.generator.check_every
+        return min(every * 2**self._auto_failures, every * 24)
+
+    async def _schedule(self) -> None:
+        await self._stop_orphan()
+        self.next_check_at = time.time()
+        while True:
+            wait = self.next_check_at - time.time()
+            if wait > 0:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), wait)
+                continue
+            self.next_check_at = time.time() + self._check_delay()
+            if self.run is None:
+                try:
+                    self.auto_check()
+                except Exception:
+                    log.exception("the automatic check failed")
+
+    def auto_check(self) -> Run | None:
+        """Start an automatic run for the buckets below their min, unless today's budget is spent."""
+        due = [name for name, level in self.levels().items() if level["min"] > 0 and level["count"] < level["min"]]
+        if not due:
+            self.paused_reason = None
+            return None
+        spend = self.ledger.spend()
+        budget = self.settings.gpu.daily_budget
+        if self.provider.bills and spend.today >= budget:
+            reason = f"daily budget reached: {spend.today:.2f} of {budget:.2f} spent today"
+            if reason != self.paused_reason:
+                log.warning("automatic refill paused, %s", reason)
+            self.paused_reason = reason
+            self._publish_state()
+            return None
+        self.paused_reason = None
+        return self.refill(due, trigger="auto")
+
+    async def _stop_orphan(self) -> None:
+        """A machine found running while no run is active was left by a crash: stop it now."""
+        if not self.provider.bills:
+            return
+        try:
+            self.machine_state = await self.provider.machine_state()
+        except Exception as exc:
+            log.error("cannot read the machine's state at start-up: %s", exc)
+            return
+        if self.machine_state != "off":
+            log.warning("the machine is %s but no run is active: stopping it", self.machine_state)
+            self._state = "shutting_down"
+            self._idle.clear()
+            self._publish_state()
+            await self._stop_machine()
+            self._state = "idle"
+            self._idle.set()
+            self._publish_state()
+        closed = self.ledger.close_open()
+        if closed:
+            log.warning("billed time of interrupted run(s) %s closed at the confirmed stop", ", ".join(closed))

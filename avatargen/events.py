@@ -1,0 +1,139 @@
+"""The event hub: the generator tells, the admin API's SSE stream and the TUI listen.
+
+Publishing never waits for a listener. Every event gets a sequence id and is kept in a short history,
+so a client that reconnects with Last-Event-ID gets what it missed. Each listener has a bounded queue:
+a slow listener loses `progress` events first (the next one supersedes them anyway); one that falls
+behind on events that matter is cut off, and catches up from the history when it reconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+EVENT_TYPES = ("state", "progress", "image", "buckets", "log")
+COALESCED = frozenset({"progress", "buckets"})
+
+
+@dataclass(frozen=True)
+class Event:
+    id: int
+    type: str
+    data: dict[str, Any]
+
+
+class ListenerTooSlow(Exception):
+    """The listener's queue overflowed with events that cannot be dropped; it should reconnect."""
+
+
+class _Listener:
+    def __init__(self, size: int) -> None:
+        self.queue: asyncio.Queue[Event | None] = asyncio.Queue(size)
+
+    def offer(self, event: Event) -> bool:
+        """Queue the event; False when the listener is too slow to keep."""
+        if self.queue.full() and event.type in COALESCED:
+            return True  # a later progress/buckets event replaces this one
+        try:
+            self.queue.put_nowait(event)
+        except asyncio.QueueFull:
+            return False
+        return True
+
+    def cut_off(self) -> None:
+        """Replace what is queued with the end marker, waking the reader."""
+        while not self.queue.empty():
+            self.queue.get_nowait()
+        self.queue.put_nowait(None)
+
+
+class Subscription:
+    def __init__(self, listener: _Listener, backlog: list[Event]) -> None:
+        self._listener = listener
+        self._backlog = deque(backlog)
+
+    async def next(self, timeout: float | None = None) -> Event | None:
+        """The next event, or None when nothing came within timeout (time for a heartbeat)."""
+        if self._backlog:
+            return self._backlog.popleft()
+        try:
+            event = await asyncio.wait_for(self._listener.queue.get(), timeout)
+        except TimeoutError:
+            return None
+        if event is None:
+            raise ListenerTooSlow
+        return event
+
+
+class EventHub:
+    def __init__(self, history: int = 1000, queue_size: int = 256) -> None:
+        self._ids = itertools.count(1)
+        self._history: deque[Event] = deque(maxlen=history)
+        self._listeners: set[_Listener] = set()
+        self._queue_size = queue_size
+
+    @property
+    def last_id(self) -> int:
+        return self._history[-1].id if self._history else 0
+
+    def publish(self, type_: str, data: dict[str, Any]) -> Event:
+        """Record and fan out an event; never blocks. Call from the event loop's thread."""
+        event = Event(next(self._ids), type_, data)
+        self._history.append(event)
+        for listener in list(self._listeners):
+            if not listener.offer(event):
+                self._listeners.discard(listener)
+                listener.cut_off()
+        return event
+
+    def since(self, last_id: int) -> list[Event]:
+        return [event for event in self._history if event.id > last_id]
+
+    @contextlib.contextmanager
+    def subscribe(self, last_id: int | None = None) -> Iterator[Subscription]:
+        """Listen from now on (and replay what came after last_id, when given)."""
+        listener = _Listener(self._queue_size)
+        backlog = self.since(last_id) if last_id is not None else []
+        self._listeners.add(listener)
+        try:
+            yield Subscription(listener, backlog)
+        finally:
+            self._listeners.discard(listener)
+
+    @property
+    def listener_count(self) -> int:
+        return len(self._listeners)
+
+
+class EventLogHandler(logging.Handler):
+    """Forwards log records to the hub as `log` events, so the owner's TUI shows them live.
+
+    Records from other threads are handed to the loop's thread, which owns the hub.
+    """
+
+    def __init__(self, hub: EventHub, loop: asyncio.AbstractEventLoop, level: int = logging.INFO) -> None:
+        super().__init__(level)
+        self._hub = hub
+        self._loop = loop
+
+    def emit(self, record: logging.LogRecord) -> None:
+        data = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="seconds"),
+            "level": record.levelname.lower(),
+            "message": record.getMessage(),
+        }
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self._loop:
+            self._hub.publish("log", data)
+        elif not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._hub.publish, "log", data)

@@ -1,0 +1,170 @@
+"""Turning what the SD web UI sends back into stored avatars, and framing the ones served as unique.
+
+Everything here is pure (bytes in, bytes out) so it runs the same in the generator, in a worker thread
+and at start-up recovery; `frame_unique` in particular must give byte-identical output for the same
+input, because a pre-framed copy is made at publish time and must match what framing on the fly gives.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import io
+
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+# An avatar source bigger than this is refused before its pixels are decoded: SD returns 512-2048 px
+# images, and a small compressed file can expand to gigabytes (a decompression bomb).
+MAX_EDGE = 4096
+MAX_PIXELS = 4096 * 2048
+
+UNIQUE_LABEL = "UNIQUE LIMITED EDITION"
+_GOLD = (212, 175, 55, 255)
+_DARK = (20, 16, 8, 255)
+_BAND = (0, 0, 0, 185)
+
+_SIGNATURES = (
+    ("PNG", lambda head: head.startswith(b"\x89PNG\r\n\x1a\n")),
+    ("JPEG", lambda head: head.startswith(b"\xff\xd8\xff")),
+    ("WEBP", lambda head: head[:4] == b"RIFF" and head[8:12] == b"WEBP"),
+)
+
+
+class ImageError(ValueError):
+    """Image data we cannot or will not use; the message says what was wrong with it."""
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The Pillow format name ("PNG", "JPEG", "WEBP") from the magic bytes, or None for anything else."""
+    return next((name for name, matches in _SIGNATURES if matches(data[:12])), None)
+
+
+def _base64_payload(text: str) -> bytes:
+    """Decode base64 text, with or without a `data:image/...;base64,` prefix."""
+    text = text.strip()
+    if text.startswith("data:"):
+        header, comma, text = text.partition(",")
+        if not comma or not header.endswith(";base64"):
+            raise ImageError(f"a data: URL must be base64 encoded, got {header[:40]!r}")
+    try:
+        return base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ImageError(f"invalid base64 image data: {exc}") from None
+
+
+def _image_bytes(data: str | bytes) -> bytes:
+    """Raw image bytes from either raw bytes or base64 (as text or as ASCII bytes)."""
+    if isinstance(data, str):
+        return _base64_payload(data)
+    if sniff_format(data):
+        return data
+    try:
+        return _base64_payload(data.decode("ascii"))
+    except (UnicodeDecodeError, ImageError):
+        raise ImageError(f"not a PNG, JPEG or WebP image (starts with {data[:8]!r}), nor base64 text") from None
+
+
+def decode_image(data: str | bytes) -> Image.Image:
+    """Decode a PNG, JPEG or WebP image given as raw bytes or base64 (the SD web UI sends base64 PNG).
+
+    The format is checked from the magic bytes and the size from the header before any pixel is
+    decoded, so garbage and decompression bombs fail fast with an ImageError instead of eating memory.
+    """
+    raw = _image_bytes(data)
+    kind = sniff_format(raw)
+    if kind is None:
+        raise ImageError(f"not a PNG, JPEG or WebP image (starts with {raw[:8]!r})")
+    try:
+        image = Image.open(io.BytesIO(raw), formats=[kind])
+        width, height = image.size
+        if width > MAX_EDGE or height > MAX_EDGE or width * height > MAX_PIXELS:
+            raise ImageError(
+                f"{kind} image of {width}x{height} is too large "
+                f"(at most {MAX_EDGE} px a side and {MAX_PIXELS / 1e6:g} Mpx)"
+            )
+        image.load()
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"{kind} image is too large: {exc}") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"invalid or truncated {kind} image: {exc}") from None
+    return image
+
+
+def encode_webp(image: Image.Image, quality: int) -> bytes:
+    """WebP bytes of an image at the given quality (0-100)."""
+    if not 0 <= quality <= 100:
+        raise ValueError(f"WebP quality must be 0-100, got {quality}")
+    out = io.BytesIO()
+    image.save(out, format="WEBP", quality=quality)
+    return out.getvalue()
+
+
+def to_avatar_webp(image: Image.Image, size: int, quality: int) -> bytes:
+    """The stored avatar: centre-cropped to a square, resized to `size` px with LANCZOS, RGB WebP."""
+    if size < 1:
+        raise ValueError(f"avatar size must be a positive number of pixels, got {size}")
+    square = ImageOps.fit(image.convert("RGB"), (size, size), method=Image.Resampling.LANCZOS)
+    return encode_webp(square, quality)
+
+
+@functools.lru_cache(maxsize=16)
+def _label_layout(width: int, height: int) -> tuple[int, int, ImageFont.FreeTypeFont, tuple[float, float]]:
+    """Border width, band height, font and text position for one image size (computed once per size)."""
+    border = max(2, round(min(width, height) * 0.03))
+    band = max(10, round(height * 0.11))
+    room = width - 2 * border - 2 * max(2, border // 2)
+    font_size = max(6, round(band * 0.6))
+    font = ImageFont.load_default(size=font_size)
+    while font_size > 6 and font.getlength(UNIQUE_LABEL) > room:
+        font_size -= 1
+        font = ImageFont.load_default(size=font_size)
+    left, top, right, bottom = font.getbbox(UNIQUE_LABEL)
+    band_top = height - border - band
+    x = (width - (right - left)) / 2 - left
+    y = band_top + (band - (bottom - top)) / 2 - top
+    return border, band, font, (x, y)
+
+
+def frame_unique(webp: bytes, quality: int) -> bytes:
+    """The unique avatar as the visitor sees it: a gold border and a "UNIQUE LIMITED EDITION" band.
+
+    Same pixel size as the input. Deterministic: the pre-framed copy made at publish time is
+    byte-identical to framing on the fly, so moving this off the request path changes nothing visible.
+    """
+    try:
+        with Image.open(io.BytesIO(webp), formats=["WEBP"]) as source:
+            image = source.convert("RGBA")
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"cannot frame: not a valid WebP image: {exc}") from None
+    width, height = image.size
+    border, band, font, position = _label_layout(width, height)
+    overlay = Image.new("RGBA", image.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(overlay)
+    draw.rectangle((0, height - border - band, width, height), fill=_BAND)
+    draw.text(position, UNIQUE_LABEL, font=font, fill=_GOLD)
+    framed = Image.alpha_composite(image, overlay)
+    draw = ImageDraw.Draw(framed)
+    draw.rectangle((0, 0, width - 1, height - 1), outline=_GOLD, width=border)
+    draw.rectangle((border, border, width - 1 - border, height - 1 - border), outline=_DARK, width=1)
+    return encode_webp(framed.convert("RGB"), quality)
+
+
+@functools.lru_cache(maxsize=8)
+def placeholder_webp(size: int) -> bytes:
+    """A neutral head-and-shoulders silhouette, served when both buckets are empty (never an error page)."""
+    if size < 8:
+        raise ValueError(f"placeholder size must be at least 8 px, got {size}")
+    scale = 4  # drawn large and scaled down: cheap anti-aliasing for the curves
+    edge = size * scale
+    image = Image.new("RGB", (edge, edge), (214, 218, 224))
+    draw = ImageDraw.Draw(image)
+    figure = (158, 165, 176)
+    head = edge * 0.19
+    cx, cy = edge / 2, edge * 0.40
+    draw.ellipse((cx - head, cy - head, cx + head, cy + head), fill=figure)
+    draw.ellipse((edge * 0.16, edge * 0.66, edge * 0.84, edge * 1.30), fill=figure)
+    small = image.resize((size, size), Image.Resampling.LANCZOS)
+    return encode_webp(small, 80)

@@ -1,0 +1,76 @@
+"""Failures the simulated GPU can be told to produce, so the demo and the tests can show how avatargen
+copes with the ways a rented machine and the Stable Diffusion web UI really go wrong.
+
+Faults are switched on with `[gpu.simulated] faults = [...]` at start, or at runtime through
+`PUT /_sim/faults {"faults": [...]}` on either simulated service (both share one set) or
+`SimulatedGpu.set_faults()`. Switching the set resets every fault's counter.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+
+FAULTS: dict[str, str] = {
+    "paperspace_429": "Every third Paperspace API request (the first included) answers 429 TOO_MANY_REQUESTS "
+    "with `Retry-After: 1`.",
+    "paperspace_500": "Every third Paperspace API request (the first included) answers 500 "
+    "INTERNAL_SERVER_ERROR.",
+    "start_error": "A start is accepted, then its event ends in \"error\" (no capacity for the machine type) "
+    "and the machine drops back to off.",
+    "never_ready": "A started machine stays in \"starting\" for ever (until it is stopped).",
+    "stop_500": "Stop requests fail with 500 three times in a row; the fourth is accepted (and so on).",
+    "sd_500": "Every txt2img fails with 500 OutOfMemoryError (CUDA out of memory), in the web UI's error "
+    "shape, once it gets its turn.",
+    "sd_garbage": "Every txt2img answers a body that is not JSON: alternately a proxy's 502 HTML page and a "
+    "200 answer cut off mid-JSON.",
+    "sd_invalid_image": "Every txt2img answers 200 with images that are not images: alternately base64 of "
+    "other bytes and text that is not base64 at all.",
+    "sd_slow_first": "The first txt2img after each boot of the web UI takes five times as long (the checkpoint "
+    "is still loading).",
+    "external_stop": "Someone stops the machine from the Paperspace console right after the first txt2img "
+    "answer of each boot: it goes stopping -> off and the web UI goes away with it.",
+}
+
+
+class Faults:
+    """The set of faults switched on, shared by both simulated services, changeable while they run."""
+
+    def __init__(self, names: Iterable[str] = ()) -> None:
+        self._active: frozenset[str] = frozenset()
+        self._hits: Counter[str] = Counter()
+        self.set(names)
+
+    def set(self, names: Iterable[str]) -> None:
+        """Switch on exactly these faults; an unknown name is an error that lists the known ones."""
+        if isinstance(names, str):
+            raise ValueError(f"faults must be a list of names, got the string {names!r}")
+        wanted = frozenset(names)
+        unknown = sorted(name for name in wanted if name not in FAULTS)
+        if unknown:
+            raise ValueError(
+                f"unknown simulator fault {', '.join(map(repr, unknown))}; known faults: {', '.join(FAULTS)}"
+            )
+        self._active = wanted
+        self._hits.clear()
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(self._active)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._active
+
+    def hit(self, name: str) -> int | None:
+        """Count one occasion for an active fault and return its number (1, 2, ...); None when it is off.
+
+        Faults that strike "every third request" decide from this number, so they are deterministic.
+        """
+        if name not in self._active:
+            return None
+        self._hits[name] += 1
+        return self._hits[name]
+
+    def hits(self, name: str) -> int:
+        """How many occasions an active fault has counted since the set last changed."""
+        return self._hits[name]

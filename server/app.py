@@ -1,0 +1,99 @@
+"""The Starlette app: visitors' /avatar, the owner's admin API, and the generator, owned by the lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from avatargen.buckets import open_buckets
+from avatargen.config import Settings
+from avatargen.engine import RefillEngine
+from avatargen.events import EventHub, EventLogHandler
+from avatargen.gpu import make_provider
+from avatargen.ledger import CostLedger
+from avatargen.lock import GeneratorLock
+from avatargen.simulator.runner import SimulatedGpu
+from server.admin import admin_routes
+from server.admin_token import resolve_admin_token
+from server.services import Services
+from server.visitor import VisitorService
+
+log = logging.getLogger("avatargen.server")
+
+
+async def healthz(request: Request) -> Response:
+    state: Services | None = getattr(request.app.state, "services", None)
+    body = {"status": "ok"}
+    if state is not None:
+        body.update(generator=state.engine.state if state.engine else "elsewhere",
+                    buckets={name: bucket.count() for name, bucket in state.buckets.items()})
+    return JSONResponse(body)
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    """JSON errors on the admin API (its clients parse them), plain text elsewhere."""
+    assert isinstance(exc, HTTPException)
+    if request.url.path.startswith("/admin/"):
+        return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+    return PlainTextResponse(exc.detail, status_code=exc.status_code, headers=exc.headers)
+
+
+def create_app(settings: Settings) -> Starlette:
+    """Build the app; nothing starts until the lifespan runs (uvicorn, or a test's lifespan manager)."""
+    buckets = open_buckets(settings)
+    visitor = VisitorService(settings, buckets)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            settings.server.data_dir.mkdir(parents=True, exist_ok=True)
+            for bucket in buckets.values():
+                recovered = await asyncio.to_thread(bucket.recover)
+                if any(recovered.values()):
+                    log.info("bucket %s recovered at start-up: %s", bucket.name, recovered)
+            events = EventHub()
+            handler = EventLogHandler(events, asyncio.get_running_loop())
+            logging.getLogger("avatargen").addHandler(handler)
+            stack.callback(logging.getLogger("avatargen").removeHandler, handler)
+            ledger = CostLedger(settings.server.data_dir / "ledger.sqlite3", settings.gpu.hourly_cost)
+            stack.callback(ledger.close_db)
+            token, source = resolve_admin_token(settings)
+            services = Services(settings, buckets, events, ledger, token=token)
+            app.state.services = services
+            log.info("data in %s; provider %s; admin token %s", settings.server.data_dir, settings.gpu.provider,
+                     source)
+            if source.startswith("generated") and sys.stderr.isatty():
+                print(f"\n  admin token (shown once): {token.reveal()}\n", file=sys.stderr)
+
+            lock = GeneratorLock(settings.server.data_dir)
+            if lock.acquire():
+                stack.callback(lock.release)
+                simulated = None
+                if settings.gpu.provider == "simulated":
+                    simulated = await stack.enter_async_context(SimulatedGpu(settings.gpu.simulated))
+                    log.info("simulated GPU: Paperspace API at %s, SD web UI at %s", simulated.paperspace_url,
+                             simulated.sd_url)
+                engine = RefillEngine(settings, buckets, make_provider(settings, simulated=simulated), ledger,
+                                      events)
+                services.engine = engine
+                await engine.start()
+                stack.push_async_callback(engine.close)
+            else:
+                services.generator_elsewhere = f"the generator runs in another process (pid {lock.holder()})"
+                log.warning("%s; this one serves visitors only", services.generator_elsewhere)
+
+            await visitor.start()
+            stack.push_async_callback(visitor.close)
+            yield
+
+    routes = [Route("/healthz", healthz, methods=["GET"]), *visitor.routes(), *admin_routes()]
+    return Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})

@@ -1,0 +1,64 @@
+"""`avatargen serve`: uvicorn running the app, with proxy headers trusted only from trusted_proxies.
+
+uvicorn turns Ctrl-C and SIGTERM into a graceful shutdown; the lifespan then aborts an active run and
+waits until its machine is confirmed off before the process exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+from dataclasses import replace
+
+import uvicorn
+
+from avatargen.config import ConfigError, Settings
+from server.app import create_app
+
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+def preflight(settings: Settings) -> None:
+    """Problems that would only surface once the generator starts, reported now as config errors."""
+    if settings.gpu.provider == "paperspace" and not settings.gpu.paperspace.api_key():
+        env = settings.gpu.paperspace.api_key_env
+        raise ConfigError(f"the environment variable {env} holding the Paperspace API key is not set",
+                          key="gpu.paperspace.api_key_env", file=settings.path)
+
+
+def configure_logging(settings: Settings) -> None:
+    """Log to the terminal and to <data_dir>/avatargen.log (rotated)."""
+    settings.server.data_dir.mkdir(parents=True, exist_ok=True)
+    root = logging.getLogger("avatargen")
+    root.setLevel(logging.INFO)
+    formatter = logging.Formatter(LOG_FORMAT)
+    console = logging.StreamHandler()
+    logfile = logging.handlers.RotatingFileHandler(settings.server.data_dir / "avatargen.log",
+                                                   maxBytes=5_000_000, backupCount=3)
+    for handler in (console, logfile):
+        handler.setFormatter(formatter)
+        root.addHandler(handler)
+
+
+def serve(settings: Settings, host: str | None = None, port: int | None = None) -> int:
+    server_settings = replace(settings.server, host=host or settings.server.host,
+                              port=settings.server.port if port is None else port)
+    settings = replace(settings, server=server_settings)
+    preflight(settings)
+    configure_logging(settings)
+    logging.getLogger("avatargen.server").info(
+        "listening on http://%s:%d (config: %s)", server_settings.host, server_settings.port,
+        settings.path or "built-in defaults")
+    config = uvicorn.Config(
+        create_app(settings),
+        host=server_settings.host,
+        port=server_settings.port,
+        proxy_headers=True,
+        forwarded_allow_ips=list(server_settings.trusted_proxies),
+        timeout_graceful_shutdown=3,
+        access_log=False,
+        log_level="info",
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    return 0 if server.started else 1

@@ -1,0 +1,58 @@
+"""The long-lived things one server process owns, built and torn down by the app's lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from avatargen.buckets import Bucket
+from avatargen.config import PromptSettings, Secret, Settings
+from avatargen.config_writer import save_prompts
+from avatargen.engine import RefillEngine, bucket_levels, cost_summary
+from avatargen.events import EventHub
+from avatargen.ledger import CostLedger
+
+log = logging.getLogger("avatargen.server")
+
+
+@dataclass
+class Services:
+    settings: Settings
+    buckets: dict[str, Bucket]
+    events: EventHub
+    ledger: CostLedger
+    token: Secret = field(default_factory=lambda: Secret(""))
+    engine: RefillEngine | None = None
+    generator_elsewhere: str | None = None  # why this process does not run the generator
+    prompts: PromptSettings = field(init=False)
+    admin_networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(init=False)
+    _save_lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False)
+
+    def __post_init__(self) -> None:
+        self.prompts = self.settings.prompts
+        self.admin_networks = [ipaddress.ip_network(net, strict=False) for net in self.settings.admin.allow_from]
+
+    async def save_prompts(self, new: PromptSettings) -> None:
+        """Persist to config.toml (atomically), then use them for the next prompt."""
+        async with self._save_lock:
+            if self.settings.path is not None:
+                await asyncio.to_thread(save_prompts, self.settings.path, new)
+                log.info("prompt settings saved to %s", self.settings.path)
+            else:
+                log.warning("prompt settings changed for this process only: no config file to save them to")
+            self.prompts = new
+            if self.engine is not None:
+                self.engine.prompts = new
+
+    def status(self) -> dict[str, Any]:
+        if self.engine is not None:
+            return self.engine.status()
+        # Another process runs the generator: report what this one can see (the shared folders and ledger).
+        return {"state": "idle", "run": None, "last_run": None,
+                "buckets": bucket_levels(self.settings, self.buckets),
+                "gpu": {"provider": self.settings.gpu.provider, "machine_state": None},
+                "cost": cost_summary(self.settings, self.ledger), "next_check_at": None,
+                "paused_reason": self.generator_elsewhere}

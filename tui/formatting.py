@@ -1,0 +1,15 @@
+"""How numbers and times read on screen, the same in every panel."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+
+def money(amount: float) -> str:
+    """Spend in the owner's currency; sub-cent runs keep three decimals so they do not read as free."""
+    return f"{amount:.3f}" if 0 < amount < 0.1 else f"{amount:.2f}"
+
+
+def clock(moment: datetime) -> str:
+    """A server timestamp as the owner's local wall-clock time."""
+    return moment.astimezone().strftime("%H:%M:%S")

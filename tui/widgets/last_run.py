@@ -1,0 +1,37 @@
+"""How the previous run ended, and why when it failed: the first thing to look at after a bad night."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.reactive import reactive
+from textual.widget import Widget
+
+from avatargen.durations import format_duration
+from tui.formatting import clock, money
+from tui.models import LastRun
+
+
+class LastRunSummary(Widget):
+    """`last run 7f3a (manual) completed at 14:03:12: 40 done, 1 failed · GPU 1m 40s · 0.021`, then the error."""
+
+    COMPONENT_CLASSES = {"last-run--completed", "last-run--aborted", "last-run--failed", "last-run--error"}
+
+    last_run: reactive[LastRun | None] = reactive(None)
+
+    def render(self) -> Text:
+        last = self.last_run
+        if last is None:
+            return Text("no run yet", "dim")
+        run = last.run
+        ended = f" at {clock(last.ended_at)}" if last.ended_at is not None else ""
+        outcome_style = f"last-run--{last.outcome}"
+        style = self.get_component_rich_style(outcome_style) if outcome_style in self.COMPONENT_CLASSES else ""
+        line = Text.assemble(
+            f"last run {run.id} ({run.trigger}) ",
+            (last.outcome, style),
+            f"{ended}: {run.done} done, {run.failed} failed · GPU {format_duration(run.billed_seconds)}"
+            f" · {money(run.cost)}",
+        )
+        if last.error:
+            return Text("\n").join([line, Text(last.error, self.get_component_rich_style("last-run--error"))])
+        return line

@@ -1,0 +1,27 @@
+"""Whether the panel is live: the owner must never mistake stale numbers for current ones."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widgets import Static
+
+
+class LinkIndicator(Static):
+    """One line: live, connecting, or disconnected with the reason and the next retry."""
+
+    def on_mount(self) -> None:
+        self.show_connecting()
+
+    def _show(self, state: str, text: Text) -> None:
+        self.set_classes(f"-{state}")
+        self.update(text)
+
+    def show_connecting(self) -> None:
+        self._show("connecting", Text("◌ connecting…"))
+
+    def show_live(self) -> None:
+        self._show("live", Text("● live"))
+
+    def show_down(self, reason: str, retry_in: float, attempt: int) -> None:
+        text = Text.assemble(("○ disconnected", "bold"), f" · retry {attempt} in {retry_in:.3g}s · {reason}")
+        self._show("down", text)

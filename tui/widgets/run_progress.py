@@ -1,0 +1,68 @@
+"""The current run: images done against the total, the SD job's own steps, the prompt, GPU time and cost."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Horizontal
+from textual.reactive import reactive
+from textual.widget import Widget
+from textual.widgets import Label, ProgressBar, Static
+
+from avatargen.durations import format_duration
+from tui.formatting import money
+from tui.models import Run
+
+
+def _counts(run: Run) -> str:
+    parts = [f"{run.done}/{run.total}"]
+    if run.failed:
+        parts.append(f"{run.failed} failed")
+    if run.images_per_minute is not None:
+        parts.append(f"{run.images_per_minute:.1f}/min")
+    if run.eta_seconds is not None:
+        parts.append(f"ETA {format_duration(run.eta_seconds)}")
+    return " · ".join(parts)
+
+
+class RunProgress(Widget):
+    """Shows the run in progress, or says there is none."""
+
+    run: reactive[Run | None] = reactive(None, init=False)
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="run-title")
+        with Horizontal(classes="bar-row"):
+            yield Label("images ", classes="bar-label")
+            yield ProgressBar(id="run-bar", show_eta=False, show_percentage=False)
+            yield Static(id="run-counts")
+        with Horizontal(classes="bar-row", id="step-row"):
+            yield Label("SD step", classes="bar-label")
+            yield ProgressBar(id="step-bar", show_eta=False, show_percentage=False)
+            yield Static(id="step-counts")
+        yield Static(id="run-prompt")
+        yield Static(id="run-gpu")
+
+    def on_mount(self) -> None:
+        self.watch_run(self.run)
+
+    def watch_run(self, run: Run | None) -> None:
+        self.set_class(run is None, "-no-run")
+        title = self.query_one("#run-title", Static)
+        if run is None:
+            title.update(Text("No run in progress. Press r to refill now.", "dim"))
+            return
+        targets = ", ".join(f"{bucket} {count}" for bucket, count in run.targets.items())
+        title.update(Text.assemble(("Run ", "bold"), (run.id, "bold"), f" · {run.trigger} · {targets}"))
+        self.query_one("#run-bar", ProgressBar).update(total=max(run.total, 1), progress=run.done)
+        self.query_one("#run-counts", Static).update(_counts(run))
+        step = run.step
+        self.query_one("#step-row").display = step is not None
+        if step is not None:
+            bar = self.query_one("#step-bar", ProgressBar)
+            bar.update(total=max(step.sampling_steps, 1), progress=step.sampling_step)
+            self.query_one("#step-counts", Static).update(f"{step.sampling_step}/{step.sampling_steps}")
+        self.query_one("#run-prompt", Static).update(Text.assemble(("prompt ", "dim"), run.current_prompt or "…"))
+        self.query_one("#run-gpu", Static).update(
+            f"GPU time {format_duration(run.billed_seconds)} · cost {money(run.cost)}"
+        )

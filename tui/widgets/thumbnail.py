@@ -1,0 +1,43 @@
+"""One avatar in the grid: its pixels and its prompt; select it to see it larger."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.events import Click
+from textual.message import Message
+from textual.widgets import Label
+
+from tui.formatting import clock
+from tui.images import ImageStyle, Picture, image_widget
+
+
+class Thumbnail(Vertical, can_focus=True):
+    """A focusable card; Enter or a click posts `Thumbnail.Selected`."""
+
+    BINDINGS = [Binding("enter", "select", "View")]
+
+    class Selected(Message):
+        def __init__(self, picture: Picture) -> None:
+            super().__init__()
+            self.picture = picture
+
+    def __init__(self, picture: Picture, style: ImageStyle) -> None:
+        super().__init__(classes=f"-{picture.info.bucket}")
+        self.picture = picture
+        self.image_style = style
+
+    def compose(self) -> ComposeResult:
+        info = self.picture.info
+        yield image_widget(self.image_style, self.picture, classes="thumbnail-image")
+        yield Label(info.prompt, classes="thumbnail-prompt", markup=False)
+        yield Label(f"{info.bucket} · {clock(info.created_at)}", classes="thumbnail-meta")
+
+    def on_click(self, event: Click) -> None:
+        self.focus()
+        if event.chain == 2:
+            self.action_select()
+
+    def action_select(self) -> None:
+        self.post_message(self.Selected(self.picture))
