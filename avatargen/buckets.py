@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import heapq
 import json
-import logging
 import os
 import random
 import re
@@ -30,8 +29,6 @@ from typing import Any
 
 from avatargen.config import Settings
 from avatargen.imaging import frame_unique, sniff_format
-
-log = logging.getLogger(__name__)
 
 IMAGE_SUFFIX = ".webp"
 META_SUFFIX = ".json"
@@ -429,14 +426,12 @@ class Bucket:
 
 
 def open_buckets(settings: Settings) -> dict[str, Bucket]:
-    """The two buckets of the configuration, recovered from any crash; the unique one pre-frames."""
+    """The two buckets of the configuration; the unique one pre-frames what visitors will get.
+
+    Nothing is repaired here: call `recover()` on each at start-up (the app's lifespan does).
+    """
     frame = partial(frame_unique, quality=settings.generator.webp_quality)
-    buckets = {
+    return {
         name: Bucket(name, bucket.dir, prepare=frame if name == "unique" else None)
         for name, bucket in settings.buckets.items()
     }
-    for bucket in buckets.values():
-        counts = bucket.recover()
-        if any(counts.values()):
-            log.info("recovered the %s bucket: %s", bucket.name, counts)
-    return buckets

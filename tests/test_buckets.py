@@ -235,7 +235,7 @@ def test_two_processes_of_eight_threads_claim_each_image_exactly_once(tmp_path: 
     processes = [context.Process(target=_claimer_process, args=(tmp_path, gate, results)) for _ in range(2)]
     for process in processes:
         process.start()
-    won = [results.get(timeout=60) for _ in processes]
+    won = [results.get(timeout=30) for _ in processes]
     for process in processes:
         process.join(timeout=10)
         assert process.exitcode == 0

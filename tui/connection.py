@@ -31,6 +31,9 @@ class Backoff:
         return min(self.maximum, self.initial * 2 ** (attempt - 1))
 
 
+DEFAULT_BACKOFF = Backoff()
+
+
 async def follow(client: AdminClient, report: Callable[[Message], object], backoff: Backoff) -> None:
     """Relay the server's state and events to `report` until the token is refused (or the task is cancelled)."""
     last_id: str | None = None

@@ -99,6 +99,14 @@ class PromptsRejected(Message):
         self.error = error
 
 
+class Failed(Message):
+    """A background load failed (the log says so; the connection status tells the bigger story)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+
 class Answered(Message):
     """The outcome of an owner's action (refill, abort, save), in words for the log and a notification."""
 

@@ -8,6 +8,7 @@ Faults are switched on with `[gpu.simulated] faults = [...]` at start, or at run
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Iterable
 
@@ -74,3 +75,15 @@ class Faults:
     def hits(self, name: str) -> int:
         """How many occasions an active fault has counted since the set last changed."""
         return self._hits[name]
+
+
+def faults_from_body(body: bytes) -> list[str]:
+    """The fault names in a `PUT /_sim/faults` body, `{"faults": [name, ...]}`; ValueError says what is wrong."""
+    try:
+        document = json.loads(body)
+    except ValueError:
+        document = None
+    names = document.get("faults") if isinstance(document, dict) else None
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise ValueError('send a JSON body {"faults": [name, ...]} with a list of fault names')
+    return names

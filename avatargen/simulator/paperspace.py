@@ -15,6 +15,7 @@ import asyncio
 import hmac
 import time
 import uuid
+from collections.abc import Coroutine
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,7 +26,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from avatargen.config import SimulatedSettings
-from avatargen.simulator.faults import Faults
+from avatargen.simulator.faults import Faults, faults_from_body
 
 NO_CAPACITY = "There is no capacity for this machine type in this region right now; try again later"
 _SERVICEREADY_SHARE = 0.2  # the last fifth of a boot is spent in "serviceready"
@@ -55,7 +56,7 @@ class SimulatedMachine:
         self._public_ip = public_ip
         self._events: dict[str, dict[str, Any]] = {}
         self._transition: asyncio.Task[None] | None = None
-        self._stop_event: dict[str, Any] | None = None
+        self._pending: dict[str, Any] | None = None  # the event of the transition in progress
         self._billed = 0.0
         self._on_since: float | None = None
         self._modified = _now()
@@ -108,22 +109,21 @@ class SimulatedMachine:
             self._set_event(event, "done")
             return event
         self._set_state("starting")
-        self._transition = asyncio.create_task(self._boot(event))
+        self._begin(self._boot(event), event)
         return event
 
     def stop(self) -> dict[str, Any]:
         """Begin a shutdown and return its event; stopping an off machine is harmless."""
-        if self.state == "stopping" and self._stop_event is not None:
-            return self._stop_event
+        if self.state == "stopping" and self._pending is not None:
+            return self._pending
         event = self._new_event("stop")
         if self.state == "off":
             self._set_event(event, "done")
             return event
-        if self._transition is not None:
-            self._transition.cancel()
-        self._stop_event = event
+        if self._pending is not None:  # a boot in progress is abandoned
+            self._set_event(self._pending, "cancelled")
         self._set_state("stopping")
-        self._transition = asyncio.create_task(self._halt(event))
+        self._begin(self._halt(event), event)
         return event
 
     async def aclose(self) -> None:
@@ -132,32 +132,38 @@ class SimulatedMachine:
             self._transition.cancel()
             await asyncio.gather(self._transition, return_exceptions=True)
 
+    def _begin(self, transition: Coroutine[Any, Any, None], event: dict[str, Any]) -> None:
+        """Run a transition in the background, replacing (cancelling) the one in progress."""
+        if self._transition is not None:
+            self._transition.cancel()
+        self._pending = event
+        self._transition = asyncio.create_task(transition)
+
+    def _finish(self, event: dict[str, Any], state: str, *, error: str | None = None) -> None:
+        self._set_event(event, state, error=error)
+        self._pending = None
+
     async def _boot(self, event: dict[str, Any]) -> None:
         delay = self._settings.boot_delay
-        try:
-            self._set_event(event, "in progress")
-            if "start_error" in self._faults:
-                await asyncio.sleep(delay * _START_ERROR_AFTER)
-                self._set_event(event, "error", error=NO_CAPACITY)
-                self._set_state("off")
-                return
-            if "never_ready" in self._faults:
-                await asyncio.Event().wait()
-            await asyncio.sleep(delay * (1 - _SERVICEREADY_SHARE))
-            self._set_state("serviceready")
-            await asyncio.sleep(delay * _SERVICEREADY_SHARE)
-            self._set_state("ready")
-            self._set_event(event, "done")
-        except asyncio.CancelledError:
-            self._set_event(event, "cancelled")
-            raise
+        self._set_event(event, "in progress")
+        if "start_error" in self._faults:
+            await asyncio.sleep(delay * _START_ERROR_AFTER)
+            self._finish(event, "error", error=NO_CAPACITY)
+            self._set_state("off")
+            return
+        if "never_ready" in self._faults:
+            await asyncio.Event().wait()
+        await asyncio.sleep(delay * (1 - _SERVICEREADY_SHARE))
+        self._set_state("serviceready")
+        await asyncio.sleep(delay * _SERVICEREADY_SHARE)
+        self._finish(event, "done")
+        self._set_state("ready")
 
     async def _halt(self, event: dict[str, Any]) -> None:
         self._set_event(event, "in progress")
         await asyncio.sleep(self._settings.stop_delay)
+        self._finish(event, "done")
         self._set_state("off")
-        self._set_event(event, "done")
-        self._stop_event = None
 
     def _set_state(self, state: str) -> None:
         now = time.monotonic()
@@ -286,10 +292,7 @@ class SimulatedPaperspace:
             return refusal
         if request.method == "PUT":
             try:
-                body = await request.json()
-                self._faults.set(body["faults"])
-            except (ValueError, KeyError, TypeError) as exc:
-                message = str(exc) if isinstance(exc, ValueError) and "fault" in str(exc) else (
-                    'send a JSON body {"faults": [name, ...]}')
-                return _error(400, "BAD_REQUEST", message)
+                self._faults.set(faults_from_body(await request.body()))
+            except ValueError as exc:
+                return _error(400, "BAD_REQUEST", str(exc))
         return JSONResponse({"faults": self._faults.names})

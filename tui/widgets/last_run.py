@@ -12,7 +12,7 @@ from tui.models import LastRun
 
 
 class LastRunSummary(Widget):
-    """`last run 7f3a (manual) completed at 14:03:12: 40 done, 1 failed · GPU 1m 40s · 0.021`, then the error."""
+    """`last run 7f3a (manual) completed at 14:03:12 · 40/40 done · GPU 1m 40s, 0.021`, then any error."""
 
     COMPONENT_CLASSES = {"last-run--completed", "last-run--aborted", "last-run--failed", "last-run--error"}
 
@@ -24,13 +24,14 @@ class LastRunSummary(Widget):
             return Text("no run yet", "dim")
         run = last.run
         ended = f" at {clock(last.ended_at)}" if last.ended_at is not None else ""
+        failed = f", {run.failed} failed" if run.failed else ""
         outcome_style = f"last-run--{last.outcome}"
         style = self.get_component_rich_style(outcome_style) if outcome_style in self.COMPONENT_CLASSES else ""
         line = Text.assemble(
             f"last run {run.id} ({run.trigger}) ",
             (last.outcome, style),
-            f"{ended}: {run.done} done, {run.failed} failed · GPU {format_duration(run.billed_seconds)}"
-            f" · {money(run.cost)}",
+            f"{ended} · {run.done}/{run.total} done{failed}"
+            f" · GPU {format_duration(run.billed_seconds)}, {money(run.cost)}",
         )
         if last.error:
             return Text("\n").join([line, Text(last.error, self.get_component_rich_style("last-run--error"))])

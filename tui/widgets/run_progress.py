@@ -41,7 +41,6 @@ class RunProgress(Widget):
             yield ProgressBar(id="step-bar", show_eta=False, show_percentage=False)
             yield Static(id="step-counts")
         yield Static(id="run-prompt")
-        yield Static(id="run-gpu")
 
     def on_mount(self) -> None:
         self.watch_run(self.run)
@@ -53,7 +52,10 @@ class RunProgress(Widget):
             title.update(Text("No run in progress. Press r to refill now.", "dim"))
             return
         targets = ", ".join(f"{bucket} {count}" for bucket, count in run.targets.items())
-        title.update(Text.assemble(("Run ", "bold"), (run.id, "bold"), f" · {run.trigger} · {targets}"))
+        title.update(Text.assemble(
+            ("Run ", "bold"), (run.id, "bold"),
+            f" · {run.trigger} · {targets} · GPU {format_duration(run.billed_seconds)}, {money(run.cost)}",
+        ))
         self.query_one("#run-bar", ProgressBar).update(total=max(run.total, 1), progress=run.done)
         self.query_one("#run-counts", Static).update(_counts(run))
         step = run.step
@@ -62,7 +64,4 @@ class RunProgress(Widget):
             bar = self.query_one("#step-bar", ProgressBar)
             bar.update(total=max(step.sampling_steps, 1), progress=step.sampling_step)
             self.query_one("#step-counts", Static).update(f"{step.sampling_step}/{step.sampling_steps}")
-        self.query_one("#run-prompt", Static).update(Text.assemble(("prompt ", "dim"), run.current_prompt or "…"))
-        self.query_one("#run-gpu", Static).update(
-            f"GPU time {format_duration(run.billed_seconds)} · cost {money(run.cost)}"
-        )
+        self.query_one("#run-prompt", Static).update(Text.assemble(("prompt  ", "dim"), run.current_prompt or "…"))

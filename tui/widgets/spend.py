@@ -36,8 +36,8 @@ class SpendSummary(Widget):
         over = share >= 1
         spend = Text.assemble(
             "today ",
-            ("▮" * used, self.get_component_rich_style("spend--over" if over else "spend--used")),
-            ("▯" * (BUDGET_BAR - used), self.get_component_rich_style("spend--left")),
+            ("█" * used, self.get_component_rich_style("spend--over" if over else "spend--used")),
+            ("░" * (BUDGET_BAR - used), self.get_component_rich_style("spend--left")),
             f" {money(cost.today)} of {money(cost.daily_budget)} budget · month {money(cost.month)}",
         )
         machine = Text(
@@ -49,7 +49,8 @@ class SpendSummary(Widget):
 
     def _schedule(self, status: Status) -> Text:
         if status.paused_reason:
-            return Text(f"automatic runs paused: {status.paused_reason}", self.get_component_rich_style("spend--paused"))
+            paused = self.get_component_rich_style("spend--paused")
+            return Text(f"automatic runs paused: {status.paused_reason}", paused)
         if status.next_check_at is None:
             return Text("no automatic check scheduled", "dim")
         wait = (status.next_check_at - datetime.now(UTC)).total_seconds()

@@ -57,6 +57,11 @@ class ThumbnailGrid(VerticalScroll):
             await card.remove()
         self._retitle()
 
+    def focus_newest(self) -> None:
+        """Focus the first card, so arrow keys and Enter work at once (the grid itself when empty)."""
+        cards = self.cards
+        (cards[0] if cards else self).focus()
+
     def action_move(self, step: int) -> None:
         self._focus_card(step)
 
@@ -69,7 +74,7 @@ class ThumbnailGrid(VerticalScroll):
             return
         focused = self.screen.focused
         if not isinstance(focused, Thumbnail) or focused not in cards:
-            cards[0].focus()
+            self.focus_newest()
             return
         index = cards.index(focused) + step
         cards[max(0, min(len(cards) - 1, index))].focus()

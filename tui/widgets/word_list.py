@@ -34,8 +34,10 @@ class WordList(Vertical):
         self.placeholder = placeholder
         self.entries: tuple[str, ...] = ()
 
+    def on_mount(self) -> None:
+        self.border_title = self.title
+
     def compose(self) -> ComposeResult:
-        yield Label(self.title, classes="word-list-title")
         yield OptionList(classes="word-list-entries")
         yield Input(placeholder=self.placeholder, compact=True, classes="word-list-add")
         yield Label(id=f"error-{self.setting}", classes="field-error")
@@ -52,7 +54,7 @@ class WordList(Vertical):
         options.add_options(entries)
         if entries and highlighted is not None:
             options.highlighted = min(highlighted, len(entries) - 1)
-        self.query_one(".word-list-title", Label).update(f"{self.title} ({len(entries)})")
+        self.border_title = f"{self.title} ({len(entries)})"
 
     def _change(self, entries: tuple[str, ...]) -> None:
         self._show(entries)

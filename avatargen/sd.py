@@ -1,0 +1,259 @@
+"""Client of the Stable Diffusion web UI API (AUTOMATIC1111 `--api`, and Forge / SD.Next which keep it).
+
+Every way the web UI (or a proxy in front of it) can fail becomes one `SdError` with a message the
+owner can act on, e.g. "SD web UI error 500 OutOfMemoryError: CUDA out of memory", and a `retryable`
+flag that tells the refill engine whether asking again may help. `probe` is the readiness check of a
+run: the machine being ready says nothing about the web UI, which opens its port before mounting its
+routes and loads the checkpoint after that.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from avatargen.config import SdSettings
+
+TXT2IMG_TIMEOUT = 900.0  # seconds: txt2img answers only when the images are done, a big batch takes minutes
+_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
+_QUOTE = 300  # characters of an error text worth quoting
+_NOT_JSON = object()
+
+
+class SdError(Exception):
+    """A failed web UI request: HTTP status (None when there was no answer), message, whether to retry."""
+
+    def __init__(self, status: int | None, message: str, retryable: bool) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.retryable = retryable
+
+
+class SdNotReady(SdError):
+    """The web UI is not up yet (refused connection, routes not mounted, no model loaded): poll again."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(status, message, retryable=True)
+
+
+@dataclass(frozen=True)
+class Txt2ImgResult:
+    """One txt2img answer: base64 images (PNG unless the web UI is set otherwise), the seed of each
+    (-1 where the web UI did not say), the parsed `info` and the echoed request `parameters`."""
+
+    images: list[str]
+    seeds: list[int]
+    info: dict[str, Any]
+    parameters: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SdProgress:
+    """`/sdapi/v1/progress`: overall progress 0..1 of the current job, 0 and job_count 0 when idle."""
+
+    progress: float
+    eta_relative: float
+    sampling_step: int
+    sampling_steps: int
+    job_count: int
+
+
+def _quote(text: str) -> str:
+    return " ".join(text.split())[:_QUOTE]
+
+
+def _error_text(body: Any, raw: str) -> str:
+    """What went wrong, from each error shape the web UI and FastAPI produce."""
+    if isinstance(body, dict) and body.get("error"):  # an exception: {"error", "detail", "body", "errors"}
+        detail = body.get("detail") or body.get("errors")
+        return _quote(f"{body['error']}: {detail}" if detail else str(body["error"]))
+    if isinstance(body, dict) and isinstance(body.get("detail"), list):  # FastAPI's 422
+        problems = []
+        for item in body["detail"]:
+            item = item if isinstance(item, dict) else {"msg": item}
+            where = ".".join(str(part) for part in item.get("loc", []) if part != "body") or "body"
+            problems.append(f"{where}: {item.get('msg', 'invalid')}")
+        return "invalid request: " + "; ".join(problems)
+    if isinstance(body, dict) and body.get("detail"):
+        return _quote(str(body["detail"]))
+    if body is _NOT_JSON:
+        return f"the answer is not JSON: {_quote(raw)!r}"
+    return _quote(raw)
+
+
+def _unusable(text: str) -> SdError:
+    """A 200 answer that cannot be used (garbled, cut off): worth asking again."""
+    return SdError(200, f"SD web UI sent an unusable answer: {text}", retryable=True)
+
+
+def _image_kind(data: bytes) -> str | None:
+    """The format by magic bytes: the web UI's `samples_format` decides it, so never assume PNG."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WebP"
+    return None
+
+
+def _check_image(index: int, image: Any) -> None:
+    """Refuse what cannot be an image before it reaches a bucket."""
+    if not isinstance(image, str):
+        raise _unusable(f"image {index} is not a base64 string")
+    try:
+        data = base64.b64decode(image, validate=True)
+    except binascii.Error:
+        raise _unusable(f"image {index} is not valid base64: {image[:40]!r}") from None
+    if _image_kind(data) is None:
+        raise _unusable(f"image {index} is not a PNG, JPEG or WebP image (it starts with {data[:12]!r})")
+
+
+def _parse_info(info: Any) -> dict[str, Any]:
+    """`info` is a JSON document encoded as a string (some forks send the object itself)."""
+    if isinstance(info, str):
+        try:
+            info = json.loads(info)
+        except ValueError:
+            return {}
+    return info if isinstance(info, dict) else {}
+
+
+def _seeds(info: dict[str, Any], count: int) -> list[int]:
+    """The seed of each image: `all_seeds`, else `seed` + i as the web UI numbers them, else -1."""
+    all_seeds = info.get("all_seeds")
+    if isinstance(all_seeds, list) and len(all_seeds) >= count and all(isinstance(s, int) for s in all_seeds):
+        return all_seeds[:count]
+    seed = info.get("seed")
+    return [seed + index if isinstance(seed, int) else -1 for index in range(count)]
+
+
+def _number(value: Any, kind: type[int] | type[float]) -> Any:
+    try:
+        return kind(value or 0)
+    except (TypeError, ValueError):
+        raise _unusable(f"progress holds {value!r} where a number belongs") from None
+
+
+class SdClient:
+    """The web UI routes avatargen uses; Basic auth when `sd.username` is set (password from the env)."""
+
+    def __init__(self, settings: SdSettings, *, url: str | None = None, http: httpx.AsyncClient | None = None,
+                 txt2img_timeout: float = TXT2IMG_TIMEOUT) -> None:
+        self._settings = settings
+        self._url = (url or settings.url).rstrip("/")
+        self._http = http if http is not None else httpx.AsyncClient(timeout=_TIMEOUT)
+        self._owns_http = http is None
+        self._txt2img_timeout = httpx.Timeout(txt2img_timeout, connect=10.0)
+        self._auth = httpx.BasicAuth(settings.username, settings.password().reveal()) if settings.username else None
+
+    def __repr__(self) -> str:
+        return f"SdClient({self._url!r}, username={self._settings.username!r})"
+
+    async def txt2img(self, prompt: str, *, batch_size: int, seed: int = -1) -> Txt2ImgResult:
+        """Generate `batch_size` images in one pass; waits until they are done (a long read timeout)."""
+        settings = self._settings
+        payload: dict[str, Any] = {
+            "prompt": prompt, "negative_prompt": settings.negative_prompt, "seed": seed,
+            "sampler_name": settings.sampler, "steps": settings.steps, "cfg_scale": settings.cfg_scale,
+            "width": settings.width, "height": settings.height, "batch_size": batch_size,
+        }
+        if settings.checkpoint:
+            payload["override_settings"] = {"sd_model_checkpoint": settings.checkpoint}
+        body = await self._call("POST", "/sdapi/v1/txt2img", json=payload, timeout=self._txt2img_timeout)
+        images = body.get("images") if isinstance(body, dict) else None
+        if not isinstance(images, list) or not images:
+            raise _unusable("it has no images (the 'images' list is missing or empty)")
+        for index, image in enumerate(images):
+            _check_image(index, image)
+        info = _parse_info(body.get("info"))
+        parameters = body.get("parameters")
+        return Txt2ImgResult(images=images, seeds=_seeds(info, len(images)), info=info,
+                             parameters=parameters if isinstance(parameters, dict) else {})
+
+    async def progress(self) -> SdProgress:
+        body = await self._call("GET", "/sdapi/v1/progress", params={"skip_current_image": "true"})
+        state = body.get("state") if isinstance(body, dict) else None
+        if not isinstance(state, dict):
+            raise _unusable("the progress answer has no 'state'")
+        return SdProgress(
+            progress=_number(body.get("progress"), float), eta_relative=_number(body.get("eta_relative"), float),
+            sampling_step=_number(state.get("sampling_step"), int),
+            sampling_steps=_number(state.get("sampling_steps"), int), job_count=_number(state.get("job_count"), int),
+        )
+
+    async def interrupt(self) -> None:
+        """Stop the current job early: its pending txt2img still answers, with the images it has."""
+        await self._call("POST", "/sdapi/v1/interrupt")
+
+    async def sd_models(self) -> list[dict[str, Any]]:
+        body = await self._call("GET", "/sdapi/v1/sd-models")
+        if not isinstance(body, list) or not all(isinstance(model, dict) for model in body):
+            raise _unusable("sd-models is not a list of models")
+        return body
+
+    async def probe(self, checkpoint: str) -> None:
+        """Return when the web UI can generate; SdNotReady while it boots (poll again), SdError otherwise.
+
+        With `checkpoint` set it must be listed by title, model name or hash: the web UI silently
+        falls back to its default model for an unknown one, and the owner would pay for avatars of a
+        stranger.
+        """
+        try:
+            models = await self.sd_models()
+        except SdNotReady:
+            raise
+        except SdError as exc:
+            if exc.retryable or exc.status == 404:  # refused, 5xx from a proxy, routes not mounted yet
+                raise SdNotReady(f"the SD web UI is not ready: {exc.message}", exc.status) from exc
+            raise
+        if not models:
+            raise SdNotReady("the SD web UI lists no models yet (still loading)", 200)
+        if checkpoint and not any(checkpoint in (m.get("title"), m.get("model_name"), m.get("hash")) for m in models):
+            available = ", ".join(repr(m.get("title") or m.get("model_name")) for m in models)
+            raise SdError(None, f"sd.checkpoint {checkpoint!r} is not on the SD web UI (available: {available}); "
+                                "the web UI would silently use another model", retryable=False)
+
+    async def aclose(self) -> None:
+        if self._owns_http:
+            await self._http.aclose()
+
+    async def __aenter__(self) -> SdClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def _call(self, method: str, path: str, *, json: Any = None, params: dict[str, str] | None = None,
+                    timeout: httpx.Timeout | None = None) -> Any:
+        """One request; the parsed JSON body, or SdError for every way it can fail."""
+        try:
+            response = await self._http.request(
+                method, self._url + path, json=json, params=params, auth=self._auth or httpx.USE_CLIENT_DEFAULT,
+                timeout=timeout or httpx.USE_CLIENT_DEFAULT,
+            )
+        except httpx.TimeoutException as exc:
+            raise SdError(None, f"the SD web UI at {self._url} did not answer in time ({type(exc).__name__})",
+                          retryable=True) from exc
+        except httpx.TransportError as exc:
+            raise SdError(None, f"cannot reach the SD web UI at {self._url}: {type(exc).__name__} {exc}".rstrip(),
+                          retryable=True) from exc
+        try:
+            body = response.json()
+        except ValueError:
+            body = _NOT_JSON
+        status = response.status_code
+        if response.is_success:
+            if body is _NOT_JSON:
+                raise _unusable(_error_text(body, response.text))
+            return body
+        text = _error_text(body, response.text)
+        if status == 401:
+            text += f" (check sd.username and the password in ${self._settings.password_env})"
+        raise SdError(status, f"SD web UI error {status} {text}", retryable=status >= 500 or status in (408, 429))

@@ -1,0 +1,67 @@
+"""`python -m avatargen.simulator`: the simulated GPU as a process of its own.
+
+Prints one JSON line (`paperspace_url`, `sd_url`, `api_key`, `machine_id`) once it listens, then
+serves until SIGTERM or Ctrl-C. A machine that must outlive an avatargen process (the test of "a
+machine found running at start-up is stopped") lives in such a process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+
+from avatargen.config import SimulatedSettings
+from avatargen.durations import parse_duration
+from avatargen.simulator.faults import FAULTS
+from avatargen.simulator.runner import run_simulator
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(int(text) if text.isdigit() else text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    defaults = SimulatedSettings()
+    parser = argparse.ArgumentParser(prog="python -m avatargen.simulator", description=__doc__.split("\n")[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--paperspace-port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--sd-port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--boot-delay", type=_duration, default=defaults.boot_delay, help="e.g. 8s")
+    parser.add_argument("--stop-delay", type=_duration, default=defaults.stop_delay)
+    parser.add_argument("--sd-boot-delay", type=_duration, default=defaults.sd_boot_delay)
+    parser.add_argument("--step-time", type=_duration, default=defaults.step_time, help="e.g. 50ms")
+    parser.add_argument("--fault", action="append", default=[], choices=sorted(FAULTS),
+                        help="inject a fault (repeatable)")
+    return parser
+
+
+async def _serve_until_signalled(args: argparse.Namespace) -> None:
+    settings = SimulatedSettings(boot_delay=args.boot_delay, stop_delay=args.stop_delay,
+                                 sd_boot_delay=args.sd_boot_delay, step_time=args.step_time,
+                                 faults=tuple(args.fault))
+    serving = asyncio.create_task(run_simulator(settings, args.host, args.paperspace_port, args.sd_port))
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, serving.cancel)
+    with contextlib.suppress(asyncio.CancelledError):
+        await serving
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        asyncio.run(_serve_until_signalled(args))
+    except OSError as exc:  # the port is taken, the host is not ours, ...
+        print(f"simulator: cannot listen on {args.host}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

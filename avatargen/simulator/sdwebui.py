@@ -1,0 +1,384 @@
+"""A simulated Stable Diffusion web UI API (AUTOMATIC1111 `--api`), for demo mode and tests.
+
+It answers the `/sdapi/v1` routes avatargen uses with the same status codes and bodies as the real
+web UI: txt2img applies the web UI's defaults, answers 422 in FastAPI's shape for a wrong type and
+500 `{"error", "detail", "body", "errors"}` for a failure, and returns real PNGs drawn by
+`avatargen.simulator.drawing`. Jobs run one at a time, first in first out, and take time:
+
+    seconds per job = steps * step_time * batch_factor * n_iter,  batch_factor = 1 + 0.18 * (batch_size - 1)
+
+so a batch of two takes 1.18 times as long as one image (about 1.7x the images per second, as
+measured on an A100) and larger batches keep gaining a little. Progress rises with the sampling step;
+interrupt makes the pending txt2img return early with the (blurred, half-denoised) images it has.
+After each `boot()` the routes answer 404 for `sd_boot_delay`, as while the real web UI mounts them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hmac
+import json
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.background import BackgroundTask
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from avatargen.config import SimulatedSettings
+from avatargen.simulator.drawing import avatar_png
+from avatargen.simulator.faults import Faults, faults_from_body
+
+MODEL = {
+    "title": "cjs-dreambooth.safetensors [abc123]",
+    "model_name": "cjs-dreambooth",
+    "hash": "abc123",
+    "sha256": "abc123" + "0" * 58,
+    "filename": "/notebooks/stable-diffusion-webui/models/Stable-diffusion/cjs-dreambooth.safetensors",
+    "config": None,
+}
+SAMPLERS = ("DPM++ 2M", "DPM++ SDE", "Euler a", "Euler", "DDIM")
+DEFAULT_SAMPLER = "Euler"
+BATCH_COST = 0.18  # each extra image in a batch adds this share of a one-image batch's time
+SLOW_FIRST_FACTOR = 5.0  # sd_slow_first: the first job after a boot takes this many times as long
+
+# txt2img fields: (kind, default). A kind ending in "?" also accepts null. Unknown fields are ignored,
+# as the web UI's request model does.
+_TXT2IMG_FIELDS: dict[str, tuple[str, Any]] = {
+    "prompt": ("str", ""),
+    "negative_prompt": ("str", ""),
+    "styles": ("list", []),
+    "seed": ("int", -1),
+    "subseed": ("int", -1),
+    "subseed_strength": ("float", 0.0),
+    "sampler_name": ("str?", None),
+    "scheduler": ("str?", None),
+    "batch_size": ("int", 1),
+    "n_iter": ("int", 1),
+    "steps": ("int", 50),
+    "cfg_scale": ("float", 7.0),
+    "width": ("int", 512),
+    "height": ("int", 512),
+    "restore_faces": ("bool?", None),
+    "tiling": ("bool?", None),
+    "override_settings": ("dict?", None),
+    "override_settings_restore_afterwards": ("bool", True),
+    "send_images": ("bool", True),
+    "save_images": ("bool", False),
+}
+_LIMITS = {"steps": (1, 150), "batch_size": (1, 16), "n_iter": (1, 100), "width": (64, 2048),
+           "height": (64, 2048)}
+_TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
+
+
+class _Invalid(Exception):
+    """A value of the wrong type, worded as pydantic (v1, which the web UI uses) words it."""
+
+    def __init__(self, msg: str, kind: str) -> None:
+        super().__init__(msg)
+        self.msg, self.kind = msg, kind
+
+
+def _coerce(kind: str, value: Any) -> Any:
+    """Check and convert one field the way pydantic v1 does (it accepts "20" for an int, for example)."""
+    if value is None:
+        if kind.endswith("?"):
+            return None
+        raise _Invalid("none is not an allowed value", "type_error.none.not_allowed")
+    kind = kind.rstrip("?")
+    if kind == "int":
+        if isinstance(value, int) or (isinstance(value, float) and value.is_integer()):
+            return int(value)
+        if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+            return int(value)
+        raise _Invalid("value is not a valid integer", "type_error.integer")
+    if kind == "float":
+        try:
+            if isinstance(value, int | float | str):
+                return float(value)
+        except ValueError:
+            pass
+        raise _Invalid("value is not a valid float", "type_error.float")
+    if kind == "str":
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+        raise _Invalid("str type expected", "type_error.str")
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int | str) and str(value).strip().lower() in _TRUE | _FALSE:
+            return str(value).strip().lower() in _TRUE
+        raise _Invalid("value could not be parsed to a boolean", "type_error.bool")
+    if kind == "dict":
+        if isinstance(value, dict):
+            return value
+        raise _Invalid("value is not a valid dict", "type_error.dict")
+    if isinstance(value, list):
+        return value
+    raise _Invalid("value is not a valid list", "type_error.list")
+
+
+def parse_txt2img(body: bytes) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The request with the web UI's defaults applied, and FastAPI-style errors (empty when valid)."""
+    try:
+        document = json.loads(body or b"{}")
+    except ValueError as exc:
+        return {}, [{"loc": ["body", getattr(exc, "pos", 0)], "msg": str(exc).split(":")[0],
+                     "type": "value_error.jsondecode"}]
+    if not isinstance(document, dict):
+        return {}, [{"loc": ["body"], "msg": "value is not a valid dict", "type": "type_error.dict"}]
+    params: dict[str, Any] = {}
+    errors: list[dict[str, Any]] = []
+    for name, (kind, default) in _TXT2IMG_FIELDS.items():
+        try:
+            params[name] = _coerce(kind, document[name]) if name in document else default
+        except _Invalid as exc:
+            errors.append({"loc": ["body", name], "msg": exc.msg, "type": exc.kind})
+    return params, errors
+
+
+def _failure(error: str, detail: str, status: int = 500) -> JSONResponse:
+    """The web UI's answer for an exception in a request: `{"error", "detail", "body", "errors"}`."""
+    return JSONResponse({"error": error, "detail": detail, "body": "", "errors": detail}, status_code=status)
+
+
+@dataclass
+class _Job:
+    """The txt2img being computed, as /progress reports it."""
+
+    steps: int
+    iterations: int
+    step_seconds: float
+    iteration: int = 0
+    step: int = 0
+    interrupted: bool = False
+    skipped: bool = False
+    denoised: list[float] = field(default_factory=list)  # one entry per batch computed so far
+    timestamp: str = field(default_factory=lambda: time.strftime("%Y%m%d%H%M%S"))
+
+
+class SimulatedSdWebUi:
+    """The simulated web UI's state (job queue, boot phase, options) and its Starlette app (`.app`).
+
+    Tests may read `queue_length` (txt2img requests waiting or computing) and `completed` (prompts in
+    the order their jobs finished).
+    """
+
+    def __init__(self, settings: SimulatedSettings, faults: Faults, *, auth: tuple[str, str] | None = None,
+                 after_txt2img: Callable[[], None] | None = None) -> None:
+        self._settings = settings
+        self._faults = faults
+        self._auth = auth
+        self._after_txt2img = after_txt2img
+        self._lock = asyncio.Lock()  # asyncio.Lock wakes waiters first come, first served: FIFO jobs
+        self._job: _Job | None = None
+        self._options: dict[str, Any] = {"sd_model_checkpoint": MODEL["title"], "samples_format": "png",
+                                         "sd_checkpoint_hash": MODEL["sha256"]}
+        self.queue_length = 0
+        self.completed: list[str] = []
+        self._mounted_at = 0.0
+        self._first_job_pending = True
+        self.boot()
+        routes = [
+            Route("/sdapi/v1/txt2img", self._txt2img, methods=["POST"]),
+            Route("/sdapi/v1/progress", self._progress, methods=["GET"]),
+            Route("/sdapi/v1/interrupt", self._interrupt, methods=["POST"]),
+            Route("/sdapi/v1/skip", self._skip, methods=["POST"]),
+            Route("/sdapi/v1/sd-models", self._sd_models, methods=["GET"]),
+            Route("/sdapi/v1/options", self._options_route, methods=["GET", "POST"]),
+            Route("/sdapi/v1/samplers", self._samplers, methods=["GET"]),
+            Route("/_sim/faults", self._faults_route, methods=["GET", "PUT"]),
+        ]
+        self.app = Starlette(routes=routes, exception_handlers={HTTPException: self._http_error})
+
+    def boot(self) -> None:
+        """The web UI process starts: routes mount after `sd_boot_delay`, the first job may be slow."""
+        self._mounted_at = time.monotonic() + self._settings.sd_boot_delay
+        self._first_job_pending = True
+
+    async def _http_error(self, request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    def _refuse(self, request: Request) -> Response | None:
+        """404 while the routes are not mounted yet, 401 for wrong Basic credentials, else None."""
+        if request.url.path.startswith("/sdapi/") and time.monotonic() < self._mounted_at:
+            return JSONResponse({"detail": "Not Found"}, status_code=404)
+        if self._auth is None:
+            return None
+        scheme, _, encoded = request.headers.get("authorization", "").partition(" ")
+        try:
+            given = base64.b64decode(encoded, validate=True) if scheme.lower() == "basic" else b""
+        except binascii.Error:
+            given = b""
+        if not hmac.compare_digest(given, ":".join(self._auth).encode()):
+            return JSONResponse({"detail": "Incorrect username or password"}, status_code=401,
+                                headers={"WWW-Authenticate": "Basic"})
+        return None
+
+    def _batch_factor(self, batch_size: int) -> float:
+        return 1 + BATCH_COST * (batch_size - 1)
+
+    async def _txt2img(self, request: Request) -> Response:
+        if refusal := self._refuse(request):
+            return refusal
+        params, errors = parse_txt2img(await request.body())
+        if errors:
+            return JSONResponse({"detail": errors}, status_code=422)
+        for name, (low, high) in _LIMITS.items():
+            if not low <= params[name] <= high:
+                return _failure("ValueError", f"{name} must be from {low} to {high}, got {params[name]}")
+        self.queue_length += 1
+        try:
+            async with self._lock:
+                return await self._run_job(params)
+        finally:
+            self.queue_length -= 1
+
+    async def _run_job(self, params: dict[str, Any]) -> Response:
+        """Compute one txt2img under the lock and build its answer (or the fault asked for)."""
+        if self._faults.hit("sd_500"):
+            return _failure("OutOfMemoryError", "CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; "
+                                                "15.73 GiB total capacity; 13.12 GiB already allocated)")
+        slow = SLOW_FIRST_FACTOR if self._first_job_pending and "sd_slow_first" in self._faults else 1.0
+        self._first_job_pending = False
+        job = _Job(steps=params["steps"], iterations=params["n_iter"],
+                   step_seconds=self._settings.step_time * self._batch_factor(params["batch_size"]) * slow)
+        self._job = job
+        try:
+            await self._compute(job)
+        finally:
+            self._job = None
+        self.completed.append(params["prompt"])
+        if (garbage := self._faults.hit("sd_garbage")) is not None:
+            if garbage % 2:
+                return Response("<html><body><h1>502 Bad Gateway</h1>nginx</body></html>", status_code=502,
+                                media_type="text/html")
+            return Response('{"images": ["iVBORw0KGgoAAAANSUhEUgAA', media_type="application/json")
+        seed = params["seed"] if params["seed"] != -1 else random.randrange(2**32)
+        images = await asyncio.to_thread(self._draw, params, seed, job.denoised)
+        if (invalid := self._faults.hit("sd_invalid_image")) is not None:
+            fake = base64.b64encode(b"\x00not an image\x00" * 8).decode() if invalid % 2 else "not base64 at all!"
+            images = [fake for _ in images]
+        sampler = params["sampler_name"] if params["sampler_name"] in SAMPLERS else DEFAULT_SAMPLER
+        info = self._info(params, seed, sampler, job)
+        background = BackgroundTask(self._after_txt2img) if self._after_txt2img else None
+        return JSONResponse({"images": images if params["send_images"] else [], "parameters": params,
+                             "info": json.dumps(info)}, background=background)
+
+    async def _compute(self, job: _Job) -> None:
+        """Sleep through the sampling steps, batch after batch, honouring interrupt and skip."""
+        for iteration in range(job.iterations):
+            job.iteration, job.step, job.skipped = iteration, 0, False
+            while job.step < job.steps and not (job.interrupted or job.skipped):
+                await asyncio.sleep(job.step_seconds)
+                job.step += 1
+            job.denoised.append(job.step / job.steps)
+            if job.interrupted:
+                return
+
+    @staticmethod
+    def _draw(params: dict[str, Any], seed: int, denoised: list[float]) -> list[str]:
+        batch = params["batch_size"]
+        return [
+            base64.b64encode(avatar_png(params["prompt"], seed + index, params["width"], params["height"],
+                                        denoised=denoised[index // batch])).decode()
+            for index in range(batch * len(denoised))
+        ]
+
+    @staticmethod
+    def _info(params: dict[str, Any], seed: int, sampler: str, job: _Job) -> dict[str, Any]:
+        count = params["batch_size"] * params["n_iter"]
+        all_seeds = [seed + index for index in range(count)]
+        infotexts = [
+            f"{params['prompt']}\nNegative prompt: {params['negative_prompt']}\nSteps: {params['steps']}, "
+            f"Sampler: {sampler}, CFG scale: {params['cfg_scale']:g}, Seed: {image_seed}, "
+            f"Size: {params['width']}x{params['height']}, Model hash: {MODEL['hash']}, "
+            f"Model: {MODEL['model_name']}"
+            for image_seed in all_seeds
+        ]
+        return {
+            "prompt": params["prompt"], "all_prompts": [params["prompt"]] * count,
+            "negative_prompt": params["negative_prompt"], "seed": seed, "all_seeds": all_seeds,
+            "subseed": params["subseed"], "width": params["width"], "height": params["height"],
+            "sampler_name": sampler, "cfg_scale": params["cfg_scale"], "steps": params["steps"],
+            "batch_size": params["batch_size"], "sd_model_name": MODEL["model_name"],
+            "sd_model_hash": MODEL["hash"], "index_of_first_image": 0, "infotexts": infotexts,
+            "job_timestamp": job.timestamp,
+        }
+
+    async def _progress(self, request: Request) -> Response:
+        if refusal := self._refuse(request):
+            return refusal
+        job = self._job
+        if job is None:
+            return JSONResponse({"progress": 0, "eta_relative": 0, "state": {
+                "skipped": False, "interrupted": False, "job": "", "job_count": 0, "job_timestamp": "0",
+                "job_no": 0, "sampling_step": 0, "sampling_steps": 0}, "current_image": None, "textinfo": None})
+        total = job.iterations * job.steps
+        done = job.iteration * job.steps + job.step
+        return JSONResponse({
+            "progress": done / total,
+            "eta_relative": (total - done) * job.step_seconds,
+            "state": {"skipped": job.skipped, "interrupted": job.interrupted, "job": f"Batch {job.iteration + 1}",
+                      "job_count": job.iterations, "job_timestamp": job.timestamp, "job_no": job.iteration,
+                      "sampling_step": job.step, "sampling_steps": job.steps},
+            "current_image": None,
+            "textinfo": None,
+        })
+
+    async def _interrupt(self, request: Request) -> Response:
+        if refusal := self._refuse(request):
+            return refusal
+        if self._job is not None:
+            self._job.interrupted = True
+        return JSONResponse({})
+
+    async def _skip(self, request: Request) -> Response:
+        if refusal := self._refuse(request):
+            return refusal
+        if self._job is not None:
+            self._job.skipped = True
+        return JSONResponse({})
+
+    async def _sd_models(self, request: Request) -> Response:
+        return self._refuse(request) or JSONResponse([MODEL])
+
+    async def _samplers(self, request: Request) -> Response:
+        return self._refuse(request) or JSONResponse(
+            [{"name": name, "aliases": [], "options": {}} for name in SAMPLERS])
+
+    async def _options_route(self, request: Request) -> Response:
+        if refusal := self._refuse(request):
+            return refusal
+        if request.method == "POST":
+            try:
+                changes = json.loads(await request.body())
+            except ValueError:
+                changes = None
+            if not isinstance(changes, dict):
+                return JSONResponse({"detail": [{"loc": ["body"], "msg": "value is not a valid dict",
+                                                 "type": "type_error.dict"}]}, status_code=422)
+            self._options.update(changes)
+            return JSONResponse(None)
+        return JSONResponse(self._options)
+
+    async def _faults_route(self, request: Request) -> Response:
+        if refusal := self._refuse(request):
+            return refusal
+        if request.method == "PUT":
+            try:
+                self._faults.set(faults_from_body(await request.body()))
+            except ValueError as exc:
+                return JSONResponse({"detail": str(exc)}, status_code=400)
+        return JSONResponse({"faults": self._faults.names})

@@ -1,0 +1,173 @@
+"""The visitor side: `GET /avatar` (a unique when the allowance says so, else a fallback) and the demo page.
+
+The order matters: a fresh conditional request gets 304 before any bucket is touched; only a GET that
+will send a body may claim a unique (never HEAD: link previewers send those); the token is spent only
+when a unique is actually claimed; the claimed file is deleted by a BackgroundTask once the body is
+sent. The unique is a plain Response (no FileResponse: a byte-range request would serve it in pieces).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from datetime import UTC
+from email.utils import formatdate, parsedate_to_datetime
+from pathlib import Path
+
+from starlette.background import BackgroundTask
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import Route
+
+from avatargen.buckets import Bucket, Claim, ImageNotFound
+from avatargen.config import Settings
+from avatargen.imaging import placeholder_webp
+from server.addresses import visitor_key
+from server.allowance import Allowance
+
+DEMO_PAGE = Path(__file__).parent / "static" / "index.html"
+# A placeholder only means "the buckets are empty right now": it must not stick in the browser for a day.
+PLACEHOLDER_MAX_AGE = 60
+# Fallback images kept in memory; each is a few kB, and hot ones would otherwise be re-read per request.
+FALLBACK_CACHE_SIZE = 256
+
+
+class _RecentImages:
+    """A small LRU of fallback image bytes by id (used from the event loop only)."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._items: OrderedDict[str, bytes] = OrderedDict()
+
+    def get(self, image_id: str) -> bytes | None:
+        data = self._items.get(image_id)
+        if data is not None:
+            self._items.move_to_end(image_id)
+        return data
+
+    def put(self, image_id: str, data: bytes) -> None:
+        self._items[image_id] = data
+        self._items.move_to_end(image_id)
+        if len(self._items) > self._size:
+            self._items.popitem(last=False)
+
+    def drop(self, image_id: str) -> None:
+        self._items.pop(image_id, None)
+
+
+class VisitorService:
+    """Serves avatars to visitors from the unique and fallback buckets; shares limits through SQLite."""
+
+    def __init__(self, settings: Settings, buckets: dict[str, Bucket]) -> None:
+        self.settings = settings
+        self.unique = buckets["unique"]
+        self.fallback = buckets["fallback"]
+        self.max_age = settings.serving.cache_max_age
+        self._cache_control = f"private, max-age={int(self.max_age)}"
+        self._recent = _RecentImages(FALLBACK_CACHE_SIZE)
+        self._allowance: Allowance | None = None
+        self._page = b""
+
+    async def start(self) -> None:
+        """Open the shared allowance state and load the demo page."""
+        path = self.settings.server.data_dir / "visitors.sqlite3"
+        self._allowance = await asyncio.to_thread(Allowance, path, self.settings.serving)
+        self._page = await asyncio.to_thread(DEMO_PAGE.read_bytes)
+
+    async def close(self) -> None:
+        if self._allowance is not None:
+            self._allowance.close()
+            self._allowance = None
+
+    def routes(self) -> list[Route]:
+        return [Route("/avatar", self.avatar, methods=["GET"]), Route("/", self.demo_page, methods=["GET"])]
+
+    @property
+    def allowance(self) -> Allowance:
+        if self._allowance is None:
+            raise RuntimeError("VisitorService.start() has not been awaited (the app's lifespan does it)")
+        return self._allowance
+
+    # --- the routes --------------------------------------------------------------------------------------
+
+    async def demo_page(self, request: Request) -> Response:
+        return HTMLResponse(self._page, headers={"Cache-Control": "no-cache"})
+
+    async def avatar(self, request: Request) -> Response:
+        if self._still_fresh(request.headers.get("if-modified-since")):
+            return Response(status_code=304, headers={"Cache-Control": self._cache_control})
+        sends_body = request.method == "GET"
+        if sends_body:
+            claim = await self._claim_unique(visitor_key(request.client.host if request.client else None))
+            if claim is not None:
+                return self._image_response(claim.image, "unique", claim.id,
+                                            BackgroundTask(self.unique.finish_claim, claim.id))
+        return await self._fallback_response(retire=sends_body)
+
+    # --- the pieces --------------------------------------------------------------------------------------
+
+    def _still_fresh(self, if_modified_since: str | None) -> bool:
+        """Whether the visitor's copy is younger than cache_max_age: it may keep it (304)."""
+        if not if_modified_since:
+            return False
+        try:
+            since = parsedate_to_datetime(if_modified_since)
+        except (TypeError, ValueError, IndexError):
+            return False
+        if since.tzinfo is None:
+            since = since.replace(tzinfo=UTC)
+        age = time.time() - since.timestamp()
+        return 0 <= age < self.max_age
+
+    async def _claim_unique(self, visitor: str) -> Claim | None:
+        """A unique for this visitor if the allowance grants one and one is left; the token is spent only then."""
+        allowance = self.allowance
+        if self.unique.count() == 0 or not allowance.may_grant(visitor):
+            return None
+        if not await asyncio.to_thread(allowance.grant, visitor):
+            return None
+        try:
+            claim = await asyncio.to_thread(self.unique.claim)
+        except BaseException:
+            await asyncio.to_thread(allowance.give_back, visitor)
+            raise
+        if claim is None:  # another visitor or process took the last one since the count
+            await asyncio.to_thread(allowance.give_back, visitor)
+        return claim
+
+    async def _fallback_response(self, *, retire: bool) -> Response:
+        """A random fallback; at most one served per retire period is deleted afterwards. Else the placeholder."""
+        while (image_id := self.fallback.random_id()) is not None:
+            data = self._recent.get(image_id)
+            if data is None:
+                try:
+                    data = await asyncio.to_thread(self.fallback.read, image_id)
+                except ImageNotFound:  # retired or deleted by another process since the last rescan
+                    self.fallback.forget(image_id)
+                    continue
+                self._recent.put(image_id, data)
+            background = None
+            if retire and self.allowance.may_retire() and await asyncio.to_thread(self.allowance.retire):
+                # Out of the pool at once, so no later request picks it; the file goes once this one is sent.
+                self.fallback.forget(image_id)
+                self._recent.drop(image_id)
+                background = BackgroundTask(self.fallback.delete, image_id)
+            return self._image_response(data, "fallback", image_id, background)
+        return Response(
+            placeholder_webp(self.settings.generator.image_size),
+            media_type="image/webp",
+            # No Last-Modified: a revalidation would get a 304 and keep the placeholder for a whole day.
+            headers={"Cache-Control": f"private, max-age={PLACEHOLDER_MAX_AGE}",
+                     "X-Avatar-Kind": "placeholder", "X-Avatar-Id": "placeholder"},
+        )
+
+    def _image_response(self, data: bytes, kind: str, image_id: str,
+                        background: BackgroundTask | None) -> Response:
+        headers = {
+            "Cache-Control": self._cache_control,
+            "Last-Modified": formatdate(time.time(), usegmt=True),
+            "X-Avatar-Kind": kind,
+            "X-Avatar-Id": image_id,
+        }
+        return Response(data, media_type="image/webp", headers=headers, background=background)

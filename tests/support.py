@@ -1,0 +1,119 @@
+"""Shared test helpers: a fast config file, a running engine against the simulated GPU, event waits."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import tomlkit
+import uvicorn
+from starlette.applications import Starlette
+
+from avatargen.buckets import open_buckets
+from avatargen.config import Settings, load_settings
+from avatargen.engine import RefillEngine
+from avatargen.events import EventHub, Subscription
+from avatargen.gpu import make_provider
+from avatargen.ledger import CostLedger
+from avatargen.simulator.runner import SimulatedGpu
+from server.app import create_app
+
+FAST: dict[str, Any] = {
+    "server": {"data_dir": "data", "port": 0},
+    "serving": {"unique_every": "10m", "unique_burst": 6},
+    "buckets": {
+        "unique": {"dir": "data/unique", "min": 0, "max": 4},
+        "fallback": {"dir": "data/fallback", "min": 0, "max": 6},
+    },
+    "generator": {"check_every": "1h", "concurrency": 2, "image_size": 64, "image_retries": 1},
+    "gpu": {
+        "provider": "simulated", "ready_timeout": "20s", "stop_timeout": "10s", "poll_every": "20ms",
+        "hourly_cost": 3600.0,  # one currency unit per billed second: easy to check
+        "simulated": {"boot_delay": "300ms", "stop_delay": "150ms", "sd_boot_delay": "100ms", "step_time": "2ms"},
+    },
+    "sd": {"steps": 10, "width": 128, "height": 128, "batch_size": 2},
+}
+
+
+def write_config(directory: Path, overrides: dict[str, Any] | None = None, base: dict[str, Any] | None = None) -> Path:
+    """A config.toml in directory: the fast test settings with dotted-key overrides applied."""
+    document = tomlkit.document()
+    data: dict[str, Any] = tomlkit.parse(tomlkit.dumps(base or FAST)).unwrap()
+    for dotted, value in (overrides or {}).items():
+        *tables, key = dotted.split(".")
+        target = data
+        for table in tables:
+            target = target.setdefault(table, {})
+        target[key] = value
+    document.update(data)
+    path = directory / "config.toml"
+    path.write_text(tomlkit.dumps(document))
+    return path
+
+
+def fast_settings(directory: Path, **overrides: Any) -> Settings:
+    return load_settings(write_config(directory, {k.replace("__", "."): v for k, v in overrides.items()}))
+
+
+@contextlib.asynccontextmanager
+async def running_engine(
+    settings: Settings, before_start: Callable[[SimulatedGpu], Awaitable[None]] | None = None
+) -> AsyncIterator[tuple[RefillEngine, SimulatedGpu]]:
+    """A started engine against a simulated GPU on loopback; closed (machine stopped) on exit."""
+    buckets = open_buckets(settings)
+    for bucket in buckets.values():
+        bucket.recover()
+    async with SimulatedGpu(settings.gpu.simulated) as gpu:
+        ledger = CostLedger(settings.server.data_dir / "ledger.sqlite3", settings.gpu.hourly_cost)
+        engine = RefillEngine(settings, buckets, make_provider(settings, simulated=gpu), ledger, EventHub())
+        if before_start is not None:
+            await before_start(gpu)
+        await engine.start()
+        try:
+            yield engine, gpu
+        finally:
+            await engine.close()
+            ledger.close_db()
+
+
+async def wait_for_event(subscription: Subscription, kind: str, check: Callable[[dict[str, Any]], bool],
+                         timeout: float = 20.0) -> dict[str, Any]:
+    """The first event of a kind whose data passes check (events are awaited, not polled)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            event = await subscription.next()
+            if event is not None and event.type == kind and check(event.data):
+                return event.data
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float = 20.0, every: float = 0.02) -> None:
+    """For conditions nothing announces (another process's files, a simulator's clock)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met in time")
+        await asyncio.sleep(every)
+
+
+@contextlib.asynccontextmanager
+async def serving(settings: Settings) -> AsyncIterator[tuple[str, Starlette]]:
+    """The real app under uvicorn on a loopback port, proxy headers trusted as `avatargen serve` does."""
+    app = create_app(settings)
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, proxy_headers=True, log_level="warning",
+                            forwarded_allow_ips=list(settings.server.trusted_proxies), timeout_graceful_shutdown=1)
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    await wait_until(lambda: server.started or task.done())
+    if task.done():
+        task.result()
+        raise RuntimeError("the server did not start")
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}", app
+    finally:
+        server.should_exit = True
+        await task

@@ -1,0 +1,246 @@
+"""The refill engine against the simulated GPU: runs fill buckets, and the machine always ends off."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from avatargen.config import Secret
+from avatargen.engine import NotRunning, RefillEngine, RunActive
+from avatargen.events import Subscription
+from avatargen.gpu.paperspace import PaperspaceClient
+from avatargen.imaging import placeholder_webp
+from avatargen.ledger import CostLedger
+from avatargen.lock import GeneratorLock
+from tests.support import fast_settings, running_engine, wait_for_event, wait_until
+
+
+async def states_until_idle(subscription: Subscription) -> list[str]:
+    seen: list[str] = []
+
+    def record(data: dict) -> bool:
+        if not seen or seen[-1] != data["state"]:
+            seen.append(data["state"])
+        return data["state"] == "idle"
+
+    await wait_for_event(subscription, "state", record)
+    return seen
+
+
+async def run_to_end(engine: RefillEngine, buckets: list[str] | None = None) -> tuple[dict, list[str]]:
+    with engine.events.subscribe() as subscription:
+        engine.refill(buckets)
+        states = await states_until_idle(subscription)
+    assert engine.last_run is not None
+    return engine.last_run.to_dict(), states
+
+
+async def test_one_run_fills_both_buckets_to_max_and_ends_with_machine_off(tmp_path: Path) -> None:
+    settings = fast_settings(tmp_path, buckets__fallback__max=5)  # odd: the last request asks for 1 image
+    async with running_engine(settings) as (engine, gpu):
+        engine.buckets["unique"].publish(placeholder_webp(64), {"prompt": "already there"})
+        run, states = await run_to_end(engine)
+        assert states == ["booting", "generating", "shutting_down", "idle"]
+        assert run["outcome"] == "completed" and run["error"] is None
+        assert run["targets"] == {"unique": 3, "fallback": 5}
+        assert (run["done"], run["failed"], run["total"]) == (8, 0, 8)
+        assert engine.buckets["unique"].count() == 4 and engine.buckets["fallback"].count() == 5
+        assert gpu.machine.state == "off"
+        assert run["billed_seconds"] > 0.3  # at least the boot delay
+        newest = engine.buckets["fallback"].newest(1)[0]
+        assert newest.metadata["prompt"].startswith(("A ", "An ")) and " of cjs" in newest.metadata["prompt"]
+        assert newest.metadata["backend"] == "simulated" and isinstance(newest.metadata["seed"], int)
+        status = engine.status()
+        assert status["state"] == "idle" and status["last_run"]["id"] == run["id"]
+        assert status["cost"]["billed_seconds_today"] == pytest.approx(run["billed_seconds"], abs=0.2)
+
+
+async def test_refill_named_bucket_only_and_409_while_active(tmp_path: Path) -> None:
+    async with running_engine(fast_settings(tmp_path)) as (engine, _gpu):
+        with engine.events.subscribe() as subscription:
+            engine.refill(["unique"])
+            with pytest.raises(RunActive):
+                engine.refill()
+            await states_until_idle(subscription)
+        assert engine.buckets["unique"].count() == 4 and engine.buckets["fallback"].count() == 0
+        with pytest.raises(NotRunning):
+            engine.abort()
+
+
+@pytest.mark.parametrize("when", ["booting", "generating"])
+async def test_abort_stops_the_machine_and_keeps_images(tmp_path: Path, when: str) -> None:
+    settings = fast_settings(tmp_path, buckets__fallback__max=200, gpu__simulated__step_time="5ms")
+    async with running_engine(settings) as (engine, gpu):
+        with engine.events.subscribe() as subscription:
+            engine.refill()
+            if when == "booting":
+                await wait_for_event(subscription, "state", lambda d: d.get("machine_state") == "starting")
+            else:
+                await wait_for_event(subscription, "image", lambda d: True)
+            assert engine.abort().state == when
+            await states_until_idle(subscription)
+        run = engine.last_run
+        assert run is not None and run.outcome == "aborted" and run.error == "aborted by the owner"
+        assert gpu.machine.state == "off"
+        stored = engine.buckets["unique"].count() + engine.buckets["fallback"].count()
+        assert stored == run.done and (stored > 0) == (when == "generating")
+
+
+async def test_abort_while_shutting_down_changes_nothing(tmp_path: Path) -> None:
+    async with running_engine(fast_settings(tmp_path, gpu__simulated__stop_delay="500ms")) as (engine, gpu):
+        with engine.events.subscribe() as subscription:
+            engine.refill(["unique"])
+            await wait_for_event(subscription, "state", lambda d: d["state"] == "shutting_down")
+            assert engine.abort().state == "shutting_down"
+            await states_until_idle(subscription)
+        assert engine.last_run is not None and engine.last_run.outcome == "completed"
+        assert gpu.machine.state == "off"
+
+
+async def test_boot_timeout_fails_and_stops(tmp_path: Path) -> None:
+    settings = fast_settings(tmp_path, gpu__ready_timeout="1s", gpu__simulated__faults=["never_ready"])
+    async with running_engine(settings) as (engine, gpu):
+        run, _ = await run_to_end(engine)
+        assert run["outcome"] == "failed" and "ready" in run["error"]
+        assert run["done"] == 0 and gpu.machine.state == "off"
+
+
+async def test_failing_start_event_fails_fast_and_stops(tmp_path: Path) -> None:
+    settings = fast_settings(tmp_path, gpu__ready_timeout="10m", gpu__simulated__faults=["start_error"])
+    async with running_engine(settings) as (engine, gpu):
+        started = time.monotonic()
+        run, _ = await run_to_end(engine)
+        assert run["outcome"] == "failed" and "capacity" in run["error"]
+        assert time.monotonic() - started < 60  # not the 10-minute ready_timeout
+        assert gpu.machine.state == "off"
+
+
+async def test_sd_errors_end_the_run_after_consecutive_failures(tmp_path: Path) -> None:
+    settings = fast_settings(tmp_path, generator__max_consecutive_failures=3, gpu__simulated__faults=["sd_500"])
+    async with running_engine(settings) as (engine, gpu):
+        run, _ = await run_to_end(engine)
+        assert run["outcome"] == "failed"
+        assert "3 image requests failed in a row" in run["error"] and "out of memory" in run["error"].lower()
+        assert run["done"] == 0 and gpu.machine.state == "off"
+
+
+@pytest.mark.parametrize("fault", ["sd_invalid_image", "sd_garbage"])
+async def test_bad_sd_answers_fail_the_run_and_store_nothing(tmp_path: Path, fault: str) -> None:
+    settings = fast_settings(tmp_path, generator__max_consecutive_failures=2, gpu__simulated__faults=[fault])
+    async with running_engine(settings) as (engine, gpu):
+        run, _ = await run_to_end(engine)
+        assert run["outcome"] == "failed" and run["done"] == 0
+        assert gpu.machine.state == "off"
+        for bucket in engine.buckets.values():
+            assert bucket.count() == 0
+            assert not list(bucket.directory.glob("*.webp"))
+
+
+async def test_an_exception_in_our_own_code_still_stops_the_machine(tmp_path: Path) -> None:
+    settings = fast_settings(tmp_path)
+    async with running_engine(settings) as (engine, gpu):
+        work = settings.buckets.unique.dir / ".tmp"
+        work.rmdir()
+        work.write_text("not a folder")  # publishing will hit NotADirectoryError
+        run, _ = await run_to_end(engine, ["unique"])
+        assert run["outcome"] == "failed" and "Not a directory" in run["error"]
+        assert gpu.machine.state == "off"
+
+
+async def test_a_failing_stop_is_retried_until_confirmed(tmp_path: Path) -> None:
+    settings = fast_settings(tmp_path, gpu__simulated__faults=["stop_500"])
+    async with running_engine(settings) as (engine, gpu):
+        run, _ = await run_to_end(engine, ["unique"])
+        assert run["outcome"] == "completed"
+        assert gpu.machine.state == "off"
+
+
+async def test_external_stop_mid_run_fails_the_run_and_machine_ends_off(tmp_path: Path) -> None:
+    settings = fast_settings(tmp_path, buckets__fallback__max=40, generator__max_consecutive_failures=2,
+                             gpu__simulated__faults=["external_stop"])
+    async with running_engine(settings) as (engine, gpu):
+        run, _ = await run_to_end(engine)
+        assert run["outcome"] == "failed"
+        assert gpu.machine.state == "off"
+
+
+async def test_missing_checkpoint_fails_before_any_image(tmp_path: Path) -> None:
+    settings = fast_settings(tmp_path, sd__checkpoint="a-stranger.safetensors")
+    async with running_engine(settings) as (engine, gpu):
+        run, _ = await run_to_end(engine)
+        assert run["outcome"] == "failed" and "a-stranger.safetensors" in run["error"]
+        assert run["done"] == 0 and gpu.machine.state == "off"
+
+
+async def test_machine_running_at_start_up_is_stopped(tmp_path: Path) -> None:
+    settings = fast_settings(tmp_path)
+
+    async def start_machine(gpu) -> None:
+        client = PaperspaceClient(gpu.paperspace_url, Secret(gpu.api_key))
+        await client.start(gpu.machine_id)
+        await client.aclose()
+        await wait_until(lambda: gpu.machine.state == "ready")
+
+    async with running_engine(settings, before_start=start_machine) as (engine, gpu):
+        await wait_until(lambda: gpu.machine.state == "off")
+        assert engine.state == "idle"
+
+
+async def test_automatic_check_fills_only_due_buckets(tmp_path: Path) -> None:
+    settings = fast_settings(tmp_path, buckets__unique__min=2, generator__check_every="1h")
+    async with running_engine(settings) as (engine, _gpu):
+        await wait_until(lambda: engine.last_run is not None)
+        assert engine.last_run is not None and engine.last_run.trigger == "auto"
+        assert engine.last_run.outcome == "completed"
+        assert engine.buckets["unique"].count() == 4 and engine.buckets["fallback"].count() == 0
+        assert engine.auto_check() is None  # nothing due any more
+
+
+async def test_failed_automatic_run_doubles_the_wait(tmp_path: Path) -> None:
+    settings = fast_settings(tmp_path, buckets__unique__min=2, generator__check_every="1h",
+                             generator__max_consecutive_failures=1, gpu__simulated__faults=["sd_500"])
+    async with running_engine(settings) as (engine, _gpu):
+        await wait_until(lambda: engine.last_run is not None)
+        assert engine.last_run is not None and engine.last_run.outcome == "failed"
+        assert engine.next_check_at is not None
+        assert engine.next_check_at - time.time() == pytest.approx(7200, abs=60)
+
+
+async def test_daily_budget_stops_automatic_runs(tmp_path: Path) -> None:
+    settings = fast_settings(tmp_path, buckets__unique__min=2, gpu__daily_budget=0.0)
+    async with running_engine(settings) as (engine, gpu):
+        await wait_until(lambda: engine.paused_reason is not None)
+        assert "daily budget reached" in (engine.status()["paused_reason"] or "")
+        assert engine.run is None and gpu.machine.billed_seconds == 0
+
+
+async def test_cost_ledger_survives_restart(tmp_path: Path) -> None:
+    settings = fast_settings(tmp_path)
+    async with running_engine(settings) as (engine, _gpu):
+        run, _ = await run_to_end(engine, ["unique"])
+    ledger = CostLedger(settings.server.data_dir / "ledger.sqlite3", settings.gpu.hourly_cost)
+    spend = ledger.spend()
+    assert spend.billed_seconds_today == pytest.approx(run["billed_seconds"], abs=0.2)
+    assert spend.today == pytest.approx(spend.billed_seconds_today)  # hourly_cost 3600: 1 per second
+    ledger.close_db()
+
+
+def test_only_one_generator_per_data_directory(tmp_path: Path) -> None:
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys; from pathlib import Path; from avatargen.lock import GeneratorLock;"
+         f"lock = GeneratorLock(Path({str(tmp_path)!r})); print(lock.acquire(), flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "True"
+        lock = GeneratorLock(tmp_path)
+        assert lock.acquire() is False
+        assert lock.holder() == str(holder.pid)
+    finally:
+        holder.communicate("")
+    assert GeneratorLock(tmp_path).acquire() is True  # released when its holder exits

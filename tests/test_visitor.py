@@ -1,0 +1,221 @@
+"""`GET /avatar` through real HTTP: the real app under uvicorn on loopback, real buckets on disk.
+
+uvicorn trusts X-Forwarded-For from 127.0.0.1 here (as `avatargen serve` does for trusted_proxies), so
+each request can come from a distinct visitor address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+from email.utils import formatdate, parsedate_to_datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+from PIL import Image
+
+from avatargen.buckets import open_buckets
+from avatargen.config import Settings
+from avatargen.imaging import frame_unique, to_avatar_webp
+from tests.support import fast_settings, serving, wait_until
+
+
+def stock(settings: Settings, unique: int = 0, fallback: int = 0) -> dict[str, list[str]]:
+    """Publish distinct avatars into the buckets, as the generator would; the ids per bucket."""
+    buckets = open_buckets(settings)
+    size, quality = settings.generator.image_size, settings.generator.webp_quality
+    published: dict[str, list[str]] = {}
+    for name, count in (("unique", unique), ("fallback", fallback)):
+        published[name] = [
+            buckets[name].publish(to_avatar_webp(Image.new("RGB", (size, size), (n * 40 % 256, 90, 150)),
+                                                 size, quality), {"prompt": f"{name} {n}"}).id
+            for n in range(count)
+        ]
+    return published
+
+
+def stored(settings: Settings, name: str) -> set[str]:
+    """Ids of the images in a bucket folder, read straight from the disk."""
+    folder = settings.buckets.unique.dir if name == "unique" else settings.buckets.fallback.dir
+    return {path.stem for path in folder.glob("*.webp")}
+
+
+def claimed(settings: Settings) -> list[Path]:
+    return list((settings.buckets.unique.dir / ".claimed").glob("*"))
+
+
+def visitor(address: str) -> dict[str, str]:
+    return {"X-Forwarded-For": address}
+
+
+def kinds(responses: list[httpx.Response]) -> list[str]:
+    return [response.headers["x-avatar-kind"] for response in responses]
+
+
+async def get_many(url: str, addresses: list[str], method: str = "GET", **headers: Any) -> list[httpx.Response]:
+    limits = httpx.Limits(max_connections=len(addresses))
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
+        return list(await asyncio.gather(*(
+            client.request(method, "/avatar", headers={**visitor(address), **headers}) for address in addresses
+        )))
+
+
+async def test_exactly_one_of_200_concurrent_visitors_gets_the_last_unique(tmp_path: Path) -> None:
+    settings = fast_settings(tmp_path)
+    ids = stock(settings, unique=1, fallback=3)
+    plain = open_buckets(settings)["unique"].read(ids["unique"][0])
+    async with serving(settings) as (url, _):
+        responses = await get_many(url, [f"198.51.{n // 250}.{n % 250 + 1}" for n in range(200)])
+        assert [response.status_code for response in responses] == [200] * 200
+        assert kinds(responses).count("unique") == 1
+        assert kinds(responses).count("fallback") == 199
+        unique = next(response for response in responses if response.headers["x-avatar-kind"] == "unique")
+        assert unique.headers["x-avatar-id"] == ids["unique"][0]
+        assert unique.content == frame_unique(plain, settings.generator.webp_quality)
+        await wait_until(lambda: not claimed(settings))
+        assert stored(settings, "unique") == set()
+        assert not (settings.buckets.unique.dir / f"{ids['unique'][0]}.json").exists()
+        assert {response.headers["x-avatar-id"] for response in responses} <= {*ids["fallback"], *ids["unique"]}
+
+
+async def test_response_headers_and_no_byte_ranges(tmp_path: Path) -> None:
+    settings = fast_settings(tmp_path, serving__cache_max_age="24h")
+    stock(settings, unique=1, fallback=1)
+    async with serving(settings) as (url, _), httpx.AsyncClient(base_url=url) as client:
+        response = await client.get("/avatar", headers={**visitor("203.0.113.9"), "Range": "bytes=0-9"})
+        assert response.status_code == 200, "a unique is never served in pieces"
+        assert response.headers["x-avatar-kind"] == "unique"
+        assert response.headers["content-type"] == "image/webp"
+        assert response.headers["cache-control"] == "private, max-age=86400"
+        assert "accept-ranges" not in response.headers
+        assert abs(parsedate_to_datetime(response.headers["last-modified"]).timestamp() - time.time()) < 5
+        assert Image.open(io.BytesIO(response.content)).format == "WEBP"
+        assert int(response.headers["content-length"]) == len(response.content)
+
+
+async def test_a_visitor_gets_one_unique_per_window(tmp_path: Path) -> None:
+    settings = fast_settings(tmp_path)
+    stock(settings, unique=5, fallback=2)
+    async with serving(settings) as (url, _), httpx.AsyncClient(base_url=url) as client:
+        async def kind(address: str) -> str:
+            return (await client.get("/avatar", headers=visitor(address))).headers["x-avatar-kind"]
+
+        assert [await kind("203.0.113.5") for _ in range(3)] == ["unique", "fallback", "fallback"]
+        assert await kind("203.0.113.6") == "unique"
+        # one IPv6 visitor holds a whole /64
+        assert [await kind(f"2001:db8:5:6::{n:x}") for n in (1, 2, 0xFFFF)] == ["unique", "fallback", "fallback"]
+        assert await kind("2001:db8:5:7::1") == "unique"
+    assert len(stored(settings, "unique")) == 1
+
+
+async def test_forwarded_for_from_an_untrusted_peer_changes_nothing(tmp_path: Path) -> None:
+    settings = fast_settings(tmp_path, server__trusted_proxies=["192.0.2.1"])
+    stock(settings, unique=3, fallback=3)
+    async with serving(settings) as (url, _):
+        responses = [
+            (await get_many(url, [f"203.0.113.{n}"]))[0] for n in range(1, 6)
+        ]
+    assert kinds(responses) == ["unique", "fallback", "fallback", "fallback", "fallback"]
+    assert len(stored(settings, "unique")) == 2
+
+
+async def test_head_never_claims(tmp_path: Path) -> None:
+    settings = fast_settings(tmp_path)
+    ids = stock(settings, unique=2, fallback=2)
+    async with serving(settings) as (url, _):
+        heads = await get_many(url, [f"203.0.113.{n}" for n in range(10)], method="HEAD")
+        for response in heads:
+            assert response.status_code == 200 and response.content == b""
+            assert response.headers["x-avatar-kind"] == "fallback"
+            assert response.headers["x-avatar-id"] in ids["fallback"]
+            assert response.headers["content-type"] == "image/webp"
+            assert response.headers["cache-control"].startswith("private, max-age=")
+        assert stored(settings, "unique") == set(ids["unique"]) and not claimed(settings)
+        get = (await get_many(url, ["203.0.113.1"]))[0]
+        assert get.headers["x-avatar-kind"] == "unique", "HEAD spent neither the visitor's nor the global allowance"
+
+
+async def test_fresh_conditional_request_gets_304_without_touching_a_bucket(tmp_path: Path) -> None:
+    settings = fast_settings(tmp_path, serving__cache_max_age="1h")
+    ids = stock(settings, unique=2, fallback=1)
+    async with serving(settings) as (url, _), httpx.AsyncClient(base_url=url) as client:
+        for age in (0, 60, 3599):
+            since = formatdate(time.time() - age, usegmt=True)
+            response = await client.get("/avatar", headers={**visitor(f"203.0.113.{age % 250}"),
+                                                            "If-Modified-Since": since})
+            assert response.status_code == 304 and response.content == b""
+            assert response.headers["cache-control"] == "private, max-age=3600"
+        assert stored(settings, "unique") == set(ids["unique"])
+        for since in (formatdate(time.time() - 3601, usegmt=True), "not a date", formatdate(time.time() + 600)):
+            response = await client.get("/avatar", headers={**visitor("198.51.100.1"), "If-Modified-Since": since})
+            assert response.status_code == 200, since
+    assert len(stored(settings, "unique")) == 1
+
+
+async def test_empty_buckets_give_the_short_lived_placeholder(tmp_path: Path) -> None:
+    settings = fast_settings(tmp_path)
+    async with serving(settings) as (url, _), httpx.AsyncClient(base_url=url) as client:
+        for method in ("GET", "HEAD"):
+            response = await client.request(method, "/avatar", headers=visitor("203.0.113.7"))
+            assert response.status_code == 200
+            assert response.headers["x-avatar-kind"] == "placeholder"
+            assert response.headers["cache-control"] == "private, max-age=60"
+            assert "last-modified" not in response.headers
+            assert response.headers["content-type"] == "image/webp"
+        body = (await client.get("/avatar")).content
+    image = Image.open(io.BytesIO(body))
+    assert (image.format, image.size) == ("WEBP", (settings.generator.image_size,) * 2)
+
+
+async def test_allowance_is_spent_only_on_a_claim_and_survives_a_restart(tmp_path: Path) -> None:
+    settings = fast_settings(tmp_path, serving__unique_burst=1)
+    stock(settings, fallback=3)
+    async with serving(settings) as (url, _):
+        assert kinds(await get_many(url, ["203.0.113.1"])) == ["fallback"], "no unique left: no token spent"
+    stock(settings, unique=3)
+    async with serving(settings) as (url, _):
+        assert kinds(await get_many(url, ["203.0.113.2"])) == ["unique"]
+        assert kinds(await get_many(url, ["203.0.113.3"])) == ["fallback"], "the one token is spent"
+    async with serving(settings) as (url, _):
+        assert kinds(await get_many(url, ["203.0.113.4"])) == ["fallback"], "a restart does not refill it"
+    assert len(stored(settings, "unique")) == 2
+
+
+async def test_at_most_one_served_fallback_is_retired_per_period(tmp_path: Path) -> None:
+    settings = fast_settings(tmp_path, serving__unique_burst=0, serving__fallback_retire_every="1h")
+    ids = stock(settings, fallback=5)
+    async with serving(settings) as (url, _), httpx.AsyncClient(base_url=url) as client:
+        for _ in range(5):
+            await client.head("/avatar")
+        first = await client.get("/avatar")
+        for _ in range(10):
+            assert (await client.get("/avatar")).headers["x-avatar-kind"] == "fallback"
+        await wait_until(lambda: len(stored(settings, "fallback")) < 5)
+        assert stored(settings, "fallback") == set(ids["fallback"]) - {first.headers["x-avatar-id"]}
+        for _ in range(10):
+            assert (await client.get("/avatar")).headers["x-avatar-id"] != first.headers["x-avatar-id"]
+    assert len(stored(settings, "fallback")) == 4
+
+
+async def test_retire_every_zero_retires_each_served_fallback(tmp_path: Path) -> None:
+    settings = fast_settings(tmp_path, serving__unique_burst=0, serving__fallback_retire_every=0)
+    stock(settings, fallback=4)
+    async with serving(settings) as (url, _), httpx.AsyncClient(base_url=url) as client:
+        served = [(await client.get("/avatar")).headers["x-avatar-id"] for _ in range(3)]
+        assert len(set(served)) == 3, "a retired fallback is never served again"
+        await wait_until(lambda: len(stored(settings, "fallback")) == 1)
+        assert (await client.get("/avatar")).headers["x-avatar-kind"] == "fallback"
+        await wait_until(lambda: not stored(settings, "fallback"))
+        assert (await client.get("/avatar")).headers["x-avatar-kind"] == "placeholder"
+
+
+async def test_demo_page_shows_the_avatar(tmp_path: Path) -> None:
+    settings = fast_settings(tmp_path)
+    async with serving(settings) as (url, _), httpx.AsyncClient(base_url=url) as client:
+        response = await client.get("/")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")
+    assert '<img id="avatar" src="/avatar"' in response.text
+    assert "UNIQUE LIMITED EDITION" in response.text

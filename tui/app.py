@@ -1,0 +1,311 @@
+"""The owner's control panel for one avatargen server.
+
+The App owns the admin API client and every backend call. Calls run in `@work` workers, which report
+back with messages (`tui.messages`); the handlers below turn those into screen updates. The connection
+worker (`tui.connection.follow`) keeps the picture live and survives the server going away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import TypeVar
+
+from textual import work
+from textual.app import App
+from textual.binding import Binding
+from textual.screen import Screen
+
+from tui.client import AdminClient, AdminError, Unreachable
+from tui.connection import DEFAULT_BACKOFF, Backoff, follow
+from tui.images import ImageStyle, Picture, decode
+from tui.messages import (
+    Answered,
+    Connected,
+    Disconnected,
+    Failed,
+    PictureArrived,
+    PicturesLoaded,
+    PromptsLoaded,
+    PromptsRejected,
+    Received,
+    Refused,
+    SamplesComposed,
+    StatusFetched,
+)
+from tui.models import BUCKETS, ImageInfo, LogEntry, NewImage, ProtocolError, Run, StateChange, apply_event
+from tui.screens.confirm_abort import ConfirmAbortScreen
+from tui.screens.image_detail import ImageDetailScreen
+from tui.screens.main import MainScreen
+from tui.screens.problem import ProblemScreen
+from tui.screens.refill import RefillScreen
+from tui.widgets.link_indicator import LinkIndicator
+from tui.widgets.prompt_editor import PromptEditor
+from tui.widgets.thumbnail import Thumbnail
+from tui.widgets.thumbnail_grid import ThumbnailGrid
+
+SAMPLE_DELAY = 0.25  # seconds of quiet typing before samples are asked for: one request per pause, not per key
+TOKEN_HINT = (
+    "Give the panel the server's admin token: --token, the AVATARGEN_ADMIN_TOKEN environment variable, "
+    "[admin] token in config.toml, or the token file the server writes to <data_dir>/admin_token. "
+    "A 403 means this machine's address is not in the server's admin.allow_from."
+)
+BackendError = (Unreachable, AdminError, ProtocolError)
+T = TypeVar("T")
+
+
+def _targets(run: Run) -> str:
+    return ", ".join(f"{bucket} {count}" for bucket, count in run.targets.items())
+
+
+class AvatarApp(App[None]):
+    """Watch and steer the avatar generator: buckets, runs, spend, images, prompt recipe."""
+
+    CSS_PATH = "app.tcss"
+    TITLE = "avatargen"
+    BINDINGS = [
+        Binding("r", "refill", "Refill"),
+        Binding("a", "abort", "Abort"),
+        Binding("q", "quit", "Quit"),
+    ]
+
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        *,
+        image_style: ImageStyle = "auto",
+        backoff: Backoff = DEFAULT_BACKOFF,
+        thumbnails: int = 24,
+        samples: int = 5,
+    ) -> None:
+        super().__init__()
+        self.client = AdminClient(url, token)
+        self.image_style: ImageStyle = image_style
+        self.backoff = backoff
+        self.thumbnails = thumbnails
+        self.samples = samples
+        self.main = MainScreen(image_style)
+        self.problem: ProblemScreen | None = None
+        self.ever_connected = False
+
+    def get_default_screen(self) -> Screen:
+        return self.main
+
+    def on_mount(self) -> None:
+        self.follow_server()
+
+    async def on_unmount(self) -> None:
+        await self.client.aclose()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        # Refill and abort act on what the main screen shows; hide them over a problem screen.
+        return action not in ("refill", "abort") or self.screen is self.main or None
+
+    # --- the connection --------------------------------------------------------------------------------
+
+    @work(exclusive=True, group="connection")
+    async def follow_server(self) -> None:
+        await follow(self.client, self.post_message, self.backoff)
+
+    def action_reconnect(self) -> None:
+        self.follow_server()
+
+    def on_connected(self, message: Connected) -> None:
+        self.main.status = message.status
+        self.main.query_one(LinkIndicator).show_live()
+        self.main.remove_class("-offline")
+        self._close_problem()
+        self.note("info", f"connected to {self.client.url}")
+        self.ever_connected = True
+        self.load_pictures()
+        if not self.main.query_one(PromptEditor).dirty:
+            self.load_prompts()
+
+    def on_disconnected(self, message: Disconnected) -> None:
+        self.main.query_one(LinkIndicator).show_down(message.reason, message.retry_in, message.attempt)
+        self.main.add_class("-offline")
+        self.note("warning", f"disconnected: {message.reason}; retry {message.attempt} in {message.retry_in:.3g}s")
+        if not self.ever_connected:
+            self._show_problem(
+                "Cannot reach the avatargen server",
+                message.reason,
+                f"Is `avatargen serve` running there, and is {self.client.url} its address (--url)? "
+                f"Retrying with backoff: attempt {message.attempt} in {message.retry_in:.3g}s. "
+                "Press r to retry now, q to quit.",
+            )
+
+    def on_refused(self, message: Refused) -> None:
+        error = message.error
+        self.main.add_class("-offline")
+        self.note("error", f"refused ({error.status}): {error.message}")
+        self._show_problem(f"The server refused this panel ({error.status})", error.message, TOKEN_HINT)
+
+    def _show_problem(self, title: str, message: str, hint: str) -> None:
+        if self.problem is None:
+            self.problem = ProblemScreen(title, message, hint)
+            self.push_screen(self.problem)
+        else:
+            self.problem.explain(title, message, hint)
+
+    def _close_problem(self) -> None:
+        if self.problem is not None:
+            if self.screen is self.problem:
+                self.pop_screen()
+            self.problem = None
+
+    def on_received(self, message: Received) -> None:
+        event = message.event
+        if isinstance(event, LogEntry):
+            self.main.log_entry(event)
+            return
+        if self.main.status is not None:
+            self.main.status = apply_event(self.main.status, event)
+        if isinstance(event, StateChange):
+            self.refresh_status()  # spend and the machine's state are not in the event
+        elif isinstance(event, NewImage):
+            self.fetch_picture(event.image)
+
+    @work(exclusive=True, group="status")
+    async def refresh_status(self) -> None:
+        status = await self._fetch("status", self.client.status())
+        if status is not None:
+            self.post_message(StatusFetched(status))
+
+    def on_status_fetched(self, message: StatusFetched) -> None:
+        self.main.status = message.status
+
+    def note(self, level: str, text: str) -> None:
+        """A line in the log from the panel itself."""
+        self.main.log_entry(LogEntry(datetime.now(UTC), level, text))
+
+    def on_failed(self, message: Failed) -> None:
+        self.note("warning", message.text)
+
+    async def _fetch(self, what: str, call: Awaitable[T]) -> T | None:
+        """Await a background call; a failure is a line in the log, not a crashed worker."""
+        try:
+            return await call
+        except BackendError as exc:
+            self.post_message(Failed(f"could not load {what}: {exc}"))
+            return None
+
+    # --- thumbnails ------------------------------------------------------------------------------------
+
+    async def _download(self, info: ImageInfo) -> Picture | None:
+        data = await self._fetch(f"image {info.id}", self.client.image_bytes(info))
+        return None if data is None else decode(info, data)
+
+    @work(exclusive=True, group="pictures")
+    async def load_pictures(self) -> None:
+        newest: list[ImageInfo] = []
+        for bucket in BUCKETS:
+            newest += await self._fetch(f"the {bucket} images", self.client.images(bucket, self.thumbnails)) or []
+        newest.sort(key=lambda info: info.created_at, reverse=True)
+        pictures = await asyncio.gather(*(self._download(info) for info in newest[: self.thumbnails]))
+        self.post_message(PicturesLoaded([picture for picture in pictures if picture is not None]))
+
+    @work(group="picture")
+    async def fetch_picture(self, info: ImageInfo) -> None:
+        picture = await self._download(info)
+        if picture is not None:
+            self.post_message(PictureArrived(picture))
+
+    async def on_pictures_loaded(self, message: PicturesLoaded) -> None:
+        await self.main.query_one(ThumbnailGrid).show(message.pictures)
+
+    async def on_picture_arrived(self, message: PictureArrived) -> None:
+        await self.main.query_one(ThumbnailGrid).add(message.picture)
+
+    def on_thumbnail_selected(self, message: Thumbnail.Selected) -> None:
+        self.push_screen(ImageDetailScreen(message.picture, self.image_style))
+
+    # --- prompt settings -------------------------------------------------------------------------------
+
+    @work(exclusive=True, group="prompts")
+    async def load_prompts(self) -> None:
+        settings = await self._fetch("the prompt settings", self.client.prompts())
+        if settings is not None:
+            self.post_message(PromptsLoaded(settings, saved=False))
+
+    def on_prompts_loaded(self, message: PromptsLoaded) -> None:
+        self.main.query_one(PromptEditor).load(message.settings)
+
+    def on_prompt_editor_edited(self, message: PromptEditor.Edited) -> None:
+        self.compose_samples(dict(message.changes))
+
+    @work(exclusive=True, group="samples")
+    async def compose_samples(self, changes: dict[str, object]) -> None:
+        await asyncio.sleep(SAMPLE_DELAY)  # a newer edit cancels this worker (exclusive) before it asks
+        try:
+            self.post_message(SamplesComposed(await self.client.sample_prompts(changes, self.samples)))
+        except AdminError as exc:
+            self.post_message(PromptsRejected(exc))
+        except (Unreachable, ProtocolError) as exc:
+            self.post_message(Failed(f"could not compose sample prompts: {exc}"))
+
+    def on_samples_composed(self, message: SamplesComposed) -> None:
+        self.main.query_one(PromptEditor).show_samples(message.prompts)
+
+    def on_prompts_rejected(self, message: PromptsRejected) -> None:
+        self.main.query_one(PromptEditor).show_rejection(message.error.field, message.error.message)
+
+    def on_prompt_editor_save_requested(self, message: PromptEditor.SaveRequested) -> None:
+        self.save_prompts(dict(message.changes))
+
+    @work(exclusive=True, group="save")
+    async def save_prompts(self, changes: dict[str, object]) -> None:
+        try:
+            settings = await self.client.save_prompts(changes)
+        except AdminError as exc:
+            self.post_message(PromptsRejected(exc))
+            self.post_message(Answered(f"Prompt settings not saved: {exc.message}", ok=False))
+        except (Unreachable, ProtocolError) as exc:
+            self.post_message(Answered(f"Prompt settings not saved: {exc}", ok=False))
+        else:
+            self.post_message(PromptsLoaded(settings, saved=True))
+            self.post_message(Answered(f"Prompt settings saved: {', '.join(sorted(changes))}", ok=True))
+
+    # --- actions ---------------------------------------------------------------------------------------
+
+    def action_refill(self) -> None:
+        levels = self.main.status.buckets if self.main.status is not None else {}
+        self.push_screen(RefillScreen(levels), self._refill_chosen)
+
+    def _refill_chosen(self, buckets: list[str] | None) -> None:
+        if buckets:
+            self.start_refill(buckets)
+
+    @work(group="actions")
+    async def start_refill(self, buckets: list[str]) -> None:
+        await self._act("Refill", self.client.refill(buckets),
+                        lambda run: f"Refill started: run {run.id}, {run.total} images ({_targets(run)})")
+
+    def action_abort(self) -> None:
+        run = self.main.status.run if self.main.status is not None else None
+        self.push_screen(ConfirmAbortScreen(run), self._abort_confirmed)
+
+    def _abort_confirmed(self, abort: bool | None) -> None:
+        if abort:
+            self.abort_run()
+
+    @work(group="actions")
+    async def abort_run(self) -> None:
+        await self._act("Abort", self.client.abort(),
+                        lambda run: f"Abort accepted: run {run.id} stops, {run.done} images kept")
+
+    async def _act(self, action: str, call: Awaitable[Run], success: Callable[[Run], str]) -> None:
+        """Send an owner's action and report the server's answer, whatever it is."""
+        try:
+            run = await call
+        except AdminError as exc:
+            self.post_message(Answered(f"{action} refused ({exc.status}): {exc.message}", ok=False))
+        except (Unreachable, ProtocolError) as exc:
+            self.post_message(Answered(f"{action} failed: {exc}", ok=False))
+        else:
+            self.post_message(Answered(success(run), ok=True))
+
+    def on_answered(self, message: Answered) -> None:
+        self.notify(message.text, severity="information" if message.ok else "error", timeout=8)
+        self.note("info" if message.ok else "error", message.text)

@@ -1,0 +1,43 @@
+"""One avatar, large, with everything known about how it was made."""
+
+from __future__ import annotations
+
+from rich.table import Table
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Static
+
+from tui.images import ImageStyle, Picture, image_widget
+
+
+def _details(picture: Picture) -> Table:
+    info = picture.info
+    table = Table.grid(padding=(0, 1))
+    table.add_column(style="dim", no_wrap=True)
+    table.add_column()
+    rows = {"prompt": info.prompt, "bucket": info.bucket, "id": info.id, "created": info.created_at.isoformat()}
+    rows |= {name: value for name, value in info.metadata.items() if name not in ("prompt", "created_at")}
+    rows["size"] = f"{picture.image.width}×{picture.image.height} px"
+    for name, value in rows.items():
+        table.add_row(name.replace("_", " "), str(value))
+    return table
+
+
+class ImageDetailScreen(ModalScreen[None]):
+    BINDINGS = [Binding("escape,enter,q", "close", "Close")]
+
+    def __init__(self, picture: Picture, style: ImageStyle) -> None:
+        super().__init__()
+        self.picture = picture
+        self.image_style = style
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="detail"):
+            yield image_widget(self.image_style, self.picture, classes="detail-image")
+            with VerticalScroll(id="detail-info"):
+                yield Static(_details(self.picture))
+
+    def action_close(self) -> None:
+        self.dismiss(None)

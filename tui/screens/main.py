@@ -1,0 +1,94 @@
+"""The control panel itself: overview, thumbnails, prompt editor and log, in tabs.
+
+The screen owns the picture of the server (`status`) and spreads it over its widgets; the App feeds it
+from the connection. On a terminal of 120 columns or more the overview shows the log beside the panels; from 34
+rows the panels get room to breathe.
+"""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.reactive import reactive
+from textual.screen import Screen
+from textual.widgets import Footer, Label, TabbedContent, TabPane
+
+from tui.images import ImageStyle
+from tui.models import BUCKETS, LogEntry, Status
+from tui.widgets.bucket_gauge import BucketGauge
+from tui.widgets.event_log import EventLog
+from tui.widgets.last_run import LastRunSummary
+from tui.widgets.link_indicator import LinkIndicator
+from tui.widgets.prompt_editor import PromptEditor
+from tui.widgets.run_progress import RunProgress
+from tui.widgets.spend import SpendSummary
+from tui.widgets.state_diagram import StateDiagram
+from tui.widgets.thumbnail_grid import ThumbnailGrid
+
+
+class MainScreen(Screen[None]):
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (120, "-wide")]
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (34, "-tall")]
+    BINDINGS = [
+        Binding("o", "show_tab('overview')", "Overview"),
+        Binding("i", "show_tab('images')", "Images"),
+        Binding("p", "show_tab('prompts')", "Prompts"),
+        Binding("l", "show_tab('log')", "Log"),
+    ]
+
+    status: reactive[Status | None] = reactive(None, init=False)
+
+    def __init__(self, image_style: ImageStyle) -> None:
+        super().__init__()
+        self.image_style = image_style
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="topbar"):
+            yield Label("avatargen", id="app-title")
+            yield LinkIndicator(id="link")
+        with TabbedContent(initial="overview"):
+            with TabPane("Overview", id="overview"), Horizontal(id="overview-columns"):
+                with Vertical(id="dashboard"):
+                    with Vertical(id="buckets"):
+                        for bucket in BUCKETS:
+                            yield BucketGauge(bucket, id=f"gauge-{bucket}")
+                    with Vertical(id="generator"):
+                        yield StateDiagram()
+                        yield RunProgress()
+                        yield LastRunSummary()
+                        yield SpendSummary()
+                yield EventLog(id="overview-log")
+            with TabPane("Images", id="images"):
+                yield ThumbnailGrid(self.image_style, id="thumbnails")
+            with TabPane("Prompts", id="prompts"):
+                yield PromptEditor(id="prompt-editor")
+            with TabPane("Log", id="log"):
+                yield EventLog(id="log-view")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#buckets").border_title = "Buckets"
+        self.query_one("#generator").border_title = "Generator"
+        self.query_one("#overview-log").border_title = "Log"
+
+    def watch_status(self, status: Status | None) -> None:
+        if status is None:
+            return
+        for bucket in BUCKETS:
+            self.query_one(f"#gauge-{bucket}", BucketGauge).level = status.buckets.get(bucket)
+        self.query_one(StateDiagram).state = status.state
+        self.query_one(RunProgress).run = status.run
+        self.query_one(LastRunSummary).last_run = status.last_run
+        self.query_one(SpendSummary).status = status
+
+    def log_entry(self, entry: LogEntry) -> None:
+        for log in self.query(EventLog):
+            log.add(entry)
+
+    def action_show_tab(self, tab: str) -> None:
+        self.query_one(TabbedContent).active = tab
+        if tab == "images":
+            self.query_one(ThumbnailGrid).focus_newest()
+        else:
+            self.set_focus(None)  # keys stay with the panel; Tab walks into the tab's fields
