@@ -281,9 +281,9 @@ class Bucket:
     def publish(self, image: bytes, metadata: dict[str, Any]) -> ImageRecord:
         """Store a WebP image with its metadata, atomically: it is visible complete, with its sidecar, or not at all.
 
-        Both files (and the framed copy, if the bucket frames) are written under `.tmp/` and fsynced;
-        the sidecar and framed copy are renamed in first and the image last, so a visible image always
-        has its metadata. `created_at` (ISO 8601 UTC) is added when missing.
+        Each file (sidecar, framed copy if the bucket frames, image) is written under `.tmp/`, fsynced
+        and renamed into place, in that order: a visible image always has its metadata, and a claimer
+        always finds its framed copy. `created_at` (ISO 8601 UTC) is added when missing.
         """
         if sniff_format(image) != "WEBP":
             raise ValueError(f"the {self.name} bucket stores WebP images; got data starting {image[:12]!r}")

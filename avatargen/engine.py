@@ -13,7 +13,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 from avatargen.buckets import Bucket
@@ -68,6 +68,20 @@ def cost_summary(settings: Settings, ledger: CostLedger) -> dict[str, float]:
         "billed_seconds_today": round(spend.billed_seconds_today, 1),
         "billed_seconds_month": round(spend.billed_seconds_month, 1),
     }
+
+
+async def _uncancellable(work: Coroutine[Any, Any, None]) -> None:
+    """Finish work even when the caller is cancelled meanwhile (then pass the cancellation on).
+
+    Publishing runs in a thread that an abort cannot stop: without this, an image could land in the bucket
+    after the run was counted and reported as over.
+    """
+    task = asyncio.ensure_future(work)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await task
+        raise
 
 
 class RefillEngine:
@@ -145,8 +159,10 @@ class RefillEngine:
     # --- life cycle ------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Stop a machine a crash left running, then check the buckets now and every check_every."""
-        self._scheduler = asyncio.create_task(self._schedule(), name="refill-scheduler")
+        """Look for a machine a crash left running (stopped in the background before anything else), then
+        check the buckets now and every check_every."""
+        orphaned = await self._find_orphan()
+        self._scheduler = asyncio.create_task(self._schedule(orphaned), name="refill-scheduler")
 
     async def close(self) -> None:
         """Abort the active run and wait until its machine is confirmed off (Ctrl-C, SIGTERM)."""
@@ -312,7 +328,7 @@ class RefillEngine:
             seconds = (time.monotonic() - started) / max(1, len(avatars))
             for index, webp in enumerate(avatars):
                 seed = result.seeds[index] if index < len(result.seeds) else -1
-                await self._store(run, bucket_name, webp, prompt.text, seed, seconds, result.info)
+                await _uncancellable(self._store(run, bucket_name, webp, prompt.text, seed, seconds, result.info))
             run.failed += count - len(avatars)
             return
         run.failed += count
@@ -407,8 +423,9 @@ class RefillEngine:
         every = self.settings.generator.check_every
         return min(every * 2**self._auto_failures, every * 24)
 
-    async def _schedule(self) -> None:
-        await self._stop_orphan()
+    async def _schedule(self, orphaned: bool) -> None:
+        if orphaned:
+            await self._stop_orphan()
         self.next_check_at = time.time()
         while True:
             wait = self.next_check_at - time.time()
@@ -442,24 +459,32 @@ class RefillEngine:
         self.paused_reason = None
         return self.refill(due, trigger="auto")
 
-    async def _stop_orphan(self) -> None:
-        """A machine found running while no run is active was left by a crash: stop it now."""
+    async def _find_orphan(self) -> bool:
+        """True when the machine is on while no run is active: a crash left it running."""
         if not self.provider.bills:
-            return
+            return False
         try:
             self.machine_state = await self.provider.machine_state()
         except Exception as exc:
             log.error("cannot read the machine's state at start-up: %s", exc)
-            return
-        if self.machine_state != "off":
-            log.warning("the machine is %s but no run is active: stopping it", self.machine_state)
-            self._state = "shutting_down"
-            self._idle.clear()
-            self._publish_state()
-            await self._stop_machine()
-            self._state = "idle"
-            self._idle.set()
-            self._publish_state()
+            return False
+        if self.machine_state == "off":
+            self._close_interrupted_billing()
+            return False
+        log.warning("the machine is %s but no run is active: stopping it", self.machine_state)
+        self._state = "shutting_down"  # no run can start until it is off
+        self._idle.clear()
+        return True
+
+    async def _stop_orphan(self) -> None:
+        self._publish_state()
+        await self._stop_machine()
+        self._close_interrupted_billing()
+        self._state = "idle"
+        self._idle.set()
+        self._publish_state()
+
+    def _close_interrupted_billing(self) -> None:
         closed = self.ledger.close_open()
         if closed:
             log.warning("billed time of interrupted run(s) %s closed at the confirmed stop", ", ".join(closed))

@@ -106,9 +106,10 @@ async def events(request: Request) -> Response:
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-def _bucket_name(state: Services, name: str | None) -> str | JSONResponse:
+def _bucket_name(state: Services, name: str | None, status: int) -> str | JSONResponse:
+    """The bucket named by a request; unknown: 404 in a path, 422 in a parameter."""
     if name not in state.buckets:
-        return error(404 if name else 422, f"unknown bucket {name!r}; buckets are unique and fallback")
+        return error(status, f"unknown bucket {name!r}; buckets are unique and fallback")
     return name
 
 
@@ -125,7 +126,7 @@ def image_summary(record: Any) -> dict[str, Any]:
 
 async def images(request: Request) -> Response:
     state = services(request)
-    name = _bucket_name(state, request.query_params.get("bucket", "unique"))
+    name = _bucket_name(state, request.query_params.get("bucket", "unique"), 422)
     if isinstance(name, JSONResponse):
         return name
     try:
@@ -140,7 +141,7 @@ async def images(request: Request) -> Response:
 
 async def image(request: Request) -> Response:
     state = services(request)
-    name = _bucket_name(state, request.path_params["bucket"])
+    name = _bucket_name(state, request.path_params["bucket"], 404)
     if isinstance(name, JSONResponse):
         return name
     image_id = request.path_params["image_id"]

@@ -62,8 +62,11 @@ def create_app(settings: Settings) -> Starlette:
                     log.info("bucket %s recovered at start-up: %s", bucket.name, recovered)
             events = EventHub()
             handler = EventLogHandler(events, asyncio.get_running_loop())
-            logging.getLogger("avatargen").addHandler(handler)
-            stack.callback(logging.getLogger("avatargen").removeHandler, handler)
+            product_log = logging.getLogger("avatargen")
+            if product_log.getEffectiveLevel() > logging.INFO:
+                product_log.setLevel(logging.INFO)  # the owner's live log shows what the generator does
+            product_log.addHandler(handler)
+            stack.callback(product_log.removeHandler, handler)
             ledger = CostLedger(settings.server.data_dir / "ledger.sqlite3", settings.gpu.hourly_cost)
             stack.callback(ledger.close_db)
             token, source = resolve_admin_token(settings)

@@ -76,11 +76,13 @@ class VisitorService:
         self._page = await asyncio.to_thread(DEMO_PAGE.read_bytes)
 
     async def close(self) -> None:
+        """Close the SQLite connection; served uniques are already deleted by their background tasks."""
         if self._allowance is not None:
             self._allowance.close()
             self._allowance = None
 
     def routes(self) -> list[Route]:
+        """`/avatar` and the demo page `/`; Starlette answers HEAD on both, which `avatar` handles itself."""
         return [Route("/avatar", self.avatar, methods=["GET"]), Route("/", self.demo_page, methods=["GET"])]
 
     @property
@@ -92,9 +94,11 @@ class VisitorService:
     # --- the routes --------------------------------------------------------------------------------------
 
     async def demo_page(self, request: Request) -> Response:
+        """A small "about" page that shows /avatar the way the owner's site does; revalidated, never stale."""
         return HTMLResponse(self._page, headers={"Cache-Control": "no-cache"})
 
     async def avatar(self, request: Request) -> Response:
+        """304 for a fresh copy; else a unique (GET only, allowance permitting), a fallback or the placeholder."""
         if self._still_fresh(request.headers.get("if-modified-since")):
             return Response(status_code=304, headers={"Cache-Control": self._cache_control})
         sends_body = request.method == "GET"
@@ -121,19 +125,25 @@ class VisitorService:
         return 0 <= age < self.max_age
 
     async def _claim_unique(self, visitor: str) -> Claim | None:
-        """A unique for this visitor if the allowance grants one and one is left; the token is spent only then."""
+        """A unique for this visitor if the allowance grants one and one is left (checked in memory first)."""
+        if self.unique.count() == 0 or not self.allowance.may_grant(visitor):
+            return None
+        return await asyncio.to_thread(self._grant_and_claim, visitor)
+
+    def _grant_and_claim(self, visitor: str) -> Claim | None:
+        """Take the allowance, then a unique; the token is spent only if a unique was actually claimed.
+
+        One worker-thread call for both, since this is the unique's whole cost on the request path.
+        """
         allowance = self.allowance
-        if self.unique.count() == 0 or not allowance.may_grant(visitor):
+        if not allowance.grant(visitor):
             return None
-        if not await asyncio.to_thread(allowance.grant, visitor):
-            return None
+        claim = None
         try:
-            claim = await asyncio.to_thread(self.unique.claim)
-        except BaseException:
-            await asyncio.to_thread(allowance.give_back, visitor)
-            raise
-        if claim is None:  # another visitor or process took the last one since the count
-            await asyncio.to_thread(allowance.give_back, visitor)
+            claim = self.unique.claim()
+        finally:
+            if claim is None:  # another visitor or process took the last one since the count, or it failed
+                allowance.give_back(visitor)
         return claim
 
     async def _fallback_response(self, *, retire: bool) -> Response:

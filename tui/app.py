@@ -8,14 +8,18 @@ worker (`tui.connection.follow`) keeps the picture live and survives the server 
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from textual import work
 from textual.app import App
 from textual.binding import Binding
+from textual.message import Message
 from textual.screen import Screen
+from textual.worker import Worker
 
 from tui.client import AdminClient, AdminError, Unreachable
 from tui.connection import DEFAULT_BACKOFF, Backoff, follow
@@ -25,7 +29,7 @@ from tui.messages import (
     Connected,
     Disconnected,
     Failed,
-    PictureArrived,
+    PicturesArrived,
     PicturesLoaded,
     PromptsLoaded,
     PromptsRejected,
@@ -53,6 +57,24 @@ TOKEN_HINT = (
 )
 BackendError = (Unreachable, AdminError, ProtocolError)
 T = TypeVar("T")
+H = TypeVar("H", bound=Callable[..., Any])
+
+
+def while_running(handler: H) -> H:
+    """Skip a message handler once the app is shutting down.
+
+    Workers may still have messages queued while the screens they would update are taken apart
+    (run_test shuts the app down while its message loop still runs); those updates have no one to show.
+    """
+
+    @functools.wraps(handler)
+    async def guarded(app: App[Any], message: Message) -> None:
+        if app.is_running:
+            result = handler(app, message)
+            if inspect.isawaitable(result):
+                await result
+
+    return guarded  # type: ignore[return-value]
 
 
 def _targets(run: Run) -> str:
@@ -85,6 +107,8 @@ class AvatarApp(App[None]):
         self.image_style: ImageStyle = image_style
         self.backoff = backoff
         self.thumbnails = thumbnails
+        self.arrivals: list[ImageInfo] = []  # new images not downloaded yet
+        self.arrivals_worker: Worker[None] | None = None
         self.samples = samples
         self.main = MainScreen(image_style)
         self.problem: ProblemScreen | None = None
@@ -101,7 +125,7 @@ class AvatarApp(App[None]):
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         # Refill and abort act on what the main screen shows; hide them over a problem screen.
-        return action not in ("refill", "abort") or self.screen is self.main or None
+        return action not in ("refill", "abort") or self.screen is self.main
 
     # --- the connection --------------------------------------------------------------------------------
 
@@ -112,6 +136,7 @@ class AvatarApp(App[None]):
     def action_reconnect(self) -> None:
         self.follow_server()
 
+    @while_running
     def on_connected(self, message: Connected) -> None:
         self.main.status = message.status
         self.main.query_one(LinkIndicator).show_live()
@@ -123,6 +148,7 @@ class AvatarApp(App[None]):
         if not self.main.query_one(PromptEditor).dirty:
             self.load_prompts()
 
+    @while_running
     def on_disconnected(self, message: Disconnected) -> None:
         self.main.query_one(LinkIndicator).show_down(message.reason, message.retry_in, message.attempt)
         self.main.add_class("-offline")
@@ -136,6 +162,7 @@ class AvatarApp(App[None]):
                 "Press r to retry now, q to quit.",
             )
 
+    @while_running
     def on_refused(self, message: Refused) -> None:
         error = message.error
         self.main.add_class("-offline")
@@ -155,6 +182,7 @@ class AvatarApp(App[None]):
                 self.pop_screen()
             self.problem = None
 
+    @while_running
     def on_received(self, message: Received) -> None:
         event = message.event
         if isinstance(event, LogEntry):
@@ -163,9 +191,11 @@ class AvatarApp(App[None]):
         if self.main.status is not None:
             self.main.status = apply_event(self.main.status, event)
         if isinstance(event, StateChange):
-            self.refresh_status()  # spend and the machine's state are not in the event
+            self.refresh_status()  # today's and this month's spend are not in the event
         elif isinstance(event, NewImage):
-            self.fetch_picture(event.image)
+            self.arrivals.append(event.image)
+            if self.arrivals_worker is None or self.arrivals_worker.is_finished:
+                self.arrivals_worker = self.fetch_arrivals()
 
     @work(exclusive=True, group="status")
     async def refresh_status(self) -> None:
@@ -173,6 +203,7 @@ class AvatarApp(App[None]):
         if status is not None:
             self.post_message(StatusFetched(status))
 
+    @while_running
     def on_status_fetched(self, message: StatusFetched) -> None:
         self.main.status = message.status
 
@@ -180,6 +211,7 @@ class AvatarApp(App[None]):
         """A line in the log from the panel itself."""
         self.main.log_entry(LogEntry(datetime.now(UTC), level, text))
 
+    @while_running
     def on_failed(self, message: Failed) -> None:
         self.note("warning", message.text)
 
@@ -197,26 +229,34 @@ class AvatarApp(App[None]):
         data = await self._fetch(f"image {info.id}", self.client.image_bytes(info))
         return None if data is None else decode(info, data)
 
+    async def _download_all(self, images: list[ImageInfo]) -> list[Picture]:
+        pictures = await asyncio.gather(*(self._download(info) for info in images))
+        return [picture for picture in pictures if picture is not None]
+
     @work(exclusive=True, group="pictures")
     async def load_pictures(self) -> None:
         newest: list[ImageInfo] = []
         for bucket in BUCKETS:
             newest += await self._fetch(f"the {bucket} images", self.client.images(bucket, self.thumbnails)) or []
         newest.sort(key=lambda info: info.created_at, reverse=True)
-        pictures = await asyncio.gather(*(self._download(info) for info in newest[: self.thumbnails]))
-        self.post_message(PicturesLoaded([picture for picture in pictures if picture is not None]))
+        self.post_message(PicturesLoaded(await self._download_all(newest[: self.thumbnails])))
 
-    @work(group="picture")
-    async def fetch_picture(self, info: ImageInfo) -> None:
-        picture = await self._download(info)
-        if picture is not None:
-            self.post_message(PictureArrived(picture))
+    @work(group="arrivals")
+    async def fetch_arrivals(self) -> None:
+        """Download new images in batches: in a burst only the newest ones would stay on screen anyway."""
+        while self.arrivals:
+            batch, self.arrivals = self.arrivals[-self.thumbnails :], []
+            self.post_message(PicturesArrived(await self._download_all(batch)))
 
+    @while_running
     async def on_pictures_loaded(self, message: PicturesLoaded) -> None:
-        await self.main.query_one(ThumbnailGrid).show(message.pictures)
+        for grid in self.main.query(ThumbnailGrid):
+            await grid.show(message.pictures)
 
-    async def on_picture_arrived(self, message: PictureArrived) -> None:
-        await self.main.query_one(ThumbnailGrid).add(message.picture)
+    @while_running
+    async def on_pictures_arrived(self, message: PicturesArrived) -> None:
+        for grid in self.main.query(ThumbnailGrid):
+            await grid.add(message.pictures)
 
     def on_thumbnail_selected(self, message: Thumbnail.Selected) -> None:
         self.push_screen(ImageDetailScreen(message.picture, self.image_style))
@@ -229,6 +269,7 @@ class AvatarApp(App[None]):
         if settings is not None:
             self.post_message(PromptsLoaded(settings, saved=False))
 
+    @while_running
     def on_prompts_loaded(self, message: PromptsLoaded) -> None:
         self.main.query_one(PromptEditor).load(message.settings)
 
@@ -245,9 +286,11 @@ class AvatarApp(App[None]):
         except (Unreachable, ProtocolError) as exc:
             self.post_message(Failed(f"could not compose sample prompts: {exc}"))
 
+    @while_running
     def on_samples_composed(self, message: SamplesComposed) -> None:
         self.main.query_one(PromptEditor).show_samples(message.prompts)
 
+    @while_running
     def on_prompts_rejected(self, message: PromptsRejected) -> None:
         self.main.query_one(PromptEditor).show_rejection(message.error.field, message.error.message)
 
@@ -306,6 +349,7 @@ class AvatarApp(App[None]):
         else:
             self.post_message(Answered(success(run), ok=True))
 
+    @while_running
     def on_answered(self, message: Answered) -> None:
         self.notify(message.text, severity="information" if message.ok else "error", timeout=8)
         self.note("info" if message.ok else "error", message.text)

@@ -13,3 +13,8 @@ def money(amount: float) -> str:
 def clock(moment: datetime) -> str:
     """A server timestamp as the owner's local wall-clock time."""
     return moment.astimezone().strftime("%H:%M:%S")
+
+
+def timestamp(moment: datetime) -> str:
+    """A server timestamp as the owner's local date and time."""
+    return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S")

@@ -66,12 +66,12 @@ class PicturesLoaded(Message):
         self.pictures = pictures
 
 
-class PictureArrived(Message):
-    """A newly generated image, downloaded and decoded."""
+class PicturesArrived(Message):
+    """Newly generated images, downloaded and decoded (a burst of arrivals comes as one batch)."""
 
-    def __init__(self, picture: Picture) -> None:
+    def __init__(self, pictures: list[Picture]) -> None:
         super().__init__()
-        self.picture = picture
+        self.pictures = pictures
 
 
 class PromptsLoaded(Message):

@@ -116,6 +116,7 @@ class StateChange:
     state: State
     run: Run | None
     last_run: LastRun | None
+    machine_state: str | None
 
 
 @dataclass(frozen=True)
@@ -235,7 +236,10 @@ def _log(data: Mapping[str, Any]) -> LogEntry:
 
 def _state_change(data: Mapping[str, Any]) -> StateChange:
     return StateChange(
-        _state(data["state"]), _optional(data.get("run"), _run), _optional(data.get("last_run"), _last_run)
+        state=_state(data["state"]),
+        run=_optional(data.get("run"), _run),
+        last_run=_optional(data.get("last_run"), _last_run),
+        machine_state=data.get("machine_state"),
     )
 
 
@@ -277,9 +281,10 @@ def parse_event(kind: str, data: Any) -> ServerEvent | None:
 
 
 def apply_event(status: Status, event: ServerEvent) -> Status:
-    """The status after a live event, as far as events tell (spend and machine state need a fetch)."""
+    """The status after a live event, as far as events tell (spend needs a fetch)."""
     if isinstance(event, StateChange):
-        return replace(status, state=event.state, run=event.run, last_run=event.last_run)
+        return replace(status, state=event.state, run=event.run, last_run=event.last_run,
+                       machine_state=event.machine_state or status.machine_state)
     if isinstance(event, Run):
         # A progress event that arrives after its run ended must not bring the run back.
         current = status.run

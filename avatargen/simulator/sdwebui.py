@@ -170,8 +170,9 @@ class _Job:
 class SimulatedSdWebUi:
     """The simulated web UI's state (job queue, boot phase, options) and its Starlette app (`.app`).
 
-    Tests may read `queue_length` (txt2img requests waiting or computing) and `completed` (prompts in
-    the order their jobs finished).
+    Tests may read `queue_length` (txt2img requests waiting or computing), `completed` (prompts in
+    the order their jobs finished) and `busy_seconds` (time spent on jobs: what the GPU works of the
+    billed time, which the GPU efficiency benchmark compares).
     """
 
     def __init__(self, settings: SimulatedSettings, faults: Faults, *, auth: tuple[str, str] | None = None,
@@ -186,6 +187,7 @@ class SimulatedSdWebUi:
                                          "sd_checkpoint_hash": MODEL["sha256"]}
         self.queue_length = 0
         self.completed: list[str] = []
+        self.busy_seconds = 0.0
         self._mounted_at = 0.0
         self._first_job_pending = True
         self.boot()
@@ -241,7 +243,11 @@ class SimulatedSdWebUi:
         self.queue_length += 1
         try:
             async with self._lock:
-                return await self._run_job(params)
+                began = time.monotonic()
+                try:
+                    return await self._run_job(params)
+                finally:
+                    self.busy_seconds += time.monotonic() - began
         finally:
             self.queue_length -= 1
 

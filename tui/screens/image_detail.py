@@ -9,6 +9,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
+from tui.formatting import timestamp
 from tui.images import ImageStyle, Picture, image_widget
 
 
@@ -17,7 +18,7 @@ def _details(picture: Picture) -> Table:
     table = Table.grid(padding=(0, 1))
     table.add_column(style="dim", no_wrap=True)
     table.add_column()
-    rows = {"prompt": info.prompt, "bucket": info.bucket, "id": info.id, "created": info.created_at.isoformat()}
+    rows = {"prompt": info.prompt, "bucket": info.bucket, "id": info.id, "created": timestamp(info.created_at)}
     rows |= {name: value for name, value in info.metadata.items() if name not in ("prompt", "created_at")}
     rows["size"] = f"{picture.image.width}×{picture.image.height} px"
     for name, value in rows.items():

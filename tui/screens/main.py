@@ -1,8 +1,8 @@
 """The control panel itself: overview, thumbnails, prompt editor and log, in tabs.
 
 The screen owns the picture of the server (`status`) and spreads it over its widgets; the App feeds it
-from the connection. On a terminal of 120 columns or more the overview shows the log beside the panels; from 34
-rows the panels get room to breathe.
+from the connection. On a terminal of 120 columns or more the overview shows the log beside the panels, and with 34
+rows or more also the newest thumbnails under them.
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ class MainScreen(Screen[None]):
                         yield RunProgress()
                         yield LastRunSummary()
                         yield SpendSummary()
+                    yield ThumbnailGrid(self.image_style, limit=12, id="overview-thumbnails")
                 yield EventLog(id="overview-log")
             with TabPane("Images", id="images"):
                 yield ThumbnailGrid(self.image_style, id="thumbnails")
@@ -89,6 +90,6 @@ class MainScreen(Screen[None]):
     def action_show_tab(self, tab: str) -> None:
         self.query_one(TabbedContent).active = tab
         if tab == "images":
-            self.query_one(ThumbnailGrid).focus_newest()
+            self.query_one("#thumbnails", ThumbnailGrid).focus_newest()
         else:
             self.set_focus(None)  # keys stay with the panel; Tab walks into the tab's fields

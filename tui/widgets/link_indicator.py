@@ -9,15 +9,12 @@ from textual.widgets import Static
 class LinkIndicator(Static):
     """One line: live, connecting, or disconnected with the reason and the next retry."""
 
-    def on_mount(self) -> None:
-        self.show_connecting()
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(Text("◌ connecting…"), id=id, classes="-connecting")
 
     def _show(self, state: str, text: Text) -> None:
         self.set_classes(f"-{state}")
         self.update(text)
-
-    def show_connecting(self) -> None:
-        self._show("connecting", Text("◌ connecting…"))
 
     def show_live(self) -> None:
         self._show("live", Text("● live"))

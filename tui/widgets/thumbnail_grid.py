@@ -47,13 +47,20 @@ class ThumbnailGrid(VerticalScroll):
         await self.mount_all(Thumbnail(picture, self.image_style) for picture in pictures[: self.limit])
         self._retitle()
 
-    async def add(self, picture: Picture) -> None:
-        """Put a new picture first, dropping the oldest beyond the limit."""
-        cards = self.cards
-        if any(card.picture.info.id == picture.info.id for card in cards):
-            return
-        await self.mount(Thumbnail(picture, self.image_style), before=0 if cards else None)
-        for card in cards[self.limit - 1 :]:
+    async def add(self, pictures: list[Picture]) -> None:
+        """Put new pictures in their place by creation time, dropping the oldest beyond the limit."""
+        known = {card.picture.info.id for card in self.cards}
+        for picture in sorted(pictures, key=lambda picture: picture.info.created_at):
+            if picture.info.id in known:
+                continue
+            cards = self.cards  # newest first: the cards newer than this picture are a prefix
+            newer = [card for card in cards if card.picture.info.created_at >= picture.info.created_at]
+            card = Thumbnail(picture, self.image_style)
+            if newer:
+                await self.mount(card, after=newer[-1])
+            else:
+                await self.mount(card, before=cards[0] if cards else None)
+        for card in self.cards[self.limit :]:
             await card.remove()
         self._retitle()
 

@@ -1,0 +1,290 @@
+"""Fault matrix: every fault the simulated GPU can inject, one per run, and SIGKILL of the server in each run state.
+
+The simulated GPU runs as a process of its own (a machine outlives any avatargen process), and every row
+gets a fresh `avatargen serve` process and data folder. A row is a manual refill of the unique bucket:
+- with one fault of `avatargen.simulator.FAULTS` switched on, until the run is over; or
+- with no fault, the server SIGKILLed once the run is booting (machine starting), generating (images
+  stored) or shutting_down, then started again: its start-up check must stop the orphaned machine.
+Meanwhile a background loop GETs /avatar (from the killed server's twin, a visitor-only process on the
+same folders, in the SIGKILL rows) and records every failure.
+
+Every row must hold: the machine is off at the end; no billed seconds after the stop confirmation (the
+simulator's count at the end and a few poll periods later); no image lost (announced as stored, not in
+the bucket) or half-written (a visible .webp without its sidecar, or one that does not decode); visitors
+answered throughout. The script exits with status 1 if a row does not hold.
+
+    python -m benchmarks.fault_matrix [--quick]
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import httpx
+from PIL import Image
+
+from avatargen.buckets import open_buckets
+from avatargen.config import load_settings
+from avatargen.durations import parse_duration
+from avatargen.simulator.faults import FAULTS
+from benchmarks.harness import (
+    Admin,
+    EventTest,
+    Service,
+    Simulator,
+    avatargen_server,
+    parse_args,
+    publish,
+    run_ended,
+    run_in_state,
+    sample_avatars,
+    scratch,
+    write_config,
+)
+from benchmarks.report import print_machine, print_table
+
+KILL_STATES = ("booting", "generating", "shutting_down")
+POLL_EVERY = "50ms"
+SETTLE_POLLS = 6  # poll periods to wait before reading the billed seconds again
+FALLBACK_IMAGES = 5
+VISITOR_PAUSE = 0.02
+ROW_TIMEOUT = 60.0
+
+
+class Visitors:
+    """A background loop of GET /avatar against one server, counting the answers that are not an avatar."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.requests = 0
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="visitors", daemon=True)
+
+    def _loop(self) -> None:
+        with httpx.Client(timeout=5) as client:
+            while not self._stop.wait(VISITOR_PAUSE):
+                self.requests += 1
+                try:
+                    response = client.get(self.url + "/avatar")
+                except httpx.HTTPError as exc:
+                    self.failures.append(f"{type(exc).__name__}: {exc}")
+                    continue
+                if response.status_code != 200 or "x-avatar-kind" not in response.headers:
+                    self.failures.append(f"{response.status_code} {response.text[:80]}")
+
+    def verdict(self) -> str:
+        if not self.failures:
+            return f"yes ({self.requests} requests)"
+        return f"NO: {len(self.failures)} of {self.requests} failed ({self.failures[0]})"
+
+    def __enter__(self) -> Visitors:
+        self._thread.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+@dataclass
+class Row:
+    name: str
+    outcome: str = "-"
+    machine: str = "-"
+    billed_after: float | None = None
+    lost: int | None = None
+    broken: int | None = None
+    visitors: Visitors | None = None
+    problems: list[str] = field(default_factory=list)
+
+    def check(self) -> None:
+        """Record what does not hold."""
+        if self.machine != "off":
+            self.problems.append(f"the machine is {self.machine}")
+        if self.billed_after is None or self.billed_after > 0.0005:
+            self.problems.append(f"billed after the stop: {self.billed_after}")
+        if self.lost or self.broken:
+            self.problems.append(f"{self.lost} images lost, {self.broken} half-written")
+        if self.visitors is None or self.visitors.failures or not self.visitors.requests:
+            self.problems.append("visitors were not answered throughout")
+
+    def cells(self) -> list[object]:
+        billed = "-" if self.billed_after is None else f"{self.billed_after:.3f}"
+        visitors = self.visitors.verdict() if self.visitors else "-"
+        holds = "yes" if not self.problems else "NO: " + "; ".join(self.problems)
+        return [self.name, self.outcome, self.machine, billed, _dash(self.lost), _dash(self.broken), visitors, holds]
+
+
+def _dash(value: int | None) -> str:
+    return "-" if value is None else str(value)
+
+
+def follow_run(admin: Admin, until: EventTest) -> tuple[set[str], dict[str, Any]]:
+    """Read events until `until` matches: the unique images announced as stored so far, and that event."""
+    announced: set[str] = set()
+    for kind, data in admin.events(ROW_TIMEOUT):
+        if kind == "image" and data.get("bucket") == "unique":
+            announced.add(data["id"])
+        if until(kind, data):
+            return announced, data
+    raise RuntimeError("the event stream ended before the run did: the server went away")
+
+
+def after_images(count: int) -> EventTest:
+    """Matches the `count`-th image event (a fresh test per use: it counts)."""
+    seen = [0]
+
+    def test(kind: str, data: dict[str, Any]) -> bool:
+        seen[0] += kind == "image"
+        return seen[0] >= count
+
+    return test
+
+
+def kill_point(state: str, run_id: str) -> EventTest:
+    """The moment to SIGKILL the server: its machine billing while booting, images stored, or stopping."""
+    if state == "booting":
+        return lambda kind, data: kind == "state" and (data.get("run") or {}).get("id") == run_id and \
+            data.get("machine_state") == "starting"
+    if state == "generating":
+        return after_images(2)
+    return run_in_state(run_id, "shutting_down")
+
+
+def bucket_damage(folder: Path, announced: set[str]) -> tuple[int, int]:
+    """Images announced but not in the folder, and visible images without a sidecar or that do not decode."""
+    visible = {path.stem for path in folder.glob("*.webp")}
+    broken = 0
+    for image_id in visible:
+        try:
+            with Image.open(folder / f"{image_id}.webp") as picture:
+                picture.load()
+            whole = (folder / f"{image_id}.json").is_file()
+        except OSError:
+            whole = False
+        broken += not whole
+    return len(announced - visible), broken
+
+
+def settle(row: Row, simulator: Simulator, poll_every: float) -> None:
+    """The machine's state, and the billed seconds it accrued from now until a few poll periods later."""
+    machine = simulator.machine()
+    row.machine = machine["state"]
+    time.sleep(max(0.3, SETTLE_POLLS * poll_every))  # nothing happens here, and that is what is measured
+    row.billed_after = simulator.machine()["billedSeconds"] - machine["billedSeconds"]
+
+
+class Matrix:
+    """The rows, all against one simulator process, each with a fresh server and data folder."""
+
+    def __init__(self, simulator: Simulator, work: Path, run_images: int) -> None:
+        self.simulator = simulator
+        self.work = work
+        self.run_images = run_images
+        self.poll_every = parse_duration(POLL_EVERY)
+
+    def _config(self, name: str) -> Path:
+        directory = self.work / name
+        directory.mkdir()
+        config = write_config(directory, self.simulator.provider_config(), {
+            "serving": {"unique_burst": 0, "fallback_retire_every": "24h"},
+            "buckets": {"unique": {"max": self.run_images}, "fallback": {"max": FALLBACK_IMAGES}},
+            "generator": {"image_retries": 1},
+            "gpu": {"poll_every": POLL_EVERY, "ready_timeout": "5s", "stop_timeout": "30s"},
+        })
+        publish(open_buckets(load_settings(config))["fallback"], sample_avatars(FALLBACK_IMAGES))
+        return config
+
+    def _server(self, config: Path, log: str) -> Service:
+        return avatargen_server(config, config.parent / log, env=self.simulator.env())
+
+    def row(self, name: str, body: Callable[[Row, Path], None]) -> Row:
+        """Run one row; an error in it fails the row, and the machine is stopped before the next one."""
+        row = Row(name)
+        config = self._config(name)
+        try:
+            body(row, config)
+            row.check()
+        except Exception as exc:  # the row fails, the matrix goes on
+            row.problems.append(f"{type(exc).__name__}: {exc}")
+        if self.simulator.machine()["state"] != "off":
+            self.simulator.stop_machine()
+        status = "holds" if not row.problems else "DOES NOT HOLD"
+        print(f"{name}: {row.outcome}; {status}", file=sys.stderr, flush=True)
+        return row
+
+    def fault(self, fault: str) -> Row:
+        def body(row: Row, config: Path) -> None:
+            self.simulator.set_faults([fault])
+            with self._server(config, "server.log") as server:
+                admin = Admin(server.url)
+                admin.wait_generator_started()
+                with Visitors(server.url) as row.visitors:
+                    run_id = admin.refill(["unique"])["id"]
+                    announced, event = follow_run(admin, run_ended(run_id))
+                settle(row, self.simulator, self.poll_every)
+            last_run = event["last_run"]
+            row.outcome = last_run["outcome"] + (f": {last_run['error']}" if last_run.get("error") else "")
+            row.lost, row.broken = bucket_damage(load_settings(config).buckets.unique.dir, announced)
+
+        return self.row(fault, body)
+
+    def kill(self, state: str) -> Row:
+        def body(row: Row, config: Path) -> None:
+            self.simulator.set_faults([])
+            server = self._server(config, "server.log").start()
+            try:
+                admin = Admin(server.url)
+                admin.wait_generator_started()
+                # A visitor-only twin on the same folders: it answers visitors while the generator dies.
+                with self._server(config, "twin.log") as twin, Visitors(twin.url) as row.visitors:
+                    run_id = admin.refill(["unique"])["id"]
+                    announced, _ = follow_run(admin, kill_point(state, run_id))
+                    server.kill()
+                    left = self.simulator.machine()["state"]
+                    with self._server(config, "restarted.log") as restarted:
+                        Admin(restarted.url).wait_generator_started()  # after the start-up check stopped it
+                        settle(row, self.simulator, self.poll_every)
+                        stopped = "no run is active: stopping it" in restarted.log_text()
+            finally:
+                server.stop()
+            row.outcome = (f"killed while {state} (machine {left}); the restart "
+                           + ("stopped the machine" if stopped else "found it off"))
+            row.lost, row.broken = bucket_damage(load_settings(config).buckets.unique.dir, announced)
+
+        return self.row(f"SIGKILL while {state}", body)
+
+
+def main() -> int:
+    args = parse_args(__doc__.split("\n")[0])
+    run_images = 4 if args.quick else 20
+    print_machine()
+    simulator = Simulator(boot_delay="500ms", stop_delay="300ms", sd_boot_delay="100ms", step_time="2ms")
+    with scratch() as work, simulator:
+        matrix = Matrix(simulator, work, run_images)
+        rows = [matrix.fault(fault) for fault in FAULTS] + [matrix.kill(state) for state in KILL_STATES]
+    print_table("Fault matrix: one fault per run, SIGKILL in each run state", [
+        "fault", "run outcome", "machine at end", "billed s after the end", "images lost", "images half-written",
+        "visitors answered", "holds"], [row.cells() for row in rows], [
+        f"manual refill of {run_images} uniques per row; simulated GPU in its own process (boot 500ms, stop 300ms, "
+        f"step_time 2ms); poll_every {POLL_EVERY}; billed seconds read again {SETTLE_POLLS} poll periods after the "
+        "run ended",
+    ])
+    failed = [row.name for row in rows if row.problems]
+    if failed:
+        print(f"rows that do not hold: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

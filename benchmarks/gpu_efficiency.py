@@ -1,0 +1,151 @@
+"""GPU efficiency and cost: how much of the billed machine time the SD web UI spends generating.
+
+The refill engine runs in this process against the simulated GPU (`SimulatedGpu`, whose web UI takes a
+fixed time per image: steps x step_time for a one-image batch, a batch of b images 1 + 0.18 (b - 1) times
+that) and fills the fallback bucket with one run, for each batch_size and concurrency. Per run:
+- billed: start request to confirmed stop (the run's ledger entry), less the configured boot delay;
+- SD busy: the time the web UI spent on jobs (the simulator's `busy_seconds`);
+- busy share = SD busy / billed, billed seconds per image, and the projected cost of 1,000 avatars at the
+  shipped config.toml's hourly_cost.
+Target: busy share >= 97% with the shipped defaults (sd.batch_size, generator.concurrency).
+
+    python -m benchmarks.gpu_efficiency [--quick] [--images N] [--step-time 15ms]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from avatargen.buckets import open_buckets
+from avatargen.config import Settings, load_settings
+from avatargen.durations import parse_duration
+from avatargen.engine import RefillEngine
+from avatargen.events import EventHub
+from avatargen.gpu import make_provider
+from avatargen.ledger import CostLedger
+from avatargen.simulator.runner import SimulatedGpu
+from benchmarks.harness import ROOT, parse_args, scratch, write_config
+from benchmarks.report import fmt, print_machine, print_table, verdict
+
+TARGET_SHARE = 0.97
+STEPS = 20
+BOOT_DELAY = "500ms"
+FULL_COMBOS = [(batch, concurrency) for batch in (1, 2, 4) for concurrency in (1, 2, 4)]
+QUICK_COMBOS = [(1, 1), (2, 2)]
+
+
+@dataclass(frozen=True)
+class Measurement:
+    batch: int
+    concurrency: int
+    images: int
+    billed: float  # seconds, boot delay left out
+    busy: float  # seconds the web UI spent sampling
+    hourly_cost: float
+
+    @property
+    def share(self) -> float:
+        return self.busy / self.billed
+
+    @property
+    def seconds_per_image(self) -> float:
+        return self.billed / self.images
+
+    @property
+    def cost_per_thousand(self) -> float:
+        return self.seconds_per_image * 1000 / 3600 * self.hourly_cost
+
+
+def options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--images", type=int, default=200, help="images per run (default 200)")
+    parser.add_argument("--step-time", default="15ms", help="simulated time per sampling step (default 15ms)")
+
+
+async def started(engine: RefillEngine, timeout: float = 30.0) -> None:
+    """Until the engine has made its start-up check (nothing announces it: poll, with a deadline)."""
+    deadline = time.monotonic() + timeout
+    while engine.next_check_at is None:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the engine did not make its start-up check in time")
+        await asyncio.sleep(0.01)
+
+
+async def one_run(settings: Settings) -> tuple[float, float, int]:
+    """Fill the fallback bucket in one run: the billed seconds, the web UI's busy seconds and jobs done."""
+    buckets = open_buckets(settings)
+    async with SimulatedGpu(settings.gpu.simulated) as gpu:
+        ledger = CostLedger(settings.server.data_dir / "ledger.sqlite3", settings.gpu.hourly_cost)
+        engine = RefillEngine(settings, buckets, make_provider(settings, simulated=gpu), ledger, EventHub())
+        await engine.start()
+        try:
+            await started(engine)
+            engine.refill(["fallback"])
+            await engine.wait_idle()
+        finally:
+            await engine.close()
+            ledger.close_db()
+        busy, jobs = gpu.sd.busy_seconds, len(gpu.sd.completed)
+    run = engine.last_run
+    expected = settings.buckets.fallback.max
+    if run is None or run.outcome != "completed" or run.done != expected:
+        raise SystemExit(f"the run did not complete with {expected} images: {run and run.to_dict()}")
+    return run.billed_seconds(), busy, jobs
+
+
+def measure(work: Path, batch: int, concurrency: int, images: int, step_time: str, hourly_cost: float) -> Measurement:
+    directory = work / f"batch{batch}-concurrency{concurrency}"
+    directory.mkdir()
+    settings = load_settings(write_config(directory, {
+        "buckets": {"fallback": {"max": images}},
+        "generator": {"concurrency": concurrency},
+        "gpu": {"hourly_cost": hourly_cost, "poll_every": "100ms",
+                "simulated": {"boot_delay": BOOT_DELAY, "stop_delay": "200ms", "sd_boot_delay": "200ms",
+                              "step_time": step_time}},
+        "sd": {"batch_size": batch, "steps": STEPS},
+    }))
+    billed, busy, jobs = asyncio.run(one_run(settings))
+    if jobs != -(-images // batch):
+        raise SystemExit(f"the web UI computed {jobs} jobs for {images} images in batches of {batch}")
+    measurement = Measurement(batch, concurrency, images, billed - settings.gpu.simulated.boot_delay, busy,
+                              hourly_cost)
+    print(f"batch {batch} concurrency {concurrency}: share {measurement.share:.1%}", file=sys.stderr, flush=True)
+    return measurement
+
+
+def main() -> int:
+    args = parse_args(__doc__.split("\n")[0], options)
+    shipped = load_settings(ROOT / "config.toml")
+    images, step_time, combos = (20, "2ms", QUICK_COMBOS) if args.quick else (args.images, args.step_time, FULL_COMBOS)
+    defaults = (shipped.sd.batch_size, shipped.generator.concurrency)
+    if defaults not in combos:
+        raise SystemExit(f"the shipped defaults (batch {defaults[0]}, concurrency {defaults[1]}) are not measured")
+    print_machine()
+    with scratch() as work:
+        results = [measure(work, batch, concurrency, images, step_time, shipped.gpu.hourly_cost)
+                   for batch, concurrency in combos]
+    rows = [[m.batch, m.concurrency, m.images, fmt(m.billed), fmt(m.busy), f"{m.share:.1%}",
+             fmt(m.seconds_per_image, 3), fmt(m.cost_per_thousand, 3)] for m in results]
+    default = next(m for m in results if (m.batch, m.concurrency) == defaults)
+    cheapest = min(results, key=lambda m: m.seconds_per_image)
+    per_image = STEPS * parse_duration(step_time)
+    print_table("GPU efficiency and cost per run", [
+        "batch_size", "concurrency", "images", "billed s", "SD busy s", "busy share", "billed s/image",
+        "cost per 1,000 avatars"], rows, [
+        f"simulated web UI: {STEPS} steps x {step_time} = {per_image:g} s per one-image batch; boot delay "
+        f"{BOOT_DELAY} left out of billed time; SD boot 200ms, stop 200ms, poll_every 100ms",
+        f"cost at the shipped hourly_cost {shipped.gpu.hourly_cost:g}; a real run also pays its boot once "
+        "(a minute or two per run, whatever its size)",
+        f"cheapest per image: batch_size {cheapest.batch}, concurrency {cheapest.concurrency}",
+        f"target: busy share >= {TARGET_SHARE:.0%} with the shipped defaults (batch_size {defaults[0]}, "
+        f"concurrency {defaults[1]}): {default.share:.1%}, {verdict(default.share >= TARGET_SHARE)}",
+    ])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,314 @@
+"""The simulated SD web UI answers like AUTOMATIC1111's API, over real HTTP; and it lives with the machine."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from avatargen.sd import SdClient, SdError
+from avatargen.simulator import SimulatedGpu
+from avatargen.simulator.drawing import avatar_png, draw_avatar
+from avatargen.simulator.sdwebui import BATCH_COST, MODEL
+from tests.simhelpers import decode_image, sd_settings, sd_webui, sim_settings, wait_sd_ready
+from tests.support import wait_until
+
+
+async def post(url: str, body: Any, **kwargs: Any) -> httpx.Response:
+    async with httpx.AsyncClient(timeout=30) as client:
+        return await client.post(f"{url}/sdapi/v1/txt2img", json=body, **kwargs)
+
+
+async def first_answer(client: httpx.AsyncClient, url: str) -> httpx.Response:
+    """The first answer from a server that is coming up (connections refused until it listens)."""
+    async with asyncio.timeout(2):
+        while True:
+            try:
+                return await client.get(url)
+            except httpx.ConnectError:
+                await asyncio.sleep(0.005)
+
+
+async def test_an_empty_request_gets_the_web_ui_defaults() -> None:
+    async with sd_webui() as (_, url):
+        response = await post(url, {})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["parameters"]["steps"] == 50
+    assert body["parameters"]["batch_size"] == 1
+    assert body["parameters"]["seed"] == -1
+    info = json.loads(body["info"])  # a JSON document inside a string
+    assert info["seed"] != -1  # a random seed was drawn
+    assert info["sampler_name"] == "Euler"
+    image = decode_image(body["images"][0])
+    assert (image.format, image.size) == ("PNG", (512, 512))
+
+
+async def test_a_batch_gives_valid_pngs_at_the_size_with_consecutive_seeds() -> None:
+    request = {"prompt": "A painting of cjs", "seed": 1000, "batch_size": 3, "steps": 5, "width": 192,
+               "height": 128, "sampler_name": "DPM++ 2M", "cfg_scale": 6.5}
+    async with sd_webui() as (_, url):
+        first, again = await post(url, request), await post(url, request)
+    body = first.json()
+    info = json.loads(body["info"])
+    assert info["all_seeds"] == [1000, 1001, 1002]
+    assert info["sampler_name"] == "DPM++ 2M"
+    assert info["sd_model_name"] == MODEL["model_name"]
+    assert "Seed: 1001" in info["infotexts"][1]
+    images = [decode_image(encoded) for encoded in body["images"]]
+    assert [(image.format, image.size) for image in images] == [("PNG", (192, 128))] * 3
+    assert len({image.tobytes() for image in images}) == 3  # each seed draws another avatar
+    assert again.json()["images"] == body["images"]  # a fixed seed draws the same again
+    assert body["parameters"]["cfg_scale"] == 6.5
+
+
+async def test_an_unknown_sampler_silently_falls_back_and_numbers_as_strings_are_accepted() -> None:
+    async with sd_webui() as (_, url):
+        response = await post(url, {"sampler_name": "Imaginary", "steps": "3", "width": 64.0, "height": 64})
+    assert response.status_code == 200
+    assert json.loads(response.json()["info"])["sampler_name"] == "Euler"
+    assert response.json()["parameters"]["steps"] == 3
+
+
+@pytest.mark.parametrize(("body", "loc", "kind"), [
+    ({"steps": "many"}, ["body", "steps"], "type_error.integer"),
+    ({"width": [512]}, ["body", "width"], "type_error.integer"),
+    ({"cfg_scale": "high"}, ["body", "cfg_scale"], "type_error.float"),
+    ({"override_settings": "cjs"}, ["body", "override_settings"], "type_error.dict"),
+    ({"send_images": "maybe"}, ["body", "send_images"], "type_error.bool"),
+    ({"prompt": None}, ["body", "prompt"], "type_error.none.not_allowed"),
+    (["not", "an", "object"], ["body"], "type_error.dict"),
+])
+async def test_wrong_types_get_422_in_fastapi_shape(body: Any, loc: list[Any], kind: str) -> None:
+    async with sd_webui() as (_, url):
+        response = await post(url, body)
+    assert response.status_code == 422
+    [problem] = response.json()["detail"]
+    assert problem["loc"] == loc
+    assert problem["type"] == kind
+    assert problem["msg"]
+
+
+async def test_a_body_that_is_not_json_gets_422() -> None:
+    async with sd_webui() as (_, url), httpx.AsyncClient() as client:
+        response = await client.post(f"{url}/sdapi/v1/txt2img", content=b"{prompt: cjs")
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["type"] == "value_error.jsondecode"
+
+
+async def test_impossible_values_fail_in_the_web_ui_error_shape() -> None:
+    async with sd_webui() as (_, url):
+        response = await post(url, {"steps": 0})
+    assert response.status_code == 500
+    assert set(response.json()) == {"error", "detail", "body", "errors"}
+    assert response.json()["error"] == "ValueError"
+    assert "steps" in response.json()["detail"]
+
+
+async def test_jobs_run_one_at_a_time_first_in_first_out() -> None:
+    async with sd_webui(sim_settings(step_time=0.01)) as (webui, url):
+        tasks = []
+        for number in range(3):  # each job takes 0.3 s: time to see it queue behind the others
+            tasks.append(asyncio.create_task(post(url, {"prompt": f"job {number}", "steps": 30})))
+            await wait_until(lambda n=number: webui.queue_length == n + 1, timeout=5)
+        responses = await asyncio.gather(*tasks)
+    assert [response.status_code for response in responses] == [200] * 3
+    assert webui.completed == ["job 0", "job 1", "job 2"]
+
+
+async def test_progress_rises_with_the_sampling_step_and_is_zero_when_idle() -> None:
+    async with sd_webui(sim_settings(step_time=0.01)) as (_, url), httpx.AsyncClient() as client:
+        idle = (await client.get(f"{url}/sdapi/v1/progress", params={"skip_current_image": "true"})).json()
+        assert idle["progress"] == 0
+        assert idle["state"]["job_count"] == 0
+        job = asyncio.create_task(post(url, {"steps": 40, "batch_size": 3}))
+        seen: list[dict[str, Any]] = []
+        while not job.done():
+            seen.append((await client.get(f"{url}/sdapi/v1/progress")).json())
+        assert (await job).status_code == 200
+    running = [sample for sample in seen if sample["state"]["job_count"]]
+    assert len(running) >= 3
+    steps = [sample["state"]["sampling_step"] for sample in running]
+    assert steps == sorted(steps) and steps[-1] > steps[0]
+    assert all(0 <= sample["progress"] <= 1 for sample in running)
+    sample = running[len(running) // 2]
+    assert sample["state"]["sampling_steps"] == 40
+    assert sample["progress"] == pytest.approx(sample["state"]["sampling_step"] / 40)
+    # a batch of three takes 1 + 2 * 0.18 times the time of one image per step
+    remaining = 40 - sample["state"]["sampling_step"]
+    assert sample["eta_relative"] == pytest.approx(remaining * 0.01 * (1 + 2 * BATCH_COST))
+
+
+async def test_interrupt_makes_the_pending_txt2img_return_early_with_its_images() -> None:
+    async with sd_webui(sim_settings(step_time=0.02)) as (_, url), httpx.AsyncClient() as client:
+        started = time.monotonic()
+        job = asyncio.create_task(post(url, {"steps": 150, "batch_size": 2, "n_iter": 3}))  # 3 x 3.5 s
+        progress = {"state": {"sampling_step": 0}}
+        async with asyncio.timeout(5):
+            while progress["state"]["sampling_step"] < 2:
+                progress = (await client.get(f"{url}/sdapi/v1/progress")).json()
+        assert (await client.post(f"{url}/sdapi/v1/interrupt")).json() == {}
+        response = await job
+    assert time.monotonic() - started < 3
+    assert response.status_code == 200
+    assert len(response.json()["images"]) == 2  # the first batch, half-denoised; later batches skipped
+    assert decode_image(response.json()["images"][0]).size == (512, 512)
+
+
+async def test_skip_ends_only_the_current_batch() -> None:
+    async with sd_webui(sim_settings(step_time=0.02)) as (_, url), httpx.AsyncClient() as client:
+        job = asyncio.create_task(post(url, {"steps": 150, "n_iter": 2}))
+        progress = {"state": {"job_no": 0, "sampling_step": 0}}
+        async with asyncio.timeout(5):
+            while progress["state"]["sampling_step"] < 1:
+                progress = (await client.get(f"{url}/sdapi/v1/progress")).json()
+            await client.post(f"{url}/sdapi/v1/skip")
+            while progress["state"]["job_no"] < 1:
+                progress = (await client.get(f"{url}/sdapi/v1/progress")).json()
+            await client.post(f"{url}/sdapi/v1/interrupt")
+        response = await job
+    assert len(response.json()["images"]) == 2  # one image from each batch
+
+
+async def test_models_samplers_and_options_answer() -> None:
+    async with sd_webui() as (_, url), httpx.AsyncClient(base_url=url) as client:
+        models = (await client.get("/sdapi/v1/sd-models")).json()
+        samplers = (await client.get("/sdapi/v1/samplers")).json()
+        options = (await client.get("/sdapi/v1/options")).json()
+        assert (await client.post("/sdapi/v1/options", json={"samples_format": "webp"})).json() is None
+        changed = (await client.get("/sdapi/v1/options")).json()
+        refused = await client.post("/sdapi/v1/options", json=["webp"])
+    assert models == [MODEL]
+    assert models[0]["title"] == "cjs-dreambooth.safetensors [abc123]"
+    assert {"DPM++ 2M", "Euler"} <= {sampler["name"] for sampler in samplers}
+    assert options["sd_model_checkpoint"] == MODEL["title"]
+    assert changed["samples_format"] == "webp"
+    assert refused.status_code == 422
+
+
+async def test_basic_auth_guards_every_route_when_set() -> None:
+    async with sd_webui(auth=("owner", "s3cret")) as (_, url), httpx.AsyncClient(base_url=url) as client:
+        missing = await client.get("/sdapi/v1/sd-models")
+        wrong = await client.get("/sdapi/v1/sd-models", auth=("owner", "guess"))
+        right = await client.get("/sdapi/v1/sd-models", auth=("owner", "s3cret"))
+    assert missing.status_code == wrong.status_code == 401
+    assert missing.headers["WWW-Authenticate"] == "Basic"
+    assert missing.json() == {"detail": "Incorrect username or password"}
+    assert right.status_code == 200
+
+
+async def test_sd_500_fault_answers_cuda_out_of_memory_in_the_documented_shape() -> None:
+    async with sd_webui(faults=["sd_500"]) as (_, url):
+        response = await post(url, {"steps": 2})
+    assert response.status_code == 500
+    body = response.json()
+    assert set(body) == {"error", "detail", "body", "errors"}
+    assert body["error"] == "OutOfMemoryError"
+    assert body["detail"].startswith("CUDA out of memory")
+
+
+async def test_sd_garbage_fault_alternates_a_proxy_page_and_cut_off_json() -> None:
+    async with sd_webui(faults=["sd_garbage"]) as (_, url):
+        proxy, cut = await post(url, {"steps": 2}), await post(url, {"steps": 2})
+    assert proxy.status_code == 502
+    assert proxy.headers["content-type"].startswith("text/html")
+    assert cut.status_code == 200
+    with pytest.raises(ValueError):
+        cut.json()
+
+
+async def test_sd_invalid_image_fault_sends_base64_that_is_not_an_image_then_not_base64() -> None:
+    async with sd_webui(faults=["sd_invalid_image"]) as (_, url):
+        bytes_, text = await post(url, {"steps": 2}), await post(url, {"steps": 2})
+    with pytest.raises(Exception):  # noqa: B017 - Pillow's error for unreadable images
+        decode_image(bytes_.json()["images"][0])
+    assert text.json()["images"][0] == "not base64 at all!"
+
+
+async def test_sd_slow_first_fault_slows_only_the_first_job_after_boot() -> None:
+    async with sd_webui(sim_settings(step_time=0.01), faults=["sd_slow_first"]) as (webui, url):
+        timings = []
+        for _ in range(2):
+            started = time.monotonic()
+            await post(url, {"steps": 10})
+            timings.append(time.monotonic() - started)
+        webui.boot()
+        started = time.monotonic()
+        await post(url, {"steps": 10})
+        after_reboot = time.monotonic() - started
+    assert timings[0] >= 0.5  # 10 steps x 10 ms x 5
+    assert timings[1] < 0.4
+    assert after_reboot >= 0.5
+
+
+async def test_the_web_ui_is_refused_while_the_machine_is_off_and_404_while_it_mounts() -> None:
+    settings = sim_settings(sd_boot_delay=0.2)
+    async with SimulatedGpu(settings) as sim, httpx.AsyncClient() as client:
+        with pytest.raises(httpx.ConnectError):
+            await client.get(f"{sim.sd_url}/sdapi/v1/progress")
+        sim.machine.start()
+        await sim.machine.wait_for("serviceready")
+        with pytest.raises(httpx.ConnectError):  # "serviceready" is not ready: the web UI is not up
+            await client.get(f"{sim.sd_url}/sdapi/v1/progress")
+        await sim.machine.wait_for("ready")
+        mounting = await first_answer(client, f"{sim.sd_url}/sdapi/v1/sd-models")
+        assert mounting.status_code == 404
+        assert mounting.json() == {"detail": "Not Found"}
+        async with SdClient(sd_settings(), url=sim.sd_url) as sd:
+            await wait_sd_ready(sd)
+        assert (await client.get(f"{sim.sd_url}/sdapi/v1/sd-models")).status_code == 200
+        sim.machine.stop()
+        await sim.machine.wait_for("off")
+        with pytest.raises(httpx.ConnectError):
+            await client.get(f"{sim.sd_url}/sdapi/v1/progress")
+
+
+async def test_external_stop_fault_stops_the_machine_after_the_first_answer() -> None:
+    async with SimulatedGpu(sim_settings(faults=("external_stop",))) as sim:
+        sim.machine.start()
+        await sim.machine.wait_for("ready")
+        async with SdClient(sd_settings(), url=sim.sd_url) as sd:
+            await wait_sd_ready(sd)
+            result = await sd.txt2img("A sketch of cjs", batch_size=1)
+            assert len(result.images) == 1
+            await sim.machine.wait_for("off")
+            with pytest.raises(SdError) as failure:
+                await sd.txt2img("A sketch of cjs", batch_size=1)
+    assert failure.value.retryable
+    assert failure.value.status is None
+
+
+async def test_stopping_the_machine_drops_a_request_in_flight() -> None:
+    async with SimulatedGpu(sim_settings(step_time=0.05)) as sim:
+        sim.machine.start()
+        await sim.machine.wait_for("ready")
+        async with SdClient(sd_settings(steps=100), url=sim.sd_url) as sd:
+            await wait_sd_ready(sd)
+            job = asyncio.create_task(sd.txt2img("cjs", batch_size=1))
+            await wait_until(lambda: sim.sd.queue_length == 1, timeout=5)
+            sim.machine.stop()
+            with pytest.raises(SdError) as failure:
+                await job
+    assert failure.value.retryable
+
+
+def test_avatars_are_drawn_fast_and_differ_with_prompt_and_seed() -> None:
+    durations = []
+    for seed in range(5):
+        started = time.perf_counter()
+        avatar_png("A painting of cjs", seed, 512, 512)
+        durations.append(time.perf_counter() - started)
+    assert min(durations) < 0.05
+    base = draw_avatar("A painting of cjs", 1, 96, 96).tobytes()
+    assert draw_avatar("A painting of cjs", 1, 96, 96).tobytes() == base
+    assert draw_avatar("A painting of cjs", 2, 96, 96).tobytes() != base
+    assert draw_avatar("A photograph of cjs", 1, 96, 96).tobytes() != base
+    sketch = draw_avatar("A charcoal sketch of cjs", 1, 64, 64)
+    assert all(r == g == b for r, g, b in sketch.getdata())
+    assert draw_avatar("cjs", 1, 300, 200).size == (300, 200)
+    with pytest.raises(ValueError, match="positive"):
+        draw_avatar("cjs", 1, 0, 10)

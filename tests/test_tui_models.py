@@ -1,0 +1,86 @@
+"""The admin API's JSON as the panel reads it: typed, checked at the edge, updated by live events."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from tui.models import (
+    BucketLevel,
+    NewImage,
+    ProtocolError,
+    Run,
+    StateChange,
+    apply_event,
+    parse_event,
+    parse_status,
+)
+
+RUN: dict[str, Any] = {
+    "id": "r1", "trigger": "manual", "started_at": "2025-01-01T12:00:00Z", "targets": {"unique": 2},
+    "done": 1, "failed": 0, "total": 2, "eta_seconds": 3.5, "images_per_minute": 20.0,
+    "current_prompt": "A sketch of cjs", "state": "generating", "billed_seconds": 12.0, "cost": 0.0025,
+    "step": {"sampling_step": 4, "sampling_steps": 10, "progress": 0.4},
+}
+STATUS: dict[str, Any] = {
+    "state": "generating", "run": RUN, "last_run": None,
+    "buckets": {"unique": {"count": 1, "min": 0, "max": 2}, "fallback": {"count": 3, "min": 1, "max": 3}},
+    "gpu": {"provider": "simulated", "machine_state": "ready"},
+    "cost": {"today": 0.01, "month": 0.2, "daily_budget": 5.0, "billed_seconds_today": 40,
+             "billed_seconds_month": 900},
+    "next_check_at": None, "paused_reason": None, "a_key_from_a_newer_server": True,
+}
+
+
+def test_a_status_is_parsed_into_typed_values() -> None:
+    status = parse_status(STATUS)
+    assert status.run is not None and status.run.step is not None
+    assert (status.run.done, status.run.total, status.run.step.sampling_step) == (1, 2, 4)
+    assert status.run.started_at.utcoffset() is not None
+    assert status.buckets["fallback"] == BucketLevel(count=3, min=1, max=3)
+    assert (status.machine_state, status.cost.month) == ("ready", 0.2)
+
+
+@pytest.mark.parametrize(("broken", "message"), [
+    ({**STATUS, "cost": {}}, "the server's status lacks the key 'today'"),
+    ({**STATUS, "state": "dancing"}, "unknown generator state 'dancing'"),
+    ({**STATUS, "run": {**RUN, "done": "lots"}}, "the server's status is malformed"),
+])
+def test_a_status_the_panel_cannot_read_says_what_is_wrong(broken: dict[str, Any], message: str) -> None:
+    with pytest.raises(ProtocolError, match=message):
+        parse_status(broken)
+
+
+def test_events_update_the_status_they_concern() -> None:
+    status = parse_status(STATUS)
+    progress = parse_event("progress", {**RUN, "done": 2})
+    assert isinstance(progress, Run)
+    assert apply_event(status, progress).run == progress
+
+    image = parse_event("image", {"id": "i1", "bucket": "unique", "prompt": "p", "created_at": "2025-01-01T12:00:00Z",
+                                  "url": "/admin/api/images/unique/i1",
+                                  "buckets": {"unique": {"count": 2, "min": 0, "max": 2}}})
+    assert isinstance(image, NewImage)
+    after = apply_event(status, image)
+    assert after.buckets["unique"].count == 2 and after.buckets["fallback"] == status.buckets["fallback"]
+
+    ended = parse_event("state", {"state": "idle", "run": None, "machine_state": "off",
+                                  "last_run": {**RUN, "outcome": "completed", "error": None,
+                                               "ended_at": "2025-01-01T12:01:00Z"}})
+    assert isinstance(ended, StateChange)
+    idle = apply_event(status, ended)
+    assert (idle.state, idle.run, idle.machine_state) == ("idle", None, "off")
+    assert idle.last_run is not None and idle.last_run.outcome == "completed"
+
+
+def test_a_late_progress_event_does_not_bring_an_ended_run_back() -> None:
+    idle = replace(parse_status(STATUS), state="idle", run=None)
+    late = parse_event("progress", RUN)
+    assert late is not None
+    assert apply_event(idle, late) == idle
+
+
+def test_event_types_from_a_newer_server_are_ignored() -> None:
+    assert parse_event("weather", {"sunny": True}) is None

@@ -1,0 +1,165 @@
+"""What the owner sees, screen by screen, as SVG snapshots (`pytest --snapshot-update` to accept changes).
+
+The live screens come from a real server whose every shown value holds still: seeded images with fixed
+times and pixels, prompt lists of one entry each (so samples cannot vary), checks a week apart, no run.
+A run in progress cannot hold still on a real server, so the mid-run overview is rendered from a fixed
+status instead, at the smallest supported terminal and at a large one.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from textual.app import App
+from textual.pilot import Pilot
+from textual.screen import Screen
+from textual.widgets import Input
+
+import tui.app
+from tests.tui_support import ServerProcess, panel, running_server, seed_images, wait_for
+from tui.connection import Backoff
+from tui.models import parse_status
+from tui.screens.main import MainScreen
+from tui.screens.problem import ProblemScreen
+from tui.widgets.link_indicator import LinkIndicator
+from tui.widgets.prompt_editor import PromptEditor
+from tui.widgets.thumbnail import Thumbnail
+
+SIZE = (100, 30)
+Snap = Callable[..., bool]
+STEADY_PROMPTS = {
+    "prompts.film_only": 0.0, "prompts.artist_only": 0.0, "prompts.both": 1.0,
+    "prompts.suffix_min": 1, "prompts.suffix_max": 1,
+    "prompts.prefixes": ["A watercolour"], "prompts.artists": ["Hokusai"], "prompts.films": ["Akira"],
+    "prompts.suffixes": ["soft light"],
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_time_is_utc() -> Iterator[None]:
+    """Times are shown in local time; snapshots must not depend on the machine's time zone."""
+    before = os.environ.get("TZ")
+    os.environ["TZ"] = "UTC"
+    time.tzset()
+    yield
+    if before is None:
+        del os.environ["TZ"]
+    else:
+        os.environ["TZ"] = before
+    time.tzset()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    directory = tmp_path_factory.mktemp("snapshots")
+    seed_images(directory / "data" / "fallback", 3)
+    with running_server(directory, STEADY_PROMPTS) as process:
+        yield process
+
+
+async def settled(pilot: Pilot[Any]) -> None:
+    """Connected, thumbnails drawn, sample prompts shown: nothing left in flight."""
+    app = pilot.app
+    assert isinstance(app, tui.app.AvatarApp)
+    main = app.main
+    # Queries, not query_one: this runs while the screen may still be composing.
+    await wait_for(pilot, lambda: main.query("LinkIndicator.-live"), "the connection")
+    await wait_for(pilot, lambda: len(main.query(Thumbnail)) == 3, "the seeded thumbnails")
+    await wait_for(pilot, lambda: "1. " in str(main.query_one("#samples").render()), "the sample prompts")
+    for field in main.query(Input):
+        field.cursor_blink = False
+
+
+def test_overview(snap_compare: Snap, server: ServerProcess) -> None:
+    assert snap_compare(panel(server.url), terminal_size=SIZE, run_before=settled)
+
+
+def test_thumbnails(snap_compare: Snap, server: ServerProcess) -> None:
+    assert snap_compare(panel(server.url), press=["i"], terminal_size=SIZE, run_before=settled)
+
+
+def test_image_detail(snap_compare: Snap, server: ServerProcess) -> None:
+    assert snap_compare(panel(server.url), press=["i", "right", "enter"], terminal_size=SIZE, run_before=settled)
+
+
+def test_prompt_editor(snap_compare: Snap, server: ServerProcess) -> None:
+    assert snap_compare(panel(server.url), press=["p"], terminal_size=SIZE, run_before=settled)
+
+
+def test_prompt_editor_shows_the_servers_message_by_its_field(snap_compare: Snap, server: ServerProcess) -> None:
+    async def reject(pilot: Pilot[Any]) -> None:
+        await settled(pilot)
+        await pilot.press("p")
+        editor = pilot.app.query_one(PromptEditor)
+        editor.query_one("#suffix_max", Input).focus()
+        await pilot.press("end", "backspace", "4")
+        await wait_for(pilot, lambda: editor.query_one("#error-suffix_max").display, "the server's message")
+
+    assert snap_compare(panel(server.url), terminal_size=SIZE, run_before=reject)
+
+
+def test_refill_dialog(snap_compare: Snap, server: ServerProcess) -> None:
+    assert snap_compare(panel(server.url), press=["r"], terminal_size=SIZE, run_before=settled)
+
+
+def test_abort_confirmation(snap_compare: Snap, server: ServerProcess) -> None:
+    assert snap_compare(panel(server.url), press=["a"], terminal_size=SIZE, run_before=settled)
+
+
+def test_unreachable_server(snap_compare: Snap) -> None:
+    async def refused(pilot: Pilot[Any]) -> None:
+        await wait_for(pilot, lambda: isinstance(pilot.app.screen, ProblemScreen), "the problem screen")
+
+    # Port 9 (discard) has no listener; a long first wait keeps the retry countdown still.
+    app = panel("http://127.0.0.1:9", backoff=Backoff(initial=600, maximum=600))
+    assert snap_compare(app, terminal_size=SIZE, run_before=refused)
+
+
+MID_RUN: dict[str, Any] = {
+    "state": "generating",
+    "run": {
+        "id": "20250101T120000-7f3a", "trigger": "manual", "started_at": "2025-01-01T12:00:00+00:00",
+        "targets": {"unique": 18, "fallback": 35}, "done": 21, "failed": 1, "total": 53, "eta_seconds": 94.0,
+        "images_per_minute": 20.4, "state": "generating", "billed_seconds": 83.0, "cost": 0.0175,
+        "current_prompt": "An oil painting of cjs from the film Akira, in the style of Hokusai, soft light, bokeh",
+        "step": {"sampling_step": 12, "sampling_steps": 20, "progress": 0.6},
+    },
+    "last_run": {
+        "id": "20241231T230000-6e21", "trigger": "auto", "started_at": "2024-12-31T23:00:00+00:00",
+        "targets": {"unique": 30}, "done": 12, "failed": 5, "total": 30, "eta_seconds": 0,
+        "billed_seconds": 140.0, "cost": 0.0296, "outcome": "failed",
+        "error": "5 images failed in a row; last: the SD web UI answered 500", "ended_at": "2024-12-31T23:02:20+00:00",
+    },
+    "buckets": {"unique": {"count": 12, "min": 10, "max": 30}, "fallback": {"count": 5, "min": 20, "max": 40}},
+    "gpu": {"provider": "paperspace", "machine_state": "ready"},
+    "cost": {"today": 1.25, "month": 18.4, "daily_budget": 5.0, "billed_seconds_today": 5921,
+             "billed_seconds_month": 87150},
+    "next_check_at": None,
+    "paused_reason": None,
+}
+
+
+class FrozenMainScreen(MainScreen):
+    def on_mount(self) -> None:
+        self.status = parse_status(MID_RUN)
+        self.query_one(LinkIndicator).show_live()
+
+
+class OverviewOnly(App[None]):
+    """The main screen showing a fixed status: a run in progress frozen at one moment."""
+
+    CSS_PATH = Path(tui.app.__file__).with_name("app.tcss")
+
+    def get_default_screen(self) -> Screen:
+        self.animation_level = "none"
+        return FrozenMainScreen("halfcell")
+
+
+@pytest.mark.parametrize("size", [(80, 24), (160, 40)], ids=["80x24", "160x40"])
+def test_a_run_in_progress(snap_compare: Snap, size: tuple[int, int]) -> None:
+    assert snap_compare(OverviewOnly(), terminal_size=size)
