@@ -104,16 +104,20 @@ def visible_images_are_whole(bucket: Path) -> int:
     return len(images)
 
 
-def test_sigkill_mid_run_then_restart_stops_machine(tmp_path: Path, simulator: dict[str, str]) -> None:
-    config = write_config(tmp_path, {
+def paperspace_config(tmp_path: Path, simulator: dict[str, str]) -> Path:
+    """avatargen speaking to the standalone simulator exactly as to Paperspace and a remote SD web UI."""
+    return write_config(tmp_path, {
         "gpu.provider": "paperspace",
         "gpu.paperspace.api_url": simulator["paperspace_url"],
         "gpu.paperspace.api_key_env": "SIM_PAPERSPACE_KEY",
         "gpu.paperspace.machine_id": simulator["machine_id"],
         "sd.url": simulator["sd_url"],
         "buckets.fallback.max": 400,
-        "admin.token": "",
     })
+
+
+def test_sigkill_mid_run_then_restart_stops_machine(tmp_path: Path, simulator: dict[str, str]) -> None:
+    config = paperspace_config(tmp_path, simulator)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = tmp_path / "server.log"
@@ -144,5 +148,29 @@ def test_sigkill_mid_run_then_restart_stops_machine(tmp_path: Path, simulator: d
             assert not list((bucket / ".claimed").glob("*"))
         assert "no run is active: stopping it" in log.read_text()
     finally:
-        again.send_signal(signal.SIGTERM)
-        assert again.wait(30) == 0
+        stop_gracefully(again, log)
+
+
+def stop_gracefully(process: subprocess.Popen[bytes], log: Path) -> None:
+    """SIGTERM; uvicorn shuts down, then re-raises the signal, so the exit status may say SIGTERM."""
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(60) in (0, -signal.SIGTERM)
+    assert log.read_text().rstrip().splitlines()[-1].endswith(f"Finished server process [{process.pid}]")
+
+
+@pytest.mark.parametrize("state", ["booting", "generating"])
+def test_sigterm_during_a_run_stops_the_machine_before_exit(tmp_path: Path, simulator: dict[str, str],
+                                                            state: str) -> None:
+    config = paperspace_config(tmp_path, simulator)
+    port = free_port()
+    url, log = f"http://127.0.0.1:{port}", tmp_path / "server.log"
+    server = start_server(config, port, simulator, log)
+    try:
+        wait_healthy(url, server, log)
+        response = httpx.post(f"{url}/admin/api/refill", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert response.status_code == 202
+        wait_event(url, "state", condition=f'"state": "{state}"', last_id=0)
+    finally:
+        stop_gracefully(server, log)
+    assert machine_state(simulator) == "off"
+    assert "aborting run" in log.read_text() and "the server is shutting down" in log.read_text()
