@@ -160,6 +160,15 @@ class SimulatedSettings:
     step_time: float = _f(0.05, kind="duration")
     faults: tuple[str, ...] = ()
 
+    def check(self) -> None:
+        from avatargen.simulator.faults import FAULTS  # the simulator owns the list of faults
+
+        for name in self.faults:
+            if name not in FAULTS:
+                close = difflib.get_close_matches(name, FAULTS, n=1)
+                hint = f"did you mean {close[0]!r}?" if close else f"known faults: {', '.join(FAULTS)}"
+                raise ConfigError(f"unknown fault {name!r}; {hint}", key="faults")
+
 
 @dataclass(frozen=True)
 class GpuSettings:

@@ -52,6 +52,7 @@ from benchmarks.report import print_machine, print_table
 
 KILL_STATES = ("booting", "generating", "shutting_down")
 POLL_EVERY = "50ms"
+BOOT_DELAY, STOP_DELAY = "500ms", "300ms"
 SETTLE_POLLS = 6  # poll periods to wait before reading the billed seconds again
 FALLBACK_IMAGES = 5
 VISITOR_PAUSE = 0.02
@@ -184,76 +185,71 @@ def settle(row: Row, simulator: Simulator, poll_every: float) -> None:
 
 
 class Matrix:
-    """The rows, all against one simulator process, each with a fresh server and data folder."""
+    """The rows: each with a fresh simulated GPU (its fault switched on from the start), server and data folder."""
 
-    def __init__(self, simulator: Simulator, work: Path, run_images: int) -> None:
-        self.simulator = simulator
+    def __init__(self, work: Path, run_images: int) -> None:
         self.work = work
         self.run_images = run_images
         self.poll_every = parse_duration(POLL_EVERY)
 
-    def _config(self, name: str) -> Path:
-        directory = self.work / name
-        directory.mkdir()
-        config = write_config(directory, self.simulator.provider_config(), {
-            "serving": {"unique_burst": 0, "fallback_retire_every": "24h"},
-            "buckets": {"unique": {"max": self.run_images}, "fallback": {"max": FALLBACK_IMAGES}},
-            "generator": {"image_retries": 1},
-            "gpu": {"poll_every": POLL_EVERY, "ready_timeout": "5s", "stop_timeout": "30s"},
-        })
-        publish(open_buckets(load_settings(config))["fallback"], sample_avatars(FALLBACK_IMAGES))
-        return config
-
-    def _server(self, config: Path, log: str) -> Service:
-        return avatargen_server(config, config.parent / log, env=self.simulator.env())
-
-    def row(self, name: str, body: Callable[[Row, Path], None]) -> Row:
-        """Run one row; an error in it fails the row, and the machine is stopped before the next one."""
+    def row(self, name: str, faults: list[str], body: Callable[[Row, Path, Simulator], None]) -> Row:
+        """Run one row; an error in it fails the row, and the matrix goes on."""
         row = Row(name)
-        config = self._config(name)
+        directory = self.work / name.replace(" ", "_")
+        directory.mkdir()
+        simulator = Simulator(directory / "simulator.log", boot_delay=BOOT_DELAY, stop_delay=STOP_DELAY,
+                              sd_boot_delay="100ms", step_time="2ms", faults=faults)
         try:
-            body(row, config)
+            with simulator:
+                config = write_config(directory, simulator.provider_config(), {
+                    "serving": {"unique_burst": 0, "fallback_retire_every": "24h"},
+                    "buckets": {"unique": {"max": self.run_images}, "fallback": {"max": FALLBACK_IMAGES}},
+                    "generator": {"image_retries": 1},
+                    "gpu": {"poll_every": POLL_EVERY, "ready_timeout": "5s", "stop_timeout": "30s"},
+                })
+                publish(open_buckets(load_settings(config))["fallback"], sample_avatars(FALLBACK_IMAGES))
+                body(row, config, simulator)
             row.check()
         except Exception as exc:  # the row fails, the matrix goes on
             row.problems.append(f"{type(exc).__name__}: {exc}")
-        if self.simulator.machine()["state"] != "off":
-            self.simulator.stop_machine()
-        status = "holds" if not row.problems else "DOES NOT HOLD"
-        print(f"{name}: {row.outcome}; {status}", file=sys.stderr, flush=True)
+        print(f"{name}: {row.outcome}; {'holds' if not row.problems else 'DOES NOT HOLD'}", file=sys.stderr,
+              flush=True)
         return row
 
+    def _server(self, config: Path, log: str, simulator: Simulator) -> Service:
+        return avatargen_server(config, config.parent / log, env=simulator.env())
+
     def fault(self, fault: str) -> Row:
-        def body(row: Row, config: Path) -> None:
-            self.simulator.set_faults([fault])
-            with self._server(config, "server.log") as server:
+        def body(row: Row, config: Path, simulator: Simulator) -> None:
+            with self._server(config, "server.log", simulator) as server:
                 admin = Admin(server.url)
                 admin.wait_generator_started()
                 with Visitors(server.url) as row.visitors:
                     run_id = admin.refill(["unique"])["id"]
                     announced, event = follow_run(admin, run_ended(run_id))
-                settle(row, self.simulator, self.poll_every)
+                settle(row, simulator, self.poll_every)
             last_run = event["last_run"]
-            row.outcome = last_run["outcome"] + (f": {last_run['error']}" if last_run.get("error") else "")
+            row.outcome = (f"{last_run['outcome']} ({last_run['done']} stored, {last_run['failed']} failed)"
+                           + (f": {last_run['error']}" if last_run.get("error") else ""))
             row.lost, row.broken = bucket_damage(load_settings(config).buckets.unique.dir, announced)
 
-        return self.row(fault, body)
+        return self.row(fault, [fault], body)
 
     def kill(self, state: str) -> Row:
-        def body(row: Row, config: Path) -> None:
-            self.simulator.set_faults([])
-            server = self._server(config, "server.log").start()
+        def body(row: Row, config: Path, simulator: Simulator) -> None:
+            server = self._server(config, "server.log", simulator).start()
             try:
                 admin = Admin(server.url)
                 admin.wait_generator_started()
                 # A visitor-only twin on the same folders: it answers visitors while the generator dies.
-                with self._server(config, "twin.log") as twin, Visitors(twin.url) as row.visitors:
+                with self._server(config, "twin.log", simulator) as twin, Visitors(twin.url) as row.visitors:
                     run_id = admin.refill(["unique"])["id"]
                     announced, _ = follow_run(admin, kill_point(state, run_id))
                     server.kill()
-                    left = self.simulator.machine()["state"]
-                    with self._server(config, "restarted.log") as restarted:
+                    left = simulator.machine()["state"]
+                    with self._server(config, "restarted.log", simulator) as restarted:
                         Admin(restarted.url).wait_generator_started()  # after the start-up check stopped it
-                        settle(row, self.simulator, self.poll_every)
+                        settle(row, simulator, self.poll_every)
                         stopped = "no run is active: stopping it" in restarted.log_text()
             finally:
                 server.stop()
@@ -261,23 +257,22 @@ class Matrix:
                            + ("stopped the machine" if stopped else "found it off"))
             row.lost, row.broken = bucket_damage(load_settings(config).buckets.unique.dir, announced)
 
-        return self.row(f"SIGKILL while {state}", body)
+        return self.row(f"SIGKILL while {state}", [], body)
 
 
 def main() -> int:
     args = parse_args(__doc__.split("\n")[0])
     run_images = 4 if args.quick else 20
     print_machine()
-    simulator = Simulator(boot_delay="500ms", stop_delay="300ms", sd_boot_delay="100ms", step_time="2ms")
-    with scratch() as work, simulator:
-        matrix = Matrix(simulator, work, run_images)
+    with scratch() as work:
+        matrix = Matrix(work, run_images)
         rows = [matrix.fault(fault) for fault in FAULTS] + [matrix.kill(state) for state in KILL_STATES]
     print_table("Fault matrix: one fault per run, SIGKILL in each run state", [
         "fault", "run outcome", "machine at end", "billed s after the end", "images lost", "images half-written",
         "visitors answered", "holds"], [row.cells() for row in rows], [
-        f"manual refill of {run_images} uniques per row; simulated GPU in its own process (boot 500ms, stop 300ms, "
-        f"step_time 2ms); poll_every {POLL_EVERY}; billed seconds read again {SETTLE_POLLS} poll periods after the "
-        "run ended",
+        f"manual refill of {run_images} uniques per row; simulated GPU in its own process (boot {BOOT_DELAY}, "
+        f"stop {STOP_DELAY}, step_time 2ms); poll_every {POLL_EVERY}; billed seconds read again {SETTLE_POLLS} "
+        "poll periods after the run ended",
     ])
     failed = [row.name for row in rows if row.problems]
     if failed:

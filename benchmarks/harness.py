@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ADMIN_TOKEN = "benchmark-admin-token"
 SIM_KEY_ENV = "BENCHMARK_SIM_PAPERSPACE_KEY"
 START_TIMEOUT = 30.0
+SIM_RETRIES, SIM_RETRY_PAUSE = 10, 0.1
 EventTest = Callable[[str, dict[str, Any]], bool]  # (event type, data) -> whether it is the one awaited
 
 # A config that runs on its own: no automatic runs (min 0), small timings, the simulated GPU.
@@ -181,10 +182,14 @@ def avatargen_server(config: Path, log: Path, *, port: int | None = None,
 
 
 class Simulator:
-    """`python -m avatargen.simulator` as its own process: a machine that outlives any avatargen process."""
+    """`python -m avatargen.simulator` as its own process: a machine that outlives any avatargen process.
 
-    def __init__(self, *, boot_delay: str, stop_delay: str, sd_boot_delay: str, step_time: str,
+    Its faults strike the benchmark's own requests too, so those are retried as a client would.
+    """
+
+    def __init__(self, log: Path, *, boot_delay: str, stop_delay: str, sd_boot_delay: str, step_time: str,
                  faults: Sequence[str] = ()) -> None:
+        self.log = log
         self.command = [sys.executable, "-m", "avatargen.simulator", "--boot-delay", boot_delay,
                         "--stop-delay", stop_delay, "--sd-boot-delay", sd_boot_delay, "--step-time", step_time,
                         *(arg for name in faults for arg in ("--fault", name))]
@@ -192,12 +197,14 @@ class Simulator:
         self.info: dict[str, str] = {}
 
     def __enter__(self) -> Simulator:
-        self.process = subprocess.Popen(self.command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        with self.log.open("ab") as errors:
+            self.process = subprocess.Popen(self.command, cwd=ROOT, stdout=subprocess.PIPE, stderr=errors, text=True)
         assert self.process.stdout is not None
         line = self.process.stdout.readline()
         if not line:
             self.process.wait(10)
-            raise RuntimeError(f"the simulator exited with status {self.process.returncode} before listening")
+            raise RuntimeError(f"the simulator exited with status {self.process.returncode} before listening:\n"
+                               f"{self.log.read_text(errors='replace')}")
         self.info = json.loads(line)
         return self
 
@@ -207,17 +214,19 @@ class Simulator:
             self.process.wait(10)
 
     def _request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-        response = httpx.request(method, self.info["paperspace_url"].removesuffix("/v1") + path,
-                                 headers={"Authorization": f"Bearer {self.info['api_key']}"}, timeout=10, **kwargs)
+        url = self.info["paperspace_url"].removesuffix("/v1") + path
+        headers = {"Authorization": f"Bearer {self.info['api_key']}"}
+        for _ in range(SIM_RETRIES):
+            response = httpx.request(method, url, headers=headers, timeout=10, **kwargs)
+            if response.status_code != 429 and response.status_code < 500:
+                break
+            time.sleep(float(response.headers.get("retry-after", SIM_RETRY_PAUSE)))
         response.raise_for_status()
         return response.json()
 
     def machine(self) -> dict[str, Any]:
         """The machine as the Paperspace API shows it, with the simulator's `billedSeconds`."""
         return self._request("GET", f"/v1/machines/{self.info['machine_id']}")
-
-    def set_faults(self, names: Sequence[str]) -> None:
-        self._request("PUT", "/_sim/faults", json={"faults": list(names)})
 
     def stop_machine(self) -> None:
         """Stop the machine by hand, as the owner would from the Paperspace console."""

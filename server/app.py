@@ -96,6 +96,8 @@ def create_app(settings: Settings) -> Starlette:
 
             await visitor.start()
             stack.push_async_callback(visitor.close)
+            watcher = asyncio.create_task(services.watch_levels())
+            stack.callback(watcher.cancel)
             yield
 
     routes = [Route("/healthz", healthz, methods=["GET"]), *visitor.routes(), *admin_routes()]

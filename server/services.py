@@ -47,6 +47,17 @@ class Services:
             if self.engine is not None:
                 self.engine.prompts = new
 
+    async def watch_levels(self, every: float = 2.0) -> None:
+        """Announce bucket levels when they change for reasons the generator does not see (visitors taking
+        uniques, retired fallbacks, another process), so the owner's gauges stay live."""
+        last = bucket_levels(self.settings, self.buckets)
+        while True:
+            await asyncio.sleep(every)
+            levels = bucket_levels(self.settings, self.buckets)
+            if levels != last:
+                self.events.publish("buckets", levels)
+                last = levels
+
     def status(self) -> dict[str, Any]:
         if self.engine is not None:
             return self.engine.status()

@@ -84,6 +84,7 @@ data_dir = "state"
         ("[server]\ntrusted_proxies = [\"10.0.0.300\"]\n", "server.trusted_proxies", 2, "not an IP"),
         ("[gpu]\nprovider = \"paperspace\"\n", "gpu.paperspace.machine_id", None, "required"),
         ("[sd]\nwidth = 500\n", "sd.width", 2, "multiple of 8"),
+        ("[gpu.simulated]\nfaults = [\"sd_501\"]\n", "gpu.simulated.faults", 2, "did you mean 'sd_500'"),
     ],
 )
 def test_errors_name_file_key_line(tmp_path: Path, text: str, key: str, line: int | None, words: str) -> None:

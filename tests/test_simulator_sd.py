@@ -230,7 +230,7 @@ async def test_sd_invalid_image_fault_sends_base64_that_is_not_an_image_then_not
 
 
 async def test_sd_slow_first_fault_slows_only_the_first_job_after_boot() -> None:
-    async with sd_webui(sim_settings(step_time=0.01), faults=["sd_slow_first"]) as (webui, url):
+    async with sd_webui(sim_settings(step_time=0.005), faults=["sd_slow_first"]) as (webui, url):
         timings = []
         for _ in range(2):
             started = time.monotonic()
@@ -240,9 +240,9 @@ async def test_sd_slow_first_fault_slows_only_the_first_job_after_boot() -> None
         started = time.monotonic()
         await post(url, {"steps": 10})
         after_reboot = time.monotonic() - started
-    assert timings[0] >= 0.5  # 10 steps x 10 ms x 5
-    assert timings[1] < 0.4
-    assert after_reboot >= 0.5
+    assert timings[0] >= 0.25  # 10 steps x 5 ms x 5
+    assert timings[1] < 0.2
+    assert after_reboot >= 0.25
 
 
 async def test_the_web_ui_is_refused_while_the_machine_is_off_and_404_while_it_mounts() -> None:
@@ -308,7 +308,8 @@ def test_avatars_are_drawn_fast_and_differ_with_prompt_and_seed() -> None:
     assert draw_avatar("A painting of cjs", 2, 96, 96).tobytes() != base
     assert draw_avatar("A photograph of cjs", 1, 96, 96).tobytes() != base
     sketch = draw_avatar("A charcoal sketch of cjs", 1, 64, 64)
-    assert all(r == g == b for r, g, b in sketch.getdata())
+    red, green, blue = sketch.split()
+    assert red.tobytes() == green.tobytes() == blue.tobytes()
     assert draw_avatar("cjs", 1, 300, 200).size == (300, 200)
     with pytest.raises(ValueError, match="positive"):
         draw_avatar("cjs", 1, 0, 10)

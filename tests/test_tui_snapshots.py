@@ -28,7 +28,6 @@ from tui.screens.main import MainScreen
 from tui.screens.problem import ProblemScreen
 from tui.widgets.link_indicator import LinkIndicator
 from tui.widgets.prompt_editor import PromptEditor
-from tui.widgets.thumbnail import Thumbnail
 
 SIZE = (100, 30)
 Snap = Callable[..., bool]
@@ -69,7 +68,7 @@ async def settled(pilot: Pilot[Any]) -> None:
     main = app.main
     # Queries, not query_one: this runs while the screen may still be composing.
     await wait_for(pilot, lambda: main.query("LinkIndicator.-live"), "the connection")
-    await wait_for(pilot, lambda: len(main.query(Thumbnail)) == 3, "the seeded thumbnails")
+    await wait_for(pilot, lambda: len(main.query("#thumbnails Thumbnail")) == 3, "the seeded thumbnails")
     await wait_for(pilot, lambda: "1. " in str(main.query_one("#samples").render()), "the sample prompts")
     for field in main.query(Input):
         field.cursor_blink = False

@@ -23,6 +23,7 @@ from textual.worker import Worker
 
 from tui.client import AdminClient, AdminError, Unreachable
 from tui.connection import DEFAULT_BACKOFF, Backoff, follow
+from tui.formatting import targets
 from tui.images import ImageStyle, Picture, decode
 from tui.messages import (
     Answered,
@@ -77,10 +78,6 @@ def while_running(handler: H) -> H:
     return guarded  # type: ignore[return-value]
 
 
-def _targets(run: Run) -> str:
-    return ", ".join(f"{bucket} {count}" for bucket, count in run.targets.items())
-
-
 class AvatarApp(App[None]):
     """Watch and steer the avatar generator: buckets, runs, spend, images, prompt recipe."""
 
@@ -107,9 +104,9 @@ class AvatarApp(App[None]):
         self.image_style: ImageStyle = image_style
         self.backoff = backoff
         self.thumbnails = thumbnails
+        self.samples = samples
         self.arrivals: list[ImageInfo] = []  # new images not downloaded yet
         self.arrivals_worker: Worker[None] | None = None
-        self.samples = samples
         self.main = MainScreen(image_style)
         self.problem: ProblemScreen | None = None
         self.ever_connected = False
@@ -271,7 +268,9 @@ class AvatarApp(App[None]):
 
     @while_running
     def on_prompts_loaded(self, message: PromptsLoaded) -> None:
-        self.main.query_one(PromptEditor).load(message.settings)
+        editor = self.main.query_one(PromptEditor)
+        if message.saved or not editor.dirty:  # a background reload never overwrites the owner's typing
+            editor.load(message.settings)
 
     def on_prompt_editor_edited(self, message: PromptEditor.Edited) -> None:
         self.compose_samples(dict(message.changes))
@@ -323,7 +322,7 @@ class AvatarApp(App[None]):
     @work(group="actions")
     async def start_refill(self, buckets: list[str]) -> None:
         await self._act("Refill", self.client.refill(buckets),
-                        lambda run: f"Refill started: run {run.id}, {run.total} images ({_targets(run)})")
+                        lambda run: f"Refill started: run {run.id}, {run.total} images ({targets(run.targets)})")
 
     def action_abort(self) -> None:
         run = self.main.status.run if self.main.status is not None else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 
 
@@ -18,3 +19,8 @@ def clock(moment: datetime) -> str:
 def timestamp(moment: datetime) -> str:
     """A server timestamp as the owner's local date and time."""
     return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def targets(counts: Mapping[str, int]) -> str:
+    """A run's images per bucket: "unique 18, fallback 35"."""
+    return ", ".join(f"{bucket} {count}" for bucket, count in counts.items())

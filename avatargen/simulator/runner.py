@@ -171,7 +171,8 @@ class SimulatedGpu:
                 await self._sd_server.stop()
             await changed.wait()
 
-    def _after_txt2img(self) -> None:
+    async def _after_txt2img(self) -> None:
+        """Runs once an answer is sent (async: Starlette would run a plain function in a thread)."""
         if "external_stop" in self.faults and self.machine.state == "ready":
             self.machine.stop()
 

@@ -22,7 +22,7 @@ import hmac
 import json
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -176,7 +176,7 @@ class SimulatedSdWebUi:
     """
 
     def __init__(self, settings: SimulatedSettings, faults: Faults, *, auth: tuple[str, str] | None = None,
-                 after_txt2img: Callable[[], None] | None = None) -> None:
+                 after_txt2img: Callable[[], Awaitable[None]] | None = None) -> None:
         self._settings = settings
         self._faults = faults
         self._auth = auth

@@ -88,11 +88,12 @@ class PromptEditor(Widget):
                         yield WordList(name, title, placeholder)
             with Vertical(id="prompt-side"):
                 yield Label("sample prompts", classes="section-title")
-                yield Static(id="samples")
+                with VerticalScroll(id="samples-scroll"):
+                    yield Static(id="samples")
+                yield Static(id="prompt-note")
                 with Horizontal(id="prompt-buttons"):
                     yield Button("Save", id="save", variant="primary", compact=True)
                     yield Button("Revert", id="revert", compact=True)
-                yield Static(id="prompt-note")
                 yield Static("Enter adds a word, Delete removes the highlighted one, Ctrl+S saves, "
                              "Esc leaves a field.", id="prompt-keys")
 
@@ -144,9 +145,8 @@ class PromptEditor(Widget):
 
     def show_rejection(self, field: str | None, message: str) -> None:
         """The server's validation message, under the field it names (or below the buttons)."""
-        name = (field or "").rpartition(".")[2]
         known = {name for name, _, _ in FIELDS} | {name for name, _, _ in LISTS}
-        self._show_errors({name: message} if name in known else {"": message})
+        self._show_errors({field: message} if field in known else {"": message})
         self.query_one("#samples").add_class("-stale")
 
     def _show_errors(self, errors: Mapping[str, str]) -> None:
@@ -160,14 +160,14 @@ class PromptEditor(Widget):
         values, errors = self.read()
         total = sum(values.get(name, 0) for name in WEIGHTS)
         self.query_one("#neither", Static).update(
-            Text(f"neither (the rest): {1 - total:.2f}", "bold red" if total > 1 + 1e-9 else "dim")
+            Text(f"neither: {1 - total:.2f}", "bold red" if total > 1 + 1e-9 else "dim")
         )
         self._show_errors(errors)
         if errors:
             self.query_one("#samples").add_class("-stale")
             return
         changes = self._changes(values)
-        self.border_subtitle = "unsaved changes · Ctrl+S saves" if changes else ""
+        self.query_one("#prompt-side").border_subtitle = "unsaved changes · Ctrl+S saves" if changes else ""
         self.post_message(self.Edited(changes))
 
     def on_input_changed(self, event: Input.Changed) -> None:

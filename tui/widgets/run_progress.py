@@ -10,7 +10,7 @@ from textual.widget import Widget
 from textual.widgets import Label, ProgressBar, Static
 
 from avatargen.durations import format_duration
-from tui.formatting import money
+from tui.formatting import money, targets
 from tui.models import Run
 
 
@@ -51,14 +51,13 @@ class RunProgress(Widget):
         if run is None:
             title.update(Text("No run in progress. Press r to refill now.", "dim"))
             return
-        targets = ", ".join(f"{bucket} {count}" for bucket, count in run.targets.items())
         title.update(Text.assemble(
             ("Run ", "bold"), (run.id, "bold"),
-            f" · {run.trigger} · {targets} · GPU {format_duration(run.billed_seconds)}, {money(run.cost)}",
+            f" · {run.trigger} · {targets(run.targets)} · GPU {format_duration(run.billed_seconds)}, {money(run.cost)}",
         ))
         self.query_one("#run-bar", ProgressBar).update(total=max(run.total, 1), progress=run.done)
         self.query_one("#run-counts", Static).update(_counts(run))
-        step = run.step
+        step = run.step if run.step is not None and run.step.sampling_steps > 0 else None
         self.query_one("#step-row").display = step is not None
         if step is not None:
             bar = self.query_one("#step-bar", ProgressBar)

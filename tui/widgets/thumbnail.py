@@ -35,9 +35,9 @@ class Thumbnail(Vertical, can_focus=True):
         yield Label(f"{info.bucket} · {clock(info.created_at)}", classes="thumbnail-meta")
 
     def on_click(self, event: Click) -> None:
+        event.stop()
         self.focus()
-        if event.chain == 2:
-            self.action_select()
+        self.action_select()
 
     def action_select(self) -> None:
         self.post_message(self.Selected(self.picture))

@@ -1,0 +1,212 @@
+"""SdClient against the simulated web UI (and fixed answers for shapes no fault produces), over loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+
+import pytest
+from starlette.responses import JSONResponse, Response
+
+from avatargen.sd import SdClient, SdError, SdNotReady
+from avatargen.simulator.sdwebui import MODEL
+from tests.simhelpers import decode_image, fixed_answers, sd_settings, sd_webui, sim_settings
+from tests.support import wait_until
+
+
+def closed_port_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+async def test_txt2img_returns_pngs_at_the_size_with_seeds_from_the_seed() -> None:
+    settings = sd_settings(sampler="DPM++ 2M", steps=7, cfg_scale=5.5, negative_prompt="blurry",
+                           checkpoint="cjs-dreambooth")
+    async with sd_webui() as (_, url), SdClient(settings, url=url) as sd:
+        result = await sd.txt2img("A painting of cjs", batch_size=3, seed=42)
+    assert result.seeds == [42, 43, 44]
+    assert [decode_image(image).size for image in result.images] == [(128, 96)] * 3
+    assert {decode_image(image).format for image in result.images} == {"PNG"}
+    assert result.info["seed"] == 42
+    sent = result.parameters
+    assert (sent["sampler_name"], sent["steps"], sent["cfg_scale"], sent["negative_prompt"]) == (
+        "DPM++ 2M", 7, 5.5, "blurry")
+    assert sent["override_settings"] == {"sd_model_checkpoint": "cjs-dreambooth"}
+
+
+async def test_txt2img_without_a_checkpoint_leaves_the_model_alone() -> None:
+    async with sd_webui() as (_, url), SdClient(sd_settings(), url=url) as sd:
+        result = await sd.txt2img("cjs", batch_size=1)
+    assert result.parameters["override_settings"] is None
+    assert result.seeds[0] != -1  # a random seed, reported back
+
+
+async def test_out_of_memory_reads_as_the_web_ui_said_it_and_may_be_retried() -> None:
+    async with sd_webui(faults=["sd_500"]) as (_, url), SdClient(sd_settings(), url=url) as sd:
+        with pytest.raises(SdError) as failure:
+            await sd.txt2img("cjs", batch_size=2)
+    assert failure.value.status == 500
+    assert failure.value.message.startswith("SD web UI error 500 OutOfMemoryError: CUDA out of memory")
+    assert failure.value.retryable
+
+
+async def test_garbage_answers_are_errors_not_crashes() -> None:
+    async with sd_webui(faults=["sd_garbage"]) as (_, url), SdClient(sd_settings(), url=url) as sd:
+        with pytest.raises(SdError) as proxy:
+            await sd.txt2img("cjs", batch_size=1)
+        with pytest.raises(SdError) as cut:
+            await sd.txt2img("cjs", batch_size=1)
+    assert proxy.value.status == 502
+    assert "not JSON" in proxy.value.message and "502 Bad Gateway" in proxy.value.message
+    assert proxy.value.retryable
+    assert cut.value.status == 200
+    assert "not JSON" in cut.value.message
+    assert cut.value.retryable
+
+
+async def test_images_that_are_not_images_are_refused() -> None:
+    async with sd_webui(faults=["sd_invalid_image"]) as (_, url), SdClient(sd_settings(), url=url) as sd:
+        with pytest.raises(SdError, match="image 0 is not a PNG, JPEG or WebP image"):
+            await sd.txt2img("cjs", batch_size=1)
+        with pytest.raises(SdError, match="image 0 is not valid base64"):
+            await sd.txt2img("cjs", batch_size=1)
+
+
+async def test_error_shapes_without_a_fault_are_read_too() -> None:
+    answers = {
+        "/422/sdapi/v1/txt2img": JSONResponse({"detail": [
+            {"loc": ["body", "steps"], "msg": "value is not a valid integer", "type": "type_error.integer"},
+            {"loc": ["body"], "msg": "field required", "type": "value_error.missing"}]}, status_code=422),
+        "/detail/sdapi/v1/txt2img": JSONResponse({"detail": "Sampler not found"}, status_code=404),
+        "/no-images/sdapi/v1/txt2img": JSONResponse({"parameters": {}, "info": "{}"}),
+        "/empty/sdapi/v1/txt2img": JSONResponse({"images": [], "info": "{}"}),
+        "/numbers/sdapi/v1/txt2img": JSONResponse({"images": [1, 2]}),
+        "/plain/sdapi/v1/txt2img": Response("upstream timed out", status_code=504, media_type="text/plain"),
+    }
+    expected = {
+        "/422": (422, False, "SD web UI error 422 invalid request: steps: value is not a valid integer; body: field "
+                             "required"),
+        "/detail": (404, False, "SD web UI error 404 Sampler not found"),
+        "/no-images": (200, True, "SD web UI sent an unusable answer: it has no images"),
+        "/empty": (200, True, "SD web UI sent an unusable answer: it has no images"),
+        "/numbers": (200, True, "SD web UI sent an unusable answer: image 0 is not a base64 string"),
+        "/plain": (504, True, "SD web UI error 504 the answer is not JSON: 'upstream timed out'"),
+    }
+    async with fixed_answers(answers) as url:
+        for prefix, (status, retryable, message) in expected.items():
+            async with SdClient(sd_settings(), url=url + prefix) as sd:
+                with pytest.raises(SdError) as failure:
+                    await sd.txt2img("cjs", batch_size=1)
+            assert (failure.value.status, failure.value.retryable) == (status, retryable), prefix
+            assert failure.value.message.startswith(message), failure.value.message
+            assert str(failure.value) == failure.value.message
+
+
+async def test_seeds_come_from_seed_when_all_seeds_is_missing_and_info_may_be_an_object() -> None:
+    async with sd_webui() as (_, url), SdClient(sd_settings(), url=url) as sd:
+        png = (await sd.txt2img("cjs", batch_size=1, seed=7)).images[0]
+    answers = {
+        "/seed/sdapi/v1/txt2img": JSONResponse({"images": [png, png], "info": {"seed": 10}}),
+        "/none/sdapi/v1/txt2img": JSONResponse({"images": [png], "info": "not json"}),
+    }
+    async with fixed_answers(answers) as url:
+        async with SdClient(sd_settings(), url=url + "/seed") as sd:
+            assert (await sd.txt2img("cjs", batch_size=2)).seeds == [10, 11]
+        async with SdClient(sd_settings(), url=url + "/none") as sd:
+            result = await sd.txt2img("cjs", batch_size=1)
+    assert (result.seeds, result.info) == ([-1], {})
+
+
+async def test_an_unreachable_web_ui_is_a_retryable_error() -> None:
+    async with SdClient(sd_settings(), url=closed_port_url()) as sd:
+        with pytest.raises(SdError) as failure:
+            await sd.txt2img("cjs", batch_size=1)
+    assert failure.value.status is None
+    assert failure.value.retryable
+    assert "cannot reach the SD web UI at http://127.0.0.1:" in failure.value.message
+
+
+async def test_a_txt2img_slower_than_its_timeout_is_a_retryable_error() -> None:
+    async with sd_webui(sim_settings(step_time=0.05)) as (_, url), SdClient(
+            sd_settings(steps=20), url=url, txt2img_timeout=0.2) as sd:
+        with pytest.raises(SdError, match="did not answer in time") as failure:
+            await sd.txt2img("cjs", batch_size=1)
+    assert failure.value.retryable
+
+
+async def test_basic_auth_uses_the_username_and_the_password_from_the_environment(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SIM_SD_PASSWORD", "s3cret")
+    right = sd_settings(username="owner", password_env="SIM_SD_PASSWORD")
+    async with sd_webui(auth=("owner", "s3cret")) as (_, url):
+        async with SdClient(right, url=url) as sd:
+            assert len((await sd.txt2img("cjs", batch_size=1)).images) == 1
+            assert "s3cret" not in repr(sd)
+        monkeypatch.setenv("SIM_SD_PASSWORD", "guess")
+        async with SdClient(right, url=url) as sd:
+            with pytest.raises(SdError) as failure:
+                await sd.txt2img("cjs", batch_size=1)
+        async with SdClient(sd_settings(), url=url) as anonymous:
+            with pytest.raises(SdError) as probe_failure:
+                await anonymous.probe("")
+    assert failure.value.status == 401
+    assert not failure.value.retryable
+    assert "Incorrect username or password" in failure.value.message
+    assert "$SIM_SD_PASSWORD" in failure.value.message
+    assert "guess" not in failure.value.message
+    assert not isinstance(probe_failure.value, SdNotReady)  # bad credentials never heal by waiting
+
+
+async def test_progress_interrupt_and_models() -> None:
+    async with sd_webui(sim_settings(step_time=0.02)) as (webui, url), SdClient(
+            sd_settings(steps=150), url=url) as sd:
+        idle = await sd.progress()
+        assert (idle.progress, idle.job_count) == (0, 0)
+        assert await sd.sd_models() == [MODEL]
+        started = time.monotonic()
+        job = asyncio.create_task(sd.txt2img("cjs", batch_size=2))  # 150 steps: 3.5 s unless interrupted
+        await wait_until(lambda: webui.queue_length == 1, timeout=5, every=0.005)
+        progress = await sd.progress()
+        while progress.sampling_step == 0:
+            progress = await sd.progress()
+        assert progress.job_count == 1
+        assert progress.sampling_steps == 150
+        assert 0 < progress.progress < 1
+        assert progress.eta_relative > 0
+        await sd.interrupt()
+        result = await job
+    assert time.monotonic() - started < 2
+    assert len(result.images) == 2
+
+
+async def test_probe_waits_through_a_refused_port_and_unmounted_routes() -> None:
+    async with SdClient(sd_settings(), url=closed_port_url()) as sd:
+        with pytest.raises(SdNotReady, match="not ready"):
+            await sd.probe("")
+    async with sd_webui(sim_settings(sd_boot_delay=5)) as (_, url), SdClient(sd_settings(), url=url) as sd:
+        with pytest.raises(SdNotReady) as mounting:
+            await sd.probe("")
+    assert mounting.value.status == 404
+    assert mounting.value.retryable
+    async with fixed_answers({"/sdapi/v1/sd-models": JSONResponse([])}) as url, SdClient(
+            sd_settings(), url=url) as sd:
+        with pytest.raises(SdNotReady, match="no models yet"):
+            await sd.probe("")
+
+
+@pytest.mark.parametrize("checkpoint", ["", MODEL["title"], "cjs-dreambooth", "abc123"])
+async def test_probe_accepts_the_checkpoint_by_title_model_name_or_hash(checkpoint: str) -> None:
+    async with sd_webui() as (_, url), SdClient(sd_settings(), url=url) as sd:
+        await sd.probe(checkpoint)
+
+
+async def test_probe_fails_for_good_when_the_checkpoint_is_missing() -> None:
+    async with sd_webui() as (_, url), SdClient(sd_settings(), url=url) as sd:
+        with pytest.raises(SdError) as failure:
+            await sd.probe("someone-else.safetensors")
+    assert not isinstance(failure.value, SdNotReady)
+    assert not failure.value.retryable
+    assert "'someone-else.safetensors'" in failure.value.message
+    assert "cjs-dreambooth.safetensors [abc123]" in failure.value.message  # what is available
