@@ -36,6 +36,9 @@ _ID = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
 # A directory mtime this close to the moment it was read may still change within the same clock tick
 # (coarse filesystem timestamps), so the scan that read it is redone at the next check.
 _RACY_NS = 1_000_000_000
+# A claimed unique is sent within milliseconds; one claimed longer ago than this belongs to a process that
+# died before sending it. Fresh claims must be left alone: another worker may be sending them right now.
+CLAIM_TIMEOUT = 60.0
 
 
 class ImageNotFound(LookupError):
@@ -385,24 +388,33 @@ class Bucket:
 
     # --- start-up ------------------------------------------------------------------------------------
 
-    def recover(self, *, stale_after: float = 60.0) -> dict[str, int]:
-        """Repair what a crash can leave behind; returns what was done, by kind.
+    def release_stale_claims(self, older_than: float = CLAIM_TIMEOUT) -> int:
+        """Put back uniques claimed more than `older_than` seconds ago and never sent (a crash); how many.
 
-        Claimed-but-unsent images go back into the bucket, leftover work files are removed, sidecars
-        and framed copies without an image are removed, and missing framed copies are made. Only
-        files untouched for `stale_after` seconds count as leftovers: other worker processes may be
-        in the middle of a publish or a claim right now.
+        Age is taken from the ctime, which the claiming rename sets.
         """
-        counts = {"released": 0, "temp_removed": 0, "orphans_removed": 0, "framed": 0}
+        released = 0
         for path in self._claimed.glob(f"*{IMAGE_SUFFIX}"):
             image_id = path.name[: -len(IMAGE_SUFFIX)]
-            if _ID.match(image_id) and _is_stale(path, stale_after, since_rename=True):
-                with contextlib.suppress(FileNotFoundError):
+            if _ID.match(image_id) and _is_stale(path, older_than, since_rename=True):
+                with contextlib.suppress(FileNotFoundError):  # another process put it back first
                     self.release_claim(image_id)
-                    counts["released"] += 1
+                    released += 1
+        return released
+
+    def recover(self, *, stale_after: float = CLAIM_TIMEOUT) -> dict[str, int]:
+        """Repair what a crash can leave behind, at start-up; returns what was done, by kind.
+
+        Claimed-but-unsent images go back into the bucket and sidecars or framed copies without an
+        image are removed, once `stale_after` seconds old: other worker processes may be in the middle
+        of a claim or a publish right now (a sidecar is placed before its image). Work files in `.tmp/`
+        are removed whatever their age: they are never visible, and the worst this does to a publish
+        running in another process is make it fail and be retried. Missing framed copies are made.
+        """
+        counts = {"released": self.release_stale_claims(stale_after), "temp_removed": 0,
+                  "orphans_removed": 0, "framed": 0}
         for path in self._tmp.iterdir():
-            if _is_stale(path, stale_after):
-                counts["temp_removed"] += _unlink(path)
+            counts["temp_removed"] += _unlink(path)
         leftovers = [*self.directory.glob(f"*{META_SUFFIX}"),
                      *(self._framed.glob(f"*{IMAGE_SUFFIX}") if self._framed.is_dir() else [])]
         for path in leftovers:
@@ -417,10 +429,11 @@ class Bucket:
         return counts
 
     def _frame_existing(self, image_id: str, prepare: Callable[[bytes], bytes]) -> bool:
-        """Make the missing framed copy of a stored image; False if the image went away meanwhile."""
+        """Make the missing framed copy of a stored image; False if the image or the work file went away
+        meanwhile (claimed, or another process recovering at the same moment)."""
         try:
             self._place(prepare(self.read(image_id)), self._framed_path(image_id))
-        except ImageNotFound:
+        except (ImageNotFound, FileNotFoundError):
             return False
         return True
 

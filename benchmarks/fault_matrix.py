@@ -13,15 +13,17 @@ simulator's count at the end and a few poll periods later); no image lost (annou
 the bucket) or half-written (a visible .webp without its sidecar, or one that does not decode); visitors
 answered throughout. The script exits with status 1 if a row does not hold.
 
-    python -m benchmarks.fault_matrix [--quick]
+    python -m benchmarks.fault_matrix [--quick] [--jobs N]
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -260,13 +262,20 @@ class Matrix:
         return self.row(f"SIGKILL while {state}", [], body)
 
 
+def options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--jobs", type=int, default=4, help="rows run at the same time (default 4); each row has "
+                        "its own simulated GPU, server and folders")
+
+
 def main() -> int:
-    args = parse_args(__doc__.split("\n")[0])
+    args = parse_args(__doc__.split("\n")[0], options)
     run_images = 4 if args.quick else 20
     print_machine()
-    with scratch() as work:
+    with scratch() as work, ThreadPoolExecutor(args.jobs) as pool:
         matrix = Matrix(work, run_images)
-        rows = [matrix.fault(fault) for fault in FAULTS] + [matrix.kill(state) for state in KILL_STATES]
+        futures = [*(pool.submit(matrix.fault, fault) for fault in FAULTS),
+                   *(pool.submit(matrix.kill, state) for state in KILL_STATES)]
+        rows = [future.result() for future in futures]
     print_table("Fault matrix: one fault per run, SIGKILL in each run state", [
         "fault", "run outcome", "machine at end", "billed s after the end", "images lost", "images half-written",
         "visitors answered", "holds"], [row.cells() for row in rows], [

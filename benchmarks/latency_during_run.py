@@ -69,8 +69,8 @@ def main() -> int:
     idle: list[WrkResult] = []
     busy: list[WrkResult] = []
     rates: list[float] = []
-    simulator = Simulator(boot_delay="300ms", stop_delay="200ms", sd_boot_delay="100ms", step_time="1ms")
-    with scratch() as work, simulator:
+    with scratch() as work, Simulator(work / "simulator.log", boot_delay="300ms", stop_delay="200ms",
+                                      sd_boot_delay="100ms", step_time="1ms") as simulator:
         config = write_config(work, simulator.provider_config(), {"buckets": {"fallback": {"max": BIG_BUCKET}}})
         publish(open_buckets(load_settings(config))["fallback"], sample_avatars(images))
         with avatargen_server(config, work / "avatargen.log", env=simulator.env()) as server:

@@ -46,7 +46,10 @@ async def sd_webui(settings: SimulatedSettings = FAST, *, faults: Iterable[str] 
     """The simulated web UI alone (no machine around it), booted now, and its URL."""
     webui = SimulatedSdWebUi(settings, Faults(faults), auth=auth)
     async with LoopbackServer(webui.app) as server:
-        yield webui, server.url
+        try:
+            yield webui, server.url
+        finally:
+            webui.power_off()  # end a job still computing, as a machine going off does
 
 
 @contextlib.asynccontextmanager

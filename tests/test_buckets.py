@@ -190,12 +190,12 @@ def test_recover_repairs_what_a_crash_left(tmp_path: Path) -> None:
     (tmp_path / ".framed" / "20200101T000000-000000-deadbeef.webp").write_bytes(b"old")
 
     assert Bucket("unique", tmp_path, prepare=frame).recover() == {
-        "released": 0, "temp_removed": 0, "orphans_removed": 0, "framed": 1,
-    }, "fresh leftovers may belong to a publish or claim running in another process"
+        "released": 0, "temp_removed": 1, "orphans_removed": 0, "framed": 1,
+    }, "fresh claims and sidecars may belong to a claim or publish running in another process"
 
     restarted = Bucket("unique", tmp_path, prepare=frame)
     assert restarted.recover(stale_after=0) == {
-        "released": 1, "temp_removed": 1, "orphans_removed": 2, "framed": 0,
+        "released": 1, "temp_removed": 0, "orphans_removed": 2, "framed": 0,
     }
     assert sorted(restarted.ids()) == sorted([unsent.id, kept.id])
     assert names(tmp_path) == {f"{i}.{ext}" for i in (unsent.id, kept.id) for ext in ("webp", "json")}

@@ -12,10 +12,12 @@ from textual.pilot import Pilot
 from textual.widgets import Input, OptionList
 
 from tests.tui_support import ServerProcess, panel, running_server, wait_for
-from tui.messages import Answered, Connected
+from tui.messages import Answered, Connected, Received
+from tui.models import LogEntry
 from tui.screens.confirm_abort import ConfirmAbortScreen
 from tui.screens.problem import ProblemScreen
 from tui.screens.refill import RefillScreen
+from tui.widgets.event_log import EventLog
 from tui.widgets.last_run import LastRunSummary
 from tui.widgets.link_indicator import LinkIndicator
 from tui.widgets.prompt_editor import PromptEditor
@@ -49,7 +51,9 @@ def answers(messages: list[Message]) -> list[str]:
 async def test_refill_from_the_panel_walks_every_state_and_shows_the_new_images(server: ServerProcess) -> None:
     app = panel(server.url)
     seen: list[Message] = []
-    async with app.run_test(size=SIZE, message_hook=collect(Answered, seen)) as pilot:
+    events: list[Message] = []
+    hooks = (collect(Answered, seen), collect(Received, events))
+    async with app.run_test(size=SIZE, message_hook=lambda message: [hook(message) for hook in hooks]) as pilot:
         await wait_for(pilot, lambda: app.main.status is not None, "the first status")
         states: list[str] = []
         app.watch(app.main.query_one(StateDiagram), "state", lambda state: states.append(state), init=False)
@@ -68,6 +72,12 @@ async def test_refill_from_the_panel_walks_every_state_and_shows_the_new_images(
         assert status.last_run.outcome == "completed"
         assert {name: level.count for name, level in status.buckets.items()} == {"unique": 2, "fallback": 3}
         assert "completed" in str(app.main.query_one(LastRunSummary).render())
+
+        server_lines = [m.event.message for m in events if isinstance(m, Received) and isinstance(m.event, LogEntry)]
+        assert server_lines, "the server logs its runs"
+        await pilot.press("l")
+        log_view = app.main.query_one("#log-view", EventLog)
+        await wait_for(pilot, lambda: any(server_lines[-1] in line.text for line in log_view.lines), "the live log")
 
 
 async def test_abort_asks_first_then_stops_the_run(tmp_path: Path) -> None:

@@ -40,8 +40,8 @@ TUI_CONFIG: dict[str, Any] = {
         "unique": {"dir": "data/unique", "min": 0, "max": 2},
         "fallback": {"dir": "data/fallback", "min": 0, "max": 3},
     },
-    # A week between automatic checks: the overview's "next check in 6d 23h" holds still for snapshots.
-    "generator": {"check_every": "7d", "concurrency": 2, "image_size": 64, "image_retries": 1},
+    # A week and a half day between automatic checks: "next check in 7d 2h" holds still for half an hour.
+    "generator": {"check_every": "10230m", "concurrency": 2, "image_size": 64, "image_retries": 1},
     "gpu": {
         "provider": "simulated", "ready_timeout": "20s", "stop_timeout": "10s", "poll_every": "20ms",
         "simulated": {"boot_delay": "300ms", "stop_delay": "200ms", "sd_boot_delay": "100ms", "step_time": "2ms"},

@@ -57,13 +57,16 @@ class LoopbackServer:
 
     The socket is bound and listening before uvicorn starts, so the server is reachable as soon as
     `start()` returns, with no waiting for uvicorn's start-up flag. `stop()` is abrupt, like a machine
-    losing power: open connections are closed and requests in flight are cancelled.
+    losing power: the port closes and open connections drop at once; requests in flight get `grace`
+    seconds to notice their client is gone (a simulated service ends them itself), then are cancelled.
     """
 
-    def __init__(self, app: ASGIApp, *, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, app: ASGIApp, *, host: str = "127.0.0.1", port: int = 0, grace: float = 1.0) -> None:
         self._app = app
         self.host = host
         self.port = port
+        self._grace = grace
+        self._sock: socket.socket | None = None
         self._server: _EmbeddedServer | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -76,24 +79,31 @@ class LoopbackServer:
         return self._task is not None
 
     async def start(self) -> None:
-        sock = _listening_socket(self.host, self.port)
-        self.port = sock.getsockname()[1]
+        self._sock = _listening_socket(self.host, self.port)
+        self.port = self._sock.getsockname()[1]
         # No log_config or log_level: uvicorn would reconfigure the embedding process's logging.
         config = uvicorn.Config(self._app, lifespan="off", log_config=None, log_level=None, access_log=False)
         self._server = _EmbeddedServer(config)
-        self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
+        self._task = asyncio.create_task(self._server.serve(sockets=[self._sock]))
 
     async def stop(self) -> None:
-        server, task = self._server, self._task
-        if server is None or task is None:
+        """Stop serving; every step may be repeated, so a stop interrupted by cancellation can be finished."""
+        server, task, sock = self._server, self._task, self._sock
+        if server is None or task is None or sock is None:
             return
-        self._server = self._task = None
-        server.should_exit = server.force_exit = True
+        task.cancel()  # uvicorn's own shutdown waits politely; a power cut does not
+        await asyncio.gather(task, return_exceptions=True)
+        for listener in getattr(server, "servers", []):
+            listener.close()
+        sock.close()  # in case uvicorn was cancelled before it took the socket over
         for connection in list(server.server_state.connections):
             connection.transport.close()
-        for request in list(server.server_state.tasks):
-            request.cancel()
-        await task
+        requests = set(server.server_state.tasks)
+        if requests:
+            _, stuck = await asyncio.wait(requests, timeout=self._grace)
+            for request in stuck:
+                request.cancel()
+        self._server = self._task = self._sock = None
 
     async def __aenter__(self) -> LoopbackServer:
         await self.start()
@@ -155,7 +165,7 @@ class SimulatedGpu:
         if self._follower is not None:
             self._follower.cancel()
             await asyncio.gather(self._follower, return_exceptions=True)
-        await self._sd_server.stop()
+        await self._sd_down()
         await self._paperspace_server.stop()
         await self.machine.aclose()
 
@@ -168,8 +178,13 @@ class SimulatedGpu:
                 self.sd.boot()
                 await self._sd_server.start()
             elif not ready and self._sd_server.running:
-                await self._sd_server.stop()
+                await self._sd_down()
             await changed.wait()
+
+    async def _sd_down(self) -> None:
+        """The web UI process dies with the machine: its jobs end, its port closes."""
+        self.sd.power_off()
+        await self._sd_server.stop()
 
     async def _after_txt2img(self) -> None:
         """Runs once an answer is sent (async: Starlette would run a plain function in a thread)."""

@@ -76,6 +76,7 @@ _TXT2IMG_FIELDS: dict[str, tuple[str, Any]] = {
 }
 _LIMITS = {"steps": (1, 150), "batch_size": (1, 16), "n_iter": (1, 100), "width": (64, 2048),
            "height": (64, 2048)}
+_GONE = Response(status_code=503)  # the answer of a request whose machine went off: nobody receives it
 _TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
 
 
@@ -187,6 +188,7 @@ class SimulatedSdWebUi:
                                          "sd_checkpoint_hash": MODEL["sha256"]}
         self.queue_length = 0
         self.completed: list[str] = []
+        self._power_cycle = 0  # counts power-offs: a request from before one has no one to answer
         self.busy_seconds = 0.0
         self._mounted_at = 0.0
         self._first_job_pending = True
@@ -207,6 +209,12 @@ class SimulatedSdWebUi:
         """The web UI process starts: routes mount after `sd_boot_delay`, the first job may be slow."""
         self._mounted_at = time.monotonic() + self._settings.sd_boot_delay
         self._first_job_pending = True
+
+    def power_off(self) -> None:
+        """The machine goes down: the job computing ends now, jobs waiting for their turn end on it."""
+        self._power_cycle += 1
+        if self._job is not None:
+            self._job.interrupted = True
 
     async def _http_error(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
@@ -241,18 +249,21 @@ class SimulatedSdWebUi:
             if not low <= params[name] <= high:
                 return _failure("ValueError", f"{name} must be from {low} to {high}, got {params[name]}")
         self.queue_length += 1
+        power_cycle = self._power_cycle
         try:
             async with self._lock:
                 began = time.monotonic()
                 try:
-                    return await self._run_job(params)
+                    return await self._run_job(params, power_cycle)
                 finally:
                     self.busy_seconds += time.monotonic() - began
         finally:
             self.queue_length -= 1
 
-    async def _run_job(self, params: dict[str, Any]) -> Response:
+    async def _run_job(self, params: dict[str, Any], power_cycle: int) -> Response:
         """Compute one txt2img under the lock and build its answer (or the fault asked for)."""
+        if self._power_cycle != power_cycle:
+            return _GONE
         if self._faults.hit("sd_500"):
             return _failure("OutOfMemoryError", "CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; "
                                                 "15.73 GiB total capacity; 13.12 GiB already allocated)")
@@ -265,6 +276,8 @@ class SimulatedSdWebUi:
             await self._compute(job)
         finally:
             self._job = None
+        if self._power_cycle != power_cycle:
+            return _GONE
         self.completed.append(params["prompt"])
         if (garbage := self._faults.hit("sd_garbage")) is not None:
             if garbage % 2:

@@ -1,0 +1,49 @@
+"""Every benchmark script runs in quick mode and prints its table, so none of them rots.
+
+Quick mode uses tiny durations: its figures mean nothing and are not checked here. What is checked is
+that the script exits 0 (the fault matrix exits 1 when a row does not hold) and prints its table.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from avatargen.simulator.faults import FAULTS
+from benchmarks.fault_matrix import KILL_STATES
+
+ROOT = Path(__file__).resolve().parent.parent
+
+TABLES = {
+    "visitor_throughput": ("Visitor throughput: GET /avatar",
+                           "| path | server | req/s | p50 ms | p99 ms | vs bare Starlette | vs nginx | socket errors |",
+                           ["| fallback (200) | avatargen |", "| If-Modified-Since (304) | nginx |"]),
+    "latency_during_run": ("Visitor latency during a run: GET /avatar (fallback)",
+                           "| server | req/s | p50 ms | p99 ms | images stored/s |",
+                           ["| idle |", "| during a run |"]),
+    "unique_path": ("Unique path: GET /avatar that claims, frames and sends one unique",
+                    "| server | requests | median ms | p99 ms |",
+                    ["| avatargen (unique) |", "| bare Starlette (same bytes from memory) |"]),
+    "gpu_efficiency": ("GPU efficiency and cost per run",
+                       "| batch_size | concurrency | images | billed s | SD busy s | busy share | billed s/image |",
+                       ["| 1 | 1 | 20 |", "| 2 | 2 | 20 |"]),
+    "fault_matrix": ("Fault matrix: one fault per run, SIGKILL in each run state",
+                     "| fault | run outcome | machine at end | billed s after the end | images lost |",
+                     [f"| {fault} |" for fault in FAULTS] + [f"| SIGKILL while {state} |" for state in KILL_STATES]),
+}
+
+
+@pytest.mark.parametrize("script", sorted(TABLES))
+def test_script_runs_in_quick_mode_and_prints_its_table(script: str) -> None:
+    done = subprocess.run([sys.executable, "-m", f"benchmarks.{script}", "--quick"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    title, header, rows = TABLES[script]
+    assert done.stdout.startswith("machine: ")
+    assert f"### {title}\n" in done.stdout
+    assert header in done.stdout
+    for row in rows:
+        assert row in done.stdout, f"no row starting {row!r} in:\n{done.stdout}"
