@@ -364,6 +364,7 @@ class RefillEngine:
             "prompt": prompt,
             "created_at": record.metadata.get("created_at"),
             "url": f"/admin/api/images/{bucket_name}/{record.id}",
+            "metadata": record.metadata,
             "buckets": self.levels(),
         })
         self._publish_progress(run)

@@ -9,6 +9,8 @@ sent. The unique is a plain Response (no FileResponse: a byte-range request woul
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import time
 from collections import OrderedDict
 from datetime import UTC
@@ -20,11 +22,13 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
-from avatargen.buckets import Bucket, Claim, ImageNotFound
+from avatargen.buckets import CLAIM_TIMEOUT, Bucket, Claim, ImageNotFound
 from avatargen.config import Settings
 from avatargen.imaging import placeholder_webp
 from server.addresses import visitor_key
 from server.allowance import Allowance
+
+log = logging.getLogger("avatargen.visitor")
 
 DEMO_PAGE = Path(__file__).parent / "static" / "index.html"
 # A placeholder only means "the buckets are empty right now": it must not stick in the browser for a day.
@@ -57,10 +61,16 @@ class _RecentImages:
 
 
 class VisitorService:
-    """Serves avatars to visitors from the unique and fallback buckets; shares limits through SQLite."""
+    """Serves avatars to visitors from the unique and fallback buckets; shares limits through SQLite.
 
-    def __init__(self, settings: Settings, buckets: dict[str, Bucket]) -> None:
+    `claim_sweep_every`: how often uniques claimed by a process that died before sending them (and at
+    least that long ago) go back into the bucket.
+    """
+
+    def __init__(self, settings: Settings, buckets: dict[str, Bucket], *,
+                 claim_sweep_every: float = CLAIM_TIMEOUT) -> None:
         self.settings = settings
+        self.claim_sweep_every = claim_sweep_every
         self.unique = buckets["unique"]
         self.fallback = buckets["fallback"]
         self.max_age = settings.serving.cache_max_age
@@ -68,15 +78,22 @@ class VisitorService:
         self._recent = _RecentImages(FALLBACK_CACHE_SIZE)
         self._allowance: Allowance | None = None
         self._page = b""
+        self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Open the shared allowance state and load the demo page."""
+        """Open the shared allowance state, load the demo page, start sweeping stale claims."""
         path = self.settings.server.data_dir / "visitors.sqlite3"
         self._allowance = await asyncio.to_thread(Allowance, path, self.settings.serving)
         self._page = await asyncio.to_thread(DEMO_PAGE.read_bytes)
+        self._sweeper = asyncio.create_task(self._sweep_stale_claims(), name="unique claim sweeper")
 
     async def close(self) -> None:
-        """Close the SQLite connection; served uniques are already deleted by their background tasks."""
+        """Stop the sweeper and close the SQLite connection."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
         if self._allowance is not None:
             self._allowance.close()
             self._allowance = None
@@ -108,6 +125,18 @@ class VisitorService:
                 return self._image_response(claim.image, "unique", claim.id,
                                             BackgroundTask(self.unique.finish_claim, claim.id))
         return await self._fallback_response(retire=sends_body)
+
+    async def _sweep_stale_claims(self) -> None:
+        """Put back uniques whose claimer died before sending them.
+
+        Start-up recovery must leave fresh claims alone (another worker may be sending them), so after a
+        crash and a quick restart it is this sweep that returns them to the bucket.
+        """
+        while True:
+            await asyncio.sleep(self.claim_sweep_every)
+            released = await asyncio.to_thread(self.unique.release_stale_claims, self.claim_sweep_every)
+            if released:
+                log.warning("put back %d unique avatar(s) claimed but never sent (a process died)", released)
 
     # --- the pieces --------------------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from PIL import Image
 from avatargen.buckets import open_buckets
 from avatargen.config import Settings
 from avatargen.imaging import frame_unique, to_avatar_webp
+from server.visitor import VisitorService
 from tests.support import fast_settings, serving, wait_until
 
 
@@ -219,3 +220,17 @@ async def test_demo_page_shows_the_avatar(tmp_path: Path) -> None:
     assert response.headers["content-type"].startswith("text/html")
     assert '<img id="avatar" src="/avatar"' in response.text
     assert "UNIQUE LIMITED EDITION" in response.text
+
+
+async def test_a_unique_claimed_by_a_dead_process_goes_back(tmp_path: Path) -> None:
+    settings = fast_settings(tmp_path)
+    ids = stock(settings, unique=2)
+    dead = open_buckets(settings)["unique"].claim()  # claimed, then the process died before sending it
+    assert dead is not None and len(stored(settings, "unique")) == 1
+    service = VisitorService(settings, open_buckets(settings), claim_sweep_every=0.1)
+    await service.start()
+    try:
+        await wait_until(lambda: len(stored(settings, "unique")) == 2)
+    finally:
+        await service.close()
+    assert stored(settings, "unique") == set(ids["unique"]) and not claimed(settings)

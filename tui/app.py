@@ -350,5 +350,5 @@ class AvatarApp(App[None]):
 
     @while_running
     def on_answered(self, message: Answered) -> None:
-        self.notify(message.text, severity="information" if message.ok else "error", timeout=8)
+        self.notify(message.text, severity="information" if message.ok else "error", timeout=8, markup=False)
         self.note("info" if message.ok else "error", message.text)

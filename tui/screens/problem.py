@@ -6,6 +6,7 @@ check, and offers to retry.
 
 from __future__ import annotations
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
@@ -35,4 +36,4 @@ class ProblemScreen(Screen[None]):
         """Replace what the screen says (a later attempt failed differently)."""
         self._texts = (title, message, hint)
         for name, text in zip(("title", "message", "hint"), self._texts, strict=True):
-            self.query_one(f"#problem-{name}", Static).update(text)
+            self.query_one(f"#problem-{name}", Static).update(Text(text))

@@ -152,7 +152,7 @@ class PromptEditor(Widget):
     def _show_errors(self, errors: Mapping[str, str]) -> None:
         for label in self.query(".field-error").results(Label):
             message = errors.get((label.id or "").removeprefix("error-"), "")
-            label.update(message)
+            label.update(Text(message))
             label.display = bool(message)
         self.query_one("#prompt-note", Static).update(Text(errors.get("", ""), "bold red"))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
@@ -28,7 +29,7 @@ class WordList(Vertical):
             return self.word_list
 
     def __init__(self, setting: str, title: str, placeholder: str) -> None:
-        super().__init__(id=setting, classes="word-list")
+        super().__init__(id=setting)
         self.setting = setting
         self.title = title
         self.placeholder = placeholder
@@ -51,7 +52,7 @@ class WordList(Vertical):
         options = self.query_one(OptionList)
         highlighted = options.highlighted
         options.clear_options()
-        options.add_options(entries)
+        options.add_options(Text(entry) for entry in entries)  # literal text: "[" is not markup here
         if entries and highlighted is not None:
             options.highlighted = min(highlighted, len(entries) - 1)
         self.border_title = f"{self.title} ({len(entries)})"
@@ -71,7 +72,7 @@ class WordList(Vertical):
         event.input.clear()
         if entry in self.entries:
             self.query_one(OptionList).highlighted = self.entries.index(entry)
-            self.notify(f"{entry!r} is already in {self.setting}", severity="warning")
+            self.notify(f"{entry!r} is already in {self.setting}", severity="warning", markup=False)
             return
         self._change((*self.entries, entry))
 
