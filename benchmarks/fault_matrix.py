@@ -59,6 +59,7 @@ SETTLE_POLLS = 6  # poll periods to wait before reading the billed seconds again
 FALLBACK_IMAGES = 5
 VISITOR_PAUSE = 0.02
 ROW_TIMEOUT = 60.0
+ERROR_QUOTE = 60  # characters of a run's error shown in the table
 
 
 class Visitors:
@@ -231,8 +232,9 @@ class Matrix:
                     announced, event = follow_run(admin, run_ended(run_id))
                 settle(row, simulator, self.poll_every)
             last_run = event["last_run"]
+            error = last_run.get("error") or ""
             row.outcome = (f"{last_run['outcome']} ({last_run['done']} stored, {last_run['failed']} failed)"
-                           + (f": {last_run['error']}" if last_run.get("error") else ""))
+                           + (f": {error[:ERROR_QUOTE]}{'...' if len(error) > ERROR_QUOTE else ''}" if error else ""))
             row.lost, row.broken = bucket_damage(load_settings(config).buckets.unique.dir, announced)
 
         return self.row(fault, [fault], body)

@@ -64,13 +64,12 @@ def parse_args(description: str, add: Callable[[argparse.ArgumentParser], None] 
 
 def merged(base: Mapping[str, Any], *layers: Mapping[str, Any]) -> dict[str, Any]:
     """Tables merged key by key, later layers winning (a nested table is merged, not replaced)."""
-    result = {key: merged(value) if isinstance(value, Mapping) else value for key, value in base.items()}
+    result = dict(base)
     for layer in layers:
         for key, value in layer.items():
             if isinstance(value, Mapping) and isinstance(result.get(key), Mapping):
-                result[key] = merged(result[key], value)
-            else:
-                result[key] = merged(value) if isinstance(value, Mapping) else value
+                value = merged(result[key], value)
+            result[key] = value
     return result
 
 
