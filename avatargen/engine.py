@@ -432,8 +432,11 @@ class RefillEngine:
             wait = self.next_check_at - time.time()
             if wait > 0:
                 self._wake.clear()
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow close()'s cancel when the
+                # wake-up and the cancel arrive together, and the scheduler would never end.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), wait)
+                    async with asyncio.timeout(wait):
+                        await self._wake.wait()
                 continue
             self.next_check_at = time.time() + self._check_delay()
             if self.run is None:

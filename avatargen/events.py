@@ -64,7 +64,8 @@ class Subscription:
         if self._backlog:
             return self._backlog.popleft()
         try:
-            event = await asyncio.wait_for(self._listener.queue.get(), timeout)
+            async with asyncio.timeout(timeout):  # not wait_for, which can swallow a cancel on 3.11
+                event = await self._listener.queue.get()
         except TimeoutError:
             return None
         if event is None:

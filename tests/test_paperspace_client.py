@@ -7,12 +7,15 @@ import logging
 import socket
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 
 import pytest
 from starlette.responses import Response
 
 from avatargen.config import Secret
 from avatargen.gpu.paperspace import PaperspaceClient, PaperspaceError
+from avatargen.retry import backoff_delay, parse_retry_after
 from avatargen.simulator import SimulatedGpu
 from tests.simhelpers import fixed_answers, sim_settings
 
@@ -155,3 +158,20 @@ async def test_answers_that_are_not_the_api_shape_are_errors_with_a_quote() -> N
             await client.stop("ps1")
     assert (gateway.value.status, gateway.value.code) == (502, "HTTP_502")
     assert "502 Bad Gateway" in gateway.value.message
+
+
+def test_retry_after_reads_seconds_or_a_date_and_is_capped() -> None:
+    soon = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
+    assert parse_retry_after("2") == 2.0
+    assert 28 <= (parse_retry_after(soon) or 0) <= 30
+    assert parse_retry_after("86400") == 60.0
+    assert parse_retry_after("-5") == 0.0
+    assert parse_retry_after("whenever") is None
+    assert parse_retry_after(None) is None
+
+
+def test_backoff_doubles_with_jitter_up_to_the_cap() -> None:
+    for attempt, ceiling in [(0, 0.5), (1, 1.0), (3, 4.0), (10, 60.0)]:
+        delays = [backoff_delay(attempt, base=0.5) for _ in range(50)]
+        assert all(ceiling / 2 <= delay <= ceiling for delay in delays)
+        assert len(set(delays)) > 1

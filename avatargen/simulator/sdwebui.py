@@ -148,6 +148,11 @@ def parse_txt2img(body: bytes) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     return params, errors
 
 
+def batch_factor(batch_size: int) -> float:
+    """How much longer a batch takes than one image: the GPU computes a batch's images together."""
+    return 1 + BATCH_COST * (batch_size - 1)
+
+
 def _failure(error: str, detail: str, status: int = 500) -> JSONResponse:
     """The web UI's answer for an exception in a request: `{"error", "detail", "body", "errors"}`."""
     return JSONResponse({"error": error, "detail": detail, "body": "", "errors": detail}, status_code=status)
@@ -236,9 +241,6 @@ class SimulatedSdWebUi:
                                 headers={"WWW-Authenticate": "Basic"})
         return None
 
-    def _batch_factor(self, batch_size: int) -> float:
-        return 1 + BATCH_COST * (batch_size - 1)
-
     async def _txt2img(self, request: Request) -> Response:
         if refusal := self._refuse(request):
             return refusal
@@ -270,7 +272,7 @@ class SimulatedSdWebUi:
         slow = SLOW_FIRST_FACTOR if self._first_job_pending and "sd_slow_first" in self._faults else 1.0
         self._first_job_pending = False
         job = _Job(steps=params["steps"], iterations=params["n_iter"],
-                   step_seconds=self._settings.step_time * self._batch_factor(params["batch_size"]) * slow)
+                   step_seconds=self._settings.step_time * batch_factor(params["batch_size"]) * slow)
         self._job = job
         try:
             await self._compute(job)
