@@ -27,8 +27,11 @@ def cmd_prompts(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    from server.serve import preflight
+
     path = find_config(args.config)
     settings = load_settings(path)
+    preflight(settings)
     where = path if path is not None else "built-in defaults (no config.toml here)"
     print(f"{where}: OK (provider {settings.gpu.provider}, data in {settings.server.data_dir})")
     return 0

@@ -12,7 +12,8 @@ from dataclasses import replace
 
 import uvicorn
 
-from avatargen.config import ConfigError, Settings
+from avatargen.config import Settings
+from avatargen.gpu import paperspace_api_key
 from server.app import create_app
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
@@ -20,10 +21,8 @@ LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 def preflight(settings: Settings) -> None:
     """Problems that would only surface once the generator starts, reported now as config errors."""
-    if settings.gpu.provider == "paperspace" and not settings.gpu.paperspace.api_key():
-        env = settings.gpu.paperspace.api_key_env
-        raise ConfigError(f"the environment variable {env} holding the Paperspace API key is not set",
-                          key="gpu.paperspace.api_key_env", file=settings.path)
+    if settings.gpu.provider == "paperspace":
+        paperspace_api_key(settings)
 
 
 def configure_logging(settings: Settings) -> None:

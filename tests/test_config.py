@@ -176,3 +176,13 @@ def test_cli_config_error_exits_2_without_traceback(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert f"{path}:2: generator.concurency: unknown key; did you mean 'concurrency'?" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["serve", "check-config"])
+def test_missing_paperspace_key_is_a_config_error(tmp_path: Path, command: str) -> None:
+    path = write(tmp_path, '[gpu]\nprovider = "paperspace"\n[gpu.paperspace]\nmachine_id = "ps123"\n'
+                           'api_key_env = "AVATARGEN_TEST_NO_SUCH_KEY"\n')
+    result = subprocess.run([sys.executable, "-m", "server.cli", command, "--config", str(path)],
+                            capture_output=True, text=True, cwd=ROOT, check=False, timeout=60)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "AVATARGEN_TEST_NO_SUCH_KEY" in result.stderr and "gpu.paperspace.api_key_env" in result.stderr

@@ -19,8 +19,18 @@ if TYPE_CHECKING:
 
 __all__ = [
     "OFF", "READY", "AlwaysOnProvider", "MachineError", "MachineTimeout", "PaperspaceClient", "PaperspaceError",
-    "PaperspaceProvider", "Provider", "make_provider",
+    "PaperspaceProvider", "Provider", "make_provider", "paperspace_api_key",
 ]
+
+
+def paperspace_api_key(settings: Settings) -> Secret:
+    """The key from the environment variable the config names; missing is a config error, found early."""
+    api_key = settings.gpu.paperspace.api_key()
+    if not api_key:
+        env = settings.gpu.paperspace.api_key_env
+        raise ConfigError(f"the environment variable {env} holding the Paperspace API key is not set or empty",
+                          key="gpu.paperspace.api_key_env", file=settings.path)
+    return api_key
 
 
 def make_provider(settings: Settings, *, simulated: SimulatedGpu | None = None) -> Provider:
@@ -34,10 +44,6 @@ def make_provider(settings: Settings, *, simulated: SimulatedGpu | None = None) 
         client = PaperspaceClient(simulated.paperspace_url, Secret(simulated.api_key))
         return PaperspaceProvider(client, simulated.machine_id, sd_url=simulated.sd_url, poll_every=gpu.poll_every,
                                   stop_timeout=gpu.stop_timeout, name="simulated")
-    api_key = gpu.paperspace.api_key()
-    if not api_key:
-        raise ConfigError(f"the environment variable {gpu.paperspace.api_key_env} holding the Paperspace API key "
-                          "is not set or empty", key="gpu.paperspace.api_key_env", file=settings.path)
-    client = PaperspaceClient(gpu.paperspace.api_url, api_key)
+    client = PaperspaceClient(gpu.paperspace.api_url, paperspace_api_key(settings))
     return PaperspaceProvider(client, gpu.paperspace.machine_id, sd_url=settings.sd.url, poll_every=gpu.poll_every,
                               stop_timeout=gpu.stop_timeout)
