@@ -200,3 +200,32 @@ async def test_healthz(server: tuple[httpx.AsyncClient, Path]) -> None:
     client, _ = server
     response = await client.get("/healthz", headers={"Authorization": ""})
     assert response.status_code == 200 and response.json()["status"] == "ok"
+
+
+async def test_generated_token_is_kept_in_a_private_file_and_reused(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AVATARGEN_ADMIN_TOKEN", raising=False)
+    settings = fast_settings(tmp_path)
+    token_file = tmp_path / "data" / "admin_token"
+    async with serving(settings) as (url, _app), httpx.AsyncClient(base_url=url) as client:
+        token = token_file.read_text().strip()
+        assert token_file.stat().st_mode & 0o777 == 0o600 and len(token) >= 32
+        response = await client.get("/admin/api/status", headers={"Authorization": f"Bearer {token}"})
+        assert response.status_code == 200
+    async with serving(settings) as (url, _app), httpx.AsyncClient(base_url=url) as client:
+        assert token_file.read_text().strip() == token  # a restart keeps the owner's TUI working
+        response = await client.get("/admin/api/status", headers={"Authorization": f"Bearer {token}"})
+        assert response.status_code == 200
+
+
+async def test_event_stream_sends_heartbeats(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("server.admin.HEARTBEAT_SECONDS", 0.05)
+    settings = fast_settings(tmp_path, admin__token=TOKEN)
+    async with serving(settings) as (url, _app), httpx.AsyncClient(base_url=url, headers=AUTH) as client:
+        async with client.stream("GET", "/admin/api/events") as response:
+            pings = 0
+            async for line in response.aiter_lines():
+                pings += line == ": ping"
+                if pings == 2:
+                    break
+        assert pings == 2
