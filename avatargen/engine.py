@@ -37,6 +37,10 @@ class RunActive(Exception):
     """A run is already under way."""
 
 
+class NothingToDo(Exception):
+    """Every bucket asked for is already at its max: booting a machine would only cost money."""
+
+
 class NotRunning(Exception):
     """There is no run to abort."""
 
@@ -195,6 +199,8 @@ class RefillEngine:
             raise ValueError(f"unknown bucket {unknown[0]!r}; buckets are unique and fallback")
         levels = self.levels()
         targets = {name: max(0, levels[name]["max"] - levels[name]["count"]) for name in names}
+        if not any(targets.values()):
+            raise NothingToDo(f"{' and '.join(names)} already at max: nothing to generate")
         if trigger == "manual":
             self._auto_failures = 0
         run = Run(trigger=trigger, targets=targets, hourly_cost=self.settings.gpu.hourly_cost,  # type: ignore[arg-type]

@@ -20,7 +20,7 @@ from starlette.routing import Route
 from avatargen import prompts as prompt_composer
 from avatargen.buckets import ImageNotFound, check_id
 from avatargen.config import ConfigError, update_prompts
-from avatargen.engine import NotRunning, RunActive
+from avatargen.engine import NothingToDo, NotRunning, RunActive
 from avatargen.events import ListenerTooSlow
 from server.services import Services
 
@@ -218,7 +218,7 @@ async def refill(request: Request) -> Response:
         return error(503, state.generator_elsewhere or "the generator is not running")
     try:
         run = engine.refill(names or None)
-    except RunActive as exc:
+    except (RunActive, NothingToDo) as exc:
         return error(409, str(exc))
     return JSONResponse({"run": run.to_dict()}, status_code=202)
 

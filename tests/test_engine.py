@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from avatargen.config import Secret
-from avatargen.engine import NotRunning, RefillEngine, RunActive
+from avatargen.engine import NothingToDo, NotRunning, RefillEngine, RunActive
 from avatargen.events import Subscription
 from avatargen.gpu.paperspace import PaperspaceClient
 from avatargen.imaging import placeholder_webp
@@ -60,7 +60,7 @@ async def test_one_run_fills_both_buckets_to_max_and_ends_with_machine_off(tmp_p
 
 
 async def test_refill_named_bucket_only_and_409_while_active(tmp_path: Path) -> None:
-    async with running_engine(fast_settings(tmp_path)) as (engine, _gpu):
+    async with running_engine(fast_settings(tmp_path)) as (engine, gpu):
         with engine.events.subscribe() as subscription:
             engine.refill(["unique"])
             with pytest.raises(RunActive):
@@ -69,6 +69,9 @@ async def test_refill_named_bucket_only_and_409_while_active(tmp_path: Path) -> 
         assert engine.buckets["unique"].count() == 4 and engine.buckets["fallback"].count() == 0
         with pytest.raises(NotRunning):
             engine.abort()
+        with pytest.raises(NothingToDo, match="unique already at max"):
+            engine.refill(["unique"])  # a machine would boot for nothing
+        assert gpu.machine.billed_seconds == pytest.approx(engine.last_run.billed_seconds(), abs=0.3)
 
 
 @pytest.mark.parametrize("when", ["booting", "generating"])
