@@ -259,6 +259,11 @@ class Settings:
     # Where the settings came from (None: built-in defaults); not a config key.
     path: Path | None = field(default=None, metadata={"internal": True})
 
+    @property
+    def admin_token_file(self) -> Path:
+        """Where the server keeps a generated admin token, and where the TUI looks for it."""
+        return self.server.data_dir / "admin_token"
+
     def admin_token(self) -> Secret:
         """The configured admin token: AVATARGEN_ADMIN_TOKEN wins over the file; may be empty."""
         return Secret(os.environ.get("AVATARGEN_ADMIN_TOKEN", "")) or self.admin.token

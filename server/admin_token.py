@@ -8,15 +8,8 @@ from __future__ import annotations
 
 import os
 import secrets
-from pathlib import Path
 
 from avatargen.config import Secret, Settings
-
-TOKEN_FILE = "admin_token"
-
-
-def token_file(settings: Settings) -> Path:
-    return settings.server.data_dir / TOKEN_FILE
 
 
 def resolve_admin_token(settings: Settings) -> tuple[Secret, str]:
@@ -25,7 +18,7 @@ def resolve_admin_token(settings: Settings) -> tuple[Secret, str]:
         return settings.admin_token(), "from the AVATARGEN_ADMIN_TOKEN environment variable"
     if settings.admin.token:
         return settings.admin.token, f"from [admin] token in {settings.path}"
-    path = token_file(settings)
+    path = settings.admin_token_file
     if path.is_file():
         existing = path.read_text(encoding="utf-8").strip()
         if existing:

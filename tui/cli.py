@@ -34,10 +34,6 @@ def server_url(settings: Settings) -> str:
     return f"http://{host}:{settings.server.port}"
 
 
-def token_file(settings: Settings) -> Path:
-    return settings.server.data_dir / "admin_token"
-
-
 def find_token(explicit: str | None, settings: Settings) -> str:
     """--token, else AVATARGEN_ADMIN_TOKEN, else [admin] token, else the server's generated token file."""
     if explicit:
@@ -45,7 +41,7 @@ def find_token(explicit: str | None, settings: Settings) -> str:
     configured = settings.admin_token().reveal()
     if configured:
         return configured
-    path = token_file(settings)
+    path = settings.admin_token_file
     try:
         token = path.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
