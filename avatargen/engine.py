@@ -232,9 +232,10 @@ class RefillEngine:
 
     async def _execute(self, run: Run) -> None:
         sd: SdClient | None = None
+        run_limit = asyncio.timeout(self.settings.generator.max_run_duration)
         try:
             try:
-                async with asyncio.timeout(self.settings.generator.max_run_duration):
+                async with run_limit:
                     sd = await self._boot(run)
                     await self._generate(run, sd)
                 run.outcome = "completed"
@@ -243,15 +244,16 @@ class RefillEngine:
                     raise
                 asyncio.current_task().uncancel()  # type: ignore[union-attr]
                 run.outcome, run.error = "aborted", self._abort_reason
-            except TimeoutError:
-                run.outcome = "failed"
-                limit = format_duration(self.settings.generator.max_run_duration)
-                run.error = f"the run exceeded max_run_duration ({limit})"
             except Exception as exc:  # anything at all: the machine must still be stopped
                 cause = _innermost(exc)
-                run.outcome, run.error = "failed", str(cause) or type(cause).__name__
-                if not isinstance(cause, RunFailed | SdError):
-                    log.error("run %s failed", run.id, exc_info=cause)
+                run.outcome = "failed"
+                if isinstance(cause, TimeoutError) and run_limit.expired():
+                    limit = format_duration(self.settings.generator.max_run_duration)
+                    run.error = f"the run exceeded max_run_duration ({limit})"
+                else:
+                    run.error = str(cause) or type(cause).__name__
+                    if not isinstance(cause, RunFailed | SdError):
+                        log.error("run %s failed", run.id, exc_info=cause)
         finally:
             if run.outcome is None:
                 run.outcome, run.error = "aborted", "cancelled"
@@ -379,7 +381,7 @@ class RefillEngine:
         """The SD job's own step progress, for the live progress bar (failures here are harmless)."""
         while True:
             await asyncio.sleep(PROGRESS_POLL)
-            with contextlib.suppress(SdError, SdNotReady):
+            with contextlib.suppress(Exception):  # only the live progress bar depends on it
                 progress = await sd.progress()
                 run.step = Step(progress.sampling_step, progress.sampling_steps, round(progress.progress, 3))
                 self._publish_progress(run)

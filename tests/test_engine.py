@@ -112,6 +112,15 @@ async def test_boot_timeout_fails_and_stops(tmp_path: Path) -> None:
         assert run["done"] == 0 and gpu.machine.state == "off"
 
 
+async def test_a_run_past_max_run_duration_is_ended_and_stops(tmp_path: Path) -> None:
+    settings = fast_settings(tmp_path, generator__max_run_duration="2s", buckets__fallback__max=500,
+                             gpu__simulated__step_time="10ms")
+    async with running_engine(settings) as (engine, gpu):
+        run, _ = await run_to_end(engine)
+        assert run["outcome"] == "failed" and run["error"] == "the run exceeded max_run_duration (2s)"
+        assert 0 < run["done"] < 504 and gpu.machine.state == "off"
+
+
 async def test_failing_start_event_fails_fast_and_stops(tmp_path: Path) -> None:
     settings = fast_settings(tmp_path, gpu__ready_timeout="10m", gpu__simulated__faults=["start_error"])
     async with running_engine(settings) as (engine, gpu):
