@@ -14,6 +14,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from avatargen.buckets import Bucket
@@ -72,6 +73,14 @@ def cost_summary(settings: Settings, ledger: CostLedger) -> dict[str, float]:
         "billed_seconds_today": round(spend.billed_seconds_today, 1),
         "billed_seconds_month": round(spend.billed_seconds_month, 1),
     }
+
+
+@dataclass
+class _Failures:
+    """Failed image requests, shared by a run's request workers."""
+
+    consecutive: int = 0
+    last: str = ""
 
 
 async def _uncancellable(work: Coroutine[Any, Any, None]) -> None:
@@ -291,7 +300,7 @@ class RefillEngine:
         self._publish_state()
         log.info("generating %d images", run.total)
         unassigned = dict(run.targets)
-        failures = [0]  # consecutive failed requests, shared by the workers
+        failures = _Failures()
 
         def reserve() -> tuple[str, int] | None:
             for name, missing in unassigned.items():
@@ -313,8 +322,10 @@ class RefillEngine:
         finally:
             poller.cancel()
             run.step = None
+        if run.done == 0 and run.failed > 0:
+            raise RunFailed(f"no image could be made; last error: {failures.last}")
 
-    async def _fill(self, run: Run, sd: SdClient, bucket_name: str, count: int, failures: list[int]) -> None:
+    async def _fill(self, run: Run, sd: SdClient, bucket_name: str, count: int, failures: _Failures) -> None:
         """One request of `count` images for a bucket, retried with backoff; never more than reserved."""
         retries = self.settings.generator.image_retries
         for attempt in range(retries + 1):
@@ -325,14 +336,17 @@ class RefillEngine:
                 result = await sd.txt2img(prompt.text, batch_size=count)
                 avatars = await asyncio.to_thread(self._to_avatars, result.images[:count])
             except (SdError, ValueError) as exc:
-                failures[0] += 1
-                log.warning("image request failed (%d in a row): %s", failures[0], exc)
-                if failures[0] >= self.settings.generator.max_consecutive_failures:
-                    raise RunFailed(f"{failures[0]} image requests failed in a row; last error: {exc}") from None
+                failures.consecutive += 1
+                failures.last = str(exc)
+                log.warning("image request failed (%d in a row): %s", failures.consecutive, exc)
+                if failures.consecutive >= self.settings.generator.max_consecutive_failures:
+                    run.failed += count
+                    raise RunFailed(f"{failures.consecutive} image requests failed in a row; last error: {exc}"
+                                    ) from None
                 if attempt < retries:
                     await asyncio.sleep(min(30.0, 0.5 * 2**attempt))
                 continue
-            failures[0] = 0
+            failures.consecutive = 0
             seconds = (time.monotonic() - started) / max(1, len(avatars))
             for index, webp in enumerate(avatars):
                 seed = result.seeds[index] if index < len(result.seeds) else -1

@@ -59,7 +59,7 @@ SETTLE_POLLS = 6  # poll periods to wait before reading the billed seconds again
 FALLBACK_IMAGES = 5
 VISITOR_PAUSE = 0.02
 ROW_TIMEOUT = 60.0
-ERROR_QUOTE = 60  # characters of a run's error shown in the table
+ERROR_QUOTE = 100  # characters of a run's error shown in the table
 
 
 class Visitors:

@@ -183,15 +183,17 @@ def avatargen_server(config: Path, log: Path, *, port: int | None = None,
 class Simulator:
     """`python -m avatargen.simulator` as its own process: a machine that outlives any avatargen process.
 
-    Its faults strike the benchmark's own requests too, so those are retried as a client would.
+    It runs at the lowest CPU priority (nice 19): it stands for a remote machine, so drawing its images
+    must not take CPU from the server being measured. Its faults strike the benchmark's own requests
+    too, so those are retried as a client would.
     """
 
     def __init__(self, log: Path, *, boot_delay: str, stop_delay: str, sd_boot_delay: str, step_time: str,
                  faults: Sequence[str] = ()) -> None:
         self.log = log
-        self.command = [sys.executable, "-m", "avatargen.simulator", "--boot-delay", boot_delay,
-                        "--stop-delay", stop_delay, "--sd-boot-delay", sd_boot_delay, "--step-time", step_time,
-                        *(arg for name in faults for arg in ("--fault", name))]
+        self.command = ["nice", "-n", "19", sys.executable, "-m", "avatargen.simulator",
+                        "--boot-delay", boot_delay, "--stop-delay", stop_delay, "--sd-boot-delay", sd_boot_delay,
+                        "--step-time", step_time, *(arg for name in faults for arg in ("--fault", name))]
         self.process: subprocess.Popen[str] | None = None
         self.info: dict[str, str] = {}
 

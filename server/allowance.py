@@ -102,13 +102,16 @@ class Allowance:
         if len(self._served) > _REMEMBERED_VISITORS:
             del self._served[next(iter(self._served))]
 
+    def token_may_be_due(self) -> bool:
+        """False when this process knows no unique can be given to anyone yet; no I/O, no visitor needed."""
+        return self.burst >= 1 and self.clock() >= self._next_token_at
+
     def may_grant(self, visitor: str) -> bool:
         """False when this process already knows `grant` would refuse; no I/O, for the request path."""
-        now = self.clock()
-        if self.burst < 1 or now < self._next_token_at:
+        if not self.token_may_be_due():
             return False
         granted_at = self._served.get(visitor)
-        return granted_at is None or granted_at <= now - self.window
+        return granted_at is None or granted_at <= self.clock() - self.window
 
     def grant(self, visitor: str) -> bool:
         """Take a token for this visitor if one is available and the visitor had no unique this window.

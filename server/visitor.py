@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import OrderedDict
@@ -35,6 +36,29 @@ DEMO_PAGE = Path(__file__).parent / "static" / "index.html"
 PLACEHOLDER_MAX_AGE = 60
 # Fallback images kept in memory; each is a few kB, and hot ones would otherwise be re-read per request.
 FALLBACK_CACHE_SIZE = 256
+
+
+@functools.lru_cache(maxsize=256)
+def http_date(text: str) -> float | None:
+    """An HTTP date as a timestamp, or None. Cached: browsers send back the Last-Modified they were given,
+    so a few distinct values make up most If-Modified-Since headers, and parsing is the 304 path's cost."""
+    try:
+        moment = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+@functools.lru_cache(maxsize=2)
+def _http_date_of(second: int) -> str:
+    return formatdate(second, usegmt=True)
+
+
+def http_now() -> str:
+    """The current time as an HTTP date, formatted once per second rather than once per request."""
+    return _http_date_of(int(time.time()))
 
 
 class _RecentImages:
@@ -75,7 +99,8 @@ class VisitorService:
         self.fallback = buckets["fallback"]
         self.max_age = settings.serving.cache_max_age
         self._cache_control = f"private, max-age={int(self.max_age)}"
-        self._recent = _RecentImages(FALLBACK_CACHE_SIZE)
+        # Room for the whole fallback bucket (a few MB): a miss means a file read in a worker thread.
+        self._recent = _RecentImages(max(FALLBACK_CACHE_SIZE, settings.buckets.fallback.max))
         self._allowance: Allowance | None = None
         self._page = b""
         self._sweeper: asyncio.Task[None] | None = None
@@ -119,7 +144,8 @@ class VisitorService:
         if self._still_fresh(request.headers.get("if-modified-since")):
             return Response(status_code=304, headers={"Cache-Control": self._cache_control})
         sends_body = request.method == "GET"
-        if sends_body:
+        # The visitor's key is only worked out when a unique could be given at all (the hot path skips it).
+        if sends_body and self.unique.count() and self.allowance.token_may_be_due():
             claim = await self._claim_unique(visitor_key(request.client.host if request.client else None))
             if claim is not None:
                 return self._image_response(claim.image, "unique", claim.id,
@@ -142,20 +168,12 @@ class VisitorService:
 
     def _still_fresh(self, if_modified_since: str | None) -> bool:
         """Whether the visitor's copy is younger than cache_max_age: it may keep it (304)."""
-        if not if_modified_since:
-            return False
-        try:
-            since = parsedate_to_datetime(if_modified_since)
-        except (TypeError, ValueError, IndexError):
-            return False
-        if since.tzinfo is None:
-            since = since.replace(tzinfo=UTC)
-        age = time.time() - since.timestamp()
-        return 0 <= age < self.max_age
+        since = http_date(if_modified_since) if if_modified_since else None
+        return since is not None and 0 <= time.time() - since < self.max_age
 
     async def _claim_unique(self, visitor: str) -> Claim | None:
         """A unique for this visitor if the allowance grants one and one is left (checked in memory first)."""
-        if self.unique.count() == 0 or not self.allowance.may_grant(visitor):
+        if not self.allowance.may_grant(visitor):
             return None
         return await asyncio.to_thread(self._grant_and_claim, visitor)
 
@@ -205,7 +223,7 @@ class VisitorService:
                         background: BackgroundTask | None) -> Response:
         headers = {
             "Cache-Control": self._cache_control,
-            "Last-Modified": formatdate(time.time(), usegmt=True),
+            "Last-Modified": http_now(),
             "X-Avatar-Kind": kind,
             "X-Avatar-Id": image_id,
         }

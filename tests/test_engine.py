@@ -137,7 +137,16 @@ async def test_sd_errors_end_the_run_after_consecutive_failures(tmp_path: Path) 
         run, _ = await run_to_end(engine)
         assert run["outcome"] == "failed"
         assert "3 image requests failed in a row" in run["error"] and "out of memory" in run["error"].lower()
-        assert run["done"] == 0 and gpu.machine.state == "off"
+        assert run["done"] == 0 and run["failed"] >= 2 and gpu.machine.state == "off"
+
+
+async def test_a_run_that_stored_nothing_is_failed_not_completed(tmp_path: Path) -> None:
+    settings = fast_settings(tmp_path, generator__max_consecutive_failures=10, generator__image_retries=0,
+                             gpu__simulated__faults=["sd_500"])
+    async with running_engine(settings) as (engine, gpu):
+        run, _ = await run_to_end(engine, ["unique"])  # 2 requests of 2: fewer failures than the limit
+        assert run["outcome"] == "failed" and run["error"].startswith("no image could be made; last error:")
+        assert (run["done"], run["failed"]) == (0, 4) and gpu.machine.state == "off"
 
 
 @pytest.mark.parametrize("fault", ["sd_invalid_image", "sd_garbage"])
