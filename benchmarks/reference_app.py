@@ -22,6 +22,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from avatargen.config import ServerSettings, ServingSettings
+from server.serve import uvicorn_options
 
 
 def create_reference_app(image: bytes, image_id: str, max_age: float) -> Starlette:
@@ -44,10 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args(argv)
     app = create_reference_app(args.image.read_bytes(), args.id, ServingSettings().cache_max_age)
-    server = ServerSettings()
-    uvicorn.run(app, host="127.0.0.1", port=args.port, proxy_headers=True,
-                forwarded_allow_ips=list(server.trusted_proxies), timeout_graceful_shutdown=3, access_log=False,
-                log_level="warning")
+    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", **uvicorn_options(ServerSettings()))
     return 0
 
 

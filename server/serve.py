@@ -9,10 +9,11 @@ from __future__ import annotations
 import logging
 import logging.handlers
 from dataclasses import replace
+from typing import Any
 
 import uvicorn
 
-from avatargen.config import Settings
+from avatargen.config import ServerSettings, Settings
 from avatargen.gpu import paperspace_api_key
 from server.app import create_app
 
@@ -39,6 +40,16 @@ def configure_logging(settings: Settings) -> None:
         root.addHandler(handler)
 
 
+def uvicorn_options(server: ServerSettings) -> dict[str, Any]:
+    """How `avatargen serve` runs uvicorn; the benchmarks' reference servers use the same options."""
+    return {
+        "proxy_headers": True,
+        "forwarded_allow_ips": list(server.trusted_proxies),  # X-Forwarded-For believed only from these
+        "timeout_graceful_shutdown": 3,  # event streams never end by themselves
+        "access_log": False,
+    }
+
+
 def serve(settings: Settings, host: str | None = None, port: int | None = None) -> int:
     server_settings = replace(settings.server, host=host or settings.server.host,
                               port=settings.server.port if port is None else port)
@@ -48,16 +59,8 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None) 
     logging.getLogger("avatargen.server").info(
         "listening on http://%s:%d (config: %s)", server_settings.host, server_settings.port,
         settings.path or "built-in defaults")
-    config = uvicorn.Config(
-        create_app(settings),
-        host=server_settings.host,
-        port=server_settings.port,
-        proxy_headers=True,
-        forwarded_allow_ips=list(server_settings.trusted_proxies),
-        timeout_graceful_shutdown=3,
-        access_log=False,
-        log_level="info",
-    )
+    config = uvicorn.Config(create_app(settings), host=server_settings.host, port=server_settings.port,
+                            log_level="info", **uvicorn_options(server_settings))
     server = uvicorn.Server(config)
     server.run()
     return 0 if server.started else 1

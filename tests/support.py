@@ -21,6 +21,7 @@ from avatargen.gpu import make_provider
 from avatargen.ledger import CostLedger
 from avatargen.simulator.runner import SimulatedGpu
 from server.app import create_app
+from server.serve import uvicorn_options
 
 FAST: dict[str, Any] = {
     "server": {"data_dir": "data", "port": 0},
@@ -103,8 +104,7 @@ async def wait_until(condition: Callable[[], bool], timeout: float = 20.0, every
 async def serving(settings: Settings) -> AsyncIterator[tuple[str, Starlette]]:
     """The real app under uvicorn on a loopback port, proxy headers trusted as `avatargen serve` does."""
     app = create_app(settings)
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, proxy_headers=True, log_level="warning",
-                            forwarded_allow_ips=list(settings.server.trusted_proxies), timeout_graceful_shutdown=1)
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", **uvicorn_options(settings.server))
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     await wait_until(lambda: server.started or task.done())
