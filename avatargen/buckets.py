@@ -281,12 +281,13 @@ class Bucket:
 
     # --- writing -------------------------------------------------------------------------------------
 
-    def publish(self, image: bytes, metadata: dict[str, Any]) -> ImageRecord:
+    def publish(self, image: bytes, metadata: dict[str, Any], *, prepared: bytes | None = None) -> ImageRecord:
         """Store a WebP image with its metadata, atomically: it is visible complete, with its sidecar, or not at all.
 
         Each file (sidecar, framed copy if the bucket frames, image) is written under `.tmp/`, fsynced
         and renamed into place, in that order: a visible image always has its metadata, and a claimer
-        always finds its framed copy. `created_at` (ISO 8601 UTC) is added when missing.
+        always finds its framed copy. `created_at` (ISO 8601 UTC) is added when missing. `prepared` is
+        the framed copy when the caller already made it (the generator does, off the server's process).
         """
         if sniff_format(image) != "WEBP":
             raise ValueError(f"the {self.name} bucket stores WebP images; got data starting {image[:12]!r}")
@@ -300,7 +301,7 @@ class Bucket:
             raise ValueError(f"image metadata must be JSON with an ISO 8601 created_at: {exc}") from None
         files = [(sidecar, self._meta_path(image_id))]
         if self.prepare is not None:
-            files.append((self.prepare(image), self._framed_path(image_id)))
+            files.append((self.prepare(image) if prepared is None else prepared, self._framed_path(image_id)))
         files.append((image, self._image_path(image_id)))
         placed: list[Path] = []
         try:

@@ -11,9 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import multiprocessing
 import random
 import time
 from collections.abc import Callable, Coroutine, Mapping
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +25,7 @@ from avatargen.config import PromptSettings, Settings
 from avatargen.durations import format_duration
 from avatargen.events import EventHub
 from avatargen.gpu.base import Provider
-from avatargen.imaging import decode_image, to_avatar_webp
+from avatargen.imaging import make_avatars
 from avatargen.ledger import CostLedger
 from avatargen.prompts import compose
 from avatargen.run import Run, State, Step, iso
@@ -126,6 +129,7 @@ class RefillEngine:
         self._auto_failures = 0
         self._abort_reason: str | None = None
         self._closing = False
+        self._imaging: ProcessPoolExecutor | None = None
         self.next_check_at: float | None = None
         self.paused_reason: str | None = None
         self.machine_state: str | None = None
@@ -190,6 +194,8 @@ class RefillEngine:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._scheduler
         await self.provider.aclose()
+        if self._imaging is not None:
+            self._imaging.shutdown(cancel_futures=True)
 
     async def wait_idle(self) -> None:
         await self._idle.wait()
@@ -334,7 +340,7 @@ class RefillEngine:
             started = time.monotonic()
             try:
                 result = await sd.txt2img(prompt.text, batch_size=count)
-                avatars = await asyncio.to_thread(self._to_avatars, result.images[:count])
+                avatars = await self._make_avatars(bucket_name, result.images[:count])
             except (SdError, ValueError) as exc:
                 failures.consecutive += 1
                 failures.last = str(exc)
@@ -348,21 +354,31 @@ class RefillEngine:
                 continue
             failures.consecutive = 0
             seconds = (time.monotonic() - started) / max(1, len(avatars))
-            for index, webp in enumerate(avatars):
+            for index, (webp, framed) in enumerate(avatars):
                 seed = result.seeds[index] if index < len(result.seeds) else -1
-                await _uncancellable(self._store(run, bucket_name, webp, prompt.text, seed, seconds, result.info))
+                await _uncancellable(self._store(run, bucket_name, webp, framed, prompt.text, seed, seconds,
+                                                 result.info))
             run.failed += count - len(avatars)
             return
         run.failed += count
         self._publish_progress(run)
 
-    def _to_avatars(self, images: list[str]) -> list[bytes]:
-        """Decode, resize and encode (CPU work: runs in a worker thread)."""
-        size, quality = self.settings.generator.image_size, self.settings.generator.webp_quality
-        return [to_avatar_webp(decode_image(data), size, quality) for data in images]
+    async def _make_avatars(self, bucket_name: str, images: list[str]) -> list[tuple[bytes, bytes | None]]:
+        """Decode, resize, encode (and frame, for uniques) in the imaging process: CPU work that would
+        otherwise hold the GIL against the event loop serving visitors."""
+        if self._imaging is None:
+            self._imaging = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        generator = self.settings.generator
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                self._imaging, make_avatars, images, generator.image_size, generator.webp_quality,
+                self.buckets[bucket_name].prepare)
+        except BrokenProcessPool:
+            self._imaging = None  # the next request starts a fresh one
+            raise RunFailed("the imaging process died") from None
 
-    async def _store(self, run: Run, bucket_name: str, webp: bytes, prompt: str, seed: int, seconds: float,
-                     info: Mapping[str, Any]) -> None:
+    async def _store(self, run: Run, bucket_name: str, webp: bytes, framed: bytes | None, prompt: str, seed: int,
+                     seconds: float, info: Mapping[str, Any]) -> None:
         sd = self.settings.sd
         metadata = {
             "prompt": prompt,
@@ -378,7 +394,7 @@ class RefillEngine:
             "run_id": run.id,
         }
         bucket = self.buckets[bucket_name]
-        record = await asyncio.to_thread(bucket.publish, webp, metadata)
+        record = await asyncio.to_thread(bucket.publish, webp, metadata, prepared=framed)
         run.done += 1
         self.events.publish("image", {
             "id": record.id,

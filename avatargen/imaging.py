@@ -11,6 +11,7 @@ import base64
 import binascii
 import functools
 import io
+from collections.abc import Callable
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
@@ -168,3 +169,15 @@ def placeholder_webp(size: int) -> bytes:
     draw.ellipse((edge * 0.16, edge * 0.66, edge * 0.84, edge * 1.30), fill=figure)
     small = image.resize((size, size), Image.Resampling.LANCZOS)
     return encode_webp(small, 80)
+
+
+def make_avatars(images: list[str], size: int, quality: int,
+                 prepare: Callable[[bytes], bytes] | None) -> list[tuple[bytes, bytes | None]]:
+    """The stored avatars for a batch of SD's base64 images, each with its prepared (framed) copy when the
+    bucket wants one. All the CPU work of a generated image, in one call: the generator runs it in a
+    process of its own, so the visitors' event loop never waits behind it for the GIL."""
+    avatars = []
+    for data in images:
+        webp = to_avatar_webp(decode_image(data), size, quality)
+        avatars.append((webp, prepare(webp) if prepare is not None else None))
+    return avatars

@@ -13,7 +13,7 @@ from avatargen.config import Secret
 from avatargen.engine import NothingToDo, NotRunning, RefillEngine, RunActive
 from avatargen.events import Subscription
 from avatargen.gpu.paperspace import PaperspaceClient
-from avatargen.imaging import placeholder_webp
+from avatargen.imaging import frame_unique, placeholder_webp
 from avatargen.ledger import CostLedger
 from avatargen.lock import GeneratorLock
 from tests.support import fast_settings, running_engine, wait_for_event, wait_until
@@ -51,6 +51,10 @@ async def test_one_run_fills_both_buckets_to_max_and_ends_with_machine_off(tmp_p
         assert engine.buckets["unique"].count() == 4 and engine.buckets["fallback"].count() == 5
         assert gpu.machine.state == "off"
         assert run["billed_seconds"] > 0.3  # at least the boot delay
+        unique = engine.buckets["unique"]
+        for record in unique.newest(3):  # framed in the imaging process, exactly as a visitor's claim would
+            framed = (unique.directory / ".framed" / f"{record.id}.webp").read_bytes()
+            assert framed == frame_unique(unique.read(record.id), settings.generator.webp_quality)
         newest = engine.buckets["fallback"].newest(1)[0]
         assert newest.metadata["prompt"].startswith(("A ", "An ")) and " of cjs" in newest.metadata["prompt"]
         assert newest.metadata["backend"] == "simulated" and isinstance(newest.metadata["seed"], int)
