@@ -7,11 +7,12 @@ time the machine ran unattended is billed too. Days and months are UTC.
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+
+from avatargen import sqlite
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS machine_time (
@@ -33,9 +34,7 @@ class Spend:
 
 class CostLedger:
     def __init__(self, path: Path, hourly_cost: float) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db = sqlite.connect(path)
         self._db.execute(_SCHEMA)
         self.hourly_cost = hourly_cost
 

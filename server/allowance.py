@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from avatargen import sqlite
 from avatargen.config import ServingSettings
 
 _SCHEMA = (
@@ -49,11 +50,8 @@ class Allowance:
         self._next_token_at = float("-inf")
         self._next_retire_at = float("-inf")
         self._served: dict[str, float] = {}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
+        self._db = sqlite.connect(self.path)
         try:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
             with self._transaction() as db:
                 for statement in _SCHEMA:
                     db.execute(statement)
