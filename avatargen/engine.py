@@ -503,13 +503,13 @@ class RefillEngine:
 
     async def _find_orphan(self) -> bool:
         """True when the machine is on while no run is active: a crash left it running."""
-        if not self.provider.bills:
-            return False
         try:
             self.machine_state = await self.provider.machine_state()
         except Exception as exc:
             log.error("cannot read the machine's state at start-up: %s", exc)
             return False
+        if not self.provider.bills:
+            return False  # a machine that is always on is no orphan
         if self.machine_state == "off":
             self._close_interrupted_billing()
             return False

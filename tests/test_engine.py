@@ -9,13 +9,16 @@ from pathlib import Path
 
 import pytest
 
+from avatargen.buckets import open_buckets
 from avatargen.config import Secret
 from avatargen.engine import NothingToDo, NotRunning, RefillEngine, RunActive
-from avatargen.events import Subscription
+from avatargen.events import EventHub, Subscription
+from avatargen.gpu import make_provider
 from avatargen.gpu.paperspace import PaperspaceClient
 from avatargen.imaging import frame_unique, placeholder_webp
 from avatargen.ledger import CostLedger
 from avatargen.lock import GeneratorLock
+from avatargen.simulator.runner import SimulatedGpu
 from tests.support import fast_settings, running_engine, wait_for_event, wait_until
 
 
@@ -272,3 +275,28 @@ def test_only_one_generator_per_data_directory(tmp_path: Path) -> None:
     finally:
         holder.communicate("")
     assert GeneratorLock(tmp_path).acquire() is True  # released when its holder exits
+
+
+async def test_always_on_machine_is_used_as_it_is_never_started_or_stopped(tmp_path: Path) -> None:
+    base = fast_settings(tmp_path)
+    async with SimulatedGpu(base.gpu.simulated) as gpu:
+        client = PaperspaceClient(gpu.paperspace_url, Secret(gpu.api_key))
+        await client.start(gpu.machine_id)  # the owner's own machine, up before avatargen starts
+        await client.aclose()
+        await wait_until(lambda: gpu.machine.state == "ready")
+        settings = fast_settings(tmp_path, gpu__provider="always_on", sd__url=gpu.sd_url)
+        buckets = open_buckets(settings)
+        ledger = CostLedger(settings.server.data_dir / "ledger.sqlite3", settings.gpu.hourly_cost)
+        engine = RefillEngine(settings, buckets, make_provider(settings), ledger, EventHub())
+        await engine.start()
+        try:
+            run, states = await run_to_end(engine, ["unique"])
+            assert engine.status()["gpu"] == {"provider": "always_on", "machine_state": "ready"}
+            assert engine.status()["cost"]["today"] == 0
+        finally:
+            await engine.close()
+            ledger.close_db()
+        assert states == ["booting", "generating", "shutting_down", "idle"]
+        assert run["outcome"] == "completed" and run["done"] == 4
+        assert run["billed_seconds"] == 0 and run["cost"] == 0
+        assert gpu.machine.state == "ready"  # left on: it is not ours to stop

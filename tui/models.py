@@ -212,7 +212,7 @@ def _status(data: Mapping[str, Any]) -> Status:
         last_run=_optional(data.get("last_run"), _last_run),
         buckets=_buckets(data["buckets"]),
         provider=str(gpu.get("provider", "")),
-        machine_state=str(gpu.get("machine_state", "")),
+        machine_state=str(gpu.get("machine_state") or "unknown"),
         cost=_cost(data["cost"]),
         next_check_at=_optional(data.get("next_check_at"), _time),
         paused_reason=data.get("paused_reason"),
