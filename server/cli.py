@@ -1,4 +1,4 @@
-"""The `avatargen` command: serve, prompts, check-config, simulate."""
+"""The `avatargen` command: serve, prompts, check-config, simulate, and the owner's status, refill, abort."""
 
 from __future__ import annotations
 
@@ -6,11 +6,13 @@ import argparse
 import asyncio
 import contextlib
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from avatargen import prompts
 from avatargen.config import ConfigError, Settings, find_config, load_settings
+from tui.client import AdminClient, AdminError, Unreachable
+from tui.models import Run
 
 EXIT_CONFIG = 2
 
@@ -53,6 +55,71 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _as_owner(args: argparse.Namespace, action: Callable[[AdminClient], Awaitable[str]]) -> int:
+    """Run one admin API call as the TUI would (same URL and token lookup) and print its answer."""
+    from tui.cli import TokenError, find_token, server_url
+
+    settings = _load(args)
+    try:
+        token = find_token(args.token, settings)
+    except TokenError as exc:
+        print(f"avatargen: {exc}", file=sys.stderr)
+        return 1
+
+    async def call() -> str:
+        client = AdminClient(args.url or server_url(settings), token)
+        try:
+            return await action(client)
+        finally:
+            await client.aclose()
+
+    try:
+        print(asyncio.run(call()))
+    except (AdminError, Unreachable) as exc:
+        print(f"avatargen: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _describe_run(run: Run) -> str:
+    targets = ", ".join(f"{count} {name}" for name, count in run.targets.items())
+    return f"run {run.id} ({run.trigger}, {run.state}): {run.done}/{run.total} done, {run.failed} failed; {targets}"
+
+
+async def _status(client: AdminClient) -> str:
+    status = await client.status()
+    lines = [f"state: {status.state.replace('_', ' ')} (machine {status.machine_state}, {status.provider})"]
+    lines += [f"{name}: {level.count} (min {level.min}, max {level.max})" for name, level in status.buckets.items()]
+    if status.run is not None:
+        lines.append(_describe_run(status.run))
+    if status.last_run is not None:
+        last = status.last_run
+        lines.append(f"last run {last.run.id}: {last.outcome}" + (f" ({last.error})" if last.error else ""))
+    lines.append(f"spent today {status.cost.today:.2f} of {status.cost.daily_budget:.2f}, "
+                 f"this month {status.cost.month:.2f}")
+    if status.paused_reason:
+        lines.append(f"automatic refills paused: {status.paused_reason}")
+    return "\n".join(lines)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    return _as_owner(args, _status)
+
+
+def cmd_refill(args: argparse.Namespace) -> int:
+    async def refill(client: AdminClient) -> str:
+        return "started " + _describe_run(await client.refill(args.buckets))
+
+    return _as_owner(args, refill)
+
+
+def cmd_abort(args: argparse.Namespace) -> int:
+    async def abort(client: AdminClient) -> str:
+        return "aborting " + _describe_run(await client.abort())
+
+    return _as_owner(args, abort)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="avatargen", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -79,6 +146,16 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--paperspace-port", type=int, default=0)
     simulate.add_argument("--sd-port", type=int, default=0)
 
+    for name, func, help_text in (
+        ("status", cmd_status, "show the running server's state, buckets, runs and spend"),
+        ("refill", cmd_refill, "start a refill now (all buckets, or the ones named)"),
+        ("abort", cmd_abort, "abort the active run; its machine is stopped"),
+    ):
+        owner = add(name, func, help_text)
+        owner.add_argument("--url", default=None, help="server URL (default: from the config)")
+        owner.add_argument("--token", default=None, help="admin token (default: env, config, then token file)")
+        if name == "refill":
+            owner.add_argument("buckets", nargs="*", choices=["unique", "fallback"], help="default: all")
     return parser
 
 
