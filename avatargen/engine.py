@@ -13,6 +13,7 @@ import contextlib
 import logging
 import multiprocessing
 import random
+import signal
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from concurrent.futures import ProcessPoolExecutor
@@ -76,6 +77,12 @@ def cost_summary(settings: Settings, ledger: CostLedger) -> dict[str, float]:
         "billed_seconds_today": round(spend.billed_seconds_today, 1),
         "billed_seconds_month": round(spend.billed_seconds_month, 1),
     }
+
+
+def _leave_interrupts_to_the_server() -> None:
+    """In the imaging process: Ctrl-C reaches the whole process group, but it is the server's to handle
+    (it aborts the run and stops the machine, then shuts this process down)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 @dataclass
@@ -367,7 +374,8 @@ class RefillEngine:
         """Decode, resize, encode (and frame, for uniques) in the imaging process: CPU work that would
         otherwise hold the GIL against the event loop serving visitors."""
         if self._imaging is None:
-            self._imaging = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+            self._imaging = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                                                initializer=_leave_interrupts_to_the_server)
         generator = self.settings.generator
         try:
             return await asyncio.get_running_loop().run_in_executor(
