@@ -171,12 +171,15 @@ class Service:
         self.stop()
 
 
+def serve_command(config: Path, port: int) -> list[str]:
+    return [sys.executable, "-m", "server.cli", "serve", "--config", str(config), "--port", str(port)]
+
+
 def avatargen_server(config: Path, log: Path, *, port: int | None = None,
                      env: Mapping[str, str] | None = None) -> Service:
     """`avatargen serve --config CONFIG --port PORT`, with the benchmark's admin token."""
     port = port or free_port()
-    command = [sys.executable, "-m", "server.cli", "serve", "--config", str(config), "--port", str(port)]
-    return Service("avatargen serve", command, port=port, log=log,
+    return Service("avatargen serve", serve_command(config, port), port=port, log=log,
                    env={"AVATARGEN_ADMIN_TOKEN": ADMIN_TOKEN, **(env or {})})
 
 

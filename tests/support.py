@@ -12,6 +12,7 @@ from typing import Any
 import tomlkit
 import uvicorn
 from starlette.applications import Starlette
+from starlette.types import ASGIApp
 
 from avatargen.buckets import open_buckets
 from avatargen.config import Settings, load_settings
@@ -101,19 +102,26 @@ async def wait_until(condition: Callable[[], bool], timeout: float = 20.0, every
 
 
 @contextlib.asynccontextmanager
-async def serving(settings: Settings) -> AsyncIterator[tuple[str, Starlette]]:
-    """The real app under uvicorn on a loopback port, proxy headers trusted as `avatargen serve` does."""
-    app = create_app(settings)
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", **uvicorn_options(settings.server))
+async def serve_asgi(app: ASGIApp, **options: Any) -> AsyncIterator[str]:
+    """An ASGI app under uvicorn on a free loopback port, in this event loop; its URL."""
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", **options)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
-    await wait_until(lambda: server.started or task.done())
+    await wait_until(lambda: server.started or task.done())  # uvicorn announces readiness only by this flag
     if task.done():
         task.result()
         raise RuntimeError("the server did not start")
     port = server.servers[0].sockets[0].getsockname()[1]
     try:
-        yield f"http://127.0.0.1:{port}", app
+        yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         await task
+
+
+@contextlib.asynccontextmanager
+async def serving(settings: Settings) -> AsyncIterator[tuple[str, Starlette]]:
+    """The real app under uvicorn on a loopback port, proxy headers trusted as `avatargen serve` does."""
+    app = create_app(settings)
+    async with serve_asgi(app, **uvicorn_options(settings.server)) as url:
+        yield url, app

@@ -6,18 +6,16 @@ and `avatargen serve` runs as a real process that is killed without any chance t
 
 from __future__ import annotations
 
+import itertools
 import signal
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from PIL import Image
 
-from benchmarks.harness import ADMIN_TOKEN, SIM_KEY_ENV, Service, Simulator, avatargen_server, free_port
+from benchmarks.harness import SIM_KEY_ENV, Admin, EventTest, Service, Simulator, avatargen_server, free_port
 from tests.support import write_config
-
-TOKEN = ADMIN_TOKEN
 
 
 @pytest.fixture
@@ -27,22 +25,10 @@ def simulator(tmp_path: Path) -> Iterator[Simulator]:
         yield sim
 
 
-def wait_event(url: str, kind: str, count: int = 1, condition: str = "", last_id: int | None = None) -> None:
-    """Read the SSE stream (from the start of the process's history when last_id is 0) until
-    `count` events of `kind` whose data contains `condition` were seen."""
-    headers = {"Authorization": f"Bearer {TOKEN}"}
-    if last_id is not None:
-        headers["Last-Event-ID"] = str(last_id)
-    seen = 0
-    with httpx.stream("GET", f"{url}/admin/api/events", headers=headers, timeout=30) as events:
-        current = ""
-        for line in events.iter_lines():
-            if line.startswith("event: "):
-                current = line.removeprefix("event: ")
-            elif line.startswith("data: ") and current == kind and condition in line:
-                seen += 1
-                if seen == count:
-                    return
+def nth(kind: str, count: int) -> EventTest:
+    """Matches the count-th event of a kind."""
+    seen = itertools.count(1)
+    return lambda event_kind, _data: event_kind == kind and next(seen) == count
 
 
 def visible_images_are_whole(bucket: Path) -> int:
@@ -75,9 +61,9 @@ def test_sigkill_mid_run_then_restart_stops_machine(tmp_path: Path, simulator: S
     config = paperspace_config(tmp_path, simulator)
     server = server_for(config, simulator, free_port()).start()
     try:
-        response = httpx.post(f"{server.url}/admin/api/refill", headers={"Authorization": f"Bearer {TOKEN}"})
-        assert response.status_code == 202
-        wait_event(server.url, "image", count=5, last_id=0)
+        admin = Admin(server.url)
+        admin.refill([])
+        admin.wait_event(nth("image", 5))
     finally:
         server.kill()
     assert simulator.machine()["state"] != "off"  # nobody stopped it: the process died
@@ -86,8 +72,8 @@ def test_sigkill_mid_run_then_restart_stops_machine(tmp_path: Path, simulator: S
 
     again = server_for(config, simulator, server.port).start()
     try:
-        # The start-up check stops the orphaned machine; its events are in the history from id 0.
-        wait_event(again.url, "state", condition='"machine_state": "off"', last_id=0)
+        # The start-up check stops the orphaned machine; its events are in the process's history.
+        Admin(again.url).wait_event(lambda kind, data: kind == "state" and data.get("machine_state") == "off")
         assert simulator.machine()["state"] == "off"
         for bucket in (unique, fallback):
             visible_images_are_whole(bucket)
@@ -110,9 +96,9 @@ def test_sigterm_during_a_run_stops_the_machine_before_exit(tmp_path: Path, simu
     config = paperspace_config(tmp_path, simulator)
     server = server_for(config, simulator, free_port()).start()
     try:
-        response = httpx.post(f"{server.url}/admin/api/refill", headers={"Authorization": f"Bearer {TOKEN}"})
-        assert response.status_code == 202
-        wait_event(server.url, "state", condition=f'"state": "{state}"', last_id=0)
+        admin = Admin(server.url)
+        admin.refill([])
+        admin.wait_event(lambda kind, data: kind == "state" and data["state"] == state)
     finally:
         stop_gracefully(server)
     assert simulator.machine()["state"] == "off"

@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from tests.tui_support import serve_asgi
+from tests.support import serve_asgi
 from tui.client import AdminClient
 from tui.connection import Backoff, follow
 from tui.messages import Connected, Disconnected, Received
@@ -58,7 +58,11 @@ async def chunked_stream(request: Request) -> Response:
 
 async def test_events_are_read_whole_from_a_real_stream() -> None:
     app = Starlette(routes=[Route("/events", chunked_stream)])
-    async with serve_asgi(app) as url, httpx.AsyncClient() as client, client.stream("GET", f"{url}/events") as reply:
+    async with (
+        serve_asgi(app, timeout_graceful_shutdown=1) as url,
+        httpx.AsyncClient() as client,
+        client.stream("GET", f"{url}/events") as reply,
+    ):
         events = [event async for event in read_events(reply.aiter_lines())]
     assert events == [SseEvent("log", '{"n": 1}', "1"), SseEvent("state", '{"n": 2}', "2")]
 
@@ -103,7 +107,7 @@ async def test_a_broken_stream_is_reported_and_resumed_from_the_last_event_id() 
         if isinstance(message, Received) and message.event.message == "after the break":
             second_log.set()
 
-    async with serve_asgi(app) as url:
+    async with serve_asgi(app, timeout_graceful_shutdown=1) as url:
         client = AdminClient(url, "token")
         link = asyncio.create_task(follow(client, report, Backoff(initial=0.01, maximum=0.01)))
         try:
