@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import multiprocessing
 import random
 import signal
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Coroutine, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -29,7 +30,8 @@ from avatargen.gpu.base import Provider
 from avatargen.imaging import make_avatars
 from avatargen.ledger import CostLedger
 from avatargen.prompts import compose
-from avatargen.run import Run, State, Step, iso
+from avatargen.retry import backoff_delay
+from avatargen.run import Run, State, Step, Trigger, iso
 from avatargen.sd import SdClient, SdError, SdNotReady
 
 log = logging.getLogger("avatargen.engine")
@@ -115,7 +117,6 @@ class RefillEngine:
         provider: Provider,
         ledger: CostLedger,
         events: EventHub,
-        sd_factory: Callable[[str], SdClient] | None = None,
     ) -> None:
         self.settings = settings
         self.buckets = buckets
@@ -123,7 +124,6 @@ class RefillEngine:
         self.ledger = ledger
         self.events = events
         self.prompts: PromptSettings = settings.prompts
-        self._sd_factory = sd_factory or (lambda url: SdClient(settings.sd, url=url))
         self._rng = random.Random()
         self.run: Run | None = None
         self.last_run: Run | None = None
@@ -150,11 +150,17 @@ class RefillEngine:
     def levels(self) -> dict[str, dict[str, int]]:
         return bucket_levels(self.settings, self.buckets)
 
-    def status(self) -> dict[str, Any]:
+    def _runs(self) -> dict[str, Any]:
+        """The state and the runs, as both the status and `state` events report them."""
         return {
             "state": self.state,
             "run": self.run.to_dict() if self.run else None,
             "last_run": self.last_run.to_dict() if self.last_run else None,
+        }
+
+    def status(self) -> dict[str, Any]:
+        return {
+            **self._runs(),
             "buckets": self.levels(),
             "gpu": {"provider": self.provider.name, "machine_state": self.machine_state},
             "cost": cost_summary(self.settings, self.ledger),
@@ -163,12 +169,7 @@ class RefillEngine:
         }
 
     def _publish_state(self) -> None:
-        self.events.publish("state", {
-            "state": self.state,
-            "run": self.run.to_dict() if self.run else None,
-            "last_run": self.last_run.to_dict() if self.last_run else None,
-            "machine_state": self.machine_state,
-        })
+        self.events.publish("state", {**self._runs(), "machine_state": self.machine_state})
 
     def _publish_progress(self, run: Run) -> None:
         self.events.publish("progress", run.to_dict())
@@ -209,13 +210,13 @@ class RefillEngine:
 
     # --- what the owner does ---------------------------------------------------------------------
 
-    def refill(self, buckets: list[str] | None = None, trigger: str = "manual") -> Run:
+    def refill(self, buckets: list[str] | None = None, trigger: Trigger = "manual") -> Run:
         """Start a run that fills the named buckets (default: all) to max."""
         if self._closing:
             raise RunActive("the server is shutting down")
         if self.run is not None or self._state != "idle":
             raise RunActive(f"a run is already {self.state.replace('_', ' ')}")
-        names = buckets or [name for name, _ in self.settings.buckets.items()]
+        names = buckets or list(self.buckets)
         unknown = [name for name in names if name not in self.buckets]
         if unknown:
             raise ValueError(f"unknown bucket {unknown[0]!r}; buckets are unique and fallback")
@@ -225,13 +226,13 @@ class RefillEngine:
             raise NothingToDo(f"{' and '.join(names)} already at max: nothing to generate")
         if trigger == "manual":
             self._auto_failures = 0
-        run = Run(trigger=trigger, targets=targets, hourly_cost=self.settings.gpu.hourly_cost,  # type: ignore[arg-type]
+        run = Run(trigger=trigger, targets=targets, hourly_cost=self.settings.gpu.hourly_cost,
                   bills=self.provider.bills)
         self.run = run
         self._idle.clear()
         self._abort_reason = None
         log.info("%s run %s started: %s", trigger, run.id,
-                 ", ".join(f"{n} {name}" for name, n in targets.items()) or "nothing to do")
+                 ", ".join(f"{n} {name}" for name, n in targets.items()))
         self._task = asyncio.create_task(self._execute(run), name=f"run-{run.id}")
         self._publish_state()
         return run
@@ -290,7 +291,7 @@ class RefillEngine:
         self._publish_state()
         await self.provider.start()
         await self.provider.wait_ready(max(0.0, deadline - loop.time()), self._on_machine_state)
-        sd = self._sd_factory(self.provider.sd_url())
+        sd = SdClient(self.settings.sd, url=self.provider.sd_url())
         log.info("machine ready; waiting for the Stable Diffusion API")
         while True:
             try:
@@ -357,7 +358,7 @@ class RefillEngine:
                     raise RunFailed(f"{failures.consecutive} image requests failed in a row; last error: {exc}"
                                     ) from None
                 if attempt < retries:
-                    await asyncio.sleep(min(30.0, 0.5 * 2**attempt))
+                    await asyncio.sleep(backoff_delay(attempt, base=0.5, cap=30.0))
                 continue
             failures.consecutive = 0
             seconds = (time.monotonic() - started) / max(1, len(avatars))
@@ -448,21 +449,19 @@ class RefillEngine:
         level = logging.INFO if run.outcome == "completed" else logging.WARNING
         log.log(level, "run %s %s: %d stored, %d failed, %s billed, cost %.4f%s", run.id, run.outcome,
                 run.done, run.failed, format_duration(run.billed_seconds()),
-                run.billed_seconds() / 3600 * run.hourly_cost, f" ({run.error})" if run.error else "")
+                run.cost(), f" ({run.error})" if run.error else "")
         self._idle.set()
         self._publish_state()
-        self.events.publish("buckets", self.levels())
 
     async def _stop_machine(self) -> None:
-        delay = 1.0
-        while True:
+        for attempt in itertools.count():
             try:
                 await self.provider.stop(self._on_machine_state)
                 return
             except Exception as exc:
+                delay = backoff_delay(attempt, base=1.0, cap=STOP_RETRY_MAX)
                 log.error("stopping the machine failed, retrying in %s: %s", format_duration(delay), exc)
                 await asyncio.sleep(delay)
-                delay = min(STOP_RETRY_MAX, delay * 2)
 
     # --- automatic checks ------------------------------------------------------------------------
 

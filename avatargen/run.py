@@ -57,6 +57,9 @@ class Run:
         end = self.billing_until or (time.time() if now is None else now)
         return max(0.0, end - self.billing_since)
 
+    def cost(self, now: float | None = None) -> float:
+        return self.billed_seconds(now) / 3600 * self.hourly_cost
+
     def images_per_minute(self, now: float | None = None) -> float:
         if self.generating_since is None or self.done == 0:
             return 0.0
@@ -73,7 +76,6 @@ class Run:
 
     def to_dict(self, now: float | None = None) -> dict[str, Any]:
         now = time.time() if now is None else now
-        billed = self.billed_seconds(now)
         eta = self.eta_seconds(now)
         data: dict[str, Any] = {
             "id": self.id,
@@ -89,8 +91,8 @@ class Run:
             "current_prompt": self.current_prompt,
             "step": None if self.step is None else vars(self.step).copy(),
             "machine_state": self.machine_state,
-            "billed_seconds": round(billed, 1),
-            "cost": round(billed / 3600 * self.hourly_cost, 4),
+            "billed_seconds": round(self.billed_seconds(now), 1),
+            "cost": round(self.cost(now), 4),
         }
         if self.outcome is not None:
             data.update(outcome=self.outcome, error=self.error, ended_at=iso(self.ended_at))

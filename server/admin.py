@@ -20,7 +20,7 @@ from starlette.routing import Route
 from avatargen import prompts as prompt_composer
 from avatargen.buckets import ImageNotFound, check_id
 from avatargen.config import ConfigError, update_prompts
-from avatargen.engine import NothingToDo, NotRunning, RunActive
+from avatargen.engine import NothingToDo, NotRunning, RefillEngine, RunActive
 from avatargen.events import ListenerTooSlow
 from server.services import Services
 
@@ -152,6 +152,11 @@ async def image(request: Request) -> Response:
     return Response(data, media_type="image/webp", headers={"Cache-Control": "private, max-age=3600"})
 
 
+def invalid_prompts(exc: ConfigError) -> JSONResponse:
+    """422 naming the [prompts] setting at fault by its config name, for the TUI to show by its field."""
+    return error(422, exc.message, field=(exc.key or "").removeprefix("prompts."))
+
+
 async def get_prompts(request: Request) -> Response:
     return JSONResponse(services(request).prompts.to_dict())
 
@@ -164,7 +169,7 @@ async def put_prompts(request: Request) -> Response:
     try:
         new = update_prompts(state.prompts, body)
     except ConfigError as exc:
-        return error(422, exc.message, field=(exc.key or "").removeprefix("prompts."))
+        return invalid_prompts(exc)
     try:
         await state.save_prompts(new)
     except OSError as exc:
@@ -194,11 +199,18 @@ async def sample_prompts(request: Request) -> Response:
         try:
             settings = update_prompts(settings, body.get("settings") or {})
         except ConfigError as exc:
-            return error(422, exc.message, field=(exc.key or "").removeprefix("prompts."))
+            return invalid_prompts(exc)
     n = _sample_count(raw_n)
     if isinstance(n, JSONResponse):
         return n
     return JSONResponse({"prompts": [prompt.text for prompt in prompt_composer.sample(settings, n)]})
+
+
+def generator(state: Services) -> RefillEngine | JSONResponse:
+    """The engine, or 503 when another process runs the generator for this data directory."""
+    if state.engine is None:
+        return error(503, state.generator_elsewhere or "the generator is not running")
+    return state.engine
 
 
 async def refill(request: Request) -> Response:
@@ -213,9 +225,9 @@ async def refill(request: Request) -> Response:
         for name in names:
             if name not in state.buckets:
                 return error(422, f"unknown bucket {name!r}; buckets are unique and fallback")
-    engine = state.engine
-    if engine is None:
-        return error(503, state.generator_elsewhere or "the generator is not running")
+    engine = generator(state)
+    if isinstance(engine, JSONResponse):
+        return engine
     try:
         run = engine.refill(names or None)
     except (RunActive, NothingToDo) as exc:
@@ -224,9 +236,9 @@ async def refill(request: Request) -> Response:
 
 
 async def abort(request: Request) -> Response:
-    engine = services(request).engine
-    if engine is None:
-        return error(503, services(request).generator_elsewhere or "the generator is not running")
+    engine = generator(services(request))
+    if isinstance(engine, JSONResponse):
+        return engine
     try:
         run = engine.abort()
     except NotRunning as exc:
