@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -47,12 +46,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from avatargen.simulator.runner import run_simulator
+    from avatargen.simulator.runner import serve_simulator
 
-    settings = _load(args)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run_simulator(settings.gpu.simulated, args.host, args.paperspace_port, args.sd_port))
-    return 0
+    return serve_simulator(_load(args).gpu.simulated, args.host, args.paperspace_port, args.sd_port)
 
 
 def _as_owner(args: argparse.Namespace, action: Callable[[AdminClient], Awaitable[str]]) -> int:

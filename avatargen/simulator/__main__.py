@@ -8,15 +8,12 @@ machine found running at start-up is stopped") lives in such a process.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
-import signal
 import sys
 
 from avatargen.config import SimulatedSettings
 from avatargen.durations import parse_duration
 from avatargen.simulator.faults import FAULTS
-from avatargen.simulator.runner import run_simulator
+from avatargen.simulator.runner import serve_simulator
 
 
 def _duration(text: str) -> float:
@@ -41,26 +38,12 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _serve_until_signalled(args: argparse.Namespace) -> None:
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     settings = SimulatedSettings(boot_delay=args.boot_delay, stop_delay=args.stop_delay,
                                  sd_boot_delay=args.sd_boot_delay, step_time=args.step_time,
                                  faults=tuple(args.fault))
-    serving = asyncio.create_task(run_simulator(settings, args.host, args.paperspace_port, args.sd_port))
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, serving.cancel)
-    with contextlib.suppress(asyncio.CancelledError):
-        await serving
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        asyncio.run(_serve_until_signalled(args))
-    except OSError as exc:  # the port is taken, the host is not ours, ...
-        print(f"simulator: cannot listen on {args.host}: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return serve_simulator(settings, args.host, args.paperspace_port, args.sd_port)
 
 
 if __name__ == "__main__":

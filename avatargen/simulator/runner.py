@@ -11,7 +11,9 @@ import asyncio
 import contextlib
 import json
 import secrets
+import signal
 import socket
+import sys
 from collections.abc import Iterable, Iterator
 from types import TracebackType
 from typing import Any
@@ -199,3 +201,23 @@ async def run_simulator(settings: SimulatedSettings, host: str = "127.0.0.1", pa
     async with SimulatedGpu(settings, host=host, paperspace_port=paperspace_port, sd_port=sd_port) as sim:
         print(json.dumps(sim.describe()), flush=True)
         await asyncio.Event().wait()
+
+
+def serve_simulator(settings: SimulatedSettings, host: str = "127.0.0.1", paperspace_port: int = 0,
+                    sd_port: int = 0) -> int:
+    """Run the simulated GPU as a process of its own until SIGTERM or Ctrl-C; the exit status."""
+
+    async def until_signalled() -> None:
+        serving = asyncio.create_task(run_simulator(settings, host, paperspace_port, sd_port))
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, serving.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await serving
+
+    try:
+        asyncio.run(until_signalled())
+    except OSError as exc:  # the port is taken, the host is not ours, ...
+        print(f"simulator: cannot listen on {host}: {exc}", file=sys.stderr)
+        return 1
+    return 0
