@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import multiprocessing
 import shutil
+import signal
+import subprocess
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
@@ -21,6 +23,7 @@ from skimage import data
 from avatargen import review
 from avatargen.config import ConfigError, ReviewSettings, load_settings
 from avatargen.imaging import to_avatar_webp
+from benchmarks.harness import write_config
 
 ROOT = Path(__file__).resolve().parent.parent
 FACE_RULES = ReviewSettings(enabled=True, require_face=True)
@@ -134,6 +137,39 @@ def test_extra_not_installed_says_how_to_install_and_holds_back(monkeypatch: pyt
 
 def test_missing_extra_is_silent_when_installed() -> None:
     assert review.missing_extra(FACE_RULES) is None
+
+
+# `avatargen ...` in a process of its own, as if the extra were not installed
+WITHOUT_NUDENET = "import sys; sys.modules['nudenet'] = None; from server.cli import main; sys.exit(main(sys.argv[1:]))"
+
+
+def gate_config(tmp_path: Path) -> Path:
+    return write_config(tmp_path, {"review": {"enabled": True, "require_face": True}})
+
+
+def test_check_config_says_how_to_install_the_extra(tmp_path: Path) -> None:
+    command = [sys.executable, "-c", WITHOUT_NUDENET, "check-config", "--config", str(gate_config(tmp_path))]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.startswith("avatargen: warning: the safety gate ([review] enabled = true) needs NudeNet")
+    assert "pip install 'avatargen[review]'" in result.stderr
+    assert result.stdout.endswith(f"OK (provider simulated, data in {tmp_path / 'data'})\n")
+
+
+def test_serve_says_at_start_up_how_to_install_the_extra(tmp_path: Path) -> None:
+    command = [sys.executable, "-c", WITHOUT_NUDENET, "serve", "--config", str(gate_config(tmp_path))]
+    with subprocess.Popen(command, stderr=subprocess.PIPE, text=True, cwd=ROOT) as server:
+        assert server.stderr is not None
+        try:
+            lines = []
+            for line in server.stderr:  # the warning comes before "listening on"
+                lines.append(line)
+                if "listening on" in line:
+                    break
+        finally:
+            server.send_signal(signal.SIGTERM)
+            server.wait(timeout=30)
+    assert any("WARNING" in line and "pip install 'avatargen[review]'" in line for line in lines), lines
 
 
 # --- the [review] table -------------------------------------------------------------------------------
