@@ -140,8 +140,9 @@ def judge(found: list[tuple[str, float]], rules: ReviewSettings) -> Verdict:
 
 
 def check(avatar: bytes, rules: ReviewSettings, model: Path | None = None) -> Verdict:
-    """The gate for one image, as the imaging process runs it before publishing. Never raises: anything
-    that stops the detector from giving an answer holds the image back, with what went wrong."""
+    """The gate for one image, as the imaging process runs it before publishing (when `rules.enabled`:
+    that switch is the caller's). Never raises: anything that stops the detector from giving an answer
+    holds the image back, with what went wrong."""
     try:
         return judge(detect(avatar, model), rules)
     except Exception as exc:
