@@ -65,11 +65,11 @@ def utc_iso(moment: datetime) -> str:
 
 @dataclass(frozen=True)
 class ImageRecord:
-    """One stored image: where it is and what its sidecar says."""
+    """One stored image: where it is (None in a bucket that lives in Redis) and what its sidecar says."""
 
     id: str
     bucket: str
-    path: Path
+    path: Path | None
     metadata: dict[str, Any]
     created_at: datetime
 

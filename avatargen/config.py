@@ -24,6 +24,8 @@ from avatargen.durations import parse_duration
 
 PROVIDERS = ("paperspace", "always_on", "simulated")
 BUCKET_NAMES = ("unique", "fallback")
+STORAGE_BACKENDS = ("files", "redis")
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 class ConfigError(Exception):
@@ -276,6 +278,33 @@ class PromptSettings:
 
 
 @dataclass(frozen=True)
+class StorageSettings:
+    """Where the buckets, the visitor limits and the cost ledger live: the folders, or a Redis that replicas share."""
+
+    backend: str = _f("files", choices=STORAGE_BACKENDS)
+    url: str = ""
+    password_env: str = "AVATARGEN_REDIS_PASSWORD"
+    key_prefix: str = _f("avatargen", nonempty=True)  # several sites may share one Redis under their own prefixes
+    timeout: float = _f(0.5, kind="duration")  # a Redis slower than this counts as down: visitors get fallbacks
+
+    def password(self) -> Secret:
+        return Secret(os.environ.get(self.password_env, ""))
+
+    def check(self) -> None:
+        if self.timeout <= 0:
+            raise ConfigError(f"must be more than 0, got {self.timeout:g}s", key="timeout")
+        if self.backend != "redis":
+            return
+        if not self.url:
+            raise ConfigError('required when backend = "redis" (for example "redis://10.0.0.5:6379/0")', key="url")
+        if not self.url.startswith(REDIS_SCHEMES):
+            raise ConfigError(f"must start with {', '.join(REDIS_SCHEMES)}, got {self.url!r}", key="url")
+        if "@" in self.url.split("://", 1)[1].split("/", 1)[0]:
+            raise ConfigError(f"must not hold a user name or password; put the password in the environment "
+                              f"variable named by password_env ({self.password_env})", key="url")
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings = _f(ServerSettings())
     serving: ServingSettings = _f(ServingSettings())
@@ -286,6 +315,7 @@ class Settings:
     sd: SdSettings = _f(SdSettings())
     prompts: PromptSettings = _f(PromptSettings())
     review: ReviewSettings = _f(ReviewSettings())
+    storage: StorageSettings = _f(StorageSettings())
     # Where the settings came from (None: built-in defaults); not a config key.
     path: Path | None = field(default=None, metadata={"internal": True})
 

@@ -1,0 +1,126 @@
+"""The unique allowance in Redis: a global token bucket, one unique per visitor per window, the claim itself.
+
+Deciding and claiming are one script: it checks the visitor's window and the tokens, takes a random
+unique out of its bucket for good and only then spends the token and marks the visitor. Replicas can
+never spend one token twice or hand one unique to two visitors, and a bucket found empty costs nothing.
+The fallback retire slot (at most one served fallback deleted per `fallback_retire_every`) is a second
+script on the same hash.
+
+Times are the callers' wall clocks (as with the SQLite allowance, so tests can move them); the visitor's
+key expires with its window, so Redis forgets visitors by itself.
+
+Like `server.allowance.Allowance`, this process remembers when the next token can be due at the earliest
+and which visitors it has seen served, and only asks Redis when a grant might succeed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+
+from avatargen.buckets import Claim
+from avatargen.config import ServingSettings
+from avatargen.storage.redis_buckets import TAKE_ONE, RedisBucket
+from avatargen.storage.redis_connection import RedisStorage
+
+# Visitors this process remembers as served, so their repeat visits skip Redis; the oldest are dropped.
+_REMEMBERED_VISITORS = 10_000
+
+# KEYS: allowance visitor ids images framed meta version; ARGV: now every burst window
+_GRANT_AND_CLAIM = TAKE_ONE + """
+local now, every, burst, window = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local function fmt(x) return string.format('%.17g', x) end
+local tokens = tonumber(redis.call('HGET', KEYS[1], 'tokens'))
+local tokens_at = tonumber(redis.call('HGET', KEYS[1], 'tokens_at'))
+if tokens == nil then tokens, tokens_at = burst, now end  -- a fresh allowance starts full
+if every <= 0 then tokens = burst else tokens = math.min(burst, tokens + math.max(0, now - tokens_at) / every) end
+local granted_at = tonumber(redis.call('GET', KEYS[2]))
+if granted_at and granted_at > now - window then return {'visited', fmt(tokens), fmt(granted_at)} end
+if tokens < 1 then return {'no_token', fmt(tokens)} end
+local taken = take_one(KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7])
+if not taken then return {'empty', fmt(tokens)} end
+tokens = tokens - 1
+redis.call('HSET', KEYS[1], 'tokens', fmt(tokens), 'tokens_at', fmt(now))
+if window > 0 then redis.call('SET', KEYS[2], fmt(now), 'PX', math.ceil(window * 1000)) end
+return {'claimed', fmt(tokens), taken[1], taken[2], taken[3]}
+"""
+
+# KEYS: allowance; ARGV: now every. The first served fallback may be retired at once.
+_RETIRE = """
+local now, every = tonumber(ARGV[1]), tonumber(ARGV[2])
+local due = tonumber(redis.call('HGET', KEYS[1], 'next_retire_at')) or now
+if now < due then return {0, string.format('%.17g', due)} end
+due = now + every
+redis.call('HSET', KEYS[1], 'next_retire_at', string.format('%.17g', due))
+return {1, string.format('%.17g', due)}
+"""
+
+
+class RedisAllowance:
+    """Who may have a unique now, shared by every replica through Redis."""
+
+    def __init__(self, storage: RedisStorage, serving: ServingSettings, *,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.storage = storage
+        self.every = serving.unique_every
+        self.burst = serving.unique_burst
+        self.window = serving.unique_per_visitor
+        self.retire_every = serving.fallback_retire_every
+        self.clock = clock
+        self._key = storage.key("allowance")
+        self._grant_and_claim = storage.script(_GRANT_AND_CLAIM)
+        self._retire = storage.script(_RETIRE)
+        self._next_token_at = float("-inf")
+        self._next_retire_at = float("-inf")
+        self._served: dict[str, float] = {}
+
+    def _remember(self, visitor: str, granted_at: float) -> None:
+        self._served.pop(visitor, None)
+        self._served[visitor] = granted_at
+        if len(self._served) > _REMEMBERED_VISITORS:
+            del self._served[next(iter(self._served))]
+
+    def token_may_be_due(self) -> bool:
+        """False when this process knows no unique can be given to anyone yet; no I/O."""
+        return self.burst >= 1 and self.clock() >= self._next_token_at
+
+    def may_grant(self, visitor: str) -> bool:
+        """False when this process already knows a claim would be refused; no I/O."""
+        if not self.token_may_be_due():
+            return False
+        granted_at = self._served.get(visitor)
+        return granted_at is None or granted_at <= self.clock() - self.window
+
+    async def claim(self, visitor: str, bucket: RedisBucket) -> Claim | None:
+        """A unique from `bucket` for this visitor, if the allowance grants one and one is left; else None.
+
+        The unique is out of the bucket for good when this returns it (there is nothing to finish).
+        """
+        now = self.clock()
+        async with self.storage.guard("claim a unique"):
+            reply = await self._grant_and_claim(
+                keys=[self._key, self.storage.key("visitor", visitor), *bucket.keys],
+                args=[repr(now), repr(self.every), self.burst, repr(self.window)])
+        outcome, tokens = reply[0].decode(), float(reply[1])
+        self._next_token_at = now + (1 - tokens) * self.every if tokens < 1 else now
+        if outcome == "visited":
+            self._remember(visitor, float(reply[2]))
+            return None
+        if outcome != "claimed":
+            return None
+        self._remember(visitor, now)
+        image_id = reply[2].decode()
+        bucket.forget(image_id)
+        return Claim(image_id, bytes(reply[3]), json.loads(reply[4]))
+
+    def may_retire(self) -> bool:
+        """False when this process already knows the retire slot is not due; no I/O."""
+        return self.clock() >= self._next_retire_at
+
+    async def retire(self) -> bool:
+        """Take the fallback retire slot if it is due (across all replicas); True: retire this image."""
+        async with self.storage.guard("take the fallback retire slot"):
+            taken, due = await self._retire(keys=[self._key], args=[repr(self.clock()), repr(self.retire_every)])
+        self._next_retire_at = float(due)
+        return bool(taken)
