@@ -14,26 +14,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, cast
 
 from avatargen.buckets import ImageNotFound, ImageRecord, _Index, check_id, new_id, utc_iso
 from avatargen.imaging import sniff_format
-from avatargen.storage.redis_connection import FENCED, RedisStorage, StorageUnavailable
+from avatargen.storage.redis_connection import FENCING, Outage, RedisStorage, StorageUnavailable
 
-log = logging.getLogger("avatargen.storage")
-
-# The refusal a generator write gets once its lease was taken over (KEYS[6]: the fencing counter).
-FENCE_CHECK = f"""
-if ARGV[6] ~= '' and redis.call('GET', KEYS[6]) ~= ARGV[6] then
-  return redis.error_reply('{FENCED} the generator lease was taken over; token ' .. ARGV[6] .. ' is stale')
-end
-"""
-
-# KEYS: ids images framed meta version fence; ARGV: id score image framed meta fence
-_PUBLISH = FENCE_CHECK + """
+# KEYS: ids images framed meta version fence; ARGV: id score image framed meta token
+_PUBLISH = FENCING + """
+local refused = fenced(KEYS[6], ARGV[6])
+if refused then return refused end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
 if ARGV[4] ~= '' then redis.call('HSET', KEYS[3], ARGV[1], ARGV[4]) end
 redis.call('HSET', KEYS[4], ARGV[1], ARGV[5])
@@ -143,18 +135,15 @@ class RedisBucket:
     async def follow(self, every: float = 1.0) -> None:
         """Refresh every `every` seconds, for ever (a task of the server's lifespan). While Redis is
         unreachable the last copy stays: fallbacks keep coming from the visitor's cache."""
-        down = False
+        outage = Outage(f"visitors get fallbacks from the last known list of the {self.name} bucket",
+                        f"the {self.name} bucket's list is up to date")
         while True:
             try:
                 await self.refresh()
             except StorageUnavailable as exc:
-                if not down:
-                    log.warning("%s; serving from the last known list of the %s bucket", exc, self.name)
-                down = True
+                outage.failed(exc)
             else:
-                if down:
-                    log.info("Redis answers again; the %s bucket's list is up to date", self.name)
-                down = False
+                outage.ended()
             await asyncio.sleep(every)
 
     # --- reading ---------------------------------------------------------------------------------
@@ -209,10 +198,10 @@ class RedisBucket:
         framed = b""
         if self.prepare is not None:
             framed = prepared if prepared is not None else await asyncio.to_thread(self.prepare, image)
-        fence = "" if self.storage.fence is None else str(self.storage.fence)
         async with self.storage.guard(f"store an image in the {self.name} bucket"):
-            await self._publish(keys=[*self._keys, self.storage.key("lease", "fence")],
-                                args=[image_id, created_at.timestamp(), image, framed, sidecar, fence])
+            await self._publish(keys=[*self._keys, self.storage.fence_key],
+                                args=[image_id, created_at.timestamp(), image, framed, sidecar,
+                                      self.storage.fence_token])
         self._index.add(image_id)
         return ImageRecord(image_id, self.name, None, metadata, created_at)
 

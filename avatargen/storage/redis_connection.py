@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -24,6 +25,8 @@ from redis.commands.core import AsyncScript
 
 from avatargen.config import StorageSettings
 
+log = logging.getLogger("avatargen.storage")
+
 # Error replies that mean "not now" rather than "wrong request": a background save failing (MISCONF), a
 # script running too long (BUSY), no replica acknowledging a write (NOREPLICAS). The library maps
 # LOADING, READONLY, OOM and TRYAGAIN to classes of their own, listed in _UNAVAILABLE.
@@ -34,6 +37,15 @@ _UNAVAILABLE = (rx.ConnectionError, rx.TimeoutError, rx.ReadOnlyError, rx.OutOfM
 MAX_CONNECTIONS = 16
 # A script refuses a write from a generator whose lease was taken over with this reply prefix.
 FENCED = "FENCED"
+# Lua for the scripts of generator writes: `local refused = fenced(KEYS[n], ARGV[m]); if refused then return
+# refused end`, with the fencing counter's key and the writer's token ('' for a write outside the generator).
+FENCING = f"""
+local function fenced(fence_key, token)
+  if token ~= '' and redis.call('GET', fence_key) ~= token then
+    return redis.error_reply('{FENCED} the generator lease was taken over; token ' .. token .. ' is stale')
+  end
+end
+"""
 
 
 class StorageUnavailable(Exception):
@@ -86,6 +98,16 @@ class RedisStorage:
         """A key under this site's prefix: `key("bucket", "unique", "ids")` -> `avatargen:bucket:unique:ids`."""
         return ":".join((self.prefix, *parts))
 
+    @property
+    def fence_key(self) -> str:
+        """The generator lease's fencing counter (see avatargen.storage.redis_lease)."""
+        return self.key("lease", "fence")
+
+    @property
+    def fence_token(self) -> str:
+        """What a generator write passes to `fenced`: this process's token, '' when it never held the lease."""
+        return "" if self.fence is None else str(self.fence)
+
     def script(self, source: str) -> AsyncScript:
         """A Lua script, sent by its hash (and loaded again after a Redis restart forgot it)."""
         return self.client.register_script(source)
@@ -126,6 +148,26 @@ class RedisStorage:
         for client in (self.client, self._blocking):
             if client is not None:
                 await client.aclose()
+
+
+class Outage:
+    """Says once that Redis cannot be reached and what that means, and once that it answers again, for
+    loops that keep trying (a warning per attempt would flood the owner's log)."""
+
+    def __init__(self, consequence: str, recovery: str) -> None:
+        self.consequence = consequence
+        self.recovery = recovery
+        self.down = False
+
+    def failed(self, exc: StorageUnavailable) -> None:
+        if not self.down:
+            log.warning("%s; %s", exc, self.consequence)
+        self.down = True
+
+    def ended(self) -> None:
+        if self.down:
+            log.info("Redis answers again: %s", self.recovery)
+        self.down = False
 
 
 def _client_options(settings: StorageSettings) -> dict[str, Any]:
