@@ -17,6 +17,7 @@ import asyncio
 import json
 import logging
 import secrets
+from typing import Any
 
 from avatargen.events import Event, EventHub, ListenerTooSlow
 from avatargen.storage.redis_connection import Outage, RedisStorage, StorageUnavailable
@@ -48,19 +49,6 @@ class EventRelay:
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self._send(), name="event relay: send")
             tasks.create_task(self._receive(), name="event relay: receive")
-
-    def _unavailable(self, exc: StorageUnavailable) -> None:
-        if not self._down:
-            log.warning("%s; the run's events reach only panels connected to this replica until it answers", exc)
-        self._down = True
-
-    def _available(self) -> None:
-        if self._down:
-            log.info("Redis answers again: the run's events are relayed between replicas")
-        self._sending = Outage("this replica's events do not reach panels connected to other replicas",
-                               "this replica's events are relayed again")
-        self._receiving = Outage("other replicas' events do not reach panels connected to this one",
-                                 "other replicas' events are relayed again")
 
     async def _send(self) -> None:
         while True:
@@ -97,10 +85,10 @@ class EventRelay:
                 async with self.storage.guard("read the events of other replicas",
                                               timeout=self.block + self.storage.timeout):
                     if last == "$":  # pin the position first, so nothing slips between two reads
-                        newest = await client.xrevrange(self._stream, count=1)
+                        newest: Any = await client.xrevrange(self._stream, count=1)
                         last = newest[0][0].decode() if newest else "0-0"
                         self.ready.set()
-                    reply = await client.xread({self._stream: last}, count=100, block=round(self.block * 1000))
+                    reply: Any = await client.xread({self._stream: last}, count=100, block=round(self.block * 1000))
             except StorageUnavailable as exc:
                 self._receiving.failed(exc)
                 await asyncio.sleep(self.block)

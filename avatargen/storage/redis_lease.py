@@ -88,7 +88,7 @@ class GeneratorLease:
     async def holder(self) -> str | None:
         """Who holds the lease now (host, pid and nonce), or None when nobody does."""
         async with self.storage.guard("read the generator lease"):
-            value = await self.storage.client.get(self._key)
+            value: bytes | None = await self.storage.client.get(self._key)  # type: ignore[assignment]
         return value.decode() if value is not None else None
 
     async def keep(self) -> None:
