@@ -59,13 +59,6 @@ class CostLedger:
             self.close(run_id, now)
         return ids
 
-    def billed_seconds(self, run_id: str, now: float | None = None) -> float:
-        now = time.time() if now is None else now
-        row = self._db.execute(
-            "SELECT COALESCE(stopped, ?) - started FROM machine_time WHERE run_id = ?", (now, run_id)
-        ).fetchone()
-        return max(0.0, float(row[0])) if row else 0.0
-
     def spend(self, now: float | None = None) -> Spend:
         """Today's and this month's billed time and cost, open entries counted up to now."""
         now = time.time() if now is None else now
