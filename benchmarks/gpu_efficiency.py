@@ -79,7 +79,7 @@ async def one_run(settings: Settings) -> tuple[float, float, int]:
     """Fill the fallback bucket in one run: the billed seconds, the web UI's busy seconds and jobs done."""
     buckets = open_buckets(settings)
     async with SimulatedGpu(settings.gpu.simulated) as gpu:
-        ledger = CostLedger(settings.server.data_dir / "ledger.sqlite3", settings.gpu.hourly_cost)
+        ledger = CostLedger(settings.server.data_dir / "ledger.sqlite3")
         engine = Generator(settings, buckets, make_provider(settings, simulated=gpu), ledger, EventHub())
         await engine.start()
         try:

@@ -68,7 +68,7 @@ def create_app(settings: Settings) -> Starlette:
                 product_log.setLevel(logging.INFO)  # the owner's live log shows what the generator does
             product_log.addHandler(handler)
             stack.callback(product_log.removeHandler, handler)
-            ledger = CostLedger(settings.server.data_dir / "ledger.sqlite3", settings.gpu.hourly_cost)
+            ledger = await asyncio.to_thread(CostLedger, settings.server.data_dir / "ledger.sqlite3")
             stack.callback(ledger.close_db)
             token, source = resolve_admin_token(settings)
             services = Services(settings, buckets, events, ledger, token=token)

@@ -65,5 +65,5 @@ class Services:
         return {"state": "idle", "run": None, "last_run": None,
                 "buckets": bucket_levels(self.settings, self.buckets),
                 "gpu": {"provider": self.settings.gpu.provider, "machine_state": None},
-                "cost": cost_summary(self.settings, self.ledger), "next_check_at": None,
+                "cost": cost_summary(self.settings, self.ledger.spend()), "next_check_at": None,
                 "paused_reason": self.generator_elsewhere}

@@ -70,7 +70,7 @@ async def running_engine(
     for bucket in buckets.values():
         bucket.recover()
     async with SimulatedGpu(settings.gpu.simulated) as gpu:
-        ledger = CostLedger(settings.server.data_dir / "ledger.sqlite3", settings.gpu.hourly_cost)
+        ledger = CostLedger(settings.server.data_dir / "ledger.sqlite3")
         engine = Generator(settings, buckets, make_provider(settings, simulated=gpu), ledger, EventHub())
         if before_start is not None:
             await before_start(gpu)

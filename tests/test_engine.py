@@ -253,7 +253,7 @@ async def test_cost_ledger_survives_restart(tmp_path: Path) -> None:
     settings = fast_settings(tmp_path)
     async with running_engine(settings) as (engine, _gpu):
         run, _ = await run_to_end(engine, ["unique"])
-    ledger = CostLedger(settings.server.data_dir / "ledger.sqlite3", settings.gpu.hourly_cost)
+    ledger = CostLedger(settings.server.data_dir / "ledger.sqlite3")
     spend = ledger.spend()
     assert spend.billed_seconds_today == pytest.approx(run["billed_seconds"], abs=0.2)
     assert spend.today == pytest.approx(spend.billed_seconds_today)  # hourly_cost 3600: 1 per second
@@ -286,7 +286,7 @@ async def test_always_on_machine_is_used_as_it_is_never_started_or_stopped(tmp_p
         await wait_until(lambda: gpu.machine.state == "ready")
         settings = fast_settings(tmp_path, gpu__provider="always_on", sd__url=gpu.sd_url)
         buckets = open_buckets(settings)
-        ledger = CostLedger(settings.server.data_dir / "ledger.sqlite3", settings.gpu.hourly_cost)
+        ledger = CostLedger(settings.server.data_dir / "ledger.sqlite3")
         engine = Generator(settings, buckets, make_provider(settings), ledger, EventHub())
         await engine.start()
         try:

@@ -17,6 +17,7 @@ from typing import Any
 from avatargen.buckets import Bucket
 from avatargen.config import PromptSettings, Settings
 from avatargen.events import EventHub
+from avatargen.generator.billing import Billing
 from avatargen.generator.errors import NothingToDo, NotRunning, RunActive
 from avatargen.generator.imaging_pool import ImagingPool
 from avatargen.generator.machine import Machine
@@ -44,17 +45,17 @@ class Generator:
         self.settings = settings
         self.buckets = buckets
         self.provider = provider
-        self.ledger = ledger
         self.events = events
+        self.billing = Billing(ledger, settings.gpu.hourly_cost)
         self.prompts: PromptSettings = settings.prompts  # the owner's edits apply from the next prompt
         self.states = States(announce=self._announce_state)
         self.machine = Machine(provider, on_change=self._on_machine_state)
-        self.scheduler = Scheduler(settings, self.states, self.levels, ledger, provider.bills,
+        self.scheduler = Scheduler(settings, self.states, self.levels, self.billing.spend, provider.bills,
                                    start_run=lambda due: self.refill(due, trigger="auto"),
                                    announce=self._announce_state)
-        self._orphan = OrphanRecovery(self.machine, self.states, ledger)
+        self._orphan = OrphanRecovery(self.machine, self.states, self.billing)
         self._imaging = ImagingPool(settings.generator, buckets)
-        self._context = RunContext(settings, buckets, self.machine, self.states, ledger, self._imaging, events,
+        self._context = RunContext(settings, buckets, self.machine, self.states, self.billing, self._imaging, events,
                                    prompts=lambda: self.prompts, levels=self.levels, ended=self.scheduler.run_ended)
         self._refill: Refill | None = None
         self._scheduling: asyncio.Task[None] | None = None
@@ -94,7 +95,7 @@ class Generator:
             **runs_view(self.states),
             "buckets": self.levels(),
             "gpu": {"provider": self.provider.name, "machine_state": self.machine.state},
-            "cost": cost_summary(self.settings, self.ledger),
+            "cost": cost_summary(self.settings, self.billing.spend(), self.billing.problem),
             "next_check_at": iso(self.scheduler.next_check_at),
             "paused_reason": self.scheduler.paused_reason,
         }
@@ -112,6 +113,7 @@ class Generator:
     async def start(self) -> None:
         """Look for a machine a crash left running (stopped in the background before anything else), then
         check the buckets now and every check_every."""
+        await self.billing.load()
         orphaned = await self._orphan.find()
         self._scheduling = asyncio.create_task(self.scheduler.run(self._orphan.stop if orphaned else None),
                                                name="generator-scheduler")
@@ -130,6 +132,7 @@ class Generator:
                 await self._scheduling
         await self.provider.aclose()
         self._imaging.shutdown()
+        await self.billing.aclose()
 
     async def wait_idle(self) -> None:
         await self.states.wait_idle()

@@ -8,19 +8,20 @@ time the machine ran unattended is counted too.
 from __future__ import annotations
 
 import logging
+import time
 
+from avatargen.generator.billing import Billing
 from avatargen.generator.machine import Machine
 from avatargen.generator.states import States
-from avatargen.ledger import CostLedger
 
 log = logging.getLogger("avatargen.generator")
 
 
 class OrphanRecovery:
-    def __init__(self, machine: Machine, states: States, ledger: CostLedger) -> None:
+    def __init__(self, machine: Machine, states: States, billing: Billing) -> None:
         self._machine = machine
         self._states = states
-        self._ledger = ledger
+        self._billing = billing
 
     async def find(self) -> bool:
         """True when the machine is on while no run is active; the generator then waits for `stop`."""
@@ -44,6 +45,6 @@ class OrphanRecovery:
         self._states.move("idle")
 
     def _close_interrupted_billing(self) -> None:
-        closed = self._ledger.close_open()
+        closed = self._billing.close_open(time.time())
         if closed:
             log.warning("billed time of interrupted run(s) %s closed at the confirmed stop", ", ".join(closed))

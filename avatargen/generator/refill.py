@@ -20,12 +20,12 @@ from avatargen.buckets import Bucket
 from avatargen.config import PromptSettings, Settings
 from avatargen.durations import format_duration
 from avatargen.events import EventHub
+from avatargen.generator.billing import Billing
 from avatargen.generator.errors import RunFailed
 from avatargen.generator.imaging_pool import ImagingPool
 from avatargen.generator.machine import Machine
 from avatargen.generator.states import States
 from avatargen.generator.views import image_event
-from avatargen.ledger import CostLedger
 from avatargen.prompts import compose
 from avatargen.retry import backoff_delay
 from avatargen.run import Run, Step
@@ -73,7 +73,7 @@ class RunContext:
     buckets: Mapping[str, Bucket]
     machine: Machine
     states: States
-    ledger: CostLedger
+    billing: Billing
     imaging: ImagingPool
     events: EventHub
     prompts: Callable[[], PromptSettings]  # the owner may change them between two prompts
@@ -138,7 +138,7 @@ class Refill:
         deadline = loop.time() + gpu.ready_timeout
         if run.bills:
             run.billing_since = time.time()
-            self._context.ledger.open(run.id, run.billing_since)
+            self._context.billing.start(run.id, run.billing_since)
         provider = self._context.machine.provider
         await provider.start()
         await provider.wait_ready(max(0.0, deadline - loop.time()), self._context.machine.observe)
@@ -267,7 +267,7 @@ class Refill:
         await self._context.machine.stop()
         if run.bills:
             run.billing_until = time.time()
-            self._context.ledger.close(run.id, run.billing_until)
+            self._context.billing.stop(run.id, run.billing_until)
         run.ended_at = time.time()
         self._context.ended(run)
         level = logging.INFO if run.outcome == "completed" else logging.WARNING

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 
 from avatargen.config import Settings
 from avatargen.generator.states import States
-from avatargen.ledger import CostLedger
+from avatargen.ledger import Spend
 from avatargen.run import Run
 
 log = logging.getLogger("avatargen.generator")
@@ -30,7 +30,7 @@ class Scheduler:
         settings: Settings,
         states: States,
         levels: Callable[[], dict[str, dict[str, int]]],
-        ledger: CostLedger,
+        spend: Callable[[], Spend],
         bills: bool,
         start_run: Callable[[list[str]], Run],
         announce: Callable[[], None],
@@ -38,7 +38,7 @@ class Scheduler:
         self._settings = settings
         self._states = states
         self._levels = levels
-        self._ledger = ledger
+        self._spend = spend
         self._bills = bills
         self._start_run = start_run
         self._announce = announce
@@ -76,7 +76,7 @@ class Scheduler:
             self.paused_reason = None
             return None
         budget = self._settings.gpu.daily_budget
-        if self._bills and (today := self._ledger.spend().today) >= budget:
+        if self._bills and (today := self._spend().today) >= budget:
             reason = f"daily budget reached: {today:.2f} of {budget:.2f} spent today"
             if reason != self.paused_reason:
                 log.warning("automatic refill paused, %s", reason)

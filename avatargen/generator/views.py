@@ -12,7 +12,7 @@ from typing import Any
 from avatargen.buckets import Bucket, ImageRecord
 from avatargen.config import Settings
 from avatargen.generator.states import States
-from avatargen.ledger import CostLedger
+from avatargen.ledger import Spend
 
 
 def bucket_levels(settings: Settings, buckets: Mapping[str, Bucket]) -> dict[str, dict[str, int]]:
@@ -21,8 +21,8 @@ def bucket_levels(settings: Settings, buckets: Mapping[str, Bucket]) -> dict[str
             for name, conf in settings.buckets.items()}
 
 
-def cost_summary(settings: Settings, ledger: CostLedger) -> dict[str, float]:
-    spend = ledger.spend()
+def cost_summary(settings: Settings, spend: Spend, ledger_problem: str | None = None) -> dict[str, Any]:
+    """Today's and this month's spend; `ledger_problem` says why the ledger on disk may lag behind it."""
     return {
         "today": round(spend.today, 4),
         "month": round(spend.month, 4),
@@ -30,6 +30,7 @@ def cost_summary(settings: Settings, ledger: CostLedger) -> dict[str, float]:
         "hourly_cost": settings.gpu.hourly_cost,
         "billed_seconds_today": round(spend.billed_seconds_today, 1),
         "billed_seconds_month": round(spend.billed_seconds_month, 1),
+        "ledger_problem": ledger_problem,
     }
 
 
