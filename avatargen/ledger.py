@@ -5,11 +5,15 @@ An entry left open by a crash is closed by the start-up check that stops the orp
 time the machine ran unattended is billed too. Days and months are UTC.
 
 This module is the file and the arithmetic. The generator never waits on the file: it keeps its own copy
-of the entries in memory and writes them here from a worker thread (`avatargen.generator.billing`).
+of the entries in memory and writes them here from a worker thread (`avatargen.generator.billing`). A
+file deleted or replaced under an open connection goes unnoticed by SQLite (it keeps writing to the
+deleted file), so the ledger remembers which file it opened and can tell when the path holds another.
 """
 
 from __future__ import annotations
 
+import os
+import sqlite3
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -82,8 +86,27 @@ class CostLedger:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._db = sqlite.connect(path, busy_timeout=WRITE_WAIT)
-        self._db.execute(_SCHEMA)
+        self._db, self._file = self._open()
+
+    def _open(self) -> tuple[sqlite3.Connection, tuple[int, int]]:
+        db = sqlite.connect(self.path, busy_timeout=WRITE_WAIT)
+        db.execute(_SCHEMA)
+        return db, _identity(self.path)
+
+    def reopen_if_lost(self) -> str | None:
+        """When the file at the path is no longer the one open ("deleted", "replaced by another file"),
+        open what is there now (a new, empty ledger if nothing) and say what happened."""
+        try:
+            lost = "replaced by another file" if _identity(self.path) != self._file else None
+        except FileNotFoundError:
+            lost = "deleted"
+        if lost is not None:
+            self._db.close()  # first: it folds its write-ahead log into the old file, not the new one
+            self._db, self._file = self._open()
+        return lost
+
+    def is_empty(self) -> bool:
+        return self._db.execute("SELECT 1 FROM machine_time LIMIT 1").fetchone() is None
 
     def entries(self, since: float) -> list[Entry]:
         """The entries still open or stopped after `since`."""
@@ -107,3 +130,8 @@ class CostLedger:
 
     def close_db(self) -> None:
         self._db.close()
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    stat = os.stat(path)
+    return stat.st_dev, stat.st_ino

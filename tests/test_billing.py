@@ -108,3 +108,50 @@ async def test_closing_with_the_ledger_still_locked_ends_and_logs_the_unwritten_
                 assert time.monotonic() - closing < 15
         assert gpu.machine.state == "off"
     assert f"billed time of run {run['id']}" in caplog.text and "could not be written" in caplog.text
+
+
+def lose(path: Path, how: str) -> None:
+    """What an owner (or a clean-up script) might do to the ledger while the server runs."""
+    if how == "replaced":
+        fresh = path.with_name("fresh.sqlite3")
+        fresh.write_bytes(b"")  # an empty file is an empty SQLite database
+        fresh.replace(path)
+        return
+    path.unlink()
+    if how == "deleted with its write-ahead log":
+        for suffix in ("-wal", "-shm"):
+            path.with_name(path.name + suffix).unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize("how", ["deleted", "deleted with its write-ahead log", "replaced"])
+async def test_a_ledger_lost_while_running_is_written_again_and_todays_spend_survives_a_restart(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, how: str) -> None:
+    settings = fast_settings(tmp_path)
+    path = settings.server.data_dir / "ledger.sqlite3"
+    with caplog.at_level(logging.ERROR, logger="avatargen"):
+        async with running_engine(settings) as (engine, _gpu):
+            engine.billing.check_every = 0.05
+            run, _ = await run_to_end(engine, ["unique"])
+            await wait_until(lambda: billed_on_disk(path) > 0)
+            lose(path, how)
+            expected = "was replaced by another file" if how == "replaced" else "was deleted"
+            await wait_until(lambda: expected in caplog.text)
+            await wait_until(lambda: billed_on_disk(path) == pytest.approx(run["billed_seconds"], abs=0.2))
+    async with running_engine(settings) as (engine, _gpu):
+        cost = engine.status()["cost"]
+        assert cost["billed_seconds_today"] == pytest.approx(run["billed_seconds"], abs=0.2)
+        assert cost["ledger_problem"] is None
+
+
+async def test_a_ledger_lost_while_the_server_was_down_is_reported_at_start_up(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    settings = fast_settings(tmp_path)
+    path = settings.server.data_dir / "ledger.sqlite3"
+    async with running_engine(settings) as (engine, _gpu):
+        run, _ = await run_to_end(engine, ["unique"])
+    lose(path, "deleted with its write-ahead log")
+    with caplog.at_level(logging.ERROR, logger="avatargen"):
+        async with running_engine(settings) as (engine, _gpu):
+            problem = engine.status()["cost"]["ledger_problem"]
+    assert problem is not None and "found empty" in problem and run["id"] in problem
+    assert "holds no billed time" in caplog.text and "restore the ledger" in caplog.text

@@ -113,7 +113,7 @@ class Generator:
     async def start(self) -> None:
         """Look for a machine a crash left running (stopped in the background before anything else), then
         check the buckets now and every check_every."""
-        await self.billing.load()
+        await self.billing.load(self.buckets, self.provider.name if self.provider.bills else None)
         orphaned = await self._orphan.find()
         self._scheduling = asyncio.create_task(self.scheduler.run(self._orphan.stop if orphaned else None),
                                                name="generator-scheduler")
