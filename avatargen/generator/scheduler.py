@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from avatargen.config import Settings
 from avatargen.generator.states import States
 from avatargen.ledger import Spend
+from avatargen.retry import doubling
 from avatargen.run import Run
 
 log = logging.getLogger("avatargen.generator")
@@ -100,4 +101,4 @@ class Scheduler:
 
     def _delay(self) -> float:
         every = self._settings.generator.check_every
-        return min(every * 2**self._failures, every * MAX_BACKOFF)
+        return doubling(every, self._failures, cap=every * MAX_BACKOFF)
