@@ -2,14 +2,14 @@
 
 That is CPU work that would otherwise hold the GIL against the event loop serving visitors, so it runs in
 one process of its own (spawned: the server's threads and sockets are not copied into it), started on
-first use and replaced when it dies.
+first use and replaced when it dies. It never outlives the server, however the server ends (lifeline).
 """
 
 from __future__ import annotations
 
 import asyncio
 import multiprocessing
-import signal
+import os
 from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -18,12 +18,7 @@ from avatargen.buckets import Bucket
 from avatargen.config import GeneratorSettings
 from avatargen.generator.errors import RunFailed
 from avatargen.imaging import make_avatars
-
-
-def _leave_interrupts_to_the_server() -> None:
-    """In the imaging process: Ctrl-C reaches the whole process group, but it is the server's to handle
-    (it aborts the run and stops the machine, then shuts this process down)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+from avatargen.lifeline import helper_process
 
 
 class ImagingPool:
@@ -36,7 +31,7 @@ class ImagingPool:
         """The stored avatars (and framed copies, for uniques) of a batch of SD's base64 images."""
         if self._pool is None:
             self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_leave_interrupts_to_the_server)
+                                             initializer=helper_process, initargs=(os.getpid(),))
         try:
             return await asyncio.get_running_loop().run_in_executor(
                 self._pool, make_avatars, images, self._settings.image_size, self._settings.webp_quality,
