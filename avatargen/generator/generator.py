@@ -3,7 +3,8 @@
 It owns the pieces and answers the owner: `refill` and `abort` (the admin API), `status` (the TUI), and
 `start` / `close` (the server's lifespan). Each piece is one idea in a module of its own: the state
 (states), one run (refill), automatic runs and the budget (scheduler), a machine a crash left running
-(orphan), the machine's stop (machine), the imaging process (imaging_pool) and what the owner sees (views).
+(orphan), the machine's stop (machine), billed time kept off the event loop (billing), the imaging process
+(imaging_pool) and what the owner sees (views).
 """
 
 from __future__ import annotations
