@@ -21,14 +21,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from avatargen.buckets import open_buckets
 from avatargen.config import Settings, load_settings
 from avatargen.durations import parse_duration
 from avatargen.events import EventHub
 from avatargen.generator import Generator
 from avatargen.gpu import make_provider
-from avatargen.ledger import CostLedger
 from avatargen.simulator.runner import SimulatedGpu
+from avatargen.storage.folders import FileLedger, folder_buckets
 from benchmarks.harness import ROOT, parse_args, scratch, write_config
 from benchmarks.report import fmt, print_machine, print_table, verdict
 
@@ -77,9 +76,9 @@ async def started(engine: Generator, timeout: float = 30.0) -> None:
 
 async def one_run(settings: Settings) -> tuple[float, float, int]:
     """Fill the fallback bucket in one run: the billed seconds, the web UI's busy seconds and jobs done."""
-    buckets = open_buckets(settings)
+    buckets = folder_buckets(settings)
     async with SimulatedGpu(settings.gpu.simulated) as gpu:
-        ledger = CostLedger(settings.server.data_dir / "ledger.sqlite3")
+        ledger = await FileLedger.open(settings.server.data_dir / "ledger.sqlite3")
         engine = Generator(settings, buckets, make_provider(settings, simulated=gpu), ledger, EventHub())
         await engine.start()
         try:
@@ -88,7 +87,7 @@ async def one_run(settings: Settings) -> tuple[float, float, int]:
             await engine.wait_idle()
         finally:
             await engine.close()
-            ledger.close_db()
+            await ledger.aclose()
         busy, jobs = gpu.sd.busy_seconds, len(gpu.sd.completed)
     run = engine.last_run
     expected = settings.buckets.fallback.max

@@ -6,7 +6,6 @@ token with a constant-time comparison (401). Errors are always `{"error": "..."}
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import ipaddress
 import json
@@ -78,7 +77,7 @@ async def _json_body(request: Request) -> dict[str, Any] | JSONResponse:
 
 
 async def status(request: Request) -> Response:
-    return JSONResponse(services(request).status())
+    return JSONResponse(await services(request).status())
 
 
 async def events(request: Request) -> Response:
@@ -135,7 +134,7 @@ async def images(request: Request) -> Response:
         return error(422, "limit must be a whole number")
     if not 1 <= limit <= 500:
         return error(422, "limit must be between 1 and 500")
-    records = await asyncio.to_thread(state.buckets[name].newest, limit)
+    records = await state.buckets[name].newest(limit)
     return JSONResponse({"images": [image_summary(record) for record in records]})
 
 
@@ -146,7 +145,7 @@ async def image(request: Request) -> Response:
         return name
     image_id = request.path_params["image_id"]
     try:
-        data = await asyncio.to_thread(state.buckets[name].read, check_id(image_id))
+        data = await state.buckets[name].read(check_id(image_id))
     except (ImageNotFound, ValueError, FileNotFoundError):
         return error(404, f"no image {image_id!r} in the {name} bucket")
     return Response(data, media_type="image/webp", headers={"Cache-Control": "private, max-age=3600"})

@@ -20,9 +20,9 @@ from avatargen.config import Settings
 from avatargen.events import EventHub, EventLogHandler
 from avatargen.generator import Generator
 from avatargen.gpu import make_provider
-from avatargen.ledger import CostLedger
 from avatargen.lock import GeneratorLock
 from avatargen.simulator.runner import SimulatedGpu
+from avatargen.storage.folders import FileLedger, FolderBucket
 from server.admin import admin_routes
 from server.admin_token import resolve_admin_token
 from server.services import Services
@@ -50,14 +50,15 @@ async def http_error(request: Request, exc: Exception) -> Response:
 
 def create_app(settings: Settings) -> Starlette:
     """Build the app; nothing starts until the lifespan runs (uvicorn, or a test's lifespan manager)."""
-    buckets = open_buckets(settings)
-    visitor = VisitorService(settings, buckets)
+    folders = open_buckets(settings)
+    buckets = {name: FolderBucket(bucket) for name, bucket in folders.items()}
+    visitor = VisitorService(settings, folders)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
             settings.server.data_dir.mkdir(parents=True, exist_ok=True)
-            for bucket in buckets.values():
+            for bucket in folders.values():
                 recovered = await asyncio.to_thread(bucket.recover)
                 if any(recovered.values()):
                     log.info("bucket %s recovered at start-up: %s", bucket.name, recovered)
@@ -68,8 +69,8 @@ def create_app(settings: Settings) -> Starlette:
                 product_log.setLevel(logging.INFO)  # the owner's live log shows what the generator does
             product_log.addHandler(handler)
             stack.callback(product_log.removeHandler, handler)
-            ledger = await asyncio.to_thread(CostLedger, settings.server.data_dir / "ledger.sqlite3")
-            stack.callback(ledger.close_db)
+            ledger = await FileLedger.open(settings.server.data_dir / "ledger.sqlite3")
+            stack.push_async_callback(ledger.aclose)
             token, source = resolve_admin_token(settings)
             services = Services(settings, buckets, events, ledger, token=token)
             app.state.services = services

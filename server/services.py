@@ -5,15 +5,15 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from avatargen.buckets import Bucket
 from avatargen.config import PromptSettings, Secret, Settings
 from avatargen.config_writer import save_prompts
 from avatargen.events import EventHub
 from avatargen.generator import Generator, bucket_levels, cost_summary
-from avatargen.ledger import CostLedger
+from avatargen.storage.protocols import Ledger, StoredBucket
 
 log = logging.getLogger("avatargen.server")
 
@@ -21,9 +21,9 @@ log = logging.getLogger("avatargen.server")
 @dataclass
 class Services:
     settings: Settings
-    buckets: dict[str, Bucket]
+    buckets: Mapping[str, StoredBucket]
     events: EventHub
-    ledger: CostLedger
+    ledger: Ledger
     token: Secret = field(default_factory=lambda: Secret(""))
     engine: Generator | None = None
     generator_elsewhere: str | None = None  # why this process does not run the generator
@@ -58,12 +58,12 @@ class Services:
                 self.events.publish("buckets", levels)
                 last = levels
 
-    def status(self) -> dict[str, Any]:
+    async def status(self) -> dict[str, Any]:
         if self.engine is not None:
             return self.engine.status()
         # Another process runs the generator: report what this one can see (the shared folders and ledger).
         return {"state": "idle", "run": None, "last_run": None,
                 "buckets": bucket_levels(self.settings, self.buckets),
                 "gpu": {"provider": self.settings.gpu.provider, "machine_state": None},
-                "cost": cost_summary(self.settings, self.ledger.spend()), "next_check_at": None,
+                "cost": cost_summary(self.settings, await self.ledger.spend()), "next_check_at": None,
                 "paused_reason": self.generator_elsewhere}

@@ -14,13 +14,12 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.types import ASGIApp
 
-from avatargen.buckets import open_buckets
 from avatargen.config import Settings, load_settings
 from avatargen.events import EventHub, Subscription
 from avatargen.generator import Generator
 from avatargen.gpu import make_provider
-from avatargen.ledger import CostLedger
 from avatargen.simulator.runner import SimulatedGpu
+from avatargen.storage.folders import FileLedger, folder_buckets
 from server.app import create_app
 from server.serve import uvicorn_options
 
@@ -66,11 +65,11 @@ async def running_engine(
     settings: Settings, before_start: Callable[[SimulatedGpu], Awaitable[None]] | None = None
 ) -> AsyncIterator[tuple[Generator, SimulatedGpu]]:
     """A started engine against a simulated GPU on loopback; closed (machine stopped) on exit."""
-    buckets = open_buckets(settings)
+    buckets = folder_buckets(settings)
     for bucket in buckets.values():
-        bucket.recover()
+        bucket.folder.recover()
     async with SimulatedGpu(settings.gpu.simulated) as gpu:
-        ledger = CostLedger(settings.server.data_dir / "ledger.sqlite3")
+        ledger = await FileLedger.open(settings.server.data_dir / "ledger.sqlite3")
         engine = Generator(settings, buckets, make_provider(settings, simulated=gpu), ledger, EventHub())
         if before_start is not None:
             await before_start(gpu)
@@ -79,7 +78,7 @@ async def running_engine(
             yield engine, gpu
         finally:
             await engine.close()
-            ledger.close_db()
+            await ledger.aclose()
 
 
 async def wait_for_event(subscription: Subscription, kind: str, check: Callable[[dict[str, Any]], bool],

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from avatargen.buckets import open_buckets
 from avatargen.config import Secret
 from avatargen.events import EventHub, Subscription
 from avatargen.generator import Generator, NothingToDo, NotRunning, RunActive
@@ -19,6 +18,7 @@ from avatargen.imaging import frame_unique, placeholder_webp
 from avatargen.ledger import CostLedger
 from avatargen.lock import GeneratorLock
 from avatargen.simulator.runner import SimulatedGpu
+from avatargen.storage.folders import FileLedger, folder_buckets
 from tests.support import fast_settings, running_engine, wait_for_event, wait_until
 
 
@@ -45,7 +45,7 @@ async def run_to_end(engine: Generator, buckets: list[str] | None = None) -> tup
 async def test_one_run_fills_both_buckets_to_max_and_ends_with_machine_off(tmp_path: Path) -> None:
     settings = fast_settings(tmp_path, buckets__fallback__max=5)  # odd: the last request asks for 1 image
     async with running_engine(settings) as (engine, gpu):
-        engine.buckets["unique"].publish(placeholder_webp(64), {"prompt": "already there"})
+        await engine.buckets["unique"].publish(placeholder_webp(64), {"prompt": "already there"})
         run, states = await run_to_end(engine)
         assert states == ["booting", "generating", "shutting_down", "idle"]
         assert run["outcome"] == "completed" and run["error"] is None
@@ -55,10 +55,10 @@ async def test_one_run_fills_both_buckets_to_max_and_ends_with_machine_off(tmp_p
         assert gpu.machine.state == "off"
         assert run["billed_seconds"] > 0.3  # at least the boot delay
         unique = engine.buckets["unique"]
-        for record in unique.newest(3):  # framed in the imaging process, exactly as a visitor's claim would
-            framed = (unique.directory / ".framed" / f"{record.id}.webp").read_bytes()
-            assert framed == frame_unique(unique.read(record.id), settings.generator.webp_quality)
-        newest = engine.buckets["fallback"].newest(1)[0]
+        for record in await unique.newest(3):  # framed in the imaging process, exactly as a visitor's claim would
+            framed = (settings.buckets.unique.dir / ".framed" / f"{record.id}.webp").read_bytes()
+            assert framed == frame_unique(await unique.read(record.id), settings.generator.webp_quality)
+        newest = (await engine.buckets["fallback"].newest(1))[0]
         assert newest.metadata["prompt"].startswith(("A ", "An ")) and " of cjs" in newest.metadata["prompt"]
         assert newest.metadata["backend"] == "simulated" and isinstance(newest.metadata["seed"], int)
         status = engine.status()
@@ -165,7 +165,7 @@ async def test_bad_sd_answers_fail_the_run_and_store_nothing(tmp_path: Path, fau
         assert gpu.machine.state == "off"
         for bucket in engine.buckets.values():
             assert bucket.count() == 0
-            assert not list(bucket.directory.glob("*.webp"))
+            assert not list(bucket.folder.directory.glob("*.webp"))
 
 
 async def test_an_exception_in_our_own_code_still_stops_the_machine(tmp_path: Path) -> None:
@@ -285,8 +285,8 @@ async def test_always_on_machine_is_used_as_it_is_never_started_or_stopped(tmp_p
         await client.aclose()
         await wait_until(lambda: gpu.machine.state == "ready")
         settings = fast_settings(tmp_path, gpu__provider="always_on", sd__url=gpu.sd_url)
-        buckets = open_buckets(settings)
-        ledger = CostLedger(settings.server.data_dir / "ledger.sqlite3")
+        buckets = folder_buckets(settings)
+        ledger = await FileLedger.open(settings.server.data_dir / "ledger.sqlite3")
         engine = Generator(settings, buckets, make_provider(settings), ledger, EventHub())
         await engine.start()
         try:
@@ -295,7 +295,7 @@ async def test_always_on_machine_is_used_as_it_is_never_started_or_stopped(tmp_p
             assert engine.status()["cost"]["today"] == 0
         finally:
             await engine.close()
-            ledger.close_db()
+            await ledger.aclose()
         assert states == ["booting", "generating", "shutting_down", "idle"]
         assert run["outcome"] == "completed" and run["done"] == 4
         assert run["billed_seconds"] == 0 and run["cost"] == 0

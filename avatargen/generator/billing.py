@@ -23,11 +23,12 @@ import time
 from collections.abc import Mapping
 from dataclasses import replace
 
-from avatargen.buckets import Bucket, ImageRecord
+from avatargen.buckets import ImageRecord
 from avatargen.durations import format_duration
-from avatargen.ledger import CostLedger, Entry, Spend, month_start
+from avatargen.ledger import Entry, Spend, month_start
 from avatargen.retry import backoff_delay
 from avatargen.run import iso
+from avatargen.storage.protocols import Ledger, StoredBucket
 
 log = logging.getLogger("avatargen.generator")
 
@@ -36,7 +37,7 @@ RETRY_MAX = 10.0  # longest wait between two attempts to write the ledger
 
 
 class Billing:
-    def __init__(self, ledger: CostLedger, hourly_cost: float, *, check_every: float = CHECK_EVERY) -> None:
+    def __init__(self, ledger: Ledger, hourly_cost: float, *, check_every: float = CHECK_EVERY) -> None:
         self.ledger = ledger
         self.hourly_cost = hourly_cost
         self.check_every = check_every
@@ -53,16 +54,16 @@ class Billing:
         """Why the ledger on disk is behind or short of the truth, for the status; None when it is not."""
         return self._write_problem or self._history_problem
 
-    async def load(self, buckets: Mapping[str, Bucket], backend: str | None) -> None:
+    async def load(self, buckets: Mapping[str, StoredBucket], backend: str | None) -> None:
         """This month's entries and any left open, from the ledger; then write behind from now on.
 
         `backend`: the provider whose runs are billed (None when none are), to recognise images of
         earlier billed runs in the buckets when the ledger has nothing.
         """
-        entries = await asyncio.to_thread(self.ledger.entries, month_start(time.time()))
+        entries = await self.ledger.entries(month_start(time.time()))
         self._entries = {entry.run_id: entry for entry in entries}
         if not entries and backend is not None:
-            earlier = await asyncio.to_thread(_image_of_an_earlier_run, self.ledger, buckets, backend)
+            earlier = await _image_of_an_earlier_run(self.ledger, buckets, backend)
             if earlier is not None:
                 self._found_empty(earlier)
         self._writer = asyncio.create_task(self._write_behind(), name="ledger-writer")
@@ -96,7 +97,7 @@ class Billing:
         for entry in self._unwritten.values():
             billed = format_duration(entry.seconds_since(entry.started, time.time()))
             log.error("billed time of run %s (%s, from %s to %s) could not be written to the cost ledger %s",
-                      entry.run_id, billed, iso(entry.started), iso(entry.stopped) or "now", self.ledger.path)
+                      entry.run_id, billed, iso(entry.started), iso(entry.stopped) or "now", self.ledger.location)
 
     def _set(self, entry: Entry) -> None:
         self._entries[entry.run_id] = self._unwritten[entry.run_id] = entry
@@ -109,7 +110,7 @@ class Billing:
         log.error("the cost ledger %s holds no billed time, yet bucket %s holds images made on the %s machine by "
                   "run %s (%s): the ledger was deleted or replaced while the server was down. Spend billed before "
                   "now is not counted, so today's spend and the daily budget start again from 0; restore the "
-                  "ledger from a backup if you have one", self.ledger.path, image.bucket,
+                  "ledger from a backup if you have one", self.ledger.location, image.bucket,
                   image.metadata.get("backend"), run_id, made)
 
     async def _write_behind(self) -> None:
@@ -127,37 +128,38 @@ class Billing:
                 failures += 1
                 problem = f"the cost ledger cannot be written ({exc}); billed time is kept in memory until it can"
                 if problem != self._write_problem:
-                    log.error("%s: %s", self.ledger.path, problem)
+                    log.error("%s: %s", self.ledger.location, problem)
                 self._write_problem = problem
                 if self._closing:
                     return
                 continue
             if failures:
-                log.warning("the cost ledger %s is written again", self.ledger.path)
+                log.warning("the cost ledger %s is written again", self.ledger.location)
                 failures, self._write_problem = 0, None
             if self._closing and not self._unwritten:
                 return
 
     async def _write(self) -> None:
         """Recreate the ledger if it was lost, then write what is unwritten (in a worker thread)."""
-        lost = await asyncio.to_thread(self.ledger.reopen_if_lost)
+        lost = await self.ledger.reopen_if_lost()
         if lost is not None:
             self._unwritten = dict(self._entries)
             log.error("the cost ledger %s was %s while the server ran: written again with the %d billing "
                       "record(s) of this month this process holds; records of earlier months are gone unless "
-                      "you restore them", self.ledger.path, lost, len(self._unwritten))
+                      "you restore them", self.ledger.location, lost, len(self._unwritten))
         batch = list(self._unwritten.values())
         if batch:
-            await asyncio.to_thread(self.ledger.record, batch)
+            await self.ledger.record(batch)
         for entry in batch:
             if self._unwritten.get(entry.run_id) is entry:
                 del self._unwritten[entry.run_id]
 
 
-def _image_of_an_earlier_run(ledger: CostLedger, buckets: Mapping[str, Bucket], backend: str) -> ImageRecord | None:
+async def _image_of_an_earlier_run(ledger: Ledger, buckets: Mapping[str, StoredBucket],
+                                   backend: str) -> ImageRecord | None:
     """The newest image a run on the `backend` machine made, when the ledger holds no entry at all."""
-    if not ledger.is_empty():
+    if not await ledger.is_empty():
         return None
-    made = [record for bucket in buckets.values() for record in bucket.newest(1)
+    made = [record for bucket in buckets.values() for record in await bucket.newest(1)
             if record.metadata.get("run_id") and record.metadata.get("backend") == backend]
     return max(made, key=lambda record: record.created_at, default=None)

@@ -15,7 +15,6 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from avatargen.buckets import Bucket
 from avatargen.config import PromptSettings, Settings
 from avatargen.events import EventHub
 from avatargen.generator.billing import Billing
@@ -28,8 +27,8 @@ from avatargen.generator.scheduler import Scheduler
 from avatargen.generator.states import States
 from avatargen.generator.views import bucket_levels, cost_summary, runs_view
 from avatargen.gpu.base import Provider
-from avatargen.ledger import CostLedger
 from avatargen.run import Run, State, Trigger, iso
+from avatargen.storage.protocols import Ledger, StoredBucket
 
 log = logging.getLogger("avatargen.generator")
 
@@ -38,9 +37,9 @@ class Generator:
     def __init__(
         self,
         settings: Settings,
-        buckets: Mapping[str, Bucket],
+        buckets: Mapping[str, StoredBucket],
         provider: Provider,
-        ledger: CostLedger,
+        ledger: Ledger,
         events: EventHub,
     ) -> None:
         self.settings = settings

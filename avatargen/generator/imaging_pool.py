@@ -14,15 +14,15 @@ from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
-from avatargen.buckets import Bucket
 from avatargen.config import GeneratorSettings
 from avatargen.generator.errors import RunFailed
 from avatargen.imaging import make_avatars
 from avatargen.lifeline import helper_process
+from avatargen.storage.protocols import StoredBucket
 
 
 class ImagingPool:
-    def __init__(self, settings: GeneratorSettings, buckets: Mapping[str, Bucket]) -> None:
+    def __init__(self, settings: GeneratorSettings, buckets: Mapping[str, StoredBucket]) -> None:
         self._settings = settings
         self._buckets = buckets
         self._pool: ProcessPoolExecutor | None = None

@@ -16,7 +16,6 @@ from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from avatargen.buckets import Bucket
 from avatargen.config import PromptSettings, Settings
 from avatargen.durations import format_duration
 from avatargen.events import EventHub
@@ -30,6 +29,7 @@ from avatargen.prompts import compose
 from avatargen.retry import backoff_delay
 from avatargen.run import Run, Step
 from avatargen.sd import SdClient, SdError, SdNotReady
+from avatargen.storage.protocols import StoredBucket
 
 log = logging.getLogger("avatargen.generator")
 
@@ -70,7 +70,7 @@ class RunContext:
     """What a run works with, owned by the generator and shared by its runs."""
 
     settings: Settings
-    buckets: Mapping[str, Bucket]
+    buckets: Mapping[str, StoredBucket]
     machine: Machine
     states: States
     billing: Billing
@@ -237,7 +237,7 @@ class Refill:
             "generation_seconds": round(seconds, 3),
             "run_id": self.run.id,
         }
-        record = await asyncio.to_thread(self._context.buckets[bucket_name].publish, webp, metadata, prepared=framed)
+        record = await self._context.buckets[bucket_name].publish(webp, metadata, prepared=framed)
         self.run.done += 1
         self._context.events.publish("image", image_event(bucket_name, record, self._context.levels()))
         self._publish_progress()

@@ -9,13 +9,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from avatargen.buckets import Bucket, ImageRecord
+from avatargen.buckets import ImageRecord
 from avatargen.config import Settings
 from avatargen.generator.states import States
 from avatargen.ledger import Spend
+from avatargen.storage.protocols import StoredBucket
 
 
-def bucket_levels(settings: Settings, buckets: Mapping[str, Bucket]) -> dict[str, dict[str, int]]:
+def bucket_levels(settings: Settings, buckets: Mapping[str, StoredBucket]) -> dict[str, dict[str, int]]:
     """Each bucket's count against its min and max, as status and events report them."""
     return {name: {"count": buckets[name].count(), "min": conf.min, "max": conf.max}
             for name, conf in settings.buckets.items()}
