@@ -2,10 +2,13 @@
 
 An exclusive, non-blocking flock on `<data_dir>/generator.lock`: the kernel releases it when the holder
 dies, so a crash never leaves a stale lock behind. The file records the holder's pid for the owner.
+`FileSeat` is the same lock as the generator's seat: the other workers try it again every `retry_every`
+and one of them takes over when the holder dies.
 """
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import os
 from pathlib import Path
@@ -41,3 +44,27 @@ class GeneratorLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+
+
+class FileSeat:
+    """The lock file as a `GeneratorSeat`: never lost while its process lives."""
+
+    def __init__(self, lock: GeneratorLock, *, retry_every: float = 1.0) -> None:
+        self.lock = lock
+        self.retry_every = retry_every
+
+    async def acquire(self) -> bool:
+        return self.lock.acquire()  # a non-blocking flock: nothing to wait for
+
+    async def wait_acquire(self) -> None:
+        while not self.lock.acquire():
+            await asyncio.sleep(self.retry_every)
+
+    async def keep(self) -> None:
+        await asyncio.Event().wait()  # the kernel holds it until this process ends
+
+    async def holder(self) -> str | None:
+        return f"pid {self.lock.holder()}"
+
+    async def release(self) -> None:
+        self.lock.release()

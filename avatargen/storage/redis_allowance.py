@@ -114,6 +114,9 @@ class RedisAllowance:
         bucket.forget(image_id)
         return Claim(image_id, bytes(reply[3]), json.loads(reply[4]))
 
+    async def sent(self, claim: Claim, bucket: RedisBucket) -> None:
+        """Nothing left to do: the claim took the unique out of Redis for good."""
+
     def may_retire(self) -> bool:
         """False when this process already knows the retire slot is not due; no I/O."""
         return self.clock() >= self._next_retire_at
@@ -124,3 +127,6 @@ class RedisAllowance:
             taken, due = await self._retire(keys=[self._key], args=[repr(self.clock()), repr(self.retire_every)])
         self._next_retire_at = float(due)
         return bool(taken)
+
+    async def aclose(self) -> None:
+        """Nothing to close: the client belongs to the process's storage."""

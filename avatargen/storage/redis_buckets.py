@@ -85,10 +85,12 @@ class RedisBucket:
     coroutine that raises StorageUnavailable when Redis does not answer in time.
     """
 
-    def __init__(self, storage: RedisStorage, name: str, *, prepare: Callable[[bytes], bytes] | None = None) -> None:
+    def __init__(self, storage: RedisStorage, name: str, *, prepare: Callable[[bytes], bytes] | None = None,
+                 refresh_every: float = 1.0) -> None:
         self.storage = storage
         self.name = name
         self.prepare = prepare
+        self.refresh_every = refresh_every
         self._keys = [storage.key("bucket", name, part) for part in ("ids", "images", "framed", "meta", "version")]
         self._publish = storage.script(_PUBLISH)
         self._delete = storage.script(_DELETE)
@@ -132,8 +134,8 @@ class RedisBucket:
         self._version = version
         return True
 
-    async def follow(self, every: float = 1.0) -> None:
-        """Refresh every `every` seconds, for ever (a task of the server's lifespan). While Redis is
+    async def follow(self) -> None:
+        """Refresh every `refresh_every` seconds, for ever (a task of the server's lifespan). While Redis is
         unreachable the last copy stays: fallbacks keep coming from the visitor's cache."""
         outage = Outage(f"visitors get fallbacks from the last known list of the {self.name} bucket",
                         f"the {self.name} bucket's list is up to date")
@@ -144,7 +146,7 @@ class RedisBucket:
                 outage.failed(exc)
             else:
                 outage.ended()
-            await asyncio.sleep(every)
+            await asyncio.sleep(self.refresh_every)
 
     # --- reading ---------------------------------------------------------------------------------
 

@@ -119,6 +119,10 @@ class GeneratorLease:
             return "another replica"
 
     async def release(self) -> None:
-        """Give the lease up now (a clean shutdown), so a standby replica takes over at once."""
-        async with self.storage.guard("release the generator lease"):
-            await self._release(keys=[self._key], args=[self.name])
+        """Give the lease up now (a clean shutdown), so a standby replica takes over at once; if Redis cannot
+        be reached, it expires by itself."""
+        try:
+            async with self.storage.guard("release the generator lease"):
+                await self._release(keys=[self._key], args=[self.name])
+        except StorageUnavailable as exc:
+            log.warning("%s; the generator lease expires by itself within %gs", exc, self.ttl)

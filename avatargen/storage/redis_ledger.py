@@ -60,20 +60,26 @@ class RedisLedger:
         self._record = storage.script(_RECORD)
         self._entries = storage.script(_ENTRIES)
         self._lost = storage.script(_LOST)
-        self._born = secrets.token_hex(8)
+        self._born: str | None = None  # the marker of the ledger adopted by `open`
 
     def __str__(self) -> str:
         return self.location
 
     async def open(self) -> None:
         """Adopt the ledger in Redis (marking a new one as born now), so that losing it is noticed."""
+        marker = secrets.token_hex(8)
         async with self.storage.guard("open the cost ledger"):
-            await self.storage.client.set(self._keys[2], self._born, nx=True)
+            await self.storage.client.set(self._keys[2], marker, nx=True)
             current = await self.storage.client.get(self._keys[2])
-        self._born = current.decode() if isinstance(current, bytes) else self._born
+        self._born = current.decode() if isinstance(current, bytes) else marker
 
     async def reopen_if_lost(self) -> str | None:
-        """Why the ledger in Redis is no longer the one opened ("deleted": Redis lost its data), or None."""
+        """Why the ledger in Redis is no longer the one opened ("deleted": Redis lost its data), or None.
+
+        A ledger not opened yet (Redis was down at start-up) is opened now: nothing was lost."""
+        if self._born is None:
+            await self.open()
+            return None
         new = secrets.token_hex(8)
         async with self.storage.guard("check the cost ledger"):
             lost = await self._lost(keys=[self._keys[2]], args=[self._born, new])

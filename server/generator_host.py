@@ -1,0 +1,89 @@
+"""Runs the generator in this process while it holds the generator's seat, and stands by otherwise.
+
+Every worker and every replica starts one of these; exactly one holds the seat (a lock file among the
+workers of one machine, a lease in Redis among replicas) and runs the generator. The others wait for
+the seat: when its holder dies, one of them takes over, and the generator's start-up stops a machine
+the dead holder left on. A holder that loses a lease (Redis unreachable for its whole ttl, or a replica
+that took over after this one stalled) stops its generator at once: the run is aborted and the machine
+stopped, and it stands by again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+
+from avatargen.generator import Generator
+from avatargen.storage.protocols import GeneratorSeat
+from avatargen.storage.redis_connection import LeaseLost, StorageUnavailable
+
+log = logging.getLogger("avatargen.server")
+
+# The generator with what it needs (a simulated GPU, say), started on entry and closed on exit.
+GeneratorFactory = Callable[[], AbstractAsyncContextManager[Generator]]
+
+
+class GeneratorHost:
+    """`generator` is the running generator while this process holds the seat, else None."""
+
+    def __init__(self, seat: GeneratorSeat, factory: GeneratorFactory, *,
+                 on_change: Callable[[Generator | None], None] = lambda generator: None) -> None:
+        self.seat = seat
+        self.factory = factory
+        self.on_change = on_change
+        self.generator: Generator | None = None
+        # Set once start-up knows where the generator runs: started here, or the seat found taken.
+        self.settled = asyncio.Event()
+
+    async def run(self) -> None:
+        """Hold the seat and run the generator, for ever (cancel it at shutdown: the run is aborted and the
+        machine stopped, then the seat given up for the next holder)."""
+        try:
+            held = await self.seat.acquire()
+        except StorageUnavailable as exc:
+            log.warning("%s; the generator starts once it answers", exc)
+            held = False
+        while True:
+            if not held:
+                self.settled.set()
+                await self.seat.wait_acquire()
+            try:
+                await self._serve()
+            except LeaseLost as exc:
+                log.error("%s: this replica stopped its generator and stands by", exc)
+            held = False
+
+    async def _serve(self) -> None:
+        try:
+            async with self.factory() as generator:
+                self.generator = generator
+                self.on_change(generator)
+                self.settled.set()
+                try:
+                    await self.seat.keep()
+                finally:
+                    self.generator = None
+                    self.on_change(None)
+        finally:
+            await self.seat.release()
+
+
+@contextlib.asynccontextmanager
+async def hosting(host: GeneratorHost) -> AsyncIterator[GeneratorHost]:
+    """The host running as a task while the block runs, which starts once the generator has started here or
+    is known to run elsewhere; at its end the generator is closed (its machine off)."""
+    task = asyncio.create_task(host.run(), name="generator host")
+    settled = asyncio.ensure_future(host.settled.wait())
+    try:
+        await asyncio.wait((task, settled), return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            task.result()  # the generator could not start: the server does not either
+        yield host
+    finally:
+        settled.cancel()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
