@@ -213,7 +213,9 @@ class RedisDesk:
         with contextlib.suppress(StorageUnavailable):  # the sender gets "no answer", which is true
             async with self.storage.guard("answer an owner's request"), \
                     self.storage.client.pipeline(transaction=True) as pipe:
-                await pipe.rpush(reply_key, json.dumps(reply)).expire(reply_key, round(FORWARD_TIMEOUT)).execute()
+                pipe.rpush(reply_key, json.dumps(reply))
+                pipe.expire(reply_key, round(FORWARD_TIMEOUT))
+                await pipe.execute()
 
 
 @contextlib.asynccontextmanager

@@ -56,11 +56,11 @@ async def opened_storage(settings: Settings) -> AsyncIterator[Storage]:
         return
     redis = RedisStorage.connect(settings.storage)
     try:
-        ledger = RedisLedger(redis)
+        shared = RedisLedger(redis)
         try:
-            await ledger.open()
+            await shared.open()
         except StorageUnavailable as exc:
             log.warning("%s; the cost ledger is adopted once it answers", exc)
-        yield Storage(redis_buckets(redis, settings), ledger, GeneratorLease(redis), redis)
+        yield Storage(redis_buckets(redis, settings), shared, GeneratorLease(redis), redis)
     finally:
         await redis.aclose()
