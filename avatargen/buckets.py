@@ -32,7 +32,9 @@ from avatargen.imaging import frame_unique, sniff_format
 
 IMAGE_SUFFIX = ".webp"
 META_SUFFIX = ".json"
-_ID = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
+_ID = re.compile(r"[A-Za-z0-9_-]{1,100}")  # used with fullmatch: `$` would also accept a trailing newline
+# How much of a rejected id an error message quotes: ids come from URLs, and a 60 kB one must not be echoed.
+_QUOTED_ID = 40
 # A directory mtime this close to the moment it was read may still change within the same clock tick
 # (coarse filesystem timestamps), so the scan that read it is redone at the next check.
 _RACY_NS = 1_000_000_000
@@ -47,8 +49,11 @@ class ImageNotFound(LookupError):
 
 def check_id(image_id: str) -> str:
     """Return the id if it is safe to use in a file name (no path traversal); else raise ValueError."""
-    if not isinstance(image_id, str) or not _ID.match(image_id):
-        raise ValueError(f"invalid image id {image_id!r}: expected 1-100 letters, digits, '-' or '_'")
+    if not isinstance(image_id, str) or not _ID.fullmatch(image_id):
+        quoted = repr(image_id)
+        if len(quoted) > _QUOTED_ID:
+            quoted = quoted[:_QUOTED_ID] + "..."
+        raise ValueError(f"invalid image id {quoted}: expected 1-100 letters, digits, '-' or '_'")
     return image_id
 
 
@@ -204,7 +209,7 @@ class Bucket:
             return [
                 entry.name[: -len(IMAGE_SUFFIX)]
                 for entry in entries
-                if entry.name.endswith(IMAGE_SUFFIX) and _ID.match(entry.name[: -len(IMAGE_SUFFIX)])
+                if entry.name.endswith(IMAGE_SUFFIX) and _ID.fullmatch(entry.name[: -len(IMAGE_SUFFIX)])
                 and entry.is_file()
             ]
 
@@ -397,7 +402,7 @@ class Bucket:
         released = 0
         for path in self._claimed.glob(f"*{IMAGE_SUFFIX}"):
             image_id = path.name[: -len(IMAGE_SUFFIX)]
-            if _ID.match(image_id) and _is_stale(path, older_than, since_rename=True):
+            if _ID.fullmatch(image_id) and _is_stale(path, older_than, since_rename=True):
                 with contextlib.suppress(FileNotFoundError):  # another process put it back first
                     self.release_claim(image_id)
                     released += 1

@@ -86,11 +86,16 @@ def test_count_newest_random_delete(tmp_path: Path) -> None:
 def test_ids_from_outside_are_validated(tmp_path: Path) -> None:
     bucket = Bucket("unique", tmp_path / "unique")
     (tmp_path / "secret.webp").write_bytes(webp(1))
-    for bad in ("../secret", "a/b", "", ".hidden", "x" * 101, "a.b"):
+    for bad in ("../secret", "a/b", "", ".hidden", "x" * 101, "a.b", "abc\n"):
         with pytest.raises(ValueError, match="invalid image id"):
             bucket.read(bad)
         with pytest.raises(ValueError, match="invalid image id"):
             bucket.delete(bad)
+        with pytest.raises(ValueError, match="invalid image id"):
+            check_id(bad)
+    with pytest.raises(ValueError) as refused:
+        check_id("x" * 60_000)
+    assert len(str(refused.value)) < 200, "an id from a URL is not echoed back whole"
     with pytest.raises(ValueError, match="invalid image id"):
         bucket.finish_claim("../../secret")
     assert (tmp_path / "secret.webp").exists()
