@@ -28,7 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from avatargen.config import Settings
+from avatargen.files import sync_folder, write_atomically
 from avatargen.imaging import frame_unique, sniff_format
+from avatargen.timestamps import utc_iso
 
 IMAGE_SUFFIX = ".webp"
 META_SUFFIX = ".json"
@@ -61,11 +63,6 @@ def new_id(now: datetime | None = None) -> str:
     """A fresh image id that sorts by creation time: `20261124T235959-123456-1a2b3c4d` (UTC, µs, random)."""
     now = now or datetime.now(UTC)
     return f"{now:%Y%m%dT%H%M%S-%f}-{secrets.token_hex(4)}"
-
-
-def utc_iso(moment: datetime) -> str:
-    """ISO 8601 in UTC with a Z, the form stored in sidecars and shown by the admin API."""
-    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)
@@ -117,27 +114,6 @@ class _Index:
 
     def choice(self) -> str | None:
         return random.choice(self._ids) if self._ids else None
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    """Create `path` with `data` and fsync it, so a rename that follows publishes complete bytes."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _sync_dir(path: Path) -> None:
-    """fsync a directory so the renames into it survive a crash."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _unlink(path: Path) -> bool:
@@ -318,21 +294,15 @@ class Bucket:
                 _unlink(path)
             raise
         if self.prepare is not None:
-            _sync_dir(self._framed)
-        _sync_dir(self.directory)
+            sync_folder(self._framed)
+        sync_folder(self.directory)
         with self._lock:
             self._index.add(image_id)
         return ImageRecord(image_id, self.name, self._image_path(image_id), metadata, created_at)
 
     def _place(self, data: bytes, final: Path) -> None:
-        """Write a file under `.tmp/`, fsync it, then rename it to `final`: it appears whole or not at all."""
-        work = self._tmp / f"{secrets.token_hex(4)}-{final.name}"
-        try:
-            _write_synced(work, data)
-            os.rename(work, final)
-        except BaseException:
-            _unlink(work)
-            raise
+        """Write a file by way of `.tmp/`: it appears whole or not at all (the caller fsyncs the folder)."""
+        write_atomically(final, data, work_dir=self._tmp, sync=False)
 
     def delete(self, image_id: str) -> bool:
         """Remove an image (then its sidecar and framed copy); False if it was not there."""

@@ -122,7 +122,7 @@ class BucketsSettings:
     fallback: BucketSettings = _f(BucketSettings(Path("data/fallback"), 1000, 2500))
 
     def items(self) -> list[tuple[str, BucketSettings]]:
-        return [("unique", self.unique), ("fallback", self.fallback)]
+        return [(name, getattr(self, name)) for name in BUCKET_NAMES]
 
     def check(self) -> None:
         if self.unique.dir == self.fallback.dir:

@@ -37,7 +37,10 @@ class ImageError(ValueError):
 
 
 def sniff_format(data: bytes) -> str | None:
-    """The Pillow format name ("PNG", "JPEG", "WEBP") from the magic bytes, or None for anything else."""
+    """The Pillow format name ("PNG", "JPEG", "WEBP") from the magic bytes, or None for anything else.
+
+    The SD web UI sends whatever its `samples_format` setting says: never assume PNG.
+    """
     return next((name for name, matches in _SIGNATURES if matches(data[:12])), None)
 
 
@@ -112,7 +115,8 @@ def to_avatar_webp(image: Image.Image, size: int, quality: int) -> bytes:
 
 
 @functools.lru_cache(maxsize=16)
-def _label_layout(width: int, height: int) -> tuple[int, int, ImageFont.FreeTypeFont, tuple[float, float]]:
+def _label_layout(width: int, height: int) -> tuple[int, int, ImageFont.FreeTypeFont | ImageFont.ImageFont,
+                                                   tuple[float, float]]:
     """Border width, band height, font and text position for one image size (computed once per size)."""
     border = max(2, round(min(width, height) * 0.03))
     band = max(10, round(height * 0.11))
