@@ -2,7 +2,8 @@
 
 Layout (the contract): `<dir>/<id>.webp` is an image and `<dir>/<id>.json` its metadata; only `*.webp`
 directly in the folder are images. Work files live in `<dir>/.tmp/`, claimed uniques in `<dir>/.claimed/`
-and pre-framed copies (made by a bucket's `prepare` hook) in `<dir>/.framed/`, all on one filesystem so
+pre-framed copies (made by a bucket's `prepare` hook) in `<dir>/.framed/` and images found broken in
+`<dir>/.rejected/` (set aside with their sidecars for the owner to look at), all on one filesystem so
 that `os.rename` is atomic. The filesystem is the only arbiter between processes: a unique is claimed by
 renaming it away, and whoever's rename fails lost the race. Each Bucket keeps an in-memory index of the
 ids so that counting and random picks never scan 10,000 files per call; it notices other processes'
@@ -14,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import heapq
 import json
+import logging
 import os
 import random
 import re
@@ -29,8 +31,10 @@ from typing import Any
 
 from avatargen.config import Settings
 from avatargen.files import sync_folder, write_atomically
-from avatargen.imaging import frame_unique, sniff_format
+from avatargen.imaging import ImageError, check_webp, frame_unique, sniff_format
 from avatargen.timestamps import utc_iso
+
+log = logging.getLogger("avatargen.buckets")
 
 IMAGE_SUFFIX = ".webp"
 META_SUFFIX = ".json"
@@ -47,6 +51,10 @@ CLAIM_TIMEOUT = 60.0
 
 class ImageNotFound(LookupError):
     """No image with that id in the bucket (never published, claimed or deleted meanwhile)."""
+
+
+class BadImage(ImageNotFound):
+    """The image's file is not a whole WebP image: it was set aside, so it is no longer in the bucket."""
 
 
 def check_id(image_id: str) -> str:
@@ -124,6 +132,14 @@ def _unlink(path: Path) -> bool:
     return True
 
 
+def _move(source: Path, target: Path) -> bool:
+    try:
+        os.rename(source, target)
+    except FileNotFoundError:
+        return False
+    return True
+
+
 def _is_stale(path: Path, older_than: float, *, since_rename: bool = False) -> bool:
     """Whether a file was last written (or, since_rename, renamed: that moves its ctime) long enough ago.
 
@@ -154,7 +170,8 @@ class Bucket:
         self._tmp = self.directory / ".tmp"
         self._claimed = self.directory / ".claimed"
         self._framed = self.directory / ".framed"
-        for folder in (self._tmp, self._claimed, *([self._framed] if prepare else [])):
+        self._rejected = self.directory / ".rejected"
+        for folder in (self._tmp, self._claimed, self._rejected, *([self._framed] if prepare else [])):
             folder.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._index = _Index([])
@@ -232,18 +249,63 @@ class Bucket:
     # --- reading -------------------------------------------------------------------------------------
 
     def read(self, image_id: str) -> bytes:
-        """The stored WebP bytes of an image; ImageNotFound if it is not (or no longer) in the bucket."""
+        """The stored WebP bytes of an image; ImageNotFound if it is not (or no longer) in the bucket.
+
+        Bytes that are not a whole WebP file are never returned: the image is set aside (BadImage).
+        """
+        path = self._image_path(check_id(image_id))
         try:
-            return self._image_path(check_id(image_id)).read_bytes()
+            data = path.read_bytes()
         except FileNotFoundError:
             raise ImageNotFound(f"no image {image_id!r} in the {self.name} bucket") from None
+        return self._whole(image_id, path, data)
+
+    def _whole(self, image_id: str, path: Path, data: bytes) -> bytes:
+        """`data`, read from `path`, if it is a whole WebP file; else the image is set aside (BadImage)."""
+        try:
+            check_webp(data)
+        except ImageError as exc:
+            self.set_aside(image_id, path, str(exc))
+            raise BadImage(f"image {image_id!r} of the {self.name} bucket was set aside: {exc}") from None
+        return data
+
+    def set_aside(self, image_id: str, path: Path, reason: str) -> None:
+        """Move a broken image (found at `path`: in the bucket or claimed) and its sidecar to `.rejected/`.
+
+        Out of the bucket for good, but kept for the owner to look at; its framed copy is only derived
+        from it, so that goes. Never raises: a file another process moved first is fine, and a folder
+        that refuses the move (read-only) leaves the image where it is, forgotten until the next rescan.
+        """
+        self.forget(image_id)
+        try:
+            moved = _move(path, self._rejected / f"{image_id}{IMAGE_SUFFIX}")
+            _move(self._meta_path(image_id), self._rejected / f"{image_id}{META_SUFFIX}")
+            _unlink(self._framed_path(image_id))
+        except OSError as exc:
+            log.error("image %s of the %s bucket is broken (%s) and cannot be set aside: %s",
+                      image_id, self.name, reason, exc)
+            return
+        if moved:
+            log.warning("image %s of the %s bucket set aside in %s: %s", image_id, self.name, self._rejected, reason)
+
+    def rejected(self) -> int:
+        """How many images were set aside as broken (in `.rejected/`, by any process, until the owner clears it)."""
+        try:
+            with os.scandir(self._rejected) as entries:
+                return sum(entry.name.endswith(IMAGE_SUFFIX) for entry in entries)
+        except FileNotFoundError:
+            return 0
 
     def metadata(self, image_id: str) -> dict[str, Any]:
-        """The sidecar of an image (also while it is claimed); ImageNotFound if there is none."""
+        """The sidecar of an image (also while it is claimed); ImageNotFound if there is none, ValueError if it
+        is not a JSON object."""
         try:
-            return json.loads(self._meta_path(check_id(image_id)).read_bytes())
+            metadata = json.loads(self._meta_path(check_id(image_id)).read_bytes())
         except FileNotFoundError:
             raise ImageNotFound(f"no metadata for image {image_id!r} in the {self.name} bucket") from None
+        if not isinstance(metadata, dict):
+            raise ValueError(f"the sidecar of image {image_id!r} in the {self.name} bucket is not a JSON object")
+        return metadata
 
     def newest(self, n: int) -> list[ImageRecord]:
         """The `n` newest images, newest first (ids sort by creation time); ones gone meanwhile are skipped."""
@@ -330,19 +392,38 @@ class Bucket:
             self.forget(image_id)
             try:
                 return Claim(image_id, self._claimed_image(image_id), self._claimed_metadata(image_id))
+            except BadImage:
+                continue  # set aside: out of the bucket; try another one
             except BaseException:
                 self.release_claim(image_id)
                 raise
         return None
 
     def _claimed_image(self, image_id: str) -> bytes:
-        """What the claimer sends: the framed copy made at publish time, or the image prepared now."""
-        if self.prepare is not None:
-            try:
-                return self._framed_path(image_id).read_bytes()
-            except FileNotFoundError:
-                return self.prepare(self._claimed_path(image_id).read_bytes())
-        return self._claimed_path(image_id).read_bytes()
+        """What the claimer sends: the framed copy made at publish time, or the image prepared now.
+
+        Only whole WebP files are sent: a broken framed copy is made again, a broken image set aside
+        (BadImage).
+        """
+        claimed = self._claimed_path(image_id)
+        if self.prepare is None:
+            return self._whole(image_id, claimed, claimed.read_bytes())
+        framed = self._framed_path(image_id)
+        try:
+            data = framed.read_bytes()
+            check_webp(data)
+            return data
+        except FileNotFoundError:
+            pass
+        except ImageError as exc:
+            log.warning("the framed copy of unique %s is broken (%s): framing it again", image_id, exc)
+            _unlink(framed)
+        original = self._whole(image_id, claimed, claimed.read_bytes())
+        try:
+            return self.prepare(original)
+        except ImageError as exc:  # whole, and still not an image
+            self.set_aside(image_id, claimed, str(exc))
+            raise BadImage(f"image {image_id!r} of the {self.name} bucket was set aside: {exc}") from None
 
     def _claimed_metadata(self, image_id: str) -> dict[str, Any]:
         try:
@@ -406,9 +487,16 @@ class Bucket:
 
     def _frame_existing(self, image_id: str, prepare: Callable[[bytes], bytes]) -> bool:
         """Make the missing framed copy of a stored image; False if the image or the work file went away
-        meanwhile (claimed, or another process recovering at the same moment)."""
+        meanwhile (claimed, or another process recovering at the same moment) or the image is broken (it is
+        set aside)."""
         try:
-            self._place(prepare(self.read(image_id)), self._framed_path(image_id))
+            original = self.read(image_id)
+            try:
+                framed = prepare(original)
+            except ImageError as exc:  # a whole WebP file whose pixels do not decode
+                self.set_aside(image_id, self._image_path(image_id), str(exc))
+                return False
+            self._place(framed, self._framed_path(image_id))
         except (ImageNotFound, FileNotFoundError):
             return False
         return True

@@ -44,6 +44,27 @@ def sniff_format(data: bytes) -> str | None:
     return next((name for name, matches in _SIGNATURES if matches(data[:12])), None)
 
 
+def check_webp(data: bytes) -> None:
+    """Raise ImageError unless `data` is a whole WebP file, judged by its RIFF structure alone.
+
+    Cheap enough for every file read before it is sent (no pixel is decoded): the RIFF header's size
+    must match the length, and the chunks must fill the file exactly. A file cut short (a full disk, a
+    copy interrupted, `truncate`) or with bytes appended fails; a flipped bit inside the pixel data
+    does not, and needs a decode to find.
+    """
+    if len(data) < 20 or data[:4] != b"RIFF" or data[8:12] != b"WEBP":
+        raise ImageError(f"not a WebP file (it starts with {data[:12]!r})")
+    declared = int.from_bytes(data[4:8], "little") + 8
+    if declared != len(data):
+        raise ImageError(f"not a whole WebP file: its header says {declared} bytes, the file has {len(data)}")
+    offset = 12
+    while offset + 8 <= len(data):
+        size = int.from_bytes(data[offset + 4:offset + 8], "little")
+        offset += 8 + size + (size & 1)  # chunks are padded to an even length
+    if offset != len(data):
+        raise ImageError(f"not a whole WebP file: its chunks end at byte {offset}, the file has {len(data)}")
+
+
 def _base64_payload(text: str) -> bytes:
     """Decode base64 text, with or without a `data:image/...;base64,` prefix."""
     text = text.strip()

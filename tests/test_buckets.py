@@ -249,3 +249,30 @@ def test_two_processes_of_eight_threads_claim_each_image_exactly_once(tmp_path: 
     assert set(claimed) == published, "an image was lost"
     assert all(won), "both processes took part"
     assert names(tmp_path) == set() and names(tmp_path / ".claimed") == set()
+
+
+def cut_short(path: Path) -> None:
+    """Truncate a file to half its size, as a full disk or an interrupted copy leaves it."""
+    os.truncate(path, path.stat().st_size // 2)
+
+
+def test_recover_sets_a_broken_image_aside_instead_of_failing(tmp_path: Path) -> None:
+    frame = partial(frame_unique, quality=60)
+    bucket = Bucket("unique", tmp_path, prepare=frame)
+    broken, good = (bucket.publish(webp(n, size=64), META).id for n in range(2))
+    cut_short(tmp_path / f"{broken}.webp")
+    (tmp_path / ".framed" / f"{broken}.webp").unlink()
+    restarted = Bucket("unique", tmp_path, prepare=frame)
+    assert restarted.recover()["framed"] == 0
+    assert restarted.ids() == [good]
+    assert names(tmp_path / ".rejected") == {f"{broken}.webp", f"{broken}.json"}
+    assert restarted.rejected() == 1 and Bucket("unique", tmp_path).rejected() == 1, "counted by any process"
+
+
+def test_a_sidecar_that_is_not_an_object_is_skipped(tmp_path: Path) -> None:
+    bucket = Bucket("fallback", tmp_path)
+    odd, fine = (bucket.publish(webp(n), META).id for n in range(2))
+    (tmp_path / f"{odd}.json").write_text("[]")
+    assert [record.id for record in bucket.newest(10)] == [fine]
+    with pytest.raises(ValueError, match="not a JSON object"):
+        bucket.metadata(odd)

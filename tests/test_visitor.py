@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import time
 from email.utils import formatdate, parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from PIL import Image
 
 from avatargen.buckets import open_buckets
@@ -220,6 +222,32 @@ async def test_demo_page_shows_the_avatar(tmp_path: Path) -> None:
     assert response.headers["content-type"].startswith("text/html")
     assert '<img id="avatar" src="/avatar"' in response.text
     assert "UNIQUE LIMITED EDITION" in response.text
+
+
+def break_image(bucket_dir: Path, image_id: str, framed: bool = False) -> None:
+    """Cut an image (or its framed copy) to half its size, as a full disk or an interrupted copy leaves it."""
+    path = bucket_dir / (".framed" if framed else "") / f"{image_id}.webp"
+    os.truncate(path, path.stat().st_size // 2)
+
+
+async def test_a_broken_unique_without_its_framed_copy_is_set_aside_at_start_up(tmp_path: Path,
+                                                                                caplog: pytest.LogCaptureFixture
+                                                                                ) -> None:
+    settings = fast_settings(tmp_path)
+    ids = stock(settings, unique=2, fallback=1)
+    folder = settings.buckets.unique.dir
+    broken, good = ids["unique"]
+    break_image(folder, broken)
+    (folder / ".framed" / f"{broken}.webp").unlink()
+    async with serving(settings) as (url, app), httpx.AsyncClient(base_url=url) as client:
+        assert (await client.get("/healthz")).status_code == 200
+        await wait_until(lambda: (folder / ".rejected" / f"{broken}.webp").exists())
+        assert app.state.services.buckets["unique"].rejected() == 1
+        response = await client.get("/avatar", headers=visitor("203.0.113.1"))
+        assert (response.status_code, response.headers["x-avatar-id"]) == (200, good)
+    assert (folder / ".rejected" / f"{broken}.json").exists(), "the sidecar goes with it, for the owner to look at"
+    assert stored(settings, "unique") == set()
+    assert f"image {broken} of the unique bucket set aside" in caplog.text
 
 
 async def test_a_unique_claimed_by_a_dead_process_goes_back(tmp_path: Path) -> None:
