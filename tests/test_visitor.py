@@ -20,7 +20,7 @@ from PIL import Image
 
 from avatargen.buckets import open_buckets
 from avatargen.config import Settings
-from avatargen.imaging import frame_unique, to_avatar_webp
+from avatargen.imaging import check_webp, frame_unique, to_avatar_webp
 from server.visitor import VisitorService
 from tests.support import fast_settings, serving, wait_until
 
@@ -248,6 +248,30 @@ async def test_a_broken_unique_without_its_framed_copy_is_set_aside_at_start_up(
     assert (folder / ".rejected" / f"{broken}.json").exists(), "the sidecar goes with it, for the owner to look at"
     assert stored(settings, "unique") == set()
     assert f"image {broken} of the unique bucket set aside" in caplog.text
+
+
+async def test_broken_images_are_never_sent_and_are_set_aside(tmp_path: Path) -> None:
+    settings = fast_settings(tmp_path, serving__fallback_retire_every="24h")
+    ids = stock(settings, unique=2, fallback=3)
+    unique_dir, fallback_dir = settings.buckets.unique.dir, settings.buckets.fallback.dir
+    reframed, lost = ids["unique"]
+    break_image(unique_dir, reframed, framed=True)  # the framed copy is broken, the image itself is whole
+    break_image(unique_dir, lost)
+    break_image(unique_dir, lost, framed=True)
+    broken_fallback, *whole_fallbacks = ids["fallback"]  # the first served one is retired: two whole ones
+    break_image(fallback_dir, broken_fallback)
+    original = open_buckets(settings)["unique"].read(reframed)
+    async with serving(settings) as (url, _):
+        responses = await get_many(url, [f"203.0.113.{n}" for n in range(1, 41)])
+    assert [response.status_code for response in responses] == [200] * 40
+    for response in responses:
+        check_webp(response.content)
+    uniques = [response for response in responses if response.headers["x-avatar-kind"] == "unique"]
+    assert [response.headers["x-avatar-id"] for response in uniques] == [reframed]
+    assert uniques[0].content == frame_unique(original, settings.generator.webp_quality), "framed again, whole"
+    assert {response.headers["x-avatar-id"] for response in responses} - {reframed} <= set(whole_fallbacks)
+    assert {path.name for path in (unique_dir / ".rejected").iterdir()} == {f"{lost}.webp", f"{lost}.json"}
+    assert {path.stem for path in (fallback_dir / ".rejected").glob("*.webp")} == {broken_fallback}
 
 
 async def test_a_unique_claimed_by_a_dead_process_goes_back(tmp_path: Path) -> None:
