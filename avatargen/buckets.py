@@ -12,7 +12,7 @@ changes from the folder's mtime.
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import heapq
 import json
 import logging
@@ -22,8 +22,8 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -39,6 +39,9 @@ log = logging.getLogger("avatargen.buckets")
 IMAGE_SUFFIX = ".webp"
 META_SUFFIX = ".json"
 _ID = re.compile(r"[A-Za-z0-9_-]{1,100}")  # used with fullmatch: `$` would also accept a trailing newline
+# The ids of the files of one kind in a listing of a folder, one name per line.
+_NAMED = {suffix: re.compile(rf"^({_ID.pattern}){re.escape(suffix)}$", re.MULTILINE)
+          for suffix in (IMAGE_SUFFIX, META_SUFFIX)}
 # How much of a rejected id an error message quotes: ids come from URLs, and a 60 kB one must not be echoed.
 _QUOTED_ID = 40
 # A directory mtime this close to the moment it was read may still change within the same clock tick
@@ -82,6 +85,22 @@ class ImageRecord:
     path: Path
     metadata: dict[str, Any]
     created_at: datetime
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What start-up recovery did to a bucket, and the images it found lacking their framed copy."""
+
+    released: int = 0  # claimed uniques never sent, put back
+    temp_removed: int = 0  # work files left in .tmp/
+    orphans_removed: int = 0  # sidecars and framed copies whose image is gone
+    unframed: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, int]:
+        """The counts, for the log (empty when there was nothing to do)."""
+        counts = {"released": self.released, "temp_removed": self.temp_removed,
+                  "orphans_removed": self.orphans_removed, "unframed": len(self.unframed)}
+        return {name: count for name, count in counts.items() if count}
 
 
 @dataclass(frozen=True)
@@ -130,6 +149,21 @@ def _unlink(path: Path) -> bool:
     except FileNotFoundError:
         return False
     return True
+
+
+def _listing(folder: Path) -> str:
+    """The names in a folder, one per line ("" if it does not exist): searched with one regex per kind of
+    file, so listing 100,000 images at start-up costs no Python loop."""
+    try:
+        return "\n".join(os.listdir(folder))
+    except FileNotFoundError:
+        return ""
+
+
+def _ids_in(folder: Path, suffix: str, listing: str | None = None) -> set[str]:
+    """The ids of the `<id><suffix>` entries in a folder (or in its `_listing`)."""
+    names = _listing(folder) if listing is None else listing
+    return set(_NAMED[suffix].findall(names))
 
 
 def _move(source: Path, target: Path) -> bool:
@@ -196,15 +230,18 @@ class Bucket:
     def _claimed_path(self, image_id: str) -> Path:
         return self._claimed / f"{image_id}{IMAGE_SUFFIX}"
 
-    def _list_images(self) -> list[str]:
+    def _scan(self) -> tuple[set[str], set[str]]:
+        """One listing of the folder: the ids of its images and of its sidecars."""
         self.scans += 1
-        with os.scandir(self.directory) as entries:
-            return [
-                entry.name[: -len(IMAGE_SUFFIX)]
-                for entry in entries
-                if entry.name.endswith(IMAGE_SUFFIX) and _ID.fullmatch(entry.name[: -len(IMAGE_SUFFIX)])
-                and entry.is_file()
-            ]
+        listing = _listing(self.directory)
+        return _ids_in(self.directory, IMAGE_SUFFIX, listing), _ids_in(self.directory, META_SUFFIX, listing)
+
+    def _install(self, ids: list[str], stamp: int) -> None:
+        """Replace the index with a listing taken when the folder's mtime was `stamp` (lock held)."""
+        self._index = _Index(ids)
+        self._stamp = stamp
+        self._racy = time.time_ns() - stamp < _RACY_NS
+        self._checked_at = time.monotonic()
 
     def _refresh(self) -> None:
         """Rescan only if the folder changed since the last scan; look at most once per `recheck_every`.
@@ -219,9 +256,7 @@ class Bucket:
         stamp = os.stat(self.directory).st_mtime_ns
         if stamp == self._stamp and not self._racy:
             return
-        self._index = _Index(self._list_images())
-        self._stamp = stamp
-        self._racy = time.time_ns() - stamp < _RACY_NS
+        self._install(list(self._scan()[0]), stamp)
 
     def count(self) -> int:
         """How many images are in the bucket (claimed ones excluded), without listing the folder each time."""
@@ -451,48 +486,69 @@ class Bucket:
         Age is taken from the ctime, which the claiming rename sets.
         """
         released = 0
-        for path in self._claimed.glob(f"*{IMAGE_SUFFIX}"):
-            image_id = path.name[: -len(IMAGE_SUFFIX)]
-            if _ID.fullmatch(image_id) and _is_stale(path, older_than, since_rename=True):
-                with contextlib.suppress(FileNotFoundError):  # another process put it back first
+        for image_id in _ids_in(self._claimed, IMAGE_SUFFIX):
+            if _is_stale(self._claimed_path(image_id), older_than, since_rename=True):
+                try:
                     self.release_claim(image_id)
-                    released += 1
+                except FileNotFoundError:  # another process put it back first
+                    continue
+                except OSError as exc:
+                    log.error("cannot put claimed unique %s back into the %s bucket: %s", image_id, self.name, exc)
+                    continue
+                released += 1
         return released
 
-    def recover(self, *, stale_after: float = CLAIM_TIMEOUT) -> dict[str, int]:
-        """Repair what a crash can leave behind, at start-up; returns what was done, by kind.
+    def recover(self, *, stale_after: float = CLAIM_TIMEOUT) -> Recovery:
+        """Repair what a crash can leave behind, at start-up, from one listing of each folder.
 
         Claimed-but-unsent images go back into the bucket and sidecars or framed copies without an
         image are removed, once `stale_after` seconds old: other worker processes may be in the middle
         of a claim or a publish right now (a sidecar is placed before its image). Work files in `.tmp/`
         are removed whatever their age: they are never visible, and the worst this does to a publish
-        running in another process is make it fail and be retried. Missing framed copies are made.
+        running in another process is make it fail and be retried. Images lacking their framed copy are
+        only listed (`Recovery.unframed`): framing thousands would keep the server from listening for
+        minutes, so `frame_missing` does it in the background, and a claim frames what it finds unframed.
+        A file that cannot be removed (a read-only folder) is logged and left: never fatal.
         """
-        counts = {"released": self.release_stale_claims(stale_after), "temp_removed": 0,
-                  "orphans_removed": 0, "framed": 0}
-        for path in self._tmp.iterdir():
-            counts["temp_removed"] += _unlink(path)
-        leftovers = [*self.directory.glob(f"*{META_SUFFIX}"),
-                     *(self._framed.glob(f"*{IMAGE_SUFFIX}") if self._framed.is_dir() else [])]
-        for path in leftovers:
+        released = self.release_stale_claims(stale_after)
+        temp_removed = sum(self._tidy(self._tmp / name) for name in os.listdir(self._tmp))
+        with self._lock:
+            stamp = os.stat(self.directory).st_mtime_ns
+            images, sidecars = self._scan()
+            self._install(list(images), stamp)
+        owned = images | _ids_in(self._claimed, IMAGE_SUFFIX)
+        framed = _ids_in(self._framed, IMAGE_SUFFIX) if self.prepare is not None else set()
+        leftovers = [*(self._meta_path(image_id) for image_id in sidecars - owned),
+                     *(self._framed_path(image_id) for image_id in framed - owned)]
+        orphans_removed = 0
+        for path in leftovers:  # few: checked again one by one, other processes may have moved on
             image_id = path.name.rsplit(".", 1)[0]
-            owned = self._image_path(image_id).exists() or self._claimed_path(image_id).exists()
-            if not owned and _is_stale(path, stale_after):
-                counts["orphans_removed"] += _unlink(path)
-        if self.prepare is not None:
-            for image_id in self.ids():
-                if not self._framed_path(image_id).exists():
-                    counts["framed"] += self._frame_existing(image_id, self.prepare)
-        return counts
+            if not (self._image_path(image_id).exists() or self._claimed_path(image_id).exists()) \
+                    and _is_stale(path, stale_after):
+                orphans_removed += self._tidy(path)
+        unframed = sorted(images - framed) if self.prepare is not None else []
+        return Recovery(released, temp_removed, orphans_removed, unframed)
 
-    def _frame_existing(self, image_id: str, prepare: Callable[[bytes], bytes]) -> bool:
-        """Make the missing framed copy of a stored image; False if the image or the work file went away
-        meanwhile (claimed, or another process recovering at the same moment) or the image is broken (it is
-        set aside)."""
+    def _tidy(self, path: Path) -> bool:
+        """Remove a leftover file; False if it was gone or cannot be removed (logged)."""
+        try:
+            return _unlink(path)
+        except OSError as exc:
+            log.warning("cannot remove leftover %s from the %s bucket: %s", path, self.name, exc)
+            return False
+
+    def frame(self, image_id: str) -> bool:
+        """Make the framed copy of a stored unique if it is still missing; True when one was made.
+
+        False when there is nothing to do: the bucket does not frame, the copy exists (another process
+        made it), the image is gone (claimed) or broken (then it is set aside).
+        """
+        if self.prepare is None or self._framed_path(image_id).exists():
+            return False
         try:
             original = self.read(image_id)
             try:
-                framed = prepare(original)
+                framed = self.prepare(original)
             except ImageError as exc:  # a whole WebP file whose pixels do not decode
                 self.set_aside(image_id, self._image_path(image_id), str(exc))
                 return False
@@ -500,6 +556,20 @@ class Bucket:
         except (ImageNotFound, FileNotFoundError):
             return False
         return True
+
+
+async def frame_missing(bucket: Bucket, image_ids: Iterable[str]) -> int:
+    """Make the framed copies start-up found missing, one image at a time in a worker thread, while the
+    server already serves; how many were made. Cancelling stops it between two images."""
+    image_ids = list(image_ids)
+    if not image_ids:
+        return 0
+    log.info("framing %d unique(s) found without their framed copy, in the background", len(image_ids))
+    made = 0
+    for image_id in image_ids:
+        made += await asyncio.to_thread(bucket.frame, image_id)
+    log.info("framed %d unique(s) in the background", made)
+    return made
 
 
 def open_buckets(settings: Settings) -> dict[str, Bucket]:

@@ -13,7 +13,10 @@ import functools
 import io
 from collections.abc import Callable
 
-from PIL import Image, ImageDraw, ImageFont, ImageOps
+from PIL import Image, ImageDraw, ImageFont, ImageOps, WebPImagePlugin  # noqa: F401
+
+# WebPImagePlugin is imported for its side effect: registered up front, WebP never makes Pillow import
+# its ~40 other format plugins (Image.init(), a few hundred ms on the first image a process handles).
 
 # An avatar source bigger than this is refused before its pixels are decoded: SD returns 512-2048 px
 # images, and a small compressed file can expand to gigabytes (a decompression bomb).
