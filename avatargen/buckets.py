@@ -212,6 +212,7 @@ class Bucket:
         self._stamp: int | None = None
         self._racy = True
         self._checked_at = float("-inf")
+        self._unlisted = False  # the last look at the folder failed (logged once)
 
     def __repr__(self) -> str:
         return f"Bucket({self.name!r}, {str(self.directory)!r})"
@@ -236,11 +237,11 @@ class Bucket:
         listing = _listing(self.directory)
         return _ids_in(self.directory, IMAGE_SUFFIX, listing), _ids_in(self.directory, META_SUFFIX, listing)
 
-    def _install(self, ids: list[str], stamp: int) -> None:
+    def _install(self, ids: list[str], stamp: int | None) -> None:
         """Replace the index with a listing taken when the folder's mtime was `stamp` (lock held)."""
         self._index = _Index(ids)
         self._stamp = stamp
-        self._racy = time.time_ns() - stamp < _RACY_NS
+        self._racy = stamp is None or time.time_ns() - stamp < _RACY_NS
         self._checked_at = time.monotonic()
 
     def _refresh(self) -> None:
@@ -253,10 +254,19 @@ class Bucket:
         if now - self._checked_at < self.recheck_every:
             return
         self._checked_at = now
-        stamp = os.stat(self.directory).st_mtime_ns
-        if stamp == self._stamp and not self._racy:
+        try:
+            stamp = os.stat(self.directory).st_mtime_ns
+            if stamp == self._stamp and not self._racy:
+                return
+            images = self._scan()[0]
+        except OSError as exc:  # the folder is gone or unreadable: the bucket is empty until it is back
+            if not self._unlisted:
+                log.error("the %s bucket's folder cannot be listed, so it counts as empty: %s", self.name, exc)
+            self._unlisted = True
+            self._install([], None)
             return
-        self._install(list(self._scan()[0]), stamp)
+        self._unlisted = False
+        self._install(list(images), stamp)
 
     def count(self) -> int:
         """How many images are in the bucket (claimed ones excluded), without listing the folder each time."""

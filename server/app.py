@@ -105,4 +105,6 @@ def create_app(settings: Settings) -> Starlette:
             yield
 
     routes = [Route("/healthz", healthz, methods=["GET"]), *visitor.routes(), *admin_routes()]
-    return Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
+    app.state.visitor = visitor  # its status() says what visitors were spared (for the admin API)
+    return app

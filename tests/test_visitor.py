@@ -21,6 +21,7 @@ from PIL import Image
 from avatargen.buckets import open_buckets
 from avatargen.config import Settings
 from avatargen.imaging import check_webp, frame_unique, to_avatar_webp
+from benchmarks.mounts import fill, read_only, tmpfs
 from server.visitor import VisitorService
 from tests.support import fast_settings, serving, wait_until
 
@@ -272,6 +273,55 @@ async def test_broken_images_are_never_sent_and_are_set_aside(tmp_path: Path) ->
     assert {response.headers["x-avatar-id"] for response in responses} - {reframed} <= set(whole_fallbacks)
     assert {path.name for path in (unique_dir / ".rejected").iterdir()} == {f"{lost}.webp", f"{lost}.json"}
     assert {path.stem for path in (fallback_dir / ".rejected").glob("*.webp")} == {broken_fallback}
+
+
+async def test_a_read_only_unique_bucket_gives_fallbacks_and_keeps_its_uniques(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    settings = fast_settings(tmp_path)
+    folder = settings.buckets.unique.dir
+    with tmpfs(folder):
+        ids = stock(settings, unique=3, fallback=2)
+        read_only(folder)
+        async with serving(settings) as (url, app):
+            responses = await get_many(url, [f"203.0.113.{n}" for n in range(1, 11)])
+            assert [(r.status_code, r.headers["x-avatar-kind"]) for r in responses] == [(200, "fallback")] * 10
+            assert stored(settings, "unique") == set(ids["unique"]) and not claimed(settings)
+            status = app.state.visitor.status()
+            assert status["errors"] >= 6 and "Read-only file system" in status["last_error"]
+            read_only(folder, on=False)  # the owner fixes the mount: nobody's allowance was spent meanwhile
+            assert kinds(await get_many(url, ["203.0.113.1"])) == ["unique"]
+    failures = [record for record in caplog.records if "Read-only file system" in record.getMessage()]
+    assert len(failures) == 1, "a failure that repeats is logged once, then counted"
+
+
+async def test_a_full_disk_under_data_dir_gives_fallbacks_and_spends_nothing(tmp_path: Path) -> None:
+    settings = fast_settings(tmp_path, server__data_dir="state")
+    with tmpfs(settings.server.data_dir, size="4m"):
+        ids = stock(settings, unique=3, fallback=2)
+        async with serving(settings) as (url, app):
+            filler = fill(settings.server.data_dir)
+            responses = await get_many(url, [f"203.0.113.{n}" for n in range(1, 31)])
+            assert [(r.status_code, r.headers["x-avatar-kind"]) for r in responses] == [(200, "fallback")] * 30
+            assert stored(settings, "unique") == set(ids["unique"])
+            assert "database or disk is full" in app.state.visitor.status()["last_error"]
+            filler.unlink()
+            assert kinds(await get_many(url, ["203.0.113.1"])) == ["unique"]
+
+
+async def test_a_bucket_folder_that_vanishes_gives_the_placeholder(tmp_path: Path) -> None:
+    settings = fast_settings(tmp_path, serving__unique_burst=0)
+    stock(settings, fallback=2)
+    async with serving(settings) as (url, _), httpx.AsyncClient(base_url=url) as client:
+        assert (await client.get("/avatar")).headers["x-avatar-kind"] == "fallback"
+        settings.buckets.fallback.dir.rename(tmp_path / "moved away")
+        answers = []
+        # Nothing announces the bucket's next look at its folder (at most once a second): ask for longer.
+        deadline = time.monotonic() + 2.5
+        while time.monotonic() < deadline:
+            response = await client.get("/avatar")
+            answers.append((response.status_code, response.headers.get("x-avatar-kind")))
+            await asyncio.sleep(0.05)
+    assert set(answers) == {(200, "placeholder")}
 
 
 async def test_a_unique_claimed_by_a_dead_process_goes_back(tmp_path: Path) -> None:
