@@ -88,7 +88,7 @@ def row_config(work: Path, name: str, unique: int, fallback: int) -> Path:
 
 def main() -> int:
     args = parse_args(__doc__.split("\n")[0], options)
-    rounds, images, unframed = (1, 2_000, 100) if args.quick else (args.rounds, args.images, args.unframed)
+    rounds, images, unframed = (1, 1_000, 50) if args.quick else (args.rounds, args.images, args.unframed)
     print_machine()
     rows, notes = [], []
     with scratch() as work:

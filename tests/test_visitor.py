@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import shutil
 import time
 from email.utils import formatdate, parsedate_to_datetime
 from pathlib import Path
@@ -273,6 +274,23 @@ async def test_broken_images_are_never_sent_and_are_set_aside(tmp_path: Path) ->
     assert {response.headers["x-avatar-id"] for response in responses} - {reframed} <= set(whole_fallbacks)
     assert {path.name for path in (unique_dir / ".rejected").iterdir()} == {f"{lost}.webp", f"{lost}.json"}
     assert {path.stem for path in (fallback_dir / ".rejected").glob("*.webp")} == {broken_fallback}
+
+
+async def test_the_server_answers_before_uniques_restored_without_framed_copies_are_framed(tmp_path: Path) -> None:
+    settings = fast_settings(tmp_path, buckets__unique__max=200)
+    ids = stock(settings, unique=200)
+    framed = settings.buckets.unique.dir / ".framed"
+    originals = {image_id: (framed / f"{image_id}.webp").read_bytes() for image_id in ids["unique"]}
+    shutil.rmtree(framed)  # a backup restored without its .framed/ folder
+    async with serving(settings) as (url, _):
+        assert len(list(framed.iterdir())) < 200, "the port opened before every unique was framed"
+        response = (await get_many(url, ["203.0.113.1"]))[0]
+        assert response.headers["x-avatar-kind"] == "unique"
+        assert response.content == originals[response.headers["x-avatar-id"]], "framed by its claim if need be"
+        left = stored(settings, "unique")
+        await wait_until(lambda: all((framed / f"{image_id}.webp").exists() for image_id in left))
+    assert len(left) == 199
+    assert all((framed / f"{image_id}.webp").read_bytes() == originals[image_id] for image_id in left)
 
 
 async def test_a_read_only_unique_bucket_gives_fallbacks_and_keeps_its_uniques(
