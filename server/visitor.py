@@ -144,6 +144,7 @@ class VisitorService:
         self.fallback = buckets["fallback"]
         self.max_age = settings.serving.cache_max_age
         self._cache_control = f"private, max-age={int(self.max_age)}"
+        self._ipv6_prefix = int(settings.serving.unique_per_network.removeprefix("/"))
         # Room for the whole fallback bucket (a few MB): a miss means a file read in a worker thread.
         self._recent = _RecentImages(max(FALLBACK_CACHE_SIZE, settings.buckets.fallback.max))
         self._allowance: Allowance | None = None
@@ -196,7 +197,8 @@ class VisitorService:
         sends_body = request.method == "GET"
         # The visitor's key is only worked out when a unique could be given at all (the hot path skips it).
         if sends_body and self.unique.count() and self.allowance.token_may_be_due():
-            claim = await self._claim_unique(visitor_key(request.client.host if request.client else None))
+            visitor = visitor_key(request.client.host if request.client else None, self._ipv6_prefix)
+            claim = await self._claim_unique(visitor)
             if claim is not None:
                 return self._image_response(claim.image, "unique", claim.id,
                                             BackgroundTask(self._finish_claim, claim.id))

@@ -115,6 +115,20 @@ async def test_a_visitor_gets_one_unique_per_window(tmp_path: Path) -> None:
     assert len(stored(settings, "unique")) == 1
 
 
+@pytest.mark.parametrize(("network", "most"), [("/48", 1), ("/64", 20)])
+async def test_unique_per_network_limits_visitors_inside_one_ipv6_network(tmp_path: Path, network: str,
+                                                                        most: int) -> None:
+    settings = fast_settings(tmp_path, serving__unique_per_network=network, serving__unique_burst=20,
+                             buckets__unique__max=20)
+    stock(settings, unique=20, fallback=2)
+    # 500 visitors, each from a /64 of its own, all inside the one /48 2001:db8:77::/48
+    addresses = [f"2001:db8:77:{n:x}::1" for n in range(500)]
+    async with serving(settings) as (url, _):
+        responses = await get_many(url, addresses)
+    assert [response.status_code for response in responses] == [200] * 500
+    assert kinds(responses).count("unique") == most
+
+
 async def test_forwarded_for_from_an_untrusted_peer_changes_nothing(tmp_path: Path) -> None:
     settings = fast_settings(tmp_path, server__trusted_proxies=["192.0.2.1"])
     stock(settings, unique=3, fallback=3)
