@@ -104,7 +104,8 @@ def create_app(settings: Settings) -> Starlette:
             stack.callback(watcher.cancel)
             yield
 
-    routes = [Route("/healthz", healthz, methods=["GET"]), *visitor.routes(), *admin_routes()]
+    # The visitor routes come first: Starlette tries routes in order, and /avatar is the hot path.
+    routes = [*visitor.routes(), Route("/healthz", healthz, methods=["GET"]), *admin_routes()]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
     app.state.visitor = visitor  # its status() says what visitors were spared (for the admin API)
     return app

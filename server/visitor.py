@@ -19,6 +19,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Mapping
 from datetime import UTC
 from email.utils import formatdate, parsedate_to_datetime
 from pathlib import Path
@@ -61,13 +62,30 @@ def http_date(text: str) -> float | None:
 
 
 @functools.lru_cache(maxsize=2)
-def _http_date_of(second: int) -> str:
-    return formatdate(second, usegmt=True)
+def _http_date_of(second: int) -> bytes:
+    return formatdate(second, usegmt=True).encode("latin-1")
 
 
-def http_now() -> str:
-    """The current time as an HTTP date, formatted once per second rather than once per request."""
+def http_now() -> bytes:
+    """The current time as an HTTP date header value, formatted once per second rather than once per request."""
     return _http_date_of(int(time.time()))
+
+
+class PreparedResponse(Response):
+    """A response whose header lines the caller encoded itself.
+
+    Starlette's Response checks, lower-cases and encodes every header of every response; on the fallback
+    path that was a tenth of the server's time per request (more than the route's own work), for the
+    same few lines each time. The visitor route builds them from pre-encoded parts instead.
+    """
+
+    def __init__(self, body: bytes, raw_headers: list[tuple[bytes, bytes]], *, status_code: int = 200,
+                 background: BackgroundTask | None = None) -> None:
+        self._prepared = raw_headers
+        super().__init__(body, status_code, background=background)
+
+    def init_headers(self, headers: Mapping[str, str] | None = None) -> None:
+        self.raw_headers = self._prepared
 
 
 class _RecentImages:
@@ -143,7 +161,7 @@ class VisitorService:
         self.unique = buckets["unique"]
         self.fallback = buckets["fallback"]
         self.max_age = settings.serving.cache_max_age
-        self._cache_control = f"private, max-age={int(self.max_age)}"
+        self._cache_control = (b"cache-control", f"private, max-age={int(self.max_age)}".encode())
         self._ipv6_prefix = int(settings.serving.unique_per_network.removeprefix("/"))
         # Room for the whole fallback bucket (a few MB): a miss means a file read in a worker thread.
         self._recent = _RecentImages(max(FALLBACK_CACHE_SIZE, settings.buckets.fallback.max))
@@ -193,14 +211,14 @@ class VisitorService:
     async def avatar(self, request: Request) -> Response:
         """304 for a fresh copy; else a unique (GET only, allowance permitting), a fallback or the placeholder."""
         if self._still_fresh(request.headers.get("if-modified-since")):
-            return Response(status_code=304, headers={"Cache-Control": self._cache_control})
+            return PreparedResponse(b"", [self._cache_control], status_code=304)
         sends_body = request.method == "GET"
         # The visitor's key is only worked out when a unique could be given at all (the hot path skips it).
         if sends_body and self.unique.count() and self.allowance.token_may_be_due():
             visitor = visitor_key(request.client.host if request.client else None, self._ipv6_prefix)
             claim = await self._claim_unique(visitor)
             if claim is not None:
-                return self._image_response(claim.image, "unique", claim.id,
+                return self._image_response(claim.image, b"unique", claim.id,
                                             BackgroundTask(self._finish_claim, claim.id))
         return await self._fallback_response(retire=sends_body)
 
@@ -300,7 +318,7 @@ class VisitorService:
                 self.fallback.forget(image_id)
                 self._recent.drop(image_id)
                 background = BackgroundTask(self._retire_file, image_id)
-            return self._image_response(data, "fallback", image_id, background)
+            return self._image_response(data, b"fallback", image_id, background)
         return Response(
             placeholder_webp(self.settings.generator.image_size),
             media_type="image/webp",
@@ -309,12 +327,13 @@ class VisitorService:
                      "X-Avatar-Kind": "placeholder", "X-Avatar-Id": "placeholder"},
         )
 
-    def _image_response(self, data: bytes, kind: str, image_id: str,
+    def _image_response(self, data: bytes, kind: bytes, image_id: str,
                         background: BackgroundTask | None) -> Response:
-        headers = {
-            "Cache-Control": self._cache_control,
-            "Last-Modified": http_now(),
-            "X-Avatar-Kind": kind,
-            "X-Avatar-Id": image_id,
-        }
-        return Response(data, media_type="image/webp", headers=headers, background=background)
+        return PreparedResponse(data, [
+            (b"content-type", b"image/webp"),
+            (b"content-length", b"%d" % len(data)),
+            self._cache_control,
+            (b"last-modified", http_now()),
+            (b"x-avatar-kind", kind),
+            (b"x-avatar-id", image_id.encode()),
+        ], background=background)

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 TABLES = {
     "visitor_throughput": ("Visitor throughput: GET /avatar",
-                           "| path | server | req/s | p50 ms | p99 ms | vs bare Starlette | vs nginx | socket errors |",
+                           "| path | server | req/s | p50 ms | p99 ms | vs bare Starlette | vs nginx | CPU us/req |",
                            ["| fallback (200) | avatargen |", "| If-Modified-Since (304) | nginx |"]),
     "latency_during_run": ("Visitor latency during a run: GET /avatar (fallback)",
                            "| server | req/s | p50 ms | p99 ms | images stored/s |",
