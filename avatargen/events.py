@@ -15,8 +15,9 @@ import logging
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
+
+from avatargen.timestamps import utc_iso
 
 EVENT_TYPES = ("state", "progress", "image", "buckets", "log")
 COALESCED = frozenset({"progress", "buckets"})
@@ -126,7 +127,7 @@ class EventLogHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         data = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="seconds"),
+            "time": utc_iso(record.created),
             "level": record.levelname.lower(),
             "message": record.getMessage(),
         }

@@ -5,8 +5,9 @@ from __future__ import annotations
 import secrets
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Literal
+
+from avatargen.timestamps import utc_iso
 
 State = Literal["idle", "booting", "generating", "shutting_down"]
 Trigger = Literal["auto", "manual"]
@@ -14,7 +15,7 @@ Outcome = Literal["completed", "aborted", "failed"]
 
 
 def iso(timestamp: float | None) -> str | None:
-    return None if timestamp is None else datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
+    return None if timestamp is None else utc_iso(timestamp)
 
 
 @dataclass

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 
 from avatargen.config import SdSettings
+from avatargen.imaging import sniff_format
 
 TXT2IMG_TIMEOUT = 900.0  # seconds: txt2img answers only when the images are done, a big batch takes minutes
 _TIMEOUT = httpx.Timeout(30.0, connect=10.0)
@@ -92,17 +93,6 @@ def _unusable(text: str) -> SdError:
     return SdError(200, f"SD web UI sent an unusable answer: {text}", retryable=True)
 
 
-def _image_kind(data: bytes) -> str | None:
-    """The format by magic bytes: the web UI's `samples_format` decides it, so never assume PNG."""
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "PNG"
-    if data.startswith(b"\xff\xd8\xff"):
-        return "JPEG"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "WebP"
-    return None
-
-
 def _check_image(index: int, image: Any) -> None:
     """Refuse what cannot be an image before it reaches a bucket."""
     if not isinstance(image, str):
@@ -111,7 +101,7 @@ def _check_image(index: int, image: Any) -> None:
         data = base64.b64decode(image, validate=True)
     except binascii.Error:
         raise _unusable(f"image {index} is not valid base64: {image[:40]!r}") from None
-    if _image_kind(data) is None:
+    if sniff_format(data) is None:
         raise _unusable(f"image {index} is not a PNG, JPEG or WebP image (it starts with {data[:12]!r})")
 
 

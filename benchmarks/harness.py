@@ -142,6 +142,12 @@ class Service:
         raise TimeoutError(f"{self.name} did not answer {self.health_path} within {START_TIMEOUT:g}s:\n"
                            f"{self.log_text()}")
 
+    def cpu_seconds(self) -> float:
+        """CPU time the process has used so far (user + system, from /proc; its children not counted)."""
+        assert self.process is not None
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 

@@ -18,7 +18,7 @@ from starlette.routing import Route
 
 from avatargen import prompts as prompt_composer
 from avatargen.buckets import ImageNotFound, check_id
-from avatargen.config import ConfigError, update_prompts
+from avatargen.config import BUCKET_NAMES, ConfigError, update_prompts
 from avatargen.events import ListenerTooSlow
 from avatargen.generator import Generator, NothingToDo, NotRunning, RunActive
 from server.services import Services
@@ -108,7 +108,7 @@ async def events(request: Request) -> Response:
 def _bucket_name(state: Services, name: str | None, status: int) -> str | JSONResponse:
     """The bucket named by a request; unknown: 404 in a path, 422 in a parameter."""
     if name not in state.buckets:
-        return error(status, f"unknown bucket {name!r}; buckets are unique and fallback")
+        return error(status, f"unknown bucket {name!r}; buckets are {' and '.join(BUCKET_NAMES)}")
     return name
 
 

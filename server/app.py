@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from avatargen.buckets import open_buckets
+from avatargen.buckets import frame_missing, open_buckets
 from avatargen.config import Settings
 from avatargen.events import EventHub, EventLogHandler
 from avatargen.generator import Generator
@@ -58,10 +58,11 @@ def create_app(settings: Settings) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
             settings.server.data_dir.mkdir(parents=True, exist_ok=True)
+            recoveries = {}
             for bucket in folders.values():
-                recovered = await asyncio.to_thread(bucket.recover)
-                if any(recovered.values()):
-                    log.info("bucket %s recovered at start-up: %s", bucket.name, recovered)
+                recoveries[bucket.name] = recovery = await asyncio.to_thread(bucket.recover)
+                if recovery.summary():
+                    log.info("bucket %s recovered at start-up: %s", bucket.name, recovery.summary())
             events = EventHub()
             handler = EventLogHandler(events, asyncio.get_running_loop())
             product_log = logging.getLogger("avatargen")
@@ -92,6 +93,9 @@ def create_app(settings: Settings) -> Starlette:
                 services.engine = engine
                 await engine.start()
                 stack.push_async_callback(engine.close)
+                for bucket in folders.values():  # one process frames: the generator's
+                    framer = asyncio.create_task(frame_missing(bucket, recoveries[bucket.name].unframed))
+                    stack.callback(framer.cancel)
             else:
                 services.generator_elsewhere = f"the generator runs in another process (pid {lock.holder()})"
                 log.warning("%s; this one serves visitors only", services.generator_elsewhere)
@@ -102,5 +106,8 @@ def create_app(settings: Settings) -> Starlette:
             stack.callback(watcher.cancel)
             yield
 
-    routes = [Route("/healthz", healthz, methods=["GET"]), *visitor.routes(), *admin_routes()]
-    return Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
+    # The visitor routes come first: Starlette tries routes in order, and /avatar is the hot path.
+    routes = [*visitor.routes(), Route("/healthz", healthz, methods=["GET"]), *admin_routes()]
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
+    app.state.visitor = visitor  # its status() says what visitors were spared (for the admin API)
+    return app

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from avatargen import prompts, review
-from avatargen.config import ConfigError, Settings, find_config, load_settings
+from avatargen.config import BUCKET_NAMES, ConfigError, Settings, find_config, load_settings
 from tui.client import AdminClient, AdminError, Unreachable
 from tui.models import Run
 
@@ -153,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
         owner.add_argument("--url", default=None, help="server URL (default: from the config)")
         owner.add_argument("--token", default=None, help="admin token (default: env, config, then token file)")
         if name == "refill":
-            owner.add_argument("buckets", nargs="*", choices=["unique", "fallback"], help="default: all")
+            owner.add_argument("buckets", nargs="*", choices=BUCKET_NAMES, help="default: all")
     return parser
 
 

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 TABLES = {
     "visitor_throughput": ("Visitor throughput: GET /avatar",
-                           "| path | server | req/s | p50 ms | p99 ms | vs bare Starlette | vs nginx | socket errors |",
+                           "| path | server | req/s | p50 ms | p99 ms | vs bare Starlette | vs nginx | CPU us/req |",
                            ["| fallback (200) | avatargen |", "| If-Modified-Since (304) | nginx |"]),
     "latency_during_run": ("Visitor latency during a run: GET /avatar (fallback)",
                            "| server | req/s | p50 ms | p99 ms | images stored/s |",
@@ -33,6 +33,9 @@ TABLES = {
     "gpu_efficiency": ("GPU efficiency and cost per run",
                        "| batch_size | concurrency | images | billed s | SD busy s | busy share | billed s/image |",
                        ["| 1 | 1 | 20 |", "| 2 | 2 | 20 |"]),
+    "startup": ("Start-up: spawn to the first GET /avatar answered",
+                "| buckets | images | median s | max s | all framed after s |",
+                ["| empty buckets | 0 |", "| 1,000 images, uniques framed |", "| 50 uniques without framed copies |"]),
     "fault_matrix": ("Fault matrix: one fault per run, SIGKILL in each run state",
                      "| fault | run outcome | machine at end | billed s after the end | images lost |",
                      [f"| {fault} |" for fault in FAULTS] + [f"| SIGKILL while {state} |" for state in KILL_STATES]),

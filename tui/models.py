@@ -12,9 +12,11 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Literal, TypeVar
 
+from avatargen.config import BUCKET_NAMES
+
 State = Literal["idle", "booting", "generating", "shutting_down"]
 STATES: tuple[State, ...] = ("idle", "booting", "generating", "shutting_down")
-BUCKETS: tuple[str, ...] = ("unique", "fallback")
+BUCKETS: tuple[str, ...] = BUCKET_NAMES
 
 T = TypeVar("T")
 

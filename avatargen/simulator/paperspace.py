@@ -16,7 +16,6 @@ import hmac
 import time
 import uuid
 from collections.abc import Coroutine
-from datetime import UTC, datetime
 from typing import Any
 
 from starlette.applications import Starlette
@@ -27,6 +26,7 @@ from starlette.routing import Route
 
 from avatargen.config import SimulatedSettings
 from avatargen.simulator.faults import Faults, faults_from_body
+from avatargen.timestamps import utc_iso
 
 NO_CAPACITY = "There is no capacity for this machine type in this region right now; try again later"
 _SERVICEREADY_SHARE = 0.2  # the last fifth of a boot is spent in "serviceready"
@@ -35,7 +35,7 @@ _EVENT_LIMIT_MAX = 100
 
 
 def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return utc_iso(time.time(), timespec="milliseconds")
 
 
 class MachineConflict(Exception):

@@ -1,0 +1,53 @@
+"""Real filesystem faults for the fault matrix and the tests: a read-only folder and a full disk.
+
+Both are made with a tmpfs mounted on the folder (root and CAP_SYS_ADMIN needed: the CI container and the
+development machine have them). Permission bits would not do: root ignores them. Read-only is a remount,
+so the files already there stay readable; full is a tmpfs of a few hundred kB filled to the last byte.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def _mount(*args: str) -> None:
+    done = subprocess.run(["mount", *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"mount {' '.join(args)} failed (needs root and CAP_SYS_ADMIN): {done.stderr.strip()}")
+
+
+@contextlib.contextmanager
+def tmpfs(folder: Path, size: str = "64m") -> Iterator[Path]:
+    """A fresh tmpfs of `size` mounted on `folder` (created if missing), unmounted afterwards."""
+    folder.mkdir(parents=True, exist_ok=True)
+    _mount("-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(folder))
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "--lazy", str(folder)], check=True)
+
+
+def read_only(folder: Path, on: bool = True) -> None:
+    """Remount the tmpfs on `folder` read-only (or read-write again): every write fails with EROFS."""
+    _mount("-o", f"remount,{'ro' if on else 'rw'}", str(folder))
+
+
+def fill(folder: Path) -> Path:
+    """Fill the filesystem of `folder` to the last byte with one file (delete it to make room again)."""
+    filler = folder / "filler"
+    chunk = b"\0" * 65536
+    with filler.open("wb", buffering=0) as out:
+        try:
+            while True:
+                out.write(chunk)
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+        with contextlib.suppress(OSError):  # the last few bytes one at a time
+            while out.write(b"\0"):
+                pass
+    return filler
