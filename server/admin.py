@@ -21,6 +21,7 @@ from avatargen.buckets import ImageNotFound, check_id
 from avatargen.config import BUCKET_NAMES, ConfigError, update_prompts
 from avatargen.events import ListenerTooSlow
 from avatargen.generator import Generator, NothingToDo, NotRunning, RunActive
+from server.forwarding import GeneratorUnreachable
 from server.services import Services
 
 HEARTBEAT_SECONDS = 15.0
@@ -61,6 +62,25 @@ def owner_only(handler: Handler) -> Handler:
         return await handler(request)
 
     return guarded
+
+
+def to_generator(handler: Handler, *, stream: bool = False) -> Handler:
+    """A route the process that runs the generator answers: forwarded there when that is another process
+    (the event stream only where the forwarder streams; else the events are relayed into this one's hub).
+    When it cannot be reached, this process answers what it can (the status says why; a refill is 503)."""
+
+    async def answered(request: Request) -> Response:
+        state = services(request)
+        forwarder = state.forwarder
+        if state.engine is not None or forwarder is None or (stream and not forwarder.streams):
+            return await handler(request)
+        try:
+            return await forwarder.forward(request)
+        except GeneratorUnreachable as exc:
+            state.generator_elsewhere = str(exc)
+            return await handler(request)
+
+    return answered
 
 
 async def _json_body(request: Request) -> dict[str, Any] | JSONResponse:
@@ -245,18 +265,25 @@ async def abort(request: Request) -> Response:
     return JSONResponse({"run": run.to_dict()}, status_code=202)
 
 
-def admin_routes() -> list[Route]:
-    def route(path: str, handler: Handler, methods: list[str]) -> Route:
-        return Route(f"/admin/api{path}", owner_only(handler), methods=methods)
+def admin_routes(*, internal: bool = False) -> list[Route]:
+    """The admin API for the owner; `internal`: the one the generator's process answers forwarded requests
+    with (the owner was checked where they came in, and nothing is forwarded again)."""
 
+    def route(path: str, handler: Handler, methods: list[str]) -> Route:
+        return Route(f"/admin/api{path}", handler if internal else owner_only(handler), methods=methods)
+
+    def generators(handler: Handler, *, stream: bool = False) -> Handler:
+        return handler if internal else to_generator(handler, stream=stream)
+
+    # Images are answered where the request came in: every process reads the same buckets.
     return [
-        route("/status", status, ["GET"]),
-        route("/events", events, ["GET"]),
+        route("/status", generators(status), ["GET"]),
+        route("/events", generators(events, stream=True), ["GET"]),
         route("/images", images, ["GET"]),
         route("/images/{bucket}/{image_id}", image, ["GET"]),
-        route("/prompts", get_prompts, ["GET"]),
-        route("/prompts", put_prompts, ["PUT"]),
+        route("/prompts", generators(get_prompts), ["GET"]),
+        route("/prompts", generators(put_prompts), ["PUT"]),
         route("/prompts/sample", sample_prompts, ["GET", "POST"]),
-        route("/refill", refill, ["POST"]),
-        route("/abort", abort, ["POST"]),
+        route("/refill", generators(refill), ["POST"]),
+        route("/abort", generators(abort), ["POST"]),
     ]

@@ -15,20 +15,25 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from avatargen.buckets import frame_missing, open_buckets
 from avatargen.config import Settings
 from avatargen.events import EventHub, EventLogHandler
 from avatargen.generator import Generator
 from avatargen.gpu import make_provider
-from avatargen.lock import GeneratorLock
 from avatargen.simulator.runner import SimulatedGpu
-from avatargen.storage.folders import FileLedger, FolderBucket
+from avatargen.storage.backend import open_backend
+from avatargen.storage.redis_events import EventRelay
+from avatargen.tasks import background
 from server.admin import admin_routes
 from server.admin_token import resolve_admin_token
+from server.forwarding import RedisDesk, RedisForwarder, SocketForwarder, serving_on_socket
+from server.generator_host import GeneratorHost, hosting
 from server.services import Services
 from server.visitor import VisitorService
 
 log = logging.getLogger("avatargen.server")
+
+# Where the worker that runs the generator answers the others (in data_dir; see server.forwarding).
+GENERATOR_SOCKET = "generator.sock"
 
 
 async def healthz(request: Request) -> Response:
@@ -50,19 +55,16 @@ async def http_error(request: Request, exc: Exception) -> Response:
 
 def create_app(settings: Settings) -> Starlette:
     """Build the app; nothing starts until the lifespan runs (uvicorn, or a test's lifespan manager)."""
-    folders = open_buckets(settings)
-    buckets = {name: FolderBucket(bucket) for name, bucket in folders.items()}
-    visitor = VisitorService(settings, folders)
+    backend = open_backend(settings)
+    visitor = VisitorService(settings, backend.buckets)
+    socket_path = settings.server.data_dir / GENERATOR_SOCKET
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
+            stack.push_async_callback(backend.aclose)
             settings.server.data_dir.mkdir(parents=True, exist_ok=True)
-            recoveries = {}
-            for bucket in folders.values():
-                recoveries[bucket.name] = recovery = await asyncio.to_thread(bucket.recover)
-                if recovery.summary():
-                    log.info("bucket %s recovered at start-up: %s", bucket.name, recovery.summary())
+            await backend.recover()
             events = EventHub()
             handler = EventLogHandler(events, asyncio.get_running_loop())
             product_log = logging.getLogger("avatargen")
@@ -70,40 +72,62 @@ def create_app(settings: Settings) -> Starlette:
                 product_log.setLevel(logging.INFO)  # the owner's live log shows what the generator does
             product_log.addHandler(handler)
             stack.callback(product_log.removeHandler, handler)
-            ledger = await FileLedger.open(settings.server.data_dir / "ledger.sqlite3")
+            ledger = await backend.open_ledger()
             stack.push_async_callback(ledger.aclose)
             token, source = resolve_admin_token(settings)
-            services = Services(settings, buckets, events, ledger, token=token)
+            services = Services(settings, backend.buckets, events, ledger, token=token)
             app.state.services = services
-            log.info("data in %s; provider %s; admin token %s", settings.server.data_dir, settings.gpu.provider,
-                     source)
+            log.info("data in %s; provider %s; admin token %s", backend.where, settings.gpu.provider, source)
             if source.startswith("generated") and sys.stderr.isatty():
                 print(f"\n  admin token (shown once): {token.reveal()}\n", file=sys.stderr)
 
-            lock = GeneratorLock(settings.server.data_dir)
-            if lock.acquire():
-                stack.callback(lock.release)
-                simulated = None
-                if settings.gpu.provider == "simulated":
-                    simulated = await stack.enter_async_context(SimulatedGpu(settings.gpu.simulated))
-                    log.info("simulated GPU: Paperspace API at %s, SD web UI at %s", simulated.paperspace_url,
-                             simulated.sd_url)
-                engine = Generator(settings, buckets, make_provider(settings, simulated=simulated), ledger,
-                                      events)
-                services.engine = engine
-                await engine.start()
-                stack.push_async_callback(engine.close)
-                for bucket in folders.values():  # one process frames: the generator's
-                    framer = asyncio.create_task(frame_missing(bucket, recoveries[bucket.name].unframed))
-                    stack.callback(framer.cancel)
+            internal = Starlette(routes=admin_routes(internal=True), exception_handlers={HTTPException: http_error})
+            internal.state.services = services
+            redis = backend.redis
+            if redis is not None:
+                services.forwarder = RedisForwarder(redis)
+                await stack.enter_async_context(background(EventRelay(redis, events).run(), "event relay"))
             else:
-                services.generator_elsewhere = f"the generator runs in another process (pid {lock.holder()})"
-                log.warning("%s; this one serves visitors only", services.generator_elsewhere)
+                services.forwarder = SocketForwarder(socket_path)
+            stack.push_async_callback(services.forwarder.aclose)
 
-            await visitor.start()
-            stack.push_async_callback(visitor.close)
-            watcher = asyncio.create_task(services.watch_levels())
-            stack.callback(watcher.cancel)
+            @contextlib.asynccontextmanager
+            async def generator() -> AsyncIterator[Generator]:
+                """The generator of this process while it holds the seat, answering the other processes."""
+                async with contextlib.AsyncExitStack() as held:
+                    simulated = None
+                    if settings.gpu.provider == "simulated":
+                        simulated = await held.enter_async_context(SimulatedGpu(settings.gpu.simulated))
+                        log.info("simulated GPU: Paperspace API at %s, SD web UI at %s", simulated.paperspace_url,
+                                 simulated.sd_url)
+                    engine = Generator(settings, backend.buckets, make_provider(settings, simulated=simulated),
+                                       ledger, events)
+                    await engine.start()
+                    held.push_async_callback(engine.close)
+                    await held.enter_async_context(background(backend.finish_recovery(), "framing"))
+                    desk = (background(RedisDesk(redis, internal).run(), "generator desk") if redis is not None
+                            else serving_on_socket(internal, socket_path))
+                    await held.enter_async_context(desk)
+                    yield engine
+
+            def on_change(engine: Generator | None) -> None:
+                services.engine = engine
+                if engine is None:
+                    services.generator_elsewhere = "the generator runs in another process"
+
+            host = GeneratorHost(backend.seat(), generator, on_change=on_change)
+            await stack.enter_async_context(hosting(host))
+            if services.engine is None:
+                holder = await host.seat.holder()
+                log.warning("the generator runs in another process (%s); this one serves visitors and forwards "
+                            "the owner's requests there", holder or "taking over")
+
+            allowance = await backend.open_allowance()
+            stack.push_async_callback(allowance.aclose)
+            await visitor.start(allowance)
+            for bucket in backend.buckets.values():
+                await stack.enter_async_context(background(bucket.follow(), f"{bucket.name} bucket upkeep"))
+            await stack.enter_async_context(background(services.watch_levels(), "bucket levels"))
             yield
 
     # The visitor routes come first: Starlette tries routes in order, and /avatar is the hot path.

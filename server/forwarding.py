@@ -216,15 +216,3 @@ class RedisDesk:
                 pipe.rpush(reply_key, json.dumps(reply))
                 pipe.expire(reply_key, round(FORWARD_TIMEOUT))
                 await pipe.execute()
-
-
-@contextlib.asynccontextmanager
-async def answering(desk: RedisDesk) -> AsyncIterator[None]:
-    """The desk answering while the block runs."""
-    task = asyncio.create_task(desk.run(), name="generator desk")
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task

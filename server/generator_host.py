@@ -19,6 +19,7 @@ from contextlib import AbstractAsyncContextManager
 from avatargen.generator import Generator
 from avatargen.storage.protocols import GeneratorSeat
 from avatargen.storage.redis_connection import LeaseLost, StorageUnavailable
+from avatargen.tasks import background
 
 log = logging.getLogger("avatargen.server")
 
@@ -75,15 +76,12 @@ class GeneratorHost:
 async def hosting(host: GeneratorHost) -> AsyncIterator[GeneratorHost]:
     """The host running as a task while the block runs, which starts once the generator has started here or
     is known to run elsewhere; at its end the generator is closed (its machine off)."""
-    task = asyncio.create_task(host.run(), name="generator host")
-    settled = asyncio.ensure_future(host.settled.wait())
-    try:
-        await asyncio.wait((task, settled), return_when=asyncio.FIRST_COMPLETED)
+    async with background(host.run(), "generator host") as task:
+        settled = asyncio.ensure_future(host.settled.wait())
+        try:
+            await asyncio.wait((task, settled), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            settled.cancel()
         if task.done():
             task.result()  # the generator could not start: the server does not either
         yield host
-    finally:
-        settled.cancel()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task

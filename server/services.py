@@ -14,6 +14,7 @@ from avatargen.config_writer import save_prompts
 from avatargen.events import EventHub
 from avatargen.generator import Generator, bucket_levels, cost_summary
 from avatargen.storage.protocols import Ledger, StoredBucket
+from server.forwarding import Forwarder
 
 log = logging.getLogger("avatargen.server")
 
@@ -25,7 +26,8 @@ class Services:
     events: EventHub
     ledger: Ledger
     token: Secret = field(default_factory=lambda: Secret(""))
-    engine: Generator | None = None
+    engine: Generator | None = None  # while this process runs the generator
+    forwarder: Forwarder | None = None  # how the owner's requests reach the generator in another process
     generator_elsewhere: str | None = None  # why this process does not run the generator
     prompts: PromptSettings = field(init=False)
     admin_networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(init=False)

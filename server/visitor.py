@@ -2,18 +2,19 @@
 
 The order matters: a fresh conditional request gets 304 before any bucket is touched; only a GET that
 will send a body may claim a unique (never HEAD: link previewers send those); the token is spent only
-when a unique is actually claimed; the claimed file is deleted by a BackgroundTask once the body is
-sent. The unique is a plain Response (no FileResponse: a byte-range request would serve it in pieces).
+when a unique is actually claimed; a claimed file is deleted by a BackgroundTask once the body is sent
+(in Redis the claim itself took it out). The unique is a plain Response (no FileResponse: a byte-range
+request would serve it in pieces).
 
 Visitors never see an error page: whatever fails on the way to a unique (a read-only bucket, a full disk
-under the allowance's SQLite file) or to a fallback, the visitor gets a fallback or the placeholder, the
+under the allowance's SQLite file, a Redis that is down or slow) or to a fallback, the visitor gets a
+fallback (from memory, when the store cannot be read) or the placeholder, never a unique twice; the
 owner gets the cause in the log and in `VisitorService.status()`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import threading
@@ -30,12 +31,12 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
-from avatargen.buckets import CLAIM_TIMEOUT, Bucket, Claim, ImageNotFound
+from avatargen.buckets import Claim, ImageNotFound
 from avatargen.config import Settings
 from avatargen.imaging import placeholder_webp
+from avatargen.storage.protocols import StoredBucket, UniqueAllowance
 from avatargen.timestamps import utc_iso
 from server.addresses import visitor_key
-from server.allowance import Allowance
 
 log = logging.getLogger("avatargen.visitor")
 
@@ -110,6 +111,10 @@ class _RecentImages:
     def drop(self, image_id: str) -> None:
         self._items.pop(image_id, None)
 
+    def any(self) -> tuple[str, bytes] | None:
+        """One of the images held, the most recently used; None when none is."""
+        return next(reversed(self._items.items()), None)
+
 
 class PathErrors:
     """Failures visitors never see (they get another avatar): counted, the last one kept for the owner's
@@ -148,56 +153,37 @@ class PathErrors:
 
 
 class VisitorService:
-    """Serves avatars to visitors from the unique and fallback buckets; shares limits through SQLite.
+    """Serves avatars to visitors from the unique and fallback buckets, within the shared allowance."""
 
-    `claim_sweep_every`: how often uniques claimed by a process that died before sending them (and at
-    least that long ago) go back into the bucket.
-    """
-
-    def __init__(self, settings: Settings, buckets: dict[str, Bucket], *,
-                 claim_sweep_every: float = CLAIM_TIMEOUT) -> None:
+    def __init__(self, settings: Settings, buckets: Mapping[str, StoredBucket]) -> None:
         self.settings = settings
-        self.claim_sweep_every = claim_sweep_every
         self.unique = buckets["unique"]
         self.fallback = buckets["fallback"]
         self.max_age = settings.serving.cache_max_age
         self._cache_control = (b"cache-control", f"private, max-age={int(self.max_age)}".encode())
         self._ipv6_prefix = int(settings.serving.unique_per_network.removeprefix("/"))
-        # Room for the whole fallback bucket (a few MB): a miss means a file read in a worker thread.
+        # Room for the whole fallback bucket (a few MB): a miss means a read from the disk or Redis, and
+        # while those cannot be read, what is here is what visitors get.
         self._recent = _RecentImages(max(FALLBACK_CACHE_SIZE, settings.buckets.fallback.max))
-        self._allowance: Allowance | None = None
+        self._allowance: UniqueAllowance | None = None
         self._page = b""
-        self._sweeper: asyncio.Task[None] | None = None
         self.errors = PathErrors()
 
     def status(self) -> dict[str, Any]:
         """For the owner: how many visitors got another avatar because something failed, and the last cause."""
         return self.errors.status()
 
-    async def start(self) -> None:
-        """Open the shared allowance state, load the demo page, start sweeping stale claims."""
-        path = self.settings.server.data_dir / "visitors.sqlite3"
-        self._allowance = await asyncio.to_thread(Allowance, path, self.settings.serving)
+    async def start(self, allowance: UniqueAllowance) -> None:
+        """Serve within `allowance` (its owner closes it); load the demo page."""
+        self._allowance = allowance
         self._page = await asyncio.to_thread(DEMO_PAGE.read_bytes)
-        self._sweeper = asyncio.create_task(self._sweep_stale_claims(), name="unique claim sweeper")
-
-    async def close(self) -> None:
-        """Stop the sweeper and close the SQLite connection."""
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
-            self._sweeper = None
-        if self._allowance is not None:
-            self._allowance.close()
-            self._allowance = None
 
     def routes(self) -> list[Route]:
         """`/avatar` and the demo page `/`; Starlette answers HEAD on both, which `avatar` handles itself."""
         return [Route("/avatar", self.avatar, methods=["GET"]), Route("/", self.demo_page, methods=["GET"])]
 
     @property
-    def allowance(self) -> Allowance:
+    def allowance(self) -> UniqueAllowance:
         if self._allowance is None:
             raise RuntimeError("VisitorService.start() has not been awaited (the app's lifespan does it)")
         return self._allowance
@@ -219,20 +205,8 @@ class VisitorService:
             claim = await self._claim_unique(visitor)
             if claim is not None:
                 return self._image_response(claim.image, b"unique", claim.id,
-                                            BackgroundTask(self._finish_claim, claim.id))
+                                            BackgroundTask(self._finish_claim, claim))
         return await self._fallback_response(retire=sends_body)
-
-    async def _sweep_stale_claims(self) -> None:
-        """Put back uniques whose claimer died before sending them.
-
-        Start-up recovery must leave fresh claims alone (another worker may be sending them), so after a
-        crash and a quick restart it is this sweep that returns them to the bucket.
-        """
-        while True:
-            await asyncio.sleep(self.claim_sweep_every)
-            released = await asyncio.to_thread(self.unique.release_stale_claims, self.claim_sweep_every)
-            if released:
-                log.warning("put back %d unique avatar(s) claimed but never sent (a process died)", released)
 
     # --- the pieces --------------------------------------------------------------------------------------
 
@@ -242,83 +216,75 @@ class VisitorService:
         return since is not None and 0 <= time.time() - since < self.max_age
 
     async def _claim_unique(self, visitor: str) -> Claim | None:
-        """A unique for this visitor if the allowance grants one and one is left (checked in memory first)."""
+        """A unique for this visitor if the allowance grants one and one is left (checked in memory first).
+
+        Any failure means no unique this time (recorded for the owner): what was taken was given back, or
+        in Redis, a claim whose answer was lost took that unique out unseen (it is lost, never doubled).
+        """
         if not self.allowance.may_grant(visitor):
             return None
-        return await asyncio.to_thread(self._grant_and_claim, visitor)
-
-    def _grant_and_claim(self, visitor: str) -> Claim | None:
-        """Take the allowance, then a unique; the token is spent only if a unique was actually claimed.
-
-        One worker-thread call for both, since this is the unique's whole cost on the request path.
-        Any failure means no unique this time (recorded for the owner): a grant that cannot be committed
-        was rolled back, and a claim that fails leaves the unique in its bucket and gives the token back.
-        """
-        allowance = self.allowance
         try:
-            if not allowance.grant(visitor):
-                return None
+            return await self.allowance.claim(visitor)
         except Exception as exc:
-            self.errors.record(f"a visitor got no unique: the allowance in {allowance.path} cannot be updated", exc)
+            self.errors.record("a visitor got no unique", exc)
             return None
-        claim = None
-        try:
-            claim = self.unique.claim()
-        except Exception as exc:
-            self.errors.record(f"a visitor got no unique: claiming one from {self.unique.directory} failed", exc)
-        if claim is None:  # another visitor or process took the last one since the count, or it failed
-            try:
-                allowance.give_back(visitor)
-            except Exception as exc:
-                self.errors.record(f"a visitor's unique allowance cannot be given back in {allowance.path}", exc)
-        return claim
 
-    def _finish_claim(self, image_id: str) -> None:
+    async def _finish_claim(self, claim: Claim) -> None:
         """After the unique was sent: delete it for good (a failure only leaves a file for the claim sweep)."""
         try:
-            self.unique.finish_claim(image_id)
-        except OSError as exc:
-            self.errors.record(f"a sent unique cannot be deleted from {self.unique.directory}", exc)
+            await self.allowance.sent(claim)
+        except Exception as exc:
+            self.errors.record(f"a sent unique cannot be deleted from the {self.unique.name} bucket", exc)
 
-    def _retire_file(self, image_id: str) -> None:
+    async def _retire(self, image_id: str) -> None:
         """After a retired fallback was sent: delete it (a failure leaves it for the next rescan to serve)."""
         try:
-            self.fallback.delete(image_id)
-        except OSError as exc:
-            self.errors.record(f"a retired fallback cannot be deleted from {self.fallback.directory}", exc)
+            await self.fallback.delete(image_id)
+        except Exception as exc:
+            self.errors.record(f"a retired fallback cannot be deleted from the {self.fallback.name} bucket", exc)
 
     async def _take_retire_slot(self) -> bool:
         """Whether the fallback about to be served is retired: the shared slot is due and was taken."""
         if not self.allowance.may_retire():
             return False
         try:
-            return await asyncio.to_thread(self.allowance.retire)
+            return await self.allowance.retire()
         except Exception as exc:
-            self.errors.record(f"no fallback retired: the retire slot in {self.allowance.path} cannot be taken", exc)
+            self.errors.record("no fallback retired: the retire slot cannot be taken", exc)
             return False
+
+    async def _read_fallback(self, image_id: str) -> bytes | None:
+        """A fallback's bytes, from memory or its bucket; None when it is gone or cannot be read now."""
+        data = self._recent.get(image_id)
+        if data is not None:
+            return data
+        try:
+            data = await self.fallback.read(image_id)
+        except ImageNotFound:  # retired or deleted by another process since the last rescan, or broken
+            self.fallback.forget(image_id)
+            return None
+        except Exception as exc:  # unreadable: out of the pool until the next rescan
+            self.errors.record(f"a fallback cannot be read from the {self.fallback.name} bucket", exc)
+            self.fallback.forget(image_id)
+            return None
+        self._recent.put(image_id, data)
+        return data
 
     async def _fallback_response(self, *, retire: bool) -> Response:
         """A random fallback; at most one served per retire period is deleted afterwards. Else the placeholder."""
         while (image_id := self.fallback.random_id()) is not None:
-            data = self._recent.get(image_id)
+            data = await self._read_fallback(image_id)
             if data is None:
-                try:
-                    data = await asyncio.to_thread(self.fallback.read, image_id)
-                except ImageNotFound:  # retired or deleted by another process since the last rescan, or broken
-                    self.fallback.forget(image_id)
-                    continue
-                except OSError as exc:  # unreadable: out of the pool until the next rescan
-                    self.errors.record(f"a fallback cannot be read from {self.fallback.directory}", exc)
-                    self.fallback.forget(image_id)
-                    continue
-                self._recent.put(image_id, data)
+                continue
             background = None
             if retire and await self._take_retire_slot():
                 # Out of the pool at once, so no later request picks it; the file goes once this one is sent.
                 self.fallback.forget(image_id)
                 self._recent.drop(image_id)
-                background = BackgroundTask(self._retire_file, image_id)
+                background = BackgroundTask(self._retire, image_id)
             return self._image_response(data, b"fallback", image_id, background)
+        if (held := self._recent.any()) is not None:  # the bucket cannot be read now: one kept in memory
+            return self._image_response(held[1], b"fallback", held[0], None)
         return Response(
             placeholder_webp(self.settings.generator.image_size),
             media_type="image/webp",

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from avatargen.allowance import Allowance
 from avatargen.config import ServingSettings
 from server.addresses import SHARED_VISITOR, visitor_key
-from server.allowance import Allowance
 
 DAY = 86_400.0
 

@@ -111,10 +111,10 @@ async def test_a_claim_takes_the_framed_copy_out_for_good(storage: RedisStorage)
     bucket = RedisBucket(storage, "unique", prepare=framed)
     made_here = await bucket.publish(webp(1), META)  # framed by the bucket
     made_elsewhere = await bucket.publish(webp(2), META, prepared=b"PREPARED")  # framed by the generator
-    allowance = RedisAllowance(storage, OPEN)
+    allowance = RedisAllowance(storage, OPEN, bucket)
     claims = {}
     for n in range(3):
-        claim = await allowance.claim(f"visitor-{n}", bucket)
+        claim = await allowance.claim(f"visitor-{n}")
         if claim is not None:
             claims[claim.id] = claim
     assert set(claims) == {made_here.id, made_elsewhere.id}
@@ -132,8 +132,8 @@ async def test_a_claim_takes_the_framed_copy_out_for_good(storage: RedisStorage)
 async def test_concurrent_claims_hand_out_each_unique_once(storage: RedisStorage) -> None:
     bucket = RedisBucket(storage, "unique")
     stocked = {(await bucket.publish(webp(n), META)).id for n in range(40)}
-    allowances = [RedisAllowance(storage, OPEN) for _ in range(4)]  # four replicas
-    claims = await asyncio.gather(*(allowances[n % 4].claim(f"v{n}", bucket) for n in range(100)))
+    allowances = [RedisAllowance(storage, OPEN, bucket) for _ in range(4)]  # four replicas
+    claims = await asyncio.gather(*(allowances[n % 4].claim(f"v{n}") for n in range(100)))
     taken = [claim.id for claim in claims if claim is not None]
     assert len(taken) == len(set(taken)) == 40
     assert set(taken) == stocked
@@ -142,10 +142,11 @@ async def test_concurrent_claims_hand_out_each_unique_once(storage: RedisStorage
 def _claim_in_process(url: str, start: multiprocessing.synchronize.Event, out: multiprocessing.Queue) -> None:
     async def claim_all() -> list[str]:
         storage = RedisStorage.connect(StorageSettings(backend="redis", url=url, key_prefix="test"))
-        bucket, allowance = RedisBucket(storage, "unique"), RedisAllowance(storage, OPEN)
+        bucket = RedisBucket(storage, "unique")
+        allowance = RedisAllowance(storage, OPEN, bucket)
         start.wait()
         taken = []
-        while (claim := await allowance.claim("v", bucket)) is not None:
+        while (claim := await allowance.claim("v")) is not None:
             taken.append(claim.id)
         await storage.aclose()
         return taken
@@ -174,19 +175,19 @@ async def test_allowance_starts_full_then_refills_one_token_per_period(storage: 
         await bucket.publish(webp(n), META)
     clock = Clock()
     serving = ServingSettings(unique_every=60.0, unique_burst=2, unique_per_visitor=0.0)
-    allowance = RedisAllowance(storage, serving, clock=clock)
-    assert await allowance.claim("a", bucket) is not None
-    assert await allowance.claim("b", bucket) is not None
-    assert await allowance.claim("c", bucket) is None  # burst spent
+    allowance = RedisAllowance(storage, serving, bucket, clock=clock)
+    assert await allowance.claim("a") is not None
+    assert await allowance.claim("b") is not None
+    assert await allowance.claim("c") is None  # burst spent
     assert not allowance.token_may_be_due()  # and this replica knows it without asking
     clock.now += 30
     assert not allowance.may_grant("c")
     clock.now += 30
     assert allowance.may_grant("c")
-    assert await allowance.claim("c", bucket) is not None
-    assert await allowance.claim("d", bucket) is None
+    assert await allowance.claim("c") is not None
+    assert await allowance.claim("d") is None
     clock.now += 600  # a long quiet time refills up to the burst, no more
-    assert [await allowance.claim(v, bucket) is not None for v in "efg"] == [True, True, False]
+    assert [await allowance.claim(v) is not None for v in "efg"] == [True, True, False]
 
 
 async def test_one_unique_per_visitor_per_window_across_replicas(storage: RedisStorage) -> None:
@@ -195,28 +196,28 @@ async def test_one_unique_per_visitor_per_window_across_replicas(storage: RedisS
         await bucket.publish(webp(n), META)
     clock = Clock()
     serving = ServingSettings(unique_every=0.0, unique_burst=6, unique_per_visitor=3600.0)
-    here, there = RedisAllowance(storage, serving, clock=clock), RedisAllowance(storage, serving, clock=clock)
-    assert await here.claim("1.2.3.4", bucket) is not None
+    here, there = (RedisAllowance(storage, serving, bucket, clock=clock) for _ in range(2))
+    assert await here.claim("1.2.3.4") is not None
     assert not here.may_grant("1.2.3.4")  # remembered here
     assert there.may_grant("1.2.3.4")  # not known there: it asks Redis, which refuses
-    assert await there.claim("1.2.3.4", bucket) is None
+    assert await there.claim("1.2.3.4") is None
     assert not there.may_grant("1.2.3.4")
-    assert await there.claim("5.6.7.8", bucket) is not None
+    assert await there.claim("5.6.7.8") is not None
     clock.now += 3600
-    assert await there.claim("1.2.3.4", bucket) is not None
+    assert await there.claim("1.2.3.4") is not None
 
 
 async def test_an_empty_bucket_spends_no_token(storage: RedisStorage) -> None:
     bucket = RedisBucket(storage, "unique")
     serving = ServingSettings(unique_every=3600.0, unique_burst=1, unique_per_visitor=3600.0)
-    allowance = RedisAllowance(storage, serving, clock=Clock())
-    assert await allowance.claim("a", bucket) is None
+    allowance = RedisAllowance(storage, serving, bucket, clock=Clock())
+    assert await allowance.claim("a") is None
     await bucket.publish(webp(1), META)
-    assert await allowance.claim("a", bucket) is not None  # same visitor, same token: nothing was spent
+    assert await allowance.claim("a") is not None  # same visitor, same token: nothing was spent
 
 
 async def test_zero_burst_never_grants(storage: RedisStorage) -> None:
-    allowance = RedisAllowance(storage, ServingSettings(unique_burst=0))
+    allowance = RedisAllowance(storage, ServingSettings(unique_burst=0), RedisBucket(storage, "unique"))
     assert not allowance.token_may_be_due()
     assert not allowance.may_grant("a")
 
@@ -224,7 +225,8 @@ async def test_zero_burst_never_grants(storage: RedisStorage) -> None:
 async def test_retire_slot_once_per_period_across_replicas(storage: RedisStorage) -> None:
     clock = Clock()
     serving = ServingSettings(fallback_retire_every=3600.0)
-    here, there = RedisAllowance(storage, serving, clock=clock), RedisAllowance(storage, serving, clock=clock)
+    bucket = RedisBucket(storage, "fallback")
+    here, there = (RedisAllowance(storage, serving, bucket, clock=clock) for _ in range(2))
     assert await here.retire() is True  # the first may be retired at once
     assert not here.may_retire()
     assert there.may_retire()
@@ -244,8 +246,8 @@ async def test_redis_down_raises_storage_unavailable_quickly(durable_redis_serve
     loop = asyncio.get_running_loop()
     try:
         for operation in (bucket.refresh(), bucket.read(record.id), bucket.newest(3), bucket.delete(record.id),
-                          bucket.publish(webp(2), META), RedisAllowance(storage, OPEN).claim("v", bucket),
-                          RedisAllowance(storage, OPEN).retire(), storage.ping()):
+                          bucket.publish(webp(2), META), RedisAllowance(storage, OPEN, bucket).claim("v"),
+                          RedisAllowance(storage, OPEN, bucket).retire(), storage.ping()):
             started = loop.time()
             with pytest.raises(StorageUnavailable, match=r"Redis at redis://127\.0\.0\.1:\d+/0 cannot"):
                 await operation

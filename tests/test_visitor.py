@@ -22,8 +22,9 @@ from PIL import Image
 from avatargen.buckets import open_buckets
 from avatargen.config import Settings
 from avatargen.imaging import check_webp, frame_unique, to_avatar_webp
+from avatargen.storage.folders import FolderBucket
+from avatargen.tasks import background
 from benchmarks.mounts import fill, read_only, tmpfs
-from server.visitor import VisitorService
 from tests.support import fast_settings, serving, wait_until
 
 
@@ -361,10 +362,6 @@ async def test_a_unique_claimed_by_a_dead_process_goes_back(tmp_path: Path) -> N
     ids = stock(settings, unique=2)
     dead = open_buckets(settings)["unique"].claim()  # claimed, then the process died before sending it
     assert dead is not None and len(stored(settings, "unique")) == 1
-    service = VisitorService(settings, open_buckets(settings), claim_sweep_every=0.1)
-    await service.start()
-    try:
+    async with background(FolderBucket(open_buckets(settings)["unique"], sweep_every=0.1).follow(), "sweep"):
         await wait_until(lambda: len(stored(settings, "unique")) == 2)
-    finally:
-        await service.close()
     assert stored(settings, "unique") == set(ids["unique"]) and not claimed(settings)

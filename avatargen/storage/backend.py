@@ -1,18 +1,26 @@
-"""The storage of one server process, for `[storage] backend`: the folders (default) or a shared Redis."""
+"""The storage of one server process, for `[storage] backend`: the folders (default) or a shared Redis.
+
+Both give the server the same pieces (buckets, allowance, ledger, the generator's seat); only what
+differs is here: the folders are repaired at start-up and their missing framed copies made, Redis needs
+neither (every change there is one script) but a client to close.
+"""
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from functools import partial
+from typing import Protocol
 
+from avatargen.allowance import FolderAllowance
+from avatargen.buckets import frame_missing
 from avatargen.config import Settings
 from avatargen.imaging import frame_unique
 from avatargen.lock import FileSeat, GeneratorLock
-from avatargen.storage.folders import FileLedger, folder_buckets
-from avatargen.storage.protocols import GeneratorSeat, Ledger, StoredBucket
+from avatargen.storage.folders import FileLedger, FolderBucket, folder_buckets
+from avatargen.storage.protocols import GeneratorSeat, Ledger, StoredBucket, UniqueAllowance
+from avatargen.storage.redis_allowance import RedisAllowance
 from avatargen.storage.redis_buckets import RedisBucket
 from avatargen.storage.redis_connection import RedisStorage, StorageUnavailable
 from avatargen.storage.redis_lease import GeneratorLease
@@ -21,46 +29,105 @@ from avatargen.storage.redis_ledger import RedisLedger
 log = logging.getLogger("avatargen.storage")
 
 
-@dataclass
-class Storage:
-    """Where this process keeps what matters; `redis` is the shared client when the backend is Redis."""
+class Backend(Protocol):
+    """Where this process keeps what matters."""
 
     buckets: Mapping[str, StoredBucket]
-    ledger: Ledger
-    seat: GeneratorSeat
-    redis: RedisStorage | None = None
+    redis: RedisStorage | None  # the shared client, when the backend is Redis
+    where: str  # for the owner's log
 
-    @property
-    def where(self) -> str:
-        """For the owner's log: the Redis (without its password) or "folders"."""
-        return f"Redis at {self.redis.where} (keys {self.redis.prefix}:*)" if self.redis else "folders"
+    async def recover(self) -> None:
+        """Repair what a crash left behind, before anything is served."""
+        ...
+
+    async def finish_recovery(self) -> None:
+        """What recovery left for later, done by the generator's process only (framing in the background)."""
+        ...
+
+    async def open_ledger(self) -> Ledger: ...
+    async def open_allowance(self) -> UniqueAllowance: ...
+    def seat(self) -> GeneratorSeat: ...
+    async def aclose(self) -> None: ...
 
 
-def redis_buckets(redis: RedisStorage, settings: Settings) -> dict[str, RedisBucket]:
-    """The two buckets in Redis; the unique one keeps the framed copy visitors get, as its folder does."""
-    frame = partial(frame_unique, quality=settings.generator.webp_quality)
-    return {name: RedisBucket(redis, name, prepare=frame if name == "unique" else None)
+class FolderBackend:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.folders: dict[str, FolderBucket] = folder_buckets(settings)
+        self.buckets: Mapping[str, StoredBucket] = self.folders
+        self.redis: RedisStorage | None = None
+        self.where = f"folders ({settings.server.data_dir})"
+        self._unframed: dict[str, list[str]] = {}
+
+    async def recover(self) -> None:
+        for name, bucket in self.folders.items():
+            recovery = await asyncio.to_thread(bucket.folder.recover)
+            self._unframed[name] = recovery.unframed
+            if recovery.summary():
+                log.info("bucket %s recovered at start-up: %s", name, recovery.summary())
+
+    async def finish_recovery(self) -> None:
+        for name, bucket in self.folders.items():
+            await frame_missing(bucket.folder, self._unframed.pop(name, []))
+
+    async def open_ledger(self) -> Ledger:
+        return await FileLedger.open(self.settings.server.data_dir / "ledger.sqlite3")
+
+    async def open_allowance(self) -> UniqueAllowance:
+        return await FolderAllowance.open(self.settings.server.data_dir / "visitors.sqlite3", self.settings.serving,
+                                          self.folders["unique"].folder)
+
+    def seat(self) -> GeneratorSeat:
+        return FileSeat(GeneratorLock(self.settings.server.data_dir))
+
+    async def aclose(self) -> None:
+        """Nothing to close: each piece closes its own files."""
+
+
+class RedisBackend:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.client = RedisStorage.connect(settings.storage)
+        self.redis: RedisStorage | None = self.client
+        frame = partial(frame_unique, quality=settings.generator.webp_quality)
+        self.shared: dict[str, RedisBucket] = {
+            name: RedisBucket(self.client, name, prepare=frame if name == "unique" else None)
             for name, _ in settings.buckets.items()}
+        self.buckets: Mapping[str, StoredBucket] = self.shared
+        self.where = f"Redis at {self.client.where} (keys {self.client.prefix}:*)"
 
+    async def recover(self) -> None:
+        """Nothing to repair (every change is one script); the buckets' lists are read, if Redis answers."""
+        for bucket in self.shared.values():
+            try:
+                await bucket.refresh()
+            except StorageUnavailable as exc:
+                log.warning("%s; visitors get the placeholder until it answers", exc)
+                return
 
-@contextlib.asynccontextmanager
-async def opened_storage(settings: Settings) -> AsyncIterator[Storage]:
-    """The storage of `settings`, closed at the end. A Redis that does not answer yet is no reason not to
-    start: visitors get fallbacks and the generator waits for its lease meanwhile."""
-    if settings.storage.backend != "redis":
-        ledger = await FileLedger.open(settings.server.data_dir / "ledger.sqlite3")
+    async def finish_recovery(self) -> None:
+        """Nothing left: framed copies are stored with their image."""
+
+    async def open_ledger(self) -> Ledger:
+        """The shared ledger; a Redis that does not answer yet is no reason not to start."""
+        ledger = RedisLedger(self.client)
         try:
-            yield Storage(folder_buckets(settings), ledger, FileSeat(GeneratorLock(settings.server.data_dir)))
-        finally:
-            await ledger.aclose()
-        return
-    redis = RedisStorage.connect(settings.storage)
-    try:
-        shared = RedisLedger(redis)
-        try:
-            await shared.open()
+            await ledger.open()
         except StorageUnavailable as exc:
-            log.warning("%s; the cost ledger is adopted once it answers", exc)
-        yield Storage(redis_buckets(redis, settings), shared, GeneratorLease(redis), redis)
-    finally:
-        await redis.aclose()
+            log.warning("%s; the cost ledger is opened once it answers", exc)
+        return ledger
+
+    async def open_allowance(self) -> UniqueAllowance:
+        return RedisAllowance(self.client, self.settings.serving, self.shared["unique"])
+
+    def seat(self) -> GeneratorSeat:
+        return GeneratorLease(self.client)
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+def open_backend(settings: Settings) -> Backend:
+    """The backend of `[storage] backend`; nothing is read or connected until its coroutines run."""
+    return RedisBackend(settings) if settings.storage.backend == "redis" else FolderBackend(settings)
+

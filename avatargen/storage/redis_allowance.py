@@ -9,8 +9,8 @@ script on the same hash.
 Times are the callers' wall clocks (as with the SQLite allowance, so tests can move them); the visitor's
 key expires with its window, so Redis forgets visitors by itself.
 
-Like `server.allowance.Allowance`, this process remembers when the next token can be due at the earliest
-and which visitors it has seen served, and only asks Redis when a grant might succeed.
+Like `avatargen.allowance.Allowance`, this process remembers what it can (`AllowanceMemo`) and only asks
+Redis when a grant might succeed.
 """
 
 from __future__ import annotations
@@ -19,13 +19,11 @@ import json
 import time
 from collections.abc import Callable
 
+from avatargen.allowance import AllowanceMemo
 from avatargen.buckets import Claim
 from avatargen.config import ServingSettings
 from avatargen.storage.redis_buckets import TAKE_ONE, RedisBucket
 from avatargen.storage.redis_connection import RedisStorage
-
-# Visitors this process remembers as served, so their repeat visits skip Redis; the oldest are dropped.
-_REMEMBERED_VISITORS = 10_000
 
 # KEYS: allowance visitor ids images framed meta version; ARGV: now every burst window
 _GRANT_AND_CLAIM = TAKE_ONE + """
@@ -58,11 +56,12 @@ return {1, string.format('%.17g', due)}
 
 
 class RedisAllowance:
-    """Who may have a unique now, shared by every replica through Redis."""
+    """Who may have a unique from `unique` now, shared by every replica through Redis."""
 
-    def __init__(self, storage: RedisStorage, serving: ServingSettings, *,
+    def __init__(self, storage: RedisStorage, serving: ServingSettings, unique: RedisBucket, *,
                  clock: Callable[[], float] = time.time) -> None:
         self.storage = storage
+        self.unique = unique
         self.every = serving.unique_every
         self.burst = serving.unique_burst
         self.window = serving.unique_per_visitor
@@ -71,61 +70,47 @@ class RedisAllowance:
         self._key = storage.key("allowance")
         self._grant_and_claim = storage.script(_GRANT_AND_CLAIM)
         self._retire = storage.script(_RETIRE)
-        self._next_token_at = float("-inf")
-        self._next_retire_at = float("-inf")
-        self._served: dict[str, float] = {}
-
-    def _remember(self, visitor: str, granted_at: float) -> None:
-        self._served.pop(visitor, None)
-        self._served[visitor] = granted_at
-        if len(self._served) > _REMEMBERED_VISITORS:
-            del self._served[next(iter(self._served))]
+        self.memo = AllowanceMemo(every=self.every, burst=self.burst, window=self.window, clock=clock)
 
     def token_may_be_due(self) -> bool:
-        """False when this process knows no unique can be given to anyone yet; no I/O."""
-        return self.burst >= 1 and self.clock() >= self._next_token_at
+        return self.memo.token_may_be_due()
 
     def may_grant(self, visitor: str) -> bool:
-        """False when this process already knows a claim would be refused; no I/O."""
-        if not self.token_may_be_due():
-            return False
-        granted_at = self._served.get(visitor)
-        return granted_at is None or granted_at <= self.clock() - self.window
+        return self.memo.may_grant(visitor)
 
-    async def claim(self, visitor: str, bucket: RedisBucket) -> Claim | None:
-        """A unique from `bucket` for this visitor, if the allowance grants one and one is left; else None.
+    async def claim(self, visitor: str) -> Claim | None:
+        """A unique for this visitor, if the allowance grants one and one is left; else None.
 
         The unique is out of the bucket for good when this returns it (there is nothing to finish).
         """
         now = self.clock()
         async with self.storage.guard("claim a unique"):
             reply = await self._grant_and_claim(
-                keys=[self._key, self.storage.key("visitor", visitor), *bucket.keys],
+                keys=[self._key, self.storage.key("visitor", visitor), *self.unique.keys],
                 args=[repr(now), repr(self.every), self.burst, repr(self.window)])
         outcome, tokens = reply[0].decode(), float(reply[1])
-        self._next_token_at = now + (1 - tokens) * self.every if tokens < 1 else now
+        self.memo.tokens_left(tokens, now)
         if outcome == "visited":
-            self._remember(visitor, float(reply[2]))
+            self.memo.served(visitor, float(reply[2]))
             return None
         if outcome != "claimed":
             return None
-        self._remember(visitor, now)
+        self.memo.served(visitor, now)
         image_id = reply[2].decode()
-        bucket.forget(image_id)
+        self.unique.forget(image_id)
         return Claim(image_id, bytes(reply[3]), json.loads(reply[4]))
 
-    async def sent(self, claim: Claim, bucket: RedisBucket) -> None:
+    async def sent(self, claim: Claim) -> None:
         """Nothing left to do: the claim took the unique out of Redis for good."""
 
     def may_retire(self) -> bool:
-        """False when this process already knows the retire slot is not due; no I/O."""
-        return self.clock() >= self._next_retire_at
+        return self.memo.may_retire()
 
     async def retire(self) -> bool:
         """Take the fallback retire slot if it is due (across all replicas); True: retire this image."""
         async with self.storage.guard("take the fallback retire slot"):
             taken, due = await self._retire(keys=[self._key], args=[repr(self.clock()), repr(self.retire_every)])
-        self._next_retire_at = float(due)
+        self.memo.retire_due_at(float(due))
         return bool(taken)
 
     async def aclose(self) -> None:

@@ -122,3 +122,6 @@ class RedisLedger:
         """Today's and this month's billed time and cost, open entries counted up to now."""
         now = time.time() if now is None else now
         return Spend.of(await self.entries(month_start(now)), now)
+
+    async def aclose(self) -> None:
+        """Nothing to close: the client belongs to the process's storage."""

@@ -5,13 +5,17 @@ the same tokens and the same visitors; a token is taken and the visitor marked i
 IMMEDIATE` transaction, so two processes can never spend the same token. The same file holds the
 fallback pool's retire slot (at most one served fallback retired per `fallback_retire_every`).
 
-The request path must stay cheap: this process remembers when the next token can be due at the
-earliest and which visitors it has seen served, and only asks SQLite when a grant might succeed.
-Other processes can only take tokens, never add them, so that memory errs on the side of asking.
+The request path must stay cheap: a process remembers when the next token can be due at the earliest,
+which visitors it has seen served, and when the retire slot is due (`AllowanceMemo`), and asks the
+shared store (here SQLite, or Redis: `avatargen.storage.redis_allowance`) only when a grant or the slot
+might be had. Other processes can only take tokens and slots, never add them, so that memory errs on the
+side of asking. `FolderAllowance` is this allowance with the unique bucket's folder as the visitors'
+`UniqueAllowance`, its blocking calls in a worker thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sqlite3
 import threading
@@ -20,16 +24,66 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from avatargen import sqlite
+from avatargen.buckets import Bucket, Claim
 from avatargen.config import ServingSettings
+
+# Visitors a process remembers as served, so their repeat visits skip the store; the oldest are dropped.
+REMEMBERED_VISITORS = 10_000
+
+
+class AllowanceMemo:
+    """What one process knows of the allowance without asking the shared store. `clock` is wall-clock
+    seconds, the clock the store's times are in."""
+
+    def __init__(self, *, every: float, burst: int, window: float, clock: Callable[[], float]) -> None:
+        self.every = every
+        self.burst = burst
+        self.window = window
+        self.clock = clock
+        self._next_token_at = float("-inf")
+        self._next_retire_at = float("-inf")
+        self._served: dict[str, float] = {}
+
+    def token_may_be_due(self) -> bool:
+        """False when no unique can be given to anyone yet; no I/O, no visitor needed."""
+        return self.burst >= 1 and self.clock() >= self._next_token_at
+
+    def may_grant(self, visitor: str) -> bool:
+        """False when a grant would certainly be refused; no I/O, for the request path."""
+        if not self.token_may_be_due():
+            return False
+        granted_at = self._served.get(visitor)
+        return granted_at is None or granted_at <= self.clock() - self.window
+
+    def may_retire(self) -> bool:
+        """False when the retire slot is certainly not due yet; no I/O."""
+        return self.clock() >= self._next_retire_at
+
+    def tokens_left(self, tokens: float, now: float) -> None:
+        """The store said `tokens` were left at `now`: none can be due before the next whole one."""
+        self._next_token_at = now + (1 - tokens) * self.every if tokens < 1 else now
+
+    def served(self, visitor: str, granted_at: float) -> None:
+        """The visitor had a unique at `granted_at` (here or, as the store said, elsewhere)."""
+        self._served.pop(visitor, None)
+        self._served[visitor] = granted_at
+        if len(self._served) > REMEMBERED_VISITORS:
+            del self._served[next(iter(self._served))]
+
+    def given_back(self, visitor: str, now: float) -> None:
+        """A grant was undone: the token is back and the visitor may try again."""
+        self._served.pop(visitor, None)
+        self._next_token_at = now
+
+    def retire_due_at(self, due_at: float) -> None:
+        self._next_retire_at = due_at
+
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS state (name TEXT PRIMARY KEY, value REAL NOT NULL)",
     "CREATE TABLE IF NOT EXISTS visitors (visitor TEXT PRIMARY KEY, granted_at REAL NOT NULL)",
     "CREATE INDEX IF NOT EXISTS visitors_by_time ON visitors (granted_at)",
 )
-# Visitors this process remembers as served, so their repeat visits skip SQLite; the oldest are dropped.
-_REMEMBERED_VISITORS = 10_000
-
 
 class Allowance:
     """Who may have a unique now, shared by all processes through one SQLite file.
@@ -46,10 +100,8 @@ class Allowance:
         self.window = serving.unique_per_visitor
         self.retire_every = serving.fallback_retire_every
         self.clock = clock
+        self.memo = AllowanceMemo(every=self.every, burst=self.burst, window=self.window, clock=clock)
         self._lock = threading.Lock()
-        self._next_token_at = float("-inf")
-        self._next_retire_at = float("-inf")
-        self._served: dict[str, float] = {}
         self._db = sqlite.connect(self.path)
         try:
             with self._transaction() as db:
@@ -99,22 +151,11 @@ class Allowance:
         elapsed = max(0.0, now - self._read(db, "tokens_at"))
         return min(float(self.burst), self._read(db, "tokens") + elapsed / self.every)
 
-    def _remember(self, visitor: str, granted_at: float) -> None:
-        self._served.pop(visitor, None)
-        self._served[visitor] = granted_at
-        if len(self._served) > _REMEMBERED_VISITORS:
-            del self._served[next(iter(self._served))]
-
     def token_may_be_due(self) -> bool:
-        """False when this process knows no unique can be given to anyone yet; no I/O, no visitor needed."""
-        return self.burst >= 1 and self.clock() >= self._next_token_at
+        return self.memo.token_may_be_due()
 
     def may_grant(self, visitor: str) -> bool:
-        """False when this process already knows `grant` would refuse; no I/O, for the request path."""
-        if not self.token_may_be_due():
-            return False
-        granted_at = self._served.get(visitor)
-        return granted_at is None or granted_at <= self.clock() - self.window
+        return self.memo.may_grant(visitor)
 
     def grant(self, visitor: str) -> bool:
         """Take a token for this visitor if one is available and the visitor had no unique this window.
@@ -136,8 +177,8 @@ class Allowance:
                 db.execute("DELETE FROM visitors WHERE granted_at <= ?", (now - self.window,))
         # Only what was committed is remembered.
         if served_at is not None:
-            self._remember(visitor, served_at)
-        self._next_token_at = now + (1 - tokens) * self.every if tokens < 1 else now
+            self.memo.served(visitor, served_at)
+        self.memo.tokens_left(tokens, now)
         return granted
 
     def give_back(self, visitor: str) -> None:
@@ -147,12 +188,10 @@ class Allowance:
             tokens = min(float(self.burst), self._tokens(db, now) + 1)
             self._write(db, tokens=tokens, tokens_at=now)
             db.execute("DELETE FROM visitors WHERE visitor = ?", (visitor,))
-        self._served.pop(visitor, None)
-        self._next_token_at = now
+        self.memo.given_back(visitor, now)
 
     def may_retire(self) -> bool:
-        """False when this process already knows the retire slot is not due; no I/O."""
-        return self.clock() >= self._next_retire_at
+        return self.memo.may_retire()
 
     def retire(self) -> bool:
         """Take the fallback retire slot if it is due (across all processes); True: retire this image."""
@@ -165,5 +204,56 @@ class Allowance:
                 taken = True
             else:
                 taken = False
-        self._next_retire_at = due_at
+        self.memo.retire_due_at(due_at)
         return taken
+
+
+class FolderAllowance:
+    """The SQLite allowance and the unique bucket's folder as a `UniqueAllowance`."""
+
+    def __init__(self, allowance: Allowance, unique: Bucket) -> None:
+        self.allowance = allowance
+        self.unique = unique
+
+    @classmethod
+    async def open(cls, path: Path, serving: ServingSettings, unique: Bucket) -> FolderAllowance:
+        return cls(await asyncio.to_thread(Allowance, path, serving), unique)
+
+    def token_may_be_due(self) -> bool:
+        return self.allowance.token_may_be_due()
+
+    def may_grant(self, visitor: str) -> bool:
+        return self.allowance.may_grant(visitor)
+
+    async def claim(self, visitor: str) -> Claim | None:
+        """One worker-thread call for the grant and the claim, the unique's whole cost on the request path."""
+        return await asyncio.to_thread(self._grant_and_claim, visitor)
+
+    def _grant_and_claim(self, visitor: str) -> Claim | None:
+        """Take the allowance, then a unique; the token is spent only if a unique was actually claimed.
+
+        A grant that cannot be committed was rolled back, and a claim that fails leaves the unique in its
+        bucket and gives the token back, before the failure is raised.
+        """
+        if not self.allowance.grant(visitor):
+            return None
+        claim = None
+        try:
+            claim = self.unique.claim()
+        finally:
+            if claim is None:  # another visitor or process took the last one since the count, or it failed
+                self.allowance.give_back(visitor)
+        return claim
+
+    async def sent(self, claim: Claim) -> None:
+        """Delete the sent unique for good (a failure only leaves a file for the claim sweep)."""
+        await asyncio.to_thread(self.unique.finish_claim, claim.id)
+
+    def may_retire(self) -> bool:
+        return self.allowance.may_retire()
+
+    async def retire(self) -> bool:
+        return await asyncio.to_thread(self.allowance.retire)
+
+    async def aclose(self) -> None:
+        self.allowance.close()
