@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from avatargen import prompts
-from avatargen.config import ConfigError, Settings, find_config, load_settings
+from avatargen.config import BUCKET_NAMES, ConfigError, Settings, find_config, load_settings
 from tui.client import AdminClient, AdminError, Unreachable
 from tui.models import Run
 
@@ -18,6 +18,13 @@ EXIT_CONFIG = 2
 
 def _load(args: argparse.Namespace) -> Settings:
     return load_settings(find_config(args.config))
+
+
+def bucket_name(text: str) -> str:
+    """A bucket named on the command line (not argparse `choices`: with nargs="*" it rejects naming none)."""
+    if text not in BUCKET_NAMES:
+        raise argparse.ArgumentTypeError(f"no bucket {text!r}; buckets are {', '.join(BUCKET_NAMES)}")
+    return text
 
 
 def cmd_prompts(args: argparse.Namespace) -> int:
@@ -151,7 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
         owner.add_argument("--url", default=None, help="server URL (default: from the config)")
         owner.add_argument("--token", default=None, help="admin token (default: env, config, then token file)")
         if name == "refill":
-            owner.add_argument("buckets", nargs="*", choices=["unique", "fallback"], help="default: all")
+            owner.add_argument("buckets", nargs="*", type=bucket_name, metavar="BUCKET",
+                               help="unique and/or fallback (default: every bucket)")
     return parser
 
 

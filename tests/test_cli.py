@@ -58,3 +58,21 @@ async def test_owner_commands_talk_to_a_running_server(tmp_path: Path) -> None:
             subprocess.run, [sys.executable, "-m", "server.cli", "status", "--url", url, "--token", "nope"],
             capture_output=True, text=True, cwd=ROOT, timeout=60, check=False)
         assert wrong.returncode == 1 and "token" in wrong.stderr
+
+
+async def test_refill_without_names_refills_every_bucket(tmp_path: Path) -> None:
+    settings = fast_settings(tmp_path, admin__token="cli-token", gpu__simulated__boot_delay="2s")
+    async with serving(settings) as (url, _app):
+        refill = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-m", "server.cli", "refill", "--url", url, "--token", "cli-token",
+                             "--config", str(tmp_path / "config.toml")],
+            capture_output=True, text=True, cwd=ROOT, timeout=60, check=False)
+        assert refill.returncode == 0, refill.stderr
+        assert refill.stdout.startswith("started run ") and "4 unique, 6 fallback" in refill.stdout
+
+
+def test_refill_names_only_buckets() -> None:
+    result = subprocess.run([sys.executable, "-m", "server.cli", "refill", "unique", "uniq"],
+                            capture_output=True, text=True, cwd=ROOT, timeout=60, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "argument BUCKET: no bucket 'uniq'; buckets are unique, fallback" in result.stderr
