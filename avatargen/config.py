@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, get_type_hints
+from urllib.parse import urlsplit
 
 import tomlkit
 
@@ -69,6 +70,18 @@ class Secret:
         return "Secret('********')" if self._value else "Secret('')"
 
     __str__ = __repr__
+
+
+def check_http_url(url: str) -> str:
+    """The URL if it is http:// or https:// with a host and a port in range; else ValueError saying why."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"must be an http:// or https:// URL with a host, got {url!r}")
+    try:
+        parts.port  # noqa: B018 - parsing the port is the check
+    except ValueError:
+        raise ValueError(f"the port must be a number from 0 to 65535, got {url!r}") from None
+    return url
 
 
 def _m(*, kind: str | None = None, low: float | None = None, high: float | None = None,
@@ -204,8 +217,10 @@ class SdSettings:
         return Secret(os.environ.get(self.password_env, ""))
 
     def check(self) -> None:
-        if not re.match(r"^https?://", self.url):
-            raise ConfigError(f"must start with http:// or https://, got {self.url!r}", key="url")
+        try:
+            check_http_url(self.url)
+        except ValueError as exc:
+            raise ConfigError(str(exc), key="url") from None
         for name in ("width", "height"):
             if getattr(self, name) % 8:
                 raise ConfigError(f"must be a multiple of 8, got {getattr(self, name)}", key=name)
@@ -355,6 +370,15 @@ def _convert(hint: Any, meta: Mapping[str, Any], raw: Any, dotted: str, ctx: _Co
     return value
 
 
+def _value(hint: Any, meta: Mapping[str, Any], raw: Any, dotted: str, ctx: _Context) -> Any:
+    """One setting's value, converted and checked against its type, range and choices."""
+    value = _convert(hint, meta, raw, dotted, ctx)
+    choices = meta.get("choices")
+    if choices and value not in choices:
+        raise ctx.error(f"must be one of {', '.join(map(repr, choices))}, got {value!r}", dotted)
+    return value
+
+
 def _walk(cls: type, table: Mapping[str, Any], default: Any, prefix: str, ctx: _Context) -> Any:
     hints = get_type_hints(cls)
     known = [f.name for f in fields(cls) if not f.metadata.get("internal")]
@@ -377,14 +401,11 @@ def _walk(cls: type, table: Mapping[str, Any], default: Any, prefix: str, ctx: _
             values[name] = _walk(hint, sub, current, dotted, ctx)
         elif name in table:
             raw = table[name]
-            values[name] = _convert(hint, meta, raw.unwrap() if hasattr(raw, "unwrap") else raw, dotted, ctx)
+            values[name] = _value(hint, meta, raw.unwrap() if hasattr(raw, "unwrap") else raw, dotted, ctx)
         elif hint is Path and not current.is_absolute():
             values[name] = ctx.base_dir / current
         else:
             values[name] = current
-        choices = meta.get("choices")
-        if choices and values[name] not in choices:
-            raise ctx.error(f"must be one of {', '.join(map(repr, choices))}, got {values[name]!r}", dotted)
     obj = cls(**values)
     check = getattr(obj, "check", None)
     if check is not None:
@@ -426,6 +447,25 @@ def find_config(explicit: Path | None) -> Path | None:
         return explicit
     local = Path("config.toml")
     return local if local.is_file() else None
+
+
+def option_value(dotted: str, text: str) -> Any:
+    """A command-line value for a config key (`--port` for server.port), checked exactly as the same value
+    in config.toml would be: one set of limits and messages, wherever a setting comes from."""
+    cls: Any = Settings
+    *tables, name = dotted.split(".")
+    for table in tables:
+        cls = get_type_hints(cls)[table]
+    hint = get_type_hints(cls)[name]
+    meta = next(f.metadata for f in fields(cls) if f.name == name)
+    raw: Any = text
+    if hint in (int, float) and meta.get("kind") != "duration":
+        try:
+            raw = hint(text)
+        except ValueError:
+            expected = "an integer" if hint is int else "a number"
+            raise ConfigError(f"expected {expected}, got {text!r}", key=dotted) from None
+    return _value(hint, meta, raw, dotted, _Context(None, "", Path.cwd()))
 
 
 def update_prompts(current: PromptSettings, changes: Mapping[str, Any]) -> PromptSettings:

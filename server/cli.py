@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from avatargen import prompts
+from avatargen.cli_options import count, http_url, setting
 from avatargen.config import BUCKET_NAMES, ConfigError, Settings, find_config, load_settings
 from tui.client import AdminClient, AdminError, Unreachable
 from tui.models import Run
@@ -136,18 +137,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = add("serve", cmd_serve, "run the visitor server, the admin API and the generator")
     serve.add_argument("--host", default=None, help="listen address (default: server.host)")
-    serve.add_argument("--port", type=int, default=None, help="listen port (default: server.port)")
+    serve.add_argument("--port", type=setting("server.port"), default=None, help="listen port (default: server.port)")
 
     sample = add("prompts", cmd_prompts, "print sample prompts")
-    sample.add_argument("-n", type=int, default=10, help="how many (default 10)")
+    sample.add_argument("-n", type=count, default=10, help="how many (default 10)")
     sample.add_argument("--seed", type=int, default=None, help="random seed, for repeatable output")
 
     add("check-config", cmd_check_config, "validate the configuration and exit")
 
     simulate = add("simulate", cmd_simulate, "run the simulated Paperspace and SD web UI on loopback")
     simulate.add_argument("--host", default="127.0.0.1")
-    simulate.add_argument("--paperspace-port", type=int, default=0)
-    simulate.add_argument("--sd-port", type=int, default=0)
+    simulate.add_argument("--paperspace-port", type=setting("server.port"), default=0, help="default: any free port")
+    simulate.add_argument("--sd-port", type=setting("server.port"), default=0, help="default: any free port")
 
     for name, func, help_text in (
         ("status", cmd_status, "show the running server's state, buckets, runs and spend"),
@@ -155,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("abort", cmd_abort, "abort the active run; its machine is stopped"),
     ):
         owner = add(name, func, help_text)
-        owner.add_argument("--url", default=None, help="server URL (default: from the config)")
+        owner.add_argument("--url", type=http_url, default=None, help="server URL (default: from the config)")
         owner.add_argument("--token", default=None, help="admin token (default: env, config, then token file)")
         if name == "refill":
             owner.add_argument("buckets", nargs="*", type=bucket_name, metavar="BUCKET",

@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from server.cli import main
 from tests.support import fast_settings, serving, write_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,3 +77,33 @@ def test_refill_names_only_buckets() -> None:
                             capture_output=True, text=True, cwd=ROOT, timeout=60, check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "argument BUCKET: no bucket 'uniq'; buckets are unique, fallback" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["serve", "--port", "99999"], "avatargen serve: error: argument --port: must be at most 65535, got 99999"),
+        (["serve", "--port", "http"], "argument --port: expected an integer, got 'http'"),
+        (["prompts", "-n", "-3"], "avatargen prompts: error: argument -n: must be at least 1, got -3"),
+        (["prompts", "-n", "0"], "argument -n: must be at least 1, got 0"),
+        (["simulate", "--sd-port", "70000"], "argument --sd-port: must be at most 65535, got 70000"),
+        (["simulate", "--paperspace-port", "-1"], "argument --paperspace-port: must be at least 0, got -1"),
+        (["status", "--url", "127.0.0.1:8080"], "argument --url: must be an http:// or https:// URL with a host"),
+        (["abort", "--url", "http://127.0.0.1:99999"], "argument --url: the port must be a number from 0 to 65535"),
+    ],
+)
+def test_command_line_values_are_checked_like_the_config(argv: list[str], message: str,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_serve_with_a_port_out_of_range_exits_2_naming_it(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "server.cli", "serve", "--port", "99999",
+                             "--config", str(write_config(tmp_path))],
+                            capture_output=True, text=True, cwd=ROOT, timeout=60, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "argument --port: must be at most 65535, got 99999" in result.stderr
+    assert not (tmp_path / "data").exists()  # refused before anything was touched
