@@ -1,4 +1,4 @@
-"""What `avatargen` and `avatargen-tui` share on their command lines: option types.
+"""What `avatargen` and `avatargen-tui` share on their command lines: option types and `--version`.
 
 An option that sets a config key is checked by the config's own rules, so `--port 99999` gets the same
 message as `port = 99999` in config.toml; argparse turns the message into a usage error (exit status 2,
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from avatargen.config import ConfigError, check_http_url, option_value
@@ -45,3 +46,12 @@ def http_url(text: str) -> str:
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
+
+
+def add_version(parser: argparse.ArgumentParser) -> None:
+    """`--version`: the installed distribution's version, one number for the server and the panel."""
+    try:
+        installed = version("avatargen")
+    except PackageNotFoundError:  # a source tree that was never installed
+        installed = "unknown (not installed)"
+    parser.add_argument("--version", action="version", version=f"%(prog)s {installed}")

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from avatargen import prompts
-from avatargen.cli_options import count, http_url, setting
+from avatargen.cli_options import add_version, count, http_url, setting
 from avatargen.config import BUCKET_NAMES, ConfigError, Settings, find_config, load_settings
 from tui.client import AdminClient, AdminError, Unreachable
 from tui.models import Run
@@ -126,6 +126,7 @@ def cmd_abort(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="avatargen", description=__doc__)
+    add_version(parser)
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add(name: str, func: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:

@@ -6,6 +6,7 @@ import asyncio
 import json
 import subprocess
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 import httpx
@@ -107,3 +108,11 @@ def test_serve_with_a_port_out_of_range_exits_2_naming_it(tmp_path: Path) -> Non
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "argument --port: must be at most 65535, got 99999" in result.stderr
     assert not (tmp_path / "data").exists()  # refused before anything was touched
+
+
+@pytest.mark.parametrize("command", ["avatargen", "avatargen-tui"])
+def test_both_commands_tell_their_version(command: str) -> None:
+    result = subprocess.run([str(Path(sys.executable).parent / command), "--version"],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"{command} {version('avatargen')}"
