@@ -12,6 +12,7 @@ import difflib
 import ipaddress
 import os
 import re
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
@@ -287,6 +288,17 @@ class Settings:
 # --- the generic walker -------------------------------------------------------------------------------
 
 
+_HEADER = re.compile(r"^\s*\[\[?([^\[\]]+)\]\]?\s*(#.*)?$")  # [table] or [[array of tables]]
+_KEY = re.compile(r"^\s*([\w\-.\"' ]+?)\s*=")
+_TOMLLIB_WHERE = re.compile(r"\(at line (\d+), column \d+\)$")
+_TOMLKIT_WHERE = re.compile(r" at line \d+ col \d+$")
+
+
+def _dotted(key: str) -> str:
+    """`"buckets" . unique` as written in TOML, as the dotted name errors use: buckets.unique."""
+    return ".".join(part.strip().strip("\"'") for part in key.split("."))
+
+
 class _Context:
     def __init__(self, file: Path | None, text: str, base_dir: Path) -> None:
         self.file = file
@@ -299,13 +311,26 @@ class _Context:
         current = ""
         key_re = re.compile(rf"^\s*[\"']?{re.escape(key)}[\"']?\s*=")
         for number, line in enumerate(self.lines, start=1):
-            header = re.match(r"^\s*\[([^\[\]]+)\]\s*(#.*)?$", line)
+            header = _HEADER.match(line)
             if header:
-                current = header.group(1).strip().replace('"', "").replace(" ", "")
+                current = _dotted(header.group(1))
                 if current == dotted:
                     return number
             elif current == table and key_re.match(line):
                 return number
+        return None
+
+    def key_at(self, line: int) -> str | None:
+        """The dotted key a line sets, or the table its header opens; None for blank and comment lines."""
+        table = ""
+        for text in self.lines[:line]:
+            if header := _HEADER.match(text):
+                table = _dotted(header.group(1))
+        text = self.lines[line - 1] if 0 < line <= len(self.lines) else ""
+        if _HEADER.match(text):
+            return table
+        if key := _KEY.match(text):
+            return ".".join(part for part in (table, _dotted(key.group(1))) if part)
         return None
 
     def error(self, message: str, dotted: str) -> ConfigError:
@@ -417,11 +442,28 @@ def _walk(cls: type, table: Mapping[str, Any], default: Any, prefix: str, ctx: _
     return obj
 
 
-def _parse_text(text: str, file: Path | None) -> Mapping[str, Any]:
+def _error_line(text: str, exc: tomlkit.exceptions.TOMLKitError) -> int | None:
+    """Where a TOML error is. tomlkit does not say for every error (a key set twice in a table) and points
+    past a table set twice; the standard library's parser, which agrees on what is valid, says exactly."""
+    try:
+        tomllib.loads(text)
+    except tomllib.TOMLDecodeError as found:
+        if where := _TOMLLIB_WHERE.search(str(found)):
+            return int(where.group(1))
+    line = getattr(exc, "line", None)
+    return int(line) if line else None
+
+
+def _parse_text(text: str, ctx: _Context) -> Mapping[str, Any]:
     try:
         return tomlkit.parse(text).unwrap()
-    except tomlkit.exceptions.ParseError as exc:
-        raise ConfigError(f"not valid TOML: {exc}", file=file, line=getattr(exc, "line", None)) from None
+    except tomlkit.exceptions.TOMLKitError as exc:  # a syntax error, a key or table set twice, ...
+        line = _error_line(text, exc)
+        problem = _TOMLKIT_WHERE.sub("", str(exc))
+        if "already exists" in problem or "Redefinition" in problem:
+            problem = "set twice (each key and table may appear only once)"
+        raise ConfigError(f"not valid TOML: {problem}", key=ctx.key_at(line) if line else None, file=ctx.file,
+                          line=line) from None
 
 
 def load_settings(path: Path | None) -> Settings:
@@ -437,7 +479,7 @@ def load_settings(path: Path | None) -> Settings:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read the config file: {exc}", file=path) from None
     ctx = _Context(path, text, path.resolve().parent)
-    settings = _walk(Settings, _parse_text(text, path), Settings(), "", ctx)
+    settings = _walk(Settings, _parse_text(text, ctx), Settings(), "", ctx)
     return replace(settings, path=path)
 
 

@@ -85,9 +85,16 @@ data_dir = "state"
         ("[gpu]\nprovider = \"paperspace\"\n", "gpu.paperspace.machine_id", None, "required"),
         ("[sd]\nwidth = 500\n", "sd.width", 2, "multiple of 8"),
         ("[gpu.simulated]\nfaults = [\"sd_501\"]\n", "gpu.simulated.faults", 2, "did you mean 'sd_500'"),
+        ("[server]\nport = 8080\n\nport = 8081\n", "server.port", 4, "not valid TOML: set twice"),
+        ("[server]\nport = 1\n[gpu]\n[ server ]\nhost = \"x\"\n", "server", 4, "set twice"),
+        ("[gpu]\npaperspace.machine_id = \"a\"\n[gpu.paperspace]\n", "gpu.paperspace", 3, "set twice"),
+        ("[sd]\nsampler = { name = \"a\", name = \"b\" }\n", "sd.sampler", 2, "set twice"),
+        ("[server]\nport = 80 80\n", "server.port", 2, "not valid TOML: Unexpected character: '8'"),
+        ("[server]\nhost = \"x\n", "server.host", 2, "not valid TOML"),
+        ("[server\nport = 1\n", None, 1, "not valid TOML"),
     ],
 )
-def test_errors_name_file_key_line(tmp_path: Path, text: str, key: str, line: int | None, words: str) -> None:
+def test_errors_name_file_key_line(tmp_path: Path, text: str, key: str | None, line: int | None, words: str) -> None:
     error = error_for(tmp_path, text)
     assert error.key == key
     assert error.line == line
@@ -169,13 +176,20 @@ except OSError as exc:
     assert [p.name for p in tmp_path.iterdir()] == ["config.toml"]
 
 
-def test_cli_config_error_exits_2_without_traceback(tmp_path: Path) -> None:
-    path = write(tmp_path, "[generator]\nconcurency = 3\n")
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[generator]\nconcurency = 3\n", ":2: generator.concurency: unknown key; did you mean 'concurrency'?"),
+        ("[server]\nport = 8080\nport = 8081\n", ":3: server.port: not valid TOML: set twice"),
+    ],
+)
+def test_cli_config_error_exits_2_without_traceback(tmp_path: Path, text: str, message: str) -> None:
+    path = write(tmp_path, text)
     result = subprocess.run([sys.executable, "-m", "server.cli", "check-config", "--config", str(path)],
                             capture_output=True, text=True, cwd=ROOT, check=False)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
-    assert f"{path}:2: generator.concurency: unknown key; did you mean 'concurrency'?" in result.stderr
+    assert f"{path}{message}" in result.stderr
 
 
 @pytest.mark.parametrize("command", ["serve", "check-config"])
