@@ -284,6 +284,15 @@ class Settings:
         """The configured admin token: AVATARGEN_ADMIN_TOKEN wins over the file; may be empty."""
         return Secret(os.environ.get("AVATARGEN_ADMIN_TOKEN", "")) or self.admin.token
 
+    def error(self, message: str, key: str) -> ConfigError:
+        """A problem with a loaded setting found later (a folder that cannot be written), located in the file
+        as a loading error would be."""
+        try:
+            text = self.path.read_text(encoding="utf-8") if self.path is not None else ""
+        except (OSError, UnicodeDecodeError):
+            text = ""
+        return _Context(self.path, text, Path.cwd()).error(message, key)
+
 
 # --- the generic walker -------------------------------------------------------------------------------
 

@@ -36,7 +36,7 @@ def cmd_prompts(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from server.serve import preflight
+    from server.preflight import preflight
 
     path = find_config(args.config)
     settings = load_settings(path)

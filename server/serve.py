@@ -7,37 +7,15 @@ waits until its machine is confirmed off before the process exits.
 from __future__ import annotations
 
 import logging
-import logging.handlers
 from dataclasses import replace
 from typing import Any
 
 import uvicorn
 
 from avatargen.config import ServerSettings, Settings
-from avatargen.gpu import paperspace_api_key
 from server.app import create_app
-
-LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
-
-
-def preflight(settings: Settings) -> None:
-    """Problems that would only surface once the generator starts, reported now as config errors."""
-    if settings.gpu.provider == "paperspace":
-        paperspace_api_key(settings)
-
-
-def configure_logging(settings: Settings) -> None:
-    """Log to the terminal and to <data_dir>/avatargen.log (rotated)."""
-    settings.server.data_dir.mkdir(parents=True, exist_ok=True)
-    root = logging.getLogger("avatargen")
-    root.setLevel(logging.INFO)
-    formatter = logging.Formatter(LOG_FORMAT)
-    console = logging.StreamHandler()
-    logfile = logging.handlers.RotatingFileHandler(settings.server.data_dir / "avatargen.log",
-                                                   maxBytes=5_000_000, backupCount=3)
-    for handler in (console, logfile):
-        handler.setFormatter(formatter)
-        root.addHandler(handler)
+from server.logs import configure_logging
+from server.preflight import preflight
 
 
 def uvicorn_options(server: ServerSettings) -> dict[str, Any]:
