@@ -14,7 +14,8 @@ from avatargen.config import BUCKET_NAMES, ConfigError, Settings, find_config, l
 from tui.client import AdminClient, AdminError, Unreachable
 from tui.models import Run
 
-EXIT_CONFIG = 2
+EXIT_CONFIG = 2  # a config or command-line error (argparse's usage errors are 2 as well)
+EXIT_CANNOT_LISTEN = 4  # serve: the port is in use or the address is not this machine's
 
 
 def _load(args: argparse.Namespace) -> Settings:
@@ -47,10 +48,14 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from server.serve import serve
+    from server.serve import CannotListen, serve
 
     settings = _load(args)
-    return serve(settings, host=args.host, port=args.port)
+    try:
+        return serve(settings, host=args.host, port=args.port)
+    except CannotListen as exc:
+        print(f"avatargen: {exc}", file=sys.stderr)
+        return EXIT_CANNOT_LISTEN
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:

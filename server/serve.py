@@ -1,11 +1,14 @@
 """`avatargen serve`: uvicorn running the app, with proxy headers trusted only from trusted_proxies.
 
-uvicorn turns Ctrl-C and SIGTERM into a graceful shutdown; the lifespan then aborts an active run and
-waits until its machine is confirmed off before the process exits.
+The listening socket is bound first: a second server on a taken port stops there, before it touches the
+data folder (start-up recovery) or the machine (the orphan check), with one clear line. The preflight
+comes next, then the app. uvicorn turns Ctrl-C and SIGTERM into a graceful shutdown; the lifespan then
+aborts an active run and waits until its machine is confirmed off before the process exits.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 from dataclasses import replace
 from typing import Any
@@ -13,9 +16,16 @@ from typing import Any
 import uvicorn
 
 from avatargen.config import ServerSettings, Settings
+from avatargen.sockets import bound_socket
 from server.app import create_app
 from server.logs import configure_logging
 from server.preflight import preflight
+
+EXIT_STARTUP_FAILED = 3  # the app's start-up failed (uvicorn's own status for it); the log says why
+
+
+class CannotListen(Exception):
+    """The server's address cannot be had: the port is in use, the address is not this machine's, ..."""
 
 
 def uvicorn_options(server: ServerSettings) -> dict[str, Any]:
@@ -28,17 +38,27 @@ def uvicorn_options(server: ServerSettings) -> dict[str, Any]:
     }
 
 
+def _cannot_listen(host: str, port: int, exc: OSError) -> CannotListen:
+    if exc.errno == errno.EADDRINUSE:
+        return CannotListen(f"port {port} is already in use on {host} (is another avatargen serve running?)")
+    return CannotListen(f"cannot listen on {host} port {port}: {exc.strerror or exc}")
+
+
 def serve(settings: Settings, host: str | None = None, port: int | None = None) -> int:
     server_settings = replace(settings.server, host=host or settings.server.host,
                               port=settings.server.port if port is None else port)
     settings = replace(settings, server=server_settings)
-    preflight(settings)
-    configure_logging(settings)
-    logging.getLogger("avatargen.server").info(
-        "listening on http://%s:%d (config: %s)", server_settings.host, server_settings.port,
-        settings.path or "built-in defaults")
-    config = uvicorn.Config(create_app(settings), host=server_settings.host, port=server_settings.port,
-                            log_level="info", **uvicorn_options(server_settings))
-    server = uvicorn.Server(config)
-    server.run()
-    return 0 if server.started else 1
+    try:
+        sock = bound_socket(server_settings.host, server_settings.port)
+    except OSError as exc:
+        raise _cannot_listen(server_settings.host, server_settings.port, exc) from None
+    with sock:  # closed whatever happens below (uvicorn closes its listener, not the socket it was given)
+        preflight(settings)
+        configure_logging(settings)
+        logging.getLogger("avatargen.server").info(
+            "listening on http://%s:%d (config: %s)", server_settings.host, sock.getsockname()[1],
+            settings.path or "built-in defaults")
+        config = uvicorn.Config(create_app(settings), log_level="info", **uvicorn_options(server_settings))
+        server = uvicorn.Server(config)
+        server.run(sockets=[sock])
+    return 0 if server.started else EXIT_STARTUP_FAILED

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import subprocess
 import sys
 from importlib.metadata import version
@@ -116,3 +117,28 @@ def test_both_commands_tell_their_version(command: str) -> None:
                             capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"{command} {version('avatargen')}"
+
+
+def test_serve_on_a_port_in_use_stops_before_touching_the_data_folder(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    data = tmp_path / "data"
+    for name, content in {"unique/.tmp/half-written.webp": b"orphan work file", "unique/.claimed/old.webp": b"claim",
+                          "unique/lonely.json": b"{}", "fallback/broken.webp": b"not an image",
+                          "ledger.sqlite3": b"", "avatargen.log": b"an earlier run\n"}.items():
+        (data / name).parent.mkdir(parents=True, exist_ok=True)
+        (data / name).write_bytes(content)
+
+    def snapshot() -> dict[str, bytes | None]:
+        return {path.relative_to(data).as_posix(): path.read_bytes() if path.is_file() else None
+                for path in sorted(data.rglob("*"))}
+
+    before = snapshot()
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "server.cli", "serve", "--config", str(config),
+                                 "--port", str(port)], capture_output=True, text=True, cwd=ROOT, timeout=60,
+                                check=False)
+    assert result.returncode == 4
+    assert result.stderr.splitlines() == [
+        f"avatargen: port {port} is already in use on 127.0.0.1 (is another avatargen serve running?)"]
+    assert snapshot() == before
