@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import math
 import os
 import re
 import tomllib
@@ -370,6 +371,8 @@ def _convert(hint: Any, meta: Mapping[str, Any], raw: Any, dotted: str, ctx: _Co
         if isinstance(raw, bool) or not isinstance(raw, int | float):
             raise ctx.error(f"expected a number, got {_type_name(raw)} ({raw!r})", dotted)
         value = float(raw)
+        if not math.isfinite(value):  # TOML has nan and inf; no setting means either
+            raise ctx.error(f"must be a finite number, got {raw}", dotted)
     elif hint in (str, Path, Secret):
         if not isinstance(raw, str):
             raise ctx.error(f"expected a string, got {_type_name(raw)} ({raw!r})", dotted)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -92,6 +93,13 @@ data_dir = "state"
         ("[server]\nport = 80 80\n", "server.port", 2, "not valid TOML: Unexpected character: '8'"),
         ("[server]\nhost = \"x\n", "server.host", 2, "not valid TOML"),
         ("[server\nport = 1\n", None, 1, "not valid TOML"),
+        ("[prompts]\nfilm_only = 0.9\nartist_only = 0.9\nboth = nan\n", "prompts.both", 4,
+         "must be a finite number, got nan"),
+        ("[gpu]\nhourly_cost = inf\n", "gpu.hourly_cost", 2, "must be a finite number, got inf"),
+        ("[gpu]\ndaily_budget = -inf\n", "gpu.daily_budget", 2, "must be a finite number, got -inf"),
+        ("[sd]\ncfg_scale = nan\n", "sd.cfg_scale", 2, "must be a finite number"),
+        ("[serving]\nunique_every = inf\n", "serving.unique_every", 2, "must be a finite number of seconds"),
+        ("[gpu.simulated]\nstep_time = nan\n", "gpu.simulated.step_time", 2, "must be a finite number of seconds"),
     ],
 )
 def test_errors_name_file_key_line(tmp_path: Path, text: str, key: str | None, line: int | None, words: str) -> None:
@@ -132,6 +140,9 @@ def test_prompt_update_is_validated_like_the_file() -> None:
     assert info.value.key == "prompts.suffix_max"
     with pytest.raises(ConfigError, match="did you mean 'film_only'"):
         update_prompts(current, {"flim_only": 0.1})
+    for number in (math.nan, math.inf, -math.inf):  # JSON from the admin API can hold them too
+        with pytest.raises(ConfigError, match="must be a finite number"):
+            update_prompts(current, {"both": number})
 
 
 def test_writer_keeps_comments_and_formatting(tmp_path: Path) -> None:
@@ -190,6 +201,15 @@ def test_cli_config_error_exits_2_without_traceback(tmp_path: Path, text: str, m
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert f"{path}{message}" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["serve", "check-config"])
+def test_nan_is_a_config_error(tmp_path: Path, command: str) -> None:
+    path = write(tmp_path, '[server]\nport = 0\n[prompts]\nfilm_only = 0.9\nartist_only = 0.9\nboth = nan\n')
+    result = subprocess.run([sys.executable, "-m", "server.cli", command, "--config", str(path)],
+                            capture_output=True, text=True, cwd=ROOT, check=False, timeout=60)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"{path}:6: prompts.both: must be a finite number, got nan" in result.stderr
 
 
 @pytest.mark.parametrize("command", ["serve", "check-config"])
