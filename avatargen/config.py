@@ -352,6 +352,19 @@ def _type_name(value: Any) -> str:
             dict: "a table"}.get(type(value), type(value).__name__)
 
 
+def _check_network(item: str, dotted: str, ctx: _Context) -> None:
+    """An address or a CIDR range; a range with host bits set (127.0.0.2/8) is refused, not guessed at:
+    uvicorn silently ignores such an entry, so the proxy it names would not be believed."""
+    try:
+        ipaddress.ip_network(item)
+    except ValueError:
+        try:
+            meant = ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ctx.error(f"{item!r} is not an IP address or CIDR range", dotted) from None
+        raise ctx.error(f"{item!r} has host bits set; did you mean {str(meant)!r}?", dotted) from None
+
+
 def _convert(hint: Any, meta: Mapping[str, Any], raw: Any, dotted: str, ctx: _Context) -> Any:
     kind = meta.get("kind")
     if kind == "duration":
@@ -392,10 +405,7 @@ def _convert(hint: Any, meta: Mapping[str, Any], raw: Any, dotted: str, ctx: _Co
             raise ctx.error("the list must not contain empty entries", dotted)
         if kind == "network":
             for item in items:
-                try:
-                    ipaddress.ip_network(item, strict=False)
-                except ValueError:
-                    raise ctx.error(f"{item!r} is not an IP address or CIDR range", dotted) from None
+                _check_network(item, dotted, ctx)
         return items
     else:  # pragma: no cover - a schema mistake, not a config mistake
         raise TypeError(f"unsupported setting type {hint!r} for {dotted}")
