@@ -24,6 +24,7 @@ import tomlkit
 
 from avatargen import wordlists
 from avatargen.durations import parse_duration
+from avatargen.redact import redact_url
 
 PROVIDERS = ("paperspace", "always_on", "simulated")
 BUCKET_NAMES = ("unique", "fallback")
@@ -78,12 +79,24 @@ def check_http_url(url: str) -> str:
     """The URL if it is http:// or https:// with a host and a port in range; else ValueError saying why."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"must be an http:// or https:// URL with a host, got {url!r}")
+        raise ValueError(f"must be an http:// or https:// URL with a host, got {redact_url(url)!r}")
     try:
         parts.port  # noqa: B018 - parsing the port is the check
     except ValueError:
-        raise ValueError(f"the port must be a number from 0 to 65535, got {url!r}") from None
+        raise ValueError(f"the port must be a number from 0 to 65535, got {redact_url(url)!r}") from None
     return url
+
+
+def _check_service_url(url: str, key: str, credentials: str) -> None:
+    """A service's URL: http(s), and no user info, since credentials come from the environment, not the file
+    (the file is shared, backed up and rewritten by the prompt editor)."""
+    try:
+        check_http_url(url)
+    except ValueError as exc:
+        raise ConfigError(str(exc), key=key) from None
+    if "@" in urlsplit(url).netloc:
+        raise ConfigError(f"must not hold a user name or password (got {redact_url(url)!r}): {credentials}",
+                          key=key)
 
 
 def _m(*, kind: str | None = None, low: float | None = None, high: float | None = None,
@@ -164,6 +177,10 @@ class PaperspaceSettings:
     def api_key(self) -> Secret:
         return Secret(os.environ.get(self.api_key_env, ""))
 
+    def check(self) -> None:
+        _check_service_url(self.api_url, "api_url", f"the API key comes from the environment variable named by "
+                                                    f"api_key_env ({self.api_key_env})")
+
 
 @dataclass(frozen=True)
 class SimulatedSettings:
@@ -219,10 +236,8 @@ class SdSettings:
         return Secret(os.environ.get(self.password_env, ""))
 
     def check(self) -> None:
-        try:
-            check_http_url(self.url)
-        except ValueError as exc:
-            raise ConfigError(str(exc), key="url") from None
+        _check_service_url(self.url, "url", "set sd.username, and put the password in the environment variable "
+                                            f"named by sd.password_env ({self.password_env})")
         for name in ("width", "height"):
             if getattr(self, name) % 8:
                 raise ConfigError(f"must be a multiple of 8, got {getattr(self, name)}", key=name)
@@ -441,7 +456,7 @@ def _walk(cls: type, table: Mapping[str, Any], default: Any, prefix: str, ctx: _
         meta = next(f.metadata for f in fields(cls) if f.name == name)
         dotted = f"{prefix}.{name}" if prefix else name
         current = getattr(default, name)
-        if is_dataclass(hint):
+        if isinstance(hint, type) and is_dataclass(hint):
             sub = table.get(name, {})
             if not isinstance(sub, Mapping):
                 raise ctx.error(f"expected a table [{dotted}], got {_type_name(sub)}", dotted)

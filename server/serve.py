@@ -18,7 +18,7 @@ import uvicorn
 from avatargen.config import ServerSettings, Settings
 from avatargen.sockets import bound_socket
 from server.app import create_app
-from server.logs import configure_logging
+from server.logs import configure_logging, redact_uvicorn_logs
 from server.preflight import preflight
 
 EXIT_STARTUP_FAILED = 3  # the app's start-up failed (uvicorn's own status for it); the log says why
@@ -59,6 +59,7 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None) 
             "listening on http://%s:%d (config: %s)", server_settings.host, sock.getsockname()[1],
             settings.path or "built-in defaults")
         config = uvicorn.Config(create_app(settings), log_level="info", **uvicorn_options(server_settings))
+        redact_uvicorn_logs()
         server = uvicorn.Server(config)
         server.run(sockets=[sock])
     return 0 if server.started else EXIT_STARTUP_FAILED
