@@ -44,6 +44,16 @@ def _cannot_listen(host: str, port: int, exc: OSError) -> CannotListen:
     return CannotListen(f"cannot listen on {host} port {port}: {exc.strerror or exc}")
 
 
+def _implementations(config: uvicorn.Config) -> str:
+    """The HTTP parser and event loop uvicorn picked: httptools and uvloop where installed (faster), else
+    h11 and asyncio. The owner may need to know: their limits on request headers differ (README)."""
+    config.load()
+    http = config.http_protocol_class.__module__.rpartition(".")[2].removesuffix("_impl")
+    factory = config.get_loop_factory()
+    loop = factory.__module__.partition(".")[0] if factory is not None else "asyncio"
+    return f"{http} and {loop}"
+
+
 def serve(settings: Settings, host: str | None = None, port: int | None = None) -> int:
     server_settings = replace(settings.server, host=host or settings.server.host,
                               port=settings.server.port if port is None else port)
@@ -55,11 +65,11 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None) 
     with sock:  # closed whatever happens below (uvicorn closes its listener, not the socket it was given)
         preflight(settings)
         configure_logging(settings)
-        logging.getLogger("avatargen.server").info(
-            "listening on http://%s:%d (config: %s)", server_settings.host, sock.getsockname()[1],
-            settings.path or "built-in defaults")
         config = uvicorn.Config(create_app(settings), log_level="info", **uvicorn_options(server_settings))
         redact_uvicorn_logs()
+        logging.getLogger("avatargen.server").info(
+            "listening on http://%s:%d (config: %s; uvicorn with %s)", server_settings.host,
+            sock.getsockname()[1], settings.path or "built-in defaults", _implementations(config))
         server = uvicorn.Server(config)
         server.run(sockets=[sock])
     return 0 if server.started else EXIT_STARTUP_FAILED

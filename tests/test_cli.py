@@ -142,3 +142,19 @@ def test_serve_on_a_port_in_use_stops_before_touching_the_data_folder(tmp_path: 
     assert result.stderr.splitlines() == [
         f"avatargen: port {port} is already in use on 127.0.0.1 (is another avatargen serve running?)"]
     assert snapshot() == before
+
+
+def test_serve_runs_on_uvicorns_fast_implementations(tmp_path: Path) -> None:
+    """uvicorn[standard] brings httptools and uvloop; the log says which ones run (header limits differ)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--config", str(write_config(tmp_path)),
+                                "--port", str(port)], stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert process.stderr is not None
+        line = next(line for line in process.stderr if "listening on" in line)
+        assert line.rstrip().endswith("uvicorn with httptools and uvloop)") and f":{port} " in line
+    finally:
+        process.terminate()
+        process.wait(30)
