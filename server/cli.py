@@ -8,7 +8,7 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
-from avatargen import prompts
+from avatargen import prompts, review
 from avatargen.cli_options import add_version, count, http_url, setting
 from avatargen.config import BUCKET_NAMES, ConfigError, Settings, find_config, load_settings
 from tui.client import AdminClient, AdminError, Unreachable
@@ -42,6 +42,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     path = find_config(args.config)
     settings = load_settings(path)
     preflight(settings)
+    if problem := review.missing_extra(settings.review):
+        print(f"avatargen: warning: {problem}", file=sys.stderr)
     where = path if path is not None else "built-in defaults (no config.toml here)"
     print(f"{where}: OK (provider {settings.gpu.provider}, data in {settings.server.data_dir})")
     return 0

@@ -15,6 +15,7 @@ from typing import Any
 
 import uvicorn
 
+from avatargen import review
 from avatargen.config import ServerSettings, Settings
 from avatargen.sockets import bound_socket
 from server.app import create_app
@@ -65,11 +66,13 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None) 
     with sock:  # closed whatever happens below (uvicorn closes its listener, not the socket it was given)
         preflight(settings)
         configure_logging(settings)
+        log = logging.getLogger("avatargen.server")
+        if problem := review.missing_extra(settings.review):
+            log.warning(problem)
         config = uvicorn.Config(create_app(settings), log_level="info", **uvicorn_options(server_settings))
         redact_uvicorn_logs()
-        logging.getLogger("avatargen.server").info(
-            "listening on http://%s:%d (config: %s; uvicorn with %s)", server_settings.host,
-            sock.getsockname()[1], settings.path or "built-in defaults", _implementations(config))
+        log.info("listening on http://%s:%d (config: %s; uvicorn with %s)", server_settings.host,
+                 sock.getsockname()[1], settings.path or "built-in defaults", _implementations(config))
         server = uvicorn.Server(config)
         server.run(sockets=[sock])
     return 0 if server.started else EXIT_STARTUP_FAILED

@@ -38,7 +38,8 @@ def test_simulate_serves_both_apis_from_the_config(tmp_path: Path) -> None:
 
 
 async def test_owner_commands_talk_to_a_running_server(tmp_path: Path) -> None:
-    settings = fast_settings(tmp_path, admin__token="cli-token", gpu__simulated__boot_delay="2s")
+    # The run boots until it is aborted: on a loaded machine each command's process takes seconds to start.
+    settings = fast_settings(tmp_path, admin__token="cli-token", gpu__simulated__boot_delay="60s")
 
     async def avatargen(*args: str) -> subprocess.CompletedProcess[str]:
         command = [sys.executable, "-m", "server.cli", *args, "--url", url, "--token", "cli-token",
@@ -64,7 +65,7 @@ async def test_owner_commands_talk_to_a_running_server(tmp_path: Path) -> None:
 
 
 async def test_refill_without_names_refills_every_bucket(tmp_path: Path) -> None:
-    settings = fast_settings(tmp_path, admin__token="cli-token", gpu__simulated__boot_delay="2s")
+    settings = fast_settings(tmp_path, admin__token="cli-token", gpu__simulated__boot_delay="60s")
     async with serving(settings) as (url, _app):
         refill = await asyncio.to_thread(
             subprocess.run, [sys.executable, "-m", "server.cli", "refill", "--url", url, "--token", "cli-token",
