@@ -31,7 +31,8 @@ def check_folders(settings: Settings) -> None:
     try:
         buckets = open_buckets(settings)  # creates each bucket's folders
     except OSError as exc:
-        raise _folder_error(settings, _key_of(settings, exc.filename), Path(exc.filename), exc) from None
+        where = Path(exc.filename) if exc.filename else settings.server.data_dir
+        raise _folder_error(settings, _key_of(settings, where), where, exc) from None
     for name, bucket in buckets.items():
         for folder in bucket.folders:
             _check_writable(settings, f"buckets.{name}.dir", folder)
@@ -58,9 +59,9 @@ def _folder_error(settings: Settings, key: str, folder: Path, exc: OSError) -> C
     return settings.error(f"cannot create or write the folder {folder}: {reason}", key)
 
 
-def _key_of(settings: Settings, path: str | None) -> str:
+def _key_of(settings: Settings, path: Path) -> str:
     """The setting that places a path: the bucket folder holding it, else the data folder."""
     for name, bucket in settings.buckets.items():
-        if path is not None and Path(path).is_relative_to(bucket.dir):
+        if path.is_relative_to(bucket.dir):
             return f"buckets.{name}.dir"
     return "server.data_dir"

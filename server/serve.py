@@ -63,7 +63,7 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None) 
         sock = bound_socket(server_settings.host, server_settings.port)
     except OSError as exc:
         raise _cannot_listen(server_settings.host, server_settings.port, exc) from None
-    with sock:  # closed whatever happens below (uvicorn closes its listener, not the socket it was given)
+    with sock:  # closed whatever happens below, the preflight's refusal included
         preflight(settings)
         configure_logging(settings)
         log = logging.getLogger("avatargen.server")

@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+from dataclasses import fields, is_dataclass
 from pathlib import Path
+from typing import get_type_hints
 
 import pytest
 
@@ -112,6 +114,31 @@ def test_errors_name_file_key_line(tmp_path: Path, text: str, key: str | None, l
     assert error.line == line
     assert words in str(error)
     assert str(error).startswith(str(tmp_path / "config.toml"))
+
+
+def number_keys(cls: type = Settings, prefix: str = "") -> list[str]:
+    """Every setting that holds a number with a fraction or a duration, as dotted keys (review.block's
+    scores by one of their names)."""
+    keys = []
+    for spec in fields(cls):
+        hint, dotted = get_type_hints(cls)[spec.name], f"{prefix}{spec.name}"
+        if isinstance(hint, type) and is_dataclass(hint):
+            keys += number_keys(hint, f"{dotted}.")
+        elif hint is float:
+            keys.append(dotted)
+        elif hint == dict[str, float]:
+            keys.append(f"{dotted}.{next(iter(getattr(cls(), spec.name)))}")
+    return keys
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_no_number_or_duration_may_be_nan_or_infinite(tmp_path: Path, value: str) -> None:
+    keys = number_keys()
+    assert {"prompts.both", "gpu.hourly_cost", "serving.unique_every", "review.face_score"} <= set(keys)
+    for dotted in keys:
+        table, _, name = dotted.rpartition(".")
+        error = error_for(tmp_path, f"[{table}]\n{name} = {value}\n")
+        assert (error.key, error.line) == (dotted, 2) and "finite" in error.message, dotted
 
 
 def test_invalid_toml_is_a_config_error(tmp_path: Path) -> None:
