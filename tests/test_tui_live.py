@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -9,12 +10,13 @@ import pytest
 import tomlkit
 from textual.message import Message
 from textual.pilot import Pilot
-from textual.widgets import Input, OptionList
+from textual.widgets import Input, OptionList, Static
 
-from tests.tui_support import ServerProcess, panel, running_server, wait_for
-from tui.messages import Answered, Connected, Received
+from tests.tui_support import ServerProcess, panel, running_server, seed_images, wait_for
+from tui.messages import Answered, Connected, Disconnected, Received
 from tui.models import LogEntry
 from tui.screens.confirm_abort import ConfirmAbortScreen
+from tui.screens.image_detail import ImageDetailScreen
 from tui.screens.problem import ProblemScreen
 from tui.screens.refill import RefillScreen
 from tui.widgets.event_log import EventLog
@@ -191,3 +193,47 @@ async def test_the_panel_survives_the_server_going_away_and_coming_back(server: 
         await wait_for(pilot, lambda: indicator.has_class("-live"), "the reconnection")
         assert len(connects) == 2  # and the status was fetched again on reconnect
         assert not app.main.has_class("-offline")
+
+
+async def test_an_image_that_is_not_one_is_marked_on_its_card_and_the_panel_goes_on(tmp_path: Path) -> None:
+    fallback = tmp_path / "data" / "fallback"
+    seed_images(fallback, 2)
+    # What a proxy in the way answers instead of the image: 200 and its own HTML page.
+    broken = "20250101T120009-broken"
+    (fallback / f"{broken}.webp").write_text("<!DOCTYPE html>\n<html><body>Please sign in</body></html>\n")
+    (fallback / f"{broken}.json").write_text(json.dumps({"prompt": "A sketch of cjs",
+                                                          "created_at": "2025-01-01T12:00:09+00:00"}))
+    with running_server(tmp_path) as server:
+        app = panel(server.url)
+        async with app.run_test(size=SIZE) as pilot:
+            grid = app.main.query_one("#thumbnails", ThumbnailGrid)
+            await wait_for(pilot, lambda: len(grid.cards) == 3, "three cards, the broken one among them")
+            card = next(card for card in grid.cards if card.picture.info.id == broken)
+            shown = str(card.query_one(".thumbnail-image", Static).render())
+            assert "cannot show image: not an image" in shown and "<!DOCTYPE html>" in shown
+
+            await pilot.press("i")
+            card.focus()
+            await pilot.press("enter")  # its details still open: the rest of the panel goes on
+            await wait_for(pilot, lambda: isinstance(app.screen, ImageDetailScreen), "the image view")
+            assert "not an image" in str(app.screen.query_one(".detail-image", Static).render())
+            assert app.is_running
+
+
+async def test_an_unexpected_error_in_a_worker_is_reported_and_the_connection_comes_back(
+    server: ServerProcess,
+) -> None:
+    app = panel(server.url)
+    seen: list[Message] = []
+    async with app.run_test(size=SIZE, message_hook=collect(Disconnected, seen)) as pilot:
+        indicator = app.main.query_one(LinkIndicator)
+        await wait_for(pilot, lambda: indicator.has_class("-live"), "the first connection")
+
+        async def fall() -> None:
+            raise RuntimeError("a bug in the panel")
+
+        # Stands in for the connection worker falling on an error nobody foresaw (it replaces the live one).
+        app.run_worker(fall(), name="follow_server", group="connection", exclusive=True, exit_on_error=False)
+        await wait_for(pilot, lambda: seen, "the connection shown as down")
+        await wait_for(pilot, lambda: indicator.has_class("-live"), "the connection to come back")
+        assert app.is_running

@@ -20,7 +20,10 @@ def _details(picture: Picture) -> Table:
     table.add_column()
     rows = {"prompt": info.prompt, "bucket": info.bucket, "id": info.id, "created": timestamp(info.created_at)}
     rows |= {name: value for name, value in info.metadata.items() if name not in ("prompt", "created_at")}
-    rows["size"] = f"{picture.image.width}×{picture.image.height} px"
+    if picture.image is not None:
+        rows["size"] = f"{picture.image.width}×{picture.image.height} px"
+    else:
+        rows["problem"] = f"cannot show image: {picture.problem}"
     for name, value in rows.items():
         table.add_row(name.replace("_", " "), str(value))
     return table
