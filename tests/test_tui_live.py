@@ -237,3 +237,26 @@ async def test_an_unexpected_error_in_a_worker_is_reported_and_the_connection_co
         await wait_for(pilot, lambda: seen, "the connection shown as down")
         await wait_for(pilot, lambda: indicator.has_class("-live"), "the connection to come back")
         assert app.is_running
+
+
+async def test_the_log_fills_its_width_loses_no_character_and_keeps_the_level_apart(server: ServerProcess) -> None:
+    app = panel(server.url)
+    message = "aborting run: " + "film only + artist only + film and artist must be at most 1, got 1.2; " * 4
+    async with app.run_test(size=(160, 40)) as pilot:
+        await wait_for(pilot, lambda: app.main.status is not None, "the first status")
+        app.note("warning", message)  # written while the Log tab is hidden: its width is not known yet
+        for tab, log_id in (("o", "#overview-log"), ("l", "#log-view")):
+            await pilot.press(tab)
+            log = app.main.query_one(log_id, EventLog)
+            await wait_for(pilot, lambda log=log: any("aborting run" in line.text for line in log.lines),
+                           f"the entry in {log_id}")
+            width = log.scrollable_content_region.width
+            lines = [line.text for line in log.lines]
+            start = next(number for number, line in enumerate(lines) if "aborting run" in line)
+            head, _, first = lines[start].partition("warning")
+            assert first.startswith("  aborting run"), "the level stands apart from the message"
+            indent = len(head) + len("warning  ")
+            shown = [first[2:], *(line[indent:] for line in lines[start + 1 :])]
+            assert all(len(line) <= width for line in lines[start:]), "nothing past the right edge"
+            assert " ".join(part.strip() for part in shown) == message.strip(), "no character lost at a wrap"
+            assert len(lines[start].rstrip()) > width - 20, "the first line uses the width it has"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from textual.widgets import Input
 import tui.app
 from tests.tui_support import ServerProcess, panel, running_server, seed_images, wait_for
 from tui.connection import Backoff
-from tui.models import parse_status
+from tui.models import LogEntry, parse_status
 from tui.screens.main import MainScreen
 from tui.screens.problem import ProblemScreen
 from tui.widgets.link_indicator import LinkIndicator
@@ -143,10 +144,23 @@ MID_RUN: dict[str, Any] = {
 }
 
 
+MID_RUN_LOG = [
+    LogEntry(datetime(2025, 1, 1, 12, 0, 0, tzinfo=UTC), "info", "manual run 20250101T120000-7f3a: booting the GPU"),
+    LogEntry(datetime(2025, 1, 1, 12, 0, 41, tzinfo=UTC), "info", "machine ready; generating 53 images"),
+    LogEntry(datetime(2025, 1, 1, 12, 1, 2, tzinfo=UTC), "warning",
+             "image failed (1 in a row): the SD web UI answered 500 Internal Server Error; the run goes on with "
+             "the next prompt and ends after 5 failures in a row"),
+    LogEntry(datetime(2025, 1, 1, 12, 1, 5, tzinfo=UTC), "error",
+             "could not load image 20250101T120104-000001-1a2b3c4d: cannot reach http://127.0.0.1:8080"),
+]
+
+
 class FrozenMainScreen(MainScreen):
     def on_mount(self) -> None:
         self.status = parse_status(MID_RUN)
         self.query_one(LinkIndicator).show_live()
+        for entry in MID_RUN_LOG:
+            self.log_entry(entry)
 
 
 class OverviewOnly(App[None]):
