@@ -13,6 +13,7 @@ from textual.pilot import Pilot
 from textual.widgets import Input, OptionList, Static
 
 from tests.tui_support import ServerProcess, panel, running_server, seed_images, wait_for
+from tui.app import AvatarApp
 from tui.messages import Answered, Connected, Disconnected, Received
 from tui.models import LogEntry
 from tui.screens.confirm_abort import ConfirmAbortScreen
@@ -48,6 +49,11 @@ def collect(kind: type[Message], into: list[Message]) -> Callable[[Message], Non
 
 def answers(messages: list[Message]) -> list[str]:
     return [message.text for message in messages if isinstance(message, Answered)]
+
+
+def logged(app: AvatarApp) -> str:
+    """Every message in the panel's log, one a line."""
+    return "\n".join(entry.message for entry in app.main.query_one("#log-view", EventLog).entries)
 
 
 async def test_refill_from_the_panel_walks_every_state_and_shows_the_new_images(server: ServerProcess) -> None:
@@ -211,6 +217,7 @@ async def test_an_image_that_is_not_one_is_marked_on_its_card_and_the_panel_goes
             card = next(card for card in grid.cards if card.picture.info.id == broken)
             shown = str(card.query_one(".thumbnail-image", Static).render())
             assert "cannot show image: not an image" in shown and "<!DOCTYPE html>" in shown
+            assert f"cannot show image {broken}: not an image" in logged(app)
 
             await pilot.press("i")
             card.focus()
@@ -235,6 +242,7 @@ async def test_an_unexpected_error_in_a_worker_is_reported_and_the_connection_co
         # Stands in for the connection worker falling on an error nobody foresaw (it replaces the live one).
         app.run_worker(fall(), name="follow_server", group="connection", exclusive=True, exit_on_error=False)
         await wait_for(pilot, lambda: seen, "the connection shown as down")
+        assert "follow_server failed: RuntimeError: a bug in the panel" in logged(app)
         await wait_for(pilot, lambda: indicator.has_class("-live"), "the connection to come back")
         assert app.is_running
 
