@@ -139,12 +139,11 @@ async def test_prompt_weights_are_edited_validated_and_saved_to_config_toml(serv
         await wait_for(pilot, lambda: "1. " in str(editor.query_one("#samples").render()), "sample prompts")
         config_before = server.config.read_text()
 
-        # Too much weight: the server's message appears under "film and artist", nothing is saved.
+        # Too much weight: said under the weights, and nothing is saved.
         await type_into(pilot, editor.query_one("#both", Input), "0.5")
-        error = editor.query_one("#error-both")
-        await wait_for(pilot, lambda: "at most 1" in str(error.render()), "the server's validation message")
+        error = editor.query_one("#error-weights")
+        await wait_for(pilot, lambda: "at most 1" in str(error.render()), "the weights' message")
         await pilot.press("ctrl+s")
-        await wait_for(pilot, lambda: any("not saved" in text for text in answers(seen)), "the refused save")
         assert server.config.read_text() == config_before
 
         # A valid mix, a new artist, one film fewer: saved, and the file says so.
@@ -166,6 +165,46 @@ async def test_prompt_weights_are_edited_validated_and_saved_to_config_toml(serv
         assert saved["artists"][-1] == "Moebius Jr"
         assert removed not in saved["films"]
         assert not editor.dirty
+
+
+async def test_the_prompt_editor_starts_at_the_first_field_and_says_what_is_wrong_in_the_owners_words(
+    server: ServerProcess,
+) -> None:
+    app = panel(server.url)
+    async with app.run_test(size=SIZE) as pilot:
+        editor = app.main.query_one(PromptEditor)
+        await wait_for(pilot, lambda: editor.saved, "the prompt settings")
+        await pilot.press("p", "tab")
+        assert app.focused is editor.query_one("#subject", Input), "Tab goes to the first field"
+        stale = editor.query_one("#samples-stale")
+        assert not stale.display
+
+        # A letter in a number field is kept, and the field says what it wants.
+        film_only = editor.query_one("#film_only", Input)
+        await pilot.press("tab", "end", "x")
+        assert app.focused is film_only and film_only.value.endswith("x")
+        film_error = editor.query_one("#error-film_only")
+        await wait_for(pilot, lambda: "enter a number" in str(film_error.render()), "the field's message")
+        assert stale.display, "the samples are marked out of date"
+
+        # Weights over 1: said under the group, in the editor's own labels, whichever weight was edited.
+        await type_into(pilot, film_only, "0.9")
+        weights = editor.query_one("#error-weights")
+        await wait_for(pilot, lambda: weights.display, "the weights' message")
+        assert "film only + artist only + film and artist make 1.7; at most 1 together" in str(weights.render())
+        assert not editor.query_one("#error-both").display and not film_error.display
+        assert stale.display
+
+        await type_into(pilot, film_only, "0.2")
+        await wait_for(pilot, lambda: not stale.display, "fresh samples once the input is valid again")
+
+        # The server's message about two fields: under the one the owner edited, in the owner's words.
+        most = editor.query_one("#error-suffix_max")
+        await type_into(pilot, editor.query_one("#suffix_max", Input), "0")
+        await wait_for(pilot, lambda: most.display, "the server's message")
+        assert str(most.render()) == "fewest suffixes (1) is greater than most suffixes (0)"
+        assert not editor.query_one("#error-suffix_min").display
+        assert stale.display
 
 
 async def test_a_wrong_token_gets_a_clear_screen_not_a_traceback(server: ServerProcess) -> None:

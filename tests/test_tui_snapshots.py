@@ -103,6 +103,18 @@ def test_prompt_editor_shows_the_servers_message_by_its_field(snap_compare: Snap
     assert snap_compare(panel(server.url), terminal_size=SIZE, run_before=reject)
 
 
+def test_prompt_editor_marks_mistakes_and_stale_samples(snap_compare: Snap, server: ServerProcess) -> None:
+    async def mistype(pilot: Pilot[Any]) -> None:
+        await settled(pilot)
+        await pilot.press("p", "tab", "tab", "end", "backspace", "backspace", "backspace", *"0.5")  # film only
+        await pilot.press("tab", "end", "x")  # artist only: "0.0x"
+        editor = pilot.app.query_one(PromptEditor)
+        await wait_for(pilot, lambda: editor.query_one("#error-artist_only").display, "the field's message")
+        await wait_for(pilot, lambda: editor.query_one("#error-weights").display, "the weights' message")
+
+    assert snap_compare(panel(server.url), terminal_size=SIZE, run_before=mistype)
+
+
 def test_refill_dialog(snap_compare: Snap, server: ServerProcess) -> None:
     assert snap_compare(panel(server.url), press=["r"], terminal_size=SIZE, run_before=settled)
 

@@ -12,7 +12,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.reactive import reactive
 from textual.screen import Screen
-from textual.widgets import Footer, Label, TabbedContent, TabPane
+from textual.widgets import Footer, Label, TabbedContent, TabPane, Tabs
 
 from tui.images import ImageStyle
 from tui.models import BUCKETS, LogEntry, Status
@@ -69,6 +69,8 @@ class MainScreen(Screen[None]):
         yield Footer()
 
     def on_mount(self) -> None:
+        # Letters and clicks switch tabs; Tab walks the fields of the tab shown, not the tab bar.
+        self.query_one(Tabs).can_focus = False
         self.query_one("#buckets").border_title = "Buckets"
         self.query_one("#generator").border_title = "Generator"
         self.query_one("#overview-log").border_title = "Log"
