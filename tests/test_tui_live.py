@@ -10,7 +10,7 @@ import pytest
 import tomlkit
 from textual.message import Message
 from textual.pilot import Pilot
-from textual.widgets import Input, OptionList, Static
+from textual.widgets import Button, Checkbox, Input, OptionList, Static
 
 from tests.tui_support import ServerProcess, panel, running_server, seed_images, wait_for
 from tui.app import AvatarApp
@@ -118,9 +118,42 @@ async def test_abort_asks_first_then_stops_the_run(tmp_path: Path) -> None:
             assert 0 < last.run.done < 400
             assert "aborted" in str(app.main.query_one(LastRunSummary).render())
 
-            await pilot.press("a", "y")  # nothing to abort now: the server's 409 is shown, not swallowed
-            await wait_for(pilot, lambda: any(t.startswith("Abort refused (409)") for t in answers(seen)),
-                           "the server's refusal")
+            await pilot.press("a")  # nothing to abort now: the panel says so instead of asking
+            assert not isinstance(app.screen, ConfirmAbortScreen)
+            assert "No run to abort" in logged(app)
+
+
+async def test_refill_and_abort_offer_only_what_can_happen(tmp_path: Path) -> None:
+    seed_images(tmp_path / "data" / "fallback", 3)  # at its max (3); unique is empty
+    with running_server(tmp_path) as server:
+        app = panel(server.url)
+        seen: list[Message] = []
+        async with app.run_test(size=SIZE, message_hook=collect(Answered, seen)) as pilot:
+            await wait_for(pilot, lambda: app.main.status is not None, "the first status")
+            await pilot.press("a")
+            assert not isinstance(app.screen, ConfirmAbortScreen) and "No run to abort" in logged(app)
+
+            await pilot.press("r")
+            await wait_for(pilot, lambda: isinstance(app.screen, RefillScreen), "the refill dialog")
+            dialog = app.screen
+            fallback = dialog.query_one("#refill-fallback", Checkbox)
+            assert fallback.disabled and not fallback.value and "3 of 3, full" in str(fallback.label)
+            start = dialog.query_one("#start", Button)
+            await pilot.press("f", "u")  # the full bucket cannot be chosen; unticking unique leaves nothing
+            await wait_for(pilot, lambda: start.disabled, "Start refill to be disabled with nothing chosen")
+            assert not fallback.value
+            shown = [key for key, active in dialog.active_bindings.items() if active.binding.show]
+            assert shown == ["u", "f", "escape"], "the dialog's own keys, for its footer"
+            await pilot.press("u")
+            await wait_for(pilot, lambda: not start.disabled, "Start refill once unique is chosen again")
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: (s := app.main.status) is not None and s.last_run is not None
+                           and s.state == "idle", "the run to end", timeout=30)
+
+            await pilot.press("r")  # now every bucket is full: nothing is offered, and nothing is sent
+            assert not isinstance(app.screen, RefillScreen)
+            assert "Nothing to refill: every bucket is at its max (unique 2 of 2, fallback 3 of 3)" in logged(app)
+            assert [text for text in answers(seen) if "refused" in text] == []
 
 
 async def type_into(pilot: Pilot[None], field: Input, text: str) -> None:

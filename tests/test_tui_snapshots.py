@@ -25,6 +25,7 @@ import tui.app
 from tests.tui_support import ServerProcess, panel, running_server, seed_images, wait_for
 from tui.connection import Backoff
 from tui.models import LogEntry, parse_status
+from tui.screens.confirm_abort import ConfirmAbortScreen
 from tui.screens.main import MainScreen
 from tui.screens.problem import ProblemScreen
 from tui.widgets.link_indicator import LinkIndicator
@@ -119,10 +120,6 @@ def test_refill_dialog(snap_compare: Snap, server: ServerProcess) -> None:
     assert snap_compare(panel(server.url), press=["r"], terminal_size=SIZE, run_before=settled)
 
 
-def test_abort_confirmation(snap_compare: Snap, server: ServerProcess) -> None:
-    assert snap_compare(panel(server.url), press=["a"], terminal_size=SIZE, run_before=settled)
-
-
 def test_unreachable_server(snap_compare: Snap) -> None:
     async def refused(pilot: Pilot[Any]) -> None:
         await wait_for(pilot, lambda: isinstance(pilot.app.screen, ProblemScreen), "the problem screen")
@@ -188,3 +185,12 @@ class OverviewOnly(App[None]):
 @pytest.mark.parametrize("size", [(80, 24), (160, 40)], ids=["80x24", "160x40"])
 def test_a_run_in_progress(snap_compare: Snap, size: tuple[int, int]) -> None:
     assert snap_compare(OverviewOnly(), terminal_size=size)
+
+
+def test_abort_confirmation(snap_compare: Snap) -> None:
+    async def confirm(pilot: Pilot[Any]) -> None:
+        run = parse_status(MID_RUN).run
+        assert run is not None
+        await pilot.app.push_screen(ConfirmAbortScreen(run))
+
+    assert snap_compare(OverviewOnly(), terminal_size=SIZE, run_before=confirm)

@@ -46,7 +46,7 @@ from tui.screens.confirm_abort import ConfirmAbortScreen
 from tui.screens.image_detail import ImageDetailScreen
 from tui.screens.main import MainScreen
 from tui.screens.problem import ProblemScreen
-from tui.screens.refill import RefillScreen
+from tui.screens.refill import RefillScreen, is_full
 from tui.widgets.link_indicator import LinkIndicator
 from tui.widgets.prompt_editor import PromptEditor
 from tui.widgets.thumbnail import Thumbnail
@@ -338,8 +338,16 @@ class AvatarApp(App[None]):
     # --- actions ---------------------------------------------------------------------------------------
 
     def action_refill(self) -> None:
-        levels = self.main.status.buckets if self.main.status is not None else {}
-        self.push_screen(RefillScreen(levels), self._refill_chosen)
+        status = self.main.status
+        if status is None:
+            self.cannot("Nothing to refill yet: the server has not answered")
+        elif status.run is not None:
+            self.cannot(f"A run is on ({status.state.replace('_', ' ')}): refill when it ends, or press a to abort it")
+        elif all(is_full(status.buckets.get(bucket)) for bucket in BUCKETS):
+            levels = ", ".join(f"{name} {level.count} of {level.max}" for name, level in status.buckets.items())
+            self.cannot(f"Nothing to refill: every bucket is at its max ({levels})")
+        else:
+            self.push_screen(RefillScreen(status.buckets), self._refill_chosen)
 
     def _refill_chosen(self, buckets: list[str] | None) -> None:
         if buckets:
@@ -351,8 +359,13 @@ class AvatarApp(App[None]):
                         lambda run: f"Refill started: run {run.id}, {run.total} images ({targets(run.targets)})")
 
     def action_abort(self) -> None:
-        run = self.main.status.run if self.main.status is not None else None
-        self.push_screen(ConfirmAbortScreen(run), self._abort_confirmed)
+        status = self.main.status
+        if status is None or status.run is None:
+            self.cannot("No run to abort: the generator is idle")
+        elif status.state == "shutting_down":
+            self.cannot(f"Run {status.run.id} is already ending: the machine is being stopped")
+        else:
+            self.push_screen(ConfirmAbortScreen(status.run), self._abort_confirmed)
 
     def _abort_confirmed(self, abort: bool | None) -> None:
         if abort:
@@ -373,6 +386,11 @@ class AvatarApp(App[None]):
             self.post_message(Answered(f"{action} failed: {exc}", ok=False))
         else:
             self.post_message(Answered(success(run), ok=True))
+
+    def cannot(self, why: str) -> None:
+        """An action the owner asked for that cannot happen now, and why: said at once, nothing is sent."""
+        self.notify(why, severity="warning", timeout=6, markup=False)
+        self.note("info", why)
 
     @while_running
     def on_answered(self, message: Answered) -> None:

@@ -7,7 +7,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import Static
+from textual.widgets import Footer, Static
 
 from tui.formatting import timestamp
 from tui.images import ImageStyle, Picture, image_widget
@@ -42,6 +42,7 @@ class ImageDetailScreen(ModalScreen[None]):
             yield image_widget(self.image_style, self.picture, classes="detail-image")
             with VerticalScroll(id="detail-info"):
                 yield Static(_details(self.picture))
+        yield Footer()
 
     def action_close(self) -> None:
         self.dismiss(None)
