@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 import tomlkit
+from textual.geometry import Region
 from textual.message import Message
 from textual.pilot import Pilot
-from textual.widgets import Button, Checkbox, Input, OptionList, Static
+from textual.widgets import Button, Checkbox, Input, Label, OptionList, Static
 
 from tests.tui_support import ServerProcess, panel, running_server, seed_images, wait_for
 from tui.app import AvatarApp
@@ -340,3 +341,26 @@ async def test_the_log_fills_its_width_loses_no_character_and_keeps_the_level_ap
             assert all(len(line) <= width for line in lines[start:]), "nothing past the right edge"
             assert " ".join(part.strip() for part in shown) == message.strip(), "no character lost at a wrap"
             assert len(lines[start].rstrip()) > width - 20, "the first line uses the width it has"
+
+
+async def test_thumbnail_captions_show_what_sets_each_prompt_apart(tmp_path: Path) -> None:
+    prompts = [  # alike for their first 45 characters, as most prompts of one recipe are
+        "A comic book panel of cjs, in the style of Moebius, bokeh, 8K",
+        "A comic book panel of cjs, in the style of Moebius, film grain",
+        "A comic book panel of cjs from the film Akira, in the style of Hergé, 8K",
+        "A comic book panel of cjs from the film Akira, in the style of Hergé, 8K, bokeh",
+    ]
+    seed_images(tmp_path / "data" / "fallback", len(prompts), prompts)
+    with running_server(tmp_path) as server:
+        app = panel(server.url)
+        async with app.run_test(size=SIZE) as pilot:
+            grid = app.main.query_one("#thumbnails", ThumbnailGrid)
+            await wait_for(pilot, lambda: len(grid.cards) == len(prompts), "the seeded thumbnails")
+            await pilot.press("i")
+            await pilot.pause()
+            shown = []
+            for card in grid.cards:
+                label = card.query_one(".thumbnail-prompt", Label)
+                shown.append(" ".join(strip.text.strip() for strip in label.render_lines(Region(0, 0, *label.size))))
+            assert len(set(shown)) == len(prompts), shown
+            assert grid.cards[0].tooltip == prompts[-1], "the whole prompt is a hover away"

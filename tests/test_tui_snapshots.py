@@ -40,6 +40,12 @@ STEADY_PROMPTS = {
     "prompts.suffixes": ["soft light"],
 }
 
+SEEDED_PROMPTS = [
+    "A watercolour of cjs, in the style of Hokusai, soft light",
+    "A watercolour of cjs from the film Akira, in the style of Hokusai, soft light, bokeh",
+    "A sketch of cjs, film grain, 8K",
+]
+
 
 @pytest.fixture(scope="module", autouse=True)
 def local_time_is_utc() -> Iterator[None]:
@@ -58,7 +64,7 @@ def local_time_is_utc() -> Iterator[None]:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     directory = tmp_path_factory.mktemp("snapshots")
-    seed_images(directory / "data" / "fallback", 3)
+    seed_images(directory / "data" / "fallback", 3, SEEDED_PROMPTS)
     with running_server(directory, STEADY_PROMPTS) as process:
         yield process
 
