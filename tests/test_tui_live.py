@@ -364,3 +364,15 @@ async def test_thumbnail_captions_show_what_sets_each_prompt_apart(tmp_path: Pat
                 shown.append(" ".join(strip.text.strip() for strip in label.render_lines(Region(0, 0, *label.size))))
             assert len(set(shown)) == len(prompts), shown
             assert grid.cards[0].tooltip == prompts[-1], "the whole prompt is a hover away"
+
+
+async def test_the_log_shows_what_the_server_logged_before_the_panel_connected(server: ServerProcess) -> None:
+    app = panel(server.url)
+    async with app.run_test(size=(160, 40)) as pilot:
+        log = app.main.query_one("#overview-log", EventLog)
+        await wait_for(pilot, lambda: any("data in " in entry.message for entry in log.entries),
+                       "the server's start-up line, logged before the panel connected")
+        messages = [entry.message for entry in log.entries]
+        connected = next(number for number, text in enumerate(messages) if text.startswith("connected to "))
+        assert any("data in " in text for text in messages[:connected]), "in time order, before the panel's own line"
+        await wait_for(pilot, lambda: any("data in " in line.text for line in log.lines), "the line on screen")
