@@ -106,10 +106,7 @@ class EventHub:
     def subscribe(self, last_id: int | None = None) -> Iterator[Subscription]:
         """Listen from now on, after a replay: what came after last_id, or the recent log without one."""
         listener = _Listener(self._queue_size)
-        if last_id is not None and last_id <= self.last_id:
-            backlog = self.since(last_id)
-        else:
-            backlog = list(self._recent_logs)
+        backlog = self.since(last_id) if last_id is not None and last_id <= self.last_id else list(self._recent_logs)
         self._listeners.add(listener)
         try:
             yield Subscription(listener, backlog)

@@ -120,8 +120,8 @@ async def test_abort_asks_first_then_stops_the_run(tmp_path: Path) -> None:
             assert "aborted" in str(app.main.query_one(LastRunSummary).render())
 
             await pilot.press("a")  # nothing to abort now: the panel says so instead of asking
+            await wait_for(pilot, lambda: "No run to abort" in logged(app), "the reason")
             assert not isinstance(app.screen, ConfirmAbortScreen)
-            assert "No run to abort" in logged(app)
 
 
 async def test_refill_and_abort_offer_only_what_can_happen(tmp_path: Path) -> None:
@@ -132,7 +132,8 @@ async def test_refill_and_abort_offer_only_what_can_happen(tmp_path: Path) -> No
         async with app.run_test(size=SIZE, message_hook=collect(Answered, seen)) as pilot:
             await wait_for(pilot, lambda: app.main.status is not None, "the first status")
             await pilot.press("a")
-            assert not isinstance(app.screen, ConfirmAbortScreen) and "No run to abort" in logged(app)
+            await wait_for(pilot, lambda: "No run to abort" in logged(app), "the reason")
+            assert not isinstance(app.screen, ConfirmAbortScreen)
 
             await pilot.press("r")
             await wait_for(pilot, lambda: isinstance(app.screen, RefillScreen), "the refill dialog")
@@ -152,8 +153,9 @@ async def test_refill_and_abort_offer_only_what_can_happen(tmp_path: Path) -> No
                            and s.state == "idle", "the run to end", timeout=30)
 
             await pilot.press("r")  # now every bucket is full: nothing is offered, and nothing is sent
+            full = "Nothing to refill: every bucket is at its max (unique 2 of 2, fallback 3 of 3)"
+            await wait_for(pilot, lambda: full in logged(app), "the reason")
             assert not isinstance(app.screen, RefillScreen)
-            assert "Nothing to refill: every bucket is at its max (unique 2 of 2, fallback 3 of 3)" in logged(app)
             assert [text for text in answers(seen) if "refused" in text] == []
 
 
