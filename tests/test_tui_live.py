@@ -211,14 +211,15 @@ async def test_the_prompt_editor_starts_at_the_first_field_and_says_what_is_wron
         editor = app.main.query_one(PromptEditor)
         await wait_for(pilot, lambda: editor.saved, "the prompt settings")
         await pilot.press("p", "tab")
-        assert app.focused is editor.query_one("#subject", Input), "Tab goes to the first field"
+        subject = editor.query_one("#subject", Input)
+        await wait_for(pilot, lambda: app.focused is subject, "Tab to go to the first field")
         stale = editor.query_one("#samples-stale")
         assert not stale.display
 
         # A letter in a number field is kept, and the field says what it wants.
         film_only = editor.query_one("#film_only", Input)
         await pilot.press("tab", "end", "x")
-        assert app.focused is film_only and film_only.value.endswith("x")
+        await wait_for(pilot, lambda: app.focused is film_only and film_only.value.endswith("x"), "the letter kept")
         film_error = editor.query_one("#error-film_only")
         await wait_for(pilot, lambda: "enter a number" in str(film_error.render()), "the field's message")
         assert stale.display, "the samples are marked out of date"
@@ -359,7 +360,7 @@ async def test_thumbnail_captions_show_what_sets_each_prompt_apart(tmp_path: Pat
             grid = app.main.query_one("#thumbnails", ThumbnailGrid)
             await wait_for(pilot, lambda: len(grid.cards) == len(prompts), "the seeded thumbnails")
             await pilot.press("i")
-            await pilot.pause()
+            await wait_for(pilot, lambda: all(card.size.height for card in grid.cards), "the cards laid out")
             shown = []
             for card in grid.cards:
                 label = card.query_one(".thumbnail-prompt", Label)
