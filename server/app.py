@@ -19,6 +19,7 @@ from avatargen.config import Settings
 from avatargen.events import EventHub, EventLogHandler
 from avatargen.generator import Generator
 from avatargen.gpu import make_provider
+from avatargen.redact import RedactingFilter
 from avatargen.simulator.runner import SimulatedGpu
 from avatargen.storage.backend import open_backend
 from avatargen.storage.redis_events import EventRelay
@@ -67,6 +68,7 @@ def create_app(settings: Settings) -> Starlette:
             await backend.recover()
             events = EventHub()
             handler = EventLogHandler(events, asyncio.get_running_loop())
+            handler.addFilter(RedactingFilter())  # the owner's live log hides URL credentials as the file does
             product_log = logging.getLogger("avatargen")
             if product_log.getEffectiveLevel() > logging.INFO:
                 product_log.setLevel(logging.INFO)  # the owner's live log shows what the generator does

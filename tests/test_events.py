@@ -51,3 +51,17 @@ async def test_publish_wakes_a_waiting_listener() -> None:
         await asyncio.sleep(0)
         hub.publish("log", {"message": "hello"})
         assert (await waiting).data == {"message": "hello"}
+
+
+async def test_a_new_listener_gets_the_recent_log_first_and_a_reconnecting_one_only_what_it_missed() -> None:
+    hub = EventHub(recent_logs=3)
+    for n in range(5):
+        hub.publish("log", {"n": n})
+        hub.publish("progress", {"done": n})  # not replayed: the status says where a run is
+    with hub.subscribe() as new:
+        assert [(await new.next(1)).data for _ in range(3)] == [{"n": 2}, {"n": 3}, {"n": 4}]
+        assert await new.next(0.01) is None
+    with hub.subscribe(last_id=hub.last_id) as reconnecting:
+        assert await reconnecting.next(0.01) is None
+    with hub.subscribe(last_id=hub.last_id + 100) as from_before_a_restart:
+        assert (await from_before_a_restart.next(1)).data == {"n": 2}
