@@ -118,6 +118,7 @@ class ServerSettings:
     port: int = _f(8080, low=0, high=65535)
     trusted_proxies: tuple[str, ...] = _f(("127.0.0.1", "::1"), kind="network")
     data_dir: Path = _f(Path("data"), kind="path")
+    workers: int = _f(1, low=1, high=64)  # uvicorn worker processes on this machine, one port
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import errno
 import logging
+import socket
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import uvicorn
+from starlette.applications import Starlette
+from uvicorn.config import STARTUP_FAILURE
+from uvicorn.supervisors import Multiprocess
 
 from avatargen import review
 from avatargen.config import ServerSettings, Settings
@@ -69,6 +74,9 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None) 
         log = logging.getLogger("avatargen.server")
         if problem := review.missing_extra(settings.review):
             log.warning(problem)
+        workers = server_settings.workers
+        if workers > 1:
+            return _run_workers(settings, sock, log)
         config = uvicorn.Config(create_app(settings), log_level="info", **uvicorn_options(server_settings))
         redact_uvicorn_logs()
         log.info("listening on http://%s:%d (config: %s; uvicorn with %s)", server_settings.host,
@@ -76,3 +84,28 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None) 
         server = uvicorn.Server(config)
         server.run(sockets=[sock])
     return 0 if server.started else EXIT_STARTUP_FAILED
+
+
+def worker_app(settings: Settings) -> Starlette:
+    """The app of one of several worker processes: spawned, each sets up its own logging."""
+    configure_logging(settings)
+    redact_uvicorn_logs()
+    return create_app(settings)
+
+
+def _run_workers(settings: Settings, sock: socket.socket, log: logging.Logger) -> int:
+    """`server.workers` uvicorn processes accepting on the one socket; uvicorn's supervisor replaces one that
+    dies. They share the buckets and the allowance (folders and SQLite, or Redis), one of them runs the
+    generator and the others forward the owner's requests to it (server.forwarding)."""
+    server = settings.server
+    config = uvicorn.Config(partial(worker_app, settings), factory=True, workers=server.workers, log_level="info",
+                            **uvicorn_options(server))
+    redact_uvicorn_logs()
+    # Asked of a stand-in: loading the real config would build the app here, and the workers get a copy of it.
+    implementations = _implementations(uvicorn.Config(Starlette(), **uvicorn_options(server)))
+    log.info("listening on http://%s:%d with %d worker processes (config: %s; uvicorn with %s)", server.host,
+             sock.getsockname()[1], server.workers, settings.path or "built-in defaults", implementations)
+    supervisor = Multiprocess(config, sockets=[sock])
+    supervisor.run()
+    failed = any(process.exitcode == STARTUP_FAILURE for process in supervisor.processes)
+    return EXIT_STARTUP_FAILED if failed else 0

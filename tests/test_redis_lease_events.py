@@ -103,7 +103,7 @@ async def test_events_reach_the_other_replicas_hub_once(replicas: list[RedisStor
         async with asyncio.timeout(5):
             for relay in relays:
                 await relay.ready.wait()
-        with hubs[1].subscribe() as there:
+        with hubs[1].subscribe(hubs[1].last_id) as there:
             hubs[0].publish("buckets", {"unique": {"count": 1}})  # each replica works its own levels out
             hubs[0].publish("state", {"state": "booting"})
             hubs[0].publish("log", {"message": "booting the machine"})
@@ -111,7 +111,7 @@ async def test_events_reach_the_other_replicas_hub_once(replicas: list[RedisStor
                 received = [await there.next(), await there.next()]
         assert [(event.type, event.data) for event in received] == [
             ("state", {"state": "booting"}), ("log", {"message": "booting the machine"})]
-        with hubs[0].subscribe() as back_here:
+        with hubs[0].subscribe(hubs[0].last_id) as back_here:
             hubs[1].publish("log", {"message": "from the other replica"})
             async with asyncio.timeout(5):
                 event = await back_here.next()
@@ -155,7 +155,7 @@ async def test_the_relay_carries_on_after_redis_was_down(durable_redis_server: R
         async with asyncio.timeout(5):
             await said.event.wait()
         durable_redis_server.start()
-        with hubs[1].subscribe() as there:
+        with hubs[1].subscribe(hubs[1].last_id) as there:
             hubs[0].publish("state", {"state": "idle"})
             async with asyncio.timeout(10):
                 event = await there.next()

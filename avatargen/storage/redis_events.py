@@ -53,7 +53,7 @@ class EventRelay:
     async def _send(self) -> None:
         while True:
             self._relayed.clear()  # a new subscription never sees the events published before it
-            with self.hub.subscribe() as events:
+            with self.hub.subscribe(self.hub.last_id) as events:  # from now on: no replay
                 await self.ready.wait()
                 try:
                     while True:
