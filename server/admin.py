@@ -127,7 +127,7 @@ async def events(request: Request) -> Response:
 
 def _bucket_name(state: Services, name: str | None, status: int) -> str | JSONResponse:
     """The bucket named by a request; unknown: 404 in a path, 422 in a parameter."""
-    if name not in state.buckets:
+    if name is None or name not in state.buckets:
         return error(status, f"unknown bucket {name!r}; buckets are {' and '.join(BUCKET_NAMES)}")
     return name
 
