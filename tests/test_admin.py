@@ -85,10 +85,27 @@ async def test_unknown_admin_route_is_json_404(server: tuple[httpx.AsyncClient, 
     client, _ = server
     response = await client.get("/admin/api/nope")
     assert response.status_code == 404 and response.json() == {"error": "Not Found"}
+    response = await client.delete("/admin/api/status")
+    assert response.status_code == 405 and response.json() == {"error": "Method Not Allowed"}
     response = await client.get("/admin/api/images/unique/20260101T000000-deadbeef")
     assert response.status_code == 404 and "no image" in response.json()["error"]
     response = await client.get("/admin/api/images?bucket=secret")
     assert response.status_code == 422 and "unknown bucket" in response.json()["error"]
+
+
+async def test_every_admin_path_is_behind_the_owner_check(server: tuple[httpx.AsyncClient, Path]) -> None:
+    """The check is middleware on the whole mount: even a path no route answers needs the token first."""
+    client, _ = server
+    for path in ("/admin/api/nope", "/admin/api/images/unique/x", "/admin/api/"):
+        response = await client.get(path, headers={"Authorization": ""})
+        assert response.status_code == 401 and response.headers["www-authenticate"] == "Bearer"
+
+
+async def test_a_huge_image_id_is_not_echoed_back(server: tuple[httpx.AsyncClient, Path]) -> None:
+    client, _ = server
+    response = await client.get("/admin/api/images/unique/" + "a" * 60_000)
+    assert response.status_code == 404 and "no image 'aaa" in response.json()["error"]
+    assert len(response.content) < 300 and "60000 characters" in response.json()["error"]
 
 
 async def test_refill_streams_states_and_images_then_lists_them(server: tuple[httpx.AsyncClient, Path]) -> None:
