@@ -22,6 +22,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
 
+from avatargen.api.wire import BucketLevel, Cost, ImageInfo, NewImage, StateChange, Status, Step, encode_event
 from avatargen.buckets import Bucket
 from avatargen.config import PromptSettings, Settings
 from avatargen.durations import format_duration
@@ -31,7 +32,7 @@ from avatargen.imaging import make_avatars
 from avatargen.ledger import CostLedger
 from avatargen.prompts import compose
 from avatargen.retry import backoff_delay
-from avatargen.run import Run, State, Step, Trigger, iso
+from avatargen.run import Run, State, Trigger, utc
 from avatargen.sd import SdClient, SdError, SdNotReady
 
 log = logging.getLogger("avatargen.engine")
@@ -63,22 +64,21 @@ def _innermost(exc: BaseException) -> BaseException:
     return exc
 
 
-def bucket_levels(settings: Settings, buckets: Mapping[str, Bucket]) -> dict[str, dict[str, int]]:
+def bucket_levels(settings: Settings, buckets: Mapping[str, Bucket]) -> dict[str, BucketLevel]:
     """Each bucket's count against its min and max, as status and events report them."""
-    return {name: {"count": buckets[name].count(), "min": conf.min, "max": conf.max}
-            for name, conf in settings.buckets.items()}
+    return {name: BucketLevel(buckets[name].count(), conf.min, conf.max) for name, conf in settings.buckets.items()}
 
 
-def cost_summary(settings: Settings, ledger: CostLedger) -> dict[str, float]:
+def cost_summary(settings: Settings, ledger: CostLedger) -> Cost:
     spend = ledger.spend()
-    return {
-        "today": round(spend.today, 4),
-        "month": round(spend.month, 4),
-        "daily_budget": settings.gpu.daily_budget,
-        "hourly_cost": settings.gpu.hourly_cost,
-        "billed_seconds_today": round(spend.billed_seconds_today, 1),
-        "billed_seconds_month": round(spend.billed_seconds_month, 1),
-    }
+    return Cost(
+        today=round(spend.today, 4),
+        month=round(spend.month, 4),
+        daily_budget=settings.gpu.daily_budget,
+        hourly_cost=settings.gpu.hourly_cost,
+        billed_seconds_today=round(spend.billed_seconds_today, 1),
+        billed_seconds_month=round(spend.billed_seconds_month, 1),
+    )
 
 
 def _leave_interrupts_to_the_server() -> None:
@@ -147,32 +147,33 @@ class RefillEngine:
     def state(self) -> State:
         return self.run.state if self.run is not None else self._state
 
-    def levels(self) -> dict[str, dict[str, int]]:
+    def levels(self) -> dict[str, BucketLevel]:
         return bucket_levels(self.settings, self.buckets)
 
-    def _runs(self) -> dict[str, Any]:
-        """The state and the runs, as both the status and `state` events report them."""
-        return {
-            "state": self.state,
-            "run": self.run.to_dict() if self.run else None,
-            "last_run": self.last_run.to_dict() if self.last_run else None,
-        }
+    def view(self) -> Status:
+        """What the owner sees: state, runs, buckets, machine and spend."""
+        return Status(
+            state=self.state,
+            run=self.run.view() if self.run else None,
+            last_run=self.last_run.ended() if self.last_run else None,
+            buckets=self.levels(),
+            provider=self.provider.name,
+            machine_state=self.machine_state,
+            cost=cost_summary(self.settings, self.ledger),
+            next_check_at=utc(self.next_check_at),
+            paused_reason=self.paused_reason,
+        )
 
     def status(self) -> dict[str, Any]:
-        return {
-            **self._runs(),
-            "buckets": self.levels(),
-            "gpu": {"provider": self.provider.name, "machine_state": self.machine_state},
-            "cost": cost_summary(self.settings, self.ledger),
-            "next_check_at": iso(self.next_check_at),
-            "paused_reason": self.paused_reason,
-        }
+        return self.view().to_json()
 
     def _publish_state(self) -> None:
-        self.events.publish("state", {**self._runs(), "machine_state": self.machine_state})
+        change = StateChange(self.state, self.run.view() if self.run else None,
+                             self.last_run.ended() if self.last_run else None, self.machine_state)
+        self.events.publish(*encode_event(change))
 
     def _publish_progress(self, run: Run) -> None:
-        self.events.publish("progress", run.to_dict())
+        self.events.publish(*encode_event(run.view()))
 
     def _on_machine_state(self, state: str) -> None:
         self.machine_state = state
@@ -221,7 +222,7 @@ class RefillEngine:
         if unknown:
             raise ValueError(f"unknown bucket {unknown[0]!r}; buckets are unique and fallback")
         levels = self.levels()
-        targets = {name: max(0, levels[name]["max"] - levels[name]["count"]) for name in names}
+        targets = {name: max(0, levels[name].max - levels[name].count) for name in names}
         if not any(targets.values()):
             raise NothingToDo(f"{' and '.join(names)} already at max: nothing to generate")
         if trigger == "manual":
@@ -405,15 +406,8 @@ class RefillEngine:
         bucket = self.buckets[bucket_name]
         record = await asyncio.to_thread(bucket.publish, webp, metadata, prepared=framed)
         run.done += 1
-        self.events.publish("image", {
-            "id": record.id,
-            "bucket": bucket_name,
-            "prompt": prompt,
-            "created_at": record.metadata.get("created_at"),
-            "url": f"/admin/api/images/{bucket_name}/{record.id}",
-            "metadata": record.metadata,
-            "buckets": self.levels(),
-        })
+        image = ImageInfo.of(record.id, bucket_name, record.metadata, record.created_at)
+        self.events.publish(*encode_event(NewImage(image, self.levels())))
         self._publish_progress(run)
 
     async def _poll_step(self, run: Run, sd: SdClient) -> None:
@@ -492,7 +486,7 @@ class RefillEngine:
 
     def auto_check(self) -> Run | None:
         """Start an automatic run for the buckets below their min, unless today's budget is spent."""
-        due = [name for name, level in self.levels().items() if level["min"] > 0 and level["count"] < level["min"]]
+        due = [name for name, level in self.levels().items() if level.min > 0 and level.count < level.min]
         if not due:
             self.paused_reason = None
             return None

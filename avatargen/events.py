@@ -9,14 +9,14 @@ behind on events that matter is cut off, and catches up from the history when it
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 from collections import deque
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+
+from avatargen.api.wire import LogEntry, encode_event
 
 EVENT_TYPES = ("state", "progress", "image", "buckets", "log")
 COALESCED = frozenset({"progress", "buckets"})
@@ -55,9 +55,22 @@ class _Listener:
 
 
 class Subscription:
-    def __init__(self, listener: _Listener, backlog: list[Event]) -> None:
+    """One listener's events, from the moment it subscribed (after its backlog). Close it, or use `with`."""
+
+    def __init__(self, hub: EventHub, listener: _Listener, backlog: list[Event]) -> None:
+        self._hub = hub
         self._listener = listener
         self._backlog = deque(backlog)
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop listening (again: nothing)."""
+        self._hub._listeners.discard(self._listener)
 
     async def next(self, timeout: float | None = None) -> Event | None:
         """The next event, or None when nothing came within timeout (time for a heartbeat)."""
@@ -97,16 +110,14 @@ class EventHub:
     def since(self, last_id: int) -> list[Event]:
         return [event for event in self._history if event.id > last_id]
 
-    @contextlib.contextmanager
-    def subscribe(self, last_id: int | None = None) -> Iterator[Subscription]:
-        """Listen from now on (and replay what came after last_id, when given)."""
+    def subscribe(self, last_id: int | None = None) -> Subscription:
+        """Listen from now on (and replay what came after last_id, when given), until the subscription closes.
+
+        Registered at once, not when first read: a caller that subscribes before it answers knows that
+        nothing published after the answer can be missed."""
         listener = _Listener(self._queue_size)
-        backlog = self.since(last_id) if last_id is not None else []
         self._listeners.add(listener)
-        try:
-            yield Subscription(listener, backlog)
-        finally:
-            self._listeners.discard(listener)
+        return Subscription(self, listener, self.since(last_id) if last_id is not None else [])
 
     @property
     def listener_count(self) -> int:
@@ -125,16 +136,13 @@ class EventLogHandler(logging.Handler):
         self._loop = loop
 
     def emit(self, record: logging.LogRecord) -> None:
-        data = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="seconds"),
-            "level": record.levelname.lower(),
-            "message": record.getMessage(),
-        }
+        name, data = encode_event(LogEntry(datetime.fromtimestamp(record.created, UTC), record.levelname.lower(),
+                                           record.getMessage()))
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
             running = None
         if running is self._loop:
-            self._hub.publish("log", data)
+            self._hub.publish(name, data)
         elif not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._hub.publish, "log", data)
+            self._loop.call_soon_threadsafe(self._hub.publish, name, data)

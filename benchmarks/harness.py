@@ -8,6 +8,7 @@ buckets filled with `Bucket.publish`, as the generator fills them.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import os
@@ -17,14 +18,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import tomlkit
 
+from avatargen.api import AdminClient, Run, ServerEvent, StateChange, Status
 from avatargen.buckets import Bucket
 from avatargen.imaging import to_avatar_webp
 from avatargen.simulator.drawing import draw_avatar
@@ -34,7 +36,8 @@ ADMIN_TOKEN = "benchmark-admin-token"
 SIM_KEY_ENV = "BENCHMARK_SIM_PAPERSPACE_KEY"
 START_TIMEOUT = 30.0
 SIM_RETRIES, SIM_RETRY_PAUSE = 10, 0.1
-EventTest = Callable[[str, dict[str, Any]], bool]  # (event type, data) -> whether it is the one awaited
+EventTest = Callable[[ServerEvent], bool]  # whether an event is the one awaited
+T = TypeVar("T")
 
 # A config that runs on its own: no automatic runs (min 0), small timings, the simulated GPU.
 BASE_CONFIG: dict[str, Any] = {
@@ -248,28 +251,26 @@ class Simulator:
 
 
 class Admin:
-    """The admin API of a running server, as the TUI uses it."""
+    """The admin API of a running server through the product's own client, for synchronous scripts."""
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
-    def status(self) -> dict[str, Any]:
-        response = httpx.get(f"{self.url}/admin/api/status", headers=self.headers, timeout=10)
-        response.raise_for_status()
-        return response.json()
+    def _call(self, action: Callable[[AdminClient], Awaitable[T]], timeout: float | None = None) -> T:
+        async def call() -> T:
+            async with AdminClient(self.url, ADMIN_TOKEN) as client, asyncio.timeout(timeout):
+                return await action(client)
 
-    def refill(self, buckets: Sequence[str]) -> dict[str, Any]:
-        response = httpx.post(f"{self.url}/admin/api/refill", headers=self.headers, json={"buckets": list(buckets)},
-                              timeout=10)
-        if response.status_code != 202:
-            raise RuntimeError(f"refill answered {response.status_code}: {response.text}")
-        return response.json()["run"]
+        return asyncio.run(call())
 
-    def abort(self) -> None:
-        response = httpx.post(f"{self.url}/admin/api/abort", headers=self.headers, timeout=10)
-        if response.status_code != 202:
-            raise RuntimeError(f"abort answered {response.status_code}: {response.text}")
+    def status(self) -> Status:
+        return self._call(lambda client: client.status())
+
+    def refill(self, buckets: Sequence[str]) -> Run:
+        return self._call(lambda client: client.refill(buckets))
+
+    def abort(self) -> Run:
+        return self._call(lambda client: client.abort())
 
     def wait_generator_started(self, timeout: float = START_TIMEOUT) -> None:
         """Until the generator has made its start-up check (a machine found on is stopped first).
@@ -278,41 +279,23 @@ class Admin:
         Nothing announces the check across processes: poll the status, with a deadline.
         """
         deadline = time.monotonic() + timeout
-        while self.status()["next_check_at"] is None:
+        while self.status().next_check_at is None:
             if time.monotonic() > deadline:
                 raise TimeoutError("the generator did not make its start-up check in time")
             time.sleep(0.02)
 
-    def events(self, timeout: float) -> Iterator[tuple[str, dict[str, Any]]]:
-        """The live events (from the start of the process's history), until `timeout` seconds pass."""
-        deadline = time.monotonic() + timeout
-        headers = {**self.headers, "Last-Event-ID": "0"}
-        with httpx.stream("GET", f"{self.url}/admin/api/events", headers=headers, timeout=30) as stream:
-            kind = ""
-            for line in stream.iter_lines():
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"no expected event within {timeout:g}s")
-                if line.startswith("event: "):
-                    kind = line.removeprefix("event: ")
-                elif line.startswith("data: "):
-                    yield kind, json.loads(line.removeprefix("data: "))
-
-    def wait_event(self, matches: EventTest, timeout: float = 60.0) -> dict[str, Any]:
-        """The data of the first event (history included) that `matches(kind, data)`."""
-        with contextlib.closing(self.events(timeout)) as events:
-            for kind, data in events:
-                if matches(kind, data):
-                    return data
-        raise RuntimeError("the event stream ended before the expected event: the server went away")
+    def wait_event(self, matches: EventTest, timeout: float = 60.0) -> ServerEvent:
+        """The first event (the server's history included) that `matches`."""
+        return self._call(lambda client: client.first_event(matches, since="0"), timeout)
 
 
 def run_in_state(run_id: str, state: str) -> EventTest:
     """Matches the event saying that run `run_id` reached `state`."""
-    return lambda kind, data: kind == "state" and (data.get("run") or {}).get("id") == run_id and \
-        data["run"].get("state") == state
+    return lambda event: isinstance(event, StateChange) and event.run is not None and event.run.id == run_id \
+        and event.run.state == state
 
 
 def run_ended(run_id: str) -> EventTest:
     """Matches the event saying that run `run_id` is over, its machine confirmed off."""
-    return lambda kind, data: kind == "state" and data.get("run") is None and \
-        (data.get("last_run") or {}).get("id") == run_id
+    return lambda event: isinstance(event, StateChange) and event.run is None and event.last_run is not None \
+        and event.last_run.run.id == run_id

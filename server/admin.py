@@ -12,6 +12,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -19,6 +20,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 
 from avatargen import prompts as prompt_composer
+from avatargen.api.wire import ImageInfo
 from avatargen.buckets import ImageNotFound, check_id
 from avatargen.config import ConfigError, PromptSettings, update_prompts
 from avatargen.engine import NothingToDo, NotRunning, RefillEngine, RunActive
@@ -48,7 +50,7 @@ async def _json_body(request: Request) -> dict[str, Any]:
 
 
 async def status(request: Request) -> Response:
-    return JSONResponse(services(request).status())
+    return JSONResponse(services(request).status().to_json())
 
 
 async def events(request: Request) -> Response:
@@ -59,8 +61,10 @@ async def events(request: Request) -> Response:
     except ValueError:
         raise HTTPException(422, f"Last-Event-ID must be an event number, got {echo(raw_last)}") from None
 
+    subscription = hub.subscribe(last_id)  # before answering: the client may rely on seeing what comes next
+
     async def stream() -> AsyncIterator[str]:
-        with hub.subscribe(last_id) as subscription:
+        with subscription:
             yield f"retry: 2000\n: connected, last event {hub.last_id}\n\n"
             while True:
                 try:
@@ -72,7 +76,7 @@ async def events(request: Request) -> Response:
                     continue
                 yield f"id: {event.id}\nevent: {event.type}\ndata: {json.dumps(event.data)}\n\n"
 
-    return StreamingResponse(stream(), media_type="text/event-stream",
+    return StreamingResponse(stream(), media_type="text/event-stream", background=BackgroundTask(subscription.close),
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
@@ -83,15 +87,10 @@ def _bucket_name(state: Services, name: str | None, status_code: int) -> str:
     return name
 
 
-def image_summary(record: Any) -> dict[str, Any]:
-    return {
-        "id": record.id,
-        "bucket": record.bucket,
-        "prompt": record.metadata.get("prompt"),
-        "created_at": record.metadata.get("created_at"),
-        "url": f"/admin/api/images/{record.bucket}/{record.id}",
-        "metadata": record.metadata,
-    }
+def listed(request: Request, image: ImageInfo) -> dict[str, Any]:
+    """An image in the list: its JSON, and where the server answers with its bytes."""
+    url = request.app.url_path_for("admin:image", bucket=image.bucket, image_id=image.id)
+    return {**image.to_json(), "url": str(url)}
 
 
 async def images(request: Request) -> Response:
@@ -104,7 +103,8 @@ async def images(request: Request) -> Response:
     if not 1 <= limit <= 500:
         raise HTTPException(422, "limit must be between 1 and 500")
     records = await asyncio.to_thread(state.buckets[name].newest, limit)
-    return JSONResponse({"images": [image_summary(record) for record in records]})
+    images = [ImageInfo.of(record.id, record.bucket, record.metadata, record.created_at) for record in records]
+    return JSONResponse({"images": [listed(request, image) for image in images]})
 
 
 async def image(request: Request) -> Response:
@@ -180,7 +180,7 @@ async def refill(request: Request) -> Response:
         run = generator(state).refill(names or None)
     except (RunActive, NothingToDo) as exc:
         raise HTTPException(409, str(exc)) from None
-    return JSONResponse({"run": run.to_dict()}, status_code=202)
+    return JSONResponse({"run": run.view().to_json()}, status_code=202)
 
 
 async def abort(request: Request) -> Response:
@@ -188,7 +188,7 @@ async def abort(request: Request) -> Response:
         run = generator(services(request)).abort()
     except NotRunning as exc:
         raise HTTPException(409, str(exc)) from None
-    return JSONResponse({"run": run.to_dict()}, status_code=202)
+    return JSONResponse({"run": run.view().to_json()}, status_code=202)
 
 
 def admin_api() -> Mount:

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import sys
 from collections.abc import AsyncIterator
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -33,7 +34,7 @@ log = logging.getLogger("avatargen.server")
 
 async def healthz(request: Request) -> Response:
     state: Services | None = getattr(request.app.state, "services", None)
-    body = {"status": "ok"}
+    body: dict[str, Any] = {"status": "ok"}
     if state is not None:
         body.update(generator=state.engine.state if state.engine else "elsewhere",
                     buckets={name: bucket.count() for name, bucket in state.buckets.items()})

@@ -6,8 +6,8 @@ import asyncio
 import ipaddress
 import logging
 from dataclasses import dataclass, field
-from typing import Any
 
+from avatargen.api.wire import BucketsChange, Status, encode_event
 from avatargen.buckets import Bucket
 from avatargen.config import PromptSettings, Secret, Settings
 from avatargen.config_writer import save_prompts
@@ -55,15 +55,13 @@ class Services:
             await asyncio.sleep(every)
             levels = bucket_levels(self.settings, self.buckets)
             if levels != last:
-                self.events.publish("buckets", levels)
+                self.events.publish(*encode_event(BucketsChange(levels)))
                 last = levels
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> Status:
         if self.engine is not None:
-            return self.engine.status()
+            return self.engine.view()
         # Another process runs the generator: report what this one can see (the shared folders and ledger).
-        return {"state": "idle", "run": None, "last_run": None,
-                "buckets": bucket_levels(self.settings, self.buckets),
-                "gpu": {"provider": self.settings.gpu.provider, "machine_state": None},
-                "cost": cost_summary(self.settings, self.ledger), "next_check_at": None,
-                "paused_reason": self.generator_elsewhere}
+        return Status(state="idle", run=None, last_run=None, buckets=bucket_levels(self.settings, self.buckets),
+                      provider=self.settings.gpu.provider, machine_state=None,
+                      cost=cost_summary(self.settings, self.ledger), paused_reason=self.generator_elsewhere)

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
+from avatargen.api import AdminClient, NewImage, ServerEvent, StateChange, encode_event
 from avatargen.config import load_settings
 from tests.support import fast_settings, serving
 
@@ -25,29 +24,20 @@ async def server(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, Path]
         yield client, tmp_path / "config.toml"
 
 
-async def read_events(client: httpx.AsyncClient, until: str, headers: dict[str, str] | None = None,
-                      connected: asyncio.Event | None = None) -> list[tuple[int, str, dict[str, Any]]]:
-    """SSE events (id, type, data) until a `state` event reports `until`."""
-    events: list[tuple[int, str, dict[str, Any]]] = []
-    async with client.stream("GET", "/admin/api/events", headers=headers) as response:
-        assert response.status_code == 200
-        assert response.headers["content-type"].startswith("text/event-stream")
-        fields: dict[str, str] = {}
-        async for line in response.aiter_lines():
-            if line.startswith((":", "retry:")):
-                if connected is not None:
-                    connected.set()  # the server sends these first: we are subscribed
-                continue
-            if line:
-                name, _, value = line.partition(": ")
-                fields[name] = value
-                continue
-            if "event" in fields:
-                data = json.loads(fields["data"])
-                events.append((int(fields["id"]), fields["event"], data))
-                if fields["event"] == "state" and data["state"] == until:
-                    return events
-            fields = {}
+def owner(client: httpx.AsyncClient) -> AdminClient:
+    """The admin API client (as the panel and the owner's commands use it) for the server under test."""
+    return AdminClient(str(client.base_url), TOKEN)
+
+
+async def events_until(stream: AsyncIterator[tuple[str | None, ServerEvent]],
+                       until: str) -> list[tuple[int, str, ServerEvent]]:
+    """Events (id, SSE name, event) until a `state` event reports `until`."""
+    events = []
+    async for event_id, event in stream:
+        assert event_id is not None
+        events.append((int(event_id), encode_event(event)[0], event))
+        if isinstance(event, StateChange) and event.state == until:
+            break
     return events
 
 
@@ -110,18 +100,16 @@ async def test_a_huge_image_id_is_not_echoed_back(server: tuple[httpx.AsyncClien
 
 async def test_refill_streams_states_and_images_then_lists_them(server: tuple[httpx.AsyncClient, Path]) -> None:
     client, _ = server
-    connected = asyncio.Event()
-    reader = asyncio.create_task(read_events(client, until="idle", connected=connected))
-    await asyncio.wait_for(connected.wait(), 10)
-    response = await client.post("/admin/api/refill", json={"buckets": ["unique"]})
-    assert response.status_code == 202
-    run = response.json()["run"]
-    assert run["trigger"] == "manual" and run["targets"] == {"unique": 4} and run["total"] == 4
-    conflict = await client.post("/admin/api/refill")
-    assert conflict.status_code == 409 and "already" in conflict.json()["error"]
-    events = await asyncio.wait_for(reader, 30)
+    async with owner(client) as admin, admin.subscribe() as stream:  # subscribed once the stream answers
+        response = await client.post("/admin/api/refill", json={"buckets": ["unique"]})
+        assert response.status_code == 202
+        run = response.json()["run"]
+        assert run["trigger"] == "manual" and run["targets"] == {"unique": 4} and run["total"] == 4
+        conflict = await client.post("/admin/api/refill")
+        assert conflict.status_code == 409 and "already" in conflict.json()["error"]
+        events = await asyncio.wait_for(events_until(stream, "idle"), 30)
     kinds = [kind for _, kind, _ in events]
-    states = [data["state"] for _, kind, data in events if kind == "state"]
+    states = [event.state for _, _, event in events if isinstance(event, StateChange)]
     assert states[0] == "booting" and "generating" in states and states[-2:] == ["shutting_down", "idle"]
     assert kinds.count("image") == 4 and "progress" in kinds and "log" in kinds
     ids = [event_id for event_id, _, _ in events]
@@ -132,29 +120,32 @@ async def test_refill_streams_states_and_images_then_lists_them(server: tuple[ht
     assert [img["created_at"] for img in listed] == sorted((img["created_at"] for img in listed), reverse=True)
     first = listed[0]
     assert first["bucket"] == "unique" and " of cjs" in first["prompt"]
+    assert first["url"] == f"/admin/api/images/unique/{first['id']}"
     picture = await client.get(first["url"])
     assert picture.status_code == 200 and picture.headers["content-type"] == "image/webp"
     assert picture.content[:4] == b"RIFF" and picture.content[8:12] == b"WEBP"
+    announced = [event.image for _, _, event in events if isinstance(event, NewImage)]
+    async with owner(client) as admin:  # an image event carries bucket and id: the client knows where it is
+        assert (await admin.image_bytes(announced[-1]))[8:12] == b"WEBP"
 
     status = (await client.get("/admin/api/status")).json()
     assert status["last_run"]["outcome"] == "completed" and status["buckets"]["unique"]["count"] == 4
 
     # A client that reconnects with Last-Event-ID gets what came after it.
     missed_from = ids[len(ids) // 2]
-    replay = await read_events(client, until="idle", headers={"Last-Event-ID": str(missed_from)})
+    async with owner(client) as admin, admin.subscribe(str(missed_from)) as stream:
+        replay = await asyncio.wait_for(events_until(stream, "idle"), 30)
     assert [event_id for event_id, _, _ in replay][: len(ids) - len(ids) // 2 - 1] == ids[len(ids) // 2 + 1:]
 
 
 async def test_abort_is_202_during_a_run_and_409_when_idle(server: tuple[httpx.AsyncClient, Path]) -> None:
     client, _ = server
     assert (await client.post("/admin/api/abort")).status_code == 409
-    connected = asyncio.Event()
-    reader = asyncio.create_task(read_events(client, until="idle", connected=connected))
-    await asyncio.wait_for(connected.wait(), 10)
-    assert (await client.post("/admin/api/refill")).status_code == 202
-    response = await client.post("/admin/api/abort")
-    assert response.status_code == 202 and response.json()["run"]["state"] in ("booting", "generating")
-    await asyncio.wait_for(reader, 30)
+    async with owner(client) as admin, admin.subscribe() as stream:
+        assert (await client.post("/admin/api/refill")).status_code == 202
+        response = await client.post("/admin/api/abort")
+        assert response.status_code == 202 and response.json()["run"]["state"] in ("booting", "generating")
+        await asyncio.wait_for(events_until(stream, "idle"), 30)
     status = (await client.get("/admin/api/status")).json()
     assert status["last_run"]["outcome"] == "aborted" and status["gpu"]["machine_state"] == "off"
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from avatargen.api import NewImage, StateChange
 from benchmarks.harness import SIM_KEY_ENV, Admin, EventTest, Service, Simulator, avatargen_server, free_port
 from tests.support import write_config
 
@@ -25,10 +26,10 @@ def simulator(tmp_path: Path) -> Iterator[Simulator]:
         yield sim
 
 
-def nth(kind: str, count: int) -> EventTest:
+def nth(kind: type, count: int) -> EventTest:
     """Matches the count-th event of a kind."""
     seen = itertools.count(1)
-    return lambda event_kind, _data: event_kind == kind and next(seen) == count
+    return lambda event: isinstance(event, kind) and next(seen) == count
 
 
 def visible_images_are_whole(bucket: Path) -> int:
@@ -63,7 +64,7 @@ def test_sigkill_mid_run_then_restart_stops_machine(tmp_path: Path, simulator: S
     try:
         admin = Admin(server.url)
         admin.refill([])
-        admin.wait_event(nth("image", 5))
+        admin.wait_event(nth(NewImage, 5))
     finally:
         server.kill()
     assert simulator.machine()["state"] != "off"  # nobody stopped it: the process died
@@ -73,7 +74,7 @@ def test_sigkill_mid_run_then_restart_stops_machine(tmp_path: Path, simulator: S
     again = server_for(config, simulator, server.port).start()
     try:
         # The start-up check stops the orphaned machine; its events are in the process's history.
-        Admin(again.url).wait_event(lambda kind, data: kind == "state" and data.get("machine_state") == "off")
+        Admin(again.url).wait_event(lambda event: isinstance(event, StateChange) and event.machine_state == "off")
         assert simulator.machine()["state"] == "off"
         for bucket in (unique, fallback):
             visible_images_are_whole(bucket)
@@ -98,7 +99,7 @@ def test_sigterm_during_a_run_stops_the_machine_before_exit(tmp_path: Path, simu
     try:
         admin = Admin(server.url)
         admin.refill([])
-        admin.wait_event(lambda kind, data: kind == "state" and data["state"] == state)
+        admin.wait_event(lambda event: isinstance(event, StateChange) and event.state == state)
     finally:
         stop_gracefully(server)
     assert simulator.machine()["state"] == "off"

@@ -11,9 +11,9 @@ from textual.message import Message
 from textual.pilot import Pilot
 from textual.widgets import Input, OptionList
 
+from avatargen.api import LogEntry
 from tests.tui_support import ServerProcess, panel, running_server, wait_for
 from tui.messages import Answered, Connected, Received
-from tui.models import LogEntry
 from tui.screens.confirm_abort import ConfirmAbortScreen
 from tui.screens.problem import ProblemScreen
 from tui.screens.refill import RefillScreen

@@ -21,9 +21,9 @@ from textual.screen import Screen
 from textual.widgets import Input
 
 import tui.app
+from avatargen.api import Status
 from tests.tui_support import ServerProcess, panel, running_server, seed_images, wait_for
 from tui.connection import Backoff
-from tui.models import parse_status
 from tui.screens.main import MainScreen
 from tui.screens.problem import ProblemScreen
 from tui.widgets.link_indicator import LinkIndicator
@@ -145,7 +145,7 @@ MID_RUN: dict[str, Any] = {
 
 class FrozenMainScreen(MainScreen):
     def on_mount(self) -> None:
-        self.status = parse_status(MID_RUN)
+        self.status = Status.from_json(MID_RUN)
         self.query_one(LinkIndicator).show_live()
 
 

@@ -14,9 +14,8 @@ from dataclasses import dataclass
 
 from textual.message import Message
 
-from tui.client import AdminClient, AdminError, AuthError, Unreachable
+from avatargen.api import AdminClient, AdminError, AuthError, ProtocolError, Unreachable
 from tui.messages import Connected, Disconnected, Received, Refused
-from tui.models import ProtocolError
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,8 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Checkbox, Label, Static
 
-from tui.models import BUCKETS, BucketLevel
+from avatargen.api import BucketLevel
+from avatargen.config import BUCKET_NAMES
 
 
 def _describe(bucket: str, level: BucketLevel | None) -> str:
@@ -37,7 +38,7 @@ class RefillScreen(ModalScreen[list[str] | None]):
             yield Label("Refill now", classes="dialog-title")
             yield Static("Fill the chosen buckets to their max. The GPU machine boots for this run and is "
                          "stopped when it ends.", classes="dialog-text")
-            for bucket in BUCKETS:
+            for bucket in BUCKET_NAMES:
                 yield Checkbox(_describe(bucket, self.levels.get(bucket)), True, id=f"refill-{bucket}", compact=True)
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Start refill", id="start", variant="primary")
@@ -54,7 +55,7 @@ class RefillScreen(ModalScreen[list[str] | None]):
         if event.button.id != "start":
             self.dismiss(None)
             return
-        chosen = [bucket for bucket in BUCKETS if self.query_one(f"#refill-{bucket}", Checkbox).value]
+        chosen = [bucket for bucket in BUCKET_NAMES if self.query_one(f"#refill-{bucket}", Checkbox).value]
         if not chosen:
             self.notify("Choose at least one bucket", severity="warning")
             return

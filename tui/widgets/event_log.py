@@ -5,8 +5,8 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import RichLog
 
+from avatargen.api import LogEntry
 from tui.formatting import clock
-from tui.models import LogEntry
 
 LEVEL_STYLES = {"debug": "dim", "warning": "yellow", "error": "bold red", "critical": "bold red"}
 
