@@ -36,11 +36,10 @@ from avatargen.buckets import open_buckets
 from avatargen.config import load_settings
 from avatargen.durations import parse_duration
 from avatargen.simulator.faults import FAULTS
+from avatargen.testing import Service, Simulator
 from benchmarks.harness import (
     Admin,
     EventTest,
-    Service,
-    Simulator,
     avatargen_server,
     parse_args,
     publish,

@@ -18,9 +18,9 @@ import time
 
 from avatargen.buckets import open_buckets
 from avatargen.config import load_settings
+from avatargen.testing import Simulator
 from benchmarks.harness import (
     Admin,
-    Simulator,
     avatargen_server,
     parse_args,
     publish,

@@ -6,17 +6,21 @@ and `avatargen serve` runs as a real process that is killed without any chance t
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from avatargen.api import NewImage, StateChange
-from benchmarks.harness import SIM_KEY_ENV, Admin, EventTest, Service, Simulator, avatargen_server, free_port
+from avatargen.api import AdminClient, NewImage, ServerEvent, StateChange
+from avatargen.testing import SIM_KEY_ENV, Service, Simulator, avatargen_server, free_port
 from tests.support import write_config
+
+TOKEN = "crash-test-token"
+EventTest = Callable[[ServerEvent], bool]
 
 
 @pytest.fixture
@@ -55,26 +59,40 @@ def paperspace_config(tmp_path: Path, simulator: Simulator) -> Path:
 
 
 def server_for(config: Path, simulator: Simulator, port: int) -> Service:
-    return avatargen_server(config, config.parent / "server.log", port=port, env=simulator.env())
+    return avatargen_server(config, config.parent / "server.log", token=TOKEN, port=port, env=simulator.env())
 
 
-def test_sigkill_mid_run_then_restart_stops_machine(tmp_path: Path, simulator: Simulator) -> None:
+async def started(server: Service) -> Service:
+    return await asyncio.to_thread(server.start)
+
+
+async def first_event(server: Service, matches: EventTest, timeout: float = 60) -> ServerEvent:
+    """The first event in the server's history (from its start) that matches."""
+    async with AdminClient(server.url, TOKEN) as admin, asyncio.timeout(timeout):
+        return await admin.first_event(matches, since="0")
+
+
+async def refill(server: Service) -> None:
+    async with AdminClient(server.url, TOKEN) as admin:
+        await admin.refill()
+
+
+async def test_sigkill_mid_run_then_restart_stops_machine(tmp_path: Path, simulator: Simulator) -> None:
     config = paperspace_config(tmp_path, simulator)
-    server = server_for(config, simulator, free_port()).start()
+    server = await started(server_for(config, simulator, free_port()))
     try:
-        admin = Admin(server.url)
-        admin.refill([])
-        admin.wait_event(nth(NewImage, 5))
+        await refill(server)
+        await first_event(server, nth(NewImage, 5))
     finally:
         server.kill()
     assert simulator.machine()["state"] != "off"  # nobody stopped it: the process died
     unique, fallback = tmp_path / "data" / "unique", tmp_path / "data" / "fallback"
     assert visible_images_are_whole(unique) + visible_images_are_whole(fallback) >= 5
 
-    again = server_for(config, simulator, server.port).start()
+    again = await started(server_for(config, simulator, server.port))
     try:
         # The start-up check stops the orphaned machine; its events are in the process's history.
-        Admin(again.url).wait_event(lambda event: isinstance(event, StateChange) and event.machine_state == "off")
+        await first_event(again, lambda event: isinstance(event, StateChange) and event.machine_state == "off")
         assert simulator.machine()["state"] == "off"
         for bucket in (unique, fallback):
             visible_images_are_whole(bucket)
@@ -82,25 +100,25 @@ def test_sigkill_mid_run_then_restart_stops_machine(tmp_path: Path, simulator: S
             assert not list((bucket / ".claimed").glob("*"))
         assert "no run is active: stopping it" in again.log_text()
     finally:
-        stop_gracefully(again)
+        await stop_gracefully(again)
 
 
-def stop_gracefully(server: Service) -> None:
+async def stop_gracefully(server: Service) -> None:
     """SIGTERM; uvicorn shuts down, then re-raises the signal, so the exit status may say SIGTERM."""
-    assert server.stop(60) in (0, -signal.SIGTERM)
+    assert await asyncio.to_thread(server.stop, 60) in (0, -signal.SIGTERM)
     assert server.process is not None
     assert server.log_text().rstrip().splitlines()[-1].endswith(f"Finished server process [{server.process.pid}]")
 
 
 @pytest.mark.parametrize("state", ["booting", "generating"])
-def test_sigterm_during_a_run_stops_the_machine_before_exit(tmp_path: Path, simulator: Simulator, state: str) -> None:
+async def test_sigterm_during_a_run_stops_the_machine_before_exit(tmp_path: Path, simulator: Simulator,
+                                                                 state: str) -> None:
     config = paperspace_config(tmp_path, simulator)
-    server = server_for(config, simulator, free_port()).start()
+    server = await started(server_for(config, simulator, free_port()))
     try:
-        admin = Admin(server.url)
-        admin.refill([])
-        admin.wait_event(lambda event: isinstance(event, StateChange) and event.state == state)
+        await refill(server)
+        await first_event(server, lambda event: isinstance(event, StateChange) and event.state == state)
     finally:
-        stop_gracefully(server)
+        await stop_gracefully(server)
     assert simulator.machine()["state"] == "off"
     assert "aborting run" in server.log_text() and "the server is shutting down" in server.log_text()
