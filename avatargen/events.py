@@ -12,9 +12,10 @@ import asyncio
 import itertools
 import logging
 from collections import deque
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol, overload
 
 from avatargen.api.wire import LogEntry, encode_event
 
@@ -27,6 +28,12 @@ class Event:
     id: int
     type: str
     data: dict[str, Any]
+
+
+class Stoppable(Protocol):
+    """What tells a listener to stop: an asyncio or anyio Event."""
+
+    async def wait(self) -> Any: ...
 
 
 class ListenerTooSlow(Exception):
@@ -72,8 +79,14 @@ class Subscription:
         """Stop listening (again: nothing)."""
         self._hub._listeners.discard(self._listener)
 
+    @overload
+    async def next(self) -> Event: ...
+
+    @overload
+    async def next(self, timeout: float) -> Event | None: ...
+
     async def next(self, timeout: float | None = None) -> Event | None:
-        """The next event, or None when nothing came within timeout (time for a heartbeat)."""
+        """The next event; with a timeout, None when nothing came within it."""
         if self._backlog:
             return self._backlog.popleft()
         try:
@@ -84,6 +97,27 @@ class Subscription:
         if event is None:
             raise ListenerTooSlow
         return event
+
+    async def until(self, stop: Stoppable) -> AsyncIterator[Event]:
+        """The events, until `stop` is set (the server is shutting down) or this listener is cut off for
+        being too slow (its client reconnects with Last-Event-ID and catches up from the history)."""
+        stopped = asyncio.ensure_future(stop.wait())
+        pending: asyncio.Future[Event] | None = None
+        try:
+            while True:
+                pending = asyncio.ensure_future(self.next())
+                await asyncio.wait((pending, stopped), return_when=asyncio.FIRST_COMPLETED)
+                if not pending.done():
+                    return
+                try:
+                    event = pending.result()
+                except ListenerTooSlow:
+                    return
+                yield event
+        finally:
+            for waiting in (pending, stopped):
+                if waiting is not None:
+                    waiting.cancel()
 
 
 class EventHub:

@@ -12,11 +12,13 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
+from sse_starlette import EventSourceResponse, JSONServerSentEvent, ServerSentEvent
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
 from avatargen import prompts as prompt_composer
@@ -24,12 +26,15 @@ from avatargen.api.wire import ImageInfo
 from avatargen.buckets import ImageNotFound, check_id
 from avatargen.config import ConfigError, PromptSettings, update_prompts
 from avatargen.engine import NothingToDo, NotRunning, RefillEngine, RunActive
-from avatargen.events import ListenerTooSlow
 from server.admin_guard import OwnerOnly
 from server.errors import FieldError, echo
 from server.services import Services
 
 HEARTBEAT_SECONDS = 15.0
+RECONNECT_MS = 2000  # how soon a browser's EventSource reconnects after the stream ends
+# How long a stream may take to end by itself once the server shuts down (it takes milliseconds) before it is
+# cancelled; well inside uvicorn's graceful shutdown timeout, so the stream always ends properly.
+SHUTDOWN_GRACE_SECONDS = 1.0
 
 
 def services(request: Request) -> Services:
@@ -54,30 +59,34 @@ async def status(request: Request) -> Response:
 
 
 async def events(request: Request) -> Response:
+    """The live events as Server-Sent Events, replaying those after `Last-Event-ID` first.
+
+    sse-starlette frames them, sends the heartbeats, and ends the stream as soon as the server starts
+    shutting down (so SIGTERM is not held up by an open control panel). The hub bounds what waits for a
+    slow client: it loses progress events first and is cut off after that, to catch up when it reconnects.
+    """
     hub = services(request).events
     raw_last = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
     try:
         last_id = int(raw_last) if raw_last else None
     except ValueError:
         raise HTTPException(422, f"Last-Event-ID must be an event number, got {echo(raw_last)}") from None
-
     subscription = hub.subscribe(last_id)  # before answering: the client may rely on seeing what comes next
+    shutting_down = anyio.Event()  # set by sse-starlette when the server starts shutting down
 
-    async def stream() -> AsyncIterator[str]:
+    async def stream() -> AsyncIterator[ServerSentEvent]:
         with subscription:
-            yield f"retry: 2000\n: connected, last event {hub.last_id}\n\n"
-            while True:
-                try:
-                    event = await subscription.next(HEARTBEAT_SECONDS)
-                except ListenerTooSlow:
-                    return  # the client reconnects with Last-Event-ID and catches up from the history
-                if event is None:
-                    yield ": ping\n\n"
-                    continue
-                yield f"id: {event.id}\nevent: {event.type}\ndata: {json.dumps(event.data)}\n\n"
+            yield ServerSentEvent(comment=f"connected, last event {hub.last_id}", retry=RECONNECT_MS)
+            async for event in subscription.until(shutting_down):
+                yield JSONServerSentEvent(event.data, event=event.type, id=str(event.id))
 
-    return StreamingResponse(stream(), media_type="text/event-stream", background=BackgroundTask(subscription.close),
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return EventSourceResponse(stream(), ping=HEARTBEAT_SECONDS, ping_message_factory=heartbeat,
+                               shutdown_event=shutting_down, shutdown_grace_period=SHUTDOWN_GRACE_SECONDS,
+                               background=BackgroundTask(subscription.close), headers={"Cache-Control": "no-cache"})
+
+
+def heartbeat() -> ServerSentEvent:
+    return ServerSentEvent(comment="ping")
 
 
 def _bucket_name(state: Services, name: str | None, status_code: int) -> str:

@@ -51,3 +51,20 @@ async def test_publish_wakes_a_waiting_listener() -> None:
         await asyncio.sleep(0)
         hub.publish("log", {"message": "hello"})
         assert (await waiting).data == {"message": "hello"}
+
+
+async def test_a_stream_of_events_ends_when_told_to_stop_or_when_cut_off() -> None:
+    hub = EventHub(queue_size=2)
+    stop = asyncio.Event()
+    with hub.subscribe() as listener:
+        hub.publish("log", {"n": 1})
+        stream = listener.until(stop)
+        assert (await anext(stream)).data == {"n": 1}
+        waiting = asyncio.ensure_future(anext(stream))
+        stop.set()  # the server shuts down while the stream waits
+        with pytest.raises(StopAsyncIteration):
+            await waiting
+    with hub.subscribe() as slow:
+        for n in range(5):
+            hub.publish("image", {"n": n})
+        assert [event.data async for event in slow.until(asyncio.Event())] == []  # cut off: it reconnects
