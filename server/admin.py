@@ -8,7 +8,6 @@ raise `HTTPException`; `server.errors` renders every error as `{"error": "..."}`
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -22,12 +21,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
 from avatargen import prompts as prompt_composer
-from avatargen.api.wire import ImageInfo
+from avatargen.api.wire import PROMPT_LIST_MAX, PROMPT_TEXT_MAX, ImageInfo
 from avatargen.buckets import ImageNotFound, check_id
-from avatargen.config import ConfigError, PromptSettings, update_prompts
+from avatargen.config import ConfigError, update_prompts
 from avatargen.engine import NothingToDo, NotRunning, RefillEngine, RunActive
 from server.admin_guard import OwnerOnly
 from server.errors import FieldError, echo
+from server.json_body import json_object
 from server.services import Services
 
 HEARTBEAT_SECONDS = 15.0
@@ -39,19 +39,6 @@ SHUTDOWN_GRACE_SECONDS = 1.0
 
 def services(request: Request) -> Services:
     return request.app.state.services
-
-
-async def _json_body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    if not raw.strip():
-        return {}
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        raise HTTPException(400, "the request body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise HTTPException(422, "the request body must be a JSON object")
-    return body
 
 
 async def status(request: Request) -> Response:
@@ -127,12 +114,24 @@ async def image(request: Request) -> Response:
     return Response(data, media_type="image/webp", headers={"Cache-Control": "private, max-age=3600"})
 
 
-def _updated(settings: PromptSettings, changes: dict[str, Any]) -> PromptSettings:
-    """The settings with changes applied, or 422 naming the [prompts] setting at fault by its config name."""
-    try:
-        return update_prompts(settings, changes)
-    except ConfigError as exc:
-        raise FieldError(exc.message, (exc.key or "").removeprefix("prompts.")) from None
+def _bounded(changes: Any) -> dict[str, Any]:
+    """Prompt changes within the API's limits (a 10 MB subject once made every later edit take seconds),
+    or 422 naming the setting and the limit."""
+    if not isinstance(changes, dict):
+        raise HTTPException(422, "settings must be a JSON object of [prompts] settings")
+    for name, value in changes.items():
+        texts = value if isinstance(value, list) else [value]
+        if isinstance(value, list) and len(value) > PROMPT_LIST_MAX:
+            raise FieldError(f"at most {PROMPT_LIST_MAX} entries, got {len(value)}", name)
+        longest = max((len(text) for text in texts if isinstance(text, str)), default=0)
+        if longest > PROMPT_TEXT_MAX:
+            raise FieldError(f"at most {PROMPT_TEXT_MAX} characters per entry, got {longest}", name)
+    return changes
+
+
+def invalid(exc: ConfigError) -> FieldError:
+    """422 naming the [prompts] setting at fault by its config name, for the panel to show by its field."""
+    return FieldError(exc.message, (exc.key or "").removeprefix("prompts."))
 
 
 async def get_prompts(request: Request) -> Response:
@@ -141,9 +140,11 @@ async def get_prompts(request: Request) -> Response:
 
 async def put_prompts(request: Request) -> Response:
     state = services(request)
-    new = _updated(state.prompts, await _json_body(request))
+    changes = _bounded(await json_object(request))
     try:
-        await state.save_prompts(new)
+        new = await state.edit_prompts(changes)
+    except ConfigError as exc:
+        raise invalid(exc) from None
     except OSError as exc:
         raise HTTPException(500, f"could not save {state.settings.path}: {exc.strerror or exc}") from None
     return JSONResponse(new.to_dict())
@@ -164,9 +165,12 @@ async def sample_prompts(request: Request) -> Response:
     state = services(request)
     settings, raw_n = state.prompts, request.query_params.get("n", "5")
     if request.method == "POST":
-        body = await _json_body(request)
+        body = await json_object(request)
         raw_n = body.get("n", raw_n)
-        settings = _updated(settings, body.get("settings") or {})
+        try:
+            settings = update_prompts(settings, _bounded(body.get("settings") or {}))
+        except ConfigError as exc:
+            raise invalid(exc) from None
     n = _sample_count(raw_n)
     return JSONResponse({"prompts": [prompt.text for prompt in prompt_composer.sample(settings, n)]})
 
@@ -180,7 +184,7 @@ def generator(state: Services) -> RefillEngine:
 
 async def refill(request: Request) -> Response:
     state = services(request)
-    names = (await _json_body(request)).get("buckets")
+    names = (await json_object(request)).get("buckets")
     if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
         raise HTTPException(422, "buckets must be a list of bucket names, e.g. [\"unique\"]")
     for name in names or []:

@@ -237,3 +237,92 @@ async def test_event_stream_sends_heartbeats(tmp_path: Path, monkeypatch: pytest
                 if pings == 2:
                     break
         assert pings == 2
+
+
+@pytest.mark.parametrize(("raw", "field"), [
+    (b'{"film_only": 0.9, "artist_only": 0.9, "both": NaN}', "both"),
+    (b'{"both": Infinity}', "both"),
+    (b'{"film_only": -Infinity}', "film_only"),
+    (b'{"artist_only": 1e999}', "artist_only"),  # a float too large is read as infinity
+    (b'{"subject": "a\\ud800b"}', "subject"),  # a lone surrogate: no file can hold it
+    (b'{"films": ["Alien", "\\udfff"]}', "films"),
+])
+async def test_numbers_json_does_not_allow_and_invalid_unicode_are_refused(
+        server: tuple[httpx.AsyncClient, Path], raw: bytes, field: str) -> None:
+    client, config = server
+    before = config.read_bytes()
+    response = await client.put("/admin/api/prompts", content=raw, headers={"Content-Type": "application/json"})
+    assert response.status_code == 422 and response.json()["field"] == field, response.text
+    assert config.read_bytes() == before
+    assert (await client.get("/admin/api/prompts")).status_code == 200  # nothing half-applied in memory either
+    preview = await client.post("/admin/api/prompts/sample", content=b'{"settings": ' + raw + b"}")
+    assert preview.status_code == 422 and preview.json()["field"] == field
+
+
+@pytest.mark.parametrize("raw", [b'{"subject": ' + b"[" * 100_000, b'{"subject": ' + b"[" * 20 + b"]" * 20 + b"}"])
+async def test_deeply_nested_bodies_are_refused_with_a_reason(server: tuple[httpx.AsyncClient, Path],
+                                                               raw: bytes) -> None:
+    client, config = server
+    before = config.read_bytes()
+    response = await client.put("/admin/api/prompts", content=raw)
+    assert response.status_code == 400 and "nested more than 8 levels" in response.json()["error"]
+    assert config.read_bytes() == before
+
+
+@pytest.mark.parametrize(("body", "field", "words"), [
+    ({"subject": "x" * 201}, "subject", "at most 200 characters per entry, got 201"),
+    ({"films": ["The Matrix"] * 501}, "films", "at most 500 entries, got 501"),
+    ({"artists": ["Andy Warhol", "y" * 300]}, "artists", "at most 200 characters per entry, got 300"),
+])
+async def test_strings_and_lists_are_bounded(server: tuple[httpx.AsyncClient, Path], body: dict, field: str,
+                                             words: str) -> None:
+    client, config = server
+    before = config.read_bytes()
+    response = await client.put("/admin/api/prompts", json=body)
+    assert response.status_code == 422 and response.json() == {"error": words, "field": field}
+    assert config.read_bytes() == before
+
+
+async def test_an_oversized_body_is_413_and_the_config_untouched(server: tuple[httpx.AsyncClient, Path]) -> None:
+    client, config = server
+    before = config.read_bytes()
+    response = await client.put("/admin/api/prompts", json={"subject": "x" * 2_000_000})
+    assert response.status_code == 413 and "larger than the admin API accepts" in response.json()["error"]
+    assert config.read_bytes() == before
+
+    async def trickle() -> AsyncIterator[bytes]:  # no Content-Length: the limit holds while the body arrives
+        yield b'{"subject": "'
+        for _ in range(40):
+            yield b"x" * 50_000
+        yield b'"}'
+
+    response = await client.put("/admin/api/prompts", content=trickle())
+    assert response.status_code == 413
+    assert config.read_bytes() == before
+
+
+async def test_concurrent_prompt_edits_all_land(server: tuple[httpx.AsyncClient, Path]) -> None:
+    """Each PUT is a partial update applied on top of the latest settings, one after the other."""
+    client, config = server
+    edits = [{"subject": "(cjs)"}, {"films": ["Alien", "Heat"]}, {"artists": ["Hokusai"]},
+             {"prefixes": ["A woodcut"]}, {"suffixes": [f"suffix {n}" for n in range(12)]}, {"suffix_max": 2}]
+    answers = await asyncio.gather(*(client.put("/admin/api/prompts", json=edit) for edit in edits))
+    assert [answer.status_code for answer in answers] == [200] * len(edits)
+    merged = {name: value for edit in edits for name, value in edit.items()}
+    for settings in ((await client.get("/admin/api/prompts")).json(), load_settings(config).prompts.to_dict()):
+        assert {name: settings[name] for name in merged} == merged
+
+
+async def test_a_sidecar_that_is_not_an_object_is_skipped(server: tuple[httpx.AsyncClient, Path]) -> None:
+    client, config = server
+    async with owner(client) as admin:
+        await admin.refill(["unique"])
+        await asyncio.wait_for(admin.first_event(lambda event: isinstance(event, StateChange) and
+                                                 event.last_run is not None, since="0"), 30)
+    bucket = config.parent / "data" / "unique"
+    broken = sorted(bucket.glob("*.json"))[0]
+    broken.write_text("[]")
+    response = await client.get("/admin/api/images", params={"bucket": "unique"})
+    assert response.status_code == 200
+    assert broken.stem not in [image["id"] for image in response.json()["images"]]
+    assert len(response.json()["images"]) == 3
