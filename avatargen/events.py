@@ -19,7 +19,6 @@ from typing import Any, Protocol, overload
 
 from avatargen.api.wire import LogEntry, encode_event
 
-EVENT_TYPES = ("state", "progress", "image", "buckets", "log")
 COALESCED = frozenset({"progress", "buckets"})
 
 

@@ -99,8 +99,3 @@ async def test_a_broken_stream_is_reported_and_resumed_from_the_last_event_id() 
     broken = reports[2]
     assert (broken.reason, broken.attempt, broken.retry_in) == ("the server closed the event stream", 1, 0.01)
     assert all(isinstance(message.event, LogEntry) for message in reports if isinstance(message, Received))
-
-
-def test_backoff_doubles_up_to_its_maximum() -> None:
-    backoff = Backoff(initial=0.5, maximum=4)
-    assert [backoff.delay(attempt) for attempt in range(1, 7)] == [0.5, 1, 2, 4, 4, 4]
