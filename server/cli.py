@@ -8,7 +8,7 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
-from avatargen import prompts
+from avatargen import prompts, review
 from avatargen.api import AdminClient, AdminError, ProtocolError, Run, TokenError, Unreachable, find_token, server_url
 from avatargen.config import ConfigError, Settings, find_config, load_settings
 
@@ -32,6 +32,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     path = find_config(args.config)
     settings = load_settings(path)
     preflight(settings)
+    if problem := review.missing_extra(settings.review):
+        print(f"avatargen: warning: {problem}", file=sys.stderr)
     where = path if path is not None else "built-in defaults (no config.toml here)"
     print(f"{where}: OK (provider {settings.gpu.provider}, data in {settings.server.data_dir})")
     return 0
