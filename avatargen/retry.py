@@ -11,24 +11,32 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
-# 2**32 times any base is past every cap: no need to double further, and no float overflow however many
-# attempts fail (the machine-stop loop retries for as long as it takes).
-MAX_DOUBLINGS = 32
+
+def doubling(base: float, attempt: int, *, cap: float) -> float:
+    """`base` doubled `attempt` times, but never more than `cap`, whatever the attempt.
+
+    2**attempt alone overflows a float from attempt 1024 on, and loops that retry for as long as it
+    takes (stopping a machine) get there: past that point the answer is simply the cap.
+    """
+    try:
+        return min(cap, base * 2.0**attempt)
+    except OverflowError:
+        return cap
 
 
-def backoff_delay(attempt: int, *, base: float, cap: float = 60.0, jitter: bool = True) -> float:
+def backoff_delay(attempt: int, *, base: float, cap: float = 60.0) -> float:
     """Seconds to wait before retry number `attempt` (0 for the first retry).
 
-    Doubles with every attempt up to `cap`, then (with jitter) keeps a random half to full share of it
-    ("equal jitter"), so the wait still grows while two clients drift apart.
+    Doubles with every attempt up to `cap`, then keeps a random half to full share of it ("equal
+    jitter"), so the wait still grows while two clients drift apart.
     """
-    ceiling = min(cap, base * 2 ** min(attempt, MAX_DOUBLINGS))
-    return random.uniform(ceiling / 2, ceiling) if jitter else ceiling
+    ceiling = doubling(base, attempt, cap=cap)
+    return random.uniform(ceiling / 2, ceiling)
 
 
 @dataclass(frozen=True)
 class Backoff:
-    """A reconnect policy: the waits of `backoff_delay` from `initial` up to `maximum`, without jitter.
+    """A reconnect policy: waits doubling from `initial` up to `maximum`, without jitter.
 
     For one client on its own, such as the owner's control panel: it has no crowd to drift apart from,
     and the wait it shows ("retry 3 in 2s") is the wait it keeps.
@@ -39,7 +47,7 @@ class Backoff:
 
     def delay(self, failures: int) -> float:
         """The wait after the failures-th failure in a row (1 after the first)."""
-        return backoff_delay(failures - 1, base=self.initial, cap=self.maximum, jitter=False)
+        return doubling(self.initial, failures - 1, cap=self.maximum)
 
 
 def parse_retry_after(value: str | None, *, cap: float = 60.0) -> float | None:

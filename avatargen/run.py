@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from avatargen.api.wire import LastRun, Step
+from avatargen.api.wire import LastRun, Step, time_json
 from avatargen.api.wire import Run as RunView
 
 State = Literal["idle", "booting", "generating", "shutting_down"]
@@ -18,6 +18,10 @@ Outcome = Literal["completed", "aborted", "failed"]
 
 def utc(timestamp: float | None) -> datetime | None:
     return None if timestamp is None else datetime.fromtimestamp(timestamp, UTC)
+
+
+def iso(timestamp: float | None) -> str | None:
+    return time_json(utc(timestamp))
 
 
 @dataclass

@@ -24,7 +24,7 @@ from avatargen import prompts as prompt_composer
 from avatargen.api.wire import PROMPT_LIST_MAX, PROMPT_TEXT_MAX, ImageInfo
 from avatargen.buckets import ImageNotFound, check_id
 from avatargen.config import ConfigError, update_prompts
-from avatargen.engine import NothingToDo, NotRunning, RefillEngine, RunActive
+from avatargen.generator import Generator, NothingToDo, NotRunning, RunActive
 from server.admin_guard import OwnerOnly
 from server.errors import FieldError, echo
 from server.json_body import json_object
@@ -175,8 +175,8 @@ async def sample_prompts(request: Request) -> Response:
     return JSONResponse({"prompts": [prompt.text for prompt in prompt_composer.sample(settings, n)]})
 
 
-def generator(state: Services) -> RefillEngine:
-    """The engine, or 503 when another process runs the generator for this data directory."""
+def generator(state: Services) -> Generator:
+    """The generator, or 503 when another process runs the generator for this data directory."""
     if state.engine is None:
         raise HTTPException(503, state.generator_elsewhere or "the generator is not running")
     return state.engine

@@ -17,8 +17,8 @@ from starlette.routing import Route
 
 from avatargen.buckets import open_buckets
 from avatargen.config import Settings
-from avatargen.engine import RefillEngine
 from avatargen.events import EventHub, EventLogHandler
+from avatargen.generator import Generator
 from avatargen.gpu import make_provider
 from avatargen.ledger import CostLedger
 from avatargen.lock import GeneratorLock
@@ -61,7 +61,7 @@ def create_app(settings: Settings) -> Starlette:
                 product_log.setLevel(logging.INFO)  # the owner's live log shows what the generator does
             product_log.addHandler(handler)
             stack.callback(product_log.removeHandler, handler)
-            ledger = CostLedger(settings.server.data_dir / "ledger.sqlite3", settings.gpu.hourly_cost)
+            ledger = await asyncio.to_thread(CostLedger, settings.server.data_dir / "ledger.sqlite3")
             stack.callback(ledger.close_db)
             token, source = resolve_admin_token(settings)
             services = Services(settings, buckets, events, ledger, token=token)
@@ -79,7 +79,7 @@ def create_app(settings: Settings) -> Starlette:
                     simulated = await stack.enter_async_context(SimulatedGpu(settings.gpu.simulated))
                     log.info("simulated GPU: Paperspace API at %s, SD web UI at %s", simulated.paperspace_url,
                              simulated.sd_url)
-                engine = RefillEngine(settings, buckets, make_provider(settings, simulated=simulated), ledger,
+                engine = Generator(settings, buckets, make_provider(settings, simulated=simulated), ledger,
                                       events)
                 services.engine = engine
                 await engine.start()

@@ -13,8 +13,8 @@ from avatargen.api.wire import BucketsChange, Status, encode_event
 from avatargen.buckets import Bucket
 from avatargen.config import PromptSettings, Secret, Settings, update_prompts
 from avatargen.config_writer import save_prompts
-from avatargen.engine import RefillEngine, bucket_levels, cost_summary
 from avatargen.events import EventHub
+from avatargen.generator import Generator, bucket_levels, cost_summary
 from avatargen.ledger import CostLedger
 
 log = logging.getLogger("avatargen.server")
@@ -27,7 +27,7 @@ class Services:
     events: EventHub
     ledger: CostLedger
     token: Secret = field(default_factory=lambda: Secret(""))
-    engine: RefillEngine | None = None
+    engine: Generator | None = None
     generator_elsewhere: str | None = None  # why this process does not run the generator
     prompts: PromptSettings = field(init=False)
     admin_networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(init=False)
@@ -70,4 +70,4 @@ class Services:
         # Another process runs the generator: report what this one can see (the shared folders and ledger).
         return Status(state="idle", run=None, last_run=None, buckets=bucket_levels(self.settings, self.buckets),
                       provider=self.settings.gpu.provider, machine_state=None,
-                      cost=cost_summary(self.settings, self.ledger), paused_reason=self.generator_elsewhere)
+                      cost=cost_summary(self.settings, self.ledger.spend()), paused_reason=self.generator_elsewhere)

@@ -12,11 +12,13 @@ import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 from PIL import Image
 
 from avatargen.api import AdminClient, NewImage, ServerEvent, StateChange
 from avatargen.testing import SIM_KEY_ENV, Service, Simulator, avatargen_server, free_port
+from tests.processes import describe, running, still_running_after
 from tests.support import write_config
 
 TOKEN = "crash-test-token"
@@ -122,3 +124,18 @@ async def test_sigterm_during_a_run_stops_the_machine_before_exit(tmp_path: Path
         await stop_gracefully(server)
     assert simulator.machine()["state"] == "off"
     assert "aborting run" in server.log_text() and "the server is shutting down" in server.log_text()
+
+
+async def test_sigkill_of_the_server_leaves_none_of_its_processes_behind(tmp_path: Path) -> None:
+    server = await started(avatargen_server(write_config(tmp_path), tmp_path / "server.log", token=TOKEN))
+    try:
+        await refill(server)
+        await first_event(server, nth(NewImage, 1))  # the imaging process has made an avatar
+        assert server.process is not None
+        children = psutil.Process(server.process.pid).children(recursive=True)
+        commands = describe(running(children))
+        assert "multiprocessing.spawn" in commands and "multiprocessing.resource_tracker" in commands, commands
+    finally:
+        server.kill()
+    left = await asyncio.to_thread(still_running_after, children, timeout=10)
+    assert not left, f"still running after the server was killed:\n{describe(left)}"

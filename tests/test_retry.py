@@ -1,22 +1,25 @@
-"""Waiting between attempts: one backoff for the generator's retries and the panel's reconnects."""
+"""Waiting between attempts: the wait grows, saturates at its cap, and never overflows; the panel reconnects
+with the same doubling."""
 
 from __future__ import annotations
 
-from avatargen.retry import Backoff, backoff_delay
+import pytest
+
+from avatargen.retry import Backoff, backoff_delay, doubling
+
+
+def test_doubling_grows_then_saturates_at_the_cap() -> None:
+    assert [doubling(1.0, attempt, cap=10.0) for attempt in range(6)] == [1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
+
+
+@pytest.mark.parametrize("attempt", [1023, 1024, 1025, 10**6])
+def test_any_attempt_saturates_at_the_cap_without_overflow(attempt: int) -> None:
+    assert doubling(0.5, attempt, cap=60.0) == 60.0
+    for _ in range(20):
+        assert 30.0 <= backoff_delay(attempt, base=1.0, cap=60.0) <= 60.0
 
 
 def test_a_reconnect_policy_doubles_up_to_its_maximum_and_says_what_it_waits() -> None:
     backoff = Backoff(initial=0.5, maximum=4)
     assert [backoff.delay(failures) for failures in range(1, 7)] == [0.5, 1, 2, 4, 4, 4]
-
-
-def test_retries_keep_a_random_half_to_all_of_the_doubled_wait() -> None:
-    for attempt in range(8):
-        ceiling = min(30.0, 0.5 * 2**attempt)
-        assert all(ceiling / 2 <= backoff_delay(attempt, base=0.5, cap=30.0) <= ceiling for _ in range(20))
-
-
-def test_a_thousand_failed_attempts_still_wait_the_cap() -> None:
-    """The machine-stop loop retries for as long as it takes: its thousandth wait must not overflow."""
-    assert backoff_delay(1024, base=1.0, cap=60.0, jitter=False) == 60.0
     assert Backoff(initial=1.0, maximum=60.0).delay(1_000_000) == 60.0

@@ -188,11 +188,12 @@ class Cost:
     billed_seconds_today: float = 0.0
     billed_seconds_month: float = 0.0
     hourly_cost: float | None = None
+    ledger_problem: str | None = None  # why the ledger on disk may lag behind these figures
 
     def to_json(self) -> dict[str, Any]:
         return {"today": self.today, "month": self.month, "daily_budget": self.daily_budget,
                 "hourly_cost": self.hourly_cost, "billed_seconds_today": self.billed_seconds_today,
-                "billed_seconds_month": self.billed_seconds_month}
+                "billed_seconds_month": self.billed_seconds_month, "ledger_problem": self.ledger_problem}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Cost:
@@ -203,6 +204,7 @@ class Cost:
             billed_seconds_today=float(data.get("billed_seconds_today") or 0),
             billed_seconds_month=float(data.get("billed_seconds_month") or 0),
             hourly_cost=_optional(data.get("hourly_cost"), float),
+            ledger_problem=data.get("ledger_problem"),
         )
 
 
