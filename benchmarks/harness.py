@@ -12,7 +12,6 @@ import argparse
 import asyncio
 import contextlib
 import tempfile
-import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -114,11 +113,14 @@ class Admin:
         A refill sent before that check could see its own machine taken for one a crash left running.
         Nothing announces the check across processes: poll the status, with a deadline.
         """
-        deadline = time.monotonic() + timeout
-        while self.status().next_check_at is None:
-            if time.monotonic() > deadline:
-                raise TimeoutError("the generator did not make its start-up check in time")
-            time.sleep(0.02)
+        async def started(client: AdminClient) -> None:
+            while (await client.status()).next_check_at is None:
+                await asyncio.sleep(0.02)
+
+        try:
+            self._call(started, timeout)
+        except TimeoutError:
+            raise TimeoutError("the generator did not make its start-up check in time") from None
 
     def wait_event(self, matches: EventTest, timeout: float = 60.0) -> ServerEvent:
         """The first event (the server's history included) that `matches`."""
