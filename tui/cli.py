@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from avatargen.api import TokenError, find_token, server_url
+from avatargen.cli_options import add_version, http_url
 from avatargen.config import ConfigError, find_config, load_settings
 from tui.app import AvatarApp
 from tui.images import IMAGE_STYLES
@@ -22,7 +23,8 @@ EXIT_USAGE = 2
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="avatargen-tui", description="The avatargen control panel.")
-    parser.add_argument("--url", help="the server's address (default: from the config, else http://127.0.0.1:8080)")
+    add_version(parser)
+    parser.add_argument("--url", type=http_url, help="the server's address (default: from the config, else http://127.0.0.1:8080)")
     parser.add_argument("--token", help="the admin token (default: AVATARGEN_ADMIN_TOKEN, the config, the "
                                         "server's token file)")
     parser.add_argument("--config", type=Path, default=None,
