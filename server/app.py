@@ -12,7 +12,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from avatargen.config import Settings
@@ -24,8 +24,9 @@ from avatargen.simulator.runner import SimulatedGpu
 from avatargen.storage.backend import open_backend
 from avatargen.storage.redis_events import EventRelay
 from avatargen.tasks import background
-from server.admin import admin_routes
+from server.admin import admin_api
 from server.admin_token import resolve_admin_token
+from server.errors import http_error
 from server.forwarding import RedisDesk, RedisForwarder, SocketForwarder, serving_on_socket
 from server.generator_host import GeneratorHost, hosting
 from server.services import Services
@@ -44,14 +45,6 @@ async def healthz(request: Request) -> Response:
         body.update(generator=state.engine.state if state.engine else "elsewhere",
                     buckets={name: bucket.count() for name, bucket in state.buckets.items()})
     return JSONResponse(body)
-
-
-async def http_error(request: Request, exc: Exception) -> Response:
-    """JSON errors on the admin API (its clients parse them), plain text elsewhere."""
-    assert isinstance(exc, HTTPException)
-    if request.url.path.startswith("/admin/"):
-        return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
-    return PlainTextResponse(exc.detail, status_code=exc.status_code, headers=exc.headers)
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -83,7 +76,7 @@ def create_app(settings: Settings) -> Starlette:
             if source.startswith("generated") and sys.stderr.isatty():
                 print(f"\n  admin token (shown once): {token.reveal()}\n", file=sys.stderr)
 
-            internal = Starlette(routes=admin_routes(internal=True), exception_handlers={HTTPException: http_error})
+            internal = Starlette(routes=[admin_api(internal=True)], exception_handlers={HTTPException: http_error})
             internal.state.services = services
             redis = backend.redis
             if redis is not None:
@@ -133,7 +126,7 @@ def create_app(settings: Settings) -> Starlette:
             yield
 
     # The visitor routes come first: Starlette tries routes in order, and /avatar is the hot path.
-    routes = [*visitor.routes(), Route("/healthz", healthz, methods=["GET"]), *admin_routes()]
+    routes = [*visitor.routes(), Route("/healthz", healthz, methods=["GET"]), admin_api()]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
     app.state.visitor = visitor  # its status() says what visitors were spared (for the admin API)
     return app
