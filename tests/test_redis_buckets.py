@@ -279,6 +279,27 @@ async def test_redis_slow_raises_storage_unavailable_at_the_timeout(storage: Red
         await patient.aclose()
 
 
+async def test_a_claim_answered_too_late_is_put_back(storage: RedisStorage, redis_server: RedisServer) -> None:
+    hasty = RedisStorage.connect(settings_for(redis_server, timeout=0.2))
+    serving = ServingSettings(unique_every=3600.0, unique_burst=1, unique_per_visitor=3600.0)
+    bucket = RedisBucket(hasty, "unique", prepare=framed)
+    record = await bucket.publish(webp(1), META)
+    allowance = RedisAllowance(hasty, serving, bucket)
+    try:
+        await storage.client.client_pause(600)  # the claim waits in Redis, then runs after the visitor gave up
+        with pytest.raises(StorageUnavailable):
+            await allowance.claim("1.2.3.4")
+        await allowance.aclose()  # once the late answer came, what it took went back
+        other = RedisBucket(storage, "unique")
+        await other.refresh()
+        assert other.ids() == [record.id]
+        assert await other.read(record.id) == webp(1)
+        again = await RedisAllowance(storage, serving, other).claim("1.2.3.4")  # the token and the chance too
+        assert again is not None and again.image == framed(webp(1)) and again.metadata == record.metadata
+    finally:
+        await hasty.aclose()
+
+
 async def test_stored_metadata_is_json(storage: RedisStorage) -> None:
     record = await RedisBucket(storage, "fallback").publish(webp(1), {"prompt": "Ünïcode"})
     raw = await storage.client.hget(storage.key("bucket", "fallback", "meta"), record.id)

@@ -15,15 +15,21 @@ Redis when a grant might succeed.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import time
 from collections.abc import Callable
+from functools import partial
+from typing import Any
 
 from avatargen.allowance import AllowanceMemo
 from avatargen.buckets import Claim
 from avatargen.config import ServingSettings
-from avatargen.storage.redis_buckets import TAKE_ONE, RedisBucket
-from avatargen.storage.redis_connection import RedisStorage
+from avatargen.storage.redis_buckets import PUT, TAKE_ONE, RedisBucket
+from avatargen.storage.redis_connection import RedisStorage, StorageUnavailable
+
+log = logging.getLogger("avatargen.storage")
 
 # KEYS: allowance visitor ids images framed meta version; ARGV: now every burst window
 _GRANT_AND_CLAIM = TAKE_ONE + """
@@ -41,7 +47,18 @@ if not taken then return {'empty', fmt(tokens)} end
 tokens = tokens - 1
 redis.call('HSET', KEYS[1], 'tokens', fmt(tokens), 'tokens_at', fmt(now))
 if window > 0 then redis.call('SET', KEYS[2], fmt(now), 'PX', math.ceil(window * 1000)) end
-return {'claimed', fmt(tokens), taken[1], taken[2], taken[3]}
+return {'claimed', fmt(tokens), taken[1], taken[2], taken[3], taken[4], taken[5], taken[6]}
+"""
+
+# KEYS: allowance visitor ids images framed meta version; ARGV: id score image framed meta burst granted_at
+# A claim nobody received (its answer came too late): the unique goes back, with the token and the visitor's
+# chance, unless the visitor has been granted another since.
+_UNDO_CLAIM = PUT + """
+put(KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
+local tokens = tonumber(redis.call('HGET', KEYS[1], 'tokens')) or 0
+redis.call('HSET', KEYS[1], 'tokens', string.format('%.17g', math.min(tonumber(ARGV[6]), tokens + 1)))
+if redis.call('GET', KEYS[2]) == ARGV[7] then redis.call('DEL', KEYS[2]) end
+return 1
 """
 
 # KEYS: allowance; ARGV: now every. The first served fallback may be retired at once.
@@ -70,6 +87,8 @@ class RedisAllowance:
         self._key = storage.key("allowance")
         self._grant_and_claim = storage.script(_GRANT_AND_CLAIM)
         self._retire = storage.script(_RETIRE)
+        self._undo = storage.script(_UNDO_CLAIM)
+        self._undoing: set[asyncio.Future[None]] = set()  # puts-back in flight, kept from the garbage collector
         self.memo = AllowanceMemo(every=self.every, burst=self.burst, window=self.window, clock=clock)
 
     def token_may_be_due(self) -> bool:
@@ -84,10 +103,16 @@ class RedisAllowance:
         The unique is out of the bucket for good when this returns it (there is nothing to finish).
         """
         now = self.clock()
-        async with self.storage.guard("claim a unique"):
-            reply = await self._grant_and_claim(
-                keys=[self._key, self.storage.key("visitor", visitor), *self.unique.keys],
-                args=[repr(now), repr(self.every), self.burst, repr(self.window)])
+        keys = [self._key, self.storage.key("visitor", visitor), *self.unique.keys]
+        args: list[str | int] = [repr(now), repr(self.every), self.burst, repr(self.window)]
+        claiming = asyncio.ensure_future(self._grant_and_claim(keys=keys, args=args))
+        try:
+            async with self.storage.guard("claim a unique"):
+                reply = await asyncio.shield(claiming)
+        except StorageUnavailable:
+            # Sent, perhaps, and answered too late for this visitor: whatever it took goes back.
+            claiming.add_done_callback(partial(self._undo_unseen, keys, repr(now)))
+            raise
         outcome, tokens = reply[0].decode(), float(reply[1])
         self.memo.tokens_left(tokens, now)
         if outcome == "visited":
@@ -99,6 +124,25 @@ class RedisAllowance:
         image_id = reply[2].decode()
         self.unique.forget(image_id)
         return Claim(image_id, bytes(reply[3]), json.loads(reply[4]))
+
+    def _undo_unseen(self, keys: list[str], granted_at: str, claiming: asyncio.Future[Any]) -> None:
+        if claiming.cancelled() or claiming.exception() is not None:
+            return  # it never happened, or Redis will not say: nothing to undo that can be known
+        reply = claiming.result()
+        if reply[0] == b"claimed":
+            image_id, image, copy, score, sidecar = reply[2], reply[5], reply[6], reply[7], reply[4]
+            args: list[bytes | str | int] = [image_id, score, image, copy, sidecar, self.burst, granted_at]
+            self._undoing.add(asyncio.ensure_future(self._put_back(keys, args)))
+
+    async def _put_back(self, keys: list[str], args: list[bytes | str | int]) -> None:
+        try:
+            async with self.storage.guard("put back a unique nobody received"):
+                await self._undo(keys=keys, args=args)
+        except StorageUnavailable as exc:
+            log.error("unique %s was claimed but its answer came too late to serve it, and it cannot be put "
+                      "back: %s; it is lost (never served twice)", args[0], exc)
+        finally:
+            self._undoing.discard(asyncio.current_task())  # type: ignore[arg-type]
 
     async def sent(self, claim: Claim) -> None:
         """Nothing left to do: the claim took the unique out of Redis for good."""
@@ -114,4 +158,7 @@ class RedisAllowance:
         return bool(taken)
 
     async def aclose(self) -> None:
-        """Nothing to close: the client belongs to the process's storage."""
+        """Wait for uniques claimed too late for their visitor to be put back (the client belongs to the
+        process's storage: nothing else to close)."""
+        while self._undoing:
+            await asyncio.gather(*self._undoing, return_exceptions=True)

@@ -22,32 +22,42 @@ from avatargen.buckets import ImageNotFound, ImageRecord, _Index, check_id, new_
 from avatargen.imaging import sniff_format
 from avatargen.storage.redis_connection import FENCING, Outage, RedisStorage, StorageUnavailable
 
-# KEYS: ids images framed meta version fence; ARGV: id score image framed meta token
-_PUBLISH = FENCING + """
-local refused = fenced(KEYS[6], ARGV[6])
-if refused then return refused end
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
-if ARGV[4] ~= '' then redis.call('HSET', KEYS[3], ARGV[1], ARGV[4]) end
-redis.call('HSET', KEYS[4], ARGV[1], ARGV[5])
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
-return redis.call('INCR', KEYS[5])
-"""
-
-# Takes one random image out of a bucket for good and returns {id, what the claimer gets, metadata}, or
-# nil when it is empty; used inside the allowance's script, which decides whether a visitor may claim.
+# Takes one random image out of a bucket for good and returns {id, what the claimer gets, metadata, then the
+# image, framed copy and score to put it back with}, or nil when it is empty; used inside the allowance's
+# script, which decides whether a visitor may claim.
 TAKE_ONE = """
 local function take_one(ids, images, framed, meta, version)
   local id = redis.call('ZRANDMEMBER', ids)
   if not id then return nil end
-  local data = redis.call('HGET', framed, id) or redis.call('HGET', images, id)
+  local image = redis.call('HGET', images, id) or ''
+  local copy = redis.call('HGET', framed, id) or ''
   local sidecar = redis.call('HGET', meta, id) or '{}'
+  local score = redis.call('ZSCORE', ids, id)
   redis.call('ZREM', ids, id)
   redis.call('HDEL', images, id)
   redis.call('HDEL', framed, id)
   redis.call('HDEL', meta, id)
   redis.call('INCR', version)
-  return {id, data, sidecar}
+  return {id, copy ~= '' and copy or image, sidecar, image, copy, score}
 end
+"""
+
+# Stores one image under the given id, its framed copy only when there is one (the inverse of take_one).
+PUT = """
+local function put(ids, images, framed, meta, version, id, score, image, copy, sidecar)
+  redis.call('HSET', images, id, image)
+  if copy ~= '' then redis.call('HSET', framed, id, copy) end
+  redis.call('HSET', meta, id, sidecar)
+  redis.call('ZADD', ids, score, id)
+  return redis.call('INCR', version)
+end
+"""
+
+# KEYS: ids images framed meta version fence; ARGV: id score image framed meta token
+_PUBLISH = FENCING + PUT + """
+local refused = fenced(KEYS[6], ARGV[6])
+if refused then return refused end
+return put(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
 """
 
 # KEYS: ids images framed meta version; ARGV: id

@@ -99,8 +99,8 @@ class GeneratorLease:
         while True:
             await asyncio.sleep(self.ttl / 3)
             sent_at = loop.time()
-            try:
-                async with self.storage.guard("renew the generator lease"):
+            try:  # patient: a busy event loop must not cost the lease (it is fenced anyway)
+                async with self.storage.guard("renew the generator lease", timeout=self.ttl / 3):
                     renewed = await self._renew(keys=[self._key], args=[self.name, self._ttl_ms])
             except StorageUnavailable as exc:
                 if loop.time() - renewed_at >= self.ttl:
