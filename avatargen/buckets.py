@@ -76,6 +76,24 @@ def new_id(now: datetime | None = None) -> str:
     return f"{now:%Y%m%dT%H%M%S-%f}-{secrets.token_hex(4)}"
 
 
+def stamped(bucket: str, image: bytes, metadata: dict[str, Any],
+            image_id: str | None = None) -> tuple[str, dict[str, Any], datetime]:
+    """What publishing an image into `bucket` stores, whatever the backend: its id (new unless given), its
+    metadata with `created_at` (now, unless given) and that moment. ValueError when the image is not WebP or
+    the metadata is not JSON with an ISO 8601 `created_at`."""
+    if sniff_format(image) != "WEBP":
+        raise ValueError(f"the {bucket} bucket stores WebP images; got data starting {image[:12]!r}")
+    now = datetime.now(UTC)
+    image_id = check_id(image_id) if image_id is not None else new_id(now)
+    metadata = {**metadata, "created_at": metadata.get("created_at") or utc_iso(now)}
+    try:
+        created_at = datetime.fromisoformat(metadata["created_at"])
+        json.dumps(metadata)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"image metadata must be JSON with an ISO 8601 created_at: {exc}") from None
+    return image_id, metadata, created_at
+
+
 @dataclass(frozen=True)
 class ImageRecord:
     """One stored image: where it is (None in a bucket that lives in Redis) and what its sidecar says."""
@@ -376,24 +394,18 @@ class Bucket:
 
     # --- writing -------------------------------------------------------------------------------------
 
-    def publish(self, image: bytes, metadata: dict[str, Any], *, prepared: bytes | None = None) -> ImageRecord:
+    def publish(self, image: bytes, metadata: dict[str, Any], *, prepared: bytes | None = None,
+                image_id: str | None = None) -> ImageRecord:
         """Store a WebP image with its metadata, atomically: it is visible complete, with its sidecar, or not at all.
 
         Each file (sidecar, framed copy if the bucket frames, image) is written under `.tmp/`, fsynced
         and renamed into place, in that order: a visible image always has its metadata, and a claimer
         always finds its framed copy. `created_at` (ISO 8601 UTC) is added when missing. `prepared` is
         the framed copy when the caller already made it (the generator does, off the server's process).
+        `image_id` keeps an image's id (a migration moves images without renaming them).
         """
-        if sniff_format(image) != "WEBP":
-            raise ValueError(f"the {self.name} bucket stores WebP images; got data starting {image[:12]!r}")
-        now = datetime.now(UTC)
-        image_id = new_id(now)
-        metadata = {**metadata, "created_at": metadata.get("created_at") or utc_iso(now)}
-        try:
-            created_at = datetime.fromisoformat(metadata["created_at"])
-            sidecar = json.dumps(metadata, ensure_ascii=False, indent=1).encode()
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"image metadata must be JSON with an ISO 8601 created_at: {exc}") from None
+        image_id, metadata, created_at = stamped(self.name, image, metadata, image_id)
+        sidecar = json.dumps(metadata, ensure_ascii=False, indent=1).encode()
         files = [(sidecar, self._meta_path(image_id))]
         if self.prepare is not None:
             files.append((self.prepare(image) if prepared is None else prepared, self._framed_path(image_id)))
@@ -417,6 +429,13 @@ class Bucket:
     def _place(self, data: bytes, final: Path) -> None:
         """Write a file by way of `.tmp/`: it appears whole or not at all (the caller fsyncs the folder)."""
         write_atomically(final, data, work_dir=self._tmp, sync=False)
+
+    def framed(self, image_id: str) -> bytes | None:
+        """The framed copy of an image, None when it has none (yet)."""
+        try:
+            return self._framed_path(check_id(image_id)).read_bytes()
+        except FileNotFoundError:
+            return None
 
     def delete(self, image_id: str) -> bool:
         """Remove an image (then its sidecar and framed copy); False if it was not there."""

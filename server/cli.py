@@ -59,6 +59,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return EXIT_CANNOT_LISTEN
 
 
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from avatargen.storage.migrate import MigrationRefused, migrate
+
+    settings = _load(args)
+    try:
+        moved = asyncio.run(migrate(settings, args.to))
+    except MigrationRefused as exc:
+        print(f"avatargen: {exc}", file=sys.stderr)
+        return 1
+    if moved.set_aside:
+        print(f"{moved.set_aside} broken image(s) were not moved: they stay in the folders' .rejected/")
+    print(f'done: set [storage] backend = "{args.to}" in {settings.path or "config.toml"} and start the servers')
+    return 0
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from avatargen.simulator.runner import serve_simulator
 
@@ -148,6 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, default=None, help="random seed, for repeatable output")
 
     add("check-config", cmd_check_config, "validate the configuration and exit")
+
+    move = add("migrate", cmd_migrate, "move the buckets (and copy the cost ledger) between the folders and Redis; "
+                                       "every avatargen serve must be stopped")
+    move.add_argument("--to", required=True, choices=("redis", "files"), help="where the buckets go")
 
     simulate = add("simulate", cmd_simulate, "run the simulated Paperspace and SD web UI on loopback")
     simulate.add_argument("--host", default="127.0.0.1")

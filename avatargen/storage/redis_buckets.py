@@ -18,8 +18,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from avatargen.buckets import ImageNotFound, ImageRecord, _Index, check_id, new_id, utc_iso
-from avatargen.imaging import sniff_format
+from avatargen.buckets import ImageNotFound, ImageRecord, _Index, check_id, stamped
 from avatargen.storage.redis_connection import FENCING, Outage, RedisStorage, StorageUnavailable
 
 # Takes one random image out of a bucket for good and returns {id, what the claimer gets, metadata, then the
@@ -192,21 +191,16 @@ class RedisBucket:
 
     # --- writing ---------------------------------------------------------------------------------
 
-    async def publish(self, image: bytes, metadata: dict[str, Any], *, prepared: bytes | None = None) -> ImageRecord:
-        """Store a WebP image with its metadata (and its framed copy when the bucket frames), in one script.
+    async def publish(self, image: bytes, metadata: dict[str, Any], *, prepared: bytes | None = None,
+                      image_id: str | None = None) -> ImageRecord:
+        """Store a WebP image with its metadata (and its framed copy when the bucket frames), in one script;
+        `image_id` keeps an image's id (a migration moves images without renaming them, and storing one
+        twice leaves one).
 
         A generator that lost its lease meanwhile is refused (LeaseLost): see `RedisStorage.fence`.
         """
-        if sniff_format(image) != "WEBP":
-            raise ValueError(f"the {self.name} bucket stores WebP images; got data starting {image[:12]!r}")
-        now = datetime.now(UTC)
-        image_id = new_id(now)
-        metadata = {**metadata, "created_at": metadata.get("created_at") or utc_iso(now)}
-        try:
-            created_at = datetime.fromisoformat(metadata["created_at"])
-            sidecar = json.dumps(metadata, ensure_ascii=False)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"image metadata must be JSON with an ISO 8601 created_at: {exc}") from None
+        image_id, metadata, created_at = stamped(self.name, image, metadata, image_id)
+        sidecar = json.dumps(metadata, ensure_ascii=False)
         framed = b""
         if self.prepare is not None:
             framed = prepared if prepared is not None else await asyncio.to_thread(self.prepare, image)
@@ -216,6 +210,11 @@ class RedisBucket:
                                       self.storage.fence_token])
         self._index.add(image_id)
         return ImageRecord(image_id, self.name, None, metadata, created_at)
+
+    async def framed(self, image_id: str) -> bytes | None:
+        """The framed copy of an image, None when it has none."""
+        async with self.storage.guard(f"read an image of the {self.name} bucket"):
+            return cast(bytes | None, await self.storage.client.hget(self._keys[2], check_id(image_id)))
 
     async def delete(self, image_id: str) -> bool:
         """Remove an image with its framed copy and metadata; False if it was not there."""

@@ -1,0 +1,112 @@
+"""`avatargen migrate --to redis` (and `--to files`): the buckets and the cost ledger moved between the
+folders and Redis, without losing or duplicating an image.
+
+Each image is copied under its own id, then removed from where it came from. Copying twice leaves one
+copy (the id is the key), so a migration that stops half-way (Ctrl-C, Redis gone) is finished by running
+it again: an image is always in the source, in the target, or, for that moment, in both, and the next
+run moves it once more. It refuses to start while any `avatargen serve` uses either side: it takes the
+generator's seat of both (the lock file of data_dir, the lease in Redis), which one server always holds.
+Ledger entries are copied (by run id: again harmless) and left in place, so the budget keeps its history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from avatargen.buckets import BadImage, ImageNotFound
+from avatargen.config import Settings
+from avatargen.lock import GeneratorLock
+from avatargen.storage.backend import FolderBackend, RedisBackend
+from avatargen.storage.redis_connection import StorageUnavailable
+from avatargen.storage.redis_lease import GeneratorLease
+
+log = logging.getLogger("avatargen.storage")
+
+Direction = Literal["redis", "files"]
+
+
+class MigrationRefused(Exception):
+    """The migration cannot start or go on; the message says why and what to do."""
+
+
+@dataclass
+class Moved:
+    images: dict[str, int]
+    set_aside: int
+    ledger_entries: int
+
+
+async def migrate(settings: Settings, to: Direction, *, say: Callable[[str], None] = print) -> Moved:
+    """Move both buckets (and copy the ledger) to `to`; `[storage] url` names the Redis either way."""
+    if not settings.storage.url:
+        raise MigrationRefused('[storage] url must name the Redis to migrate to or from (redis://host:port/db)')
+    folders = FolderBackend(settings)
+    redis = RedisBackend(replace(settings, storage=replace(settings.storage, backend="redis")))
+    lock = GeneratorLock(settings.server.data_dir)
+    try:
+        if not lock.acquire():
+            raise MigrationRefused(f"an avatargen server uses {settings.server.data_dir} (pid {lock.holder()}): "
+                                   "stop every avatargen serve first")
+        lease = GeneratorLease(redis.client)
+        try:
+            held = await lease.acquire()
+        except StorageUnavailable as exc:
+            raise MigrationRefused(str(exc)) from None
+        if not held:
+            raise MigrationRefused(f"an avatargen server uses the Redis ({await lease.holder()}): stop every "
+                                   "avatargen serve first (a replica killed a moment ago holds it for 10 s more)")
+        try:
+            return await _move(folders, redis, to, say)
+        finally:
+            await lease.release()
+    finally:
+        lock.release()
+        await redis.aclose()
+
+
+async def _move(folders: FolderBackend, redis: RedisBackend, to: Direction, say: Callable[[str], None]) -> Moved:
+    moved, set_aside = {}, 0
+    for name, folder in folders.folders.items():
+        await asyncio.to_thread(folder.folder.recover, stale_after=0)  # no server runs: every claim is stale
+        shared = redis.shared[name]
+        await shared.refresh()
+        count = 0
+        if to == "redis":
+            for image_id in sorted(folder.ids()):
+                try:
+                    image = await folder.read(image_id)
+                except BadImage:
+                    set_aside += 1  # broken: kept in the folder's .rejected/ for the owner, not moved
+                    continue
+                except ImageNotFound:
+                    continue
+                framed = await asyncio.to_thread(folder.folder.framed, image_id)
+                await shared.publish(image, await folder.metadata(image_id), prepared=framed, image_id=image_id)
+                await folder.delete(image_id)
+                count += 1
+        else:
+            for image_id in sorted(shared.ids()):
+                try:
+                    image, metadata = await shared.read(image_id), await shared.metadata(image_id)
+                except ImageNotFound:
+                    continue
+                framed = await shared.framed(image_id)
+                await asyncio.to_thread(folder.folder.publish, image, metadata, prepared=framed, image_id=image_id)
+                await shared.delete(image_id)
+                count += 1
+        moved[name] = count
+        say(f"{name}: {count} image(s) moved to {'Redis' if to == 'redis' else folder.folder.directory}")
+    source, target = ((await folders.open_ledger(), await redis.open_ledger()) if to == "redis"
+                      else (await redis.open_ledger(), await folders.open_ledger()))
+    try:
+        entries = await source.entries(0)
+        await target.record(entries)
+    finally:
+        await source.aclose()
+        await target.aclose()
+    say(f"cost ledger: {len(entries)} run(s) copied to {target.location}")
+    return Moved(moved, set_aside, len(entries))

@@ -1,0 +1,138 @@
+"""`avatargen migrate --to redis` and back, against real folders and a real Redis: every image moved once
+under its own id, framed copies and metadata with it, a migration stopped half-way finished by running it
+again, and no migration while a server uses either side."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from avatargen.buckets import open_buckets
+from avatargen.config import Settings, StorageSettings
+from avatargen.imaging import frame_unique, placeholder_webp
+from avatargen.ledger import CostLedger, Entry
+from avatargen.lock import GeneratorLock
+from avatargen.storage.redis_buckets import RedisBucket
+from avatargen.storage.redis_connection import RedisStorage
+from avatargen.storage.redis_lease import GeneratorLease
+from avatargen.storage.redis_ledger import RedisLedger
+from tests.redis_support import RedisServer
+from tests.support import fast_settings, write_config
+
+
+def migrate(config: Path, to: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "server.cli", "migrate", "--to", to, "--config", str(config)],
+                          capture_output=True, text=True, timeout=120)
+
+
+def folders_content(settings: Settings) -> dict[str, dict[str, tuple[bytes, bytes | None, str]]]:
+    """Per bucket: id -> (image, framed copy, prompt), read from the folders."""
+    buckets = open_buckets(settings)
+    return {name: {image_id: (bucket.read(image_id), bucket.framed(image_id), bucket.metadata(image_id)["prompt"])
+                   for image_id in bucket.ids()} for name, bucket in buckets.items()}
+
+
+async def redis_content(url: str) -> dict[str, dict[str, tuple[bytes, bytes | None, str]]]:
+    storage = RedisStorage.connect(StorageSettings(backend="redis", url=url))
+    try:
+        content = {}
+        for name in ("unique", "fallback"):
+            bucket = RedisBucket(storage, name)
+            await bucket.refresh()
+            content[name] = {image_id: (await bucket.read(image_id), await bucket.framed(image_id),
+                                        (await bucket.metadata(image_id))["prompt"]) for image_id in bucket.ids()}
+        return content
+    finally:
+        await storage.aclose()
+
+
+def stock_folders(settings: Settings) -> None:
+    buckets = open_buckets(settings)
+    for n in range(5):
+        buckets["unique"].publish(placeholder_webp(32 + n), {"prompt": f"unique {n}"})
+    for n in range(3):
+        buckets["fallback"].publish(placeholder_webp(40 + n), {"prompt": f"fallback {n}"})
+    ledger = CostLedger(settings.server.data_dir / "ledger.sqlite3")
+    ledger.record([Entry("run-1", 1_000.0, 1_060.0, 0.76)])
+    ledger.close_db()
+
+
+async def test_there_and_back_again(tmp_path: Path, redis_server: RedisServer) -> None:
+    config = write_config(tmp_path, {"storage.url": redis_server.url})
+    settings = fast_settings(tmp_path, storage__url=redis_server.url)
+    stock_folders(settings)
+    before = folders_content(settings)
+    assert all(framed is not None for _, framed, _ in before["unique"].values())
+
+    done = migrate(config, "redis")
+    assert done.returncode == 0, done.stderr
+    assert "unique: 5 image(s) moved to Redis" in done.stdout and "cost ledger: 1 run(s) copied" in done.stdout
+    assert await redis_content(redis_server.url) == before  # same ids, bytes, framed copies, metadata
+    assert folders_content(settings) == {"unique": {}, "fallback": {}}
+    storage = RedisStorage.connect(StorageSettings(backend="redis", url=redis_server.url))
+    try:
+        assert [entry.run_id for entry in await RedisLedger(storage).entries(0)] == ["run-1"]
+    finally:
+        await storage.aclose()
+
+    back = migrate(config, "files")
+    assert back.returncode == 0, back.stderr
+    assert folders_content(settings) == before
+    assert await redis_content(redis_server.url) == {"unique": {}, "fallback": {}}
+
+
+async def test_a_migration_stopped_half_way_is_finished_by_running_it_again(tmp_path: Path,
+                                                                            redis_server: RedisServer) -> None:
+    config = write_config(tmp_path, {"storage.url": redis_server.url})
+    settings = fast_settings(tmp_path, storage__url=redis_server.url)
+    stock_folders(settings)
+    before = folders_content(settings)
+    # Stopped after copying one unique and before removing it from its folder: it is in both places.
+    caught = next(iter(before["unique"]))
+    storage = RedisStorage.connect(StorageSettings(backend="redis", url=redis_server.url))
+    try:
+        folder = open_buckets(settings)["unique"]
+        await RedisBucket(storage, "unique").publish(folder.read(caught), folder.metadata(caught),
+                                                     prepared=folder.framed(caught), image_id=caught)
+    finally:
+        await storage.aclose()
+    assert migrate(config, "redis").returncode == 0
+    assert await redis_content(redis_server.url) == before  # once each
+    assert folders_content(settings) == {"unique": {}, "fallback": {}}
+
+
+async def test_refused_while_a_server_uses_either_side(tmp_path: Path, redis_server: RedisServer) -> None:
+    config = write_config(tmp_path, {"storage.url": redis_server.url})
+    settings = fast_settings(tmp_path, storage__url=redis_server.url)
+    stock_folders(settings)
+    lock = GeneratorLock(settings.server.data_dir)
+    assert lock.acquire()
+    try:
+        refused = migrate(config, "redis")
+    finally:
+        lock.release()
+    assert refused.returncode == 1 and "stop every avatargen serve first" in refused.stderr
+    storage = RedisStorage.connect(StorageSettings(backend="redis", url=redis_server.url))
+    try:
+        lease = GeneratorLease(storage, ttl=60)
+        assert await lease.acquire()
+        refused = migrate(config, "redis")
+        await lease.release()
+    finally:
+        await storage.aclose()
+    assert refused.returncode == 1 and "uses the Redis" in refused.stderr
+    assert sum(map(len, folders_content(settings).values())) == 8  # nothing moved
+
+
+def test_no_redis_named(tmp_path: Path) -> None:
+    refused = migrate(write_config(tmp_path), "redis")
+    assert refused.returncode == 1 and "[storage] url must name the Redis" in refused.stderr
+
+
+def test_framed_copies_are_the_visitors_framing(tmp_path: Path) -> None:
+    settings = fast_settings(tmp_path)
+    stock_folders(settings)
+    unique = open_buckets(settings)["unique"]
+    image_id = unique.ids()[0]
+    assert unique.framed(image_id) == frame_unique(unique.read(image_id), settings.generator.webp_quality)
