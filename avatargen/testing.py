@@ -90,6 +90,12 @@ class Service:
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
+    def cpu_seconds(self) -> float:
+        """CPU time the process and the processes it started (uvicorn's workers) have used so far: user +
+        system, from /proc."""
+        assert self.process is not None
+        return sum(_cpu_seconds(pid) for pid in _family(self.process.pid))
+
     def kill(self) -> None:
         """SIGKILL: the process gets no chance to clean up (a crash, the OOM killer)."""
         if self.process is not None and self.process.poll() is None:
@@ -114,6 +120,27 @@ class Service:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+
+def _family(pid: int) -> list[int]:
+    """A process and its descendants, from /proc (those that ended meanwhile are left out)."""
+    family, index = [pid], 0
+    while index < len(family):
+        for task in Path(f"/proc/{family[index]}/task").glob("*/children"):
+            try:
+                family += [int(child) for child in task.read_text().split()]
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+        index += 1
+    return family
+
+
+def _cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def serve_command(config: Path, port: int) -> list[str]:

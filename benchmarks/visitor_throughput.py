@@ -2,14 +2,15 @@
 
 wrk (2 threads, 64 connections, on loopback) loads, in the same run and taking turns round after round:
 - avatargen: a real `avatargen serve` process, its fallback bucket holding published images and no
-  unique allowance (unique_burst 0), so every request takes the fallback path;
+  unique allowance (unique_burst 0), so every request takes the fallback path; once with one uvicorn
+  worker, once with two (`server.workers = 2`, the same buckets);
 - bare Starlette: one route returning the same image bytes from memory with the same headers, under
   the same uvicorn settings (the framework's ceiling);
 - nginx: the same file with the same headers (the machine's ceiling).
 The 304 path sends If-Modified-Since (set by wrk's Lua script). Run-to-run noise is large on a small
 machine, so each figure is the median over the rounds, and the ratios are medians of per-round ratios.
-Beside req/s, the CPU time each Python server process used per request (from /proc): it hardly moves
-with what else the machine runs, so it tells a slower server from a busier machine.
+Beside req/s, the CPU time each Python server used per request (its processes, from /proc): it hardly
+moves with what else the machine runs, so it tells a slower server from a busier machine.
 Target: avatargen at 0.9x or better of bare Starlette, on both paths.
 
     python -m benchmarks.visitor_throughput [--quick] [--rounds N] [--seconds S] [--images N]
@@ -43,8 +44,9 @@ from benchmarks.wrk import WrkResult, run_wrk
 
 THREADS, CONNECTIONS = 2, 64
 TARGET = 0.9
-SERVERS = ("avatargen", "bare Starlette", "nginx")
-PYTHON_SERVERS = ("avatargen", "bare Starlette")  # one process each, whose CPU time /proc gives
+TWO_WORKERS = "avatargen, 2 workers"
+SERVERS = ("avatargen", TWO_WORKERS, "bare Starlette", "nginx")
+PYTHON_SERVERS = ("avatargen", TWO_WORKERS, "bare Starlette")  # whose CPU time /proc gives
 PATHS = ("fallback", "304")
 CHECKED_HEADERS = ("content-type", "cache-control", "x-avatar-kind")
 
@@ -131,7 +133,8 @@ def report(measured: Measured, rounds: int, seconds: int, images: int) -> None:
             ])
     notes = [
         f"wrk -t{THREADS} -c{CONNECTIONS} -d{seconds}s --latency on loopback; median of {rounds} round(s), "
-        f"servers taking turns; {images} images in the fallback bucket; one uvicorn worker, one nginx worker",
+        f"servers taking turns; {images} images in the fallback bucket; one uvicorn worker (and two for "
+        f"{TWO_WORKERS!r}), one nginx worker",
     ]
     for path in PATHS:
         got = ratio(results, path, "avatargen", "bare Starlette")
@@ -163,8 +166,15 @@ def main() -> int:
         starlette = Service("bare Starlette", [*reference_command, "--port", str(starlette_port)],
                             port=starlette_port, log=work / "starlette.log", health_path="/avatar")
         nginx = nginx_reference(image, ids[middle], settings.serving.cache_max_age, work / "nginx", nginx_port)
-        with avatargen_server(config, work / "avatargen.log") as avatargen, starlette, nginx:
-            services = {"avatargen": avatargen, "bare Starlette": starlette, "nginx": nginx}
+        # The same buckets, its own data folder (its own generator lock: neither runs a generator anyway).
+        (work / "workers").mkdir()
+        workers = write_config(work / "workers", {"server": {"data_dir": str(work / "workers" / "data"), "workers": 2},
+                                                  "buckets": {"fallback": {"dir": str(settings.buckets.fallback.dir),
+                                                                           "max": images},
+                                                              "unique": {"dir": str(settings.buckets.unique.dir)}}})
+        with avatargen_server(config, work / "avatargen.log") as avatargen, \
+                avatargen_server(workers, work / "workers.log") as two_workers, starlette, nginx:
+            services = {"avatargen": avatargen, TWO_WORKERS: two_workers, "bare Starlette": starlette, "nginx": nginx}
             check_same_answers({name: service.url for name, service in services.items()}, set(avatars),
                                image.read_bytes())
             if not args.quick:
