@@ -7,14 +7,17 @@ started when they answer and stopped with SIGTERM. Nothing in the product import
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -218,4 +221,102 @@ class Simulator:
     def env(self) -> dict[str, str]:
         return {SIM_KEY_ENV: self.info["api_key"]}
 
+
+# --- a real Redis ---------------------------------------------------------------------------------------
+# Debian's redis-server on a free loopback port in a folder of its own, started with no snapshots
+# (`--save ''`) and, where it must survive a restart, an append-only file fsynced at every write
+# (`appendfsync always`: what the README asks of the owner's Redis). Ready is read from its log.
+
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+REDIS_START_TIMEOUT = 20.0
+
+
+class RedisServer:
+    """One redis-server process; `restart` keeps its port and folder (and, with AOF, its data)."""
+
+    def __init__(self, directory: Path, *, appendonly: bool = False) -> None:
+        self.directory = directory
+        self.appendonly = appendonly
+        self.port = free_port()
+        self.process: subprocess.Popen[str] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        args = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--dir",
+                str(self.directory), "--logfile", "", "--daemonize", "no"]
+        if self.appendonly:
+            args += ["--appendonly", "yes", "--appendfsync", "always"]
+        process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.process = process
+        assert process.stdout is not None
+        log = []
+        timer = _kill_after(process, REDIS_START_TIMEOUT)
+        try:
+            for line in process.stdout:
+                log.append(line)
+                if "Ready to accept connections" in line:
+                    break
+        finally:
+            timer.cancel()
+        if process.poll() is not None or not log or "Ready to accept" not in log[-1]:
+            self.stop()
+            raise RuntimeError("redis-server did not start:\n" + "".join(log[-20:]))
+        # Keep reading its log, so a full pipe never blocks it.
+        _drain(process)
+
+    def stop(self) -> None:
+        """SIGTERM (Redis saves its AOF and exits), then wait."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def kill(self) -> None:
+        """SIGKILL: a crash; only what was fsynced to the AOF survives."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+    def restart(self, *, crash: bool = False) -> None:
+        if crash:
+            self.kill()
+        else:
+            self.stop()
+        self.start()
+
+
+def _kill_after(process: subprocess.Popen[str], seconds: float) -> threading.Timer:
+    timer = threading.Timer(seconds, process.kill)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+def _drain(process: subprocess.Popen[str]) -> None:
+    def read() -> None:
+        assert process.stdout is not None
+        with contextlib.suppress(ValueError, OSError):
+            for _ in process.stdout:
+                pass
+
+    threading.Thread(target=read, daemon=True).start()
+
+
+@contextlib.contextmanager
+def running_redis(directory: Path, *, appendonly: bool = False) -> Iterator[RedisServer]:
+    server = RedisServer(directory, appendonly=appendonly)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from avatargen.testing import RedisServer, running_redis
 from tests.processes import SESSION_ENV, describe, left_behind, still_running_after
-from tests.redis_support import RedisServer, running_redis
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -17,6 +17,7 @@ from starlette.routing import Route
 from avatargen.config import StorageSettings
 from avatargen.storage.redis_connection import RedisStorage
 from avatargen.tasks import background
+from avatargen.testing import RedisServer
 from server.forwarding import (
     Forwarder,
     GeneratorUnreachable,
@@ -25,7 +26,6 @@ from server.forwarding import (
     SocketForwarder,
     serving_on_socket,
 )
-from tests.redis_support import RedisServer
 
 
 def generator_app() -> Starlette:

@@ -17,7 +17,7 @@ from avatargen.storage.redis_buckets import RedisBucket
 from avatargen.storage.redis_connection import RedisStorage
 from avatargen.storage.redis_lease import GeneratorLease
 from avatargen.storage.redis_ledger import RedisLedger
-from tests.redis_support import RedisServer
+from avatargen.testing import RedisServer
 from tests.support import fast_settings, write_config
 
 

@@ -19,7 +19,7 @@ from avatargen.config import ServingSettings, StorageSettings
 from avatargen.storage.redis_allowance import RedisAllowance
 from avatargen.storage.redis_buckets import RedisBucket
 from avatargen.storage.redis_connection import RedisStorage, StorageUnavailable
-from tests.redis_support import RedisServer
+from avatargen.testing import RedisServer
 
 META = {"prompt": "A painting of cjs", "seed": 7, "backend": "simulated"}
 OPEN = ServingSettings(unique_every=0.0, unique_burst=1, unique_per_visitor=0.0)  # no limit: claims only

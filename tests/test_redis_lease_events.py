@@ -17,7 +17,7 @@ from avatargen.storage.redis_buckets import RedisBucket
 from avatargen.storage.redis_connection import LeaseLost, RedisStorage
 from avatargen.storage.redis_events import EventRelay
 from avatargen.storage.redis_lease import GeneratorLease
-from tests.redis_support import RedisServer
+from avatargen.testing import RedisServer
 
 
 def webp() -> bytes:

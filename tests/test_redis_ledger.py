@@ -12,7 +12,7 @@ from avatargen.ledger import Entry
 from avatargen.storage.redis_connection import LeaseLost, RedisStorage
 from avatargen.storage.redis_lease import GeneratorLease
 from avatargen.storage.redis_ledger import RedisLedger
-from tests.redis_support import RedisServer
+from avatargen.testing import RedisServer
 
 NOON = datetime(2026, 11, 30, 12, 0, tzinfo=UTC).timestamp()
 

@@ -21,8 +21,7 @@ from avatargen.api import AdminClient, NewImage
 from avatargen.config import StorageSettings
 from avatargen.storage.redis_buckets import RedisBucket
 from avatargen.storage.redis_connection import RedisStorage
-from avatargen.testing import Service, Simulator, avatargen_server, free_port
-from tests.redis_support import RedisServer
+from avatargen.testing import RedisServer, Service, Simulator, avatargen_server, free_port
 from tests.support import write_config
 
 TOKEN = "replica-test-token"
