@@ -20,7 +20,11 @@ ROOT = Path(__file__).resolve().parent.parent
 TABLES = {
     "visitor_throughput": ("Visitor throughput: GET /avatar",
                            "| path | server | req/s | p50 ms | p99 ms | vs bare Starlette | vs nginx | CPU us/req |",
-                           ["| fallback (200) | avatargen |", "| If-Modified-Since (304) | nginx |"]),
+                           ["| fallback (200) | avatargen |", "| fallback (200) | avatargen, 2 workers |",
+                            "| If-Modified-Since (304) | nginx |"]),
+    "replicas": ("Storage backends and replicas: GET /avatar",
+                 "| storage | replicas | fallback req/s | fallback p99 ms | socket errors | uniques |",
+                 ["| files | 1 |", "| files | 2 |", "| redis | 1 |", "| redis | 2 |"]),
     "latency_during_run": ("Visitor latency during a run: GET /avatar (fallback)",
                            "| server | req/s | p50 ms | p99 ms | images stored/s |",
                            ["| idle |", "| during a run |"]),
