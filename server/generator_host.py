@@ -28,14 +28,13 @@ GeneratorFactory = Callable[[], AbstractAsyncContextManager[Generator]]
 
 
 class GeneratorHost:
-    """`generator` is the running generator while this process holds the seat, else None."""
+    """`on_change` hears of the generator when it starts here and of None when it stops."""
 
     def __init__(self, seat: GeneratorSeat, factory: GeneratorFactory, *,
                  on_change: Callable[[Generator | None], None] = lambda generator: None) -> None:
         self.seat = seat
         self.factory = factory
         self.on_change = on_change
-        self.generator: Generator | None = None
         # Set once start-up knows where the generator runs: started here, or the seat found taken.
         self.settled = asyncio.Event()
 
@@ -60,13 +59,11 @@ class GeneratorHost:
     async def _serve(self) -> None:
         try:
             async with self.factory() as generator:
-                self.generator = generator
                 self.on_change(generator)
                 self.settled.set()
                 try:
                     await self.seat.keep()
                 finally:
-                    self.generator = None
                     self.on_change(None)
         finally:
             await self.seat.release()
