@@ -141,7 +141,8 @@ async def test_concurrent_claims_hand_out_each_unique_once(storage: RedisStorage
 
 def _claim_in_process(url: str, start: multiprocessing.synchronize.Event, out: multiprocessing.Queue) -> None:
     async def claim_all() -> list[str]:
-        storage = RedisStorage.connect(StorageSettings(backend="redis", url=url, key_prefix="test"))
+        # Patient: on a busy machine this checks that claims are exclusive, not that they are quick.
+        storage = RedisStorage.connect(StorageSettings(backend="redis", url=url, key_prefix="test", timeout=10))
         bucket = RedisBucket(storage, "unique")
         allowance = RedisAllowance(storage, OPEN, bucket)
         start.wait()

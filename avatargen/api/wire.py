@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 
+from avatargen.timestamps import utc_iso
+
 State = Literal["idle", "booting", "generating", "shutting_down"]
 STATES: tuple[State, ...] = ("idle", "booting", "generating", "shutting_down")
 PROMPT_TEXT_MAX = 200  # characters in `subject` and in each list entry
@@ -28,7 +30,7 @@ class ProtocolError(Exception):
 
 
 def time_json(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.astimezone(UTC).isoformat(timespec="seconds")
+    return None if moment is None else utc_iso(moment)
 
 
 def _time(value: str) -> datetime:

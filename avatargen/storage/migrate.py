@@ -27,6 +27,7 @@ from avatargen.storage.redis_lease import GeneratorLease
 log = logging.getLogger("avatargen.storage")
 
 Direction = Literal["redis", "files"]
+PATIENCE = 10.0  # seconds a Redis call of the migration may take
 
 
 class MigrationRefused(Exception):
@@ -45,7 +46,9 @@ async def migrate(settings: Settings, to: Direction, *, say: Callable[[str], Non
     if not settings.storage.url:
         raise MigrationRefused('[storage] url must name the Redis to migrate to or from (redis://host:port/db)')
     folders = FolderBackend(settings)
-    redis = RedisBackend(replace(settings, storage=replace(settings.storage, backend="redis")))
+    # A batch job, not a visitor: it waits for a busy Redis rather than stopping half-way.
+    patient = replace(settings.storage, backend="redis", timeout=max(settings.storage.timeout, PATIENCE))
+    redis = RedisBackend(replace(settings, storage=patient))
     lock = GeneratorLock(settings.server.data_dir)
     try:
         if not lock.acquire():
@@ -61,6 +64,8 @@ async def migrate(settings: Settings, to: Direction, *, say: Callable[[str], Non
                                    "avatargen serve first (a replica killed a moment ago holds it for 10 s more)")
         try:
             return await _move(folders, redis, to, say)
+        except StorageUnavailable as exc:
+            raise MigrationRefused(f"{exc}; nothing was lost: run the migration again once Redis answers") from None
         finally:
             await lease.release()
     finally:
