@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -12,7 +13,7 @@ import pytest
 
 from avatargen.buckets import Bucket, ImageNotFound
 from avatargen.imaging import frame_unique
-from tests.test_buckets import META, names, webp
+from tests.test_buckets import META, webp
 
 frame = partial(frame_unique, quality=60)
 VERDICT = {"held": True, "reasons": [{"kind": "no_face", "label": "", "score": 0.0, "error": "", "text": "no face"}]}
@@ -151,10 +152,8 @@ def test_a_move_and_visitors_claiming_never_both_get_the_unique(unique: Bucket, 
     def move_all() -> None:
         start.wait()
         for image_id in ids:
-            try:
+            with contextlib.suppress(ImageNotFound):
                 moved.append(unique.move(image_id, fallback).id)
-            except ImageNotFound:
-                pass
 
     workers = [threading.Thread(target=claim_all), threading.Thread(target=move_all)]
     for worker in workers:
