@@ -158,16 +158,7 @@ class SimulatedSettings:
     stop_delay: float = _f(3.0, kind="duration")
     sd_boot_delay: float = _f(2.0, kind="duration")
     step_time: float = _f(0.05, kind="duration")
-    faults: tuple[str, ...] = ()
-
-    def check(self) -> None:
-        from avatargen.simulator.faults import FAULTS  # the simulator owns the list of faults
-
-        for name in self.faults:
-            if name not in FAULTS:
-                close = difflib.get_close_matches(name, FAULTS, n=1)
-                hint = f"did you mean {close[0]!r}?" if close else f"known faults: {', '.join(FAULTS)}"
-                raise ConfigError(f"unknown fault {name!r}; {hint}", key="faults")
+    faults: tuple[str, ...] = ()  # names checked where the simulator starts: the core never imports it
 
 
 @dataclass(frozen=True)
@@ -418,6 +409,18 @@ def load_settings(path: Path | None) -> Settings:
     ctx = _Context(path, text, path.resolve().parent)
     settings = _walk(Settings, _parse_text(text, path), Settings(), "", ctx)
     return replace(settings, path=path)
+
+
+def located_error(settings: Settings, dotted: str, message: str) -> ConfigError:
+    """A problem with a loaded setting found later (by a provider, the simulator, an API), pointing at its
+    line in the file like a load error does."""
+    if settings.path is None:
+        return ConfigError(message, key=dotted)
+    try:
+        text = settings.path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        text = ""
+    return _Context(settings.path, text, settings.path.parent).error(message, dotted)
 
 
 def find_config(explicit: Path | None) -> Path | None:

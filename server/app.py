@@ -21,7 +21,6 @@ from avatargen.events import EventHub, EventLogHandler
 from avatargen.gpu import make_provider
 from avatargen.ledger import CostLedger
 from avatargen.lock import GeneratorLock
-from avatargen.simulator.runner import SimulatedGpu
 from server.admin import admin_routes
 from server.admin_token import resolve_admin_token
 from server.services import Services
@@ -80,13 +79,16 @@ def create_app(settings: Settings) -> Starlette:
             lock = GeneratorLock(settings.server.data_dir)
             if lock.acquire():
                 stack.callback(lock.release)
-                simulated = None
                 if settings.gpu.provider == "simulated":
+                    from avatargen.simulator import SimulatedGpu  # demo mode only: production never loads it
+
                     simulated = await stack.enter_async_context(SimulatedGpu(settings.gpu.simulated))
                     log.info("simulated GPU: Paperspace API at %s, SD web UI at %s", simulated.paperspace_url,
                              simulated.sd_url)
-                engine = RefillEngine(settings, buckets, make_provider(settings, simulated=simulated), ledger,
-                                      events)
+                    provider = simulated.provider(settings.gpu)
+                else:
+                    provider = make_provider(settings)
+                engine = RefillEngine(settings, buckets, provider, ledger, events)
                 services.engine = engine
                 await engine.start()
                 stack.push_async_callback(engine.close)

@@ -47,8 +47,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     from avatargen.simulator.runner import serve_simulator
+    from server.serve import check_simulated
 
-    return serve_simulator(_load(args).gpu.simulated, args.host, args.paperspace_port, args.sd_port)
+    settings = _load(args)
+    check_simulated(settings)
+    return serve_simulator(settings.gpu.simulated, args.host, args.paperspace_port, args.sd_port)
 
 
 def _as_owner(args: argparse.Namespace, action: Callable[[AdminClient], Awaitable[str]]) -> int:

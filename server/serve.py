@@ -13,7 +13,7 @@ from typing import Any
 
 import uvicorn
 
-from avatargen.config import ServerSettings, Settings
+from avatargen.config import ServerSettings, Settings, located_error
 from avatargen.gpu import paperspace_api_key
 from server.app import create_app
 
@@ -24,6 +24,16 @@ def preflight(settings: Settings) -> None:
     """Problems that would only surface once the generator starts, reported now as config errors."""
     if settings.gpu.provider == "paperspace":
         paperspace_api_key(settings)
+    if settings.gpu.provider == "simulated":
+        check_simulated(settings)
+
+
+def check_simulated(settings: Settings) -> None:
+    """The simulated GPU's settings the config cannot check itself (the core never imports the simulator)."""
+    from avatargen.simulator.faults import unknown_fault
+
+    if problem := unknown_fault(settings.gpu.simulated.faults):
+        raise located_error(settings, "gpu.simulated.faults", problem)
 
 
 def configure_logging(settings: Settings) -> None:

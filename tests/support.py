@@ -18,7 +18,6 @@ from avatargen.buckets import open_buckets
 from avatargen.config import Settings, load_settings
 from avatargen.engine import RefillEngine
 from avatargen.events import EventHub, Subscription
-from avatargen.gpu import make_provider
 from avatargen.ledger import CostLedger
 from avatargen.simulator.runner import SimulatedGpu
 from server.app import create_app
@@ -71,7 +70,7 @@ async def running_engine(
         bucket.recover()
     async with SimulatedGpu(settings.gpu.simulated) as gpu:
         ledger = CostLedger(settings.server.data_dir / "ledger.sqlite3", settings.gpu.hourly_cost)
-        engine = RefillEngine(settings, buckets, make_provider(settings, simulated=gpu), ledger, EventHub())
+        engine = RefillEngine(settings, buckets, gpu.provider(settings.gpu), ledger, EventHub())
         if before_start is not None:
             await before_start(gpu)
         await engine.start()

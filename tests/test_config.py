@@ -84,7 +84,6 @@ data_dir = "state"
         ("[server]\ntrusted_proxies = [\"10.0.0.300\"]\n", "server.trusted_proxies", 2, "not an IP"),
         ("[gpu]\nprovider = \"paperspace\"\n", "gpu.paperspace.machine_id", None, "required"),
         ("[sd]\nwidth = 500\n", "sd.width", 2, "multiple of 8"),
-        ("[gpu.simulated]\nfaults = [\"sd_501\"]\n", "gpu.simulated.faults", 2, "did you mean 'sd_500'"),
     ],
 )
 def test_errors_name_file_key_line(tmp_path: Path, text: str, key: str, line: int | None, words: str) -> None:
@@ -176,6 +175,15 @@ def test_cli_config_error_exits_2_without_traceback(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert f"{path}:2: generator.concurency: unknown key; did you mean 'concurrency'?" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["serve", "check-config", "simulate"])
+def test_unknown_simulator_fault_is_a_config_error_with_its_line(tmp_path: Path, command: str) -> None:
+    path = write(tmp_path, '[gpu.simulated]\nfaults = ["sd_501"]\n')
+    result = subprocess.run([sys.executable, "-m", "server.cli", command, "--config", str(path)],
+                            capture_output=True, text=True, cwd=ROOT, check=False, timeout=60)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"{path}:2: gpu.simulated.faults: unknown simulator fault 'sd_501'; did you mean 'sd_500'?" in result.stderr
 
 
 @pytest.mark.parametrize("command", ["serve", "check-config"])

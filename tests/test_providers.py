@@ -166,11 +166,11 @@ async def test_make_provider_picks_by_gpu_provider(sim: SimulatedGpu, monkeypatc
     assert isinstance(always_on, AlwaysOnProvider)
     assert always_on.sd_url() == Settings().sd.url
 
-    simulated = make_provider(settings_with("simulated"), simulated=sim)
+    simulated = sim.provider(settings_with("simulated").gpu)
     assert (simulated.name, simulated.bills, simulated.sd_url()) == ("simulated", True, sim.sd_url)
     assert await simulated.machine_state() == "off"
     await simulated.aclose()
-    with pytest.raises(ValueError, match="SimulatedGpu"):
+    with pytest.raises(ValueError, match=r"SimulatedGpu\.provider"):
         make_provider(settings_with("simulated"))
 
     monkeypatch.setenv("TEST_PAPERSPACE_KEY", "key-from-env")

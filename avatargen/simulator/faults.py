@@ -8,6 +8,7 @@ Faults are switched on with `[gpu.simulated] faults = [...]` at start, or at run
 
 from __future__ import annotations
 
+import difflib
 import json
 from collections import Counter
 from collections.abc import Iterable
@@ -47,11 +48,9 @@ class Faults:
         if isinstance(names, str):
             raise ValueError(f"faults must be a list of names, got the string {names!r}")
         wanted = frozenset(names)
-        unknown = sorted(name for name in wanted if name not in FAULTS)
-        if unknown:
-            raise ValueError(
-                f"unknown simulator fault {', '.join(map(repr, unknown))}; known faults: {', '.join(FAULTS)}"
-            )
+        problem = unknown_fault(wanted)
+        if problem:
+            raise ValueError(problem)
         self._active = wanted
         self._hits.clear()
 
@@ -75,6 +74,16 @@ class Faults:
     def hits(self, name: str) -> int:
         """How many occasions an active fault has counted since the set last changed."""
         return self._hits[name]
+
+
+def unknown_fault(names: Iterable[str]) -> str | None:
+    """What is wrong with a list of fault names (the first unknown one, with the closest known name), or None."""
+    for name in sorted(names):
+        if name not in FAULTS:
+            close = difflib.get_close_matches(name, FAULTS, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"known faults: {', '.join(FAULTS)}"
+            return f"unknown simulator fault {name!r}; {hint}"
+    return None
 
 
 def faults_from_body(body: bytes) -> list[str]:

@@ -21,7 +21,8 @@ from typing import Any
 import uvicorn
 from starlette.types import ASGIApp
 
-from avatargen.config import SimulatedSettings
+from avatargen.config import GpuSettings, Secret, SimulatedSettings
+from avatargen.gpu import Provider, api_provider
 from avatargen.simulator.faults import Faults
 from avatargen.simulator.paperspace import SimulatedMachine, SimulatedPaperspace
 from avatargen.simulator.sdwebui import SimulatedSdWebUi
@@ -119,7 +120,7 @@ class SimulatedGpu:
     """The simulated GPU machine: a Paperspace-like API and an SD web UI that lives while the machine is on.
 
         async with SimulatedGpu(settings.gpu.simulated) as sim:
-            provider = make_provider(settings, simulated=sim)
+            provider = sim.provider(settings.gpu)
 
     Exposes `paperspace_url` (ending in /v1), `api_key`, `machine_id`, `sd_url`, the live `machine`
     (`machine.state`, `machine.billed_seconds`), the web UI state `sd` and the shared `faults`.
@@ -144,6 +145,14 @@ class SimulatedGpu:
     @property
     def sd_url(self) -> str:
         return self._sd_server.url
+
+    def provider(self, gpu: GpuSettings, *, sd_url: str | None = None, **client_options: Any) -> Provider:
+        """The provider production uses for this API, pointed at the simulator (named "simulated").
+
+        `sd_url` may hold the provider's placeholders, e.g. `{public_ip}`; `client_options` tune retries.
+        """
+        return api_provider(gpu, api_url=self.paperspace_url, api_key=Secret(self.api_key), machine_id=self.machine_id,
+                            sd_url=sd_url or self.sd_url, name="simulated", **client_options)
 
     def set_faults(self, names: Iterable[str]) -> None:
         """Switch on exactly these faults (an unknown name raises ValueError)."""
