@@ -22,7 +22,8 @@ import tomlkit
 from avatargen import wordlists
 from avatargen.durations import parse_duration
 
-PROVIDERS = ("paperspace", "always_on", "simulated")
+PROVIDERS = ("paperspace", "runpod", "always_on", "simulated")
+PROVIDER_APIS = ("paperspace", "runpod")  # the cloud machine APIs avatargen speaks (and simulates)
 BUCKET_NAMES = ("unique", "fallback")
 
 
@@ -145,6 +146,22 @@ class PaperspaceSettings:
     api_url: str = "https://api.paperspace.com/v1"
     api_key_env: str = "PAPERSPACE_API_KEY"
     machine_id: str = ""
+    auto_shutdown: float = _f(0.0, kind="duration")  # set the machine's own backstop at start-up; 0: leave it
+
+    def api_key(self) -> Secret:
+        return Secret(os.environ.get(self.api_key_env, ""))
+
+    def check(self) -> None:
+        if self.auto_shutdown and (self.auto_shutdown < 3600 or self.auto_shutdown % 3600):
+            raise ConfigError(f"Paperspace shuts machines down after whole hours: use \"1h\" or more in whole "
+                              f"hours, got {self.auto_shutdown:g}s", key="auto_shutdown")
+
+
+@dataclass(frozen=True)
+class RunPodSettings:
+    api_url: str = "https://rest.runpod.io/v1"
+    api_key_env: str = "RUNPOD_API_KEY"
+    pod_id: str = ""
 
     def api_key(self) -> Secret:
         return Secret(os.environ.get(self.api_key_env, ""))
@@ -154,6 +171,7 @@ class PaperspaceSettings:
 class SimulatedSettings:
     """The built-in GPU machine and SD web UI (demo mode); see avatargen.simulator."""
 
+    api: str = _f("paperspace", choices=PROVIDER_APIS)  # the cloud machine API the simulated GPU speaks
     boot_delay: float = _f(8.0, kind="duration")
     stop_delay: float = _f(3.0, kind="duration")
     sd_boot_delay: float = _f(2.0, kind="duration")
@@ -170,11 +188,14 @@ class GpuSettings:
     hourly_cost: float = _f(0.76, low=0)
     daily_budget: float = _f(5.0, low=0)
     paperspace: PaperspaceSettings = _f(PaperspaceSettings())
+    runpod: RunPodSettings = _f(RunPodSettings())
     simulated: SimulatedSettings = _f(SimulatedSettings())
 
     def check(self) -> None:
         if self.provider == "paperspace" and not self.paperspace.machine_id:
             raise ConfigError("required when provider = \"paperspace\"", key="paperspace.machine_id")
+        if self.provider == "runpod" and not self.runpod.pod_id:
+            raise ConfigError("required when provider = \"runpod\"", key="runpod.pod_id")
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 
 from avatargen.config import SdSettings
+from avatargen.http_client import HttpClient
 
 TXT2IMG_TIMEOUT = 900.0  # seconds: txt2img answers only when the images are done, a big batch takes minutes
 _TIMEOUT = httpx.Timeout(30.0, connect=10.0)
@@ -141,15 +142,14 @@ def _number(value: Any, kind: type[int] | type[float]) -> Any:
         raise _unusable(f"progress holds {value!r} where a number belongs") from None
 
 
-class SdClient:
+class SdClient(HttpClient):
     """The web UI routes avatargen uses; Basic auth when `sd.username` is set (password from the env)."""
 
     def __init__(self, settings: SdSettings, *, url: str | None = None, http: httpx.AsyncClient | None = None,
                  txt2img_timeout: float = TXT2IMG_TIMEOUT) -> None:
+        super().__init__(http, timeout=_TIMEOUT)
         self._settings = settings
         self._url = (url or settings.url).rstrip("/")
-        self._http = http if http is not None else httpx.AsyncClient(timeout=_TIMEOUT)
-        self._owns_http = http is None
         self._txt2img_timeout = httpx.Timeout(txt2img_timeout, connect=10.0)
         self._auth = httpx.BasicAuth(settings.username, settings.password().reveal()) if settings.username else None
 
@@ -219,16 +219,6 @@ class SdClient:
             available = ", ".join(repr(m.get("title") or m.get("model_name")) for m in models)
             raise SdError(None, f"sd.checkpoint {checkpoint!r} is not on the SD web UI (available: {available}); "
                                 "the web UI would silently use another model", retryable=False)
-
-    async def aclose(self) -> None:
-        if self._owns_http:
-            await self._http.aclose()
-
-    async def __aenter__(self) -> SdClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
     async def _call(self, method: str, path: str, *, json: Any = None, params: dict[str, str] | None = None,
                     timeout: httpx.Timeout | None = None) -> Any:

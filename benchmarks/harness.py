@@ -218,7 +218,7 @@ class Simulator:
             self.process.wait(10)
 
     def _request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-        url = self.info["paperspace_url"].removesuffix("/v1") + path
+        url = self.info["api_url"].removesuffix("/v1") + path
         headers = {"Authorization": f"Bearer {self.info['api_key']}"}
         for _ in range(SIM_RETRIES):
             response = httpx.request(method, url, headers=headers, timeout=10, **kwargs)
@@ -229,17 +229,13 @@ class Simulator:
         return response.json()
 
     def machine(self) -> dict[str, Any]:
-        """The machine as the Paperspace API shows it, with the simulator's `billedSeconds`."""
-        return self._request("GET", f"/v1/machines/{self.info['machine_id']}")
-
-    def stop_machine(self) -> None:
-        """Stop the machine by hand, as the owner would from the Paperspace console."""
-        self._request("PATCH", f"/v1/machines/{self.info['machine_id']}/stop")
+        """The machine as the simulator sees it: `state` (off, starting, ..., ready) and `billedSeconds`."""
+        return self._request("GET", "/_sim/machine")
 
     def provider_config(self) -> dict[str, Any]:
         """The config layer that points an avatargen server at this simulator (env: `env()`)."""
         return {"gpu": {"provider": "paperspace",
-                        "paperspace": {"api_url": self.info["paperspace_url"], "api_key_env": SIM_KEY_ENV,
+                        "paperspace": {"api_url": self.info["api_url"], "api_key_env": SIM_KEY_ENV,
                                        "machine_id": self.info["machine_id"]}},
                 "sd": {"url": self.info["sd_url"]}}
 

@@ -83,7 +83,7 @@ def create_app(settings: Settings) -> Starlette:
                     from avatargen.simulator import SimulatedGpu  # demo mode only: production never loads it
 
                     simulated = await stack.enter_async_context(SimulatedGpu(settings.gpu.simulated))
-                    log.info("simulated GPU: Paperspace API at %s, SD web UI at %s", simulated.paperspace_url,
+                    log.info("simulated GPU: %s API at %s, SD web UI at %s", simulated.api, simulated.api_url,
                              simulated.sd_url)
                     provider = simulated.provider(settings.gpu)
                 else:

@@ -51,7 +51,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     settings = _load(args)
     check_simulated(settings)
-    return serve_simulator(settings.gpu.simulated, args.host, args.paperspace_port, args.sd_port)
+    return serve_simulator(settings.gpu.simulated, args.host, args.api_port, args.sd_port)
 
 
 def _as_owner(args: argparse.Namespace, action: Callable[[AdminClient], Awaitable[str]]) -> int:
@@ -140,9 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("check-config", cmd_check_config, "validate the configuration and exit")
 
-    simulate = add("simulate", cmd_simulate, "run the simulated Paperspace and SD web UI on loopback")
+    simulate = add("simulate", cmd_simulate,
+                   "run the simulated GPU (the machine API of gpu.simulated.api and the SD web UI) on loopback")
     simulate.add_argument("--host", default="127.0.0.1")
-    simulate.add_argument("--paperspace-port", type=int, default=0)
+    simulate.add_argument("--api-port", type=int, default=0)
     simulate.add_argument("--sd-port", type=int, default=0)
 
     for name, func, help_text in (

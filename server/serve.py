@@ -14,7 +14,7 @@ from typing import Any
 import uvicorn
 
 from avatargen.config import ServerSettings, Settings, located_error
-from avatargen.gpu import paperspace_api_key
+from avatargen.gpu import check_settings
 from server.app import create_app
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
@@ -22,8 +22,7 @@ LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 def preflight(settings: Settings) -> None:
     """Problems that would only surface once the generator starts, reported now as config errors."""
-    if settings.gpu.provider == "paperspace":
-        paperspace_api_key(settings)
+    check_settings(settings)
     if settings.gpu.provider == "simulated":
         check_simulated(settings)
 

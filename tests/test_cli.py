@@ -24,9 +24,9 @@ def test_simulate_serves_both_apis_from_the_config(tmp_path: Path) -> None:
         assert process.stdout is not None
         where = json.loads(process.stdout.readline())
         headers = {"Authorization": f"Bearer {where['api_key']}"}
-        machine = httpx.get(f"{where['paperspace_url']}/machines/{where['machine_id']}", headers=headers).json()
+        machine = httpx.get(f"{where['api_url']}/machines/{where['machine_id']}", headers=headers).json()
         assert machine["state"] == "off" and machine["publicIp"] is None
-        assert httpx.get(f"{where['paperspace_url']}/machines/{where['machine_id']}").status_code == 401
+        assert httpx.get(f"{where['api_url']}/machines/{where['machine_id']}").status_code == 401
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"{where['sd_url']}/sdapi/v1/progress")  # the web UI is down while the machine is off
     finally:

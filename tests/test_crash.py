@@ -45,7 +45,7 @@ def paperspace_config(tmp_path: Path, simulator: Simulator) -> Path:
     """avatargen speaking to the standalone simulator exactly as to Paperspace and a remote SD web UI."""
     return write_config(tmp_path, {
         "gpu.provider": "paperspace",
-        "gpu.paperspace.api_url": simulator.info["paperspace_url"],
+        "gpu.paperspace.api_url": simulator.info["api_url"],
         "gpu.paperspace.api_key_env": SIM_KEY_ENV,
         "gpu.paperspace.machine_id": simulator.info["machine_id"],
         "sd.url": simulator.info["sd_url"],

@@ -208,7 +208,7 @@ async def test_machine_running_at_start_up_is_stopped(tmp_path: Path) -> None:
     settings = fast_settings(tmp_path)
 
     async def start_machine(gpu) -> None:
-        client = PaperspaceClient(gpu.paperspace_url, Secret(gpu.api_key))
+        client = PaperspaceClient(gpu.api_url, Secret(gpu.api_key))
         await client.start(gpu.machine_id)
         await client.aclose()
         await wait_until(lambda: gpu.machine.state == "ready")
@@ -280,7 +280,7 @@ def test_only_one_generator_per_data_directory(tmp_path: Path) -> None:
 async def test_always_on_machine_is_used_as_it_is_never_started_or_stopped(tmp_path: Path) -> None:
     base = fast_settings(tmp_path)
     async with SimulatedGpu(base.gpu.simulated) as gpu:
-        client = PaperspaceClient(gpu.paperspace_url, Secret(gpu.api_key))
+        client = PaperspaceClient(gpu.api_url, Secret(gpu.api_key))
         await client.start(gpu.machine_id)  # the owner's own machine, up before avatargen starts
         await client.aclose()
         await wait_until(lambda: gpu.machine.state == "ready")

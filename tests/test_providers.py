@@ -30,7 +30,7 @@ async def sim() -> AsyncIterator[SimulatedGpu]:
 
 def provider_for(sim: SimulatedGpu, *, stop_timeout: float = 5.0, sd_url: str | None = None,
                  max_retries: int = 6) -> PaperspaceProvider:
-    client = PaperspaceClient(sim.paperspace_url, Secret(sim.api_key), max_retries=max_retries, backoff=0.01)
+    client = PaperspaceClient(sim.api_url, Secret(sim.api_key), max_retries=max_retries, backoff=0.01)
     return PaperspaceProvider(client, sim.machine_id, sd_url=sd_url or sim.sd_url, poll_every=0.02,
                               stop_timeout=stop_timeout, name="simulated")
 
@@ -127,7 +127,7 @@ async def test_stopping_an_off_machine_is_harmless(sim: SimulatedGpu) -> None:
 
 
 async def test_api_failures_become_machine_errors(sim: SimulatedGpu) -> None:
-    client = PaperspaceClient(sim.paperspace_url, Secret("wrong-key-123"), backoff=0.01)
+    client = PaperspaceClient(sim.api_url, Secret("wrong-key-123"), backoff=0.01)
     provider = PaperspaceProvider(client, sim.machine_id, sd_url=sim.sd_url, poll_every=0.02, stop_timeout=1)
     with pytest.raises(MachineError, match="401 UNAUTHORIZED"):
         await provider.start()

@@ -7,6 +7,7 @@ listed in `FAULTS`.
 """
 
 from avatargen.simulator.faults import FAULTS, Faults
-from avatargen.simulator.runner import LoopbackServer, SimulatedGpu, run_simulator
+from avatargen.simulator.loopback import LoopbackServer
+from avatargen.simulator.runner import SimulatedGpu, run_simulator
 
 __all__ = ["FAULTS", "Faults", "LoopbackServer", "SimulatedGpu", "run_simulator"]

@@ -14,14 +14,19 @@ from collections import Counter
 from collections.abc import Iterable
 
 FAULTS: dict[str, str] = {
-    "paperspace_429": "Every third Paperspace API request (the first included) answers 429 TOO_MANY_REQUESTS "
-    "with `Retry-After: 1`.",
-    "paperspace_500": "Every third Paperspace API request (the first included) answers 500 "
-    "INTERNAL_SERVER_ERROR.",
-    "start_error": "A start is accepted, then its event ends in \"error\" (no capacity for the machine type) "
-    "and the machine drops back to off.",
+    "api_429": "Every third request to the machine's cloud API (the first included) answers 429 (too many "
+    "requests) with `Retry-After: 1`.",
+    "api_500": "Every third request to the machine's cloud API (the first included) answers 500 (internal "
+    "server error).",
+    "start_error": "A start fails: on Paperspace it is accepted, then its event ends in \"error\" (no capacity "
+    "for the machine type) and the machine drops back to off; on RunPod it is refused at once (400: not enough "
+    "free GPUs on the pod's host).",
     "never_ready": "A started machine stays in \"starting\" for ever (until it is stopped).",
     "stop_500": "Stop requests fail with 500 three times in a row; the fourth is accepted (and so on).",
+    "zero_gpu": "The machine starts without its GPU, as a stopped RunPod pod resumes when someone else rented "
+    "its host's GPU meanwhile (the pod object says 0 GPUs; Paperspace never does this).",
+    "external_terminate": "Someone terminates the RunPod pod from the console right after the first txt2img "
+    "answer of each boot: it is TERMINATED for good and the web UI goes away with it (RunPod only).",
     "sd_500": "Every txt2img fails with 500 OutOfMemoryError (CUDA out of memory), in the web UI's error "
     "shape, once it gets its turn.",
     "sd_garbage": "Every txt2img answers a body that is not JSON: alternately a proxy's 502 HTML page and a "
@@ -30,7 +35,7 @@ FAULTS: dict[str, str] = {
     "other bytes and text that is not base64 at all.",
     "sd_slow_first": "The first txt2img after each boot of the web UI takes five times as long (the checkpoint "
     "is still loading).",
-    "external_stop": "Someone stops the machine from the Paperspace console right after the first txt2img "
+    "external_stop": "Someone stops the machine from the provider's console right after the first txt2img "
     "answer of each boot: it goes stopping -> off and the web UI goes away with it.",
 }
 
