@@ -26,7 +26,7 @@ from avatargen.buckets import Bucket
 from avatargen.config import PromptSettings, Settings
 from avatargen.durations import format_duration
 from avatargen.events import EventHub
-from avatargen.gpu.base import Provider
+from avatargen.gpu.base import HourlyRate, MachineUnusable, Provider
 from avatargen.imaging import make_avatars
 from avatargen.ledger import CostLedger
 from avatargen.prompts import compose
@@ -69,13 +69,18 @@ def bucket_levels(settings: Settings, buckets: Mapping[str, Bucket]) -> dict[str
             for name, conf in settings.buckets.items()}
 
 
-def cost_summary(settings: Settings, ledger: CostLedger) -> dict[str, float]:
+def cost_summary(settings: Settings, ledger: CostLedger, rate: HourlyRate | None = None) -> dict[str, Any]:
+    """Spend so far, and the hourly rate runs are billed at with where it comes from ("provider": the
+    machine's own price from its API; "config": gpu.hourly_cost)."""
     spend = ledger.spend()
+    rate = rate or HourlyRate(settings.gpu.hourly_cost, "config")
     return {
         "today": round(spend.today, 4),
         "month": round(spend.month, 4),
         "daily_budget": settings.gpu.daily_budget,
         "hourly_cost": settings.gpu.hourly_cost,
+        "hourly_rate": rate.amount,
+        "rate_source": rate.source,
         "billed_seconds_today": round(spend.billed_seconds_today, 1),
         "billed_seconds_month": round(spend.billed_seconds_month, 1),
     }
@@ -140,6 +145,8 @@ class RefillEngine:
         self.next_check_at: float | None = None
         self.paused_reason: str | None = None
         self.machine_state: str | None = None
+        self.machine_notes: list[str] = []  # what the provider's start-up check says the owner should know
+        self.unusable: str | None = None  # why the machine can never run as configured: no run is started
 
     # --- what the owner sees ---------------------------------------------------------------------
 
@@ -162,8 +169,9 @@ class RefillEngine:
         return {
             **self._runs(),
             "buckets": self.levels(),
-            "gpu": {"provider": self.provider.name, "machine_state": self.machine_state},
-            "cost": cost_summary(self.settings, self.ledger),
+            "gpu": {"provider": self.provider.name, "machine_state": self.machine_state,
+                    "notes": list(self.machine_notes)},
+            "cost": cost_summary(self.settings, self.ledger, self.provider.hourly_rate()),
             "next_check_at": iso(self.next_check_at),
             "paused_reason": self.paused_reason,
         }
@@ -186,7 +194,8 @@ class RefillEngine:
     async def start(self) -> None:
         """Look for a machine a crash left running (stopped in the background before anything else), then
         check the buckets now and every check_every."""
-        orphaned = await self._find_orphan()
+        await self._check_machine()
+        orphaned = await self._find_orphan() if self.unusable is None else False
         self._scheduler = asyncio.create_task(self._schedule(orphaned), name="refill-scheduler")
 
     async def close(self) -> None:
@@ -216,6 +225,8 @@ class RefillEngine:
             raise RunActive("the server is shutting down")
         if self.run is not None or self._state != "idle":
             raise RunActive(f"a run is already {self.state.replace('_', ' ')}")
+        if self.unusable is not None:
+            raise NothingToDo(f"the machine cannot run: {self.unusable}")
         names = buckets or list(self.buckets)
         unknown = [name for name in names if name not in self.buckets]
         if unknown:
@@ -226,7 +237,7 @@ class RefillEngine:
             raise NothingToDo(f"{' and '.join(names)} already at max: nothing to generate")
         if trigger == "manual":
             self._auto_failures = 0
-        run = Run(trigger=trigger, targets=targets, hourly_cost=self.settings.gpu.hourly_cost,
+        run = Run(trigger=trigger, targets=targets, hourly_cost=self.provider.hourly_rate().amount,
                   bills=self.provider.bills)
         self.run = run
         self._idle.clear()
@@ -275,6 +286,8 @@ class RefillEngine:
                     run.error = f"the run exceeded max_run_duration ({limit})"
                 else:
                     run.error = str(cause) or type(cause).__name__
+                    if isinstance(cause, MachineUnusable):
+                        self._found_unusable(cause)
                     if not isinstance(cause, RunFailed | SdError):
                         log.error("run %s failed", run.id, exc_info=cause)
         finally:
@@ -287,7 +300,7 @@ class RefillEngine:
         deadline = loop.time() + self.settings.gpu.ready_timeout
         if run.bills:
             run.billing_since = time.time()
-            self.ledger.open(run.id, run.billing_since)
+            self.ledger.open(run.id, run.billing_since, run.hourly_cost)
         self._publish_state()
         await self.provider.start()
         await self.provider.wait_ready(max(0.0, deadline - loop.time()), self._on_machine_state)
@@ -493,6 +506,8 @@ class RefillEngine:
     def auto_check(self) -> Run | None:
         """Start an automatic run for the buckets below their min, unless today's budget is spent."""
         due = [name for name, level in self.levels().items() if level["min"] > 0 and level["count"] < level["min"]]
+        if self.unusable is not None:
+            return None
         if not due:
             self.paused_reason = None
             return None
@@ -507,6 +522,23 @@ class RefillEngine:
             return None
         self.paused_reason = None
         return self.refill(due, trigger="auto")
+
+    async def _check_machine(self) -> None:
+        """The provider's look at the machine at start-up: notes for the owner (logged, and in the status), or
+        the reason it can never run as configured, which pauses the generator instead of failing run after run."""
+        try:
+            self.machine_notes = await self.provider.check()
+        except MachineUnusable as exc:
+            self._found_unusable(exc)
+        except Exception as exc:  # an API that does not answer now may well answer at the first run
+            log.warning("cannot check the machine at start-up: %s", exc)
+        for note in self.machine_notes:
+            log.warning("%s", note)
+
+    def _found_unusable(self, exc: MachineUnusable) -> None:
+        self.unusable = str(exc)
+        self.paused_reason = f"the machine cannot run: {exc}"
+        log.error("%s; no run starts until the configuration is fixed and the server restarted", exc)
 
     async def _find_orphan(self) -> bool:
         """True when the machine is on while no run is active: a crash left it running."""

@@ -38,11 +38,12 @@ class CostLedger:
         self._db.execute(_SCHEMA)
         self.hourly_cost = hourly_cost
 
-    def open(self, run_id: str, now: float | None = None) -> None:
-        """Billing starts: the start request is about to go out."""
+    def open(self, run_id: str, now: float | None = None, hourly_cost: float | None = None) -> None:
+        """Billing starts: the start request is about to go out. `hourly_cost` is the machine's own price
+        when its provider says it (RunPod does), else the configured one."""
         self._db.execute(
             "INSERT OR REPLACE INTO machine_time (run_id, started, stopped, hourly_cost) VALUES (?, ?, NULL, ?)",
-            (run_id, time.time() if now is None else now, self.hourly_cost),
+            (run_id, time.time() if now is None else now, self.hourly_cost if hourly_cost is None else hourly_cost),
         )
 
     def close(self, run_id: str, now: float | None = None) -> float:

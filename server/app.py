@@ -82,7 +82,9 @@ def create_app(settings: Settings) -> Starlette:
                 if settings.gpu.provider == "simulated":
                     from avatargen.simulator import SimulatedGpu  # demo mode only: production never loads it
 
-                    simulated = await stack.enter_async_context(SimulatedGpu(settings.gpu.simulated))
+                    # The simulated machine costs what the owner configured, whichever API says so.
+                    simulated = await stack.enter_async_context(
+                        SimulatedGpu(settings.gpu.simulated, hourly_price=settings.gpu.hourly_cost))
                     log.info("simulated GPU: %s API at %s, SD web UI at %s", simulated.api, simulated.api_url,
                              simulated.sd_url)
                     provider = simulated.provider(settings.gpu)

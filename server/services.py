@@ -64,6 +64,6 @@ class Services:
         # Another process runs the generator: report what this one can see (the shared folders and ledger).
         return {"state": "idle", "run": None, "last_run": None,
                 "buckets": bucket_levels(self.settings, self.buckets),
-                "gpu": {"provider": self.settings.gpu.provider, "machine_state": None},
+                "gpu": {"provider": self.settings.gpu.provider, "machine_state": None, "notes": []},
                 "cost": cost_summary(self.settings, self.ledger), "next_check_at": None,
                 "paused_reason": self.generator_elsewhere}

@@ -291,7 +291,7 @@ async def test_always_on_machine_is_used_as_it_is_never_started_or_stopped(tmp_p
         await engine.start()
         try:
             run, states = await run_to_end(engine, ["unique"])
-            assert engine.status()["gpu"] == {"provider": "always_on", "machine_state": "ready"}
+            assert engine.status()["gpu"] == {"provider": "always_on", "machine_state": "ready", "notes": []}
             assert engine.status()["cost"]["today"] == 0
         finally:
             await engine.close()

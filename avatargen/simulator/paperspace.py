@@ -80,11 +80,11 @@ class SimulatedPaperspace:
             "autoShutdownTimeout": hours,
             "autoShutdownForce": False if hours is not None else None,
             "autoSnapshotEnabled": False,
-            "autoSnapshotFrequency": None,
+            "autoSnapshotFrequency": "daily",  # the document's enum has no null, though it says nullable
             "autoSnapshotSaveCount": None,
             "updatesPending": False,
             "restorePointEnabled": False,
-            "restorePointFrequency": None,
+            "restorePointFrequency": "shutdown",
             "restorePointSnapshotId": None,
             "usageRate": self._hourly_price,
             "storageRate": 7.0,

@@ -73,10 +73,13 @@ class SimulatedGpu:
     def provider(self, gpu: GpuSettings, *, sd_url: str | None = None, **client_options: Any) -> Provider:
         """The provider production uses for this API, pointed at the simulator (named "simulated").
 
-        `sd_url` may hold the provider's placeholders, e.g. `{public_ip}`; `client_options` tune retries.
+        `sd_url` may hold the provider's placeholders, e.g. `{public_ip}`; by default a pod is reached as a
+        port exposed over TCP (its address known once the container runs), any other machine at `sd_url`.
+        `client_options` tune the client's retries.
         """
+        default = f"http://{{public_ip}}:{{port:{SD_PORT}}}" if self.api == "runpod" else self.sd_url
         return api_provider(gpu, self.api, api_url=self.api_url, api_key=Secret(self.api_key),
-                            machine_id=self.machine_id, sd_url=sd_url or self.sd_url, name="simulated",
+                            machine_id=self.machine_id, sd_url=sd_url or default, name="simulated",
                             **client_options)
 
     def set_faults(self, names: Iterable[str]) -> None:

@@ -3,8 +3,8 @@
 It speaks the same HTTP as `https://rest.runpod.io/v1` for the routes avatargen uses (`GET /pods/{id}`,
 `POST /pods/{id}/start`, `POST /pods/{id}/stop`, Bearer auth), and every answer is valid under the
 response schema of the same route in RunPod's OpenAPI document. The pod object is what RunPod shows:
-`desiredStatus` (RUNNING / EXITED / TERMINATED: what RunPod drives the pod towards), an empty
-`publicIp` and `portMappings` while the pod initialises, the price per hour, and the GPU count, which
+`desiredStatus` (RUNNING / EXITED / TERMINATED: what RunPod drives the pod towards), no `publicIp`
+and empty `portMappings` while the pod initialises, the price per hour, and the GPU count, which
 reads 0 after a resume on a host whose GPU was rented meanwhile (the `zero_gpu` fault).
 """
 
@@ -70,7 +70,7 @@ class SimulatedRunPod:
             "desiredStatus": status,
             "lastStatusChange": f"{change[status]}: {machine.modified}",
             "lastStartedAt": machine.started or machine.created,
-            "publicIp": machine.public_ip if addressed else ("" if status == "RUNNING" else None),
+            "publicIp": machine.public_ip if addressed else None,  # "" would not be the ipv4 the schema asks
             "portMappings": {str(inside): outside for inside, outside in self.ports.items()} if addressed else {},
             "ports": [f"{inside}/tcp" for inside in self.ports],
             "costPerHr": self._hourly_price,
