@@ -24,6 +24,7 @@ TXT2IMG_TIMEOUT = 900.0  # seconds: txt2img answers only when the images are don
 _TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 _QUOTE = 300  # characters of an error text worth quoting
 _NOT_JSON = object()
+PROXY_TIMEOUT = 524  # Cloudflare's "a timeout occurred": RunPod's proxy cuts every request at 100 s
 
 
 class SdError(Exception):
@@ -246,4 +247,7 @@ class SdClient(HttpClient):
         text = _error_text(body, response.text)
         if status == 401:
             text += f" (check sd.username and the password in ${self._settings.password_env})"
+        if status == PROXY_TIMEOUT:
+            text = ("the proxy in front of the web UI (RunPod's, Cloudflare) cut the request after 100 s: make "
+                    "batches smaller (sd.batch_size, sd.steps, generator.concurrency) or expose the port over TCP")
         raise SdError(status, f"SD web UI error {status} {text}", retryable=status >= 500 or status in (408, 429))

@@ -28,11 +28,21 @@ def cmd_prompts(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    """Validate the config, then ask the provider's API about the machine as the generator would at start-up."""
+    from avatargen.gpu import MachineError, ask_provider, settings_warnings
     from server.serve import preflight
 
     path = find_config(args.config)
     settings = load_settings(path)
     preflight(settings)
+    warnings = settings_warnings(settings)
+    if settings.gpu.provider in ("paperspace", "runpod"):  # preflight made sure the key is there
+        try:
+            warnings += asyncio.run(ask_provider(settings))
+        except MachineError as exc:
+            warnings.append(f"could not ask the {settings.gpu.provider} API about the machine: {exc}")
+    for warning in warnings:
+        print(f"avatargen: warning: {warning}", file=sys.stderr)
     where = path if path is not None else "built-in defaults (no config.toml here)"
     print(f"{where}: OK (provider {settings.gpu.provider}, data in {settings.server.data_dir})")
     return 0
