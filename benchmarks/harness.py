@@ -192,9 +192,9 @@ class Simulator:
     """
 
     def __init__(self, log: Path, *, boot_delay: str, stop_delay: str, sd_boot_delay: str, step_time: str,
-                 faults: Sequence[str] = ()) -> None:
+                 faults: Sequence[str] = (), api: str = "paperspace") -> None:
         self.log = log
-        self.command = ["nice", "-n", "19", sys.executable, "-m", "avatargen.simulator",
+        self.command = ["nice", "-n", "19", sys.executable, "-m", "avatargen.simulator", "--api", api,
                         "--boot-delay", boot_delay, "--stop-delay", stop_delay, "--sd-boot-delay", sd_boot_delay,
                         "--step-time", step_time, *(arg for name in faults for arg in ("--fault", name))]
         self.process: subprocess.Popen[str] | None = None
@@ -233,11 +233,13 @@ class Simulator:
         return self._request("GET", "/_sim/machine")
 
     def provider_config(self) -> dict[str, Any]:
-        """The config layer that points an avatargen server at this simulator (env: `env()`)."""
-        return {"gpu": {"provider": "paperspace",
-                        "paperspace": {"api_url": self.info["api_url"], "api_key_env": SIM_KEY_ENV,
-                                       "machine_id": self.info["machine_id"]}},
-                "sd": {"url": self.info["sd_url"]}}
+        """The config layer that points an avatargen server at this simulator (env: `env()`), exactly as at the
+        real provider: a pod's web UI is reached on its TCP-exposed port."""
+        api = self.info["api"]
+        machine = {"pod_id" if api == "runpod" else "machine_id": self.info["machine_id"]}
+        sd_url = "http://{public_ip}:{port:7860}" if api == "runpod" else self.info["sd_url"]
+        return {"gpu": {"provider": api, api: {"api_url": self.info["api_url"], "api_key_env": SIM_KEY_ENV, **machine}},
+                "sd": {"url": sd_url}}
 
     def env(self) -> dict[str, str]:
         return {SIM_KEY_ENV: self.info["api_key"]}

@@ -37,12 +37,15 @@ class MachineConflict(Exception):
 class SimulatedMachine:
     """One machine whose state moves with time, plus the events of its operations.
 
-    Tests read `state` and `billed_seconds` directly and can await a state with `wait_for`. `gpus` is how
+    Tests read `state` and `billed_seconds` directly and can await a state with `wait_for`. `stop_delay`
+    overrides the settings' (a RunPod pod reads EXITED as soon as its stop is accepted, and its billing ends
+    there, so the simulated pod stops at once). `gpus` is how
     many GPUs the last boot came with (none under the `zero_gpu` fault); `auto_shutdown_hours` is the
     provider-side backstop Paperspace offers (None: off).
     """
 
-    def __init__(self, settings: SimulatedSettings, faults: Faults, *, machine_id: str, public_ip: str) -> None:
+    def __init__(self, settings: SimulatedSettings, faults: Faults, *, machine_id: str, public_ip: str,
+                 stop_delay: float | None = None) -> None:
         self.id = machine_id
         self.state = "off"
         self.public_ip = public_ip
@@ -52,6 +55,7 @@ class SimulatedMachine:
         self.modified = self.created
         self.started: str | None = None
         self._settings = settings
+        self._stop_delay = settings.stop_delay if stop_delay is None else stop_delay
         self._faults = faults
         self._events: dict[str, dict[str, Any]] = {}
         self._transition: asyncio.Task[None] | None = None
@@ -161,7 +165,7 @@ class SimulatedMachine:
 
     async def _halt(self, event: dict[str, Any]) -> None:
         self._set_event(event, "in progress")
-        await asyncio.sleep(self._settings.stop_delay)
+        await asyncio.sleep(self._stop_delay)
         self._finish(event, "done")
         self._set_state("off")
 

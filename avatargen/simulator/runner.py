@@ -50,7 +50,8 @@ class SimulatedGpu:
         self.faults = Faults(settings.faults)
         self.api_key = secrets.token_urlsafe(24)
         self.machine_id = machine_id or MACHINE_IDS[self.api]
-        self.machine = SimulatedMachine(settings, self.faults, machine_id=self.machine_id, public_ip=host)
+        self.machine = SimulatedMachine(settings, self.faults, machine_id=self.machine_id, public_ip=host,
+                                        stop_delay=0.0 if self.api == "runpod" else None)
         self.sd = SimulatedSdWebUi(settings, self.faults, auth=sd_auth, after_txt2img=self._after_txt2img)
         self._pod: SimulatedRunPod | None = None
         if self.api == "runpod":
