@@ -8,7 +8,7 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
-from avatargen import prompts
+from avatargen import prompts, review
 from avatargen.config import ConfigError, Settings, find_config, load_settings
 from tui.client import AdminClient, AdminError, Unreachable
 from tui.models import Run
@@ -36,6 +36,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     settings = load_settings(path)
     preflight(settings)
     warnings = settings_warnings(settings)
+    if problem := review.missing_extra(settings.review):
+        warnings.append(problem)
     if settings.gpu.provider in ("paperspace", "runpod"):  # preflight made sure the key is there
         try:
             warnings += asyncio.run(ask_provider(settings))
