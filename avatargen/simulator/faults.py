@@ -40,6 +40,14 @@ FAULTS: dict[str, str] = {
 }
 
 
+ONLY_ON = {"zero_gpu": "runpod", "external_terminate": "runpod"}  # faults one provider's machines alone have
+
+
+def faults_for(api: str) -> list[str]:
+    """The faults that happen to a machine behind this cloud API ("paperspace" | "runpod")."""
+    return [name for name in FAULTS if ONLY_ON.get(name, api) == api]
+
+
 class Faults:
     """The set of faults switched on, shared by both simulated services, changeable while they run."""
 
