@@ -31,7 +31,7 @@ _PLACEHOLDERS = {"paperspace": paperspace.PLACEHOLDERS, "runpod": runpod.PLACEHO
 _MACHINE_KEY = {"paperspace": "gpu.paperspace.machine_id", "runpod": "gpu.runpod.pod_id"}
 
 
-def api_key(settings: Settings) -> Secret:
+def provider_api_key(settings: Settings) -> Secret:
     """The provider's key, from the environment variable the config names; missing is a config error."""
     provider = settings.gpu.provider
     vendor = settings.gpu.runpod if provider == "runpod" else settings.gpu.paperspace
@@ -61,10 +61,10 @@ def make_provider(settings: Settings) -> Provider:
     if gpu.provider == "always_on":
         return AlwaysOnProvider(settings.sd.url)
     if gpu.provider == "paperspace":
-        return api_provider(gpu, "paperspace", api_url=gpu.paperspace.api_url, api_key=api_key(settings),
+        return api_provider(gpu, "paperspace", api_url=gpu.paperspace.api_url, api_key=provider_api_key(settings),
                             machine_id=gpu.paperspace.machine_id, sd_url=settings.sd.url)
     if gpu.provider == "runpod":
-        return api_provider(gpu, "runpod", api_url=gpu.runpod.api_url, api_key=api_key(settings),
+        return api_provider(gpu, "runpod", api_url=gpu.runpod.api_url, api_key=provider_api_key(settings),
                             machine_id=gpu.runpod.pod_id, sd_url=settings.sd.url)
     raise ValueError(f"gpu.provider = {gpu.provider!r} is not built here: the simulated GPU's provider comes from "
                      "the running simulator (avatargen.simulator.SimulatedGpu.provider)")
@@ -75,7 +75,7 @@ def check_settings(settings: Settings) -> None:
     placeholders `sd.url` uses (each provider fills its own)."""
     provider = settings.gpu.provider
     if provider in _MACHINE_KEY:
-        api_key(settings)
+        provider_api_key(settings)
     allowed = _PLACEHOLDERS.get(provider)
     if allowed is not None and (problem := template_problem(settings.sd.url, allowed)):
         raise located_error(settings, "sd.url", problem)
