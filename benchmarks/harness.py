@@ -215,7 +215,7 @@ class Simulator:
     def __exit__(self, *exc: object) -> None:
         if self.process is not None:
             self.process.terminate()
-            self.process.wait(10)
+            self.process.wait(30)  # at nice 19 on a busy machine, it may wait a while for the CPU to exit
 
     def _request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         url = self.info["api_url"].removesuffix("/v1") + path
