@@ -24,8 +24,8 @@ from pathlib import Path
 from avatargen.buckets import open_buckets
 from avatargen.config import Settings, load_settings
 from avatargen.durations import parse_duration
-from avatargen.engine import RefillEngine
 from avatargen.events import EventHub
+from avatargen.generator import Generator
 from avatargen.ledger import CostLedger
 from avatargen.simulator.runner import SimulatedGpu
 from benchmarks.harness import ROOT, parse_args, scratch, write_config
@@ -65,7 +65,7 @@ def options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--step-time", default="15ms", help="simulated time per sampling step (default 15ms)")
 
 
-async def started(engine: RefillEngine, timeout: float = 30.0) -> None:
+async def started(engine: Generator, timeout: float = 30.0) -> None:
     """Until the engine has made its start-up check (nothing announces it: poll, with a deadline)."""
     deadline = time.monotonic() + timeout
     while engine.next_check_at is None:
@@ -78,8 +78,8 @@ async def one_run(settings: Settings) -> tuple[float, float, int]:
     """Fill the fallback bucket in one run: the billed seconds, the web UI's busy seconds and jobs done."""
     buckets = open_buckets(settings)
     async with SimulatedGpu(settings.gpu.simulated) as gpu:
-        ledger = CostLedger(settings.server.data_dir / "ledger.sqlite3", settings.gpu.hourly_cost)
-        engine = RefillEngine(settings, buckets, gpu.provider(settings.gpu), ledger, EventHub())
+        ledger = CostLedger(settings.server.data_dir / "ledger.sqlite3")
+        engine = Generator(settings, buckets, gpu.provider(settings.gpu), ledger, EventHub())
         await engine.start()
         try:
             await started(engine)

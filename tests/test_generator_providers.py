@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from avatargen.engine import NothingToDo, RefillEngine
 from avatargen.events import Subscription
+from avatargen.generator import Generator, NothingToDo
 from avatargen.simulator import SimulatedGpu
 from tests.simhelpers import sim_settings
 from tests.support import fast_settings, running_engine, wait_for_event, write_config
@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 KEY_ENV = "AVATARGEN_TEST_GPU_KEY"
 
 
-async def run_to_end(engine: RefillEngine) -> dict:
+async def run_to_end(engine: Generator) -> dict:
     with engine.events.subscribe() as subscription:
         engine.refill(["unique"])
         await until_idle(subscription)
@@ -67,7 +67,7 @@ async def test_a_pod_terminated_during_a_run_ends_it_and_no_run_starts_again(tmp
         assert first["outcome"] == "failed" and gpu.machine.state == "terminated"
         second = await run_to_end(engine)  # the owner tries again: the start finds the pod gone for good
         assert second["outcome"] == "failed" and "TERMINATED" in second["error"]
-        assert engine.unusable is not None and engine.auto_check() is None
+        assert engine.machine.cannot_run is not None and engine.auto_check() is None
 
 
 @pytest.mark.parametrize(("api", "source"), [("paperspace", "config"), ("runpod", "provider")])

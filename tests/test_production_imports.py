@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PRODUCTION = ("avatargen.config", "avatargen.gpu", "avatargen.engine", "server.app", "server.serve", "server.cli")
+PRODUCTION = ("avatargen.config", "avatargen.gpu", "avatargen.generator", "server.app", "server.serve", "server.cli")
 
 
 def test_the_server_and_the_config_do_not_import_the_simulator(tmp_path: Path) -> None:
