@@ -42,9 +42,9 @@ async def sim(request: pytest.FixtureRequest) -> AsyncIterator[SimulatedGpu]:
 
 
 def provider_for(sim: SimulatedGpu, *, stop_timeout: float = 5.0, sd_url: str | None = None,
-                 max_retries: int = 6) -> Provider:
-    return sim.provider(replace(GPU, stop_timeout=stop_timeout), sd_url=sd_url, max_retries=max_retries,
-                        backoff=0.01)
+                 max_retries: int = 6, poll_every: float = GPU.poll_every) -> Provider:
+    return sim.provider(replace(GPU, stop_timeout=stop_timeout, poll_every=poll_every), sd_url=sd_url,
+                        max_retries=max_retries, backoff=0.01)
 
 
 def label(sim: SimulatedGpu) -> str:
@@ -129,7 +129,8 @@ async def test_stop_is_retried_until_the_machine_is_confirmed_off(sim: Simulated
 
 
 async def test_stop_gives_up_after_the_stop_timeout_and_says_so(sim: SimulatedGpu) -> None:
-    provider = provider_for(sim, max_retries=0, stop_timeout=0.1)
+    # The first stop request fails at once; the next waits out a backoff of at least half a poll period.
+    provider = provider_for(sim, max_retries=0, stop_timeout=0.6, poll_every=2.0)
     await provider.start()
     sim.set_faults(["stop_500"])
     with pytest.raises(MachineError, match=f"could not confirm that {label(sim)} stopped") as failure:
