@@ -28,10 +28,10 @@ from tests.simhelpers import sim_settings
 
 APIS = ("paperspace", "runpod")
 GPU = GpuSettings(poll_every=0.02, stop_timeout=5.0, hourly_cost=0.76)
-# The states each API lets a client see: RunPod has no serviceready, and a stop it accepted reads EXITED at once
-# (the provider reads a pod before asking for its stop).
+# The states each API lets a client see (a busy machine's polling may miss a short one): RunPod has no
+# serviceready, and a stop it accepted reads EXITED at once.
 BOOT = {"paperspace": ["starting", "serviceready", "ready"], "runpod": ["starting", "ready"]}
-HALT = {"paperspace": ["stopping", "off"], "runpod": ["ready", "off"]}
+HALT = {"paperspace": ["stopping", "off"], "runpod": ["off"]}
 ADDRESS = {"paperspace": "http://{public_ip}:%s", "runpod": "http://{public_ip}:{port:7860}"}
 
 
@@ -68,7 +68,7 @@ async def test_a_full_cycle_waits_for_ready_and_confirms_off(sim: SimulatedGpu) 
         await provider.start()
         await provider.wait_ready(5, states.append)
         assert sim.machine.state == "ready" if sim.api == "paperspace" else sim.machine.on  # a pod: once it runs
-        assert states == BOOT[sim.api]
+        assert states[0] == "starting" and states[-1] == "ready" and set(states) <= set(BOOT[sim.api])
         states.clear()
         await provider.stop(states.append)
     finally:

@@ -179,13 +179,14 @@ class RunPodProvider:
                 return None
             self._remember(pod)
             state = self._state(pod)
-            watch(state)
             if state in (OFF, TERMINATED):
+                watch(state)
                 return None
             if requested:  # RunPod accepted a stop, yet still drives the pod towards RUNNING: ask again
+                watch(state)
                 requested = False
                 return "the pod is still RUNNING after its stop was accepted"
-            await self._client.stop(self._pod_id)
+            await self._client.stop(self._pod_id)  # the state it had is no news: the generator knows it
             requested = True
             return ""
 
