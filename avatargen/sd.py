@@ -19,6 +19,7 @@ import httpx
 
 from avatargen.config import SdSettings
 from avatargen.http_client import HttpClient
+from avatargen.redact import redact_url
 
 TXT2IMG_TIMEOUT = 900.0  # seconds: txt2img answers only when the images are done, a big batch takes minutes
 _TIMEOUT = httpx.Timeout(30.0, connect=10.0)
@@ -151,11 +152,12 @@ class SdClient(HttpClient):
         super().__init__(http, timeout=_TIMEOUT)
         self._settings = settings
         self._url = (url or settings.url).rstrip("/")
+        self._shown_url = redact_url(self._url)  # for messages: they end up in logs, events and the status
         self._txt2img_timeout = httpx.Timeout(txt2img_timeout, connect=10.0)
         self._auth = httpx.BasicAuth(settings.username, settings.password().reveal()) if settings.username else None
 
     def __repr__(self) -> str:
-        return f"SdClient({self._url!r}, username={self._settings.username!r})"
+        return f"SdClient({self._shown_url!r}, username={self._settings.username!r})"
 
     async def txt2img(self, prompt: str, *, batch_size: int, seed: int = -1) -> Txt2ImgResult:
         """Generate `batch_size` images in one pass; waits until they are done (a long read timeout)."""
@@ -230,11 +232,11 @@ class SdClient(HttpClient):
                 timeout=timeout or httpx.USE_CLIENT_DEFAULT,
             )
         except httpx.TimeoutException as exc:
-            raise SdError(None, f"the SD web UI at {self._url} did not answer in time ({type(exc).__name__})",
+            raise SdError(None, f"the SD web UI at {self._shown_url} did not answer in time ({type(exc).__name__})",
                           retryable=True) from exc
         except httpx.TransportError as exc:
-            raise SdError(None, f"cannot reach the SD web UI at {self._url}: {type(exc).__name__} {exc}".rstrip(),
-                          retryable=True) from exc
+            detail = redact_url(f"{type(exc).__name__} {exc}".rstrip())
+            raise SdError(None, f"cannot reach the SD web UI at {self._shown_url}: {detail}", retryable=True) from exc
         try:
             body = response.json()
         except ValueError:

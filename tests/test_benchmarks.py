@@ -33,6 +33,10 @@ TABLES = {
     "gpu_efficiency": ("GPU efficiency and cost per run",
                        "| batch_size | concurrency | images | billed s | SD busy s | busy share | billed s/image |",
                        ["| 1 | 1 | 20 |", "| 2 | 2 | 20 |"]),
+    "proxy_limits": ("Slow and oversized headers, and the visitor's address, with and without a proxy",
+                     "| check | avatargen serve alone | behind the nginx example |",
+                     ["| request headers sent one byte a second | still open after 15 s | closed after",
+                      "| admin API from 127.0.0.3 with a forged X-Forwarded-For: 127.0.0.2 | 403 | 403 |"]),
     **{f"fault_matrix --api {api}": ("Fault matrix: one fault per run, SIGKILL in each run state",
                                      "| fault | run outcome | machine at end | billed s after the end | images lost |",
                                      [f"| {row}{'' if api == APIS[0] else f' ({api})'} |" for row in (

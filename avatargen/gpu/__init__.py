@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from avatargen.config import ConfigError, GpuSettings, Secret, Settings, located_error
+from avatargen.config import ConfigError, GpuSettings, Secret, Settings
 from avatargen.gpu import paperspace, runpod
 from avatargen.gpu.address import template_problem
 from avatargen.gpu.always_on import AlwaysOnProvider
@@ -78,7 +78,7 @@ def check_settings(settings: Settings) -> None:
         provider_api_key(settings)
     allowed = _PLACEHOLDERS.get(provider)
     if allowed is not None and (problem := template_problem(settings.sd.url, allowed)):
-        raise located_error(settings, "sd.url", problem)
+        raise settings.error(problem, "sd.url")
 
 
 def settings_warnings(settings: Settings) -> list[str]:
@@ -102,6 +102,6 @@ async def ask_provider(settings: Settings) -> list[str]:
     try:
         return await provider.check()
     except MachineUnusable as exc:
-        raise located_error(settings, _MACHINE_KEY.get(settings.gpu.provider, "gpu.provider"), str(exc)) from None
+        raise settings.error(str(exc), _MACHINE_KEY.get(settings.gpu.provider, "gpu.provider")) from None
     finally:
         await provider.aclose()

@@ -19,6 +19,8 @@ from typing import Any
 import uvicorn
 from starlette.types import ASGIApp
 
+from avatargen.sockets import bound_socket
+
 
 def http_url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
@@ -26,11 +28,8 @@ def http_url(host: str, port: int) -> str:
 
 def listening_socket(host: str, port: int) -> socket.socket:
     """A socket bound and listening: connections queue in the kernel from now on, none is refused."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock = bound_socket(host, port)
     try:
-        sock.bind((host, port))
         sock.listen(128)
     except OSError:
         sock.close()
