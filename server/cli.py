@@ -115,10 +115,12 @@ async def _status(client: AdminClient) -> str:
     if status.last_run is not None:
         last = status.last_run
         lines.append(f"last run {last.run.id}: {last.outcome}" + (f" ({last.error})" if last.error else ""))
-    lines.append(f"spent today {status.cost.today:.2f} of {status.cost.daily_budget:.2f}, "
-                 f"this month {status.cost.month:.2f}")
+    cost = status.cost
+    rate = "" if cost.hourly_rate is None else f"; billed at {cost.hourly_rate:.2f} an hour ({cost.rate_source})"
+    lines.append(f"spent today {cost.today:.2f} of {cost.daily_budget:.2f}, this month {cost.month:.2f}{rate}")
     if status.paused_reason:
         lines.append(f"automatic refills paused: {status.paused_reason}")
+    lines += [f"note: {note}" for note in status.machine_notes]
     return "\n".join(lines)
 
 

@@ -39,7 +39,8 @@ def test_simulate_serves_both_apis_from_the_config(tmp_path: Path) -> None:
 
 async def test_owner_commands_talk_to_a_running_server(tmp_path: Path) -> None:
     # The run boots until it is aborted: on a loaded machine each command's process takes seconds to start.
-    settings = fast_settings(tmp_path, admin__token="cli-token", gpu__simulated__boot_delay="60s")
+    settings = fast_settings(tmp_path, admin__token="cli-token", gpu__simulated__boot_delay="60s",
+                             gpu__simulated__api="runpod")
 
     async def avatargen(*args: str) -> subprocess.CompletedProcess[str]:
         command = [sys.executable, "-X", "importtime", "-m", "server.cli", *args, "--url", url, "--token", "cli-token",
@@ -51,6 +52,8 @@ async def test_owner_commands_talk_to_a_running_server(tmp_path: Path) -> None:
         status = await avatargen("status")
         assert status.returncode == 0, status.stderr
         assert "state: idle (machine off, simulated)" in status.stdout and "unique: 0 (min 0, max 4)" in status.stdout
+        assert "billed at 3600.00 an hour (provider)" in status.stdout  # the pod's own price
+        assert "note: pod simpod42xyz keeps its 50 GB volume while stopped" in status.stdout
         imported = {line.rpartition("|")[2].strip().split(".")[0] for line in status.stderr.splitlines()}
         assert "httpx" in imported and "textual" not in imported  # a quick command: no control panel loaded
         refill = await avatargen("refill", "unique")
@@ -67,7 +70,8 @@ async def test_owner_commands_talk_to_a_running_server(tmp_path: Path) -> None:
 
 
 async def test_refill_without_names_refills_every_bucket(tmp_path: Path) -> None:
-    settings = fast_settings(tmp_path, admin__token="cli-token", gpu__simulated__boot_delay="60s")
+    settings = fast_settings(tmp_path, admin__token="cli-token", gpu__simulated__boot_delay="60s",
+                             gpu__simulated__api="runpod")
     async with serving(settings) as (url, _app):
         refill = await asyncio.to_thread(
             subprocess.run, [sys.executable, "-m", "server.cli", "refill", "--url", url, "--token", "cli-token",
