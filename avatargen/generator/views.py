@@ -16,8 +16,10 @@ from avatargen.ledger import Spend
 
 
 def bucket_levels(settings: Settings, buckets: Mapping[str, Bucket]) -> dict[str, dict[str, int]]:
-    """Each bucket's count against its min and max, as status and events report them."""
-    return {name: {"count": buckets[name].count(), "min": conf.min, "max": conf.max}
+    """Each bucket's count against its min and max, as status and events report them; `rejected`: broken
+    images set aside in `<dir>/.rejected/`."""
+    return {name: {"count": buckets[name].count(), "min": conf.min, "max": conf.max,
+                   "rejected": buckets[name].rejected()}
             for name, conf in settings.buckets.items()}
 
 
