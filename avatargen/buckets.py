@@ -23,7 +23,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -31,7 +31,7 @@ from typing import Any
 
 from avatargen.config import Settings
 from avatargen.files import sync_folder, write_atomically
-from avatargen.imaging import ImageError, check_webp, frame_unique, sniff_format
+from avatargen.imaging import ImageError, check_webp, check_webp_header, frame_unique, sniff_format
 from avatargen.timestamps import utc_iso
 
 log = logging.getLogger("avatargen.buckets")
@@ -89,17 +89,15 @@ class ImageRecord:
 
 @dataclass(frozen=True)
 class Recovery:
-    """What start-up recovery did to a bucket, and the images it found lacking their framed copy."""
+    """What start-up recovery did to a bucket."""
 
     released: int = 0  # claimed uniques never sent, put back
     temp_removed: int = 0  # work files left in .tmp/
     orphans_removed: int = 0  # sidecars and framed copies whose image is gone
-    unframed: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, int]:
         """The counts, for the log (empty when there was nothing to do)."""
-        counts = {"released": self.released, "temp_removed": self.temp_removed,
-                  "orphans_removed": self.orphans_removed, "unframed": len(self.unframed)}
+        counts = {"released": self.released, "temp_removed": self.temp_removed, "orphans_removed": self.orphans_removed}
         return {name: count for name, count in counts.items() if count}
 
 
@@ -164,6 +162,18 @@ def _ids_in(folder: Path, suffix: str, listing: str | None = None) -> set[str]:
     """The ids of the `<id><suffix>` entries in a folder (or in its `_listing`)."""
     names = _listing(folder) if listing is None else listing
     return set(_NAMED[suffix].findall(names))
+
+
+def _header_problem(path: Path) -> str | None:
+    """What is wrong with an image file, judged by its first 12 bytes against its size; None if nothing."""
+    with path.open("rb") as image:
+        head = image.read(12)
+        size = os.fstat(image.fileno()).st_size
+    try:
+        check_webp_header(head, size)
+    except ImageError as exc:
+        return str(exc)
+    return None
 
 
 def _move(source: Path, target: Path) -> bool:
@@ -515,10 +525,10 @@ class Bucket:
         image are removed, once `stale_after` seconds old: other worker processes may be in the middle
         of a claim or a publish right now (a sidecar is placed before its image). Work files in `.tmp/`
         are removed whatever their age: they are never visible, and the worst this does to a publish
-        running in another process is make it fail and be retried. Images lacking their framed copy are
-        only listed (`Recovery.unframed`): framing thousands would keep the server from listening for
-        minutes, so `frame_missing` does it in the background, and a claim frames what it finds unframed.
-        A file that cannot be removed (a read-only folder) is logged and left: never fatal.
+        running in another process is make it fail and be retried. Nothing is read or framed here: that
+        would keep the server from listening for minutes with thousands of images, so `check_and_frame`
+        does it in the background (and a claim frames a unique it finds unframed). A file that cannot be
+        removed (a read-only folder) is logged and left: never fatal.
         """
         released = self.release_stale_claims(stale_after)
         temp_removed = sum(self._tidy(self._tmp / name) for name in os.listdir(self._tmp))
@@ -536,8 +546,7 @@ class Bucket:
             if not (self._image_path(image_id).exists() or self._claimed_path(image_id).exists()) \
                     and _is_stale(path, stale_after):
                 orphans_removed += self._tidy(path)
-        unframed = sorted(images - framed) if self.prepare is not None else []
-        return Recovery(released, temp_removed, orphans_removed, unframed)
+        return Recovery(released, temp_removed, orphans_removed)
 
     def _tidy(self, path: Path) -> bool:
         """Remove a leftover file; False if it was gone or cannot be removed (logged)."""
@@ -546,6 +555,39 @@ class Bucket:
         except OSError as exc:
             log.warning("cannot remove leftover %s from the %s bucket: %s", path, self.name, exc)
             return False
+
+    def inspect(self, image_ids: Iterable[str]) -> list[str]:
+        """Check stored images cheaply, by their RIFF header against their size (framed copies too): a broken
+        image is set aside, a broken framed copy removed. Returns the ids whose framed copy is to be made."""
+        unframed = []
+        for image_id in image_ids:
+            path = self._image_path(image_id)
+            try:
+                problem = _header_problem(path)
+            except FileNotFoundError:  # claimed or deleted meanwhile
+                continue
+            except OSError as exc:
+                log.error("image %s of the %s bucket cannot be read: %s", image_id, self.name, exc)
+                continue
+            if problem:
+                self.set_aside(image_id, path, problem)
+                continue
+            if self.prepare is None:
+                continue
+            framed = self._framed_path(image_id)
+            try:
+                problem = _header_problem(framed)
+            except FileNotFoundError:
+                unframed.append(image_id)
+                continue
+            except OSError as exc:
+                log.error("the framed copy of unique %s cannot be read: %s", image_id, exc)
+                continue
+            if problem:
+                log.warning("the framed copy of unique %s is broken (%s): framing it again", image_id, problem)
+                self._tidy(framed)
+                unframed.append(image_id)
+        return unframed
 
     def frame(self, image_id: str) -> bool:
         """Make the framed copy of a stored unique if it is still missing; True when one was made.
@@ -568,18 +610,21 @@ class Bucket:
         return True
 
 
-async def frame_missing(bucket: Bucket, image_ids: Iterable[str]) -> int:
-    """Make the framed copies start-up found missing, one image at a time in a worker thread, while the
-    server already serves; how many were made. Cancelling stops it between two images."""
-    image_ids = list(image_ids)
-    if not image_ids:
-        return 0
-    log.info("framing %d unique(s) found without their framed copy, in the background", len(image_ids))
+async def check_and_frame(bucket: Bucket, batch: int = 500) -> None:
+    """What start-up leaves to the background (the generator's process does it while visitors are served):
+    every image checked cheaply, so broken ones are set aside before a visitor meets them, then the framed
+    copies found missing made. Worker threads, a batch at a time; cancelling stops it between two."""
+    ids = bucket.ids()
+    unframed = []
+    for start in range(0, len(ids), batch):
+        unframed += await asyncio.to_thread(bucket.inspect, ids[start:start + batch])
+    if not unframed:
+        return
+    log.info("framing %d unique(s) found without their framed copy, in the background", len(unframed))
     made = 0
-    for image_id in image_ids:
+    for image_id in unframed:
         made += await asyncio.to_thread(bucket.frame, image_id)
     log.info("framed %d unique(s) in the background", made)
-    return made
 
 
 def open_buckets(settings: Settings) -> dict[str, Bucket]:

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from avatargen.buckets import frame_missing, open_buckets
+from avatargen.buckets import check_and_frame, open_buckets
 from avatargen.config import Settings
 from avatargen.events import EventHub, EventLogHandler
 from avatargen.generator import Generator
@@ -57,9 +57,8 @@ def create_app(settings: Settings) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
             settings.server.data_dir.mkdir(parents=True, exist_ok=True)
-            recoveries = {}
             for bucket in buckets.values():
-                recoveries[bucket.name] = recovery = await asyncio.to_thread(bucket.recover)
+                recovery = await asyncio.to_thread(bucket.recover)
                 if recovery.summary():
                     log.info("bucket %s recovered at start-up: %s", bucket.name, recovery.summary())
             events = EventHub()
@@ -92,9 +91,9 @@ def create_app(settings: Settings) -> Starlette:
                 services.engine = engine
                 await engine.start()
                 stack.push_async_callback(engine.close)
-                for bucket in buckets.values():  # one process frames: the generator's
-                    framer = asyncio.create_task(frame_missing(bucket, recoveries[bucket.name].unframed))
-                    stack.callback(framer.cancel)
+                for bucket in buckets.values():  # one process checks and frames: the generator's
+                    tending = asyncio.create_task(check_and_frame(bucket), name=f"{bucket.name} bucket check")
+                    stack.callback(tending.cancel)
             else:
                 services.generator_elsewhere = f"the generator runs in another process (pid {lock.holder()})"
                 log.warning("%s; this one serves visitors only", services.generator_elsewhere)

@@ -307,6 +307,21 @@ async def test_the_server_answers_before_uniques_restored_without_framed_copies_
     assert all((framed / f"{image_id}.webp").read_bytes() == originals[image_id] for image_id in left)
 
 
+async def test_broken_files_are_found_after_start_up_before_a_visitor_meets_them(tmp_path: Path) -> None:
+    settings = fast_settings(tmp_path)
+    ids = stock(settings, unique=2, fallback=2)
+    unique_dir, fallback_dir = settings.buckets.unique.dir, settings.buckets.fallback.dir
+    framed_copy = unique_dir / ".framed" / f"{ids['unique'][0]}.webp"
+    whole = framed_copy.read_bytes()
+    break_image(unique_dir, ids["unique"][0], framed=True)
+    break_image(fallback_dir, ids["fallback"][0])
+    async with serving(settings) as (_, app):
+        await wait_until(lambda: app.state.services.status()["buckets"]["fallback"]["rejected"] == 1)
+        await wait_until(lambda: framed_copy.exists() and framed_copy.read_bytes() == whole)
+    assert stored(settings, "fallback") == {ids["fallback"][1]}
+    assert stored(settings, "unique") == set(ids["unique"])
+
+
 async def test_a_read_only_unique_bucket_gives_fallbacks_and_keeps_its_uniques(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     settings = fast_settings(tmp_path)
