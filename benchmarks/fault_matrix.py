@@ -1,17 +1,23 @@
-"""Fault matrix: every fault the simulated GPU can inject, one per run, and SIGKILL of the server in each run state.
+"""Fault matrix: every fault the simulated GPU can inject, one per run, storage faults, and SIGKILL of the server
+in each run state.
 
 The simulated GPU runs as a process of its own (a machine outlives any avatargen process), and every row
 gets a fresh `avatargen serve` process and data folder. A row is a manual refill of the unique bucket:
 - with one fault of `avatargen.simulator.FAULTS` switched on, until the run is over; or
+- with a storage fault (`STORAGE_FAULTS`) from before the run until after it: another process holding
+  the cost ledger locked; the disk under data_dir full; the unique bucket on a read-only filesystem;
+  truncated images in both buckets (images and framed copies). Visitors may claim uniques in these rows,
+  so the unique path meets the fault too; or
 - with no fault, the server SIGKILLed once the run is booting (machine starting), generating (images
   stored) or shutting_down, then started again: its start-up check must stop the orphaned machine.
-Meanwhile a background loop GETs /avatar (from the killed server's twin, a visitor-only process on the
-same folders, in the SIGKILL rows) and records every failure.
+Meanwhile a background loop GETs /avatar, each request from a visitor address of its own (from the
+killed server's twin, a visitor-only process on the same folders, in the SIGKILL rows), and records every
+answer that is not a whole image with a 200.
 
 Every row must hold: the machine is off at the end; no billed seconds after the stop confirmation (the
-simulator's count at the end and a few poll periods later); no image lost (announced as stored, not in
-the bucket) or half-written (a visible .webp without its sidecar, or one that does not decode); visitors
-answered throughout. The script exits with status 1 if a row does not hold.
+simulator's count at the end and a few poll periods later); no image lost (announced as stored, neither in
+the bucket nor served to a visitor) or half-written (a visible .webp without its sidecar, or one that does
+not decode); visitors answered throughout. The script exits with status 1 if a row does not hold.
 
     python -m benchmarks.fault_matrix [--quick] [--jobs N]
 """
@@ -19,12 +25,15 @@ answered throughout. The script exits with status 1 if a row does not hold.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -35,6 +44,7 @@ from PIL import Image
 from avatargen.buckets import open_buckets
 from avatargen.config import load_settings
 from avatargen.durations import parse_duration
+from avatargen.imaging import ImageError, check_webp
 from avatargen.simulator.faults import FAULTS
 from benchmarks.harness import (
     Admin,
@@ -51,8 +61,12 @@ from benchmarks.harness import (
     write_config,
 )
 from benchmarks.report import print_machine, print_table
+from benchmarks.storage_faults import SqliteLock, fill, read_only, tmpfs
 
 KILL_STATES = ("booting", "generating", "shutting_down")
+STORAGE_FAULTS = ("locked ledger", "full disk", "read-only unique bucket", "corrupt images")
+UNIQUES_BEFORE = 3  # uniques in the bucket before a storage-fault row's run, for visitors to claim
+DATA_DISK = "64m"  # the tmpfs under data_dir in the full-disk row
 POLL_EVERY = "50ms"
 BOOT_DELAY, STOP_DELAY = "500ms", "300ms"
 SETTLE_POLLS = 6  # poll periods to wait before reading the billed seconds again
@@ -63,12 +77,14 @@ ERROR_QUOTE = 100  # characters of a run's error shown in the table
 
 
 class Visitors:
-    """A background loop of GET /avatar against one server, counting the answers that are not an avatar."""
+    """A background loop of GET /avatar against one server, each request from a visitor address of its own
+    (X-Forwarded-For, believed from loopback), counting the answers that are not a whole avatar."""
 
     def __init__(self, url: str) -> None:
         self.url = url
         self.requests = 0
         self.failures: list[str] = []
+        self.uniques: set[str] = set()  # ids of the uniques served
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="visitors", daemon=True)
 
@@ -76,13 +92,21 @@ class Visitors:
         with httpx.Client(timeout=5) as client:
             while not self._stop.wait(VISITOR_PAUSE):
                 self.requests += 1
+                address = f"10.{self.requests >> 16 & 255}.{self.requests >> 8 & 255}.{self.requests & 255}"
                 try:
-                    response = client.get(self.url + "/avatar")
+                    response = client.get(self.url + "/avatar", headers={"X-Forwarded-For": address})
                 except httpx.HTTPError as exc:
                     self.failures.append(f"{type(exc).__name__}: {exc}")
                     continue
                 if response.status_code != 200 or "x-avatar-kind" not in response.headers:
                     self.failures.append(f"{response.status_code} {response.text[:80]}")
+                    continue
+                try:
+                    check_webp(response.content)
+                except ImageError as exc:
+                    self.failures.append(f"a broken image: {exc}")
+                if response.headers["x-avatar-kind"] == "unique":
+                    self.uniques.add(response.headers["x-avatar-id"])
 
     def verdict(self) -> str:
         if not self.failures:
@@ -164,8 +188,9 @@ def kill_point(state: str, run_id: str) -> EventTest:
     return run_in_state(run_id, "shutting_down")
 
 
-def bucket_damage(folder: Path, announced: set[str]) -> tuple[int, int]:
-    """Images announced but not in the folder, and visible images without a sidecar or that do not decode."""
+def bucket_damage(folder: Path, announced: set[str], served: set[str]) -> tuple[int, int]:
+    """Images announced but neither in the folder nor served to a visitor, and visible images without a
+    sidecar or that do not decode."""
     visible = {path.stem for path in folder.glob("*.webp")}
     broken = 0
     for image_id in visible:
@@ -176,7 +201,7 @@ def bucket_damage(folder: Path, announced: set[str]) -> tuple[int, int]:
         except OSError:
             whole = False
         broken += not whole
-    return len(announced - visible), broken
+    return len(announced - visible - served), broken
 
 
 def settle(row: Row, simulator: Simulator, poll_every: float) -> None:
@@ -195,18 +220,24 @@ class Matrix:
         self.run_images = run_images
         self.poll_every = parse_duration(POLL_EVERY)
 
-    def row(self, name: str, faults: list[str], body: Callable[[Row, Path, Simulator], None]) -> Row:
-        """Run one row; an error in it fails the row, and the matrix goes on."""
+    def row(self, name: str, faults: list[str], body: Callable[[Row, Path, Simulator], None], *,
+            uniques: int = 0, disk: Callable[[Path], contextlib.AbstractContextManager[object]] | None = None) -> Row:
+        """Run one row; an error in it fails the row, and the matrix goes on.
+
+        `uniques`: the visitors' unique allowance (0: fallbacks only). `disk`: what the row's data folder is
+        mounted on, from before anything is written there until the row is over.
+        """
         row = Row(name)
         directory = self.work / name.replace(" ", "_")
         directory.mkdir()
         simulator = Simulator(directory / "simulator.log", boot_delay=BOOT_DELAY, stop_delay=STOP_DELAY,
                               sd_boot_delay="100ms", step_time="2ms", faults=faults)
         try:
-            with simulator:
+            with simulator, (disk or _nothing)(directory / "data"):
                 config = write_config(directory, simulator.provider_config(), {
-                    "serving": {"unique_burst": 0, "fallback_retire_every": "24h"},
-                    "buckets": {"unique": {"max": self.run_images}, "fallback": {"max": FALLBACK_IMAGES}},
+                    "serving": {"unique_burst": uniques, "fallback_retire_every": "24h"},
+                    "buckets": {"unique": {"max": self.run_images + (UNIQUES_BEFORE if uniques else 0)},
+                                "fallback": {"max": FALLBACK_IMAGES}},
                     "generator": {"image_retries": 1},
                     "gpu": {"poll_every": POLL_EVERY, "ready_timeout": "5s", "stop_timeout": "30s"},
                 })
@@ -222,22 +253,51 @@ class Matrix:
     def _server(self, config: Path, log: str, simulator: Simulator) -> Service:
         return avatargen_server(config, config.parent / log, env=simulator.env())
 
-    def fault(self, fault: str) -> Row:
-        def body(row: Row, config: Path, simulator: Simulator) -> None:
-            with self._server(config, "server.log", simulator) as server:
-                admin = Admin(server.url)
-                admin.wait_generator_started()
-                with Visitors(server.url) as row.visitors:
-                    run_id = admin.refill(["unique"])["id"]
-                    announced, event = follow_run(admin, run_ended(run_id))
-                settle(row, simulator, self.poll_every)
-            last_run = event["last_run"]
-            error = last_run.get("error") or ""
-            row.outcome = (f"{last_run['outcome']} ({last_run['done']} stored, {last_run['failed']} failed)"
-                           + (f": {error[:ERROR_QUOTE]}{'...' if len(error) > ERROR_QUOTE else ''}" if error else ""))
-            row.lost, row.broken = bucket_damage(load_settings(config).buckets.unique.dir, announced)
+    def refill(self, row: Row, config: Path, simulator: Simulator, *,
+               during: Callable[[], contextlib.AbstractContextManager[object]] | None = None) -> None:
+        """Start the server, refill the unique bucket while visitors come, until the run is over.
 
-        return self.row(fault, [fault], body)
+        `during`: a fault that strikes once the server is up, from before the run until after it.
+        """
+        with self._server(config, "server.log", simulator) as server:
+            admin = Admin(server.url)
+            admin.wait_generator_started()
+            with (during or contextlib.nullcontext)(), Visitors(server.url) as row.visitors:
+                run_id = admin.refill(["unique"])["id"]
+                announced, event = follow_run(admin, run_ended(run_id))
+            settle(row, simulator, self.poll_every)
+        last_run = event["last_run"]
+        error = last_run.get("error") or ""
+        row.outcome = (f"{last_run['outcome']} ({last_run['done']} stored, {last_run['failed']} failed)"
+                       + (f": {error[:ERROR_QUOTE]}{'...' if len(error) > ERROR_QUOTE else ''}" if error else ""))
+        row.lost, row.broken = bucket_damage(load_settings(config).buckets.unique.dir, announced,
+                                             row.visitors.uniques)
+
+    def fault(self, fault: str) -> Row:
+        return self.row(fault, [fault], self.refill)
+
+    def storage(self, fault: str) -> Row:
+        """A storage fault from before the run until after it; visitors may claim the uniques already there."""
+        def body(row: Row, config: Path, simulator: Simulator) -> None:
+            settings = load_settings(config)
+            unique = open_buckets(settings)["unique"]
+            ids = publish(unique, sample_avatars(UNIQUES_BEFORE))
+            during: Callable[[], contextlib.AbstractContextManager[object]] | None = None
+            if fault == "locked ledger":
+                during = partial(SqliteLock, settings.server.data_dir / "ledger.sqlite3")
+            elif fault == "full disk":
+                during = partial(_filled, settings.server.data_dir)
+            elif fault == "read-only unique bucket":
+                read_only(unique.directory)
+            else:  # corrupt images: an image and a framed copy of the uniques, and a fallback, cut short
+                _cut_short(unique.directory / f"{ids[0]}.webp", unique.directory / ".framed" / f"{ids[0]}.webp",
+                           unique.directory / ".framed" / f"{ids[1]}.webp",
+                           next(settings.buckets.fallback.dir.glob("*.webp")))
+            self.refill(row, config, simulator, during=during)
+
+        disks: dict[str, Callable[[Path], contextlib.AbstractContextManager[object]]] = {
+            "full disk": partial(tmpfs, size=DATA_DISK), "read-only unique bucket": _unique_on_tmpfs}
+        return self.row(fault, [], body, uniques=1000, disk=disks.get(fault))
 
     def kill(self, state: str) -> Row:
         def body(row: Row, config: Path, simulator: Simulator) -> None:
@@ -259,9 +319,37 @@ class Matrix:
                 server.stop()
             row.outcome = (f"killed while {state} (machine {left}); the restart "
                            + ("stopped the machine" if stopped else "found it off"))
-            row.lost, row.broken = bucket_damage(load_settings(config).buckets.unique.dir, announced)
+            row.lost, row.broken = bucket_damage(load_settings(config).buckets.unique.dir, announced,
+                                                 row.visitors.uniques if row.visitors else set())
 
         return self.row(f"SIGKILL while {state}", [], body)
+
+
+@contextlib.contextmanager
+def _nothing(folder: Path) -> Iterator[Path]:
+    yield folder
+
+
+@contextlib.contextmanager
+def _unique_on_tmpfs(data: Path) -> Iterator[Path]:
+    """The unique bucket's folder on a tmpfs of its own (then remounted read-only by the row)."""
+    with tmpfs(data / "unique"):
+        yield data
+
+
+@contextlib.contextmanager
+def _filled(folder: Path) -> Iterator[Path]:
+    """The filesystem of `folder` full until the end of the block."""
+    filler = fill(folder)
+    try:
+        yield filler
+    finally:
+        filler.unlink()
+
+
+def _cut_short(*paths: Path) -> None:
+    for path in paths:
+        os.truncate(path, path.stat().st_size // 2)
 
 
 def options(parser: argparse.ArgumentParser) -> None:
@@ -276,6 +364,7 @@ def main() -> int:
     with scratch() as work, ThreadPoolExecutor(args.jobs) as pool:
         matrix = Matrix(work, run_images)
         futures = [*(pool.submit(matrix.fault, fault) for fault in FAULTS),
+                   *(pool.submit(matrix.storage, fault) for fault in STORAGE_FAULTS),
                    *(pool.submit(matrix.kill, state) for state in KILL_STATES)]
         rows = [future.result() for future in futures]
     print_table("Fault matrix: one fault per run, SIGKILL in each run state", [

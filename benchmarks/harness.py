@@ -221,7 +221,11 @@ class Simulator:
     def __exit__(self, *exc: object) -> None:
         if self.process is not None:
             self.process.terminate()
-            self.process.wait(10)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:  # at nice 19 on a busy machine it may not get the CPU to exit
+                self.process.kill()
+                self.process.wait(10)
 
     def _request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         url = self.info["paperspace_url"].removesuffix("/v1") + path

@@ -22,7 +22,7 @@ from PIL import Image
 from avatargen.buckets import open_buckets
 from avatargen.config import Settings
 from avatargen.imaging import check_webp, frame_unique, to_avatar_webp
-from benchmarks.mounts import fill, read_only, tmpfs
+from benchmarks.storage_faults import fill, read_only, tmpfs
 from server.visitor import VisitorService
 from tests.support import fast_settings, serving, wait_until
 
