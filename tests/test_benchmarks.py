@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from avatargen.simulator.faults import FAULTS
-from benchmarks.fault_matrix import KILL_STATES
+from benchmarks.fault_matrix import KILL_STATES, STORAGE_FAULTS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,7 +38,8 @@ TABLES = {
                 ["| empty buckets | 0 |", "| 1,000 images, uniques framed |", "| 50 uniques without framed copies |"]),
     "fault_matrix": ("Fault matrix: one fault per run, SIGKILL in each run state",
                      "| fault | run outcome | machine at end | billed s after the end | images lost |",
-                     [f"| {fault} |" for fault in FAULTS] + [f"| SIGKILL while {state} |" for state in KILL_STATES]),
+                     [f"| {fault} |" for fault in (*FAULTS, *STORAGE_FAULTS)]
+                     + [f"| SIGKILL while {state} |" for state in KILL_STATES]),
 }
 
 
