@@ -39,9 +39,6 @@ log = logging.getLogger("avatargen.buckets")
 IMAGE_SUFFIX = ".webp"
 META_SUFFIX = ".json"
 _ID = re.compile(r"[A-Za-z0-9_-]{1,100}")  # used with fullmatch: `$` would also accept a trailing newline
-# The ids of the files of one kind in a listing of a folder, one name per line.
-_NAMED = {suffix: re.compile(rf"^({_ID.pattern}){re.escape(suffix)}$", re.MULTILINE)
-          for suffix in (IMAGE_SUFFIX, META_SUFFIX)}
 # How much of a rejected id an error message quotes: ids come from URLs, and a 60 kB one must not be echoed.
 _QUOTED_ID = 40
 # A directory mtime this close to the moment it was read may still change within the same clock tick
@@ -149,19 +146,19 @@ def _unlink(path: Path) -> bool:
     return True
 
 
-def _listing(folder: Path) -> str:
-    """The names in a folder, one per line ("" if it does not exist): searched with one regex per kind of
-    file, so listing 100,000 images at start-up costs no Python loop."""
+def _names(folder: Path) -> list[str]:
+    """The names in a folder (none if it does not exist)."""
     try:
-        return "\n".join(os.listdir(folder))
+        return os.listdir(folder)
     except FileNotFoundError:
-        return ""
+        return []
 
 
-def _ids_in(folder: Path, suffix: str, listing: str | None = None) -> set[str]:
-    """The ids of the `<id><suffix>` entries in a folder (or in its `_listing`)."""
-    names = _listing(folder) if listing is None else listing
-    return set(_NAMED[suffix].findall(names))
+def _ids_in(folder: Path, suffix: str, names: list[str] | None = None) -> set[str]:
+    """The ids of the `<id><suffix>` entries in a folder (or in `names`, a listing of it already taken)."""
+    cut = len(suffix)
+    return {name[:-cut] for name in (_names(folder) if names is None else names)
+            if name.endswith(suffix) and _ID.fullmatch(name, 0, len(name) - cut)}
 
 
 def _header_problem(path: Path) -> str | None:
@@ -244,8 +241,8 @@ class Bucket:
     def _scan(self) -> tuple[set[str], set[str]]:
         """One listing of the folder: the ids of its images and of its sidecars."""
         self.scans += 1
-        listing = _listing(self.directory)
-        return _ids_in(self.directory, IMAGE_SUFFIX, listing), _ids_in(self.directory, META_SUFFIX, listing)
+        names = os.listdir(self.directory)
+        return _ids_in(self.directory, IMAGE_SUFFIX, names), _ids_in(self.directory, META_SUFFIX, names)
 
     def _install(self, ids: list[str], stamp: int | None) -> None:
         """Replace the index with a listing taken when the folder's mtime was `stamp` (lock held)."""
@@ -525,10 +522,11 @@ class Bucket:
         image are removed, once `stale_after` seconds old: other worker processes may be in the middle
         of a claim or a publish right now (a sidecar is placed before its image). Work files in `.tmp/`
         are removed whatever their age: they are never visible, and the worst this does to a publish
-        running in another process is make it fail and be retried. Nothing is read or framed here: that
-        would keep the server from listening for minutes with thousands of images, so `check_and_frame`
-        does it in the background (and a claim frames a unique it finds unframed). A file that cannot be
-        removed (a read-only folder) is logged and left: never fatal.
+        running in another process is make it fail and be retried. Nothing is read or framed here, and
+        orphan framed copies are left: that would keep the server from listening for minutes with
+        thousands of images, so `check_and_frame` does it in the background (and a claim frames a unique
+        it finds unframed). A file that cannot be removed (a read-only folder) is logged and left: never
+        fatal.
         """
         released = self.release_stale_claims(stale_after)
         temp_removed = sum(self._tidy(self._tmp / name) for name in os.listdir(self._tmp))
@@ -536,17 +534,29 @@ class Bucket:
             stamp = os.stat(self.directory).st_mtime_ns
             images, sidecars = self._scan()
             self._install(list(images), stamp)
-        owned = images | _ids_in(self._claimed, IMAGE_SUFFIX)
-        framed = _ids_in(self._framed, IMAGE_SUFFIX) if self.prepare is not None else set()
-        leftovers = [*(self._meta_path(image_id) for image_id in sidecars - owned),
-                     *(self._framed_path(image_id) for image_id in framed - owned)]
-        orphans_removed = 0
-        for path in leftovers:  # few: checked again one by one, other processes may have moved on
+        orphans = sidecars - images - _ids_in(self._claimed, IMAGE_SUFFIX)
+        orphans_removed = self._remove_orphans([self._meta_path(image_id) for image_id in orphans], stale_after)
+        return Recovery(released, temp_removed, orphans_removed)
+
+    def _remove_orphans(self, paths: list[Path], stale_after: float) -> int:
+        """Remove sidecars or framed copies whose image is gone, once `stale_after` seconds old. Few: each is
+        checked again, as other processes may have moved on since the listing."""
+        removed = 0
+        for path in paths:
             image_id = path.name.rsplit(".", 1)[0]
             if not (self._image_path(image_id).exists() or self._claimed_path(image_id).exists()) \
                     and _is_stale(path, stale_after):
-                orphans_removed += self._tidy(path)
-        return Recovery(released, temp_removed, orphans_removed)
+                removed += self._tidy(path)
+        return removed
+
+    def remove_orphan_copies(self, stale_after: float = CLAIM_TIMEOUT) -> int:
+        """Remove framed copies whose image is gone (a crash between the two removals), as `recover` does
+        sidecars; done in the background, as the framed copies are not needed to serve. How many."""
+        if self.prepare is None:
+            return 0
+        owned = self._scan()[0] | _ids_in(self._claimed, IMAGE_SUFFIX)
+        orphans = _ids_in(self._framed, IMAGE_SUFFIX) - owned
+        return self._remove_orphans([self._framed_path(image_id) for image_id in orphans], stale_after)
 
     def _tidy(self, path: Path) -> bool:
         """Remove a leftover file; False if it was gone or cannot be removed (logged)."""
@@ -613,7 +623,11 @@ class Bucket:
 async def check_and_frame(bucket: Bucket, batch: int = 500) -> None:
     """What start-up leaves to the background (the generator's process does it while visitors are served):
     every image checked cheaply, so broken ones are set aside before a visitor meets them, then the framed
-    copies found missing made. Worker threads, a batch at a time; cancelling stops it between two."""
+    copies found missing made, and framed copies whose image is gone removed. Worker threads, a batch at
+    a time; cancelling stops it between two."""
+    orphans = await asyncio.to_thread(bucket.remove_orphan_copies)
+    if orphans:
+        log.info("removed %d framed copies without their image from the %s bucket", orphans, bucket.name)
     ids = bucket.ids()
     unframed = []
     for start in range(0, len(ids), batch):

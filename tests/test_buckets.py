@@ -199,11 +199,12 @@ def test_recover_repairs_what_a_crash_left(tmp_path: Path) -> None:
         "fresh claims and sidecars may belong to a claim or publish running in another process"
 
     restarted = Bucket("unique", tmp_path, prepare=frame, recheck_every=3600)
-    assert restarted.recover(stale_after=0) == Recovery(released=1, orphans_removed=2)
+    assert restarted.recover(stale_after=0) == Recovery(released=1, orphans_removed=1)
     assert restarted.scans == 1, "the listing recovery took is the index: no second scan"
     assert sorted(restarted.ids()) == sorted([unsent.id, kept.id])
     assert restarted.scans == 1
     assert restarted.inspect(restarted.ids()) == [kept.id]
+    assert restarted.remove_orphan_copies(stale_after=0) == 1, "the framed copy without its image"
     asyncio.run(check_and_frame(restarted))
     assert names(tmp_path) == {f"{i}.{ext}" for i in (unsent.id, kept.id) for ext in ("webp", "json")}
     assert names(tmp_path / ".framed") == {f"{unsent.id}.webp", f"{kept.id}.webp"}
