@@ -34,7 +34,7 @@ TABLES = {
                        "| batch_size | concurrency | images | billed s | SD busy s | busy share | billed s/image |",
                        ["| 1 | 1 | 20 |", "| 2 | 2 | 20 |"]),
     "startup": ("Start-up: spawn to the first GET /avatar answered",
-                "| buckets | images | median s | max s | all framed after s |",
+                "| buckets | images | median s | max s | server CPU s by then | all framed after s |",
                 ["| empty buckets | 0 |", "| 1,000 images, uniques framed |", "| 50 uniques without framed copies |"]),
     "fault_matrix": ("Fault matrix: one fault per run, SIGKILL in each run state",
                      "| fault | run outcome | machine at end | billed s after the end | images lost |",
