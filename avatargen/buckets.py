@@ -212,7 +212,7 @@ class Bucket:
         self._claimed = self.directory / ".claimed"
         self._framed = self.directory / ".framed"
         self._rejected = self.directory / ".rejected"
-        for folder in (self._tmp, self._claimed, self._rejected, *([self._framed] if prepare else [])):
+        for folder in self.folders:
             folder.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._index = _Index([])
@@ -223,6 +223,11 @@ class Bucket:
 
     def __repr__(self) -> str:
         return f"Bucket({self.name!r}, {str(self.directory)!r})"
+
+    @property
+    def folders(self) -> tuple[Path, ...]:
+        """Every folder the bucket writes to (start-up proves each one writable before the server listens)."""
+        return (self.directory, self._tmp, self._claimed, self._rejected, *([self._framed] if self.prepare else []))
 
     # --- the in-memory index -------------------------------------------------------------------------
 
@@ -365,7 +370,7 @@ class Bucket:
         for image_id in heapq.nlargest(max(0, n), self.ids()):
             path = self._image_path(image_id)
             try:
-                metadata = self.metadata(image_id)
+                metadata = self.metadata(image_id)  # ValueError for one that is not a JSON object: skipped
                 created = metadata.get("created_at")
                 created_at = (datetime.fromisoformat(created) if isinstance(created, str)
                               else datetime.fromtimestamp(path.stat().st_mtime, UTC))

@@ -1,25 +1,26 @@
-"""Fault matrix: every fault the simulated GPU can inject, one per run, storage faults, and SIGKILL of the server
-in each run state.
+"""Fault matrix: every fault the simulated GPU can inject, one per run, and SIGKILL of the server in each run state,
+for each provider's API (Paperspace, RunPod); and storage faults, with the first API.
 
 The simulated GPU runs as a process of its own (a machine outlives any avatargen process), and every row
 gets a fresh `avatargen serve` process and data folder. A row is a manual refill of the unique bucket:
 - with one fault of `avatargen.simulator.FAULTS` switched on, until the run is over; or
 - with a storage fault (`STORAGE_FAULTS`) from before the run until after it: another process holding
-  the cost ledger locked; the disk under data_dir full; the unique bucket on a read-only filesystem;
-  truncated images in both buckets (images and framed copies). Visitors may claim uniques in these rows,
-  so the unique path meets the fault too; or
+  the cost ledger locked; the disk under data_dir full; the unique bucket's filesystem read-only;
+  truncated images in both buckets (images and framed copies, there before the server starts). Visitors
+  may claim uniques in these rows, so the unique path meets the fault too; or
 - with no fault, the server SIGKILLed once the run is booting (machine starting), generating (images
   stored) or shutting_down, then started again: its start-up check must stop the orphaned machine.
 Meanwhile a background loop GETs /avatar, each request from a visitor address of its own (from the
 killed server's twin, a visitor-only process on the same folders, in the SIGKILL rows), and records every
 answer that is not a whole image with a 200.
 
-Every row must hold: the machine is off at the end; no billed seconds after the stop confirmation (the
-simulator's count at the end and a few poll periods later); no image lost (announced as stored, neither in
-the bucket nor served to a visitor) or half-written (a visible .webp without its sidecar, or one that does
-not decode); visitors answered throughout. The script exits with status 1 if a row does not hold.
+Every row must hold: the machine is off (or terminated, billed no more) at the end; no billed seconds after
+the stop confirmation (the simulator's count at the end and a few poll periods later); no image lost
+(announced as stored, neither in the bucket nor served to a visitor) or half-written (a visible .webp
+without its sidecar, or one that does not decode); visitors answered throughout. The script exits with
+status 1 if a row does not hold.
 
-    python -m benchmarks.fault_matrix [--quick] [--jobs N]
+    python -m benchmarks.fault_matrix [--quick] [--jobs N] [--api paperspace|runpod ...] [--storage]
 """
 
 from __future__ import annotations
@@ -36,21 +37,20 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 import httpx
 from PIL import Image
 
+from avatargen.api import NewImage, ServerEvent, StateChange
 from avatargen.buckets import open_buckets
 from avatargen.config import load_settings
 from avatargen.durations import parse_duration
 from avatargen.imaging import ImageError, check_webp
-from avatargen.simulator.faults import FAULTS
+from avatargen.simulator.faults import faults_for
+from avatargen.testing import Service, Simulator
 from benchmarks.harness import (
     Admin,
     EventTest,
-    Service,
-    Simulator,
     avatargen_server,
     parse_args,
     publish,
@@ -64,8 +64,10 @@ from benchmarks.report import print_machine, print_table
 from benchmarks.storage_faults import SqliteLock, fill, read_only, tmpfs
 
 KILL_STATES = ("booting", "generating", "shutting_down")
+APIS = ("paperspace", "runpod")  # rows of the first are named by their fault alone, the others' say the API
 STORAGE_FAULTS = ("locked ledger", "full disk", "read-only unique bucket", "corrupt images")
 UNIQUES_BEFORE = 3  # uniques in the bucket before a storage-fault row's run, for visitors to claim
+VISITOR_UNIQUES = 1000  # the visitors' unique allowance in the storage-fault rows
 DATA_DISK = "64m"  # the tmpfs under data_dir in the full-disk row
 POLL_EVERY = "50ms"
 BOOT_DELAY, STOP_DELAY = "500ms", "300ms"
@@ -136,7 +138,7 @@ class Row:
 
     def check(self) -> None:
         """Record what does not hold."""
-        if self.machine != "off":
+        if self.machine not in ("off", "terminated"):
             self.problems.append(f"the machine is {self.machine}")
         if self.billed_after is None or self.billed_after > 0.0005:
             self.problems.append(f"billed after the stop: {self.billed_after}")
@@ -156,23 +158,24 @@ def _dash(value: int | None) -> str:
     return "-" if value is None else str(value)
 
 
-def follow_run(admin: Admin, until: EventTest) -> tuple[set[str], dict[str, Any]]:
+def follow_run(admin: Admin, until: EventTest) -> tuple[set[str], ServerEvent]:
     """Read events until `until` matches: the unique images announced as stored so far, and that event."""
     announced: set[str] = set()
-    for kind, data in admin.events(ROW_TIMEOUT):
-        if kind == "image" and data.get("bucket") == "unique":
-            announced.add(data["id"])
-        if until(kind, data):
-            return announced, data
-    raise RuntimeError("the event stream ended before the run did: the server went away")
+
+    def watch(event: ServerEvent) -> bool:
+        if isinstance(event, NewImage) and event.image.bucket == "unique":
+            announced.add(event.image.id)
+        return until(event)
+
+    return announced, admin.wait_event(watch, ROW_TIMEOUT)
 
 
 def after_images(count: int) -> EventTest:
     """Matches the `count`-th image event (a fresh test per use: it counts)."""
     seen = [0]
 
-    def test(kind: str, data: dict[str, Any]) -> bool:
-        seen[0] += kind == "image"
+    def test(event: ServerEvent) -> bool:
+        seen[0] += isinstance(event, NewImage)
         return seen[0] >= count
 
     return test
@@ -181,8 +184,8 @@ def after_images(count: int) -> EventTest:
 def kill_point(state: str, run_id: str) -> EventTest:
     """The moment to SIGKILL the server: its machine billing while booting, images stored, or stopping."""
     if state == "booting":
-        return lambda kind, data: kind == "state" and (data.get("run") or {}).get("id") == run_id and \
-            data.get("machine_state") == "starting"
+        return lambda event: isinstance(event, StateChange) and event.run is not None and event.run.id == run_id \
+            and event.machine_state == "starting"
     if state == "generating":
         return after_images(2)
     return run_in_state(run_id, "shutting_down")
@@ -220,20 +223,20 @@ class Matrix:
         self.run_images = run_images
         self.poll_every = parse_duration(POLL_EVERY)
 
-    def row(self, name: str, faults: list[str], body: Callable[[Row, Path, Simulator], None], *,
+    def row(self, api: str, name: str, faults: list[str], body: Callable[[Row, Path, Simulator], None], *,
             uniques: int = 0, disk: Callable[[Path], contextlib.AbstractContextManager[object]] | None = None) -> Row:
-        """Run one row; an error in it fails the row, and the matrix goes on.
+        """Run one row; an error in it fails the row, and the matrix goes on. Rows of RunPod's API say so.
 
         `uniques`: the visitors' unique allowance (0: fallbacks only). `disk`: what the row's data folder is
         mounted on, from before anything is written there until the row is over.
         """
-        row = Row(name)
-        directory = self.work / name.replace(" ", "_")
+        row = Row(name if api == APIS[0] else f"{name} ({api})")
+        directory = self.work / f"{api}_{name.replace(' ', '_')}"
         directory.mkdir()
         simulator = Simulator(directory / "simulator.log", boot_delay=BOOT_DELAY, stop_delay=STOP_DELAY,
-                              sd_boot_delay="100ms", step_time="2ms", faults=faults)
+                              sd_boot_delay="100ms", step_time="2ms", faults=faults, api=api)
         try:
-            with simulator, (disk or _nothing)(directory / "data"):
+            with simulator, (disk or _as_it_is)(directory / "data"):
                 config = write_config(directory, simulator.provider_config(), {
                     "serving": {"unique_burst": uniques, "fallback_retire_every": "24h"},
                     "buckets": {"unique": {"max": self.run_images + (UNIQUES_BEFORE if uniques else 0)},
@@ -246,7 +249,7 @@ class Matrix:
             row.check()
         except Exception as exc:  # the row fails, the matrix goes on
             row.problems.append(f"{type(exc).__name__}: {exc}")
-        print(f"{name}: {row.outcome}; {'holds' if not row.problems else 'DOES NOT HOLD'}", file=sys.stderr,
+        print(f"{row.name}: {row.outcome}; {'holds' if not row.problems else 'DOES NOT HOLD'}", file=sys.stderr,
               flush=True)
         return row
 
@@ -263,20 +266,20 @@ class Matrix:
             admin = Admin(server.url)
             admin.wait_generator_started()
             with (during or contextlib.nullcontext)(), Visitors(server.url) as row.visitors:
-                run_id = admin.refill(["unique"])["id"]
+                run_id = admin.refill(["unique"]).id
                 announced, event = follow_run(admin, run_ended(run_id))
             settle(row, simulator, self.poll_every)
-        last_run = event["last_run"]
-        error = last_run.get("error") or ""
-        row.outcome = (f"{last_run['outcome']} ({last_run['done']} stored, {last_run['failed']} failed)"
+        assert isinstance(event, StateChange) and event.last_run is not None
+        last_run = event.last_run
+        error = last_run.error or ""
+        row.outcome = (f"{last_run.outcome} ({last_run.run.done} stored, {last_run.run.failed} failed)"
                        + (f": {error[:ERROR_QUOTE]}{'...' if len(error) > ERROR_QUOTE else ''}" if error else ""))
-        row.lost, row.broken = bucket_damage(load_settings(config).buckets.unique.dir, announced,
-                                             row.visitors.uniques)
+        row.lost, row.broken = bucket_damage(load_settings(config).buckets.unique.dir, announced, row.visitors.uniques)
 
-    def fault(self, fault: str) -> Row:
-        return self.row(fault, [fault], self.refill)
+    def fault(self, api: str, fault: str) -> Row:
+        return self.row(api, fault, [fault], self.refill)
 
-    def storage(self, fault: str) -> Row:
+    def storage(self, api: str, fault: str) -> Row:
         """A storage fault from before the run until after it; visitors may claim the uniques already there."""
         def body(row: Row, config: Path, simulator: Simulator) -> None:
             settings = load_settings(config)
@@ -287,8 +290,8 @@ class Matrix:
                 during = partial(SqliteLock, settings.server.data_dir / "ledger.sqlite3")
             elif fault == "full disk":
                 during = partial(_filled, settings.server.data_dir)
-            elif fault == "read-only unique bucket":
-                read_only(unique.directory)
+            elif fault == "read-only unique bucket":  # once the server is up: it refuses to start on one
+                during = partial(_read_only, unique.directory)
             else:  # corrupt images: an image and a framed copy of the uniques, and a fallback, cut short
                 _cut_short(unique.directory / f"{ids[0]}.webp", unique.directory / ".framed" / f"{ids[0]}.webp",
                            unique.directory / ".framed" / f"{ids[1]}.webp",
@@ -297,9 +300,9 @@ class Matrix:
 
         disks: dict[str, Callable[[Path], contextlib.AbstractContextManager[object]]] = {
             "full disk": partial(tmpfs, size=DATA_DISK), "read-only unique bucket": _unique_on_tmpfs}
-        return self.row(fault, [], body, uniques=1000, disk=disks.get(fault))
+        return self.row(api, fault, [], body, uniques=VISITOR_UNIQUES, disk=disks.get(fault))
 
-    def kill(self, state: str) -> Row:
+    def kill(self, api: str, state: str) -> Row:
         def body(row: Row, config: Path, simulator: Simulator) -> None:
             server = self._server(config, "server.log", simulator).start()
             try:
@@ -307,7 +310,7 @@ class Matrix:
                 admin.wait_generator_started()
                 # A visitor-only twin on the same folders: it answers visitors while the generator dies.
                 with self._server(config, "twin.log", simulator) as twin, Visitors(twin.url) as row.visitors:
-                    run_id = admin.refill(["unique"])["id"]
+                    run_id = admin.refill(["unique"]).id
                     announced, _ = follow_run(admin, kill_point(state, run_id))
                     server.kill()
                     left = simulator.machine()["state"]
@@ -322,19 +325,29 @@ class Matrix:
             row.lost, row.broken = bucket_damage(load_settings(config).buckets.unique.dir, announced,
                                                  row.visitors.uniques if row.visitors else set())
 
-        return self.row(f"SIGKILL while {state}", [], body)
+        return self.row(api, f"SIGKILL while {state}", [], body)
 
 
 @contextlib.contextmanager
-def _nothing(folder: Path) -> Iterator[Path]:
+def _as_it_is(folder: Path) -> Iterator[Path]:
     yield folder
 
 
 @contextlib.contextmanager
 def _unique_on_tmpfs(data: Path) -> Iterator[Path]:
-    """The unique bucket's folder on a tmpfs of its own (then remounted read-only by the row)."""
+    """The unique bucket's folder on a tmpfs of its own, which the row can make read-only."""
     with tmpfs(data / "unique"):
         yield data
+
+
+@contextlib.contextmanager
+def _read_only(folder: Path) -> Iterator[Path]:
+    """The tmpfs on `folder` read-only until the end of the block."""
+    read_only(folder)
+    try:
+        yield folder
+    finally:
+        read_only(folder, on=False)
 
 
 @contextlib.contextmanager
@@ -355,6 +368,10 @@ def _cut_short(*paths: Path) -> None:
 def options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jobs", type=int, default=4, help="rows run at the same time (default 4); each row has "
                         "its own simulated GPU, server and folders")
+    parser.add_argument("--api", action="append", choices=APIS,
+                        help="run the simulator-fault and SIGKILL rows of these provider APIs (default: both)")
+    parser.add_argument("--storage", action="store_true",
+                        help="run the storage-fault rows (with the first provider API); with neither option: every row")
 
 
 def main() -> int:
@@ -363,9 +380,12 @@ def main() -> int:
     print_machine()
     with scratch() as work, ThreadPoolExecutor(args.jobs) as pool:
         matrix = Matrix(work, run_images)
-        futures = [*(pool.submit(matrix.fault, fault) for fault in FAULTS),
-                   *(pool.submit(matrix.storage, fault) for fault in STORAGE_FAULTS),
-                   *(pool.submit(matrix.kill, state) for state in KILL_STATES)]
+        everything = not args.api and not args.storage
+        futures = [future for api in (APIS if everything else args.api or ()) for future in (
+            *(pool.submit(matrix.fault, api, fault) for fault in faults_for(api)),
+            *(pool.submit(matrix.kill, api, state) for state in KILL_STATES))]
+        if everything or args.storage:
+            futures += [pool.submit(matrix.storage, APIS[0], fault) for fault in STORAGE_FAULTS]
         rows = [future.result() for future in futures]
     print_table("Fault matrix: one fault per run, SIGKILL in each run state", [
         "fault", "run outcome", "machine at end", "billed s after the end", "images lost", "images half-written",

@@ -13,7 +13,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from avatargen.buckets import check_and_frame, open_buckets
@@ -23,9 +23,10 @@ from avatargen.generator import Generator
 from avatargen.gpu import make_provider
 from avatargen.ledger import CostLedger
 from avatargen.lock import GeneratorLock
-from avatargen.simulator.runner import SimulatedGpu
-from server.admin import admin_routes
+from avatargen.redact import RedactingFilter
+from server.admin import admin_api
 from server.admin_token import resolve_admin_token
+from server.errors import http_error
 from server.services import Services
 from server.visitor import VisitorService
 
@@ -39,14 +40,6 @@ async def healthz(request: Request) -> Response:
         body.update(generator=state.engine.state if state.engine else "elsewhere",
                     buckets={name: bucket.count() for name, bucket in state.buckets.items()})
     return JSONResponse(body)
-
-
-async def http_error(request: Request, exc: Exception) -> Response:
-    """JSON errors on the admin API (its clients parse them), plain text elsewhere."""
-    assert isinstance(exc, HTTPException)
-    if request.url.path.startswith("/admin/"):
-        return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
-    return PlainTextResponse(exc.detail, status_code=exc.status_code, headers=exc.headers)
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -64,6 +57,7 @@ def create_app(settings: Settings) -> Starlette:
                     log.info("bucket %s recovered at start-up: %s", bucket.name, recovery.summary())
             events = EventHub()
             handler = EventLogHandler(events, asyncio.get_running_loop())
+            handler.addFilter(RedactingFilter())  # the owner's live log hides URL credentials as the file does
             product_log = logging.getLogger("avatargen")
             if product_log.getEffectiveLevel() > logging.INFO:
                 product_log.setLevel(logging.INFO)  # the owner's live log shows what the generator does
@@ -82,13 +76,18 @@ def create_app(settings: Settings) -> Starlette:
             lock = GeneratorLock(settings.server.data_dir)
             if lock.acquire():
                 stack.callback(lock.release)
-                simulated = None
                 if settings.gpu.provider == "simulated":
-                    simulated = await stack.enter_async_context(SimulatedGpu(settings.gpu.simulated))
-                    log.info("simulated GPU: Paperspace API at %s, SD web UI at %s", simulated.paperspace_url,
+                    from avatargen.simulator import SimulatedGpu  # demo mode only: production never loads it
+
+                    # The simulated machine costs what the owner configured, whichever API says so.
+                    simulated = await stack.enter_async_context(
+                        SimulatedGpu(settings.gpu.simulated, hourly_price=settings.gpu.hourly_cost))
+                    log.info("simulated GPU: %s API at %s, SD web UI at %s", simulated.api, simulated.api_url,
                              simulated.sd_url)
-                engine = Generator(settings, buckets, make_provider(settings, simulated=simulated), ledger,
-                                      events)
+                    provider = simulated.provider(settings.gpu)
+                else:
+                    provider = make_provider(settings)
+                engine = Generator(settings, buckets, provider, ledger, events)
                 services.engine = engine
                 await engine.start()
                 stack.push_async_callback(engine.close)
@@ -111,7 +110,7 @@ def create_app(settings: Settings) -> Starlette:
             yield
 
     # The visitor routes come first: Starlette tries routes in order, and /avatar is the hot path.
-    routes = [*visitor.routes(), Route("/healthz", healthz, methods=["GET"]), *admin_routes()]
+    routes = [*visitor.routes(), Route("/healthz", healthz, methods=["GET"]), admin_api()]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
     app.state.visitor = visitor  # its status() says what visitors were spared (for the admin API)
     return app

@@ -9,15 +9,23 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from avatargen import prompts, review
+from avatargen.api import AdminClient, AdminError, ProtocolError, Run, TokenError, Unreachable, find_token, server_url
+from avatargen.cli_options import add_version, count, http_url, setting
 from avatargen.config import BUCKET_NAMES, ConfigError, Settings, find_config, load_settings
-from tui.client import AdminClient, AdminError, Unreachable
-from tui.models import Run
 
-EXIT_CONFIG = 2
+EXIT_CONFIG = 2  # a config or command-line error (argparse's usage errors are 2 as well)
+EXIT_CANNOT_LISTEN = 4  # serve: the port is in use or the address is not this machine's
 
 
 def _load(args: argparse.Namespace) -> Settings:
     return load_settings(find_config(args.config))
+
+
+def bucket_name(text: str) -> str:
+    """A bucket named on the command line (not argparse `choices`: with nargs="*" it rejects naming none)."""
+    if text not in BUCKET_NAMES:
+        raise argparse.ArgumentTypeError(f"no bucket {text!r}; buckets are {', '.join(BUCKET_NAMES)}")
+    return text
 
 
 def cmd_prompts(args: argparse.Namespace) -> int:
@@ -28,35 +36,51 @@ def cmd_prompts(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from server.serve import preflight
+    """Validate the config, then ask the provider's API about the machine as the generator would at start-up."""
+    from avatargen.gpu import MachineError, ask_provider, settings_warnings
+    from server.preflight import preflight
 
     path = find_config(args.config)
     settings = load_settings(path)
     preflight(settings)
+    warnings = settings_warnings(settings)
     if problem := review.missing_extra(settings.review):
-        print(f"avatargen: warning: {problem}", file=sys.stderr)
+        warnings.append(problem)
+    if settings.gpu.provider in ("paperspace", "runpod"):  # preflight made sure the key is there
+        try:
+            warnings += asyncio.run(ask_provider(settings))
+        except MachineError as exc:
+            warnings.append(f"could not ask the {settings.gpu.provider} API about the machine: {exc}")
+    for warning in warnings:
+        print(f"avatargen: warning: {warning}", file=sys.stderr)
     where = path if path is not None else "built-in defaults (no config.toml here)"
     print(f"{where}: OK (provider {settings.gpu.provider}, data in {settings.server.data_dir})")
     return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from server.serve import serve
+    from server.serve import CannotListen, serve
 
     settings = _load(args)
-    return serve(settings, host=args.host, port=args.port)
+    try:
+        return serve(settings, host=args.host, port=args.port)
+    except CannotListen as exc:
+        print(f"avatargen: {exc}", file=sys.stderr)
+        return EXIT_CANNOT_LISTEN
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     from avatargen.simulator.runner import serve_simulator
+    from server.preflight import check_simulated
 
-    return serve_simulator(_load(args).gpu.simulated, args.host, args.paperspace_port, args.sd_port)
+    settings = _load(args)
+    check_simulated(settings)
+    return serve_simulator(settings.gpu.simulated, args.host, args.api_port, args.sd_port)
 
 
 def _as_owner(args: argparse.Namespace, action: Callable[[AdminClient], Awaitable[str]]) -> int:
-    """Run one admin API call as the TUI would (same URL and token lookup) and print its answer."""
-    from tui.cli import TokenError, find_token, server_url
-
+    """Run one admin API call through the admin API client (URL and token found as the TUI finds them) and
+    print its answer."""
     settings = _load(args)
     try:
         token = find_token(args.token, settings)
@@ -65,15 +89,12 @@ def _as_owner(args: argparse.Namespace, action: Callable[[AdminClient], Awaitabl
         return 1
 
     async def call() -> str:
-        client = AdminClient(args.url or server_url(settings), token)
-        try:
+        async with AdminClient(args.url or server_url(settings), token) as client:
             return await action(client)
-        finally:
-            await client.aclose()
 
     try:
         print(asyncio.run(call()))
-    except (AdminError, Unreachable) as exc:
+    except (AdminError, Unreachable, ProtocolError) as exc:
         print(f"avatargen: {exc}", file=sys.stderr)
         return 1
     return 0
@@ -86,17 +107,20 @@ def _describe_run(run: Run) -> str:
 
 async def _status(client: AdminClient) -> str:
     status = await client.status()
-    lines = [f"state: {status.state.replace('_', ' ')} (machine {status.machine_state}, {status.provider})"]
+    machine = status.machine_state or "unknown"
+    lines = [f"state: {status.state.replace('_', ' ')} (machine {machine}, {status.provider})"]
     lines += [f"{name}: {level.count} (min {level.min}, max {level.max})" for name, level in status.buckets.items()]
     if status.run is not None:
         lines.append(_describe_run(status.run))
     if status.last_run is not None:
         last = status.last_run
         lines.append(f"last run {last.run.id}: {last.outcome}" + (f" ({last.error})" if last.error else ""))
-    lines.append(f"spent today {status.cost.today:.2f} of {status.cost.daily_budget:.2f}, "
-                 f"this month {status.cost.month:.2f}")
+    cost = status.cost
+    rate = "" if cost.hourly_rate is None else f"; billed at {cost.hourly_rate:.2f} an hour ({cost.rate_source})"
+    lines.append(f"spent today {cost.today:.2f} of {cost.daily_budget:.2f}, this month {cost.month:.2f}{rate}")
     if status.paused_reason:
         lines.append(f"automatic refills paused: {status.paused_reason}")
+    lines += [f"note: {note}" for note in status.machine_notes]
     return "\n".join(lines)
 
 
@@ -120,6 +144,7 @@ def cmd_abort(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="avatargen", description=__doc__)
+    add_version(parser)
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add(name: str, func: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
@@ -131,18 +156,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = add("serve", cmd_serve, "run the visitor server, the admin API and the generator")
     serve.add_argument("--host", default=None, help="listen address (default: server.host)")
-    serve.add_argument("--port", type=int, default=None, help="listen port (default: server.port)")
+    serve.add_argument("--port", type=setting("server.port"), default=None, help="listen port (default: server.port)")
 
     sample = add("prompts", cmd_prompts, "print sample prompts")
-    sample.add_argument("-n", type=int, default=10, help="how many (default 10)")
+    sample.add_argument("-n", type=count, default=10, help="how many (default 10)")
     sample.add_argument("--seed", type=int, default=None, help="random seed, for repeatable output")
 
     add("check-config", cmd_check_config, "validate the configuration and exit")
 
-    simulate = add("simulate", cmd_simulate, "run the simulated Paperspace and SD web UI on loopback")
+    simulate = add("simulate", cmd_simulate,
+                   "run the simulated GPU (the machine API of gpu.simulated.api and the SD web UI) on loopback")
     simulate.add_argument("--host", default="127.0.0.1")
-    simulate.add_argument("--paperspace-port", type=int, default=0)
-    simulate.add_argument("--sd-port", type=int, default=0)
+    simulate.add_argument("--api-port", type=setting("server.port"), default=0, help="default: any free port")
+    simulate.add_argument("--sd-port", type=setting("server.port"), default=0, help="default: any free port")
 
     for name, func, help_text in (
         ("status", cmd_status, "show the running server's state, buckets, runs and spend"),
@@ -150,10 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
         ("abort", cmd_abort, "abort the active run; its machine is stopped"),
     ):
         owner = add(name, func, help_text)
-        owner.add_argument("--url", default=None, help="server URL (default: from the config)")
+        owner.add_argument("--url", type=http_url, default=None, help="server URL (default: from the config)")
         owner.add_argument("--token", default=None, help="admin token (default: env, config, then token file)")
         if name == "refill":
-            owner.add_argument("buckets", nargs="*", choices=BUCKET_NAMES, help="default: all")
+            owner.add_argument("buckets", nargs="*", type=bucket_name, metavar="BUCKET",
+                               help="unique and/or fallback (default: every bucket)")
     return parser
 
 

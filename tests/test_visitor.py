@@ -258,7 +258,7 @@ async def test_a_broken_unique_without_its_framed_copy_is_set_aside_at_start_up(
     async with serving(settings) as (url, app), httpx.AsyncClient(base_url=url) as client:
         assert (await client.get("/healthz")).status_code == 200
         await wait_until(lambda: (folder / ".rejected" / f"{broken}.webp").exists())
-        assert app.state.services.status()["buckets"]["unique"]["rejected"] == 1
+        assert app.state.services.status().buckets["unique"].rejected == 1
         response = await client.get("/avatar", headers=visitor("203.0.113.1"))
         assert (response.status_code, response.headers["x-avatar-id"]) == (200, good)
     assert (folder / ".rejected" / f"{broken}.json").exists(), "the sidecar goes with it, for the owner to look at"
@@ -316,7 +316,7 @@ async def test_broken_files_are_found_after_start_up_before_a_visitor_meets_them
     break_image(unique_dir, ids["unique"][0], framed=True)
     break_image(fallback_dir, ids["fallback"][0])
     async with serving(settings) as (_, app):
-        await wait_until(lambda: app.state.services.status()["buckets"]["fallback"]["rejected"] == 1)
+        await wait_until(lambda: app.state.services.status().buckets["fallback"].rejected == 1)
         await wait_until(lambda: framed_copy.exists() and framed_copy.read_bytes() == whole)
     assert stored(settings, "fallback") == {ids["fallback"][1]}
     assert stored(settings, "unique") == set(ids["unique"])

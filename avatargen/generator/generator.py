@@ -15,6 +15,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from avatargen.api.wire import BucketLevel, Status, encode_event
 from avatargen.buckets import Bucket
 from avatargen.config import PromptSettings, Settings
 from avatargen.events import EventHub
@@ -26,10 +27,10 @@ from avatargen.generator.orphan import OrphanRecovery
 from avatargen.generator.refill import Refill, RunContext
 from avatargen.generator.scheduler import Scheduler
 from avatargen.generator.states import States
-from avatargen.generator.views import bucket_levels, cost_summary, runs_view
+from avatargen.generator.views import bucket_levels, cost_summary, state_change
 from avatargen.gpu.base import Provider
 from avatargen.ledger import CostLedger
-from avatargen.run import Run, State, Trigger, iso
+from avatargen.run import Run, State, Trigger, utc
 
 log = logging.getLogger("avatargen.generator")
 
@@ -53,7 +54,7 @@ class Generator:
         self.machine = Machine(provider, on_change=self._on_machine_state)
         self.scheduler = Scheduler(settings, self.states, self.levels, self.billing.spend, provider.bills,
                                    start_run=lambda due: self.refill(due, trigger="auto"),
-                                   announce=self._announce_state)
+                                   announce=self._announce_state, blocked=lambda: self.machine.cannot_run)
         self._orphan = OrphanRecovery(self.machine, self.states, self.billing)
         self._imaging = ImagingPool(settings.generator, buckets)
         self._context = RunContext(settings, buckets, self.machine, self.states, self.billing, self._imaging, events,
@@ -82,27 +83,36 @@ class Generator:
 
     @property
     def paused_reason(self) -> str | None:
-        return self.scheduler.paused_reason
+        return self.machine.cannot_run or self.scheduler.paused_reason
 
     @property
     def machine_state(self) -> str | None:
         return self.machine.state
 
-    def levels(self) -> dict[str, dict[str, int]]:
+    def levels(self) -> dict[str, BucketLevel]:
         return bucket_levels(self.settings, self.buckets)
 
+    def view(self) -> Status:
+        """What the owner sees: state, runs, buckets, machine and spend."""
+        runs = state_change(self.states, self.machine.state)
+        return Status(
+            state=runs.state,
+            run=runs.run,
+            last_run=runs.last_run,
+            buckets=self.levels(),
+            provider=self.provider.name,
+            machine_state=self.machine.state,
+            machine_notes=tuple(self.machine.notes),
+            cost=cost_summary(self.settings, self.billing.spend(), self.billing.problem, self.provider.hourly_rate()),
+            next_check_at=utc(self.scheduler.next_check_at),
+            paused_reason=self.paused_reason,
+        )
+
     def status(self) -> dict[str, Any]:
-        return {
-            **runs_view(self.states),
-            "buckets": self.levels(),
-            "gpu": {"provider": self.provider.name, "machine_state": self.machine.state},
-            "cost": cost_summary(self.settings, self.billing.spend(), self.billing.problem),
-            "next_check_at": iso(self.scheduler.next_check_at),
-            "paused_reason": self.scheduler.paused_reason,
-        }
+        return self.view().to_json()
 
     def _announce_state(self) -> None:
-        self.events.publish("state", {**runs_view(self.states), "machine_state": self.machine.state})
+        self.events.publish(*encode_event(state_change(self.states, self.machine.state)))
 
     def _on_machine_state(self, state: str) -> None:
         if self.states.run is not None:
@@ -112,10 +122,11 @@ class Generator:
     # --- life cycle ------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Look for a machine a crash left running (stopped in the background before anything else), then
-        check the buckets now and every check_every."""
+        """Look at the machine (can it run at all?) and for a machine a crash left running (stopped in the
+        background before anything else), then check the buckets now and every check_every."""
         await self.billing.load(self.buckets, self.provider.name if self.provider.bills else None)
-        orphaned = await self._orphan.find()
+        await self.machine.check()
+        orphaned = await self._orphan.find() if self.machine.cannot_run is None else False
         self._scheduling = asyncio.create_task(self.scheduler.run(self._orphan.stop if orphaned else None),
                                                name="generator-scheduler")
 
@@ -146,17 +157,19 @@ class Generator:
             raise RunActive("the server is shutting down")
         if self.states.state != "idle":
             raise RunActive(f"a run is already {self.states.state.replace('_', ' ')}")
+        if self.machine.cannot_run is not None:
+            raise NothingToDo(self.machine.cannot_run)
         names = buckets or list(self.buckets)
         unknown = [name for name in names if name not in self.buckets]
         if unknown:
             raise ValueError(f"unknown bucket {unknown[0]!r}; buckets are unique and fallback")
         levels = self.levels()
-        targets = {name: max(0, levels[name]["max"] - levels[name]["count"]) for name in names}
+        targets = {name: max(0, levels[name].max - levels[name].count) for name in names}
         if not any(targets.values()):
             raise NothingToDo(f"{' and '.join(names)} already at max: nothing to generate")
         if trigger == "manual":
             self.scheduler.manual_refill()
-        run = Run(trigger=trigger, targets=targets, hourly_cost=self.settings.gpu.hourly_cost,
+        run = Run(trigger=trigger, targets=targets, hourly_cost=self.provider.hourly_rate().amount,
                   bills=self.provider.bills)
         log.info("%s run %s started: %s", trigger, run.id,
                  ", ".join(f"{n} {name}" for name, n in targets.items()))

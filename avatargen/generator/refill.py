@@ -16,6 +16,7 @@ from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from avatargen.api.wire import BucketLevel, Step, encode_event
 from avatargen.buckets import Bucket
 from avatargen.config import PromptSettings, Settings
 from avatargen.durations import format_duration
@@ -26,9 +27,10 @@ from avatargen.generator.imaging_pool import ImagingPool
 from avatargen.generator.machine import Machine
 from avatargen.generator.states import States
 from avatargen.generator.views import image_event
+from avatargen.gpu.base import MachineUnusable
 from avatargen.prompts import compose
 from avatargen.retry import backoff_delay
-from avatargen.run import Run, Step
+from avatargen.run import Run
 from avatargen.sd import SdClient, SdError, SdNotReady
 
 log = logging.getLogger("avatargen.generator")
@@ -77,7 +79,7 @@ class RunContext:
     imaging: ImagingPool
     events: EventHub
     prompts: Callable[[], PromptSettings]  # the owner may change them between two prompts
-    levels: Callable[[], dict[str, dict[str, int]]]
+    levels: Callable[[], dict[str, BucketLevel]]
     ended: Callable[[Run], None]  # told once the machine is confirmed off, before the generator is idle
 
 
@@ -125,6 +127,8 @@ class Refill:
                     run.error = f"the run exceeded max_run_duration ({limit})"
                 else:
                     run.error = str(cause) or type(cause).__name__
+                    if isinstance(cause, MachineUnusable):  # a pod terminated, say: no run will start again
+                        self._context.machine.found_unusable(cause)
                     if not isinstance(cause, RunFailed | SdError):
                         log.error("run %s failed", run.id, exc_info=cause)
         finally:
@@ -138,7 +142,7 @@ class Refill:
         deadline = loop.time() + gpu.ready_timeout
         if run.bills:
             run.billing_since = time.time()
-            self._context.billing.start(run.id, run.billing_since)
+            self._context.billing.start(run.id, run.billing_since, run.hourly_cost)
         provider = self._context.machine.provider
         await provider.start()
         await provider.wait_ready(max(0.0, deadline - loop.time()), self._context.machine.observe)
@@ -239,11 +243,11 @@ class Refill:
         }
         record = await asyncio.to_thread(self._context.buckets[bucket_name].publish, webp, metadata, prepared=framed)
         self.run.done += 1
-        self._context.events.publish("image", image_event(bucket_name, record, self._context.levels()))
+        self._context.events.publish(*encode_event(image_event(bucket_name, record, self._context.levels())))
         self._publish_progress()
 
     def _publish_progress(self) -> None:
-        self._context.events.publish("progress", self.run.to_dict())
+        self._context.events.publish(*encode_event(self.run.view()))
 
     async def _poll_step(self, sd: SdClient) -> None:
         """The SD job's own step progress, for the live progress bar (failures here are harmless)."""

@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from avatargen.api.wire import BucketLevel
 from avatargen.config import Settings
 from avatargen.generator.states import States
 from avatargen.ledger import Spend
@@ -30,11 +31,12 @@ class Scheduler:
         self,
         settings: Settings,
         states: States,
-        levels: Callable[[], dict[str, dict[str, int]]],
+        levels: Callable[[], dict[str, BucketLevel]],
         spend: Callable[[], Spend],
         bills: bool,
         start_run: Callable[[list[str]], Run],
         announce: Callable[[], None],
+        blocked: Callable[[], str | None] = lambda: None,
     ) -> None:
         self._settings = settings
         self._states = states
@@ -43,6 +45,7 @@ class Scheduler:
         self._bills = bills
         self._start_run = start_run
         self._announce = announce
+        self._blocked = blocked  # why no run may start at all (the machine can never run as configured)
         self._failures = 0
         self._wake = asyncio.Event()
         self.next_check_at: float | None = None
@@ -72,7 +75,10 @@ class Scheduler:
 
     def check(self) -> Run | None:
         """Start an automatic run for the buckets below their min, unless today's budget is spent."""
-        due = [name for name, level in self._levels().items() if level["min"] > 0 and level["count"] < level["min"]]
+        due = [name for name, level in self._levels().items() if level.min > 0 and level.count < level.min]
+        if reason := self._blocked():
+            self.paused_reason = reason
+            return None
         if not due:
             self.paused_reason = None
             return None
