@@ -1,9 +1,11 @@
 """Buckets: folders of generated avatars that several processes publish into, serve from and claim from.
 
 Layout (the contract): `<dir>/<id>.webp` is an image and `<dir>/<id>.json` its metadata; only `*.webp`
-directly in the folder are images. Work files live in `<dir>/.tmp/`, claimed uniques in `<dir>/.claimed/`
-pre-framed copies (made by a bucket's `prepare` hook) in `<dir>/.framed/` and images found broken in
-`<dir>/.rejected/` (set aside with their sidecars for the owner to look at), all on one filesystem so
+directly in the folder are images. Work files live in `<dir>/.tmp/`, claimed uniques in `<dir>/.claimed/`,
+pre-framed copies (made by a bucket's `prepare` hook) in `<dir>/.framed/`, images the safety gate held
+back (with their sidecars) in `<dir>/.review/` until the owner approves or deletes them, images found broken
+in `<dir>/.rejected/` (set aside with their sidecars for the owner to look at), and an empty
+`<dir>/.kept/<id>` marks an image the owner keeps for good (never retired), all on one filesystem so
 that `os.rename` is atomic. The filesystem is the only arbiter between processes: a unique is claimed by
 renaming it away, and whoever's rename fails lost the race. Each Bucket keeps an in-memory index of the
 ids so that counting and random picks never scan 10,000 files per call; it notices other processes'
@@ -23,7 +25,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -31,7 +33,7 @@ from typing import Any
 
 from avatargen.config import Settings
 from avatargen.files import sync_folder, write_atomically
-from avatargen.imaging import ImageError, check_webp, frame_unique, sniff_format
+from avatargen.imaging import ImageError, check_webp, check_webp_header, frame_unique, sniff_format
 from avatargen.timestamps import utc_iso
 
 log = logging.getLogger("avatargen.buckets")
@@ -39,9 +41,6 @@ log = logging.getLogger("avatargen.buckets")
 IMAGE_SUFFIX = ".webp"
 META_SUFFIX = ".json"
 _ID = re.compile(r"[A-Za-z0-9_-]{1,100}")  # used with fullmatch: `$` would also accept a trailing newline
-# The ids of the files of one kind in a listing of a folder, one name per line.
-_NAMED = {suffix: re.compile(rf"^({_ID.pattern}){re.escape(suffix)}$", re.MULTILINE)
-          for suffix in (IMAGE_SUFFIX, META_SUFFIX)}
 # How much of a rejected id an error message quotes: ids come from URLs, and a 60 kB one must not be echoed.
 _QUOTED_ID = 40
 # A directory mtime this close to the moment it was read may still change within the same clock tick
@@ -103,21 +102,21 @@ class ImageRecord:
     path: Path | None
     metadata: dict[str, Any]
     created_at: datetime
+    kept: bool = False  # the owner keeps it for good: never retired
+    held: bool = False  # held back by the safety gate, waiting in the review folder: never served
 
 
 @dataclass(frozen=True)
 class Recovery:
-    """What start-up recovery did to a bucket, and the images it found lacking their framed copy."""
+    """What start-up recovery did to a bucket."""
 
     released: int = 0  # claimed uniques never sent, put back
     temp_removed: int = 0  # work files left in .tmp/
     orphans_removed: int = 0  # sidecars and framed copies whose image is gone
-    unframed: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, int]:
         """The counts, for the log (empty when there was nothing to do)."""
-        counts = {"released": self.released, "temp_removed": self.temp_removed,
-                  "orphans_removed": self.orphans_removed, "unframed": len(self.unframed)}
+        counts = {"released": self.released, "temp_removed": self.temp_removed, "orphans_removed": self.orphans_removed}
         return {name: count for name, count in counts.items() if count}
 
 
@@ -169,19 +168,38 @@ def _unlink(path: Path) -> bool:
     return True
 
 
-def _listing(folder: Path) -> str:
-    """The names in a folder, one per line ("" if it does not exist): searched with one regex per kind of
-    file, so listing 100,000 images at start-up costs no Python loop."""
+def _created_at(metadata: dict[str, Any], path: Path) -> datetime:
+    """When an image was made: its sidecar's `created_at`, else its file's mtime."""
+    created = metadata.get("created_at")
+    return datetime.fromisoformat(created) if isinstance(created, str) else datetime.fromtimestamp(
+        path.stat().st_mtime, UTC)
+
+
+def _names(folder: Path) -> list[str]:
+    """The names in a folder (none if it does not exist)."""
     try:
-        return "\n".join(os.listdir(folder))
+        return os.listdir(folder)
     except FileNotFoundError:
-        return ""
+        return []
 
 
-def _ids_in(folder: Path, suffix: str, listing: str | None = None) -> set[str]:
-    """The ids of the `<id><suffix>` entries in a folder (or in its `_listing`)."""
-    names = _listing(folder) if listing is None else listing
-    return set(_NAMED[suffix].findall(names))
+def _ids_in(folder: Path, suffix: str, names: list[str] | None = None) -> set[str]:
+    """The ids of the `<id><suffix>` entries in a folder (or in `names`, a listing of it already taken)."""
+    cut = len(suffix)
+    return {name[:-cut] for name in (_names(folder) if names is None else names)
+            if name.endswith(suffix) and _ID.fullmatch(name, 0, len(name) - cut)}
+
+
+def _header_problem(path: Path) -> str | None:
+    """What is wrong with an image file, judged by its first 12 bytes against its size; None if nothing."""
+    with path.open("rb") as image:
+        head = image.read(12)
+        size = os.fstat(image.fileno()).st_size
+    try:
+        check_webp_header(head, size)
+    except ImageError as exc:
+        return str(exc)
+    return None
 
 
 def _move(source: Path, target: Path) -> bool:
@@ -222,6 +240,8 @@ class Bucket:
         self._tmp = self.directory / ".tmp"
         self._claimed = self.directory / ".claimed"
         self._framed = self.directory / ".framed"
+        self._review = self.directory / ".review"
+        self._kept = self.directory / ".kept"
         self._rejected = self.directory / ".rejected"
         for folder in self.folders:
             folder.mkdir(parents=True, exist_ok=True)
@@ -238,7 +258,8 @@ class Bucket:
     @property
     def folders(self) -> tuple[Path, ...]:
         """Every folder the bucket writes to (start-up proves each one writable before the server listens)."""
-        return (self.directory, self._tmp, self._claimed, self._rejected, *([self._framed] if self.prepare else []))
+        return (self.directory, self._tmp, self._claimed, self._review, self._kept, self._rejected,
+                *([self._framed] if self.prepare else []))
 
     # --- the in-memory index -------------------------------------------------------------------------
 
@@ -254,11 +275,20 @@ class Bucket:
     def _claimed_path(self, image_id: str) -> Path:
         return self._claimed / f"{image_id}{IMAGE_SUFFIX}"
 
+    def _held_path(self, image_id: str) -> Path:
+        return self._review / f"{image_id}{IMAGE_SUFFIX}"
+
+    def _held_meta_path(self, image_id: str) -> Path:
+        return self._review / f"{image_id}{META_SUFFIX}"
+
+    def _kept_path(self, image_id: str) -> Path:
+        return self._kept / image_id
+
     def _scan(self) -> tuple[set[str], set[str]]:
         """One listing of the folder: the ids of its images and of its sidecars."""
         self.scans += 1
-        listing = _listing(self.directory)
-        return _ids_in(self.directory, IMAGE_SUFFIX, listing), _ids_in(self.directory, META_SUFFIX, listing)
+        names = os.listdir(self.directory)
+        return _ids_in(self.directory, IMAGE_SUFFIX, names), _ids_in(self.directory, META_SUFFIX, names)
 
     def _install(self, ids: list[str], stamp: int | None) -> None:
         """Replace the index with a listing taken when the folder's mtime was `stamp` (lock held)."""
@@ -377,19 +407,16 @@ class Bucket:
 
     def newest(self, n: int) -> list[ImageRecord]:
         """The `n` newest images, newest first (ids sort by creation time); ones gone meanwhile are skipped."""
+        kept = set(os.listdir(self._kept))
         records = []
         for image_id in heapq.nlargest(max(0, n), self.ids()):
             path = self._image_path(image_id)
             try:
-                metadata = self.metadata(image_id)
-                if not isinstance(metadata, dict):
-                    continue  # valid JSON, but not a sidecar: skipped like an unreadable one
-                created = metadata.get("created_at")
-                created_at = (datetime.fromisoformat(created) if isinstance(created, str)
-                              else datetime.fromtimestamp(path.stat().st_mtime, UTC))
+                metadata = self.metadata(image_id)  # ValueError for one that is not a JSON object: skipped
+                created_at = _created_at(metadata, path)
             except (ImageNotFound, FileNotFoundError, ValueError):
                 continue
-            records.append(ImageRecord(image_id, self.name, path, metadata, created_at))
+            records.append(ImageRecord(image_id, self.name, path, metadata, created_at, kept=image_id in kept))
         return records
 
     # --- writing -------------------------------------------------------------------------------------
@@ -402,14 +429,38 @@ class Bucket:
         and renamed into place, in that order: a visible image always has its metadata, and a claimer
         always finds its framed copy. `created_at` (ISO 8601 UTC) is added when missing. `prepared` is
         the framed copy when the caller already made it (the generator does, off the server's process).
-        `image_id` keeps an image's id (a migration moves images without renaming them).
+        `image_id` keeps the id an image already has (one moved from another bucket, or migrated).
         """
-        image_id, metadata, created_at = stamped(self.name, image, metadata, image_id)
-        sidecar = json.dumps(metadata, ensure_ascii=False, indent=1).encode()
+        image_id, metadata, created_at, sidecar = self._prepare_files(image, metadata, image_id)
         files = [(sidecar, self._meta_path(image_id))]
         if self.prepare is not None:
             files.append((self.prepare(image) if prepared is None else prepared, self._framed_path(image_id)))
         files.append((image, self._image_path(image_id)))
+        self._place_all(files)
+        if self.prepare is not None:
+            sync_folder(self._framed)
+        sync_folder(self.directory)
+        with self._lock:
+            self._index.add(image_id)
+        return ImageRecord(image_id, self.name, self._image_path(image_id), metadata, created_at)
+
+    def hold(self, image: bytes, metadata: dict[str, Any]) -> ImageRecord:
+        """Store an image the safety gate held back in the review folder, as `publish` stores one in the
+        bucket (sidecar first, then the image): out of the bucket, so no visitor and no recovery ever serves
+        it, until the owner approves it. `metadata` says why (`review`)."""
+        image_id, metadata, created_at, sidecar = self._prepare_files(image, metadata, None)
+        self._place_all([(sidecar, self._held_meta_path(image_id)), (image, self._held_path(image_id))])
+        sync_folder(self._review)
+        return ImageRecord(image_id, self.name, self._held_path(image_id), metadata, created_at, held=True)
+
+    def _prepare_files(self, image: bytes, metadata: dict[str, Any],
+                       image_id: str | None) -> tuple[str, dict[str, Any], datetime, bytes]:
+        """The id, metadata (with `created_at`), creation time and sidecar bytes of an image to store."""
+        image_id, metadata, created_at = stamped(self.name, image, metadata, image_id)
+        return image_id, metadata, created_at, json.dumps(metadata, ensure_ascii=False, indent=1).encode()
+
+    def _place_all(self, files: list[tuple[bytes, Path]]) -> None:
+        """Place files in order; if one fails, the ones already placed are removed again."""
         placed: list[Path] = []
         try:
             for data, final in files:
@@ -419,12 +470,6 @@ class Bucket:
             for path in placed:
                 _unlink(path)
             raise
-        if self.prepare is not None:
-            sync_folder(self._framed)
-        sync_folder(self.directory)
-        with self._lock:
-            self._index.add(image_id)
-        return ImageRecord(image_id, self.name, self._image_path(image_id), metadata, created_at)
 
     def _place(self, data: bytes, final: Path) -> None:
         """Write a file by way of `.tmp/`: it appears whole or not at all (the caller fsyncs the folder)."""
@@ -437,14 +482,158 @@ class Bucket:
         except FileNotFoundError:
             return None
 
+    def _remove(self, image: Path, companions: tuple[Path, ...]) -> bool:
+        """Remove an image and the files that go with it, as one step for everyone else: the image is first
+        renamed into `.tmp/` (gone at once for visitors, claimers and listings, in every process; a crash
+        right after leaves only work files and a sidecar without its image, which recovery removes), then
+        the rest is deleted. False, and nothing touched, when the image was not there."""
+        doomed = self._tmp / f"{secrets.token_hex(4)}-removed-{image.name}"
+        try:
+            os.rename(image, doomed)
+        except FileNotFoundError:
+            return False
+        for path in companions:
+            _unlink(path)
+        _unlink(doomed)
+        return True
+
     def delete(self, image_id: str) -> bool:
-        """Remove an image (then its sidecar and framed copy); False if it was not there."""
-        removed = _unlink(self._image_path(check_id(image_id)))
-        with self._lock:
-            self._index.discard(image_id)
-        _unlink(self._meta_path(image_id))
-        _unlink(self._framed_path(image_id))
+        """Remove an image with its sidecar, framed copy and keep marker; False if it was not in the bucket."""
+        removed = self._remove(self._image_path(check_id(image_id)), (
+            self._meta_path(image_id), self._framed_path(image_id), self._kept_path(image_id)))
+        self.forget(image_id)
         return removed
+
+    def retire(self, image_id: str) -> bool:
+        """Delete a served fallback to make room for new ones, unless the owner keeps it; whether it went."""
+        return not self.is_kept(image_id) and self.delete(image_id)
+
+    # --- the owner's word ----------------------------------------------------------------------------
+
+    def is_kept(self, image_id: str) -> bool:
+        """Whether the owner keeps this image for good (its marker is on disk: every process sees it)."""
+        return self._kept_path(check_id(image_id)).exists()
+
+    def keep(self, image_id: str, kept: bool = True) -> ImageRecord:
+        """Keep an image for good (never retired), or undo that; ImageNotFound if it is not in the bucket."""
+        marker = self._kept_path(check_id(image_id))
+        if kept:
+            marker.touch()
+            sync_folder(self._kept)
+        else:
+            _unlink(marker)
+        try:
+            return self._record(image_id)
+        except ImageNotFound:
+            _unlink(marker)  # deleted or claimed meanwhile: no marker without its image
+            raise
+
+    def _record(self, image_id: str) -> ImageRecord:
+        """The record of an image in the bucket; ImageNotFound if it is not there."""
+        path = self._image_path(image_id)
+        try:
+            metadata = self.metadata(image_id)
+            created_at = _created_at(metadata if isinstance(metadata, dict) else {}, path)
+        except (ImageNotFound, FileNotFoundError, ValueError):
+            if not path.exists():
+                raise ImageNotFound(f"no image {image_id!r} in the {self.name} bucket") from None
+            metadata, created_at = {}, datetime.fromtimestamp(path.stat().st_mtime, UTC)
+        return ImageRecord(image_id, self.name, path, metadata, created_at,
+                           kept=self._kept_path(image_id).exists())
+
+    def move(self, image_id: str, target: Bucket) -> ImageRecord:
+        """Move an image into another bucket under the same id; ImageNotFound if it is not in this one.
+
+        It is claimed first (the rename into `.claimed/` that visitors race for), so a visitor gets it or
+        the move does, never both; then published in the target as any new image is (framed there if the
+        target frames), and only then removed here with its framed copy and keep marker. Works across
+        filesystems. A failure puts it back.
+        """
+        claimed = self._claimed_path(check_id(image_id))
+        try:
+            os.rename(self._image_path(image_id), claimed)
+        except FileNotFoundError:
+            raise ImageNotFound(f"no image {image_id!r} in the {self.name} bucket") from None
+        self.forget(image_id)
+        try:
+            metadata = {**self._claimed_metadata(image_id), "moved_from": self.name}
+            record = target.publish(claimed.read_bytes(), metadata, image_id=image_id)
+        except BaseException:
+            self.release_claim(image_id)
+            raise
+        self.finish_claim(image_id)
+        _unlink(self._kept_path(image_id))
+        return record
+
+    # --- held back by the safety gate ----------------------------------------------------------------
+
+    def held_count(self) -> int:
+        """How many images wait in the review folder."""
+        return len(_ids_in(self._review, IMAGE_SUFFIX))
+
+    def held(self, n: int) -> list[ImageRecord]:
+        """The `n` newest images held back for review, newest first."""
+        records = []
+        for image_id in heapq.nlargest(max(0, n), _ids_in(self._review, IMAGE_SUFFIX)):
+            path = self._held_path(image_id)
+            metadata = self._held_metadata(image_id)
+            try:
+                records.append(ImageRecord(image_id, self.name, path, metadata, _created_at(metadata, path),
+                                           held=True))
+            except (FileNotFoundError, ValueError):
+                continue  # approved or deleted meanwhile, or a sidecar with a created_at that is not a time
+        return records
+
+    def _held_metadata(self, image_id: str) -> dict[str, Any]:
+        """The sidecar of a held image; empty when it is missing or not a JSON object (the image is what counts)."""
+        try:
+            metadata = json.loads(self._held_meta_path(image_id).read_bytes())
+        except (FileNotFoundError, ValueError):
+            return {}
+        return metadata if isinstance(metadata, dict) else {}
+
+    def read_held(self, image_id: str) -> bytes:
+        """The bytes of an image held back for review (for the owner's eyes only)."""
+        try:
+            return self._held_path(check_id(image_id)).read_bytes()
+        except FileNotFoundError:
+            raise ImageNotFound(f"no image {image_id!r} held back in the {self.name} bucket") from None
+
+    def delete_held(self, image_id: str) -> bool:
+        """Delete an image held back for review, with its sidecar; False if none is held with that id."""
+        # An approval cut short by a crash may have placed the sidecar in the bucket already: it goes too.
+        unfinished = () if self._image_path(check_id(image_id)).exists() else (self._meta_path(image_id),)
+        return self._remove(self._held_path(image_id), (self._held_meta_path(image_id), *unfinished))
+
+    def approve(self, image_id: str) -> ImageRecord:
+        """Publish an image the owner approved after the gate held it back, as any new image is published:
+        its sidecar (noting the approval) and framed copy first, then the image, renamed in from the review
+        folder. ImageNotFound when none is held with that id."""
+        held = self._held_path(check_id(image_id))
+        try:
+            image = held.read_bytes()
+        except FileNotFoundError:
+            raise ImageNotFound(f"no image {image_id!r} held back in the {self.name} bucket") from None
+        metadata = self._held_metadata(image_id)
+        review = metadata.get("review")
+        metadata["review"] = {**(review if isinstance(review, dict) else {}), "approved_at": utc_iso(datetime.now(UTC))}
+        image_id, metadata, created_at, sidecar = self._prepare_files(image, metadata, image_id)
+        files = [(sidecar, self._meta_path(image_id))]
+        if self.prepare is not None:
+            files.append((self.prepare(image), self._framed_path(image_id)))
+        self._place_all(files)
+        try:
+            os.rename(held, self._image_path(image_id))
+        except FileNotFoundError:  # approved or deleted by someone else meanwhile
+            if not self._image_path(image_id).exists():
+                for _, path in files:
+                    _unlink(path)
+                raise ImageNotFound(f"no image {image_id!r} held back in the {self.name} bucket") from None
+        _unlink(self._held_meta_path(image_id))
+        sync_folder(self.directory)
+        with self._lock:
+            self._index.add(image_id)
+        return ImageRecord(image_id, self.name, self._image_path(image_id), metadata, created_at)
 
     # --- claiming uniques ----------------------------------------------------------------------------
 
@@ -541,10 +730,11 @@ class Bucket:
         image are removed, once `stale_after` seconds old: other worker processes may be in the middle
         of a claim or a publish right now (a sidecar is placed before its image). Work files in `.tmp/`
         are removed whatever their age: they are never visible, and the worst this does to a publish
-        running in another process is make it fail and be retried. Images lacking their framed copy are
-        only listed (`Recovery.unframed`): framing thousands would keep the server from listening for
-        minutes, so `frame_missing` does it in the background, and a claim frames what it finds unframed.
-        A file that cannot be removed (a read-only folder) is logged and left: never fatal.
+        running in another process is make it fail and be retried. Nothing is read or framed here, and
+        orphan framed copies are left: that would keep the server from listening for minutes with
+        thousands of images, so `check_and_frame` does it in the background (and a claim frames a unique
+        it finds unframed). A file that cannot be removed (a read-only folder) is logged and left: never
+        fatal.
         """
         released = self.release_stale_claims(stale_after)
         temp_removed = sum(self._tidy(self._tmp / name) for name in os.listdir(self._tmp))
@@ -552,18 +742,41 @@ class Bucket:
             stamp = os.stat(self.directory).st_mtime_ns
             images, sidecars = self._scan()
             self._install(list(images), stamp)
-        owned = images | _ids_in(self._claimed, IMAGE_SUFFIX)
-        framed = _ids_in(self._framed, IMAGE_SUFFIX) if self.prepare is not None else set()
-        leftovers = [*(self._meta_path(image_id) for image_id in sidecars - owned),
-                     *(self._framed_path(image_id) for image_id in framed - owned)]
-        orphans_removed = 0
-        for path in leftovers:  # few: checked again one by one, other processes may have moved on
+        # A held image owns its sidecar in the bucket too: an approval cut short, done again later.
+        orphans = sidecars - images - _ids_in(self._claimed, IMAGE_SUFFIX) - _ids_in(self._review, IMAGE_SUFFIX)
+        orphans_removed = self._remove_orphans([self._meta_path(image_id) for image_id in orphans], stale_after)
+        orphans_removed += self._tidy_owner_files(stale_after)
+        return Recovery(released, temp_removed, orphans_removed)
+
+    def _tidy_owner_files(self, stale_after: float) -> int:
+        """Remove review sidecars whose held image is gone and keep markers whose image is gone, once
+        `stale_after` old (another process may be holding or keeping one right now); how many. Held
+        images themselves are never touched: only the owner publishes them."""
+        held = _ids_in(self._review, IMAGE_SUFFIX)
+        leftovers = [self._held_meta_path(image_id) for image_id in _ids_in(self._review, META_SUFFIX) - held]
+        leftovers += [self._kept_path(name) for name in os.listdir(self._kept)
+                      if not self._image_path(name).exists()]
+        return sum(self._tidy(path) for path in leftovers if _is_stale(path, stale_after))
+
+    def _remove_orphans(self, paths: list[Path], stale_after: float) -> int:
+        """Remove sidecars or framed copies whose image is gone, once `stale_after` seconds old. Few: each is
+        checked again, as other processes may have moved on since the listing."""
+        removed = 0
+        for path in paths:
             image_id = path.name.rsplit(".", 1)[0]
-            if not (self._image_path(image_id).exists() or self._claimed_path(image_id).exists()) \
-                    and _is_stale(path, stale_after):
-                orphans_removed += self._tidy(path)
-        unframed = sorted(images - framed) if self.prepare is not None else []
-        return Recovery(released, temp_removed, orphans_removed, unframed)
+            owned = (self._image_path(image_id), self._claimed_path(image_id), self._held_path(image_id))
+            if not any(place.exists() for place in owned) and _is_stale(path, stale_after):
+                removed += self._tidy(path)
+        return removed
+
+    def remove_orphan_copies(self, stale_after: float = CLAIM_TIMEOUT) -> int:
+        """Remove framed copies whose image is gone (a crash between the two removals), as `recover` does
+        sidecars; done in the background, as the framed copies are not needed to serve. How many."""
+        if self.prepare is None:
+            return 0
+        owned = self._scan()[0] | _ids_in(self._claimed, IMAGE_SUFFIX)
+        orphans = _ids_in(self._framed, IMAGE_SUFFIX) - owned
+        return self._remove_orphans([self._framed_path(image_id) for image_id in orphans], stale_after)
 
     def _tidy(self, path: Path) -> bool:
         """Remove a leftover file; False if it was gone or cannot be removed (logged)."""
@@ -572,6 +785,39 @@ class Bucket:
         except OSError as exc:
             log.warning("cannot remove leftover %s from the %s bucket: %s", path, self.name, exc)
             return False
+
+    def inspect(self, image_ids: Iterable[str]) -> list[str]:
+        """Check stored images cheaply, by their RIFF header against their size (framed copies too): a broken
+        image is set aside, a broken framed copy removed. Returns the ids whose framed copy is to be made."""
+        unframed = []
+        for image_id in image_ids:
+            path = self._image_path(image_id)
+            try:
+                problem = _header_problem(path)
+            except FileNotFoundError:  # claimed or deleted meanwhile
+                continue
+            except OSError as exc:
+                log.error("image %s of the %s bucket cannot be read: %s", image_id, self.name, exc)
+                continue
+            if problem:
+                self.set_aside(image_id, path, problem)
+                continue
+            if self.prepare is None:
+                continue
+            framed = self._framed_path(image_id)
+            try:
+                problem = _header_problem(framed)
+            except FileNotFoundError:
+                unframed.append(image_id)
+                continue
+            except OSError as exc:
+                log.error("the framed copy of unique %s cannot be read: %s", image_id, exc)
+                continue
+            if problem:
+                log.warning("the framed copy of unique %s is broken (%s): framing it again", image_id, problem)
+                self._tidy(framed)
+                unframed.append(image_id)
+        return unframed
 
     def frame(self, image_id: str) -> bool:
         """Make the framed copy of a stored unique if it is still missing; True when one was made.
@@ -594,18 +840,25 @@ class Bucket:
         return True
 
 
-async def frame_missing(bucket: Bucket, image_ids: Iterable[str]) -> int:
-    """Make the framed copies start-up found missing, one image at a time in a worker thread, while the
-    server already serves; how many were made. Cancelling stops it between two images."""
-    image_ids = list(image_ids)
-    if not image_ids:
-        return 0
-    log.info("framing %d unique(s) found without their framed copy, in the background", len(image_ids))
+async def check_and_frame(bucket: Bucket, batch: int = 500) -> None:
+    """What start-up leaves to the background (the generator's process does it while visitors are served):
+    every image checked cheaply, so broken ones are set aside before a visitor meets them, then the framed
+    copies found missing made, and framed copies whose image is gone removed. Worker threads, a batch at
+    a time; cancelling stops it between two."""
+    orphans = await asyncio.to_thread(bucket.remove_orphan_copies)
+    if orphans:
+        log.info("removed %d framed copies without their image from the %s bucket", orphans, bucket.name)
+    ids = bucket.ids()
+    unframed = []
+    for start in range(0, len(ids), batch):
+        unframed += await asyncio.to_thread(bucket.inspect, ids[start:start + batch])
+    if not unframed:
+        return
+    log.info("framing %d unique(s) found without their framed copy, in the background", len(unframed))
     made = 0
-    for image_id in image_ids:
+    for image_id in unframed:
         made += await asyncio.to_thread(bucket.frame, image_id)
     log.info("framed %d unique(s) in the background", made)
-    return made
 
 
 def open_buckets(settings: Settings) -> dict[str, Bucket]:

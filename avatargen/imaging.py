@@ -47,6 +47,16 @@ def sniff_format(data: bytes) -> str | None:
     return next((name for name, matches in _SIGNATURES if matches(data[:12])), None)
 
 
+def check_webp_header(head: bytes, size: int) -> None:
+    """Raise ImageError unless `head`, the first 12 bytes of a file of `size` bytes, is a WebP RIFF header
+    that gives that size: a file cut short or grown is found without reading the rest of it."""
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WEBP":
+        raise ImageError(f"not a WebP file (it starts with {head[:12]!r})")
+    declared = int.from_bytes(head[4:8], "little") + 8
+    if declared != size:
+        raise ImageError(f"not a whole WebP file: its header says {declared} bytes, the file has {size}")
+
+
 def check_webp(data: bytes) -> None:
     """Raise ImageError unless `data` is a whole WebP file, judged by its RIFF structure alone.
 
@@ -55,11 +65,9 @@ def check_webp(data: bytes) -> None:
     copy interrupted, `truncate`) or with bytes appended fails; a flipped bit inside the pixel data
     does not, and needs a decode to find.
     """
-    if len(data) < 20 or data[:4] != b"RIFF" or data[8:12] != b"WEBP":
-        raise ImageError(f"not a WebP file (it starts with {data[:12]!r})")
-    declared = int.from_bytes(data[4:8], "little") + 8
-    if declared != len(data):
-        raise ImageError(f"not a whole WebP file: its header says {declared} bytes, the file has {len(data)}")
+    check_webp_header(data[:12], len(data))
+    if len(data) < 20:
+        raise ImageError(f"not a whole WebP file: {len(data)} bytes hold no image")
     offset = 12
     while offset + 8 <= len(data):
         size = int.from_bytes(data[offset + 4:offset + 8], "little")

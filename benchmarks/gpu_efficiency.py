@@ -9,13 +9,19 @@ that) and fills the fallback bucket with one run, for each batch_size and concur
   shipped config.toml's hourly_cost.
 Target: busy share >= 97% with the shipped defaults (sd.batch_size, generator.concurrency).
 
-    python -m benchmarks.gpu_efficiency [--quick] [--images N] [--step-time 15ms]
+`--gate` measures the shipped defaults with the safety gate off and on (`[review] enabled`, the shipped
+rules; needs the `review` extra: NudeNet checks each image in the imaging process before it is
+published), taking turns for `--rounds` rounds, so both meet the same load on a shared machine; the
+target holds for the gate's median.
+
+    python -m benchmarks.gpu_efficiency [--quick] [--images N] [--step-time 15ms] [--gate [--rounds 3]]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -25,7 +31,6 @@ from avatargen.config import Settings, load_settings
 from avatargen.durations import parse_duration
 from avatargen.events import EventHub
 from avatargen.generator import Generator
-from avatargen.gpu import make_provider
 from avatargen.simulator.runner import SimulatedGpu
 from avatargen.storage.folders import FileLedger, folder_buckets
 from benchmarks.harness import ROOT, parse_args, scratch, write_config
@@ -63,6 +68,9 @@ class Measurement:
 def options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", type=int, default=200, help="images per run (default 200)")
     parser.add_argument("--step-time", default="15ms", help="simulated time per sampling step (default 15ms)")
+    parser.add_argument("--gate", action="store_true",
+                        help="the shipped defaults with the safety gate off and on, taking turns")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of --gate (default 3)")
 
 
 async def started(engine: Generator, timeout: float = 30.0) -> None:
@@ -79,7 +87,7 @@ async def one_run(settings: Settings) -> tuple[float, float, int]:
     buckets = folder_buckets(settings)
     async with SimulatedGpu(settings.gpu.simulated) as gpu:
         ledger = await FileLedger.open(settings.server.data_dir / "ledger.sqlite3")
-        engine = Generator(settings, buckets, make_provider(settings, simulated=gpu), ledger, EventHub())
+        engine = Generator(settings, buckets, gpu.provider(settings.gpu), ledger, EventHub())
         await engine.start()
         try:
             await started(engine)
@@ -91,12 +99,13 @@ async def one_run(settings: Settings) -> tuple[float, float, int]:
         busy, jobs = gpu.sd.busy_seconds, len(gpu.sd.completed)
     run = engine.last_run
     expected = settings.buckets.fallback.max
-    if run is None or run.outcome != "completed" or run.done != expected:
+    if run is None or run.outcome != "completed" or run.done + run.held != expected:
         raise SystemExit(f"the run did not complete with {expected} images: {run and run.to_dict()}")
     return run.billed_seconds(), busy, jobs
 
 
-def measure(work: Path, batch: int, concurrency: int, images: int, step_time: str, hourly_cost: float) -> Measurement:
+def measure(work: Path, batch: int, concurrency: int, images: int, step_time: str, hourly_cost: float,
+            gate: bool) -> Measurement:
     directory = work / f"batch{batch}-concurrency{concurrency}"
     directory.mkdir()
     settings = load_settings(write_config(directory, {
@@ -106,14 +115,40 @@ def measure(work: Path, batch: int, concurrency: int, images: int, step_time: st
                 "simulated": {"boot_delay": BOOT_DELAY, "stop_delay": "200ms", "sd_boot_delay": "200ms",
                               "step_time": step_time}},
         "sd": {"batch_size": batch, "steps": STEPS},
+        "review": {"enabled": gate},
     }))
     billed, busy, jobs = asyncio.run(one_run(settings))
     if jobs != -(-images // batch):
         raise SystemExit(f"the web UI computed {jobs} jobs for {images} images in batches of {batch}")
     measurement = Measurement(batch, concurrency, images, billed - settings.gpu.simulated.boot_delay, busy,
                               hourly_cost)
-    print(f"batch {batch} concurrency {concurrency}: share {measurement.share:.1%}", file=sys.stderr, flush=True)
+    print(f"batch {batch} concurrency {concurrency}{' gate on' if gate else ''}: share {measurement.share:.1%}",
+          file=sys.stderr, flush=True)
     return measurement
+
+
+def compare_gate(shipped: Settings, images: int, step_time: str, rounds: int) -> None:
+    """The shipped defaults with the safety gate off and on, taking turns."""
+    batch, concurrency = shipped.sd.batch_size, shipped.generator.concurrency
+    results: dict[bool, list[Measurement]] = {False: [], True: []}
+    rows = []
+    with scratch() as work:
+        for round_ in range(1, rounds + 1):
+            for gate in (False, True):
+                folder = work / f"round{round_}-gate-{'on' if gate else 'off'}"
+                folder.mkdir()
+                m = measure(folder, batch, concurrency, images, step_time, shipped.gpu.hourly_cost, gate)
+                results[gate].append(m)
+                rows.append(["on" if gate else "off", round_, m.images, fmt(m.billed), fmt(m.busy), f"{m.share:.1%}",
+                             fmt(m.seconds_per_image, 3)])
+    off, on = (statistics.median(m.share for m in results[gate]) for gate in (False, True))
+    print_table("Safety gate and GPU busy share, shipped defaults", [
+        "safety gate", "round", "images", "billed s", "SD busy s", "busy share", "billed s/image"], rows, [
+        f"batch_size {batch}, concurrency {concurrency}; simulated web UI: {STEPS} steps x {step_time}; gate off "
+        "and on take turns; gate on: [review] enabled with the shipped rules",
+        f"median busy share: gate off {off:.1%}, gate on {on:.1%}",
+        f"target: busy share >= {TARGET_SHARE:.0%} with the gate on: {on:.1%}, {verdict(on >= TARGET_SHARE)}",
+    ])
 
 
 def main() -> int:
@@ -124,8 +159,11 @@ def main() -> int:
     if defaults not in combos:
         raise SystemExit(f"the shipped defaults (batch {defaults[0]}, concurrency {defaults[1]}) are not measured")
     print_machine()
+    if args.gate:
+        compare_gate(shipped, images, step_time, 1 if args.quick else args.rounds)
+        return 0
     with scratch() as work:
-        results = [measure(work, batch, concurrency, images, step_time, shipped.gpu.hourly_cost)
+        results = [measure(work, batch, concurrency, images, step_time, shipped.gpu.hourly_cost, gate=False)
                    for batch, concurrency in combos]
     rows = [[m.batch, m.concurrency, m.images, fmt(m.billed), fmt(m.busy), f"{m.share:.1%}",
              fmt(m.seconds_per_image, 3), fmt(m.cost_per_thousand, 3)] for m in results]

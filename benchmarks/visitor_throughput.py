@@ -140,8 +140,8 @@ def report(measured: Measured, rounds: int, seconds: int, images: int) -> None:
         got = ratio(results, path, "avatargen", "bare Starlette")
         notes.append(f"target {path} path: avatargen >= {TARGET}x bare Starlette: {got:.2f}x, {verdict(got >= TARGET)}")
     for path in PATHS:
-        cpu = median(measured.cpu_us[path, "avatargen"]) / median(measured.cpu_us[path, "bare Starlette"])
-        notes.append(f"{path} path: avatargen uses {cpu:.2f}x the CPU per request of bare Starlette")
+        share = median(measured.cpu_us[path, "avatargen"]) / median(measured.cpu_us[path, "bare Starlette"])
+        notes.append(f"{path} path: avatargen uses {share:.2f}x the CPU per request of bare Starlette")
     print_table("Visitor throughput: GET /avatar",
                 ["path", "server", "req/s", "p50 ms", "p99 ms", "vs bare Starlette", "vs nginx", "CPU us/req",
                  "socket errors"], rows, notes)

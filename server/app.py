@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import sys
 from collections.abc import AsyncIterator
@@ -19,8 +20,8 @@ from avatargen.config import Settings
 from avatargen.events import EventHub, EventLogHandler
 from avatargen.generator import Generator
 from avatargen.gpu import make_provider
+from avatargen.owner_actions import OwnerActions
 from avatargen.redact import RedactingFilter
-from avatargen.simulator.runner import SimulatedGpu
 from avatargen.storage.backend import open_backend
 from avatargen.storage.redis_events import EventRelay
 from avatargen.tasks import background
@@ -70,7 +71,8 @@ def create_app(settings: Settings) -> Starlette:
             ledger = await backend.open_ledger()
             stack.push_async_callback(ledger.aclose)
             token, source = resolve_admin_token(settings)
-            services = Services(settings, backend.buckets, events, ledger, token=token)
+            actions = OwnerActions(settings, backend.buckets, events, forget=visitor.forget)
+            services = Services(settings, backend.buckets, events, ledger, actions, token=token)
             app.state.services = services
             log.info("data in %s; provider %s; admin token %s", backend.where, settings.gpu.provider, source)
             if source.startswith("generated") and sys.stderr.isatty():
@@ -90,13 +92,18 @@ def create_app(settings: Settings) -> Starlette:
             async def generator() -> AsyncIterator[Generator]:
                 """The generator of this process while it holds the seat, answering the other processes."""
                 async with contextlib.AsyncExitStack() as held:
-                    simulated = None
                     if settings.gpu.provider == "simulated":
-                        simulated = await held.enter_async_context(SimulatedGpu(settings.gpu.simulated))
-                        log.info("simulated GPU: Paperspace API at %s, SD web UI at %s", simulated.paperspace_url,
+                        from avatargen.simulator import SimulatedGpu  # demo mode only: production never loads it
+
+                        # The simulated machine costs what the owner configured, whichever API says so.
+                        simulated = await held.enter_async_context(
+                            SimulatedGpu(settings.gpu.simulated, hourly_price=settings.gpu.hourly_cost))
+                        log.info("simulated GPU: %s API at %s, SD web UI at %s", simulated.api, simulated.api_url,
                                  simulated.sd_url)
-                    engine = Generator(settings, backend.buckets, make_provider(settings, simulated=simulated),
-                                       ledger, events)
+                        provider = simulated.provider(settings.gpu)
+                    else:
+                        provider = make_provider(settings)
+                    engine = Generator(settings, backend.buckets, provider, ledger, events)
                     await engine.start()
                     held.push_async_callback(engine.close)
                     await held.enter_async_context(background(backend.finish_recovery(), "framing"))
@@ -123,6 +130,11 @@ def create_app(settings: Settings) -> Starlette:
             for bucket in backend.buckets.values():
                 await stack.enter_async_context(background(bucket.follow(), f"{bucket.name} bucket upkeep"))
             await stack.enter_async_context(background(services.watch_levels(), "bucket levels"))
+            # What start-up made lives as long as the process: frozen out of the collector's sight, it is no
+            # longer walked by every full collection (50 ms each, a pause visitors see). Collected first, so
+            # no garbage is frozen with it.
+            gc.collect()
+            gc.freeze()
             yield
 
     # The visitor routes come first: Starlette tries routes in order, and /avatar is the hot path.

@@ -14,6 +14,7 @@ from avatargen.config import PromptSettings, Secret, Settings, update_prompts
 from avatargen.config_writer import save_prompts
 from avatargen.events import EventHub
 from avatargen.generator import Generator, bucket_levels, cost_summary
+from avatargen.owner_actions import OwnerActions
 from avatargen.storage.protocols import Ledger, StoredBucket
 from server.forwarding import Forwarder
 
@@ -26,6 +27,7 @@ class Services:
     buckets: Mapping[str, StoredBucket]
     events: EventHub
     ledger: Ledger
+    actions: OwnerActions  # the owner's word on stored images
     token: Secret = field(default_factory=lambda: Secret(""))
     engine: Generator | None = None  # while this process runs the generator
     forwarder: Forwarder | None = None  # how the owner's requests reach the generator in another process

@@ -208,6 +208,12 @@ class VisitorService:
                                             BackgroundTask(self._finish_claim, claim))
         return await self._fallback_response(retire=sends_body)
 
+    def forget(self, bucket: str, image_id: str) -> None:
+        """An image left its bucket by the owner's hand (deleted, moved): no visitor gets it again, not even
+        from the copy in memory (the bucket itself has already dropped it from its index)."""
+        if bucket == self.fallback.name:
+            self._recent.drop(image_id)
+
     # --- the pieces --------------------------------------------------------------------------------------
 
     def _still_fresh(self, if_modified_since: str | None) -> bool:
@@ -237,9 +243,10 @@ class VisitorService:
             self.errors.record(f"a sent unique cannot be deleted from the {self.unique.name} bucket", exc)
 
     async def _retire(self, image_id: str) -> None:
-        """After a retired fallback was sent: delete it (a failure leaves it for the next rescan to serve)."""
+        """After a retired fallback was sent: delete it, unless the owner kept it meanwhile (a failure leaves it
+        for the next rescan to serve)."""
         try:
-            await self.fallback.delete(image_id)
+            await self.fallback.retire(image_id)
         except Exception as exc:
             self.errors.record(f"a retired fallback cannot be deleted from the {self.fallback.name} bucket", exc)
 
@@ -271,13 +278,15 @@ class VisitorService:
         return data
 
     async def _fallback_response(self, *, retire: bool) -> Response:
-        """A random fallback; at most one served per retire period is deleted afterwards. Else the placeholder."""
+        """A random fallback; at most one served per retire period is deleted afterwards (never one the owner
+        keeps: looked up only when a retirement is due). Else the placeholder."""
         while (image_id := self.fallback.random_id()) is not None:
             data = await self._read_fallback(image_id)
             if data is None:
                 continue
             background = None
-            if retire and await self._take_retire_slot():
+            if retire and self.allowance.may_retire() and not self.fallback.is_kept(image_id) \
+                    and await self._take_retire_slot():
                 # Out of the pool at once, so no later request picks it; the file goes once this one is sent.
                 self.fallback.forget(image_id)
                 self._recent.drop(image_id)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from avatargen.simulator.faults import FAULTS
-from benchmarks.fault_matrix import KILL_STATES
+from avatargen.simulator.faults import faults_for
+from benchmarks.fault_matrix import APIS, KILL_STATES, STORAGE_FAULTS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,22 +37,29 @@ TABLES = {
     "gpu_efficiency": ("GPU efficiency and cost per run",
                        "| batch_size | concurrency | images | billed s | SD busy s | busy share | billed s/image |",
                        ["| 1 | 1 | 20 |", "| 2 | 2 | 20 |"]),
-    "startup": ("Start-up: spawn to the first GET /avatar answered",
-                "| buckets | images | median s | max s | all framed after s |",
-                ["| empty buckets | 0 |", "| 1,000 images, uniques framed |", "| 50 uniques without framed copies |"]),
     "proxy_limits": ("Slow and oversized headers, and the visitor's address, with and without a proxy",
                      "| check | avatargen serve alone | behind the nginx example |",
                      ["| request headers sent one byte a second | still open after 15 s | closed after",
                       "| admin API from 127.0.0.3 with a forged X-Forwarded-For: 127.0.0.2 | 403 | 403 |"]),
-    "fault_matrix": ("Fault matrix: one fault per run, SIGKILL in each run state",
-                     "| fault | run outcome | machine at end | billed s after the end | images lost |",
-                     [f"| {fault} |" for fault in FAULTS] + [f"| SIGKILL while {state} |" for state in KILL_STATES]),
+    **{f"fault_matrix --api {api}": ("Fault matrix: one fault per run, SIGKILL in each run state",
+                                     "| fault | run outcome | machine at end | billed s after the end | images lost |",
+                                     [f"| {row}{'' if api == APIS[0] else f' ({api})'} |" for row in (
+                                         *faults_for(api), *(f"SIGKILL while {state}" for state in KILL_STATES))])
+       for api in APIS},  # one provider's rows at a time, so each run fits the test timeout
+    "fault_matrix --storage": ("Fault matrix: one fault per run, SIGKILL in each run state",
+                               "| fault | run outcome | machine at end | billed s after the end | images lost |",
+                               [f"| {fault} |" for fault in STORAGE_FAULTS]),
+    "startup": ("Start-up: spawn to the first GET /avatar answered",
+                "| buckets | images | median s | max s | server CPU s by then | all framed after s |",
+                ["| empty buckets | 0 |", "| 1,000 images, uniques framed |", "| 50 uniques without framed copies |"]),
 }
 
 
+@pytest.mark.timeout(330)  # the fault matrix runs a dozen servers; quick mode still takes minutes on 2 busy cores
 @pytest.mark.parametrize("script", sorted(TABLES))
 def test_script_runs_in_quick_mode_and_prints_its_table(script: str) -> None:
-    done = subprocess.run([sys.executable, "-m", f"benchmarks.{script}", "--quick"], cwd=ROOT,
+    module, *options = script.split()
+    done = subprocess.run([sys.executable, "-m", f"benchmarks.{module}", "--quick", *options], cwd=ROOT,
                           capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
     title, header, rows = TABLES[script]
@@ -61,3 +68,11 @@ def test_script_runs_in_quick_mode_and_prints_its_table(script: str) -> None:
     assert header in done.stdout
     for row in rows:
         assert row in done.stdout, f"no row starting {row!r} in:\n{done.stdout}"
+
+
+def test_gpu_efficiency_compares_the_safety_gate_off_and_on() -> None:
+    done = subprocess.run([sys.executable, "-m", "benchmarks.gpu_efficiency", "--quick", "--gate"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    assert "### Safety gate and GPU busy share, shipped defaults\n" in done.stdout
+    assert "| off | 1 | 20 |" in done.stdout and "| on | 1 | 20 |" in done.stdout

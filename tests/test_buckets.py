@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from avatargen.buckets import Bucket, ImageNotFound, Recovery, check_id, frame_missing, new_id
+from avatargen.buckets import Bucket, ImageNotFound, Recovery, check_and_frame, check_id, new_id
 from avatargen.imaging import frame_unique
 
 META = {"prompt": "A painting of cjs", "seed": 7, "sampler": "DPM++ 2M", "steps": 20, "size": 256,
@@ -195,16 +195,17 @@ def test_recover_repairs_what_a_crash_left(tmp_path: Path) -> None:
     (tmp_path / "20200101T000000-000000-deadbeef.json").write_text("{}")
     (tmp_path / ".framed" / "20200101T000000-000000-deadbeef.webp").write_bytes(b"old")
 
-    assert Bucket("unique", tmp_path, prepare=frame).recover() == Recovery(temp_removed=1, unframed=[kept.id]), \
+    assert Bucket("unique", tmp_path, prepare=frame).recover() == Recovery(temp_removed=1), \
         "fresh claims and sidecars may belong to a claim or publish running in another process"
 
     restarted = Bucket("unique", tmp_path, prepare=frame, recheck_every=3600)
-    assert restarted.recover(stale_after=0) == Recovery(released=1, orphans_removed=2, unframed=[kept.id])
+    assert restarted.recover(stale_after=0) == Recovery(released=1, orphans_removed=1)
     assert restarted.scans == 1, "the listing recovery took is the index: no second scan"
     assert sorted(restarted.ids()) == sorted([unsent.id, kept.id])
     assert restarted.scans == 1
-    assert asyncio.run(frame_missing(restarted, [kept.id])) == 1
-    assert restarted.recover().unframed == []
+    assert restarted.inspect(restarted.ids()) == [kept.id]
+    assert restarted.remove_orphan_copies(stale_after=0) == 1, "the framed copy without its image"
+    asyncio.run(check_and_frame(restarted))
     assert names(tmp_path) == {f"{i}.{ext}" for i in (unsent.id, kept.id) for ext in ("webp", "json")}
     assert names(tmp_path / ".framed") == {f"{unsent.id}.webp", f"{kept.id}.webp"}
     assert names(tmp_path / ".tmp") == names(tmp_path / ".claimed") == set()
@@ -265,8 +266,8 @@ def test_recover_sets_a_broken_image_aside_instead_of_failing(tmp_path: Path) ->
     cut_short(tmp_path / f"{broken}.webp")
     (tmp_path / ".framed" / f"{broken}.webp").unlink()
     restarted = Bucket("unique", tmp_path, prepare=frame)
-    assert restarted.recover().unframed == [broken]
-    assert asyncio.run(frame_missing(restarted, [broken])) == 0
+    restarted.recover()
+    asyncio.run(check_and_frame(restarted))
     assert restarted.ids() == [good]
     assert names(tmp_path / ".rejected") == {f"{broken}.webp", f"{broken}.json"}
     assert restarted.rejected() == 1 and Bucket("unique", tmp_path).rejected() == 1, "counted by any process"

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from avatargen.api import AdminClient, NewImage
+from avatargen.api import AdminClient, NewImage, StateChange
 from avatargen.config import StorageSettings
 from avatargen.storage.redis_buckets import RedisBucket
 from avatargen.storage.redis_connection import RedisStorage
@@ -73,7 +73,7 @@ def replica(tmp_path: Path, name: str, redis: RedisServer, simulator: Simulator,
         "storage.backend": "redis", "storage.url": redis.url,
         "serving.unique_every": "0s", "serving.unique_burst": 1000,  # the allowance does not ration here
         "buckets.unique.min": 0, "buckets.fallback.min": 0,  # no automatic run
-        "gpu.provider": "paperspace", "gpu.paperspace.api_url": simulator.info["paperspace_url"],
+        "gpu.provider": "paperspace", "gpu.paperspace.api_url": simulator.info["api_url"],
         "gpu.paperspace.api_key_env": "AVATARGEN_TEST_SIM_PAPERSPACE_KEY",
         "gpu.paperspace.machine_id": simulator.info["machine_id"], "sd.url": simulator.info["sd_url"],
         **overrides,
@@ -130,13 +130,18 @@ async def test_the_generator_is_taken_over_when_its_replica_is_killed(tmp_path: 
             run = await admin.refill(["fallback"])  # asked of the replica without the generator: forwarded
             await admin.first_event(lambda event: isinstance(event, NewImage), since="0")  # relayed from the first
         assert simulator.machine()["state"] == "ready"
-        await asyncio.to_thread(first.kill)  # mid-run: the machine is left on, billing
-        async with AdminClient(second.url, TOKEN) as admin, asyncio.timeout(60):
-            while (status := await admin.status()).paused_reason is not None or status.state != "idle" \
-                    or simulator.machine()["state"] != "off":
-                await asyncio.sleep(0.2)  # the lease expires after its ttl: nothing to await before
-            assert status.machine_state == "off"
-            assert status.cost.billed_seconds_today > 0  # the dead replica's billed time, closed by the new holder
+        # A status asked while the lease changes hands waits for the forwarding to give up: a patient client.
+        async with AdminClient(second.url, TOKEN, timeout=60) as admin, asyncio.timeout(120):
+            async with admin.subscribe() as events:  # what the second replica hears from now on
+                await asyncio.to_thread(first.kill)  # mid-run: the machine is left on, billing
+                # The lease expires after its ttl; the second takes over and stops the machine it finds on.
+                async for _, event in events:
+                    if isinstance(event, StateChange) and event.state == "idle" and event.machine_state == "off":
+                        break
+            status = await admin.status()
+        assert status.paused_reason is None and status.machine_state == "off"
+        assert simulator.machine()["state"] == "off"
+        assert status.cost.billed_seconds_today > 0  # the dead replica's billed time, closed by the new holder
         assert run.id
         assert "holds the generator lease" in second.log_text()
         assert "stopping it" in second.log_text()  # the machine the dead replica left on
@@ -150,13 +155,16 @@ async def test_redis_restarted_mid_load_never_serves_a_unique_twice(tmp_path: Pa
     async with replicas(tmp_path, durable_redis_server, simulator) as services, \
             httpx.AsyncClient(timeout=30) as client:
 
+        under_load = asyncio.Event()
+
         async def load(url: str, count: int) -> None:
             for _ in range(count):
                 answers.append(await avatar(client, url))
+                if len(answers) >= 40:
+                    under_load.set()
 
         loads = [asyncio.create_task(load(service.url, 100)) for service in services]
-        while len(answers) < 40:
-            await asyncio.sleep(0.01)
+        await under_load.wait()
         await asyncio.to_thread(durable_redis_server.restart, crash=True)  # SIGKILL, then the same AOF
         await asyncio.gather(*loads)
         answers += await asyncio.gather(*(avatar(client, services[n % 2].url) for n in range(100)))

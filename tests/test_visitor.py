@@ -24,7 +24,7 @@ from avatargen.config import Settings
 from avatargen.imaging import check_webp, frame_unique, to_avatar_webp
 from avatargen.storage.folders import FolderBucket
 from avatargen.tasks import background
-from benchmarks.mounts import fill, read_only, tmpfs
+from benchmarks.storage_faults import fill, read_only, tmpfs
 from tests.support import fast_settings, serving, wait_until
 
 
@@ -259,7 +259,7 @@ async def test_a_broken_unique_without_its_framed_copy_is_set_aside_at_start_up(
     async with serving(settings) as (url, app), httpx.AsyncClient(base_url=url) as client:
         assert (await client.get("/healthz")).status_code == 200
         await wait_until(lambda: (folder / ".rejected" / f"{broken}.webp").exists())
-        assert app.state.services.buckets["unique"].folder.rejected() == 1
+        assert (await app.state.services.status()).buckets["unique"].rejected == 1
         response = await client.get("/avatar", headers=visitor("203.0.113.1"))
         assert (response.status_code, response.headers["x-avatar-id"]) == (200, good)
     assert (folder / ".rejected" / f"{broken}.json").exists(), "the sidecar goes with it, for the owner to look at"
@@ -306,6 +306,21 @@ async def test_the_server_answers_before_uniques_restored_without_framed_copies_
         await wait_until(lambda: all((framed / f"{image_id}.webp").exists() for image_id in left))
     assert len(left) == 199
     assert all((framed / f"{image_id}.webp").read_bytes() == originals[image_id] for image_id in left)
+
+
+async def test_broken_files_are_found_after_start_up_before_a_visitor_meets_them(tmp_path: Path) -> None:
+    settings = fast_settings(tmp_path)
+    ids = stock(settings, unique=2, fallback=2)
+    unique_dir, fallback_dir = settings.buckets.unique.dir, settings.buckets.fallback.dir
+    framed_copy = unique_dir / ".framed" / f"{ids['unique'][0]}.webp"
+    whole = framed_copy.read_bytes()
+    break_image(unique_dir, ids["unique"][0], framed=True)
+    break_image(fallback_dir, ids["fallback"][0])
+    async with serving(settings) as (_, app):
+        await wait_until(lambda: app.state.services.buckets["fallback"].rejected() == 1)
+        await wait_until(lambda: framed_copy.exists() and framed_copy.read_bytes() == whole)
+    assert stored(settings, "fallback") == {ids["fallback"][1]}
+    assert stored(settings, "unique") == set(ids["unique"])
 
 
 async def test_a_read_only_unique_bucket_gives_fallbacks_and_keeps_its_uniques(

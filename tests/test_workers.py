@@ -27,7 +27,7 @@ def server(tmp_path: Path, simulator: Simulator | None = None, **overrides: obje
                                 **overrides}
     env = {}
     if simulator is not None:
-        layer.update({"gpu.provider": "paperspace", "gpu.paperspace.api_url": simulator.info["paperspace_url"],
+        layer.update({"gpu.provider": "paperspace", "gpu.paperspace.api_url": simulator.info["api_url"],
                       "gpu.paperspace.api_key_env": "AVATARGEN_TEST_SIM_PAPERSPACE_KEY",
                       "gpu.paperspace.machine_id": simulator.info["machine_id"], "sd.url": simulator.info["sd_url"]})
         env = simulator.env()
@@ -87,7 +87,7 @@ async def test_the_generator_worker_killed_mid_run_is_taken_over(tmp_path: Path)
             await admin.first_event(lambda event: isinstance(event, NewImage), since="0")
         holder = int(service.log_text().split("the generator runs in another process (pid ")[1].split(")")[0])
         psutil.Process(holder).kill()  # mid-run, the machine on
-        async with AdminClient(service.url, TOKEN) as admin, asyncio.timeout(60):
+        async with AdminClient(service.url, TOKEN, timeout=30) as admin, asyncio.timeout(120):
             while (status := await admin.status()).state != "idle" or status.paused_reason is not None \
                     or simulator.machine()["state"] != "off":
                 await asyncio.sleep(0.2)  # uvicorn notices the dead worker on its own schedule

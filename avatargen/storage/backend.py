@@ -1,8 +1,8 @@
 """The storage of one server process, for `[storage] backend`: the folders (default) or a shared Redis.
 
 Both give the server the same pieces (buckets, allowance, ledger, the generator's seat); only what
-differs is here: the folders are repaired at start-up and their missing framed copies made, Redis needs
-neither (every change there is one script) but a client to close.
+differs is here: the folders are repaired at start-up, then checked and their missing framed copies made;
+Redis needs neither (every change there is one script) but a client to close.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from functools import partial
 from typing import Protocol
 
 from avatargen.allowance import FolderAllowance
-from avatargen.buckets import frame_missing
+from avatargen.buckets import check_and_frame
 from avatargen.config import Settings
 from avatargen.imaging import frame_unique
 from avatargen.lock import FileSeat, GeneratorLock
@@ -41,7 +41,8 @@ class Backend(Protocol):
         ...
 
     async def finish_recovery(self) -> None:
-        """What recovery left for later, done by the generator's process only (framing in the background)."""
+        """What recovery left for later, done by the generator's process only (checking and framing in the
+        background, while visitors are served)."""
         ...
 
     async def open_ledger(self) -> Ledger: ...
@@ -57,18 +58,17 @@ class FolderBackend:
         self.buckets: Mapping[str, StoredBucket] = self.folders
         self.redis: RedisStorage | None = None
         self.where = f"folders ({settings.server.data_dir})"
-        self._unframed: dict[str, list[str]] = {}
 
     async def recover(self) -> None:
         for name, bucket in self.folders.items():
             recovery = await asyncio.to_thread(bucket.folder.recover)
-            self._unframed[name] = recovery.unframed
             if recovery.summary():
                 log.info("bucket %s recovered at start-up: %s", name, recovery.summary())
 
     async def finish_recovery(self) -> None:
-        for name, bucket in self.folders.items():
-            await frame_missing(bucket.folder, self._unframed.pop(name, []))
+        """Every image checked cheaply (broken ones set aside), then the missing framed copies made."""
+        for bucket in self.folders.values():
+            await check_and_frame(bucket.folder)
 
     async def open_ledger(self) -> Ledger:
         return await FileLedger.open(self.settings.server.data_dir / "ledger.sqlite3")

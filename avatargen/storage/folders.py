@@ -65,6 +65,39 @@ class FolderBucket:
     async def delete(self, image_id: str) -> bool:
         return await asyncio.to_thread(self.folder.delete, image_id)
 
+    async def retire(self, image_id: str) -> bool:
+        return await asyncio.to_thread(self.folder.retire, image_id)
+
+    def is_kept(self, image_id: str) -> bool:
+        return self.folder.is_kept(image_id)
+
+    async def keep(self, image_id: str, kept: bool = True) -> ImageRecord:
+        return await asyncio.to_thread(self.folder.keep, image_id, kept)
+
+    async def move(self, image_id: str, target: FolderBucket) -> ImageRecord:
+        return await asyncio.to_thread(self.folder.move, image_id, target.folder)
+
+    def held_count(self) -> int:
+        return self.folder.held_count()
+
+    def rejected(self) -> int:
+        return self.folder.rejected()
+
+    async def hold(self, image: bytes, metadata: dict[str, Any]) -> ImageRecord:
+        return await asyncio.to_thread(self.folder.hold, image, metadata)
+
+    async def held(self, n: int) -> list[ImageRecord]:
+        return await asyncio.to_thread(self.folder.held, n)
+
+    async def read_held(self, image_id: str) -> bytes:
+        return await asyncio.to_thread(self.folder.read_held, image_id)
+
+    async def delete_held(self, image_id: str) -> bool:
+        return await asyncio.to_thread(self.folder.delete_held, image_id)
+
+    async def approve(self, image_id: str) -> ImageRecord:
+        return await asyncio.to_thread(self.folder.approve, image_id)
+
     async def follow(self) -> None:
         """Put back uniques whose claimer died before sending them, every `sweep_every`.
 
