@@ -444,11 +444,11 @@ class Bucket:
             self._index.add(image_id)
         return ImageRecord(image_id, self.name, self._image_path(image_id), metadata, created_at)
 
-    def hold(self, image: bytes, metadata: dict[str, Any]) -> ImageRecord:
+    def hold(self, image: bytes, metadata: dict[str, Any], *, image_id: str | None = None) -> ImageRecord:
         """Store an image the safety gate held back in the review folder, as `publish` stores one in the
         bucket (sidecar first, then the image): out of the bucket, so no visitor and no recovery ever serves
-        it, until the owner approves it. `metadata` says why (`review`)."""
-        image_id, metadata, created_at, sidecar = self._prepare_files(image, metadata, None)
+        it, until the owner approves it. `metadata` says why (`review`); `image_id` keeps a migrated one's."""
+        image_id, metadata, created_at, sidecar = self._prepare_files(image, metadata, image_id)
         self._place_all([(sidecar, self._held_meta_path(image_id)), (image, self._held_path(image_id))])
         sync_folder(self._review)
         return ImageRecord(image_id, self.name, self._held_path(image_id), metadata, created_at, held=True)

@@ -229,6 +229,11 @@ class Simulator:
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 REDIS_START_TIMEOUT = 20.0
+REDIS_PORT_TRIES = 3  # a free port may be taken by another process before redis-server binds it
+
+
+class PortTaken(RuntimeError):
+    """redis-server could not listen: its port was taken meanwhile."""
 
 
 class RedisServer:
@@ -264,7 +269,9 @@ class RedisServer:
             timer.cancel()
         if process.poll() is not None or not log or "Ready to accept" not in log[-1]:
             self.stop()
-            raise RuntimeError("redis-server did not start:\n" + "".join(log[-20:]))
+            said = "".join(log[-20:])
+            raise (PortTaken if "Address already in use" in said else RuntimeError)(
+                f"redis-server did not start on port {self.port}:\n{said}")
         # Keep reading its log, so a full pipe never blocks it.
         _drain(process)
 
@@ -313,8 +320,14 @@ def _drain(process: subprocess.Popen[str]) -> None:
 
 @contextlib.contextmanager
 def running_redis(directory: Path, *, appendonly: bool = False) -> Iterator[RedisServer]:
-    server = RedisServer(directory, appendonly=appendonly)
-    server.start()
+    for attempt in range(REDIS_PORT_TRIES):
+        server = RedisServer(directory, appendonly=appendonly)
+        try:
+            server.start()
+            break
+        except PortTaken:
+            if attempt == REDIS_PORT_TRIES - 1:
+                raise
     try:
         yield server
     finally:

@@ -24,6 +24,10 @@ from avatargen.api import (
 )
 from avatargen.buckets import Bucket, open_buckets
 from avatargen.config import Settings
+from avatargen.storage.backend import RedisBackend
+from avatargen.storage.redis_buckets import RedisBucket
+from avatargen.storage.redis_connection import RedisStorage
+from avatargen.testing import RedisServer
 from tests.support import fast_settings, serving
 from tests.test_buckets import META, webp
 
@@ -234,3 +238,53 @@ async def test_approve_publishes_a_held_image_and_delete_removes_one(tmp_path: P
         assert (removed.id, removed.held, removed.buckets["unique"].held) == (refused, True, 0)
         assert await owner.images("unique", 5, held=True) == []
     assert not any((Path(settings.buckets.unique.dir) / ".review").iterdir())
+
+
+# --- with the buckets in Redis, shared by replicas ---------------------------------------------------------
+
+
+async def seed_redis(settings: Settings, bucket: str, shades: range, *, held: bool = False) -> list[str]:
+    """Images stored in Redis before the server starts, as a generator on any replica would store them."""
+    backend = RedisBackend(settings)
+    try:
+        store = backend.shared[bucket]
+        return [(await (store.hold(webp(n), {**META, "review": HELD}) if held else store.publish(webp(n), META))).id
+                for n in shades]
+    finally:
+        await backend.aclose()
+
+
+async def test_the_owners_word_on_images_in_redis(tmp_path: Path, redis_server: RedisServer) -> None:
+    settings = settings_for(tmp_path, storage__backend="redis", storage__url=redis_server.url, storage__timeout="10s",
+                            serving__fallback_retire_every=0)  # every served fallback is retired, unless kept
+    moving, deleted = await seed_redis(settings, "unique", range(2))
+    [kept] = await seed_redis(settings, "fallback", range(2, 3))
+    approved, refused = await seed_redis(settings, "unique", range(3, 5), held=True)
+    async with running(settings) as (owner, web):
+        assert (await owner.keep_image("fallback", kept)).kept
+        assert await served_ids(web, 3) == {kept}, "kept: served, never retired"
+
+        removed = await next_event(owner, ImageRemoved, lambda: owner.delete_image("unique", deleted))
+        assert (removed.id, removed.held, removed.buckets["unique"].count) == (deleted, False, 1)
+        assert (await web.delete(f"/admin/api/images/unique/{deleted}")).status_code == 404
+
+        event = await next_event(owner, ImageMoved, lambda: owner.move_image("unique", moving, "fallback"))
+        assert (event.image.id, event.from_bucket) == (moving, "unique")
+        assert (event.buckets["unique"].count, event.buckets["fallback"].count) == (0, 2)
+        assert (await web.get(f"/admin/api/images/fallback/{moving}")).content == webp(0)
+        assert (await served_ids(web, 20)) == {kept, moving}
+        assert [image.id for image in await owner.images("fallback", 5)] == [kept], "the moved one was retired"
+
+        assert [image.id for image in await owner.images("unique", 5, held=True)] == [refused, approved]
+        assert (await web.get(f"/admin/api/images/unique/{approved}")).content == webp(3)
+        event = await next_event(owner, ImageApproved, lambda: owner.approve_image("unique", approved))
+        assert (event.image.id, event.buckets["unique"].count, event.buckets["unique"].held) == (approved, 1, 1)
+        removed = await next_event(owner, ImageRemoved, lambda: owner.delete_image("unique", refused))
+        assert (removed.id, removed.held, removed.buckets["unique"].held) == (refused, True, 0)
+        assert (await owner.status()).buckets["fallback"].count == 1
+    replica = RedisBucket(RedisStorage.connect(settings.storage), "fallback")  # what any replica finds
+    try:
+        await replica.refresh()
+        assert replica.ids() == [kept] and replica.is_kept(kept)
+    finally:
+        await replica.storage.aclose()

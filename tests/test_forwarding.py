@@ -52,7 +52,7 @@ def front(forwarder: Forwarder) -> httpx.AsyncClient:
 
 @pytest.fixture
 async def storage(redis_server: RedisServer) -> AsyncIterator[RedisStorage]:
-    storage = RedisStorage.connect(StorageSettings(backend="redis", url=redis_server.url))
+    storage = RedisStorage.connect(StorageSettings(backend="redis", url=redis_server.url, timeout=10.0))
     yield storage
     await storage.aclose()
 

@@ -34,7 +34,7 @@ def folders_content(settings: Settings) -> dict[str, dict[str, tuple[bytes, byte
 
 
 async def redis_content(url: str) -> dict[str, dict[str, tuple[bytes, bytes | None, str]]]:
-    storage = RedisStorage.connect(StorageSettings(backend="redis", url=url))
+    storage = RedisStorage.connect(StorageSettings(backend="redis", url=url, timeout=10.0))
     try:
         content = {}
         for name in ("unique", "fallback"):
@@ -53,6 +53,8 @@ def stock_folders(settings: Settings) -> None:
         buckets["unique"].publish(placeholder_webp(32 + n), {"prompt": f"unique {n}"})
     for n in range(3):
         buckets["fallback"].publish(placeholder_webp(40 + n), {"prompt": f"fallback {n}"})
+    buckets["fallback"].keep(min(buckets["fallback"].ids()))  # the owner keeps one for good
+    buckets["unique"].hold(placeholder_webp(50), {"prompt": "held", "review": {"held": True, "reasons": []}})
     ledger = CostLedger(settings.server.data_dir / "ledger.sqlite3")
     ledger.record([Entry("run-1", 1_000.0, 1_060.0, 0.76)])
     ledger.close_db()
@@ -65,14 +67,25 @@ async def test_there_and_back_again(tmp_path: Path, redis_server: RedisServer) -
     before = folders_content(settings)
     assert all(framed is not None for _, framed, _ in before["unique"].values())
 
+    folders = open_buckets(settings)
+    kept = min(before["fallback"])
+    [held] = folders["unique"].held(5)
+
     done = migrate(config, "redis")
     assert done.returncode == 0, done.stderr
-    assert "unique: 5 image(s) moved to Redis" in done.stdout and "cost ledger: 1 run(s) copied" in done.stdout
+    assert "unique: 5 image(s) moved to Redis, with 1 held for review" in done.stdout
+    assert "cost ledger: 1 run(s) copied" in done.stdout
     assert await redis_content(redis_server.url) == before  # same ids, bytes, framed copies, metadata
     assert folders_content(settings) == {"unique": {}, "fallback": {}}
-    storage = RedisStorage.connect(StorageSettings(backend="redis", url=redis_server.url))
+    assert folders["unique"].held_count() == 0 and not folders["fallback"].is_kept(kept)
+    storage = RedisStorage.connect(StorageSettings(backend="redis", url=redis_server.url, timeout=10.0))
     try:
         assert [entry.run_id for entry in await RedisLedger(storage).entries(0)] == ["run-1"]
+        fallback, unique = RedisBucket(storage, "fallback"), RedisBucket(storage, "unique")
+        await fallback.refresh()
+        await unique.refresh()
+        assert fallback.is_kept(kept) and unique.held_count() == 1
+        assert await unique.read_held(held.id) == placeholder_webp(50)
     finally:
         await storage.aclose()
 
@@ -80,6 +93,8 @@ async def test_there_and_back_again(tmp_path: Path, redis_server: RedisServer) -
     assert back.returncode == 0, back.stderr
     assert folders_content(settings) == before
     assert await redis_content(redis_server.url) == {"unique": {}, "fallback": {}}
+    assert folders["fallback"].is_kept(kept) and [record.id for record in folders["unique"].held(5)] == [held.id]
+    assert folders["unique"].read_held(held.id) == placeholder_webp(50)
 
 
 async def test_a_migration_stopped_half_way_is_finished_by_running_it_again(tmp_path: Path,
@@ -90,7 +105,7 @@ async def test_a_migration_stopped_half_way_is_finished_by_running_it_again(tmp_
     before = folders_content(settings)
     # Stopped after copying one unique and before removing it from its folder: it is in both places.
     caught = next(iter(before["unique"]))
-    storage = RedisStorage.connect(StorageSettings(backend="redis", url=redis_server.url))
+    storage = RedisStorage.connect(StorageSettings(backend="redis", url=redis_server.url, timeout=10.0))
     try:
         folder = open_buckets(settings)["unique"]
         await RedisBucket(storage, "unique").publish(folder.read(caught), folder.metadata(caught),
@@ -113,7 +128,7 @@ async def test_refused_while_a_server_uses_either_side(tmp_path: Path, redis_ser
     finally:
         lock.release()
     assert refused.returncode == 1 and "stop every avatargen serve first" in refused.stderr
-    storage = RedisStorage.connect(StorageSettings(backend="redis", url=redis_server.url))
+    storage = RedisStorage.connect(StorageSettings(backend="redis", url=redis_server.url, timeout=10.0))
     try:
         lease = GeneratorLease(storage, ttl=60)
         assert await lease.acquire()

@@ -23,6 +23,8 @@ from avatargen.testing import RedisServer
 
 META = {"prompt": "A painting of cjs", "seed": 7, "backend": "simulated"}
 OPEN = ServingSettings(unique_every=0.0, unique_burst=1, unique_per_visitor=0.0)  # no limit: claims only
+# The clients' deadline where a test is not about it: on a busy machine a call may take a while.
+PATIENT = 10.0
 
 
 def webp(shade: int, size: int = 32) -> bytes:
@@ -36,7 +38,7 @@ def framed(image: bytes) -> bytes:
 
 
 def settings_for(server: RedisServer, **changes: Any) -> StorageSettings:
-    return replace(StorageSettings(backend="redis", url=server.url, key_prefix="test"), **changes)
+    return replace(StorageSettings(backend="redis", url=server.url, key_prefix="test", timeout=PATIENT), **changes)
 
 
 @pytest.fixture
@@ -142,7 +144,7 @@ async def test_concurrent_claims_hand_out_each_unique_once(storage: RedisStorage
 def _claim_in_process(url: str, start: multiprocessing.synchronize.Event, out: multiprocessing.Queue) -> None:
     async def claim_all() -> list[str]:
         # Patient: on a busy machine this checks that claims are exclusive, not that they are quick.
-        storage = RedisStorage.connect(StorageSettings(backend="redis", url=url, key_prefix="test", timeout=10))
+        storage = RedisStorage.connect(StorageSettings(backend="redis", url=url, key_prefix="test", timeout=PATIENT))
         bucket = RedisBucket(storage, "unique")
         allowance = RedisAllowance(storage, OPEN, bucket)
         start.wait()
@@ -240,7 +242,7 @@ async def test_retire_slot_once_per_period_across_replicas(storage: RedisStorage
 
 async def test_redis_down_raises_storage_unavailable_quickly(durable_redis_server: RedisServer) -> None:
     redis_server = durable_redis_server
-    storage = RedisStorage.connect(settings_for(redis_server, timeout=0.3))
+    storage = RedisStorage.connect(settings_for(redis_server, timeout=1.0))
     bucket = RedisBucket(storage, "fallback")
     record = await bucket.publish(webp(1), META)
     redis_server.stop()
@@ -252,7 +254,7 @@ async def test_redis_down_raises_storage_unavailable_quickly(durable_redis_serve
             started = loop.time()
             with pytest.raises(StorageUnavailable, match=r"Redis at redis://127\.0\.0\.1:\d+/0 cannot"):
                 await operation
-            assert loop.time() - started < 1.0
+            assert loop.time() - started < 3.0  # refused at once; a busy machine may take a moment to say so
         assert bucket.ids() == [record.id]  # the last known list stays, for the visitors' fallbacks
         redis_server.start()  # same port, same append-only file: the next call reconnects and finds it
         assert await bucket.read(record.id) == webp(1)
@@ -263,16 +265,16 @@ async def test_redis_down_raises_storage_unavailable_quickly(durable_redis_serve
 async def test_redis_slow_raises_storage_unavailable_at_the_timeout(storage: RedisStorage,
                                                                     redis_server: RedisServer) -> None:
     slow = RedisStorage.connect(settings_for(redis_server, timeout=0.2))
-    patient = RedisStorage.connect(settings_for(redis_server, timeout=5.0))
+    patient = RedisStorage.connect(settings_for(redis_server))
+    record = await RedisBucket(patient, "fallback").publish(webp(1), META)
     bucket = RedisBucket(slow, "fallback")
-    record = await bucket.publish(webp(1), META)
-    await storage.client.client_pause(1500)  # every client waits, as behind a stalled Redis
+    await storage.client.client_pause(2500)  # every client waits, as behind a stalled Redis
     loop = asyncio.get_running_loop()
     started = loop.time()
     try:
         with pytest.raises(StorageUnavailable, match=r"no answer within 0\.2s"):
             await bucket.read(record.id)
-        assert loop.time() - started < 1.0
+        assert loop.time() - started < 2.0  # at its deadline, not at the pause's end
         assert await patient.client.ping()  # answered once the pause is over
         assert await bucket.read(record.id) == webp(1)  # the same client works again
     finally:
@@ -283,11 +285,11 @@ async def test_redis_slow_raises_storage_unavailable_at_the_timeout(storage: Red
 async def test_a_claim_answered_too_late_is_put_back(storage: RedisStorage, redis_server: RedisServer) -> None:
     hasty = RedisStorage.connect(settings_for(redis_server, timeout=0.2))
     serving = ServingSettings(unique_every=3600.0, unique_burst=1, unique_per_visitor=3600.0)
+    record = await RedisBucket(storage, "unique", prepare=framed).publish(webp(1), META)
     bucket = RedisBucket(hasty, "unique", prepare=framed)
-    record = await bucket.publish(webp(1), META)
     allowance = RedisAllowance(hasty, serving, bucket)
     try:
-        await storage.client.client_pause(600)  # the claim waits in Redis, then runs after the visitor gave up
+        await storage.client.client_pause(2000)  # the claim waits in Redis, then runs after the visitor gave up
         with pytest.raises(StorageUnavailable):
             await allowance.claim("1.2.3.4")
         await allowance.aclose()  # once the late answer came, what it took went back
@@ -306,3 +308,83 @@ async def test_stored_metadata_is_json(storage: RedisStorage) -> None:
     raw = await storage.client.hget(storage.key("bucket", "fallback", "meta"), record.id)
     assert raw is not None
     assert json.loads(raw) == {"prompt": "Ünïcode", "created_at": record.metadata["created_at"]}
+
+
+# --- the owner's word, and what the safety gate held back ----------------------------------------------------
+
+
+async def test_keep_is_seen_by_every_replica_and_retiring_spares_a_kept_fallback(storage: RedisStorage) -> None:
+    bucket = RedisBucket(storage, "fallback")
+    kept, other = [await bucket.publish(webp(n), META) for n in range(2)]
+    assert (await bucket.keep(kept.id)).kept and bucket.is_kept(kept.id)
+    stale = RedisBucket(storage, "fallback")  # a replica that has not looked since
+    assert not stale.is_kept(kept.id)
+    assert await stale.retire(kept.id) is False, "Redis itself spares it"
+    assert await stale.retire(other.id) is True
+    await stale.refresh()
+    assert stale.is_kept(kept.id) and stale.ids() == [kept.id]
+    assert [(record.id, record.kept) for record in await stale.newest(5)] == [(kept.id, True)]
+    assert not (await stale.keep(kept.id, kept=False)).kept
+    assert await bucket.retire(kept.id) is True
+    with pytest.raises(ImageNotFound):
+        await bucket.keep(kept.id)
+    await stale.refresh()
+    assert stale.count() == 0 and not stale.is_kept(kept.id)
+
+
+async def test_move_into_the_other_bucket_under_the_same_id(storage: RedisStorage) -> None:
+    unique, fallback = RedisBucket(storage, "unique", prepare=framed), RedisBucket(storage, "fallback")
+    image = await unique.publish(webp(1), META)
+    moved = await unique.move(image.id, fallback)
+    assert (moved.id, moved.bucket, moved.metadata["moved_from"]) == (image.id, "fallback", "unique")
+    assert await fallback.read(image.id) == webp(1) and await fallback.framed(image.id) is None
+    assert unique.count() == 0 and fallback.ids() == [image.id]
+    for gone in (unique.read(image.id), unique.move(image.id, fallback)):
+        with pytest.raises(ImageNotFound):
+            await gone
+    back = await fallback.move(image.id, unique)  # framed on the way into the bucket that frames
+    assert back.metadata["moved_from"] == "fallback" and await unique.framed(image.id) == framed(webp(1))
+
+
+async def test_a_move_and_concurrent_claims_never_both_get_a_unique(storage: RedisStorage) -> None:
+    unique, fallback = RedisBucket(storage, "unique"), RedisBucket(storage, "fallback")
+    stocked = [(await unique.publish(webp(n), META)).id for n in range(30)]
+    allowance = RedisAllowance(storage, OPEN, unique)
+
+    async def move(image_id: str) -> str | None:
+        try:
+            return (await unique.move(image_id, fallback)).id
+        except ImageNotFound:
+            return None  # a visitor claimed it first
+
+    outcomes = await asyncio.gather(*(allowance.claim(f"v{n}") for n in range(30)), *map(move, stocked))
+    claimed = [claim.id for claim in outcomes[:30] if claim is not None]
+    moved = [image_id for image_id in outcomes[30:] if image_id is not None]
+    assert not set(claimed) & set(moved)
+    assert sorted(claimed + moved) == sorted(stocked)
+    await fallback.refresh()
+    assert sorted(fallback.ids()) == sorted(moved)
+
+
+async def test_held_images_stay_out_of_the_bucket_until_approved(storage: RedisStorage) -> None:
+    unique = RedisBucket(storage, "unique", prepare=framed)
+    review = {"held": True, "reasons": [{"kind": "no_face", "text": "no face"}]}
+    approved, refused = [await unique.hold(webp(n), {**META, "review": review}) for n in range(2)]
+    assert approved.held and unique.count() == 0 and unique.held_count() == 2
+    other = RedisBucket(storage, "unique", prepare=framed)  # another replica
+    await other.refresh()
+    assert other.count() == 0 and other.held_count() == 2 and await other.newest(5) == []
+    assert [(record.id, record.held) for record in await other.held(5)] == [(refused.id, True), (approved.id, True)]
+    assert await other.read_held(approved.id) == webp(0)
+    assert await RedisAllowance(storage, OPEN, unique).claim("v") is None, "nothing held is ever claimed"
+
+    published = await other.approve(approved.id)
+    assert not published.held and published.metadata["review"]["approved_at"]
+    assert await unique.framed(approved.id) == framed(webp(0))
+    with pytest.raises(ImageNotFound):
+        await other.approve(approved.id)
+    assert await other.delete_held(refused.id) is True and await other.delete_held(refused.id) is False
+    with pytest.raises(ImageNotFound):
+        await other.read_held(refused.id)
+    await unique.refresh()
+    assert unique.ids() == [approved.id] and unique.held_count() == 0

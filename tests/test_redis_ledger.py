@@ -19,8 +19,8 @@ NOON = datetime(2026, 11, 30, 12, 0, tzinfo=UTC).timestamp()
 
 @pytest.fixture
 async def replicas(redis_server: RedisServer) -> AsyncIterator[list[RedisStorage]]:
-    storages = [RedisStorage.connect(StorageSettings(backend="redis", url=redis_server.url, key_prefix="test"))
-                for _ in range(2)]
+    settings = StorageSettings(backend="redis", url=redis_server.url, key_prefix="test", timeout=10.0)
+    storages = [RedisStorage.connect(settings) for _ in range(2)]
     yield storages
     for storage in storages:
         await storage.aclose()

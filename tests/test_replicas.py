@@ -45,7 +45,7 @@ def simulator(tmp_path: Path) -> Iterator[Simulator]:
 
 async def stock(url: str, uniques: int = UNIQUES, fallbacks: int = FALLBACKS) -> set[str]:
     """Uniques and fallbacks in Redis, as a generator would have stored them; the uniques' ids."""
-    storage = RedisStorage.connect(StorageSettings(backend="redis", url=url))
+    storage = RedisStorage.connect(StorageSettings(backend="redis", url=url, timeout=10.0))
     try:
         unique, fallback = RedisBucket(storage, "unique", prepare=lambda image: image), RedisBucket(storage, "fallback")
         for n in range(fallbacks):
@@ -56,7 +56,7 @@ async def stock(url: str, uniques: int = UNIQUES, fallbacks: int = FALLBACKS) ->
 
 
 async def left_in_redis(url: str) -> int:
-    storage = RedisStorage.connect(StorageSettings(backend="redis", url=url, timeout=5))
+    storage = RedisStorage.connect(StorageSettings(backend="redis", url=url, timeout=10.0))
     try:
         bucket = RedisBucket(storage, "unique")
         await bucket.refresh()

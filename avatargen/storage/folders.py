@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -59,8 +60,13 @@ class FolderBucket:
     async def newest(self, n: int) -> list[ImageRecord]:
         return await asyncio.to_thread(self.folder.newest, n)
 
-    async def publish(self, image: bytes, metadata: dict[str, Any], *, prepared: bytes | None = None) -> ImageRecord:
-        return await asyncio.to_thread(self.folder.publish, image, metadata, prepared=prepared)
+    async def publish(self, image: bytes, metadata: dict[str, Any], *, prepared: bytes | None = None,
+                      image_id: str | None = None) -> ImageRecord:
+        return await asyncio.to_thread(partial(self.folder.publish, image, metadata, prepared=prepared,
+                                               image_id=image_id))
+
+    async def framed(self, image_id: str) -> bytes | None:
+        return await asyncio.to_thread(self.folder.framed, image_id)
 
     async def delete(self, image_id: str) -> bool:
         return await asyncio.to_thread(self.folder.delete, image_id)
@@ -83,8 +89,8 @@ class FolderBucket:
     def rejected(self) -> int:
         return self.folder.rejected()
 
-    async def hold(self, image: bytes, metadata: dict[str, Any]) -> ImageRecord:
-        return await asyncio.to_thread(self.folder.hold, image, metadata)
+    async def hold(self, image: bytes, metadata: dict[str, Any], *, image_id: str | None = None) -> ImageRecord:
+        return await asyncio.to_thread(partial(self.folder.hold, image, metadata, image_id=image_id))
 
     async def held(self, n: int) -> list[ImageRecord]:
         return await asyncio.to_thread(self.folder.held, n)

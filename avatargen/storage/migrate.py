@@ -1,10 +1,11 @@
 """`avatargen migrate --to redis` (and `--to files`): the buckets and the cost ledger moved between the
 folders and Redis, without losing or duplicating an image.
 
-Each image is copied under its own id, then removed from where it came from. Copying twice leaves one
-copy (the id is the key), so a migration that stops half-way (Ctrl-C, Redis gone) is finished by running
-it again: an image is always in the source, in the target, or, for that moment, in both, and the next
-run moves it once more. It refuses to start while any `avatargen serve` uses either side: it takes the
+Each image is copied under its own id (with the owner's keep mark), then removed from where it came
+from; so are the images the safety gate holds back for review. Copying twice leaves one copy (the id is
+the key), so a migration that stops half-way (Ctrl-C, Redis gone) is finished by running it again: an
+image is always in the source, in the target, or, for that moment, in both, and the next run moves it
+once more. It refuses to start while any `avatargen serve` uses either side: it takes the
 generator's seat of both (the lock file of data_dir, the lease in Redis), which one server always holds.
 Ledger entries are copied (by run id: again harmless) and left in place, so the budget keeps its history.
 """
@@ -37,6 +38,7 @@ class MigrationRefused(Exception):
 @dataclass
 class Moved:
     images: dict[str, int]
+    held: dict[str, int]
     set_aside: int
     ledger_entries: int
 
@@ -74,37 +76,35 @@ async def migrate(settings: Settings, to: Direction, *, say: Callable[[str], Non
 
 
 async def _move(folders: FolderBackend, redis: RedisBackend, to: Direction, say: Callable[[str], None]) -> Moved:
-    moved, set_aside = {}, 0
+    moved, held, set_aside = {}, {}, 0
     for name, folder in folders.folders.items():
         await asyncio.to_thread(folder.folder.recover, stale_after=0)  # no server runs: every claim is stale
         shared = redis.shared[name]
         await shared.refresh()
+        origin, destination = (folder, shared) if to == "redis" else (shared, folder)
         count = 0
-        if to == "redis":
-            for image_id in sorted(folder.ids()):
-                try:
-                    image = await folder.read(image_id)
-                except BadImage:
-                    set_aside += 1  # broken: kept in the folder's .rejected/ for the owner, not moved
-                    continue
-                except ImageNotFound:
-                    continue
-                framed = await asyncio.to_thread(folder.folder.framed, image_id)
-                await shared.publish(image, await folder.metadata(image_id), prepared=framed, image_id=image_id)
-                await folder.delete(image_id)
-                count += 1
-        else:
-            for image_id in sorted(shared.ids()):
-                try:
-                    image, metadata = await shared.read(image_id), await shared.metadata(image_id)
-                except ImageNotFound:
-                    continue
-                framed = await shared.framed(image_id)
-                await asyncio.to_thread(folder.folder.publish, image, metadata, prepared=framed, image_id=image_id)
-                await shared.delete(image_id)
-                count += 1
+        for image_id in sorted(origin.ids()):
+            try:
+                image, metadata = await origin.read(image_id), await origin.metadata(image_id)
+            except BadImage:
+                set_aside += 1  # broken: kept in the folder's .rejected/ for the owner, not moved
+                continue
+            except ImageNotFound:
+                continue
+            framed = await origin.framed(image_id)
+            await destination.publish(image, metadata, prepared=framed, image_id=image_id)
+            if origin.is_kept(image_id):
+                await destination.keep(image_id)
+            await origin.delete(image_id)
+            count += 1
         moved[name] = count
-        say(f"{name}: {count} image(s) moved to {'Redis' if to == 'redis' else folder.folder.directory}")
+        waiting = await origin.held(origin.held_count())
+        for record in waiting:
+            await destination.hold(await origin.read_held(record.id), record.metadata, image_id=record.id)
+            await origin.delete_held(record.id)
+        held[name] = len(waiting)
+        say(f"{name}: {count} image(s) moved to {'Redis' if to == 'redis' else folder.folder.directory}"
+            + (f", with {len(waiting)} held for review" if waiting else ""))
     source, target = ((await folders.open_ledger(), await redis.open_ledger()) if to == "redis"
                       else (await redis.open_ledger(), await folders.open_ledger()))
     try:
@@ -114,4 +114,4 @@ async def _move(folders: FolderBackend, redis: RedisBackend, to: Direction, say:
         await source.aclose()
         await target.aclose()
     say(f"cost ledger: {len(entries)} run(s) copied to {target.location}")
-    return Moved(moved, set_aside, len(entries))
+    return Moved(moved, held, set_aside, len(entries))
