@@ -8,6 +8,7 @@ raise `HTTPException`; `server.errors` renders every error as `{"error": "..."}`
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -28,7 +29,7 @@ from avatargen.generator import Generator, NothingToDo, NotRunning, RunActive
 from avatargen.owner_actions import Refused
 from server.admin_guard import OwnerOnly
 from server.errors import FieldError, echo
-from server.forwarding import GeneratorUnreachable
+from server.forwarding import GeneratorUnreachable, read_answer
 from server.json_body import json_object
 from server.services import Services
 
@@ -63,8 +64,19 @@ def to_generator(handler: Handler, *, stream: bool = False) -> Handler:
     return answered
 
 
-async def status(request: Request) -> Response:
+async def status_here(request: Request) -> Response:
+    """The status as this process knows it (the generator's own, when it runs here)."""
     return JSONResponse((await services(request).status()).to_json())
+
+
+async def status(request: Request) -> Response:
+    """The generator's status (from its process, wherever it runs) with the visitor path's errors of this
+    process: each worker or replica serves visitors of its own, and the owner asked this one."""
+    answer = await to_generator(status_here)(request)
+    if answer.status_code != 200:
+        return answer
+    visitors = request.app.state.visitor.status()
+    return JSONResponse({**json.loads(await read_answer(answer)), "visitors": visitors.to_json()})
 
 
 async def events(request: Request) -> Response:
@@ -307,7 +319,7 @@ def admin_api(*, internal: bool = False) -> Mount:
         return handler if internal else to_generator(handler, stream=stream)
 
     return Mount("/admin/api", name="admin", middleware=[] if internal else [Middleware(OwnerOnly)], routes=[
-        Route("/status", generators(status), methods=["GET"]),
+        Route("/status", status_here if internal else status, methods=["GET"]),
         Route("/events", generators(events, stream=True), methods=["GET"]),
         Route("/images", images, methods=["GET"]),
         Route("/images/{bucket}/{image_id}", image, methods=["GET"], name="image"),

@@ -59,6 +59,18 @@ class Forwarder(Protocol):
     async def aclose(self) -> None: ...
 
 
+async def read_answer(answer: Response) -> bytes:
+    """The whole body of a forwarded answer (a streamed one is read to its end and closed)."""
+    if not isinstance(answer, StreamingResponse):
+        return bytes(answer.body)
+    try:
+        chunks = [chunk async for chunk in answer.body_iterator]
+        return b"".join(chunk.encode() if isinstance(chunk, str) else bytes(chunk) for chunk in chunks)
+    finally:
+        if answer.background is not None:
+            await answer.background()
+
+
 def _kept_headers(request: Request) -> dict[str, str]:
     return {name: value for name, value in request.headers.items() if name in _KEPT_HEADERS}
 

@@ -28,6 +28,7 @@ from avatargen.api.wire import (
     StateChange,
     Status,
     Step,
+    VisitorErrors,
     decode_event,
     encode_event,
 )
@@ -36,5 +37,5 @@ __all__ = [
     "STATES", "AdminClient", "AdminError", "AuthError", "BucketLevel", "BucketsChange", "Cost", "ImageApproved",
     "ImageEvent", "ImageHeld", "ImageInfo", "ImageKept", "ImageMoved", "ImageRemoved",
     "LastRun", "LogEntry", "NewImage", "ProtocolError", "Run", "ServerEvent", "State", "StateChange", "Status",
-    "Step", "TokenError", "Unreachable", "decode_event", "encode_event", "find_token", "server_url",
+    "Step", "TokenError", "Unreachable", "VisitorErrors", "decode_event", "encode_event", "find_token", "server_url",
 ]
