@@ -41,6 +41,8 @@ log = logging.getLogger("avatargen.server")
 
 # How long a forwarded request may take, the generator's process included; a refill answers in milliseconds.
 FORWARD_TIMEOUT = 10.0
+# How soon a request is sent again while nobody listens on the generator's socket yet.
+CONNECT_RETRY = 0.05
 # Headers a forwarded request keeps (what the handlers read); the rest belong to the hop.
 _KEPT_HEADERS = ("content-type", "last-event-id", "accept")
 _HOP_HEADERS = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length", "server", "date"})
@@ -87,19 +89,30 @@ class SocketForwarder:
 
     streams = True
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, timeout: float = FORWARD_TIMEOUT) -> None:
         self.path = path
+        self.timeout = timeout
         self._client = httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=str(path)),
-                                         base_url="http://generator", timeout=httpx.Timeout(FORWARD_TIMEOUT,
-                                                                                            read=None))
+                                         base_url="http://generator", timeout=httpx.Timeout(timeout, read=None))
 
     async def forward(self, request: Request) -> Response:
+        """Forward, waiting up to `timeout` while nobody listens on the socket yet (the generator's worker is
+        starting, or another is taking over from one that died), as a request through Redis waits for the
+        generator's replica. Only a request that never reached the generator is sent again."""
         outgoing = self._client.build_request(request.method, request.url.path, params=request.query_params,
                                               headers=_kept_headers(request), content=await request.body())
-        try:
-            answer = await self._client.send(outgoing, stream=True)
-        except httpx.TransportError as exc:
-            raise GeneratorUnreachable(f"the worker that runs the generator does not answer ({exc})") from None
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + self.timeout
+        while True:
+            try:
+                answer = await self._client.send(outgoing, stream=True)
+                break
+            except httpx.ConnectError as exc:
+                if loop.time() >= give_up_at:
+                    raise GeneratorUnreachable(f"the worker that runs the generator does not answer ({exc})") from None
+                await asyncio.sleep(CONNECT_RETRY)
+            except httpx.TransportError as exc:
+                raise GeneratorUnreachable(f"the worker that runs the generator does not answer ({exc})") from None
         return StreamingResponse(answer.aiter_raw(), status_code=answer.status_code,
                                  headers=_answer_headers(answer.headers), background=BackgroundTask(answer.aclose))
 

@@ -98,8 +98,22 @@ async def test_through_a_unix_socket(tmp_path: Path) -> None:
         async with front(forwarder) as client:
             await check_forwarded(client)
         await forwarder.aclose()
-    forwarder = SocketForwarder(path)
+    forwarder = SocketForwarder(path, timeout=0.3)
     async with front(forwarder) as client:
         answer = await client.post("/admin/api/refill")
     await forwarder.aclose()
     assert answer.status_code == 503 and "does not answer" in answer.json()["error"]
+
+
+async def test_a_request_waits_for_the_generators_worker_to_listen(tmp_path: Path) -> None:
+    """Right after start-up (or a take-over) nobody listens on the socket yet: the request waits for it."""
+    path = tmp_path / "generator.sock"
+    forwarder = SocketForwarder(path)
+    async with front(forwarder) as client:
+        asked = asyncio.create_task(client.post("/admin/api/refill?dry=1", json={"buckets": ["unique"]}))
+        waited, _ = await asyncio.wait({asked}, timeout=0.5)
+        assert not waited, "answered before anyone listened"
+        async with serving_on_socket(generator_app(), path):
+            answer = await asked
+    await forwarder.aclose()
+    assert answer.status_code == 202 and answer.headers["x-from"] == "generator"
