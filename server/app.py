@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -27,7 +26,7 @@ from avatargen.storage.redis_events import EventRelay
 from avatargen.tasks import background
 from server.admin import admin_api
 from server.admin_token import resolve_admin_token
-from server.errors import http_error
+from server.errors import ERROR_HANDLERS
 from server.forwarding import RedisDesk, RedisForwarder, SocketForwarder, serving_on_socket
 from server.generator_host import GeneratorHost, hosting
 from server.services import Services
@@ -78,7 +77,7 @@ def create_app(settings: Settings) -> Starlette:
             if source.startswith("generated") and sys.stderr.isatty():
                 print(f"\n  admin token (shown once): {token.reveal()}\n", file=sys.stderr)
 
-            internal = Starlette(routes=[admin_api(internal=True)], exception_handlers={HTTPException: http_error})
+            internal = Starlette(routes=[admin_api(internal=True)], exception_handlers=ERROR_HANDLERS)
             internal.state.services = services
             redis = backend.redis
             if redis is not None:
@@ -139,6 +138,6 @@ def create_app(settings: Settings) -> Starlette:
 
     # The visitor routes come first: Starlette tries routes in order, and /avatar is the hot path.
     routes = [*visitor.routes(), Route("/healthz", healthz, methods=["GET"]), admin_api()]
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=ERROR_HANDLERS)
     app.state.visitor = visitor  # its status() says what visitors were spared (for the admin API)
     return app

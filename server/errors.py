@@ -10,6 +10,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
+from avatargen.storage.redis_connection import StorageUnavailable
+
 ADMIN_PREFIX = "/admin/"
 ECHO_LIMIT = 60  # characters of a client's own value worth repeating back in an error message
 
@@ -38,3 +40,14 @@ async def http_error(request: Request, exc: Exception) -> Response:
         body["field"] = exc.field
     return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
+
+
+async def storage_unavailable(request: Request, exc: Exception) -> Response:
+    """The shared storage did not answer in time (Redis down or slow): 503 with what could not be done, for
+    the owner to try again once it answers (visitors never get here: their path serves from memory)."""
+    assert isinstance(exc, StorageUnavailable)
+    return await http_error(request, HTTPException(503, str(exc)))
+
+
+# Every app of the server renders its errors with these.
+ERROR_HANDLERS = {HTTPException: http_error, StorageUnavailable: storage_unavailable}

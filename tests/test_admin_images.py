@@ -282,9 +282,15 @@ async def test_the_owners_word_on_images_in_redis(tmp_path: Path, redis_server: 
         removed = await next_event(owner, ImageRemoved, lambda: owner.delete_image("unique", refused))
         assert (removed.id, removed.held, removed.buckets["unique"].held) == (refused, True, 0)
         assert (await owner.status()).buckets["fallback"].count == 1
-    replica = RedisBucket(RedisStorage.connect(settings.storage), "fallback")  # what any replica finds
-    try:
-        await replica.refresh()
-        assert replica.ids() == [kept] and replica.is_kept(kept)
-    finally:
-        await replica.storage.aclose()
+        replica = RedisBucket(RedisStorage.connect(settings.storage), "fallback")  # what any replica finds
+        try:
+            await replica.refresh()
+            assert replica.ids() == [kept] and replica.is_kept(kept)
+        finally:
+            await replica.storage.aclose()
+
+        redis_server.stop()  # the owner is told why nothing can be listed now; visitors still get the kept one
+        with pytest.raises(AdminError) as down:
+            await owner.images("fallback", 5)
+        assert down.value.status == 503 and down.value.message.startswith("Redis at redis://127.0.0.1:")
+        assert await served_ids(web, 3) == {kept}
