@@ -1,9 +1,10 @@
 """The event hub: the generator tells, the admin API's SSE stream and the TUI listen.
 
 Publishing never waits for a listener. Every event gets a sequence id and is kept in a short history,
-so a client that reconnects with Last-Event-ID gets what it missed. Each listener has a bounded queue:
-a slow listener loses `progress` events first (the next one supersedes them anyway); one that falls
-behind on events that matter is cut off, and catches up from the history when it reconnects.
+so a client that reconnects with Last-Event-ID gets what it missed; a live `preview` is not kept (it is
+stale a second later, and a few kB each would crowd the history). Each listener has a bounded queue:
+a slow listener loses `progress` and `preview` events first (the next one supersedes them anyway); one
+that falls behind on events that matter is cut off, and catches up from the history when it reconnects.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-EVENT_TYPES = ("state", "progress", "image", "buckets", "log")
-COALESCED = frozenset({"progress", "buckets"})
+EVENT_TYPES = ("state", "progress", "image", "buckets", "log", "preview")
+COALESCED = frozenset({"progress", "buckets", "preview"})
+EPHEMERAL = frozenset({"preview"})  # sent to who listens now, never replayed
 
 
 @dataclass(frozen=True)
@@ -87,7 +89,8 @@ class EventHub:
     def publish(self, type_: str, data: dict[str, Any]) -> Event:
         """Record and fan out an event; never blocks. Call from the event loop's thread."""
         event = Event(next(self._ids), type_, data)
-        self._history.append(event)
+        if type_ not in EPHEMERAL:
+            self._history.append(event)
         for listener in list(self._listeners):
             if not listener.offer(event):
                 self._listeners.discard(listener)

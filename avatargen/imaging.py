@@ -171,6 +171,19 @@ def placeholder_webp(size: int) -> bytes:
     return encode_webp(small, 80)
 
 
+PREVIEW_EDGE = 96  # the longest side of a live preview sent to the owner: a few kB, enough for a panel
+PREVIEW_QUALITY = 50
+
+
+def preview_webp(data: bytes, edge: int = PREVIEW_EDGE, quality: int = PREVIEW_QUALITY) -> bytes:
+    """A live preview made small for the owner's event stream: at most `edge` px a side, aspect kept
+    (a web UI may send the grid of a whole batch), WebP. SD's previews are hundreds of kB at full size;
+    this is a few kB, so a panel on a slow link keeps up at one a second."""
+    image = decode_image(data).convert("RGB")
+    image.thumbnail((edge, edge), Image.Resampling.LANCZOS)
+    return encode_webp(image, quality)
+
+
 def make_avatars(images: list[str], size: int, quality: int,
                  prepare: Callable[[bytes], bytes] | None) -> list[tuple[bytes, bytes | None]]:
     """The stored avatars for a batch of SD's base64 images, each with its prepared (framed) copy when the

@@ -213,6 +213,24 @@ def generator(state: Services) -> Generator | JSONResponse:
     return state.engine
 
 
+HISTORY_DAYS_MAX = 366
+
+
+async def history(request: Request) -> Response:
+    """`?days=30`: the daily spend, billed time and images, and the current (else last) run by the minute."""
+    raw = request.query_params.get("days", "30")
+    try:
+        days = int(raw)
+    except ValueError:
+        return error(422, f"days must be a whole number, got {raw[:40]!r}")
+    if not 1 <= days <= HISTORY_DAYS_MAX:
+        return error(422, f"days must be between 1 and {HISTORY_DAYS_MAX}, got {days}")
+    engine = generator(services(request))
+    if isinstance(engine, JSONResponse):
+        return engine
+    return JSONResponse(await engine.history(days))
+
+
 async def refill(request: Request) -> Response:
     state = services(request)
     body = await _json_body(request)
@@ -258,6 +276,7 @@ def admin_routes() -> list[Route]:
         route("/prompts", get_prompts, ["GET"]),
         route("/prompts", put_prompts, ["PUT"]),
         route("/prompts/sample", sample_prompts, ["GET", "POST"]),
+        route("/history", history, ["GET"]),
         route("/refill", refill, ["POST"]),
         route("/abort", abort, ["POST"]),
     ]

@@ -51,3 +51,20 @@ async def test_publish_wakes_a_waiting_listener() -> None:
         await asyncio.sleep(0)
         hub.publish("log", {"message": "hello"})
         assert (await waiting).data == {"message": "hello"}
+
+
+async def test_a_preview_goes_to_who_listens_now_and_is_never_replayed() -> None:
+    hub = EventHub(queue_size=2)
+    before = hub.publish("state", {"state": "generating"})
+    with hub.subscribe() as live, hub.subscribe() as slow:
+        hub.publish("preview", {"step": 5})
+        assert (await live.next(1)).data == {"step": 5}
+        for step in range(10, 20):
+            hub.publish("preview", {"step": step})  # the slow one's queue fills: later previews are dropped
+        assert hub.listener_count == 2  # dropping previews cut no one off
+        assert [(await slow.next(1)).data["step"] for _ in range(2)] == [5, 10]
+        assert await slow.next(0.01) is None
+        hub.publish("image", {"id": "a"})
+    with hub.subscribe(last_id=before.id) as replay:
+        assert (await replay.next(1)).type == "image"  # a reconnect replays what matters, not stale pictures
+        assert await replay.next(0.01) is None

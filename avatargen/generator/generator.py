@@ -26,7 +26,7 @@ from avatargen.generator.orphan import OrphanRecovery
 from avatargen.generator.refill import Refill, RunContext
 from avatargen.generator.scheduler import Scheduler
 from avatargen.generator.states import States
-from avatargen.generator.views import bucket_levels, cost_summary, runs_view
+from avatargen.generator.views import bucket_levels, cost_summary, history_view, runs_view
 from avatargen.gpu.base import Provider
 from avatargen.ledger import CostLedger
 from avatargen.run import Run, State, Trigger, iso
@@ -100,6 +100,11 @@ class Generator:
             "next_check_at": iso(self.scheduler.next_check_at),
             "paused_reason": self.scheduler.paused_reason,
         }
+
+    async def history(self, days: int) -> dict[str, Any]:
+        """Spend, billed time and images per day over the last `days` days, and the run under way (else the
+        last one) minute by minute: the owner's charts."""
+        return history_view(await self.billing.history(days), self.states.run or self.states.last_run)
 
     def _announce_state(self) -> None:
         self.events.publish("state", {**runs_view(self.states), "machine_state": self.machine.state})

@@ -10,15 +10,18 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from typing import Any, TypeVar
 
 from avatargen.buckets import Bucket
 from avatargen.config import GeneratorSettings
 from avatargen.generator.errors import RunFailed
-from avatargen.imaging import make_avatars
+from avatargen.imaging import make_avatars, preview_webp
 from avatargen.lifeline import helper_process
+
+T = TypeVar("T")
 
 
 class ImagingPool:
@@ -29,13 +32,19 @@ class ImagingPool:
 
     async def make_avatars(self, bucket_name: str, images: list[str]) -> list[tuple[bytes, bytes | None]]:
         """The stored avatars (and framed copies, for uniques) of a batch of SD's base64 images."""
+        return await self._call(make_avatars, images, self._settings.image_size, self._settings.webp_quality,
+                                self._buckets[bucket_name].prepare)
+
+    async def preview(self, data: bytes) -> bytes:
+        """A live preview made small (`imaging.preview_webp`)."""
+        return await self._call(preview_webp, data)
+
+    async def _call(self, work: Callable[..., T], *args: Any) -> T:
         if self._pool is None:
             self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
                                              initializer=helper_process, initargs=(os.getpid(),))
         try:
-            return await asyncio.get_running_loop().run_in_executor(
-                self._pool, make_avatars, images, self._settings.image_size, self._settings.webp_quality,
-                self._buckets[bucket_name].prepare)
+            return await asyncio.get_running_loop().run_in_executor(self._pool, work, *args)
         except BrokenProcessPool:
             self._pool = None  # the next request starts a fresh one
             raise RunFailed("the imaging process died") from None

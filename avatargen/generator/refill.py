@@ -3,16 +3,20 @@
 Whatever happens inside a run (an error, an abort, a timeout, a bug of ours), the machine is stopped in a
 `finally` that cannot be skipped, after all requests have finished or been cancelled, and the stop is
 retried until it is confirmed: the owner pays for every minute the machine is not `off`.
+
+While it generates, the run watches the SD job computing: its step for the progress bar, and a small live
+preview of the image for the owner's panel (`preview` events, at least `generator.preview_every` apart).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +33,7 @@ from avatargen.generator.views import image_event
 from avatargen.prompts import compose
 from avatargen.retry import backoff_delay
 from avatargen.run import Run, Step
-from avatargen.sd import SdClient, SdError, SdNotReady
+from avatargen.sd import SdClient, SdError, SdNotReady, SdProgress
 
 log = logging.getLogger("avatargen.generator")
 
@@ -41,6 +45,14 @@ def _innermost(exc: BaseException) -> BaseException:
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]
     return exc
+
+
+@dataclass(frozen=True)
+class _Job:
+    """A txt2img request sent and not answered yet."""
+
+    bucket: str
+    prompt: str
 
 
 @dataclass
@@ -91,6 +103,7 @@ class Refill:
         self._rng = random.Random()
         self._abort_reason: str | None = None
         self._started = False
+        self._jobs: list[_Job] = []  # in the order they were sent: the SD server computes them in that order
         self.task = asyncio.create_task(self._execute(), name=f"run-{run.id}")
 
     def abort(self, reason: str) -> None:
@@ -142,7 +155,8 @@ class Refill:
         provider = self._context.machine.provider
         await provider.start()
         await provider.wait_ready(max(0.0, deadline - loop.time()), self._context.machine.observe)
-        sd = SdClient(self._settings.sd, url=provider.sd_url())
+        sd = SdClient(self._settings.sd, url=provider.sd_url(),
+                      live_previews=self._settings.generator.preview_every > 0)
         log.info("machine ready; waiting for the Stable Diffusion API")
         while True:
             try:
@@ -179,13 +193,16 @@ class Refill:
             while (job := reserve()) is not None:
                 await self._fill(sd, *job, failures)
 
-        poller = asyncio.create_task(self._poll_step(sd))
+        pollers = [asyncio.create_task(self._poll_step(sd))]
+        if (every := self._settings.generator.preview_every) > 0:
+            pollers.append(asyncio.create_task(self._poll_preview(sd, every)))
         try:
             async with asyncio.TaskGroup() as group:
                 for _ in range(self._settings.generator.concurrency):
                     group.create_task(worker())
         finally:
-            poller.cancel()
+            for poller in pollers:
+                poller.cancel()
             run.step = None
         if run.done == 0 and run.failed > 0:
             raise RunFailed(f"no image could be made; last error: {failures.last}")
@@ -198,7 +215,8 @@ class Refill:
             run.current_prompt = prompt.text
             started = time.monotonic()
             try:
-                result = await sd.txt2img(prompt.text, batch_size=count)
+                with self._in_flight(_Job(bucket_name, prompt.text)):
+                    result = await sd.txt2img(prompt.text, batch_size=count)
                 avatars = await self._context.imaging.make_avatars(bucket_name, result.images[:count])
             except (SdError, ValueError) as exc:
                 failures.consecutive += 1
@@ -238,12 +256,22 @@ class Refill:
             "run_id": self.run.id,
         }
         record = await asyncio.to_thread(self._context.buckets[bucket_name].publish, webp, metadata, prepared=framed)
-        self.run.done += 1
+        self.run.stored_image()
+        if self.run.bills:
+            self._context.billing.count_image(self.run.id)
         self._context.events.publish("image", image_event(bucket_name, record, self._context.levels()))
         self._publish_progress()
 
     def _publish_progress(self) -> None:
         self._context.events.publish("progress", self.run.to_dict())
+
+    @contextlib.contextmanager
+    def _in_flight(self, job: _Job) -> Iterator[None]:
+        self._jobs.append(job)
+        try:
+            yield
+        finally:
+            self._jobs.remove(job)
 
     async def _poll_step(self, sd: SdClient) -> None:
         """The SD job's own step progress, for the live progress bar (failures here are harmless)."""
@@ -253,6 +281,30 @@ class Refill:
                 progress = await sd.progress()
                 self.run.step = Step(progress.sampling_step, progress.sampling_steps, round(progress.progress, 3))
                 self._publish_progress()
+
+    async def _poll_preview(self, sd: SdClient, every: float) -> None:
+        """The live preview of the job computing, sent on when it is a new one: fetched (a full-size image
+        each time) `every` seconds after the last one was dealt with, so previews are at least that far
+        apart. Failures here are harmless: only the owner's panel depends on them."""
+        shown: bytes | None = None
+        while True:
+            await asyncio.sleep(every)
+            with contextlib.suppress(Exception):
+                job = self._jobs[0] if self._jobs else None
+                progress = await sd.progress(preview=True)
+                if job is None or not self._jobs or self._jobs[0] is not job:
+                    continue  # a job ended meanwhile: whose picture this is cannot be told
+                if progress.preview is not None and progress.preview != shown:
+                    shown = progress.preview
+                    await self._publish_preview(job, progress, progress.preview)
+
+    async def _publish_preview(self, job: _Job, progress: SdProgress, image: bytes) -> None:
+        small = await self._context.imaging.preview(image)
+        self._context.events.publish("preview", {
+            "run_id": self.run.id, "bucket": job.bucket, "prompt": job.prompt,
+            "step": progress.sampling_step, "steps": progress.sampling_steps,
+            "media_type": "image/webp", "image": base64.b64encode(small).decode("ascii"),
+        })
 
     async def _shut_down(self, sd: SdClient | None) -> None:
         """Stop the machine and confirm it is off, retrying for as long as it takes; then back to idle."""

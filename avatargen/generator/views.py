@@ -12,7 +12,8 @@ from typing import Any
 from avatargen.buckets import Bucket, ImageRecord
 from avatargen.config import Settings
 from avatargen.generator.states import States
-from avatargen.ledger import Spend
+from avatargen.ledger import Day, Spend
+from avatargen.run import Run, iso
 
 
 def bucket_levels(settings: Settings, buckets: Mapping[str, Bucket]) -> dict[str, dict[str, int]]:
@@ -53,4 +54,15 @@ def image_event(bucket_name: str, record: ImageRecord, levels: dict[str, dict[st
         "url": f"/admin/api/images/{bucket_name}/{record.id}",
         "metadata": record.metadata,
         "buckets": levels,
+    }
+
+
+def history_view(days: list[Day], run: Run | None) -> dict[str, Any]:
+    """The owner's charts: spend, billed time and images per day, and a run (the one under way, else the
+    last) minute by minute."""
+    return {
+        "days": [{"date": day.date.isoformat(), "billed_seconds": round(day.billed_seconds, 1),
+                  "spend": round(day.cost, 4), "images": day.images} for day in days],
+        "run": None if run is None else {"id": run.id, "started_at": iso(run.started_at), "outcome": run.outcome,
+                                         "minutes": run.minutes()},
     }
