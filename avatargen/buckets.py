@@ -173,7 +173,7 @@ class Bucket:
         self._tmp = self.directory / ".tmp"
         self._claimed = self.directory / ".claimed"
         self._framed = self.directory / ".framed"
-        for folder in (self._tmp, self._claimed, *([self._framed] if prepare else [])):
+        for folder in self.folders:
             folder.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._index = _Index([])
@@ -183,6 +183,11 @@ class Bucket:
 
     def __repr__(self) -> str:
         return f"Bucket({self.name!r}, {str(self.directory)!r})"
+
+    @property
+    def folders(self) -> tuple[Path, ...]:
+        """Every folder the bucket writes to (start-up proves each one writable before the server listens)."""
+        return (self.directory, self._tmp, self._claimed, *([self._framed] if self.prepare else []))
 
     # --- the in-memory index -------------------------------------------------------------------------
 

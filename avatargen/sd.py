@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 
 from avatargen.config import SdSettings
+from avatargen.redact import redact_url
 
 TXT2IMG_TIMEOUT = 900.0  # seconds: txt2img answers only when the images are done, a big batch takes minutes
 _TIMEOUT = httpx.Timeout(30.0, connect=10.0)
@@ -168,13 +169,14 @@ class SdClient:
         self._settings = settings
         self._live_previews = live_previews
         self._url = (url or settings.url).rstrip("/")
+        self._shown_url = redact_url(self._url)  # for messages: they end up in logs, events and the status
         self._http = http if http is not None else httpx.AsyncClient(timeout=_TIMEOUT)
         self._owns_http = http is None
         self._txt2img_timeout = httpx.Timeout(txt2img_timeout, connect=10.0)
         self._auth = httpx.BasicAuth(settings.username, settings.password().reveal()) if settings.username else None
 
     def __repr__(self) -> str:
-        return f"SdClient({self._url!r}, username={self._settings.username!r})"
+        return f"SdClient({self._shown_url!r}, username={self._settings.username!r})"
 
     async def txt2img(self, prompt: str, *, batch_size: int, seed: int = -1) -> Txt2ImgResult:
         """Generate `batch_size` images in one pass; waits until they are done (a long read timeout)."""
@@ -268,11 +270,11 @@ class SdClient:
                 timeout=timeout or httpx.USE_CLIENT_DEFAULT,
             )
         except httpx.TimeoutException as exc:
-            raise SdError(None, f"the SD web UI at {self._url} did not answer in time ({type(exc).__name__})",
+            raise SdError(None, f"the SD web UI at {self._shown_url} did not answer in time ({type(exc).__name__})",
                           retryable=True) from exc
         except httpx.TransportError as exc:
-            raise SdError(None, f"cannot reach the SD web UI at {self._url}: {type(exc).__name__} {exc}".rstrip(),
-                          retryable=True) from exc
+            detail = redact_url(f"{type(exc).__name__} {exc}".rstrip())
+            raise SdError(None, f"cannot reach the SD web UI at {self._shown_url}: {detail}", retryable=True) from exc
         try:
             body = response.json()
         except ValueError:

@@ -22,6 +22,7 @@ from avatargen.generator import Generator
 from avatargen.gpu import make_provider
 from avatargen.ledger import CostLedger
 from avatargen.lock import GeneratorLock
+from avatargen.redact import RedactingFilter
 from avatargen.simulator.runner import SimulatedGpu
 from server.admin import admin_routes
 from server.admin_token import resolve_admin_token
@@ -63,6 +64,7 @@ def create_app(settings: Settings) -> Starlette:
                     log.info("bucket %s recovered at start-up: %s", bucket.name, recovered)
             events = EventHub()
             handler = EventLogHandler(events, asyncio.get_running_loop())
+            handler.addFilter(RedactingFilter())  # the owner's live log hides URL credentials as the file does
             product_log = logging.getLogger("avatargen")
             if product_log.getEffectiveLevel() > logging.INFO:
                 product_log.setLevel(logging.INFO)  # the owner's live log shows what the generator does

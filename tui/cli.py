@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from avatargen.cli_options import add_version, http_url
 from avatargen.config import ConfigError, Settings, find_config, load_settings
 from tui.app import AvatarApp
 from tui.images import IMAGE_STYLES
@@ -58,7 +59,8 @@ def find_token(explicit: str | None, settings: Settings) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="avatargen-tui", description="The avatargen control panel.")
-    parser.add_argument("--url", help="the server's address (default: from the config, else http://127.0.0.1:8080)")
+    add_version(parser)
+    parser.add_argument("--url", type=http_url, help="the server's address (default: from the config, else http://127.0.0.1:8080)")
     parser.add_argument("--token", help="the admin token (default: AVATARGEN_ADMIN_TOKEN, the config, the "
                                         "server's token file)")
     parser.add_argument("--config", type=Path, default=None,
