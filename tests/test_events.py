@@ -68,3 +68,25 @@ async def test_a_preview_goes_to_who_listens_now_and_is_never_replayed() -> None
     with hub.subscribe(last_id=before.id) as replay:
         assert (await replay.next(1)).type == "image"  # a reconnect replays what matters, not stale pictures
         assert await replay.next(0.01) is None
+
+
+async def test_a_new_listener_gets_the_recent_log_first_and_a_reconnecting_one_only_what_it_missed() -> None:
+    hub = EventHub(recent_logs=3)
+    for n in range(5):
+        hub.publish("log", {"n": n})
+        hub.publish("progress", {"done": n})  # not replayed: the status says where a run is
+    with hub.subscribe() as new:
+        assert [(await new.next(1)).data for _ in range(3)] == [{"n": 2}, {"n": 3}, {"n": 4}]
+        assert await new.next(0.01) is None
+    with hub.subscribe(last_id=hub.last_id) as reconnecting:
+        assert await reconnecting.next(0.01) is None
+    with hub.subscribe(last_id=hub.last_id + 100) as from_before_a_restart:
+        assert (await from_before_a_restart.next(1)).data == {"n": 2}
+
+
+async def test_a_client_whose_last_event_was_a_preview_gets_no_log_again() -> None:
+    hub = EventHub()
+    hub.publish("log", {"n": 1})
+    preview = hub.publish("preview", {"step": 5})
+    with hub.subscribe(last_id=preview.id) as reconnecting:  # not taken for an id from before a restart
+        assert await reconnecting.next(0.01) is None

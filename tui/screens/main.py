@@ -12,7 +12,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.reactive import reactive
 from textual.screen import Screen
-from textual.widgets import Footer, Label, TabbedContent, TabPane
+from textual.widgets import Footer, Label, TabbedContent, TabPane, Tabs
 
 from tui.images import ImageStyle
 from tui.models import BUCKETS, LogEntry, Status
@@ -30,6 +30,7 @@ from tui.widgets.thumbnail_grid import ThumbnailGrid
 class MainScreen(Screen[None]):
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (120, "-wide")]
     VERTICAL_BREAKPOINTS = [(0, "-short"), (34, "-tall")]
+    AUTO_FOCUS = ""  # keys start with the panel (letters switch tabs); Tab walks into the tab's fields
     BINDINGS = [
         Binding("o", "show_tab('overview')", "Overview"),
         Binding("i", "show_tab('images')", "Images"),
@@ -69,6 +70,7 @@ class MainScreen(Screen[None]):
         yield Footer()
 
     def on_mount(self) -> None:
+        self.query_one(Tabs).can_focus = False  # letters and clicks switch tabs; Tab walks the tab's fields
         self.query_one("#buckets").border_title = "Buckets"
         self.query_one("#generator").border_title = "Generator"
         self.query_one("#overview-log").border_title = "Log"
