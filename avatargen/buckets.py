@@ -276,6 +276,8 @@ class Bucket:
             path = self._image_path(image_id)
             try:
                 metadata = self.metadata(image_id)
+                if not isinstance(metadata, dict):
+                    continue  # valid JSON, but not a sidecar: skipped like an unreadable one
                 created = metadata.get("created_at")
                 created_at = (datetime.fromisoformat(created) if isinstance(created, str)
                               else datetime.fromtimestamp(path.stat().st_mtime, UTC))

@@ -12,16 +12,16 @@ the history when it reconnects.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol, overload
 
-EVENT_TYPES = ("state", "progress", "image", "buckets", "log", "preview")
+from avatargen.api.wire import LogEntry, encode_event
+
 COALESCED = frozenset({"progress", "buckets", "preview"})
 EPHEMERAL = frozenset({"preview"})  # sent to who listens now, never replayed
 
@@ -31,6 +31,12 @@ class Event:
     id: int
     type: str
     data: dict[str, Any]
+
+
+class Stoppable(Protocol):
+    """What tells a listener to stop: an asyncio or anyio Event."""
+
+    async def wait(self) -> Any: ...
 
 
 class ListenerTooSlow(Exception):
@@ -59,12 +65,31 @@ class _Listener:
 
 
 class Subscription:
-    def __init__(self, listener: _Listener, backlog: list[Event]) -> None:
+    """One listener's events, from the moment it subscribed (after its backlog). Close it, or use `with`."""
+
+    def __init__(self, hub: EventHub, listener: _Listener, backlog: list[Event]) -> None:
+        self._hub = hub
         self._listener = listener
         self._backlog = deque(backlog)
 
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop listening (again: nothing)."""
+        self._hub._listeners.discard(self._listener)
+
+    @overload
+    async def next(self) -> Event: ...
+
+    @overload
+    async def next(self, timeout: float) -> Event | None: ...
+
     async def next(self, timeout: float | None = None) -> Event | None:
-        """The next event, or None when nothing came within timeout (time for a heartbeat)."""
+        """The next event; with a timeout, None when nothing came within it."""
         if self._backlog:
             return self._backlog.popleft()
         try:
@@ -75,6 +100,27 @@ class Subscription:
         if event is None:
             raise ListenerTooSlow
         return event
+
+    async def until(self, stop: Stoppable) -> AsyncIterator[Event]:
+        """The events, until `stop` is set (the server is shutting down) or this listener is cut off for
+        being too slow (its client reconnects with Last-Event-ID and catches up from the history)."""
+        stopped = asyncio.ensure_future(stop.wait())
+        pending: asyncio.Future[Event] | None = None
+        try:
+            while True:
+                pending = asyncio.ensure_future(self.next())
+                await asyncio.wait((pending, stopped), return_when=asyncio.FIRST_COMPLETED)
+                if not pending.done():
+                    return
+                try:
+                    event = pending.result()
+                except ListenerTooSlow:
+                    return
+                yield event
+        finally:
+            for waiting in (pending, stopped):
+                if waiting is not None:
+                    waiting.cancel()
 
 
 class EventHub:
@@ -108,16 +154,16 @@ class EventHub:
     def since(self, last_id: int) -> list[Event]:
         return [event for event in self._history if event.id > last_id]
 
-    @contextlib.contextmanager
-    def subscribe(self, last_id: int | None = None) -> Iterator[Subscription]:
-        """Listen from now on, after a replay: what came after last_id, or the recent log without one."""
+    def subscribe(self, last_id: int | None = None) -> Subscription:
+        """Listen from now on, after a replay: what came after last_id, or the recent log without one (a panel
+        that connects shows what the server logged before it).
+
+        Registered at once, not when first read: a caller that subscribes before it answers knows that
+        nothing published after the answer can be missed."""
         listener = _Listener(self._queue_size)
         backlog = self.since(last_id) if last_id is not None and last_id <= self.last_id else list(self._recent_logs)
         self._listeners.add(listener)
-        try:
-            yield Subscription(listener, backlog)
-        finally:
-            self._listeners.discard(listener)
+        return Subscription(self, listener, backlog)
 
     @property
     def listener_count(self) -> int:
@@ -136,16 +182,13 @@ class EventLogHandler(logging.Handler):
         self._loop = loop
 
     def emit(self, record: logging.LogRecord) -> None:
-        data = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="seconds"),
-            "level": record.levelname.lower(),
-            "message": record.getMessage(),
-        }
+        name, data = encode_event(LogEntry(datetime.fromtimestamp(record.created, UTC), record.levelname.lower(),
+                                           record.getMessage()))
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
             running = None
         if running is self._loop:
-            self._hub.publish("log", data)
+            self._hub.publish(name, data)
         elif not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._hub.publish, "log", data)
+            self._loop.call_soon_threadsafe(self._hub.publish, name, data)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks.harness import Service
+from avatargen.testing import Service
 from benchmarks.wrk import ensure_installed
 
 _MAIN = """\

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.harness import ADMIN_TOKEN, ROOT, avatargen_server, free_port, parse_args, scratch, write_config
+from avatargen.testing import free_port
+from benchmarks.harness import ADMIN_TOKEN, ROOT, avatargen_server, parse_args, scratch, write_config
 from benchmarks.nginx import nginx
 from benchmarks.report import print_machine, print_table, verdict
 

@@ -9,10 +9,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from avatargen import prompts, review
+from avatargen.api import AdminClient, AdminError, ProtocolError, Run, TokenError, Unreachable, find_token, server_url
 from avatargen.cli_options import add_version, count, http_url, setting
 from avatargen.config import BUCKET_NAMES, ConfigError, Settings, find_config, load_settings
-from tui.client import AdminClient, AdminError, Unreachable
-from tui.models import Run
 
 EXIT_CONFIG = 2  # a config or command-line error (argparse's usage errors are 2 as well)
 EXIT_CANNOT_LISTEN = 4  # serve: the port is in use or the address is not this machine's
@@ -67,9 +66,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _as_owner(args: argparse.Namespace, action: Callable[[AdminClient], Awaitable[str]]) -> int:
-    """Run one admin API call as the TUI would (same URL and token lookup) and print its answer."""
-    from tui.cli import TokenError, find_token, server_url
-
+    """Run one admin API call through the admin API client (URL and token found as the TUI finds them) and
+    print its answer."""
     settings = _load(args)
     try:
         token = find_token(args.token, settings)
@@ -78,15 +76,12 @@ def _as_owner(args: argparse.Namespace, action: Callable[[AdminClient], Awaitabl
         return 1
 
     async def call() -> str:
-        client = AdminClient(args.url or server_url(settings), token)
-        try:
+        async with AdminClient(args.url or server_url(settings), token) as client:
             return await action(client)
-        finally:
-            await client.aclose()
 
     try:
         print(asyncio.run(call()))
-    except (AdminError, Unreachable) as exc:
+    except (AdminError, Unreachable, ProtocolError) as exc:
         print(f"avatargen: {exc}", file=sys.stderr)
         return 1
     return 0
@@ -99,7 +94,8 @@ def _describe_run(run: Run) -> str:
 
 async def _status(client: AdminClient) -> str:
     status = await client.status()
-    lines = [f"state: {status.state.replace('_', ' ')} (machine {status.machine_state}, {status.provider})"]
+    machine = status.machine_state or "unknown"
+    lines = [f"state: {status.state.replace('_', ' ')} (machine {machine}, {status.provider})"]
     lines += [f"{name}: {level.count} (min {level.min}, max {level.max})" for name, level in status.buckets.items()]
     if status.run is not None:
         lines.append(_describe_run(status.run))

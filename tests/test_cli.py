@@ -42,7 +42,7 @@ async def test_owner_commands_talk_to_a_running_server(tmp_path: Path) -> None:
     settings = fast_settings(tmp_path, admin__token="cli-token", gpu__simulated__boot_delay="60s")
 
     async def avatargen(*args: str) -> subprocess.CompletedProcess[str]:
-        command = [sys.executable, "-m", "server.cli", *args, "--url", url, "--token", "cli-token",
+        command = [sys.executable, "-X", "importtime", "-m", "server.cli", *args, "--url", url, "--token", "cli-token",
                    "--config", str(tmp_path / "config.toml")]
         return await asyncio.to_thread(subprocess.run, command, capture_output=True, text=True, cwd=ROOT,
                                        timeout=60, check=False)
@@ -51,6 +51,8 @@ async def test_owner_commands_talk_to_a_running_server(tmp_path: Path) -> None:
         status = await avatargen("status")
         assert status.returncode == 0, status.stderr
         assert "state: idle (machine off, simulated)" in status.stdout and "unique: 0 (min 0, max 4)" in status.stdout
+        imported = {line.rpartition("|")[2].strip().split(".")[0] for line in status.stderr.splitlines()}
+        assert "httpx" in imported and "textual" not in imported  # a quick command: no control panel loaded
         refill = await avatargen("refill", "unique")
         assert refill.returncode == 0 and refill.stdout.startswith("started run ")
         assert "0/4 done" in refill.stdout and "4 unique" in refill.stdout

@@ -22,7 +22,7 @@ async def test_listeners_get_events_in_order_and_replay_after_last_id() -> None:
 
 async def test_a_slow_listener_drops_progress_but_keeps_what_matters() -> None:
     hub = EventHub(queue_size=4)
-    with hub.subscribe() as slow:
+    with hub.subscribe(last_id=hub.last_id) as slow:
         for step in range(3):
             hub.publish("image", {"n": step})
         for step in range(100):
@@ -33,7 +33,7 @@ async def test_a_slow_listener_drops_progress_but_keeps_what_matters() -> None:
 
 async def test_a_listener_that_falls_behind_on_images_is_cut_off_and_can_catch_up() -> None:
     hub = EventHub(queue_size=2)
-    with hub.subscribe() as slow:
+    with hub.subscribe(last_id=hub.last_id) as slow:
         seen = hub.publish("image", {"n": 0})
         for n in range(1, 5):
             hub.publish("image", {"n": n})
@@ -90,3 +90,20 @@ async def test_a_client_whose_last_event_was_a_preview_gets_no_log_again() -> No
     preview = hub.publish("preview", {"step": 5})
     with hub.subscribe(last_id=preview.id) as reconnecting:  # not taken for an id from before a restart
         assert await reconnecting.next(0.01) is None
+
+
+async def test_a_stream_of_events_ends_when_told_to_stop_or_when_cut_off() -> None:
+    hub = EventHub(queue_size=2)
+    stop = asyncio.Event()
+    with hub.subscribe() as listener:
+        hub.publish("log", {"n": 1})
+        stream = listener.until(stop)
+        assert (await anext(stream)).data == {"n": 1}
+        waiting = asyncio.ensure_future(anext(stream))
+        stop.set()  # the server shuts down while the stream waits
+        with pytest.raises(StopAsyncIteration):
+            await waiting
+    with hub.subscribe(last_id=hub.last_id) as slow:
+        for n in range(5):
+            hub.publish("image", {"n": n})
+        assert [event.data async for event in slow.until(asyncio.Event())] == []  # cut off: it reconnects

@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from avatargen.api import AdminClient, DayTotal, RunMinute
 from avatargen.ledger import DAY, CostLedger, Entry, daily
 from avatargen.run import Run
 from tests.support import fast_settings, running_engine, serving
@@ -63,8 +64,7 @@ def test_a_run_minute_by_minute() -> None:
         run.stored_image(NOW + second)
     run.billing_until = run.ended_at = NOW + 185
     assert run.done == 5
-    assert run.minutes() == [{"images": 0, "spend": 59.0}, {"images": 2, "spend": 119.0},
-                             {"images": 3, "spend": 179.0}, {"images": 0, "spend": 184.0}]
+    assert run.minutes() == [RunMinute(0, 59.0), RunMinute(2, 119.0), RunMinute(3, 179.0), RunMinute(0, 184.0)]
 
 
 async def test_history_counts_a_run_and_reads_earlier_months_from_the_ledger(tmp_path: Path) -> None:
@@ -76,19 +76,19 @@ async def test_history_counts_a_run_and_reads_earlier_months_from_the_ledger(tmp
     async with running_engine(settings) as (engine, _):
         run, _ = await run_to_end(engine, ["unique"])
         history = await engine.history(40)
-    assert len(history["days"]) == 40 and history["days"][-1]["date"] == datetime.now(UTC).date().isoformat()
-    today = history["days"][-1]
-    assert today["images"] == run["done"] == 4
-    assert today["billed_seconds"] == pytest.approx(run["billed_seconds"], abs=0.2)
-    assert today["spend"] == pytest.approx(run["cost"], abs=0.2)
-    assert sum(day["images"] for day in history["days"][:-1]) == 5
-    assert sum(day["billed_seconds"] for day in history["days"][:-1]) == pytest.approx(120)
-    chart = history["run"]
-    assert chart["id"] == run["id"] and chart["outcome"] == "completed"
-    assert sum(minute["images"] for minute in chart["minutes"]) == 4
-    assert chart["minutes"][-1]["spend"] == pytest.approx(run["cost"], abs=0.01)
+    assert len(history.days) == 40 and history.days[-1].date == datetime.now(UTC).date()
+    today = history.days[-1]
+    assert today.images == run["done"] == 4
+    assert today.billed_seconds == pytest.approx(run["billed_seconds"], abs=0.2)
+    assert today.spend == pytest.approx(run["cost"], abs=0.2)
+    assert sum(day.images for day in history.days[:-1]) == 5
+    assert sum(day.billed_seconds for day in history.days[:-1]) == pytest.approx(120)
+    chart = history.run
+    assert chart is not None and chart.id == run["id"] and chart.outcome == "completed"
+    assert sum(minute.images for minute in chart.minutes) == 4
+    assert chart.minutes[-1].spend == pytest.approx(run["cost"], abs=0.01)
     async with running_engine(settings) as (engine, _):  # the count was written with the run's stop
-        assert (await engine.history(1))["days"][0]["images"] == 4
+        assert (await engine.history(1)).days[0].images == 4
 
 
 async def test_history_route(tmp_path: Path) -> None:
@@ -100,7 +100,9 @@ async def test_history_route(tmp_path: Path) -> None:
         assert len(answer["days"]) == 30 and answer["run"] is None
         assert answer["days"][-1] == {"date": datetime.now(UTC).date().isoformat(), "billed_seconds": 0,
                                       "spend": 0, "images": 0}
-        assert len((await client.get("/admin/api/history", params={"days": 7})).json()["days"]) == 7
+        async with AdminClient(url, "t") as admin:
+            history = await admin.history(7)
+            assert len(history.days) == 7 and history.days[-1] == DayTotal(datetime.now(UTC).date(), 0, 0, 0)
         for days, problem in (("0", "between 1 and 366"), ("367", "between 1 and 366"), ("a week", "whole number")):
             response = await client.get("/admin/api/history", params={"days": days})
             assert response.status_code == 422 and problem in response.json()["error"]

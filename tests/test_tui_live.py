@@ -13,10 +13,10 @@ from textual.message import Message
 from textual.pilot import Pilot
 from textual.widgets import Button, Checkbox, Input, Label, OptionList, Static
 
+from avatargen.api import LogEntry
 from tests.tui_support import ServerProcess, panel, running_server, seed_images, wait_for
 from tui.app import AvatarApp
 from tui.messages import Answered, Connected, Disconnected, Received
-from tui.models import LogEntry
 from tui.screens.confirm_abort import ConfirmAbortScreen
 from tui.screens.image_detail import ImageDetailScreen
 from tui.screens.problem import ProblemScreen

@@ -22,9 +22,9 @@ from textual.screen import Screen
 from textual.widgets import Input
 
 import tui.app
+from avatargen.api import LogEntry, Status
 from tests.tui_support import ServerProcess, panel, running_server, seed_images, wait_for
 from tui.connection import Backoff
-from tui.models import LogEntry, parse_status
 from tui.screens.confirm_abort import ConfirmAbortScreen
 from tui.screens.main import MainScreen
 from tui.screens.problem import ProblemScreen
@@ -172,7 +172,7 @@ MID_RUN_LOG = [
 
 class FrozenMainScreen(MainScreen):
     def on_mount(self) -> None:
-        self.status = parse_status(MID_RUN)
+        self.status = Status.from_json(MID_RUN)
         self.query_one(LinkIndicator).show_live()
         for entry in MID_RUN_LOG:
             self.log_entry(entry)
@@ -195,7 +195,7 @@ def test_a_run_in_progress(snap_compare: Snap, size: tuple[int, int]) -> None:
 
 def test_abort_confirmation(snap_compare: Snap) -> None:
     async def confirm(pilot: Pilot[Any]) -> None:
-        run = parse_status(MID_RUN).run
+        run = Status.from_json(MID_RUN).run
         assert run is not None
         await pilot.app.push_screen(ConfirmAbortScreen(run))
 

@@ -18,7 +18,7 @@ from typing import Any
 from PIL import Image, ImageDraw
 from textual.pilot import Pilot
 
-from benchmarks.harness import Service, free_port, serve_command
+from avatargen.testing import Service, free_port, serve_command
 from tests.support import write_config
 from tui.app import AvatarApp
 from tui.connection import Backoff

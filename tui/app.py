@@ -23,7 +23,18 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
-from tui.client import AdminClient, AdminError, Unreachable
+from avatargen.api import (
+    AdminClient,
+    AdminError,
+    ImageInfo,
+    LogEntry,
+    NewImage,
+    ProtocolError,
+    Run,
+    StateChange,
+    Unreachable,
+)
+from avatargen.config import BUCKET_NAMES
 from tui.connection import DEFAULT_BACKOFF, Backoff, follow
 from tui.formatting import targets
 from tui.images import ImageStyle, Picture, decode
@@ -41,7 +52,6 @@ from tui.messages import (
     SamplesComposed,
     StatusFetched,
 )
-from tui.models import BUCKETS, ImageInfo, LogEntry, NewImage, ProtocolError, Run, StateChange, apply_event
 from tui.screens.confirm_abort import ConfirmAbortScreen
 from tui.screens.image_detail import ImageDetailScreen
 from tui.screens.main import MainScreen
@@ -190,7 +200,7 @@ class AvatarApp(App[None]):
             self.main.log_entry(event)
             return
         if self.main.status is not None:
-            self.main.status = apply_event(self.main.status, event)
+            self.main.status = self.main.status.apply(event)
         if isinstance(event, StateChange):
             self.refresh_status()  # today's and this month's spend are not in the event
         elif isinstance(event, NewImage):
@@ -259,7 +269,7 @@ class AvatarApp(App[None]):
     @work(exclusive=True, group="pictures", exit_on_error=False)
     async def load_pictures(self) -> None:
         newest: list[ImageInfo] = []
-        for bucket in BUCKETS:
+        for bucket in BUCKET_NAMES:
             newest += await self._fetch(f"the {bucket} images", self.client.images(bucket, self.thumbnails)) or []
         newest.sort(key=lambda info: info.created_at, reverse=True)
         self.post_message(PicturesLoaded(await self._download_all(newest[: self.thumbnails])))
@@ -343,7 +353,7 @@ class AvatarApp(App[None]):
             self.cannot("Nothing to refill yet: the server has not answered")
         elif status.run is not None:
             self.cannot(f"A run is on ({status.state.replace('_', ' ')}): refill when it ends, or press a to abort it")
-        elif all(is_full(status.buckets.get(bucket)) for bucket in BUCKETS):
+        elif all(is_full(status.buckets.get(bucket)) for bucket in BUCKET_NAMES):
             levels = ", ".join(f"{name} {level.count} of {level.max}" for name, level in status.buckets.items())
             self.cannot(f"Nothing to refill: every bucket is at its max ({levels})")
         else:

@@ -24,7 +24,7 @@ from textual.widgets import Static
 from textual_image.widget import HalfcellImage, UnicodeImage
 from textual_image.widget import Image as AutoImage
 
-from tui.models import ImageInfo
+from avatargen.api import ImageInfo
 
 ImageStyle = Literal["auto", "halfcell", "unicode"]
 IMAGE_STYLES: tuple[ImageStyle, ...] = ("auto", "halfcell", "unicode")

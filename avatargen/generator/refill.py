@@ -11,7 +11,6 @@ preview of the image for the owner's panel (`preview` events, at least `generato
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 import random
@@ -20,6 +19,7 @@ from collections.abc import Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from avatargen.api.wire import BucketLevel, Preview, Step, encode_event
 from avatargen.buckets import Bucket
 from avatargen.config import PromptSettings, Settings
 from avatargen.durations import format_duration
@@ -32,7 +32,7 @@ from avatargen.generator.states import States
 from avatargen.generator.views import image_event
 from avatargen.prompts import compose
 from avatargen.retry import backoff_delay
-from avatargen.run import Run, Step
+from avatargen.run import Run
 from avatargen.sd import SdClient, SdError, SdNotReady, SdProgress
 
 log = logging.getLogger("avatargen.generator")
@@ -89,7 +89,7 @@ class RunContext:
     imaging: ImagingPool
     events: EventHub
     prompts: Callable[[], PromptSettings]  # the owner may change them between two prompts
-    levels: Callable[[], dict[str, dict[str, int]]]
+    levels: Callable[[], dict[str, BucketLevel]]
     ended: Callable[[Run], None]  # told once the machine is confirmed off, before the generator is idle
 
 
@@ -259,11 +259,11 @@ class Refill:
         self.run.stored_image()
         if self.run.bills:
             self._context.billing.count_image(self.run.id)
-        self._context.events.publish("image", image_event(bucket_name, record, self._context.levels()))
+        self._context.events.publish(*encode_event(image_event(bucket_name, record, self._context.levels())))
         self._publish_progress()
 
     def _publish_progress(self) -> None:
-        self._context.events.publish("progress", self.run.to_dict())
+        self._context.events.publish(*encode_event(self.run.view()))
 
     @contextlib.contextmanager
     def _in_flight(self, job: _Job) -> Iterator[None]:
@@ -300,11 +300,8 @@ class Refill:
 
     async def _publish_preview(self, job: _Job, progress: SdProgress, image: bytes) -> None:
         small = await self._context.imaging.preview(image)
-        self._context.events.publish("preview", {
-            "run_id": self.run.id, "bucket": job.bucket, "prompt": job.prompt,
-            "step": progress.sampling_step, "steps": progress.sampling_steps,
-            "media_type": "image/webp", "image": base64.b64encode(small).decode("ascii"),
-        })
+        self._context.events.publish(*encode_event(Preview(
+            self.run.id, job.bucket, job.prompt, progress.sampling_step, progress.sampling_steps, "image/webp", small)))
 
     async def _shut_down(self, sd: SdClient | None) -> None:
         """Stop the machine and confirm it is off, retrying for as long as it takes; then back to idle."""

@@ -8,7 +8,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Footer, Label, Static
 
-from tui.models import Run
+from avatargen.api import Run
 
 
 class ConfirmAbortScreen(ModalScreen[bool]):

@@ -14,8 +14,9 @@ from textual.reactive import reactive
 from textual.screen import Screen
 from textual.widgets import Footer, Label, TabbedContent, TabPane, Tabs
 
+from avatargen.api import LogEntry, Status
+from avatargen.config import BUCKET_NAMES
 from tui.images import ImageStyle
-from tui.models import BUCKETS, LogEntry, Status
 from tui.widgets.bucket_gauge import BucketGauge
 from tui.widgets.event_log import EventLog
 from tui.widgets.last_run import LastRunSummary
@@ -52,7 +53,7 @@ class MainScreen(Screen[None]):
             with TabPane("Overview", id="overview"), Horizontal(id="overview-columns"):
                 with Vertical(id="dashboard"):
                     with Vertical(id="buckets"):
-                        for bucket in BUCKETS:
+                        for bucket in BUCKET_NAMES:
                             yield BucketGauge(bucket, id=f"gauge-{bucket}")
                     with Vertical(id="generator"):
                         yield StateDiagram()
@@ -78,7 +79,7 @@ class MainScreen(Screen[None]):
     def watch_status(self, status: Status | None) -> None:
         if status is None:
             return
-        for bucket in BUCKETS:
+        for bucket in BUCKET_NAMES:
             self.query_one(f"#gauge-{bucket}", BucketGauge).level = status.buckets.get(bucket)
         self.query_one(StateDiagram).state = status.state
         self.query_one(RunProgress).run = status.run

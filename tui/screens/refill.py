@@ -14,7 +14,8 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Checkbox, Footer, Label, Static
 
-from tui.models import BUCKETS, BucketLevel
+from avatargen.api import BucketLevel
+from avatargen.config import BUCKET_NAMES
 
 
 def is_full(level: BucketLevel | None) -> bool:
@@ -46,7 +47,7 @@ class RefillScreen(ModalScreen[list[str] | None]):
             yield Label("Refill now", classes="dialog-title")
             yield Static("Fill the chosen buckets to their max. The GPU machine boots for this run and is "
                          "stopped when it ends.", classes="dialog-text")
-            for bucket in BUCKETS:
+            for bucket in BUCKET_NAMES:
                 level = self.levels.get(bucket)
                 full = is_full(level)
                 yield Checkbox(_describe(bucket, level), not full, id=f"refill-{bucket}", compact=True, disabled=full)
@@ -56,7 +57,7 @@ class RefillScreen(ModalScreen[list[str] | None]):
         yield Footer()
 
     def chosen(self) -> list[str]:
-        return [bucket for bucket in BUCKETS if self.query_one(f"#refill-{bucket}", Checkbox).value]
+        return [bucket for bucket in BUCKET_NAMES if self.query_one(f"#refill-{bucket}", Checkbox).value]
 
     def action_choose(self, bucket: str) -> None:
         """Tick or untick a bucket (named for what it does: Textual's own `toggle` action is something else)."""

@@ -17,8 +17,8 @@ from rich.text import Text
 from textual.events import Resize
 from textual.widgets import RichLog
 
+from avatargen.api import LogEntry
 from tui.formatting import clock
-from tui.models import LogEntry
 
 MAX_ENTRIES = 2000
 LEVEL_WIDTH = len("critical")
