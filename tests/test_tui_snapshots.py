@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,9 @@ from textual.screen import Screen
 from textual.widgets import Input
 
 import tui.app
-from avatargen.api import LogEntry, Status
+from avatargen.api import DayTotal, History, LogEntry, Preview, RunChart, RunMinute, Status
+from avatargen.imaging import preview_webp
+from avatargen.simulator.drawing import preview_png
 from tests.tui_support import ServerProcess, panel, running_server, seed_images, wait_for
 from tui.connection import Backoff
 from tui.screens.confirm_abort import ConfirmAbortScreen
@@ -170,12 +172,30 @@ MID_RUN_LOG = [
 ]
 
 
+# The run minute by minute (the boot's first minute makes nothing) and 30 days with runs on some of them.
+MID_RUN_HISTORY = History(
+    [DayTotal(date(2024, 12, 3) + timedelta(days=day), 600.0 * (day % 4), 0.127 * (day % 4), 40 * (day % 4))
+     for day in range(29)] + [DayTotal(date(2025, 1, 1), 83.0, 0.0175, 21)],
+    RunChart("20250101T120000-7f3a", datetime(2025, 1, 1, 12, tzinfo=UTC), None,
+             [RunMinute(0, 0.0087), RunMinute(14, 0.0155), RunMinute(7, 0.0175)]),
+)
+
+
+def mid_run_preview() -> Preview:
+    """What the generator sends at step 12 of 20: the simulator's picture of the job, made small."""
+    png = preview_png(MID_RUN["run"]["current_prompt"], 7, 512, 512, denoised=12 / 20)
+    return Preview(MID_RUN["run"]["id"], "fallback", MID_RUN["run"]["current_prompt"], 12, 20, "image/webp",
+                   preview_webp(png))
+
+
 class FrozenMainScreen(MainScreen):
     def on_mount(self) -> None:
         self.status = Status.from_json(MID_RUN)
         self.query_one(LinkIndicator).show_live()
         for entry in MID_RUN_LOG:
             self.log_entry(entry)
+        self.show_preview(mid_run_preview())
+        self.show_history(MID_RUN_HISTORY)
 
 
 class OverviewOnly(App[None]):
@@ -191,6 +211,15 @@ class OverviewOnly(App[None]):
 @pytest.mark.parametrize("size", [(80, 24), (160, 40)], ids=["80x24", "160x40"])
 def test_a_run_in_progress(snap_compare: Snap, size: tuple[int, int]) -> None:
     assert snap_compare(OverviewOnly(), terminal_size=size)
+
+
+def test_history_charts_below_the_run_at_80x24(snap_compare: Snap) -> None:
+    async def scroll_down(pilot: Pilot[Any]) -> None:
+        await wait_for(pilot, lambda: pilot.app.screen.query("#dashboard"), "the overview")
+        pilot.app.screen.query_one("#dashboard").scroll_end(animate=False)
+        await pilot.pause()
+
+    assert snap_compare(OverviewOnly(), terminal_size=(80, 24), run_before=scroll_down)
 
 
 def test_abort_confirmation(snap_compare: Snap) -> None:
