@@ -1,4 +1,5 @@
-"""Fault matrix: every fault the simulated GPU can inject, one per run, and SIGKILL of the server in each run state.
+"""Fault matrix: every fault the simulated GPU can inject, one per run, and SIGKILL of the server in each run state,
+for each provider's API (Paperspace, RunPod).
 
 The simulated GPU runs as a process of its own (a machine outlives any avatargen process), and every row
 gets a fresh `avatargen serve` process and data folder. A row is a manual refill of the unique bucket:
@@ -8,12 +9,12 @@ gets a fresh `avatargen serve` process and data folder. A row is a manual refill
 Meanwhile a background loop GETs /avatar (from the killed server's twin, a visitor-only process on the
 same folders, in the SIGKILL rows) and records every failure.
 
-Every row must hold: the machine is off at the end; no billed seconds after the stop confirmation (the
-simulator's count at the end and a few poll periods later); no image lost (announced as stored, not in
-the bucket) or half-written (a visible .webp without its sidecar, or one that does not decode); visitors
-answered throughout. The script exits with status 1 if a row does not hold.
+Every row must hold: the machine is off (or terminated, billed no more) at the end; no billed seconds after
+the stop confirmation (the simulator's count at the end and a few poll periods later); no image lost
+(announced as stored, not in the bucket) or half-written (a visible .webp without its sidecar, or one that
+does not decode); visitors answered throughout. The script exits with status 1 if a row does not hold.
 
-    python -m benchmarks.fault_matrix [--quick] [--jobs N]
+    python -m benchmarks.fault_matrix [--quick] [--jobs N] [--api paperspace|runpod ...]
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from avatargen.api import NewImage, ServerEvent, StateChange
 from avatargen.buckets import open_buckets
 from avatargen.config import load_settings
 from avatargen.durations import parse_duration
-from avatargen.simulator.faults import FAULTS
+from avatargen.simulator.faults import faults_for
 from avatargen.testing import Service, Simulator
 from benchmarks.harness import (
     Admin,
@@ -52,6 +53,7 @@ from benchmarks.harness import (
 from benchmarks.report import print_machine, print_table
 
 KILL_STATES = ("booting", "generating", "shutting_down")
+APIS = ("paperspace", "runpod")  # rows of the first are named by their fault alone, the others' say the API
 POLL_EVERY = "50ms"
 BOOT_DELAY, STOP_DELAY = "500ms", "300ms"
 SETTLE_POLLS = 6  # poll periods to wait before reading the billed seconds again
@@ -111,7 +113,7 @@ class Row:
 
     def check(self) -> None:
         """Record what does not hold."""
-        if self.machine != "off":
+        if self.machine not in ("off", "terminated"):
             self.problems.append(f"the machine is {self.machine}")
         if self.billed_after is None or self.billed_after > 0.0005:
             self.problems.append(f"billed after the stop: {self.billed_after}")
@@ -195,13 +197,13 @@ class Matrix:
         self.run_images = run_images
         self.poll_every = parse_duration(POLL_EVERY)
 
-    def row(self, name: str, faults: list[str], body: Callable[[Row, Path, Simulator], None]) -> Row:
-        """Run one row; an error in it fails the row, and the matrix goes on."""
-        row = Row(name)
-        directory = self.work / name.replace(" ", "_")
+    def row(self, api: str, name: str, faults: list[str], body: Callable[[Row, Path, Simulator], None]) -> Row:
+        """Run one row; an error in it fails the row, and the matrix goes on. Rows of RunPod's API say so."""
+        row = Row(name if api == APIS[0] else f"{name} ({api})")
+        directory = self.work / f"{api}_{name.replace(' ', '_')}"
         directory.mkdir()
         simulator = Simulator(directory / "simulator.log", boot_delay=BOOT_DELAY, stop_delay=STOP_DELAY,
-                              sd_boot_delay="100ms", step_time="2ms", faults=faults)
+                              sd_boot_delay="100ms", step_time="2ms", faults=faults, api=api)
         try:
             with simulator:
                 config = write_config(directory, simulator.provider_config(), {
@@ -215,14 +217,14 @@ class Matrix:
             row.check()
         except Exception as exc:  # the row fails, the matrix goes on
             row.problems.append(f"{type(exc).__name__}: {exc}")
-        print(f"{name}: {row.outcome}; {'holds' if not row.problems else 'DOES NOT HOLD'}", file=sys.stderr,
+        print(f"{row.name}: {row.outcome}; {'holds' if not row.problems else 'DOES NOT HOLD'}", file=sys.stderr,
               flush=True)
         return row
 
     def _server(self, config: Path, log: str, simulator: Simulator) -> Service:
         return avatargen_server(config, config.parent / log, env=simulator.env())
 
-    def fault(self, fault: str) -> Row:
+    def fault(self, api: str, fault: str) -> Row:
         def body(row: Row, config: Path, simulator: Simulator) -> None:
             with self._server(config, "server.log", simulator) as server:
                 admin = Admin(server.url)
@@ -238,9 +240,9 @@ class Matrix:
                            + (f": {error[:ERROR_QUOTE]}{'...' if len(error) > ERROR_QUOTE else ''}" if error else ""))
             row.lost, row.broken = bucket_damage(load_settings(config).buckets.unique.dir, announced)
 
-        return self.row(fault, [fault], body)
+        return self.row(api, fault, [fault], body)
 
-    def kill(self, state: str) -> Row:
+    def kill(self, api: str, state: str) -> Row:
         def body(row: Row, config: Path, simulator: Simulator) -> None:
             server = self._server(config, "server.log", simulator).start()
             try:
@@ -262,12 +264,13 @@ class Matrix:
                            + ("stopped the machine" if stopped else "found it off"))
             row.lost, row.broken = bucket_damage(load_settings(config).buckets.unique.dir, announced)
 
-        return self.row(f"SIGKILL while {state}", [], body)
+        return self.row(api, f"SIGKILL while {state}", [], body)
 
 
 def options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jobs", type=int, default=4, help="rows run at the same time (default 4); each row has "
                         "its own simulated GPU, server and folders")
+    parser.add_argument("--api", action="append", choices=APIS, help="the provider APIs to run (default: both)")
 
 
 def main() -> int:
@@ -276,8 +279,9 @@ def main() -> int:
     print_machine()
     with scratch() as work, ThreadPoolExecutor(args.jobs) as pool:
         matrix = Matrix(work, run_images)
-        futures = [*(pool.submit(matrix.fault, fault) for fault in FAULTS),
-                   *(pool.submit(matrix.kill, state) for state in KILL_STATES)]
+        futures = [future for api in args.api or APIS for future in (
+            *(pool.submit(matrix.fault, api, fault) for fault in faults_for(api)),
+            *(pool.submit(matrix.kill, api, state) for state in KILL_STATES))]
         rows = [future.result() for future in futures]
     print_table("Fault matrix: one fault per run, SIGKILL in each run state", [
         "fault", "run outcome", "machine at end", "billed s after the end", "images lost", "images half-written",

@@ -26,7 +26,6 @@ from avatargen.config import Settings, load_settings
 from avatargen.durations import parse_duration
 from avatargen.events import EventHub
 from avatargen.generator import Generator
-from avatargen.gpu import make_provider
 from avatargen.ledger import CostLedger
 from avatargen.simulator.runner import SimulatedGpu
 from benchmarks.harness import ROOT, parse_args, scratch, write_config
@@ -80,7 +79,7 @@ async def one_run(settings: Settings) -> tuple[float, float, int]:
     buckets = open_buckets(settings)
     async with SimulatedGpu(settings.gpu.simulated) as gpu:
         ledger = CostLedger(settings.server.data_dir / "ledger.sqlite3")
-        engine = Generator(settings, buckets, make_provider(settings, simulated=gpu), ledger, EventHub())
+        engine = Generator(settings, buckets, gpu.provider(settings.gpu), ledger, EventHub())
         await engine.start()
         try:
             await started(engine)

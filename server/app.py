@@ -23,7 +23,6 @@ from avatargen.gpu import make_provider
 from avatargen.ledger import CostLedger
 from avatargen.lock import GeneratorLock
 from avatargen.redact import RedactingFilter
-from avatargen.simulator.runner import SimulatedGpu
 from server.admin import admin_api
 from server.admin_token import resolve_admin_token
 from server.errors import http_error
@@ -76,13 +75,18 @@ def create_app(settings: Settings) -> Starlette:
             lock = GeneratorLock(settings.server.data_dir)
             if lock.acquire():
                 stack.callback(lock.release)
-                simulated = None
                 if settings.gpu.provider == "simulated":
-                    simulated = await stack.enter_async_context(SimulatedGpu(settings.gpu.simulated))
-                    log.info("simulated GPU: Paperspace API at %s, SD web UI at %s", simulated.paperspace_url,
+                    from avatargen.simulator import SimulatedGpu  # demo mode only: production never loads it
+
+                    # The simulated machine costs what the owner configured, whichever API says so.
+                    simulated = await stack.enter_async_context(
+                        SimulatedGpu(settings.gpu.simulated, hourly_price=settings.gpu.hourly_cost))
+                    log.info("simulated GPU: %s API at %s, SD web UI at %s", simulated.api, simulated.api_url,
                              simulated.sd_url)
-                engine = Generator(settings, buckets, make_provider(settings, simulated=simulated), ledger,
-                                      events)
+                    provider = simulated.provider(settings.gpu)
+                else:
+                    provider = make_provider(settings)
+                engine = Generator(settings, buckets, provider, ledger, events)
                 services.engine = engine
                 await engine.start()
                 stack.push_async_callback(engine.close)

@@ -47,13 +47,23 @@ def cmd_prompts(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    """Validate the config, then ask the provider's API about the machine as the generator would at start-up."""
+    from avatargen.gpu import MachineError, ask_provider, settings_warnings
     from server.preflight import preflight
 
     path = find_config(args.config)
     settings = load_settings(path)
     preflight(settings)
+    warnings = settings_warnings(settings)
     if problem := review.missing_extra(settings.review):
-        print(f"avatargen: warning: {problem}", file=sys.stderr)
+        warnings.append(problem)
+    if settings.gpu.provider in ("paperspace", "runpod"):  # preflight made sure the key is there
+        try:
+            warnings += asyncio.run(ask_provider(settings))
+        except MachineError as exc:
+            warnings.append(f"could not ask the {settings.gpu.provider} API about the machine: {exc}")
+    for warning in warnings:
+        print(f"avatargen: warning: {warning}", file=sys.stderr)
     where = path if path is not None else "built-in defaults (no config.toml here)"
     print(f"{where}: OK (provider {settings.gpu.provider}, data in {settings.server.data_dir})")
     return 0
@@ -72,8 +82,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     from avatargen.simulator.runner import serve_simulator
+    from server.preflight import check_simulated
 
-    return serve_simulator(_load(args).gpu.simulated, args.host, args.paperspace_port, args.sd_port)
+    settings = _load(args)
+    check_simulated(settings)
+    return serve_simulator(settings.gpu.simulated, args.host, args.api_port, args.sd_port)
 
 
 def _as_owner(args: argparse.Namespace, action: Callable[[AdminClient], Awaitable[str]]) -> int:
@@ -135,10 +148,12 @@ async def _status(client: AdminClient) -> str:
     if status.last_run is not None:
         last = status.last_run
         lines.append(f"last run {last.run.id}: {last.outcome}" + (f" ({last.error})" if last.error else ""))
-    lines.append(f"spent today {status.cost.today:.2f} of {status.cost.daily_budget:.2f}, "
-                 f"this month {status.cost.month:.2f}")
+    cost = status.cost
+    rate = "" if cost.hourly_rate is None else f"; billed at {cost.hourly_rate:.2f} an hour ({cost.rate_source})"
+    lines.append(f"spent today {cost.today:.2f} of {cost.daily_budget:.2f}, this month {cost.month:.2f}{rate}")
     if status.paused_reason:
         lines.append(f"automatic refills paused: {status.paused_reason}")
+    lines += [f"note: {note}" for note in status.machine_notes]
     try:
         lines += history_lines(await client.history(30))
     except AdminError as exc:
@@ -187,9 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("check-config", cmd_check_config, "validate the configuration and exit")
 
-    simulate = add("simulate", cmd_simulate, "run the simulated Paperspace and SD web UI on loopback")
+    simulate = add("simulate", cmd_simulate,
+                   "run the simulated GPU (the machine API of gpu.simulated.api and the SD web UI) on loopback")
     simulate.add_argument("--host", default="127.0.0.1")
-    simulate.add_argument("--paperspace-port", type=setting("server.port"), default=0, help="default: any free port")
+    simulate.add_argument("--api-port", type=setting("server.port"), default=0, help="default: any free port")
     simulate.add_argument("--sd-port", type=setting("server.port"), default=0, help="default: any free port")
 
     for name, func, help_text in (

@@ -190,11 +190,14 @@ class Cost:
     billed_seconds_month: float = 0.0
     hourly_cost: float | None = None
     ledger_problem: str | None = None  # why the ledger on disk may lag behind these figures
+    hourly_rate: float | None = None  # what runs are billed at...
+    rate_source: str | None = None  # ...and who says so: "provider" (the machine's own price) or "config"
 
     def to_json(self) -> dict[str, Any]:
         return {"today": self.today, "month": self.month, "daily_budget": self.daily_budget,
-                "hourly_cost": self.hourly_cost, "billed_seconds_today": self.billed_seconds_today,
-                "billed_seconds_month": self.billed_seconds_month, "ledger_problem": self.ledger_problem}
+                "hourly_cost": self.hourly_cost, "hourly_rate": self.hourly_rate, "rate_source": self.rate_source,
+                "billed_seconds_today": self.billed_seconds_today, "billed_seconds_month": self.billed_seconds_month,
+                "ledger_problem": self.ledger_problem}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Cost:
@@ -206,6 +209,8 @@ class Cost:
             billed_seconds_month=float(data.get("billed_seconds_month") or 0),
             hourly_cost=_optional(data.get("hourly_cost"), float),
             ledger_problem=data.get("ledger_problem"),
+            hourly_rate=_optional(data.get("hourly_rate"), float),
+            rate_source=data.get("rate_source"),
         )
 
 
@@ -222,6 +227,7 @@ class Status:
     cost: Cost
     next_check_at: datetime | None = None
     paused_reason: str | None = None
+    machine_notes: tuple[str, ...] = ()  # what the owner should know about the machine (a backstop off, ...)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -229,7 +235,8 @@ class Status:
             "run": None if self.run is None else self.run.to_json(),
             "last_run": None if self.last_run is None else self.last_run.to_json(),
             "buckets": levels_json(self.buckets),
-            "gpu": {"provider": self.provider, "machine_state": self.machine_state},
+            "gpu": {"provider": self.provider, "machine_state": self.machine_state,
+                    "notes": list(self.machine_notes)},
             "cost": self.cost.to_json(),
             "next_check_at": time_json(self.next_check_at),
             "paused_reason": self.paused_reason,
@@ -246,6 +253,7 @@ class Status:
                 buckets=_levels(data["buckets"]),
                 provider=str(gpu.get("provider", "")),
                 machine_state=gpu.get("machine_state"),
+                machine_notes=tuple(str(note) for note in gpu.get("notes") or ()),
                 cost=Cost.from_json(data["cost"]),
                 next_check_at=_optional(data.get("next_check_at"), _time),
                 paused_reason=data.get("paused_reason"),

@@ -30,6 +30,7 @@ from avatargen.generator.imaging_pool import ImagingPool
 from avatargen.generator.machine import Machine
 from avatargen.generator.states import States
 from avatargen.generator.views import image_event
+from avatargen.gpu.base import MachineUnusable
 from avatargen.prompts import compose
 from avatargen.retry import backoff_delay
 from avatargen.run import Run
@@ -138,6 +139,8 @@ class Refill:
                     run.error = f"the run exceeded max_run_duration ({limit})"
                 else:
                     run.error = str(cause) or type(cause).__name__
+                    if isinstance(cause, MachineUnusable):  # a pod terminated, say: no run will start again
+                        self._context.machine.found_unusable(cause)
                     if not isinstance(cause, RunFailed | SdError):
                         log.error("run %s failed", run.id, exc_info=cause)
         finally:
@@ -151,7 +154,7 @@ class Refill:
         deadline = loop.time() + gpu.ready_timeout
         if run.bills:
             run.billing_since = time.time()
-            self._context.billing.start(run.id, run.billing_since)
+            self._context.billing.start(run.id, run.billing_since, run.hourly_cost)
         provider = self._context.machine.provider
         await provider.start()
         await provider.wait_ready(max(0.0, deadline - loop.time()), self._context.machine.observe)

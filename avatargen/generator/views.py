@@ -15,6 +15,7 @@ from avatargen.api.wire import BucketLevel, Cost, DayTotal, History, ImageInfo, 
 from avatargen.buckets import Bucket, ImageRecord
 from avatargen.config import Settings
 from avatargen.generator.states import States
+from avatargen.gpu.base import HourlyRate
 from avatargen.ledger import Day, Spend
 from avatargen.run import Run
 
@@ -24,13 +25,19 @@ def bucket_levels(settings: Settings, buckets: Mapping[str, Bucket]) -> dict[str
     return {name: BucketLevel(buckets[name].count(), conf.min, conf.max) for name, conf in settings.buckets.items()}
 
 
-def cost_summary(settings: Settings, spend: Spend, ledger_problem: str | None = None) -> Cost:
-    """Today's and this month's spend; `ledger_problem` says why the ledger on disk may lag behind it."""
+def cost_summary(settings: Settings, spend: Spend, ledger_problem: str | None = None,
+                 rate: HourlyRate | None = None) -> Cost:
+    """Today's and this month's spend; `ledger_problem` says why the ledger on disk may lag behind it; `rate`
+    is what runs are billed at and where it comes from ("provider": the machine's own price from its API,
+    "config": gpu.hourly_cost, also when no provider is at hand)."""
+    rate = rate or HourlyRate(settings.gpu.hourly_cost, "config")
     return Cost(
         today=round(spend.today, 4),
         month=round(spend.month, 4),
         daily_budget=settings.gpu.daily_budget,
         hourly_cost=settings.gpu.hourly_cost,
+        hourly_rate=rate.amount,
+        rate_source=rate.source,
         billed_seconds_today=round(spend.billed_seconds_today, 1),
         billed_seconds_month=round(spend.billed_seconds_month, 1),
         ledger_problem=ledger_problem,
