@@ -7,9 +7,11 @@ that) and fills the fallback bucket with one run, for each batch_size and concur
 - SD busy: the time the web UI spent on jobs (the simulator's `busy_seconds`);
 - busy share = SD busy / billed, billed seconds per image, and the projected cost of 1,000 avatars at the
   shipped config.toml's hourly_cost.
-Target: busy share >= 97% with the shipped defaults (sd.batch_size, generator.concurrency).
+Target: busy share >= 97% with the shipped defaults (sd.batch_size, generator.concurrency). `--gate` runs
+with the safety gate on (`[review] enabled`, the shipped rules; needs the `review` extra): every image is
+checked by NudeNet in the imaging process before it is published, and the target is the same.
 
-    python -m benchmarks.gpu_efficiency [--quick] [--images N] [--step-time 15ms]
+    python -m benchmarks.gpu_efficiency [--quick] [--images N] [--step-time 15ms] [--gate]
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ class Measurement:
 def options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", type=int, default=200, help="images per run (default 200)")
     parser.add_argument("--step-time", default="15ms", help="simulated time per sampling step (default 15ms)")
+    parser.add_argument("--gate", action="store_true", help="with the safety gate on ([review] enabled)")
 
 
 async def started(engine: Generator, timeout: float = 30.0) -> None:
@@ -91,12 +94,13 @@ async def one_run(settings: Settings) -> tuple[float, float, int]:
         busy, jobs = gpu.sd.busy_seconds, len(gpu.sd.completed)
     run = engine.last_run
     expected = settings.buckets.fallback.max
-    if run is None or run.outcome != "completed" or run.done != expected:
+    if run is None or run.outcome != "completed" or run.done + run.held != expected:
         raise SystemExit(f"the run did not complete with {expected} images: {run and run.to_dict()}")
     return run.billed_seconds(), busy, jobs
 
 
-def measure(work: Path, batch: int, concurrency: int, images: int, step_time: str, hourly_cost: float) -> Measurement:
+def measure(work: Path, batch: int, concurrency: int, images: int, step_time: str, hourly_cost: float,
+            gate: bool) -> Measurement:
     directory = work / f"batch{batch}-concurrency{concurrency}"
     directory.mkdir()
     settings = load_settings(write_config(directory, {
@@ -106,6 +110,7 @@ def measure(work: Path, batch: int, concurrency: int, images: int, step_time: st
                 "simulated": {"boot_delay": BOOT_DELAY, "stop_delay": "200ms", "sd_boot_delay": "200ms",
                               "step_time": step_time}},
         "sd": {"batch_size": batch, "steps": STEPS},
+        "review": {"enabled": gate},
     }))
     billed, busy, jobs = asyncio.run(one_run(settings))
     if jobs != -(-images // batch):
@@ -125,18 +130,21 @@ def main() -> int:
         raise SystemExit(f"the shipped defaults (batch {defaults[0]}, concurrency {defaults[1]}) are not measured")
     print_machine()
     with scratch() as work:
-        results = [measure(work, batch, concurrency, images, step_time, shipped.gpu.hourly_cost)
+        results = [measure(work, batch, concurrency, images, step_time, shipped.gpu.hourly_cost, args.gate)
                    for batch, concurrency in combos]
     rows = [[m.batch, m.concurrency, m.images, fmt(m.billed), fmt(m.busy), f"{m.share:.1%}",
              fmt(m.seconds_per_image, 3), fmt(m.cost_per_thousand, 3)] for m in results]
     default = next(m for m in results if (m.batch, m.concurrency) == defaults)
     cheapest = min(results, key=lambda m: m.seconds_per_image)
     per_image = STEPS * parse_duration(step_time)
-    print_table("GPU efficiency and cost per run", [
+    gate = " with the safety gate on" if args.gate else ""
+    print_table(f"GPU efficiency and cost per run{gate}", [
         "batch_size", "concurrency", "images", "billed s", "SD busy s", "busy share", "billed s/image",
         "cost per 1,000 avatars"], rows, [
         f"simulated web UI: {STEPS} steps x {step_time} = {per_image:g} s per one-image batch; boot delay "
         f"{BOOT_DELAY} left out of billed time; SD boot 200ms, stop 200ms, poll_every 100ms",
+        *(["safety gate on: [review] enabled with the shipped rules, NudeNet checking each image in the imaging "
+           "process before it is published"] if args.gate else []),
         f"cost at the shipped hourly_cost {shipped.gpu.hourly_cost:g}; a real run also pays its boot once "
         "(a minute or two per run, whatever its size)",
         f"cheapest per image: batch_size {cheapest.batch}, concurrency {cheapest.concurrency}",

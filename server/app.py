@@ -22,6 +22,7 @@ from avatargen.generator import Generator
 from avatargen.gpu import make_provider
 from avatargen.ledger import CostLedger
 from avatargen.lock import GeneratorLock
+from avatargen.owner_actions import OwnerActions
 from avatargen.redact import RedactingFilter
 from server.admin import admin_api
 from server.admin_token import resolve_admin_token
@@ -65,7 +66,8 @@ def create_app(settings: Settings) -> Starlette:
             ledger = await asyncio.to_thread(CostLedger, settings.server.data_dir / "ledger.sqlite3")
             stack.callback(ledger.close_db)
             token, source = resolve_admin_token(settings)
-            services = Services(settings, buckets, events, ledger, token=token)
+            actions = OwnerActions(settings, buckets, events, forget=visitor.forget)
+            services = Services(settings, buckets, events, ledger, actions, token=token)
             app.state.services = services
             log.info("data in %s; provider %s; admin token %s", settings.server.data_dir, settings.gpu.provider,
                      source)

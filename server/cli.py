@@ -113,10 +113,11 @@ def _as_owner(args: argparse.Namespace, action: Callable[[AdminClient], Awaitabl
 
 def _describe_run(run: Run) -> str:
     targets = ", ".join(f"{count} {name}" for name, count in run.targets.items())
+    held = f", {run.held} held back" if run.held else ""
+    counts = f"{run.done}/{run.total} done{held}, {run.failed} failed"
     step = run.step
     making = f"; SD step {step.sampling_step}/{step.sampling_steps}" if step and step.sampling_steps else ""
-    return (f"run {run.id} ({run.trigger}, {run.state}): {run.done}/{run.total} done, {run.failed} failed; "
-            f"{targets}{making}")
+    return f"run {run.id} ({run.trigger}, {run.state}): {counts}; {targets}{making}"
 
 
 def history_lines(history: History) -> list[str]:
@@ -142,7 +143,9 @@ async def _status(client: AdminClient) -> str:
     status = await client.status()
     machine = status.machine_state or "unknown"
     lines = [f"state: {status.state.replace('_', ' ')} (machine {machine}, {status.provider})"]
-    lines += [f"{name}: {level.count} (min {level.min}, max {level.max})" for name, level in status.buckets.items()]
+    lines += [f"{name}: {level.count} (min {level.min}, max {level.max})"
+              + (f"; {level.held} held back for review" if level.held else "")
+              for name, level in status.buckets.items()]
     if status.run is not None:
         lines.append(_describe_run(status.run))
     if status.last_run is not None:

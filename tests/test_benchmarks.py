@@ -60,3 +60,11 @@ def test_script_runs_in_quick_mode_and_prints_its_table(script: str) -> None:
     assert header in done.stdout
     for row in rows:
         assert row in done.stdout, f"no row starting {row!r} in:\n{done.stdout}"
+
+
+def test_gpu_efficiency_runs_with_the_safety_gate_on() -> None:
+    done = subprocess.run([sys.executable, "-m", "benchmarks.gpu_efficiency", "--quick", "--gate"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    assert "### GPU efficiency and cost per run with the safety gate on\n" in done.stdout
+    assert "| 2 | 2 | 20 |" in done.stdout and "NudeNet checking each image" in done.stdout

@@ -21,8 +21,9 @@ from tests.support import fast_settings, running_engine, serving
 
 TOKEN = "owner-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-# about half a second per request of two images: the pace of a real GPU (seconds per image), shortened
-PACED = {"sd__steps": 20, "gpu__simulated__step_time": "20ms"}
+# about a second per request of two images (the demo's pace; a real GPU takes a few): a job outlasts the
+# preview period, as it does on a real GPU
+PACED = {"sd__steps": 20, "gpu__simulated__step_time": "50ms"}
 
 
 async def events_until_idle(subscription: Subscription) -> list[tuple[float, str, dict[str, Any]]]:
@@ -106,7 +107,7 @@ async def read_stream(client: httpx.AsyncClient) -> list[tuple[float, str, str]]
 async def test_the_event_stream_stays_small_over_a_long_run(tmp_path: Path) -> None:
     """Through real HTTP: previews come over the stream, no event is above a few kB, and besides what each
     stored image sends, the stream carries a few small events a second while a run generates."""
-    settings = fast_settings(tmp_path, admin__token=TOKEN, buckets__unique__max=10, buckets__fallback__max=14,
+    settings = fast_settings(tmp_path, admin__token=TOKEN, buckets__unique__max=6, buckets__fallback__max=10,
                              **PACED)
     async with serving(settings) as (url, _), httpx.AsyncClient(base_url=url, headers=AUTH, timeout=30) as client:
         events = await read_stream(client)
@@ -114,7 +115,7 @@ async def test_the_event_stream_stays_small_over_a_long_run(tmp_path: Path) -> N
     ending = [at for at, name, data in events if name == "state" and json.loads(data)["state"] == "shutting_down"]
     during = [(at, name, data) for at, name, data in events if generating[0] <= at <= ending[0]]
     seconds = ending[0] - generating[0]
-    assert seconds > 5  # 24 images at about half a second a request of two
+    assert seconds > 5  # 16 images at about a second a request of two
     previews = [json.loads(data) for _, name, data in during if name == "preview"]
     kinds = Counter(name for _, name, _ in during)
     assert seconds / 2 <= len(previews) <= seconds + 1  # one a second at most, and they keep coming
@@ -122,7 +123,7 @@ async def test_the_event_stream_stays_small_over_a_long_run(tmp_path: Path) -> N
     assert max(len(data) for _, _, data in events) < 4000
     # beyond each image's own events (image, progress): the step bar twice a second and a preview a second
     assert kinds["progress"] <= 2.2 * seconds + kinds["image"] + 2
-    assert kinds["image"] == 24
+    assert kinds["image"] == 16
     print(f"{seconds:.1f} s generating: {dict(kinds)}, {sum(len(data) for _, _, data in during) / seconds:.0f} B/s; "
           f"previews of {min(len(json.dumps(p)) for p in previews)}-{max(len(json.dumps(p)) for p in previews)} B, "
           f"largest event {max(len(data) for _, _, data in events)} B")

@@ -386,7 +386,7 @@ async def test_the_log_shows_what_the_server_logged_before_the_panel_connected(s
 async def test_the_overview_watches_the_avatar_paint_and_charts_the_run(tmp_path: Path) -> None:
     """Previews in pixels beside the step bar while the run generates, the last image once it ends, and the
     run's and today's figures in the charts."""
-    paced = {"buckets.unique.max": 4, "buckets.fallback.max": 4, "sd.steps": 20, "gpu.simulated.step_time": "20ms"}
+    paced = {"buckets.unique.max": 4, "buckets.fallback.max": 4, "sd.steps": 20, "gpu.simulated.step_time": "50ms"}
     with running_server(tmp_path, paced) as server:
         app = panel(server.url)
         events: list[Message] = []

@@ -13,7 +13,13 @@ from avatargen.api.wire import (
     Cost,
     DayTotal,
     History,
+    ImageApproved,
+    ImageEvent,
+    ImageHeld,
     ImageInfo,
+    ImageKept,
+    ImageMoved,
+    ImageRemoved,
     LastRun,
     LogEntry,
     NewImage,
@@ -33,7 +39,8 @@ from avatargen.api.wire import (
 
 __all__ = [
     "STATES", "AdminClient", "AdminError", "AuthError", "BucketLevel", "BucketsChange", "Cost", "DayTotal",
-    "History", "ImageInfo", "LastRun", "LogEntry", "NewImage", "Preview", "ProtocolError", "Run", "RunChart",
-    "RunMinute", "ServerEvent", "State", "StateChange", "Status", "Step", "TokenError", "Unreachable",
-    "decode_event", "encode_event", "find_token", "server_url",
+    "History", "ImageApproved", "ImageEvent", "ImageHeld", "ImageInfo", "ImageKept", "ImageMoved", "ImageRemoved",
+    "LastRun", "LogEntry", "NewImage", "Preview", "ProtocolError", "Run", "RunChart", "RunMinute", "ServerEvent",
+    "State", "StateChange", "Status", "Step", "TokenError", "Unreachable", "decode_event", "encode_event",
+    "find_token", "server_url",
 ]

@@ -59,18 +59,20 @@ def decode(what: str, convert: Callable[[Any], T], data: Any) -> T:
 
 @dataclass(frozen=True)
 class BucketLevel:
-    """How full one bucket is, against the levels that trigger and end a refill."""
+    """How full one bucket is, against the levels that trigger and end a refill; `held`: images the safety
+    gate held back, waiting for the owner (not counted: no visitor gets them)."""
 
     count: int
     min: int
     max: int
+    held: int = 0
 
     def to_json(self) -> dict[str, int]:
-        return {"count": self.count, "min": self.min, "max": self.max}
+        return {"count": self.count, "min": self.min, "max": self.max, "held": self.held}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> BucketLevel:
-        return cls(int(data["count"]), int(data["min"]), int(data["max"]))
+        return cls(int(data["count"]), int(data["min"]), int(data["max"]), int(data.get("held") or 0))
 
 
 Levels = Mapping[str, BucketLevel]
@@ -119,6 +121,8 @@ class Run:
     machine_state: str | None = None
     billed_seconds: float = 0.0
     cost: float = 0.0
+    held: int = 0  # images made and held back by the safety gate (not in `done`)
+    held_cost: float = 0.0  # the share of the run's cost those images took
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -137,6 +141,8 @@ class Run:
             "machine_state": self.machine_state,
             "billed_seconds": self.billed_seconds,
             "cost": self.cost,
+            "held": self.held,
+            "held_cost": self.held_cost,
         }
 
     @classmethod
@@ -157,6 +163,8 @@ class Run:
             machine_state=data.get("machine_state"),
             billed_seconds=float(data.get("billed_seconds") or 0),
             cost=float(data.get("cost") or 0),
+            held=int(data.get("held") or 0),
+            held_cost=float(data.get("held_cost") or 0),
         )
 
 
@@ -269,7 +277,7 @@ class Status:
         if isinstance(event, Run):
             # A progress event that arrives after its run ended must not bring the run back.
             return replace(self, run=event) if self.run is not None and self.run.id == event.id else self
-        if isinstance(event, NewImage | BucketsChange):
+        if isinstance(event, ImageEvent | ImageRemoved | BucketsChange):
             return replace(self, buckets={**self.buckets, **event.buckets})
         return self
 
@@ -277,27 +285,48 @@ class Status:
 @dataclass(frozen=True)
 class ImageInfo:
     """One stored avatar and how it was made. Its address is the server's to give (the image list's `url`)
-    or the client's to derive from bucket and id; the generator's events carry no URL."""
+    or the client's to derive from bucket and id; the generator's events carry no URL.
+
+    `kept`: the owner keeps it for good (a fallback never retired). `held`: the safety gate held it back;
+    it waits for the owner's review, and `metadata["review"]` says why."""
 
     id: str
     bucket: str
     prompt: str
     created_at: datetime
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    kept: bool = False
+    held: bool = False
 
     @classmethod
-    def of(cls, image_id: str, bucket: str, metadata: Mapping[str, Any], created_at: datetime) -> ImageInfo:
+    def of(cls, image_id: str, bucket: str, metadata: Mapping[str, Any], created_at: datetime, *,
+           kept: bool = False, held: bool = False) -> ImageInfo:
         """From what a bucket knows of an image: its sidecar, and when it was made."""
-        return cls(image_id, bucket, str(metadata.get("prompt") or ""), created_at, dict(metadata))
+        return cls(image_id, bucket, str(metadata.get("prompt") or ""), created_at, dict(metadata), kept, held)
+
+    @property
+    def held_because(self) -> list[str]:
+        """Why the gate held it back, in words (`no face`, `FEMALE_BREAST_EXPOSED 0.87`); empty if it did not."""
+        review = self.metadata.get("review")
+        reasons = review.get("reasons") if isinstance(review, Mapping) else None
+        if not isinstance(reasons, list):
+            return []
+        return [str(reason.get("text", "")) for reason in reasons if isinstance(reason, Mapping)]
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "bucket": self.bucket, "prompt": self.prompt,
-                "created_at": time_json(self.created_at), "metadata": dict(self.metadata)}
+                "created_at": time_json(self.created_at), "metadata": dict(self.metadata),
+                "kept": self.kept, "held": self.held}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ImageInfo:
         return cls(str(data["id"]), str(data["bucket"]), str(data["prompt"]), _time(data["created_at"]),
-                   dict(data.get("metadata") or {}))
+                   dict(data.get("metadata") or {}), bool(data.get("kept")), bool(data.get("held")))
+
+    @staticmethod
+    def one_from_json(data: Any) -> ImageInfo:
+        """The image an owner's action answers with (`{"image": {...}}`)."""
+        return decode("image", lambda body: ImageInfo.from_json(body["image"]), data)
 
     @staticmethod
     def list_from_json(data: Any) -> list[ImageInfo]:
@@ -328,9 +357,9 @@ class StateChange:
 
 
 @dataclass(frozen=True)
-class NewImage:
-    """A freshly generated image was stored; the bucket levels after it. On the wire: the image's own
-    fields plus `buckets`."""
+class ImageEvent:
+    """Something happened to one image; the bucket levels after it. On the wire: the image's own fields
+    (where it is now) plus `buckets`."""
 
     image: ImageInfo
     buckets: Levels
@@ -339,8 +368,58 @@ class NewImage:
         return {**self.image.to_json(), "buckets": levels_json(self.buckets)}
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> NewImage:
+    def from_json(cls: type[E], data: Mapping[str, Any]) -> E:
         return cls(ImageInfo.from_json(data), _levels(data["buckets"]))
+
+
+E = TypeVar("E", bound=ImageEvent)
+
+
+class NewImage(ImageEvent):
+    """A freshly generated image passed the safety gate (or there is none) and was published."""
+
+
+class ImageHeld(ImageEvent):
+    """A freshly generated image was held back by the safety gate: it waits in its bucket's review folder."""
+
+
+class ImageApproved(ImageEvent):
+    """The owner approved a held image: it is published now, as a new image would be."""
+
+
+class ImageKept(ImageEvent):
+    """The owner kept a fallback for good, or undid that (`image.kept` says which)."""
+
+
+@dataclass(frozen=True)
+class ImageMoved(ImageEvent):
+    """The owner moved an image into another bucket (same id); `image` is where it is now."""
+
+    from_bucket: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {**super().to_json(), "from_bucket": self.from_bucket}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ImageMoved:  # type: ignore[override]
+        return cls(ImageInfo.from_json(data), _levels(data["buckets"]), str(data["from_bucket"]))
+
+
+@dataclass(frozen=True)
+class ImageRemoved:
+    """The owner deleted an image (a published one, or a held one when `held`): every panel drops it."""
+
+    bucket: str
+    id: str
+    held: bool
+    buckets: Levels
+
+    def to_json(self) -> dict[str, Any]:
+        return {"bucket": self.bucket, "id": self.id, "held": self.held, "buckets": levels_json(self.buckets)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ImageRemoved:
+        return cls(str(data["bucket"]), str(data["id"]), bool(data.get("held")), _levels(data["buckets"]))
 
 
 @dataclass(frozen=True)
@@ -396,12 +475,16 @@ class Preview:
         return cls(str(data["run_id"]), str(data["bucket"]), str(data["prompt"]), int(data["step"]),
                    int(data["steps"]), str(data["media_type"]), base64.b64decode(data["image"], validate=True))
 
-ServerEvent = StateChange | Run | NewImage | BucketsChange | LogEntry | Preview
 
-EventKind = type[StateChange] | type[Run] | type[NewImage] | type[BucketsChange] | type[LogEntry] | type[Preview]
+ServerEvent = StateChange | Run | ImageEvent | ImageRemoved | BucketsChange | LogEntry | Preview
+
+EventKind = (type[StateChange] | type[Run] | type[ImageEvent] | type[ImageRemoved] | type[BucketsChange]
+             | type[LogEntry] | type[Preview])
 # Each SSE event name and the kind of event it carries (`progress` is a Run).
 EVENT_KINDS: dict[str, EventKind] = {"state": StateChange, "progress": Run, "image": NewImage,
-                                     "buckets": BucketsChange, "log": LogEntry, "preview": Preview}
+                                     "buckets": BucketsChange, "log": LogEntry, "held": ImageHeld,
+                                     "approved": ImageApproved, "kept": ImageKept, "moved": ImageMoved,
+                                     "removed": ImageRemoved, "preview": Preview}
 EVENT_NAMES: dict[EventKind, str] = {kind: name for name, kind in EVENT_KINDS.items()}
 
 

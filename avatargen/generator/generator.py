@@ -56,7 +56,7 @@ class Generator:
                                    start_run=lambda due: self.refill(due, trigger="auto"),
                                    announce=self._announce_state, blocked=lambda: self.machine.cannot_run)
         self._orphan = OrphanRecovery(self.machine, self.states, self.billing)
-        self._imaging = ImagingPool(settings.generator, buckets)
+        self._imaging = ImagingPool(settings.generator, settings.review, buckets)
         self._context = RunContext(settings, buckets, self.machine, self.states, self.billing, self._imaging, events,
                                    prompts=lambda: self.prompts, levels=self.levels, ended=self.scheduler.run_ended)
         self._refill: Refill | None = None

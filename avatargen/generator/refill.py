@@ -19,17 +19,17 @@ from collections.abc import Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from avatargen.api.wire import BucketLevel, Preview, Step, encode_event
+from avatargen.api.wire import BucketLevel, ImageHeld, NewImage, Preview, Step, encode_event
 from avatargen.buckets import Bucket
 from avatargen.config import PromptSettings, Settings
 from avatargen.durations import format_duration
 from avatargen.events import EventHub
 from avatargen.generator.billing import Billing
 from avatargen.generator.errors import RunFailed
-from avatargen.generator.imaging_pool import ImagingPool
+from avatargen.generator.imaging_pool import Avatar, ImagingPool
 from avatargen.generator.machine import Machine
 from avatargen.generator.states import States
-from avatargen.generator.views import image_event
+from avatargen.generator.views import image_info
 from avatargen.gpu.base import MachineUnusable
 from avatargen.prompts import compose
 from avatargen.retry import backoff_delay
@@ -123,6 +123,7 @@ class Refill:
                 if self._abort_reason is not None:
                     raise asyncio.CancelledError
                 async with run_limit:
+                    await self._check_gate()
                     sd = await self._boot()
                     await self._generate(sd)
                 run.outcome = "completed"
@@ -147,6 +148,12 @@ class Refill:
             if run.outcome is None:
                 run.outcome, run.error = "aborted", "cancelled"
             await asyncio.shield(self._shut_down(sd))
+
+    async def _check_gate(self) -> None:
+        """With the safety gate on, load its detector before the machine boots: a gate that cannot run
+        would hold back every image made, so the run fails at once, with nothing billed."""
+        if self._settings.review.enabled and (problem := await self._context.imaging.gate_problem()):
+            raise RunFailed(f"the safety gate cannot run, so the machine was not started: {problem}")
 
     async def _boot(self) -> SdClient:
         run, gpu = self.run, self._settings.gpu
@@ -207,7 +214,7 @@ class Refill:
             for poller in pollers:
                 poller.cancel()
             run.step = None
-        if run.done == 0 and run.failed > 0:
+        if run.done + run.held == 0 and run.failed > 0:
             raise RunFailed(f"no image could be made; last error: {failures.last}")
 
     async def _fill(self, sd: SdClient, bucket_name: str, count: int, failures: _Failures) -> None:
@@ -234,16 +241,25 @@ class Refill:
                 continue
             failures.consecutive = 0
             seconds = (time.monotonic() - started) / max(1, len(avatars))
-            for index, (webp, framed) in enumerate(avatars):
+            for index, avatar in enumerate(avatars):
                 seed = result.seeds[index] if index < len(result.seeds) else -1
-                await _uncancellable(self._store(bucket_name, webp, framed, prompt.text, seed, seconds, result.info))
+                await _uncancellable(self._store(bucket_name, avatar, prompt.text, seed, seconds, result.info))
             run.failed += count - len(avatars)
+            self._stop_if_the_gate_failed(avatars)
             return
         run.failed += count
         self._publish_progress()
 
-    async def _store(self, bucket_name: str, webp: bytes, framed: bytes | None, prompt: str, seed: int,
-                     seconds: float, info: Mapping[str, Any]) -> None:
+    def _stop_if_the_gate_failed(self, avatars: list[Avatar]) -> None:
+        """A gate that failed on a batch (its detector raised or crashed) would fail on the next one too:
+        the images are held, and the run ends rather than pay for more images nobody can publish."""
+        problems = [avatar.verdict.gate_failed for avatar in avatars if avatar.verdict and avatar.verdict.gate_failed]
+        if problems:
+            raise RunFailed(f"the safety gate failed ({problems[0]}); the run stopped, "
+                            f"{self.run.held} image(s) held back for review")
+
+    async def _store(self, bucket_name: str, avatar: Avatar, prompt: str, seed: int, seconds: float,
+                     info: Mapping[str, Any]) -> None:
         sd = self._settings.sd
         metadata = {
             "prompt": prompt,
@@ -258,11 +274,21 @@ class Refill:
             "generation_seconds": round(seconds, 3),
             "run_id": self.run.id,
         }
-        record = await asyncio.to_thread(self._context.buckets[bucket_name].publish, webp, metadata, prepared=framed)
-        self.run.stored_image()
-        if self.run.bills:
-            self._context.billing.count_image(self.run.id)
-        self._context.events.publish(*encode_event(image_event(bucket_name, record, self._context.levels())))
+        bucket = self._context.buckets[bucket_name]
+        if avatar.verdict is not None:
+            metadata["review"] = avatar.verdict.to_dict()
+        if avatar.held:
+            record = await asyncio.to_thread(bucket.hold, avatar.webp, metadata)
+            self.run.held += 1
+            log.info("image %s of the %s bucket held back for review: %s", record.id, bucket_name, avatar.verdict)
+            event: NewImage | ImageHeld = ImageHeld(image_info(record), self._context.levels())
+        else:
+            record = await asyncio.to_thread(bucket.publish, avatar.webp, metadata, prepared=avatar.framed)
+            self.run.stored_image()
+            if self.run.bills:
+                self._context.billing.count_image(self.run.id)
+            event = NewImage(image_info(record), self._context.levels())
+        self._context.events.publish(*encode_event(event))
         self._publish_progress()
 
     def _publish_progress(self) -> None:
@@ -286,20 +312,25 @@ class Refill:
                 self._publish_progress()
 
     async def _poll_preview(self, sd: SdClient, every: float) -> None:
-        """The live preview of the job computing, sent on when it is a new one: fetched (a full-size image
-        each time) `every` seconds after the last one was dealt with, so previews are at least that far
-        apart. Failures here are harmless: only the owner's panel depends on them."""
+        """The live preview of the job computing, sent on when it is a new one, `every` seconds after the
+        last one was sent (and made small). A try that sends nothing (the web UI has no newer picture yet,
+        or a job ended meanwhile and whose picture it is cannot be told) is followed by another half a
+        period later: each try may fetch a full-size image. Failures here are harmless: only the owner's
+        panel depends on them."""
         shown: bytes | None = None
+        wait = every
         while True:
-            await asyncio.sleep(every)
+            await asyncio.sleep(wait)
+            wait = every / 2
             with contextlib.suppress(Exception):
                 job = self._jobs[0] if self._jobs else None
                 progress = await sd.progress(preview=True)
                 if job is None or not self._jobs or self._jobs[0] is not job:
-                    continue  # a job ended meanwhile: whose picture this is cannot be told
+                    continue
                 if progress.preview is not None and progress.preview != shown:
                     shown = progress.preview
                     await self._publish_preview(job, progress, progress.preview)
+                    wait = every
 
     async def _publish_preview(self, job: _Job, progress: SdProgress, image: bytes) -> None:
         small = await self._context.imaging.preview(image)
@@ -323,7 +354,7 @@ class Refill:
         run.ended_at = time.time()
         self._context.ended(run)
         level = logging.INFO if run.outcome == "completed" else logging.WARNING
-        log.log(level, "run %s %s: %d stored, %d failed, %s billed, cost %.4f%s", run.id, run.outcome,
-                run.done, run.failed, format_duration(run.billed_seconds()),
+        log.log(level, "run %s %s: %d stored, %d held back, %d failed, %s billed, cost %.4f%s", run.id, run.outcome,
+                run.done, run.held, run.failed, format_duration(run.billed_seconds()),
                 run.cost(), f" ({run.error})" if run.error else "")
         self._context.states.move("idle")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
-from avatargen.api.wire import BucketLevel, Cost, DayTotal, History, ImageInfo, NewImage, RunChart, StateChange
+from avatargen.api.wire import BucketLevel, Cost, DayTotal, History, ImageInfo, RunChart, StateChange
 from avatargen.buckets import Bucket, ImageRecord
 from avatargen.config import Settings
 from avatargen.generator.states import States
@@ -21,8 +21,10 @@ from avatargen.run import Run
 
 
 def bucket_levels(settings: Settings, buckets: Mapping[str, Bucket]) -> dict[str, BucketLevel]:
-    """Each bucket's count against its min and max, as status and events report them."""
-    return {name: BucketLevel(buckets[name].count(), conf.min, conf.max) for name, conf in settings.buckets.items()}
+    """Each bucket's count against its min and max, and its images held for review, as status and events
+    report them."""
+    return {name: BucketLevel(buckets[name].count(), conf.min, conf.max, buckets[name].held_count())
+            for name, conf in settings.buckets.items()}
 
 
 def cost_summary(settings: Settings, spend: Spend, ledger_problem: str | None = None,
@@ -50,9 +52,10 @@ def state_change(states: States, machine_state: str | None) -> StateChange:
                        states.last_run.ended() if states.last_run else None, machine_state)
 
 
-def image_event(bucket_name: str, record: ImageRecord, levels: Mapping[str, BucketLevel]) -> NewImage:
-    """A freshly stored image, with the bucket levels it leaves behind."""
-    return NewImage(ImageInfo.of(record.id, bucket_name, record.metadata, record.created_at), levels)
+def image_info(record: ImageRecord) -> ImageInfo:
+    """A stored or held image as the owner sees it."""
+    return ImageInfo.of(record.id, record.bucket, record.metadata, record.created_at, kept=record.kept,
+                        held=record.held)
 
 
 def history_view(days: list[Day], run: Run | None) -> History:
