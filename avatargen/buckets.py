@@ -3,7 +3,8 @@
 Layout (the contract): `<dir>/<id>.webp` is an image and `<dir>/<id>.json` its metadata; only `*.webp`
 directly in the folder are images. Work files live in `<dir>/.tmp/`, claimed uniques in `<dir>/.claimed/`,
 pre-framed copies (made by a bucket's `prepare` hook) in `<dir>/.framed/`, images the safety gate held
-back (with their sidecars) in `<dir>/.review/` until the owner approves or deletes them, and an empty
+back (with their sidecars) in `<dir>/.review/` until the owner approves or deletes them, images found broken
+in `<dir>/.rejected/` (set aside with their sidecars for the owner to look at), and an empty
 `<dir>/.kept/<id>` marks an image the owner keeps for good (never retired), all on one filesystem so
 that `os.rename` is atomic. The filesystem is the only arbiter between processes: a unique is claimed by
 renaming it away, and whoever's rename fails lost the race. Each Bucket keeps an in-memory index of the
@@ -13,16 +14,17 @@ changes from the folder's mtime.
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import heapq
 import json
+import logging
 import os
 import random
 import re
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -30,11 +32,17 @@ from pathlib import Path
 from typing import Any
 
 from avatargen.config import Settings
-from avatargen.imaging import frame_unique, sniff_format
+from avatargen.files import sync_folder, write_atomically
+from avatargen.imaging import ImageError, check_webp, check_webp_header, frame_unique, sniff_format
+from avatargen.timestamps import utc_iso
+
+log = logging.getLogger("avatargen.buckets")
 
 IMAGE_SUFFIX = ".webp"
 META_SUFFIX = ".json"
-_ID = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
+_ID = re.compile(r"[A-Za-z0-9_-]{1,100}")  # used with fullmatch: `$` would also accept a trailing newline
+# How much of a rejected id an error message quotes: ids come from URLs, and a 60 kB one must not be echoed.
+_QUOTED_ID = 40
 # A directory mtime this close to the moment it was read may still change within the same clock tick
 # (coarse filesystem timestamps), so the scan that read it is redone at the next check.
 _RACY_NS = 1_000_000_000
@@ -47,10 +55,17 @@ class ImageNotFound(LookupError):
     """No image with that id in the bucket (never published, claimed or deleted meanwhile)."""
 
 
+class BadImage(ImageNotFound):
+    """The image's file is not a whole WebP image: it was set aside, so it is no longer in the bucket."""
+
+
 def check_id(image_id: str) -> str:
     """Return the id if it is safe to use in a file name (no path traversal); else raise ValueError."""
-    if not isinstance(image_id, str) or not _ID.match(image_id):
-        raise ValueError(f"invalid image id {image_id!r}: expected 1-100 letters, digits, '-' or '_'")
+    if not isinstance(image_id, str) or not _ID.fullmatch(image_id):
+        quoted = repr(image_id)
+        if len(quoted) > _QUOTED_ID:
+            quoted = quoted[:_QUOTED_ID] + "..."
+        raise ValueError(f"invalid image id {quoted}: expected 1-100 letters, digits, '-' or '_'")
     return image_id
 
 
@@ -58,11 +73,6 @@ def new_id(now: datetime | None = None) -> str:
     """A fresh image id that sorts by creation time: `20261124T235959-123456-1a2b3c4d` (UTC, µs, random)."""
     now = now or datetime.now(UTC)
     return f"{now:%Y%m%dT%H%M%S-%f}-{secrets.token_hex(4)}"
-
-
-def utc_iso(moment: datetime) -> str:
-    """ISO 8601 in UTC with a Z, the form stored in sidecars and shown by the admin API."""
-    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)
@@ -76,6 +86,20 @@ class ImageRecord:
     created_at: datetime
     kept: bool = False  # the owner keeps it for good: never retired
     held: bool = False  # held back by the safety gate, waiting in the review folder: never served
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What start-up recovery did to a bucket."""
+
+    released: int = 0  # claimed uniques never sent, put back
+    temp_removed: int = 0  # work files left in .tmp/
+    orphans_removed: int = 0  # sidecars and framed copies whose image is gone
+
+    def summary(self) -> dict[str, int]:
+        """The counts, for the log (empty when there was nothing to do)."""
+        counts = {"released": self.released, "temp_removed": self.temp_removed, "orphans_removed": self.orphans_removed}
+        return {name: count for name, count in counts.items() if count}
 
 
 @dataclass(frozen=True)
@@ -118,27 +142,6 @@ class _Index:
         return random.choice(self._ids) if self._ids else None
 
 
-def _write_synced(path: Path, data: bytes) -> None:
-    """Create `path` with `data` and fsync it, so a rename that follows publishes complete bytes."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _sync_dir(path: Path) -> None:
-    """fsync a directory so the renames into it survive a crash."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _unlink(path: Path) -> bool:
     try:
         path.unlink()
@@ -154,10 +157,39 @@ def _created_at(metadata: dict[str, Any], path: Path) -> datetime:
         path.stat().st_mtime, UTC)
 
 
-def _ids_in(folder: Path, suffix: str) -> set[str]:
-    """The ids of the `<id><suffix>` entries in a folder."""
-    return {name[: -len(suffix)] for name in os.listdir(folder)
-            if name.endswith(suffix) and _ID.match(name[: -len(suffix)])}
+def _names(folder: Path) -> list[str]:
+    """The names in a folder (none if it does not exist)."""
+    try:
+        return os.listdir(folder)
+    except FileNotFoundError:
+        return []
+
+
+def _ids_in(folder: Path, suffix: str, names: list[str] | None = None) -> set[str]:
+    """The ids of the `<id><suffix>` entries in a folder (or in `names`, a listing of it already taken)."""
+    cut = len(suffix)
+    return {name[:-cut] for name in (_names(folder) if names is None else names)
+            if name.endswith(suffix) and _ID.fullmatch(name, 0, len(name) - cut)}
+
+
+def _header_problem(path: Path) -> str | None:
+    """What is wrong with an image file, judged by its first 12 bytes against its size; None if nothing."""
+    with path.open("rb") as image:
+        head = image.read(12)
+        size = os.fstat(image.fileno()).st_size
+    try:
+        check_webp_header(head, size)
+    except ImageError as exc:
+        return str(exc)
+    return None
+
+
+def _move(source: Path, target: Path) -> bool:
+    try:
+        os.rename(source, target)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _is_stale(path: Path, older_than: float, *, since_rename: bool = False) -> bool:
@@ -192,6 +224,7 @@ class Bucket:
         self._framed = self.directory / ".framed"
         self._review = self.directory / ".review"
         self._kept = self.directory / ".kept"
+        self._rejected = self.directory / ".rejected"
         for folder in self.folders:
             folder.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
@@ -199,6 +232,7 @@ class Bucket:
         self._stamp: int | None = None
         self._racy = True
         self._checked_at = float("-inf")
+        self._unlisted = False  # the last look at the folder failed (logged once)
 
     def __repr__(self) -> str:
         return f"Bucket({self.name!r}, {str(self.directory)!r})"
@@ -206,7 +240,7 @@ class Bucket:
     @property
     def folders(self) -> tuple[Path, ...]:
         """Every folder the bucket writes to (start-up proves each one writable before the server listens)."""
-        return (self.directory, self._tmp, self._claimed, self._review, self._kept,
+        return (self.directory, self._tmp, self._claimed, self._review, self._kept, self._rejected,
                 *([self._framed] if self.prepare else []))
 
     # --- the in-memory index -------------------------------------------------------------------------
@@ -232,15 +266,18 @@ class Bucket:
     def _kept_path(self, image_id: str) -> Path:
         return self._kept / image_id
 
-    def _list_images(self) -> list[str]:
+    def _scan(self) -> tuple[set[str], set[str]]:
+        """One listing of the folder: the ids of its images and of its sidecars."""
         self.scans += 1
-        with os.scandir(self.directory) as entries:
-            return [
-                entry.name[: -len(IMAGE_SUFFIX)]
-                for entry in entries
-                if entry.name.endswith(IMAGE_SUFFIX) and _ID.match(entry.name[: -len(IMAGE_SUFFIX)])
-                and entry.is_file()
-            ]
+        names = os.listdir(self.directory)
+        return _ids_in(self.directory, IMAGE_SUFFIX, names), _ids_in(self.directory, META_SUFFIX, names)
+
+    def _install(self, ids: list[str], stamp: int | None) -> None:
+        """Replace the index with a listing taken when the folder's mtime was `stamp` (lock held)."""
+        self._index = _Index(ids)
+        self._stamp = stamp
+        self._racy = stamp is None or time.time_ns() - stamp < _RACY_NS
+        self._checked_at = time.monotonic()
 
     def _refresh(self) -> None:
         """Rescan only if the folder changed since the last scan; look at most once per `recheck_every`.
@@ -252,12 +289,19 @@ class Bucket:
         if now - self._checked_at < self.recheck_every:
             return
         self._checked_at = now
-        stamp = os.stat(self.directory).st_mtime_ns
-        if stamp == self._stamp and not self._racy:
+        try:
+            stamp = os.stat(self.directory).st_mtime_ns
+            if stamp == self._stamp and not self._racy:
+                return
+            images = self._scan()[0]
+        except OSError as exc:  # the folder is gone or unreadable: the bucket is empty until it is back
+            if not self._unlisted:
+                log.error("the %s bucket's folder cannot be listed, so it counts as empty: %s", self.name, exc)
+            self._unlisted = True
+            self._install([], None)
             return
-        self._index = _Index(self._list_images())
-        self._stamp = stamp
-        self._racy = time.time_ns() - stamp < _RACY_NS
+        self._unlisted = False
+        self._install(list(images), stamp)
 
     def count(self) -> int:
         """How many images are in the bucket (claimed ones excluded), without listing the folder each time."""
@@ -285,18 +329,63 @@ class Bucket:
     # --- reading -------------------------------------------------------------------------------------
 
     def read(self, image_id: str) -> bytes:
-        """The stored WebP bytes of an image; ImageNotFound if it is not (or no longer) in the bucket."""
+        """The stored WebP bytes of an image; ImageNotFound if it is not (or no longer) in the bucket.
+
+        Bytes that are not a whole WebP file are never returned: the image is set aside (BadImage).
+        """
+        path = self._image_path(check_id(image_id))
         try:
-            return self._image_path(check_id(image_id)).read_bytes()
+            data = path.read_bytes()
         except FileNotFoundError:
             raise ImageNotFound(f"no image {image_id!r} in the {self.name} bucket") from None
+        return self._whole(image_id, path, data)
+
+    def _whole(self, image_id: str, path: Path, data: bytes) -> bytes:
+        """`data`, read from `path`, if it is a whole WebP file; else the image is set aside (BadImage)."""
+        try:
+            check_webp(data)
+        except ImageError as exc:
+            self.set_aside(image_id, path, str(exc))
+            raise BadImage(f"image {image_id!r} of the {self.name} bucket was set aside: {exc}") from None
+        return data
+
+    def set_aside(self, image_id: str, path: Path, reason: str) -> None:
+        """Move a broken image (found at `path`: in the bucket or claimed) and its sidecar to `.rejected/`.
+
+        Out of the bucket for good, but kept for the owner to look at; its framed copy is only derived
+        from it, so that goes. Never raises: a file another process moved first is fine, and a folder
+        that refuses the move (read-only) leaves the image where it is, forgotten until the next rescan.
+        """
+        self.forget(image_id)
+        try:
+            moved = _move(path, self._rejected / f"{image_id}{IMAGE_SUFFIX}")
+            _move(self._meta_path(image_id), self._rejected / f"{image_id}{META_SUFFIX}")
+            _unlink(self._framed_path(image_id))
+        except OSError as exc:
+            log.error("image %s of the %s bucket is broken (%s) and cannot be set aside: %s",
+                      image_id, self.name, reason, exc)
+            return
+        if moved:
+            log.warning("image %s of the %s bucket set aside in %s: %s", image_id, self.name, self._rejected, reason)
+
+    def rejected(self) -> int:
+        """How many images were set aside as broken (in `.rejected/`, by any process, until the owner clears it)."""
+        try:
+            with os.scandir(self._rejected) as entries:
+                return sum(entry.name.endswith(IMAGE_SUFFIX) for entry in entries)
+        except FileNotFoundError:
+            return 0
 
     def metadata(self, image_id: str) -> dict[str, Any]:
-        """The sidecar of an image (also while it is claimed); ImageNotFound if there is none."""
+        """The sidecar of an image (also while it is claimed); ImageNotFound if there is none, ValueError if it
+        is not a JSON object."""
         try:
-            return json.loads(self._meta_path(check_id(image_id)).read_bytes())
+            metadata = json.loads(self._meta_path(check_id(image_id)).read_bytes())
         except FileNotFoundError:
             raise ImageNotFound(f"no metadata for image {image_id!r} in the {self.name} bucket") from None
+        if not isinstance(metadata, dict):
+            raise ValueError(f"the sidecar of image {image_id!r} in the {self.name} bucket is not a JSON object")
+        return metadata
 
     def newest(self, n: int) -> list[ImageRecord]:
         """The `n` newest images, newest first (ids sort by creation time); ones gone meanwhile are skipped."""
@@ -305,9 +394,7 @@ class Bucket:
         for image_id in heapq.nlargest(max(0, n), self.ids()):
             path = self._image_path(image_id)
             try:
-                metadata = self.metadata(image_id)
-                if not isinstance(metadata, dict):
-                    continue  # valid JSON, but not a sidecar: skipped like an unreadable one
+                metadata = self.metadata(image_id)  # ValueError for one that is not a JSON object: skipped
                 created_at = _created_at(metadata, path)
             except (ImageNotFound, FileNotFoundError, ValueError):
                 continue
@@ -333,8 +420,8 @@ class Bucket:
         files.append((image, self._image_path(image_id)))
         self._place_all(files)
         if self.prepare is not None:
-            _sync_dir(self._framed)
-        _sync_dir(self.directory)
+            sync_folder(self._framed)
+        sync_folder(self.directory)
         with self._lock:
             self._index.add(image_id)
         return ImageRecord(image_id, self.name, self._image_path(image_id), metadata, created_at)
@@ -345,7 +432,7 @@ class Bucket:
         it, until the owner approves it. `metadata` says why (`review`)."""
         image_id, metadata, created_at, sidecar = self._prepare_files(image, metadata, None)
         self._place_all([(sidecar, self._held_meta_path(image_id)), (image, self._held_path(image_id))])
-        _sync_dir(self._review)
+        sync_folder(self._review)
         return ImageRecord(image_id, self.name, self._held_path(image_id), metadata, created_at, held=True)
 
     def _prepare_files(self, image: bytes, metadata: dict[str, Any],
@@ -376,14 +463,8 @@ class Bucket:
             raise
 
     def _place(self, data: bytes, final: Path) -> None:
-        """Write a file under `.tmp/`, fsync it, then rename it to `final`: it appears whole or not at all."""
-        work = self._tmp / f"{secrets.token_hex(4)}-{final.name}"
-        try:
-            _write_synced(work, data)
-            os.rename(work, final)
-        except BaseException:
-            _unlink(work)
-            raise
+        """Write a file by way of `.tmp/`: it appears whole or not at all (the caller fsyncs the folder)."""
+        write_atomically(final, data, work_dir=self._tmp, sync=False)
 
     def _remove(self, image: Path, companions: tuple[Path, ...]) -> bool:
         """Remove an image and the files that go with it, as one step for everyone else: the image is first
@@ -422,7 +503,7 @@ class Bucket:
         marker = self._kept_path(check_id(image_id))
         if kept:
             marker.touch()
-            _sync_dir(self._kept)
+            sync_folder(self._kept)
         else:
             _unlink(marker)
         try:
@@ -533,7 +614,7 @@ class Bucket:
                     _unlink(path)
                 raise ImageNotFound(f"no image {image_id!r} held back in the {self.name} bucket") from None
         _unlink(self._held_meta_path(image_id))
-        _sync_dir(self.directory)
+        sync_folder(self.directory)
         with self._lock:
             self._index.add(image_id)
         return ImageRecord(image_id, self.name, self._image_path(image_id), metadata, created_at)
@@ -555,19 +636,38 @@ class Bucket:
             self.forget(image_id)
             try:
                 return Claim(image_id, self._claimed_image(image_id), self._claimed_metadata(image_id))
+            except BadImage:
+                continue  # set aside: out of the bucket; try another one
             except BaseException:
                 self.release_claim(image_id)
                 raise
         return None
 
     def _claimed_image(self, image_id: str) -> bytes:
-        """What the claimer sends: the framed copy made at publish time, or the image prepared now."""
-        if self.prepare is not None:
-            try:
-                return self._framed_path(image_id).read_bytes()
-            except FileNotFoundError:
-                return self.prepare(self._claimed_path(image_id).read_bytes())
-        return self._claimed_path(image_id).read_bytes()
+        """What the claimer sends: the framed copy made at publish time, or the image prepared now.
+
+        Only whole WebP files are sent: a broken framed copy is made again, a broken image set aside
+        (BadImage).
+        """
+        claimed = self._claimed_path(image_id)
+        if self.prepare is None:
+            return self._whole(image_id, claimed, claimed.read_bytes())
+        framed = self._framed_path(image_id)
+        try:
+            data = framed.read_bytes()
+            check_webp(data)
+            return data
+        except FileNotFoundError:
+            pass
+        except ImageError as exc:
+            log.warning("the framed copy of unique %s is broken (%s): framing it again", image_id, exc)
+            _unlink(framed)
+        original = self._whole(image_id, claimed, claimed.read_bytes())
+        try:
+            return self.prepare(original)
+        except ImageError as exc:  # whole, and still not an image
+            self.set_aside(image_id, claimed, str(exc))
+            raise BadImage(f"image {image_id!r} of the {self.name} bucket was set aside: {exc}") from None
 
     def _claimed_metadata(self, image_id: str) -> dict[str, Any]:
         try:
@@ -595,42 +695,42 @@ class Bucket:
         Age is taken from the ctime, which the claiming rename sets.
         """
         released = 0
-        for path in self._claimed.glob(f"*{IMAGE_SUFFIX}"):
-            image_id = path.name[: -len(IMAGE_SUFFIX)]
-            if _ID.match(image_id) and _is_stale(path, older_than, since_rename=True):
-                with contextlib.suppress(FileNotFoundError):  # another process put it back first
+        for image_id in _ids_in(self._claimed, IMAGE_SUFFIX):
+            if _is_stale(self._claimed_path(image_id), older_than, since_rename=True):
+                try:
                     self.release_claim(image_id)
-                    released += 1
+                except FileNotFoundError:  # another process put it back first
+                    continue
+                except OSError as exc:
+                    log.error("cannot put claimed unique %s back into the %s bucket: %s", image_id, self.name, exc)
+                    continue
+                released += 1
         return released
 
-    def recover(self, *, stale_after: float = CLAIM_TIMEOUT) -> dict[str, int]:
-        """Repair what a crash can leave behind, at start-up; returns what was done, by kind.
+    def recover(self, *, stale_after: float = CLAIM_TIMEOUT) -> Recovery:
+        """Repair what a crash can leave behind, at start-up, from one listing of each folder.
 
         Claimed-but-unsent images go back into the bucket and sidecars or framed copies without an
         image are removed, once `stale_after` seconds old: other worker processes may be in the middle
         of a claim or a publish right now (a sidecar is placed before its image). Work files in `.tmp/`
         are removed whatever their age: they are never visible, and the worst this does to a publish
-        running in another process is make it fail and be retried. Missing framed copies are made.
+        running in another process is make it fail and be retried. Nothing is read or framed here, and
+        orphan framed copies are left: that would keep the server from listening for minutes with
+        thousands of images, so `check_and_frame` does it in the background (and a claim frames a unique
+        it finds unframed). A file that cannot be removed (a read-only folder) is logged and left: never
+        fatal.
         """
-        counts = {"released": self.release_stale_claims(stale_after), "temp_removed": 0,
-                  "orphans_removed": 0, "framed": 0}
-        for path in self._tmp.iterdir():
-            counts["temp_removed"] += _unlink(path)
-        leftovers = [*self.directory.glob(f"*{META_SUFFIX}"),
-                     *(self._framed.glob(f"*{IMAGE_SUFFIX}") if self._framed.is_dir() else [])]
-        for path in leftovers:
-            image_id = path.name.rsplit(".", 1)[0]
-            # A held image owns its sidecar in the bucket too: an approval cut short, done again later.
-            owned = any(place.exists() for place in (self._image_path(image_id), self._claimed_path(image_id),
-                                                     self._held_path(image_id)))
-            if not owned and _is_stale(path, stale_after):
-                counts["orphans_removed"] += _unlink(path)
-        counts["orphans_removed"] += self._tidy_owner_files(stale_after)
-        if self.prepare is not None:
-            for image_id in self.ids():
-                if not self._framed_path(image_id).exists():
-                    counts["framed"] += self._frame_existing(image_id, self.prepare)
-        return counts
+        released = self.release_stale_claims(stale_after)
+        temp_removed = sum(self._tidy(self._tmp / name) for name in os.listdir(self._tmp))
+        with self._lock:
+            stamp = os.stat(self.directory).st_mtime_ns
+            images, sidecars = self._scan()
+            self._install(list(images), stamp)
+        # A held image owns its sidecar in the bucket too: an approval cut short, done again later.
+        orphans = sidecars - images - _ids_in(self._claimed, IMAGE_SUFFIX) - _ids_in(self._review, IMAGE_SUFFIX)
+        orphans_removed = self._remove_orphans([self._meta_path(image_id) for image_id in orphans], stale_after)
+        orphans_removed += self._tidy_owner_files(stale_after)
+        return Recovery(released, temp_removed, orphans_removed)
 
     def _tidy_owner_files(self, stale_after: float) -> int:
         """Remove review sidecars whose held image is gone and keep markers whose image is gone, once
@@ -640,16 +740,109 @@ class Bucket:
         leftovers = [self._held_meta_path(image_id) for image_id in _ids_in(self._review, META_SUFFIX) - held]
         leftovers += [self._kept_path(name) for name in os.listdir(self._kept)
                       if not self._image_path(name).exists()]
-        return sum(_unlink(path) for path in leftovers if _is_stale(path, stale_after))
+        return sum(self._tidy(path) for path in leftovers if _is_stale(path, stale_after))
 
-    def _frame_existing(self, image_id: str, prepare: Callable[[bytes], bytes]) -> bool:
-        """Make the missing framed copy of a stored image; False if the image or the work file went away
-        meanwhile (claimed, or another process recovering at the same moment)."""
+    def _remove_orphans(self, paths: list[Path], stale_after: float) -> int:
+        """Remove sidecars or framed copies whose image is gone, once `stale_after` seconds old. Few: each is
+        checked again, as other processes may have moved on since the listing."""
+        removed = 0
+        for path in paths:
+            image_id = path.name.rsplit(".", 1)[0]
+            if not (self._image_path(image_id).exists() or self._claimed_path(image_id).exists()) \
+                    and _is_stale(path, stale_after):
+                removed += self._tidy(path)
+        return removed
+
+    def remove_orphan_copies(self, stale_after: float = CLAIM_TIMEOUT) -> int:
+        """Remove framed copies whose image is gone (a crash between the two removals), as `recover` does
+        sidecars; done in the background, as the framed copies are not needed to serve. How many."""
+        if self.prepare is None:
+            return 0
+        owned = self._scan()[0] | _ids_in(self._claimed, IMAGE_SUFFIX)
+        orphans = _ids_in(self._framed, IMAGE_SUFFIX) - owned
+        return self._remove_orphans([self._framed_path(image_id) for image_id in orphans], stale_after)
+
+    def _tidy(self, path: Path) -> bool:
+        """Remove a leftover file; False if it was gone or cannot be removed (logged)."""
         try:
-            self._place(prepare(self.read(image_id)), self._framed_path(image_id))
+            return _unlink(path)
+        except OSError as exc:
+            log.warning("cannot remove leftover %s from the %s bucket: %s", path, self.name, exc)
+            return False
+
+    def inspect(self, image_ids: Iterable[str]) -> list[str]:
+        """Check stored images cheaply, by their RIFF header against their size (framed copies too): a broken
+        image is set aside, a broken framed copy removed. Returns the ids whose framed copy is to be made."""
+        unframed = []
+        for image_id in image_ids:
+            path = self._image_path(image_id)
+            try:
+                problem = _header_problem(path)
+            except FileNotFoundError:  # claimed or deleted meanwhile
+                continue
+            except OSError as exc:
+                log.error("image %s of the %s bucket cannot be read: %s", image_id, self.name, exc)
+                continue
+            if problem:
+                self.set_aside(image_id, path, problem)
+                continue
+            if self.prepare is None:
+                continue
+            framed = self._framed_path(image_id)
+            try:
+                problem = _header_problem(framed)
+            except FileNotFoundError:
+                unframed.append(image_id)
+                continue
+            except OSError as exc:
+                log.error("the framed copy of unique %s cannot be read: %s", image_id, exc)
+                continue
+            if problem:
+                log.warning("the framed copy of unique %s is broken (%s): framing it again", image_id, problem)
+                self._tidy(framed)
+                unframed.append(image_id)
+        return unframed
+
+    def frame(self, image_id: str) -> bool:
+        """Make the framed copy of a stored unique if it is still missing; True when one was made.
+
+        False when there is nothing to do: the bucket does not frame, the copy exists (another process
+        made it), the image is gone (claimed) or broken (then it is set aside).
+        """
+        if self.prepare is None or self._framed_path(image_id).exists():
+            return False
+        try:
+            original = self.read(image_id)
+            try:
+                framed = self.prepare(original)
+            except ImageError as exc:  # a whole WebP file whose pixels do not decode
+                self.set_aside(image_id, self._image_path(image_id), str(exc))
+                return False
+            self._place(framed, self._framed_path(image_id))
         except (ImageNotFound, FileNotFoundError):
             return False
         return True
+
+
+async def check_and_frame(bucket: Bucket, batch: int = 500) -> None:
+    """What start-up leaves to the background (the generator's process does it while visitors are served):
+    every image checked cheaply, so broken ones are set aside before a visitor meets them, then the framed
+    copies found missing made, and framed copies whose image is gone removed. Worker threads, a batch at
+    a time; cancelling stops it between two."""
+    orphans = await asyncio.to_thread(bucket.remove_orphan_copies)
+    if orphans:
+        log.info("removed %d framed copies without their image from the %s bucket", orphans, bucket.name)
+    ids = bucket.ids()
+    unframed = []
+    for start in range(0, len(ids), batch):
+        unframed += await asyncio.to_thread(bucket.inspect, ids[start:start + batch])
+    if not unframed:
+        return
+    log.info("framing %d unique(s) found without their framed copy, in the background", len(unframed))
+    made = 0
+    for image_id in unframed:
+        made += await asyncio.to_thread(bucket.frame, image_id)
+    log.info("framed %d unique(s) in the background", made)
 
 
 def open_buckets(settings: Settings) -> dict[str, Bucket]:

@@ -133,6 +133,7 @@ class ServingSettings:
     unique_every: float = _f(600.0, kind="duration")
     unique_burst: int = _f(6, low=0)
     unique_per_visitor: float = _f(86400.0, kind="duration")
+    unique_per_network: str = _f("/64", choices=("/32", "/40", "/48", "/56", "/60", "/64"))  # IPv6 visitor key
     cache_max_age: float = _f(86400.0, kind="duration")
     fallback_retire_every: float = _f(3600.0, kind="duration")
 
@@ -160,7 +161,7 @@ class BucketsSettings:
     fallback: BucketSettings = _f(BucketSettings(Path("data/fallback"), 1000, 2500))
 
     def items(self) -> list[tuple[str, BucketSettings]]:
-        return [("unique", self.unique), ("fallback", self.fallback)]
+        return [(name, getattr(self, name)) for name in BUCKET_NAMES]
 
     def check(self) -> None:
         if self.unique.dir == self.fallback.dir:

@@ -7,14 +7,13 @@ the old file intact and a reader never sees half a config.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import tomlkit
 from tomlkit.items import Array, Item, Table
 
 from avatargen.config import ConfigError, PromptSettings
+from avatargen.files import write_atomically
 
 COMMENT_COLUMN_MAX = 80  # a comment further right than this after its value is not in a column anyone chose
 
@@ -62,30 +61,8 @@ def render_prompts(text: str, prompts: PromptSettings) -> str:
     return tomlkit.dumps(document)
 
 
-def atomic_write(path: Path, text: str) -> None:
-    """Replace path with text so that readers see the old file or the new one, never a mix."""
-    path = Path(path)
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp_name, mode)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def save_prompts(path: Path, prompts: PromptSettings) -> None:
     """Persist [prompts] into the config file at path (created if missing)."""
     path = Path(path)
     text = path.read_text(encoding="utf-8") if path.exists() else ""
-    atomic_write(path, render_prompts(text, prompts))
+    write_atomically(path, render_prompts(text, prompts).encode())

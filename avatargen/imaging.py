@@ -13,7 +13,10 @@ import functools
 import io
 from collections.abc import Callable
 
-from PIL import Image, ImageDraw, ImageFont, ImageOps
+from PIL import Image, ImageDraw, ImageFont, ImageOps, WebPImagePlugin  # noqa: F401
+
+# WebPImagePlugin is imported for its side effect: registered up front, WebP never makes Pillow import
+# its ~40 other format plugins (Image.init(), a few hundred ms on the first image a process handles).
 
 # An avatar source bigger than this is refused before its pixels are decoded: SD returns 512-2048 px
 # images, and a small compressed file can expand to gigabytes (a decompression bomb).
@@ -37,8 +40,40 @@ class ImageError(ValueError):
 
 
 def sniff_format(data: bytes) -> str | None:
-    """The Pillow format name ("PNG", "JPEG", "WEBP") from the magic bytes, or None for anything else."""
+    """The Pillow format name ("PNG", "JPEG", "WEBP") from the magic bytes, or None for anything else.
+
+    The SD web UI sends whatever its `samples_format` setting says: never assume PNG.
+    """
     return next((name for name, matches in _SIGNATURES if matches(data[:12])), None)
+
+
+def check_webp_header(head: bytes, size: int) -> None:
+    """Raise ImageError unless `head`, the first 12 bytes of a file of `size` bytes, is a WebP RIFF header
+    that gives that size: a file cut short or grown is found without reading the rest of it."""
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WEBP":
+        raise ImageError(f"not a WebP file (it starts with {head[:12]!r})")
+    declared = int.from_bytes(head[4:8], "little") + 8
+    if declared != size:
+        raise ImageError(f"not a whole WebP file: its header says {declared} bytes, the file has {size}")
+
+
+def check_webp(data: bytes) -> None:
+    """Raise ImageError unless `data` is a whole WebP file, judged by its RIFF structure alone.
+
+    Cheap enough for every file read before it is sent (no pixel is decoded): the RIFF header's size
+    must match the length, and the chunks must fill the file exactly. A file cut short (a full disk, a
+    copy interrupted, `truncate`) or with bytes appended fails; a flipped bit inside the pixel data
+    does not, and needs a decode to find.
+    """
+    check_webp_header(data[:12], len(data))
+    if len(data) < 20:
+        raise ImageError(f"not a whole WebP file: {len(data)} bytes hold no image")
+    offset = 12
+    while offset + 8 <= len(data):
+        size = int.from_bytes(data[offset + 4:offset + 8], "little")
+        offset += 8 + size + (size & 1)  # chunks are padded to an even length
+    if offset != len(data):
+        raise ImageError(f"not a whole WebP file: its chunks end at byte {offset}, the file has {len(data)}")
 
 
 def _base64_payload(text: str) -> bytes:
@@ -112,7 +147,8 @@ def to_avatar_webp(image: Image.Image, size: int, quality: int) -> bytes:
 
 
 @functools.lru_cache(maxsize=16)
-def _label_layout(width: int, height: int) -> tuple[int, int, ImageFont.FreeTypeFont, tuple[float, float]]:
+def _label_layout(width: int, height: int) -> tuple[int, int, ImageFont.FreeTypeFont | ImageFont.ImageFont,
+                                                   tuple[float, float]]:
     """Border width, band height, font and text position for one image size (computed once per size)."""
     border = max(2, round(min(width, height) * 0.03))
     band = max(10, round(height * 0.11))

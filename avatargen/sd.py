@@ -19,6 +19,7 @@ import httpx
 
 from avatargen.config import SdSettings
 from avatargen.http_client import HttpClient
+from avatargen.imaging import sniff_format
 from avatargen.redact import redact_url
 
 TXT2IMG_TIMEOUT = 900.0  # seconds: txt2img answers only when the images are done, a big batch takes minutes
@@ -98,17 +99,6 @@ def _unusable(text: str) -> SdError:
     return SdError(200, f"SD web UI sent an unusable answer: {text}", retryable=True)
 
 
-def _image_kind(data: bytes) -> str | None:
-    """The format by magic bytes: the web UI's `samples_format` decides it, so never assume PNG."""
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "PNG"
-    if data.startswith(b"\xff\xd8\xff"):
-        return "JPEG"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "WebP"
-    return None
-
-
 def _check_image(index: int, image: Any) -> None:
     """Refuse what cannot be an image before it reaches a bucket."""
     if not isinstance(image, str):
@@ -117,7 +107,7 @@ def _check_image(index: int, image: Any) -> None:
         data = base64.b64decode(image, validate=True)
     except binascii.Error:
         raise _unusable(f"image {index} is not valid base64: {image[:40]!r}") from None
-    if _image_kind(data) is None:
+    if sniff_format(data) is None:
         raise _unusable(f"image {index} is not a PNG, JPEG or WebP image (it starts with {data[:12]!r})")
 
 

@@ -76,16 +76,24 @@ class Service:
             self.process = subprocess.Popen(self.command, env=self.env, stdout=output,
                                             stderr=subprocess.STDOUT)
         deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with status {self.process.returncode}:\n{self.log_text()}")
-            try:
-                if httpx.get(self.url + self.health_path, timeout=1).status_code < 500:
-                    return self
-            except httpx.TransportError:
-                time.sleep(0.02)
+        # One client for all the polls: a client per poll costs ~0.1 s of CPU, taken from the server starting.
+        with httpx.Client(timeout=1) as client:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"{self.name} exited with status {self.process.returncode}:\n{self.log_text()}")
+                try:
+                    if client.get(self.url + self.health_path).status_code < 500:
+                        return self
+                except httpx.TransportError:
+                    time.sleep(0.02)
         raise TimeoutError(f"{self.name} did not answer {self.health_path} within {START_TIMEOUT:g}s:\n"
                            f"{self.log_text()}")
+
+    def cpu_seconds(self) -> float:
+        """CPU time the process has used so far (user + system, from /proc; its children not counted)."""
+        assert self.process is not None
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""

@@ -1,31 +1,40 @@
 """Fault matrix: every fault the simulated GPU can inject, one per run, and SIGKILL of the server in each run state,
-for each provider's API (Paperspace, RunPod).
+for each provider's API (Paperspace, RunPod); and storage faults, with the first API.
 
 The simulated GPU runs as a process of its own (a machine outlives any avatargen process), and every row
 gets a fresh `avatargen serve` process and data folder. A row is a manual refill of the unique bucket:
 - with one fault of `avatargen.simulator.FAULTS` switched on, until the run is over; or
+- with a storage fault (`STORAGE_FAULTS`) from before the run until after it: another process holding
+  the cost ledger locked; the disk under data_dir full; the unique bucket's filesystem read-only;
+  truncated images in both buckets (images and framed copies, there before the server starts). Visitors
+  may claim uniques in these rows, so the unique path meets the fault too; or
 - with no fault, the server SIGKILLed once the run is booting (machine starting), generating (images
   stored) or shutting_down, then started again: its start-up check must stop the orphaned machine.
-Meanwhile a background loop GETs /avatar (from the killed server's twin, a visitor-only process on the
-same folders, in the SIGKILL rows) and records every failure.
+Meanwhile a background loop GETs /avatar, each request from a visitor address of its own (from the
+killed server's twin, a visitor-only process on the same folders, in the SIGKILL rows), and records every
+answer that is not a whole image with a 200.
 
 Every row must hold: the machine is off (or terminated, billed no more) at the end; no billed seconds after
 the stop confirmation (the simulator's count at the end and a few poll periods later); no image lost
-(announced as stored, not in the bucket) or half-written (a visible .webp without its sidecar, or one that
-does not decode); visitors answered throughout. The script exits with status 1 if a row does not hold.
+(announced as stored, neither in the bucket nor served to a visitor) or half-written (a visible .webp
+without its sidecar, or one that does not decode); visitors answered throughout. The script exits with
+status 1 if a row does not hold.
 
-    python -m benchmarks.fault_matrix [--quick] [--jobs N] [--api paperspace|runpod ...]
+    python -m benchmarks.fault_matrix [--quick] [--jobs N] [--api paperspace|runpod ...] [--storage]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 
@@ -36,6 +45,7 @@ from avatargen.api import NewImage, ServerEvent, StateChange
 from avatargen.buckets import open_buckets
 from avatargen.config import load_settings
 from avatargen.durations import parse_duration
+from avatargen.imaging import ImageError, check_webp
 from avatargen.simulator.faults import faults_for
 from avatargen.testing import Service, Simulator
 from benchmarks.harness import (
@@ -51,9 +61,14 @@ from benchmarks.harness import (
     write_config,
 )
 from benchmarks.report import print_machine, print_table
+from benchmarks.storage_faults import SqliteLock, fill, read_only, tmpfs
 
 KILL_STATES = ("booting", "generating", "shutting_down")
 APIS = ("paperspace", "runpod")  # rows of the first are named by their fault alone, the others' say the API
+STORAGE_FAULTS = ("locked ledger", "full disk", "read-only unique bucket", "corrupt images")
+UNIQUES_BEFORE = 3  # uniques in the bucket before a storage-fault row's run, for visitors to claim
+VISITOR_UNIQUES = 1000  # the visitors' unique allowance in the storage-fault rows
+DATA_DISK = "64m"  # the tmpfs under data_dir in the full-disk row
 POLL_EVERY = "50ms"
 BOOT_DELAY, STOP_DELAY = "500ms", "300ms"
 SETTLE_POLLS = 6  # poll periods to wait before reading the billed seconds again
@@ -64,12 +79,14 @@ ERROR_QUOTE = 100  # characters of a run's error shown in the table
 
 
 class Visitors:
-    """A background loop of GET /avatar against one server, counting the answers that are not an avatar."""
+    """A background loop of GET /avatar against one server, each request from a visitor address of its own
+    (X-Forwarded-For, believed from loopback), counting the answers that are not a whole avatar."""
 
     def __init__(self, url: str) -> None:
         self.url = url
         self.requests = 0
         self.failures: list[str] = []
+        self.uniques: set[str] = set()  # ids of the uniques served
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="visitors", daemon=True)
 
@@ -77,13 +94,21 @@ class Visitors:
         with httpx.Client(timeout=5) as client:
             while not self._stop.wait(VISITOR_PAUSE):
                 self.requests += 1
+                address = f"10.{self.requests >> 16 & 255}.{self.requests >> 8 & 255}.{self.requests & 255}"
                 try:
-                    response = client.get(self.url + "/avatar")
+                    response = client.get(self.url + "/avatar", headers={"X-Forwarded-For": address})
                 except httpx.HTTPError as exc:
                     self.failures.append(f"{type(exc).__name__}: {exc}")
                     continue
                 if response.status_code != 200 or "x-avatar-kind" not in response.headers:
                     self.failures.append(f"{response.status_code} {response.text[:80]}")
+                    continue
+                try:
+                    check_webp(response.content)
+                except ImageError as exc:
+                    self.failures.append(f"a broken image: {exc}")
+                if response.headers["x-avatar-kind"] == "unique":
+                    self.uniques.add(response.headers["x-avatar-id"])
 
     def verdict(self) -> str:
         if not self.failures:
@@ -166,8 +191,9 @@ def kill_point(state: str, run_id: str) -> EventTest:
     return run_in_state(run_id, "shutting_down")
 
 
-def bucket_damage(folder: Path, announced: set[str]) -> tuple[int, int]:
-    """Images announced but not in the folder, and visible images without a sidecar or that do not decode."""
+def bucket_damage(folder: Path, announced: set[str], served: set[str]) -> tuple[int, int]:
+    """Images announced but neither in the folder nor served to a visitor, and visible images without a
+    sidecar or that do not decode."""
     visible = {path.stem for path in folder.glob("*.webp")}
     broken = 0
     for image_id in visible:
@@ -178,7 +204,7 @@ def bucket_damage(folder: Path, announced: set[str]) -> tuple[int, int]:
         except OSError:
             whole = False
         broken += not whole
-    return len(announced - visible), broken
+    return len(announced - visible - served), broken
 
 
 def settle(row: Row, simulator: Simulator, poll_every: float) -> None:
@@ -197,18 +223,24 @@ class Matrix:
         self.run_images = run_images
         self.poll_every = parse_duration(POLL_EVERY)
 
-    def row(self, api: str, name: str, faults: list[str], body: Callable[[Row, Path, Simulator], None]) -> Row:
-        """Run one row; an error in it fails the row, and the matrix goes on. Rows of RunPod's API say so."""
+    def row(self, api: str, name: str, faults: list[str], body: Callable[[Row, Path, Simulator], None], *,
+            uniques: int = 0, disk: Callable[[Path], contextlib.AbstractContextManager[object]] | None = None) -> Row:
+        """Run one row; an error in it fails the row, and the matrix goes on. Rows of RunPod's API say so.
+
+        `uniques`: the visitors' unique allowance (0: fallbacks only). `disk`: what the row's data folder is
+        mounted on, from before anything is written there until the row is over.
+        """
         row = Row(name if api == APIS[0] else f"{name} ({api})")
         directory = self.work / f"{api}_{name.replace(' ', '_')}"
         directory.mkdir()
         simulator = Simulator(directory / "simulator.log", boot_delay=BOOT_DELAY, stop_delay=STOP_DELAY,
                               sd_boot_delay="100ms", step_time="2ms", faults=faults, api=api)
         try:
-            with simulator:
+            with simulator, (disk or _as_it_is)(directory / "data"):
                 config = write_config(directory, simulator.provider_config(), {
-                    "serving": {"unique_burst": 0, "fallback_retire_every": "24h"},
-                    "buckets": {"unique": {"max": self.run_images}, "fallback": {"max": FALLBACK_IMAGES}},
+                    "serving": {"unique_burst": uniques, "fallback_retire_every": "24h"},
+                    "buckets": {"unique": {"max": self.run_images + (UNIQUES_BEFORE if uniques else 0)},
+                                "fallback": {"max": FALLBACK_IMAGES}},
                     "generator": {"image_retries": 1},
                     "gpu": {"poll_every": POLL_EVERY, "ready_timeout": "5s", "stop_timeout": "30s"},
                 })
@@ -224,23 +256,51 @@ class Matrix:
     def _server(self, config: Path, log: str, simulator: Simulator) -> Service:
         return avatargen_server(config, config.parent / log, env=simulator.env())
 
-    def fault(self, api: str, fault: str) -> Row:
-        def body(row: Row, config: Path, simulator: Simulator) -> None:
-            with self._server(config, "server.log", simulator) as server:
-                admin = Admin(server.url)
-                admin.wait_generator_started()
-                with Visitors(server.url) as row.visitors:
-                    run_id = admin.refill(["unique"]).id
-                    announced, event = follow_run(admin, run_ended(run_id))
-                settle(row, simulator, self.poll_every)
-            assert isinstance(event, StateChange) and event.last_run is not None
-            last_run = event.last_run
-            error = last_run.error or ""
-            row.outcome = (f"{last_run.outcome} ({last_run.run.done} stored, {last_run.run.failed} failed)"
-                           + (f": {error[:ERROR_QUOTE]}{'...' if len(error) > ERROR_QUOTE else ''}" if error else ""))
-            row.lost, row.broken = bucket_damage(load_settings(config).buckets.unique.dir, announced)
+    def refill(self, row: Row, config: Path, simulator: Simulator, *,
+               during: Callable[[], contextlib.AbstractContextManager[object]] | None = None) -> None:
+        """Start the server, refill the unique bucket while visitors come, until the run is over.
 
-        return self.row(api, fault, [fault], body)
+        `during`: a fault that strikes once the server is up, from before the run until after it.
+        """
+        with self._server(config, "server.log", simulator) as server:
+            admin = Admin(server.url)
+            admin.wait_generator_started()
+            with (during or contextlib.nullcontext)(), Visitors(server.url) as row.visitors:
+                run_id = admin.refill(["unique"]).id
+                announced, event = follow_run(admin, run_ended(run_id))
+            settle(row, simulator, self.poll_every)
+        assert isinstance(event, StateChange) and event.last_run is not None
+        last_run = event.last_run
+        error = last_run.error or ""
+        row.outcome = (f"{last_run.outcome} ({last_run.run.done} stored, {last_run.run.failed} failed)"
+                       + (f": {error[:ERROR_QUOTE]}{'...' if len(error) > ERROR_QUOTE else ''}" if error else ""))
+        row.lost, row.broken = bucket_damage(load_settings(config).buckets.unique.dir, announced, row.visitors.uniques)
+
+    def fault(self, api: str, fault: str) -> Row:
+        return self.row(api, fault, [fault], self.refill)
+
+    def storage(self, api: str, fault: str) -> Row:
+        """A storage fault from before the run until after it; visitors may claim the uniques already there."""
+        def body(row: Row, config: Path, simulator: Simulator) -> None:
+            settings = load_settings(config)
+            unique = open_buckets(settings)["unique"]
+            ids = publish(unique, sample_avatars(UNIQUES_BEFORE))
+            during: Callable[[], contextlib.AbstractContextManager[object]] | None = None
+            if fault == "locked ledger":
+                during = partial(SqliteLock, settings.server.data_dir / "ledger.sqlite3")
+            elif fault == "full disk":
+                during = partial(_filled, settings.server.data_dir)
+            elif fault == "read-only unique bucket":  # once the server is up: it refuses to start on one
+                during = partial(_read_only, unique.directory)
+            else:  # corrupt images: an image and a framed copy of the uniques, and a fallback, cut short
+                _cut_short(unique.directory / f"{ids[0]}.webp", unique.directory / ".framed" / f"{ids[0]}.webp",
+                           unique.directory / ".framed" / f"{ids[1]}.webp",
+                           next(settings.buckets.fallback.dir.glob("*.webp")))
+            self.refill(row, config, simulator, during=during)
+
+        disks: dict[str, Callable[[Path], contextlib.AbstractContextManager[object]]] = {
+            "full disk": partial(tmpfs, size=DATA_DISK), "read-only unique bucket": _unique_on_tmpfs}
+        return self.row(api, fault, [], body, uniques=VISITOR_UNIQUES, disk=disks.get(fault))
 
     def kill(self, api: str, state: str) -> Row:
         def body(row: Row, config: Path, simulator: Simulator) -> None:
@@ -262,15 +322,56 @@ class Matrix:
                 server.stop()
             row.outcome = (f"killed while {state} (machine {left}); the restart "
                            + ("stopped the machine" if stopped else "found it off"))
-            row.lost, row.broken = bucket_damage(load_settings(config).buckets.unique.dir, announced)
+            row.lost, row.broken = bucket_damage(load_settings(config).buckets.unique.dir, announced,
+                                                 row.visitors.uniques if row.visitors else set())
 
         return self.row(api, f"SIGKILL while {state}", [], body)
+
+
+@contextlib.contextmanager
+def _as_it_is(folder: Path) -> Iterator[Path]:
+    yield folder
+
+
+@contextlib.contextmanager
+def _unique_on_tmpfs(data: Path) -> Iterator[Path]:
+    """The unique bucket's folder on a tmpfs of its own, which the row can make read-only."""
+    with tmpfs(data / "unique"):
+        yield data
+
+
+@contextlib.contextmanager
+def _read_only(folder: Path) -> Iterator[Path]:
+    """The tmpfs on `folder` read-only until the end of the block."""
+    read_only(folder)
+    try:
+        yield folder
+    finally:
+        read_only(folder, on=False)
+
+
+@contextlib.contextmanager
+def _filled(folder: Path) -> Iterator[Path]:
+    """The filesystem of `folder` full until the end of the block."""
+    filler = fill(folder)
+    try:
+        yield filler
+    finally:
+        filler.unlink()
+
+
+def _cut_short(*paths: Path) -> None:
+    for path in paths:
+        os.truncate(path, path.stat().st_size // 2)
 
 
 def options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jobs", type=int, default=4, help="rows run at the same time (default 4); each row has "
                         "its own simulated GPU, server and folders")
-    parser.add_argument("--api", action="append", choices=APIS, help="the provider APIs to run (default: both)")
+    parser.add_argument("--api", action="append", choices=APIS,
+                        help="run the simulator-fault and SIGKILL rows of these provider APIs (default: both)")
+    parser.add_argument("--storage", action="store_true",
+                        help="run the storage-fault rows (with the first provider API); with neither option: every row")
 
 
 def main() -> int:
@@ -279,9 +380,12 @@ def main() -> int:
     print_machine()
     with scratch() as work, ThreadPoolExecutor(args.jobs) as pool:
         matrix = Matrix(work, run_images)
-        futures = [future for api in args.api or APIS for future in (
+        everything = not args.api and not args.storage
+        futures = [future for api in (APIS if everything else args.api or ()) for future in (
             *(pool.submit(matrix.fault, api, fault) for fault in faults_for(api)),
             *(pool.submit(matrix.kill, api, state) for state in KILL_STATES))]
+        if everything or args.storage:
+            futures += [pool.submit(matrix.storage, APIS[0], fault) for fault in STORAGE_FAULTS]
         rows = [future.result() for future in futures]
     print_table("Fault matrix: one fault per run, SIGKILL in each run state", [
         "fault", "run outcome", "machine at end", "billed s after the end", "images lost", "images half-written",

@@ -8,6 +8,8 @@ wrk (2 threads, 64 connections, on loopback) loads, in the same run and taking t
 - nginx: the same file with the same headers (the machine's ceiling).
 The 304 path sends If-Modified-Since (set by wrk's Lua script). Run-to-run noise is large on a small
 machine, so each figure is the median over the rounds, and the ratios are medians of per-round ratios.
+Beside req/s, the CPU time each Python server process used per request (from /proc): it hardly moves
+with what else the machine runs, so it tells a slower server from a busier machine.
 Target: avatargen at 0.9x or better of bare Starlette, on both paths.
 
     python -m benchmarks.visitor_throughput [--quick] [--rounds N] [--seconds S] [--images N]
@@ -19,6 +21,7 @@ import argparse
 import shutil
 import sys
 from collections import defaultdict
+from dataclasses import dataclass, field
 from email.utils import formatdate
 
 import httpx
@@ -41,6 +44,7 @@ from benchmarks.wrk import WrkResult, run_wrk
 THREADS, CONNECTIONS = 2, 64
 TARGET = 0.9
 SERVERS = ("avatargen", "bare Starlette", "nginx")
+PYTHON_SERVERS = ("avatargen", "bare Starlette")  # one process each, whose CPU time /proc gives
 PATHS = ("fallback", "304")
 CHECKED_HEADERS = ("content-type", "cache-control", "x-avatar-kind")
 
@@ -77,19 +81,32 @@ def check_same_answers(urls: dict[str, str], published: set[bytes], reference: b
             raise SystemExit("a reference server did not send the reference image")
 
 
-def measure(urls: dict[str, str], rounds: int, seconds: int) -> dict[tuple[str, str], list[WrkResult]]:
+@dataclass
+class Measured:
+    """wrk's figures per (path, server), one per round; CPU microseconds per request for the Python servers."""
+
+    wrk: dict[tuple[str, str], list[WrkResult]] = field(default_factory=lambda: defaultdict(list))
+    cpu_us: dict[tuple[str, str], list[float]] = field(default_factory=lambda: defaultdict(list))
+
+
+def measure(services: dict[str, Service], rounds: int, seconds: int) -> Measured:
     """Every server on every path, once per round; the server order turns each round."""
-    results: dict[tuple[str, str], list[WrkResult]] = defaultdict(list)
+    measured = Measured()
     for turn in range(rounds):
         order = SERVERS[turn % len(SERVERS):] + SERVERS[:turn % len(SERVERS)]
         for path in PATHS:
             for server in order:
-                result = run_wrk(urls[server] + "/avatar", threads=THREADS, connections=CONNECTIONS, seconds=seconds,
+                service = services[server]
+                cpu_before = service.cpu_seconds() if server in PYTHON_SERVERS else 0.0
+                result = run_wrk(service.url + "/avatar", threads=THREADS, connections=CONNECTIONS, seconds=seconds,
                                  headers=path_headers(path))
-                results[path, server].append(result)
+                measured.wrk[path, server].append(result)
+                if server in PYTHON_SERVERS:
+                    used = service.cpu_seconds() - cpu_before
+                    measured.cpu_us[path, server].append(used / max(1, result.requests) * 1e6)
                 print(f"round {turn + 1}/{rounds} {path:8} {server:14} {fmt(result.requests_per_second, 0):>8} req/s",
                       file=sys.stderr, flush=True)
-    return results
+    return measured
 
 
 def ratio(results: dict[tuple[str, str], list[WrkResult]], path: str, server: str, reference: str) -> float:
@@ -98,17 +115,18 @@ def ratio(results: dict[tuple[str, str], list[WrkResult]], path: str, server: st
     return median([mine.requests_per_second / theirs.requests_per_second for mine, theirs in pairs])
 
 
-def report(results: dict[tuple[str, str], list[WrkResult]], rounds: int, seconds: int, images: int) -> None:
-    rows = []
+def report(measured: Measured, rounds: int, seconds: int, images: int) -> None:
+    results, rows = measured.wrk, []
     for path in PATHS:
         for server in SERVERS:
-            runs = results[path, server]
+            runs, cpu = results[path, server], measured.cpu_us[path, server]
             rows.append([
                 "fallback (200)" if path == "fallback" else "If-Modified-Since (304)", server,
                 fmt(median([run.requests_per_second for run in runs]), 0),
                 fmt(median([run.p50_ms for run in runs])), fmt(median([run.p99_ms for run in runs])),
                 f"{ratio(results, path, server, 'bare Starlette'):.2f}x",
                 f"{ratio(results, path, server, 'nginx'):.2f}x",
+                fmt(median(cpu), 0) if cpu else "-",
                 sum(run.socket_errors for run in runs),
             ])
     notes = [
@@ -118,9 +136,12 @@ def report(results: dict[tuple[str, str], list[WrkResult]], rounds: int, seconds
     for path in PATHS:
         got = ratio(results, path, "avatargen", "bare Starlette")
         notes.append(f"target {path} path: avatargen >= {TARGET}x bare Starlette: {got:.2f}x, {verdict(got >= TARGET)}")
+    for path in PATHS:
+        share = median(measured.cpu_us[path, "avatargen"]) / median(measured.cpu_us[path, "bare Starlette"])
+        notes.append(f"{path} path: avatargen uses {share:.2f}x the CPU per request of bare Starlette")
     print_table("Visitor throughput: GET /avatar",
-                ["path", "server", "req/s", "p50 ms", "p99 ms", "vs bare Starlette", "vs nginx", "socket errors"],
-                rows, notes)
+                ["path", "server", "req/s", "p50 ms", "p99 ms", "vs bare Starlette", "vs nginx", "CPU us/req",
+                 "socket errors"], rows, notes)
 
 
 def main() -> int:
@@ -143,12 +164,13 @@ def main() -> int:
                             port=starlette_port, log=work / "starlette.log", health_path="/avatar")
         nginx = nginx_reference(image, ids[middle], settings.serving.cache_max_age, work / "nginx", nginx_port)
         with avatargen_server(config, work / "avatargen.log") as avatargen, starlette, nginx:
-            urls = {"avatargen": avatargen.url, "bare Starlette": starlette.url, "nginx": nginx.url}
-            check_same_answers(urls, set(avatars), image.read_bytes())
+            services = {"avatargen": avatargen, "bare Starlette": starlette, "nginx": nginx}
+            check_same_answers({name: service.url for name, service in services.items()}, set(avatars),
+                               image.read_bytes())
             if not args.quick:
-                measure(urls, 1, 2)  # warm-up: caches filled, code paths hot
-            results = measure(urls, rounds, seconds)
-    report(results, rounds, seconds, images)
+                measure(services, 1, 2)  # warm-up: caches filled, code paths hot
+            measured = measure(services, rounds, seconds)
+    report(measured, rounds, seconds, images)
     return 0
 
 

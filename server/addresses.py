@@ -14,12 +14,13 @@ import ipaddress
 SHARED_VISITOR = "shared"
 
 
-def visitor_key(host: str | None) -> str:
-    """The key a visitor is limited by: the IPv4 address, or the /64 of an IPv6 address.
+def visitor_key(host: str | None, ipv6_prefix: int = 64) -> str:
+    """The key a visitor is limited by: the IPv4 address, or the network (default /64) of an IPv6 address.
 
     One IPv6 client usually holds a whole /64, so keying on the full address would let it change
-    address per request. IPv4-mapped IPv6 addresses count as their IPv4 address. A host that is not an
-    IP address (a test client's name) is its own key.
+    address per request; a site usually holds a /48 or a /56, so `serving.unique_per_network` may widen
+    the key to that. IPv4-mapped IPv6 addresses count as their IPv4 address. A host that is not an IP
+    address (a test client's name) is its own key.
     """
     if host is None:
         return SHARED_VISITOR
@@ -30,5 +31,6 @@ def visitor_key(host: str | None) -> str:
     if isinstance(address, ipaddress.IPv6Address):
         if address.ipv4_mapped is not None:
             return str(address.ipv4_mapped)
-        return str(ipaddress.IPv6Network((int(address) >> 64 << 64, 64)))
+        host_bits = 128 - ipv6_prefix
+        return str(ipaddress.IPv6Network((int(address) >> host_bits << host_bits, ipv6_prefix)))
     return str(address)

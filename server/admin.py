@@ -23,7 +23,7 @@ from starlette.routing import Mount, Route
 from avatargen import prompts as prompt_composer
 from avatargen.api.wire import PROMPT_LIST_MAX, PROMPT_TEXT_MAX, ImageInfo
 from avatargen.buckets import ImageNotFound, check_id
-from avatargen.config import ConfigError, update_prompts
+from avatargen.config import BUCKET_NAMES, ConfigError, update_prompts
 from avatargen.generator import Generator, NothingToDo, NotRunning, RunActive
 from avatargen.owner_actions import Refused
 from server.admin_guard import OwnerOnly
@@ -80,7 +80,7 @@ def heartbeat() -> ServerSentEvent:
 def _bucket_name(state: Services, name: str | None, status_code: int) -> str:
     """The bucket named by a request; unknown: 404 in a path, 422 in a parameter."""
     if name not in state.buckets:
-        raise HTTPException(status_code, f"unknown bucket {echo(name)}; buckets are unique and fallback")
+        raise HTTPException(status_code, f"unknown bucket {echo(name)}; buckets are {' and '.join(BUCKET_NAMES)}")
     return name
 
 

@@ -69,15 +69,20 @@ class Allowance:
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction, taken up front (BEGIN IMMEDIATE) so check-then-update is atomic."""
+        """One write transaction, taken up front (BEGIN IMMEDIATE) so check-then-update is atomic.
+
+        Whatever fails, the COMMIT included ("database or disk is full"), the transaction is rolled back:
+        nothing was spent, and the connection is ready for the next one.
+        """
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
+                self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
 
     @staticmethod
     def _read(db: sqlite3.Connection, name: str) -> float:
@@ -121,18 +126,17 @@ class Allowance:
         with self._transaction() as db:
             row = db.execute("SELECT granted_at FROM visitors WHERE visitor = ?", (visitor,)).fetchone()
             tokens = self._tokens(db, now)
-            if row is not None and row[0] > now - self.window:
-                self._remember(visitor, row[0])
-                granted = False
-            elif tokens < 1:
-                granted = False
-            else:
+            served_at = row[0] if row is not None and row[0] > now - self.window else None
+            granted = served_at is None and tokens >= 1
+            if granted:
                 tokens -= 1
+                served_at = now
                 self._write(db, tokens=tokens, tokens_at=now)
                 db.execute("INSERT OR REPLACE INTO visitors (visitor, granted_at) VALUES (?, ?)", (visitor, now))
                 db.execute("DELETE FROM visitors WHERE granted_at <= ?", (now - self.window,))
-                self._remember(visitor, now)
-                granted = True
+        # Only what was committed is remembered.
+        if served_at is not None:
+            self._remember(visitor, served_at)
         self._next_token_at = now + (1 - tokens) * self.every if tokens < 1 else now
         return granted
 

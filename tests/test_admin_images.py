@@ -200,7 +200,7 @@ async def test_held_images_are_listed_counted_and_shown_to_the_owner_only(tmp_pa
         assert (await web.get(listed[0]["url"])).content == webp(1)
         assert await owner.images("fallback", 10) == []
         status = (await web.get("/admin/api/status")).json()
-        assert status["buckets"]["fallback"] == {"count": 0, "min": 0, "max": 6, "held": 2}
+        assert status["buckets"]["fallback"] == {"count": 0, "min": 0, "max": 6, "held": 2, "rejected": 0}
         bad = await web.get("/admin/api/images", params={"bucket": "fallback", "held": "maybe"})
         assert bad.status_code == 422 and "held must be true or false" in bad.json()["error"]
 

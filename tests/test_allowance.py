@@ -180,3 +180,10 @@ def test_processes_never_spend_more_than_the_burst(tmp_path: Path) -> None:
 )
 def test_visitor_key(host: str | None, key: str) -> None:
     assert visitor_key(host) == key
+
+
+def test_visitor_key_of_a_wider_ipv6_network() -> None:
+    assert visitor_key("2001:db8:1:2:aaaa::1", 48) == visitor_key("2001:db8:1:ffff::1", 48) == "2001:db8:1::/48"
+    assert visitor_key("2001:db8:1:2::1", 56) == "2001:db8:1::/56"
+    assert visitor_key("2001:db8:1:1ff::1", 56) == "2001:db8:1:100::/56"
+    assert visitor_key("203.0.113.5", 48) == "203.0.113.5", "IPv4 visitors are keyed by their address"

@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 
 from avatargen.simulator.faults import faults_for
-from benchmarks.fault_matrix import APIS, KILL_STATES
+from benchmarks.fault_matrix import APIS, KILL_STATES, STORAGE_FAULTS
 
 ROOT = Path(__file__).resolve().parent.parent
 
 TABLES = {
     "visitor_throughput": ("Visitor throughput: GET /avatar",
-                           "| path | server | req/s | p50 ms | p99 ms | vs bare Starlette | vs nginx | socket errors |",
+                           "| path | server | req/s | p50 ms | p99 ms | vs bare Starlette | vs nginx | CPU us/req |",
                            ["| fallback (200) | avatargen |", "| If-Modified-Since (304) | nginx |"]),
     "latency_during_run": ("Visitor latency during a run: GET /avatar (fallback)",
                            "| server | req/s | p50 ms | p99 ms | images stored/s |",
@@ -45,9 +45,16 @@ TABLES = {
                                      [f"| {row}{'' if api == APIS[0] else f' ({api})'} |" for row in (
                                          *faults_for(api), *(f"SIGKILL while {state}" for state in KILL_STATES))])
        for api in APIS},  # one provider's rows at a time, so each run fits the test timeout
+    "fault_matrix --storage": ("Fault matrix: one fault per run, SIGKILL in each run state",
+                               "| fault | run outcome | machine at end | billed s after the end | images lost |",
+                               [f"| {fault} |" for fault in STORAGE_FAULTS]),
+    "startup": ("Start-up: spawn to the first GET /avatar answered",
+                "| buckets | images | median s | max s | server CPU s by then | all framed after s |",
+                ["| empty buckets | 0 |", "| 1,000 images, uniques framed |", "| 50 uniques without framed copies |"]),
 }
 
 
+@pytest.mark.timeout(330)  # the fault matrix runs a dozen servers; quick mode still takes minutes on 2 busy cores
 @pytest.mark.parametrize("script", sorted(TABLES))
 def test_script_runs_in_quick_mode_and_prints_its_table(script: str) -> None:
     module, *options = script.split()

@@ -5,43 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from avatargen.ledger import CostLedger
+from benchmarks.storage_faults import SqliteLock
 from tests.support import fast_settings, running_engine, wait_until
 from tests.test_engine import run_to_end
-
-# Another process takes the ledger's write lock and keeps it until told to let go (stdin closed).
-LOCK_HOLDER = """
-import sqlite3, sys
-db = sqlite3.connect(sys.argv[1], isolation_level=None)
-db.execute("BEGIN EXCLUSIVE")
-print("locked", flush=True)
-sys.stdin.read()
-db.execute("ROLLBACK")
-"""
-
-
-@contextlib.contextmanager
-def ledger_locked(path: Path) -> Iterator[subprocess.Popen[str]]:
-    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(path)], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
-        yield holder
-    finally:
-        release(holder)
-
-
-def release(holder: subprocess.Popen[str]) -> None:
-    if holder.poll() is None:
-        holder.communicate("", timeout=10)
 
 
 @contextlib.asynccontextmanager
@@ -77,7 +50,7 @@ async def test_a_locked_ledger_neither_freezes_the_loop_nor_wedges_the_run(tmp_p
     settings = fast_settings(tmp_path)
     path = settings.server.data_dir / "ledger.sqlite3"
     async with running_engine(settings) as (engine, gpu):
-        with ledger_locked(path) as holder:
+        with SqliteLock(path) as lock:
             async with heartbeat() as longest:
                 run, states = await run_to_end(engine, ["unique"])
                 await wait_until(lambda: engine.status()["cost"]["ledger_problem"] is not None)
@@ -88,7 +61,7 @@ async def test_a_locked_ledger_neither_freezes_the_loop_nor_wedges_the_run(tmp_p
             assert "database is locked" in cost["ledger_problem"]
             assert cost["billed_seconds_today"] == pytest.approx(run["billed_seconds"], abs=0.2)  # from memory
             assert billed_on_disk(path) == 0
-            release(holder)
+            lock.release()
             await wait_until(lambda: engine.status()["cost"]["ledger_problem"] is None, timeout=30)
         assert billed_on_disk(path) == pytest.approx(run["billed_seconds"], abs=0.2)
         run, _ = await run_to_end(engine, ["fallback"])  # and the next run starts as usual
@@ -101,7 +74,7 @@ async def test_closing_with_the_ledger_still_locked_ends_and_logs_the_unwritten_
     path = settings.server.data_dir / "ledger.sqlite3"
     with caplog.at_level(logging.ERROR, logger="avatargen"):
         async with running_engine(settings) as (engine, gpu):
-            with ledger_locked(path):
+            with SqliteLock(path):
                 run, _ = await run_to_end(engine, ["unique"])
                 closing = time.monotonic()
                 await engine.close()

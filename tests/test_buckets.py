@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import multiprocessing
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from avatargen.buckets import Bucket, ImageNotFound, check_id, new_id
+from avatargen.buckets import Bucket, ImageNotFound, Recovery, check_and_frame, check_id, new_id
 from avatargen.imaging import frame_unique
 
 META = {"prompt": "A painting of cjs", "seed": 7, "sampler": "DPM++ 2M", "steps": 20, "size": 256,
@@ -86,11 +87,16 @@ def test_count_newest_random_delete(tmp_path: Path) -> None:
 def test_ids_from_outside_are_validated(tmp_path: Path) -> None:
     bucket = Bucket("unique", tmp_path / "unique")
     (tmp_path / "secret.webp").write_bytes(webp(1))
-    for bad in ("../secret", "a/b", "", ".hidden", "x" * 101, "a.b"):
+    for bad in ("../secret", "a/b", "", ".hidden", "x" * 101, "a.b", "abc\n"):
         with pytest.raises(ValueError, match="invalid image id"):
             bucket.read(bad)
         with pytest.raises(ValueError, match="invalid image id"):
             bucket.delete(bad)
+        with pytest.raises(ValueError, match="invalid image id"):
+            check_id(bad)
+    with pytest.raises(ValueError) as refused:
+        check_id("x" * 60_000)
+    assert len(str(refused.value)) < 200, "an id from a URL is not echoed back whole"
     with pytest.raises(ValueError, match="invalid image id"):
         bucket.finish_claim("../../secret")
     assert (tmp_path / "secret.webp").exists()
@@ -189,15 +195,17 @@ def test_recover_repairs_what_a_crash_left(tmp_path: Path) -> None:
     (tmp_path / "20200101T000000-000000-deadbeef.json").write_text("{}")
     (tmp_path / ".framed" / "20200101T000000-000000-deadbeef.webp").write_bytes(b"old")
 
-    assert Bucket("unique", tmp_path, prepare=frame).recover() == {
-        "released": 0, "temp_removed": 1, "orphans_removed": 0, "framed": 1,
-    }, "fresh claims and sidecars may belong to a claim or publish running in another process"
+    assert Bucket("unique", tmp_path, prepare=frame).recover() == Recovery(temp_removed=1), \
+        "fresh claims and sidecars may belong to a claim or publish running in another process"
 
-    restarted = Bucket("unique", tmp_path, prepare=frame)
-    assert restarted.recover(stale_after=0) == {
-        "released": 1, "temp_removed": 0, "orphans_removed": 2, "framed": 0,
-    }
+    restarted = Bucket("unique", tmp_path, prepare=frame, recheck_every=3600)
+    assert restarted.recover(stale_after=0) == Recovery(released=1, orphans_removed=1)
+    assert restarted.scans == 1, "the listing recovery took is the index: no second scan"
     assert sorted(restarted.ids()) == sorted([unsent.id, kept.id])
+    assert restarted.scans == 1
+    assert restarted.inspect(restarted.ids()) == [kept.id]
+    assert restarted.remove_orphan_copies(stale_after=0) == 1, "the framed copy without its image"
+    asyncio.run(check_and_frame(restarted))
     assert names(tmp_path) == {f"{i}.{ext}" for i in (unsent.id, kept.id) for ext in ("webp", "json")}
     assert names(tmp_path / ".framed") == {f"{unsent.id}.webp", f"{kept.id}.webp"}
     assert names(tmp_path / ".tmp") == names(tmp_path / ".claimed") == set()
@@ -244,3 +252,31 @@ def test_two_processes_of_eight_threads_claim_each_image_exactly_once(tmp_path: 
     assert set(claimed) == published, "an image was lost"
     assert all(won), "both processes took part"
     assert names(tmp_path) == set() and names(tmp_path / ".claimed") == set()
+
+
+def cut_short(path: Path) -> None:
+    """Truncate a file to half its size, as a full disk or an interrupted copy leaves it."""
+    os.truncate(path, path.stat().st_size // 2)
+
+
+def test_recover_sets_a_broken_image_aside_instead_of_failing(tmp_path: Path) -> None:
+    frame = partial(frame_unique, quality=60)
+    bucket = Bucket("unique", tmp_path, prepare=frame)
+    broken, good = (bucket.publish(webp(n, size=64), META).id for n in range(2))
+    cut_short(tmp_path / f"{broken}.webp")
+    (tmp_path / ".framed" / f"{broken}.webp").unlink()
+    restarted = Bucket("unique", tmp_path, prepare=frame)
+    restarted.recover()
+    asyncio.run(check_and_frame(restarted))
+    assert restarted.ids() == [good]
+    assert names(tmp_path / ".rejected") == {f"{broken}.webp", f"{broken}.json"}
+    assert restarted.rejected() == 1 and Bucket("unique", tmp_path).rejected() == 1, "counted by any process"
+
+
+def test_a_sidecar_that_is_not_an_object_is_skipped(tmp_path: Path) -> None:
+    bucket = Bucket("fallback", tmp_path)
+    odd, fine = (bucket.publish(webp(n), META).id for n in range(2))
+    (tmp_path / f"{odd}.json").write_text("[]")
+    assert [record.id for record in bucket.newest(10)] == [fine]
+    with pytest.raises(ValueError, match="not a JSON object"):
+        bucket.metadata(odd)

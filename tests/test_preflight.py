@@ -24,7 +24,7 @@ def test_check_config_creates_every_folder_and_a_private_log_file(tmp_path: Path
     assert result.returncode == 0, result.stderr
     data = tmp_path / "data"
     folders = {path.relative_to(data).as_posix() for path in data.rglob("*") if path.is_dir()}
-    work = {".tmp", ".claimed", ".review", ".kept"}
+    work = {".tmp", ".claimed", ".review", ".kept", ".rejected"}
     assert folders == {"unique", "fallback", "unique/.framed", *(f"{bucket}/{name}" for bucket in ("unique", "fallback")
                                                                 for name in work)}
     files = [path for path in data.rglob("*") if path.is_file()]

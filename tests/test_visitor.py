@@ -8,17 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
+import shutil
 import time
 from email.utils import formatdate, parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from PIL import Image
 
 from avatargen.buckets import open_buckets
 from avatargen.config import Settings
-from avatargen.imaging import frame_unique, to_avatar_webp
+from avatargen.imaging import check_webp, frame_unique, to_avatar_webp
+from benchmarks.storage_faults import fill, read_only, tmpfs
 from server.visitor import VisitorService
 from tests.support import fast_settings, serving, wait_until
 
@@ -109,6 +113,20 @@ async def test_a_visitor_gets_one_unique_per_window(tmp_path: Path) -> None:
         assert [await kind(f"2001:db8:5:6::{n:x}") for n in (1, 2, 0xFFFF)] == ["unique", "fallback", "fallback"]
         assert await kind("2001:db8:5:7::1") == "unique"
     assert len(stored(settings, "unique")) == 1
+
+
+@pytest.mark.parametrize(("network", "most"), [("/48", 1), ("/64", 20)])
+async def test_unique_per_network_limits_visitors_inside_one_ipv6_network(tmp_path: Path, network: str,
+                                                                        most: int) -> None:
+    settings = fast_settings(tmp_path, serving__unique_per_network=network, serving__unique_burst=20,
+                             buckets__unique__max=20)
+    stock(settings, unique=20, fallback=2)
+    # 500 visitors, each from a /64 of its own, all inside the one /48 2001:db8:77::/48
+    addresses = [f"2001:db8:77:{n:x}::1" for n in range(500)]
+    async with serving(settings) as (url, _):
+        responses = await get_many(url, addresses)
+    assert [response.status_code for response in responses] == [200] * 500
+    assert kinds(responses).count("unique") == most
 
 
 async def test_forwarded_for_from_an_untrusted_peer_changes_nothing(tmp_path: Path) -> None:
@@ -220,6 +238,137 @@ async def test_demo_page_shows_the_avatar(tmp_path: Path) -> None:
     assert response.headers["content-type"].startswith("text/html")
     assert '<img id="avatar" src="/avatar"' in response.text
     assert "UNIQUE LIMITED EDITION" in response.text
+
+
+def break_image(bucket_dir: Path, image_id: str, framed: bool = False) -> None:
+    """Cut an image (or its framed copy) to half its size, as a full disk or an interrupted copy leaves it."""
+    path = bucket_dir / (".framed" if framed else "") / f"{image_id}.webp"
+    os.truncate(path, path.stat().st_size // 2)
+
+
+async def test_a_broken_unique_without_its_framed_copy_is_set_aside_at_start_up(tmp_path: Path,
+                                                                                caplog: pytest.LogCaptureFixture
+                                                                                ) -> None:
+    settings = fast_settings(tmp_path)
+    ids = stock(settings, unique=2, fallback=1)
+    folder = settings.buckets.unique.dir
+    broken, good = ids["unique"]
+    break_image(folder, broken)
+    (folder / ".framed" / f"{broken}.webp").unlink()
+    async with serving(settings) as (url, app), httpx.AsyncClient(base_url=url) as client:
+        assert (await client.get("/healthz")).status_code == 200
+        await wait_until(lambda: (folder / ".rejected" / f"{broken}.webp").exists())
+        assert app.state.services.status().buckets["unique"].rejected == 1
+        response = await client.get("/avatar", headers=visitor("203.0.113.1"))
+        assert (response.status_code, response.headers["x-avatar-id"]) == (200, good)
+    assert (folder / ".rejected" / f"{broken}.json").exists(), "the sidecar goes with it, for the owner to look at"
+    assert stored(settings, "unique") == set()
+    assert f"image {broken} of the unique bucket set aside" in caplog.text
+
+
+async def test_broken_images_are_never_sent_and_are_set_aside(tmp_path: Path) -> None:
+    settings = fast_settings(tmp_path, serving__fallback_retire_every="24h")
+    ids = stock(settings, unique=2, fallback=3)
+    unique_dir, fallback_dir = settings.buckets.unique.dir, settings.buckets.fallback.dir
+    reframed, lost = ids["unique"]
+    break_image(unique_dir, reframed, framed=True)  # the framed copy is broken, the image itself is whole
+    break_image(unique_dir, lost)
+    break_image(unique_dir, lost, framed=True)
+    broken_fallback, *whole_fallbacks = ids["fallback"]  # the first served one is retired: two whole ones
+    break_image(fallback_dir, broken_fallback)
+    original = open_buckets(settings)["unique"].read(reframed)
+    async with serving(settings) as (url, _):
+        responses = await get_many(url, [f"203.0.113.{n}" for n in range(1, 41)])
+    assert [response.status_code for response in responses] == [200] * 40
+    for response in responses:
+        check_webp(response.content)
+    uniques = [response for response in responses if response.headers["x-avatar-kind"] == "unique"]
+    assert [response.headers["x-avatar-id"] for response in uniques] == [reframed]
+    assert uniques[0].content == frame_unique(original, settings.generator.webp_quality), "framed again, whole"
+    assert {response.headers["x-avatar-id"] for response in responses} - {reframed} <= set(whole_fallbacks)
+    assert {path.name for path in (unique_dir / ".rejected").iterdir()} == {f"{lost}.webp", f"{lost}.json"}
+    assert {path.stem for path in (fallback_dir / ".rejected").glob("*.webp")} == {broken_fallback}
+
+
+async def test_the_server_answers_before_uniques_restored_without_framed_copies_are_framed(tmp_path: Path) -> None:
+    settings = fast_settings(tmp_path, buckets__unique__max=200)
+    ids = stock(settings, unique=200)
+    framed = settings.buckets.unique.dir / ".framed"
+    originals = {image_id: (framed / f"{image_id}.webp").read_bytes() for image_id in ids["unique"]}
+    shutil.rmtree(framed)  # a backup restored without its .framed/ folder
+    async with serving(settings) as (url, _):
+        assert len(list(framed.iterdir())) < 200, "the port opened before every unique was framed"
+        response = (await get_many(url, ["203.0.113.1"]))[0]
+        assert response.headers["x-avatar-kind"] == "unique"
+        assert response.content == originals[response.headers["x-avatar-id"]], "framed by its claim if need be"
+        left = stored(settings, "unique")
+        await wait_until(lambda: all((framed / f"{image_id}.webp").exists() for image_id in left))
+    assert len(left) == 199
+    assert all((framed / f"{image_id}.webp").read_bytes() == originals[image_id] for image_id in left)
+
+
+async def test_broken_files_are_found_after_start_up_before_a_visitor_meets_them(tmp_path: Path) -> None:
+    settings = fast_settings(tmp_path)
+    ids = stock(settings, unique=2, fallback=2)
+    unique_dir, fallback_dir = settings.buckets.unique.dir, settings.buckets.fallback.dir
+    framed_copy = unique_dir / ".framed" / f"{ids['unique'][0]}.webp"
+    whole = framed_copy.read_bytes()
+    break_image(unique_dir, ids["unique"][0], framed=True)
+    break_image(fallback_dir, ids["fallback"][0])
+    async with serving(settings) as (_, app):
+        await wait_until(lambda: app.state.services.status().buckets["fallback"].rejected == 1)
+        await wait_until(lambda: framed_copy.exists() and framed_copy.read_bytes() == whole)
+    assert stored(settings, "fallback") == {ids["fallback"][1]}
+    assert stored(settings, "unique") == set(ids["unique"])
+
+
+async def test_a_read_only_unique_bucket_gives_fallbacks_and_keeps_its_uniques(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    settings = fast_settings(tmp_path)
+    folder = settings.buckets.unique.dir
+    with tmpfs(folder):
+        ids = stock(settings, unique=3, fallback=2)
+        read_only(folder)
+        async with serving(settings) as (url, app):
+            responses = await get_many(url, [f"203.0.113.{n}" for n in range(1, 11)])
+            assert [(r.status_code, r.headers["x-avatar-kind"]) for r in responses] == [(200, "fallback")] * 10
+            assert stored(settings, "unique") == set(ids["unique"]) and not claimed(settings)
+            status = app.state.visitor.status()
+            assert status["errors"] >= 6 and "Read-only file system" in status["last_error"]
+            read_only(folder, on=False)  # the owner fixes the mount: nobody's allowance was spent meanwhile
+            assert kinds(await get_many(url, ["203.0.113.1"])) == ["unique"]
+    failures = [record for record in caplog.records if "Read-only file system" in record.getMessage()]
+    assert len(failures) == 1, "a failure that repeats is logged once, then counted"
+
+
+async def test_a_full_disk_under_data_dir_gives_fallbacks_and_spends_nothing(tmp_path: Path) -> None:
+    settings = fast_settings(tmp_path, server__data_dir="state")
+    with tmpfs(settings.server.data_dir, size="4m"):
+        ids = stock(settings, unique=3, fallback=2)
+        async with serving(settings) as (url, app):
+            filler = fill(settings.server.data_dir)
+            responses = await get_many(url, [f"203.0.113.{n}" for n in range(1, 31)])
+            assert [(r.status_code, r.headers["x-avatar-kind"]) for r in responses] == [(200, "fallback")] * 30
+            assert stored(settings, "unique") == set(ids["unique"])
+            assert "database or disk is full" in app.state.visitor.status()["last_error"]
+            filler.unlink()
+            assert kinds(await get_many(url, ["203.0.113.1"])) == ["unique"]
+
+
+async def test_a_bucket_folder_that_vanishes_gives_the_placeholder(tmp_path: Path) -> None:
+    settings = fast_settings(tmp_path, serving__unique_burst=0)
+    stock(settings, fallback=2)
+    async with serving(settings) as (url, _), httpx.AsyncClient(base_url=url) as client:
+        assert (await client.get("/avatar")).headers["x-avatar-kind"] == "fallback"
+        settings.buckets.fallback.dir.rename(tmp_path / "moved away")
+        answers = []
+        # Nothing announces the bucket's next look at its folder (at most once a second): ask for longer.
+        deadline = time.monotonic() + 2.5
+        while time.monotonic() < deadline:
+            response = await client.get("/avatar")
+            answers.append((response.status_code, response.headers.get("x-avatar-kind")))
+            await asyncio.sleep(0.05)
+    assert set(answers) == {(200, "placeholder")}
 
 
 async def test_a_unique_claimed_by_a_dead_process_goes_back(tmp_path: Path) -> None:

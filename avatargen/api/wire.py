@@ -16,6 +16,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from typing import Any, Literal, TypeVar
 
+from avatargen.timestamps import utc_iso
+
 State = Literal["idle", "booting", "generating", "shutting_down"]
 STATES: tuple[State, ...] = ("idle", "booting", "generating", "shutting_down")
 PROMPT_TEXT_MAX = 200  # characters in `subject` and in each list entry
@@ -29,7 +31,7 @@ class ProtocolError(Exception):
 
 
 def time_json(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.astimezone(UTC).isoformat(timespec="seconds")
+    return None if moment is None else utc_iso(moment)
 
 
 def _time(value: str) -> datetime:
@@ -60,19 +62,22 @@ def decode(what: str, convert: Callable[[Any], T], data: Any) -> T:
 @dataclass(frozen=True)
 class BucketLevel:
     """How full one bucket is, against the levels that trigger and end a refill; `held`: images the safety
-    gate held back, waiting for the owner (not counted: no visitor gets them)."""
+    gate held back, waiting for the owner (not counted: no visitor gets them); `rejected`: broken images set aside
+    in the bucket's `.rejected/` folder."""
 
     count: int
     min: int
     max: int
     held: int = 0
+    rejected: int = 0
 
     def to_json(self) -> dict[str, int]:
-        return {"count": self.count, "min": self.min, "max": self.max, "held": self.held}
+        return {"count": self.count, "min": self.min, "max": self.max, "held": self.held, "rejected": self.rejected}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> BucketLevel:
-        return cls(int(data["count"]), int(data["min"]), int(data["max"]), int(data.get("held") or 0))
+        return cls(int(data["count"]), int(data["min"]), int(data["max"]), int(data.get("held") or 0),
+                   int(data.get("rejected") or 0))
 
 
 Levels = Mapping[str, BucketLevel]

@@ -21,9 +21,10 @@ from avatargen.run import Run
 
 
 def bucket_levels(settings: Settings, buckets: Mapping[str, Bucket]) -> dict[str, BucketLevel]:
-    """Each bucket's count against its min and max, and its images held for review, as status and events
-    report them."""
-    return {name: BucketLevel(buckets[name].count(), conf.min, conf.max, buckets[name].held_count())
+    """Each bucket's count against its min and max, its images held for review and those set aside as broken,
+    as status and events report them."""
+    return {name: BucketLevel(buckets[name].count(), conf.min, conf.max, buckets[name].held_count(),
+                              buckets[name].rejected())
             for name, conf in settings.buckets.items()}
 
 

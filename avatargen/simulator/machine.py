@@ -13,11 +13,11 @@ import asyncio
 import time
 import uuid
 from collections.abc import Coroutine
-from datetime import UTC, datetime
 from typing import Any
 
 from avatargen.config import SimulatedSettings
 from avatargen.simulator.faults import Faults
+from avatargen.timestamps import utc_iso
 
 NO_CAPACITY = "There is no capacity for this machine type in this region right now; try again later"
 TERMINATED = "terminated"
@@ -27,7 +27,7 @@ _START_ERROR_AFTER = 0.3  # a start that fails does so after this share of boot_
 
 
 def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return utc_iso(time.time(), timespec="milliseconds")
 
 
 class MachineConflict(Exception):
