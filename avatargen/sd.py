@@ -146,7 +146,7 @@ def _preview(image: Any) -> bytes | None:
         data = base64.b64decode(image.partition("base64,")[2] or image, validate=True)
     except binascii.Error:
         return None
-    return data if _image_kind(data) else None
+    return data if sniff_format(data) else None
 
 
 class SdClient(HttpClient):
