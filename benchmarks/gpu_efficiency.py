@@ -7,17 +7,21 @@ that) and fills the fallback bucket with one run, for each batch_size and concur
 - SD busy: the time the web UI spent on jobs (the simulator's `busy_seconds`);
 - busy share = SD busy / billed, billed seconds per image, and the projected cost of 1,000 avatars at the
   shipped config.toml's hourly_cost.
-Target: busy share >= 97% with the shipped defaults (sd.batch_size, generator.concurrency). `--gate` runs
-with the safety gate on (`[review] enabled`, the shipped rules; needs the `review` extra): every image is
-checked by NudeNet in the imaging process before it is published, and the target is the same.
+Target: busy share >= 97% with the shipped defaults (sd.batch_size, generator.concurrency).
 
-    python -m benchmarks.gpu_efficiency [--quick] [--images N] [--step-time 15ms] [--gate]
+`--gate` measures the shipped defaults with the safety gate off and on (`[review] enabled`, the shipped
+rules; needs the `review` extra: NudeNet checks each image in the imaging process before it is
+published), taking turns for `--rounds` rounds, so both meet the same load on a shared machine; the
+target holds for the gate's median.
+
+    python -m benchmarks.gpu_efficiency [--quick] [--images N] [--step-time 15ms] [--gate [--rounds 3]]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -65,7 +69,9 @@ class Measurement:
 def options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", type=int, default=200, help="images per run (default 200)")
     parser.add_argument("--step-time", default="15ms", help="simulated time per sampling step (default 15ms)")
-    parser.add_argument("--gate", action="store_true", help="with the safety gate on ([review] enabled)")
+    parser.add_argument("--gate", action="store_true",
+                        help="the shipped defaults with the safety gate off and on, taking turns")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of --gate (default 3)")
 
 
 async def started(engine: Generator, timeout: float = 30.0) -> None:
@@ -117,8 +123,33 @@ def measure(work: Path, batch: int, concurrency: int, images: int, step_time: st
         raise SystemExit(f"the web UI computed {jobs} jobs for {images} images in batches of {batch}")
     measurement = Measurement(batch, concurrency, images, billed - settings.gpu.simulated.boot_delay, busy,
                               hourly_cost)
-    print(f"batch {batch} concurrency {concurrency}: share {measurement.share:.1%}", file=sys.stderr, flush=True)
+    print(f"batch {batch} concurrency {concurrency}{' gate on' if gate else ''}: share {measurement.share:.1%}",
+          file=sys.stderr, flush=True)
     return measurement
+
+
+def compare_gate(shipped: Settings, images: int, step_time: str, rounds: int) -> None:
+    """The shipped defaults with the safety gate off and on, taking turns."""
+    batch, concurrency = shipped.sd.batch_size, shipped.generator.concurrency
+    results: dict[bool, list[Measurement]] = {False: [], True: []}
+    rows = []
+    with scratch() as work:
+        for round_ in range(1, rounds + 1):
+            for gate in (False, True):
+                folder = work / f"round{round_}-gate-{'on' if gate else 'off'}"
+                folder.mkdir()
+                m = measure(folder, batch, concurrency, images, step_time, shipped.gpu.hourly_cost, gate)
+                results[gate].append(m)
+                rows.append(["on" if gate else "off", round_, m.images, fmt(m.billed), fmt(m.busy), f"{m.share:.1%}",
+                             fmt(m.seconds_per_image, 3)])
+    off, on = (statistics.median(m.share for m in results[gate]) for gate in (False, True))
+    print_table("Safety gate and GPU busy share, shipped defaults", [
+        "safety gate", "round", "images", "billed s", "SD busy s", "busy share", "billed s/image"], rows, [
+        f"batch_size {batch}, concurrency {concurrency}; simulated web UI: {STEPS} steps x {step_time}; gate off "
+        "and on take turns; gate on: [review] enabled with the shipped rules",
+        f"median busy share: gate off {off:.1%}, gate on {on:.1%}",
+        f"target: busy share >= {TARGET_SHARE:.0%} with the gate on: {on:.1%}, {verdict(on >= TARGET_SHARE)}",
+    ])
 
 
 def main() -> int:
@@ -129,22 +160,22 @@ def main() -> int:
     if defaults not in combos:
         raise SystemExit(f"the shipped defaults (batch {defaults[0]}, concurrency {defaults[1]}) are not measured")
     print_machine()
+    if args.gate:
+        compare_gate(shipped, images, step_time, 1 if args.quick else args.rounds)
+        return 0
     with scratch() as work:
-        results = [measure(work, batch, concurrency, images, step_time, shipped.gpu.hourly_cost, args.gate)
+        results = [measure(work, batch, concurrency, images, step_time, shipped.gpu.hourly_cost, gate=False)
                    for batch, concurrency in combos]
     rows = [[m.batch, m.concurrency, m.images, fmt(m.billed), fmt(m.busy), f"{m.share:.1%}",
              fmt(m.seconds_per_image, 3), fmt(m.cost_per_thousand, 3)] for m in results]
     default = next(m for m in results if (m.batch, m.concurrency) == defaults)
     cheapest = min(results, key=lambda m: m.seconds_per_image)
     per_image = STEPS * parse_duration(step_time)
-    gate = " with the safety gate on" if args.gate else ""
-    print_table(f"GPU efficiency and cost per run{gate}", [
+    print_table("GPU efficiency and cost per run", [
         "batch_size", "concurrency", "images", "billed s", "SD busy s", "busy share", "billed s/image",
         "cost per 1,000 avatars"], rows, [
         f"simulated web UI: {STEPS} steps x {step_time} = {per_image:g} s per one-image batch; boot delay "
         f"{BOOT_DELAY} left out of billed time; SD boot 200ms, stop 200ms, poll_every 100ms",
-        *(["safety gate on: [review] enabled with the shipped rules, NudeNet checking each image in the imaging "
-           "process before it is published"] if args.gate else []),
         f"cost at the shipped hourly_cost {shipped.gpu.hourly_cost:g}; a real run also pays its boot once "
         "(a minute or two per run, whatever its size)",
         f"cheapest per image: batch_size {cheapest.batch}, concurrency {cheapest.concurrency}",
