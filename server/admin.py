@@ -9,6 +9,7 @@ raise `HTTPException`; `server.errors` renders every error as `{"error": "..."}`
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import anyio
@@ -43,7 +44,8 @@ def services(request: Request) -> Services:
 
 
 async def status(request: Request) -> Response:
-    return JSONResponse(services(request).status().to_json())
+    visitors = request.app.state.visitor.status()  # this process's visitors: the generator may run elsewhere
+    return JSONResponse(replace(services(request).status(), visitors=visitors).to_json())
 
 
 async def events(request: Request) -> Response:

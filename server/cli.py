@@ -157,6 +157,10 @@ async def _status(client: AdminClient) -> str:
     if status.paused_reason:
         lines.append(f"automatic refills paused: {status.paused_reason}")
     lines += [f"note: {note}" for note in status.machine_notes]
+    visitors = status.visitors
+    if visitors.errors and visitors.last_error_at is not None:
+        lines.append(f"visitors given another avatar because of an error: {visitors.errors}; "
+                     f"last at {visitors.last_error_at:%Y-%m-%d %H:%M:%S} UTC: {visitors.last_error}")
     try:
         lines += history_lines(await client.history(30))
     except AdminError as exc:

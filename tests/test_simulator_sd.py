@@ -280,7 +280,7 @@ async def test_sd_invalid_image_fault_sends_base64_that_is_not_an_image_then_not
 
 
 async def test_sd_slow_first_fault_slows_only_the_first_job_after_boot() -> None:
-    async with sd_webui(sim_settings(step_time=0.005), faults=["sd_slow_first"]) as (webui, url):
+    async with sd_webui(sim_settings(step_time=0.02), faults=["sd_slow_first"]) as (webui, url):
         timings = []
         for _ in range(2):
             started = time.monotonic()
@@ -290,9 +290,8 @@ async def test_sd_slow_first_fault_slows_only_the_first_job_after_boot() -> None
         started = time.monotonic()
         await post(url, {"steps": 10})
         after_reboot = time.monotonic() - started
-    assert timings[0] >= 0.25  # 10 steps x 5 ms x 5
-    assert timings[1] < 0.2
-    assert after_reboot >= 0.25
+    assert timings[0] >= 1.0 and after_reboot >= 1.0  # 10 steps x 20 ms x 5, a lower bound however busy
+    assert timings[1] < timings[0] / 2  # 0.2 s: room for a busy machine's overhead
 
 
 async def test_the_web_ui_is_refused_while_the_machine_is_off_and_404_while_it_mounts() -> None:

@@ -172,11 +172,14 @@ MID_RUN: dict[str, Any] = {
         "error": "5 images failed in a row; last: the SD web UI answered 500", "ended_at": "2024-12-31T23:02:20+00:00",
     },
     "buckets": {"unique": {"count": 12, "min": 10, "max": 30}, "fallback": {"count": 5, "min": 20, "max": 40}},
-    "gpu": {"provider": "paperspace", "machine_state": "ready"},
+    "gpu": {"provider": "paperspace", "machine_state": "ready",
+            "notes": ["auto-shutdown is off on machine psabc123: nothing stops it if avatargen dies for good"]},
     "cost": {"today": 1.25, "month": 18.4, "daily_budget": 5.0, "billed_seconds_today": 5921,
-             "billed_seconds_month": 87150},
+             "billed_seconds_month": 87150, "hourly_rate": 0.51, "rate_source": "provider"},
     "next_check_at": None,
     "paused_reason": None,
+    "visitors": {"errors": 7, "last_error": "unique claim: [Errno 30] Read-only file system",
+                 "last_error_at": "2025-01-01T11:58:00+00:00"},
 }
 
 

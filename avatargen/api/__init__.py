@@ -33,6 +33,7 @@ from avatargen.api.wire import (
     StateChange,
     Status,
     Step,
+    VisitorErrors,
     decode_event,
     encode_event,
 )
@@ -41,6 +42,6 @@ __all__ = [
     "STATES", "AdminClient", "AdminError", "AuthError", "BucketLevel", "BucketsChange", "Cost", "DayTotal",
     "History", "ImageApproved", "ImageEvent", "ImageHeld", "ImageInfo", "ImageKept", "ImageMoved", "ImageRemoved",
     "LastRun", "LogEntry", "NewImage", "Preview", "ProtocolError", "Run", "RunChart", "RunMinute", "ServerEvent",
-    "State", "StateChange", "Status", "Step", "TokenError", "Unreachable", "decode_event", "encode_event",
-    "find_token", "server_url",
+    "State", "StateChange", "Status", "Step", "TokenError", "Unreachable", "VisitorErrors", "decode_event",
+    "encode_event", "find_token", "server_url",
 ]

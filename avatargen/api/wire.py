@@ -228,6 +228,24 @@ class Cost:
 
 
 @dataclass(frozen=True)
+class VisitorErrors:
+    """How many visitors got another avatar (a fallback, the placeholder) because something failed on their
+    path, and the last cause: a read-only bucket or a full disk is the owner's to fix, so it is shown."""
+
+    errors: int = 0
+    last_error: str | None = None
+    last_error_at: datetime | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"errors": self.errors, "last_error": self.last_error, "last_error_at": time_json(self.last_error_at)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> VisitorErrors:
+        return cls(int(data.get("errors") or 0), data.get("last_error"),
+                   _optional(data.get("last_error_at"), _time))
+
+
+@dataclass(frozen=True)
 class Status:
     """Everything `GET /admin/api/status` says: the picture a client starts from after each (re)connect."""
 
@@ -241,6 +259,7 @@ class Status:
     next_check_at: datetime | None = None
     paused_reason: str | None = None
     machine_notes: tuple[str, ...] = ()  # what the owner should know about the machine (a backstop off, ...)
+    visitors: VisitorErrors = VisitorErrors()  # the visitor path's failures, told by the serving process
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -253,6 +272,7 @@ class Status:
             "cost": self.cost.to_json(),
             "next_check_at": time_json(self.next_check_at),
             "paused_reason": self.paused_reason,
+            "visitors": self.visitors.to_json(),
         }
 
     @classmethod
@@ -270,6 +290,7 @@ class Status:
                 cost=Cost.from_json(data["cost"]),
                 next_check_at=_optional(data.get("next_check_at"), _time),
                 paused_reason=data.get("paused_reason"),
+                visitors=VisitorErrors.from_json(data.get("visitors") or {}),
             )
 
         return decode("status", convert, data)
