@@ -30,6 +30,7 @@ from tui.connection import Backoff
 from tui.screens.confirm_abort import ConfirmAbortScreen
 from tui.screens.main import MainScreen
 from tui.screens.problem import ProblemScreen
+from tui.widgets.history_charts import HistoryCharts
 from tui.widgets.link_indicator import LinkIndicator
 from tui.widgets.prompt_editor import PromptEditor
 
@@ -73,7 +74,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 
 
 async def settled(pilot: Pilot[Any]) -> None:
-    """Connected, thumbnails drawn, sample prompts shown: nothing left in flight."""
+    """Connected, thumbnails and the last image drawn, the charts and sample prompts shown: nothing left in
+    flight."""
     app = pilot.app
     assert isinstance(app, tui.app.AvatarApp)
     main = app.main
@@ -82,6 +84,8 @@ async def settled(pilot: Pilot[Any]) -> None:
     await wait_for(pilot, lambda: len(main.query("#thumbnails Thumbnail")) == 3, "the seeded thumbnails")
     await wait_for(pilot, lambda: len(main.query("#review-grid Thumbnail")) == 2, "the held images")
     await wait_for(pilot, lambda: "1. " in str(main.query_one("#samples").render()), "the sample prompts")
+    await wait_for(pilot, lambda: main.newest is not None, "the last image beside the step bar")
+    await wait_for(pilot, lambda: main.query_one(HistoryCharts).history is not None, "the history charts")
     for field in main.query(Input):
         field.cursor_blink = False
 
