@@ -6,7 +6,8 @@ A real `avatargen serve` process drives the simulated GPU (its own process, at t
 this script follows the admin API's event stream with the product's client. It reports, while the run
 generates: events and bytes a second by type, the preview events' sizes and spacing, and the size of the
 full-size live preview the generator fetches from `/sdapi/v1/progress` for each one.
-Targets: no event above 4 kB, previews at least `generator.preview_every` (1 s) apart.
+Targets: no event above 4 kB, previews at least `generator.preview_every` (1 s) apart (as this client
+sees them arrive, less 50 ms for each event's own delivery delay).
 
     python -m benchmarks.preview_stream [--quick] [--images N]
 """
@@ -29,6 +30,7 @@ from benchmarks.report import fmt, median, print_machine, print_table, verdict
 
 EVENT_LIMIT = 4000  # bytes of an event's data
 PREVIEW_EVERY = 1.0
+DELIVERY_JITTER = 0.05  # seconds: gaps are seen where the stream arrives, each event delayed by its own amount
 
 
 def options(parser: argparse.ArgumentParser) -> None:
@@ -71,7 +73,7 @@ def full_size_preview(sd_url: str, seconds: float) -> list[int]:
 
 def main() -> int:
     args = parse_args(__doc__.split("\n")[0], options)
-    images = 8 if args.quick else args.images
+    images = 16 if args.quick else args.images  # quick: about 4 s generating, so a few previews to compare
     print_machine()
     with scratch() as work, Simulator(work / "simulator.log", boot_delay="300ms", stop_delay="200ms",
                                       sd_boot_delay="100ms", step_time="50ms") as simulator:
@@ -97,6 +99,9 @@ def main() -> int:
                     fmt(sum(sizes.values()) / seconds, 0), max(size for _, _, size, _ in seen)]])
     previews = [(at, size) for at, name, size, _ in seen if name == "preview"]
     gaps = [later - earlier for (earlier, _), (later, _) in pairwise(previews)]
+    if not gaps:
+        print(f"{len(previews)} preview(s) in {fmt(seconds, 1)} s generating: none to compare; {verdict(False)}")
+        return 1
     pictures = [event.image for _, _, _, event in seen if isinstance(event, Preview)]
     print_table("Live previews", ["what", "median", "largest"], [
         ["preview event, bytes", fmt(median([size for _, size in previews]), 0), max(size for _, size in previews)],
@@ -106,7 +111,7 @@ def main() -> int:
          max(fetched)],
     ])
     largest = max(size for _, _, size, _ in seen)
-    met = largest <= EVENT_LIMIT and min(gaps) >= PREVIEW_EVERY
+    met = largest <= EVENT_LIMIT and min(gaps) >= PREVIEW_EVERY - DELIVERY_JITTER
     print(f"largest event {largest} B (limit {EVENT_LIMIT}), closest previews {fmt(min(gaps))} s apart "
           f"(at least {PREVIEW_EVERY}): {verdict(met)}")
     return 0 if met else 1
