@@ -287,6 +287,21 @@ def generator(state: Services) -> Generator:
     return state.engine
 
 
+HISTORY_DAYS_MAX = 366
+
+
+async def history(request: Request) -> Response:
+    """`?days=30`: the daily spend, billed time and images, and the current (else last) run by the minute."""
+    raw = request.query_params.get("days", "30")
+    try:
+        days = int(raw)
+    except ValueError:
+        raise HTTPException(422, f"days must be a whole number, got {echo(raw)}") from None
+    if not 1 <= days <= HISTORY_DAYS_MAX:
+        raise HTTPException(422, f"days must be between 1 and {HISTORY_DAYS_MAX}, got {days}")
+    return JSONResponse((await generator(services(request)).history(days)).to_json())
+
+
 async def refill(request: Request) -> Response:
     state = services(request)
     names = (await json_object(request)).get("buckets")
@@ -330,6 +345,7 @@ def admin_api(*, internal: bool = False) -> Mount:
         Route("/prompts", generators(get_prompts), methods=["GET"]),
         Route("/prompts", generators(put_prompts), methods=["PUT"]),
         Route("/prompts/sample", sample_prompts, methods=["GET", "POST"]),
+        Route("/history", generators(history), methods=["GET"]),
         Route("/refill", generators(refill), methods=["POST"]),
         Route("/abort", generators(abort), methods=["POST"]),
     ])

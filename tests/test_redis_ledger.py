@@ -31,7 +31,7 @@ async def test_entries_and_spend_are_shared(replicas: list[RedisStorage]) -> Non
     await here.open()
     await there.open()
     assert await there.is_empty()
-    yesterday = Entry("run-1", NOON - 86400, NOON - 86400 + 600, 3.6)  # 10 minutes at 3.6 an hour
+    yesterday = Entry("run-1", NOON - 86400, NOON - 86400 + 600, 3.6, images=12)  # 10 minutes at 3.6 an hour
     today = Entry("run-2", NOON - 60, None, 3.6)  # still running
     await here.record([yesterday, today])
     assert not await there.is_empty()

@@ -11,6 +11,8 @@ from avatargen.api.wire import (
     BucketLevel,
     BucketsChange,
     Cost,
+    DayTotal,
+    History,
     ImageApproved,
     ImageEvent,
     ImageHeld,
@@ -21,8 +23,11 @@ from avatargen.api.wire import (
     LastRun,
     LogEntry,
     NewImage,
+    Preview,
     ProtocolError,
     Run,
+    RunChart,
+    RunMinute,
     ServerEvent,
     State,
     StateChange,
@@ -34,8 +39,9 @@ from avatargen.api.wire import (
 )
 
 __all__ = [
-    "STATES", "AdminClient", "AdminError", "AuthError", "BucketLevel", "BucketsChange", "Cost", "ImageApproved",
-    "ImageEvent", "ImageHeld", "ImageInfo", "ImageKept", "ImageMoved", "ImageRemoved",
-    "LastRun", "LogEntry", "NewImage", "ProtocolError", "Run", "ServerEvent", "State", "StateChange", "Status",
-    "Step", "TokenError", "Unreachable", "VisitorErrors", "decode_event", "encode_event", "find_token", "server_url",
+    "STATES", "AdminClient", "AdminError", "AuthError", "BucketLevel", "BucketsChange", "Cost", "DayTotal",
+    "History", "ImageApproved", "ImageEvent", "ImageHeld", "ImageInfo", "ImageKept", "ImageMoved", "ImageRemoved",
+    "LastRun", "LogEntry", "NewImage", "Preview", "ProtocolError", "Run", "RunChart", "RunMinute", "ServerEvent",
+    "State", "StateChange", "Status", "Step", "TokenError", "Unreachable", "VisitorErrors", "decode_event",
+    "encode_event", "find_token", "server_url",
 ]

@@ -25,7 +25,7 @@ from dataclasses import replace
 
 from avatargen.buckets import ImageRecord
 from avatargen.durations import format_duration
-from avatargen.ledger import Entry, Spend, month_start
+from avatargen.ledger import DAY, Day, Entry, Spend, daily, day_start, month_start
 from avatargen.retry import backoff_delay
 from avatargen.run import iso
 from avatargen.storage.protocols import Ledger, StoredBucket
@@ -78,6 +78,29 @@ class Billing:
         entry = self._entries.get(run_id)
         if entry is not None and entry.stopped is None:
             self._set(replace(entry, stopped=when))
+
+    def count_image(self, run_id: str) -> None:
+        """The run stored an image: counted in memory now, written with the run's stop."""
+        entry = self._entries.get(run_id)
+        if entry is not None:
+            self._entries[run_id] = replace(entry, images=entry.images + 1)
+
+    async def history(self, days: int, now: float | None = None) -> list[Day]:
+        """Billed time, cost and images per UTC day over the last `days` days, today last.
+
+        Earlier months come from the ledger file; what this process holds in memory (this month, and
+        whatever is not written yet) wins over it. A ledger that cannot be read leaves this month's days.
+        """
+        now = time.time() if now is None else now
+        since = day_start(now) - (days - 1) * DAY
+        try:
+            stored = await self.ledger.entries(since)
+        except Exception as exc:  # the chart is not worth an error page; the log says why it is short
+            log.warning("the cost ledger %s cannot be read for the daily history (%s): showing this month's "
+                        "days only", self.ledger.location, exc)
+            stored = []
+        entries = {entry.run_id: entry for entry in stored} | self._entries
+        return daily(entries.values(), days, now)
 
     def close_open(self, when: float) -> list[str]:
         """Close every entry a crash left open (the orphaned machine has just been confirmed off)."""

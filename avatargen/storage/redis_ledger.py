@@ -3,7 +3,8 @@
 The same entries as the SQLite ledger (`avatargen.ledger`): a run's entry is written when billing starts
 and again when the stop is confirmed; whichever replica holds the generator lease writes, and every
 replica reads today's and this month's spend from it. Keys, under `<prefix>:ledger:`: `entries` (a hash
-by run id of `[started, stopped or null, hourly_cost]`), `ends` (a sorted set by run id of the stop time,
+by run id of `[run_id, started, stopped or null, hourly_cost, images]`; an entry written before images
+were counted lacks the last, and counts 0), `ends` (a sorted set by run id of the stop time,
 +inf while open, so the entries of a period are one range) and `born` (a marker written with the
 ledger: when it is gone, Redis lost its data, and the generator writes again what it holds in memory).
 
@@ -102,8 +103,7 @@ class RedisLedger:
         entries = []
         for row in rows:
             if row is not None:  # an id without its entry is impossible (one script writes both); skip it
-                run_id, started, stopped, hourly_cost = json.loads(row)
-                entries.append(Entry(run_id, started, stopped, hourly_cost))
+                entries.append(Entry(*json.loads(row)))
         return entries
 
     async def record(self, entries: Iterable[Entry]) -> None:
@@ -112,7 +112,8 @@ class RedisLedger:
         args: list[str] = [self.storage.fence_token]
         for entry in entries:
             end = "+inf" if entry.stopped is None else repr(entry.stopped)
-            args += [entry.run_id, json.dumps([entry.run_id, entry.started, entry.stopped, entry.hourly_cost]), end]
+            fields = [entry.run_id, entry.started, entry.stopped, entry.hourly_cost, entry.images]
+            args += [entry.run_id, json.dumps(fields), end]
         if len(args) == 1:
             return
         async with self.storage.guard("write the cost ledger"):
