@@ -22,6 +22,7 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from avatargen.config import SimulatedSettings
+from avatargen.simulator.comfyui import SimulatedComfyUi
 from avatargen.simulator.faults import Faults
 from avatargen.simulator.paperspace import SimulatedMachine, SimulatedPaperspace
 from avatargen.simulator.sdwebui import SimulatedSdWebUi
@@ -116,22 +117,28 @@ class LoopbackServer:
 
 
 class SimulatedGpu:
-    """The simulated GPU machine: a Paperspace-like API and an SD web UI that lives while the machine is on.
+    """The simulated GPU machine: a Paperspace-like API and an SD server that lives while the machine is on:
+    the web UI, or ComfyUI with `backend="comfyui"` (what `sd.backend` names).
 
         async with SimulatedGpu(settings.gpu.simulated) as sim:
             provider = make_provider(settings, simulated=sim)
 
     Exposes `paperspace_url` (ending in /v1), `api_key`, `machine_id`, `sd_url`, the live `machine`
-    (`machine.state`, `machine.billed_seconds`), the web UI state `sd` and the shared `faults`.
+    (`machine.state`, `machine.billed_seconds`), the SD server's state `sd` and the shared `faults`.
     """
 
     def __init__(self, settings: SimulatedSettings, *, host: str = "127.0.0.1", paperspace_port: int = 0,
-                 sd_port: int = 0, machine_id: str = "pssim42", sd_auth: tuple[str, str] | None = None) -> None:
+                 sd_port: int = 0, machine_id: str = "pssim42", sd_auth: tuple[str, str] | None = None,
+                 backend: str = "a1111") -> None:
         self.faults = Faults(settings.faults)
         self.api_key = secrets.token_urlsafe(24)
         self.machine_id = machine_id
         self.machine = SimulatedMachine(settings, self.faults, machine_id=machine_id, public_ip=host)
-        self.sd = SimulatedSdWebUi(settings, self.faults, auth=sd_auth, after_txt2img=self._after_txt2img)
+        self.sd: SimulatedSdWebUi | SimulatedComfyUi = (
+            SimulatedComfyUi(settings, self.faults, auth=sd_auth, after_job=self._after_txt2img)
+            if backend == "comfyui" else
+            SimulatedSdWebUi(settings, self.faults, auth=sd_auth, after_txt2img=self._after_txt2img))
+        self.backend = backend
         paperspace = SimulatedPaperspace(self.machine, self.faults, api_key=self.api_key)
         self._paperspace_server = LoopbackServer(paperspace.app, host=host, port=paperspace_port)
         self._sd_server = LoopbackServer(self.sd.app, host=host, port=sd_port)
@@ -152,7 +159,7 @@ class SimulatedGpu:
     def describe(self) -> dict[str, Any]:
         """Where to reach the simulator: what a separate process needs to talk to it."""
         return {"paperspace_url": self.paperspace_url, "sd_url": self.sd_url, "api_key": self.api_key,
-                "machine_id": self.machine_id}
+                "machine_id": self.machine_id, "backend": self.backend}
 
     async def __aenter__(self) -> SimulatedGpu:
         await self._paperspace_server.start()
@@ -195,20 +202,21 @@ class SimulatedGpu:
 
 
 async def run_simulator(settings: SimulatedSettings, host: str = "127.0.0.1", paperspace_port: int = 0,
-                        sd_port: int = 0) -> None:
+                        sd_port: int = 0, backend: str = "a1111") -> None:
     """Serve the simulated GPU until cancelled, after printing where it is as one JSON line on stdout
-    (`paperspace_url`, `sd_url`, `api_key`, `machine_id`), for a separate process or the owner to use."""
-    async with SimulatedGpu(settings, host=host, paperspace_port=paperspace_port, sd_port=sd_port) as sim:
+    (`paperspace_url`, `sd_url`, `api_key`, `machine_id`, `backend`), for a separate process or the owner."""
+    async with SimulatedGpu(settings, host=host, paperspace_port=paperspace_port, sd_port=sd_port,
+                            backend=backend) as sim:
         print(json.dumps(sim.describe()), flush=True)
         await asyncio.Event().wait()
 
 
 def serve_simulator(settings: SimulatedSettings, host: str = "127.0.0.1", paperspace_port: int = 0,
-                    sd_port: int = 0) -> int:
+                    sd_port: int = 0, backend: str = "a1111") -> int:
     """Run the simulated GPU as a process of its own until SIGTERM or Ctrl-C; the exit status."""
 
     async def until_signalled() -> None:
-        serving = asyncio.create_task(run_simulator(settings, host, paperspace_port, sd_port))
+        serving = asyncio.create_task(run_simulator(settings, host, paperspace_port, sd_port, backend))
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, serving.cancel)
