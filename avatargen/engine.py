@@ -16,14 +16,14 @@ import multiprocessing
 import random
 import signal
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
 
 from avatargen.buckets import Bucket
-from avatargen.config import PromptSettings, Settings
+from avatargen.config import ConfigError, PromptSettings, Settings
 from avatargen.durations import format_duration
 from avatargen.events import EventHub
 from avatargen.gpu.base import Provider
@@ -32,7 +32,7 @@ from avatargen.ledger import CostLedger
 from avatargen.prompts import compose
 from avatargen.retry import backoff_delay
 from avatargen.run import Run, State, Step, Trigger, iso
-from avatargen.sd import SdClient, SdError, SdNotReady
+from avatargen.sd import SdBackend, SdError, SdNotReady, make_backend
 
 log = logging.getLogger("avatargen.engine")
 
@@ -254,7 +254,7 @@ class RefillEngine:
     # --- the run ---------------------------------------------------------------------------------
 
     async def _execute(self, run: Run) -> None:
-        sd: SdClient | None = None
+        sd: SdBackend | None = None
         run_limit = asyncio.timeout(self.settings.generator.max_run_duration)
         try:
             try:
@@ -282,7 +282,11 @@ class RefillEngine:
                 run.outcome, run.error = "aborted", "cancelled"
             await asyncio.shield(self._shut_down(run, sd))
 
-    async def _boot(self, run: Run) -> SdClient:
+    async def _boot(self, run: Run) -> SdBackend:
+        try:
+            connect = make_backend(self.settings)
+        except ConfigError as exc:
+            raise RunFailed(str(exc)) from None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.gpu.ready_timeout
         if run.bills:
@@ -291,8 +295,8 @@ class RefillEngine:
         self._publish_state()
         await self.provider.start()
         await self.provider.wait_ready(max(0.0, deadline - loop.time()), self._on_machine_state)
-        sd = SdClient(self.settings.sd, url=self.provider.sd_url())
-        log.info("machine ready; waiting for the Stable Diffusion API")
+        sd = connect(self.provider.sd_url())
+        log.info("machine ready; waiting for the Stable Diffusion API (%s)", sd.name)
         while True:
             try:
                 await sd.probe(self.settings.sd.checkpoint)
@@ -300,7 +304,7 @@ class RefillEngine:
             except SdNotReady as exc:
                 if loop.time() >= deadline:
                     raise RunFailed(
-                        f"the SD web UI was not ready within ready_timeout "
+                        f"the SD server ({sd.name}) was not ready within ready_timeout "
                         f"({format_duration(self.settings.gpu.ready_timeout)}): {exc}"
                     ) from None
                 await asyncio.sleep(self.settings.gpu.poll_every)
@@ -308,7 +312,7 @@ class RefillEngine:
                 raise RunFailed(str(exc)) from None
         return sd
 
-    async def _generate(self, run: Run, sd: SdClient) -> None:
+    async def _generate(self, run: Run, sd: SdBackend) -> None:
         run.state = "generating"
         run.generating_since = time.time()
         self._publish_state()
@@ -339,7 +343,7 @@ class RefillEngine:
         if run.done == 0 and run.failed > 0:
             raise RunFailed(f"no image could be made; last error: {failures.last}")
 
-    async def _fill(self, run: Run, sd: SdClient, bucket_name: str, count: int, failures: _Failures) -> None:
+    async def _fill(self, run: Run, sd: SdBackend, bucket_name: str, count: int, failures: _Failures) -> None:
         """One request of `count` images for a bucket, retried with backoff; never more than reserved."""
         retries = self.settings.generator.image_retries
         for attempt in range(retries + 1):
@@ -347,7 +351,7 @@ class RefillEngine:
             run.current_prompt = prompt.text
             started = time.monotonic()
             try:
-                result = await sd.txt2img(prompt.text, batch_size=count)
+                result = await sd.generate(prompt.text, count=count)
                 avatars = await self._make_avatars(bucket_name, result.images[:count])
             except (SdError, ValueError) as exc:
                 failures.consecutive += 1
@@ -365,13 +369,14 @@ class RefillEngine:
             for index, (webp, framed) in enumerate(avatars):
                 seed = result.seeds[index] if index < len(result.seeds) else -1
                 await _uncancellable(self._store(run, bucket_name, webp, framed, prompt.text, seed, seconds,
-                                                 result.info))
+                                                 result.metadata))
             run.failed += count - len(avatars)
             return
         run.failed += count
         self._publish_progress(run)
 
-    async def _make_avatars(self, bucket_name: str, images: list[str]) -> list[tuple[bytes, bytes | None]]:
+    async def _make_avatars(self, bucket_name: str, images: Sequence[str | bytes]
+                            ) -> list[tuple[bytes, bytes | None]]:
         """Decode, resize, encode (and frame, for uniques) in the imaging process: CPU work that would
         otherwise hold the GIL against the event loop serving visitors."""
         if self._imaging is None:
@@ -387,7 +392,7 @@ class RefillEngine:
             raise RunFailed("the imaging process died") from None
 
     async def _store(self, run: Run, bucket_name: str, webp: bytes, framed: bytes | None, prompt: str, seed: int,
-                     seconds: float, info: Mapping[str, Any]) -> None:
+                     seconds: float, generated: Mapping[str, Any]) -> None:
         sd = self.settings.sd
         metadata = {
             "prompt": prompt,
@@ -397,10 +402,10 @@ class RefillEngine:
             "cfg_scale": sd.cfg_scale,
             "size": self.settings.generator.image_size,
             "generated_size": [sd.width, sd.height],
-            "backend": self.provider.name,
-            "model": info.get("sd_model_name"),
+            "provider": self.provider.name,
             "generation_seconds": round(seconds, 3),
             "run_id": run.id,
+            **generated,  # the backend's name, the model, ComfyUI's workflow
         }
         bucket = self.buckets[bucket_name]
         record = await asyncio.to_thread(bucket.publish, webp, metadata, prepared=framed)
@@ -416,7 +421,7 @@ class RefillEngine:
         })
         self._publish_progress(run)
 
-    async def _poll_step(self, run: Run, sd: SdClient) -> None:
+    async def _poll_step(self, run: Run, sd: SdBackend) -> None:
         """The SD job's own step progress, for the live progress bar (failures here are harmless)."""
         while True:
             await asyncio.sleep(PROGRESS_POLL)
@@ -425,14 +430,14 @@ class RefillEngine:
                 run.step = Step(progress.sampling_step, progress.sampling_steps, round(progress.progress, 3))
                 self._publish_progress(run)
 
-    async def _shut_down(self, run: Run, sd: SdClient | None) -> None:
+    async def _shut_down(self, run: Run, sd: SdBackend | None) -> None:
         """Stop the machine and confirm it is off, retrying for as long as it takes."""
         run.state = "shutting_down"
         self._publish_state()
         if sd is not None:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(5):
-                    await sd.interrupt()  # an always-on GPU stops computing what nobody will store
+                    await sd.cancel()  # an always-on GPU stops computing what nobody will store
             with contextlib.suppress(Exception):
                 await sd.aclose()
         await self._stop_machine()

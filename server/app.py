@@ -82,9 +82,10 @@ def create_app(settings: Settings) -> Starlette:
                 stack.callback(lock.release)
                 simulated = None
                 if settings.gpu.provider == "simulated":
-                    simulated = await stack.enter_async_context(SimulatedGpu(settings.gpu.simulated))
-                    log.info("simulated GPU: Paperspace API at %s, SD web UI at %s", simulated.paperspace_url,
-                             simulated.sd_url)
+                    simulated = await stack.enter_async_context(
+                        SimulatedGpu(settings.gpu.simulated, backend=settings.sd.backend))
+                    log.info("simulated GPU: Paperspace API at %s, SD server (%s) at %s", simulated.paperspace_url,
+                             settings.sd.backend, simulated.sd_url)
                 engine = RefillEngine(settings, buckets, make_provider(settings, simulated=simulated), ledger,
                                       events)
                 services.engine = engine

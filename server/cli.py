@@ -32,9 +32,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
     path = find_config(args.config)
     settings = load_settings(path)
-    preflight(settings)
+    notes = preflight(settings)
     where = path if path is not None else "built-in defaults (no config.toml here)"
-    print(f"{where}: OK (provider {settings.gpu.provider}, data in {settings.server.data_dir})")
+    print(f"{where}: OK (provider {settings.gpu.provider}, SD backend {settings.sd.backend}, "
+          f"data in {settings.server.data_dir})")
+    for note in notes:
+        print(note)
     return 0
 
 
@@ -48,7 +51,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_simulate(args: argparse.Namespace) -> int:
     from avatargen.simulator.runner import serve_simulator
 
-    return serve_simulator(_load(args).gpu.simulated, args.host, args.paperspace_port, args.sd_port)
+    settings = _load(args)
+    return serve_simulator(settings.gpu.simulated, args.host, args.paperspace_port, args.sd_port, settings.sd.backend)
 
 
 def _as_owner(args: argparse.Namespace, action: Callable[[AdminClient], Awaitable[str]]) -> int:
@@ -137,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("check-config", cmd_check_config, "validate the configuration and exit")
 
-    simulate = add("simulate", cmd_simulate, "run the simulated Paperspace and SD web UI on loopback")
+    simulate = add("simulate", cmd_simulate, "run the simulated Paperspace and SD server (sd.backend) on loopback")
     simulate.add_argument("--host", default="127.0.0.1")
     simulate.add_argument("--paperspace-port", type=int, default=0)
     simulate.add_argument("--sd-port", type=int, default=0)

@@ -15,15 +15,21 @@ import uvicorn
 
 from avatargen.config import ServerSettings, Settings
 from avatargen.gpu import paperspace_api_key
+from avatargen.sd.workflow import load_workflow
 from server.app import create_app
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
-def preflight(settings: Settings) -> None:
-    """Problems that would only surface once the generator starts, reported now as config errors."""
+def preflight(settings: Settings) -> list[str]:
+    """Problems that would only surface once the generator starts, reported now as config errors; what
+    the owner may want to know otherwise (where the workflow takes each setting) comes back as notes."""
     if settings.gpu.provider == "paperspace":
         paperspace_api_key(settings)
+    notes = []
+    if settings.sd.backend == "comfyui":
+        notes.append(load_workflow(settings).describe())
+    return notes
 
 
 def configure_logging(settings: Settings) -> None:

@@ -69,7 +69,7 @@ async def running_engine(
     buckets = open_buckets(settings)
     for bucket in buckets.values():
         bucket.recover()
-    async with SimulatedGpu(settings.gpu.simulated) as gpu:
+    async with SimulatedGpu(settings.gpu.simulated, backend=settings.sd.backend) as gpu:
         ledger = CostLedger(settings.server.data_dir / "ledger.sqlite3", settings.gpu.hourly_cost)
         engine = RefillEngine(settings, buckets, make_provider(settings, simulated=gpu), ledger, EventHub())
         if before_start is not None:

@@ -60,7 +60,8 @@ async def test_one_run_fills_both_buckets_to_max_and_ends_with_machine_off(tmp_p
             assert framed == frame_unique(unique.read(record.id), settings.generator.webp_quality)
         newest = engine.buckets["fallback"].newest(1)[0]
         assert newest.metadata["prompt"].startswith(("A ", "An ")) and " of cjs" in newest.metadata["prompt"]
-        assert newest.metadata["backend"] == "simulated" and isinstance(newest.metadata["seed"], int)
+        assert newest.metadata["backend"] == "a1111" and newest.metadata["provider"] == "simulated"
+        assert isinstance(newest.metadata["seed"], int)
         status = engine.status()
         assert status["state"] == "idle" and status["last_run"]["id"] == run["id"]
         assert status["cost"]["billed_seconds_today"] == pytest.approx(run["billed_seconds"], abs=0.2)

@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from avatargen.config import Settings
 from avatargen.sd.a1111 import SdClient, Txt2ImgResult
 from avatargen.sd.base import Generated, SdBackend, SdError, SdNotReady, SdProgress
@@ -13,12 +15,16 @@ __all__ = ["Generated", "SdBackend", "SdClient", "SdError", "SdNotReady", "SdPro
            "make_backend"]
 
 
-def make_backend(settings: Settings, url: str) -> SdBackend:
-    """The client of `sd.backend` at `url` (the machine's SD address); ComfyUI's with the configured
-    workflow, read now so a run uses the file as it is (a broken one is a ConfigError)."""
+def make_backend(settings: Settings) -> Callable[[str], SdBackend]:
+    """What makes the `sd.backend` client once the machine's SD address is known (when it is ready).
+
+    ComfyUI's workflow is read and checked now, before a machine is started for it: a file broken since
+    start-up is a ConfigError that costs nothing.
+    """
     if settings.sd.backend == "comfyui":
         from avatargen.sd.comfyui import ComfyUiClient
         from avatargen.sd.workflow import load_workflow
 
-        return ComfyUiClient(settings.sd, load_workflow(settings), url=url)
-    return SdClient(settings.sd, url=url)
+        workflow = load_workflow(settings)
+        return lambda url: ComfyUiClient(settings.sd, workflow, url=url)
+    return lambda url: SdClient(settings.sd, url=url)

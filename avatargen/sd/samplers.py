@@ -63,7 +63,7 @@ def comfyui_sampler(name: str, scheduler: str = "") -> tuple[str, str]:
                 pair = (base[0], schedule)
                 break
     if pair is None:
-        known = [*A1111_SAMPLERS, *COMFYUI_SAMPLERS]
+        known = [*A1111_SAMPLERS, *(f"{a1111} Karras" for a1111 in A1111_SAMPLERS), *COMFYUI_SAMPLERS]
         close = difflib.get_close_matches(name, known, n=1)
         hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(A1111_SAMPLERS)}"
         raise ValueError(f"ComfyUI has no sampler like {name!r}; {hint}")

@@ -186,12 +186,13 @@ class Workflow:
     def describe(self) -> str:
         """Where each setting goes, for `check-config`."""
         graph = Graph(self.graph)
-        placed = [f"{setting} -> " + ", ".join(f"{node}.{name}" for node, name in targets)
+        lines = [f"workflow {self.name!r}: sampler {graph.name(self.sampler)}, images from {graph.name(self.output)}"]
+        lines += [f"  {setting} -> " + ", ".join(f"{graph.name(node)}.{name}" for node, name in targets)
                   for setting, targets in self.targets.items() if targets]
         missing = [setting for setting, targets in self.targets.items() if not targets]
-        text = (f"workflow {self.name!r}: sampler {graph.name(self.sampler)}, images from {graph.name(self.output)}; "
-                + "; ".join(placed))
-        return text + (f"; not set by avatargen (the graph decides): {', '.join(missing)}" if missing else "")
+        if missing:
+            lines.append(f"  not set by avatargen (the graph decides): {', '.join(missing)}")
+        return "\n".join(lines)
 
 
 class _Finder:
@@ -227,12 +228,13 @@ class _Finder:
                             "make it a plain value in the workflow")
 
     def sampler(self) -> str:
-        if chosen := self.override("sampler_node", lambda n: is_sampler(self.graph.cls(n)),
-                                   "sampler class (KSampler, KSamplerAdvanced, SamplerCustom...)"):
+        if chosen := self.override("sampler_node", lambda n: "latent_image" in self.graph.inputs(n),
+                                   "latent_image input: it is not a sampler"):
             return chosen
         samplers = [node_id for node_id in self.graph.nodes if is_sampler(self.graph.cls(node_id))]
         if not samplers:
-            raise WorkflowError(f"no sampler node ({', '.join(SAMPLER_CLASSES)}) in the workflow")
+            raise WorkflowError(f"no sampler node ({', '.join(SAMPLER_CLASSES)}) in the workflow; name yours with "
+                                "sampler_node")
         if len(samplers) > 1:  # a second pass (hires fix): the first pass is the one that starts from empty latent
             samplers = [node_id for node_id in samplers if self.graph.upstream(
                 self.graph.source(node_id, "latent_image"), self.is_latent,
@@ -394,6 +396,10 @@ def load_workflow(settings: Settings) -> Workflow:
                     raise WorkflowError(f"{path}: {exc}") from None
                 raise WorkflowError(f"{path} is not JSON: {exc}") from None
         sd = settings.sd
-        return find_workflow(name, nodes, sd.comfyui, negative=bool(sd.negative_prompt), checkpoint=bool(sd.checkpoint))
+        try:
+            return find_workflow(name, nodes, sd.comfyui, negative=bool(sd.negative_prompt),
+                                 checkpoint=bool(sd.checkpoint))
+        except WorkflowError as exc:
+            raise WorkflowError(f"{path.name}: {exc}" if path else str(exc), exc.key) from None
     except WorkflowError as exc:
         raise ConfigError(str(exc), key=f"sd.comfyui.{exc.key}", file=settings.path) from None
