@@ -14,33 +14,10 @@ from avatargen.sd.samplers import comfyui_sampler
 from avatargen.sd.workflow import BUILTIN_GRAPH, WorkflowError, find_workflow, load_workflow, parse_graph
 from server.cli import main
 
-# An owner's SD1.5 graph with a face LoRA and a style LoRA, a hires-fix second pass, a model upscaler and a
-# preview of the first pass: ids as ComfyUI numbers them, nothing where a fixed-id client would look.
-LORA_UPSCALE: dict[str, Any] = {
-    "10": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "v1-5-pruned-emaonly.ckpt"}},
-    "11": {"class_type": "LoraLoader", "inputs": {"model": ["10", 0], "clip": ["10", 1], "lora_name":
-                                                  "cjs-face.safetensors", "strength_model": 0.9, "strength_clip": 1}},
-    "12": {"class_type": "LoraLoader", "inputs": {"model": ["11", 0], "clip": ["11", 1], "lora_name":
-                                                  "film-grain.safetensors", "strength_model": 0.4,
-                                                  "strength_clip": 0.4}},
-    "20": {"class_type": "CLIPTextEncode", "inputs": {"text": "photo of cjs", "clip": ["12", 1]}},
-    "21": {"class_type": "CLIPTextEncode", "inputs": {"text": "lowres", "clip": ["12", 1]}},
-    "30": {"class_type": "EmptyLatentImage", "inputs": {"width": 512, "height": 512, "batch_size": 1}},
-    "31": {"class_type": "KSampler", "inputs": {
-        "model": ["12", 0], "positive": ["20", 0], "negative": ["21", 0], "latent_image": ["30", 0], "seed": 7,
-        "steps": 25, "cfg": 6.5, "sampler_name": "euler", "scheduler": "normal", "denoise": 1}},
-    "32": {"class_type": "LatentUpscaleBy", "inputs": {"samples": ["31", 0], "upscale_method": "bislerp",
-                                                       "scale_by": 1.5}},
-    "33": {"class_type": "KSampler", "inputs": {
-        "model": ["12", 0], "positive": ["20", 0], "negative": ["21", 0], "latent_image": ["32", 0], "seed": 7,
-        "steps": 12, "cfg": 6.5, "sampler_name": "euler", "scheduler": "normal", "denoise": 0.45}},
-    "40": {"class_type": "VAEDecode", "inputs": {"samples": ["33", 0], "vae": ["10", 2]}},
-    "41": {"class_type": "UpscaleModelLoader", "inputs": {"model_name": "RealESRGAN_x2.pth"}},
-    "42": {"class_type": "ImageUpscaleWithModel", "inputs": {"upscale_model": ["41", 0], "image": ["40", 0]}},
-    "43": {"class_type": "SaveImage", "inputs": {"images": ["42", 0], "filename_prefix": "faces/cjs"}},
-    "50": {"class_type": "VAEDecode", "inputs": {"samples": ["31", 0], "vae": ["10", 2]}},
-    "51": {"class_type": "PreviewImage", "inputs": {"images": ["50", 0]}},
-}
+# An owner's SD1.5 graph as ComfyUI's "Save (API)" exports it: a face LoRA and a style LoRA, a hires-fix second
+# pass, a model upscaler and a preview of the first pass; ids as ComfyUI numbered them, nothing where a fixed-id
+# client would look.
+LORA_UPSCALE: dict[str, Any] = json.loads((Path(__file__).parent / "workflows" / "lora_upscale_api.json").read_text())
 
 # A Flux-style graph: custom sampler, guider, separate UNet loader, one text encoder and no negative.
 FLUX: dict[str, Any] = {

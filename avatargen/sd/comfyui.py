@@ -228,23 +228,35 @@ class ComfyUiClient:
             "sampler_name": self._sampler_name, "scheduler": self._scheduler})
 
     async def _queue(self, graph: dict[str, Any]) -> str:
-        response = await send(self._http, "POST", self._url + "/prompt", server=self._server,
-                              json={"prompt": graph, "client_id": self._client_id})
-        body = self._parse(response)
-        if response.status_code == 400:
-            raise SdError(400, f"ComfyUI refused the workflow: {validation_text(body)}", retryable=False)
-        self._raise_for_status(response, body)
-        prompt_id = body.get("prompt_id") if isinstance(body, dict) else None
-        if not isinstance(prompt_id, str) or not prompt_id:
+        """Queue a job under a prompt id of our own, known before ComfyUI starts it (and reports on it,
+        which may come before its answer to the POST). A ComfyUI too old to take it sends its own."""
+        prompt_id = str(uuid.uuid4())
+        self._jobs[prompt_id] = _Job(prompt_id)
+        try:
+            response = await send(self._http, "POST", self._url + "/prompt", server=self._server,
+                                  json={"prompt": graph, "client_id": self._client_id, "prompt_id": prompt_id})
+            body = self._parse(response)
+            if response.status_code == 400:
+                raise SdError(400, f"ComfyUI refused the workflow: {validation_text(body)}", retryable=False)
+            self._raise_for_status(response, body)
+        except SdError:
+            del self._jobs[prompt_id]
+            raise
+        given = _obj(body).get("prompt_id")
+        if not isinstance(given, str) or not given:
             raise SdError(response.status_code, f"ComfyUI queued the job but sent no prompt_id: {quote(response.text)}",
                           retryable=True)
-        self._jobs[prompt_id] = _Job(prompt_id)
-        return prompt_id
+        if given != prompt_id:
+            self._jobs[given] = self._jobs.pop(prompt_id)
+            self._jobs[given].prompt_id = given
+        return given
 
     async def _finished(self, job: _Job) -> dict[str, Any]:
         """The job's history entry once it has one; SdError when ComfyUI reports a failure or goes silent."""
         while True:
             wait = self._poll_every if job.ended or not self._socket_up else SOCKET_POLL
+            silent_until = max(job.heard_at, job.queued_at) + self._silence_timeout
+            wait = max(0.0, min(wait, silent_until - time.monotonic()))
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
                     await job.news.wait()
@@ -253,7 +265,7 @@ class ComfyUiClient:
             if entry is not None:
                 self._jobs.pop(job.prompt_id, None)
                 return self._succeeded(job.prompt_id, entry)
-            if time.monotonic() - max(job.heard_at, job.queued_at) > self._silence_timeout:
+            if time.monotonic() >= silent_until:
                 await self._still_queued(job)
 
     async def _still_queued(self, job: _Job) -> None:
@@ -392,8 +404,9 @@ class ComfyUiClient:
             job = job or self._jobs.get(self._running or "")  # older ComfyUI sends no prompt_id here
             value, steps = data.get("value"), data.get("max")
             if job is not None and isinstance(value, int) and isinstance(steps, int):
-                started = time.monotonic() if value <= 1 else self._step[2]
-                self._step = (value, steps, started)
+                step, _, started = self._step
+                fresh = value <= step or not started  # a new sampler (or the first message we see of it)
+                self._step = (value, steps, time.monotonic() if fresh else started)
         elif kind in ("execution_success", "execution_error", "execution_interrupted") and job is not None:
             job.hear(ended=True)
             return

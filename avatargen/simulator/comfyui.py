@@ -34,6 +34,7 @@ from typing import Any
 
 from PIL import Image
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
@@ -118,12 +119,13 @@ class SimulatedComfyUi:
     """
 
     def __init__(self, settings: SimulatedSettings, faults: Faults, *, auth: tuple[str, str] | None = None,
-                 token: str | None = None, after_job: Callable[[], Awaitable[None]] | None = None) -> None:
+                 token: str | None = None, after_delivery: Callable[[], Awaitable[None]] | None = None) -> None:
         self._settings = settings
         self._faults = faults
         self._auth = auth
         self._token = token
-        self._after_job = after_job
+        self._after_delivery = after_delivery
+        self._undelivered: OrderedDict[str, set[tuple[str, str, str]]] = OrderedDict()  # saved, not fetched yet
         self._numbers = itertools.count()
         self._files: OrderedDict[tuple[str, str, str], bytes] = OrderedDict()
         self._file_counter = itertools.count(1)
@@ -345,8 +347,6 @@ class SimulatedComfyUi:
                 self._running = None
                 if self._refuse_sockets_of == job.client_id:
                     self._refuse_sockets_of = None
-            if self._after_job is not None:
-                await self._after_job()
 
     async def _run_job(self, job: _Job) -> None:
         await self._message(job, "execution_start", {})
@@ -446,7 +446,22 @@ class SimulatedComfyUi:
         while len(store) > _KEEP:
             store.popitem(last=False)
 
+    def _delivered(self, key: tuple[str, str, str]) -> BackgroundTask | None:
+        """Count a fetched file; once a job's saved images (SaveImage, type "output") are all fetched, what
+        `after_delivery` does (the external_stop fault) runs after the answer, as after a txt2img answer."""
+        for prompt_id, files in list(self._undelivered.items()):
+            if key in files:
+                files.discard(key)
+                if not files:
+                    del self._undelivered[prompt_id]
+                    return BackgroundTask(self._after_delivery) if self._after_delivery else None
+        return None
+
     def _remember(self, job: _Job, outputs: dict[str, Any], status: str) -> None:
+        saved = {(image["type"], image["subfolder"], image["filename"]) for output in outputs.values()
+                 for image in output["images"] if image["type"] == "output"}
+        if saved:
+            self._keep(self._undelivered, job.prompt_id, saved)
         self._keep(self._history, job.prompt_id, {
             "prompt": job.queue_item(),
             "outputs": outputs,
@@ -485,12 +500,14 @@ class SimulatedComfyUi:
             return Response(status_code=404)
         if (invalid := self._faults.hit("sd_invalid_image")) is not None:
             data = b"\x00not an image\x00" * 8 if invalid % 2 else b"<html><body>Image not ready</body></html>"
+        background = self._delivered((query.get("type", "output"), query.get("subfolder", ""), filename))
         if "preview" in query:
             with Image.open(io.BytesIO(data)) as image:
                 buffer = io.BytesIO()
                 image.convert("RGB").save(buffer, "JPEG", quality=90)
             return Response(buffer.getvalue(), media_type="image/jpeg")
-        return Response(data, media_type="image/png", headers={"Content-Disposition": f'filename="{filename}"'})
+        return Response(data, media_type="image/png", headers={"Content-Disposition": f'filename="{filename}"'},
+                        background=background)
 
     # --- about the server --------------------------------------------------------------------------
 

@@ -243,11 +243,14 @@ def resolve(inputs: Mapping[str, Any], values: Mapping[str, tuple[Any, ...]]) ->
 
 
 def sampled(args: Mapping[str, Any], steps_done: int) -> Latent:
-    """A sampler's output: the latent, denoised from the positive text with the seed."""
+    """A sampler's output: the latent, denoised from the positive text with the seed. A second pass over a
+    latent that is already a picture (hires fix, denoise below 1) refines it: same picture, same seed."""
     latent: Latent = args["latent_image"]
+    done = steps_done / int(args["steps"])
+    if latent.prompt is not None and float(args.get("denoise", 1.0)) < 1:
+        return Latent(latent.width, latent.height, latent.batch, latent.prompt, latent.seed, done)
     seed = args.get("seed", args.get("noise_seed", 0))
-    return Latent(latent.width, latent.height, latent.batch, args["positive"]["text"], int(seed),
-                  steps_done / int(args["steps"]))
+    return Latent(latent.width, latent.height, latent.batch, args["positive"]["text"], int(seed), done)
 
 
 def _scaled(images: list[Image.Image], factor: float) -> list[Image.Image]:

@@ -135,7 +135,7 @@ class SimulatedGpu:
         self.machine_id = machine_id
         self.machine = SimulatedMachine(settings, self.faults, machine_id=machine_id, public_ip=host)
         self.sd: SimulatedSdWebUi | SimulatedComfyUi = (
-            SimulatedComfyUi(settings, self.faults, auth=sd_auth, after_job=self._after_txt2img)
+            SimulatedComfyUi(settings, self.faults, auth=sd_auth, after_delivery=self._after_txt2img)
             if backend == "comfyui" else
             SimulatedSdWebUi(settings, self.faults, auth=sd_auth, after_txt2img=self._after_txt2img))
         self.backend = backend
