@@ -78,7 +78,7 @@ async def started(engine: RefillEngine, timeout: float = 30.0) -> None:
 async def one_run(settings: Settings) -> tuple[float, float, int]:
     """Fill the fallback bucket in one run: the billed seconds, the web UI's busy seconds and jobs done."""
     buckets = open_buckets(settings)
-    async with SimulatedGpu(settings.gpu.simulated) as gpu:
+    async with SimulatedGpu(settings.gpu.simulated, backend=settings.sd.backend) as gpu:
         ledger = CostLedger(settings.server.data_dir / "ledger.sqlite3", settings.gpu.hourly_cost)
         engine = RefillEngine(settings, buckets, make_provider(settings, simulated=gpu), ledger, EventHub())
         await engine.start()

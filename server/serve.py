@@ -15,7 +15,7 @@ import uvicorn
 
 from avatargen.config import ServerSettings, Settings
 from avatargen.gpu import paperspace_api_key
-from avatargen.sd.workflow import load_workflow
+from avatargen.sd import check_backend
 from server.app import create_app
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
@@ -26,10 +26,7 @@ def preflight(settings: Settings) -> list[str]:
     the owner may want to know otherwise (where the workflow takes each setting) comes back as notes."""
     if settings.gpu.provider == "paperspace":
         paperspace_api_key(settings)
-    notes = []
-    if settings.sd.backend == "comfyui":
-        notes.append(load_workflow(settings).describe())
-    return notes
+    return check_backend(settings)
 
 
 def configure_logging(settings: Settings) -> None:

@@ -189,6 +189,11 @@ def test_check_config_reports_a_broken_graph_before_any_run(tmp_path: Path, caps
     err = capsys.readouterr().err
     assert "sd.comfyui.workflow: wf.json: input 'latent_image' of node 3 (KSampler) does not come from" in err
 
+    config.write_text('[sd]\nbackend = "comfyui"\n[sd.comfyui]\ntoken_env = "AVATARGEN_TEST_NO_SUCH_TOKEN"\n')
+    assert main(["check-config", "--config", str(config)]) == 2
+    assert "the environment variable AVATARGEN_TEST_NO_SUCH_TOKEN holding the proxy's bearer token is not set" in \
+        capsys.readouterr().err
+
     config.write_text('[sd]\nbackend = "comfyui"\n')
     assert main(["check-config", "--config", str(config)]) == 0
     out = capsys.readouterr().out

@@ -57,13 +57,13 @@ async def test_comfyuis_own_example_client_runs_unchanged(tmp_path: Path) -> Non
         copy = tmp_path / EXAMPLE_NAME
         copy.write_text(text.replace('"127.0.0.1:8188"', f'"127.0.0.1:{url.rsplit(":", 1)[1]}"'))  # its port only
         # run it as it is, then look at what it got: the images of its SaveImage node, by node id
-        check = (f"import runpy; got = runpy.run_path({str(copy)!r})['images']; "
-                 "print({node: [len(image) for image in images] for node, images in got.items()})")
+        check = (f"import json, runpy; got = runpy.run_path({str(copy)!r})['images']; "
+                 "print(json.dumps({node: [len(image) for image in images] for node, images in got.items()}))")
         process = await asyncio.create_subprocess_exec(sys.executable, "-c", check, stdout=asyncio.subprocess.PIPE,
                                                        stderr=asyncio.subprocess.PIPE)
         out, err = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode == 0, err.decode()
-    sizes = eval(out.decode())  # a dict of lists of ints, printed by the check above
+    sizes = json.loads(out)
     assert list(sizes) == ["9"] and len(sizes["9"]) == 1 and sizes["9"][0] > 1000
     assert sim.completed == ["masterpiece best quality man"]
 
