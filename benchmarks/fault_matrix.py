@@ -1,4 +1,5 @@
-"""Fault matrix: every fault the simulated GPU can inject, one per run, and SIGKILL of the server in each run state.
+"""Fault matrix: every fault the simulated GPU can inject, one per run, and SIGKILL of the server in each run state,
+for both SD backends (the web UI API and ComfyUI).
 
 The simulated GPU runs as a process of its own (a machine outlives any avatargen process), and every row
 gets a fresh `avatargen serve` process and data folder. A row is a manual refill of the unique bucket:
@@ -13,7 +14,11 @@ simulator's count at the end and a few poll periods later); no image lost (annou
 the bucket) or half-written (a visible .webp without its sidecar, or one that does not decode); visitors
 answered throughout. The script exits with status 1 if a row does not hold.
 
-    python -m benchmarks.fault_matrix [--quick] [--jobs N]
+On the web UI (a1111) every fault but ComfyUI's own is a row; on ComfyUI, the faults of the SD server
+(`SD_FAULTS`: those that strike the web UI as they strike ComfyUI, and ComfyUI's own) and SIGKILL while
+generating: the machine's faults and the other SIGKILL rows do not depend on the backend.
+
+    python -m benchmarks.fault_matrix [--quick] [--jobs N] [--backend a1111|comfyui]
 """
 
 from __future__ import annotations
@@ -53,6 +58,8 @@ from benchmarks.harness import (
 from benchmarks.report import print_machine, print_table
 
 KILL_STATES = ("booting", "generating", "shutting_down")
+COMFYUI_ONLY = ("comfyui_validation", "comfyui_socket_drop")
+SD_FAULTS = ("sd_500", "sd_garbage", "sd_invalid_image", "sd_slow_first", "external_stop", *COMFYUI_ONLY)
 POLL_EVERY = "50ms"
 BOOT_DELAY, STOP_DELAY = "500ms", "300ms"
 SETTLE_POLLS = 6  # poll periods to wait before reading the billed seconds again
@@ -195,13 +202,14 @@ class Matrix:
         self.run_images = run_images
         self.poll_every = parse_duration(POLL_EVERY)
 
-    def row(self, name: str, faults: list[str], body: Callable[[Row, Path, Simulator], None]) -> Row:
+    def row(self, name: str, faults: list[str], body: Callable[[Row, Path, Simulator], None], backend: str) -> Row:
         """Run one row; an error in it fails the row, and the matrix goes on."""
+        name = name if backend == "a1111" else f"{name} ({backend})"
         row = Row(name)
-        directory = self.work / name.replace(" ", "_")
+        directory = self.work / name.replace(" ", "_").replace("(", "").replace(")", "")
         directory.mkdir()
         simulator = Simulator(directory / "simulator.log", boot_delay=BOOT_DELAY, stop_delay=STOP_DELAY,
-                              sd_boot_delay="100ms", step_time="2ms", faults=faults)
+                              sd_boot_delay="100ms", step_time="2ms", faults=faults, backend=backend)
         try:
             with simulator:
                 config = write_config(directory, simulator.provider_config(), {
@@ -222,7 +230,7 @@ class Matrix:
     def _server(self, config: Path, log: str, simulator: Simulator) -> Service:
         return avatargen_server(config, config.parent / log, env=simulator.env())
 
-    def fault(self, fault: str) -> Row:
+    def fault(self, fault: str, backend: str) -> Row:
         def body(row: Row, config: Path, simulator: Simulator) -> None:
             with self._server(config, "server.log", simulator) as server:
                 admin = Admin(server.url)
@@ -237,9 +245,9 @@ class Matrix:
                            + (f": {error[:ERROR_QUOTE]}{'...' if len(error) > ERROR_QUOTE else ''}" if error else ""))
             row.lost, row.broken = bucket_damage(load_settings(config).buckets.unique.dir, announced)
 
-        return self.row(fault, [fault], body)
+        return self.row(fault, [fault], body, backend)
 
-    def kill(self, state: str) -> Row:
+    def kill(self, state: str, backend: str) -> Row:
         def body(row: Row, config: Path, simulator: Simulator) -> None:
             server = self._server(config, "server.log", simulator).start()
             try:
@@ -261,12 +269,21 @@ class Matrix:
                            + ("stopped the machine" if stopped else "found it off"))
             row.lost, row.broken = bucket_damage(load_settings(config).buckets.unique.dir, announced)
 
-        return self.row(f"SIGKILL while {state}", [], body)
+        return self.row(f"SIGKILL while {state}", [], body, backend)
 
 
 def options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jobs", type=int, default=4, help="rows run at the same time (default 4); each row has "
                         "its own simulated GPU, server and folders")
+    parser.add_argument("--backend", choices=("a1111", "comfyui"), default=None, help="only this backend's rows")
+
+
+def rows_of(backend: str) -> list[tuple[str, str]]:
+    """(kind, what) of each row for a backend: ("fault", name) or ("kill", state)."""
+    if backend == "comfyui":
+        return [*(("fault", fault) for fault in SD_FAULTS), ("kill", "generating")]
+    return [*(("fault", fault) for fault in FAULTS if fault not in COMFYUI_ONLY),
+            *(("kill", state) for state in KILL_STATES)]
 
 
 def main() -> int:
@@ -275,8 +292,9 @@ def main() -> int:
     print_machine()
     with scratch() as work, ThreadPoolExecutor(args.jobs) as pool:
         matrix = Matrix(work, run_images)
-        futures = [*(pool.submit(matrix.fault, fault) for fault in FAULTS),
-                   *(pool.submit(matrix.kill, state) for state in KILL_STATES)]
+        backends = [args.backend] if args.backend else ["a1111", "comfyui"]
+        futures = [pool.submit(matrix.fault if kind == "fault" else matrix.kill, what, backend)
+                   for backend in backends for kind, what in rows_of(backend)]
         rows = [future.result() for future in futures]
     print_table("Fault matrix: one fault per run, SIGKILL in each run state", [
         "fault", "run outcome", "machine at end", "billed s after the end", "images lost", "images half-written",

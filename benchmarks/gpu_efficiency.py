@@ -1,15 +1,17 @@
-"""GPU efficiency and cost: how much of the billed machine time the SD web UI spends generating.
+"""GPU efficiency and cost: how much of the billed machine time the SD server spends generating.
 
-The refill engine runs in this process against the simulated GPU (`SimulatedGpu`, whose web UI takes a
-fixed time per image: steps x step_time for a one-image batch, a batch of b images 1 + 0.18 (b - 1) times
-that) and fills the fallback bucket with one run, for each batch_size and concurrency. Per run:
+The refill engine runs in this process against the simulated GPU (`SimulatedGpu`, whose SD server, the
+web UI or ComfyUI, takes a fixed time per image: steps x step_time for a one-image batch, a batch of b
+images 1 + 0.18 (b - 1) times that) and fills the fallback bucket with one run, for each backend,
+batch_size and concurrency. Per run:
 - billed: start request to confirmed stop (the run's ledger entry), less the configured boot delay;
-- SD busy: the time the web UI spent on jobs (the simulator's `busy_seconds`);
+- SD busy: the time the SD server spent on jobs (the simulator's `busy_seconds`);
 - busy share = SD busy / billed, billed seconds per image, and the projected cost of 1,000 avatars at the
   shipped config.toml's hourly_cost.
-Target: busy share >= 97% with the shipped defaults (sd.batch_size, generator.concurrency).
+Target: busy share >= 97% with the shipped defaults (sd.batch_size, generator.concurrency), on both
+backends.
 
-    python -m benchmarks.gpu_efficiency [--quick] [--images N] [--step-time 15ms]
+    python -m benchmarks.gpu_efficiency [--quick] [--images N] [--step-time 15ms] [--backend a1111|comfyui]
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from avatargen.buckets import open_buckets
-from avatargen.config import Settings, load_settings
+from avatargen.config import SD_BACKENDS, Settings, load_settings
 from avatargen.durations import parse_duration
 from avatargen.engine import RefillEngine
 from avatargen.events import EventHub
@@ -41,11 +43,12 @@ QUICK_COMBOS = [(1, 1), (2, 2)]
 
 @dataclass(frozen=True)
 class Measurement:
+    backend: str
     batch: int
     concurrency: int
     images: int
     billed: float  # seconds, boot delay left out
-    busy: float  # seconds the web UI spent sampling
+    busy: float  # seconds the SD server spent on jobs
     hourly_cost: float
 
     @property
@@ -64,6 +67,7 @@ class Measurement:
 def options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", type=int, default=200, help="images per run (default 200)")
     parser.add_argument("--step-time", default="15ms", help="simulated time per sampling step (default 15ms)")
+    parser.add_argument("--backend", choices=SD_BACKENDS, default=None, help="only this backend (default: both)")
 
 
 async def started(engine: RefillEngine, timeout: float = 30.0) -> None:
@@ -76,7 +80,7 @@ async def started(engine: RefillEngine, timeout: float = 30.0) -> None:
 
 
 async def one_run(settings: Settings) -> tuple[float, float, int]:
-    """Fill the fallback bucket in one run: the billed seconds, the web UI's busy seconds and jobs done."""
+    """Fill the fallback bucket in one run: the billed seconds, the SD server's busy seconds and jobs done."""
     buckets = open_buckets(settings)
     async with SimulatedGpu(settings.gpu.simulated, backend=settings.sd.backend) as gpu:
         ledger = CostLedger(settings.server.data_dir / "ledger.sqlite3", settings.gpu.hourly_cost)
@@ -97,8 +101,9 @@ async def one_run(settings: Settings) -> tuple[float, float, int]:
     return run.billed_seconds(), busy, jobs
 
 
-def measure(work: Path, batch: int, concurrency: int, images: int, step_time: str, hourly_cost: float) -> Measurement:
-    directory = work / f"batch{batch}-concurrency{concurrency}"
+def measure(work: Path, backend: str, batch: int, concurrency: int, images: int, step_time: str,
+            hourly_cost: float) -> Measurement:
+    directory = work / f"{backend}-batch{batch}-concurrency{concurrency}"
     directory.mkdir()
     settings = load_settings(write_config(directory, {
         "buckets": {"fallback": {"max": images}},
@@ -106,14 +111,15 @@ def measure(work: Path, batch: int, concurrency: int, images: int, step_time: st
         "gpu": {"hourly_cost": hourly_cost, "poll_every": "100ms",
                 "simulated": {"boot_delay": BOOT_DELAY, "stop_delay": "200ms", "sd_boot_delay": "200ms",
                               "step_time": step_time}},
-        "sd": {"batch_size": batch, "steps": STEPS},
+        "sd": {"batch_size": batch, "steps": STEPS, "backend": backend},
     }))
     billed, busy, jobs = asyncio.run(one_run(settings))
     if jobs != -(-images // batch):
-        raise SystemExit(f"the web UI computed {jobs} jobs for {images} images in batches of {batch}")
-    measurement = Measurement(batch, concurrency, images, billed - settings.gpu.simulated.boot_delay, busy,
+        raise SystemExit(f"the {backend} server computed {jobs} jobs for {images} images in batches of {batch}")
+    measurement = Measurement(backend, batch, concurrency, images, billed - settings.gpu.simulated.boot_delay, busy,
                               hourly_cost)
-    print(f"batch {batch} concurrency {concurrency}: share {measurement.share:.1%}", file=sys.stderr, flush=True)
+    print(f"{backend} batch {batch} concurrency {concurrency}: share {measurement.share:.1%}", file=sys.stderr,
+          flush=True)
     return measurement
 
 
@@ -125,25 +131,29 @@ def main() -> int:
     if defaults not in combos:
         raise SystemExit(f"the shipped defaults (batch {defaults[0]}, concurrency {defaults[1]}) are not measured")
     print_machine()
+    backends = [args.backend] if args.backend else list(SD_BACKENDS)
     with scratch() as work:
-        results = [measure(work, batch, concurrency, images, step_time, shipped.gpu.hourly_cost)
-                   for batch, concurrency in combos]
-    rows = [[m.batch, m.concurrency, m.images, fmt(m.billed), fmt(m.busy), f"{m.share:.1%}",
+        results = [measure(work, backend, batch, concurrency, images, step_time, shipped.gpu.hourly_cost)
+                   for backend in backends for batch, concurrency in combos]
+    rows = [[m.backend, m.batch, m.concurrency, m.images, fmt(m.billed), fmt(m.busy), f"{m.share:.1%}",
              fmt(m.seconds_per_image, 3), fmt(m.cost_per_thousand, 3)] for m in results]
-    default = next(m for m in results if (m.batch, m.concurrency) == defaults)
     cheapest = min(results, key=lambda m: m.seconds_per_image)
     per_image = STEPS * parse_duration(step_time)
-    print_table("GPU efficiency and cost per run", [
-        "batch_size", "concurrency", "images", "billed s", "SD busy s", "busy share", "billed s/image",
-        "cost per 1,000 avatars"], rows, [
-        f"simulated web UI: {STEPS} steps x {step_time} = {per_image:g} s per one-image batch; boot delay "
+    notes = [
+        f"simulated SD server: {STEPS} steps x {step_time} = {per_image:g} s per one-image batch; boot delay "
         f"{BOOT_DELAY} left out of billed time; SD boot 200ms, stop 200ms, poll_every 100ms",
         f"cost at the shipped hourly_cost {shipped.gpu.hourly_cost:g}; a real run also pays its boot once "
         "(a minute or two per run, whatever its size)",
-        f"cheapest per image: batch_size {cheapest.batch}, concurrency {cheapest.concurrency}",
-        f"target: busy share >= {TARGET_SHARE:.0%} with the shipped defaults (batch_size {defaults[0]}, "
-        f"concurrency {defaults[1]}): {default.share:.1%}, {verdict(default.share >= TARGET_SHARE)}",
-    ])
+        f"cheapest per image: {cheapest.backend}, batch_size {cheapest.batch}, concurrency {cheapest.concurrency}",
+    ]
+    for backend in backends:
+        default = next(m for m in results if (m.backend, m.batch, m.concurrency) == (backend, *defaults))
+        notes.append(f"target: busy share >= {TARGET_SHARE:.0%} with the shipped defaults (batch_size {defaults[0]}, "
+                     f"concurrency {defaults[1]}) on {backend}: {default.share:.1%}, "
+                     f"{verdict(default.share >= TARGET_SHARE)}")
+    print_table("GPU efficiency and cost per run", [
+        "backend", "batch_size", "concurrency", "images", "billed s", "SD busy s", "busy share", "billed s/image",
+        "cost per 1,000 avatars"], rows, notes)
     return 0
 
 

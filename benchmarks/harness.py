@@ -192,9 +192,10 @@ class Simulator:
     """
 
     def __init__(self, log: Path, *, boot_delay: str, stop_delay: str, sd_boot_delay: str, step_time: str,
-                 faults: Sequence[str] = ()) -> None:
+                 faults: Sequence[str] = (), backend: str = "a1111") -> None:
         self.log = log
-        self.command = ["nice", "-n", "19", sys.executable, "-m", "avatargen.simulator",
+        self.backend = backend
+        self.command = ["nice", "-n", "19", sys.executable, "-m", "avatargen.simulator", "--backend", backend,
                         "--boot-delay", boot_delay, "--stop-delay", stop_delay, "--sd-boot-delay", sd_boot_delay,
                         "--step-time", step_time, *(arg for name in faults for arg in ("--fault", name))]
         self.process: subprocess.Popen[str] | None = None
@@ -241,7 +242,7 @@ class Simulator:
         return {"gpu": {"provider": "paperspace",
                         "paperspace": {"api_url": self.info["paperspace_url"], "api_key_env": SIM_KEY_ENV,
                                        "machine_id": self.info["machine_id"]}},
-                "sd": {"url": self.info["sd_url"]}}
+                "sd": {"url": self.info["sd_url"], "backend": self.backend}}
 
     def env(self) -> dict[str, str]:
         return {SIM_KEY_ENV: self.info["api_key"]}

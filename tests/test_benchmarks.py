@@ -28,18 +28,22 @@ TABLES = {
                     "| server | requests | median ms | p99 ms |",
                     ["| avatargen (unique) |", "| bare Starlette (same bytes from memory) |"]),
     "gpu_efficiency": ("GPU efficiency and cost per run",
-                       "| batch_size | concurrency | images | billed s | SD busy s | busy share | billed s/image |",
-                       ["| 1 | 1 | 20 |", "| 2 | 2 | 20 |"]),
+                       "| backend | batch_size | concurrency | images | billed s | SD busy s | busy share |",
+                       ["| a1111 | 1 | 1 | 20 |", "| a1111 | 2 | 2 | 20 |", "| comfyui | 1 | 1 | 20 |",
+                        "| comfyui | 2 | 2 | 20 |"]),
     "fault_matrix": ("Fault matrix: one fault per run, SIGKILL in each run state",
                      "| fault | run outcome | machine at end | billed s after the end | images lost |",
-                     [f"| {fault} |" for fault in FAULTS] + [f"| SIGKILL while {state} |" for state in KILL_STATES]),
+                     [f"| {fault} |" for fault in FAULTS if not fault.startswith("comfyui_")]
+                     + [f"| SIGKILL while {state} |" for state in KILL_STATES]
+                     + [f"| {fault} (comfyui) |" for fault in FAULTS if fault.startswith(("sd_", "comfyui_"))]
+                     + ["| external_stop (comfyui) |", "| SIGKILL while generating (comfyui) |"]),
 }
 
 
 @pytest.mark.parametrize("script", sorted(TABLES))
 def test_script_runs_in_quick_mode_and_prints_its_table(script: str) -> None:
     done = subprocess.run([sys.executable, "-m", f"benchmarks.{script}", "--quick"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=180)
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
     title, header, rows = TABLES[script]
     assert done.stdout.startswith("machine: ")
