@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from avatargen.buckets import open_buckets
-from avatargen.config import Secret
+from avatargen.config import SD_BACKENDS, Secret
 from avatargen.engine import NothingToDo, NotRunning, RefillEngine, RunActive
 from avatargen.events import EventHub, Subscription
 from avatargen.gpu import make_provider
@@ -19,7 +19,14 @@ from avatargen.imaging import frame_unique, placeholder_webp
 from avatargen.ledger import CostLedger
 from avatargen.lock import GeneratorLock
 from avatargen.simulator.runner import SimulatedGpu
-from tests.support import fast_settings, running_engine, wait_for_event, wait_until
+from tests.support import FAST, fast_settings, running_engine, wait_for_event, wait_until
+
+
+@pytest.fixture(params=SD_BACKENDS)
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A test that takes this runs on each SD backend (the web UI API, ComfyUI) against its simulator."""
+    monkeypatch.setitem(FAST, "sd", {**FAST["sd"], "backend": request.param})
+    return str(request.param)
 
 
 async def states_until_idle(subscription: Subscription) -> list[str]:
@@ -42,7 +49,7 @@ async def run_to_end(engine: RefillEngine, buckets: list[str] | None = None) -> 
     return engine.last_run.to_dict(), states
 
 
-async def test_one_run_fills_both_buckets_to_max_and_ends_with_machine_off(tmp_path: Path) -> None:
+async def test_one_run_fills_both_buckets_to_max_and_ends_with_machine_off(tmp_path: Path, backend: str) -> None:
     settings = fast_settings(tmp_path, buckets__fallback__max=5)  # odd: the last request asks for 1 image
     async with running_engine(settings) as (engine, gpu):
         engine.buckets["unique"].publish(placeholder_webp(64), {"prompt": "already there"})
@@ -60,7 +67,7 @@ async def test_one_run_fills_both_buckets_to_max_and_ends_with_machine_off(tmp_p
             assert framed == frame_unique(unique.read(record.id), settings.generator.webp_quality)
         newest = engine.buckets["fallback"].newest(1)[0]
         assert newest.metadata["prompt"].startswith(("A ", "An ")) and " of cjs" in newest.metadata["prompt"]
-        assert newest.metadata["backend"] == "a1111" and newest.metadata["provider"] == "simulated"
+        assert newest.metadata["backend"] == backend and newest.metadata["provider"] == "simulated"
         assert isinstance(newest.metadata["seed"], int)
         status = engine.status()
         assert status["state"] == "idle" and status["last_run"]["id"] == run["id"]
@@ -83,7 +90,7 @@ async def test_refill_named_bucket_only_and_409_while_active(tmp_path: Path) -> 
 
 
 @pytest.mark.parametrize("when", ["booting", "generating"])
-async def test_abort_stops_the_machine_and_keeps_images(tmp_path: Path, when: str) -> None:
+async def test_abort_stops_the_machine_and_keeps_images(tmp_path: Path, when: str, backend: str) -> None:
     settings = fast_settings(tmp_path, buckets__fallback__max=200, gpu__simulated__step_time="5ms")
     async with running_engine(settings) as (engine, gpu):
         with engine.events.subscribe() as subscription:
@@ -139,7 +146,7 @@ async def test_failing_start_event_fails_fast_and_stops(tmp_path: Path) -> None:
         assert gpu.machine.state == "off"
 
 
-async def test_sd_errors_end_the_run_after_consecutive_failures(tmp_path: Path) -> None:
+async def test_sd_errors_end_the_run_after_consecutive_failures(tmp_path: Path, backend: str) -> None:
     settings = fast_settings(tmp_path, generator__max_consecutive_failures=3, gpu__simulated__faults=["sd_500"])
     async with running_engine(settings) as (engine, gpu):
         run, _ = await run_to_end(engine)
@@ -148,7 +155,7 @@ async def test_sd_errors_end_the_run_after_consecutive_failures(tmp_path: Path) 
         assert run["done"] == 0 and run["failed"] >= 2 and gpu.machine.state == "off"
 
 
-async def test_a_run_that_stored_nothing_is_failed_not_completed(tmp_path: Path) -> None:
+async def test_a_run_that_stored_nothing_is_failed_not_completed(tmp_path: Path, backend: str) -> None:
     settings = fast_settings(tmp_path, generator__max_consecutive_failures=10, generator__image_retries=0,
                              gpu__simulated__faults=["sd_500"])
     async with running_engine(settings) as (engine, gpu):
@@ -158,7 +165,7 @@ async def test_a_run_that_stored_nothing_is_failed_not_completed(tmp_path: Path)
 
 
 @pytest.mark.parametrize("fault", ["sd_invalid_image", "sd_garbage"])
-async def test_bad_sd_answers_fail_the_run_and_store_nothing(tmp_path: Path, fault: str) -> None:
+async def test_bad_sd_answers_fail_the_run_and_store_nothing(tmp_path: Path, fault: str, backend: str) -> None:
     settings = fast_settings(tmp_path, generator__max_consecutive_failures=2, gpu__simulated__faults=[fault])
     async with running_engine(settings) as (engine, gpu):
         run, _ = await run_to_end(engine)
@@ -188,7 +195,7 @@ async def test_a_failing_stop_is_retried_until_confirmed(tmp_path: Path) -> None
         assert gpu.machine.state == "off"
 
 
-async def test_external_stop_mid_run_fails_the_run_and_machine_ends_off(tmp_path: Path) -> None:
+async def test_external_stop_mid_run_fails_the_run_and_machine_ends_off(tmp_path: Path, backend: str) -> None:
     settings = fast_settings(tmp_path, buckets__fallback__max=40, generator__max_consecutive_failures=2,
                              gpu__simulated__faults=["external_stop"])
     async with running_engine(settings) as (engine, gpu):
@@ -197,7 +204,7 @@ async def test_external_stop_mid_run_fails_the_run_and_machine_ends_off(tmp_path
         assert gpu.machine.state == "off"
 
 
-async def test_missing_checkpoint_fails_before_any_image(tmp_path: Path) -> None:
+async def test_missing_checkpoint_fails_before_any_image(tmp_path: Path, backend: str) -> None:
     settings = fast_settings(tmp_path, sd__checkpoint="a-stranger.safetensors")
     async with running_engine(settings) as (engine, gpu):
         run, _ = await run_to_end(engine)
@@ -278,9 +285,9 @@ def test_only_one_generator_per_data_directory(tmp_path: Path) -> None:
     assert GeneratorLock(tmp_path).acquire() is True  # released when its holder exits
 
 
-async def test_always_on_machine_is_used_as_it_is_never_started_or_stopped(tmp_path: Path) -> None:
+async def test_always_on_machine_is_used_as_it_is_never_started_or_stopped(tmp_path: Path, backend: str) -> None:
     base = fast_settings(tmp_path)
-    async with SimulatedGpu(base.gpu.simulated) as gpu:
+    async with SimulatedGpu(base.gpu.simulated, backend=backend) as gpu:
         client = PaperspaceClient(gpu.paperspace_url, Secret(gpu.api_key))
         await client.start(gpu.machine_id)  # the owner's own machine, up before avatargen starts
         await client.aclose()
