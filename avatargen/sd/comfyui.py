@@ -183,7 +183,8 @@ class ComfyUiClient:
             log.info("sd.checkpoint is empty: using %r, the first of ComfyUI's %d checkpoints", wanted, len(choices))
         elif wanted not in choices:
             available = ", ".join(map(repr, choices[:20])) or "none"
-            raise SdError(None, f"sd.checkpoint {wanted!r} is not on ComfyUI (available: {available}); every job "
+            named_by = "sd.checkpoint" if checkpoint else f"the workflow's {loader[1]}"
+            raise SdError(None, f"{named_by} {wanted!r} is not on ComfyUI (available: {available}); every job "
                                 "would fail", retryable=False)
         self._checkpoint = wanted
 
