@@ -254,6 +254,35 @@ class SdSettings:
 
 
 @dataclass(frozen=True)
+class ReviewSettings:
+    """The safety gate before publishing (optional extra avatargen[review]); see avatargen.review.
+
+    Off unless `enabled`: the detector is an optional extra, and a gate that cannot run holds every
+    image back, so a plain install must not turn it on by itself.
+    """
+
+    enabled: bool = False
+    require_face: bool = False
+    face_score: float = _f(0.4, low=0, high=1)
+    block: dict[str, float] = _f({name: 0.4 for name in (
+        "FEMALE_GENITALIA_EXPOSED", "MALE_GENITALIA_EXPOSED", "FEMALE_BREAST_EXPOSED", "BUTTOCKS_EXPOSED",
+        "ANUS_EXPOSED")}, low=0, high=1)
+
+    def check(self) -> None:
+        from avatargen.review import CLASSES  # the detector's own class names
+
+        for name in self.block:
+            if name not in CLASSES:
+                close = difflib.get_close_matches(name, CLASSES, n=1)
+                hint = f"did you mean {close[0]!r}?" if close else f"known classes: {', '.join(CLASSES)}"
+                raise ConfigError(f"unknown detector class {name!r}; {hint}", key=f"block.{name}")
+        if self.enabled and not self.block and not self.require_face:
+            raise ConfigError("the gate is enabled but blocks no class and does not require a face; "
+                              "list classes in [review.block], set require_face = true, or enabled = false",
+                              key="enabled")
+
+
+@dataclass(frozen=True)
 class PromptSettings:
     subject: str = _f("cjs", nonempty=True)
     film_only: float = _f(0.2, low=0, high=1)
@@ -298,6 +327,7 @@ class Settings:
     gpu: GpuSettings = _f(GpuSettings())
     sd: SdSettings = _f(SdSettings())
     prompts: PromptSettings = _f(PromptSettings())
+    review: ReviewSettings = _f(ReviewSettings())
     # Where the settings came from (None: built-in defaults); not a config key.
     path: Path | None = field(default=None, metadata={"internal": True})
 
@@ -387,6 +417,10 @@ def _convert(hint: Any, meta: Mapping[str, Any], raw: Any, dotted: str, ctx: _Co
                 except ValueError:
                     raise ctx.error(f"{item!r} is not an IP address or CIDR range", dotted) from None
         return items
+    elif hint == dict[str, float]:
+        if not isinstance(raw, Mapping):
+            raise ctx.error(f"expected a table of numbers, got {_type_name(raw)} ({raw!r})", dotted)
+        return {str(name): _convert(float, meta, score, f"{dotted}.{name}", ctx) for name, score in raw.items()}
     else:  # pragma: no cover - a schema mistake, not a config mistake
         raise TypeError(f"unsupported setting type {hint!r} for {dotted}")
     low, high = meta.get("low"), meta.get("high")

@@ -3,16 +3,27 @@
 A run's entry is opened the moment the start request goes out and closed when the stop is confirmed.
 An entry left open by a crash is closed by the start-up check that stops the orphaned machine, so the
 time the machine ran unattended is billed too. Days and months are UTC.
+
+This module is the file and the arithmetic. The generator never waits on the file: it keeps its own copy
+of the entries in memory and writes them here from a worker thread (`avatargen.generator.billing`). A
+file deleted or replaced under an open connection goes unnoticed by SQLite (it keeps writing to the
+deleted file), so the ledger remembers which file it opened and can tell when the path holds another.
 """
 
 from __future__ import annotations
 
+import os
+import sqlite3
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from avatargen import sqlite
+
+# How long a write waits for another process's lock before it fails (and is retried later).
+WRITE_WAIT = 2.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS machine_time (
@@ -25,67 +36,102 @@ CREATE TABLE IF NOT EXISTS machine_time (
 
 
 @dataclass(frozen=True)
+class Entry:
+    """One run's billed time: from the start request to the confirmed stop (None while it runs)."""
+
+    run_id: str
+    started: float
+    stopped: float | None
+    hourly_cost: float
+
+    def seconds_since(self, start: float, now: float) -> float:
+        """Billed seconds from `start` on (an open entry counts up to `now`)."""
+        end = self.stopped if self.stopped is not None else now
+        return max(0.0, end - max(self.started, start))
+
+
+@dataclass(frozen=True)
 class Spend:
     today: float
     month: float
     billed_seconds_today: float
     billed_seconds_month: float
 
+    @classmethod
+    def of(cls, entries: Iterable[Entry], now: float | None = None) -> Spend:
+        """Today's and this month's billed time and cost; only the part of each entry inside the period counts."""
+        now = time.time() if now is None else now
+        day, month = day_start(now), month_start(now)
+        seconds_today = seconds_month = cost_today = cost_month = 0.0
+        for entry in entries:
+            in_day, in_month = entry.seconds_since(day, now), entry.seconds_since(month, now)
+            seconds_today += in_day
+            seconds_month += in_month
+            cost_today += in_day / 3600 * entry.hourly_cost
+            cost_month += in_month / 3600 * entry.hourly_cost
+        return cls(cost_today, cost_month, seconds_today, seconds_month)
+
+
+def day_start(now: float) -> float:
+    return datetime.fromtimestamp(now, UTC).replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+
+
+def month_start(now: float) -> float:
+    return datetime.fromtimestamp(now, UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0).timestamp()
+
 
 class CostLedger:
-    def __init__(self, path: Path, hourly_cost: float) -> None:
-        self._db = sqlite.connect(path)
-        self._db.execute(_SCHEMA)
-        self.hourly_cost = hourly_cost
+    """The ledger file. Its methods block (a write waits up to WRITE_WAIT for a lock): call them from a
+    worker thread, one at a time."""
 
-    def open(self, run_id: str, now: float | None = None) -> None:
-        """Billing starts: the start request is about to go out."""
-        self._db.execute(
-            "INSERT OR REPLACE INTO machine_time (run_id, started, stopped, hourly_cost) VALUES (?, ?, NULL, ?)",
-            (run_id, time.time() if now is None else now, self.hourly_cost),
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._db, self._file = self._open()
+
+    def _open(self) -> tuple[sqlite3.Connection, tuple[int, int]]:
+        db = sqlite.connect(self.path, busy_timeout=WRITE_WAIT)
+        db.execute(_SCHEMA)
+        return db, _identity(self.path)
+
+    def reopen_if_lost(self) -> str | None:
+        """When the file at the path is no longer the one open ("deleted", "replaced by another file"),
+        open what is there now (a new, empty ledger if nothing) and say what happened."""
+        try:
+            lost = "replaced by another file" if _identity(self.path) != self._file else None
+        except FileNotFoundError:
+            lost = "deleted"
+        if lost is not None:
+            self._db.close()  # first: it folds its write-ahead log into the old file, not the new one
+            self._db, self._file = self._open()
+        return lost
+
+    def is_empty(self) -> bool:
+        return self._db.execute("SELECT 1 FROM machine_time LIMIT 1").fetchone() is None
+
+    def entries(self, since: float) -> list[Entry]:
+        """The entries still open or stopped after `since`."""
+        rows = self._db.execute(
+            "SELECT run_id, started, stopped, hourly_cost FROM machine_time WHERE stopped IS NULL OR stopped > ?",
+            (since,),
+        ).fetchall()
+        return [Entry(run_id, started, stopped, hourly_cost) for run_id, started, stopped, hourly_cost in rows]
+
+    def record(self, entries: Iterable[Entry]) -> None:
+        """Write entries as they are now (a run's entry is written when it opens and again when it closes)."""
+        self._db.executemany(
+            "INSERT OR REPLACE INTO machine_time (run_id, started, stopped, hourly_cost) VALUES (?, ?, ?, ?)",
+            [(entry.run_id, entry.started, entry.stopped, entry.hourly_cost) for entry in entries],
         )
-
-    def close(self, run_id: str, now: float | None = None) -> float:
-        """Billing ends: the stop is confirmed. Returns the entry's billed seconds."""
-        now = time.time() if now is None else now
-        self._db.execute("UPDATE machine_time SET stopped = ? WHERE run_id = ? AND stopped IS NULL", (now, run_id))
-        row = self._db.execute("SELECT stopped - started FROM machine_time WHERE run_id = ?", (run_id,)).fetchone()
-        return float(row[0]) if row else 0.0
-
-    def close_open(self, now: float | None = None) -> list[str]:
-        """Close every entry a crash left open (the orphaned machine has just been confirmed off)."""
-        ids = [row[0] for row in self._db.execute("SELECT run_id FROM machine_time WHERE stopped IS NULL")]
-        for run_id in ids:
-            self.close(run_id, now)
-        return ids
-
-    def billed_seconds(self, run_id: str, now: float | None = None) -> float:
-        now = time.time() if now is None else now
-        row = self._db.execute(
-            "SELECT COALESCE(stopped, ?) - started FROM machine_time WHERE run_id = ?", (now, run_id)
-        ).fetchone()
-        return max(0.0, float(row[0])) if row else 0.0
 
     def spend(self, now: float | None = None) -> Spend:
         """Today's and this month's billed time and cost, open entries counted up to now."""
         now = time.time() if now is None else now
-        moment = datetime.fromtimestamp(now, UTC)
-        day = moment.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
-        month = moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0).timestamp()
-
-        def since(start: float) -> tuple[float, float]:
-            # Only the part of each entry inside the period counts.
-            row = self._db.execute(
-                "SELECT COALESCE(SUM(MAX(0, COALESCE(stopped, :now) - MAX(started, :start))), 0),"
-                " COALESCE(SUM(MAX(0, COALESCE(stopped, :now) - MAX(started, :start)) * hourly_cost), 0)"
-                " FROM machine_time WHERE COALESCE(stopped, :now) > :start",
-                {"now": now, "start": start},
-            ).fetchone()
-            return float(row[0]), float(row[1]) / 3600
-
-        seconds_today, cost_today = since(day)
-        seconds_month, cost_month = since(month)
-        return Spend(cost_today, cost_month, seconds_today, seconds_month)
+        return Spend.of(self.entries(month_start(now)), now)
 
     def close_db(self) -> None:
         self._db.close()
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    stat = os.stat(path)
+    return stat.st_dev, stat.st_ino

@@ -11,13 +11,25 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
 
+def doubling(base: float, attempt: int, *, cap: float) -> float:
+    """`base` doubled `attempt` times, but never more than `cap`, whatever the attempt.
+
+    2**attempt alone overflows a float from attempt 1024 on, and loops that retry for as long as it
+    takes (stopping a machine) get there: past that point the answer is simply the cap.
+    """
+    try:
+        return min(cap, base * 2.0**attempt)
+    except OverflowError:
+        return cap
+
+
 def backoff_delay(attempt: int, *, base: float, cap: float = 60.0) -> float:
     """Seconds to wait before retry number `attempt` (0 for the first retry).
 
     Doubles with every attempt up to `cap`, then keeps a random half to full share of it ("equal
     jitter"), so the wait still grows while two clients drift apart.
     """
-    ceiling = min(cap, base * 2**attempt)
+    ceiling = doubling(base, attempt, cap=cap)
     return random.uniform(ceiling / 2, ceiling)
 
 

@@ -14,11 +14,15 @@ from pathlib import Path
 BUSY_TIMEOUT = 10.0
 
 
-def connect(path: Path) -> sqlite3.Connection:
-    """An autocommit connection in WAL mode, usable from worker threads (callers serialize its use)."""
+def connect(path: Path, busy_timeout: float = BUSY_TIMEOUT) -> sqlite3.Connection:
+    """An autocommit connection in WAL mode, usable from worker threads (callers serialize its use).
+
+    A statement that needs a lock another process holds waits up to `busy_timeout` seconds, then fails
+    with "database is locked".
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    db = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
-    deadline = time.monotonic() + BUSY_TIMEOUT
+    db = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
+    deadline = time.monotonic() + busy_timeout
     while True:
         try:
             if db.execute("PRAGMA journal_mode=WAL").fetchone()[0].lower() == "wal":

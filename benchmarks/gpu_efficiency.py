@@ -26,8 +26,8 @@ from pathlib import Path
 from avatargen.buckets import open_buckets
 from avatargen.config import SD_BACKENDS, Settings, load_settings
 from avatargen.durations import parse_duration
-from avatargen.engine import RefillEngine
 from avatargen.events import EventHub
+from avatargen.generator import Generator
 from avatargen.gpu import make_provider
 from avatargen.ledger import CostLedger
 from avatargen.simulator.runner import SimulatedGpu
@@ -70,7 +70,7 @@ def options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=SD_BACKENDS, default=None, help="only this backend (default: both)")
 
 
-async def started(engine: RefillEngine, timeout: float = 30.0) -> None:
+async def started(engine: Generator, timeout: float = 30.0) -> None:
     """Until the engine has made its start-up check (nothing announces it: poll, with a deadline)."""
     deadline = time.monotonic() + timeout
     while engine.next_check_at is None:
@@ -83,8 +83,8 @@ async def one_run(settings: Settings) -> tuple[float, float, int]:
     """Fill the fallback bucket in one run: the billed seconds, the SD server's busy seconds and jobs done."""
     buckets = open_buckets(settings)
     async with SimulatedGpu(settings.gpu.simulated, backend=settings.sd.backend) as gpu:
-        ledger = CostLedger(settings.server.data_dir / "ledger.sqlite3", settings.gpu.hourly_cost)
-        engine = RefillEngine(settings, buckets, make_provider(settings, simulated=gpu), ledger, EventHub())
+        ledger = CostLedger(settings.server.data_dir / "ledger.sqlite3")
+        engine = Generator(settings, buckets, make_provider(settings, simulated=gpu), ledger, EventHub())
         await engine.start()
         try:
             await started(engine)

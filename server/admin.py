@@ -20,8 +20,8 @@ from starlette.routing import Route
 from avatargen import prompts as prompt_composer
 from avatargen.buckets import ImageNotFound, check_id
 from avatargen.config import ConfigError, update_prompts
-from avatargen.engine import NothingToDo, NotRunning, RefillEngine, RunActive
 from avatargen.events import ListenerTooSlow
+from avatargen.generator import Generator, NothingToDo, NotRunning, RunActive
 from server.services import Services
 
 HEARTBEAT_SECONDS = 15.0
@@ -206,7 +206,7 @@ async def sample_prompts(request: Request) -> Response:
     return JSONResponse({"prompts": [prompt.text for prompt in prompt_composer.sample(settings, n)]})
 
 
-def generator(state: Services) -> RefillEngine | JSONResponse:
+def generator(state: Services) -> Generator | JSONResponse:
     """The engine, or 503 when another process runs the generator for this data directory."""
     if state.engine is None:
         return error(503, state.generator_elsewhere or "the generator is not running")

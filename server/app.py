@@ -7,6 +7,7 @@ import contextlib
 import logging
 import sys
 from collections.abc import AsyncIterator
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -16,8 +17,8 @@ from starlette.routing import Route
 
 from avatargen.buckets import open_buckets
 from avatargen.config import Settings
-from avatargen.engine import RefillEngine
 from avatargen.events import EventHub, EventLogHandler
+from avatargen.generator import Generator
 from avatargen.gpu import make_provider
 from avatargen.ledger import CostLedger
 from avatargen.lock import GeneratorLock
@@ -32,7 +33,7 @@ log = logging.getLogger("avatargen.server")
 
 async def healthz(request: Request) -> Response:
     state: Services | None = getattr(request.app.state, "services", None)
-    body = {"status": "ok"}
+    body: dict[str, Any] = {"status": "ok"}
     if state is not None:
         body.update(generator=state.engine.state if state.engine else "elsewhere",
                     buckets={name: bucket.count() for name, bucket in state.buckets.items()})
@@ -67,7 +68,7 @@ def create_app(settings: Settings) -> Starlette:
                 product_log.setLevel(logging.INFO)  # the owner's live log shows what the generator does
             product_log.addHandler(handler)
             stack.callback(product_log.removeHandler, handler)
-            ledger = CostLedger(settings.server.data_dir / "ledger.sqlite3", settings.gpu.hourly_cost)
+            ledger = await asyncio.to_thread(CostLedger, settings.server.data_dir / "ledger.sqlite3")
             stack.callback(ledger.close_db)
             token, source = resolve_admin_token(settings)
             services = Services(settings, buckets, events, ledger, token=token)
@@ -86,8 +87,8 @@ def create_app(settings: Settings) -> Starlette:
                         SimulatedGpu(settings.gpu.simulated, backend=settings.sd.backend))
                     log.info("simulated GPU: Paperspace API at %s, SD server (%s) at %s", simulated.paperspace_url,
                              settings.sd.backend, simulated.sd_url)
-                engine = RefillEngine(settings, buckets, make_provider(settings, simulated=simulated), ledger,
-                                      events)
+                engine = Generator(settings, buckets, make_provider(settings, simulated=simulated), ledger,
+                                   events)
                 services.engine = engine
                 await engine.start()
                 stack.push_async_callback(engine.close)

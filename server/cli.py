@@ -8,7 +8,7 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
-from avatargen import prompts
+from avatargen import prompts, review
 from avatargen.config import ConfigError, Settings, find_config, load_settings
 from tui.client import AdminClient, AdminError, Unreachable
 from tui.models import Run
@@ -33,6 +33,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     path = find_config(args.config)
     settings = load_settings(path)
     notes = preflight(settings)
+    if problem := review.missing_extra(settings.review):
+        print(f"avatargen: warning: {problem}", file=sys.stderr)
     where = path if path is not None else "built-in defaults (no config.toml here)"
     print(f"{where}: OK (provider {settings.gpu.provider}, SD backend {settings.sd.backend}, "
           f"data in {settings.server.data_dir})")

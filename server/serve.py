@@ -13,6 +13,7 @@ from typing import Any
 
 import uvicorn
 
+from avatargen import review
 from avatargen.config import ServerSettings, Settings
 from avatargen.gpu import paperspace_api_key
 from avatargen.sd import check_backend
@@ -59,7 +60,10 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None) 
     settings = replace(settings, server=server_settings)
     preflight(settings)
     configure_logging(settings)
-    logging.getLogger("avatargen.server").info(
+    log = logging.getLogger("avatargen.server")
+    if problem := review.missing_extra(settings.review):
+        log.warning(problem)
+    log.info(
         "listening on http://%s:%d (config: %s)", server_settings.host, server_settings.port,
         settings.path or "built-in defaults")
     config = uvicorn.Config(create_app(settings), host=server_settings.host, port=server_settings.port,

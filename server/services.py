@@ -11,8 +11,8 @@ from typing import Any
 from avatargen.buckets import Bucket
 from avatargen.config import PromptSettings, Secret, Settings
 from avatargen.config_writer import save_prompts
-from avatargen.engine import RefillEngine, bucket_levels, cost_summary
 from avatargen.events import EventHub
+from avatargen.generator import Generator, bucket_levels, cost_summary
 from avatargen.ledger import CostLedger
 
 log = logging.getLogger("avatargen.server")
@@ -25,7 +25,7 @@ class Services:
     events: EventHub
     ledger: CostLedger
     token: Secret = field(default_factory=lambda: Secret(""))
-    engine: RefillEngine | None = None
+    engine: Generator | None = None
     generator_elsewhere: str | None = None  # why this process does not run the generator
     prompts: PromptSettings = field(init=False)
     admin_networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(init=False)
@@ -65,5 +65,5 @@ class Services:
         return {"state": "idle", "run": None, "last_run": None,
                 "buckets": bucket_levels(self.settings, self.buckets),
                 "gpu": {"provider": self.settings.gpu.provider, "machine_state": None},
-                "cost": cost_summary(self.settings, self.ledger), "next_check_at": None,
+                "cost": cost_summary(self.settings, self.ledger.spend()), "next_check_at": None,
                 "paused_reason": self.generator_elsewhere}

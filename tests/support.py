@@ -16,8 +16,8 @@ from starlette.types import ASGIApp
 
 from avatargen.buckets import open_buckets
 from avatargen.config import Settings, load_settings
-from avatargen.engine import RefillEngine
 from avatargen.events import EventHub, Subscription
+from avatargen.generator import Generator
 from avatargen.gpu import make_provider
 from avatargen.ledger import CostLedger
 from avatargen.simulator.runner import SimulatedGpu
@@ -64,14 +64,14 @@ def fast_settings(directory: Path, **overrides: Any) -> Settings:
 @contextlib.asynccontextmanager
 async def running_engine(
     settings: Settings, before_start: Callable[[SimulatedGpu], Awaitable[None]] | None = None
-) -> AsyncIterator[tuple[RefillEngine, SimulatedGpu]]:
+) -> AsyncIterator[tuple[Generator, SimulatedGpu]]:
     """A started engine against a simulated GPU on loopback; closed (machine stopped) on exit."""
     buckets = open_buckets(settings)
     for bucket in buckets.values():
         bucket.recover()
     async with SimulatedGpu(settings.gpu.simulated, backend=settings.sd.backend) as gpu:
-        ledger = CostLedger(settings.server.data_dir / "ledger.sqlite3", settings.gpu.hourly_cost)
-        engine = RefillEngine(settings, buckets, make_provider(settings, simulated=gpu), ledger, EventHub())
+        ledger = CostLedger(settings.server.data_dir / "ledger.sqlite3")
+        engine = Generator(settings, buckets, make_provider(settings, simulated=gpu), ledger, EventHub())
         if before_start is not None:
             await before_start(gpu)
         await engine.start()

@@ -11,10 +11,12 @@ import signal
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 from PIL import Image
 
 from benchmarks.harness import SIM_KEY_ENV, Admin, EventTest, Service, Simulator, avatargen_server, free_port
+from tests.processes import describe, running, still_running_after
 from tests.support import write_config
 
 
@@ -103,3 +105,18 @@ def test_sigterm_during_a_run_stops_the_machine_before_exit(tmp_path: Path, simu
         stop_gracefully(server)
     assert simulator.machine()["state"] == "off"
     assert "aborting run" in server.log_text() and "the server is shutting down" in server.log_text()
+
+
+def test_sigkill_of_the_server_leaves_none_of_its_processes_behind(tmp_path: Path) -> None:
+    server = avatargen_server(write_config(tmp_path), tmp_path / "server.log").start()
+    try:
+        Admin(server.url).refill(["unique"])
+        Admin(server.url).wait_event(nth("image", 1))  # the imaging process has made an avatar
+        assert server.process is not None
+        children = psutil.Process(server.process.pid).children(recursive=True)
+        commands = describe(running(children))
+        assert "multiprocessing.spawn" in commands and "multiprocessing.resource_tracker" in commands, commands
+    finally:
+        server.kill()
+    left = still_running_after(children, timeout=10)
+    assert not left, f"still running after the server was killed:\n{describe(left)}"

@@ -1,4 +1,4 @@
-"""The refill engine against the simulated GPU: runs fill buckets, and the machine always ends off."""
+"""The generator against the simulated GPU: runs fill buckets, and the machine always ends off."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 
 from avatargen.buckets import open_buckets
 from avatargen.config import SD_BACKENDS, Secret
-from avatargen.engine import NothingToDo, NotRunning, RefillEngine, RunActive
 from avatargen.events import EventHub, Subscription
+from avatargen.generator import Generator, NothingToDo, NotRunning, RunActive
 from avatargen.gpu import make_provider
 from avatargen.gpu.paperspace import PaperspaceClient
 from avatargen.imaging import frame_unique, placeholder_webp
@@ -41,7 +41,7 @@ async def states_until_idle(subscription: Subscription) -> list[str]:
     return seen
 
 
-async def run_to_end(engine: RefillEngine, buckets: list[str] | None = None) -> tuple[dict, list[str]]:
+async def run_to_end(engine: Generator, buckets: list[str] | None = None) -> tuple[dict, list[str]]:
     with engine.events.subscribe() as subscription:
         engine.refill(buckets)
         states = await states_until_idle(subscription)
@@ -261,7 +261,7 @@ async def test_cost_ledger_survives_restart(tmp_path: Path) -> None:
     settings = fast_settings(tmp_path)
     async with running_engine(settings) as (engine, _gpu):
         run, _ = await run_to_end(engine, ["unique"])
-    ledger = CostLedger(settings.server.data_dir / "ledger.sqlite3", settings.gpu.hourly_cost)
+    ledger = CostLedger(settings.server.data_dir / "ledger.sqlite3")
     spend = ledger.spend()
     assert spend.billed_seconds_today == pytest.approx(run["billed_seconds"], abs=0.2)
     assert spend.today == pytest.approx(spend.billed_seconds_today)  # hourly_cost 3600: 1 per second
@@ -294,8 +294,8 @@ async def test_always_on_machine_is_used_as_it_is_never_started_or_stopped(tmp_p
         await wait_until(lambda: gpu.machine.state == "ready")
         settings = fast_settings(tmp_path, gpu__provider="always_on", sd__url=gpu.sd_url)
         buckets = open_buckets(settings)
-        ledger = CostLedger(settings.server.data_dir / "ledger.sqlite3", settings.gpu.hourly_cost)
-        engine = RefillEngine(settings, buckets, make_provider(settings), ledger, EventHub())
+        ledger = CostLedger(settings.server.data_dir / "ledger.sqlite3")
+        engine = Generator(settings, buckets, make_provider(settings), ledger, EventHub())
         await engine.start()
         try:
             run, states = await run_to_end(engine, ["unique"])

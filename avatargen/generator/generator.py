@@ -1,0 +1,177 @@
+"""The generator: keeps the buckets between min and max while spending as little GPU time as possible.
+
+It owns the pieces and answers the owner: `refill` and `abort` (the admin API), `status` (the TUI), and
+`start` / `close` (the server's lifespan). Each piece is one idea in a module of its own: the state
+(states), one run (refill), automatic runs and the budget (scheduler), a machine a crash left running
+(orphan), the machine's stop (machine), billed time kept off the event loop (billing), the imaging process
+(imaging_pool) and what the owner sees (views).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from avatargen.buckets import Bucket
+from avatargen.config import PromptSettings, Settings
+from avatargen.events import EventHub
+from avatargen.generator.billing import Billing
+from avatargen.generator.errors import NothingToDo, NotRunning, RunActive
+from avatargen.generator.imaging_pool import ImagingPool
+from avatargen.generator.machine import Machine
+from avatargen.generator.orphan import OrphanRecovery
+from avatargen.generator.refill import Refill, RunContext
+from avatargen.generator.scheduler import Scheduler
+from avatargen.generator.states import States
+from avatargen.generator.views import bucket_levels, cost_summary, runs_view
+from avatargen.gpu.base import Provider
+from avatargen.ledger import CostLedger
+from avatargen.run import Run, State, Trigger, iso
+
+log = logging.getLogger("avatargen.generator")
+
+
+class Generator:
+    def __init__(
+        self,
+        settings: Settings,
+        buckets: Mapping[str, Bucket],
+        provider: Provider,
+        ledger: CostLedger,
+        events: EventHub,
+    ) -> None:
+        self.settings = settings
+        self.buckets = buckets
+        self.provider = provider
+        self.events = events
+        self.billing = Billing(ledger, settings.gpu.hourly_cost)
+        self.prompts: PromptSettings = settings.prompts  # the owner's edits apply from the next prompt
+        self.states = States(announce=self._announce_state)
+        self.machine = Machine(provider, on_change=self._on_machine_state)
+        self.scheduler = Scheduler(settings, self.states, self.levels, self.billing.spend, provider.bills,
+                                   start_run=lambda due: self.refill(due, trigger="auto"),
+                                   announce=self._announce_state)
+        self._orphan = OrphanRecovery(self.machine, self.states, self.billing)
+        self._imaging = ImagingPool(settings.generator, buckets)
+        self._context = RunContext(settings, buckets, self.machine, self.states, self.billing, self._imaging, events,
+                                   prompts=lambda: self.prompts, levels=self.levels, ended=self.scheduler.run_ended)
+        self._refill: Refill | None = None
+        self._scheduling: asyncio.Task[None] | None = None
+        self._closing = False
+
+    # --- what the owner sees ---------------------------------------------------------------------
+
+    @property
+    def state(self) -> State:
+        return self.states.state
+
+    @property
+    def run(self) -> Run | None:
+        return self.states.run
+
+    @property
+    def last_run(self) -> Run | None:
+        return self.states.last_run
+
+    @property
+    def next_check_at(self) -> float | None:
+        return self.scheduler.next_check_at
+
+    @property
+    def paused_reason(self) -> str | None:
+        return self.scheduler.paused_reason
+
+    @property
+    def machine_state(self) -> str | None:
+        return self.machine.state
+
+    def levels(self) -> dict[str, dict[str, int]]:
+        return bucket_levels(self.settings, self.buckets)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            **runs_view(self.states),
+            "buckets": self.levels(),
+            "gpu": {"provider": self.provider.name, "machine_state": self.machine.state},
+            "cost": cost_summary(self.settings, self.billing.spend(), self.billing.problem),
+            "next_check_at": iso(self.scheduler.next_check_at),
+            "paused_reason": self.scheduler.paused_reason,
+        }
+
+    def _announce_state(self) -> None:
+        self.events.publish("state", {**runs_view(self.states), "machine_state": self.machine.state})
+
+    def _on_machine_state(self, state: str) -> None:
+        if self.states.run is not None:
+            self.states.run.machine_state = state
+        self._announce_state()
+
+    # --- life cycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Look for a machine a crash left running (stopped in the background before anything else), then
+        check the buckets now and every check_every."""
+        await self.billing.load(self.buckets, self.provider.name if self.provider.bills else None)
+        orphaned = await self._orphan.find()
+        self._scheduling = asyncio.create_task(self.scheduler.run(self._orphan.stop if orphaned else None),
+                                               name="generator-scheduler")
+
+    async def close(self) -> None:
+        """Abort the active run and wait until its machine is confirmed off (Ctrl-C, SIGTERM)."""
+        if self._refill is not None and self.states.run is not None and self.states.state != "shutting_down":
+            self._refill.abort("the server is shutting down")
+        self._closing = True
+        if self._refill is not None:
+            await asyncio.shield(self._refill.task)
+        await self.states.wait_idle()  # an orphaned machine being stopped at start-up
+        if self._scheduling is not None:
+            self._scheduling.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._scheduling
+        await self.provider.aclose()
+        self._imaging.shutdown()
+        await self.billing.aclose()
+
+    async def wait_idle(self) -> None:
+        await self.states.wait_idle()
+
+    # --- what the owner does ---------------------------------------------------------------------
+
+    def refill(self, buckets: list[str] | None = None, trigger: Trigger = "manual") -> Run:
+        """Start a run that fills the named buckets (default: all) to max."""
+        if self._closing:
+            raise RunActive("the server is shutting down")
+        if self.states.state != "idle":
+            raise RunActive(f"a run is already {self.states.state.replace('_', ' ')}")
+        names = buckets or list(self.buckets)
+        unknown = [name for name in names if name not in self.buckets]
+        if unknown:
+            raise ValueError(f"unknown bucket {unknown[0]!r}; buckets are unique and fallback")
+        levels = self.levels()
+        targets = {name: max(0, levels[name]["max"] - levels[name]["count"]) for name in names}
+        if not any(targets.values()):
+            raise NothingToDo(f"{' and '.join(names)} already at max: nothing to generate")
+        if trigger == "manual":
+            self.scheduler.manual_refill()
+        run = Run(trigger=trigger, targets=targets, hourly_cost=self.settings.gpu.hourly_cost,
+                  bills=self.provider.bills)
+        log.info("%s run %s started: %s", trigger, run.id,
+                 ", ".join(f"{n} {name}" for name, n in targets.items()))
+        self.states.begin(run)
+        self._refill = Refill(run, self._context)
+        return run
+
+    def abort(self, reason: str = "aborted by the owner") -> Run:
+        """Abort the active run; its machine is stopped and images already stored are kept."""
+        if self.states.run is None or self._refill is None:
+            raise NotRunning("no run is active")
+        if self.states.state != "shutting_down":
+            self._refill.abort(reason)
+        return self.states.run
+
+    def auto_check(self) -> Run | None:
+        """Start an automatic run for the buckets below their min, unless today's budget is spent."""
+        return self.scheduler.check()

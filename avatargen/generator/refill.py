@@ -1,0 +1,282 @@
+"""One refill run, from the start request to the confirmed stop: booting -> generating -> shutting_down.
+
+Whatever happens inside a run (an error, an abort, a timeout, a bug of ours), the machine is stopped in a
+`finally` that cannot be skipped, after all requests have finished or been cancelled, and the stop is
+retried until it is confirmed: the owner pays for every minute the machine is not `off`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from avatargen.buckets import Bucket
+from avatargen.config import ConfigError, PromptSettings, Settings
+from avatargen.durations import format_duration
+from avatargen.events import EventHub
+from avatargen.generator.billing import Billing
+from avatargen.generator.errors import RunFailed
+from avatargen.generator.imaging_pool import ImagingPool
+from avatargen.generator.machine import Machine
+from avatargen.generator.states import States
+from avatargen.generator.views import image_event
+from avatargen.prompts import compose
+from avatargen.retry import backoff_delay
+from avatargen.run import Run, Step
+from avatargen.sd import SdBackend, SdError, SdNotReady, make_backend
+
+log = logging.getLogger("avatargen.generator")
+
+PROGRESS_POLL = 0.5
+
+
+def _innermost(exc: BaseException) -> BaseException:
+    """The first real error inside (possibly nested) exception groups from the request workers."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
+
+
+@dataclass
+class _Failures:
+    """Failed image requests, shared by a run's request workers."""
+
+    consecutive: int = 0
+    last: str = ""
+
+
+async def _uncancellable(work: Coroutine[Any, Any, None]) -> None:
+    """Finish work even when the caller is cancelled meanwhile (then pass the cancellation on).
+
+    Publishing runs in a thread that an abort cannot stop: without this, an image could land in the bucket
+    after the run was counted and reported as over.
+    """
+    task = asyncio.ensure_future(work)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await task
+        raise
+
+
+@dataclass
+class RunContext:
+    """What a run works with, owned by the generator and shared by its runs."""
+
+    settings: Settings
+    buckets: Mapping[str, Bucket]
+    machine: Machine
+    states: States
+    billing: Billing
+    imaging: ImagingPool
+    events: EventHub
+    prompts: Callable[[], PromptSettings]  # the owner may change them between two prompts
+    levels: Callable[[], dict[str, dict[str, int]]]
+    ended: Callable[[Run], None]  # told once the machine is confirmed off, before the generator is idle
+
+
+class Refill:
+    """A run under way: `task` does it, `abort` ends it early (the machine is stopped all the same)."""
+
+    def __init__(self, run: Run, context: RunContext) -> None:
+        self.run = run
+        self._context = context
+        self._settings = context.settings
+        self._rng = random.Random()
+        self._abort_reason: str | None = None
+        self._started = False
+        self.task = asyncio.create_task(self._execute(), name=f"run-{run.id}")
+
+    def abort(self, reason: str) -> None:
+        self._abort_reason = reason
+        log.warning("aborting run %s: %s", self.run.id, reason)
+        if self._started:  # a task cancelled before its first step would skip the `finally` that stops the machine
+            self.task.cancel()
+
+    async def _execute(self) -> None:
+        self._started = True
+        run = self.run
+        sd: SdBackend | None = None
+        run_limit = asyncio.timeout(self._settings.generator.max_run_duration)
+        try:
+            try:
+                if self._abort_reason is not None:
+                    raise asyncio.CancelledError
+                async with run_limit:
+                    sd = await self._boot()
+                    await self._generate(sd)
+                run.outcome = "completed"
+            except asyncio.CancelledError:
+                if self._abort_reason is None:
+                    raise
+                asyncio.current_task().uncancel()  # type: ignore[union-attr]
+                run.outcome, run.error = "aborted", self._abort_reason
+            except Exception as exc:  # anything at all: the machine must still be stopped
+                cause = _innermost(exc)
+                run.outcome = "failed"
+                if isinstance(cause, TimeoutError) and run_limit.expired():
+                    limit = format_duration(self._settings.generator.max_run_duration)
+                    run.error = f"the run exceeded max_run_duration ({limit})"
+                else:
+                    run.error = str(cause) or type(cause).__name__
+                    if not isinstance(cause, RunFailed | SdError):
+                        log.error("run %s failed", run.id, exc_info=cause)
+        finally:
+            if run.outcome is None:
+                run.outcome, run.error = "aborted", "cancelled"
+            await asyncio.shield(self._shut_down(sd))
+
+    async def _boot(self) -> SdBackend:
+        try:
+            connect = make_backend(self._settings)  # before the machine is paid for: a broken workflow costs nothing
+        except ConfigError as exc:
+            raise RunFailed(str(exc)) from None
+        run, gpu = self.run, self._settings.gpu
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + gpu.ready_timeout
+        if run.bills:
+            run.billing_since = time.time()
+            self._context.billing.start(run.id, run.billing_since)
+        provider = self._context.machine.provider
+        await provider.start()
+        await provider.wait_ready(max(0.0, deadline - loop.time()), self._context.machine.observe)
+        sd = connect(provider.sd_url())
+        log.info("machine ready; waiting for the Stable Diffusion API (%s)", sd.name)
+        while True:
+            try:
+                await sd.probe(self._settings.sd.checkpoint)
+                break
+            except SdNotReady as exc:
+                if loop.time() >= deadline:
+                    raise RunFailed(
+                        f"the SD server ({sd.name}) was not ready within ready_timeout "
+                        f"({format_duration(gpu.ready_timeout)}): {exc}"
+                    ) from None
+                await asyncio.sleep(gpu.poll_every)
+            except SdError as exc:
+                raise RunFailed(str(exc)) from None
+        return sd
+
+    async def _generate(self, sd: SdBackend) -> None:
+        run = self.run
+        self._context.states.move("generating")
+        run.generating_since = time.time()
+        log.info("generating %d images", run.total)
+        unassigned = dict(run.targets)
+        failures = _Failures()
+
+        def reserve() -> tuple[str, int] | None:
+            for name, missing in unassigned.items():
+                if missing > 0:
+                    count = min(self._settings.sd.batch_size, missing)
+                    unassigned[name] -= count
+                    return name, count
+            return None
+
+        async def worker() -> None:
+            while (job := reserve()) is not None:
+                await self._fill(sd, *job, failures)
+
+        poller = asyncio.create_task(self._poll_step(sd))
+        try:
+            async with asyncio.TaskGroup() as group:
+                for _ in range(self._settings.generator.concurrency):
+                    group.create_task(worker())
+        finally:
+            poller.cancel()
+            run.step = None
+        if run.done == 0 and run.failed > 0:
+            raise RunFailed(f"no image could be made; last error: {failures.last}")
+
+    async def _fill(self, sd: SdBackend, bucket_name: str, count: int, failures: _Failures) -> None:
+        """One request of `count` images for a bucket, retried with backoff; never more than reserved."""
+        run, generator = self.run, self._settings.generator
+        for attempt in range(generator.image_retries + 1):
+            prompt = compose(self._context.prompts(), self._rng)
+            run.current_prompt = prompt.text
+            started = time.monotonic()
+            try:
+                result = await sd.generate(prompt.text, count=count)
+                avatars = await self._context.imaging.make_avatars(bucket_name, result.images[:count])
+            except (SdError, ValueError) as exc:
+                failures.consecutive += 1
+                failures.last = str(exc)
+                log.warning("image request failed (%d in a row): %s", failures.consecutive, exc)
+                if failures.consecutive >= generator.max_consecutive_failures:
+                    run.failed += count
+                    raise RunFailed(f"{failures.consecutive} image requests failed in a row; last error: {exc}"
+                                    ) from None
+                if attempt < generator.image_retries:
+                    await asyncio.sleep(backoff_delay(attempt, base=0.5, cap=30.0))
+                continue
+            failures.consecutive = 0
+            seconds = (time.monotonic() - started) / max(1, len(avatars))
+            for index, (webp, framed) in enumerate(avatars):
+                seed = result.seeds[index] if index < len(result.seeds) else -1
+                await _uncancellable(self._store(bucket_name, webp, framed, prompt.text, seed, seconds,
+                                                 result.metadata))
+            run.failed += count - len(avatars)
+            return
+        run.failed += count
+        self._publish_progress()
+
+    async def _store(self, bucket_name: str, webp: bytes, framed: bytes | None, prompt: str, seed: int,
+                     seconds: float, generated: Mapping[str, Any]) -> None:
+        sd = self._settings.sd
+        metadata = {
+            "prompt": prompt,
+            "seed": seed,
+            "sampler": sd.sampler,
+            "steps": sd.steps,
+            "cfg_scale": sd.cfg_scale,
+            "size": self._settings.generator.image_size,
+            "generated_size": [sd.width, sd.height],
+            "provider": self._context.machine.provider.name,
+            "generation_seconds": round(seconds, 3),
+            "run_id": self.run.id,
+            **generated,  # the SD backend's name ("a1111", "comfyui"), the model, ComfyUI's workflow
+        }
+        record = await asyncio.to_thread(self._context.buckets[bucket_name].publish, webp, metadata, prepared=framed)
+        self.run.done += 1
+        self._context.events.publish("image", image_event(bucket_name, record, self._context.levels()))
+        self._publish_progress()
+
+    def _publish_progress(self) -> None:
+        self._context.events.publish("progress", self.run.to_dict())
+
+    async def _poll_step(self, sd: SdBackend) -> None:
+        """The SD job's own step progress, for the live progress bar (failures here are harmless)."""
+        while True:
+            await asyncio.sleep(PROGRESS_POLL)
+            with contextlib.suppress(Exception):  # only the live progress bar depends on it
+                progress = await sd.progress()
+                self.run.step = Step(progress.sampling_step, progress.sampling_steps, round(progress.progress, 3))
+                self._publish_progress()
+
+    async def _shut_down(self, sd: SdBackend | None) -> None:
+        """Stop the machine and confirm it is off, retrying for as long as it takes; then back to idle."""
+        run = self.run
+        self._context.states.move("shutting_down")
+        if sd is not None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(5):
+                    await sd.cancel()  # an always-on GPU stops computing what nobody will store
+            with contextlib.suppress(Exception):
+                await sd.aclose()
+        await self._context.machine.stop()
+        if run.bills:
+            run.billing_until = time.time()
+            self._context.billing.stop(run.id, run.billing_until)
+        run.ended_at = time.time()
+        self._context.ended(run)
+        level = logging.INFO if run.outcome == "completed" else logging.WARNING
+        log.log(level, "run %s %s: %d stored, %d failed, %s billed, cost %.4f%s", run.id, run.outcome,
+                run.done, run.failed, format_duration(run.billed_seconds()),
+                run.cost(), f" ({run.error})" if run.error else "")
+        self._context.states.move("idle")

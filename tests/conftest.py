@@ -1,0 +1,26 @@
+"""Suite-wide checks."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+
+import pytest
+
+from tests.processes import SESSION_ENV, describe, left_behind, still_running_after
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_process_left_behind() -> Iterator[None]:
+    """The suite leaves no process behind: whatever a test started (a server, its imaging process,
+    multiprocessing's resource tracker, a simulator) has ended by the end of the session.
+
+    Every process the session starts inherits a marker in its environment, which is how an orphan is
+    recognised once it has lost its parent.
+    """
+    session = secrets.token_hex(8)
+    os.environ[SESSION_ENV] = session
+    yield
+    orphans = still_running_after(left_behind(session), timeout=10)
+    assert not orphans, f"processes left behind by the test session:\n{describe(orphans)}"

@@ -1,0 +1,157 @@
+"""The cost ledger as the generator uses it: a locked, slow or lost ledger never holds a run or the loop up."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from avatargen.ledger import CostLedger
+from tests.support import fast_settings, running_engine, wait_until
+from tests.test_engine import run_to_end
+
+# Another process takes the ledger's write lock and keeps it until told to let go (stdin closed).
+LOCK_HOLDER = """
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+sys.stdin.read()
+db.execute("ROLLBACK")
+"""
+
+
+@contextlib.contextmanager
+def ledger_locked(path: Path) -> Iterator[subprocess.Popen[str]]:
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(path)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        yield holder
+    finally:
+        release(holder)
+
+
+def release(holder: subprocess.Popen[str]) -> None:
+    if holder.poll() is None:
+        holder.communicate("", timeout=10)
+
+
+@contextlib.asynccontextmanager
+async def heartbeat(every: float = 0.01) -> AsyncIterator[list[float]]:
+    """The longest time the event loop went without running a task that asks to run every `every` s
+    (a visitor's request waits as long)."""
+    longest = [0.0]
+
+    async def beat() -> None:
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(every)
+            now = time.monotonic()
+            longest[0] = max(longest[0], now - last - every)
+            last = now
+
+    task = asyncio.create_task(beat())
+    try:
+        yield longest
+    finally:
+        task.cancel()
+
+
+def billed_on_disk(path: Path) -> float:
+    ledger = CostLedger(path)
+    try:
+        return ledger.spend().billed_seconds_today
+    finally:
+        ledger.close_db()
+
+
+async def test_a_locked_ledger_neither_freezes_the_loop_nor_wedges_the_run(tmp_path: Path) -> None:
+    settings = fast_settings(tmp_path)
+    path = settings.server.data_dir / "ledger.sqlite3"
+    async with running_engine(settings) as (engine, gpu):
+        with ledger_locked(path) as holder:
+            async with heartbeat() as longest:
+                run, states = await run_to_end(engine, ["unique"])
+                await wait_until(lambda: engine.status()["cost"]["ledger_problem"] is not None)
+            assert longest[0] < 1.0, f"the event loop stalled {longest[0]:.2f} s"
+            assert states == ["booting", "generating", "shutting_down", "idle"]
+            assert run["outcome"] == "completed" and engine.state == "idle" and gpu.machine.state == "off"
+            cost = engine.status()["cost"]
+            assert "database is locked" in cost["ledger_problem"]
+            assert cost["billed_seconds_today"] == pytest.approx(run["billed_seconds"], abs=0.2)  # from memory
+            assert billed_on_disk(path) == 0
+            release(holder)
+            await wait_until(lambda: engine.status()["cost"]["ledger_problem"] is None, timeout=30)
+        assert billed_on_disk(path) == pytest.approx(run["billed_seconds"], abs=0.2)
+        run, _ = await run_to_end(engine, ["fallback"])  # and the next run starts as usual
+        assert run["outcome"] == "completed"
+
+
+async def test_closing_with_the_ledger_still_locked_ends_and_logs_the_unwritten_time(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    settings = fast_settings(tmp_path)
+    path = settings.server.data_dir / "ledger.sqlite3"
+    with caplog.at_level(logging.ERROR, logger="avatargen"):
+        async with running_engine(settings) as (engine, gpu):
+            with ledger_locked(path):
+                run, _ = await run_to_end(engine, ["unique"])
+                closing = time.monotonic()
+                await engine.close()
+                assert time.monotonic() - closing < 15
+        assert gpu.machine.state == "off"
+    assert f"billed time of run {run['id']}" in caplog.text and "could not be written" in caplog.text
+
+
+def lose(path: Path, how: str) -> None:
+    """What an owner (or a clean-up script) might do to the ledger while the server runs."""
+    if how == "replaced":
+        fresh = path.with_name("fresh.sqlite3")
+        fresh.write_bytes(b"")  # an empty file is an empty SQLite database
+        fresh.replace(path)
+        return
+    path.unlink()
+    if how == "deleted with its write-ahead log":
+        for suffix in ("-wal", "-shm"):
+            path.with_name(path.name + suffix).unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize("how", ["deleted", "deleted with its write-ahead log", "replaced"])
+async def test_a_ledger_lost_while_running_is_written_again_and_todays_spend_survives_a_restart(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, how: str) -> None:
+    settings = fast_settings(tmp_path)
+    path = settings.server.data_dir / "ledger.sqlite3"
+    with caplog.at_level(logging.ERROR, logger="avatargen"):
+        async with running_engine(settings) as (engine, _gpu):
+            engine.billing.check_every = 0.05
+            run, _ = await run_to_end(engine, ["unique"])
+            await wait_until(lambda: billed_on_disk(path) > 0)
+            lose(path, how)
+            expected = "was replaced by another file" if how == "replaced" else "was deleted"
+            await wait_until(lambda: expected in caplog.text)
+            await wait_until(lambda: billed_on_disk(path) == pytest.approx(run["billed_seconds"], abs=0.2))
+    async with running_engine(settings) as (engine, _gpu):
+        cost = engine.status()["cost"]
+        assert cost["billed_seconds_today"] == pytest.approx(run["billed_seconds"], abs=0.2)
+        assert cost["ledger_problem"] is None
+
+
+async def test_a_ledger_lost_while_the_server_was_down_is_reported_at_start_up(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    settings = fast_settings(tmp_path)
+    path = settings.server.data_dir / "ledger.sqlite3"
+    async with running_engine(settings) as (engine, _gpu):
+        run, _ = await run_to_end(engine, ["unique"])
+    lose(path, "deleted with its write-ahead log")
+    with caplog.at_level(logging.ERROR, logger="avatargen"):
+        async with running_engine(settings) as (engine, _gpu):
+            problem = engine.status()["cost"]["ledger_problem"]
+    assert problem is not None and "found empty" in problem and run["id"] in problem
+    assert "holds no billed time" in caplog.text and "restore the ledger" in caplog.text
