@@ -8,8 +8,8 @@ import httpx
 
 from avatargen.buckets import open_buckets
 from avatargen.config import Secret
-from avatargen.engine import RefillEngine
 from avatargen.events import EventHub
+from avatargen.generator import Generator
 from avatargen.gpu import make_provider
 from avatargen.gpu.paperspace import PaperspaceClient
 from avatargen.ledger import CostLedger
@@ -27,8 +27,8 @@ async def test_an_abort_takes_our_jobs_off_an_always_on_comfyui_at_once(tmp_path
         await wait_until(lambda: gpu.machine.state == "ready")
         settings = fast_settings(tmp_path, sd__backend="comfyui", generator__concurrency=3,
                                  gpu__provider="always_on", sd__url=gpu.sd_url, buckets__fallback__max=60)
-        ledger = CostLedger(settings.server.data_dir / "ledger.sqlite3", settings.gpu.hourly_cost)
-        engine = RefillEngine(settings, open_buckets(settings), make_provider(settings), ledger, EventHub())
+        ledger = CostLedger(settings.server.data_dir / "ledger.sqlite3")
+        engine = Generator(settings, open_buckets(settings), make_provider(settings), ledger, EventHub())
         await engine.start()
         try:
             with engine.events.subscribe() as subscription:
