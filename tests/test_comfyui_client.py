@@ -4,6 +4,7 @@ included, and against hand-made servers for what no fault produces (a socket tha
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import time
@@ -39,14 +40,16 @@ def settings(**changes: Any) -> SdSettings:
 
 
 def client(url: str, sd: SdSettings | None = None, nodes: dict[str, Any] | None = None,
-           **options: Any) -> ComfyUiClient:
+           **options: Any) -> contextlib.aclosing[ComfyUiClient]:
+    """A client of the built-in graph (or `nodes`), closed when the `async with` ends."""
     sd = sd or settings()
     workflow = find_workflow("owner_api" if nodes else BUILTIN_NAME, nodes or BUILTIN_GRAPH, sd.comfyui,
                              negative=bool(sd.negative_prompt), checkpoint=bool(sd.checkpoint))
-    return ComfyUiClient(sd, workflow, url=url, poll_every=0.05, **options)
+    return contextlib.aclosing(ComfyUiClient(sd, workflow, url=url, poll_every=0.05, **options))
 
 
-def pixels(data: bytes) -> tuple[tuple[int, int], bytes]:
+def pixels(data: str | bytes) -> tuple[tuple[int, int], bytes]:
+    assert isinstance(data, bytes)  # ComfyUI's images come as the bytes /view sends
     with Image.open(io.BytesIO(data)) as image:
         assert image.format == "PNG"
         return image.size, image.convert("RGB").tobytes()

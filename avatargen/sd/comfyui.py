@@ -465,9 +465,3 @@ class ComfyUiClient:
                 await self._listener
         if self._owns_http:
             await self._http.aclose()
-
-    async def __aenter__(self) -> ComfyUiClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
