@@ -90,6 +90,7 @@ class _Job:
     outputs: list[str]
     interrupted: bool = False
     node: str | None = None  # the node executing now
+    drawn: str = ""  # the text its (first) sampler denoised from
     messages: list[list[Any]] = field(default_factory=list)
 
     def queue_item(self) -> list[Any]:
@@ -387,18 +388,10 @@ class SimulatedComfyUi:
                 "traceback": ["  File \"comfy/sample.py\", line 43, in sample\n"], "current_inputs": {},
                 "current_outputs": executed})
         if status == "success":
-            self.completed.append(self._positive_text(job, values))
+            self.completed.append(job.drawn)
         self._remember(job, outputs, status)
         await self._send(job.client_id, "executing", {"node": None, "prompt_id": job.prompt_id})
         await self._send(None, "status", {"status": self._queue_info()})
-
-    @staticmethod
-    def _positive_text(job: _Job, values: dict[str, tuple[Any, ...]]) -> str:
-        for node_id in job.prompt:
-            value = values.get(node_id, ())
-            if value and getattr(value[0], "prompt", None) is not None:
-                return str(value[0].prompt)
-        return ""
 
     async def _sample(self, job: _Job, node_id: str, args: dict[str, Any]) -> Any:
         """Sleep through the steps, sending progress and preview frames; honour interrupt and faults."""
@@ -426,7 +419,9 @@ class SimulatedComfyUi:
             if step == drop_at:
                 self._faults.hit("comfyui_socket_drop")
                 await self._drop_socket(job.client_id)
-        return sampled(args, steps)
+        result = sampled(args, steps)
+        job.drawn = job.drawn or result.prompt or ""
+        return result
 
     def _save(self, class_type: str, args: dict[str, Any]) -> list[dict[str, str]]:
         """Encode a node's images as PNG files under `output` (SaveImage) or `temp` (PreviewImage)."""
