@@ -96,7 +96,7 @@ async def test_probe_waits_for_comfyui_then_guards_the_checkpoint() -> None:
 
 
 async def test_jobs_queue_at_once_and_the_gpu_takes_them_in_turn() -> None:
-    async with comfyui(sim_settings(step_time=0.005)) as (sim, url), client(url) as sd:
+    async with comfyui(sim_settings(step_time=0.03)) as (sim, url), client(url) as sd:
         await wait_sd_ready(sd)
         jobs = [asyncio.create_task(sd.generate(f"A painting of cjs {index}", count=2)) for index in range(3)]
         await wait_until(lambda: sim.queue_length == 3)  # all three on ComfyUI's queue: no gap between jobs
@@ -162,7 +162,8 @@ async def test_the_first_job_after_a_boot_is_slow_but_succeeds() -> None:
             began = time.monotonic()
             await sd.generate("A painting of cjs", count=1)
             durations.append(time.monotonic() - began)
-    assert durations[0] > 2 * durations[1]  # five times the sampling time, while the checkpoint loads
+    assert durations[0] >= 40 * 0.01 * 5  # five times the sampling time, while the checkpoint loads
+    assert durations[1] < durations[0] / 2
 
 
 async def test_a_machine_stopped_from_outside_fails_the_next_job_clearly() -> None:
@@ -187,10 +188,8 @@ async def test_cancel_deletes_our_queued_jobs_and_interrupts_the_running_one() -
         for job in jobs:  # what an abort does to the generator's requests
             job.cancel()
         await asyncio.gather(*jobs, return_exceptions=True)
-        began = time.monotonic()
         await sd.cancel()
         await wait_until(lambda: sim.queue_length == 0, timeout=5)
-        assert time.monotonic() - began < 0.9  # the running job stopped, not finished (it takes a second)
         assert sim.completed == []
         async with httpx.AsyncClient() as http:
             history = (await http.get(f"{url}/history")).json()
