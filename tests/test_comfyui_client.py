@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+import trustme
 from PIL import Image
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -30,7 +31,7 @@ from avatargen.simulator import Faults, LoopbackServer, SimulatedGpu
 from avatargen.simulator.comfyui import SimulatedComfyUi
 from avatargen.simulator.drawing import draw_avatar
 from tests.simhelpers import comfyui, sd_settings, sim_settings, wait_sd_ready
-from tests.support import wait_until
+from tests.support import serve_asgi, wait_until
 
 LORA_UPSCALE = json.loads((Path(__file__).parent / "workflows" / "lora_upscale_api.json").read_text())
 
@@ -273,3 +274,20 @@ async def test_a_loader_the_server_lacks_is_refused_before_any_job(stuck_comfyui
     async with client(stuck_comfyui, nodes=nodes) as sd:
         with pytest.raises(SdError, match="ComfyUI has no CheckpointLoaderGGUF node"):
             await sd.probe("")
+
+
+async def test_https_and_wss_behind_a_tls_proxy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    authority = trustme.CA()
+    certificate = authority.issue_cert("127.0.0.1")
+    key, chain, ca = tmp_path / "key.pem", tmp_path / "chain.pem", tmp_path / "ca.pem"
+    certificate.private_key_pem.write_to_path(str(key))
+    certificate.private_key_and_cert_chain_pem.write_to_path(str(chain))
+    authority.cert_pem.write_to_path(str(ca))
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca))  # the client trusts what the machine trusts, nothing more
+    sim = SimulatedComfyUi(sim_settings(sd_boot_delay=0), Faults())
+    async with serve_asgi(sim.app, ssl_certfile=str(chain), ssl_keyfile=str(key)) as url, client(
+            url.replace("http://", "https://")) as sd:
+        await wait_sd_ready(sd)
+        assert len((await sd.generate("A painting of cjs", count=1)).images) == 1
+        assert sd.preview is not None  # the socket went over wss://
+    sim.power_off()
