@@ -291,3 +291,77 @@ async def test_https_and_wss_behind_a_tls_proxy(tmp_path: Path, monkeypatch: pyt
         assert len((await sd.generate("A painting of cjs", count=1)).images) == 1
         assert sd.preview is not None  # the socket went over wss://
     sim.power_off()
+
+
+class ForkComfyUi:
+    """The shapes of a ComfyUI fork (hiddenswitch's pip-installable one): `/queue` lists jobs as objects
+    with a "prompt_id", and the history keeps only the names of status events (their data is on the socket)."""
+
+    def __init__(self) -> None:
+        self.queued: list[str] = []
+        self.deleted: list[str] = []
+        self.interrupted: list[str] = []
+        self.sockets: dict[str, WebSocket] = {}
+        self.failing = False
+        self.app = Starlette(routes=[
+            Route("/system_stats", _fixed({"system": {}, "devices": []})),
+            Route("/object_info/{node_class}", _fixed(_object_info)),
+            Route("/prompt", self.prompt, methods=["POST"]),
+            Route("/queue", self.queue, methods=["GET", "POST"]),
+            Route("/interrupt", self.interrupt, methods=["POST"]),
+            Route("/history/{prompt_id}", self.history),
+            WebSocketRoute("/ws", self.socket),
+        ])
+
+    async def prompt(self, request: Request) -> Response:
+        body = await request.json()
+        self.queued.append(body["prompt_id"])
+        if self.failing:
+            data = {"prompt_id": body["prompt_id"], "node_id": "3", "node_type": "KSampler",
+                    "exception_type": "torch.OutOfMemoryError", "exception_message": "Allocation on device"}
+            await self.sockets[body["client_id"]].send_json({"type": "execution_error", "data": data})
+        return JSONResponse({"prompt_id": body["prompt_id"], "number": len(self.queued), "node_errors": {}})
+
+    async def queue(self, request: Request) -> Response:
+        if request.method == "POST":
+            self.deleted += (await request.json())["delete"]
+            return Response()
+        jobs = [{"priority": number, "prompt_id": prompt_id} for number, prompt_id in enumerate(self.queued)]
+        return JSONResponse({"queue_running": jobs[:1], "queue_pending": jobs[1:]})
+
+    async def interrupt(self, request: Request) -> Response:
+        self.interrupted.append((await request.json())["prompt_id"])
+        return Response()
+
+    async def history(self, request: Request) -> Response:
+        prompt_id = request.path_params["prompt_id"]
+        if not self.failing:
+            return JSONResponse({})
+        status = {"status_str": "error", "completed": False, "messages": ["execution_start", "execution_error"]}
+        return JSONResponse({prompt_id: {"prompt": {}, "outputs": {}, "status": status, "meta": {}}})
+
+    async def socket(self, websocket: WebSocket) -> None:
+        await websocket.accept()
+        self.sockets[websocket.query_params["clientId"]] = websocket
+        with contextlib.suppress(WebSocketDisconnect):
+            while True:
+                await websocket.receive_text()
+
+
+async def test_a_forks_queue_and_history_shapes_are_understood() -> None:
+    fork = ForkComfyUi()
+    async with LoopbackServer(fork.app) as server, client(server.url) as sd:
+        await sd.probe("")
+        jobs = [asyncio.create_task(sd.generate(f"A painting of cjs {index}", count=1)) for index in range(2)]
+        await wait_until(lambda: len(fork.queued) == 2)
+        for job in jobs:
+            job.cancel()
+        await asyncio.gather(*jobs, return_exceptions=True)
+        await sd.cancel()
+        assert (fork.interrupted, fork.deleted) == (fork.queued[:1], fork.queued[1:])
+
+        fork.failing = True  # the error's words come from the socket: the history has only its name
+        await wait_until(lambda: len(fork.sockets) == 1)
+        with pytest.raises(SdError) as info:
+            await sd.generate("A painting of cjs", count=1)
+    assert info.value.message.endswith("in node 3 (KSampler): torch.OutOfMemoryError: Allocation on device")

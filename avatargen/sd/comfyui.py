@@ -61,6 +61,7 @@ class _Job:
     queued_at: float = field(default_factory=time.monotonic)
     heard_at: float = field(default_factory=time.monotonic)
     ended: bool = False  # the socket reported its end: its history entry is about to be written
+    failure: tuple[str, dict[str, Any]] | None = None  # the socket's execution_error / _interrupted, if any
     news: asyncio.Event = field(default_factory=asyncio.Event)
 
     def hear(self, *, ended: bool = False) -> None:
@@ -96,6 +97,28 @@ def _retry_any(exc: Exception) -> Exception | None:
 def _obj(value: Any) -> dict[str, Any]:
     """A JSON object from an answer, or an empty one for anything else (answers are not trusted)."""
     return value if isinstance(value, dict) else {}
+
+
+def _queued_ids(queue: Any, part: str) -> list[str]:
+    """The prompt ids in `queue_running` or `queue_pending` of a `/queue` answer: upstream ComfyUI lists
+    each job as [number, prompt_id, prompt, extra_data, outputs], some forks as an object with "prompt_id"."""
+    ids = []
+    for item in _obj(queue).get(part) or []:
+        prompt_id = item[1] if isinstance(item, list) and len(item) > 1 else _obj(item).get("prompt_id")
+        if isinstance(prompt_id, str):
+            ids.append(prompt_id)
+    return ids
+
+
+def _status_events(status: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The (event, data) pairs of a history entry's status: [event, data] upstream, bare names in forks."""
+    events = []
+    for message in status.get("messages") or []:
+        if isinstance(message, list) and len(message) == 2 and isinstance(message[0], str):
+            events.append((message[0], _obj(message[1])))
+        elif isinstance(message, str):
+            events.append((message, {}))
+    return events
 
 
 def validation_text(body: Any) -> str:
@@ -265,15 +288,13 @@ class ComfyUiClient:
             entry = await self._history(job.prompt_id)
             if entry is not None:
                 self._jobs.pop(job.prompt_id, None)
-                return self._succeeded(job.prompt_id, entry)
+                return self._succeeded(job, entry)
             if time.monotonic() >= silent_until:
                 await self._still_queued(job)
 
     async def _still_queued(self, job: _Job) -> None:
         """A job nothing was heard of for `silence_timeout`: fine while it waits its turn, stuck otherwise."""
-        queue = await self._json("GET", "/queue")
-        pending = queue.get("queue_pending") if isinstance(queue, dict) else None
-        if any(isinstance(item, list) and len(item) > 1 and item[1] == job.prompt_id for item in pending or []):
+        if job.prompt_id in _queued_ids(await self._json("GET", "/queue"), "queue_pending"):
             job.hear()
             return
         silence = round(self._silence_timeout)
@@ -281,18 +302,20 @@ class ComfyUiClient:
                             "it (the socket never reported and the history stayed empty): it seems stuck",
                       retryable=True)
 
-    def _succeeded(self, prompt_id: str, entry: Mapping[str, Any]) -> dict[str, Any]:
-        """The history entry of a job that succeeded; SdError with ComfyUI's own words otherwise."""
+    def _succeeded(self, job: _Job, entry: Mapping[str, Any]) -> dict[str, Any]:
+        """The history entry of a job that succeeded; SdError with ComfyUI's own words otherwise (from the
+        history, or from the socket where the history keeps only the event names)."""
         status = _obj(entry.get("status"))
         if status.get("status_str", "success") == "success":
             return dict(entry)
-        for event, data in reversed([m for m in status.get("messages") or [] if isinstance(m, list) and len(m) == 2]):
-            if event == "execution_error" and isinstance(data, dict):
-                raise _execution_error(prompt_id, data)
-            if event == "execution_interrupted" and isinstance(data, dict):
+        events = [(event, data) for event, data in _status_events(status) if data]
+        for event, data in reversed(events + ([job.failure] if job.failure else [])):
+            if event == "execution_error":
+                raise _execution_error(job.prompt_id, data)
+            if event == "execution_interrupted":
                 node = f"node {data.get('node_id', '?')} ({data.get('node_type', '?')})"
-                raise SdError(None, f"ComfyUI job {prompt_id} was interrupted in {node}", retryable=True)
-        raise SdError(None, f"ComfyUI reports job {prompt_id} as {status.get('status_str')!r}", retryable=True)
+                raise SdError(None, f"ComfyUI job {job.prompt_id} was interrupted in {node}", retryable=True)
+        raise SdError(None, f"ComfyUI reports job {job.prompt_id} as {status.get('status_str')!r}", retryable=True)
 
     async def _history(self, prompt_id: str) -> Mapping[str, Any] | None:
         body = await self._json("GET", f"/history/{prompt_id}")
@@ -344,18 +367,13 @@ class ComfyUiClient:
         if not mine:
             return
         queue = await self._json("GET", "/queue")
-        queue = queue if isinstance(queue, dict) else {}
-
-        def ours(name: str) -> list[str]:
-            return [item[1] for item in queue.get(name) or [] if isinstance(item, list) and len(item) > 1
-                    and item[1] in mine]
-
-        if pending := ours("queue_pending"):
+        pending = [prompt_id for prompt_id in _queued_ids(queue, "queue_pending") if prompt_id in mine]
+        running = [prompt_id for prompt_id in _queued_ids(queue, "queue_running") if prompt_id in mine]
+        if pending:
             await self._json("POST", "/queue", json={"delete": pending}, expect_json=False)
-        for prompt_id in ours("queue_running"):
+        for prompt_id in running:
             await self._json("POST", "/interrupt", json={"prompt_id": prompt_id}, expect_json=False)
-        log.info("ComfyUI: %d queued job(s) of ours deleted, %d interrupted", len(pending),
-                 len(ours("queue_running")))
+        log.info("ComfyUI: %d queued job(s) of ours deleted, %d interrupted", len(pending), len(running))
 
     # --- the socket ------------------------------------------------------------------------------------
 
@@ -409,6 +427,8 @@ class ComfyUiClient:
                 fresh = value <= step or not started  # a new sampler (or the first message we see of it)
                 self._step = (value, steps, time.monotonic() if fresh else started)
         elif kind in ("execution_success", "execution_error", "execution_interrupted") and job is not None:
+            if kind != "execution_success":
+                job.failure = (kind, data)
             job.hear(ended=True)
             return
         if job is not None:
