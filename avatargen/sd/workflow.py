@@ -212,7 +212,7 @@ class _Finder:
             raise WorkflowError(f"{self.graph.name(node_id)} has no {needs}", key=key)
         return node_id
 
-    def has_plain(self, node_id: str, *names: str) -> bool:
+    def has_inputs(self, node_id: str, *names: str) -> bool:
         inputs = self.graph.inputs(node_id)
         return all(name in inputs for name in names)
 
@@ -245,7 +245,7 @@ class _Finder:
         return samplers[0]
 
     def is_latent(self, node_id: str) -> bool:
-        return self.has_plain(node_id, *SIZE_INPUTS)
+        return self.has_inputs(node_id, *SIZE_INPUTS)
 
     def is_encoder(self, node_id: str) -> bool:
         return any(name in self.graph.inputs(node_id) for name in PROMPT_INPUTS)
