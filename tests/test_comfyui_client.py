@@ -359,6 +359,7 @@ async def test_a_forks_queue_and_history_shapes_are_understood() -> None:
         await asyncio.gather(*jobs, return_exceptions=True)
         await sd.cancel()
         assert (fork.interrupted, fork.deleted) == (fork.queued[:1], fork.queued[1:])
+        assert (await sd.progress()).job_count == 0
 
         fork.failing = True  # the error's words come from the socket: the history has only its name
         await wait_until(lambda: len(fork.sockets) == 1)

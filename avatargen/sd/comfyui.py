@@ -244,7 +244,7 @@ class ComfyUiClient:
             if prompt_id in self._jobs:  # stuck, or we lost track of it: take it off the GPU before asking again
                 with contextlib.suppress(SdError):
                     await self._cancel({prompt_id})
-                self._jobs.pop(prompt_id, None)
+                self._jobs.pop(prompt_id, None)  # even when ComfyUI could not be asked
             raise
         images = await self._images(prompt_id, entry)
         return Generated(images=images, seeds=[seed] * len(images), metadata={
@@ -374,6 +374,8 @@ class ComfyUiClient:
         for prompt_id in running:
             await self._json("POST", "/interrupt", json={"prompt_id": prompt_id}, expect_json=False)
         log.info("ComfyUI: %d queued job(s) of ours deleted, %d interrupted", len(pending), len(running))
+        for prompt_id in mine:  # nobody waits for them any more
+            self._jobs.pop(prompt_id, None)
 
     # --- the socket ------------------------------------------------------------------------------------
 
