@@ -173,7 +173,7 @@ class Bucket:
         self._tmp = self.directory / ".tmp"
         self._claimed = self.directory / ".claimed"
         self._framed = self.directory / ".framed"
-        for folder in (self._tmp, self._claimed, *([self._framed] if prepare else [])):
+        for folder in self.folders:
             folder.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._index = _Index([])
@@ -183,6 +183,11 @@ class Bucket:
 
     def __repr__(self) -> str:
         return f"Bucket({self.name!r}, {str(self.directory)!r})"
+
+    @property
+    def folders(self) -> tuple[Path, ...]:
+        """Every folder the bucket writes to (start-up proves each one writable before the server listens)."""
+        return (self.directory, self._tmp, self._claimed, *([self._framed] if self.prepare else []))
 
     # --- the in-memory index -------------------------------------------------------------------------
 
@@ -271,6 +276,8 @@ class Bucket:
             path = self._image_path(image_id)
             try:
                 metadata = self.metadata(image_id)
+                if not isinstance(metadata, dict):
+                    continue  # valid JSON, but not a sidecar: skipped like an unreadable one
                 created = metadata.get("created_at")
                 created_at = (datetime.fromisoformat(created) if isinstance(created, str)
                               else datetime.fromtimestamp(path.stat().st_mtime, UTC))

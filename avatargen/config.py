@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import math
 import os
 import re
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, get_type_hints
+from urllib.parse import urlsplit
 
 import tomlkit
 
 from avatargen import wordlists
 from avatargen.durations import parse_duration
+from avatargen.redact import redact_url
 
 PROVIDERS = ("paperspace", "always_on", "simulated")
 SD_BACKENDS = ("a1111", "comfyui")
@@ -70,6 +74,30 @@ class Secret:
         return "Secret('********')" if self._value else "Secret('')"
 
     __str__ = __repr__
+
+
+def check_http_url(url: str) -> str:
+    """The URL if it is http:// or https:// with a host and a port in range; else ValueError saying why."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"must be an http:// or https:// URL with a host, got {redact_url(url)!r}")
+    try:
+        parts.port  # noqa: B018 - parsing the port is the check
+    except ValueError:
+        raise ValueError(f"the port must be a number from 0 to 65535, got {redact_url(url)!r}") from None
+    return url
+
+
+def _check_service_url(url: str, key: str, credentials: str) -> None:
+    """A service's URL: http(s), and no user info, since credentials come from the environment, not the file
+    (the file is shared, backed up and rewritten by the prompt editor)."""
+    try:
+        check_http_url(url)
+    except ValueError as exc:
+        raise ConfigError(str(exc), key=key) from None
+    if "@" in urlsplit(url).netloc:
+        raise ConfigError(f"must not hold a user name or password (got {redact_url(url)!r}): {credentials}",
+                          key=key)
 
 
 def _m(*, kind: str | None = None, low: float | None = None, high: float | None = None,
@@ -149,6 +177,10 @@ class PaperspaceSettings:
 
     def api_key(self) -> Secret:
         return Secret(os.environ.get(self.api_key_env, ""))
+
+    def check(self) -> None:
+        _check_service_url(self.api_url, "api_url", f"the API key comes from the environment variable named by "
+                                                    f"api_key_env ({self.api_key_env})")
 
 
 @dataclass(frozen=True)
@@ -236,8 +268,8 @@ class SdSettings:
         return Secret(os.environ.get(self.password_env, ""))
 
     def check(self) -> None:
-        if not re.match(r"^https?://", self.url):
-            raise ConfigError(f"must start with http:// or https://, got {self.url!r}", key="url")
+        _check_service_url(self.url, "url", "set sd.username, and put the password in the environment variable "
+                                            f"named by sd.password_env ({self.password_env})")
         if self.backend == "comfyui":
             from avatargen.sd.samplers import comfyui_sampler
 
@@ -340,8 +372,28 @@ class Settings:
         """The configured admin token: AVATARGEN_ADMIN_TOKEN wins over the file; may be empty."""
         return Secret(os.environ.get("AVATARGEN_ADMIN_TOKEN", "")) or self.admin.token
 
+    def error(self, message: str, key: str) -> ConfigError:
+        """A problem with a loaded setting found later (a folder that cannot be written), located in the file
+        as a loading error would be."""
+        try:
+            text = self.path.read_text(encoding="utf-8") if self.path is not None else ""
+        except (OSError, UnicodeDecodeError):
+            text = ""
+        return _Context(self.path, text, Path.cwd()).error(message, key)
+
 
 # --- the generic walker -------------------------------------------------------------------------------
+
+
+_HEADER = re.compile(r"^\s*\[\[?([^\[\]]+)\]\]?\s*(#.*)?$")  # [table] or [[array of tables]]
+_KEY = re.compile(r"^\s*([\w\-.\"' ]+?)\s*=")
+_TOMLLIB_WHERE = re.compile(r"\(at line (\d+), column \d+\)$")
+_TOMLKIT_WHERE = re.compile(r" at line \d+ col \d+$")
+
+
+def _dotted(key: str) -> str:
+    """`"buckets" . unique` as written in TOML, as the dotted name errors use: buckets.unique."""
+    return ".".join(part.strip().strip("\"'") for part in key.split("."))
 
 
 class _Context:
@@ -356,13 +408,26 @@ class _Context:
         current = ""
         key_re = re.compile(rf"^\s*[\"']?{re.escape(key)}[\"']?\s*=")
         for number, line in enumerate(self.lines, start=1):
-            header = re.match(r"^\s*\[([^\[\]]+)\]\s*(#.*)?$", line)
+            header = _HEADER.match(line)
             if header:
-                current = header.group(1).strip().replace('"', "").replace(" ", "")
+                current = _dotted(header.group(1))
                 if current == dotted:
                     return number
             elif current == table and key_re.match(line):
                 return number
+        return None
+
+    def key_at(self, line: int) -> str | None:
+        """The dotted key a line sets, or the table its header opens; None for blank and comment lines."""
+        table = ""
+        for text in self.lines[:line]:
+            if header := _HEADER.match(text):
+                table = _dotted(header.group(1))
+        text = self.lines[line - 1] if 0 < line <= len(self.lines) else ""
+        if _HEADER.match(text):
+            return table
+        if key := _KEY.match(text):
+            return ".".join(part for part in (table, _dotted(key.group(1))) if part)
         return None
 
     def error(self, message: str, dotted: str) -> ConfigError:
@@ -372,6 +437,19 @@ class _Context:
 def _type_name(value: Any) -> str:
     return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list",
             dict: "a table"}.get(type(value), type(value).__name__)
+
+
+def _check_network(item: str, dotted: str, ctx: _Context) -> None:
+    """An address or a CIDR range; a range with host bits set (127.0.0.2/8) is refused, not guessed at:
+    uvicorn silently ignores such an entry, so the proxy it names would not be believed."""
+    try:
+        ipaddress.ip_network(item)
+    except ValueError:
+        try:
+            meant = ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ctx.error(f"{item!r} is not an IP address or CIDR range", dotted) from None
+        raise ctx.error(f"{item!r} has host bits set; did you mean {str(meant)!r}?", dotted) from None
 
 
 def _convert(hint: Any, meta: Mapping[str, Any], raw: Any, dotted: str, ctx: _Context) -> Any:
@@ -393,6 +471,8 @@ def _convert(hint: Any, meta: Mapping[str, Any], raw: Any, dotted: str, ctx: _Co
         if isinstance(raw, bool) or not isinstance(raw, int | float):
             raise ctx.error(f"expected a number, got {_type_name(raw)} ({raw!r})", dotted)
         value = float(raw)
+        if not math.isfinite(value):  # TOML has nan and inf; no setting means either
+            raise ctx.error(f"must be a finite number, got {raw}", dotted)
     elif hint in (str, Path, Secret):
         if not isinstance(raw, str):
             raise ctx.error(f"expected a string, got {_type_name(raw)} ({raw!r})", dotted)
@@ -412,10 +492,7 @@ def _convert(hint: Any, meta: Mapping[str, Any], raw: Any, dotted: str, ctx: _Co
             raise ctx.error("the list must not contain empty entries", dotted)
         if kind == "network":
             for item in items:
-                try:
-                    ipaddress.ip_network(item, strict=False)
-                except ValueError:
-                    raise ctx.error(f"{item!r} is not an IP address or CIDR range", dotted) from None
+                _check_network(item, dotted, ctx)
         return items
     elif hint == dict[str, float]:
         if not isinstance(raw, Mapping):
@@ -428,6 +505,15 @@ def _convert(hint: Any, meta: Mapping[str, Any], raw: Any, dotted: str, ctx: _Co
         raise ctx.error(f"must be at least {low:g}, got {value:g}", dotted)
     if high is not None and value > high:
         raise ctx.error(f"must be at most {high:g}, got {value:g}", dotted)
+    return value
+
+
+def _value(hint: Any, meta: Mapping[str, Any], raw: Any, dotted: str, ctx: _Context) -> Any:
+    """One setting's value, converted and checked against its type, range and choices."""
+    value = _convert(hint, meta, raw, dotted, ctx)
+    choices = meta.get("choices")
+    if choices and value not in choices:
+        raise ctx.error(f"must be one of {', '.join(map(repr, choices))}, got {value!r}", dotted)
     return value
 
 
@@ -446,21 +532,18 @@ def _walk(cls: type, table: Mapping[str, Any], default: Any, prefix: str, ctx: _
         meta = next(f.metadata for f in fields(cls) if f.name == name)
         dotted = f"{prefix}.{name}" if prefix else name
         current = getattr(default, name)
-        if is_dataclass(hint):
+        if isinstance(hint, type) and is_dataclass(hint):
             sub = table.get(name, {})
             if not isinstance(sub, Mapping):
                 raise ctx.error(f"expected a table [{dotted}], got {_type_name(sub)}", dotted)
             values[name] = _walk(hint, sub, current, dotted, ctx)
         elif name in table:
             raw = table[name]
-            values[name] = _convert(hint, meta, raw.unwrap() if hasattr(raw, "unwrap") else raw, dotted, ctx)
+            values[name] = _value(hint, meta, raw.unwrap() if hasattr(raw, "unwrap") else raw, dotted, ctx)
         elif hint is Path and not current.is_absolute():
             values[name] = ctx.base_dir / current
         else:
             values[name] = current
-        choices = meta.get("choices")
-        if choices and values[name] not in choices:
-            raise ctx.error(f"must be one of {', '.join(map(repr, choices))}, got {values[name]!r}", dotted)
     obj = cls(**values)
     check = getattr(obj, "check", None)
     if check is not None:
@@ -472,11 +555,28 @@ def _walk(cls: type, table: Mapping[str, Any], default: Any, prefix: str, ctx: _
     return obj
 
 
-def _parse_text(text: str, file: Path | None) -> Mapping[str, Any]:
+def _error_line(text: str, exc: tomlkit.exceptions.TOMLKitError) -> int | None:
+    """Where a TOML error is. tomlkit does not say for every error (a key set twice in a table) and points
+    past a table set twice; the standard library's parser, which agrees on what is valid, says exactly."""
+    try:
+        tomllib.loads(text)
+    except tomllib.TOMLDecodeError as found:
+        if where := _TOMLLIB_WHERE.search(str(found)):
+            return int(where.group(1))
+    line = getattr(exc, "line", None)
+    return int(line) if line else None
+
+
+def _parse_text(text: str, ctx: _Context) -> Mapping[str, Any]:
     try:
         return tomlkit.parse(text).unwrap()
-    except tomlkit.exceptions.ParseError as exc:
-        raise ConfigError(f"not valid TOML: {exc}", file=file, line=getattr(exc, "line", None)) from None
+    except tomlkit.exceptions.TOMLKitError as exc:  # a syntax error, a key or table set twice, ...
+        line = _error_line(text, exc)
+        problem = _TOMLKIT_WHERE.sub("", str(exc))
+        if "already exists" in problem or "Redefinition" in problem:
+            problem = "set twice (each key and table may appear only once)"
+        raise ConfigError(f"not valid TOML: {problem}", key=ctx.key_at(line) if line else None, file=ctx.file,
+                          line=line) from None
 
 
 def load_settings(path: Path | None) -> Settings:
@@ -492,7 +592,7 @@ def load_settings(path: Path | None) -> Settings:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read the config file: {exc}", file=path) from None
     ctx = _Context(path, text, path.resolve().parent)
-    settings = _walk(Settings, _parse_text(text, path), Settings(), "", ctx)
+    settings = _walk(Settings, _parse_text(text, ctx), Settings(), "", ctx)
     return replace(settings, path=path)
 
 
@@ -502,6 +602,25 @@ def find_config(explicit: Path | None) -> Path | None:
         return explicit
     local = Path("config.toml")
     return local if local.is_file() else None
+
+
+def option_value(dotted: str, text: str) -> Any:
+    """A command-line value for a config key (`--port` for server.port), checked exactly as the same value
+    in config.toml would be: one set of limits and messages, wherever a setting comes from."""
+    cls: Any = Settings
+    *tables, name = dotted.split(".")
+    for table in tables:
+        cls = get_type_hints(cls)[table]
+    hint = get_type_hints(cls)[name]
+    meta = next(f.metadata for f in fields(cls) if f.name == name)
+    raw: Any = text
+    if hint in (int, float) and meta.get("kind") != "duration":
+        try:
+            raw = hint(text)
+        except ValueError:
+            expected = "an integer" if hint is int else "a number"
+            raise ConfigError(f"expected {expected}, got {text!r}", key=dotted) from None
+    return _value(hint, meta, raw, dotted, _Context(None, "", Path.cwd()))
 
 
 def update_prompts(current: PromptSettings, changes: Mapping[str, Any]) -> PromptSettings:

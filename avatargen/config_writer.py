@@ -12,15 +12,27 @@ import tempfile
 from pathlib import Path
 
 import tomlkit
-from tomlkit.items import Array, Table
+from tomlkit.items import Array, Item, Table
 
 from avatargen.config import ConfigError, PromptSettings
+
+COMMENT_COLUMN_MAX = 80  # a comment further right than this after its value is not in a column anyone chose
 
 
 def _multiline_array(values: tuple[str, ...]) -> Array:
     array = tomlkit.array()
     array.extend(values)
     return array.multiline(True)
+
+
+def _comment_gap(old: Item, new: Item) -> str:
+    """The spaces before the owner's comment once `old` is replaced by `new`: the comment stays in its column
+    when that column is a sane one; after a value too long for any column it moves back to one space, so
+    a long value replaced by a short one leaves no trail of spaces behind."""
+    column = len(old.as_string()) + len(old.trivia.comment_ws)  # counted from where the value starts
+    if column > COMMENT_COLUMN_MAX:
+        return " "
+    return " " * max(1, column - len(new.as_string()))
 
 
 def render_prompts(text: str, prompts: PromptSettings) -> str:
@@ -40,9 +52,7 @@ def render_prompts(text: str, prompts: PromptSettings) -> str:
         elif name in table:
             old = table[name]
             new = tomlkit.item(value)
-            # Keep the owner's comment in the same column.
-            width = len(old.as_string()) + len(old.trivia.comment_ws) - len(new.as_string())
-            new.trivia.comment_ws = " " * max(1, width) if old.trivia.comment else old.trivia.comment_ws
+            new.trivia.comment_ws = _comment_gap(old, new) if old.trivia.comment else old.trivia.comment_ws
             new.trivia.comment = old.trivia.comment
             new.trivia.indent = old.trivia.indent
             new.trivia.trail = old.trivia.trail

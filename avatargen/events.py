@@ -1,24 +1,26 @@
 """The event hub: the generator tells, the admin API's SSE stream and the TUI listen.
 
 Publishing never waits for a listener. Every event gets a sequence id and is kept in a short history,
-so a client that reconnects with Last-Event-ID gets what it missed. Each listener has a bounded queue:
-a slow listener loses `progress` events first (the next one supersedes them anyway); one that falls
-behind on events that matter is cut off, and catches up from the history when it reconnects.
+so a client that reconnects with Last-Event-ID gets what it missed; a new client (or one whose last id
+is from before a restart) gets the recent `log` events first, so the owner's log does not start empty.
+Each listener has a bounded queue: a slow listener loses `progress` events first (the next one
+supersedes them anyway); one that falls behind on events that matter is cut off, and catches up from
+the history when it reconnects.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol, overload
 
-EVENT_TYPES = ("state", "progress", "image", "buckets", "log")
+from avatargen.api.wire import LogEntry, encode_event
+
 COALESCED = frozenset({"progress", "buckets"})
 
 
@@ -27,6 +29,12 @@ class Event:
     id: int
     type: str
     data: dict[str, Any]
+
+
+class Stoppable(Protocol):
+    """What tells a listener to stop: an asyncio or anyio Event."""
+
+    async def wait(self) -> Any: ...
 
 
 class ListenerTooSlow(Exception):
@@ -55,12 +63,31 @@ class _Listener:
 
 
 class Subscription:
-    def __init__(self, listener: _Listener, backlog: list[Event]) -> None:
+    """One listener's events, from the moment it subscribed (after its backlog). Close it, or use `with`."""
+
+    def __init__(self, hub: EventHub, listener: _Listener, backlog: list[Event]) -> None:
+        self._hub = hub
         self._listener = listener
         self._backlog = deque(backlog)
 
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop listening (again: nothing)."""
+        self._hub._listeners.discard(self._listener)
+
+    @overload
+    async def next(self) -> Event: ...
+
+    @overload
+    async def next(self, timeout: float) -> Event | None: ...
+
     async def next(self, timeout: float | None = None) -> Event | None:
-        """The next event, or None when nothing came within timeout (time for a heartbeat)."""
+        """The next event; with a timeout, None when nothing came within it."""
         if self._backlog:
             return self._backlog.popleft()
         try:
@@ -72,11 +99,33 @@ class Subscription:
             raise ListenerTooSlow
         return event
 
+    async def until(self, stop: Stoppable) -> AsyncIterator[Event]:
+        """The events, until `stop` is set (the server is shutting down) or this listener is cut off for
+        being too slow (its client reconnects with Last-Event-ID and catches up from the history)."""
+        stopped = asyncio.ensure_future(stop.wait())
+        pending: asyncio.Future[Event] | None = None
+        try:
+            while True:
+                pending = asyncio.ensure_future(self.next())
+                await asyncio.wait((pending, stopped), return_when=asyncio.FIRST_COMPLETED)
+                if not pending.done():
+                    return
+                try:
+                    event = pending.result()
+                except ListenerTooSlow:
+                    return
+                yield event
+        finally:
+            for waiting in (pending, stopped):
+                if waiting is not None:
+                    waiting.cancel()
+
 
 class EventHub:
-    def __init__(self, history: int = 1000, queue_size: int = 256) -> None:
+    def __init__(self, history: int = 1000, queue_size: int = 256, recent_logs: int = 200) -> None:
         self._ids = itertools.count(1)
         self._history: deque[Event] = deque(maxlen=history)
+        self._recent_logs: deque[Event] = deque(maxlen=recent_logs)  # kept apart: progress floods the history
         self._listeners: set[_Listener] = set()
         self._queue_size = queue_size
 
@@ -88,6 +137,8 @@ class EventHub:
         """Record and fan out an event; never blocks. Call from the event loop's thread."""
         event = Event(next(self._ids), type_, data)
         self._history.append(event)
+        if type_ == "log":
+            self._recent_logs.append(event)
         for listener in list(self._listeners):
             if not listener.offer(event):
                 self._listeners.discard(listener)
@@ -97,16 +148,16 @@ class EventHub:
     def since(self, last_id: int) -> list[Event]:
         return [event for event in self._history if event.id > last_id]
 
-    @contextlib.contextmanager
-    def subscribe(self, last_id: int | None = None) -> Iterator[Subscription]:
-        """Listen from now on (and replay what came after last_id, when given)."""
+    def subscribe(self, last_id: int | None = None) -> Subscription:
+        """Listen from now on, after a replay: what came after last_id, or the recent log without one (a panel
+        that connects shows what the server logged before it).
+
+        Registered at once, not when first read: a caller that subscribes before it answers knows that
+        nothing published after the answer can be missed."""
         listener = _Listener(self._queue_size)
-        backlog = self.since(last_id) if last_id is not None else []
+        backlog = self.since(last_id) if last_id is not None and last_id <= self.last_id else list(self._recent_logs)
         self._listeners.add(listener)
-        try:
-            yield Subscription(listener, backlog)
-        finally:
-            self._listeners.discard(listener)
+        return Subscription(self, listener, backlog)
 
     @property
     def listener_count(self) -> int:
@@ -125,16 +176,13 @@ class EventLogHandler(logging.Handler):
         self._loop = loop
 
     def emit(self, record: logging.LogRecord) -> None:
-        data = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="seconds"),
-            "level": record.levelname.lower(),
-            "message": record.getMessage(),
-        }
+        name, data = encode_event(LogEntry(datetime.fromtimestamp(record.created, UTC), record.levelname.lower(),
+                                           record.getMessage()))
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
             running = None
         if running is self._loop:
-            self._hub.publish("log", data)
+            self._hub.publish(name, data)
         elif not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._hub.publish, "log", data)
+            self._loop.call_soon_threadsafe(self._hub.publish, name, data)

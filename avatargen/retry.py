@@ -7,6 +7,7 @@ worse, and many clients retrying in lockstep make it worse still, hence the jitt
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
@@ -31,6 +32,22 @@ def backoff_delay(attempt: int, *, base: float, cap: float = 60.0) -> float:
     """
     ceiling = doubling(base, attempt, cap=cap)
     return random.uniform(ceiling / 2, ceiling)
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """A reconnect policy: waits doubling from `initial` up to `maximum`, without jitter.
+
+    For one client on its own, such as the owner's control panel: it has no crowd to drift apart from,
+    and the wait it shows ("retry 3 in 2s") is the wait it keeps.
+    """
+
+    initial: float = 0.5
+    maximum: float = 30.0
+
+    def delay(self, failures: int) -> float:
+        """The wait after the failures-th failure in a row (1 after the first)."""
+        return doubling(self.initial, failures - 1, cap=self.maximum)
 
 
 def parse_retry_after(value: str | None, *, cap: float = 60.0) -> float | None:

@@ -8,22 +8,20 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from avatargen.api.wire import LastRun, Step, time_json
+from avatargen.api.wire import Run as RunView
+
 State = Literal["idle", "booting", "generating", "shutting_down"]
 Trigger = Literal["auto", "manual"]
 Outcome = Literal["completed", "aborted", "failed"]
 
 
+def utc(timestamp: float | None) -> datetime | None:
+    return None if timestamp is None else datetime.fromtimestamp(timestamp, UTC)
+
+
 def iso(timestamp: float | None) -> str | None:
-    return None if timestamp is None else datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
-
-
-@dataclass
-class Step:
-    """The SD job's own progress while an image is being made."""
-
-    sampling_step: int = 0
-    sampling_steps: int = 0
-    progress: float = 0.0
+    return time_json(utc(timestamp))
 
 
 @dataclass
@@ -74,26 +72,33 @@ class Run:
             return None
         return max(0, self.total - self.done - self.failed) * 60 / rate
 
-    def to_dict(self, now: float | None = None) -> dict[str, Any]:
+    def view(self, now: float | None = None) -> RunView:
+        """The run as the owner sees it now (what status, events and the admin API's answers carry)."""
         now = time.time() if now is None else now
         eta = self.eta_seconds(now)
-        data: dict[str, Any] = {
-            "id": self.id,
-            "trigger": self.trigger,
-            "state": self.state,
-            "started_at": iso(self.started_at),
-            "targets": dict(self.targets),
-            "done": self.done,
-            "failed": self.failed,
-            "total": self.total,
-            "eta_seconds": None if eta is None else round(eta, 1),
-            "images_per_minute": round(self.images_per_minute(now), 2),
-            "current_prompt": self.current_prompt,
-            "step": None if self.step is None else vars(self.step).copy(),
-            "machine_state": self.machine_state,
-            "billed_seconds": round(self.billed_seconds(now), 1),
-            "cost": round(self.cost(now), 4),
-        }
-        if self.outcome is not None:
-            data.update(outcome=self.outcome, error=self.error, ended_at=iso(self.ended_at))
-        return data
+        return RunView(
+            id=self.id,
+            trigger=self.trigger,
+            state=self.state,
+            started_at=datetime.fromtimestamp(self.started_at, UTC),
+            targets=dict(self.targets),
+            done=self.done,
+            failed=self.failed,
+            total=self.total,
+            eta_seconds=None if eta is None else round(eta, 1),
+            images_per_minute=round(self.images_per_minute(now), 2),
+            current_prompt=self.current_prompt,
+            step=self.step,
+            machine_state=self.machine_state,
+            billed_seconds=round(self.billed_seconds(now), 1),
+            cost=round(self.cost(now), 4),
+        )
+
+    def ended(self) -> LastRun:
+        """The finished run with its outcome, as `last_run` reports it."""
+        assert self.outcome is not None, "the run has not ended"
+        return LastRun(self.view(), self.outcome, self.error, utc(self.ended_at))
+
+    def to_dict(self, now: float | None = None) -> dict[str, Any]:
+        """The run's JSON: the view, with the outcome once it has ended."""
+        return self.ended().to_json() if self.outcome is not None else self.view(now).to_json()

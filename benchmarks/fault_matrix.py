@@ -32,20 +32,19 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 import httpx
 from PIL import Image
 
+from avatargen.api import NewImage, ServerEvent, StateChange
 from avatargen.buckets import open_buckets
 from avatargen.config import load_settings
 from avatargen.durations import parse_duration
 from avatargen.simulator.faults import FAULTS
+from avatargen.testing import Service, Simulator
 from benchmarks.harness import (
     Admin,
     EventTest,
-    Service,
-    Simulator,
     avatargen_server,
     parse_args,
     publish,
@@ -139,23 +138,24 @@ def _dash(value: int | None) -> str:
     return "-" if value is None else str(value)
 
 
-def follow_run(admin: Admin, until: EventTest) -> tuple[set[str], dict[str, Any]]:
+def follow_run(admin: Admin, until: EventTest) -> tuple[set[str], ServerEvent]:
     """Read events until `until` matches: the unique images announced as stored so far, and that event."""
     announced: set[str] = set()
-    for kind, data in admin.events(ROW_TIMEOUT):
-        if kind == "image" and data.get("bucket") == "unique":
-            announced.add(data["id"])
-        if until(kind, data):
-            return announced, data
-    raise RuntimeError("the event stream ended before the run did: the server went away")
+
+    def watch(event: ServerEvent) -> bool:
+        if isinstance(event, NewImage) and event.image.bucket == "unique":
+            announced.add(event.image.id)
+        return until(event)
+
+    return announced, admin.wait_event(watch, ROW_TIMEOUT)
 
 
 def after_images(count: int) -> EventTest:
     """Matches the `count`-th image event (a fresh test per use: it counts)."""
     seen = [0]
 
-    def test(kind: str, data: dict[str, Any]) -> bool:
-        seen[0] += kind == "image"
+    def test(event: ServerEvent) -> bool:
+        seen[0] += isinstance(event, NewImage)
         return seen[0] >= count
 
     return test
@@ -164,8 +164,8 @@ def after_images(count: int) -> EventTest:
 def kill_point(state: str, run_id: str) -> EventTest:
     """The moment to SIGKILL the server: its machine billing while booting, images stored, or stopping."""
     if state == "booting":
-        return lambda kind, data: kind == "state" and (data.get("run") or {}).get("id") == run_id and \
-            data.get("machine_state") == "starting"
+        return lambda event: isinstance(event, StateChange) and event.run is not None and event.run.id == run_id \
+            and event.machine_state == "starting"
     if state == "generating":
         return after_images(2)
     return run_in_state(run_id, "shutting_down")
@@ -236,12 +236,13 @@ class Matrix:
                 admin = Admin(server.url)
                 admin.wait_generator_started()
                 with Visitors(server.url) as row.visitors:
-                    run_id = admin.refill(["unique"])["id"]
+                    run_id = admin.refill(["unique"]).id
                     announced, event = follow_run(admin, run_ended(run_id))
                 settle(row, simulator, self.poll_every)
-            last_run = event["last_run"]
-            error = last_run.get("error") or ""
-            row.outcome = (f"{last_run['outcome']} ({last_run['done']} stored, {last_run['failed']} failed)"
+            assert isinstance(event, StateChange) and event.last_run is not None
+            last_run = event.last_run
+            error = last_run.error or ""
+            row.outcome = (f"{last_run.outcome} ({last_run.run.done} stored, {last_run.run.failed} failed)"
                            + (f": {error[:ERROR_QUOTE]}{'...' if len(error) > ERROR_QUOTE else ''}" if error else ""))
             row.lost, row.broken = bucket_damage(load_settings(config).buckets.unique.dir, announced)
 
@@ -255,7 +256,7 @@ class Matrix:
                 admin.wait_generator_started()
                 # A visitor-only twin on the same folders: it answers visitors while the generator dies.
                 with self._server(config, "twin.log", simulator) as twin, Visitors(twin.url) as row.visitors:
-                    run_id = admin.refill(["unique"])["id"]
+                    run_id = admin.refill(["unique"]).id
                     announced, _ = follow_run(admin, kill_point(state, run_id))
                     server.kill()
                     left = simulator.machine()["state"]

@@ -18,9 +18,9 @@ import time
 
 from avatargen.buckets import open_buckets
 from avatargen.config import load_settings
+from avatargen.testing import Simulator
 from benchmarks.harness import (
     Admin,
-    Simulator,
     avatargen_server,
     parse_args,
     publish,
@@ -50,16 +50,16 @@ def load(url: str, seconds: int) -> WrkResult:
 
 def during_run(admin: Admin, seconds: int) -> tuple[WrkResult, float]:
     """The load while a run generates; also the images stored per second meanwhile."""
-    run_id = admin.refill(["fallback"])["id"]
-    admin.wait_event(run_in_state(run_id, "generating"))
-    before, started = admin.status()["run"]["done"], time.monotonic()
+    run = admin.refill(["fallback"])
+    admin.wait_event(run_in_state(run.id, "generating"))
+    before, started = admin.status().run, time.monotonic()
     result = load(admin.url, seconds)
     status, elapsed = admin.status(), time.monotonic() - started
-    if status["state"] != "generating":
-        raise SystemExit(f"the run stopped generating during the measurement: {status['state']}, {status['last_run']}")
+    if status.state != "generating" or status.run is None or before is None:
+        raise SystemExit(f"the run stopped generating during the measurement: {status.state}, {status.last_run}")
     admin.abort()
-    admin.wait_event(run_ended(run_id))
-    return result, (status["run"]["done"] - before) / elapsed
+    admin.wait_event(run_ended(run.id))
+    return result, (status.run.done - before.done) / elapsed
 
 
 def main() -> int:

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks.harness import Service
+from avatargen.testing import Service
 from benchmarks.wrk import ensure_installed
 
-_CONF = """\
+_MAIN = """\
 worker_processes 1;
 pid {prefix}/nginx.pid;
 error_log {prefix}/error.log warn;
@@ -19,15 +19,20 @@ events {{ worker_connections 1024; }}
 http {{
     access_log off;
     server_tokens off;
-    sendfile on;
-    tcp_nopush on;
-    keepalive_requests 10000000;
-    open_file_cache max=16;
     client_body_temp_path {prefix}/client_body;
     proxy_temp_path {prefix}/proxy;
     fastcgi_temp_path {prefix}/fastcgi;
     uwsgi_temp_path {prefix}/uwsgi;
     scgi_temp_path {prefix}/scgi;
+{http}
+}}
+"""
+
+_REFERENCE = """\
+    sendfile on;
+    tcp_nopush on;
+    keepalive_requests 10000000;
+    open_file_cache max=16;
     server {{
         listen 127.0.0.1:{port};
         etag off;
@@ -40,15 +45,21 @@ http {{
             add_header X-Avatar-Id {image_id};
         }}
     }}
-}}
 """
 
 
-def nginx_reference(image: Path, image_id: str, max_age: float, prefix: Path, port: int) -> Service:
-    """nginx (installed from Debian if missing) serving `image`; `prefix` holds its config, logs and pid."""
-    nginx = ensure_installed("nginx", ["nginx-light", "nginx"])
+def nginx(name: str, http: str, prefix: Path, port: int, health_path: str) -> Service:
+    """nginx (installed from Debian if missing) with `http` in its http block; `prefix` holds its config, logs
+    and pid."""
+    binary = ensure_installed("nginx", ["nginx-light", "nginx"])
     prefix.mkdir(parents=True, exist_ok=True)
     conf = prefix / "nginx.conf"
-    conf.write_text(_CONF.format(prefix=prefix, port=port, image=image, image_id=image_id, max_age=int(max_age)))
-    command = [nginx, "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log"), "-g", "daemon off;"]
-    return Service("nginx", command, port=port, log=prefix / "output.log", health_path="/avatar")
+    conf.write_text(_MAIN.format(prefix=prefix, http=http))
+    command = [binary, "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log"), "-g", "daemon off;"]
+    return Service(name, command, port=port, log=prefix / "output.log", health_path=health_path)
+
+
+def nginx_reference(image: Path, image_id: str, max_age: float, prefix: Path, port: int) -> Service:
+    """nginx serving `image` at /avatar with avatargen's headers."""
+    http = _REFERENCE.format(port=port, image=image, image_id=image_id, max_age=int(max_age))
+    return nginx("nginx", http, prefix, port, "/avatar")

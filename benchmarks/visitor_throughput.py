@@ -25,10 +25,9 @@ import httpx
 
 from avatargen.buckets import open_buckets
 from avatargen.config import load_settings
+from avatargen.testing import Service, free_port
 from benchmarks.harness import (
-    Service,
     avatargen_server,
-    free_port,
     parse_args,
     publish,
     sample_avatars,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import secrets
 
+from avatargen.api.discovery import read_token_file
 from avatargen.config import Secret, Settings
 
 
@@ -19,10 +20,9 @@ def resolve_admin_token(settings: Settings) -> tuple[Secret, str]:
     if settings.admin.token:
         return settings.admin.token, f"from [admin] token in {settings.path}"
     path = settings.admin_token_file
-    if path.is_file():
-        existing = path.read_text(encoding="utf-8").strip()
-        if existing:
-            return Secret(existing), f"from the token file {path}"
+    existing = read_token_file(path)
+    if existing:
+        return existing, f"from the token file {path}"
     path.parent.mkdir(parents=True, exist_ok=True)
     token = secrets.token_urlsafe(32)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -12,7 +12,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from avatargen.buckets import open_buckets
@@ -22,9 +22,11 @@ from avatargen.generator import Generator
 from avatargen.gpu import make_provider
 from avatargen.ledger import CostLedger
 from avatargen.lock import GeneratorLock
+from avatargen.redact import RedactingFilter
 from avatargen.simulator.runner import SimulatedGpu
-from server.admin import admin_routes
+from server.admin import admin_api
 from server.admin_token import resolve_admin_token
+from server.errors import http_error
 from server.services import Services
 from server.visitor import VisitorService
 
@@ -38,14 +40,6 @@ async def healthz(request: Request) -> Response:
         body.update(generator=state.engine.state if state.engine else "elsewhere",
                     buckets={name: bucket.count() for name, bucket in state.buckets.items()})
     return JSONResponse(body)
-
-
-async def http_error(request: Request, exc: Exception) -> Response:
-    """JSON errors on the admin API (its clients parse them), plain text elsewhere."""
-    assert isinstance(exc, HTTPException)
-    if request.url.path.startswith("/admin/"):
-        return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
-    return PlainTextResponse(exc.detail, status_code=exc.status_code, headers=exc.headers)
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -63,6 +57,7 @@ def create_app(settings: Settings) -> Starlette:
                     log.info("bucket %s recovered at start-up: %s", bucket.name, recovered)
             events = EventHub()
             handler = EventLogHandler(events, asyncio.get_running_loop())
+            handler.addFilter(RedactingFilter())  # the owner's live log hides URL credentials as the file does
             product_log = logging.getLogger("avatargen")
             if product_log.getEffectiveLevel() > logging.INFO:
                 product_log.setLevel(logging.INFO)  # the owner's live log shows what the generator does
@@ -102,5 +97,5 @@ def create_app(settings: Settings) -> Starlette:
             stack.callback(watcher.cancel)
             yield
 
-    routes = [Route("/healthz", healthz, methods=["GET"]), *visitor.routes(), *admin_routes()]
+    routes = [Route("/healthz", healthz, methods=["GET"]), *visitor.routes(), admin_api()]
     return Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})

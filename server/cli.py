@@ -9,15 +9,23 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from avatargen import prompts, review
-from avatargen.config import ConfigError, Settings, find_config, load_settings
-from tui.client import AdminClient, AdminError, Unreachable
-from tui.models import Run
+from avatargen.api import AdminClient, AdminError, ProtocolError, Run, TokenError, Unreachable, find_token, server_url
+from avatargen.cli_options import add_version, count, http_url, setting
+from avatargen.config import BUCKET_NAMES, ConfigError, Settings, find_config, load_settings
 
-EXIT_CONFIG = 2
+EXIT_CONFIG = 2  # a config or command-line error (argparse's usage errors are 2 as well)
+EXIT_CANNOT_LISTEN = 4  # serve: the port is in use or the address is not this machine's
 
 
 def _load(args: argparse.Namespace) -> Settings:
     return load_settings(find_config(args.config))
+
+
+def bucket_name(text: str) -> str:
+    """A bucket named on the command line (not argparse `choices`: with nargs="*" it rejects naming none)."""
+    if text not in BUCKET_NAMES:
+        raise argparse.ArgumentTypeError(f"no bucket {text!r}; buckets are {', '.join(BUCKET_NAMES)}")
+    return text
 
 
 def cmd_prompts(args: argparse.Namespace) -> int:
@@ -28,7 +36,7 @@ def cmd_prompts(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from server.serve import preflight
+    from server.preflight import preflight
 
     path = find_config(args.config)
     settings = load_settings(path)
@@ -44,10 +52,14 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from server.serve import serve
+    from server.serve import CannotListen, serve
 
     settings = _load(args)
-    return serve(settings, host=args.host, port=args.port)
+    try:
+        return serve(settings, host=args.host, port=args.port)
+    except CannotListen as exc:
+        print(f"avatargen: {exc}", file=sys.stderr)
+        return EXIT_CANNOT_LISTEN
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -58,9 +70,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _as_owner(args: argparse.Namespace, action: Callable[[AdminClient], Awaitable[str]]) -> int:
-    """Run one admin API call as the TUI would (same URL and token lookup) and print its answer."""
-    from tui.cli import TokenError, find_token, server_url
-
+    """Run one admin API call through the admin API client (URL and token found as the TUI finds them) and
+    print its answer."""
     settings = _load(args)
     try:
         token = find_token(args.token, settings)
@@ -69,15 +80,12 @@ def _as_owner(args: argparse.Namespace, action: Callable[[AdminClient], Awaitabl
         return 1
 
     async def call() -> str:
-        client = AdminClient(args.url or server_url(settings), token)
-        try:
+        async with AdminClient(args.url or server_url(settings), token) as client:
             return await action(client)
-        finally:
-            await client.aclose()
 
     try:
         print(asyncio.run(call()))
-    except (AdminError, Unreachable) as exc:
+    except (AdminError, Unreachable, ProtocolError) as exc:
         print(f"avatargen: {exc}", file=sys.stderr)
         return 1
     return 0
@@ -90,7 +98,8 @@ def _describe_run(run: Run) -> str:
 
 async def _status(client: AdminClient) -> str:
     status = await client.status()
-    lines = [f"state: {status.state.replace('_', ' ')} (machine {status.machine_state}, {status.provider})"]
+    machine = status.machine_state or "unknown"
+    lines = [f"state: {status.state.replace('_', ' ')} (machine {machine}, {status.provider})"]
     lines += [f"{name}: {level.count} (min {level.min}, max {level.max})" for name, level in status.buckets.items()]
     if status.run is not None:
         lines.append(_describe_run(status.run))
@@ -124,6 +133,7 @@ def cmd_abort(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="avatargen", description=__doc__)
+    add_version(parser)
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add(name: str, func: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
@@ -135,18 +145,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = add("serve", cmd_serve, "run the visitor server, the admin API and the generator")
     serve.add_argument("--host", default=None, help="listen address (default: server.host)")
-    serve.add_argument("--port", type=int, default=None, help="listen port (default: server.port)")
+    serve.add_argument("--port", type=setting("server.port"), default=None, help="listen port (default: server.port)")
 
     sample = add("prompts", cmd_prompts, "print sample prompts")
-    sample.add_argument("-n", type=int, default=10, help="how many (default 10)")
+    sample.add_argument("-n", type=count, default=10, help="how many (default 10)")
     sample.add_argument("--seed", type=int, default=None, help="random seed, for repeatable output")
 
     add("check-config", cmd_check_config, "validate the configuration and exit")
 
     simulate = add("simulate", cmd_simulate, "run the simulated Paperspace and SD server (sd.backend) on loopback")
     simulate.add_argument("--host", default="127.0.0.1")
-    simulate.add_argument("--paperspace-port", type=int, default=0)
-    simulate.add_argument("--sd-port", type=int, default=0)
+    simulate.add_argument("--paperspace-port", type=setting("server.port"), default=0, help="default: any free port")
+    simulate.add_argument("--sd-port", type=setting("server.port"), default=0, help="default: any free port")
 
     for name, func, help_text in (
         ("status", cmd_status, "show the running server's state, buckets, runs and spend"),
@@ -154,10 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
         ("abort", cmd_abort, "abort the active run; its machine is stopped"),
     ):
         owner = add(name, func, help_text)
-        owner.add_argument("--url", default=None, help="server URL (default: from the config)")
+        owner.add_argument("--url", type=http_url, default=None, help="server URL (default: from the config)")
         owner.add_argument("--token", default=None, help="admin token (default: env, config, then token file)")
         if name == "refill":
-            owner.add_argument("buckets", nargs="*", choices=["unique", "fallback"], help="default: all")
+            owner.add_argument("buckets", nargs="*", type=bucket_name, metavar="BUCKET",
+                               help="unique and/or fallback (default: every bucket)")
     return parser
 
 

@@ -1,47 +1,34 @@
 """`avatargen serve`: uvicorn running the app, with proxy headers trusted only from trusted_proxies.
 
-uvicorn turns Ctrl-C and SIGTERM into a graceful shutdown; the lifespan then aborts an active run and
-waits until its machine is confirmed off before the process exits.
+The listening socket is bound first: a second server on a taken port stops there, before it touches the
+data folder (start-up recovery) or the machine (the orphan check), with one clear line. The preflight
+comes next, then the app. uvicorn turns Ctrl-C and SIGTERM into a graceful shutdown; the lifespan then
+aborts an active run and waits until its machine is confirmed off before the process exits.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
-import logging.handlers
+import signal
 from dataclasses import replace
+from types import FrameType
 from typing import Any
 
 import uvicorn
 
 from avatargen import review
 from avatargen.config import ServerSettings, Settings
-from avatargen.gpu import paperspace_api_key
-from avatargen.sd import check_backend
+from avatargen.sockets import bound_socket
 from server.app import create_app
+from server.logs import configure_logging, redact_uvicorn_logs
+from server.preflight import preflight
 
-LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
-
-
-def preflight(settings: Settings) -> list[str]:
-    """Problems that would only surface once the generator starts, reported now as config errors; what
-    the owner may want to know otherwise (where the workflow takes each setting) comes back as notes."""
-    if settings.gpu.provider == "paperspace":
-        paperspace_api_key(settings)
-    return check_backend(settings)
+EXIT_STARTUP_FAILED = 3  # the app's start-up failed (uvicorn's own status for it); the log says why
 
 
-def configure_logging(settings: Settings) -> None:
-    """Log to the terminal and to <data_dir>/avatargen.log (rotated)."""
-    settings.server.data_dir.mkdir(parents=True, exist_ok=True)
-    root = logging.getLogger("avatargen")
-    root.setLevel(logging.INFO)
-    formatter = logging.Formatter(LOG_FORMAT)
-    console = logging.StreamHandler()
-    logfile = logging.handlers.RotatingFileHandler(settings.server.data_dir / "avatargen.log",
-                                                   maxBytes=5_000_000, backupCount=3)
-    for handler in (console, logfile):
-        handler.setFormatter(formatter)
-        root.addHandler(handler)
+class CannotListen(Exception):
+    """The server's address cannot be had: the port is in use, the address is not this machine's, ..."""
 
 
 def uvicorn_options(server: ServerSettings) -> dict[str, Any]:
@@ -54,20 +41,48 @@ def uvicorn_options(server: ServerSettings) -> dict[str, Any]:
     }
 
 
+def _cannot_listen(host: str, port: int, exc: OSError) -> CannotListen:
+    if exc.errno == errno.EADDRINUSE:
+        return CannotListen(f"port {port} is already in use on {host} (is another avatargen serve running?)")
+    return CannotListen(f"cannot listen on {host} port {port}: {exc.strerror or exc}")
+
+
+def _implementations(config: uvicorn.Config) -> str:
+    """The HTTP parser and event loop uvicorn picked: httptools and uvloop where installed (faster), else
+    h11 and asyncio. The owner may need to know: their limits on request headers differ (README)."""
+    config.load()
+    http = config.http_protocol_class.__module__.rpartition(".")[2].removesuffix("_impl")
+    factory = config.get_loop_factory()
+    loop = factory.__module__.partition(".")[0] if factory is not None else "asyncio"
+    return f"{http} and {loop}"
+
+
 def serve(settings: Settings, host: str | None = None, port: int | None = None) -> int:
     server_settings = replace(settings.server, host=host or settings.server.host,
                               port=settings.server.port if port is None else port)
     settings = replace(settings, server=server_settings)
-    preflight(settings)
-    configure_logging(settings)
-    log = logging.getLogger("avatargen.server")
-    if problem := review.missing_extra(settings.review):
-        log.warning(problem)
-    log.info(
-        "listening on http://%s:%d (config: %s)", server_settings.host, server_settings.port,
-        settings.path or "built-in defaults")
-    config = uvicorn.Config(create_app(settings), host=server_settings.host, port=server_settings.port,
-                            log_level="info", **uvicorn_options(server_settings))
-    server = uvicorn.Server(config)
-    server.run()
-    return 0 if server.started else 1
+    try:
+        sock = bound_socket(server_settings.host, server_settings.port)
+    except OSError as exc:
+        raise _cannot_listen(server_settings.host, server_settings.port, exc) from None
+    with sock:  # closed whatever happens below, the preflight's refusal included
+        preflight(settings)
+        configure_logging(settings)
+        log = logging.getLogger("avatargen.server")
+        if problem := review.missing_extra(settings.review):
+            log.warning(problem)
+        config = uvicorn.Config(create_app(settings), log_level="info", **uvicorn_options(server_settings))
+        redact_uvicorn_logs()
+        log.info("listening on http://%s:%d (config: %s; uvicorn with %s)", server_settings.host,
+                 sock.getsockname()[1], settings.path or "built-in defaults", _implementations(config))
+        server = uvicorn.Server(config)
+        signal.signal(signal.SIGTERM, _stopped)
+        server.run(sockets=[sock])
+    return 0 if server.started else EXIT_STARTUP_FAILED
+
+
+def _stopped(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM outside uvicorn's own handling: before it listens (nothing to stop yet), or the signal it
+    raises again once it has shut down gracefully (the run aborted, the machine confirmed off). Either
+    way the server stopped as asked: exit 0, not "killed by SIGTERM"."""
+    raise SystemExit(0)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from avatargen.api.wire import BucketsChange, Status, encode_event
 from avatargen.buckets import Bucket
-from avatargen.config import PromptSettings, Secret, Settings
+from avatargen.config import PromptSettings, Secret, Settings, update_prompts
 from avatargen.config_writer import save_prompts
 from avatargen.events import EventHub
 from avatargen.generator import Generator, bucket_levels, cost_summary
@@ -29,15 +31,18 @@ class Services:
     generator_elsewhere: str | None = None  # why this process does not run the generator
     prompts: PromptSettings = field(init=False)
     admin_networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(init=False)
-    _save_lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False)
+    _edit_lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False)
 
     def __post_init__(self) -> None:
         self.prompts = self.settings.prompts
         self.admin_networks = [ipaddress.ip_network(net, strict=False) for net in self.settings.admin.allow_from]
 
-    async def save_prompts(self, new: PromptSettings) -> None:
-        """Persist to config.toml (atomically), then use them for the next prompt."""
-        async with self._save_lock:
+    async def edit_prompts(self, changes: Mapping[str, Any]) -> PromptSettings:
+        """Apply a partial update on top of the latest settings, persist it to config.toml (atomically), then
+        use it for the next prompt. Edits are read, applied and written one at a time, so two at once both
+        land; invalid changes raise ConfigError and nothing is written."""
+        async with self._edit_lock:
+            new = update_prompts(self.prompts, changes)
             if self.settings.path is not None:
                 await asyncio.to_thread(save_prompts, self.settings.path, new)
                 log.info("prompt settings saved to %s", self.settings.path)
@@ -46,6 +51,7 @@ class Services:
             self.prompts = new
             if self.engine is not None:
                 self.engine.prompts = new
+        return new
 
     async def watch_levels(self, every: float = 2.0) -> None:
         """Announce bucket levels when they change for reasons the generator does not see (visitors taking
@@ -55,15 +61,13 @@ class Services:
             await asyncio.sleep(every)
             levels = bucket_levels(self.settings, self.buckets)
             if levels != last:
-                self.events.publish("buckets", levels)
+                self.events.publish(*encode_event(BucketsChange(levels)))
                 last = levels
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> Status:
         if self.engine is not None:
-            return self.engine.status()
+            return self.engine.view()
         # Another process runs the generator: report what this one can see (the shared folders and ledger).
-        return {"state": "idle", "run": None, "last_run": None,
-                "buckets": bucket_levels(self.settings, self.buckets),
-                "gpu": {"provider": self.settings.gpu.provider, "machine_state": None},
-                "cost": cost_summary(self.settings, self.ledger.spend()), "next_check_at": None,
-                "paused_reason": self.generator_elsewhere}
+        return Status(state="idle", run=None, last_run=None, buckets=bucket_levels(self.settings, self.buckets),
+                      provider=self.settings.gpu.provider, machine_state=None,
+                      cost=cost_summary(self.settings, self.ledger.spend()), paused_reason=self.generator_elsewhere)

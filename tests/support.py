@@ -5,15 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import tomlkit
 import uvicorn
 from starlette.applications import Starlette
 from starlette.types import ASGIApp
 
+from avatargen import testing
 from avatargen.buckets import open_buckets
 from avatargen.config import Settings, load_settings
 from avatargen.events import EventHub, Subscription
@@ -41,20 +41,16 @@ FAST: dict[str, Any] = {
 }
 
 
-def write_config(directory: Path, overrides: dict[str, Any] | None = None, base: dict[str, Any] | None = None) -> Path:
-    """A config.toml in directory: the fast test settings with dotted-key overrides applied."""
-    document = tomlkit.document()
-    data: dict[str, Any] = tomlkit.parse(tomlkit.dumps(base or FAST)).unwrap()
+def write_config(directory: Path, overrides: Mapping[str, Any] | None = None) -> Path:
+    """A config.toml in directory: the fast test settings with dotted-key overrides ("gpu.provider") applied."""
+    layer: dict[str, Any] = {}
     for dotted, value in (overrides or {}).items():
         *tables, key = dotted.split(".")
-        target = data
+        target = layer
         for table in tables:
             target = target.setdefault(table, {})
         target[key] = value
-    document.update(data)
-    path = directory / "config.toml"
-    path.write_text(tomlkit.dumps(document))
-    return path
+    return testing.write_config(directory, FAST, layer)
 
 
 def fast_settings(directory: Path, **overrides: Any) -> Settings:

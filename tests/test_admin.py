@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
+from avatargen.api import AdminClient, NewImage, ServerEvent, StateChange, encode_event
 from avatargen.config import load_settings
 from tests.support import fast_settings, serving
 
@@ -25,29 +24,20 @@ async def server(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, Path]
         yield client, tmp_path / "config.toml"
 
 
-async def read_events(client: httpx.AsyncClient, until: str, headers: dict[str, str] | None = None,
-                      connected: asyncio.Event | None = None) -> list[tuple[int, str, dict[str, Any]]]:
-    """SSE events (id, type, data) until a `state` event reports `until`."""
-    events: list[tuple[int, str, dict[str, Any]]] = []
-    async with client.stream("GET", "/admin/api/events", headers=headers) as response:
-        assert response.status_code == 200
-        assert response.headers["content-type"].startswith("text/event-stream")
-        fields: dict[str, str] = {}
-        async for line in response.aiter_lines():
-            if line.startswith((":", "retry:")):
-                if connected is not None:
-                    connected.set()  # the server sends these first: we are subscribed
-                continue
-            if line:
-                name, _, value = line.partition(": ")
-                fields[name] = value
-                continue
-            if "event" in fields:
-                data = json.loads(fields["data"])
-                events.append((int(fields["id"]), fields["event"], data))
-                if fields["event"] == "state" and data["state"] == until:
-                    return events
-            fields = {}
+def owner(client: httpx.AsyncClient) -> AdminClient:
+    """The admin API client (as the panel and the owner's commands use it) for the server under test."""
+    return AdminClient(str(client.base_url), TOKEN)
+
+
+async def events_until(stream: AsyncIterator[tuple[str | None, ServerEvent]],
+                       until: str) -> list[tuple[int, str, ServerEvent]]:
+    """Events (id, SSE name, event) until a `state` event reports `until`."""
+    events = []
+    async for event_id, event in stream:
+        assert event_id is not None
+        events.append((int(event_id), encode_event(event)[0], event))
+        if isinstance(event, StateChange) and event.state == until:
+            break
     return events
 
 
@@ -85,26 +75,41 @@ async def test_unknown_admin_route_is_json_404(server: tuple[httpx.AsyncClient, 
     client, _ = server
     response = await client.get("/admin/api/nope")
     assert response.status_code == 404 and response.json() == {"error": "Not Found"}
+    response = await client.delete("/admin/api/status")
+    assert response.status_code == 405 and response.json() == {"error": "Method Not Allowed"}
     response = await client.get("/admin/api/images/unique/20260101T000000-deadbeef")
     assert response.status_code == 404 and "no image" in response.json()["error"]
     response = await client.get("/admin/api/images?bucket=secret")
     assert response.status_code == 422 and "unknown bucket" in response.json()["error"]
 
 
+async def test_every_admin_path_is_behind_the_owner_check(server: tuple[httpx.AsyncClient, Path]) -> None:
+    """The check is middleware on the whole mount: even a path no route answers needs the token first."""
+    client, _ = server
+    for path in ("/admin/api/nope", "/admin/api/images/unique/x", "/admin/api/"):
+        response = await client.get(path, headers={"Authorization": ""})
+        assert response.status_code == 401 and response.headers["www-authenticate"] == "Bearer"
+
+
+async def test_a_huge_image_id_is_not_echoed_back(server: tuple[httpx.AsyncClient, Path]) -> None:
+    client, _ = server
+    response = await client.get("/admin/api/images/unique/" + "a" * 60_000)
+    assert response.status_code == 404 and "no image 'aaa" in response.json()["error"]
+    assert len(response.content) < 300 and "60000 characters" in response.json()["error"]
+
+
 async def test_refill_streams_states_and_images_then_lists_them(server: tuple[httpx.AsyncClient, Path]) -> None:
     client, _ = server
-    connected = asyncio.Event()
-    reader = asyncio.create_task(read_events(client, until="idle", connected=connected))
-    await asyncio.wait_for(connected.wait(), 10)
-    response = await client.post("/admin/api/refill", json={"buckets": ["unique"]})
-    assert response.status_code == 202
-    run = response.json()["run"]
-    assert run["trigger"] == "manual" and run["targets"] == {"unique": 4} and run["total"] == 4
-    conflict = await client.post("/admin/api/refill")
-    assert conflict.status_code == 409 and "already" in conflict.json()["error"]
-    events = await asyncio.wait_for(reader, 30)
+    async with owner(client) as admin, admin.subscribe() as stream:  # subscribed once the stream answers
+        response = await client.post("/admin/api/refill", json={"buckets": ["unique"]})
+        assert response.status_code == 202
+        run = response.json()["run"]
+        assert run["trigger"] == "manual" and run["targets"] == {"unique": 4} and run["total"] == 4
+        conflict = await client.post("/admin/api/refill")
+        assert conflict.status_code == 409 and "already" in conflict.json()["error"]
+        events = await asyncio.wait_for(events_until(stream, "idle"), 30)
     kinds = [kind for _, kind, _ in events]
-    states = [data["state"] for _, kind, data in events if kind == "state"]
+    states = [event.state for _, _, event in events if isinstance(event, StateChange)]
     assert states[0] == "booting" and "generating" in states and states[-2:] == ["shutting_down", "idle"]
     assert kinds.count("image") == 4 and "progress" in kinds and "log" in kinds
     ids = [event_id for event_id, _, _ in events]
@@ -115,29 +120,32 @@ async def test_refill_streams_states_and_images_then_lists_them(server: tuple[ht
     assert [img["created_at"] for img in listed] == sorted((img["created_at"] for img in listed), reverse=True)
     first = listed[0]
     assert first["bucket"] == "unique" and " of cjs" in first["prompt"]
+    assert first["url"] == f"/admin/api/images/unique/{first['id']}"
     picture = await client.get(first["url"])
     assert picture.status_code == 200 and picture.headers["content-type"] == "image/webp"
     assert picture.content[:4] == b"RIFF" and picture.content[8:12] == b"WEBP"
+    announced = [event.image for _, _, event in events if isinstance(event, NewImage)]
+    async with owner(client) as admin:  # an image event carries bucket and id: the client knows where it is
+        assert (await admin.image_bytes(announced[-1]))[8:12] == b"WEBP"
 
     status = (await client.get("/admin/api/status")).json()
     assert status["last_run"]["outcome"] == "completed" and status["buckets"]["unique"]["count"] == 4
 
     # A client that reconnects with Last-Event-ID gets what came after it.
     missed_from = ids[len(ids) // 2]
-    replay = await read_events(client, until="idle", headers={"Last-Event-ID": str(missed_from)})
+    async with owner(client) as admin, admin.subscribe(str(missed_from)) as stream:
+        replay = await asyncio.wait_for(events_until(stream, "idle"), 30)
     assert [event_id for event_id, _, _ in replay][: len(ids) - len(ids) // 2 - 1] == ids[len(ids) // 2 + 1:]
 
 
 async def test_abort_is_202_during_a_run_and_409_when_idle(server: tuple[httpx.AsyncClient, Path]) -> None:
     client, _ = server
     assert (await client.post("/admin/api/abort")).status_code == 409
-    connected = asyncio.Event()
-    reader = asyncio.create_task(read_events(client, until="idle", connected=connected))
-    await asyncio.wait_for(connected.wait(), 10)
-    assert (await client.post("/admin/api/refill")).status_code == 202
-    response = await client.post("/admin/api/abort")
-    assert response.status_code == 202 and response.json()["run"]["state"] in ("booting", "generating")
-    await asyncio.wait_for(reader, 30)
+    async with owner(client) as admin, admin.subscribe() as stream:
+        assert (await client.post("/admin/api/refill")).status_code == 202
+        response = await client.post("/admin/api/abort")
+        assert response.status_code == 202 and response.json()["run"]["state"] in ("booting", "generating")
+        await asyncio.wait_for(events_until(stream, "idle"), 30)
     status = (await client.get("/admin/api/status")).json()
     assert status["last_run"]["outcome"] == "aborted" and status["gpu"]["machine_state"] == "off"
 
@@ -229,3 +237,92 @@ async def test_event_stream_sends_heartbeats(tmp_path: Path, monkeypatch: pytest
                 if pings == 2:
                     break
         assert pings == 2
+
+
+@pytest.mark.parametrize(("raw", "field"), [
+    (b'{"film_only": 0.9, "artist_only": 0.9, "both": NaN}', "both"),
+    (b'{"both": Infinity}', "both"),
+    (b'{"film_only": -Infinity}', "film_only"),
+    (b'{"artist_only": 1e999}', "artist_only"),  # a float too large is read as infinity
+    (b'{"subject": "a\\ud800b"}', "subject"),  # a lone surrogate: no file can hold it
+    (b'{"films": ["Alien", "\\udfff"]}', "films"),
+])
+async def test_numbers_json_does_not_allow_and_invalid_unicode_are_refused(
+        server: tuple[httpx.AsyncClient, Path], raw: bytes, field: str) -> None:
+    client, config = server
+    before = config.read_bytes()
+    response = await client.put("/admin/api/prompts", content=raw, headers={"Content-Type": "application/json"})
+    assert response.status_code == 422 and response.json()["field"] == field, response.text
+    assert config.read_bytes() == before
+    assert (await client.get("/admin/api/prompts")).status_code == 200  # nothing half-applied in memory either
+    preview = await client.post("/admin/api/prompts/sample", content=b'{"settings": ' + raw + b"}")
+    assert preview.status_code == 422 and preview.json()["field"] == field
+
+
+@pytest.mark.parametrize("raw", [b'{"subject": ' + b"[" * 100_000, b'{"subject": ' + b"[" * 20 + b"]" * 20 + b"}"])
+async def test_deeply_nested_bodies_are_refused_with_a_reason(server: tuple[httpx.AsyncClient, Path],
+                                                               raw: bytes) -> None:
+    client, config = server
+    before = config.read_bytes()
+    response = await client.put("/admin/api/prompts", content=raw)
+    assert response.status_code == 400 and "nested more than 8 levels" in response.json()["error"]
+    assert config.read_bytes() == before
+
+
+@pytest.mark.parametrize(("body", "field", "words"), [
+    ({"subject": "x" * 201}, "subject", "at most 200 characters per entry, got 201"),
+    ({"films": ["The Matrix"] * 501}, "films", "at most 500 entries, got 501"),
+    ({"artists": ["Andy Warhol", "y" * 300]}, "artists", "at most 200 characters per entry, got 300"),
+])
+async def test_strings_and_lists_are_bounded(server: tuple[httpx.AsyncClient, Path], body: dict, field: str,
+                                             words: str) -> None:
+    client, config = server
+    before = config.read_bytes()
+    response = await client.put("/admin/api/prompts", json=body)
+    assert response.status_code == 422 and response.json() == {"error": words, "field": field}
+    assert config.read_bytes() == before
+
+
+async def test_an_oversized_body_is_413_and_the_config_untouched(server: tuple[httpx.AsyncClient, Path]) -> None:
+    client, config = server
+    before = config.read_bytes()
+    response = await client.put("/admin/api/prompts", json={"subject": "x" * 2_000_000})
+    assert response.status_code == 413 and "larger than the admin API accepts" in response.json()["error"]
+    assert config.read_bytes() == before
+
+    async def trickle() -> AsyncIterator[bytes]:  # no Content-Length: the limit holds while the body arrives
+        yield b'{"subject": "'
+        for _ in range(40):
+            yield b"x" * 50_000
+        yield b'"}'
+
+    response = await client.put("/admin/api/prompts", content=trickle())
+    assert response.status_code == 413
+    assert config.read_bytes() == before
+
+
+async def test_concurrent_prompt_edits_all_land(server: tuple[httpx.AsyncClient, Path]) -> None:
+    """Each PUT is a partial update applied on top of the latest settings, one after the other."""
+    client, config = server
+    edits = [{"subject": "(cjs)"}, {"films": ["Alien", "Heat"]}, {"artists": ["Hokusai"]},
+             {"prefixes": ["A woodcut"]}, {"suffixes": [f"suffix {n}" for n in range(12)]}, {"suffix_max": 2}]
+    answers = await asyncio.gather(*(client.put("/admin/api/prompts", json=edit) for edit in edits))
+    assert [answer.status_code for answer in answers] == [200] * len(edits)
+    merged = {name: value for edit in edits for name, value in edit.items()}
+    for settings in ((await client.get("/admin/api/prompts")).json(), load_settings(config).prompts.to_dict()):
+        assert {name: settings[name] for name in merged} == merged
+
+
+async def test_a_sidecar_that_is_not_an_object_is_skipped(server: tuple[httpx.AsyncClient, Path]) -> None:
+    client, config = server
+    async with owner(client) as admin:
+        await admin.refill(["unique"])
+        await asyncio.wait_for(admin.first_event(lambda event: isinstance(event, StateChange) and
+                                                 event.last_run is not None, since="0"), 30)
+    bucket = config.parent / "data" / "unique"
+    broken = sorted(bucket.glob("*.json"))[0]
+    broken.write_text("[]")
+    response = await client.get("/admin/api/images", params={"bucket": "unique"})
+    assert response.status_code == 200
+    assert broken.stem not in [image["id"] for image in response.json()["images"]]
+    assert len(response.json()["images"]) == 3

@@ -34,6 +34,10 @@ TABLES = {
                        "| backend | batch_size | concurrency | images | billed s | SD busy s | busy share |",
                        ["| a1111 | 1 | 1 | 20 |", "| a1111 | 2 | 2 | 20 |", "| comfyui | 1 | 1 | 20 |",
                         "| comfyui | 2 | 2 | 20 |"]),
+    "proxy_limits": ("Slow and oversized headers, and the visitor's address, with and without a proxy",
+                     "| check | avatargen serve alone | behind the nginx example |",
+                     ["| request headers sent one byte a second | still open after 15 s | closed after",
+                      "| admin API from 127.0.0.3 with a forged X-Forwarded-For: 127.0.0.2 | 403 | 403 |"]),
     "fault_matrix": ("Fault matrix: one fault per run, SIGKILL in each run state",
                      "| fault | run outcome | machine at end | billed s after the end | images lost |",
                      [f"| {fault} |" for fault in FAULTS if not fault.startswith("comfyui_")]

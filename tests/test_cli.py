@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import subprocess
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 import httpx
 import pytest
 
+from server.cli import main
 from tests.support import fast_settings, serving, write_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,10 +38,11 @@ def test_simulate_serves_both_apis_from_the_config(tmp_path: Path) -> None:
 
 
 async def test_owner_commands_talk_to_a_running_server(tmp_path: Path) -> None:
-    settings = fast_settings(tmp_path, admin__token="cli-token", gpu__simulated__boot_delay="2s")
+    # The run boots until it is aborted: on a loaded machine each command's process takes seconds to start.
+    settings = fast_settings(tmp_path, admin__token="cli-token", gpu__simulated__boot_delay="60s")
 
     async def avatargen(*args: str) -> subprocess.CompletedProcess[str]:
-        command = [sys.executable, "-m", "server.cli", *args, "--url", url, "--token", "cli-token",
+        command = [sys.executable, "-X", "importtime", "-m", "server.cli", *args, "--url", url, "--token", "cli-token",
                    "--config", str(tmp_path / "config.toml")]
         return await asyncio.to_thread(subprocess.run, command, capture_output=True, text=True, cwd=ROOT,
                                        timeout=60, check=False)
@@ -47,6 +51,8 @@ async def test_owner_commands_talk_to_a_running_server(tmp_path: Path) -> None:
         status = await avatargen("status")
         assert status.returncode == 0, status.stderr
         assert "state: idle (machine off, simulated)" in status.stdout and "unique: 0 (min 0, max 4)" in status.stdout
+        imported = {line.rpartition("|")[2].strip().split(".")[0] for line in status.stderr.splitlines()}
+        assert "httpx" in imported and "textual" not in imported  # a quick command: no control panel loaded
         refill = await avatargen("refill", "unique")
         assert refill.returncode == 0 and refill.stdout.startswith("started run ")
         assert "0/4 done" in refill.stdout and "4 unique" in refill.stdout
@@ -58,3 +64,100 @@ async def test_owner_commands_talk_to_a_running_server(tmp_path: Path) -> None:
             subprocess.run, [sys.executable, "-m", "server.cli", "status", "--url", url, "--token", "nope"],
             capture_output=True, text=True, cwd=ROOT, timeout=60, check=False)
         assert wrong.returncode == 1 and "token" in wrong.stderr
+
+
+async def test_refill_without_names_refills_every_bucket(tmp_path: Path) -> None:
+    settings = fast_settings(tmp_path, admin__token="cli-token", gpu__simulated__boot_delay="60s")
+    async with serving(settings) as (url, _app):
+        refill = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-m", "server.cli", "refill", "--url", url, "--token", "cli-token",
+                             "--config", str(tmp_path / "config.toml")],
+            capture_output=True, text=True, cwd=ROOT, timeout=60, check=False)
+        assert refill.returncode == 0, refill.stderr
+        assert refill.stdout.startswith("started run ") and "4 unique, 6 fallback" in refill.stdout
+
+
+def test_refill_names_only_buckets() -> None:
+    result = subprocess.run([sys.executable, "-m", "server.cli", "refill", "unique", "uniq"],
+                            capture_output=True, text=True, cwd=ROOT, timeout=60, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "argument BUCKET: no bucket 'uniq'; buckets are unique, fallback" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["serve", "--port", "99999"], "avatargen serve: error: argument --port: must be at most 65535, got 99999"),
+        (["serve", "--port", "http"], "argument --port: expected an integer, got 'http'"),
+        (["prompts", "-n", "-3"], "avatargen prompts: error: argument -n: must be at least 1, got -3"),
+        (["prompts", "-n", "0"], "argument -n: must be at least 1, got 0"),
+        (["simulate", "--sd-port", "70000"], "argument --sd-port: must be at most 65535, got 70000"),
+        (["simulate", "--paperspace-port", "-1"], "argument --paperspace-port: must be at least 0, got -1"),
+        (["status", "--url", "127.0.0.1:8080"], "argument --url: must be an http:// or https:// URL with a host"),
+        (["abort", "--url", "http://127.0.0.1:99999"], "argument --url: the port must be a number from 0 to 65535"),
+    ],
+)
+def test_command_line_values_are_checked_like_the_config(argv: list[str], message: str,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_serve_with_a_port_out_of_range_exits_2_naming_it(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "server.cli", "serve", "--port", "99999",
+                             "--config", str(write_config(tmp_path))],
+                            capture_output=True, text=True, cwd=ROOT, timeout=60, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "argument --port: must be at most 65535, got 99999" in result.stderr
+    assert not (tmp_path / "data").exists()  # refused before anything was touched
+
+
+@pytest.mark.parametrize("command", ["avatargen", "avatargen-tui"])
+def test_both_commands_tell_their_version(command: str) -> None:
+    result = subprocess.run([str(Path(sys.executable).parent / command), "--version"],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"{command} {version('avatargen')}"
+
+
+def test_serve_on_a_port_in_use_stops_before_touching_the_data_folder(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    data = tmp_path / "data"
+    for name, content in {"unique/.tmp/half-written.webp": b"orphan work file", "unique/.claimed/old.webp": b"claim",
+                          "unique/lonely.json": b"{}", "fallback/broken.webp": b"not an image",
+                          "ledger.sqlite3": b"", "avatargen.log": b"an earlier run\n"}.items():
+        (data / name).parent.mkdir(parents=True, exist_ok=True)
+        (data / name).write_bytes(content)
+
+    def snapshot() -> dict[str, bytes | None]:
+        return {path.relative_to(data).as_posix(): path.read_bytes() if path.is_file() else None
+                for path in sorted(data.rglob("*"))}
+
+    before = snapshot()
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "server.cli", "serve", "--config", str(config),
+                                 "--port", str(port)], capture_output=True, text=True, cwd=ROOT, timeout=60,
+                                check=False)
+    assert result.returncode == 4
+    assert result.stderr.splitlines() == [
+        f"avatargen: port {port} is already in use on 127.0.0.1 (is another avatargen serve running?)"]
+    assert snapshot() == before
+
+
+def test_serve_runs_on_uvicorns_fast_implementations(tmp_path: Path) -> None:
+    """uvicorn[standard] brings httptools and uvloop; the log says which ones run (header limits differ)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--config", str(write_config(tmp_path)),
+                                "--port", str(port)], stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert process.stderr is not None
+        line = next(line for line in process.stderr if "listening on" in line)
+        assert line.rstrip().endswith("uvicorn with httptools and uvloop)") and f":{port} " in line
+    finally:
+        process.terminate()
+        process.wait(30)

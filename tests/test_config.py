@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
+from dataclasses import fields, is_dataclass
 from pathlib import Path
+from typing import get_type_hints
 
 import pytest
 
@@ -82,17 +85,60 @@ data_dir = "state"
         ("[prompts]\nartists = []\n", "prompts.artists", 2, "must not be empty"),
         ("[gpu]\nprovider = \"aws\"\n", "gpu.provider", 2, "must be one of"),
         ("[server]\ntrusted_proxies = [\"10.0.0.300\"]\n", "server.trusted_proxies", 2, "not an IP"),
+        ("[server]\ntrusted_proxies = [\"::1\", \"127.0.0.2/8\"]\n", "server.trusted_proxies", 2,
+         "'127.0.0.2/8' has host bits set; did you mean '127.0.0.0/8'?"),
+        ("[admin]\nallow_from = [\"2001:db8::1/64\"]\n", "admin.allow_from", 2,
+         "'2001:db8::1/64' has host bits set; did you mean '2001:db8::/64'?"),
         ("[gpu]\nprovider = \"paperspace\"\n", "gpu.paperspace.machine_id", None, "required"),
         ("[sd]\nwidth = 500\n", "sd.width", 2, "multiple of 8"),
         ("[gpu.simulated]\nfaults = [\"sd_501\"]\n", "gpu.simulated.faults", 2, "did you mean 'sd_500'"),
+        ("[server]\nport = 8080\n\nport = 8081\n", "server.port", 4, "not valid TOML: set twice"),
+        ("[server]\nport = 1\n[gpu]\n[ server ]\nhost = \"x\"\n", "server", 4, "set twice"),
+        ("[gpu]\npaperspace.machine_id = \"a\"\n[gpu.paperspace]\n", "gpu.paperspace", 3, "set twice"),
+        ("[sd]\nsampler = { name = \"a\", name = \"b\" }\n", "sd.sampler", 2, "set twice"),
+        ("[server]\nport = 80 80\n", "server.port", 2, "not valid TOML: Unexpected character: '8'"),
+        ("[server]\nhost = \"x\n", "server.host", 2, "not valid TOML"),
+        ("[server\nport = 1\n", None, 1, "not valid TOML"),
+        ("[prompts]\nfilm_only = 0.9\nartist_only = 0.9\nboth = nan\n", "prompts.both", 4,
+         "must be a finite number, got nan"),
+        ("[gpu]\nhourly_cost = inf\n", "gpu.hourly_cost", 2, "must be a finite number, got inf"),
+        ("[gpu]\ndaily_budget = -inf\n", "gpu.daily_budget", 2, "must be a finite number, got -inf"),
+        ("[sd]\ncfg_scale = nan\n", "sd.cfg_scale", 2, "must be a finite number"),
+        ("[serving]\nunique_every = inf\n", "serving.unique_every", 2, "must be a finite number of seconds"),
+        ("[gpu.simulated]\nstep_time = nan\n", "gpu.simulated.step_time", 2, "must be a finite number of seconds"),
     ],
 )
-def test_errors_name_file_key_line(tmp_path: Path, text: str, key: str, line: int | None, words: str) -> None:
+def test_errors_name_file_key_line(tmp_path: Path, text: str, key: str | None, line: int | None, words: str) -> None:
     error = error_for(tmp_path, text)
     assert error.key == key
     assert error.line == line
     assert words in str(error)
     assert str(error).startswith(str(tmp_path / "config.toml"))
+
+
+def number_keys(cls: type = Settings, prefix: str = "") -> list[str]:
+    """Every setting that holds a number with a fraction or a duration, as dotted keys (review.block's
+    scores by one of their names)."""
+    keys = []
+    for spec in fields(cls):
+        hint, dotted = get_type_hints(cls)[spec.name], f"{prefix}{spec.name}"
+        if isinstance(hint, type) and is_dataclass(hint):
+            keys += number_keys(hint, f"{dotted}.")
+        elif hint is float:
+            keys.append(dotted)
+        elif hint == dict[str, float]:
+            keys.append(f"{dotted}.{next(iter(getattr(cls(), spec.name)))}")
+    return keys
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_no_number_or_duration_may_be_nan_or_infinite(tmp_path: Path, value: str) -> None:
+    keys = number_keys()
+    assert {"prompts.both", "gpu.hourly_cost", "serving.unique_every", "review.face_score"} <= set(keys)
+    for dotted in keys:
+        table, _, name = dotted.rpartition(".")
+        error = error_for(tmp_path, f"[{table}]\n{name} = {value}\n")
+        assert (error.key, error.line) == (dotted, 2) and "finite" in error.message, dotted
 
 
 def test_invalid_toml_is_a_config_error(tmp_path: Path) -> None:
@@ -125,6 +171,9 @@ def test_prompt_update_is_validated_like_the_file() -> None:
     assert info.value.key == "prompts.suffix_max"
     with pytest.raises(ConfigError, match="did you mean 'film_only'"):
         update_prompts(current, {"flim_only": 0.1})
+    for number in (math.nan, math.inf, -math.inf):  # JSON from the admin API can hold them too
+        with pytest.raises(ConfigError, match="must be a finite number"):
+            update_prompts(current, {"both": number})
 
 
 def test_writer_keeps_comments_and_formatting(tmp_path: Path) -> None:
@@ -169,13 +218,29 @@ except OSError as exc:
     assert [p.name for p in tmp_path.iterdir()] == ["config.toml"]
 
 
-def test_cli_config_error_exits_2_without_traceback(tmp_path: Path) -> None:
-    path = write(tmp_path, "[generator]\nconcurency = 3\n")
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[generator]\nconcurency = 3\n", ":2: generator.concurency: unknown key; did you mean 'concurrency'?"),
+        ("[server]\nport = 8080\nport = 8081\n", ":3: server.port: not valid TOML: set twice"),
+    ],
+)
+def test_cli_config_error_exits_2_without_traceback(tmp_path: Path, text: str, message: str) -> None:
+    path = write(tmp_path, text)
     result = subprocess.run([sys.executable, "-m", "server.cli", "check-config", "--config", str(path)],
                             capture_output=True, text=True, cwd=ROOT, check=False)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
-    assert f"{path}:2: generator.concurency: unknown key; did you mean 'concurrency'?" in result.stderr
+    assert f"{path}{message}" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["serve", "check-config"])
+def test_nan_is_a_config_error(tmp_path: Path, command: str) -> None:
+    path = write(tmp_path, '[server]\nport = 0\n[prompts]\nfilm_only = 0.9\nartist_only = 0.9\nboth = nan\n')
+    result = subprocess.run([sys.executable, "-m", "server.cli", command, "--config", str(path)],
+                            capture_output=True, text=True, cwd=ROOT, check=False, timeout=60)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"{path}:6: prompts.both: must be a finite number, got nan" in result.stderr
 
 
 @pytest.mark.parametrize("command", ["serve", "check-config"])

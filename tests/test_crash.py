@@ -6,18 +6,22 @@ and `avatargen serve` runs as a real process that is killed without any chance t
 
 from __future__ import annotations
 
+import asyncio
 import itertools
-import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
 import pytest
 from PIL import Image
 
-from benchmarks.harness import SIM_KEY_ENV, Admin, EventTest, Service, Simulator, avatargen_server, free_port
+from avatargen.api import AdminClient, NewImage, ServerEvent, StateChange
+from avatargen.testing import SIM_KEY_ENV, Service, Simulator, avatargen_server, free_port
 from tests.processes import describe, running, still_running_after
 from tests.support import write_config
+
+TOKEN = "crash-test-token"
+EventTest = Callable[[ServerEvent], bool]
 
 
 @pytest.fixture
@@ -27,10 +31,10 @@ def simulator(tmp_path: Path) -> Iterator[Simulator]:
         yield sim
 
 
-def nth(kind: str, count: int) -> EventTest:
+def nth(kind: type, count: int) -> EventTest:
     """Matches the count-th event of a kind."""
     seen = itertools.count(1)
-    return lambda event_kind, _data: event_kind == kind and next(seen) == count
+    return lambda event: isinstance(event, kind) and next(seen) == count
 
 
 def visible_images_are_whole(bucket: Path) -> int:
@@ -56,26 +60,40 @@ def paperspace_config(tmp_path: Path, simulator: Simulator) -> Path:
 
 
 def server_for(config: Path, simulator: Simulator, port: int) -> Service:
-    return avatargen_server(config, config.parent / "server.log", port=port, env=simulator.env())
+    return avatargen_server(config, config.parent / "server.log", token=TOKEN, port=port, env=simulator.env())
 
 
-def test_sigkill_mid_run_then_restart_stops_machine(tmp_path: Path, simulator: Simulator) -> None:
+async def started(server: Service) -> Service:
+    return await asyncio.to_thread(server.start)
+
+
+async def first_event(server: Service, matches: EventTest, timeout: float = 60) -> ServerEvent:
+    """The first event in the server's history (from its start) that matches."""
+    async with AdminClient(server.url, TOKEN) as admin, asyncio.timeout(timeout):
+        return await admin.first_event(matches, since="0")
+
+
+async def refill(server: Service) -> None:
+    async with AdminClient(server.url, TOKEN) as admin:
+        await admin.refill()
+
+
+async def test_sigkill_mid_run_then_restart_stops_machine(tmp_path: Path, simulator: Simulator) -> None:
     config = paperspace_config(tmp_path, simulator)
-    server = server_for(config, simulator, free_port()).start()
+    server = await started(server_for(config, simulator, free_port()))
     try:
-        admin = Admin(server.url)
-        admin.refill([])
-        admin.wait_event(nth("image", 5))
+        await refill(server)
+        await first_event(server, nth(NewImage, 5))
     finally:
         server.kill()
     assert simulator.machine()["state"] != "off"  # nobody stopped it: the process died
     unique, fallback = tmp_path / "data" / "unique", tmp_path / "data" / "fallback"
     assert visible_images_are_whole(unique) + visible_images_are_whole(fallback) >= 5
 
-    again = server_for(config, simulator, server.port).start()
+    again = await started(server_for(config, simulator, server.port))
     try:
         # The start-up check stops the orphaned machine; its events are in the process's history.
-        Admin(again.url).wait_event(lambda kind, data: kind == "state" and data.get("machine_state") == "off")
+        await first_event(again, lambda event: isinstance(event, StateChange) and event.machine_state == "off")
         assert simulator.machine()["state"] == "off"
         for bucket in (unique, fallback):
             visible_images_are_whole(bucket)
@@ -83,40 +101,40 @@ def test_sigkill_mid_run_then_restart_stops_machine(tmp_path: Path, simulator: S
             assert not list((bucket / ".claimed").glob("*"))
         assert "no run is active: stopping it" in again.log_text()
     finally:
-        stop_gracefully(again)
+        await stop_gracefully(again)
 
 
-def stop_gracefully(server: Service) -> None:
-    """SIGTERM; uvicorn shuts down, then re-raises the signal, so the exit status may say SIGTERM."""
-    assert server.stop(60) in (0, -signal.SIGTERM)
+async def stop_gracefully(server: Service) -> None:
+    """SIGTERM: a clean shutdown, exit status 0."""
+    assert await asyncio.to_thread(server.stop, 60) == 0
     assert server.process is not None
     assert server.log_text().rstrip().splitlines()[-1].endswith(f"Finished server process [{server.process.pid}]")
 
 
 @pytest.mark.parametrize("state", ["booting", "generating"])
-def test_sigterm_during_a_run_stops_the_machine_before_exit(tmp_path: Path, simulator: Simulator, state: str) -> None:
+async def test_sigterm_during_a_run_stops_the_machine_before_exit(tmp_path: Path, simulator: Simulator,
+                                                                 state: str) -> None:
     config = paperspace_config(tmp_path, simulator)
-    server = server_for(config, simulator, free_port()).start()
+    server = await started(server_for(config, simulator, free_port()))
     try:
-        admin = Admin(server.url)
-        admin.refill([])
-        admin.wait_event(lambda kind, data: kind == "state" and data["state"] == state)
+        await refill(server)
+        await first_event(server, lambda event: isinstance(event, StateChange) and event.state == state)
     finally:
-        stop_gracefully(server)
+        await stop_gracefully(server)
     assert simulator.machine()["state"] == "off"
     assert "aborting run" in server.log_text() and "the server is shutting down" in server.log_text()
 
 
-def test_sigkill_of_the_server_leaves_none_of_its_processes_behind(tmp_path: Path) -> None:
-    server = avatargen_server(write_config(tmp_path), tmp_path / "server.log").start()
+async def test_sigkill_of_the_server_leaves_none_of_its_processes_behind(tmp_path: Path) -> None:
+    server = await started(avatargen_server(write_config(tmp_path), tmp_path / "server.log", token=TOKEN))
     try:
-        Admin(server.url).refill(["unique"])
-        Admin(server.url).wait_event(nth("image", 1))  # the imaging process has made an avatar
+        await refill(server)
+        await first_event(server, nth(NewImage, 1))  # the imaging process has made an avatar
         assert server.process is not None
         children = psutil.Process(server.process.pid).children(recursive=True)
         commands = describe(running(children))
         assert "multiprocessing.spawn" in commands and "multiprocessing.resource_tracker" in commands, commands
     finally:
         server.kill()
-    left = still_running_after(children, timeout=10)
+    left = await asyncio.to_thread(still_running_after, children, timeout=10)
     assert not left, f"still running after the server was killed:\n{describe(left)}"

@@ -22,7 +22,7 @@ async def test_listeners_get_events_in_order_and_replay_after_last_id() -> None:
 
 async def test_a_slow_listener_drops_progress_but_keeps_what_matters() -> None:
     hub = EventHub(queue_size=4)
-    with hub.subscribe() as slow:
+    with hub.subscribe(last_id=hub.last_id) as slow:
         for step in range(3):
             hub.publish("image", {"n": step})
         for step in range(100):
@@ -33,7 +33,7 @@ async def test_a_slow_listener_drops_progress_but_keeps_what_matters() -> None:
 
 async def test_a_listener_that_falls_behind_on_images_is_cut_off_and_can_catch_up() -> None:
     hub = EventHub(queue_size=2)
-    with hub.subscribe() as slow:
+    with hub.subscribe(last_id=hub.last_id) as slow:
         seen = hub.publish("image", {"n": 0})
         for n in range(1, 5):
             hub.publish("image", {"n": n})
@@ -51,3 +51,34 @@ async def test_publish_wakes_a_waiting_listener() -> None:
         await asyncio.sleep(0)
         hub.publish("log", {"message": "hello"})
         assert (await waiting).data == {"message": "hello"}
+
+
+async def test_a_new_listener_gets_the_recent_log_first_and_a_reconnecting_one_only_what_it_missed() -> None:
+    hub = EventHub(recent_logs=3)
+    for n in range(5):
+        hub.publish("log", {"n": n})
+        hub.publish("progress", {"done": n})  # not replayed: the status says where a run is
+    with hub.subscribe() as new:
+        assert [(await new.next(1)).data for _ in range(3)] == [{"n": 2}, {"n": 3}, {"n": 4}]
+        assert await new.next(0.01) is None
+    with hub.subscribe(last_id=hub.last_id) as reconnecting:
+        assert await reconnecting.next(0.01) is None
+    with hub.subscribe(last_id=hub.last_id + 100) as from_before_a_restart:
+        assert (await from_before_a_restart.next(1)).data == {"n": 2}
+
+
+async def test_a_stream_of_events_ends_when_told_to_stop_or_when_cut_off() -> None:
+    hub = EventHub(queue_size=2)
+    stop = asyncio.Event()
+    with hub.subscribe() as listener:
+        hub.publish("log", {"n": 1})
+        stream = listener.until(stop)
+        assert (await anext(stream)).data == {"n": 1}
+        waiting = asyncio.ensure_future(anext(stream))
+        stop.set()  # the server shuts down while the stream waits
+        with pytest.raises(StopAsyncIteration):
+            await waiting
+    with hub.subscribe(last_id=hub.last_id) as slow:
+        for n in range(5):
+            hub.publish("image", {"n": n})
+        assert [event.data async for event in slow.until(asyncio.Event())] == []  # cut off: it reconnects

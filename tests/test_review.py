@@ -23,7 +23,7 @@ from skimage import data
 from avatargen import review
 from avatargen.config import ConfigError, ReviewSettings, load_settings
 from avatargen.imaging import to_avatar_webp
-from benchmarks.harness import write_config
+from tests.support import write_config
 
 ROOT = Path(__file__).resolve().parent.parent
 FACE_RULES = ReviewSettings(enabled=True, require_face=True)
@@ -144,7 +144,7 @@ WITHOUT_NUDENET = "import sys; sys.modules['nudenet'] = None; from server.cli im
 
 
 def gate_config(tmp_path: Path) -> Path:
-    return write_config(tmp_path, {"review": {"enabled": True, "require_face": True}})
+    return write_config(tmp_path, {"review.enabled": True, "review.require_face": True})
 
 
 def test_check_config_says_how_to_install_the_extra(tmp_path: Path) -> None:

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from avatargen.api import TokenError, find_token, server_url
 from avatargen.config import load_settings
 from tests.support import write_config
-from tui.cli import TokenError, find_token, main, server_url
+from tui.cli import main
 
 
 @pytest.fixture(autouse=True)

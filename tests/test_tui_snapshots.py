@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,10 @@ from textual.screen import Screen
 from textual.widgets import Input
 
 import tui.app
+from avatargen.api import LogEntry, Status
 from tests.tui_support import ServerProcess, panel, running_server, seed_images, wait_for
 from tui.connection import Backoff
-from tui.models import parse_status
+from tui.screens.confirm_abort import ConfirmAbortScreen
 from tui.screens.main import MainScreen
 from tui.screens.problem import ProblemScreen
 from tui.widgets.link_indicator import LinkIndicator
@@ -37,6 +39,12 @@ STEADY_PROMPTS = {
     "prompts.prefixes": ["A watercolour"], "prompts.artists": ["Hokusai"], "prompts.films": ["Akira"],
     "prompts.suffixes": ["soft light"],
 }
+
+SEEDED_PROMPTS = [
+    "A watercolour of cjs, in the style of Hokusai, soft light",
+    "A watercolour of cjs from the film Akira, in the style of Hokusai, soft light, bokeh",
+    "A sketch of cjs, film grain, 8K",
+]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -56,7 +64,7 @@ def local_time_is_utc() -> Iterator[None]:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     directory = tmp_path_factory.mktemp("snapshots")
-    seed_images(directory / "data" / "fallback", 3)
+    seed_images(directory / "data" / "fallback", 3, SEEDED_PROMPTS)
     with running_server(directory, STEADY_PROMPTS) as process:
         yield process
 
@@ -102,12 +110,20 @@ def test_prompt_editor_shows_the_servers_message_by_its_field(snap_compare: Snap
     assert snap_compare(panel(server.url), terminal_size=SIZE, run_before=reject)
 
 
+def test_prompt_editor_marks_mistakes_and_stale_samples(snap_compare: Snap, server: ServerProcess) -> None:
+    async def mistype(pilot: Pilot[Any]) -> None:
+        await settled(pilot)
+        await pilot.press("p", "tab", "tab", "end", "backspace", "backspace", "backspace", *"0.5")  # film only
+        await pilot.press("tab", "end", "x")  # artist only: "0.0x"
+        editor = pilot.app.query_one(PromptEditor)
+        await wait_for(pilot, lambda: editor.query_one("#error-artist_only").display, "the field's message")
+        await wait_for(pilot, lambda: editor.query_one("#error-weights").display, "the weights' message")
+
+    assert snap_compare(panel(server.url), terminal_size=SIZE, run_before=mistype)
+
+
 def test_refill_dialog(snap_compare: Snap, server: ServerProcess) -> None:
     assert snap_compare(panel(server.url), press=["r"], terminal_size=SIZE, run_before=settled)
-
-
-def test_abort_confirmation(snap_compare: Snap, server: ServerProcess) -> None:
-    assert snap_compare(panel(server.url), press=["a"], terminal_size=SIZE, run_before=settled)
 
 
 def test_unreachable_server(snap_compare: Snap) -> None:
@@ -143,10 +159,23 @@ MID_RUN: dict[str, Any] = {
 }
 
 
+MID_RUN_LOG = [
+    LogEntry(datetime(2025, 1, 1, 12, 0, 0, tzinfo=UTC), "info", "manual run 20250101T120000-7f3a: booting the GPU"),
+    LogEntry(datetime(2025, 1, 1, 12, 0, 41, tzinfo=UTC), "info", "machine ready; generating 53 images"),
+    LogEntry(datetime(2025, 1, 1, 12, 1, 2, tzinfo=UTC), "warning",
+             "image failed (1 in a row): the SD web UI answered 500 Internal Server Error; the run goes on with "
+             "the next prompt and ends after 5 failures in a row"),
+    LogEntry(datetime(2025, 1, 1, 12, 1, 5, tzinfo=UTC), "error",
+             "could not load image 20250101T120104-000001-1a2b3c4d: cannot reach http://127.0.0.1:8080"),
+]
+
+
 class FrozenMainScreen(MainScreen):
     def on_mount(self) -> None:
-        self.status = parse_status(MID_RUN)
+        self.status = Status.from_json(MID_RUN)
         self.query_one(LinkIndicator).show_live()
+        for entry in MID_RUN_LOG:
+            self.log_entry(entry)
 
 
 class OverviewOnly(App[None]):
@@ -162,3 +191,12 @@ class OverviewOnly(App[None]):
 @pytest.mark.parametrize("size", [(80, 24), (160, 40)], ids=["80x24", "160x40"])
 def test_a_run_in_progress(snap_compare: Snap, size: tuple[int, int]) -> None:
     assert snap_compare(OverviewOnly(), terminal_size=size)
+
+
+def test_abort_confirmation(snap_compare: Snap) -> None:
+    async def confirm(pilot: Pilot[Any]) -> None:
+        run = Status.from_json(MID_RUN).run
+        assert run is not None
+        await pilot.app.push_screen(ConfirmAbortScreen(run))
+
+    assert snap_compare(OverviewOnly(), terminal_size=SIZE, run_before=confirm)

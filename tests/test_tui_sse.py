@@ -1,4 +1,4 @@
-"""The panel's live link: SSE decoding over real HTTP, and reconnecting with Last-Event-ID after a break."""
+"""The panel's live link: the admin client reading events over real HTTP, and reconnecting with Last-Event-ID."""
 
 from __future__ import annotations
 
@@ -7,49 +7,29 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from avatargen.api import AdminClient, LogEntry
 from tests.support import serve_asgi
-from tui.client import AdminClient
 from tui.connection import Backoff, follow
 from tui.messages import Connected, Disconnected, Received
-from tui.models import LogEntry
-from tui.sse import SseDecoder, SseEvent, read_events
 
 
-def decode(lines: list[str]) -> list[SseEvent]:
-    decoder = SseDecoder()
-    return [event for line in lines if (event := decoder.feed(line)) is not None]
-
-
-def test_data_lines_join_and_a_blank_line_ends_the_event() -> None:
-    assert decode(["event: log", "data: one", "data:two", "", "data: {}", ""]) == [
-        SseEvent("log", "one\ntwo", None),
-        SseEvent("message", "{}", None),
-    ]
-
-
-def test_comments_are_heartbeats_and_the_last_id_carries_over() -> None:
-    assert decode([": ping", "", "id: 7", "event: state", "data: a", "", ": ping", "", "data: b", ""]) == [
-        SseEvent("state", "a", "7"),
-        SseEvent("message", "b", "7"),
-    ]
-
-
-def test_an_event_without_data_is_not_dispatched() -> None:
-    assert decode(["event: log", "id: 3", "", "retry: 2000", ""]) == []
+def log_event(event_id: int, message: str) -> str:
+    data = {"time": "2025-01-01T12:00:00+00:00", "level": "info", "message": message}
+    return f"id: {event_id}\nevent: log\ndata: {json.dumps(data)}\n\n"
 
 
 async def chunked_stream(request: Request) -> Response:
-    """Events cut at awkward places and mixed line endings, as a proxy may deliver them."""
+    """Events cut at awkward places, heartbeats and mixed line endings, as a proxy may deliver them."""
 
     async def body() -> AsyncIterator[bytes]:
-        for chunk in (b": connected\n\nid: 1\nevent: log\nda", b'ta: {"n": 1}\n', b"\n", b": ping\n\n",
-                      b'id: 2\r\nevent: state\r\ndata: {"n": 2}\r\n\r\n'):
+        first, second = log_event(1, "one").encode(), log_event(2, "two").replace("\n", "\r\n").encode()
+        for chunk in (b"retry: 2000\n: connected\n\n", first[:25], first[25:-1], first[-1:], b": ping\n\n",
+                      second, b"event: weather\ndata: {}\n\n", b": ping\r\n\r\n"):
             yield chunk
             await asyncio.sleep(0)
 
@@ -57,14 +37,16 @@ async def chunked_stream(request: Request) -> Response:
 
 
 async def test_events_are_read_whole_from_a_real_stream() -> None:
-    app = Starlette(routes=[Route("/events", chunked_stream)])
+    app = Starlette(routes=[Route("/admin/api/events", chunked_stream)])
     async with (
         serve_asgi(app, timeout_graceful_shutdown=1) as url,
-        httpx.AsyncClient() as client,
-        client.stream("GET", f"{url}/events") as reply,
+        AdminClient(url, "token") as client,
+        client.subscribe() as stream,
     ):
-        events = [event async for event in read_events(reply.aiter_lines())]
-    assert events == [SseEvent("log", '{"n": 1}', "1"), SseEvent("state", '{"n": 2}', "2")]
+        events = [(event_id, event) async for event_id, event in stream]
+    assert [(event_id, event.message) for event_id, event in events if isinstance(event, LogEntry)] == [
+        ("1", "one"), ("2", "two")]
+    assert len(events) == 2  # heartbeats carry no event; an unknown kind (a newer server) is skipped
 
 
 STATUS: dict[str, Any] = {
@@ -73,11 +55,6 @@ STATUS: dict[str, Any] = {
     "gpu": {"provider": "simulated", "machine_state": "off"},
     "cost": {"today": 0, "month": 0, "daily_budget": 5, "billed_seconds_today": 0, "billed_seconds_month": 0},
 }
-
-
-def log_event(event_id: int, message: str) -> str:
-    data = {"time": "2025-01-01T12:00:00+00:00", "level": "info", "message": message}
-    return f"id: {event_id}\nevent: log\ndata: {json.dumps(data)}\n\n"
 
 
 async def test_a_broken_stream_is_reported_and_resumed_from_the_last_event_id() -> None:
@@ -122,8 +99,3 @@ async def test_a_broken_stream_is_reported_and_resumed_from_the_last_event_id() 
     broken = reports[2]
     assert (broken.reason, broken.attempt, broken.retry_in) == ("the server closed the event stream", 1, 0.01)
     assert all(isinstance(message.event, LogEntry) for message in reports if isinstance(message, Received))
-
-
-def test_backoff_doubles_up_to_its_maximum() -> None:
-    backoff = Backoff(initial=0.5, maximum=4)
-    assert [backoff.delay(attempt) for attempt in range(1, 7)] == [0.5, 1, 2, 4, 4, 4]

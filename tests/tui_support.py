@@ -11,14 +11,14 @@ import contextlib
 import io
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageDraw
 from textual.pilot import Pilot
 
-from benchmarks.harness import Service, free_port, serve_command
+from avatargen.testing import Service, free_port, serve_command
 from tests.support import write_config
 from tui.app import AvatarApp
 from tui.connection import Backoff
@@ -74,7 +74,7 @@ async def wait_for(pilot: Pilot[Any], condition: Callable[[], object], what: str
         await pilot.pause(0.05)
 
 
-def seed_images(bucket_dir: Path, count: int) -> None:
+def seed_images(bucket_dir: Path, count: int, prompts: Sequence[str] = ()) -> None:
     """Store avatars as the generator does (<id>.webp + <id>.json), with fixed pixels, prompts and times."""
     bucket_dir.mkdir(parents=True, exist_ok=True)
     for number in range(1, count + 1):
@@ -86,6 +86,7 @@ def seed_images(bucket_dir: Path, count: int) -> None:
         image.save(data, "WEBP", lossless=True)
         image_id = f"20250101T12000{number}-seed{number}"
         (bucket_dir / f"{image_id}.webp").write_bytes(data.getvalue())
-        metadata = {"prompt": f"A watercolour of cjs, in the style of Hokusai, number {number}", "seed": number,
+        prompt = prompts[number - 1] if prompts else f"A watercolour of cjs, in the style of Hokusai, number {number}"
+        metadata = {"prompt": prompt, "seed": number,
                     "sampler": "DPM++ 2M", "steps": 10, "created_at": f"2025-01-01T12:00:0{number}+00:00"}
         (bucket_dir / f"{image_id}.json").write_text(json.dumps(metadata))

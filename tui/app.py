@@ -1,8 +1,10 @@
 """The owner's control panel for one avatargen server.
 
 The App owns the admin API client and every backend call. Calls run in `@work` workers, which report
-back with messages (`tui.messages`); the handlers below turn those into screen updates. The connection
-worker (`tui.connection.follow`) keeps the picture live and survives the server going away.
+back with messages (`tui.messages`); the handlers below turn those into screen updates. No worker closes
+the panel on an error (`exit_on_error=False`): what fails is shown where it happened, and the rest goes
+on. The connection worker (`tui.connection.follow`) keeps the picture live and survives the server
+going away.
 """
 
 from __future__ import annotations
@@ -19,9 +21,20 @@ from textual.app import App
 from textual.binding import Binding
 from textual.message import Message
 from textual.screen import Screen
-from textual.worker import Worker
+from textual.worker import Worker, WorkerState
 
-from tui.client import AdminClient, AdminError, Unreachable
+from avatargen.api import (
+    AdminClient,
+    AdminError,
+    ImageInfo,
+    LogEntry,
+    NewImage,
+    ProtocolError,
+    Run,
+    StateChange,
+    Unreachable,
+)
+from avatargen.config import BUCKET_NAMES
 from tui.connection import DEFAULT_BACKOFF, Backoff, follow
 from tui.formatting import targets
 from tui.images import ImageStyle, Picture, decode
@@ -39,12 +52,11 @@ from tui.messages import (
     SamplesComposed,
     StatusFetched,
 )
-from tui.models import BUCKETS, ImageInfo, LogEntry, NewImage, ProtocolError, Run, StateChange, apply_event
 from tui.screens.confirm_abort import ConfirmAbortScreen
 from tui.screens.image_detail import ImageDetailScreen
 from tui.screens.main import MainScreen
 from tui.screens.problem import ProblemScreen
-from tui.screens.refill import RefillScreen
+from tui.screens.refill import RefillScreen, is_full
 from tui.widgets.link_indicator import LinkIndicator
 from tui.widgets.prompt_editor import PromptEditor
 from tui.widgets.thumbnail import Thumbnail
@@ -110,6 +122,7 @@ class AvatarApp(App[None]):
         self.main = MainScreen(image_style)
         self.problem: ProblemScreen | None = None
         self.ever_connected = False
+        self.connection_errors = 0  # unexpected errors of the connection worker in a row
 
     def get_default_screen(self) -> Screen:
         return self.main
@@ -126,7 +139,7 @@ class AvatarApp(App[None]):
 
     # --- the connection --------------------------------------------------------------------------------
 
-    @work(exclusive=True, group="connection")
+    @work(exclusive=True, group="connection", exit_on_error=False)
     async def follow_server(self) -> None:
         await follow(self.client, self.post_message, self.backoff)
 
@@ -135,6 +148,7 @@ class AvatarApp(App[None]):
 
     @while_running
     def on_connected(self, message: Connected) -> None:
+        self.connection_errors = 0
         self.main.status = message.status
         self.main.query_one(LinkIndicator).show_live()
         self.main.remove_class("-offline")
@@ -186,7 +200,7 @@ class AvatarApp(App[None]):
             self.main.log_entry(event)
             return
         if self.main.status is not None:
-            self.main.status = apply_event(self.main.status, event)
+            self.main.status = self.main.status.apply(event)
         if isinstance(event, StateChange):
             self.refresh_status()  # today's and this month's spend are not in the event
         elif isinstance(event, NewImage):
@@ -194,7 +208,7 @@ class AvatarApp(App[None]):
             if self.arrivals_worker is None or self.arrivals_worker.is_finished:
                 self.arrivals_worker = self.fetch_arrivals()
 
-    @work(exclusive=True, group="status")
+    @work(exclusive=True, group="status", exit_on_error=False)
     async def refresh_status(self) -> None:
         status = await self._fetch("status", self.client.status())
         if status is not None:
@@ -212,6 +226,23 @@ class AvatarApp(App[None]):
     def on_failed(self, message: Failed) -> None:
         self.note("warning", message.text)
 
+    @while_running
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """The net under every worker (all run with exit_on_error=False): an error the worker did not
+        expect is reported, and the panel goes on. A connection worker that fell is started again, with
+        the same backoff as a lost connection, so the panel never shows stale numbers as live."""
+        worker = event.worker
+        if event.state is not WorkerState.ERROR:
+            return
+        text = f"{worker.name} failed: {type(worker.error).__name__}: {worker.error}"
+        self.note("error", text)
+        self.notify(text, severity="error", timeout=8, markup=False)
+        if worker.group == "connection":
+            self.connection_errors += 1
+            delay = self.backoff.delay(self.connection_errors)
+            self.post_message(Disconnected(text, delay, self.connection_errors))
+            self.set_timer(delay, self.follow_server)
+
     async def _fetch(self, what: str, call: Awaitable[T]) -> T | None:
         """Await a background call; a failure is a line in the log, not a crashed worker."""
         try:
@@ -224,21 +255,26 @@ class AvatarApp(App[None]):
 
     async def _download(self, info: ImageInfo) -> Picture | None:
         data = await self._fetch(f"image {info.id}", self.client.image_bytes(info))
-        return None if data is None else decode(info, data)
+        if data is None:
+            return None
+        picture = decode(info, data)
+        if picture.problem is not None:
+            self.post_message(Failed(f"cannot show image {info.id}: {picture.problem}"))
+        return picture
 
     async def _download_all(self, images: list[ImageInfo]) -> list[Picture]:
         pictures = await asyncio.gather(*(self._download(info) for info in images))
         return [picture for picture in pictures if picture is not None]
 
-    @work(exclusive=True, group="pictures")
+    @work(exclusive=True, group="pictures", exit_on_error=False)
     async def load_pictures(self) -> None:
         newest: list[ImageInfo] = []
-        for bucket in BUCKETS:
+        for bucket in BUCKET_NAMES:
             newest += await self._fetch(f"the {bucket} images", self.client.images(bucket, self.thumbnails)) or []
         newest.sort(key=lambda info: info.created_at, reverse=True)
         self.post_message(PicturesLoaded(await self._download_all(newest[: self.thumbnails])))
 
-    @work(group="arrivals")
+    @work(group="arrivals", exit_on_error=False)
     async def fetch_arrivals(self) -> None:
         """Download new images in batches: in a burst only the newest ones would stay on screen anyway."""
         while self.arrivals:
@@ -260,7 +296,7 @@ class AvatarApp(App[None]):
 
     # --- prompt settings -------------------------------------------------------------------------------
 
-    @work(exclusive=True, group="prompts")
+    @work(exclusive=True, group="prompts", exit_on_error=False)
     async def load_prompts(self) -> None:
         settings = await self._fetch("the prompt settings", self.client.prompts())
         if settings is not None:
@@ -275,7 +311,7 @@ class AvatarApp(App[None]):
     def on_prompt_editor_edited(self, message: PromptEditor.Edited) -> None:
         self.compose_samples(dict(message.changes))
 
-    @work(exclusive=True, group="samples")
+    @work(exclusive=True, group="samples", exit_on_error=False)
     async def compose_samples(self, changes: dict[str, object]) -> None:
         await asyncio.sleep(SAMPLE_DELAY)  # a newer edit cancels this worker (exclusive) before it asks
         try:
@@ -296,7 +332,7 @@ class AvatarApp(App[None]):
     def on_prompt_editor_save_requested(self, message: PromptEditor.SaveRequested) -> None:
         self.save_prompts(dict(message.changes))
 
-    @work(exclusive=True, group="save")
+    @work(exclusive=True, group="save", exit_on_error=False)
     async def save_prompts(self, changes: dict[str, object]) -> None:
         try:
             settings = await self.client.save_prompts(changes)
@@ -312,27 +348,40 @@ class AvatarApp(App[None]):
     # --- actions ---------------------------------------------------------------------------------------
 
     def action_refill(self) -> None:
-        levels = self.main.status.buckets if self.main.status is not None else {}
-        self.push_screen(RefillScreen(levels), self._refill_chosen)
+        status = self.main.status
+        if status is None:
+            self.cannot("Nothing to refill yet: the server has not answered")
+        elif status.run is not None:
+            self.cannot(f"A run is on ({status.state.replace('_', ' ')}): refill when it ends, or press a to abort it")
+        elif all(is_full(status.buckets.get(bucket)) for bucket in BUCKET_NAMES):
+            levels = ", ".join(f"{name} {level.count} of {level.max}" for name, level in status.buckets.items())
+            self.cannot(f"Nothing to refill: every bucket is at its max ({levels})")
+        else:
+            self.push_screen(RefillScreen(status.buckets), self._refill_chosen)
 
     def _refill_chosen(self, buckets: list[str] | None) -> None:
         if buckets:
             self.start_refill(buckets)
 
-    @work(group="actions")
+    @work(group="actions", exit_on_error=False)
     async def start_refill(self, buckets: list[str]) -> None:
         await self._act("Refill", self.client.refill(buckets),
                         lambda run: f"Refill started: run {run.id}, {run.total} images ({targets(run.targets)})")
 
     def action_abort(self) -> None:
-        run = self.main.status.run if self.main.status is not None else None
-        self.push_screen(ConfirmAbortScreen(run), self._abort_confirmed)
+        status = self.main.status
+        if status is None or status.run is None:
+            self.cannot("No run to abort: the generator is idle")
+        elif status.state == "shutting_down":
+            self.cannot(f"Run {status.run.id} is already ending: the machine is being stopped")
+        else:
+            self.push_screen(ConfirmAbortScreen(status.run), self._abort_confirmed)
 
     def _abort_confirmed(self, abort: bool | None) -> None:
         if abort:
             self.abort_run()
 
-    @work(group="actions")
+    @work(group="actions", exit_on_error=False)
     async def abort_run(self) -> None:
         await self._act("Abort", self.client.abort(),
                         lambda run: f"Abort accepted: run {run.id} stops, {run.done} images kept")
@@ -347,6 +396,11 @@ class AvatarApp(App[None]):
             self.post_message(Answered(f"{action} failed: {exc}", ok=False))
         else:
             self.post_message(Answered(success(run), ok=True))
+
+    def cannot(self, why: str) -> None:
+        """An action the owner asked for that cannot happen now, and why: said at once, nothing is sent."""
+        self.notify(why, severity="warning", timeout=6, markup=False)
+        self.note("info", why)
 
     @while_running
     def on_answered(self, message: Answered) -> None:

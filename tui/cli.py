@@ -12,53 +12,19 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from avatargen.config import ConfigError, Settings, find_config, load_settings
+from avatargen.api import TokenError, find_token, server_url
+from avatargen.cli_options import add_version, http_url
+from avatargen.config import ConfigError, find_config, load_settings
 from tui.app import AvatarApp
 from tui.images import IMAGE_STYLES
 
 EXIT_USAGE = 2
-WILDCARD_HOSTS = ("0.0.0.0", "::", "")
-
-
-class TokenError(Exception):
-    """No admin token anywhere the panel looks, or the token file cannot be read."""
-
-
-def server_url(settings: Settings) -> str:
-    """Where the configured server listens, as seen from this machine (a wildcard address means loopback)."""
-    host = settings.server.host
-    if host in WILDCARD_HOSTS:
-        host = "127.0.0.1"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{settings.server.port}"
-
-
-def find_token(explicit: str | None, settings: Settings) -> str:
-    """--token, else AVATARGEN_ADMIN_TOKEN, else [admin] token, else the server's generated token file."""
-    if explicit:
-        return explicit
-    configured = settings.admin_token().reveal()
-    if configured:
-        return configured
-    path = settings.admin_token_file
-    try:
-        token = path.read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        raise TokenError(
-            f"no admin token: pass --token, set AVATARGEN_ADMIN_TOKEN, set [admin] token in the config, "
-            f"or start the server once so that it writes {path}"
-        ) from None
-    except OSError as exc:
-        raise TokenError(f"cannot read the admin token file {path}: {exc.strerror}") from None
-    if not token:
-        raise TokenError(f"the admin token file {path} is empty")
-    return token
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="avatargen-tui", description="The avatargen control panel.")
-    parser.add_argument("--url", help="the server's address (default: from the config, else http://127.0.0.1:8080)")
+    add_version(parser)
+    parser.add_argument("--url", type=http_url, help="the server's address (default: from the config, else http://127.0.0.1:8080)")
     parser.add_argument("--token", help="the admin token (default: AVATARGEN_ADMIN_TOKEN, the config, the "
                                         "server's token file)")
     parser.add_argument("--config", type=Path, default=None,

@@ -10,26 +10,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from textual.message import Message
 
-from tui.client import AdminClient, AdminError, AuthError, Unreachable
+from avatargen.api import AdminClient, AdminError, AuthError, ProtocolError, Unreachable
+from avatargen.retry import Backoff
 from tui.messages import Connected, Disconnected, Received, Refused
-from tui.models import ProtocolError
-
-
-@dataclass(frozen=True)
-class Backoff:
-    """Waits between reconnect attempts: initial, doubling, capped at maximum (seconds)."""
-
-    initial: float = 0.5
-    maximum: float = 30.0
-
-    def delay(self, attempt: int) -> float:
-        """The wait after the attempt-th failure in a row (attempt counts from 1)."""
-        return min(self.maximum, self.initial * 2 ** (attempt - 1))
-
 
 DEFAULT_BACKOFF = Backoff()
 

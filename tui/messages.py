@@ -11,9 +11,8 @@ from typing import Any
 
 from textual.message import Message
 
-from tui.client import AdminError
+from avatargen.api import AdminError, ServerEvent, Status
 from tui.images import Picture
-from tui.models import ServerEvent, Status
 
 
 class Connected(Message):

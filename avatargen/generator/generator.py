@@ -15,6 +15,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from avatargen.api.wire import BucketLevel, Status, encode_event
 from avatargen.buckets import Bucket
 from avatargen.config import PromptSettings, Settings
 from avatargen.events import EventHub
@@ -26,10 +27,10 @@ from avatargen.generator.orphan import OrphanRecovery
 from avatargen.generator.refill import Refill, RunContext
 from avatargen.generator.scheduler import Scheduler
 from avatargen.generator.states import States
-from avatargen.generator.views import bucket_levels, cost_summary, runs_view
+from avatargen.generator.views import bucket_levels, cost_summary, state_change
 from avatargen.gpu.base import Provider
 from avatargen.ledger import CostLedger
-from avatargen.run import Run, State, Trigger, iso
+from avatargen.run import Run, State, Trigger, utc
 
 log = logging.getLogger("avatargen.generator")
 
@@ -88,21 +89,29 @@ class Generator:
     def machine_state(self) -> str | None:
         return self.machine.state
 
-    def levels(self) -> dict[str, dict[str, int]]:
+    def levels(self) -> dict[str, BucketLevel]:
         return bucket_levels(self.settings, self.buckets)
 
+    def view(self) -> Status:
+        """What the owner sees: state, runs, buckets, machine and spend."""
+        runs = state_change(self.states, self.machine.state)
+        return Status(
+            state=runs.state,
+            run=runs.run,
+            last_run=runs.last_run,
+            buckets=self.levels(),
+            provider=self.provider.name,
+            machine_state=self.machine.state,
+            cost=cost_summary(self.settings, self.billing.spend(), self.billing.problem),
+            next_check_at=utc(self.scheduler.next_check_at),
+            paused_reason=self.scheduler.paused_reason,
+        )
+
     def status(self) -> dict[str, Any]:
-        return {
-            **runs_view(self.states),
-            "buckets": self.levels(),
-            "gpu": {"provider": self.provider.name, "machine_state": self.machine.state},
-            "cost": cost_summary(self.settings, self.billing.spend(), self.billing.problem),
-            "next_check_at": iso(self.scheduler.next_check_at),
-            "paused_reason": self.scheduler.paused_reason,
-        }
+        return self.view().to_json()
 
     def _announce_state(self) -> None:
-        self.events.publish("state", {**runs_view(self.states), "machine_state": self.machine.state})
+        self.events.publish(*encode_event(state_change(self.states, self.machine.state)))
 
     def _on_machine_state(self, state: str) -> None:
         if self.states.run is not None:
@@ -151,7 +160,7 @@ class Generator:
         if unknown:
             raise ValueError(f"unknown bucket {unknown[0]!r}; buckets are unique and fallback")
         levels = self.levels()
-        targets = {name: max(0, levels[name]["max"] - levels[name]["count"]) for name in names}
+        targets = {name: max(0, levels[name].max - levels[name].count) for name in names}
         if not any(targets.values()):
             raise NothingToDo(f"{' and '.join(names)} already at max: nothing to generate")
         if trigger == "manual":

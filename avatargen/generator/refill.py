@@ -16,6 +16,7 @@ from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from avatargen.api.wire import BucketLevel, Step, encode_event
 from avatargen.buckets import Bucket
 from avatargen.config import ConfigError, PromptSettings, Settings
 from avatargen.durations import format_duration
@@ -28,7 +29,7 @@ from avatargen.generator.states import States
 from avatargen.generator.views import image_event
 from avatargen.prompts import compose
 from avatargen.retry import backoff_delay
-from avatargen.run import Run, Step
+from avatargen.run import Run
 from avatargen.sd import SdBackend, SdError, SdNotReady, make_backend
 
 log = logging.getLogger("avatargen.generator")
@@ -77,7 +78,7 @@ class RunContext:
     imaging: ImagingPool
     events: EventHub
     prompts: Callable[[], PromptSettings]  # the owner may change them between two prompts
-    levels: Callable[[], dict[str, dict[str, int]]]
+    levels: Callable[[], dict[str, BucketLevel]]
     ended: Callable[[Run], None]  # told once the machine is confirmed off, before the generator is idle
 
 
@@ -244,11 +245,11 @@ class Refill:
         }
         record = await asyncio.to_thread(self._context.buckets[bucket_name].publish, webp, metadata, prepared=framed)
         self.run.done += 1
-        self._context.events.publish("image", image_event(bucket_name, record, self._context.levels()))
+        self._context.events.publish(*encode_event(image_event(bucket_name, record, self._context.levels())))
         self._publish_progress()
 
     def _publish_progress(self) -> None:
-        self._context.events.publish("progress", self.run.to_dict())
+        self._context.events.publish(*encode_event(self.run.view()))
 
     async def _poll_step(self, sd: SdBackend) -> None:
         """The SD job's own step progress, for the live progress bar (failures here are harmless)."""

@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from avatargen.api.wire import BucketLevel
 from avatargen.config import Settings
 from avatargen.generator.states import States
 from avatargen.ledger import Spend
@@ -30,7 +31,7 @@ class Scheduler:
         self,
         settings: Settings,
         states: States,
-        levels: Callable[[], dict[str, dict[str, int]]],
+        levels: Callable[[], dict[str, BucketLevel]],
         spend: Callable[[], Spend],
         bills: bool,
         start_run: Callable[[list[str]], Run],
@@ -72,7 +73,7 @@ class Scheduler:
 
     def check(self) -> Run | None:
         """Start an automatic run for the buckets below their min, unless today's budget is spent."""
-        due = [name for name, level in self._levels().items() if level["min"] > 0 and level["count"] < level["min"]]
+        due = [name for name, level in self._levels().items() if level.min > 0 and level.count < level.min]
         if not due:
             self.paused_reason = None
             return None

@@ -1,56 +1,46 @@
-"""What the owner sees of the generator: the pieces of the status document and of its live events.
+"""What the owner sees of the generator: the pieces of the status document and of its live events, as
+the admin API's wire types (`avatargen.api.wire`), which encode them.
 
 The status and the `state` events share one view of the state and the runs, so the TUI's picture is the
-same whether it polled or listened.
+same whether it polled or listened. The core builds no URL: an image event names its bucket and id, and
+the server (or the client) knows where the admin API serves it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
+from avatargen.api.wire import BucketLevel, Cost, ImageInfo, NewImage, StateChange
 from avatargen.buckets import Bucket, ImageRecord
 from avatargen.config import Settings
 from avatargen.generator.states import States
 from avatargen.ledger import Spend
 
 
-def bucket_levels(settings: Settings, buckets: Mapping[str, Bucket]) -> dict[str, dict[str, int]]:
+def bucket_levels(settings: Settings, buckets: Mapping[str, Bucket]) -> dict[str, BucketLevel]:
     """Each bucket's count against its min and max, as status and events report them."""
-    return {name: {"count": buckets[name].count(), "min": conf.min, "max": conf.max}
-            for name, conf in settings.buckets.items()}
+    return {name: BucketLevel(buckets[name].count(), conf.min, conf.max) for name, conf in settings.buckets.items()}
 
 
-def cost_summary(settings: Settings, spend: Spend, ledger_problem: str | None = None) -> dict[str, Any]:
+def cost_summary(settings: Settings, spend: Spend, ledger_problem: str | None = None) -> Cost:
     """Today's and this month's spend; `ledger_problem` says why the ledger on disk may lag behind it."""
-    return {
-        "today": round(spend.today, 4),
-        "month": round(spend.month, 4),
-        "daily_budget": settings.gpu.daily_budget,
-        "hourly_cost": settings.gpu.hourly_cost,
-        "billed_seconds_today": round(spend.billed_seconds_today, 1),
-        "billed_seconds_month": round(spend.billed_seconds_month, 1),
-        "ledger_problem": ledger_problem,
-    }
+    return Cost(
+        today=round(spend.today, 4),
+        month=round(spend.month, 4),
+        daily_budget=settings.gpu.daily_budget,
+        hourly_cost=settings.gpu.hourly_cost,
+        billed_seconds_today=round(spend.billed_seconds_today, 1),
+        billed_seconds_month=round(spend.billed_seconds_month, 1),
+        ledger_problem=ledger_problem,
+    )
 
 
-def runs_view(states: States) -> dict[str, Any]:
+def state_change(states: States, machine_state: str | None) -> StateChange:
     """The state and the runs, as both the status and `state` events report them."""
-    return {
-        "state": states.state,
-        "run": states.run.to_dict() if states.run else None,
-        "last_run": states.last_run.to_dict() if states.last_run else None,
-    }
+    return StateChange(states.state, states.run.view() if states.run else None,
+                       states.last_run.ended() if states.last_run else None, machine_state)
 
 
-def image_event(bucket_name: str, record: ImageRecord, levels: dict[str, dict[str, int]]) -> dict[str, Any]:
+def image_event(bucket_name: str, record: ImageRecord, levels: Mapping[str, BucketLevel]) -> NewImage:
     """A freshly stored image, with the bucket levels it leaves behind."""
-    return {
-        "id": record.id,
-        "bucket": bucket_name,
-        "prompt": record.metadata.get("prompt"),
-        "created_at": record.metadata.get("created_at"),
-        "url": f"/admin/api/images/{bucket_name}/{record.id}",
-        "metadata": record.metadata,
-        "buckets": levels,
-    }
+    return NewImage(ImageInfo.of(record.id, bucket_name, record.metadata, record.created_at), levels)

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 
 from avatargen.config import SdSettings
+from avatargen.redact import redact_url
 from avatargen.sd.base import Generated, SdError, SdNotReady, SdProgress, quote, send
 
 TXT2IMG_TIMEOUT = 900.0  # seconds: txt2img answers only when the images are done, a big batch takes minutes
@@ -122,13 +123,14 @@ class SdClient:
                  txt2img_timeout: float = TXT2IMG_TIMEOUT) -> None:
         self._settings = settings
         self._url = (url or settings.url).rstrip("/")
+        self._shown_url = redact_url(self._url)  # for messages: they end up in logs, events and the status
         self._http = http if http is not None else httpx.AsyncClient(timeout=_TIMEOUT)
         self._owns_http = http is None
         self._txt2img_timeout = httpx.Timeout(txt2img_timeout, connect=10.0)
         self._auth = httpx.BasicAuth(settings.username, settings.password().reveal()) if settings.username else None
 
     def __repr__(self) -> str:
-        return f"SdClient({self._url!r}, username={self._settings.username!r})"
+        return f"SdClient({self._shown_url!r}, username={self._settings.username!r})"
 
     async def txt2img(self, prompt: str, *, batch_size: int, seed: int = -1) -> Txt2ImgResult:
         """Generate `batch_size` images in one pass; waits until they are done (a long read timeout)."""
@@ -217,7 +219,7 @@ class SdClient:
     async def _call(self, method: str, path: str, *, json: Any = None, params: dict[str, str] | None = None,
                     timeout: httpx.Timeout | None = None) -> Any:
         """One request; the parsed JSON body, or SdError for every way it can fail."""
-        response = await send(self._http, method, self._url + path, server=f"the SD web UI at {self._url}",
+        response = await send(self._http, method, self._url + path, server=f"the SD web UI at {self._shown_url}",
                               json=json, params=params, auth=self._auth or httpx.USE_CLIENT_DEFAULT,
                               timeout=timeout or httpx.USE_CLIENT_DEFAULT)
         try:

@@ -15,6 +15,8 @@ from typing import Any, Protocol
 
 import httpx
 
+from avatargen.redact import redact_url
+
 QUOTE = 300  # characters of an error text worth quoting
 
 class SdError(Exception):
@@ -41,13 +43,14 @@ def quote(text: str) -> str:
 
 async def send(http: httpx.AsyncClient, method: str, url: str, *, server: str, **options: Any) -> httpx.Response:
     """One request to a backend; no answer at all (timeout, refused, reset) is a retryable SdError that
-    names `server` ("the SD web UI at http://...")."""
+    names `server` ("the SD web UI at http://...", its URL without credentials)."""
     try:
         return await http.request(method, url, **options)
     except httpx.TimeoutException as exc:
         raise SdError(None, f"{server} did not answer in time ({type(exc).__name__})", retryable=True) from exc
     except httpx.TransportError as exc:
-        raise SdError(None, f"cannot reach {server}: {type(exc).__name__} {exc}".rstrip(), retryable=True) from exc
+        detail = redact_url(f"{type(exc).__name__} {exc}".rstrip())  # an exception's text may hold a URL
+        raise SdError(None, f"cannot reach {server}: {detail}", retryable=True) from exc
 
 
 @dataclass(frozen=True)

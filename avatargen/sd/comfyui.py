@@ -37,6 +37,7 @@ from websockets.exceptions import WebSocketException
 
 from avatargen.config import SdSettings
 from avatargen.imaging import sniff_format
+from avatargen.redact import redact_url
 from avatargen.retry import backoff_delay
 from avatargen.sd.base import Generated, SdError, SdNotReady, SdProgress, quote, send
 from avatargen.sd.samplers import comfyui_sampler
@@ -156,6 +157,7 @@ class ComfyUiClient:
         self._settings = settings
         self._workflow = workflow
         self._url = url.rstrip("/")
+        self._shown_url = redact_url(self._url)  # for messages: they end up in logs, events and the status
         headers = _authorization(settings)
         self._headers = headers
         self._http = http if http is not None else httpx.AsyncClient(timeout=_TIMEOUT, headers=headers)
@@ -173,11 +175,11 @@ class ComfyUiClient:
         self.preview: bytes | None = None  # the latest preview frame of our job (JPEG or PNG)
 
     def __repr__(self) -> str:
-        return f"ComfyUiClient({self._url!r}, workflow={self._workflow.name!r})"
+        return f"ComfyUiClient({self._shown_url!r}, workflow={self._workflow.name!r})"
 
     @property
     def _server(self) -> str:
-        return f"ComfyUI at {self._url}"
+        return f"ComfyUI at {self._shown_url}"
 
     # --- readiness -----------------------------------------------------------------------------------
 

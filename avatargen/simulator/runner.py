@@ -26,6 +26,7 @@ from avatargen.simulator.comfyui import SimulatedComfyUi
 from avatargen.simulator.faults import Faults
 from avatargen.simulator.paperspace import SimulatedMachine, SimulatedPaperspace
 from avatargen.simulator.sdwebui import SimulatedSdWebUi
+from avatargen.sockets import bound_socket
 
 
 def http_url(host: str, port: int) -> str:
@@ -34,11 +35,8 @@ def http_url(host: str, port: int) -> str:
 
 def _listening_socket(host: str, port: int) -> socket.socket:
     """A socket bound and listening: connections queue in the kernel from now on, none is refused."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock = bound_socket(host, port)
     try:
-        sock.bind((host, port))
         sock.listen(128)
     except OSError:
         sock.close()

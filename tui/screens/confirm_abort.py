@@ -6,9 +6,9 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Button, Label, Static
+from textual.widgets import Button, Footer, Label, Static
 
-from tui.models import Run
+from avatargen.api import Run
 
 
 class ConfirmAbortScreen(ModalScreen[bool]):
@@ -18,12 +18,12 @@ class ConfirmAbortScreen(ModalScreen[bool]):
     ]
     AUTO_FOCUS = "#keep"
 
-    def __init__(self, run: Run | None) -> None:
+    def __init__(self, run: Run) -> None:
         super().__init__()
         self.run = run
 
     def compose(self) -> ComposeResult:
-        what = "the run" if self.run is None else f"run {self.run.id} ({self.run.done}/{self.run.total} images)"
+        what = f"run {self.run.id} ({self.run.done}/{self.run.total} images)"
         with Vertical(classes="dialog"):
             yield Label("Abort the run?", classes="dialog-title")
             yield Static(f"This stops {what} and shuts the GPU machine down. Images already stored are kept.",
@@ -31,6 +31,7 @@ class ConfirmAbortScreen(ModalScreen[bool]):
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Abort run", id="abort", variant="error")
                 yield Button("Keep running", id="keep")
+        yield Footer()
 
     def action_answer(self, abort: bool) -> None:
         self.dismiss(abort)

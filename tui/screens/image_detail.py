@@ -7,7 +7,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import Static
+from textual.widgets import Footer, Static
 
 from tui.formatting import timestamp
 from tui.images import ImageStyle, Picture, image_widget
@@ -20,7 +20,10 @@ def _details(picture: Picture) -> Table:
     table.add_column()
     rows = {"prompt": info.prompt, "bucket": info.bucket, "id": info.id, "created": timestamp(info.created_at)}
     rows |= {name: value for name, value in info.metadata.items() if name not in ("prompt", "created_at")}
-    rows["size"] = f"{picture.image.width}×{picture.image.height} px"
+    if picture.image is not None:
+        rows["size"] = f"{picture.image.width}×{picture.image.height} px"
+    else:
+        rows["problem"] = f"cannot show image: {picture.problem}"
     for name, value in rows.items():
         table.add_row(name.replace("_", " "), str(value))
     return table
@@ -39,6 +42,7 @@ class ImageDetailScreen(ModalScreen[None]):
             yield image_widget(self.image_style, self.picture, classes="detail-image")
             with VerticalScroll(id="detail-info"):
                 yield Static(_details(self.picture))
+        yield Footer()
 
     def action_close(self) -> None:
         self.dismiss(None)

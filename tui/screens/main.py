@@ -12,10 +12,11 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.reactive import reactive
 from textual.screen import Screen
-from textual.widgets import Footer, Label, TabbedContent, TabPane
+from textual.widgets import Footer, Label, TabbedContent, TabPane, Tabs
 
+from avatargen.api import LogEntry, Status
+from avatargen.config import BUCKET_NAMES
 from tui.images import ImageStyle
-from tui.models import BUCKETS, LogEntry, Status
 from tui.widgets.bucket_gauge import BucketGauge
 from tui.widgets.event_log import EventLog
 from tui.widgets.last_run import LastRunSummary
@@ -30,6 +31,7 @@ from tui.widgets.thumbnail_grid import ThumbnailGrid
 class MainScreen(Screen[None]):
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (120, "-wide")]
     VERTICAL_BREAKPOINTS = [(0, "-short"), (34, "-tall")]
+    AUTO_FOCUS = ""  # keys start with the panel (letters switch tabs); Tab walks into the tab's fields
     BINDINGS = [
         Binding("o", "show_tab('overview')", "Overview"),
         Binding("i", "show_tab('images')", "Images"),
@@ -51,7 +53,7 @@ class MainScreen(Screen[None]):
             with TabPane("Overview", id="overview"), Horizontal(id="overview-columns"):
                 with Vertical(id="dashboard"):
                     with Vertical(id="buckets"):
-                        for bucket in BUCKETS:
+                        for bucket in BUCKET_NAMES:
                             yield BucketGauge(bucket, id=f"gauge-{bucket}")
                     with Vertical(id="generator"):
                         yield StateDiagram()
@@ -69,6 +71,7 @@ class MainScreen(Screen[None]):
         yield Footer()
 
     def on_mount(self) -> None:
+        self.query_one(Tabs).can_focus = False  # letters and clicks switch tabs; Tab walks the tab's fields
         self.query_one("#buckets").border_title = "Buckets"
         self.query_one("#generator").border_title = "Generator"
         self.query_one("#overview-log").border_title = "Log"
@@ -76,7 +79,7 @@ class MainScreen(Screen[None]):
     def watch_status(self, status: Status | None) -> None:
         if status is None:
             return
-        for bucket in BUCKETS:
+        for bucket in BUCKET_NAMES:
             self.query_one(f"#gauge-{bucket}", BucketGauge).level = status.buckets.get(bucket)
         self.query_one(StateDiagram).state = status.state
         self.query_one(RunProgress).run = status.run

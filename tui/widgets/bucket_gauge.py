@@ -6,7 +6,7 @@ from rich.text import Text
 from textual.reactive import reactive
 from textual.widget import Widget
 
-from tui.models import BucketLevel
+from avatargen.api import BucketLevel
 
 
 class BucketGauge(Widget):

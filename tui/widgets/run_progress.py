@@ -9,9 +9,9 @@ from textual.reactive import reactive
 from textual.widget import Widget
 from textual.widgets import Label, ProgressBar, Static
 
+from avatargen.api import Run
 from avatargen.durations import format_duration
 from tui.formatting import money, targets
-from tui.models import Run
 
 
 def _counts(run: Run) -> str:

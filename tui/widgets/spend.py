@@ -8,9 +8,9 @@ from rich.text import Text
 from textual.reactive import reactive
 from textual.widget import Widget
 
+from avatargen.api import Status
 from avatargen.durations import format_duration
 from tui.formatting import money
-from tui.models import Status
 
 BUDGET_BAR = 10
 
@@ -42,7 +42,7 @@ class SpendSummary(Widget):
         )
         machine = Text(
             f"GPU today {format_duration(cost.billed_seconds_today)}, month "
-            f"{format_duration(cost.billed_seconds_month)} · machine {status.machine_state or '?'}"
+            f"{format_duration(cost.billed_seconds_month)} · machine {status.machine_state or 'unknown'}"
             f" ({status.provider})"
         )
         return Text("\n").join([spend, machine, self._schedule(status)])

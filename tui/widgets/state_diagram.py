@@ -6,7 +6,7 @@ from rich.text import Text
 from textual.reactive import reactive
 from textual.widget import Widget
 
-from tui.models import STATES, State
+from avatargen.api import STATES, State
 
 LABELS: dict[State, str] = {
     "idle": "idle",

@@ -1,4 +1,4 @@
-"""One avatar in the grid: its pixels and its prompt; select it to see it larger."""
+"""One avatar in the grid: its pixels, what sets its prompt apart, its time; select it to see it larger."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from textual.events import Click
 from textual.message import Message
 from textual.widgets import Label
 
-from tui.formatting import clock
+from tui.formatting import caption, clock
 from tui.images import ImageStyle, Picture, image_widget
 
 
@@ -27,11 +27,12 @@ class Thumbnail(Vertical, can_focus=True):
         super().__init__(classes=f"-{picture.info.bucket}")
         self.picture = picture
         self.image_style = style
+        self.tooltip = picture.info.prompt
 
     def compose(self) -> ComposeResult:
         info = self.picture.info
         yield image_widget(self.image_style, self.picture, classes="thumbnail-image")
-        yield Label(info.prompt, classes="thumbnail-prompt", markup=False)
+        yield Label(caption(info.prompt), classes="thumbnail-prompt")
         yield Label(f"{info.bucket} · {clock(info.created_at)}", classes="thumbnail-meta")
 
     def on_click(self, event: Click) -> None:

@@ -1,32 +1,30 @@
-"""The admin API client: one method per route, answers parsed into `tui.models`.
+"""The admin API client: one method per route, answers decoded into `avatargen.api.wire` types.
 
-Failures come in three kinds the UI treats differently: `Unreachable` (the server is down or went away:
-keep the data, reconnect), `AuthError` (a wrong token or address: nothing to retry until the owner
-fixes it), and `AdminError` (the server understood and said no: show its words, next to the field
-they concern when it names one).
+Every side that talks to a server as its owner uses this one: the control panel, `avatargen status`,
+`refill` and `abort`, the benchmarks and the tests. It imports neither Starlette nor Textual, so a
+command line that only asks for the status starts quickly.
+
+Failures come in three kinds a caller treats differently: `Unreachable` (the server is down or went
+away: keep the data, reconnect), `AuthError` (a wrong token or address: nothing to retry until the
+owner fixes it), and `AdminError` (the server understood and said no: show its words, next to the
+field they concern when it names one). `ProtocolError` means the answer made no sense.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from types import TracebackType
 from typing import Any
+from urllib.parse import quote
 
 import httpx
+from httpx_sse import SSEError, aconnect_sse
 
-from tui.models import (
-    ImageInfo,
-    ProtocolError,
-    Run,
-    ServerEvent,
-    Status,
-    parse_event,
-    parse_images,
-    parse_run,
-    parse_status,
-)
-from tui.sse import read_events
+from avatargen.api.wire import ImageInfo, ProtocolError, Run, ServerEvent, Status, decode_event, decode_run
+
+Events = AsyncIterator[tuple[str | None, ServerEvent]]
 
 
 class Unreachable(Exception):
@@ -69,7 +67,7 @@ def _json(response: httpx.Response) -> Any:
 
 
 class AdminClient:
-    """Talks to one avatargen server as its owner, with a bearer token."""
+    """Talks to one avatargen server as its owner, with a bearer token. Close it (or use `async with`)."""
 
     def __init__(self, url: str, token: str, *, timeout: float = 10.0, event_timeout: float = 60.0) -> None:
         self.url = url.rstrip("/")
@@ -79,6 +77,13 @@ class AdminClient:
         self._http = httpx.AsyncClient(
             base_url=self.url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout
         )
+
+    async def __aenter__(self) -> AdminClient:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.aclose()
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -96,15 +101,16 @@ class AdminClient:
         return response
 
     async def status(self) -> Status:
-        return parse_status(_json(await self._call("GET", "/admin/api/status")))
+        return Status.from_json(_json(await self._call("GET", "/admin/api/status")))
 
     async def images(self, bucket: str, limit: int) -> list[ImageInfo]:
         """The bucket's newest images, newest first."""
         response = await self._call("GET", "/admin/api/images", params={"bucket": bucket, "limit": limit})
-        return parse_images(_json(response))
+        return ImageInfo.list_from_json(_json(response))
 
     async def image_bytes(self, image: ImageInfo) -> bytes:
-        return (await self._call("GET", image.url)).content
+        path = f"/admin/api/images/{quote(image.bucket, safe='')}/{quote(image.id, safe='')}"
+        return (await self._call("GET", path)).content
 
     async def prompts(self) -> dict[str, Any]:
         """The [prompts] settings under their config names."""
@@ -119,42 +125,55 @@ class AdminClient:
         body = _json(await self._call("POST", "/admin/api/prompts/sample", json={"settings": dict(changes), "n": n}))
         return [str(prompt) for prompt in body["prompts"]]
 
-    async def refill(self, buckets: Sequence[str]) -> Run:
+    async def refill(self, buckets: Sequence[str] = ()) -> Run:
+        """Start a run that fills the named buckets (none named: every bucket) to their max."""
         body = _json(await self._call("POST", "/admin/api/refill", json={"buckets": list(buckets)}))
-        return parse_run(body["run"])
+        return decode_run(body["run"])
 
     async def abort(self) -> Run:
-        return parse_run(_json(await self._call("POST", "/admin/api/abort"))["run"])
+        return decode_run(_json(await self._call("POST", "/admin/api/abort"))["run"])
 
     @asynccontextmanager
-    async def subscribe(
-        self, last_event_id: str | None = None
-    ) -> AsyncIterator[AsyncIterator[tuple[str | None, ServerEvent]]]:
+    async def subscribe(self, last_event_id: str | None = None) -> AsyncIterator[Events]:
         """Open the live event stream; inside the block the server already queues every new event.
 
         Subscribing before fetching the status means nothing happens unseen between the two. The
         iterator yields (event id, event); a broken stream raises `Unreachable` from the iteration.
+        `last_event_id` asks for the events after that one first ("0": the server's whole history).
         """
-        headers = {"Accept": "text/event-stream"}
-        if last_event_id is not None:
-            headers["Last-Event-ID"] = last_event_id
+        headers = {"Last-Event-ID": last_event_id} if last_event_id is not None else {}
         timeout = httpx.Timeout(self._timeout, read=self._event_timeout)
         try:
-            async with self._http.stream("GET", "/admin/api/events", headers=headers, timeout=timeout) as response:
-                if response.is_error:
-                    await response.aread()
-                    raise _error(response)
-                yield _events(response)
+            async with aconnect_sse(self._http, "GET", "/admin/api/events", headers=headers,
+                                    timeout=timeout) as source:
+                if source.response.is_error:
+                    await source.response.aread()
+                    raise _error(source.response)
+                yield self._decoded(source.aiter_sse())
         except httpx.TransportError as exc:
             raise self._unreachable(exc) from None
 
-
-async def _events(response: httpx.Response) -> AsyncIterator[tuple[str | None, ServerEvent]]:
-    async for sse in read_events(response.aiter_lines()):
+    @staticmethod
+    async def _decoded(stream: AsyncIterator[Any]) -> Events:
         try:
-            data = json.loads(sse.data)
-        except ValueError:
-            raise ProtocolError(f"the {sse.type!r} event's data is not JSON") from None
-        event = parse_event(sse.type, data)
-        if event is not None:
-            yield sse.id, event
+            async for sse in stream:
+                if not sse.data:
+                    continue  # a heartbeat, or a retry hint: only proof that the link is alive
+                try:
+                    data = json.loads(sse.data)
+                except ValueError:
+                    raise ProtocolError(f"the {sse.event!r} event's data is not JSON") from None
+                event = decode_event(sse.event, data)
+                if event is not None:
+                    yield sse.id or None, event
+        except SSEError as exc:
+            raise ProtocolError(f"the event stream is not Server-Sent Events: {exc}") from None
+
+    async def first_event(self, matches: Callable[[ServerEvent], bool], *, since: str | None = None) -> ServerEvent:
+        """The first event that `matches` (from after event `since`, "0" for the server's history, else
+        from now on). Wrap it in `asyncio.timeout`: it waits as long as the server keeps the stream open."""
+        async with self.subscribe(since) as events:
+            async for _, event in events:
+                if matches(event):
+                    return event
+        raise Unreachable(f"{self.url} closed the event stream before the awaited event")

@@ -1,4 +1,4 @@
-"""The admin API's JSON as the panel reads it: typed, checked at the edge, updated by live events."""
+"""The admin API's JSON as typed values: checked at the edge, the same both ways, updated by live events."""
 
 from __future__ import annotations
 
@@ -7,16 +7,7 @@ from typing import Any
 
 import pytest
 
-from tui.models import (
-    BucketLevel,
-    NewImage,
-    ProtocolError,
-    Run,
-    StateChange,
-    apply_event,
-    parse_event,
-    parse_status,
-)
+from avatargen.api import BucketLevel, NewImage, ProtocolError, Run, StateChange, Status, decode_event, encode_event
 
 RUN: dict[str, Any] = {
     "id": "r1", "trigger": "manual", "started_at": "2025-01-01T12:00:00Z", "targets": {"unique": 2},
@@ -35,7 +26,7 @@ STATUS: dict[str, Any] = {
 
 
 def test_a_status_is_parsed_into_typed_values() -> None:
-    status = parse_status(STATUS)
+    status = Status.from_json(STATUS)
     assert status.run is not None and status.run.step is not None
     assert (status.run.done, status.run.total, status.run.step.sampling_step) == (1, 2, 4)
     assert status.run.started_at.utcoffset() is not None
@@ -43,44 +34,57 @@ def test_a_status_is_parsed_into_typed_values() -> None:
     assert (status.machine_state, status.cost.month) == ("ready", 0.2)
 
 
+def test_what_the_server_encodes_the_client_decodes_to_the_same_values() -> None:
+    status = Status.from_json(STATUS)
+    assert Status.from_json(status.to_json()) == status
+    ended = StateChange("idle", None, None, "off")
+    name, data = encode_event(ended)
+    assert name == "state" and decode_event(name, data) == ended
+
+
 @pytest.mark.parametrize(("broken", "message"), [
     ({**STATUS, "cost": {}}, "the server's status lacks the key 'today'"),
     ({**STATUS, "state": "dancing"}, "unknown generator state 'dancing'"),
     ({**STATUS, "run": {**RUN, "done": "lots"}}, "the server's status is malformed"),
+    ([], "the server's status is malformed"),
 ])
-def test_a_status_the_panel_cannot_read_says_what_is_wrong(broken: dict[str, Any], message: str) -> None:
+def test_a_status_the_client_cannot_read_says_what_is_wrong(broken: Any, message: str) -> None:
     with pytest.raises(ProtocolError, match=message):
-        parse_status(broken)
+        Status.from_json(broken)
 
 
 def test_events_update_the_status_they_concern() -> None:
-    status = parse_status(STATUS)
-    progress = parse_event("progress", {**RUN, "done": 2})
+    status = Status.from_json(STATUS)
+    progress = decode_event("progress", {**RUN, "done": 2})
     assert isinstance(progress, Run)
-    assert apply_event(status, progress).run == progress
+    assert status.apply(progress).run == progress
 
-    image = parse_event("image", {"id": "i1", "bucket": "unique", "prompt": "p", "created_at": "2025-01-01T12:00:00Z",
-                                  "url": "/admin/api/images/unique/i1",
-                                  "buckets": {"unique": {"count": 2, "min": 0, "max": 2}}})
+    image = decode_event("image", {"id": "i1", "bucket": "unique", "prompt": "p", "created_at": "2025-01-01T12:00:00Z",
+                                   "buckets": {"unique": {"count": 2, "min": 0, "max": 2}}})
     assert isinstance(image, NewImage)
-    after = apply_event(status, image)
+    after = status.apply(image)
     assert after.buckets["unique"].count == 2 and after.buckets["fallback"] == status.buckets["fallback"]
 
-    ended = parse_event("state", {"state": "idle", "run": None, "machine_state": "off",
-                                  "last_run": {**RUN, "outcome": "completed", "error": None,
-                                               "ended_at": "2025-01-01T12:01:00Z"}})
+    ended = decode_event("state", {"state": "idle", "run": None, "machine_state": "off",
+                                   "last_run": {**RUN, "outcome": "completed", "error": None,
+                                                "ended_at": "2025-01-01T12:01:00Z"}})
     assert isinstance(ended, StateChange)
-    idle = apply_event(status, ended)
+    idle = status.apply(ended)
     assert (idle.state, idle.run, idle.machine_state) == ("idle", None, "off")
     assert idle.last_run is not None and idle.last_run.outcome == "completed"
 
 
 def test_a_late_progress_event_does_not_bring_an_ended_run_back() -> None:
-    idle = replace(parse_status(STATUS), state="idle", run=None)
-    late = parse_event("progress", RUN)
+    idle = replace(Status.from_json(STATUS), state="idle", run=None)
+    late = decode_event("progress", RUN)
     assert late is not None
-    assert apply_event(idle, late) == idle
+    assert idle.apply(late) == idle
 
 
 def test_event_types_from_a_newer_server_are_ignored() -> None:
-    assert parse_event("weather", {"sunny": True}) is None
+    assert decode_event("weather", {"sunny": True}) is None
+
+
+def test_a_malformed_event_names_its_kind() -> None:
+    with pytest.raises(ProtocolError, match="'image' event lacks the key 'buckets'"):
+        decode_event("image", {"id": "i1", "bucket": "unique", "prompt": "p", "created_at": "2025-01-01T12:00:00Z"})

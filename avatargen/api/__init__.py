@@ -1,0 +1,33 @@
+"""The admin API as every side uses it: the wire types, the client, and finding a server and its token.
+
+Imports neither Starlette nor Textual: the server encodes with these types, and the control panel, the
+owner's commands, the benchmarks and the tests decode with them.
+"""
+
+from avatargen.api.client import AdminClient, AdminError, AuthError, Unreachable
+from avatargen.api.discovery import TokenError, find_token, server_url
+from avatargen.api.wire import (
+    STATES,
+    BucketLevel,
+    BucketsChange,
+    Cost,
+    ImageInfo,
+    LastRun,
+    LogEntry,
+    NewImage,
+    ProtocolError,
+    Run,
+    ServerEvent,
+    State,
+    StateChange,
+    Status,
+    Step,
+    decode_event,
+    encode_event,
+)
+
+__all__ = [
+    "STATES", "AdminClient", "AdminError", "AuthError", "BucketLevel", "BucketsChange", "Cost", "ImageInfo",
+    "LastRun", "LogEntry", "NewImage", "ProtocolError", "Run", "ServerEvent", "State", "StateChange", "Status",
+    "Step", "TokenError", "Unreachable", "decode_event", "encode_event", "find_token", "server_url",
+]

@@ -1,0 +1,391 @@
+"""The admin API's JSON as typed values, encoded and decoded here and nowhere else.
+
+The generator and the server build these and call `to_json()`; the client calls `from_json()` on every
+answer, once, so no caller guesses at a dict's shape. Decoding ignores keys a newer server adds; a key
+the client needs and does not get is a `ProtocolError` that names it, never a KeyError deep in a widget.
+
+Prompt settings travel as `avatargen.config.PromptSettings.to_dict()` (the [prompts] table under its
+config names); the limits a request must keep to are `PROMPT_TEXT_MAX` and `PROMPT_LIST_MAX`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any, Literal, TypeVar
+
+State = Literal["idle", "booting", "generating", "shutting_down"]
+STATES: tuple[State, ...] = ("idle", "booting", "generating", "shutting_down")
+PROMPT_TEXT_MAX = 200  # characters in `subject` and in each list entry
+PROMPT_LIST_MAX = 500  # entries in each prompt word list
+
+T = TypeVar("T")
+
+
+class ProtocolError(Exception):
+    """The other side sent something this one does not understand (another version, another program)."""
+
+
+def time_json(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.astimezone(UTC).isoformat(timespec="seconds")
+
+
+def _time(value: str) -> datetime:
+    moment = datetime.fromisoformat(value)
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _optional(value: Any, convert: Callable[[Any], T]) -> T | None:
+    return None if value is None else convert(value)
+
+
+def _state(value: str) -> State:
+    if value not in STATES:
+        raise ValueError(f"unknown generator state {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def decode(what: str, convert: Callable[[Any], T], data: Any) -> T:
+    """Run a converter, turning any shape mismatch into one ProtocolError that says what was wrong."""
+    try:
+        return convert(data)
+    except KeyError as exc:
+        raise ProtocolError(f"the server's {what} lacks the key {exc.args[0]!r}") from None
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise ProtocolError(f"the server's {what} is malformed: {exc}") from None
+
+
+@dataclass(frozen=True)
+class BucketLevel:
+    """How full one bucket is, against the levels that trigger and end a refill."""
+
+    count: int
+    min: int
+    max: int
+
+    def to_json(self) -> dict[str, int]:
+        return {"count": self.count, "min": self.min, "max": self.max}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> BucketLevel:
+        return cls(int(data["count"]), int(data["min"]), int(data["max"]))
+
+
+Levels = Mapping[str, BucketLevel]
+
+
+def levels_json(levels: Levels) -> dict[str, dict[str, int]]:
+    return {name: level.to_json() for name, level in levels.items()}
+
+
+def _levels(data: Mapping[str, Any]) -> dict[str, BucketLevel]:
+    return {str(name): BucketLevel.from_json(level) for name, level in data.items()}
+
+
+@dataclass(frozen=True)
+class Step:
+    """The SD web UI's own progress on the image it is sampling now."""
+
+    sampling_step: int = 0
+    sampling_steps: int = 0
+    progress: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"sampling_step": self.sampling_step, "sampling_steps": self.sampling_steps, "progress": self.progress}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Step:
+        return cls(int(data["sampling_step"]), int(data["sampling_steps"]), float(data["progress"]))
+
+
+@dataclass(frozen=True)
+class Run:
+    """A refill run as the owner sees it: booting the machine, generating images, shutting it down."""
+
+    id: str
+    trigger: str
+    state: str
+    started_at: datetime
+    targets: Mapping[str, int]
+    done: int
+    failed: int
+    total: int
+    eta_seconds: float | None = None
+    images_per_minute: float | None = None
+    current_prompt: str | None = None
+    step: Step | None = None
+    machine_state: str | None = None
+    billed_seconds: float = 0.0
+    cost: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "trigger": self.trigger,
+            "state": self.state,
+            "started_at": time_json(self.started_at),
+            "targets": dict(self.targets),
+            "done": self.done,
+            "failed": self.failed,
+            "total": self.total,
+            "eta_seconds": self.eta_seconds,
+            "images_per_minute": self.images_per_minute,
+            "current_prompt": self.current_prompt,
+            "step": None if self.step is None else self.step.to_json(),
+            "machine_state": self.machine_state,
+            "billed_seconds": self.billed_seconds,
+            "cost": self.cost,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Run:
+        return cls(
+            id=str(data["id"]),
+            trigger=str(data["trigger"]),
+            state=str(data.get("state", "")),
+            started_at=_time(data["started_at"]),
+            targets={str(name): int(count) for name, count in data["targets"].items()},
+            done=int(data["done"]),
+            failed=int(data["failed"]),
+            total=int(data["total"]),
+            eta_seconds=_optional(data.get("eta_seconds"), float),
+            images_per_minute=_optional(data.get("images_per_minute"), float),
+            current_prompt=data.get("current_prompt"),
+            step=_optional(data.get("step"), Step.from_json),
+            machine_state=data.get("machine_state"),
+            billed_seconds=float(data.get("billed_seconds") or 0),
+            cost=float(data.get("cost") or 0),
+        )
+
+
+@dataclass(frozen=True)
+class LastRun:
+    """A finished run and how it ended; on the wire, the run's own fields plus these three."""
+
+    run: Run
+    outcome: str
+    error: str | None
+    ended_at: datetime | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.run.to_json(), "outcome": self.outcome, "error": self.error,
+                "ended_at": time_json(self.ended_at)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> LastRun:
+        return cls(Run.from_json(data), str(data["outcome"]), data.get("error"),
+                   _optional(data.get("ended_at"), _time))
+
+
+@dataclass(frozen=True)
+class Cost:
+    """GPU spend so far, against the daily budget that stops automatic runs."""
+
+    today: float
+    month: float
+    daily_budget: float
+    billed_seconds_today: float = 0.0
+    billed_seconds_month: float = 0.0
+    hourly_cost: float | None = None
+    ledger_problem: str | None = None  # why the ledger on disk may lag behind these figures
+
+    def to_json(self) -> dict[str, Any]:
+        return {"today": self.today, "month": self.month, "daily_budget": self.daily_budget,
+                "hourly_cost": self.hourly_cost, "billed_seconds_today": self.billed_seconds_today,
+                "billed_seconds_month": self.billed_seconds_month, "ledger_problem": self.ledger_problem}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Cost:
+        return cls(
+            today=float(data["today"]),
+            month=float(data["month"]),
+            daily_budget=float(data["daily_budget"]),
+            billed_seconds_today=float(data.get("billed_seconds_today") or 0),
+            billed_seconds_month=float(data.get("billed_seconds_month") or 0),
+            hourly_cost=_optional(data.get("hourly_cost"), float),
+            ledger_problem=data.get("ledger_problem"),
+        )
+
+
+@dataclass(frozen=True)
+class Status:
+    """Everything `GET /admin/api/status` says: the picture a client starts from after each (re)connect."""
+
+    state: State
+    run: Run | None
+    last_run: LastRun | None
+    buckets: Levels
+    provider: str
+    machine_state: str | None
+    cost: Cost
+    next_check_at: datetime | None = None
+    paused_reason: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "run": None if self.run is None else self.run.to_json(),
+            "last_run": None if self.last_run is None else self.last_run.to_json(),
+            "buckets": levels_json(self.buckets),
+            "gpu": {"provider": self.provider, "machine_state": self.machine_state},
+            "cost": self.cost.to_json(),
+            "next_check_at": time_json(self.next_check_at),
+            "paused_reason": self.paused_reason,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> Status:
+        def convert(data: Mapping[str, Any]) -> Status:
+            gpu = data.get("gpu") or {}
+            return cls(
+                state=_state(data["state"]),
+                run=_optional(data.get("run"), Run.from_json),
+                last_run=_optional(data.get("last_run"), LastRun.from_json),
+                buckets=_levels(data["buckets"]),
+                provider=str(gpu.get("provider", "")),
+                machine_state=gpu.get("machine_state"),
+                cost=Cost.from_json(data["cost"]),
+                next_check_at=_optional(data.get("next_check_at"), _time),
+                paused_reason=data.get("paused_reason"),
+            )
+
+        return decode("status", convert, data)
+
+    def apply(self, event: ServerEvent) -> Status:
+        """The status after a live event, as far as events tell (spend needs a fetch)."""
+        if isinstance(event, StateChange):
+            return replace(self, state=event.state, run=event.run, last_run=event.last_run,
+                           machine_state=event.machine_state or self.machine_state)
+        if isinstance(event, Run):
+            # A progress event that arrives after its run ended must not bring the run back.
+            return replace(self, run=event) if self.run is not None and self.run.id == event.id else self
+        if isinstance(event, NewImage | BucketsChange):
+            return replace(self, buckets={**self.buckets, **event.buckets})
+        return self
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """One stored avatar and how it was made. Its address is the server's to give (the image list's `url`)
+    or the client's to derive from bucket and id; the generator's events carry no URL."""
+
+    id: str
+    bucket: str
+    prompt: str
+    created_at: datetime
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, image_id: str, bucket: str, metadata: Mapping[str, Any], created_at: datetime) -> ImageInfo:
+        """From what a bucket knows of an image: its sidecar, and when it was made."""
+        return cls(image_id, bucket, str(metadata.get("prompt") or ""), created_at, dict(metadata))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "bucket": self.bucket, "prompt": self.prompt,
+                "created_at": time_json(self.created_at), "metadata": dict(self.metadata)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ImageInfo:
+        return cls(str(data["id"]), str(data["bucket"]), str(data["prompt"]), _time(data["created_at"]),
+                   dict(data.get("metadata") or {}))
+
+    @staticmethod
+    def list_from_json(data: Any) -> list[ImageInfo]:
+        return decode("image list", lambda body: [ImageInfo.from_json(item) for item in body["images"]], data)
+
+
+# --- events ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StateChange:
+    """The generator moved to another state (a run started, advanced a phase, or ended)."""
+
+    state: State
+    run: Run | None
+    last_run: LastRun | None
+    machine_state: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"state": self.state, "run": None if self.run is None else self.run.to_json(),
+                "last_run": None if self.last_run is None else self.last_run.to_json(),
+                "machine_state": self.machine_state}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> StateChange:
+        return cls(_state(data["state"]), _optional(data.get("run"), Run.from_json),
+                   _optional(data.get("last_run"), LastRun.from_json), data.get("machine_state"))
+
+
+@dataclass(frozen=True)
+class NewImage:
+    """A freshly generated image was stored; the bucket levels after it. On the wire: the image's own
+    fields plus `buckets`."""
+
+    image: ImageInfo
+    buckets: Levels
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.image.to_json(), "buckets": levels_json(self.buckets)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> NewImage:
+        return cls(ImageInfo.from_json(data), _levels(data["buckets"]))
+
+
+@dataclass(frozen=True)
+class BucketsChange:
+    """Bucket levels changed without a new image (visitors took some, a fallback was retired)."""
+
+    buckets: Levels
+
+    def to_json(self) -> dict[str, Any]:
+        return levels_json(self.buckets)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> BucketsChange:
+        return cls(_levels(data))
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    """One line of the server's log (or one a client writes about itself)."""
+
+    time: datetime
+    level: str
+    message: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"time": time_json(self.time), "level": self.level, "message": self.message}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> LogEntry:
+        return cls(_time(data["time"]), str(data["level"]), str(data["message"]))
+
+
+ServerEvent = StateChange | Run | NewImage | BucketsChange | LogEntry
+
+EventKind = type[StateChange] | type[Run] | type[NewImage] | type[BucketsChange] | type[LogEntry]
+# Each SSE event name and the kind of event it carries (`progress` is a Run).
+EVENT_KINDS: dict[str, EventKind] = {"state": StateChange, "progress": Run, "image": NewImage,
+                                     "buckets": BucketsChange, "log": LogEntry}
+EVENT_NAMES: dict[EventKind, str] = {kind: name for name, kind in EVENT_KINDS.items()}
+
+
+def encode_event(event: ServerEvent) -> tuple[str, dict[str, Any]]:
+    """The SSE event name and JSON data of an event."""
+    return EVENT_NAMES[type(event)], event.to_json()
+
+
+def decode_event(name: str, data: Any) -> ServerEvent | None:
+    """The typed event for an SSE event name; None for names this client does not know (a newer server)."""
+    kind = EVENT_KINDS.get(name)
+    if kind is None:
+        return None
+    convert: Callable[[Any], ServerEvent] = kind.from_json
+    return decode(f"{name!r} event", convert, data)
+
+
+def decode_run(data: Any) -> Run:
+    return decode("run", Run.from_json, data)

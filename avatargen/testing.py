@@ -1,0 +1,195 @@
+"""Running avatargen as its owner does, for the tests and the benchmarks: config files, real processes.
+
+Both measure and check the product from outside, so both need the same few helpers: a config file made
+of layered tables, `avatargen serve` and the simulated GPU as processes of their own on loopback ports,
+started when they answer and stopped with SIGTERM. Nothing in the product imports this module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import httpx
+import tomlkit
+
+START_TIMEOUT = 30.0
+SIM_KEY_ENV = "AVATARGEN_TEST_SIM_PAPERSPACE_KEY"
+SIM_RETRIES, SIM_RETRY_PAUSE = 10, 0.1
+
+
+def merged(base: Mapping[str, Any], *layers: Mapping[str, Any]) -> dict[str, Any]:
+    """Tables merged key by key, later layers winning (a nested table is merged, not replaced)."""
+    result = dict(base)
+    for layer in layers:
+        for key, value in layer.items():
+            if isinstance(value, Mapping) and isinstance(result.get(key), Mapping):
+                value = merged(result[key], value)
+            result[key] = value
+    return result
+
+
+def write_config(directory: Path, *layers: Mapping[str, Any]) -> Path:
+    """`directory/config.toml`: the layers' tables merged, later layers winning."""
+    path = directory / "config.toml"
+    path.write_text(tomlkit.dumps(merged({}, *layers)))
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Service:
+    """A server process on a loopback port: started, waited for until `health_path` answers, stopped.
+
+    Nothing announces readiness across processes, so `start` polls the health URL, with a deadline.
+    """
+
+    def __init__(self, name: str, command: Sequence[str], *, port: int, log: Path, health_path: str = "/healthz",
+                 env: Mapping[str, str] | None = None) -> None:
+        self.name = name
+        self.command = list(command)
+        self.port = port
+        self.log = log
+        self.health_path = health_path
+        self.env = dict(os.environ, **(env or {}))
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Service:
+        with self.log.open("ab") as output:
+            self.process = subprocess.Popen(self.command, env=self.env, stdout=output,
+                                            stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with status {self.process.returncode}:\n{self.log_text()}")
+            try:
+                if httpx.get(self.url + self.health_path, timeout=1).status_code < 500:
+                    return self
+            except httpx.TransportError:
+                time.sleep(0.02)
+        raise TimeoutError(f"{self.name} did not answer {self.health_path} within {START_TIMEOUT:g}s:\n"
+                           f"{self.log_text()}")
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def kill(self) -> None:
+        """SIGKILL: the process gets no chance to clean up (a crash, the OOM killer)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM and wait (SIGKILL past the timeout); the exit status, None if it never ran."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.process.returncode
+
+    def __enter__(self) -> Service:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+
+def serve_command(config: Path, port: int) -> list[str]:
+    return [sys.executable, "-m", "server.cli", "serve", "--config", str(config), "--port", str(port)]
+
+
+def avatargen_server(config: Path, log: Path, *, token: str, port: int | None = None,
+                     env: Mapping[str, str] | None = None) -> Service:
+    """`avatargen serve --config CONFIG --port PORT`, with this admin token."""
+    port = port or free_port()
+    return Service("avatargen serve", serve_command(config, port), port=port, log=log,
+                   env={"AVATARGEN_ADMIN_TOKEN": token, **(env or {})})
+
+
+class Simulator:
+    """`python -m avatargen.simulator` as its own process: a machine that outlives any avatargen process.
+
+    It runs at the lowest CPU priority (nice 19): it stands for a remote machine, so drawing its images
+    must not take CPU from the server being measured. Its faults strike the caller's own requests too,
+    so those are retried as a client would.
+    """
+
+    def __init__(self, log: Path, *, boot_delay: str, stop_delay: str, sd_boot_delay: str, step_time: str,
+                 faults: Sequence[str] = (), backend: str = "a1111") -> None:
+        self.log = log
+        self.backend = backend
+        self.command = ["nice", "-n", "19", sys.executable, "-m", "avatargen.simulator", "--backend", backend,
+                        "--boot-delay", boot_delay, "--stop-delay", stop_delay, "--sd-boot-delay", sd_boot_delay,
+                        "--step-time", step_time, *(arg for name in faults for arg in ("--fault", name))]
+        self.process: subprocess.Popen[str] | None = None
+        self.info: dict[str, str] = {}
+
+    def __enter__(self) -> Simulator:
+        with self.log.open("ab") as errors:
+            self.process = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=errors, text=True)
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line:
+            self.process.wait(10)
+            raise RuntimeError(f"the simulator exited with status {self.process.returncode} before listening:\n"
+                               f"{self.log.read_text(errors='replace')}")
+        self.info = json.loads(line)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        url = self.info["paperspace_url"].removesuffix("/v1") + path
+        headers = {"Authorization": f"Bearer {self.info['api_key']}"}
+        for _ in range(SIM_RETRIES):
+            response = httpx.request(method, url, headers=headers, timeout=10, **kwargs)
+            if response.status_code != 429 and response.status_code < 500:
+                break
+            time.sleep(float(response.headers.get("retry-after", SIM_RETRY_PAUSE)))
+        response.raise_for_status()
+        return response.json()
+
+    def machine(self) -> dict[str, Any]:
+        """The machine as the Paperspace API shows it, with the simulator's `billedSeconds`."""
+        return self._request("GET", f"/v1/machines/{self.info['machine_id']}")
+
+    def stop_machine(self) -> None:
+        """Stop the machine by hand, as the owner would from the Paperspace console."""
+        self._request("PATCH", f"/v1/machines/{self.info['machine_id']}/stop")
+
+    def provider_config(self) -> dict[str, Any]:
+        """The config layer that points an avatargen server at this simulator (env: `env()`)."""
+        return {"gpu": {"provider": "paperspace",
+                        "paperspace": {"api_url": self.info["paperspace_url"], "api_key_env": SIM_KEY_ENV,
+                                       "machine_id": self.info["machine_id"]}},
+                "sd": {"url": self.info["sd_url"], "backend": self.backend}}
+
+    def env(self) -> dict[str, str]:
+        return {SIM_KEY_ENV: self.info["api_key"]}
+
+

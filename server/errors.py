@@ -1,0 +1,40 @@
+"""How errors leave the server: handlers raise, these render, in one place.
+
+The admin API's clients parse JSON, so anything under /admin/ is `{"error": "..."}` (with `field` when
+a setting is at fault); visitors' routes answer plain text.
+"""
+
+from __future__ import annotations
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+
+ADMIN_PREFIX = "/admin/"
+ECHO_LIMIT = 60  # characters of a client's own value worth repeating back in an error message
+
+
+def echo(value: object) -> str:
+    """A client's value quoted for an error message, cut short: a 60 KB id need not travel back."""
+    text = str(value)
+    return repr(text) if len(text) <= ECHO_LIMIT else repr(text[:ECHO_LIMIT]) + f"... ({len(text)} characters)"
+
+
+class FieldError(HTTPException):
+    """A request value the server refuses; `field` names it (a [prompts] setting by its config name), so
+    the owner's panel shows the message beside that field."""
+
+    def __init__(self, message: str, field: str, status_code: int = 422) -> None:
+        super().__init__(status_code, message)
+        self.field = field
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if not request.url.path.startswith(ADMIN_PREFIX):
+        return PlainTextResponse(exc.detail, status_code=exc.status_code, headers=exc.headers)
+    body = {"error": exc.detail}
+    if isinstance(exc, FieldError):
+        body["field"] = exc.field
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
