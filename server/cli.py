@@ -44,8 +44,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     if problem := review.missing_extra(settings.review):
         print(f"avatargen: warning: {problem}", file=sys.stderr)
     where = path if path is not None else "built-in defaults (no config.toml here)"
-    print(f"{where}: OK (provider {settings.gpu.provider}, SD backend {settings.sd.backend}, "
-          f"data in {settings.server.data_dir})")
+    print(f"{where}: OK (provider {settings.gpu.provider}, data in {settings.server.data_dir})")
     for note in notes:
         print(note)
     return 0

@@ -197,7 +197,8 @@ def test_check_config_reports_a_broken_graph_before_any_run(tmp_path: Path, caps
     config.write_text('[sd]\nbackend = "comfyui"\n')
     assert main(["check-config", "--config", str(config)]) == 0
     out = capsys.readouterr().out
-    assert "SD backend comfyui" in out and "prompt -> node 6 (CLIPTextEncode).text" in out
+    assert "workflow 'built-in txt2img': sampler node 3 (KSampler)" in out
+    assert "prompt -> node 6 (CLIPTextEncode).text" in out
 
 
 @pytest.mark.parametrize(("name", "scheduler", "expected"), [
