@@ -1,8 +1,10 @@
 """Buckets: folders of generated avatars that several processes publish into, serve from and claim from.
 
 Layout (the contract): `<dir>/<id>.webp` is an image and `<dir>/<id>.json` its metadata; only `*.webp`
-directly in the folder are images. Work files live in `<dir>/.tmp/`, claimed uniques in `<dir>/.claimed/`
-and pre-framed copies (made by a bucket's `prepare` hook) in `<dir>/.framed/`, all on one filesystem so
+directly in the folder are images. Work files live in `<dir>/.tmp/`, claimed uniques in `<dir>/.claimed/`,
+pre-framed copies (made by a bucket's `prepare` hook) in `<dir>/.framed/`, images the safety gate held
+back (with their sidecars) in `<dir>/.review/` until the owner approves or deletes them, and an empty
+`<dir>/.kept/<id>` marks an image the owner keeps for good (never retired), all on one filesystem so
 that `os.rename` is atomic. The filesystem is the only arbiter between processes: a unique is claimed by
 renaming it away, and whoever's rename fails lost the race. Each Bucket keeps an in-memory index of the
 ids so that counting and random picks never scan 10,000 files per call; it notices other processes'
@@ -72,6 +74,8 @@ class ImageRecord:
     path: Path
     metadata: dict[str, Any]
     created_at: datetime
+    kept: bool = False  # the owner keeps it for good: never retired
+    held: bool = False  # held back by the safety gate, waiting in the review folder: never served
 
 
 @dataclass(frozen=True)
@@ -143,6 +147,19 @@ def _unlink(path: Path) -> bool:
     return True
 
 
+def _created_at(metadata: dict[str, Any], path: Path) -> datetime:
+    """When an image was made: its sidecar's `created_at`, else its file's mtime."""
+    created = metadata.get("created_at")
+    return datetime.fromisoformat(created) if isinstance(created, str) else datetime.fromtimestamp(
+        path.stat().st_mtime, UTC)
+
+
+def _ids_in(folder: Path, suffix: str) -> set[str]:
+    """The ids of the `<id><suffix>` entries in a folder."""
+    return {name[: -len(suffix)] for name in os.listdir(folder)
+            if name.endswith(suffix) and _ID.match(name[: -len(suffix)])}
+
+
 def _is_stale(path: Path, older_than: float, *, since_rename: bool = False) -> bool:
     """Whether a file was last written (or, since_rename, renamed: that moves its ctime) long enough ago.
 
@@ -173,6 +190,8 @@ class Bucket:
         self._tmp = self.directory / ".tmp"
         self._claimed = self.directory / ".claimed"
         self._framed = self.directory / ".framed"
+        self._review = self.directory / ".review"
+        self._kept = self.directory / ".kept"
         for folder in self.folders:
             folder.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
@@ -187,7 +206,8 @@ class Bucket:
     @property
     def folders(self) -> tuple[Path, ...]:
         """Every folder the bucket writes to (start-up proves each one writable before the server listens)."""
-        return (self.directory, self._tmp, self._claimed, *([self._framed] if self.prepare else []))
+        return (self.directory, self._tmp, self._claimed, self._review, self._kept,
+                *([self._framed] if self.prepare else []))
 
     # --- the in-memory index -------------------------------------------------------------------------
 
@@ -202,6 +222,15 @@ class Bucket:
 
     def _claimed_path(self, image_id: str) -> Path:
         return self._claimed / f"{image_id}{IMAGE_SUFFIX}"
+
+    def _held_path(self, image_id: str) -> Path:
+        return self._review / f"{image_id}{IMAGE_SUFFIX}"
+
+    def _held_meta_path(self, image_id: str) -> Path:
+        return self._review / f"{image_id}{META_SUFFIX}"
+
+    def _kept_path(self, image_id: str) -> Path:
+        return self._kept / image_id
 
     def _list_images(self) -> list[str]:
         self.scans += 1
@@ -271,6 +300,7 @@ class Bucket:
 
     def newest(self, n: int) -> list[ImageRecord]:
         """The `n` newest images, newest first (ids sort by creation time); ones gone meanwhile are skipped."""
+        kept = set(os.listdir(self._kept))
         records = []
         for image_id in heapq.nlargest(max(0, n), self.ids()):
             path = self._image_path(image_id)
@@ -278,38 +308,63 @@ class Bucket:
                 metadata = self.metadata(image_id)
                 if not isinstance(metadata, dict):
                     continue  # valid JSON, but not a sidecar: skipped like an unreadable one
-                created = metadata.get("created_at")
-                created_at = (datetime.fromisoformat(created) if isinstance(created, str)
-                              else datetime.fromtimestamp(path.stat().st_mtime, UTC))
+                created_at = _created_at(metadata, path)
             except (ImageNotFound, FileNotFoundError, ValueError):
                 continue
-            records.append(ImageRecord(image_id, self.name, path, metadata, created_at))
+            records.append(ImageRecord(image_id, self.name, path, metadata, created_at, kept=image_id in kept))
         return records
 
     # --- writing -------------------------------------------------------------------------------------
 
-    def publish(self, image: bytes, metadata: dict[str, Any], *, prepared: bytes | None = None) -> ImageRecord:
+    def publish(self, image: bytes, metadata: dict[str, Any], *, prepared: bytes | None = None,
+                image_id: str | None = None) -> ImageRecord:
         """Store a WebP image with its metadata, atomically: it is visible complete, with its sidecar, or not at all.
 
         Each file (sidecar, framed copy if the bucket frames, image) is written under `.tmp/`, fsynced
         and renamed into place, in that order: a visible image always has its metadata, and a claimer
         always finds its framed copy. `created_at` (ISO 8601 UTC) is added when missing. `prepared` is
         the framed copy when the caller already made it (the generator does, off the server's process).
+        `image_id` keeps the id an image already has (one moved from another bucket).
         """
+        image_id, metadata, created_at, sidecar = self._prepare_files(image, metadata, image_id)
+        files = [(sidecar, self._meta_path(image_id))]
+        if self.prepare is not None:
+            files.append((self.prepare(image) if prepared is None else prepared, self._framed_path(image_id)))
+        files.append((image, self._image_path(image_id)))
+        self._place_all(files)
+        if self.prepare is not None:
+            _sync_dir(self._framed)
+        _sync_dir(self.directory)
+        with self._lock:
+            self._index.add(image_id)
+        return ImageRecord(image_id, self.name, self._image_path(image_id), metadata, created_at)
+
+    def hold(self, image: bytes, metadata: dict[str, Any]) -> ImageRecord:
+        """Store an image the safety gate held back in the review folder, as `publish` stores one in the
+        bucket (sidecar first, then the image): out of the bucket, so no visitor and no recovery ever serves
+        it, until the owner approves it. `metadata` says why (`review`)."""
+        image_id, metadata, created_at, sidecar = self._prepare_files(image, metadata, None)
+        self._place_all([(sidecar, self._held_meta_path(image_id)), (image, self._held_path(image_id))])
+        _sync_dir(self._review)
+        return ImageRecord(image_id, self.name, self._held_path(image_id), metadata, created_at, held=True)
+
+    def _prepare_files(self, image: bytes, metadata: dict[str, Any],
+                       image_id: str | None) -> tuple[str, dict[str, Any], datetime, bytes]:
+        """The id, metadata (with `created_at`), creation time and sidecar bytes of an image to store."""
         if sniff_format(image) != "WEBP":
             raise ValueError(f"the {self.name} bucket stores WebP images; got data starting {image[:12]!r}")
         now = datetime.now(UTC)
-        image_id = new_id(now)
+        image_id = new_id(now) if image_id is None else check_id(image_id)
         metadata = {**metadata, "created_at": metadata.get("created_at") or utc_iso(now)}
         try:
             created_at = datetime.fromisoformat(metadata["created_at"])
             sidecar = json.dumps(metadata, ensure_ascii=False, indent=1).encode()
         except (TypeError, ValueError) as exc:
             raise ValueError(f"image metadata must be JSON with an ISO 8601 created_at: {exc}") from None
-        files = [(sidecar, self._meta_path(image_id))]
-        if self.prepare is not None:
-            files.append((self.prepare(image) if prepared is None else prepared, self._framed_path(image_id)))
-        files.append((image, self._image_path(image_id)))
+        return image_id, metadata, created_at, sidecar
+
+    def _place_all(self, files: list[tuple[bytes, Path]]) -> None:
+        """Place files in order; if one fails, the ones already placed are removed again."""
         placed: list[Path] = []
         try:
             for data, final in files:
@@ -319,12 +374,6 @@ class Bucket:
             for path in placed:
                 _unlink(path)
             raise
-        if self.prepare is not None:
-            _sync_dir(self._framed)
-        _sync_dir(self.directory)
-        with self._lock:
-            self._index.add(image_id)
-        return ImageRecord(image_id, self.name, self._image_path(image_id), metadata, created_at)
 
     def _place(self, data: bytes, final: Path) -> None:
         """Write a file under `.tmp/`, fsync it, then rename it to `final`: it appears whole or not at all."""
@@ -336,14 +385,158 @@ class Bucket:
             _unlink(work)
             raise
 
+    def _remove(self, image: Path, companions: tuple[Path, ...]) -> bool:
+        """Remove an image and the files that go with it, as one step for everyone else: the image is first
+        renamed into `.tmp/` (gone at once for visitors, claimers and listings, in every process; a crash
+        right after leaves only work files and a sidecar without its image, which recovery removes), then
+        the rest is deleted. False, and nothing touched, when the image was not there."""
+        doomed = self._tmp / f"{secrets.token_hex(4)}-removed-{image.name}"
+        try:
+            os.rename(image, doomed)
+        except FileNotFoundError:
+            return False
+        for path in companions:
+            _unlink(path)
+        _unlink(doomed)
+        return True
+
     def delete(self, image_id: str) -> bool:
-        """Remove an image (then its sidecar and framed copy); False if it was not there."""
-        removed = _unlink(self._image_path(check_id(image_id)))
-        with self._lock:
-            self._index.discard(image_id)
-        _unlink(self._meta_path(image_id))
-        _unlink(self._framed_path(image_id))
+        """Remove an image with its sidecar, framed copy and keep marker; False if it was not in the bucket."""
+        removed = self._remove(self._image_path(check_id(image_id)), (
+            self._meta_path(image_id), self._framed_path(image_id), self._kept_path(image_id)))
+        self.forget(image_id)
         return removed
+
+    def retire(self, image_id: str) -> bool:
+        """Delete a served fallback to make room for new ones, unless the owner keeps it; whether it went."""
+        return not self.is_kept(image_id) and self.delete(image_id)
+
+    # --- the owner's word ----------------------------------------------------------------------------
+
+    def is_kept(self, image_id: str) -> bool:
+        """Whether the owner keeps this image for good (its marker is on disk: every process sees it)."""
+        return self._kept_path(check_id(image_id)).exists()
+
+    def keep(self, image_id: str, kept: bool = True) -> ImageRecord:
+        """Keep an image for good (never retired), or undo that; ImageNotFound if it is not in the bucket."""
+        marker = self._kept_path(check_id(image_id))
+        if kept:
+            marker.touch()
+            _sync_dir(self._kept)
+        else:
+            _unlink(marker)
+        try:
+            return self._record(image_id)
+        except ImageNotFound:
+            _unlink(marker)  # deleted or claimed meanwhile: no marker without its image
+            raise
+
+    def _record(self, image_id: str) -> ImageRecord:
+        """The record of an image in the bucket; ImageNotFound if it is not there."""
+        path = self._image_path(image_id)
+        try:
+            metadata = self.metadata(image_id)
+            created_at = _created_at(metadata if isinstance(metadata, dict) else {}, path)
+        except (ImageNotFound, FileNotFoundError, ValueError):
+            if not path.exists():
+                raise ImageNotFound(f"no image {image_id!r} in the {self.name} bucket") from None
+            metadata, created_at = {}, datetime.fromtimestamp(path.stat().st_mtime, UTC)
+        return ImageRecord(image_id, self.name, path, metadata, created_at,
+                           kept=self._kept_path(image_id).exists())
+
+    def move(self, image_id: str, target: Bucket) -> ImageRecord:
+        """Move an image into another bucket under the same id; ImageNotFound if it is not in this one.
+
+        It is claimed first (the rename into `.claimed/` that visitors race for), so a visitor gets it or
+        the move does, never both; then published in the target as any new image is (framed there if the
+        target frames), and only then removed here with its framed copy and keep marker. Works across
+        filesystems. A failure puts it back.
+        """
+        claimed = self._claimed_path(check_id(image_id))
+        try:
+            os.rename(self._image_path(image_id), claimed)
+        except FileNotFoundError:
+            raise ImageNotFound(f"no image {image_id!r} in the {self.name} bucket") from None
+        self.forget(image_id)
+        try:
+            metadata = {**self._claimed_metadata(image_id), "moved_from": self.name}
+            record = target.publish(claimed.read_bytes(), metadata, image_id=image_id)
+        except BaseException:
+            self.release_claim(image_id)
+            raise
+        self.finish_claim(image_id)
+        _unlink(self._kept_path(image_id))
+        return record
+
+    # --- held back by the safety gate ----------------------------------------------------------------
+
+    def held_count(self) -> int:
+        """How many images wait in the review folder."""
+        return len(_ids_in(self._review, IMAGE_SUFFIX))
+
+    def held(self, n: int) -> list[ImageRecord]:
+        """The `n` newest images held back for review, newest first."""
+        records = []
+        for image_id in heapq.nlargest(max(0, n), _ids_in(self._review, IMAGE_SUFFIX)):
+            path = self._held_path(image_id)
+            metadata = self._held_metadata(image_id)
+            try:
+                records.append(ImageRecord(image_id, self.name, path, metadata, _created_at(metadata, path),
+                                           held=True))
+            except (FileNotFoundError, ValueError):
+                continue  # approved or deleted meanwhile, or a sidecar with a created_at that is not a time
+        return records
+
+    def _held_metadata(self, image_id: str) -> dict[str, Any]:
+        """The sidecar of a held image; empty when it is missing or not a JSON object (the image is what counts)."""
+        try:
+            metadata = json.loads(self._held_meta_path(image_id).read_bytes())
+        except (FileNotFoundError, ValueError):
+            return {}
+        return metadata if isinstance(metadata, dict) else {}
+
+    def read_held(self, image_id: str) -> bytes:
+        """The bytes of an image held back for review (for the owner's eyes only)."""
+        try:
+            return self._held_path(check_id(image_id)).read_bytes()
+        except FileNotFoundError:
+            raise ImageNotFound(f"no image {image_id!r} held back in the {self.name} bucket") from None
+
+    def delete_held(self, image_id: str) -> bool:
+        """Delete an image held back for review, with its sidecar; False if none is held with that id."""
+        # An approval cut short by a crash may have placed the sidecar in the bucket already: it goes too.
+        unfinished = () if self._image_path(check_id(image_id)).exists() else (self._meta_path(image_id),)
+        return self._remove(self._held_path(image_id), (self._held_meta_path(image_id), *unfinished))
+
+    def approve(self, image_id: str) -> ImageRecord:
+        """Publish an image the owner approved after the gate held it back, as any new image is published:
+        its sidecar (noting the approval) and framed copy first, then the image, renamed in from the review
+        folder. ImageNotFound when none is held with that id."""
+        held = self._held_path(check_id(image_id))
+        try:
+            image = held.read_bytes()
+        except FileNotFoundError:
+            raise ImageNotFound(f"no image {image_id!r} held back in the {self.name} bucket") from None
+        metadata = self._held_metadata(image_id)
+        review = metadata.get("review")
+        metadata["review"] = {**(review if isinstance(review, dict) else {}), "approved_at": utc_iso(datetime.now(UTC))}
+        image_id, metadata, created_at, sidecar = self._prepare_files(image, metadata, image_id)
+        files = [(sidecar, self._meta_path(image_id))]
+        if self.prepare is not None:
+            files.append((self.prepare(image), self._framed_path(image_id)))
+        self._place_all(files)
+        try:
+            os.rename(held, self._image_path(image_id))
+        except FileNotFoundError:  # approved or deleted by someone else meanwhile
+            if not self._image_path(image_id).exists():
+                for _, path in files:
+                    _unlink(path)
+                raise ImageNotFound(f"no image {image_id!r} held back in the {self.name} bucket") from None
+        _unlink(self._held_meta_path(image_id))
+        _sync_dir(self.directory)
+        with self._lock:
+            self._index.add(image_id)
+        return ImageRecord(image_id, self.name, self._image_path(image_id), metadata, created_at)
 
     # --- claiming uniques ----------------------------------------------------------------------------
 
@@ -427,14 +620,27 @@ class Bucket:
                      *(self._framed.glob(f"*{IMAGE_SUFFIX}") if self._framed.is_dir() else [])]
         for path in leftovers:
             image_id = path.name.rsplit(".", 1)[0]
-            owned = self._image_path(image_id).exists() or self._claimed_path(image_id).exists()
+            # A held image owns its sidecar in the bucket too: an approval cut short, done again later.
+            owned = any(place.exists() for place in (self._image_path(image_id), self._claimed_path(image_id),
+                                                     self._held_path(image_id)))
             if not owned and _is_stale(path, stale_after):
                 counts["orphans_removed"] += _unlink(path)
+        counts["orphans_removed"] += self._tidy_owner_files(stale_after)
         if self.prepare is not None:
             for image_id in self.ids():
                 if not self._framed_path(image_id).exists():
                     counts["framed"] += self._frame_existing(image_id, self.prepare)
         return counts
+
+    def _tidy_owner_files(self, stale_after: float) -> int:
+        """Remove review sidecars whose held image is gone and keep markers whose image is gone, once
+        `stale_after` old (another process may be holding or keeping one right now); how many. Held
+        images themselves are never touched: only the owner publishes them."""
+        held = _ids_in(self._review, IMAGE_SUFFIX)
+        leftovers = [self._held_meta_path(image_id) for image_id in _ids_in(self._review, META_SUFFIX) - held]
+        leftovers += [self._kept_path(name) for name in os.listdir(self._kept)
+                      if not self._image_path(name).exists()]
+        return sum(_unlink(path) for path in leftovers if _is_stale(path, stale_after))
 
     def _frame_existing(self, image_id: str, prepare: Callable[[bytes], bytes]) -> bool:
         """Make the missing framed copy of a stored image; False if the image or the work file went away

@@ -26,7 +26,8 @@ from avatargen import wordlists
 from avatargen.durations import parse_duration
 from avatargen.redact import redact_url
 
-PROVIDERS = ("paperspace", "always_on", "simulated")
+PROVIDERS = ("paperspace", "runpod", "always_on", "simulated")
+PROVIDER_APIS = ("paperspace", "runpod")  # the cloud machine APIs avatargen speaks (and simulates)
 SD_BACKENDS = ("a1111", "comfyui")
 BUCKET_NAMES = ("unique", "fallback")
 
@@ -86,6 +87,15 @@ def check_http_url(url: str) -> str:
     except ValueError:
         raise ValueError(f"the port must be a number from 0 to 65535, got {redact_url(url)!r}") from None
     return url
+
+
+def _placeholders_filled(url: str) -> str:
+    """`url` with the machine placeholders the GPU provider fills at each start (`{public_ip}`, `{pod_id}`,
+    `{port:7860}`; see avatargen.gpu.address) standing in as a host part and a port, for checking the rest."""
+    return _PLACEHOLDER.sub(lambda match: match.group(1) or "placeholder", url)
+
+
+_PLACEHOLDER = re.compile(r"\{(?:port:(\d+)|[^{}]*)\}")
 
 
 def _check_service_url(url: str, key: str, credentials: str) -> None:
@@ -174,6 +184,24 @@ class PaperspaceSettings:
     api_url: str = "https://api.paperspace.com/v1"
     api_key_env: str = "PAPERSPACE_API_KEY"
     machine_id: str = ""
+    auto_shutdown: float = _f(0.0, kind="duration")  # set the machine's own backstop at start-up; 0: leave it
+
+    def api_key(self) -> Secret:
+        return Secret(os.environ.get(self.api_key_env, ""))
+
+    def check(self) -> None:
+        _check_service_url(self.api_url, "api_url", f"the API key comes from the environment variable named by "
+                                                    f"api_key_env ({self.api_key_env})")
+        if self.auto_shutdown and (self.auto_shutdown < 3600 or self.auto_shutdown % 3600):
+            raise ConfigError(f"Paperspace shuts machines down after whole hours: use \"1h\" or more in whole "
+                              f"hours, got {self.auto_shutdown:g}s", key="auto_shutdown")
+
+
+@dataclass(frozen=True)
+class RunPodSettings:
+    api_url: str = "https://rest.runpod.io/v1"
+    api_key_env: str = "RUNPOD_API_KEY"
+    pod_id: str = ""
 
     def api_key(self) -> Secret:
         return Secret(os.environ.get(self.api_key_env, ""))
@@ -187,20 +215,12 @@ class PaperspaceSettings:
 class SimulatedSettings:
     """The built-in GPU machine and SD web UI (demo mode); see avatargen.simulator."""
 
+    api: str = _f("paperspace", choices=PROVIDER_APIS)  # the cloud machine API the simulated GPU speaks
     boot_delay: float = _f(8.0, kind="duration")
     stop_delay: float = _f(3.0, kind="duration")
     sd_boot_delay: float = _f(2.0, kind="duration")
     step_time: float = _f(0.05, kind="duration")
-    faults: tuple[str, ...] = ()
-
-    def check(self) -> None:
-        from avatargen.simulator.faults import FAULTS  # the simulator owns the list of faults
-
-        for name in self.faults:
-            if name not in FAULTS:
-                close = difflib.get_close_matches(name, FAULTS, n=1)
-                hint = f"did you mean {close[0]!r}?" if close else f"known faults: {', '.join(FAULTS)}"
-                raise ConfigError(f"unknown fault {name!r}; {hint}", key="faults")
+    faults: tuple[str, ...] = ()  # names checked where the simulator starts: the core never imports it
 
 
 @dataclass(frozen=True)
@@ -212,11 +232,14 @@ class GpuSettings:
     hourly_cost: float = _f(0.76, low=0)
     daily_budget: float = _f(5.0, low=0)
     paperspace: PaperspaceSettings = _f(PaperspaceSettings())
+    runpod: RunPodSettings = _f(RunPodSettings())
     simulated: SimulatedSettings = _f(SimulatedSettings())
 
     def check(self) -> None:
         if self.provider == "paperspace" and not self.paperspace.machine_id:
             raise ConfigError("required when provider = \"paperspace\"", key="paperspace.machine_id")
+        if self.provider == "runpod" and not self.runpod.pod_id:
+            raise ConfigError("required when provider = \"runpod\"", key="runpod.pod_id")
 
 
 @dataclass(frozen=True)
@@ -268,8 +291,8 @@ class SdSettings:
         return Secret(os.environ.get(self.password_env, ""))
 
     def check(self) -> None:
-        _check_service_url(self.url, "url", "set sd.username, and put the password in the environment variable "
-                                            f"named by sd.password_env ({self.password_env})")
+        _check_service_url(_placeholders_filled(self.url), "url", "set sd.username, and put the password in the "
+                           f"environment variable named by sd.password_env ({self.password_env})")
         if self.backend == "comfyui":
             from avatargen.sd.samplers import comfyui_sampler
 

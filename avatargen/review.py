@@ -65,6 +65,14 @@ class Verdict:
     def held(self) -> bool:
         return bool(self.reasons)
 
+    @property
+    def gate_failed(self) -> str | None:
+        """What stopped the gate from judging the image, if anything did."""
+        return next((reason.error for reason in self.reasons if reason.kind == "gate_failed"), None)
+
+    def __str__(self) -> str:
+        return "; ".join(map(str, self.reasons)) or "passed"
+
     def to_dict(self) -> dict[str, Any]:
         """For an image's sidecar and the admin API: `held`, and each reason with its text."""
         return {"held": self.held, "reasons": [{**asdict(reason), "text": str(reason)} for reason in self.reasons]}
@@ -72,6 +80,11 @@ class Verdict:
 
 class GateUnavailable(RuntimeError):
     """The detector cannot be loaded (extra not installed, model file missing or corrupt)."""
+
+
+def failed(error: str) -> Verdict:
+    """The verdict when the gate could not judge an image: held back, with what went wrong."""
+    return Verdict((Reason("gate_failed", error=error),))
 
 
 def missing_extra(rules: ReviewSettings) -> str | None:
@@ -117,6 +130,18 @@ def _detector(model: Path) -> NudeDetector:
     return detector
 
 
+def problem(model: Path | None = None) -> str | None:
+    """Why the detector cannot be loaded in this process, or None once it is (loaded for the checks to come).
+
+    The generator asks the imaging process this before a run boots its machine: a gate that cannot run
+    would hold back every image the owner pays for."""
+    try:
+        _detector(model or shipped_model())
+    except GateUnavailable as exc:
+        return str(exc)
+    return None
+
+
 def detect(avatar: bytes, model: Path | None = None) -> list[tuple[str, float]]:
     """Every (class, score) the detector reports for an image (PNG, JPEG or WebP bytes)."""
     import numpy as np  # comes with the extra, like the detector
@@ -146,4 +171,4 @@ def check(avatar: bytes, rules: ReviewSettings, model: Path | None = None) -> Ve
     try:
         return judge(detect(avatar, model), rules)
     except Exception as exc:
-        return Verdict((Reason("gate_failed", error=str(exc) or type(exc).__name__),))
+        return failed(str(exc) or type(exc).__name__)

@@ -36,7 +36,8 @@ class Run:
     billing_since: float | None = None
     billing_until: float | None = None
     generating_since: float | None = None
-    done: int = 0
+    done: int = 0  # images published
+    held: int = 0  # images the safety gate held back for the owner's review
     failed: int = 0
     current_prompt: str | None = None
     step: Step | None = None
@@ -58,11 +59,18 @@ class Run:
     def cost(self, now: float | None = None) -> float:
         return self.billed_seconds(now) / 3600 * self.hourly_cost
 
+    def held_cost(self, now: float | None = None) -> float:
+        """The share of the run's cost spent on images the gate held back (each image made costs the same)."""
+        made = self.done + self.held
+        return self.cost(now) * self.held / made if made else 0.0
+
     def images_per_minute(self, now: float | None = None) -> float:
-        if self.generating_since is None or self.done == 0:
+        """Images made per minute of generating, published or held back alike (the GPU made both)."""
+        made = self.done + self.held
+        if self.generating_since is None or made == 0:
             return 0.0
         elapsed = (self.ended_at or (time.time() if now is None else now)) - self.generating_since
-        return self.done * 60 / elapsed if elapsed > 0 else 0.0
+        return made * 60 / elapsed if elapsed > 0 else 0.0
 
     def eta_seconds(self, now: float | None = None) -> float | None:
         rate = self.images_per_minute(now)
@@ -70,7 +78,7 @@ class Run:
             return 0.0
         if rate <= 0:
             return None
-        return max(0, self.total - self.done - self.failed) * 60 / rate
+        return max(0, self.total - self.done - self.held - self.failed) * 60 / rate
 
     def view(self, now: float | None = None) -> RunView:
         """The run as the owner sees it now (what status, events and the admin API's answers carry)."""
@@ -92,6 +100,8 @@ class Run:
             machine_state=self.machine_state,
             billed_seconds=round(self.billed_seconds(now), 1),
             cost=round(self.cost(now), 4),
+            held=self.held,
+            held_cost=round(self.held_cost(now), 4),
         )
 
     def ended(self) -> LastRun:

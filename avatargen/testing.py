@@ -137,10 +137,11 @@ class Simulator:
     """
 
     def __init__(self, log: Path, *, boot_delay: str, stop_delay: str, sd_boot_delay: str, step_time: str,
-                 faults: Sequence[str] = (), backend: str = "a1111") -> None:
+                 faults: Sequence[str] = (), api: str = "paperspace", backend: str = "a1111") -> None:
         self.log = log
         self.backend = backend
-        self.command = ["nice", "-n", "19", sys.executable, "-m", "avatargen.simulator", "--backend", backend,
+        self.command = ["nice", "-n", "19", sys.executable, "-m", "avatargen.simulator", "--api", api,
+                        "--backend", backend,
                         "--boot-delay", boot_delay, "--stop-delay", stop_delay, "--sd-boot-delay", sd_boot_delay,
                         "--step-time", step_time, *(arg for name in faults for arg in ("--fault", name))]
         self.process: subprocess.Popen[str] | None = None
@@ -161,10 +162,10 @@ class Simulator:
     def __exit__(self, *exc: object) -> None:
         if self.process is not None:
             self.process.terminate()
-            self.process.wait(10)
+            self.process.wait(30)  # at nice 19 on a busy machine, it may wait a while for the CPU to exit
 
     def _request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-        url = self.info["paperspace_url"].removesuffix("/v1") + path
+        url = self.info["api_url"].removesuffix("/v1") + path
         headers = {"Authorization": f"Bearer {self.info['api_key']}"}
         for _ in range(SIM_RETRIES):
             response = httpx.request(method, url, headers=headers, timeout=10, **kwargs)
@@ -175,19 +176,17 @@ class Simulator:
         return response.json()
 
     def machine(self) -> dict[str, Any]:
-        """The machine as the Paperspace API shows it, with the simulator's `billedSeconds`."""
-        return self._request("GET", f"/v1/machines/{self.info['machine_id']}")
-
-    def stop_machine(self) -> None:
-        """Stop the machine by hand, as the owner would from the Paperspace console."""
-        self._request("PATCH", f"/v1/machines/{self.info['machine_id']}/stop")
+        """The machine as the simulator sees it: `state` (off, starting, ..., ready) and `billedSeconds`."""
+        return self._request("GET", "/_sim/machine")
 
     def provider_config(self) -> dict[str, Any]:
-        """The config layer that points an avatargen server at this simulator (env: `env()`)."""
-        return {"gpu": {"provider": "paperspace",
-                        "paperspace": {"api_url": self.info["paperspace_url"], "api_key_env": SIM_KEY_ENV,
-                                       "machine_id": self.info["machine_id"]}},
-                "sd": {"url": self.info["sd_url"], "backend": self.backend}}
+        """The config layer that points an avatargen server at this simulator (env: `env()`), exactly as at the
+        real provider: a pod's web UI is reached on its TCP-exposed port."""
+        api = self.info["api"]
+        machine = {"pod_id" if api == "runpod" else "machine_id": self.info["machine_id"]}
+        sd_url = "http://{public_ip}:{port:7860}" if api == "runpod" else self.info["sd_url"]
+        return {"gpu": {"provider": api, api: {"api_url": self.info["api_url"], "api_key_env": SIM_KEY_ENV, **machine}},
+                "sd": {"url": sd_url, "backend": self.backend}}
 
     def env(self) -> dict[str, str]:
         return {SIM_KEY_ENV: self.info["api_key"]}

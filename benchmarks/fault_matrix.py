@@ -1,5 +1,5 @@
 """Fault matrix: every fault the simulated GPU can inject, one per run, and SIGKILL of the server in each run state,
-for both SD backends (the web UI API and ComfyUI).
+for each provider's API (Paperspace, RunPod) and each SD backend (the web UI API, ComfyUI).
 
 The simulated GPU runs as a process of its own (a machine outlives any avatargen process), and every row
 gets a fresh `avatargen serve` process and data folder. A row is a manual refill of the unique bucket:
@@ -9,17 +9,17 @@ gets a fresh `avatargen serve` process and data folder. A row is a manual refill
 Meanwhile a background loop GETs /avatar (from the killed server's twin, a visitor-only process on the
 same folders, in the SIGKILL rows) and records every failure.
 
-Every row must hold: the machine is off at the end; no billed seconds after the stop confirmation (the
-simulator's count at the end and a few poll periods later); no image lost (announced as stored, not in
-the bucket) or half-written (a visible .webp without its sidecar, or one that does not decode); visitors
-answered throughout. The script exits with status 1 if a row does not hold.
+Every row must hold: the machine is off (or terminated, billed no more) at the end; no billed seconds after
+the stop confirmation (the simulator's count at the end and a few poll periods later); no image lost
+(announced as stored, not in the bucket) or half-written (a visible .webp without its sidecar, or one that
+does not decode); visitors answered throughout. The script exits with status 1 if a row does not hold.
 
-On the web UI (a1111) every fault but ComfyUI's own is a row; on ComfyUI, the faults of the SD server
-(`SD_FAULTS`: those that strike the web UI as they strike ComfyUI, and ComfyUI's own) and SIGKILL while
-generating: the machine's faults and the other SIGKILL rows do not depend on the backend. `--quick` runs
-only ComfyUI's own faults on ComfyUI.
+The ComfyUI rows (on the Paperspace API: the machine's faults do not depend on the backend) are the SD
+server's faults (`SD_FAULTS`: those that strike the web UI as they strike ComfyUI, and ComfyUI's own) and
+SIGKILL while generating; the web UI's rows leave ComfyUI's own faults out. `--quick` runs only ComfyUI's
+own faults on ComfyUI.
 
-    python -m benchmarks.fault_matrix [--quick] [--jobs N] [--backend a1111|comfyui]
+    python -m benchmarks.fault_matrix [--quick] [--jobs N] [--api paperspace|runpod ...] [--backend a1111|comfyui]
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from avatargen.api import NewImage, ServerEvent, StateChange
 from avatargen.buckets import open_buckets
 from avatargen.config import load_settings
 from avatargen.durations import parse_duration
-from avatargen.simulator.faults import FAULTS
+from avatargen.simulator.faults import faults_for
 from avatargen.testing import Service, Simulator
 from benchmarks.harness import (
     Admin,
@@ -58,6 +58,7 @@ from benchmarks.harness import (
 from benchmarks.report import print_machine, print_table
 
 KILL_STATES = ("booting", "generating", "shutting_down")
+APIS = ("paperspace", "runpod")  # rows of the first are named by their fault alone, the others' say the API
 COMFYUI_ONLY = ("comfyui_validation", "comfyui_socket_drop")
 SD_FAULTS = ("sd_500", "sd_garbage", "sd_invalid_image", "sd_slow_first", "external_stop", *COMFYUI_ONLY)
 POLL_EVERY = "50ms"
@@ -119,7 +120,7 @@ class Row:
 
     def check(self) -> None:
         """Record what does not hold."""
-        if self.machine != "off":
+        if self.machine not in ("off", "terminated"):
             self.problems.append(f"the machine is {self.machine}")
         if self.billed_after is None or self.billed_after > 0.0005:
             self.problems.append(f"billed after the stop: {self.billed_after}")
@@ -203,14 +204,16 @@ class Matrix:
         self.run_images = run_images
         self.poll_every = parse_duration(POLL_EVERY)
 
-    def row(self, name: str, faults: list[str], body: Callable[[Row, Path, Simulator], None], backend: str) -> Row:
-        """Run one row; an error in it fails the row, and the matrix goes on."""
-        name = name if backend == "a1111" else f"{name} ({backend})"
-        row = Row(name)
-        directory = self.work / name.replace(" ", "_").replace("(", "").replace(")", "")
+    def row(self, api: str, name: str, faults: list[str], body: Callable[[Row, Path, Simulator], None],
+            backend: str) -> Row:
+        """Run one row; an error in it fails the row, and the matrix goes on. Rows of RunPod's API and of
+        ComfyUI say so."""
+        row = Row(name if api == APIS[0] else f"{name} ({api})")
+        row.name += "" if backend == "a1111" else f" ({backend})"
+        directory = self.work / f"{api}_{backend}_{name.replace(' ', '_')}"
         directory.mkdir()
         simulator = Simulator(directory / "simulator.log", boot_delay=BOOT_DELAY, stop_delay=STOP_DELAY,
-                              sd_boot_delay="100ms", step_time="2ms", faults=faults, backend=backend)
+                              sd_boot_delay="100ms", step_time="2ms", faults=faults, api=api, backend=backend)
         try:
             with simulator:
                 config = write_config(directory, simulator.provider_config(), {
@@ -224,14 +227,14 @@ class Matrix:
             row.check()
         except Exception as exc:  # the row fails, the matrix goes on
             row.problems.append(f"{type(exc).__name__}: {exc}")
-        print(f"{name}: {row.outcome}; {'holds' if not row.problems else 'DOES NOT HOLD'}", file=sys.stderr,
+        print(f"{row.name}: {row.outcome}; {'holds' if not row.problems else 'DOES NOT HOLD'}", file=sys.stderr,
               flush=True)
         return row
 
     def _server(self, config: Path, log: str, simulator: Simulator) -> Service:
         return avatargen_server(config, config.parent / log, env=simulator.env())
 
-    def fault(self, fault: str, backend: str) -> Row:
+    def fault(self, api: str, fault: str, backend: str = "a1111") -> Row:
         def body(row: Row, config: Path, simulator: Simulator) -> None:
             with self._server(config, "server.log", simulator) as server:
                 admin = Admin(server.url)
@@ -247,9 +250,9 @@ class Matrix:
                            + (f": {error[:ERROR_QUOTE]}{'...' if len(error) > ERROR_QUOTE else ''}" if error else ""))
             row.lost, row.broken = bucket_damage(load_settings(config).buckets.unique.dir, announced)
 
-        return self.row(fault, [fault], body, backend)
+        return self.row(api, fault, [fault], body, backend)
 
-    def kill(self, state: str, backend: str) -> Row:
+    def kill(self, api: str, state: str, backend: str = "a1111") -> Row:
         def body(row: Row, config: Path, simulator: Simulator) -> None:
             server = self._server(config, "server.log", simulator).start()
             try:
@@ -271,23 +274,14 @@ class Matrix:
                            + ("stopped the machine" if stopped else "found it off"))
             row.lost, row.broken = bucket_damage(load_settings(config).buckets.unique.dir, announced)
 
-        return self.row(f"SIGKILL while {state}", [], body, backend)
+        return self.row(api, f"SIGKILL while {state}", [], body, backend)
 
 
 def options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jobs", type=int, default=4, help="rows run at the same time (default 4); each row has "
                         "its own simulated GPU, server and folders")
+    parser.add_argument("--api", action="append", choices=APIS, help="the provider APIs to run (default: both)")
     parser.add_argument("--backend", choices=("a1111", "comfyui"), default=None, help="only this backend's rows")
-
-
-def rows_of(backend: str, quick: bool) -> list[tuple[str, str]]:
-    """(kind, what) of each row for a backend: ("fault", name) or ("kill", state). Quick mode (CI, so the
-    script does not rot) runs only ComfyUI's own faults on ComfyUI: the others are the web UI's rows again."""
-    if backend == "comfyui":
-        faults = COMFYUI_ONLY if quick else SD_FAULTS
-        return [*(("fault", fault) for fault in faults), *([] if quick else [("kill", "generating")])]
-    return [*(("fault", fault) for fault in FAULTS if fault not in COMFYUI_ONLY),
-            *(("kill", state) for state in KILL_STATES)]
 
 
 def main() -> int:
@@ -296,9 +290,15 @@ def main() -> int:
     print_machine()
     with scratch() as work, ThreadPoolExecutor(args.jobs) as pool:
         matrix = Matrix(work, run_images)
-        backends = [args.backend] if args.backend else ["a1111", "comfyui"]
-        futures = [pool.submit(matrix.fault if kind == "fault" else matrix.kill, what, backend)
-                   for backend in backends for kind, what in rows_of(backend, args.quick)]
+        futures = []
+        if args.backend in (None, "a1111"):
+            futures += [future for api in args.api or APIS for future in (
+                *(pool.submit(matrix.fault, api, fault) for fault in faults_for(api) if fault not in COMFYUI_ONLY),
+                *(pool.submit(matrix.kill, api, state) for state in KILL_STATES))]
+        if args.backend in (None, "comfyui"):
+            futures += [pool.submit(matrix.fault, APIS[0], fault, "comfyui")
+                        for fault in (COMFYUI_ONLY if args.quick else SD_FAULTS)]
+            futures += [] if args.quick else [pool.submit(matrix.kill, APIS[0], "generating", "comfyui")]
         rows = [future.result() for future in futures]
     print_table("Fault matrix: one fault per run, SIGKILL in each run state", [
         "fault", "run outcome", "machine at end", "billed s after the end", "images lost", "images half-written",

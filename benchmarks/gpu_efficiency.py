@@ -1,17 +1,18 @@
-"""GPU efficiency and cost: how much of the billed machine time the SD server spends generating.
+"""GPU efficiency and cost: how much of the billed machine time the SD web UI spends generating.
 
-The refill engine runs in this process against the simulated GPU (`SimulatedGpu`, whose SD server, the
-web UI or ComfyUI, takes a fixed time per image: steps x step_time for a one-image batch, a batch of b
-images 1 + 0.18 (b - 1) times that) and fills the fallback bucket with one run, for each backend,
-batch_size and concurrency. Per run:
+The refill engine runs in this process against the simulated GPU (`SimulatedGpu`, whose web UI takes a
+fixed time per image: steps x step_time for a one-image batch, a batch of b images 1 + 0.18 (b - 1) times
+that) and fills the fallback bucket with one run, for each batch_size and concurrency. Per run:
 - billed: start request to confirmed stop (the run's ledger entry), less the configured boot delay;
-- SD busy: the time the SD server spent on jobs (the simulator's `busy_seconds`);
+- SD busy: the time the web UI spent on jobs (the simulator's `busy_seconds`);
 - busy share = SD busy / billed, billed seconds per image, and the projected cost of 1,000 avatars at the
   shipped config.toml's hourly_cost.
-Target: busy share >= 97% with the shipped defaults (sd.batch_size, generator.concurrency), on both
-backends.
+Target: busy share >= 97% with the shipped defaults (sd.batch_size, generator.concurrency), on both SD
+backends (`--backend` runs one). `--gate` runs
+with the safety gate on (`[review] enabled`, the shipped rules; needs the `review` extra): every image is
+checked by NudeNet in the imaging process before it is published, and the target is the same.
 
-    python -m benchmarks.gpu_efficiency [--quick] [--images N] [--step-time 15ms] [--backend a1111|comfyui]
+    python -m benchmarks.gpu_efficiency [--quick] [--images N] [--step-time 15ms] [--gate]
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from avatargen.config import SD_BACKENDS, Settings, load_settings
 from avatargen.durations import parse_duration
 from avatargen.events import EventHub
 from avatargen.generator import Generator
-from avatargen.gpu import make_provider
 from avatargen.ledger import CostLedger
 from avatargen.simulator.runner import SimulatedGpu
 from benchmarks.harness import ROOT, parse_args, scratch, write_config
@@ -67,7 +67,8 @@ class Measurement:
 def options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", type=int, default=200, help="images per run (default 200)")
     parser.add_argument("--step-time", default="15ms", help="simulated time per sampling step (default 15ms)")
-    parser.add_argument("--backend", choices=SD_BACKENDS, default=None, help="only this backend (default: both)")
+    parser.add_argument("--gate", action="store_true", help="with the safety gate on ([review] enabled)")
+    parser.add_argument("--backend", choices=SD_BACKENDS, default=None, help="only this SD backend (default: both)")
 
 
 async def started(engine: Generator, timeout: float = 30.0) -> None:
@@ -84,7 +85,7 @@ async def one_run(settings: Settings) -> tuple[float, float, int]:
     buckets = open_buckets(settings)
     async with SimulatedGpu(settings.gpu.simulated, backend=settings.sd.backend) as gpu:
         ledger = CostLedger(settings.server.data_dir / "ledger.sqlite3")
-        engine = Generator(settings, buckets, make_provider(settings, simulated=gpu), ledger, EventHub())
+        engine = Generator(settings, buckets, gpu.provider(settings.gpu), ledger, EventHub())
         await engine.start()
         try:
             await started(engine)
@@ -96,13 +97,13 @@ async def one_run(settings: Settings) -> tuple[float, float, int]:
         busy, jobs = gpu.sd.busy_seconds, len(gpu.sd.completed)
     run = engine.last_run
     expected = settings.buckets.fallback.max
-    if run is None or run.outcome != "completed" or run.done != expected:
+    if run is None or run.outcome != "completed" or run.done + run.held != expected:
         raise SystemExit(f"the run did not complete with {expected} images: {run and run.to_dict()}")
     return run.billed_seconds(), busy, jobs
 
 
 def measure(work: Path, backend: str, batch: int, concurrency: int, images: int, step_time: str,
-            hourly_cost: float) -> Measurement:
+            hourly_cost: float, gate: bool) -> Measurement:
     directory = work / f"{backend}-batch{batch}-concurrency{concurrency}"
     directory.mkdir()
     settings = load_settings(write_config(directory, {
@@ -112,6 +113,7 @@ def measure(work: Path, backend: str, batch: int, concurrency: int, images: int,
                 "simulated": {"boot_delay": BOOT_DELAY, "stop_delay": "200ms", "sd_boot_delay": "200ms",
                               "step_time": step_time}},
         "sd": {"batch_size": batch, "steps": STEPS, "backend": backend},
+        "review": {"enabled": gate},
     }))
     billed, busy, jobs = asyncio.run(one_run(settings))
     if jobs != -(-images // batch):
@@ -133,27 +135,27 @@ def main() -> int:
     print_machine()
     backends = [args.backend] if args.backend else list(SD_BACKENDS)
     with scratch() as work:
-        results = [measure(work, backend, batch, concurrency, images, step_time, shipped.gpu.hourly_cost)
+        results = [measure(work, backend, batch, concurrency, images, step_time, shipped.gpu.hourly_cost, args.gate)
                    for backend in backends for batch, concurrency in combos]
     rows = [[m.backend, m.batch, m.concurrency, m.images, fmt(m.billed), fmt(m.busy), f"{m.share:.1%}",
              fmt(m.seconds_per_image, 3), fmt(m.cost_per_thousand, 3)] for m in results]
     cheapest = min(results, key=lambda m: m.seconds_per_image)
     per_image = STEPS * parse_duration(step_time)
-    notes = [
-        f"simulated SD server: {STEPS} steps x {step_time} = {per_image:g} s per one-image batch; boot delay "
-        f"{BOOT_DELAY} left out of billed time; SD boot 200ms, stop 200ms, poll_every 100ms",
+    gate = " with the safety gate on" if args.gate else ""
+    print_table(f"GPU efficiency and cost per run{gate}", [
+        "backend", "batch_size", "concurrency", "images", "billed s", "SD busy s", "busy share", "billed s/image",
+        "cost per 1,000 avatars"], rows, [
+        f"simulated SD server (web UI or ComfyUI): {STEPS} steps x {step_time} = {per_image:g} s per one-image "
+        f"batch; boot delay {BOOT_DELAY} left out of billed time; SD boot 200ms, stop 200ms, poll_every 100ms",
+        *(["safety gate on: [review] enabled with the shipped rules, NudeNet checking each image in the imaging "
+           "process before it is published"] if args.gate else []),
         f"cost at the shipped hourly_cost {shipped.gpu.hourly_cost:g}; a real run also pays its boot once "
         "(a minute or two per run, whatever its size)",
         f"cheapest per image: {cheapest.backend}, batch_size {cheapest.batch}, concurrency {cheapest.concurrency}",
-    ]
-    for backend in backends:
-        default = next(m for m in results if (m.backend, m.batch, m.concurrency) == (backend, *defaults))
-        notes.append(f"target: busy share >= {TARGET_SHARE:.0%} with the shipped defaults (batch_size {defaults[0]}, "
-                     f"concurrency {defaults[1]}) on {backend}: {default.share:.1%}, "
-                     f"{verdict(default.share >= TARGET_SHARE)}")
-    print_table("GPU efficiency and cost per run", [
-        "backend", "batch_size", "concurrency", "images", "billed s", "SD busy s", "busy share", "billed s/image",
-        "cost per 1,000 avatars"], rows, notes)
+        *(f"target: busy share >= {TARGET_SHARE:.0%} with the shipped defaults (batch_size {defaults[0]}, "
+          f"concurrency {defaults[1]}) on {m.backend}: {m.share:.1%}, {verdict(m.share >= TARGET_SHARE)}"
+          for m in results if (m.batch, m.concurrency) == defaults),
+    ])
     return 0
 
 

@@ -1,4 +1,5 @@
-"""The owner's admin API: status, live events, thumbnails, prompt settings, refill and abort.
+"""The owner's admin API: status, live events, images (delete, keep, move, review), prompt settings,
+refill and abort.
 
 All of it is one Mount at /admin/api whose middleware (`server.admin_guard.OwnerOnly`) checks the client
 address (403) and then the bearer token (401) before any route runs. Handlers return their answer or
@@ -7,7 +8,6 @@ raise `HTTPException`; `server.errors` renders every error as `{"error": "..."}`
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -25,6 +25,7 @@ from avatargen.api.wire import PROMPT_LIST_MAX, PROMPT_TEXT_MAX, ImageInfo
 from avatargen.buckets import ImageNotFound, check_id
 from avatargen.config import ConfigError, update_prompts
 from avatargen.generator import Generator, NothingToDo, NotRunning, RunActive
+from avatargen.owner_actions import Refused
 from server.admin_guard import OwnerOnly
 from server.errors import FieldError, echo
 from server.json_body import json_object
@@ -89,7 +90,15 @@ def listed(request: Request, image: ImageInfo) -> dict[str, Any]:
     return {**image.to_json(), "url": str(url)}
 
 
+def _flag(request: Request, name: str) -> bool:
+    value = request.query_params.get(name, "false").lower()
+    if value not in ("true", "false", "1", "0"):
+        raise HTTPException(422, f"{name} must be true or false, got {echo(value)}")
+    return value in ("true", "1")
+
+
 async def images(request: Request) -> Response:
+    """The newest images of a bucket; `held=true`: those the safety gate held back for review instead."""
     state = services(request)
     name = _bucket_name(state, request.query_params.get("bucket", "unique"), 422)
     try:
@@ -98,20 +107,83 @@ async def images(request: Request) -> Response:
         raise HTTPException(422, "limit must be a whole number") from None
     if not 1 <= limit <= 500:
         raise HTTPException(422, "limit must be between 1 and 500")
-    records = await asyncio.to_thread(state.buckets[name].newest, limit)
-    images = [ImageInfo.of(record.id, record.bucket, record.metadata, record.created_at) for record in records]
-    return JSONResponse({"images": [listed(request, image) for image in images]})
+    found = await state.actions.images(name, limit, held=_flag(request, "held"))
+    return JSONResponse({"images": [listed(request, image) for image in found]})
+
+
+def _image_target(request: Request) -> tuple[str, str]:
+    """The bucket and image id a request's path names: 404 for an unknown bucket or a malformed id."""
+    name = _bucket_name(services(request), request.path_params["bucket"], 404)
+    image_id = request.path_params["image_id"]
+    try:
+        return name, check_id(image_id)
+    except ValueError:
+        raise HTTPException(404, f"no image {echo(image_id)} in the {name} bucket") from None
+
+
+def _not_found(name: str, image_id: str, where: str = "in") -> HTTPException:
+    return HTTPException(404, f"no image {echo(image_id)} {where} the {name} bucket")
 
 
 async def image(request: Request) -> Response:
-    state = services(request)
-    name = _bucket_name(state, request.path_params["bucket"], 404)
-    image_id = request.path_params["image_id"]
+    """An image's bytes, published or held back for review."""
+    name, image_id = _image_target(request)
     try:
-        data = await asyncio.to_thread(state.buckets[name].read, check_id(image_id))
-    except (ImageNotFound, ValueError, FileNotFoundError):
-        raise HTTPException(404, f"no image {echo(image_id)} in the {name} bucket") from None
+        data = await services(request).actions.read(name, image_id)
+    except (ImageNotFound, FileNotFoundError):
+        raise _not_found(name, image_id) from None
     return Response(data, media_type="image/webp", headers={"Cache-Control": "private, max-age=3600"})
+
+
+async def delete_image(request: Request) -> Response:
+    """Delete an image for good, with its sidecar (published or held back): 204, or 404."""
+    name, image_id = _image_target(request)
+    try:
+        await services(request).actions.delete(name, image_id)
+    except ImageNotFound:
+        raise _not_found(name, image_id) from None
+    return Response(status_code=204)
+
+
+def _answer(request: Request, image: ImageInfo) -> Response:
+    return JSONResponse({"image": listed(request, image)})
+
+
+async def keep_image(request: Request) -> Response:
+    """POST: keep a fallback for good (never retired); DELETE: undo that."""
+    name, image_id = _image_target(request)
+    try:
+        kept = await services(request).actions.keep(name, image_id, kept=request.method == "POST")
+    except Refused as exc:
+        raise HTTPException(422, str(exc)) from None
+    except ImageNotFound:
+        raise _not_found(name, image_id) from None
+    return _answer(request, kept)
+
+
+async def move_image(request: Request) -> Response:
+    """Move an image into another bucket (`{"to": "fallback"}`), under the same id."""
+    name, image_id = _image_target(request)
+    to = (await json_object(request)).get("to")
+    if not isinstance(to, str):
+        raise HTTPException(422, 'to must name the bucket to move the image into, e.g. {"to": "fallback"}')
+    try:
+        moved = await services(request).actions.move(name, image_id, to)
+    except Refused as exc:
+        raise HTTPException(422, str(exc)) from None
+    except ImageNotFound:
+        raise _not_found(name, image_id) from None
+    return _answer(request, moved)
+
+
+async def approve_image(request: Request) -> Response:
+    """Publish an image the safety gate held back: it goes to visitors as any new image does."""
+    name, image_id = _image_target(request)
+    try:
+        approved = await services(request).actions.approve(name, image_id)
+    except ImageNotFound:
+        raise _not_found(name, image_id, "held back in") from None
+    return _answer(request, approved)
 
 
 def _bounded(changes: Any) -> dict[str, Any]:
@@ -211,6 +283,10 @@ def admin_api() -> Mount:
         Route("/events", events, methods=["GET"]),
         Route("/images", images, methods=["GET"]),
         Route("/images/{bucket}/{image_id}", image, methods=["GET"], name="image"),
+        Route("/images/{bucket}/{image_id}", delete_image, methods=["DELETE"]),
+        Route("/images/{bucket}/{image_id}/keep", keep_image, methods=["POST", "DELETE"]),
+        Route("/images/{bucket}/{image_id}/move", move_image, methods=["POST"]),
+        Route("/images/{bucket}/{image_id}/approve", approve_image, methods=["POST"]),
         Route("/prompts", get_prompts, methods=["GET"]),
         Route("/prompts", put_prompts, methods=["PUT"]),
         Route("/prompts/sample", sample_prompts, methods=["GET", "POST"]),

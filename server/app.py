@@ -22,8 +22,8 @@ from avatargen.generator import Generator
 from avatargen.gpu import make_provider
 from avatargen.ledger import CostLedger
 from avatargen.lock import GeneratorLock
+from avatargen.owner_actions import OwnerActions
 from avatargen.redact import RedactingFilter
-from avatargen.simulator.runner import SimulatedGpu
 from server.admin import admin_api
 from server.admin_token import resolve_admin_token
 from server.errors import http_error
@@ -66,7 +66,8 @@ def create_app(settings: Settings) -> Starlette:
             ledger = await asyncio.to_thread(CostLedger, settings.server.data_dir / "ledger.sqlite3")
             stack.callback(ledger.close_db)
             token, source = resolve_admin_token(settings)
-            services = Services(settings, buckets, events, ledger, token=token)
+            actions = OwnerActions(settings, buckets, events, forget=visitor.forget)
+            services = Services(settings, buckets, events, ledger, actions, token=token)
             app.state.services = services
             log.info("data in %s; provider %s; admin token %s", settings.server.data_dir, settings.gpu.provider,
                      source)
@@ -76,14 +77,19 @@ def create_app(settings: Settings) -> Starlette:
             lock = GeneratorLock(settings.server.data_dir)
             if lock.acquire():
                 stack.callback(lock.release)
-                simulated = None
                 if settings.gpu.provider == "simulated":
+                    from avatargen.simulator import SimulatedGpu  # demo mode only: production never loads it
+
+                    # The simulated machine costs what the owner configured, whichever API says so.
                     simulated = await stack.enter_async_context(
-                        SimulatedGpu(settings.gpu.simulated, backend=settings.sd.backend))
-                    log.info("simulated GPU: Paperspace API at %s, SD server (%s) at %s", simulated.paperspace_url,
+                        SimulatedGpu(settings.gpu.simulated, hourly_price=settings.gpu.hourly_cost,
+                                     backend=settings.sd.backend))
+                    log.info("simulated GPU: %s API at %s, SD server (%s) at %s", simulated.api, simulated.api_url,
                              settings.sd.backend, simulated.sd_url)
-                engine = Generator(settings, buckets, make_provider(settings, simulated=simulated), ledger,
-                                   events)
+                    provider = simulated.provider(settings.gpu)
+                else:
+                    provider = make_provider(settings)
+                engine = Generator(settings, buckets, provider, ledger, events)
                 services.engine = engine
                 await engine.start()
                 stack.push_async_callback(engine.close)

@@ -36,13 +36,23 @@ def cmd_prompts(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    """Validate the config, then ask the provider's API about the machine as the generator would at start-up."""
+    from avatargen.gpu import MachineError, ask_provider, settings_warnings
     from server.preflight import preflight
 
     path = find_config(args.config)
     settings = load_settings(path)
     notes = preflight(settings)
+    warnings = settings_warnings(settings)
     if problem := review.missing_extra(settings.review):
-        print(f"avatargen: warning: {problem}", file=sys.stderr)
+        warnings.append(problem)
+    if settings.gpu.provider in ("paperspace", "runpod"):  # preflight made sure the key is there
+        try:
+            warnings += asyncio.run(ask_provider(settings))
+        except MachineError as exc:
+            warnings.append(f"could not ask the {settings.gpu.provider} API about the machine: {exc}")
+    for warning in warnings:
+        print(f"avatargen: warning: {warning}", file=sys.stderr)
     where = path if path is not None else "built-in defaults (no config.toml here)"
     print(f"{where}: OK (provider {settings.gpu.provider}, data in {settings.server.data_dir})")
     for note in notes:
@@ -63,9 +73,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     from avatargen.simulator.runner import serve_simulator
+    from server.preflight import check_simulated
 
     settings = _load(args)
-    return serve_simulator(settings.gpu.simulated, args.host, args.paperspace_port, args.sd_port, settings.sd.backend)
+    check_simulated(settings)
+    return serve_simulator(settings.gpu.simulated, args.host, args.api_port, args.sd_port, settings.sd.backend)
 
 
 def _as_owner(args: argparse.Namespace, action: Callable[[AdminClient], Awaitable[str]]) -> int:
@@ -92,23 +104,29 @@ def _as_owner(args: argparse.Namespace, action: Callable[[AdminClient], Awaitabl
 
 def _describe_run(run: Run) -> str:
     targets = ", ".join(f"{count} {name}" for name, count in run.targets.items())
-    return f"run {run.id} ({run.trigger}, {run.state}): {run.done}/{run.total} done, {run.failed} failed; {targets}"
+    held = f", {run.held} held back" if run.held else ""
+    counts = f"{run.done}/{run.total} done{held}, {run.failed} failed"
+    return f"run {run.id} ({run.trigger}, {run.state}): {counts}; {targets}"
 
 
 async def _status(client: AdminClient) -> str:
     status = await client.status()
     machine = status.machine_state or "unknown"
     lines = [f"state: {status.state.replace('_', ' ')} (machine {machine}, {status.provider})"]
-    lines += [f"{name}: {level.count} (min {level.min}, max {level.max})" for name, level in status.buckets.items()]
+    lines += [f"{name}: {level.count} (min {level.min}, max {level.max})"
+              + (f"; {level.held} held back for review" if level.held else "")
+              for name, level in status.buckets.items()]
     if status.run is not None:
         lines.append(_describe_run(status.run))
     if status.last_run is not None:
         last = status.last_run
         lines.append(f"last run {last.run.id}: {last.outcome}" + (f" ({last.error})" if last.error else ""))
-    lines.append(f"spent today {status.cost.today:.2f} of {status.cost.daily_budget:.2f}, "
-                 f"this month {status.cost.month:.2f}")
+    cost = status.cost
+    rate = "" if cost.hourly_rate is None else f"; billed at {cost.hourly_rate:.2f} an hour ({cost.rate_source})"
+    lines.append(f"spent today {cost.today:.2f} of {cost.daily_budget:.2f}, this month {cost.month:.2f}{rate}")
     if status.paused_reason:
         lines.append(f"automatic refills paused: {status.paused_reason}")
+    lines += [f"note: {note}" for note in status.machine_notes]
     return "\n".join(lines)
 
 
@@ -152,9 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("check-config", cmd_check_config, "validate the configuration and exit")
 
-    simulate = add("simulate", cmd_simulate, "run the simulated Paperspace and SD server (sd.backend) on loopback")
+    simulate = add("simulate", cmd_simulate,
+                   "run the simulated GPU (the machine API of gpu.simulated.api and the SD server of sd.backend) "
+                   "on loopback")
     simulate.add_argument("--host", default="127.0.0.1")
-    simulate.add_argument("--paperspace-port", type=setting("server.port"), default=0, help="default: any free port")
+    simulate.add_argument("--api-port", type=setting("server.port"), default=0, help="default: any free port")
     simulate.add_argument("--sd-port", type=setting("server.port"), default=0, help="default: any free port")
 
     for name, func, help_text in (

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from avatargen.buckets import open_buckets
 from avatargen.config import ConfigError, Settings
-from avatargen.gpu import paperspace_api_key
+from avatargen.gpu import check_settings
 from avatargen.sd import check_backend
 from server.logs import log_path, open_private
 
@@ -21,11 +21,20 @@ from server.logs import log_path, open_private
 def preflight(settings: Settings) -> list[str]:
     """Raise ConfigError for the first problem found; create the folders the server needs on the way.
     Returns what the owner may want to know otherwise (where the ComfyUI workflow takes each setting)."""
-    if settings.gpu.provider == "paperspace":
-        paperspace_api_key(settings)
+    check_settings(settings)
+    if settings.gpu.provider == "simulated":
+        check_simulated(settings)
     notes = check_backend(settings)
     check_folders(settings)
     return notes
+
+
+def check_simulated(settings: Settings) -> None:
+    """The simulated GPU's settings the config cannot check itself (the core never imports the simulator)."""
+    from avatargen.simulator.faults import unknown_fault
+
+    if problem := unknown_fault(settings.gpu.simulated.faults):
+        raise settings.error(problem, "gpu.simulated.faults")
 
 
 def check_folders(settings: Settings) -> None:

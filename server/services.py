@@ -16,6 +16,7 @@ from avatargen.config_writer import save_prompts
 from avatargen.events import EventHub
 from avatargen.generator import Generator, bucket_levels, cost_summary
 from avatargen.ledger import CostLedger
+from avatargen.owner_actions import OwnerActions
 
 log = logging.getLogger("avatargen.server")
 
@@ -26,6 +27,7 @@ class Services:
     buckets: dict[str, Bucket]
     events: EventHub
     ledger: CostLedger
+    actions: OwnerActions  # the owner's word on stored images
     token: Secret = field(default_factory=lambda: Secret(""))
     engine: Generator | None = None
     generator_elsewhere: str | None = None  # why this process does not run the generator

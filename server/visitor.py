@@ -152,6 +152,12 @@ class VisitorService:
                                             BackgroundTask(self.unique.finish_claim, claim.id))
         return await self._fallback_response(retire=sends_body)
 
+    def forget(self, bucket: str, image_id: str) -> None:
+        """An image left its bucket by the owner's hand (deleted, moved): no visitor gets it again, not even
+        from the copy in memory (the bucket itself has already dropped it from its index)."""
+        if bucket == self.fallback.name:
+            self._recent.drop(image_id)
+
     async def _sweep_stale_claims(self) -> None:
         """Put back uniques whose claimer died before sending them.
 
@@ -194,7 +200,8 @@ class VisitorService:
         return claim
 
     async def _fallback_response(self, *, retire: bool) -> Response:
-        """A random fallback; at most one served per retire period is deleted afterwards. Else the placeholder."""
+        """A random fallback; at most one served per retire period is deleted afterwards (never one the owner
+        keeps: looked up only when a retirement is due). Else the placeholder."""
         while (image_id := self.fallback.random_id()) is not None:
             data = self._recent.get(image_id)
             if data is None:
@@ -205,11 +212,12 @@ class VisitorService:
                     continue
                 self._recent.put(image_id, data)
             background = None
-            if retire and self.allowance.may_retire() and await asyncio.to_thread(self.allowance.retire):
+            if retire and self.allowance.may_retire() and not self.fallback.is_kept(image_id) \
+                    and await asyncio.to_thread(self.allowance.retire):
                 # Out of the pool at once, so no later request picks it; the file goes once this one is sent.
                 self.fallback.forget(image_id)
                 self._recent.drop(image_id)
-                background = BackgroundTask(self.fallback.delete, image_id)
+                background = BackgroundTask(self.fallback.retire, image_id)
             return self._image_response(data, "fallback", image_id, background)
         return Response(
             placeholder_webp(self.settings.generator.image_size),

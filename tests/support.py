@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.types import ASGIApp
 
@@ -18,9 +17,8 @@ from avatargen.buckets import open_buckets
 from avatargen.config import Settings, load_settings
 from avatargen.events import EventHub, Subscription
 from avatargen.generator import Generator
-from avatargen.gpu import make_provider
 from avatargen.ledger import CostLedger
-from avatargen.simulator.runner import SimulatedGpu
+from avatargen.simulator import LoopbackServer, SimulatedGpu
 from server.app import create_app
 from server.serve import uvicorn_options
 
@@ -65,9 +63,10 @@ async def running_engine(
     buckets = open_buckets(settings)
     for bucket in buckets.values():
         bucket.recover()
-    async with SimulatedGpu(settings.gpu.simulated, backend=settings.sd.backend) as gpu:
+    async with SimulatedGpu(settings.gpu.simulated, hourly_price=settings.gpu.hourly_cost,
+                            backend=settings.sd.backend) as gpu:
         ledger = CostLedger(settings.server.data_dir / "ledger.sqlite3")
-        engine = Generator(settings, buckets, make_provider(settings, simulated=gpu), ledger, EventHub())
+        engine = Generator(settings, buckets, gpu.provider(settings.gpu), ledger, EventHub())
         if before_start is not None:
             await before_start(gpu)
         await engine.start()
@@ -99,20 +98,10 @@ async def wait_until(condition: Callable[[], bool], timeout: float = 20.0, every
 
 @contextlib.asynccontextmanager
 async def serve_asgi(app: ASGIApp, **options: Any) -> AsyncIterator[str]:
-    """An ASGI app under uvicorn on a free loopback port, in this event loop; its URL."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", **options)
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    await wait_until(lambda: server.started or task.done())  # uvicorn announces readiness only by this flag
-    if task.done():
-        task.result()
-        raise RuntimeError("the server did not start")
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
+    """An ASGI app and its lifespan under uvicorn on a free loopback port, in this event loop; its URL.
+    It ends as `avatargen serve` does on SIGTERM: the lifespan shuts down."""
+    async with LoopbackServer(app, graceful=True, lifespan="on", **options) as server:
+        yield server.url
 
 
 @contextlib.asynccontextmanager

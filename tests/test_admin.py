@@ -47,10 +47,12 @@ async def test_status_has_the_contract_fields(server: tuple[httpx.AsyncClient, P
     assert response.status_code == 200
     status = response.json()
     assert status["state"] == "idle" and status["run"] is None and status["last_run"] is None
-    assert status["buckets"] == {"unique": {"count": 0, "min": 0, "max": 4},
-                                 "fallback": {"count": 0, "min": 0, "max": 6}}
-    assert status["gpu"] == {"provider": "simulated", "machine_state": "off"}
-    assert set(status["cost"]) >= {"today", "month", "daily_budget", "billed_seconds_today", "billed_seconds_month"}
+    assert status["buckets"] == {"unique": {"count": 0, "min": 0, "max": 4, "held": 0},
+                                 "fallback": {"count": 0, "min": 0, "max": 6, "held": 0}}
+    assert status["gpu"] == {"provider": "simulated", "machine_state": "off", "notes": []}
+    assert set(status["cost"]) >= {"today", "month", "daily_budget", "billed_seconds_today", "billed_seconds_month",
+                                   "hourly_rate", "rate_source"}
+    assert (status["cost"]["hourly_rate"], status["cost"]["rate_source"]) == (3600.0, "config")
 
 
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}])

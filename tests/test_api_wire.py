@@ -18,9 +18,9 @@ RUN: dict[str, Any] = {
 STATUS: dict[str, Any] = {
     "state": "generating", "run": RUN, "last_run": None,
     "buckets": {"unique": {"count": 1, "min": 0, "max": 2}, "fallback": {"count": 3, "min": 1, "max": 3}},
-    "gpu": {"provider": "simulated", "machine_state": "ready"},
+    "gpu": {"provider": "runpod", "machine_state": "ready", "notes": ["pod p1 keeps its 50 GB volume while stopped"]},
     "cost": {"today": 0.01, "month": 0.2, "daily_budget": 5.0, "billed_seconds_today": 40,
-             "billed_seconds_month": 900},
+             "billed_seconds_month": 900, "hourly_rate": 0.69, "rate_source": "provider"},
     "next_check_at": None, "paused_reason": None, "a_key_from_a_newer_server": True,
 }
 
@@ -32,6 +32,8 @@ def test_a_status_is_parsed_into_typed_values() -> None:
     assert status.run.started_at.utcoffset() is not None
     assert status.buckets["fallback"] == BucketLevel(count=3, min=1, max=3)
     assert (status.machine_state, status.cost.month) == ("ready", 0.2)
+    assert status.machine_notes == ("pod p1 keeps its 50 GB volume while stopped",)
+    assert (status.cost.hourly_rate, status.cost.rate_source) == (0.69, "provider")
 
 
 def test_what_the_server_encodes_the_client_decodes_to_the_same_values() -> None:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from avatargen.simulator.faults import FAULTS
-from benchmarks.fault_matrix import KILL_STATES
+from avatargen.simulator.faults import faults_for
+from benchmarks.fault_matrix import APIS, KILL_STATES
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,18 +38,24 @@ TABLES = {
                      "| check | avatargen serve alone | behind the nginx example |",
                      ["| request headers sent one byte a second | still open after 15 s | closed after",
                       "| admin API from 127.0.0.3 with a forged X-Forwarded-For: 127.0.0.2 | 403 | 403 |"]),
-    "fault_matrix": ("Fault matrix: one fault per run, SIGKILL in each run state",
-                     "| fault | run outcome | machine at end | billed s after the end | images lost |",
-                     [f"| {fault} |" for fault in FAULTS if not fault.startswith("comfyui_")]
-                     + [f"| SIGKILL while {state} |" for state in KILL_STATES]
-                     + [f"| {fault} (comfyui) |" for fault in FAULTS if fault.startswith("comfyui_")]),
+    **{f"fault_matrix --api {api} --backend a1111": (
+        "Fault matrix: one fault per run, SIGKILL in each run state",
+        "| fault | run outcome | machine at end | billed s after the end | images lost |",
+        [f"| {row}{'' if api == APIS[0] else f' ({api})'} |" for row in (
+            *(fault for fault in faults_for(api) if not fault.startswith("comfyui_")),
+            *(f"SIGKILL while {state}" for state in KILL_STATES))])
+       for api in APIS},  # one provider's rows at a time, so each run fits the test timeout
+    "fault_matrix --backend comfyui": ("Fault matrix: one fault per run, SIGKILL in each run state",
+                                       "| fault | run outcome | machine at end | billed s after the end |",
+                                       ["| comfyui_validation (comfyui) |", "| comfyui_socket_drop (comfyui) |"]),
 }
 
 
-@pytest.mark.timeout(330)  # the fault matrix runs 15 rows, for both SD backends, even in quick mode
+@pytest.mark.timeout(330)  # a fault matrix of a dozen rows takes minutes on a loaded machine
 @pytest.mark.parametrize("script", sorted(TABLES))
 def test_script_runs_in_quick_mode_and_prints_its_table(script: str) -> None:
-    done = subprocess.run([sys.executable, "-m", f"benchmarks.{script}", "--quick"], cwd=ROOT,
+    module, *options = script.split()
+    done = subprocess.run([sys.executable, "-m", f"benchmarks.{module}", "--quick", *options], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
     title, header, rows = TABLES[script]
@@ -58,3 +64,11 @@ def test_script_runs_in_quick_mode_and_prints_its_table(script: str) -> None:
     assert header in done.stdout
     for row in rows:
         assert row in done.stdout, f"no row starting {row!r} in:\n{done.stdout}"
+
+
+def test_gpu_efficiency_runs_with_the_safety_gate_on() -> None:
+    done = subprocess.run([sys.executable, "-m", "benchmarks.gpu_efficiency", "--quick", "--gate"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    assert "### GPU efficiency and cost per run with the safety gate on\n" in done.stdout
+    assert "| 2 | 2 | 20 |" in done.stdout and "NudeNet checking each image" in done.stdout

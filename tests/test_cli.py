@@ -27,9 +27,9 @@ def test_simulate_serves_both_apis_from_the_config(tmp_path: Path) -> None:
         assert process.stdout is not None
         where = json.loads(process.stdout.readline())
         headers = {"Authorization": f"Bearer {where['api_key']}"}
-        machine = httpx.get(f"{where['paperspace_url']}/machines/{where['machine_id']}", headers=headers).json()
+        machine = httpx.get(f"{where['api_url']}/machines/{where['machine_id']}", headers=headers).json()
         assert machine["state"] == "off" and machine["publicIp"] is None
-        assert httpx.get(f"{where['paperspace_url']}/machines/{where['machine_id']}").status_code == 401
+        assert httpx.get(f"{where['api_url']}/machines/{where['machine_id']}").status_code == 401
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"{where['sd_url']}/sdapi/v1/progress")  # the web UI is down while the machine is off
     finally:
@@ -39,7 +39,8 @@ def test_simulate_serves_both_apis_from_the_config(tmp_path: Path) -> None:
 
 async def test_owner_commands_talk_to_a_running_server(tmp_path: Path) -> None:
     # The run boots until it is aborted: on a loaded machine each command's process takes seconds to start.
-    settings = fast_settings(tmp_path, admin__token="cli-token", gpu__simulated__boot_delay="60s")
+    settings = fast_settings(tmp_path, admin__token="cli-token", gpu__simulated__boot_delay="60s",
+                             gpu__simulated__api="runpod")
 
     async def avatargen(*args: str) -> subprocess.CompletedProcess[str]:
         command = [sys.executable, "-X", "importtime", "-m", "server.cli", *args, "--url", url, "--token", "cli-token",
@@ -51,6 +52,8 @@ async def test_owner_commands_talk_to_a_running_server(tmp_path: Path) -> None:
         status = await avatargen("status")
         assert status.returncode == 0, status.stderr
         assert "state: idle (machine off, simulated)" in status.stdout and "unique: 0 (min 0, max 4)" in status.stdout
+        assert "billed at 3600.00 an hour (provider)" in status.stdout  # the pod's own price
+        assert "note: pod simpod42xyz keeps its 50 GB volume while stopped" in status.stdout
         imported = {line.rpartition("|")[2].strip().split(".")[0] for line in status.stderr.splitlines()}
         assert "httpx" in imported and "textual" not in imported  # a quick command: no control panel loaded
         refill = await avatargen("refill", "unique")
@@ -67,7 +70,8 @@ async def test_owner_commands_talk_to_a_running_server(tmp_path: Path) -> None:
 
 
 async def test_refill_without_names_refills_every_bucket(tmp_path: Path) -> None:
-    settings = fast_settings(tmp_path, admin__token="cli-token", gpu__simulated__boot_delay="60s")
+    settings = fast_settings(tmp_path, admin__token="cli-token", gpu__simulated__boot_delay="60s",
+                             gpu__simulated__api="runpod")
     async with serving(settings) as (url, _app):
         refill = await asyncio.to_thread(
             subprocess.run, [sys.executable, "-m", "server.cli", "refill", "--url", url, "--token", "cli-token",
@@ -92,7 +96,7 @@ def test_refill_names_only_buckets() -> None:
         (["prompts", "-n", "-3"], "avatargen prompts: error: argument -n: must be at least 1, got -3"),
         (["prompts", "-n", "0"], "argument -n: must be at least 1, got 0"),
         (["simulate", "--sd-port", "70000"], "argument --sd-port: must be at most 65535, got 70000"),
-        (["simulate", "--paperspace-port", "-1"], "argument --paperspace-port: must be at least 0, got -1"),
+        (["simulate", "--api-port", "-1"], "argument --api-port: must be at least 0, got -1"),
         (["status", "--url", "127.0.0.1:8080"], "argument --url: must be an http:// or https:// URL with a host"),
         (["abort", "--url", "http://127.0.0.1:99999"], "argument --url: the port must be a number from 0 to 65535"),
     ],

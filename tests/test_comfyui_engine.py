@@ -7,11 +7,9 @@ from pathlib import Path
 import httpx
 
 from avatargen.buckets import open_buckets
-from avatargen.config import Secret
 from avatargen.events import EventHub
 from avatargen.generator import Generator
 from avatargen.gpu import make_provider
-from avatargen.gpu.paperspace import PaperspaceClient
 from avatargen.ledger import CostLedger
 from avatargen.simulator.runner import SimulatedGpu
 from tests.support import fast_settings, wait_for_event, wait_until
@@ -21,10 +19,8 @@ async def test_an_abort_takes_our_jobs_off_an_always_on_comfyui_at_once(tmp_path
     base = fast_settings(tmp_path, sd__backend="comfyui", generator__concurrency=3,
                          gpu__simulated__step_time="50ms", buckets__fallback__max=60)
     async with SimulatedGpu(base.gpu.simulated, backend="comfyui") as gpu:
-        client = PaperspaceClient(gpu.paperspace_url, Secret(gpu.api_key))
-        await client.start(gpu.machine_id)  # the owner's own machine: it stays on after the run
-        await client.aclose()
-        await wait_until(lambda: gpu.machine.state == "ready")
+        gpu.machine.start()  # the owner's own machine: it stays on after the run
+        await gpu.machine.wait_for("ready")
         settings = fast_settings(tmp_path, sd__backend="comfyui", generator__concurrency=3,
                                  gpu__provider="always_on", sd__url=gpu.sd_url, buckets__fallback__max=60)
         ledger = CostLedger(settings.server.data_dir / "ledger.sqlite3")

@@ -91,7 +91,6 @@ data_dir = "state"
          "'2001:db8::1/64' has host bits set; did you mean '2001:db8::/64'?"),
         ("[gpu]\nprovider = \"paperspace\"\n", "gpu.paperspace.machine_id", None, "required"),
         ("[sd]\nwidth = 500\n", "sd.width", 2, "multiple of 8"),
-        ("[gpu.simulated]\nfaults = [\"sd_501\"]\n", "gpu.simulated.faults", 2, "did you mean 'sd_500'"),
         ("[server]\nport = 8080\n\nport = 8081\n", "server.port", 4, "not valid TOML: set twice"),
         ("[server]\nport = 1\n[gpu]\n[ server ]\nhost = \"x\"\n", "server", 4, "set twice"),
         ("[gpu]\npaperspace.machine_id = \"a\"\n[gpu.paperspace]\n", "gpu.paperspace", 3, "set twice"),
@@ -241,6 +240,15 @@ def test_nan_is_a_config_error(tmp_path: Path, command: str) -> None:
                             capture_output=True, text=True, cwd=ROOT, check=False, timeout=60)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"{path}:6: prompts.both: must be a finite number, got nan" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["serve", "check-config", "simulate"])
+def test_unknown_simulator_fault_is_a_config_error_with_its_line(tmp_path: Path, command: str) -> None:
+    path = write(tmp_path, '[gpu.simulated]\nfaults = ["sd_501"]\n')
+    result = subprocess.run([sys.executable, "-m", "server.cli", command, "--config", str(path)],
+                            capture_output=True, text=True, cwd=ROOT, check=False, timeout=60)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"{path}:2: gpu.simulated.faults: unknown simulator fault 'sd_501'; did you mean 'sd_500'?" in result.stderr
 
 
 @pytest.mark.parametrize("command", ["serve", "check-config"])

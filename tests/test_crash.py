@@ -1,7 +1,7 @@
 """SIGKILL in the middle of a run: the next start stops the machine, and no half-written image shows.
 
-The machine lives in a simulator process of its own (as a real Paperspace machine outlives our process),
-and `avatargen serve` runs as a real process that is killed without any chance to clean up.
+The machine lives in a simulator process of its own (as a real Paperspace machine or RunPod pod outlives our
+process), and `avatargen serve` runs as a real process that is killed without any chance to clean up.
 """
 
 from __future__ import annotations
@@ -15,19 +15,20 @@ import psutil
 import pytest
 from PIL import Image
 
+from avatargen import testing
 from avatargen.api import AdminClient, NewImage, ServerEvent, StateChange
-from avatargen.testing import SIM_KEY_ENV, Service, Simulator, avatargen_server, free_port
+from avatargen.testing import Service, Simulator, avatargen_server, free_port
 from tests.processes import describe, running, still_running_after
-from tests.support import write_config
+from tests.support import FAST, write_config
 
 TOKEN = "crash-test-token"
 EventTest = Callable[[ServerEvent], bool]
 
 
-@pytest.fixture
-def simulator(tmp_path: Path) -> Iterator[Simulator]:
+@pytest.fixture(params=["paperspace", "runpod"])
+def simulator(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Simulator]:
     with Simulator(tmp_path / "simulator.log", boot_delay="300ms", stop_delay="200ms", sd_boot_delay="100ms",
-                   step_time="5ms") as sim:
+                   step_time="5ms", api=request.param) as sim:
         yield sim
 
 
@@ -47,16 +48,9 @@ def visible_images_are_whole(bucket: Path) -> int:
     return len(images)
 
 
-def paperspace_config(tmp_path: Path, simulator: Simulator) -> Path:
-    """avatargen speaking to the standalone simulator exactly as to Paperspace and a remote SD web UI."""
-    return write_config(tmp_path, {
-        "gpu.provider": "paperspace",
-        "gpu.paperspace.api_url": simulator.info["paperspace_url"],
-        "gpu.paperspace.api_key_env": SIM_KEY_ENV,
-        "gpu.paperspace.machine_id": simulator.info["machine_id"],
-        "sd.url": simulator.info["sd_url"],
-        "buckets.fallback.max": 400,
-    })
+def machine_config(tmp_path: Path, simulator: Simulator) -> Path:
+    """avatargen speaking to the standalone simulator exactly as to the provider and a remote SD web UI."""
+    return testing.write_config(tmp_path, FAST, simulator.provider_config(), {"buckets": {"fallback": {"max": 400}}})
 
 
 def server_for(config: Path, simulator: Simulator, port: int) -> Service:
@@ -79,7 +73,7 @@ async def refill(server: Service) -> None:
 
 
 async def test_sigkill_mid_run_then_restart_stops_machine(tmp_path: Path, simulator: Simulator) -> None:
-    config = paperspace_config(tmp_path, simulator)
+    config = machine_config(tmp_path, simulator)
     server = await started(server_for(config, simulator, free_port()))
     try:
         await refill(server)
@@ -114,7 +108,7 @@ async def stop_gracefully(server: Service) -> None:
 @pytest.mark.parametrize("state", ["booting", "generating"])
 async def test_sigterm_during_a_run_stops_the_machine_before_exit(tmp_path: Path, simulator: Simulator,
                                                                  state: str) -> None:
-    config = paperspace_config(tmp_path, simulator)
+    config = machine_config(tmp_path, simulator)
     server = await started(server_for(config, simulator, free_port()))
     try:
         await refill(server)

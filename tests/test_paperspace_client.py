@@ -27,7 +27,7 @@ async def sim() -> AsyncIterator[SimulatedGpu]:
 
 
 def client_for(sim: SimulatedGpu, *, max_retries: int = 6, backoff: float = 0.5) -> PaperspaceClient:
-    return PaperspaceClient(sim.paperspace_url, Secret(sim.api_key), max_retries=max_retries, backoff=backoff)
+    return PaperspaceClient(sim.api_url, Secret(sim.api_key), max_retries=max_retries, backoff=backoff)
 
 
 async def test_reads_starts_follows_and_stops_the_machine(sim: SimulatedGpu) -> None:
@@ -44,7 +44,7 @@ async def test_reads_starts_follows_and_stops_the_machine(sim: SimulatedGpu) -> 
 async def test_a_wrong_key_fails_at_once_without_showing_the_key(sim: SimulatedGpu) -> None:
     wrong = Secret("not-the-key-4711")
     started = time.monotonic()
-    async with PaperspaceClient(sim.paperspace_url, wrong, backoff=5) as client:
+    async with PaperspaceClient(sim.api_url, wrong, backoff=5) as client:
         with pytest.raises(PaperspaceError) as failure:
             await client.get_machine(sim.machine_id)
         shown = repr(client)
@@ -74,22 +74,22 @@ async def test_a_conflict_is_not_retried(sim: SimulatedGpu) -> None:
 
 
 async def test_rate_limits_are_retried_after_the_time_retry_after_asks(sim: SimulatedGpu) -> None:
-    sim.set_faults(["paperspace_429"])
+    sim.set_faults(["api_429"])
     started = time.monotonic()
     async with client_for(sim, backoff=0.001) as client:
         assert (await client.get_machine(sim.machine_id))["state"] == "off"
     assert time.monotonic() - started >= 1.0  # Retry-After: 1, not the 1 ms backoff
-    assert sim.faults.hits("paperspace_429") == 2
+    assert sim.faults.hits("api_429") == 2
 
 
 async def test_server_errors_are_retried_then_reported(sim: SimulatedGpu, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, "avatargen.gpu.paperspace")
-    sim.set_faults(["paperspace_500"])
+    sim.set_faults(["api_500"])
     async with client_for(sim, backoff=0.001) as client:
         assert (await client.get_machine(sim.machine_id))["id"] == sim.machine_id
     assert "500 INTERNAL_SERVER_ERROR" in caplog.text and "retry 1/6" in caplog.text
     assert sim.api_key not in caplog.text
-    sim.set_faults(["paperspace_500"])
+    sim.set_faults(["api_500"])
     async with client_for(sim, max_retries=0) as client:
         with pytest.raises(PaperspaceError) as failure:
             await client.get_machine(sim.machine_id)
@@ -121,7 +121,7 @@ async def test_refused_connections_are_retried_until_the_api_answers() -> None:
         async with PaperspaceClient(f"http://127.0.0.1:{port}/v1", Secret("k"), backoff=0.2) as client:
             reading = asyncio.create_task(client.get_machine("pssim42"))
             await retries.seen.wait()
-            async with SimulatedGpu(sim_settings(), paperspace_port=port):
+            async with SimulatedGpu(sim_settings(), api_port=port):
                 with pytest.raises(PaperspaceError) as failure:  # it reached the API: the key is wrong
                     await reading
     finally:

@@ -24,8 +24,9 @@ def test_check_config_creates_every_folder_and_a_private_log_file(tmp_path: Path
     assert result.returncode == 0, result.stderr
     data = tmp_path / "data"
     folders = {path.relative_to(data).as_posix() for path in data.rglob("*") if path.is_dir()}
-    assert folders == {"unique", "unique/.tmp", "unique/.claimed", "unique/.framed", "fallback", "fallback/.tmp",
-                       "fallback/.claimed"}
+    work = {".tmp", ".claimed", ".review", ".kept"}
+    assert folders == {"unique", "fallback", "unique/.framed", *(f"{bucket}/{name}" for bucket in ("unique", "fallback")
+                                                                for name in work)}
     files = [path for path in data.rglob("*") if path.is_file()]
     assert files == [data / "avatargen.log"]  # no write-test file left behind
     assert stat.S_IMODE(files[0].stat().st_mode) == 0o600

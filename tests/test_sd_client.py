@@ -84,6 +84,8 @@ async def test_error_shapes_without_a_fault_are_read_too() -> None:
         "/empty/sdapi/v1/txt2img": JSONResponse({"images": [], "info": "{}"}),
         "/numbers/sdapi/v1/txt2img": JSONResponse({"images": [1, 2]}),
         "/plain/sdapi/v1/txt2img": Response("upstream timed out", status_code=504, media_type="text/plain"),
+        "/proxy/sdapi/v1/txt2img": Response("<html><title>A timeout occurred | Cloudflare</title></html>",
+                                            status_code=524, media_type="text/html"),
     }
     expected = {
         "/422": (422, False, "SD web UI error 422 invalid request: steps: value is not a valid integer; body: field "
@@ -93,6 +95,8 @@ async def test_error_shapes_without_a_fault_are_read_too() -> None:
         "/empty": (200, True, "SD web UI sent an unusable answer: it has no images"),
         "/numbers": (200, True, "SD web UI sent an unusable answer: image 0 is not a base64 string"),
         "/plain": (504, True, "SD web UI error 504 the answer is not JSON: 'upstream timed out'"),
+        "/proxy": (524, True, "SD web UI error 524 the proxy in front of the web UI (RunPod's, Cloudflare) cut the "
+                              "request after 100 s"),
     }
     async with fixed_answers(answers) as url:
         for prefix, (status, retryable, message) in expected.items():

@@ -29,7 +29,7 @@ async def sim() -> AsyncIterator[SimulatedGpu]:
 @pytest.fixture
 async def api(sim: SimulatedGpu) -> AsyncIterator[httpx.AsyncClient]:
     headers = {"Authorization": f"Bearer {sim.api_key}"}
-    async with httpx.AsyncClient(base_url=sim.paperspace_url, headers=headers) as client:
+    async with httpx.AsyncClient(base_url=sim.api_url, headers=headers) as client:
         yield client
 
 
@@ -43,7 +43,7 @@ async def record_states(sim: SimulatedGpu, until: str) -> list[str]:
 
 
 async def test_requests_without_the_right_key_get_401_unauthorized(sim: SimulatedGpu) -> None:
-    async with httpx.AsyncClient(base_url=sim.paperspace_url) as client:
+    async with httpx.AsyncClient(base_url=sim.api_url) as client:
         missing = await client.get(f"/machines/{sim.machine_id}")
         wrong = await client.get(f"/machines/{sim.machine_id}", headers={"Authorization": "Bearer nope"})
         old_style = await client.get(f"/machines/{sim.machine_id}", headers={"X-Api-Key": sim.api_key})
@@ -99,8 +99,8 @@ async def test_billed_seconds_count_every_state_but_off(sim: SimulatedGpu, api: 
     await sim.machine.wait_for("off")
     billed = sim.machine.billed_seconds
     assert 0.4 <= billed < 0.8  # boot_delay 0.3 s + stop_delay 0.1 s, and some scheduling slack
-    machine = (await api.get(f"/machines/{sim.machine_id}")).json()
-    assert machine["billedSeconds"] == pytest.approx(billed, abs=0.001)
+    report = (await api.get(sim.api_url.removesuffix("/v1") + "/_sim/machine")).json()
+    assert report == {"id": sim.machine_id, "state": "off", "billedSeconds": pytest.approx(billed, abs=0.001)}
     assert sim.machine.billed_seconds == billed  # the clock does not run while off
 
 
@@ -149,7 +149,7 @@ async def test_machine_events_are_listed_newest_first_in_pages(sim: SimulatedGpu
 
 async def test_start_error_fault_ends_the_event_in_error_and_the_machine_off() -> None:
     async with SimulatedGpu(sim_settings(faults=("start_error",))) as sim, httpx.AsyncClient(
-            base_url=sim.paperspace_url, headers={"Authorization": f"Bearer {sim.api_key}"}) as api:
+            base_url=sim.api_url, headers={"Authorization": f"Bearer {sim.api_key}"}) as api:
         started = (await api.patch(f"/machines/{sim.machine_id}/start")).json()
         assert await record_states(sim, "off") == ["off"]
         event = (await api.get(f"/machine-events/{started['event']['id']}")).json()
@@ -169,16 +169,16 @@ async def test_never_ready_fault_keeps_the_machine_starting_until_stopped() -> N
 
 async def test_rate_limit_and_server_error_faults_strike_every_third_request(
         sim: SimulatedGpu, api: httpx.AsyncClient) -> None:
-    sim.set_faults(["paperspace_429"])
+    sim.set_faults(["api_429"])
     codes = [(await api.get(f"/machines/{sim.machine_id}")).status_code for _ in range(4)]
     assert codes == [429, 200, 200, 429]
     limited = await api.get(f"/machines/{sim.machine_id}")
     assert limited.status_code == 200
-    sim.set_faults(["paperspace_500"])  # resets the count
+    sim.set_faults(["api_500"])  # resets the count
     response = await api.get(f"/machines/{sim.machine_id}")
     assert response.status_code == 500
     assert response.json()["code"] == "INTERNAL_SERVER_ERROR"
-    sim.set_faults(["paperspace_429"])
+    sim.set_faults(["api_429"])
     response = await api.get(f"/machines/{sim.machine_id}")
     assert response.headers["Retry-After"] == "1"
     assert response.json()["code"] == "TOO_MANY_REQUESTS"
@@ -192,7 +192,7 @@ async def test_stop_500_fault_fails_three_stop_requests_in_a_row(sim: SimulatedG
 
 async def test_faults_change_at_runtime_over_http_and_reject_unknown_names(
         sim: SimulatedGpu, api: httpx.AsyncClient) -> None:
-    faults_url = sim.paperspace_url.removesuffix("/v1") + "/_sim/faults"
+    faults_url = sim.api_url.removesuffix("/v1") + "/_sim/faults"
     response = await api.put(faults_url, json={"faults": ["sd_500", "stop_500"]})
     assert response.json() == {"faults": ["sd_500", "stop_500"]}
     assert "sd_500" in sim.faults
@@ -210,7 +210,7 @@ async def test_faults_change_at_runtime_over_http_and_reject_unknown_names(
 
 
 def test_every_fault_is_described() -> None:
-    assert set(FAULTS) >= {"paperspace_429", "paperspace_500", "start_error", "never_ready", "stop_500", "sd_500",
+    assert set(FAULTS) >= {"api_429", "api_500", "start_error", "never_ready", "stop_500", "sd_500",
                            "sd_garbage", "sd_invalid_image", "sd_slow_first", "external_stop"}
     assert all(len(description) > 30 for description in FAULTS.values())
 
@@ -223,11 +223,11 @@ def test_standalone_process_prints_where_it_is_and_exits_on_sigterm() -> None:
     try:
         assert process.stdout is not None
         where = json.loads(process.stdout.readline())
-        assert where["paperspace_url"].endswith("/v1")
+        assert where["api_url"].endswith("/v1")
         headers = {"Authorization": f"Bearer {where['api_key']}"}
-        machine = httpx.get(f"{where['paperspace_url']}/machines/{where['machine_id']}", headers=headers).json()
+        machine = httpx.get(f"{where['api_url']}/machines/{where['machine_id']}", headers=headers).json()
         assert machine["state"] == "off"
-        faults_url = where["paperspace_url"].removesuffix("/v1") + "/_sim/faults"
+        faults_url = where["api_url"].removesuffix("/v1") + "/_sim/faults"
         assert httpx.get(faults_url, headers=headers).json() == {"faults": ["stop_500"]}
         with pytest.raises(httpx.ConnectError):  # the machine is off: no web UI
             httpx.get(f"{where['sd_url']}/sdapi/v1/progress")

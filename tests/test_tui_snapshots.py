@@ -65,6 +65,7 @@ def local_time_is_utc() -> Iterator[None]:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     directory = tmp_path_factory.mktemp("snapshots")
     seed_images(directory / "data" / "fallback", 3, SEEDED_PROMPTS)
+    seed_images(directory / "data" / "unique", 2, SEEDED_PROMPTS[:2], held_because="no face (best: FACE_MALE 0.21)")
     with running_server(directory, STEADY_PROMPTS) as process:
         yield process
 
@@ -77,6 +78,7 @@ async def settled(pilot: Pilot[Any]) -> None:
     # Queries, not query_one: this runs while the screen may still be composing.
     await wait_for(pilot, lambda: main.query("LinkIndicator.-live"), "the connection")
     await wait_for(pilot, lambda: len(main.query("#thumbnails Thumbnail")) == 3, "the seeded thumbnails")
+    await wait_for(pilot, lambda: len(main.query("#review-grid Thumbnail")) == 2, "the held images")
     await wait_for(pilot, lambda: "1. " in str(main.query_one("#samples").render()), "the sample prompts")
     for field in main.query(Input):
         field.cursor_blink = False
@@ -92,6 +94,23 @@ def test_thumbnails(snap_compare: Snap, server: ServerProcess) -> None:
 
 def test_image_detail(snap_compare: Snap, server: ServerProcess) -> None:
     assert snap_compare(panel(server.url), press=["i", "right", "enter"], terminal_size=SIZE, run_before=settled)
+
+
+def test_thumbnails_marked_for_an_action_on_several(snap_compare: Snap, server: ServerProcess) -> None:
+    assert snap_compare(panel(server.url), press=["i", "space", "space"], terminal_size=SIZE, run_before=settled)
+
+
+def test_delete_confirmation(snap_compare: Snap, server: ServerProcess) -> None:
+    assert snap_compare(panel(server.url), press=["i", "space", "space", "d"], terminal_size=SIZE,
+                        run_before=settled)
+
+
+def test_review_view(snap_compare: Snap, server: ServerProcess) -> None:
+    assert snap_compare(panel(server.url), press=["v"], terminal_size=SIZE, run_before=settled)
+
+
+def test_image_detail_of_a_held_image(snap_compare: Snap, server: ServerProcess) -> None:
+    assert snap_compare(panel(server.url), press=["v", "enter"], terminal_size=SIZE, run_before=settled)
 
 
 def test_prompt_editor(snap_compare: Snap, server: ServerProcess) -> None:

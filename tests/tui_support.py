@@ -74,9 +74,11 @@ async def wait_for(pilot: Pilot[Any], condition: Callable[[], object], what: str
         await pilot.pause(0.05)
 
 
-def seed_images(bucket_dir: Path, count: int, prompts: Sequence[str] = ()) -> None:
-    """Store avatars as the generator does (<id>.webp + <id>.json), with fixed pixels, prompts and times."""
-    bucket_dir.mkdir(parents=True, exist_ok=True)
+def seed_images(bucket_dir: Path, count: int, prompts: Sequence[str] = (), *, held_because: str | None = None) -> None:
+    """Store avatars as the generator does (<id>.webp + <id>.json), with fixed pixels, prompts and times;
+    `held_because`: as the safety gate holds them back instead, in the bucket's review folder."""
+    folder = bucket_dir / ".review" if held_because else bucket_dir
+    folder.mkdir(parents=True, exist_ok=True)
     for number in range(1, count + 1):
         image = Image.new("RGB", (64, 64), (40 * number, 90, 200 - 40 * number))
         draw = ImageDraw.Draw(image)
@@ -84,9 +86,11 @@ def seed_images(bucket_dir: Path, count: int, prompts: Sequence[str] = ()) -> No
         draw.rectangle((24, 36, 40, 39), fill=(150, 50, 60))
         data = io.BytesIO()
         image.save(data, "WEBP", lossless=True)
-        image_id = f"20250101T12000{number}-seed{number}"
-        (bucket_dir / f"{image_id}.webp").write_bytes(data.getvalue())
+        image_id = f"20250101T1{'1' if held_because else '2'}000{number}-{'held' if held_because else 'seed'}{number}"
+        (folder / f"{image_id}.webp").write_bytes(data.getvalue())
         prompt = prompts[number - 1] if prompts else f"A watercolour of cjs, in the style of Hokusai, number {number}"
-        metadata = {"prompt": prompt, "seed": number,
-                    "sampler": "DPM++ 2M", "steps": 10, "created_at": f"2025-01-01T12:00:0{number}+00:00"}
-        (bucket_dir / f"{image_id}.json").write_text(json.dumps(metadata))
+        metadata: dict[str, Any] = {"prompt": prompt, "seed": number, "sampler": "DPM++ 2M", "steps": 10,
+                                    "created_at": f"2025-01-01T1{'1' if held_because else '2'}:00:0{number}+00:00"}
+        if held_because:
+            metadata["review"] = {"held": True, "reasons": [{"kind": "no_face", "text": held_because}]}
+        (folder / f"{image_id}.json").write_text(json.dumps(metadata))

@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -26,7 +27,12 @@ from textual.worker import Worker, WorkerState
 from avatargen.api import (
     AdminClient,
     AdminError,
+    ImageApproved,
+    ImageHeld,
     ImageInfo,
+    ImageKept,
+    ImageMoved,
+    ImageRemoved,
     LogEntry,
     NewImage,
     ProtocolError,
@@ -53,6 +59,7 @@ from tui.messages import (
     StatusFetched,
 )
 from tui.screens.confirm_abort import ConfirmAbortScreen
+from tui.screens.confirm_delete import ConfirmDeleteScreen
 from tui.screens.image_detail import ImageDetailScreen
 from tui.screens.main import MainScreen
 from tui.screens.problem import ProblemScreen
@@ -88,6 +95,10 @@ def while_running(handler: H) -> H:
                 await result
 
     return guarded  # type: ignore[return-value]
+
+
+def _images(count: int) -> str:
+    return f"{count} image{'' if count == 1 else 's'}"
 
 
 class AvatarApp(App[None]):
@@ -203,10 +214,17 @@ class AvatarApp(App[None]):
             self.main.status = self.main.status.apply(event)
         if isinstance(event, StateChange):
             self.refresh_status()  # today's and this month's spend are not in the event
-        elif isinstance(event, NewImage):
+        elif isinstance(event, NewImage | ImageHeld):
             self.arrivals.append(event.image)
             if self.arrivals_worker is None or self.arrivals_worker.is_finished:
                 self.arrivals_worker = self.fetch_arrivals()
+        elif isinstance(event, ImageRemoved):
+            self.run_worker(self._drop_everywhere(event.id), group="grids", exit_on_error=False)
+        elif isinstance(event, ImageKept | ImageMoved):
+            for grid in self.main.image_grids:
+                grid.show_change(event.image)
+        elif isinstance(event, ImageApproved):
+            self.run_worker(self._publish_approved(event.image), group="grids", exit_on_error=False)
 
     @work(exclusive=True, group="status", exit_on_error=False)
     async def refresh_status(self) -> None:
@@ -268,11 +286,16 @@ class AvatarApp(App[None]):
 
     @work(exclusive=True, group="pictures", exit_on_error=False)
     async def load_pictures(self) -> None:
-        newest: list[ImageInfo] = []
-        for bucket in BUCKET_NAMES:
-            newest += await self._fetch(f"the {bucket} images", self.client.images(bucket, self.thumbnails)) or []
-        newest.sort(key=lambda info: info.created_at, reverse=True)
-        self.post_message(PicturesLoaded(await self._download_all(newest[: self.thumbnails])))
+        """The newest images of every bucket, and those held back for review."""
+        pictures: list[Picture] = []
+        for held in (False, True):
+            newest: list[ImageInfo] = []
+            for bucket in BUCKET_NAMES:
+                what = f"the {bucket} images{' held back' if held else ''}"
+                newest += await self._fetch(what, self.client.images(bucket, self.thumbnails, held=held)) or []
+            newest.sort(key=lambda info: info.created_at, reverse=True)
+            pictures += await self._download_all(newest[: self.thumbnails])
+        self.post_message(PicturesLoaded(pictures))
 
     @work(group="arrivals", exit_on_error=False)
     async def fetch_arrivals(self) -> None:
@@ -283,16 +306,97 @@ class AvatarApp(App[None]):
 
     @while_running
     async def on_pictures_loaded(self, message: PicturesLoaded) -> None:
-        for grid in self.main.query(ThumbnailGrid):
-            await grid.show(message.pictures)
+        held = [picture for picture in message.pictures if picture.info.held]
+        for grid in self.main.image_grids:
+            await grid.show([picture for picture in message.pictures if not picture.info.held])
+        await self.main.review_grid.show(held)
 
     @while_running
     async def on_pictures_arrived(self, message: PicturesArrived) -> None:
+        held = [picture for picture in message.pictures if picture.info.held]
+        for grid in self.main.image_grids:
+            await grid.add([picture for picture in message.pictures if not picture.info.held])
+        await self.main.review_grid.add(held)
+
+    async def _drop_everywhere(self, image_id: str) -> None:
         for grid in self.main.query(ThumbnailGrid):
-            await grid.add(message.pictures)
+            await grid.drop([image_id])
+
+    async def _publish_approved(self, info: ImageInfo) -> None:
+        """An approved image leaves the review grid for the image grids, with the pixels already here."""
+        card = self.main.review_grid.find(info.id)
+        pictures = [replace(card.picture, info=info)] if card is not None else await self._download_all([info])
+        await self.main.review_grid.drop([info.id])
+        for grid in self.main.image_grids:
+            await grid.add(pictures)
 
     def on_thumbnail_selected(self, message: Thumbnail.Selected) -> None:
-        self.push_screen(ImageDetailScreen(message.picture, self.image_style))
+        picture = message.picture
+
+        def chosen(action: str | None) -> None:
+            if action is not None:
+                self.act_on(action, [picture])
+
+        self.push_screen(ImageDetailScreen(picture, self.image_style), chosen)
+
+    def on_thumbnail_grid_action_requested(self, message: ThumbnailGrid.ActionRequested) -> None:
+        self.act_on(message.action, message.pictures)
+
+    # --- the owner's word on images --------------------------------------------------------------------
+
+    def act_on(self, action: str, pictures: Sequence[Picture]) -> None:
+        """Carry out an owner's action on images, on those it applies to (saying why the rest were left)."""
+        infos = [picture.info for picture in pictures]
+        if action == "delete":
+            self.push_screen(ConfirmDeleteScreen(pictures), lambda yes: self._delete_confirmed(yes, infos))
+        elif action in ("keep", "unkeep"):
+            kept = action == "keep"
+            fallbacks = [info for info in infos if info.bucket == "fallback" and not info.held]
+            if not fallbacks:
+                self.cannot("Only fallback images can be kept: a unique is deleted as it is served")
+                return
+            changing = [info for info in fallbacks if info.kept != kept]
+            verb = "Kept" if kept else "No longer kept"
+            self.apply(verb, changing, lambda info: self.client.keep_image(info.bucket, info.id, kept),
+                       skipped=len(infos) - len(changing))
+        elif action == "move":
+            uniques = [info for info in infos if info.bucket == "unique" and not info.held]
+            if not uniques:
+                self.cannot("Only unique images can be moved into the fallback bucket")
+                return
+            self.apply("Moved into the fallback bucket", uniques,
+                       lambda info: self.client.move_image(info.bucket, info.id, "fallback"),
+                       skipped=len(infos) - len(uniques))
+        elif action == "approve":
+            held = [info for info in infos if info.held]
+            self.apply("Approved and published", held, lambda info: self.client.approve_image(info.bucket, info.id),
+                       skipped=len(infos) - len(held))
+
+    def _delete_confirmed(self, yes: bool | None, infos: list[ImageInfo]) -> None:
+        if yes:
+            self.apply("Deleted", infos, lambda info: self.client.delete_image(info.bucket, info.id))
+
+    @work(group="owner", exit_on_error=False)
+    async def apply(self, verb: str, infos: list[ImageInfo], call: Callable[[ImageInfo], Awaitable[object]],
+                    skipped: int = 0) -> None:
+        """One request per image, one after the other; one answer for all of them (the grids follow the
+        server's events, as every other panel's do)."""
+        failures: list[str] = []
+        for info in infos:
+            try:
+                await call(info)
+            except AdminError as exc:
+                failures.append(f"{info.id}: {exc.message} ({exc.status})")
+            except (Unreachable, ProtocolError) as exc:
+                failures.append(f"{info.id}: {exc}")
+        done = len(infos) - len(failures)
+        what = f"{infos[0].bucket} image {infos[0].id}" if len(infos) == 1 and not failures else _images(done)
+        text = f"{verb}: {what}"
+        if skipped:
+            text += f" ({_images(skipped)} left as they were: the action does not apply to them)"
+        if failures:
+            text += f"; {len(failures)} failed: " + "; ".join(failures)
+        self.post_message(Answered(text, ok=not failures))
 
     # --- prompt settings -------------------------------------------------------------------------------
 

@@ -11,7 +11,13 @@ from avatargen.api.wire import (
     BucketLevel,
     BucketsChange,
     Cost,
+    ImageApproved,
+    ImageEvent,
+    ImageHeld,
     ImageInfo,
+    ImageKept,
+    ImageMoved,
+    ImageRemoved,
     LastRun,
     LogEntry,
     NewImage,
@@ -27,7 +33,8 @@ from avatargen.api.wire import (
 )
 
 __all__ = [
-    "STATES", "AdminClient", "AdminError", "AuthError", "BucketLevel", "BucketsChange", "Cost", "ImageInfo",
+    "STATES", "AdminClient", "AdminError", "AuthError", "BucketLevel", "BucketsChange", "Cost", "ImageApproved",
+    "ImageEvent", "ImageHeld", "ImageInfo", "ImageKept", "ImageMoved", "ImageRemoved",
     "LastRun", "LogEntry", "NewImage", "ProtocolError", "Run", "ServerEvent", "State", "StateChange", "Status",
     "Step", "TokenError", "Unreachable", "decode_event", "encode_event", "find_token", "server_url",
 ]

@@ -59,6 +59,10 @@ def _error(response: httpx.Response) -> AdminError:
     return kind(response.status_code, message, field if isinstance(field, str) else None)
 
 
+def _image_path(bucket: str, image_id: str, *action: str) -> str:
+    return "/".join(["/admin/api/images", quote(bucket, safe=""), quote(image_id, safe=""), *action])
+
+
 def _json(response: httpx.Response) -> Any:
     try:
         return response.json()
@@ -103,14 +107,32 @@ class AdminClient:
     async def status(self) -> Status:
         return Status.from_json(_json(await self._call("GET", "/admin/api/status")))
 
-    async def images(self, bucket: str, limit: int) -> list[ImageInfo]:
-        """The bucket's newest images, newest first."""
-        response = await self._call("GET", "/admin/api/images", params={"bucket": bucket, "limit": limit})
-        return ImageInfo.list_from_json(_json(response))
+    async def images(self, bucket: str, limit: int, *, held: bool = False) -> list[ImageInfo]:
+        """The bucket's newest images, newest first; `held`: those the safety gate held back instead."""
+        params = {"bucket": bucket, "limit": limit, **({"held": "true"} if held else {})}
+        return ImageInfo.list_from_json(_json(await self._call("GET", "/admin/api/images", params=params)))
 
     async def image_bytes(self, image: ImageInfo) -> bytes:
-        path = f"/admin/api/images/{quote(image.bucket, safe='')}/{quote(image.id, safe='')}"
-        return (await self._call("GET", path)).content
+        """The image's pixels (a held one's too: the owner must see what the gate held back)."""
+        return (await self._call("GET", _image_path(image.bucket, image.id))).content
+
+    async def delete_image(self, bucket: str, image_id: str) -> None:
+        """Delete an image, published or held back, for good."""
+        await self._call("DELETE", _image_path(bucket, image_id))
+
+    async def keep_image(self, bucket: str, image_id: str, kept: bool = True) -> ImageInfo:
+        """Keep a fallback for good (never retired), or undo that."""
+        return ImageInfo.one_from_json(_json(await self._call("POST" if kept else "DELETE",
+                                                              _image_path(bucket, image_id, "keep"))))
+
+    async def move_image(self, bucket: str, image_id: str, to: str) -> ImageInfo:
+        """Move an image into another bucket; the answer is the image where it is now."""
+        response = await self._call("POST", _image_path(bucket, image_id, "move"), json={"to": to})
+        return ImageInfo.one_from_json(_json(response))
+
+    async def approve_image(self, bucket: str, image_id: str) -> ImageInfo:
+        """Publish an image the safety gate held back."""
+        return ImageInfo.one_from_json(_json(await self._call("POST", _image_path(bucket, image_id, "approve"))))
 
     async def prompts(self) -> dict[str, Any]:
         """The [prompts] settings under their config names."""

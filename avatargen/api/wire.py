@@ -58,18 +58,20 @@ def decode(what: str, convert: Callable[[Any], T], data: Any) -> T:
 
 @dataclass(frozen=True)
 class BucketLevel:
-    """How full one bucket is, against the levels that trigger and end a refill."""
+    """How full one bucket is, against the levels that trigger and end a refill; `held`: images the safety
+    gate held back, waiting for the owner (not counted: no visitor gets them)."""
 
     count: int
     min: int
     max: int
+    held: int = 0
 
     def to_json(self) -> dict[str, int]:
-        return {"count": self.count, "min": self.min, "max": self.max}
+        return {"count": self.count, "min": self.min, "max": self.max, "held": self.held}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> BucketLevel:
-        return cls(int(data["count"]), int(data["min"]), int(data["max"]))
+        return cls(int(data["count"]), int(data["min"]), int(data["max"]), int(data.get("held") or 0))
 
 
 Levels = Mapping[str, BucketLevel]
@@ -118,6 +120,8 @@ class Run:
     machine_state: str | None = None
     billed_seconds: float = 0.0
     cost: float = 0.0
+    held: int = 0  # images made and held back by the safety gate (not in `done`)
+    held_cost: float = 0.0  # the share of the run's cost those images took
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -136,6 +140,8 @@ class Run:
             "machine_state": self.machine_state,
             "billed_seconds": self.billed_seconds,
             "cost": self.cost,
+            "held": self.held,
+            "held_cost": self.held_cost,
         }
 
     @classmethod
@@ -156,6 +162,8 @@ class Run:
             machine_state=data.get("machine_state"),
             billed_seconds=float(data.get("billed_seconds") or 0),
             cost=float(data.get("cost") or 0),
+            held=int(data.get("held") or 0),
+            held_cost=float(data.get("held_cost") or 0),
         )
 
 
@@ -189,11 +197,14 @@ class Cost:
     billed_seconds_month: float = 0.0
     hourly_cost: float | None = None
     ledger_problem: str | None = None  # why the ledger on disk may lag behind these figures
+    hourly_rate: float | None = None  # what runs are billed at...
+    rate_source: str | None = None  # ...and who says so: "provider" (the machine's own price) or "config"
 
     def to_json(self) -> dict[str, Any]:
         return {"today": self.today, "month": self.month, "daily_budget": self.daily_budget,
-                "hourly_cost": self.hourly_cost, "billed_seconds_today": self.billed_seconds_today,
-                "billed_seconds_month": self.billed_seconds_month, "ledger_problem": self.ledger_problem}
+                "hourly_cost": self.hourly_cost, "hourly_rate": self.hourly_rate, "rate_source": self.rate_source,
+                "billed_seconds_today": self.billed_seconds_today, "billed_seconds_month": self.billed_seconds_month,
+                "ledger_problem": self.ledger_problem}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Cost:
@@ -205,6 +216,8 @@ class Cost:
             billed_seconds_month=float(data.get("billed_seconds_month") or 0),
             hourly_cost=_optional(data.get("hourly_cost"), float),
             ledger_problem=data.get("ledger_problem"),
+            hourly_rate=_optional(data.get("hourly_rate"), float),
+            rate_source=data.get("rate_source"),
         )
 
 
@@ -221,6 +234,7 @@ class Status:
     cost: Cost
     next_check_at: datetime | None = None
     paused_reason: str | None = None
+    machine_notes: tuple[str, ...] = ()  # what the owner should know about the machine (a backstop off, ...)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -228,7 +242,8 @@ class Status:
             "run": None if self.run is None else self.run.to_json(),
             "last_run": None if self.last_run is None else self.last_run.to_json(),
             "buckets": levels_json(self.buckets),
-            "gpu": {"provider": self.provider, "machine_state": self.machine_state},
+            "gpu": {"provider": self.provider, "machine_state": self.machine_state,
+                    "notes": list(self.machine_notes)},
             "cost": self.cost.to_json(),
             "next_check_at": time_json(self.next_check_at),
             "paused_reason": self.paused_reason,
@@ -245,6 +260,7 @@ class Status:
                 buckets=_levels(data["buckets"]),
                 provider=str(gpu.get("provider", "")),
                 machine_state=gpu.get("machine_state"),
+                machine_notes=tuple(str(note) for note in gpu.get("notes") or ()),
                 cost=Cost.from_json(data["cost"]),
                 next_check_at=_optional(data.get("next_check_at"), _time),
                 paused_reason=data.get("paused_reason"),
@@ -260,7 +276,7 @@ class Status:
         if isinstance(event, Run):
             # A progress event that arrives after its run ended must not bring the run back.
             return replace(self, run=event) if self.run is not None and self.run.id == event.id else self
-        if isinstance(event, NewImage | BucketsChange):
+        if isinstance(event, ImageEvent | ImageRemoved | BucketsChange):
             return replace(self, buckets={**self.buckets, **event.buckets})
         return self
 
@@ -268,27 +284,48 @@ class Status:
 @dataclass(frozen=True)
 class ImageInfo:
     """One stored avatar and how it was made. Its address is the server's to give (the image list's `url`)
-    or the client's to derive from bucket and id; the generator's events carry no URL."""
+    or the client's to derive from bucket and id; the generator's events carry no URL.
+
+    `kept`: the owner keeps it for good (a fallback never retired). `held`: the safety gate held it back;
+    it waits for the owner's review, and `metadata["review"]` says why."""
 
     id: str
     bucket: str
     prompt: str
     created_at: datetime
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    kept: bool = False
+    held: bool = False
 
     @classmethod
-    def of(cls, image_id: str, bucket: str, metadata: Mapping[str, Any], created_at: datetime) -> ImageInfo:
+    def of(cls, image_id: str, bucket: str, metadata: Mapping[str, Any], created_at: datetime, *,
+           kept: bool = False, held: bool = False) -> ImageInfo:
         """From what a bucket knows of an image: its sidecar, and when it was made."""
-        return cls(image_id, bucket, str(metadata.get("prompt") or ""), created_at, dict(metadata))
+        return cls(image_id, bucket, str(metadata.get("prompt") or ""), created_at, dict(metadata), kept, held)
+
+    @property
+    def held_because(self) -> list[str]:
+        """Why the gate held it back, in words (`no face`, `FEMALE_BREAST_EXPOSED 0.87`); empty if it did not."""
+        review = self.metadata.get("review")
+        reasons = review.get("reasons") if isinstance(review, Mapping) else None
+        if not isinstance(reasons, list):
+            return []
+        return [str(reason.get("text", "")) for reason in reasons if isinstance(reason, Mapping)]
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "bucket": self.bucket, "prompt": self.prompt,
-                "created_at": time_json(self.created_at), "metadata": dict(self.metadata)}
+                "created_at": time_json(self.created_at), "metadata": dict(self.metadata),
+                "kept": self.kept, "held": self.held}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ImageInfo:
         return cls(str(data["id"]), str(data["bucket"]), str(data["prompt"]), _time(data["created_at"]),
-                   dict(data.get("metadata") or {}))
+                   dict(data.get("metadata") or {}), bool(data.get("kept")), bool(data.get("held")))
+
+    @staticmethod
+    def one_from_json(data: Any) -> ImageInfo:
+        """The image an owner's action answers with (`{"image": {...}}`)."""
+        return decode("image", lambda body: ImageInfo.from_json(body["image"]), data)
 
     @staticmethod
     def list_from_json(data: Any) -> list[ImageInfo]:
@@ -319,9 +356,9 @@ class StateChange:
 
 
 @dataclass(frozen=True)
-class NewImage:
-    """A freshly generated image was stored; the bucket levels after it. On the wire: the image's own
-    fields plus `buckets`."""
+class ImageEvent:
+    """Something happened to one image; the bucket levels after it. On the wire: the image's own fields
+    (where it is now) plus `buckets`."""
 
     image: ImageInfo
     buckets: Levels
@@ -330,8 +367,58 @@ class NewImage:
         return {**self.image.to_json(), "buckets": levels_json(self.buckets)}
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> NewImage:
+    def from_json(cls: type[E], data: Mapping[str, Any]) -> E:
         return cls(ImageInfo.from_json(data), _levels(data["buckets"]))
+
+
+E = TypeVar("E", bound=ImageEvent)
+
+
+class NewImage(ImageEvent):
+    """A freshly generated image passed the safety gate (or there is none) and was published."""
+
+
+class ImageHeld(ImageEvent):
+    """A freshly generated image was held back by the safety gate: it waits in its bucket's review folder."""
+
+
+class ImageApproved(ImageEvent):
+    """The owner approved a held image: it is published now, as a new image would be."""
+
+
+class ImageKept(ImageEvent):
+    """The owner kept a fallback for good, or undid that (`image.kept` says which)."""
+
+
+@dataclass(frozen=True)
+class ImageMoved(ImageEvent):
+    """The owner moved an image into another bucket (same id); `image` is where it is now."""
+
+    from_bucket: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {**super().to_json(), "from_bucket": self.from_bucket}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ImageMoved:  # type: ignore[override]
+        return cls(ImageInfo.from_json(data), _levels(data["buckets"]), str(data["from_bucket"]))
+
+
+@dataclass(frozen=True)
+class ImageRemoved:
+    """The owner deleted an image (a published one, or a held one when `held`): every panel drops it."""
+
+    bucket: str
+    id: str
+    held: bool
+    buckets: Levels
+
+    def to_json(self) -> dict[str, Any]:
+        return {"bucket": self.bucket, "id": self.id, "held": self.held, "buckets": levels_json(self.buckets)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ImageRemoved:
+        return cls(str(data["bucket"]), str(data["id"]), bool(data.get("held")), _levels(data["buckets"]))
 
 
 @dataclass(frozen=True)
@@ -364,12 +451,14 @@ class LogEntry:
         return cls(_time(data["time"]), str(data["level"]), str(data["message"]))
 
 
-ServerEvent = StateChange | Run | NewImage | BucketsChange | LogEntry
+ServerEvent = StateChange | Run | ImageEvent | ImageRemoved | BucketsChange | LogEntry
 
-EventKind = type[StateChange] | type[Run] | type[NewImage] | type[BucketsChange] | type[LogEntry]
+EventKind = type[StateChange] | type[Run] | type[ImageEvent] | type[ImageRemoved] | type[BucketsChange] | type[LogEntry]
 # Each SSE event name and the kind of event it carries (`progress` is a Run).
 EVENT_KINDS: dict[str, EventKind] = {"state": StateChange, "progress": Run, "image": NewImage,
-                                     "buckets": BucketsChange, "log": LogEntry}
+                                     "buckets": BucketsChange, "log": LogEntry, "held": ImageHeld,
+                                     "approved": ImageApproved, "kept": ImageKept, "moved": ImageMoved,
+                                     "removed": ImageRemoved}
 EVENT_NAMES: dict[EventKind, str] = {kind: name for name, kind in EVENT_KINDS.items()}
 
 

@@ -67,9 +67,10 @@ class Billing:
                 self._found_empty(earlier)
         self._writer = asyncio.create_task(self._write_behind(), name="ledger-writer")
 
-    def start(self, run_id: str, when: float) -> None:
-        """Billing starts: the start request is about to go out."""
-        self._set(Entry(run_id, when, None, self.hourly_cost))
+    def start(self, run_id: str, when: float, hourly_cost: float | None = None) -> None:
+        """Billing starts: the start request is about to go out. `hourly_cost`: the machine's own price when
+        its provider says it (RunPod does), else the configured one."""
+        self._set(Entry(run_id, when, None, self.hourly_cost if hourly_cost is None else hourly_cost))
 
     def stop(self, run_id: str, when: float) -> None:
         """Billing ends: the stop is confirmed."""

@@ -54,9 +54,9 @@ class Generator:
         self.machine = Machine(provider, on_change=self._on_machine_state)
         self.scheduler = Scheduler(settings, self.states, self.levels, self.billing.spend, provider.bills,
                                    start_run=lambda due: self.refill(due, trigger="auto"),
-                                   announce=self._announce_state)
+                                   announce=self._announce_state, blocked=lambda: self.machine.cannot_run)
         self._orphan = OrphanRecovery(self.machine, self.states, self.billing)
-        self._imaging = ImagingPool(settings.generator, buckets)
+        self._imaging = ImagingPool(settings.generator, settings.review, buckets)
         self._context = RunContext(settings, buckets, self.machine, self.states, self.billing, self._imaging, events,
                                    prompts=lambda: self.prompts, levels=self.levels, ended=self.scheduler.run_ended)
         self._refill: Refill | None = None
@@ -83,7 +83,7 @@ class Generator:
 
     @property
     def paused_reason(self) -> str | None:
-        return self.scheduler.paused_reason
+        return self.machine.cannot_run or self.scheduler.paused_reason
 
     @property
     def machine_state(self) -> str | None:
@@ -102,9 +102,10 @@ class Generator:
             buckets=self.levels(),
             provider=self.provider.name,
             machine_state=self.machine.state,
-            cost=cost_summary(self.settings, self.billing.spend(), self.billing.problem),
+            machine_notes=tuple(self.machine.notes),
+            cost=cost_summary(self.settings, self.billing.spend(), self.billing.problem, self.provider.hourly_rate()),
             next_check_at=utc(self.scheduler.next_check_at),
-            paused_reason=self.scheduler.paused_reason,
+            paused_reason=self.paused_reason,
         )
 
     def status(self) -> dict[str, Any]:
@@ -121,10 +122,11 @@ class Generator:
     # --- life cycle ------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Look for a machine a crash left running (stopped in the background before anything else), then
-        check the buckets now and every check_every."""
+        """Look at the machine (can it run at all?) and for a machine a crash left running (stopped in the
+        background before anything else), then check the buckets now and every check_every."""
         await self.billing.load(self.buckets, self.provider.name if self.provider.bills else None)
-        orphaned = await self._orphan.find()
+        await self.machine.check()
+        orphaned = await self._orphan.find() if self.machine.cannot_run is None else False
         self._scheduling = asyncio.create_task(self.scheduler.run(self._orphan.stop if orphaned else None),
                                                name="generator-scheduler")
 
@@ -155,6 +157,8 @@ class Generator:
             raise RunActive("the server is shutting down")
         if self.states.state != "idle":
             raise RunActive(f"a run is already {self.states.state.replace('_', ' ')}")
+        if self.machine.cannot_run is not None:
+            raise NothingToDo(self.machine.cannot_run)
         names = buckets or list(self.buckets)
         unknown = [name for name in names if name not in self.buckets]
         if unknown:
@@ -165,7 +169,7 @@ class Generator:
             raise NothingToDo(f"{' and '.join(names)} already at max: nothing to generate")
         if trigger == "manual":
             self.scheduler.manual_refill()
-        run = Run(trigger=trigger, targets=targets, hourly_cost=self.settings.gpu.hourly_cost,
+        run = Run(trigger=trigger, targets=targets, hourly_cost=self.provider.hourly_rate().amount,
                   bills=self.provider.bills)
         log.info("%s run %s started: %s", trigger, run.id,
                  ", ".join(f"{n} {name}" for name, n in targets.items()))

@@ -1,7 +1,10 @@
-"""The GPU machine as the generator knows it: its last reported state, and a stop retried until confirmed.
+"""The GPU machine as the generator knows it: its last reported state, what the provider's start-up look at
+it found, and a stop retried until confirmed.
 
 Both a run's end and the start-up recovery of a machine found running stop it the same way: for as long
-as it takes, because every minute it is not `off` costs the owner money.
+as it takes, because every minute it is not `off` costs the owner money. A machine that can never run as
+configured (a terminated pod, a wrong id, a refused key) is remembered as such, so that no run is started
+on it again: the owner must fix the configuration, and a retry loop would only fail again.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import logging
 from collections.abc import Callable
 
 from avatargen.durations import format_duration
-from avatargen.gpu.base import Provider
+from avatargen.gpu.base import MachineUnusable, Provider
 from avatargen.retry import backoff_delay
 
 log = logging.getLogger("avatargen.generator")
@@ -24,6 +27,8 @@ class Machine:
     def __init__(self, provider: Provider, on_change: Callable[[str], None]) -> None:
         self.provider = provider
         self.state: str | None = None
+        self.notes: list[str] = []  # what the provider's start-up check says the owner should know
+        self.cannot_run: str | None = None  # why no run may start on it, for the owner
         self._on_change = on_change
 
     def observe(self, state: str) -> None:
@@ -31,6 +36,22 @@ class Machine:
         self.state = state
         log.info("machine is %s", state)
         self._on_change(state)
+
+    async def check(self) -> None:
+        """The provider's look at the machine at start-up: notes for the owner (logged, and in the status), or
+        the reason it can never run as configured."""
+        try:
+            self.notes = await self.provider.check()
+        except MachineUnusable as exc:
+            self.found_unusable(exc)
+        except Exception as exc:  # an API that does not answer now may well answer at the first run
+            log.warning("cannot check the machine at start-up: %s", exc)
+        for note in self.notes:
+            log.warning("%s", note)
+
+    def found_unusable(self, exc: MachineUnusable) -> None:
+        self.cannot_run = f"the machine cannot run: {exc}"
+        log.error("%s; no run starts until the configuration is fixed and the server restarted", exc)
 
     async def read(self) -> str:
         """Ask the provider for the machine's state now."""

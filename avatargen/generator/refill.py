@@ -16,17 +16,18 @@ from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from avatargen.api.wire import BucketLevel, Step, encode_event
+from avatargen.api.wire import BucketLevel, ImageHeld, NewImage, Step, encode_event
 from avatargen.buckets import Bucket
 from avatargen.config import ConfigError, PromptSettings, Settings
 from avatargen.durations import format_duration
 from avatargen.events import EventHub
 from avatargen.generator.billing import Billing
 from avatargen.generator.errors import RunFailed
-from avatargen.generator.imaging_pool import ImagingPool
+from avatargen.generator.imaging_pool import Avatar, ImagingPool
 from avatargen.generator.machine import Machine
 from avatargen.generator.states import States
-from avatargen.generator.views import image_event
+from avatargen.generator.views import image_info
+from avatargen.gpu.base import MachineUnusable
 from avatargen.prompts import compose
 from avatargen.retry import backoff_delay
 from avatargen.run import Run
@@ -110,6 +111,7 @@ class Refill:
                 if self._abort_reason is not None:
                     raise asyncio.CancelledError
                 async with run_limit:
+                    await self._check_gate()
                     sd = await self._boot()
                     await self._generate(sd)
                 run.outcome = "completed"
@@ -126,12 +128,20 @@ class Refill:
                     run.error = f"the run exceeded max_run_duration ({limit})"
                 else:
                     run.error = str(cause) or type(cause).__name__
+                    if isinstance(cause, MachineUnusable):  # a pod terminated, say: no run will start again
+                        self._context.machine.found_unusable(cause)
                     if not isinstance(cause, RunFailed | SdError):
                         log.error("run %s failed", run.id, exc_info=cause)
         finally:
             if run.outcome is None:
                 run.outcome, run.error = "aborted", "cancelled"
             await asyncio.shield(self._shut_down(sd))
+
+    async def _check_gate(self) -> None:
+        """With the safety gate on, load its detector before the machine boots: a gate that cannot run
+        would hold back every image made, so the run fails at once, with nothing billed."""
+        if self._settings.review.enabled and (problem := await self._context.imaging.gate_problem()):
+            raise RunFailed(f"the safety gate cannot run, so the machine was not started: {problem}")
 
     async def _boot(self) -> SdBackend:
         try:
@@ -143,7 +153,7 @@ class Refill:
         deadline = loop.time() + gpu.ready_timeout
         if run.bills:
             run.billing_since = time.time()
-            self._context.billing.start(run.id, run.billing_since)
+            self._context.billing.start(run.id, run.billing_since, run.hourly_cost)
         provider = self._context.machine.provider
         await provider.start()
         await provider.wait_ready(max(0.0, deadline - loop.time()), self._context.machine.observe)
@@ -192,7 +202,7 @@ class Refill:
         finally:
             poller.cancel()
             run.step = None
-        if run.done == 0 and run.failed > 0:
+        if run.done + run.held == 0 and run.failed > 0:
             raise RunFailed(f"no image could be made; last error: {failures.last}")
 
     async def _fill(self, sd: SdBackend, bucket_name: str, count: int, failures: _Failures) -> None:
@@ -218,17 +228,25 @@ class Refill:
                 continue
             failures.consecutive = 0
             seconds = (time.monotonic() - started) / max(1, len(avatars))
-            for index, (webp, framed) in enumerate(avatars):
+            for index, avatar in enumerate(avatars):
                 seed = result.seeds[index] if index < len(result.seeds) else -1
-                await _uncancellable(self._store(bucket_name, webp, framed, prompt.text, seed, seconds,
-                                                 result.metadata))
+                await _uncancellable(self._store(bucket_name, avatar, prompt.text, seed, seconds, result.metadata))
             run.failed += count - len(avatars)
+            self._stop_if_the_gate_failed(avatars)
             return
         run.failed += count
         self._publish_progress()
 
-    async def _store(self, bucket_name: str, webp: bytes, framed: bytes | None, prompt: str, seed: int,
-                     seconds: float, generated: Mapping[str, Any]) -> None:
+    def _stop_if_the_gate_failed(self, avatars: list[Avatar]) -> None:
+        """A gate that failed on a batch (its detector raised or crashed) would fail on the next one too:
+        the images are held, and the run ends rather than pay for more images nobody can publish."""
+        problems = [avatar.verdict.gate_failed for avatar in avatars if avatar.verdict and avatar.verdict.gate_failed]
+        if problems:
+            raise RunFailed(f"the safety gate failed ({problems[0]}); the run stopped, "
+                            f"{self.run.held} image(s) held back for review")
+
+    async def _store(self, bucket_name: str, avatar: Avatar, prompt: str, seed: int, seconds: float,
+                     generated: Mapping[str, Any]) -> None:
         sd = self._settings.sd
         metadata = {
             "prompt": prompt,
@@ -243,9 +261,19 @@ class Refill:
             "run_id": self.run.id,
             **generated,  # the SD backend's name ("a1111", "comfyui"), the model, ComfyUI's workflow
         }
-        record = await asyncio.to_thread(self._context.buckets[bucket_name].publish, webp, metadata, prepared=framed)
-        self.run.done += 1
-        self._context.events.publish(*encode_event(image_event(bucket_name, record, self._context.levels())))
+        bucket = self._context.buckets[bucket_name]
+        if avatar.verdict is not None:
+            metadata["review"] = avatar.verdict.to_dict()
+        if avatar.held:
+            record = await asyncio.to_thread(bucket.hold, avatar.webp, metadata)
+            self.run.held += 1
+            log.info("image %s of the %s bucket held back for review: %s", record.id, bucket_name, avatar.verdict)
+            event: NewImage | ImageHeld = ImageHeld(image_info(record), self._context.levels())
+        else:
+            record = await asyncio.to_thread(bucket.publish, avatar.webp, metadata, prepared=avatar.framed)
+            self.run.done += 1
+            event = NewImage(image_info(record), self._context.levels())
+        self._context.events.publish(*encode_event(event))
         self._publish_progress()
 
     def _publish_progress(self) -> None:
@@ -277,7 +305,7 @@ class Refill:
         run.ended_at = time.time()
         self._context.ended(run)
         level = logging.INFO if run.outcome == "completed" else logging.WARNING
-        log.log(level, "run %s %s: %d stored, %d failed, %s billed, cost %.4f%s", run.id, run.outcome,
-                run.done, run.failed, format_duration(run.billed_seconds()),
+        log.log(level, "run %s %s: %d stored, %d held back, %d failed, %s billed, cost %.4f%s", run.id, run.outcome,
+                run.done, run.held, run.failed, format_duration(run.billed_seconds()),
                 run.cost(), f" ({run.error})" if run.error else "")
         self._context.states.move("idle")

@@ -36,6 +36,7 @@ class Scheduler:
         bills: bool,
         start_run: Callable[[list[str]], Run],
         announce: Callable[[], None],
+        blocked: Callable[[], str | None] = lambda: None,
     ) -> None:
         self._settings = settings
         self._states = states
@@ -44,6 +45,7 @@ class Scheduler:
         self._bills = bills
         self._start_run = start_run
         self._announce = announce
+        self._blocked = blocked  # why no run may start at all (the machine can never run as configured)
         self._failures = 0
         self._wake = asyncio.Event()
         self.next_check_at: float | None = None
@@ -74,6 +76,9 @@ class Scheduler:
     def check(self) -> Run | None:
         """Start an automatic run for the buckets below their min, unless today's budget is spent."""
         due = [name for name, level in self._levels().items() if level.min > 0 and level.count < level.min]
+        if reason := self._blocked():
+            self.paused_reason = reason
+            return None
         if not due:
             self.paused_reason = None
             return None

@@ -10,25 +10,34 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from avatargen.api.wire import BucketLevel, Cost, ImageInfo, NewImage, StateChange
+from avatargen.api.wire import BucketLevel, Cost, ImageInfo, StateChange
 from avatargen.buckets import Bucket, ImageRecord
 from avatargen.config import Settings
 from avatargen.generator.states import States
+from avatargen.gpu.base import HourlyRate
 from avatargen.ledger import Spend
 
 
 def bucket_levels(settings: Settings, buckets: Mapping[str, Bucket]) -> dict[str, BucketLevel]:
-    """Each bucket's count against its min and max, as status and events report them."""
-    return {name: BucketLevel(buckets[name].count(), conf.min, conf.max) for name, conf in settings.buckets.items()}
+    """Each bucket's count against its min and max, and its images held for review, as status and events
+    report them."""
+    return {name: BucketLevel(buckets[name].count(), conf.min, conf.max, buckets[name].held_count())
+            for name, conf in settings.buckets.items()}
 
 
-def cost_summary(settings: Settings, spend: Spend, ledger_problem: str | None = None) -> Cost:
-    """Today's and this month's spend; `ledger_problem` says why the ledger on disk may lag behind it."""
+def cost_summary(settings: Settings, spend: Spend, ledger_problem: str | None = None,
+                 rate: HourlyRate | None = None) -> Cost:
+    """Today's and this month's spend; `ledger_problem` says why the ledger on disk may lag behind it; `rate`
+    is what runs are billed at and where it comes from ("provider": the machine's own price from its API,
+    "config": gpu.hourly_cost, also when no provider is at hand)."""
+    rate = rate or HourlyRate(settings.gpu.hourly_cost, "config")
     return Cost(
         today=round(spend.today, 4),
         month=round(spend.month, 4),
         daily_budget=settings.gpu.daily_budget,
         hourly_cost=settings.gpu.hourly_cost,
+        hourly_rate=rate.amount,
+        rate_source=rate.source,
         billed_seconds_today=round(spend.billed_seconds_today, 1),
         billed_seconds_month=round(spend.billed_seconds_month, 1),
         ledger_problem=ledger_problem,
@@ -41,6 +50,7 @@ def state_change(states: States, machine_state: str | None) -> StateChange:
                        states.last_run.ended() if states.last_run else None, machine_state)
 
 
-def image_event(bucket_name: str, record: ImageRecord, levels: Mapping[str, BucketLevel]) -> NewImage:
-    """A freshly stored image, with the bucket levels it leaves behind."""
-    return NewImage(ImageInfo.of(record.id, bucket_name, record.metadata, record.created_at), levels)
+def image_info(record: ImageRecord) -> ImageInfo:
+    """A stored or held image as the owner sees it."""
+    return ImageInfo.of(record.id, record.bucket, record.metadata, record.created_at, kept=record.kept,
+                        held=record.held)

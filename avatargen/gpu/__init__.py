@@ -1,49 +1,107 @@
-"""GPU machines that generate the avatars: Paperspace, the simulated one (demo mode), or one always on.
+"""GPU machines that generate the avatars: Paperspace, RunPod, one always on, or the simulated one (demo mode).
 
-`make_provider` picks the provider named by `gpu.provider`. The simulated GPU speaks the Paperspace
-API, so "simulated" runs the very same `PaperspaceProvider` code as "paperspace", only pointed at the
-simulator: the demo exercises what production runs.
+`make_provider` builds the provider `gpu.provider` names from the settings. The simulated GPU runs
+inside the server process, so its provider comes from the running simulator
+(`avatargen.simulator.SimulatedGpu.provider`), which points `api_provider` at itself: the demo runs
+the very same provider and client code as production, and production never imports the simulator.
+
+`check_settings` (before anything starts), `settings_warnings` and `ask_provider` (for `check-config`)
+find what would otherwise surface only once the generator runs.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
-from avatargen.config import ConfigError, Secret, Settings
+from avatargen.config import ConfigError, GpuSettings, Secret, Settings
+from avatargen.gpu import paperspace, runpod
+from avatargen.gpu.address import template_problem
 from avatargen.gpu.always_on import AlwaysOnProvider
-from avatargen.gpu.base import OFF, READY, MachineError, MachineTimeout, Provider
+from avatargen.gpu.base import OFF, READY, HourlyRate, MachineError, MachineTimeout, MachineUnusable, Provider
 from avatargen.gpu.paperspace import PaperspaceClient, PaperspaceError, PaperspaceProvider
-
-if TYPE_CHECKING:
-    from avatargen.simulator import SimulatedGpu
+from avatargen.gpu.runpod import RunPodClient, RunPodError, RunPodProvider
 
 __all__ = [
-    "OFF", "READY", "AlwaysOnProvider", "MachineError", "MachineTimeout", "PaperspaceClient", "PaperspaceError",
-    "PaperspaceProvider", "Provider", "make_provider", "paperspace_api_key",
+    "OFF", "READY", "AlwaysOnProvider", "HourlyRate", "MachineError", "MachineTimeout", "MachineUnusable",
+    "PaperspaceClient", "PaperspaceError", "PaperspaceProvider", "Provider", "RunPodClient", "RunPodError",
+    "RunPodProvider", "api_provider", "ask_provider", "check_settings", "make_provider", "settings_warnings",
 ]
 
-
-def paperspace_api_key(settings: Settings) -> Secret:
-    """The key from the environment variable the config names; missing is a config error, found early."""
-    api_key = settings.gpu.paperspace.api_key()
-    if not api_key:
-        env = settings.gpu.paperspace.api_key_env
-        raise ConfigError(f"the environment variable {env} holding the Paperspace API key is not set or empty",
-                          key="gpu.paperspace.api_key_env", file=settings.path)
-    return api_key
+_PLACEHOLDERS = {"paperspace": paperspace.PLACEHOLDERS, "runpod": runpod.PLACEHOLDERS, "always_on": ()}
+_MACHINE_KEY = {"paperspace": "gpu.paperspace.machine_id", "runpod": "gpu.runpod.pod_id"}
 
 
-def make_provider(settings: Settings, *, simulated: SimulatedGpu | None = None) -> Provider:
-    """The provider for `settings.gpu.provider`; "simulated" needs the running `SimulatedGpu`."""
+def provider_api_key(settings: Settings) -> Secret:
+    """The provider's key, from the environment variable the config names; missing is a config error."""
+    provider = settings.gpu.provider
+    vendor = settings.gpu.runpod if provider == "runpod" else settings.gpu.paperspace
+    key = vendor.api_key()
+    if not key:
+        name = "RunPod" if provider == "runpod" else "Paperspace"
+        raise ConfigError(f"the environment variable {vendor.api_key_env} holding the {name} API key is not set or "
+                          "empty", key=f"gpu.{provider}.api_key_env", file=settings.path)
+    return key
+
+
+def api_provider(gpu: GpuSettings, api: str, *, api_url: str, api_key: Secret, machine_id: str, sd_url: str,
+                 name: str | None = None, **client_options: Any) -> Provider:
+    """The provider of a machine behind the `api` ("paperspace" | "runpod") at `api_url`; `client_options`
+    tune the client's retries."""
+    timing = {"poll_every": gpu.poll_every, "stop_timeout": gpu.stop_timeout, "hourly_cost": gpu.hourly_cost}
+    if api == "runpod":
+        return RunPodProvider(RunPodClient(api_url, api_key, **client_options), machine_id, sd_url=sd_url,
+                              name=name or api, **timing)
+    return PaperspaceProvider(PaperspaceClient(api_url, api_key, **client_options), machine_id, sd_url=sd_url,
+                              name=name or api, auto_shutdown=gpu.paperspace.auto_shutdown, **timing)
+
+
+def make_provider(settings: Settings) -> Provider:
+    """The provider for `settings.gpu.provider` ("simulated" is built by the running simulator instead)."""
     gpu = settings.gpu
     if gpu.provider == "always_on":
         return AlwaysOnProvider(settings.sd.url)
-    if gpu.provider == "simulated":
-        if simulated is None:
-            raise ValueError('gpu.provider = "simulated" needs a running SimulatedGpu (pass simulated=...)')
-        client = PaperspaceClient(simulated.paperspace_url, Secret(simulated.api_key))
-        return PaperspaceProvider(client, simulated.machine_id, sd_url=simulated.sd_url, poll_every=gpu.poll_every,
-                                  stop_timeout=gpu.stop_timeout, name="simulated")
-    client = PaperspaceClient(gpu.paperspace.api_url, paperspace_api_key(settings))
-    return PaperspaceProvider(client, gpu.paperspace.machine_id, sd_url=settings.sd.url, poll_every=gpu.poll_every,
-                              stop_timeout=gpu.stop_timeout)
+    if gpu.provider == "paperspace":
+        return api_provider(gpu, "paperspace", api_url=gpu.paperspace.api_url, api_key=provider_api_key(settings),
+                            machine_id=gpu.paperspace.machine_id, sd_url=settings.sd.url)
+    if gpu.provider == "runpod":
+        return api_provider(gpu, "runpod", api_url=gpu.runpod.api_url, api_key=provider_api_key(settings),
+                            machine_id=gpu.runpod.pod_id, sd_url=settings.sd.url)
+    raise ValueError(f"gpu.provider = {gpu.provider!r} is not built here: the simulated GPU's provider comes from "
+                     "the running simulator (avatargen.simulator.SimulatedGpu.provider)")
+
+
+def check_settings(settings: Settings) -> None:
+    """What the config cannot check alone, as config errors: the provider's key in the environment, and the
+    placeholders `sd.url` uses (each provider fills its own)."""
+    provider = settings.gpu.provider
+    if provider in _MACHINE_KEY:
+        provider_api_key(settings)
+    allowed = _PLACEHOLDERS.get(provider)
+    if allowed is not None and (problem := template_problem(settings.sd.url, allowed)):
+        raise settings.error(problem, "sd.url")
+
+
+def settings_warnings(settings: Settings) -> list[str]:
+    """Settings that work but may cost the owner: a batch the RunPod proxy may cut, a Paperspace backstop
+    that would shut the machine down in the middle of a run."""
+    gpu, warnings = settings.gpu, []
+    if gpu.provider == "runpod" and (warning := runpod.proxy_warning(settings.sd, settings.generator.concurrency)):
+        warnings.append(warning)
+    longest = settings.generator.max_run_duration + gpu.ready_timeout
+    if gpu.provider == "paperspace" and 0 < gpu.paperspace.auto_shutdown < longest:
+        warnings.append(f"gpu.paperspace.auto_shutdown ({gpu.paperspace.auto_shutdown / 3600:g}h) is shorter than "
+                        "the longest run (generator.max_run_duration + gpu.ready_timeout): Paperspace would shut "
+                        "the machine down in the middle of it")
+    return warnings
+
+
+async def ask_provider(settings: Settings) -> list[str]:
+    """Ask the provider's API about the configured machine, as the generator does at start-up: what the
+    owner should know, or a config error when the machine can never run (wrong id, terminated, key refused)."""
+    provider = make_provider(settings)
+    try:
+        return await provider.check()
+    except MachineUnusable as exc:
+        raise settings.error(str(exc), _MACHINE_KEY.get(settings.gpu.provider, "gpu.provider")) from None
+    finally:
+        await provider.aclose()

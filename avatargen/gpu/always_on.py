@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from avatargen.gpu.base import READY
+from avatargen.gpu.base import READY, HourlyRate
 
 
 class AlwaysOnProvider:
@@ -25,6 +25,10 @@ class AlwaysOnProvider:
     async def machine_state(self) -> str:
         return READY
 
+    async def check(self) -> list[str]:
+        """Nothing to look at: the SD backend's own probe says whether the machine is there."""
+        return []
+
     async def start(self) -> None:
         """Nothing to boot."""
 
@@ -33,6 +37,10 @@ class AlwaysOnProvider:
 
     async def stop(self, on_state: Callable[[str], None]) -> None:
         """Leave the machine running: the owner runs it anyway and it costs nothing extra."""
+
+    def hourly_rate(self) -> HourlyRate:
+        """Nothing extra is billed for a machine the owner runs anyway."""
+        return HourlyRate(0.0, "provider")
 
     def sd_url(self) -> str:
         return self._sd_url

@@ -18,12 +18,14 @@ from typing import Any
 import httpx
 
 from avatargen.config import SdSettings
+from avatargen.http_client import HttpClient
 from avatargen.redact import redact_url
 from avatargen.sd.base import Generated, SdError, SdNotReady, SdProgress, quote, send
 
 TXT2IMG_TIMEOUT = 900.0  # seconds: txt2img answers only when the images are done, a big batch takes minutes
 _TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 _NOT_JSON = object()
+PROXY_TIMEOUT = 524  # Cloudflare's "a timeout occurred": RunPod's proxy cuts every request at 100 s
 
 
 @dataclass(frozen=True)
@@ -110,7 +112,7 @@ def _number(value: Any, kind: type[int] | type[float]) -> Any:
         raise _unusable(f"progress holds {value!r} where a number belongs") from None
 
 
-class SdClient:
+class SdClient(HttpClient):
     """The web UI routes avatargen uses; Basic auth when `sd.username` is set (password from the env).
 
     It is the `a1111` backend (`avatargen.sd.base.SdBackend`): AUTOMATIC1111, Forge, reForge and SD.Next
@@ -121,11 +123,10 @@ class SdClient:
 
     def __init__(self, settings: SdSettings, *, url: str | None = None, http: httpx.AsyncClient | None = None,
                  txt2img_timeout: float = TXT2IMG_TIMEOUT) -> None:
+        super().__init__(http, timeout=_TIMEOUT)
         self._settings = settings
         self._url = (url or settings.url).rstrip("/")
         self._shown_url = redact_url(self._url)  # for messages: they end up in logs, events and the status
-        self._http = http if http is not None else httpx.AsyncClient(timeout=_TIMEOUT)
-        self._owns_http = http is None
         self._txt2img_timeout = httpx.Timeout(txt2img_timeout, connect=10.0)
         self._auth = httpx.BasicAuth(settings.username, settings.password().reveal()) if settings.username else None
 
@@ -206,16 +207,6 @@ class SdClient:
             raise SdError(None, f"sd.checkpoint {checkpoint!r} is not on the SD web UI (available: {available}); "
                                 "the web UI would silently use another model", retryable=False)
 
-    async def aclose(self) -> None:
-        if self._owns_http:
-            await self._http.aclose()
-
-    async def __aenter__(self) -> SdClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
     async def _call(self, method: str, path: str, *, json: Any = None, params: dict[str, str] | None = None,
                     timeout: httpx.Timeout | None = None) -> Any:
         """One request; the parsed JSON body, or SdError for every way it can fail."""
@@ -234,4 +225,7 @@ class SdClient:
         text = _error_text(body, response.text)
         if status == 401:
             text += f" (check sd.username and the password in ${self._settings.password_env})"
+        if status == PROXY_TIMEOUT:
+            text = ("the proxy in front of the web UI (RunPod's, Cloudflare) cut the request after 100 s: make "
+                    "batches smaller (sd.batch_size, sd.steps, generator.concurrency) or expose the port over TCP")
         raise SdError(status, f"SD web UI error {status} {text}", retryable=status >= 500 or status in (408, 429))

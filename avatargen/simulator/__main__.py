@@ -1,6 +1,6 @@
 """`python -m avatargen.simulator`: the simulated GPU as a process of its own.
 
-Prints one JSON line (`paperspace_url`, `sd_url`, `api_key`, `machine_id`, `backend`) once it listens, then
+Prints one JSON line (`api`, `api_url`, `sd_url`, `api_key`, `machine_id`, `backend`) once it listens, then
 serves until SIGTERM or Ctrl-C. A machine that must outlive an avatargen process (the test of "a
 machine found running at start-up is stopped") lives in such a process.
 """
@@ -27,7 +27,9 @@ def _parser() -> argparse.ArgumentParser:
     defaults = SimulatedSettings()
     parser = argparse.ArgumentParser(prog="python -m avatargen.simulator", description=__doc__.split("\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--paperspace-port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--api", choices=("paperspace", "runpod"), default=defaults.api,
+                        help="the cloud machine API to speak (default: paperspace)")
+    parser.add_argument("--api-port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--sd-port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--boot-delay", type=_duration, default=defaults.boot_delay, help="e.g. 8s")
     parser.add_argument("--stop-delay", type=_duration, default=defaults.stop_delay)
@@ -41,10 +43,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    settings = SimulatedSettings(boot_delay=args.boot_delay, stop_delay=args.stop_delay,
+    settings = SimulatedSettings(api=args.api, boot_delay=args.boot_delay, stop_delay=args.stop_delay,
                                  sd_boot_delay=args.sd_boot_delay, step_time=args.step_time,
                                  faults=tuple(args.fault))
-    return serve_simulator(settings, args.host, args.paperspace_port, args.sd_port, args.backend)
+    return serve_simulator(settings, args.host, args.api_port, args.sd_port, args.backend)
 
 
 if __name__ == "__main__":

@@ -8,19 +8,25 @@ Faults are switched on with `[gpu.simulated] faults = [...]` at start, or at run
 
 from __future__ import annotations
 
+import difflib
 import json
 from collections import Counter
 from collections.abc import Iterable
 
 FAULTS: dict[str, str] = {
-    "paperspace_429": "Every third Paperspace API request (the first included) answers 429 TOO_MANY_REQUESTS "
-    "with `Retry-After: 1`.",
-    "paperspace_500": "Every third Paperspace API request (the first included) answers 500 "
-    "INTERNAL_SERVER_ERROR.",
-    "start_error": "A start is accepted, then its event ends in \"error\" (no capacity for the machine type) "
-    "and the machine drops back to off.",
+    "api_429": "Every third request to the machine's cloud API (the first included) answers 429 (too many "
+    "requests) with `Retry-After: 1`.",
+    "api_500": "Every third request to the machine's cloud API (the first included) answers 500 (internal "
+    "server error).",
+    "start_error": "A start fails: on Paperspace it is accepted, then its event ends in \"error\" (no capacity "
+    "for the machine type) and the machine drops back to off; on RunPod it is refused at once (400: not enough "
+    "free GPUs on the pod's host).",
     "never_ready": "A started machine stays in \"starting\" for ever (until it is stopped).",
     "stop_500": "Stop requests fail with 500 three times in a row; the fourth is accepted (and so on).",
+    "zero_gpu": "The machine starts without its GPU, as a stopped RunPod pod resumes when someone else rented "
+    "its host's GPU meanwhile (the pod object says 0 GPUs; Paperspace never does this).",
+    "external_terminate": "Someone terminates the RunPod pod from the console right after the first txt2img "
+    "answer of each boot: it is TERMINATED for good and the web UI goes away with it (RunPod only).",
     "sd_500": "Every txt2img fails with 500 OutOfMemoryError (CUDA out of memory), in the web UI's error "
     "shape, once it gets its turn; on ComfyUI every job ends in an execution_error of the sampler "
     "(torch.OutOfMemoryError).",
@@ -30,13 +36,21 @@ FAULTS: dict[str, str] = {
     "other bytes and text that is not base64 at all; on ComfyUI, /view answers other bytes and an HTML page.",
     "sd_slow_first": "The first txt2img (ComfyUI job) after each boot of the web UI (ComfyUI) takes five times as "
     "long (the checkpoint is still loading).",
-    "external_stop": "Someone stops the machine from the Paperspace console right after the first txt2img "
+    "external_stop": "Someone stops the machine from the provider's console right after the first txt2img "
     "answer (ComfyUI job) of each boot: it goes stopping -> off and the SD server goes away with it.",
     "comfyui_validation": "Every ComfyUI /prompt is refused with 400 and node_errors: the sampler's "
     "sampler_name is not in the list (a ComfyUI version without that sampler).",
     "comfyui_socket_drop": "ComfyUI closes the WebSocket of each job's client halfway through sampling and refuses "
     "that client's new sockets until the job is over, so the client must poll /history.",
 }
+
+
+ONLY_ON = {"zero_gpu": "runpod", "external_terminate": "runpod"}  # faults one provider's machines alone have
+
+
+def faults_for(api: str) -> list[str]:
+    """The faults that happen to a machine behind this cloud API ("paperspace" | "runpod")."""
+    return [name for name in FAULTS if ONLY_ON.get(name, api) == api]
 
 
 class Faults:
@@ -52,11 +66,9 @@ class Faults:
         if isinstance(names, str):
             raise ValueError(f"faults must be a list of names, got the string {names!r}")
         wanted = frozenset(names)
-        unknown = sorted(name for name in wanted if name not in FAULTS)
-        if unknown:
-            raise ValueError(
-                f"unknown simulator fault {', '.join(map(repr, unknown))}; known faults: {', '.join(FAULTS)}"
-            )
+        problem = unknown_fault(wanted)
+        if problem:
+            raise ValueError(problem)
         self._active = wanted
         self._hits.clear()
 
@@ -80,6 +92,16 @@ class Faults:
     def hits(self, name: str) -> int:
         """How many occasions an active fault has counted since the set last changed."""
         return self._hits[name]
+
+
+def unknown_fault(names: Iterable[str]) -> str | None:
+    """What is wrong with a list of fault names (the first unknown one, with the closest known name), or None."""
+    for name in sorted(names):
+        if name not in FAULTS:
+            close = difflib.get_close_matches(name, FAULTS, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"known faults: {', '.join(FAULTS)}"
+            return f"unknown simulator fault {name!r}; {hint}"
+    return None
 
 
 def faults_from_body(body: bytes) -> list[str]:

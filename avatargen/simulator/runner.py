@@ -1,8 +1,9 @@
-"""Run the simulated GPU: the Paperspace API and the SD web UI served on loopback, inside this event loop.
+"""Run the simulated GPU: a cloud machine API and the SD web UI served on loopback, inside this event loop.
 
-The SD web UI is served only while the simulated machine is `ready`: before that a connection to it
-is refused, as with a machine that is off, and after each start its routes answer 404 for
-`sd_boot_delay`. Stopping the machine drops the web UI's connections, requests in flight included.
+The machine API is Paperspace's or RunPod's (`gpu.simulated.api`), over the same simulated machine.
+The SD web UI is served only while that machine is `ready`: before that a connection to it is refused,
+as with a machine that is off, and after each start its routes answer 404 for `sd_boot_delay`.
+Stopping the machine drops the web UI's connections, requests in flight included.
 """
 
 from __future__ import annotations
@@ -12,143 +13,81 @@ import contextlib
 import json
 import secrets
 import signal
-import socket
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from types import TracebackType
 from typing import Any
 
-import uvicorn
-from starlette.types import ASGIApp
-
-from avatargen.config import SimulatedSettings
+from avatargen.config import GpuSettings, Secret, SimulatedSettings
+from avatargen.gpu import Provider, api_provider
 from avatargen.simulator.comfyui import SimulatedComfyUi
 from avatargen.simulator.faults import Faults
-from avatargen.simulator.paperspace import SimulatedMachine, SimulatedPaperspace
+from avatargen.simulator.loopback import LoopbackServer, listening_socket
+from avatargen.simulator.machine import SimulatedMachine
+from avatargen.simulator.paperspace import SimulatedPaperspace
+from avatargen.simulator.runpod import SimulatedRunPod
 from avatargen.simulator.sdwebui import SimulatedSdWebUi
-from avatargen.sockets import bound_socket
 
-
-def http_url(host: str, port: int) -> str:
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-
-def _listening_socket(host: str, port: int) -> socket.socket:
-    """A socket bound and listening: connections queue in the kernel from now on, none is refused."""
-    sock = bound_socket(host, port)
-    try:
-        sock.listen(128)
-    except OSError:
-        sock.close()
-        raise
-    sock.setblocking(False)
-    return sock
-
-
-class _EmbeddedServer(uvicorn.Server):
-    """A uvicorn server that leaves signal handling to the process embedding it."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-class LoopbackServer:
-    """An ASGI app served by uvicorn as a task of the running event loop.
-
-    The socket is bound and listening before uvicorn starts, so the server is reachable as soon as
-    `start()` returns, with no waiting for uvicorn's start-up flag. `stop()` is abrupt, like a machine
-    losing power: the port closes and open connections drop at once; requests in flight get `grace`
-    seconds to notice their client is gone (a simulated service ends them itself), then are cancelled.
-    """
-
-    def __init__(self, app: ASGIApp, *, host: str = "127.0.0.1", port: int = 0, grace: float = 1.0) -> None:
-        self._app = app
-        self.host = host
-        self.port = port
-        self._grace = grace
-        self._sock: socket.socket | None = None
-        self._server: _EmbeddedServer | None = None
-        self._task: asyncio.Task[None] | None = None
-
-    @property
-    def url(self) -> str:
-        return http_url(self.host, self.port)
-
-    @property
-    def running(self) -> bool:
-        return self._task is not None
-
-    async def start(self) -> None:
-        self._sock = _listening_socket(self.host, self.port)
-        self.port = self._sock.getsockname()[1]
-        # No log_config or log_level: uvicorn would reconfigure the embedding process's logging.
-        config = uvicorn.Config(self._app, lifespan="off", log_config=None, log_level=None, access_log=False)
-        self._server = _EmbeddedServer(config)
-        self._task = asyncio.create_task(self._server.serve(sockets=[self._sock]))
-
-    async def stop(self) -> None:
-        """Stop serving; every step may be repeated, so a stop interrupted by cancellation can be finished."""
-        server, task, sock = self._server, self._task, self._sock
-        if server is None or task is None or sock is None:
-            return
-        task.cancel()  # uvicorn's own shutdown waits politely; a power cut does not
-        await asyncio.gather(task, return_exceptions=True)
-        for listener in getattr(server, "servers", []):
-            listener.close()
-        sock.close()  # in case uvicorn was cancelled before it took the socket over
-        for connection in list(server.server_state.connections):
-            connection.transport.close()
-        requests = set(server.server_state.tasks)
-        if requests:
-            _, stuck = await asyncio.wait(requests, timeout=self._grace)
-            for request in stuck:
-                request.cancel()
-        self._server = self._task = self._sock = None
-
-    async def __aenter__(self) -> LoopbackServer:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
+SD_PORT = 7860  # the web UI's port inside the machine (RunPod maps it to a public one)
+MACHINE_IDS = {"paperspace": "pssim42", "runpod": "simpod42xyz"}  # ids in each vendor's style
+DEFAULT_PRICE = 0.44  # per hour, what the simulated RunPod pod says it costs unless told otherwise
 
 
 class SimulatedGpu:
-    """The simulated GPU machine: a Paperspace-like API and an SD server that lives while the machine is on:
-    the web UI, or ComfyUI with `backend="comfyui"` (what `sd.backend` names).
+    """The simulated GPU machine: a cloud API (`settings.api`) and an SD server that lives while the machine is
+    on: the web UI, or ComfyUI with `backend="comfyui"` (what `sd.backend` names).
 
         async with SimulatedGpu(settings.gpu.simulated) as sim:
-            provider = make_provider(settings, simulated=sim)
+            provider = sim.provider(settings.gpu)
 
-    Exposes `paperspace_url` (ending in /v1), `api_key`, `machine_id`, `sd_url`, the live `machine`
-    (`machine.state`, `machine.billed_seconds`), the SD server's state `sd` and the shared `faults`.
+    Exposes `api` ("paperspace" | "runpod"), `api_url` (ending in /v1), `api_key`, `machine_id` (the pod's
+    id on RunPod), `sd_url`, the live `machine` (`machine.state`, `machine.billed_seconds`), the SD
+    server's state `sd` and the shared `faults`. `hourly_price` is what the machine's API says an hour costs.
     """
 
-    def __init__(self, settings: SimulatedSettings, *, host: str = "127.0.0.1", paperspace_port: int = 0,
-                 sd_port: int = 0, machine_id: str = "pssim42", sd_auth: tuple[str, str] | None = None,
-                 backend: str = "a1111") -> None:
+    def __init__(self, settings: SimulatedSettings, *, host: str = "127.0.0.1", api_port: int = 0,
+                 sd_port: int = 0, machine_id: str | None = None, sd_auth: tuple[str, str] | None = None,
+                 hourly_price: float = DEFAULT_PRICE, backend: str = "a1111") -> None:
+        self.api = settings.api
+        self.backend = backend
         self.faults = Faults(settings.faults)
         self.api_key = secrets.token_urlsafe(24)
-        self.machine_id = machine_id
-        self.machine = SimulatedMachine(settings, self.faults, machine_id=machine_id, public_ip=host)
+        self.machine_id = machine_id or MACHINE_IDS[self.api]
+        self.machine = SimulatedMachine(settings, self.faults, machine_id=self.machine_id, public_ip=host,
+                                        stop_delay=0.0 if self.api == "runpod" else None)
         self.sd: SimulatedSdWebUi | SimulatedComfyUi = (
             SimulatedComfyUi(settings, self.faults, auth=sd_auth, after_delivery=self._after_txt2img)
             if backend == "comfyui" else
             SimulatedSdWebUi(settings, self.faults, auth=sd_auth, after_txt2img=self._after_txt2img))
-        self.backend = backend
-        paperspace = SimulatedPaperspace(self.machine, self.faults, api_key=self.api_key)
-        self._paperspace_server = LoopbackServer(paperspace.app, host=host, port=paperspace_port)
+        self._pod: SimulatedRunPod | None = None
+        if self.api == "runpod":
+            self._pod = SimulatedRunPod(self.machine, self.faults, api_key=self.api_key, hourly_price=hourly_price)
+            app = self._pod.app
+        else:
+            app = SimulatedPaperspace(self.machine, self.faults, api_key=self.api_key, hourly_price=hourly_price).app
+        self._api_server = LoopbackServer(app, host=host, port=api_port)
         self._sd_server = LoopbackServer(self.sd.app, host=host, port=sd_port)
         self._follower: asyncio.Task[None] | None = None
 
     @property
-    def paperspace_url(self) -> str:
-        return self._paperspace_server.url + "/v1"
+    def api_url(self) -> str:
+        return self._api_server.url + "/v1"
 
     @property
     def sd_url(self) -> str:
         return self._sd_server.url
+
+    def provider(self, gpu: GpuSettings, *, sd_url: str | None = None, **client_options: Any) -> Provider:
+        """The provider production uses for this API, pointed at the simulator (named "simulated").
+
+        `sd_url` may hold the provider's placeholders, e.g. `{public_ip}`; by default a pod is reached as a
+        port exposed over TCP (its address known once the container runs), any other machine at `sd_url`.
+        `client_options` tune the client's retries.
+        """
+        default = f"http://{{public_ip}}:{{port:{SD_PORT}}}" if self.api == "runpod" else self.sd_url
+        return api_provider(gpu, self.api, api_url=self.api_url, api_key=Secret(self.api_key),
+                            machine_id=self.machine_id, sd_url=sd_url or default, name="simulated",
+                            **client_options)
 
     def set_faults(self, names: Iterable[str]) -> None:
         """Switch on exactly these faults (an unknown name raises ValueError)."""
@@ -156,14 +95,16 @@ class SimulatedGpu:
 
     def describe(self) -> dict[str, Any]:
         """Where to reach the simulator: what a separate process needs to talk to it."""
-        return {"paperspace_url": self.paperspace_url, "sd_url": self.sd_url, "api_key": self.api_key,
+        return {"api": self.api, "api_url": self.api_url, "sd_url": self.sd_url, "api_key": self.api_key,
                 "machine_id": self.machine_id, "backend": self.backend}
 
     async def __aenter__(self) -> SimulatedGpu:
-        await self._paperspace_server.start()
+        await self._api_server.start()
         if self._sd_server.port == 0:  # pick the web UI's port now, so its URL is known while it is down
-            with _listening_socket(self._sd_server.host, 0) as probe:
+            with listening_socket(self._sd_server.host, 0) as probe:
                 self._sd_server.port = probe.getsockname()[1]
+        if self._pod is not None:
+            self._pod.ports[SD_PORT] = self._sd_server.port
         self._follower = asyncio.create_task(self._follow_machine())
         return self
 
@@ -173,7 +114,7 @@ class SimulatedGpu:
             self._follower.cancel()
             await asyncio.gather(self._follower, return_exceptions=True)
         await self._sd_down()
-        await self._paperspace_server.stop()
+        await self._api_server.stop()
         await self.machine.aclose()
 
     async def _follow_machine(self) -> None:
@@ -195,26 +136,29 @@ class SimulatedGpu:
 
     async def _after_txt2img(self) -> None:
         """Runs once an answer is sent (async: Starlette would run a plain function in a thread)."""
-        if "external_stop" in self.faults and self.machine.state == "ready":
+        if self.machine.state != "ready":
+            return
+        if "external_terminate" in self.faults and self.api == "runpod":
+            self.machine.terminate()
+        elif "external_stop" in self.faults:
             self.machine.stop()
 
 
-async def run_simulator(settings: SimulatedSettings, host: str = "127.0.0.1", paperspace_port: int = 0,
+async def run_simulator(settings: SimulatedSettings, host: str = "127.0.0.1", api_port: int = 0,
                         sd_port: int = 0, backend: str = "a1111") -> None:
     """Serve the simulated GPU until cancelled, after printing where it is as one JSON line on stdout
-    (`paperspace_url`, `sd_url`, `api_key`, `machine_id`, `backend`), for a separate process or the owner."""
-    async with SimulatedGpu(settings, host=host, paperspace_port=paperspace_port, sd_port=sd_port,
-                            backend=backend) as sim:
+    (`api`, `api_url`, `sd_url`, `api_key`, `machine_id`, `backend`), for a separate process or the owner."""
+    async with SimulatedGpu(settings, host=host, api_port=api_port, sd_port=sd_port, backend=backend) as sim:
         print(json.dumps(sim.describe()), flush=True)
         await asyncio.Event().wait()
 
 
-def serve_simulator(settings: SimulatedSettings, host: str = "127.0.0.1", paperspace_port: int = 0,
+def serve_simulator(settings: SimulatedSettings, host: str = "127.0.0.1", api_port: int = 0,
                     sd_port: int = 0, backend: str = "a1111") -> int:
     """Run the simulated GPU as a process of its own until SIGTERM or Ctrl-C; the exit status."""
 
     async def until_signalled() -> None:
-        serving = asyncio.create_task(run_simulator(settings, host, paperspace_port, sd_port, backend))
+        serving = asyncio.create_task(run_simulator(settings, host, api_port, sd_port, backend))
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, serving.cancel)

@@ -26,15 +26,14 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from avatargen.config import SimulatedSettings
 from avatargen.simulator.auth import basic_auth_matches
 from avatargen.simulator.drawing import avatar_png
-from avatargen.simulator.faults import Faults, faults_from_body
+from avatargen.simulator.faults import Faults
+from avatargen.simulator.service import SimRoute, simulated_app
 
 MODEL = {
     "title": "cjs-dreambooth.safetensors [abc123]",
@@ -152,6 +151,11 @@ def batch_factor(batch_size: int) -> float:
     return 1 + BATCH_COST * (batch_size - 1)
 
 
+def _detail(status: int, message: str) -> JSONResponse:
+    """FastAPI's error answer (an unknown route, a refused request): `{"detail": ...}`."""
+    return JSONResponse({"detail": message}, status_code=status)
+
+
 def _failure(error: str, detail: str, status: int = 500) -> JSONResponse:
     """The web UI's answer for an exception in a request: `{"error", "detail", "body", "errors"}`."""
     return JSONResponse({"error": error, "detail": detail, "body": "", "errors": detail}, status_code=status)
@@ -198,16 +202,16 @@ class SimulatedSdWebUi:
         self._first_job_pending = True
         self.boot()
         routes = [
-            Route("/sdapi/v1/txt2img", self._txt2img, methods=["POST"]),
-            Route("/sdapi/v1/progress", self._progress, methods=["GET"]),
-            Route("/sdapi/v1/interrupt", self._interrupt, methods=["POST"]),
-            Route("/sdapi/v1/skip", self._skip, methods=["POST"]),
-            Route("/sdapi/v1/sd-models", self._sd_models, methods=["GET"]),
-            Route("/sdapi/v1/options", self._options_route, methods=["GET", "POST"]),
-            Route("/sdapi/v1/samplers", self._samplers, methods=["GET"]),
-            Route("/_sim/faults", self._faults_route, methods=["GET", "PUT"]),
+            SimRoute("/sdapi/v1/txt2img", self._txt2img, ("POST",)),
+            SimRoute("/sdapi/v1/progress", self._progress),
+            SimRoute("/sdapi/v1/interrupt", self._interrupt, ("POST",)),
+            SimRoute("/sdapi/v1/skip", self._skip, ("POST",)),
+            SimRoute("/sdapi/v1/sd-models", self._sd_models),
+            SimRoute("/sdapi/v1/options", self._options_route, ("GET", "POST")),
+            SimRoute("/sdapi/v1/samplers", self._samplers),
         ]
-        self.app = Starlette(routes=routes, exception_handlers={HTTPException: self._http_error})
+        self.app: Starlette = simulated_app(routes, faults=faults, gate=self._refuse, sim_gate=self._unauthorized,
+                                            error=_detail)
 
     def boot(self) -> None:
         """The web UI process starts: routes mount after `sd_boot_delay`, the first job may be slow."""
@@ -220,14 +224,14 @@ class SimulatedSdWebUi:
         if self._job is not None:
             self._job.interrupted = True
 
-    async def _http_error(self, request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
-
     def _refuse(self, request: Request) -> Response | None:
         """404 while the routes are not mounted yet, 401 for wrong Basic credentials, else None."""
-        if request.url.path.startswith("/sdapi/") and time.monotonic() < self._mounted_at:
-            return JSONResponse({"detail": "Not Found"}, status_code=404)
+        if time.monotonic() < self._mounted_at:
+            return _detail(404, "Not Found")
+        return self._unauthorized(request)
+
+    def _unauthorized(self, request: Request) -> Response | None:
+        """401 for wrong Basic credentials when the web UI runs with --api-auth, else None."""
         if self._auth is None:
             return None
         if not basic_auth_matches(request.headers.get("authorization", ""), self._auth):
@@ -236,8 +240,6 @@ class SimulatedSdWebUi:
         return None
 
     async def _txt2img(self, request: Request) -> Response:
-        if refusal := self._refuse(request):
-            return refusal
         params, errors = parse_txt2img(await request.body())
         if errors:
             return JSONResponse({"detail": errors}, status_code=422)
@@ -333,8 +335,6 @@ class SimulatedSdWebUi:
         }
 
     async def _progress(self, request: Request) -> Response:
-        if refusal := self._refuse(request):
-            return refusal
         job = self._job
         if job is None:
             return JSONResponse({"progress": 0, "eta_relative": 0, "state": {
@@ -353,29 +353,22 @@ class SimulatedSdWebUi:
         })
 
     async def _interrupt(self, request: Request) -> Response:
-        if refusal := self._refuse(request):
-            return refusal
         if self._job is not None:
             self._job.interrupted = True
         return JSONResponse({})
 
     async def _skip(self, request: Request) -> Response:
-        if refusal := self._refuse(request):
-            return refusal
         if self._job is not None:
             self._job.skipped = True
         return JSONResponse({})
 
     async def _sd_models(self, request: Request) -> Response:
-        return self._refuse(request) or JSONResponse([MODEL])
+        return JSONResponse([MODEL])
 
     async def _samplers(self, request: Request) -> Response:
-        return self._refuse(request) or JSONResponse(
-            [{"name": name, "aliases": [], "options": {}} for name in SAMPLERS])
+        return JSONResponse([{"name": name, "aliases": [], "options": {}} for name in SAMPLERS])
 
     async def _options_route(self, request: Request) -> Response:
-        if refusal := self._refuse(request):
-            return refusal
         if request.method == "POST":
             try:
                 changes = json.loads(await request.body())
@@ -387,13 +380,3 @@ class SimulatedSdWebUi:
             self._options.update(changes)
             return JSONResponse(None)
         return JSONResponse(self._options)
-
-    async def _faults_route(self, request: Request) -> Response:
-        if refusal := self._refuse(request):
-            return refusal
-        if request.method == "PUT":
-            try:
-                self._faults.set(faults_from_body(await request.body()))
-            except ValueError as exc:
-                return JSONResponse({"detail": str(exc)}, status_code=400)
-        return JSONResponse({"faults": self._faults.names})

@@ -1,4 +1,5 @@
-"""One avatar, large, with everything known about how it was made."""
+"""One avatar, large, with everything known about how it was made; the owner's actions on it from here
+too (the dismissal value names the action asked for, which the App carries out as from the grid)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,11 @@ def _details(picture: Picture) -> Table:
     table.add_column(style="dim", no_wrap=True)
     table.add_column()
     rows = {"prompt": info.prompt, "bucket": info.bucket, "id": info.id, "created": timestamp(info.created_at)}
-    rows |= {name: value for name, value in info.metadata.items() if name not in ("prompt", "created_at")}
+    if info.held:
+        rows["held back"] = "; ".join(info.held_because) or "no reason recorded"
+    if info.kept:
+        rows["kept"] = "yes: never retired"
+    rows |= {name: value for name, value in info.metadata.items() if name not in ("prompt", "created_at", "review")}
     if picture.image is not None:
         rows["size"] = f"{picture.image.width}×{picture.image.height} px"
     else:
@@ -29,8 +34,15 @@ def _details(picture: Picture) -> Table:
     return table
 
 
-class ImageDetailScreen(ModalScreen[None]):
-    BINDINGS = [Binding("escape,enter,q", "close", "Close")]
+class ImageDetailScreen(ModalScreen[str | None]):
+    BINDINGS = [
+        Binding("escape,enter,q", "close", "Close"),
+        Binding("y", "act('approve')", "Approve"),
+        Binding("d", "act('delete')", "Delete"),
+        Binding("k", "act('keep')", "Keep"),
+        Binding("k", "act('unkeep')", "Unkeep"),
+        Binding("m", "act('move')", "To fallback"),
+    ]
 
     def __init__(self, picture: Picture, style: ImageStyle) -> None:
         super().__init__()
@@ -44,5 +56,17 @@ class ImageDetailScreen(ModalScreen[None]):
                 yield Static(_details(self.picture))
         yield Footer()
 
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Only what applies to this image: approve a held one; keep or unkeep a fallback, move a unique."""
+        if action != "act":
+            return True
+        info = self.picture.info
+        offered = {"delete"} | ({"approve"} if info.held else
+                                {"unkeep" if info.kept else "keep"} if info.bucket == "fallback" else {"move"})
+        return parameters[0] in offered
+
     def action_close(self) -> None:
         self.dismiss(None)
+
+    def action_act(self, action: str) -> None:
+        self.dismiss(action)

@@ -1,4 +1,4 @@
-"""The control panel itself: overview, thumbnails, prompt editor and log, in tabs.
+"""The control panel itself: overview, thumbnails, images held for review, prompt editor and log, in tabs.
 
 The screen owns the picture of the server (`status`) and spreads it over its widgets; the App feeds it
 from the connection. On a terminal of 120 columns or more the overview shows the log beside the panels, and with 34
@@ -35,6 +35,7 @@ class MainScreen(Screen[None]):
     BINDINGS = [
         Binding("o", "show_tab('overview')", "Overview"),
         Binding("i", "show_tab('images')", "Images"),
+        Binding("v", "show_tab('review')", "Review"),
         Binding("p", "show_tab('prompts')", "Prompts"),
         Binding("l", "show_tab('log')", "Log"),
     ]
@@ -64,6 +65,8 @@ class MainScreen(Screen[None]):
                 yield EventLog(id="overview-log")
             with TabPane("Images", id="images"):
                 yield ThumbnailGrid(self.image_style, id="thumbnails")
+            with TabPane("Review", id="review"):
+                yield ThumbnailGrid(self.image_style, review=True, id="review-grid")
             with TabPane("Prompts", id="prompts"):
                 yield PromptEditor(id="prompt-editor")
             with TabPane("Log", id="log"):
@@ -85,6 +88,17 @@ class MainScreen(Screen[None]):
         self.query_one(RunProgress).run = status.run
         self.query_one(LastRunSummary).last_run = status.last_run
         self.query_one(SpendSummary).status = status
+        held = sum(level.held for level in status.buckets.values())
+        self.query_one(TabbedContent).get_tab("review").label = f"Review ({held})" if held else "Review"
+
+    @property
+    def image_grids(self) -> list[ThumbnailGrid]:
+        """The grids of published images (the overview's and the Images tab's)."""
+        return [grid for grid in self.query(ThumbnailGrid) if not grid.review]
+
+    @property
+    def review_grid(self) -> ThumbnailGrid:
+        return self.query_one("#review-grid", ThumbnailGrid)
 
     def log_entry(self, entry: LogEntry) -> None:
         for log in self.query(EventLog):
@@ -92,7 +106,7 @@ class MainScreen(Screen[None]):
 
     def action_show_tab(self, tab: str) -> None:
         self.query_one(TabbedContent).active = tab
-        if tab == "images":
-            self.query_one("#thumbnails", ThumbnailGrid).focus_newest()
+        if tab in ("images", "review"):
+            self.query_one("#thumbnails" if tab == "images" else "#review-grid", ThumbnailGrid).focus_newest()
         else:
             self.set_focus(None)  # keys stay with the panel; Tab walks into the tab's fields

@@ -10,7 +10,8 @@ from avatargen.api import BucketLevel
 
 
 class BucketGauge(Widget):
-    """`unique   ███████│░░░░░  12 / 30  min 10`: the bar spans 0..max, the tick marks min."""
+    """`unique   ███████│░░░░░  12 / 30  min 10`: the bar spans 0..max, the tick marks min; images held back
+    for review are counted after it (` · 3 held`), since they are not in the bucket."""
 
     COMPONENT_CLASSES = {"bucket-gauge--ok", "bucket-gauge--low", "bucket-gauge--empty", "bucket-gauge--tick"}
 
@@ -26,7 +27,8 @@ class BucketGauge(Widget):
         if level is None:
             return Text.assemble(name, ("waiting for the server", "dim"))
         low = level.count < level.min
-        numbers = f" {level.count:>4} / {level.max:<4} min {level.min}" + (" · low" if low else "")
+        numbers = (f" {level.count:>4} / {level.max:<4} min {level.min}" + (" · low" if low else "")
+                   + (f" · {level.held} held" if level.held else ""))
         width = max(4, self.content_size.width - len(name) - len(numbers))
         filled = 0 if level.max <= 0 else min(width, round(width * level.count / level.max))
         tick = None if level.max <= 0 or level.min <= 0 else min(width - 1, round(width * level.min / level.max))

@@ -25,12 +25,13 @@ class LastRunSummary(Widget):
         run = last.run
         ended = f" at {clock(last.ended_at)}" if last.ended_at is not None else ""
         failed = f", {run.failed} failed" if run.failed else ""
+        held = f", {run.held} held ({money(run.held_cost)})" if run.held else ""
         outcome_style = f"last-run--{last.outcome}"
         style = self.get_component_rich_style(outcome_style) if outcome_style in self.COMPONENT_CLASSES else ""
         line = Text.assemble(
             f"last run {run.id} ({run.trigger}) ",
             (last.outcome, style),
-            f"{ended} · {run.done}/{run.total} done{failed}"
+            f"{ended} · {run.done}/{run.total} done{held}{failed}"
             f" · GPU {format_duration(run.billed_seconds)}, {money(run.cost)}",
         )
         if last.error:

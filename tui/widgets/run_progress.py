@@ -16,6 +16,8 @@ from tui.formatting import money, targets
 
 def _counts(run: Run) -> str:
     parts = [f"{run.done}/{run.total}"]
+    if run.held:
+        parts.append(f"{run.held} held")
     if run.failed:
         parts.append(f"{run.failed} failed")
     if run.images_per_minute is not None:
@@ -55,7 +57,7 @@ class RunProgress(Widget):
             ("Run ", "bold"), (run.id, "bold"),
             f" · {run.trigger} · {targets(run.targets)} · GPU {format_duration(run.billed_seconds)}, {money(run.cost)}",
         ))
-        self.query_one("#run-bar", ProgressBar).update(total=max(run.total, 1), progress=run.done)
+        self.query_one("#run-bar", ProgressBar).update(total=max(run.total, 1), progress=run.done + run.held)
         self.query_one("#run-counts", Static).update(_counts(run))
         step = run.step if run.step is not None and run.step.sampling_steps > 0 else None
         self.query_one("#step-row").display = step is not None
