@@ -7,7 +7,8 @@ that) and fills the fallback bucket with one run, for each batch_size and concur
 - SD busy: the time the web UI spent on jobs (the simulator's `busy_seconds`);
 - busy share = SD busy / billed, billed seconds per image, and the projected cost of 1,000 avatars at the
   shipped config.toml's hourly_cost.
-Target: busy share >= 97% with the shipped defaults (sd.batch_size, generator.concurrency). `--gate` runs
+Target: busy share >= 97% with the shipped defaults (sd.batch_size, generator.concurrency), on both SD
+backends (`--backend` runs one). `--gate` runs
 with the safety gate on (`[review] enabled`, the shipped rules; needs the `review` extra): every image is
 checked by NudeNet in the imaging process before it is published, and the target is the same.
 
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from avatargen.buckets import open_buckets
-from avatargen.config import Settings, load_settings
+from avatargen.config import SD_BACKENDS, Settings, load_settings
 from avatargen.durations import parse_duration
 from avatargen.events import EventHub
 from avatargen.generator import Generator
@@ -42,11 +43,12 @@ QUICK_COMBOS = [(1, 1), (2, 2)]
 
 @dataclass(frozen=True)
 class Measurement:
+    backend: str
     batch: int
     concurrency: int
     images: int
     billed: float  # seconds, boot delay left out
-    busy: float  # seconds the web UI spent sampling
+    busy: float  # seconds the SD server spent on jobs
     hourly_cost: float
 
     @property
@@ -66,6 +68,7 @@ def options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", type=int, default=200, help="images per run (default 200)")
     parser.add_argument("--step-time", default="15ms", help="simulated time per sampling step (default 15ms)")
     parser.add_argument("--gate", action="store_true", help="with the safety gate on ([review] enabled)")
+    parser.add_argument("--backend", choices=SD_BACKENDS, default=None, help="only this SD backend (default: both)")
 
 
 async def started(engine: Generator, timeout: float = 30.0) -> None:
@@ -78,9 +81,9 @@ async def started(engine: Generator, timeout: float = 30.0) -> None:
 
 
 async def one_run(settings: Settings) -> tuple[float, float, int]:
-    """Fill the fallback bucket in one run: the billed seconds, the web UI's busy seconds and jobs done."""
+    """Fill the fallback bucket in one run: the billed seconds, the SD server's busy seconds and jobs done."""
     buckets = open_buckets(settings)
-    async with SimulatedGpu(settings.gpu.simulated) as gpu:
+    async with SimulatedGpu(settings.gpu.simulated, backend=settings.sd.backend) as gpu:
         ledger = CostLedger(settings.server.data_dir / "ledger.sqlite3")
         engine = Generator(settings, buckets, gpu.provider(settings.gpu), ledger, EventHub())
         await engine.start()
@@ -99,9 +102,9 @@ async def one_run(settings: Settings) -> tuple[float, float, int]:
     return run.billed_seconds(), busy, jobs
 
 
-def measure(work: Path, batch: int, concurrency: int, images: int, step_time: str, hourly_cost: float,
-            gate: bool) -> Measurement:
-    directory = work / f"batch{batch}-concurrency{concurrency}"
+def measure(work: Path, backend: str, batch: int, concurrency: int, images: int, step_time: str,
+            hourly_cost: float, gate: bool) -> Measurement:
+    directory = work / f"{backend}-batch{batch}-concurrency{concurrency}"
     directory.mkdir()
     settings = load_settings(write_config(directory, {
         "buckets": {"fallback": {"max": images}},
@@ -109,15 +112,16 @@ def measure(work: Path, batch: int, concurrency: int, images: int, step_time: st
         "gpu": {"hourly_cost": hourly_cost, "poll_every": "100ms",
                 "simulated": {"boot_delay": BOOT_DELAY, "stop_delay": "200ms", "sd_boot_delay": "200ms",
                               "step_time": step_time}},
-        "sd": {"batch_size": batch, "steps": STEPS},
+        "sd": {"batch_size": batch, "steps": STEPS, "backend": backend},
         "review": {"enabled": gate},
     }))
     billed, busy, jobs = asyncio.run(one_run(settings))
     if jobs != -(-images // batch):
-        raise SystemExit(f"the web UI computed {jobs} jobs for {images} images in batches of {batch}")
-    measurement = Measurement(batch, concurrency, images, billed - settings.gpu.simulated.boot_delay, busy,
+        raise SystemExit(f"the {backend} server computed {jobs} jobs for {images} images in batches of {batch}")
+    measurement = Measurement(backend, batch, concurrency, images, billed - settings.gpu.simulated.boot_delay, busy,
                               hourly_cost)
-    print(f"batch {batch} concurrency {concurrency}: share {measurement.share:.1%}", file=sys.stderr, flush=True)
+    print(f"{backend} batch {batch} concurrency {concurrency}: share {measurement.share:.1%}", file=sys.stderr,
+          flush=True)
     return measurement
 
 
@@ -129,27 +133,28 @@ def main() -> int:
     if defaults not in combos:
         raise SystemExit(f"the shipped defaults (batch {defaults[0]}, concurrency {defaults[1]}) are not measured")
     print_machine()
+    backends = [args.backend] if args.backend else list(SD_BACKENDS)
     with scratch() as work:
-        results = [measure(work, batch, concurrency, images, step_time, shipped.gpu.hourly_cost, args.gate)
-                   for batch, concurrency in combos]
-    rows = [[m.batch, m.concurrency, m.images, fmt(m.billed), fmt(m.busy), f"{m.share:.1%}",
+        results = [measure(work, backend, batch, concurrency, images, step_time, shipped.gpu.hourly_cost, args.gate)
+                   for backend in backends for batch, concurrency in combos]
+    rows = [[m.backend, m.batch, m.concurrency, m.images, fmt(m.billed), fmt(m.busy), f"{m.share:.1%}",
              fmt(m.seconds_per_image, 3), fmt(m.cost_per_thousand, 3)] for m in results]
-    default = next(m for m in results if (m.batch, m.concurrency) == defaults)
     cheapest = min(results, key=lambda m: m.seconds_per_image)
     per_image = STEPS * parse_duration(step_time)
     gate = " with the safety gate on" if args.gate else ""
     print_table(f"GPU efficiency and cost per run{gate}", [
-        "batch_size", "concurrency", "images", "billed s", "SD busy s", "busy share", "billed s/image",
+        "backend", "batch_size", "concurrency", "images", "billed s", "SD busy s", "busy share", "billed s/image",
         "cost per 1,000 avatars"], rows, [
-        f"simulated web UI: {STEPS} steps x {step_time} = {per_image:g} s per one-image batch; boot delay "
-        f"{BOOT_DELAY} left out of billed time; SD boot 200ms, stop 200ms, poll_every 100ms",
+        f"simulated SD server (web UI or ComfyUI): {STEPS} steps x {step_time} = {per_image:g} s per one-image "
+        f"batch; boot delay {BOOT_DELAY} left out of billed time; SD boot 200ms, stop 200ms, poll_every 100ms",
         *(["safety gate on: [review] enabled with the shipped rules, NudeNet checking each image in the imaging "
            "process before it is published"] if args.gate else []),
         f"cost at the shipped hourly_cost {shipped.gpu.hourly_cost:g}; a real run also pays its boot once "
         "(a minute or two per run, whatever its size)",
-        f"cheapest per image: batch_size {cheapest.batch}, concurrency {cheapest.concurrency}",
-        f"target: busy share >= {TARGET_SHARE:.0%} with the shipped defaults (batch_size {defaults[0]}, "
-        f"concurrency {defaults[1]}): {default.share:.1%}, {verdict(default.share >= TARGET_SHARE)}",
+        f"cheapest per image: {cheapest.backend}, batch_size {cheapest.batch}, concurrency {cheapest.concurrency}",
+        *(f"target: busy share >= {TARGET_SHARE:.0%} with the shipped defaults (batch_size {defaults[0]}, "
+          f"concurrency {defaults[1]}) on {m.backend}: {m.share:.1%}, {verdict(m.share >= TARGET_SHARE)}"
+          for m in results if (m.batch, m.concurrency) == defaults),
     ])
     return 0
 

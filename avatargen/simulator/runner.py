@@ -20,6 +20,7 @@ from typing import Any
 
 from avatargen.config import GpuSettings, Secret, SimulatedSettings
 from avatargen.gpu import Provider, api_provider
+from avatargen.simulator.comfyui import SimulatedComfyUi
 from avatargen.simulator.faults import Faults
 from avatargen.simulator.loopback import LoopbackServer, listening_socket
 from avatargen.simulator.machine import SimulatedMachine
@@ -33,26 +34,31 @@ DEFAULT_PRICE = 0.44  # per hour, what the simulated RunPod pod says it costs un
 
 
 class SimulatedGpu:
-    """The simulated GPU machine: a cloud API (`settings.api`) and an SD web UI that lives while the machine is on.
+    """The simulated GPU machine: a cloud API (`settings.api`) and an SD server that lives while the machine is
+    on: the web UI, or ComfyUI with `backend="comfyui"` (what `sd.backend` names).
 
         async with SimulatedGpu(settings.gpu.simulated) as sim:
             provider = sim.provider(settings.gpu)
 
     Exposes `api` ("paperspace" | "runpod"), `api_url` (ending in /v1), `api_key`, `machine_id` (the pod's
-    id on RunPod), `sd_url`, the live `machine` (`machine.state`, `machine.billed_seconds`), the web UI
-    state `sd` and the shared `faults`. `hourly_price` is what the machine's API says an hour costs.
+    id on RunPod), `sd_url`, the live `machine` (`machine.state`, `machine.billed_seconds`), the SD
+    server's state `sd` and the shared `faults`. `hourly_price` is what the machine's API says an hour costs.
     """
 
     def __init__(self, settings: SimulatedSettings, *, host: str = "127.0.0.1", api_port: int = 0,
                  sd_port: int = 0, machine_id: str | None = None, sd_auth: tuple[str, str] | None = None,
-                 hourly_price: float = DEFAULT_PRICE) -> None:
+                 hourly_price: float = DEFAULT_PRICE, backend: str = "a1111") -> None:
         self.api = settings.api
+        self.backend = backend
         self.faults = Faults(settings.faults)
         self.api_key = secrets.token_urlsafe(24)
         self.machine_id = machine_id or MACHINE_IDS[self.api]
         self.machine = SimulatedMachine(settings, self.faults, machine_id=self.machine_id, public_ip=host,
                                         stop_delay=0.0 if self.api == "runpod" else None)
-        self.sd = SimulatedSdWebUi(settings, self.faults, auth=sd_auth, after_txt2img=self._after_txt2img)
+        self.sd: SimulatedSdWebUi | SimulatedComfyUi = (
+            SimulatedComfyUi(settings, self.faults, auth=sd_auth, after_delivery=self._after_txt2img)
+            if backend == "comfyui" else
+            SimulatedSdWebUi(settings, self.faults, auth=sd_auth, after_txt2img=self._after_txt2img))
         self._pod: SimulatedRunPod | None = None
         if self.api == "runpod":
             self._pod = SimulatedRunPod(self.machine, self.faults, api_key=self.api_key, hourly_price=hourly_price)
@@ -90,7 +96,7 @@ class SimulatedGpu:
     def describe(self) -> dict[str, Any]:
         """Where to reach the simulator: what a separate process needs to talk to it."""
         return {"api": self.api, "api_url": self.api_url, "sd_url": self.sd_url, "api_key": self.api_key,
-                "machine_id": self.machine_id}
+                "machine_id": self.machine_id, "backend": self.backend}
 
     async def __aenter__(self) -> SimulatedGpu:
         await self._api_server.start()
@@ -139,20 +145,20 @@ class SimulatedGpu:
 
 
 async def run_simulator(settings: SimulatedSettings, host: str = "127.0.0.1", api_port: int = 0,
-                        sd_port: int = 0) -> None:
+                        sd_port: int = 0, backend: str = "a1111") -> None:
     """Serve the simulated GPU until cancelled, after printing where it is as one JSON line on stdout
-    (`api`, `api_url`, `sd_url`, `api_key`, `machine_id`), for a separate process or the owner to use."""
-    async with SimulatedGpu(settings, host=host, api_port=api_port, sd_port=sd_port) as sim:
+    (`api`, `api_url`, `sd_url`, `api_key`, `machine_id`, `backend`), for a separate process or the owner."""
+    async with SimulatedGpu(settings, host=host, api_port=api_port, sd_port=sd_port, backend=backend) as sim:
         print(json.dumps(sim.describe()), flush=True)
         await asyncio.Event().wait()
 
 
 def serve_simulator(settings: SimulatedSettings, host: str = "127.0.0.1", api_port: int = 0,
-                    sd_port: int = 0) -> int:
+                    sd_port: int = 0, backend: str = "a1111") -> int:
     """Run the simulated GPU as a process of its own until SIGTERM or Ctrl-C; the exit status."""
 
     async def until_signalled() -> None:
-        serving = asyncio.create_task(run_simulator(settings, host, api_port, sd_port))
+        serving = asyncio.create_task(run_simulator(settings, host, api_port, sd_port, backend))
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, serving.cancel)
