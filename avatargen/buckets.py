@@ -748,8 +748,8 @@ class Bucket:
         removed = 0
         for path in paths:
             image_id = path.name.rsplit(".", 1)[0]
-            if not (self._image_path(image_id).exists() or self._claimed_path(image_id).exists()) \
-                    and _is_stale(path, stale_after):
+            owned = (self._image_path(image_id), self._claimed_path(image_id), self._held_path(image_id))
+            if not any(place.exists() for place in owned) and _is_stale(path, stale_after):
                 removed += self._tidy(path)
         return removed
 

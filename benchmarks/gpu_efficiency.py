@@ -1,24 +1,29 @@
-"""GPU efficiency and cost: how much of the billed machine time the SD web UI spends generating.
+"""GPU efficiency and cost: how much of the billed machine time the SD server spends generating.
 
-The refill engine runs in this process against the simulated GPU (`SimulatedGpu`, whose web UI takes a
-fixed time per image: steps x step_time for a one-image batch, a batch of b images 1 + 0.18 (b - 1) times
-that) and fills the fallback bucket with one run, for each batch_size and concurrency. Per run:
+The refill engine runs in this process against the simulated GPU (`SimulatedGpu`, whose SD server, web UI
+or ComfyUI, takes a fixed time per image: steps x step_time for a one-image batch, a batch of b images
+1 + 0.18 (b - 1) times that) and fills the fallback bucket with one run, for each batch_size and concurrency. Per run:
 - billed: start request to confirmed stop (the run's ledger entry), less the configured boot delay;
-- SD busy: the time the web UI spent on jobs (the simulator's `busy_seconds`);
+- SD busy: the time the SD server (web UI or ComfyUI) spent on jobs (the simulator's `busy_seconds`);
 - busy share = SD busy / billed, billed seconds per image, and the projected cost of 1,000 avatars at the
   shipped config.toml's hourly_cost.
 Target: busy share >= 97% with the shipped defaults (sd.batch_size, generator.concurrency), on both SD
-backends (`--backend` runs one). `--gate` runs
-with the safety gate on (`[review] enabled`, the shipped rules; needs the `review` extra): every image is
-checked by NudeNet in the imaging process before it is published, and the target is the same.
+backends (`--backend` runs one).
 
-    python -m benchmarks.gpu_efficiency [--quick] [--images N] [--step-time 15ms] [--gate]
+`--gate` measures the shipped defaults with the safety gate off and on (`[review] enabled`, the shipped
+rules; needs the `review` extra: NudeNet checks each image in the imaging process before it is
+published), taking turns for `--rounds` rounds, so both meet the same load on a shared machine; the
+target holds for the gate's median on each backend.
+
+    python -m benchmarks.gpu_efficiency [--quick] [--images N] [--step-time 15ms] [--backend comfyui]
+                                        [--gate [--rounds 3]]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -67,7 +72,9 @@ class Measurement:
 def options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", type=int, default=200, help="images per run (default 200)")
     parser.add_argument("--step-time", default="15ms", help="simulated time per sampling step (default 15ms)")
-    parser.add_argument("--gate", action="store_true", help="with the safety gate on ([review] enabled)")
+    parser.add_argument("--gate", action="store_true",
+                        help="the shipped defaults with the safety gate off and on, taking turns")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of --gate (default 3)")
     parser.add_argument("--backend", choices=SD_BACKENDS, default=None, help="only this SD backend (default: both)")
 
 
@@ -120,9 +127,36 @@ def measure(work: Path, backend: str, batch: int, concurrency: int, images: int,
         raise SystemExit(f"the {backend} server computed {jobs} jobs for {images} images in batches of {batch}")
     measurement = Measurement(backend, batch, concurrency, images, billed - settings.gpu.simulated.boot_delay, busy,
                               hourly_cost)
-    print(f"{backend} batch {batch} concurrency {concurrency}: share {measurement.share:.1%}", file=sys.stderr,
-          flush=True)
+    print(f"{backend} batch {batch} concurrency {concurrency}{' gate on' if gate else ''}: "
+          f"share {measurement.share:.1%}", file=sys.stderr, flush=True)
     return measurement
+
+
+def compare_gate(shipped: Settings, backends: list[str], images: int, step_time: str, rounds: int) -> None:
+    """The shipped defaults with the safety gate off and on, taking turns, on each backend."""
+    batch, concurrency = shipped.sd.batch_size, shipped.generator.concurrency
+    results: dict[tuple[str, bool], list[Measurement]] = {(b, gate): [] for b in backends for gate in (False, True)}
+    rows = []
+    with scratch() as work:
+        for round_ in range(1, rounds + 1):
+            for backend in backends:
+                for gate in (False, True):
+                    folder = work / f"round{round_}-gate-{'on' if gate else 'off'}"
+                    folder.mkdir(exist_ok=True)
+                    m = measure(folder, backend, batch, concurrency, images, step_time, shipped.gpu.hourly_cost,
+                                gate)
+                    results[backend, gate].append(m)
+                    rows.append([backend, "on" if gate else "off", round_, m.images, fmt(m.billed), fmt(m.busy),
+                                 f"{m.share:.1%}", fmt(m.seconds_per_image, 3)])
+    median = {key: statistics.median(m.share for m in ms) for key, ms in results.items()}
+    print_table("Safety gate and GPU busy share, shipped defaults", [
+        "backend", "safety gate", "round", "images", "billed s", "SD busy s", "busy share", "billed s/image"], rows, [
+        f"batch_size {batch}, concurrency {concurrency}; simulated SD server: {STEPS} steps x {step_time}; gate off "
+        "and on take turns; gate on: [review] enabled with the shipped rules",
+        *(f"{backend}: median busy share gate off {median[backend, False]:.1%}, gate on {median[backend, True]:.1%}; "
+          f"target >= {TARGET_SHARE:.0%} with the gate on: {verdict(median[backend, True] >= TARGET_SHARE)}"
+          for backend in backends),
+    ])
 
 
 def main() -> int:
@@ -134,21 +168,21 @@ def main() -> int:
         raise SystemExit(f"the shipped defaults (batch {defaults[0]}, concurrency {defaults[1]}) are not measured")
     print_machine()
     backends = [args.backend] if args.backend else list(SD_BACKENDS)
+    if args.gate:
+        compare_gate(shipped, backends, images, step_time, 1 if args.quick else args.rounds)
+        return 0
     with scratch() as work:
-        results = [measure(work, backend, batch, concurrency, images, step_time, shipped.gpu.hourly_cost, args.gate)
+        results = [measure(work, backend, batch, concurrency, images, step_time, shipped.gpu.hourly_cost, False)
                    for backend in backends for batch, concurrency in combos]
     rows = [[m.backend, m.batch, m.concurrency, m.images, fmt(m.billed), fmt(m.busy), f"{m.share:.1%}",
              fmt(m.seconds_per_image, 3), fmt(m.cost_per_thousand, 3)] for m in results]
     cheapest = min(results, key=lambda m: m.seconds_per_image)
     per_image = STEPS * parse_duration(step_time)
-    gate = " with the safety gate on" if args.gate else ""
-    print_table(f"GPU efficiency and cost per run{gate}", [
+    print_table("GPU efficiency and cost per run", [
         "backend", "batch_size", "concurrency", "images", "billed s", "SD busy s", "busy share", "billed s/image",
         "cost per 1,000 avatars"], rows, [
         f"simulated SD server (web UI or ComfyUI): {STEPS} steps x {step_time} = {per_image:g} s per one-image "
         f"batch; boot delay {BOOT_DELAY} left out of billed time; SD boot 200ms, stop 200ms, poll_every 100ms",
-        *(["safety gate on: [review] enabled with the shipped rules, NudeNet checking each image in the imaging "
-           "process before it is published"] if args.gate else []),
         f"cost at the shipped hourly_cost {shipped.gpu.hourly_cost:g}; a real run also pays its boot once "
         "(a minute or two per run, whatever its size)",
         f"cheapest per image: {cheapest.backend}, batch_size {cheapest.batch}, concurrency {cheapest.concurrency}",

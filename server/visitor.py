@@ -287,9 +287,10 @@ class VisitorService:
             self.errors.record(f"a sent unique cannot be deleted from {self.unique.directory}", exc)
 
     def _retire_file(self, image_id: str) -> None:
-        """After a retired fallback was sent: delete it (a failure leaves it for the next rescan to serve)."""
+        """After a retired fallback was sent: delete it, unless the owner kept it meanwhile (a failure leaves it
+        for the next rescan to serve)."""
         try:
-            self.fallback.delete(image_id)
+            self.fallback.retire(image_id)
         except OSError as exc:
             self.errors.record(f"a retired fallback cannot be deleted from {self.fallback.directory}", exc)
 

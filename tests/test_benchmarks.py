@@ -31,8 +31,9 @@ TABLES = {
                     "| step | images | median ms | p99 ms | CPU ms (median) |",
                     ["| imaging without the gate (512 px PNG -> 256 px WebP) |", "| safety gate (256 px avatar) |"]),
     "gpu_efficiency": ("GPU efficiency and cost per run",
-                       "| batch_size | concurrency | images | billed s | SD busy s | busy share | billed s/image |",
-                       ["| 1 | 1 | 20 |", "| 2 | 2 | 20 |"]),
+                       "| backend | batch_size | concurrency | images | billed s | SD busy s | busy share |",
+                       ["| a1111 | 1 | 1 | 20 |", "| a1111 | 2 | 2 | 20 |", "| comfyui | 1 | 1 | 20 |",
+                        "| comfyui | 2 | 2 | 20 |"]),
     "proxy_limits": ("Slow and oversized headers, and the visitor's address, with and without a proxy",
                      "| check | avatargen serve alone | behind the nginx example |",
                      ["| request headers sent one byte a second | still open after 15 s | closed after",
@@ -66,9 +67,10 @@ def test_script_runs_in_quick_mode_and_prints_its_table(script: str) -> None:
         assert row in done.stdout, f"no row starting {row!r} in:\n{done.stdout}"
 
 
-def test_gpu_efficiency_runs_with_the_safety_gate_on() -> None:
+def test_gpu_efficiency_compares_the_safety_gate_off_and_on() -> None:
     done = subprocess.run([sys.executable, "-m", "benchmarks.gpu_efficiency", "--quick", "--gate"], cwd=ROOT,
                           capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
-    assert "### GPU efficiency and cost per run with the safety gate on\n" in done.stdout
-    assert "| 2 | 2 | 20 |" in done.stdout and "NudeNet checking each image" in done.stdout
+    assert "### Safety gate and GPU busy share, shipped defaults\n" in done.stdout
+    for backend in ("a1111", "comfyui"):
+        assert f"| {backend} | off | 1 | 20 |" in done.stdout and f"| {backend} | on | 1 | 20 |" in done.stdout

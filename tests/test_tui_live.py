@@ -16,7 +16,7 @@ from textual.widgets import Button, Checkbox, Input, Label, OptionList, Static
 from avatargen.api import LogEntry
 from tests.tui_support import ServerProcess, panel, running_server, seed_images, wait_for
 from tui.app import AvatarApp
-from tui.messages import Answered, Connected, Disconnected, Received
+from tui.messages import Answered, Connected, Disconnected, Received, StatusFetched
 from tui.screens.confirm_abort import ConfirmAbortScreen
 from tui.screens.image_detail import ImageDetailScreen
 from tui.screens.problem import ProblemScreen
@@ -383,3 +383,25 @@ async def test_the_log_shows_what_the_server_logged_before_the_panel_connected(s
         connected = next(number for number, text in enumerate(messages) if text.startswith("connected to "))
         assert any("data in " in text for text in messages[:connected]), "in time order, before the panel's own line"
         await wait_for(pilot, lambda: any("data in " in line.text for line in log.lines), "the line on screen")
+
+
+async def test_a_status_fetched_before_newer_events_does_not_take_the_panel_back(server: ServerProcess) -> None:
+    """A status fetch answered before a run's events arrive (the server is busy, the answer slow) is older
+    than those events: the panel keeps what the events told and takes only the rest (the spend)."""
+    app = panel(server.url)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: app.main.status is not None, "the first status")
+        before_the_run, events_before = app.main.status, app.events_received
+        assert before_the_run is not None and before_the_run.last_run is None
+        await pilot.press("r")
+        await wait_for(pilot, lambda: isinstance(app.screen, RefillScreen), "the refill dialog")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: (s := app.main.status) is not None and s.last_run is not None
+                       and s.state == "idle", "the run to end", timeout=30)
+
+        app.post_message(StatusFetched(before_the_run, events_before))
+        await pilot.pause()
+        status = app.main.status
+        assert status is not None and status.last_run is not None and status.last_run.outcome == "completed"
+        assert {name: level.count for name, level in status.buckets.items()} == {"unique": 2, "fallback": 3}
+        assert "completed" in str(app.main.query_one(LastRunSummary).render())

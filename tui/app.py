@@ -133,6 +133,7 @@ class AvatarApp(App[None]):
         self.main = MainScreen(image_style)
         self.problem: ProblemScreen | None = None
         self.ever_connected = False
+        self.events_received = 0  # events that change the status; a status fetched meanwhile is older
         self.connection_errors = 0  # unexpected errors of the connection worker in a row
 
     def get_default_screen(self) -> Screen:
@@ -210,6 +211,7 @@ class AvatarApp(App[None]):
         if isinstance(event, LogEntry):
             self.main.log_entry(event)
             return
+        self.events_received += 1
         if self.main.status is not None:
             self.main.status = self.main.status.apply(event)
         if isinstance(event, StateChange):
@@ -228,13 +230,19 @@ class AvatarApp(App[None]):
 
     @work(exclusive=True, group="status", exit_on_error=False)
     async def refresh_status(self) -> None:
+        events_before = self.events_received
         status = await self._fetch("status", self.client.status())
         if status is not None:
-            self.post_message(StatusFetched(status))
+            self.post_message(StatusFetched(status, events_before))
 
     @while_running
     def on_status_fetched(self, message: StatusFetched) -> None:
-        self.main.status = message.status
+        current = self.main.status
+        if current is not None and self.events_received != message.events_before:
+            # Events came in while the fetch was out: they are newer than its state, run and levels.
+            self.main.status = message.status.keeping_live_parts_of(current)
+        else:
+            self.main.status = message.status
 
     def note(self, level: str, text: str) -> None:
         """A line in the log from the panel itself."""

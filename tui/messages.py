@@ -50,11 +50,13 @@ class Received(Message):
 
 
 class StatusFetched(Message):
-    """A fresh status, fetched after a state change for what events do not carry (spend, machine)."""
+    """A fresh status, fetched after a state change for what events do not carry (spend, machine).
+    `events_before`: how many events the panel had received when the fetch began."""
 
-    def __init__(self, status: Status) -> None:
+    def __init__(self, status: Status, events_before: int) -> None:
         super().__init__()
         self.status = status
+        self.events_before = events_before
 
 
 class PicturesLoaded(Message):

@@ -285,6 +285,12 @@ class Status:
             return replace(self, buckets={**self.buckets, **event.buckets})
         return self
 
+    def keeping_live_parts_of(self, newer: Status) -> Status:
+        """This (fetched) status with what events tell taken from `newer`: a fetch answered before an
+        event arrived must not take the state, run or levels back to what they were."""
+        return replace(self, state=newer.state, run=newer.run, last_run=newer.last_run, buckets=newer.buckets,
+                       machine_state=newer.machine_state)
+
 
 @dataclass(frozen=True)
 class ImageInfo:
