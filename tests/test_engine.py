@@ -134,12 +134,20 @@ async def test_boot_timeout_fails_and_stops(tmp_path: Path) -> None:
 
 
 async def test_a_run_past_max_run_duration_is_ended_and_stops(tmp_path: Path) -> None:
-    settings = fast_settings(tmp_path, generator__max_run_duration="2s", buckets__fallback__max=500,
-                             gpu__simulated__step_time="10ms")
+    # 252 jobs of 10 steps x 20 ms: a minute of sampling, far past the limit on any machine; the limit leaves
+    # a loaded machine seconds to boot and store the first images, which the run keeps.
+    settings = fast_settings(tmp_path, generator__max_run_duration="5s", buckets__fallback__max=500,
+                             gpu__simulated__step_time="20ms")
     async with running_engine(settings) as (engine, gpu):
-        run, _ = await run_to_end(engine)
-        assert run["outcome"] == "failed" and run["error"] == "the run exceeded max_run_duration (2s)"
-        assert 0 < run["done"] < 504 and gpu.machine.state == "off"
+        with engine.events.subscribe() as subscription:
+            engine.refill()
+            await wait_for_event(subscription, "image", lambda d: True)  # generating when the limit strikes
+            await states_until_idle(subscription)
+        run = engine.last_run
+        assert run is not None and run.outcome == "failed"
+        assert run.error == "the run exceeded max_run_duration (5s)"
+        stored = engine.buckets["unique"].count() + engine.buckets["fallback"].count()
+        assert 0 < run.done == stored < 504 and gpu.machine.state == "off"
 
 
 async def test_failing_start_event_fails_fast_and_stops(tmp_path: Path) -> None:
