@@ -22,9 +22,11 @@ from tests.simhelpers import comfyui, sim_settings
 from tests.support import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
-# ComfyUI's script_examples/websockets_api_example.py: outside material, kept with the other references
-# beside the checkout (../shared/reference/comfyui/), never in this repository.
+# ComfyUI's script_examples/websockets_api_example.py (GPL-3.0): outside material, kept with the other
+# references beside the checkout (../shared/reference/comfyui/), never copied into this repository.
 EXAMPLE_NAME = "websockets_api_example.py"
+# The one line its users are meant to edit: the address of their ComfyUI.
+EXAMPLE_ADDRESS = 'server_address = "127.0.0.1:8188"'
 
 
 def example_script() -> Path | None:
@@ -52,11 +54,13 @@ async def test_comfyuis_own_example_client_runs_unchanged(tmp_path: Path) -> Non
         pytest.skip(f"ComfyUI's {EXAMPLE_NAME} is not beside the checkout (shared/reference/comfyui/) and "
                     "COMFYUI_WEBSOCKET_EXAMPLE is not set")
     text = script.read_text()
-    assert '"127.0.0.1:8188"' in text
+    assert text.count(EXAMPLE_ADDRESS) == 1, f"{script} no longer sets {EXAMPLE_ADDRESS}"
     async with comfyui(sim_settings(step_time=0.001)) as (sim, url):
+        # Only its server_address changes, as its users change it (the simulated ComfyUI listens on a free
+        # port, not 8188); every other byte is ComfyUI's.
         copy = tmp_path / EXAMPLE_NAME
-        copy.write_text(text.replace('"127.0.0.1:8188"', f'"127.0.0.1:{url.rsplit(":", 1)[1]}"'))  # its port only
-        # run it as it is, then look at what it got: the images of its SaveImage node, by node id
+        copy.write_text(text.replace(EXAMPLE_ADDRESS, f'server_address = "{url.removeprefix("http://")}"'))
+        # run it as it is in a process of its own, then look at what it got: its SaveImage node's images
         check = (f"import json, runpy; got = runpy.run_path({str(copy)!r})['images']; "
                  "print(json.dumps({node: [len(image) for image in images] for node, images in got.items()}))")
         process = await asyncio.create_subprocess_exec(sys.executable, "-c", check, stdout=asyncio.subprocess.PIPE,
