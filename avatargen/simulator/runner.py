@@ -13,6 +13,7 @@ import contextlib
 import json
 import secrets
 import signal
+import socket
 import sys
 from collections.abc import Iterable
 from types import TracebackType
@@ -22,11 +23,12 @@ from avatargen.config import GpuSettings, Secret, SimulatedSettings
 from avatargen.gpu import Provider, api_provider
 from avatargen.simulator.comfyui import SimulatedComfyUi
 from avatargen.simulator.faults import Faults
-from avatargen.simulator.loopback import LoopbackServer, listening_socket
+from avatargen.simulator.loopback import LoopbackServer
 from avatargen.simulator.machine import SimulatedMachine
 from avatargen.simulator.paperspace import SimulatedPaperspace
 from avatargen.simulator.runpod import SimulatedRunPod
 from avatargen.simulator.sdwebui import SimulatedSdWebUi
+from avatargen.sockets import bound_socket
 
 SD_PORT = 7860  # the web UI's port inside the machine (RunPod maps it to a public one)
 MACHINE_IDS = {"paperspace": "pssim42", "runpod": "simpod42xyz"}  # ids in each vendor's style
@@ -66,7 +68,8 @@ class SimulatedGpu:
         else:
             app = SimulatedPaperspace(self.machine, self.faults, api_key=self.api_key, hourly_price=hourly_price).app
         self._api_server = LoopbackServer(app, host=host, port=api_port)
-        self._sd_server = LoopbackServer(self.sd.app, host=host, port=sd_port)
+        self._sd_server = LoopbackServer(self.sd.app, host=host, port=sd_port, reuse_port=True)
+        self._sd_port_held: socket.socket | None = None
         self._follower: asyncio.Task[None] | None = None
 
     @property
@@ -99,10 +102,18 @@ class SimulatedGpu:
                 "machine_id": self.machine_id, "backend": self.backend}
 
     async def __aenter__(self) -> SimulatedGpu:
-        await self._api_server.start()
-        if self._sd_server.port == 0:  # pick the web UI's port now, so its URL is known while it is down
-            with listening_socket(self._sd_server.host, 0) as probe:
-                self._sd_server.port = probe.getsockname()[1]
+        # The SD server's port is held from now on, not listening while the machine is off (connections are
+        # refused, as by a machine that is down), so its URL is known and no other process takes the port
+        # between two boots (a test would then talk to a stranger's server). A port the owner chose keeps
+        # SO_REUSEADDR, so a simulator started again at once is not refused for the last one's connections.
+        port = self._sd_server.port
+        self._sd_port_held = bound_socket(self._sd_server.host, port, reuse_address=port != 0, reuse_port=True)
+        self._sd_server.port = self._sd_port_held.getsockname()[1]
+        try:
+            await self._api_server.start()
+        except BaseException:
+            self._sd_port_held.close()
+            raise
         if self._pod is not None:
             self._pod.ports[SD_PORT] = self._sd_server.port
         self._follower = asyncio.create_task(self._follow_machine())
@@ -110,12 +121,16 @@ class SimulatedGpu:
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
-        if self._follower is not None:
-            self._follower.cancel()
-            await asyncio.gather(self._follower, return_exceptions=True)
-        await self._sd_down()
-        await self._api_server.stop()
-        await self.machine.aclose()
+        try:
+            if self._follower is not None:
+                self._follower.cancel()
+                await asyncio.gather(self._follower, return_exceptions=True)
+            await self._sd_down()
+            await self._api_server.stop()
+            await self.machine.aclose()
+        finally:
+            if self._sd_port_held is not None:
+                self._sd_port_held.close()
 
     async def _follow_machine(self) -> None:
         """Serve the web UI exactly while the machine is ready."""
