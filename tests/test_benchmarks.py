@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from avatargen.simulator.faults import faults_for
-from benchmarks.fault_matrix import APIS, COMFYUI_ONLY, KILL_STATES, SD_FAULTS, STORAGE_FAULTS
+from benchmarks.fault_matrix import APIS, COMFYUI_ONLY, KILL_STATES, QUICK_COMFYUI, STORAGE_FAULTS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,7 +46,7 @@ TABLES = {
        for api in APIS},  # one provider's rows at a time, so each run fits the test timeout
     "fault_matrix --comfyui": ("Fault matrix: one fault per run, SIGKILL in each run state",
                                "| fault | run outcome | machine at end | billed s after the end | images lost |",
-                               [f"| {row} (comfyui) |" for row in (*SD_FAULTS, "SIGKILL while generating")]),
+                               [f"| {row} (comfyui) |" for row in (*QUICK_COMFYUI, "SIGKILL while generating")]),
     "fault_matrix --storage": ("Fault matrix: one fault per run, SIGKILL in each run state",
                                "| fault | run outcome | machine at end | billed s after the end | images lost |",
                                [f"| {fault} |" for fault in STORAGE_FAULTS]),
