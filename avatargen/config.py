@@ -178,6 +178,7 @@ class GeneratorSettings:
     max_consecutive_failures: int = _f(5, low=1)
     image_retries: int = _f(2, low=0, high=10)
     max_run_duration: float = _f(7200.0, kind="duration")
+    preview_every: float = _f(1.0, kind="duration")  # live previews to the owner at most this often; 0: none
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,9 @@
 Publishing never waits for a listener. Every event gets a sequence id and is kept in a short history,
 so a client that reconnects with Last-Event-ID gets what it missed; a new client (or one whose last id
 is from before a restart) gets the recent `log` events first, so the owner's log does not start empty.
-Each listener has a bounded queue: a slow listener loses `progress` events first (the next one
-supersedes them anyway); one that falls behind on events that matter is cut off, and catches up from
+A live `preview` is not kept (it is stale a second later, and a few kB each would crowd the history).
+Each listener has a bounded queue: a slow listener loses `progress` and `preview` events first (the next
+one supersedes them anyway); one that falls behind on events that matter is cut off, and catches up from
 the history when it reconnects.
 """
 
@@ -21,7 +22,8 @@ from typing import Any, Protocol, overload
 
 from avatargen.api.wire import LogEntry, encode_event
 
-COALESCED = frozenset({"progress", "buckets"})
+COALESCED = frozenset({"progress", "buckets", "preview"})
+EPHEMERAL = frozenset({"preview"})  # sent to who listens now, never replayed
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,7 @@ class Subscription:
 class EventHub:
     def __init__(self, history: int = 1000, queue_size: int = 256, recent_logs: int = 200) -> None:
         self._ids = itertools.count(1)
+        self._last_id = 0
         self._history: deque[Event] = deque(maxlen=history)
         self._recent_logs: deque[Event] = deque(maxlen=recent_logs)  # kept apart: progress floods the history
         self._listeners: set[_Listener] = set()
@@ -131,12 +134,15 @@ class EventHub:
 
     @property
     def last_id(self) -> int:
-        return self._history[-1].id if self._history else 0
+        """The id of the last event published (a preview's too, though the history does not keep it)."""
+        return self._last_id
 
     def publish(self, type_: str, data: dict[str, Any]) -> Event:
         """Record and fan out an event; never blocks. Call from the event loop's thread."""
         event = Event(next(self._ids), type_, data)
-        self._history.append(event)
+        self._last_id = event.id
+        if type_ not in EPHEMERAL:
+            self._history.append(event)
         if type_ == "log":
             self._recent_logs.append(event)
         for listener in list(self._listeners):

@@ -207,6 +207,26 @@ def placeholder_webp(size: int) -> bytes:
     return encode_webp(small, 80)
 
 
+PREVIEW_EDGE = 96  # the longest side of a live preview sent to the owner: enough for a panel
+PREVIEW_BYTES = 2700  # a preview's WebP at most: with base64 and its fields, an event stays under 4 kB
+PREVIEW_QUALITIES = (50, 35, 20)  # tried in turn: an early, noisy step needs a lower one to fit
+
+
+def preview_webp(data: bytes, edge: int = PREVIEW_EDGE, limit: int = PREVIEW_BYTES) -> bytes:
+    """A live preview made small for the owner's event stream: at most `edge` px a side, aspect kept
+    (a web UI may send the grid of a whole batch), WebP of at most `limit` bytes where lowering the
+    quality can get it there, else half the size. SD's previews are hundreds of kB at full size; this is
+    a few kB, so a panel on a slow link keeps up at one a second."""
+    image = decode_image(data).convert("RGB")
+    image.thumbnail((edge, edge), Image.Resampling.LANCZOS)
+    for quality in PREVIEW_QUALITIES:
+        small = encode_webp(image, quality)
+        if len(small) <= limit:
+            return small
+    image.thumbnail((edge // 2, edge // 2), Image.Resampling.LANCZOS)
+    return encode_webp(image, PREVIEW_QUALITIES[-1])
+
+
 def make_avatars(images: Sequence[str | bytes], size: int, quality: int,
                  prepare: Callable[[bytes], bytes] | None) -> list[tuple[bytes, bytes | None]]:
     """The stored avatars for a batch of SD's base64 images, each with its prepared (framed) copy when the

@@ -1,8 +1,9 @@
 """The cost ledger: billed machine time per run, on disk, surviving restarts and crashes.
 
-A run's entry is opened the moment the start request goes out and closed when the stop is confirmed.
-An entry left open by a crash is closed by the start-up check that stops the orphaned machine, so the
-time the machine ran unattended is billed too. Days and months are UTC.
+A run's entry is opened the moment the start request goes out and closed when the stop is confirmed,
+with the number of images the run stored. An entry left open by a crash is closed by the start-up check
+that stops the orphaned machine, so the time the machine ran unattended is billed too. Days and months
+are UTC.
 
 This module is the file and the arithmetic. The generator never waits on the file: it keeps its own copy
 of the entries in memory and writes them here from a worker thread (`avatargen.generator.billing`). A
@@ -17,7 +18,7 @@ import sqlite3
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 from avatargen import sqlite
@@ -30,24 +31,32 @@ CREATE TABLE IF NOT EXISTS machine_time (
     run_id TEXT PRIMARY KEY,
     started REAL NOT NULL,
     stopped REAL,
-    hourly_cost REAL NOT NULL
+    hourly_cost REAL NOT NULL,
+    images INTEGER NOT NULL DEFAULT 0
 )
 """
+DAY = 86400.0
 
 
 @dataclass(frozen=True)
 class Entry:
-    """One run's billed time: from the start request to the confirmed stop (None while it runs)."""
+    """One run's billed time: from the start request to the confirmed stop (None while it runs), and the
+    images it stored (written when it stops)."""
 
     run_id: str
     started: float
     stopped: float | None
     hourly_cost: float
+    images: int = 0
 
     def seconds_since(self, start: float, now: float) -> float:
         """Billed seconds from `start` on (an open entry counts up to `now`)."""
-        end = self.stopped if self.stopped is not None else now
-        return max(0.0, end - max(self.started, start))
+        return self.seconds_between(start, now, now)
+
+    def seconds_between(self, start: float, end: float, now: float) -> float:
+        """Billed seconds inside [start, end) (an open entry counts up to `now`)."""
+        stopped = self.stopped if self.stopped is not None else now
+        return max(0.0, min(stopped, end) - max(self.started, start))
 
 
 @dataclass(frozen=True)
@@ -72,6 +81,35 @@ class Spend:
         return cls(cost_today, cost_month, seconds_today, seconds_month)
 
 
+@dataclass(frozen=True)
+class Day:
+    """One UTC day's billed time, its cost, and the images of the runs that ended that day (a run still
+    going counts today)."""
+
+    date: date
+    billed_seconds: float
+    cost: float
+    images: int
+
+
+def daily(entries: Iterable[Entry], days: int, now: float | None = None) -> list[Day]:
+    """The last `days` UTC days, oldest first, today last; a run across midnight bills each day its part."""
+    now = time.time() if now is None else now
+    today = day_start(now)
+    starts = [today - (days - 1 - index) * DAY for index in range(days)]
+    seconds, cost, images = [0.0] * days, [0.0] * days, [0] * days
+    for entry in entries:
+        for index, start in enumerate(starts):
+            billed = entry.seconds_between(start, start + DAY, now)
+            seconds[index] += billed
+            cost[index] += billed / 3600 * entry.hourly_cost
+        ended = (entry.stopped if entry.stopped is not None else now) - starts[0]
+        if ended >= 0:
+            images[min(days - 1, int(ended // DAY))] += entry.images
+    first = datetime.fromtimestamp(today, UTC).date() - timedelta(days=days - 1)
+    return [Day(first + timedelta(days=index), seconds[index], cost[index], images[index]) for index in range(days)]
+
+
 def day_start(now: float) -> float:
     return datetime.fromtimestamp(now, UTC).replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
 
@@ -91,6 +129,7 @@ class CostLedger:
     def _open(self) -> tuple[sqlite3.Connection, tuple[int, int]]:
         db = sqlite.connect(self.path, busy_timeout=WRITE_WAIT)
         db.execute(_SCHEMA)
+        _add_images_column(db)
         return db, _identity(self.path)
 
     def reopen_if_lost(self) -> str | None:
@@ -111,16 +150,18 @@ class CostLedger:
     def entries(self, since: float) -> list[Entry]:
         """The entries still open or stopped after `since`."""
         rows = self._db.execute(
-            "SELECT run_id, started, stopped, hourly_cost FROM machine_time WHERE stopped IS NULL OR stopped > ?",
+            "SELECT run_id, started, stopped, hourly_cost, images FROM machine_time "
+            "WHERE stopped IS NULL OR stopped > ?",
             (since,),
         ).fetchall()
-        return [Entry(run_id, started, stopped, hourly_cost) for run_id, started, stopped, hourly_cost in rows]
+        return [Entry(*row) for row in rows]
 
     def record(self, entries: Iterable[Entry]) -> None:
         """Write entries as they are now (a run's entry is written when it opens and again when it closes)."""
         self._db.executemany(
-            "INSERT OR REPLACE INTO machine_time (run_id, started, stopped, hourly_cost) VALUES (?, ?, ?, ?)",
-            [(entry.run_id, entry.started, entry.stopped, entry.hourly_cost) for entry in entries],
+            "INSERT OR REPLACE INTO machine_time (run_id, started, stopped, hourly_cost, images) "
+            "VALUES (?, ?, ?, ?, ?)",
+            [(entry.run_id, entry.started, entry.stopped, entry.hourly_cost, entry.images) for entry in entries],
         )
 
     def spend(self, now: float | None = None) -> Spend:
@@ -130,6 +171,17 @@ class CostLedger:
 
     def close_db(self) -> None:
         self._db.close()
+
+
+def _add_images_column(db: sqlite3.Connection) -> None:
+    """A ledger written before images were counted gains the column (its runs count 0 images)."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(machine_time)")}
+    if "images" not in columns:
+        try:
+            db.execute("ALTER TABLE machine_time ADD COLUMN images INTEGER NOT NULL DEFAULT 0")
+        except sqlite3.OperationalError as exc:
+            if "duplicate column" not in str(exc):  # another process added it a moment ago
+                raise
 
 
 def _identity(path: Path) -> tuple[int, int]:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from avatargen.api.wire import LastRun, Step, time_json
+from avatargen.api.wire import LastRun, RunMinute, Step, time_json
 from avatargen.api.wire import Run as RunView
 
 State = Literal["idle", "booting", "generating", "shutting_down"]
@@ -45,19 +45,39 @@ class Run:
     outcome: Outcome | None = None
     error: str | None = None
     ended_at: float | None = None
+    images_by_minute: list[int] = field(default_factory=list)  # images stored in each minute since started_at
 
     @property
     def total(self) -> int:
         return sum(self.targets.values())
 
     def billed_seconds(self, now: float | None = None) -> float:
+        """Billed seconds up to `now` (default: the present), never past the confirmed stop."""
         if not self.bills or self.billing_since is None:
             return 0.0
-        end = self.billing_until or (time.time() if now is None else now)
+        now = time.time() if now is None else now
+        end = now if self.billing_until is None else min(now, self.billing_until)
         return max(0.0, end - self.billing_since)
 
     def cost(self, now: float | None = None) -> float:
         return self.billed_seconds(now) / 3600 * self.hourly_cost
+
+    def stored_image(self, now: float | None = None) -> None:
+        """One more image in a bucket, counted in the minute of the run it was stored in."""
+        now = time.time() if now is None else now
+        minute = int(max(0.0, now - self.started_at) // 60)
+        self.images_by_minute.extend([0] * (minute + 1 - len(self.images_by_minute)))
+        self.images_by_minute[minute] += 1
+        self.done += 1
+
+    def minutes(self, now: float | None = None) -> list[RunMinute]:
+        """The run minute by minute, from its start to its end (or now): the images stored in each minute
+        and the spend by the minute's end, for the owner's charts."""
+        end = self.ended_at or (time.time() if now is None else now)
+        count = int(max(0.0, end - self.started_at) // 60) + 1
+        images = self.images_by_minute + [0] * (count - len(self.images_by_minute))
+        return [RunMinute(images[minute], round(self.cost(min(end, self.started_at + (minute + 1) * 60)), 4))
+                for minute in range(count)]
 
     def held_cost(self, now: float | None = None) -> float:
         """The share of the run's cost spent on images the gate held back (each image made costs the same)."""

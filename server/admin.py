@@ -9,6 +9,7 @@ raise `HTTPException`; `server.errors` renders every error as `{"error": "..."}`
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import anyio
@@ -43,7 +44,8 @@ def services(request: Request) -> Services:
 
 
 async def status(request: Request) -> Response:
-    return JSONResponse(services(request).status().to_json())
+    visitors = request.app.state.visitor.status()  # this process's visitors: the generator may run elsewhere
+    return JSONResponse(replace(services(request).status(), visitors=visitors).to_json())
 
 
 async def events(request: Request) -> Response:
@@ -254,6 +256,21 @@ def generator(state: Services) -> Generator:
     return state.engine
 
 
+HISTORY_DAYS_MAX = 366
+
+
+async def history(request: Request) -> Response:
+    """`?days=30`: the daily spend, billed time and images, and the current (else last) run by the minute."""
+    raw = request.query_params.get("days", "30")
+    try:
+        days = int(raw)
+    except ValueError:
+        raise HTTPException(422, f"days must be a whole number, got {echo(raw)}") from None
+    if not 1 <= days <= HISTORY_DAYS_MAX:
+        raise HTTPException(422, f"days must be between 1 and {HISTORY_DAYS_MAX}, got {days}")
+    return JSONResponse((await generator(services(request)).history(days)).to_json())
+
+
 async def refill(request: Request) -> Response:
     state = services(request)
     names = (await json_object(request)).get("buckets")
@@ -290,6 +307,7 @@ def admin_api() -> Mount:
         Route("/prompts", get_prompts, methods=["GET"]),
         Route("/prompts", put_prompts, methods=["PUT"]),
         Route("/prompts/sample", sample_prompts, methods=["GET", "POST"]),
+        Route("/history", history, methods=["GET"]),
         Route("/refill", refill, methods=["POST"]),
         Route("/abort", abort, methods=["POST"]),
     ])

@@ -9,9 +9,20 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from avatargen import prompts, review
-from avatargen.api import AdminClient, AdminError, ProtocolError, Run, TokenError, Unreachable, find_token, server_url
+from avatargen.api import (
+    AdminClient,
+    AdminError,
+    History,
+    ProtocolError,
+    Run,
+    TokenError,
+    Unreachable,
+    find_token,
+    server_url,
+)
 from avatargen.cli_options import add_version, count, http_url, setting
 from avatargen.config import BUCKET_NAMES, ConfigError, Settings, find_config, load_settings
+from avatargen.durations import format_duration
 
 EXIT_CONFIG = 2  # a config or command-line error (argparse's usage errors are 2 as well)
 EXIT_CANNOT_LISTEN = 4  # serve: the port is in use or the address is not this machine's
@@ -106,7 +117,28 @@ def _describe_run(run: Run) -> str:
     targets = ", ".join(f"{count} {name}" for name, count in run.targets.items())
     held = f", {run.held} held back" if run.held else ""
     counts = f"{run.done}/{run.total} done{held}, {run.failed} failed"
-    return f"run {run.id} ({run.trigger}, {run.state}): {counts}; {targets}"
+    step = run.step
+    making = f"; SD step {step.sampling_step}/{step.sampling_steps}" if step and step.sampling_steps else ""
+    return f"run {run.id} ({run.trigger}, {run.state}): {counts}; {targets}{making}"
+
+
+def history_lines(history: History) -> list[str]:
+    """The panel's charts as text: the run minute by minute, the days' totals and each day with a run."""
+    lines = []
+    if (run := history.run) is not None:
+        which = "this run" if run.outcome is None else "last run"
+        per_minute = " ".join(str(minute.images) for minute in run.minutes)
+        spent = run.minutes[-1].spend if run.minutes else 0.0
+        lines.append(f"{which} {run.id}, images per minute: {per_minute}; spent {spent:.2f}")
+    days = history.days
+    busy = [day for day in days if day.billed_seconds > 0 or day.images > 0]
+    lines.append(f"last {len(days)} days: {sum(day.images for day in days)} images, "
+                 f"{format_duration(sum(day.billed_seconds for day in days))} billed, "
+                 f"{sum(day.spend for day in days):.2f} spent ({len(busy)} day{'s' if len(busy) != 1 else ''} "
+                 "with runs)")
+    lines += [f"  {day.date}: {day.images} images, {format_duration(day.billed_seconds)} billed, {day.spend:.2f}"
+              for day in busy]
+    return lines
 
 
 async def _status(client: AdminClient) -> str:
@@ -127,6 +159,15 @@ async def _status(client: AdminClient) -> str:
     if status.paused_reason:
         lines.append(f"automatic refills paused: {status.paused_reason}")
     lines += [f"note: {note}" for note in status.machine_notes]
+    visitors = status.visitors
+    if visitors.errors and visitors.last_error_at is not None:
+        lines.append(f"visitors given another avatar because of an error: {visitors.errors}; "
+                     f"last at {visitors.last_error_at:%Y-%m-%d %H:%M:%S} UTC: {visitors.last_error}")
+    try:
+        lines += history_lines(await client.history(30))
+    except AdminError as exc:
+        if exc.status != 503:  # another process runs the generator: it holds the run's chart
+            raise
     return "\n".join(lines)
 
 

@@ -20,20 +20,19 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
-from datetime import UTC
+from datetime import UTC, datetime
 from email.utils import formatdate, parsedate_to_datetime
 from pathlib import Path
-from typing import Any
 
 from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
+from avatargen.api.wire import VisitorErrors
 from avatargen.buckets import CLAIM_TIMEOUT, Bucket, Claim, ImageNotFound
 from avatargen.config import Settings
 from avatargen.imaging import placeholder_webp
-from avatargen.timestamps import utc_iso
 from server.addresses import visitor_key
 from server.allowance import Allowance
 
@@ -142,9 +141,9 @@ class PathErrors:
             repeats, self._unreported, self._reported_at, self._kind = self._unreported, 0, now, kind
         log.error("%s%s", message, f" ({repeats} more like it since the last report)" if repeats else "")
 
-    def status(self) -> dict[str, Any]:
-        return {"errors": self.count, "last_error": self.last,
-                "last_error_at": None if self.last_at is None else utc_iso(self.last_at)}
+    def status(self) -> VisitorErrors:
+        last_at = None if self.last_at is None else datetime.fromtimestamp(self.last_at, UTC)
+        return VisitorErrors(self.count, self.last, last_at)
 
 
 class VisitorService:
@@ -170,7 +169,7 @@ class VisitorService:
         self._sweeper: asyncio.Task[None] | None = None
         self.errors = PathErrors()
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> VisitorErrors:
         """For the owner: how many visitors got another avatar because something failed, and the last cause."""
         return self.errors.status()
 

@@ -8,7 +8,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from avatargen.config import SD_BACKENDS
 from tests.processes import SESSION_ENV, describe, left_behind, still_running_after
+from tests.support import FAST
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -24,3 +26,10 @@ def no_process_left_behind() -> Iterator[None]:
     yield
     orphans = still_running_after(left_behind(session), timeout=10)
     assert not orphans, f"processes left behind by the test session:\n{describe(orphans)}"
+
+
+@pytest.fixture(params=SD_BACKENDS)
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A test that takes this runs on each SD backend (the web UI API, ComfyUI) against its simulator."""
+    monkeypatch.setitem(FAST, "sd", {**FAST["sd"], "backend": request.param})
+    return str(request.param)

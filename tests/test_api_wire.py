@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
+from datetime import UTC, date, datetime
 from typing import Any
 
 import pytest
 
-from avatargen.api import BucketLevel, NewImage, ProtocolError, Run, StateChange, Status, decode_event, encode_event
+from avatargen.api import (
+    BucketLevel,
+    DayTotal,
+    History,
+    NewImage,
+    Preview,
+    ProtocolError,
+    Run,
+    RunChart,
+    RunMinute,
+    StateChange,
+    Status,
+    decode_event,
+    encode_event,
+)
 
 RUN: dict[str, Any] = {
     "id": "r1", "trigger": "manual", "started_at": "2025-01-01T12:00:00Z", "targets": {"unique": 2},
@@ -90,3 +106,19 @@ def test_event_types_from_a_newer_server_are_ignored() -> None:
 def test_a_malformed_event_names_its_kind() -> None:
     with pytest.raises(ProtocolError, match="'image' event lacks the key 'buckets'"):
         decode_event("image", {"id": "i1", "bucket": "unique", "prompt": "p", "created_at": "2025-01-01T12:00:00Z"})
+
+
+def test_a_preview_and_the_history_travel_both_ways() -> None:
+    preview = Preview("r1", "unique", "A sketch of cjs", 8, 20, "image/webp", b"RIFF\x10\x00\x00\x00WEBPVP8 ")
+    name, data = encode_event(preview)
+    assert name == "preview" and isinstance(data["image"], str)
+    assert decode_event(name, json.loads(json.dumps(data))) == preview
+    status = Status.from_json(STATUS)
+    assert status.apply(preview) is status  # a picture changes no figure
+    with pytest.raises(ProtocolError, match="'preview' event is malformed"):
+        decode_event("preview", {**data, "image": "not base64!"})
+    history = History([DayTotal(date(2026, 12, 1), 61.5, 0.013, 4)],
+                      RunChart("r1", datetime(2026, 12, 1, 12, tzinfo=UTC), None, [RunMinute(0, 0.001)]))
+    assert History.from_json(json.loads(json.dumps(history.to_json()))) == history
+    with pytest.raises(ProtocolError, match="history lacks the key 'days'"):
+        History.from_json({"run": None})

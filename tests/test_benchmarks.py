@@ -38,6 +38,9 @@ TABLES = {
                      "| check | avatargen serve alone | behind the nginx example |",
                      ["| request headers sent one byte a second | still open after 15 s | closed after",
                       "| admin API from 127.0.0.3 with a forged X-Forwarded-For: 127.0.0.2 | 403 | 403 |"]),
+    "preview_stream": ("Event stream while a run generates",
+                       "| event | count | per second | bytes/s | largest bytes |",
+                       ["| preview |", "| progress |", "| all |"]),
     **{f"fault_matrix --api {api}": ("Fault matrix: one fault per run, SIGKILL in each run state",
                                      "| fault | run outcome | machine at end | billed s after the end | images lost |",
                                      [f"| {row}{'' if api == APIS[0] else f' ({api})'} |" for row in (

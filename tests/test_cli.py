@@ -7,13 +7,15 @@ import json
 import socket
 import subprocess
 import sys
+from datetime import UTC, date, datetime
 from importlib.metadata import version
 from pathlib import Path
 
 import httpx
 import pytest
 
-from server.cli import main
+from avatargen.api import DayTotal, History, RunChart, RunMinute
+from server.cli import history_lines, main
 from tests.support import fast_settings, serving, write_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,6 +56,7 @@ async def test_owner_commands_talk_to_a_running_server(tmp_path: Path) -> None:
         assert "state: idle (machine off, simulated)" in status.stdout and "unique: 0 (min 0, max 4)" in status.stdout
         assert "billed at 3600.00 an hour (provider)" in status.stdout  # the pod's own price
         assert "note: pod simpod42xyz keeps its 50 GB volume while stopped" in status.stdout
+        assert "last 30 days: 0 images, 0s billed, 0.00 spent (0 days with runs)" in status.stdout
         imported = {line.rpartition("|")[2].strip().split(".")[0] for line in status.stderr.splitlines()}
         assert "httpx" in imported and "textual" not in imported  # a quick command: no control panel loaded
         refill = await avatargen("refill", "unique")
@@ -165,3 +168,16 @@ def test_serve_runs_on_uvicorns_fast_implementations(tmp_path: Path) -> None:
     finally:
         process.terminate()
         process.wait(30)
+
+
+def test_status_prints_the_charts_as_text() -> None:
+    history = History(
+        [DayTotal(date(2026, 11, 30), 0, 0, 0), DayTotal(date(2026, 12, 1), 3725.0, 0.786, 120)],
+        RunChart("20261201T100000-abc123", datetime(2026, 12, 1, 10, tzinfo=UTC), None,
+                 [RunMinute(0, 0.01), RunMinute(12, 0.02), RunMinute(9, 0.03)]),
+    )
+    assert history_lines(history) == [
+        "this run 20261201T100000-abc123, images per minute: 0 12 9; spent 0.03",
+        "last 2 days: 120 images, 1h 02m billed, 0.79 spent (1 day with runs)",
+        "  2026-12-01: 120 images, 1h 02m billed, 0.79",
+    ]

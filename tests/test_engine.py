@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from avatargen.buckets import open_buckets
-from avatargen.config import SD_BACKENDS
 from avatargen.events import EventHub, Subscription
 from avatargen.generator import Generator, NothingToDo, NotRunning, RunActive
 from avatargen.gpu import make_provider
@@ -26,13 +25,6 @@ def simulated_api(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatc
     """Every generator test runs against the simulated GPU speaking each provider's API."""
     monkeypatch.setitem(FAST["gpu"]["simulated"], "api", request.param)
     return request.param
-
-
-@pytest.fixture(params=SD_BACKENDS)
-def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """A test that takes this runs on each SD backend (the web UI API, ComfyUI) against its simulator."""
-    monkeypatch.setitem(FAST, "sd", {**FAST["sd"], "backend": request.param})
-    return str(request.param)
 
 
 async def states_until_idle(subscription: Subscription) -> list[str]:

@@ -53,6 +53,23 @@ async def test_publish_wakes_a_waiting_listener() -> None:
         assert (await waiting).data == {"message": "hello"}
 
 
+async def test_a_preview_goes_to_who_listens_now_and_is_never_replayed() -> None:
+    hub = EventHub(queue_size=2)
+    before = hub.publish("state", {"state": "generating"})
+    with hub.subscribe() as live, hub.subscribe() as slow:
+        hub.publish("preview", {"step": 5})
+        assert (await live.next(1)).data == {"step": 5}
+        for step in range(10, 20):
+            hub.publish("preview", {"step": step})  # the slow one's queue fills: later previews are dropped
+        assert hub.listener_count == 2  # dropping previews cut no one off
+        assert [(await slow.next(1)).data["step"] for _ in range(2)] == [5, 10]
+        assert await slow.next(0.01) is None
+        hub.publish("image", {"id": "a"})
+    with hub.subscribe(last_id=before.id) as replay:
+        assert (await replay.next(1)).type == "image"  # a reconnect replays what matters, not stale pictures
+        assert await replay.next(0.01) is None
+
+
 async def test_a_new_listener_gets_the_recent_log_first_and_a_reconnecting_one_only_what_it_missed() -> None:
     hub = EventHub(recent_logs=3)
     for n in range(5):
@@ -65,6 +82,14 @@ async def test_a_new_listener_gets_the_recent_log_first_and_a_reconnecting_one_o
         assert await reconnecting.next(0.01) is None
     with hub.subscribe(last_id=hub.last_id + 100) as from_before_a_restart:
         assert (await from_before_a_restart.next(1)).data == {"n": 2}
+
+
+async def test_a_client_whose_last_event_was_a_preview_gets_no_log_again() -> None:
+    hub = EventHub()
+    hub.publish("log", {"n": 1})
+    preview = hub.publish("preview", {"step": 5})
+    with hub.subscribe(last_id=preview.id) as reconnecting:  # not taken for an id from before a restart
+        assert await reconnecting.next(0.01) is None
 
 
 async def test_a_stream_of_events_ends_when_told_to_stop_or_when_cut_off() -> None:

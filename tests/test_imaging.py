@@ -11,13 +11,17 @@ import pytest
 from PIL import Image
 
 from avatargen.imaging import (
+    PREVIEW_BYTES,
+    PREVIEW_EDGE,
     ImageError,
     decode_image,
     frame_unique,
     placeholder_webp,
+    preview_webp,
     sniff_format,
     to_avatar_webp,
 )
+from avatargen.simulator.drawing import preview_png
 
 
 def encoded(image: Image.Image, kind: str, **options: object) -> bytes:
@@ -152,3 +156,21 @@ def test_placeholder_is_a_cached_webp_of_the_size() -> None:
     assert placeholder_webp(256) is data
     centre, corner = image.convert("RGB").getpixel((128, 100)), image.convert("RGB").getpixel((5, 5))
     assert centre != corner, "a silhouette, not a blank square"
+
+
+@pytest.mark.parametrize("denoised", [0.0, 0.2, 0.6, 1.0])
+def test_a_live_preview_is_made_small_whatever_the_noise(denoised: float) -> None:
+    full_size = preview_png("A painting of cjs, bokeh", 5, 512, 512, denoised=denoised)
+    small = preview_webp(full_size)
+    assert len(small) <= PREVIEW_BYTES
+    image = Image.open(io.BytesIO(small))
+    assert image.format == "WEBP" and max(image.size) <= PREVIEW_EDGE
+    if denoised >= 0.6:
+        assert image.size == (PREVIEW_EDGE, PREVIEW_EDGE)  # nearly done: the full preview size fits
+
+
+def test_a_preview_of_a_whole_batch_keeps_its_aspect() -> None:
+    grid = encoded(Image.new("RGB", (1024, 512), (90, 120, 200)), "PNG")
+    assert Image.open(io.BytesIO(preview_webp(grid))).size == (96, 48)
+    with pytest.raises(ImageError):
+        preview_webp(b"<html>not an image</html>")

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import socket
 import time
 
 import pytest
+from PIL import Image
 from starlette.responses import JSONResponse, Response
 
 from avatargen.sd import SdClient, SdError, SdNotReady
@@ -214,3 +216,30 @@ async def test_probe_fails_for_good_when_the_checkpoint_is_missing() -> None:
     assert not failure.value.retryable
     assert "'someone-else.safetensors'" in failure.value.message
     assert "cjs-dreambooth.safetensors [abc123]" in failure.value.message  # what is available
+
+
+async def test_live_previews_are_asked_for_each_request_and_fetched_only_when_wanted() -> None:
+    settings = sd_settings(steps=20, checkpoint="cjs-dreambooth")
+    async with sd_webui(sim_settings(step_time=0.02)) as (_, url), SdClient(settings, url=url,
+                                                                              live_previews=True) as sd:
+        job = asyncio.create_task(sd.txt2img("cjs", batch_size=2, seed=3))
+        progress = await sd.progress(preview=True)
+        while progress.preview is None:
+            progress = await sd.progress(preview=True)
+        assert progress.sampling_step >= 4  # one preview every 20 // 5 steps
+        assert (await sd.progress()).preview is None  # not fetched unless wanted: hundreds of kB each
+        result = await job
+    assert result.parameters["override_settings"] == {
+        "sd_model_checkpoint": "cjs-dreambooth", "live_previews_enable": True, "show_progress_grid": False,
+        "show_progress_every_n_steps": 4}
+    image = Image.open(io.BytesIO(progress.preview))
+    assert (image.format, image.size) == ("PNG", (128, 96))
+
+
+@pytest.mark.parametrize("current_image", ["not base64!", "bm90IGFuIGltYWdl", 42, ""])
+async def test_a_preview_that_is_not_an_image_is_dropped(current_image: object) -> None:
+    body = {"progress": 0.5, "eta_relative": 1, "state": {"sampling_step": 5, "sampling_steps": 10, "job_count": 1},
+            "current_image": current_image}
+    async with fixed_answers({"/sdapi/v1/progress": JSONResponse(body)}) as url, SdClient(sd_settings(), url=url) as sd:
+        progress = await sd.progress(preview=True)
+    assert (progress.sampling_step, progress.preview) == (5, None)  # the step bar still moves

@@ -114,12 +114,15 @@ async def test_start_and_stop_are_harmless_when_already_done(sim: SimulatedGpu, 
     assert again["event"]["state"] == "done"
 
 
-async def test_start_while_stopping_is_a_conflict(sim: SimulatedGpu, api: httpx.AsyncClient) -> None:
-    await api.patch(f"/machines/{sim.machine_id}/start")
-    first = (await api.patch(f"/machines/{sim.machine_id}/stop")).json()
-    second = (await api.patch(f"/machines/{sim.machine_id}/stop")).json()
-    assert second["event"]["id"] == first["event"]["id"]  # the stop in progress
-    response = await api.patch(f"/machines/{sim.machine_id}/start")
+async def test_start_while_stopping_is_a_conflict() -> None:
+    # A stop that lasts a minute: however busy the machine, the second start comes while it is stopping.
+    async with SimulatedGpu(sim_settings(stop_delay=60.0)) as sim, \
+            httpx.AsyncClient(base_url=sim.api_url, headers={"Authorization": f"Bearer {sim.api_key}"}) as api:
+        await api.patch(f"/machines/{sim.machine_id}/start")
+        first = (await api.patch(f"/machines/{sim.machine_id}/stop")).json()
+        second = (await api.patch(f"/machines/{sim.machine_id}/stop")).json()
+        assert second["event"]["id"] == first["event"]["id"]  # the stop in progress
+        response = await api.patch(f"/machines/{sim.machine_id}/start")
     assert response.status_code == 409
     assert response.json()["code"] == "CONFLICT"
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+from PIL import Image, ImageChops, ImageStat
 
 from avatargen.sd import SdClient, SdError
 from avatargen.simulator import SimulatedGpu
@@ -145,6 +146,55 @@ async def test_progress_rises_with_the_sampling_step_and_is_zero_when_idle() -> 
     assert sample["eta_relative"] == pytest.approx(remaining * 0.01 * (1 + 2 * BATCH_COST))
 
 
+def _distance(encoded: str, final: Image.Image) -> float:
+    """Mean absolute difference per channel value (0..255) between a preview and the final image."""
+    preview = decode_image(encoded).convert("RGB")
+    assert preview.size == final.size
+    return sum(ImageStat.Stat(ImageChops.difference(preview, final)).mean) / 3
+
+
+async def _previews(url: str, body: dict[str, Any], *, skip: str = "false") -> tuple[list[tuple[int, str]], str]:
+    """Each live preview seen while the job ran, with the step progress gave with it, and the final image."""
+    async with httpx.AsyncClient(timeout=30) as client:
+        job = asyncio.create_task(post(url, body))
+        seen: list[tuple[int, str]] = []
+        while not job.done():
+            progress = (await client.get(f"{url}/sdapi/v1/progress", params={"skip_current_image": skip})).json()
+            image = progress["current_image"]
+            if image is not None and (not seen or seen[-1][1] != image):
+                seen.append((progress["state"]["sampling_step"], image))
+        response = await job
+    assert response.status_code == 200
+    return seen, response.json()["images"][0]
+
+
+async def test_live_previews_go_from_noise_to_the_final_image() -> None:
+    body = {"prompt": "A painting of cjs", "seed": 7, "steps": 20, "width": 128, "height": 96, "batch_size": 2,
+            "override_settings": {"show_progress_every_n_steps": 2}}
+    async with sd_webui(sim_settings(step_time=0.02)) as (_, url):
+        seen, final_image = await _previews(url, body)
+    final = decode_image(final_image).convert("RGB")
+    assert len(seen) >= 4
+    assert all(step >= 2 for step, _ in seen)  # nothing before the first preview step
+    distances = [_distance(image, final) for _, image in seen]
+    assert distances == sorted(distances, reverse=True)  # each preview nearer the final picture
+    assert distances[0] > 3 * distances[-1] and distances[0] > 20  # it starts as noise
+
+
+async def test_live_previews_follow_the_web_ui_options() -> None:
+    body = {"prompt": "cjs", "seed": 7, "steps": 20, "width": 64, "height": 64}
+    async with sd_webui(sim_settings(step_time=0.005)) as (_, url), httpx.AsyncClient() as client:
+        every_ten, _ = await _previews(url, body)  # the web UI's default period: 10 steps
+        assert every_ten and all(step >= 10 for step, _ in every_ten)
+        assert (await _previews(url, body, skip="true"))[0] == []
+        off = {**body, "override_settings": {"live_previews_enable": False}}
+        assert (await _previews(url, off))[0] == []
+        assert (await _previews(url, {**body, "override_settings": {"show_progress_every_n_steps": -1}}))[0] == []
+        options = (await client.get(f"{url}/sdapi/v1/options")).json()
+    # a request's override_settings last for that request only
+    assert options["live_previews_enable"] is True and options["show_progress_every_n_steps"] == 10
+
+
 async def test_interrupt_makes_the_pending_txt2img_return_early_with_its_images() -> None:
     async with sd_webui(sim_settings(step_time=0.02)) as (_, url), httpx.AsyncClient() as client:
         started = time.monotonic()
@@ -232,7 +282,7 @@ async def test_sd_invalid_image_fault_sends_base64_that_is_not_an_image_then_not
 
 
 async def test_sd_slow_first_fault_slows_only_the_first_job_after_boot() -> None:
-    async with sd_webui(sim_settings(step_time=0.005), faults=["sd_slow_first"]) as (webui, url):
+    async with sd_webui(sim_settings(step_time=0.02), faults=["sd_slow_first"]) as (webui, url):
         timings = []
         for _ in range(2):
             started = time.monotonic()
@@ -242,9 +292,8 @@ async def test_sd_slow_first_fault_slows_only_the_first_job_after_boot() -> None
         started = time.monotonic()
         await post(url, {"steps": 10})
         after_reboot = time.monotonic() - started
-    assert timings[0] >= 0.25  # 10 steps x 5 ms x 5
-    assert timings[1] < 0.2
-    assert after_reboot >= 0.25
+    assert timings[0] >= 1.0 and after_reboot >= 1.0  # 10 steps x 20 ms x 5, a lower bound however busy
+    assert timings[1] < timings[0] / 2  # 0.2 s: room for a busy machine's overhead
 
 
 async def test_the_web_ui_is_refused_while_the_machine_is_off_and_404_while_it_mounts() -> None:

@@ -13,7 +13,7 @@ from textual.message import Message
 from textual.pilot import Pilot
 from textual.widgets import Button, Checkbox, Input, Label, OptionList, Static
 
-from avatargen.api import LogEntry
+from avatargen.api import LogEntry, Preview
 from tests.tui_support import ServerProcess, panel, running_server, seed_images, wait_for
 from tui.app import AvatarApp
 from tui.messages import Answered, Connected, Disconnected, Received, StatusFetched
@@ -22,8 +22,10 @@ from tui.screens.image_detail import ImageDetailScreen
 from tui.screens.problem import ProblemScreen
 from tui.screens.refill import RefillScreen
 from tui.widgets.event_log import EventLog
+from tui.widgets.history_charts import HistoryCharts
 from tui.widgets.last_run import LastRunSummary
 from tui.widgets.link_indicator import LinkIndicator
+from tui.widgets.live_preview import LivePreview
 from tui.widgets.prompt_editor import PromptEditor
 from tui.widgets.state_diagram import StateDiagram
 from tui.widgets.thumbnail_grid import ThumbnailGrid
@@ -277,16 +279,15 @@ async def test_the_panel_survives_the_server_going_away_and_coming_back(server: 
         assert not app.main.has_class("-offline")
 
 
-@pytest.mark.xfail(reason="the server now sets a broken image aside before a panel can list it (issue 16 item 4); "
-                          "this needs a proxy in front of the server answering HTML to reproduce", strict=False)
-async def test_an_image_that_is_not_one_is_marked_on_its_card_and_the_panel_goes_on(tmp_path: Path) -> None:
+async def test_an_image_whose_pixels_do_not_decode_is_marked_on_its_card_and_the_panel_goes_on(tmp_path: Path) -> None:
     fallback = tmp_path / "data" / "fallback"
     seed_images(fallback, 2)
-    # What a proxy in the way answers instead of the image: its own HTML page, here behind a WebP header whose
-    # size is right, so that the server's cheap header check lets it through and only decoding finds it out.
+    # A whole WebP file by its RIFF structure (so the server's cheap check sends it) whose pixel data is not
+    # VP8 at all: here a proxy's sign-in page. Only decoding finds it out, and that is the panel's to show.
     broken = "20250101T120009-broken"
-    page = b"WEBP<!DOCTYPE html>\n<html><body>Please sign in</body></html>\n"
-    (fallback / f"{broken}.webp").write_bytes(b"RIFF" + len(page).to_bytes(4, "little") + page)
+    page = b"<!DOCTYPE html>\n<html><body>Please sign in</body></html>\n"
+    chunk = b"VP8 " + len(page).to_bytes(4, "little") + page + b"\0" * (len(page) & 1)
+    (fallback / f"{broken}.webp").write_bytes(b"RIFF" + (4 + len(chunk)).to_bytes(4, "little") + b"WEBP" + chunk)
     (fallback / f"{broken}.json").write_text(json.dumps({"prompt": "A sketch of cjs",
                                                           "created_at": "2025-01-01T12:00:09+00:00"}))
     with running_server(tmp_path) as server:
@@ -383,6 +384,41 @@ async def test_the_log_shows_what_the_server_logged_before_the_panel_connected(s
         connected = next(number for number, text in enumerate(messages) if text.startswith("connected to "))
         assert any("data in " in text for text in messages[:connected]), "in time order, before the panel's own line"
         await wait_for(pilot, lambda: any("data in " in line.text for line in log.lines), "the line on screen")
+
+
+async def test_the_overview_watches_the_avatar_paint_and_charts_the_run(tmp_path: Path) -> None:
+    """Previews in pixels beside the step bar while the run generates, the last image once it ends, and the
+    run's and today's figures in the charts."""
+    paced = {"buckets.unique.max": 4, "buckets.fallback.max": 4, "sd.steps": 20, "gpu.simulated.step_time": "50ms"}
+    with running_server(tmp_path, paced) as server:
+        app = panel(server.url)
+        events: list[Message] = []
+        async with app.run_test(size=(80, 24), message_hook=collect(Received, events)) as pilot:
+            await wait_for(pilot, lambda: app.main.status is not None, "the first status")
+            preview = app.main.query_one(LivePreview)
+            charts = app.main.query_one(HistoryCharts)
+            assert not preview.live and "no image yet" in str(preview.query_one(".live-preview-caption").render())
+            await wait_for(pilot, lambda: charts.history is not None, "the history")
+            await pilot.press("r")
+            await wait_for(pilot, lambda: isinstance(app.screen, RefillScreen), "the refill dialog")
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: preview.live, "a live preview", timeout=30)
+            caption = str(preview.query_one(".live-preview-caption").render())
+            assert caption.startswith("step ") and caption.endswith("/20")
+            assert preview.query_one(".live-preview-image").image.size[0] <= 96  # type: ignore[attr-defined]
+            await wait_for(pilot, lambda: (s := app.main.status) is not None and s.state == "idle"
+                           and s.last_run is not None, "the run to end", timeout=30)
+            await wait_for(pilot, lambda: not preview.live, "the last finished image")
+            assert str(preview.query_one(".live-preview-caption").render()) == "last image"
+            await wait_for(pilot, lambda: charts.history is not None and charts.history.run is not None
+                           and charts.history.run.outcome == "completed", "the run's chart")
+            history = charts.history
+            assert history is not None and history.run is not None
+            assert sum(minute.images for minute in history.run.minutes) == 8
+            assert history.days[-1].images == 8 and len(history.days) == 30
+            assert "total 8" in str(charts.query_one("#day-images .chart-summary").render())
+    previews = [m.event for m in events if isinstance(m, Received) and isinstance(m.event, Preview)]
+    assert previews, "the server sent previews"
 
 
 async def test_a_status_fetched_before_newer_events_does_not_take_the_panel_back(server: ServerProcess) -> None:

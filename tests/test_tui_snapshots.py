@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +22,15 @@ from textual.screen import Screen
 from textual.widgets import Input
 
 import tui.app
-from avatargen.api import LogEntry, Status
+from avatargen.api import DayTotal, History, LogEntry, Preview, RunChart, RunMinute, Status
+from avatargen.imaging import preview_webp
+from avatargen.simulator.drawing import preview_png
 from tests.tui_support import ServerProcess, panel, running_server, seed_images, wait_for
 from tui.connection import Backoff
 from tui.screens.confirm_abort import ConfirmAbortScreen
 from tui.screens.main import MainScreen
 from tui.screens.problem import ProblemScreen
+from tui.widgets.history_charts import HistoryCharts
 from tui.widgets.link_indicator import LinkIndicator
 from tui.widgets.prompt_editor import PromptEditor
 
@@ -71,7 +74,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 
 
 async def settled(pilot: Pilot[Any]) -> None:
-    """Connected, thumbnails drawn, sample prompts shown: nothing left in flight."""
+    """Connected, thumbnails and the last image drawn, the charts and sample prompts shown: nothing left in
+    flight."""
     app = pilot.app
     assert isinstance(app, tui.app.AvatarApp)
     main = app.main
@@ -80,6 +84,8 @@ async def settled(pilot: Pilot[Any]) -> None:
     await wait_for(pilot, lambda: len(main.query("#thumbnails Thumbnail")) == 3, "the seeded thumbnails")
     await wait_for(pilot, lambda: len(main.query("#review-grid Thumbnail")) == 2, "the held images")
     await wait_for(pilot, lambda: "1. " in str(main.query_one("#samples").render()), "the sample prompts")
+    await wait_for(pilot, lambda: main.newest is not None, "the last image beside the step bar")
+    await wait_for(pilot, lambda: main.query_one(HistoryCharts).history is not None, "the history charts")
     for field in main.query(Input):
         field.cursor_blink = False
 
@@ -170,11 +176,14 @@ MID_RUN: dict[str, Any] = {
         "error": "5 images failed in a row; last: the SD web UI answered 500", "ended_at": "2024-12-31T23:02:20+00:00",
     },
     "buckets": {"unique": {"count": 12, "min": 10, "max": 30}, "fallback": {"count": 5, "min": 20, "max": 40}},
-    "gpu": {"provider": "paperspace", "machine_state": "ready"},
+    "gpu": {"provider": "paperspace", "machine_state": "ready",
+            "notes": ["auto-shutdown is off on machine psabc123: nothing stops it if avatargen dies for good"]},
     "cost": {"today": 1.25, "month": 18.4, "daily_budget": 5.0, "billed_seconds_today": 5921,
-             "billed_seconds_month": 87150},
+             "billed_seconds_month": 87150, "hourly_rate": 0.51, "rate_source": "provider"},
     "next_check_at": None,
     "paused_reason": None,
+    "visitors": {"errors": 7, "last_error": "unique claim: [Errno 30] Read-only file system",
+                 "last_error_at": "2025-01-01T11:58:00+00:00"},
 }
 
 
@@ -189,12 +198,30 @@ MID_RUN_LOG = [
 ]
 
 
+# The run minute by minute (the boot's first minute makes nothing) and 30 days with runs on some of them.
+MID_RUN_HISTORY = History(
+    [DayTotal(date(2024, 12, 3) + timedelta(days=day), 600.0 * (day % 4), 0.127 * (day % 4), 40 * (day % 4))
+     for day in range(29)] + [DayTotal(date(2025, 1, 1), 83.0, 0.0175, 21)],
+    RunChart("20250101T120000-7f3a", datetime(2025, 1, 1, 12, tzinfo=UTC), None,
+             [RunMinute(0, 0.0087), RunMinute(14, 0.0155), RunMinute(7, 0.0175)]),
+)
+
+
+def mid_run_preview() -> Preview:
+    """What the generator sends at step 12 of 20: the simulator's picture of the job, made small."""
+    png = preview_png(MID_RUN["run"]["current_prompt"], 7, 512, 512, denoised=12 / 20)
+    return Preview(MID_RUN["run"]["id"], "fallback", MID_RUN["run"]["current_prompt"], 12, 20, "image/webp",
+                   preview_webp(png))
+
+
 class FrozenMainScreen(MainScreen):
     def on_mount(self) -> None:
         self.status = Status.from_json(MID_RUN)
         self.query_one(LinkIndicator).show_live()
         for entry in MID_RUN_LOG:
             self.log_entry(entry)
+        self.show_preview(mid_run_preview())
+        self.show_history(MID_RUN_HISTORY)
 
 
 class OverviewOnly(App[None]):
@@ -210,6 +237,15 @@ class OverviewOnly(App[None]):
 @pytest.mark.parametrize("size", [(80, 24), (160, 40)], ids=["80x24", "160x40"])
 def test_a_run_in_progress(snap_compare: Snap, size: tuple[int, int]) -> None:
     assert snap_compare(OverviewOnly(), terminal_size=size)
+
+
+def test_history_charts_below_the_run_at_80x24(snap_compare: Snap) -> None:
+    async def scroll_down(pilot: Pilot[Any]) -> None:
+        await wait_for(pilot, lambda: pilot.app.screen.query("#dashboard"), "the overview")
+        pilot.app.screen.query_one("#dashboard").scroll_end(animate=False)
+        await pilot.pause()
+
+    assert snap_compare(OverviewOnly(), terminal_size=(80, 24), run_before=scroll_down)
 
 
 def test_abort_confirmation(snap_compare: Snap) -> None:

@@ -19,12 +19,15 @@ import httpx
 import pytest
 from PIL import Image
 
+from avatargen.api import AdminClient
 from avatargen.buckets import open_buckets
 from avatargen.config import Settings
 from avatargen.imaging import check_webp, frame_unique, to_avatar_webp
 from benchmarks.storage_faults import fill, read_only, tmpfs
 from server.visitor import VisitorService
 from tests.support import fast_settings, serving, wait_until
+
+TOKEN = "visitor-test-token"
 
 
 def stock(settings: Settings, unique: int = 0, fallback: int = 0) -> dict[str, list[str]]:
@@ -324,17 +327,19 @@ async def test_broken_files_are_found_after_start_up_before_a_visitor_meets_them
 
 async def test_a_read_only_unique_bucket_gives_fallbacks_and_keeps_its_uniques(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    settings = fast_settings(tmp_path)
+    settings = fast_settings(tmp_path, admin__token=TOKEN)
     folder = settings.buckets.unique.dir
     with tmpfs(folder):
         ids = stock(settings, unique=3, fallback=2)
         read_only(folder)
-        async with serving(settings) as (url, app):
+        async with serving(settings) as (url, _app):
             responses = await get_many(url, [f"203.0.113.{n}" for n in range(1, 11)])
             assert [(r.status_code, r.headers["x-avatar-kind"]) for r in responses] == [(200, "fallback")] * 10
             assert stored(settings, "unique") == set(ids["unique"]) and not claimed(settings)
-            status = app.state.visitor.status()
-            assert status["errors"] >= 6 and "Read-only file system" in status["last_error"]
+            async with AdminClient(url, TOKEN) as owner:  # the owner sees why in the status
+                visitors = (await owner.status()).visitors
+            assert visitors.errors >= 6 and "Read-only file system" in (visitors.last_error or "")
+            assert visitors.last_error_at is not None
             read_only(folder, on=False)  # the owner fixes the mount: nobody's allowance was spent meanwhile
             assert kinds(await get_many(url, ["203.0.113.1"])) == ["unique"]
     failures = [record for record in caplog.records if "Read-only file system" in record.getMessage()]
@@ -342,15 +347,16 @@ async def test_a_read_only_unique_bucket_gives_fallbacks_and_keeps_its_uniques(
 
 
 async def test_a_full_disk_under_data_dir_gives_fallbacks_and_spends_nothing(tmp_path: Path) -> None:
-    settings = fast_settings(tmp_path, server__data_dir="state")
+    settings = fast_settings(tmp_path, server__data_dir="state", admin__token=TOKEN)
     with tmpfs(settings.server.data_dir, size="4m"):
         ids = stock(settings, unique=3, fallback=2)
-        async with serving(settings) as (url, app):
+        async with serving(settings) as (url, _app):
             filler = fill(settings.server.data_dir)
             responses = await get_many(url, [f"203.0.113.{n}" for n in range(1, 31)])
             assert [(r.status_code, r.headers["x-avatar-kind"]) for r in responses] == [(200, "fallback")] * 30
             assert stored(settings, "unique") == set(ids["unique"])
-            assert "database or disk is full" in app.state.visitor.status()["last_error"]
+            async with AdminClient(url, TOKEN) as owner:
+                assert "database or disk is full" in ((await owner.status()).visitors.last_error or "")
             filler.unlink()
             assert kinds(await get_many(url, ["203.0.113.1"])) == ["unique"]
 

@@ -35,6 +35,7 @@ from avatargen.api import (
     ImageRemoved,
     LogEntry,
     NewImage,
+    Preview,
     ProtocolError,
     Run,
     StateChange,
@@ -49,6 +50,7 @@ from tui.messages import (
     Connected,
     Disconnected,
     Failed,
+    HistoryLoaded,
     PicturesArrived,
     PicturesLoaded,
     PromptsLoaded,
@@ -69,6 +71,8 @@ from tui.widgets.prompt_editor import PromptEditor
 from tui.widgets.thumbnail import Thumbnail
 from tui.widgets.thumbnail_grid import ThumbnailGrid
 
+HISTORY_DAYS = 30  # the days the charts show
+HISTORY_EVERY = 20.0  # seconds between chart refreshes while a run goes on (its chart is by the minute)
 SAMPLE_DELAY = 0.25  # seconds of quiet typing before samples are asked for: one request per pause, not per key
 TOKEN_HINT = (
     "Give the panel the server's admin token: --token, the AVATARGEN_ADMIN_TOKEN environment variable, "
@@ -78,6 +82,10 @@ TOKEN_HINT = (
 BackendError = (Unreachable, AdminError, ProtocolError)
 T = TypeVar("T")
 H = TypeVar("H", bound=Callable[..., Any])
+
+
+def _newest(pictures: list[Picture]) -> Picture | None:
+    return max(pictures, key=lambda picture: picture.info.created_at, default=None)
 
 
 def while_running(handler: H) -> H:
@@ -141,6 +149,7 @@ class AvatarApp(App[None]):
 
     def on_mount(self) -> None:
         self.follow_server()
+        self.set_interval(HISTORY_EVERY, self._refresh_history)
 
     async def on_unmount(self) -> None:
         await self.client.aclose()
@@ -168,6 +177,7 @@ class AvatarApp(App[None]):
         self.note("info", f"connected to {self.client.url}")
         self.ever_connected = True
         self.load_pictures()
+        self.load_history()
         if not self.main.query_one(PromptEditor).dirty:
             self.load_prompts()
 
@@ -211,11 +221,15 @@ class AvatarApp(App[None]):
         if isinstance(event, LogEntry):
             self.main.log_entry(event)
             return
+        if isinstance(event, Preview):
+            self.main.show_preview(event)
+            return
         self.events_received += 1
         if self.main.status is not None:
             self.main.status = self.main.status.apply(event)
         if isinstance(event, StateChange):
             self.refresh_status()  # today's and this month's spend are not in the event
+            self.load_history()  # a run started or ended: its chart, today's bar
         elif isinstance(event, NewImage | ImageHeld):
             self.arrivals.append(event.image)
             if self.arrivals_worker is None or self.arrivals_worker.is_finished:
@@ -243,6 +257,23 @@ class AvatarApp(App[None]):
             self.main.status = message.status.keeping_live_parts_of(current)
         else:
             self.main.status = message.status
+
+    # --- charts ----------------------------------------------------------------------------------------
+
+    def _refresh_history(self) -> None:
+        """While a run goes on its chart grows by the minute; between runs nothing changes."""
+        if self.main.status is not None and self.main.status.run is not None:
+            self.load_history()
+
+    @work(exclusive=True, group="history", exit_on_error=False)
+    async def load_history(self) -> None:
+        history = await self._fetch("the history", self.client.history(HISTORY_DAYS))
+        if history is not None:
+            self.post_message(HistoryLoaded(history))
+
+    @while_running
+    def on_history_loaded(self, message: HistoryLoaded) -> None:
+        self.main.show_history(message.history)
 
     def note(self, level: str, text: str) -> None:
         """A line in the log from the panel itself."""
@@ -315,20 +346,28 @@ class AvatarApp(App[None]):
     @while_running
     async def on_pictures_loaded(self, message: PicturesLoaded) -> None:
         held = [picture for picture in message.pictures if picture.info.held]
+        published = [picture for picture in message.pictures if not picture.info.held]
         for grid in self.main.image_grids:
-            await grid.show([picture for picture in message.pictures if not picture.info.held])
+            await grid.show(published)
         await self.main.review_grid.show(held)
+        self.main.show_newest(_newest(published))
 
     @while_running
     async def on_pictures_arrived(self, message: PicturesArrived) -> None:
         held = [picture for picture in message.pictures if picture.info.held]
+        published = [picture for picture in message.pictures if not picture.info.held]
         for grid in self.main.image_grids:
-            await grid.add([picture for picture in message.pictures if not picture.info.held])
+            await grid.add(published)
         await self.main.review_grid.add(held)
+        if published:
+            self.main.show_newest(_newest(published))
 
     async def _drop_everywhere(self, image_id: str) -> None:
         for grid in self.main.query(ThumbnailGrid):
             await grid.drop([image_id])
+        if self.main.newest is not None and self.main.newest.info.id == image_id:  # beside the step bar: the next
+            cards = self.main.query_one("#thumbnails", ThumbnailGrid).cards
+            self.main.show_newest(cards[0].picture if cards else None)
 
     async def _publish_approved(self, info: ImageInfo) -> None:
         """An approved image leaves the review grid for the image grids, with the pixels already here."""

@@ -51,19 +51,38 @@ def _not_an_image(data: bytes) -> str:
     return f"not an image: {len(data)} bytes" + (f" starting {start!r}" if start else "")
 
 
+def _pixels(data: bytes) -> PILImage.Image:
+    image = PILImage.open(io.BytesIO(data))
+    image.load()
+    return image
+
+
 def decode(info: ImageInfo, data: bytes) -> Picture:
     try:
-        image = PILImage.open(io.BytesIO(data))
-        image.load()
+        return Picture(info, _pixels(data))
     except PILImage.UnidentifiedImageError:
         return Picture(info, None, _not_an_image(data))
     except UNDECODABLE as exc:
         return Picture(info, None, f"a broken image: {exc}")
-    return Picture(info, image)
+
+
+def decode_pixels(data: bytes) -> PILImage.Image | None:
+    """The pixels of a small picture the server made itself (a live preview); None if they do not decode
+    (the panel skips that one: the next comes a second later)."""
+    try:
+        return _pixels(data)
+    except UNDECODABLE:
+        return None
 
 
 def image_widget(style: ImageStyle, picture: Picture, *, classes: str = "") -> Widget:
     """A widget that draws the picture with the chosen renderer, sized by CSS (or says why it cannot)."""
     if picture.image is None:
         return Static(Text(f"cannot show image: {picture.problem}"), classes=f"{classes} -unshowable")
-    return _WIDGETS[style](picture.image, classes=classes)
+    return pixels_widget(style, picture.image, classes=classes)
+
+
+def pixels_widget(style: ImageStyle, image: PILImage.Image | None, *, classes: str = "") -> Widget:
+    """A widget that draws pixels with the chosen renderer, sized by CSS; give it others by setting its
+    `image` (None: nothing drawn)."""
+    return _WIDGETS[style](image, classes=classes)

@@ -11,7 +11,7 @@ from typing import Any
 
 from textual.message import Message
 
-from avatargen.api import AdminError, ServerEvent, Status
+from avatargen.api import AdminError, History, ServerEvent, Status
 from tui.images import Picture
 
 
@@ -57,6 +57,14 @@ class StatusFetched(Message):
         super().__init__()
         self.status = status
         self.events_before = events_before
+
+
+class HistoryLoaded(Message):
+    """The server's history: the days' spend and images, and a run by the minute."""
+
+    def __init__(self, history: History) -> None:
+        super().__init__()
+        self.history = history
 
 
 class PicturesLoaded(Message):

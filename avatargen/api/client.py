@@ -22,7 +22,16 @@ from urllib.parse import quote
 import httpx
 from httpx_sse import SSEError, aconnect_sse
 
-from avatargen.api.wire import ImageInfo, ProtocolError, Run, ServerEvent, Status, decode_event, decode_run
+from avatargen.api.wire import (
+    History,
+    ImageInfo,
+    ProtocolError,
+    Run,
+    ServerEvent,
+    Status,
+    decode_event,
+    decode_run,
+)
 
 Events = AsyncIterator[tuple[str | None, ServerEvent]]
 
@@ -106,6 +115,10 @@ class AdminClient:
 
     async def status(self) -> Status:
         return Status.from_json(_json(await self._call("GET", "/admin/api/status")))
+
+    async def history(self, days: int = 30) -> History:
+        """Spend, billed time and images per day over the last `days` days, and a run by the minute."""
+        return History.from_json(_json(await self._call("GET", "/admin/api/history", params={"days": days})))
 
     async def images(self, bucket: str, limit: int, *, held: bool = False) -> list[ImageInfo]:
         """The bucket's newest images, newest first; `held`: those the safety gate held back instead."""

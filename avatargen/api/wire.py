@@ -10,9 +10,10 @@ config names); the limits a request must keep to are `PROMPT_TEXT_MAX` and `PROM
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import base64
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any, Literal, TypeVar
 
 from avatargen.timestamps import utc_iso
@@ -227,6 +228,24 @@ class Cost:
 
 
 @dataclass(frozen=True)
+class VisitorErrors:
+    """How many visitors got another avatar (a fallback, the placeholder) because something failed on their
+    path, and the last cause: a read-only bucket or a full disk is the owner's to fix, so it is shown."""
+
+    errors: int = 0
+    last_error: str | None = None
+    last_error_at: datetime | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"errors": self.errors, "last_error": self.last_error, "last_error_at": time_json(self.last_error_at)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> VisitorErrors:
+        return cls(int(data.get("errors") or 0), data.get("last_error"),
+                   _optional(data.get("last_error_at"), _time))
+
+
+@dataclass(frozen=True)
 class Status:
     """Everything `GET /admin/api/status` says: the picture a client starts from after each (re)connect."""
 
@@ -240,6 +259,7 @@ class Status:
     next_check_at: datetime | None = None
     paused_reason: str | None = None
     machine_notes: tuple[str, ...] = ()  # what the owner should know about the machine (a backstop off, ...)
+    visitors: VisitorErrors = VisitorErrors()  # the visitor path's failures, told by the serving process
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -252,6 +272,7 @@ class Status:
             "cost": self.cost.to_json(),
             "next_check_at": time_json(self.next_check_at),
             "paused_reason": self.paused_reason,
+            "visitors": self.visitors.to_json(),
         }
 
     @classmethod
@@ -269,6 +290,7 @@ class Status:
                 cost=Cost.from_json(data["cost"]),
                 next_check_at=_optional(data.get("next_check_at"), _time),
                 paused_reason=data.get("paused_reason"),
+                visitors=VisitorErrors.from_json(data.get("visitors") or {}),
             )
 
         return decode("status", convert, data)
@@ -462,14 +484,39 @@ class LogEntry:
         return cls(_time(data["time"]), str(data["level"]), str(data["message"]))
 
 
-ServerEvent = StateChange | Run | ImageEvent | ImageRemoved | BucketsChange | LogEntry
+@dataclass(frozen=True)
+class Preview:
+    """A small picture of the image the SD server is making now, at its step (a `preview` event): the
+    run, the bucket and prompt of that job, and the image file (WebP, at most 96 px a side)."""
 
-EventKind = type[StateChange] | type[Run] | type[ImageEvent] | type[ImageRemoved] | type[BucketsChange] | type[LogEntry]
+    run_id: str
+    bucket: str
+    prompt: str
+    step: int
+    steps: int
+    media_type: str
+    image: bytes
+
+    def to_json(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "bucket": self.bucket, "prompt": self.prompt, "step": self.step,
+                "steps": self.steps, "media_type": self.media_type,
+                "image": base64.b64encode(self.image).decode("ascii")}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Preview:
+        return cls(str(data["run_id"]), str(data["bucket"]), str(data["prompt"]), int(data["step"]),
+                   int(data["steps"]), str(data["media_type"]), base64.b64decode(data["image"], validate=True))
+
+
+ServerEvent = StateChange | Run | ImageEvent | ImageRemoved | BucketsChange | LogEntry | Preview
+
+EventKind = (type[StateChange] | type[Run] | type[ImageEvent] | type[ImageRemoved] | type[BucketsChange]
+             | type[LogEntry] | type[Preview])
 # Each SSE event name and the kind of event it carries (`progress` is a Run).
 EVENT_KINDS: dict[str, EventKind] = {"state": StateChange, "progress": Run, "image": NewImage,
                                      "buckets": BucketsChange, "log": LogEntry, "held": ImageHeld,
                                      "approved": ImageApproved, "kept": ImageKept, "moved": ImageMoved,
-                                     "removed": ImageRemoved}
+                                     "removed": ImageRemoved, "preview": Preview}
 EVENT_NAMES: dict[EventKind, str] = {kind: name for name, kind in EVENT_KINDS.items()}
 
 
@@ -489,3 +536,78 @@ def decode_event(name: str, data: Any) -> ServerEvent | None:
 
 def decode_run(data: Any) -> Run:
     return decode("run", Run.from_json, data)
+
+
+# --- charts ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DayTotal:
+    """One UTC day of the cost ledger: billed GPU time, its cost, and the images of the runs that ended."""
+
+    date: date
+    billed_seconds: float
+    spend: float
+    images: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"date": self.date.isoformat(), "billed_seconds": self.billed_seconds, "spend": self.spend,
+                "images": self.images}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> DayTotal:
+        return cls(date.fromisoformat(data["date"]), float(data["billed_seconds"]), float(data["spend"]),
+                   int(data["images"]))
+
+
+@dataclass(frozen=True)
+class RunMinute:
+    """One minute of a run since its start: the images stored in it, and the run's spend by its end."""
+
+    images: int
+    spend: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"images": self.images, "spend": self.spend}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RunMinute:
+        return cls(int(data["images"]), float(data["spend"]))
+
+
+@dataclass(frozen=True)
+class RunChart:
+    """A run minute by minute (the run under way, else the last one); `outcome` None while it goes on."""
+
+    id: str
+    started_at: datetime
+    outcome: str | None
+    minutes: Sequence[RunMinute]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "started_at": time_json(self.started_at), "outcome": self.outcome,
+                "minutes": [minute.to_json() for minute in self.minutes]}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RunChart:
+        return cls(str(data["id"]), _time(data["started_at"]), data.get("outcome"),
+                   [RunMinute.from_json(minute) for minute in data["minutes"]])
+
+
+@dataclass(frozen=True)
+class History:
+    """`GET /admin/api/history`: the owner's charts. `days` oldest first, today last."""
+
+    days: Sequence[DayTotal]
+    run: RunChart | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"days": [day.to_json() for day in self.days], "run": None if self.run is None else self.run.to_json()}
+
+    @classmethod
+    def from_json(cls, data: Any) -> History:
+        def convert(data: Mapping[str, Any]) -> History:
+            return cls([DayTotal.from_json(day) for day in data["days"]],
+                       _optional(data.get("run"), RunChart.from_json))
+
+        return decode("history", convert, data)

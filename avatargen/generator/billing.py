@@ -25,7 +25,7 @@ from dataclasses import replace
 
 from avatargen.buckets import Bucket, ImageRecord
 from avatargen.durations import format_duration
-from avatargen.ledger import CostLedger, Entry, Spend, month_start
+from avatargen.ledger import DAY, CostLedger, Day, Entry, Spend, daily, day_start, month_start
 from avatargen.retry import backoff_delay
 from avatargen.run import iso
 
@@ -45,6 +45,7 @@ class Billing:
         self._entries: dict[str, Entry] = {}
         self._unwritten: dict[str, Entry] = {}
         self._wake = asyncio.Event()
+        self._file = asyncio.Lock()  # one worker thread at a time on the ledger's connection
         self._closing = False
         self._writer: asyncio.Task[None] | None = None
 
@@ -77,6 +78,30 @@ class Billing:
         entry = self._entries.get(run_id)
         if entry is not None and entry.stopped is None:
             self._set(replace(entry, stopped=when))
+
+    def count_image(self, run_id: str) -> None:
+        """The run stored an image: counted in memory now, written with the run's stop."""
+        entry = self._entries.get(run_id)
+        if entry is not None:
+            self._entries[run_id] = replace(entry, images=entry.images + 1)
+
+    async def history(self, days: int, now: float | None = None) -> list[Day]:
+        """Billed time, cost and images per UTC day over the last `days` days, today last.
+
+        Earlier months come from the ledger file; what this process holds in memory (this month, and
+        whatever is not written yet) wins over it. A ledger that cannot be read leaves this month's days.
+        """
+        now = time.time() if now is None else now
+        since = day_start(now) - (days - 1) * DAY
+        try:
+            async with self._file:
+                stored = await asyncio.to_thread(self.ledger.entries, since)
+        except Exception as exc:  # the chart is not worth an error page; the log says why it is short
+            log.warning("the cost ledger %s cannot be read for the daily history (%s): showing this month's "
+                        "days only", self.ledger.path, exc)
+            stored = []
+        entries = {entry.run_id: entry for entry in stored} | self._entries
+        return daily(entries.values(), days, now)
 
     def close_open(self, when: float) -> list[str]:
         """Close every entry a crash left open (the orphaned machine has just been confirmed off)."""
@@ -141,18 +166,19 @@ class Billing:
 
     async def _write(self) -> None:
         """Recreate the ledger if it was lost, then write what is unwritten (in a worker thread)."""
-        lost = await asyncio.to_thread(self.ledger.reopen_if_lost)
-        if lost is not None:
-            self._unwritten = dict(self._entries)
-            log.error("the cost ledger %s was %s while the server ran: written again with the %d billing "
-                      "record(s) of this month this process holds; records of earlier months are gone unless "
-                      "you restore them", self.ledger.path, lost, len(self._unwritten))
-        batch = list(self._unwritten.values())
-        if batch:
-            await asyncio.to_thread(self.ledger.record, batch)
-        for entry in batch:
-            if self._unwritten.get(entry.run_id) is entry:
-                del self._unwritten[entry.run_id]
+        async with self._file:
+            lost = await asyncio.to_thread(self.ledger.reopen_if_lost)
+            if lost is not None:
+                self._unwritten = dict(self._entries)
+                log.error("the cost ledger %s was %s while the server ran: written again with the %d billing "
+                          "record(s) of this month this process holds; records of earlier months are gone unless "
+                          "you restore them", self.ledger.path, lost, len(self._unwritten))
+            batch = list(self._unwritten.values())
+            if batch:
+                await asyncio.to_thread(self.ledger.record, batch)
+            for entry in batch:
+                if self._unwritten.get(entry.run_id) is entry:
+                    del self._unwritten[entry.run_id]
 
 
 def _provider(image: ImageRecord) -> object:

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from avatargen.api.wire import BucketLevel, Status, encode_event
+from avatargen.api.wire import BucketLevel, History, Status, encode_event
 from avatargen.buckets import Bucket
 from avatargen.config import PromptSettings, Settings
 from avatargen.events import EventHub
@@ -27,7 +27,7 @@ from avatargen.generator.orphan import OrphanRecovery
 from avatargen.generator.refill import Refill, RunContext
 from avatargen.generator.scheduler import Scheduler
 from avatargen.generator.states import States
-from avatargen.generator.views import bucket_levels, cost_summary, state_change
+from avatargen.generator.views import bucket_levels, cost_summary, history_view, state_change
 from avatargen.gpu.base import Provider
 from avatargen.ledger import CostLedger
 from avatargen.run import Run, State, Trigger, utc
@@ -110,6 +110,11 @@ class Generator:
 
     def status(self) -> dict[str, Any]:
         return self.view().to_json()
+
+    async def history(self, days: int) -> History:
+        """Spend, billed time and images per day over the last `days` days, and the run under way (else the
+        last one) minute by minute: the owner's charts."""
+        return history_view(await self.billing.history(days), self.states.run or self.states.last_run)
 
     def _announce_state(self) -> None:
         self.events.publish(*encode_event(state_change(self.states, self.machine.state)))

@@ -25,7 +25,7 @@ from avatargen import review
 from avatargen.buckets import Bucket
 from avatargen.config import GeneratorSettings, ReviewSettings
 from avatargen.generator.errors import RunFailed
-from avatargen.imaging import make_avatars
+from avatargen.imaging import make_avatars, preview_webp
 from avatargen.lifeline import helper_process
 
 T = TypeVar("T")
@@ -92,6 +92,10 @@ class ImagingPool:
             verdict = review.failed(f"{exc} while the safety gate checked the images")
             return [Avatar(webp, None, verdict) for webp in made]
         return [Avatar(webp, framed, verdict) for webp, (framed, verdict) in zip(made, checked, strict=True)]
+
+    async def preview(self, data: bytes) -> bytes:
+        """A live preview made small (`imaging.preview_webp`)."""
+        return await self._call(preview_webp, data)
 
     def shutdown(self) -> None:
         if self._pool is not None:

@@ -3,6 +3,9 @@
 Whatever happens inside a run (an error, an abort, a timeout, a bug of ours), the machine is stopped in a
 `finally` that cannot be skipped, after all requests have finished or been cancelled, and the stop is
 retried until it is confirmed: the owner pays for every minute the machine is not `off`.
+
+While it generates, the run watches the SD job computing: its step for the progress bar, and a small live
+preview of the image for the owner's panel (`preview` events, at least `generator.preview_every` apart).
 """
 
 from __future__ import annotations
@@ -12,11 +15,11 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from avatargen.api.wire import BucketLevel, ImageHeld, NewImage, Step, encode_event
+from avatargen.api.wire import BucketLevel, ImageHeld, NewImage, Preview, Step, encode_event
 from avatargen.buckets import Bucket
 from avatargen.config import ConfigError, PromptSettings, Settings
 from avatargen.durations import format_duration
@@ -31,7 +34,7 @@ from avatargen.gpu.base import MachineUnusable
 from avatargen.prompts import compose
 from avatargen.retry import backoff_delay
 from avatargen.run import Run
-from avatargen.sd import SdBackend, SdError, SdNotReady, make_backend
+from avatargen.sd import SdBackend, SdError, SdNotReady, SdProgress, make_backend
 
 log = logging.getLogger("avatargen.generator")
 
@@ -43,6 +46,14 @@ def _innermost(exc: BaseException) -> BaseException:
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]
     return exc
+
+
+@dataclass(frozen=True)
+class _Job:
+    """A txt2img request sent and not answered yet."""
+
+    bucket: str
+    prompt: str
 
 
 @dataclass
@@ -93,6 +104,7 @@ class Refill:
         self._rng = random.Random()
         self._abort_reason: str | None = None
         self._started = False
+        self._jobs: list[_Job] = []  # in the order they were sent: the SD server computes them in that order
         self.task = asyncio.create_task(self._execute(), name=f"run-{run.id}")
 
     def abort(self, reason: str) -> None:
@@ -194,13 +206,16 @@ class Refill:
             while (job := reserve()) is not None:
                 await self._fill(sd, *job, failures)
 
-        poller = asyncio.create_task(self._poll_step(sd))
+        pollers = [asyncio.create_task(self._poll_step(sd))]
+        if (every := self._settings.generator.preview_every) > 0:
+            pollers.append(asyncio.create_task(self._poll_preview(sd, every)))
         try:
             async with asyncio.TaskGroup() as group:
                 for _ in range(self._settings.generator.concurrency):
                     group.create_task(worker())
         finally:
-            poller.cancel()
+            for poller in pollers:
+                poller.cancel()
             run.step = None
         if run.done + run.held == 0 and run.failed > 0:
             raise RunFailed(f"no image could be made; last error: {failures.last}")
@@ -213,7 +228,8 @@ class Refill:
             run.current_prompt = prompt.text
             started = time.monotonic()
             try:
-                result = await sd.generate(prompt.text, count=count)
+                with self._in_flight(_Job(bucket_name, prompt.text)):
+                    result = await sd.generate(prompt.text, count=count)
                 avatars = await self._context.imaging.make_avatars(bucket_name, result.images[:count])
             except (SdError, ValueError) as exc:
                 failures.consecutive += 1
@@ -271,13 +287,23 @@ class Refill:
             event: NewImage | ImageHeld = ImageHeld(image_info(record), self._context.levels())
         else:
             record = await asyncio.to_thread(bucket.publish, avatar.webp, metadata, prepared=avatar.framed)
-            self.run.done += 1
+            self.run.stored_image()
+            if self.run.bills:
+                self._context.billing.count_image(self.run.id)
             event = NewImage(image_info(record), self._context.levels())
         self._context.events.publish(*encode_event(event))
         self._publish_progress()
 
     def _publish_progress(self) -> None:
         self._context.events.publish(*encode_event(self.run.view()))
+
+    @contextlib.contextmanager
+    def _in_flight(self, job: _Job) -> Iterator[None]:
+        self._jobs.append(job)
+        try:
+            yield
+        finally:
+            self._jobs.remove(job)
 
     async def _poll_step(self, sd: SdBackend) -> None:
         """The SD job's own step progress, for the live progress bar (failures here are harmless)."""
@@ -287,6 +313,32 @@ class Refill:
                 progress = await sd.progress()
                 self.run.step = Step(progress.sampling_step, progress.sampling_steps, round(progress.progress, 3))
                 self._publish_progress()
+
+    async def _poll_preview(self, sd: SdBackend, every: float) -> None:
+        """The live preview of the job computing, sent on when it is a new one, `every` seconds after the
+        last one was sent (and made small). A try that sends nothing (the web UI has no newer picture yet,
+        or a job ended meanwhile and whose picture it is cannot be told) is followed by another half a
+        period later: each try may fetch a full-size image. Failures here are harmless: only the owner's
+        panel depends on them."""
+        shown: bytes | None = None
+        wait = every
+        while True:
+            await asyncio.sleep(wait)
+            wait = every / 2
+            with contextlib.suppress(Exception):
+                job = self._jobs[0] if self._jobs else None
+                progress = await sd.progress(preview=True)
+                if job is None or not self._jobs or self._jobs[0] is not job:
+                    continue
+                if progress.preview is not None and progress.preview != shown:
+                    shown = progress.preview
+                    await self._publish_preview(job, progress, progress.preview)
+                    wait = every
+
+    async def _publish_preview(self, job: _Job, progress: SdProgress, image: bytes) -> None:
+        small = await self._context.imaging.preview(image)
+        self._context.events.publish(*encode_event(Preview(
+            self.run.id, job.bucket, job.prompt, progress.sampling_step, progress.sampling_steps, "image/webp", small)))
 
     async def _shut_down(self, sd: SdBackend | None) -> None:
         """Stop the machine and confirm it is off, retrying for as long as it takes; then back to idle."""

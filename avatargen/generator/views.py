@@ -9,13 +9,15 @@ the server (or the client) knows where the admin API serves it.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import UTC, datetime
 
-from avatargen.api.wire import BucketLevel, Cost, ImageInfo, StateChange
+from avatargen.api.wire import BucketLevel, Cost, DayTotal, History, ImageInfo, RunChart, StateChange
 from avatargen.buckets import Bucket, ImageRecord
 from avatargen.config import Settings
 from avatargen.generator.states import States
 from avatargen.gpu.base import HourlyRate
-from avatargen.ledger import Spend
+from avatargen.ledger import Day, Spend
+from avatargen.run import Run
 
 
 def bucket_levels(settings: Settings, buckets: Mapping[str, Bucket]) -> dict[str, BucketLevel]:
@@ -55,3 +57,13 @@ def image_info(record: ImageRecord) -> ImageInfo:
     """A stored or held image as the owner sees it."""
     return ImageInfo.of(record.id, record.bucket, record.metadata, record.created_at, kept=record.kept,
                         held=record.held)
+
+
+def history_view(days: list[Day], run: Run | None) -> History:
+    """The owner's charts: spend, billed time and images per day, and a run (the one under way, else the
+    last) minute by minute."""
+    return History(
+        [DayTotal(day.date, round(day.billed_seconds, 1), round(day.cost, 4), day.images) for day in days],
+        None if run is None else RunChart(run.id, datetime.fromtimestamp(run.started_at, UTC), run.outcome,
+                                          run.minutes()),
+    )

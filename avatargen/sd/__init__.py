@@ -27,7 +27,7 @@ def make_backend(settings: Settings) -> Callable[[str], SdBackend]:
 
         workflow = load_workflow(settings)
         return lambda url: ComfyUiClient(settings.sd, workflow, url=url)
-    return lambda url: SdClient(settings.sd, url=url)
+    return lambda url: SdClient(settings.sd, url=url, live_previews=settings.generator.preview_every > 0)
 
 
 def check_backend(settings: Settings) -> list[str]:

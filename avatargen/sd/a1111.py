@@ -25,6 +25,7 @@ from avatargen.sd.base import Generated, SdError, SdNotReady, SdProgress, quote,
 
 TXT2IMG_TIMEOUT = 900.0  # seconds: txt2img answers only when the images are done, a big batch takes minutes
 _TIMEOUT = httpx.Timeout(30.0, connect=10.0)
+PREVIEWS_PER_IMAGE = 5  # live previews asked of the web UI per image, when previews are on
 _NOT_JSON = object()
 PROXY_TIMEOUT = 524  # Cloudflare's "a timeout occurred": RunPod's proxy cuts every request at 100 s
 
@@ -102,19 +103,34 @@ def _number(value: Any, kind: type[int] | type[float]) -> Any:
         raise _unusable(f"progress holds {value!r} where a number belongs") from None
 
 
+def _preview(image: Any) -> bytes | None:
+    """The live preview's image file, or None when there is none or it is not a usable image (it only
+    decorates the progress bar, so a bad one is dropped rather than failing anything)."""
+    if not isinstance(image, str) or not image:
+        return None
+    try:
+        data = base64.b64decode(image.partition("base64,")[2] or image, validate=True)
+    except binascii.Error:
+        return None
+    return data if sniff_format(data) else None
+
+
 class SdClient(HttpClient):
     """The web UI routes avatargen uses; Basic auth when `sd.username` is set (password from the env).
 
     It is the `a1111` backend (`avatargen.sd.base.SdBackend`): AUTOMATIC1111, Forge, reForge and SD.Next
-    all keep this API.
+    all keep this API. With `live_previews`, each txt2img asks the web UI (for that request only:
+    `override_settings`) to draw a live preview of the image every few steps, which `progress(preview=True)`
+    fetches.
     """
 
     name = "a1111"
 
     def __init__(self, settings: SdSettings, *, url: str | None = None, http: httpx.AsyncClient | None = None,
-                 txt2img_timeout: float = TXT2IMG_TIMEOUT) -> None:
+                 txt2img_timeout: float = TXT2IMG_TIMEOUT, live_previews: bool = False) -> None:
         super().__init__(http, timeout=_TIMEOUT)
         self._settings = settings
+        self._live_previews = live_previews
         self._url = (url or settings.url).rstrip("/")
         self._shown_url = redact_url(self._url)  # for messages: they end up in logs, events and the status
         self._txt2img_timeout = httpx.Timeout(txt2img_timeout, connect=10.0)
@@ -131,8 +147,14 @@ class SdClient(HttpClient):
             "sampler_name": settings.sampler, "steps": settings.steps, "cfg_scale": settings.cfg_scale,
             "width": settings.width, "height": settings.height, "batch_size": batch_size,
         }
+        overrides: dict[str, Any] = {}
         if settings.checkpoint:
-            payload["override_settings"] = {"sd_model_checkpoint": settings.checkpoint}
+            overrides["sd_model_checkpoint"] = settings.checkpoint
+        if self._live_previews:  # one image, not the grid of the whole batch, a few times per image
+            overrides.update(live_previews_enable=True, show_progress_grid=False,
+                             show_progress_every_n_steps=max(1, settings.steps // PREVIEWS_PER_IMAGE))
+        if overrides:
+            payload["override_settings"] = overrides
         body = await self._call("POST", "/sdapi/v1/txt2img", json=payload, timeout=self._txt2img_timeout)
         images = body.get("images") if isinstance(body, dict) else None
         if not isinstance(images, list) or not images:
@@ -150,8 +172,10 @@ class SdClient(HttpClient):
         return Generated(images=result.images, seeds=result.seeds,
                          metadata={"backend": self.name, "model": result.info.get("sd_model_name")})
 
-    async def progress(self) -> SdProgress:
-        body = await self._call("GET", "/sdapi/v1/progress", params={"skip_current_image": "true"})
+    async def progress(self, *, preview: bool = False) -> SdProgress:
+        """The current job's progress; with `preview`, also its live preview (a few hundred kB: ask sparingly)."""
+        skip = "false" if preview else "true"
+        body = await self._call("GET", "/sdapi/v1/progress", params={"skip_current_image": skip})
         state = body.get("state") if isinstance(body, dict) else None
         if not isinstance(state, dict):
             raise _unusable("the progress answer has no 'state'")
@@ -159,6 +183,7 @@ class SdClient(HttpClient):
             progress=_number(body.get("progress"), float), eta_relative=_number(body.get("eta_relative"), float),
             sampling_step=_number(state.get("sampling_step"), int),
             sampling_steps=_number(state.get("sampling_steps"), int), job_count=_number(state.get("job_count"), int),
+            preview=_preview(body.get("current_image")) if preview else None,
         )
 
     async def interrupt(self) -> None:

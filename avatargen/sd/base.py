@@ -55,13 +55,15 @@ async def send(http: httpx.AsyncClient, method: str, url: str, *, server: str, *
 
 @dataclass(frozen=True)
 class SdProgress:
-    """Progress 0..1 of the job computing now (0 and job_count 0 when idle), and its sampling step."""
+    """Progress 0..1 of the job computing now (0 and job_count 0 when idle), its sampling step, and the
+    live preview of the image being sampled (an image file, when asked for and the backend has one)."""
 
     progress: float
     eta_relative: float
     sampling_step: int
     sampling_steps: int
     job_count: int
+    preview: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -91,8 +93,9 @@ class SdBackend(Protocol):
         """`count` images of `prompt` with the `[sd]` settings, in one job; -1 picks a random seed."""
         ...
 
-    async def progress(self) -> SdProgress:
-        """The step progress of the job computing now, for the live progress bar."""
+    async def progress(self, *, preview: bool = False) -> SdProgress:
+        """The step progress of the job computing now, for the live progress bar; with `preview`, also the
+        live preview of our job computing now (None when there is none yet)."""
         ...
 
     async def cancel(self) -> None:

@@ -354,12 +354,16 @@ class ComfyUiClient:
 
     # --- progress and cancel ------------------------------------------------------------------------
 
-    async def progress(self) -> SdProgress:
-        """The step of our job computing now, as the socket last reported it (no request)."""
-        step, steps, started = self._step if self._running in self._jobs else (0, 0, 0.0)
+    async def progress(self, *, preview: bool = False) -> SdProgress:
+        """The step of our job computing now, as the socket last reported it (no request); with `preview`,
+        the latest preview frame ComfyUI sent of that job (ComfyUI sends them when started with a
+        `--preview-method`)."""
+        ours = self._running in self._jobs
+        step, steps, started = self._step if ours else (0, 0, 0.0)
         per_step = (time.monotonic() - started) / step if step else 0.0
         return SdProgress(progress=step / steps if steps else 0.0, eta_relative=(steps - step) * per_step,
-                          sampling_step=step, sampling_steps=steps, job_count=len(self._jobs))
+                          sampling_step=step, sampling_steps=steps, job_count=len(self._jobs),
+                          preview=self.preview if preview and ours else None)
 
     async def cancel(self) -> None:
         """Take our pending jobs off ComfyUI's queue, then interrupt ours if it is the one running."""
@@ -422,6 +426,8 @@ class ComfyUiClient:
                 if prompt_id == self._running:
                     self._running = None
             elif isinstance(prompt_id, str):
+                if prompt_id != self._running:
+                    self.preview = None  # the last job's picture is not this one's
                 self._running = prompt_id
         elif kind == "progress":
             job = job or self._jobs.get(self._running or "")  # older ComfyUI sends no prompt_id here

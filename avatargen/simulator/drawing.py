@@ -113,8 +113,32 @@ def draw_avatar(prompt: str, seed: int, width: int, height: int, *, denoised: fl
     return image.resize((width, height), Image.Resampling.BICUBIC)
 
 
+def draw_preview(prompt: str, seed: int, width: int, height: int, *, denoised: float) -> Image.Image:
+    """The live preview of a job `denoised` (0..1) of the way through its steps: the picture it will
+    become, still blurred, showing through the starting noise as the steps advance.
+
+    The noise is drawn at the latent's size (an eighth of the image, as SD's latent is) and scaled up
+    without smoothing, so it looks like the blocky noise a real preview starts from; it is the same for
+    the same seed, as a real sampler's starting latent is.
+    """
+    denoised = min(1.0, max(0.0, denoised))
+    final = draw_avatar(prompt, seed, width, height, denoised=denoised)
+    latent = (max(1, width // 8), max(1, height // 8))
+    noise = Image.frombytes("RGB", latent, random.Random(seed).randbytes(latent[0] * latent[1] * 3))
+    return Image.blend(noise.resize((width, height), Image.Resampling.NEAREST), final, denoised)
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG", compress_level=1)
+    return buffer.getvalue()
+
+
 def avatar_png(prompt: str, seed: int, width: int, height: int, *, denoised: float = 1.0) -> bytes:
     """`draw_avatar` encoded as PNG, the web UI's default `samples_format` (fast compression: it is a demo)."""
-    buffer = io.BytesIO()
-    draw_avatar(prompt, seed, width, height, denoised=denoised).save(buffer, "PNG", compress_level=1)
-    return buffer.getvalue()
+    return _png(draw_avatar(prompt, seed, width, height, denoised=denoised))
+
+
+def preview_png(prompt: str, seed: int, width: int, height: int, *, denoised: float) -> bytes:
+    """`draw_preview` encoded as PNG, as the web UI's progress route sends its `current_image`."""
+    return _png(draw_preview(prompt, seed, width, height, denoised=denoised))

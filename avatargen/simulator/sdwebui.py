@@ -10,6 +10,10 @@ web UI: txt2img applies the web UI's defaults, answers 422 in FastAPI's shape fo
 so a batch of two takes 1.18 times as long as one image (about 1.7x the images per second, as
 measured on an A100) and larger batches keep gaining a little. Progress rises with the sampling step;
 interrupt makes the pending txt2img return early with the (blurred, half-denoised) images it has.
+Live previews follow the web UI's options (`live_previews_enable`, `show_progress_every_n_steps`, also
+as a request's `override_settings`): progress's `current_image` is the first image of the batch being
+sampled, a PNG at full size going from noise to the final picture, renewed every N steps (-1: none
+while sampling; the web UI's grid of a whole batch, `show_progress_grid`, is not drawn).
 After each `boot()` the routes answer 404 for `sd_boot_delay`, as while the real web UI mounts them.
 """
 
@@ -31,7 +35,7 @@ from starlette.responses import JSONResponse, Response
 
 from avatargen.config import SimulatedSettings
 from avatargen.simulator.auth import basic_auth_matches
-from avatargen.simulator.drawing import avatar_png
+from avatargen.simulator.drawing import avatar_png, preview_png
 from avatargen.simulator.faults import Faults
 from avatargen.simulator.service import SimRoute, simulated_app
 
@@ -165,8 +169,9 @@ def _failure(error: str, detail: str, status: int = 500) -> JSONResponse:
 class _Job:
     """The txt2img being computed, as /progress reports it."""
 
-    steps: int
-    iterations: int
+    params: dict[str, Any]
+    seed: int
+    options: dict[str, Any]  # the web UI's options with the request's override_settings applied
     step_seconds: float
     iteration: int = 0
     step: int = 0
@@ -174,6 +179,22 @@ class _Job:
     skipped: bool = False
     denoised: list[float] = field(default_factory=list)  # one entry per batch computed so far
     timestamp: str = field(default_factory=lambda: time.strftime("%Y%m%d%H%M%S"))
+    preview: tuple[tuple[int, int], str] | None = None  # (iteration, step) it shows, base64 PNG
+
+    @property
+    def steps(self) -> int:
+        return int(self.params["steps"])
+
+    @property
+    def iterations(self) -> int:
+        return int(self.params["n_iter"])
+
+    def preview_step(self) -> int:
+        """The step the live preview shows now (0: none yet), as the web UI renews it every N steps."""
+        every = int(self.options.get("show_progress_every_n_steps", 10))
+        if not self.options.get("live_previews_enable", True) or every < 0:
+            return 0
+        return self.step if every == 0 else self.step // every * every
 
 
 class SimulatedSdWebUi:
@@ -193,7 +214,8 @@ class SimulatedSdWebUi:
         self._lock = asyncio.Lock()  # asyncio.Lock wakes waiters first come, first served: FIFO jobs
         self._job: _Job | None = None
         self._options: dict[str, Any] = {"sd_model_checkpoint": MODEL["title"], "samples_format": "png",
-                                         "sd_checkpoint_hash": MODEL["sha256"]}
+                                         "sd_checkpoint_hash": MODEL["sha256"], "live_previews_enable": True,
+                                         "show_progress_every_n_steps": 10, "show_progress_grid": True}
         self.queue_length = 0
         self.completed: list[str] = []
         self._power_cycle = 0  # counts power-offs: a request from before one has no one to answer
@@ -267,7 +289,8 @@ class SimulatedSdWebUi:
                                                 "15.73 GiB total capacity; 13.12 GiB already allocated)")
         slow = SLOW_FIRST_FACTOR if self._first_job_pending and "sd_slow_first" in self._faults else 1.0
         self._first_job_pending = False
-        job = _Job(steps=params["steps"], iterations=params["n_iter"],
+        seed = params["seed"] if params["seed"] != -1 else random.randrange(2**32)
+        job = _Job(params, seed, {**self._options, **(params["override_settings"] or {})},
                    step_seconds=self._settings.step_time * batch_factor(params["batch_size"]) * slow)
         self._job = job
         try:
@@ -282,7 +305,6 @@ class SimulatedSdWebUi:
                 return Response("<html><body><h1>502 Bad Gateway</h1>nginx</body></html>", status_code=502,
                                 media_type="text/html")
             return Response('{"images": ["iVBORw0KGgoAAAANSUhEUgAA', media_type="application/json")
-        seed = params["seed"] if params["seed"] != -1 else random.randrange(2**32)
         images = await asyncio.to_thread(self._draw, params, seed, job.denoised)
         if (invalid := self._faults.hit("sd_invalid_image")) is not None:
             fake = base64.b64encode(b"\x00not an image\x00" * 8).decode() if invalid % 2 else "not base64 at all!"
@@ -348,9 +370,26 @@ class SimulatedSdWebUi:
             "state": {"skipped": job.skipped, "interrupted": job.interrupted, "job": f"Batch {job.iteration + 1}",
                       "job_count": job.iterations, "job_timestamp": job.timestamp, "job_no": job.iteration,
                       "sampling_step": job.step, "sampling_steps": job.steps},
-            "current_image": None,
+            "current_image": None if request.query_params.get("skip_current_image") in _TRUE
+            else await self._current_image(job),
             "textinfo": None,
         })
+
+    @staticmethod
+    async def _current_image(job: _Job) -> str | None:
+        """The job's live preview, drawn when first asked for after the step it shows (a real web UI draws
+        it whether asked or not; nobody can tell the difference)."""
+        step = job.preview_step()
+        if step == 0:
+            return None
+        shows = (job.iteration, step)
+        if job.preview is None or job.preview[0] != shows:
+            params = job.params
+            seed = job.seed + job.iteration * params["batch_size"]  # the batch's first image
+            png = await asyncio.to_thread(preview_png, params["prompt"], seed, params["width"], params["height"],
+                                          denoised=step / job.steps)
+            job.preview = shows, base64.b64encode(png).decode()
+        return job.preview[1]
 
     async def _interrupt(self, request: Request) -> Response:
         if self._job is not None:

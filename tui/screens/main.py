@@ -14,13 +14,15 @@ from textual.reactive import reactive
 from textual.screen import Screen
 from textual.widgets import Footer, Label, TabbedContent, TabPane, Tabs
 
-from avatargen.api import LogEntry, Status
+from avatargen.api import History, LogEntry, Preview, Status
 from avatargen.config import BUCKET_NAMES
-from tui.images import ImageStyle
+from tui.images import ImageStyle, Picture, decode_pixels
 from tui.widgets.bucket_gauge import BucketGauge
 from tui.widgets.event_log import EventLog
+from tui.widgets.history_charts import HistoryCharts
 from tui.widgets.last_run import LastRunSummary
 from tui.widgets.link_indicator import LinkIndicator
+from tui.widgets.live_preview import LivePreview
 from tui.widgets.prompt_editor import PromptEditor
 from tui.widgets.run_progress import RunProgress
 from tui.widgets.spend import SpendSummary
@@ -45,6 +47,7 @@ class MainScreen(Screen[None]):
     def __init__(self, image_style: ImageStyle) -> None:
         super().__init__()
         self.image_style = image_style
+        self.newest: Picture | None = None
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="topbar"):
@@ -57,10 +60,14 @@ class MainScreen(Screen[None]):
                         for bucket in BUCKET_NAMES:
                             yield BucketGauge(bucket, id=f"gauge-{bucket}")
                     with Vertical(id="generator"):
-                        yield StateDiagram()
-                        yield RunProgress()
+                        with Horizontal(id="run-row"):
+                            with Vertical(id="run-column"):
+                                yield StateDiagram()
+                                yield RunProgress()
+                            yield LivePreview(self.image_style)
                         yield LastRunSummary()
                         yield SpendSummary()
+                    yield HistoryCharts(id="history")
                     yield ThumbnailGrid(self.image_style, limit=12, id="overview-thumbnails")
                 yield EventLog(id="overview-log")
             with TabPane("Images", id="images"):
@@ -77,6 +84,7 @@ class MainScreen(Screen[None]):
         self.query_one(Tabs).can_focus = False  # letters and clicks switch tabs; Tab walks the tab's fields
         self.query_one("#buckets").border_title = "Buckets"
         self.query_one("#generator").border_title = "Generator"
+        self.query_one("#history").border_title = "History"
         self.query_one("#overview-log").border_title = "Log"
 
     def watch_status(self, status: Status | None) -> None:
@@ -90,6 +98,8 @@ class MainScreen(Screen[None]):
         self.query_one(SpendSummary).status = status
         held = sum(level.held for level in status.buckets.values())
         self.query_one(TabbedContent).get_tab("review").label = f"Review ({held})" if held else "Review"
+        if status.state != "generating" and self.query_one(LivePreview).live:
+            self._show_newest()
 
     @property
     def image_grids(self) -> list[ThumbnailGrid]:
@@ -99,6 +109,29 @@ class MainScreen(Screen[None]):
     @property
     def review_grid(self) -> ThumbnailGrid:
         return self.query_one("#review-grid", ThumbnailGrid)
+
+    def show_preview(self, preview: Preview) -> None:
+        """The image being made, at its step (while the run generates: a late one is dropped)."""
+        status = self.status
+        if status is None or status.state != "generating" or status.run is None or status.run.id != preview.run_id:
+            return
+        image = decode_pixels(preview.image)
+        if image is not None:
+            self.query_one(LivePreview).show_preview(image, preview.step, preview.steps)
+
+    def show_newest(self, picture: Picture | None) -> None:
+        """The newest finished image, shown beside the step bar unless a preview of the next one is."""
+        self.newest = picture
+        if not self.query_one(LivePreview).live:
+            self._show_newest()
+
+    def _show_newest(self) -> None:
+        picture = self.newest
+        caption = "no image yet" if picture is None else "last image"
+        self.query_one(LivePreview).show_finished(None if picture is None else picture.image, caption)
+
+    def show_history(self, history: History) -> None:
+        self.query_one(HistoryCharts).history = history
 
     def log_entry(self, entry: LogEntry) -> None:
         for log in self.query(EventLog):

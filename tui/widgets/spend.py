@@ -1,4 +1,5 @@
-"""What the GPU costs: today's and this month's spend against the daily budget, the machine, the next check."""
+"""What the GPU costs: today's and this month's spend against the daily budget, the machine and its hourly
+rate, the next check; below them what the owner should act on (a machine's notes, visitors' errors)."""
 
 from __future__ import annotations
 
@@ -10,15 +11,17 @@ from textual.widget import Widget
 
 from avatargen.api import Status
 from avatargen.durations import format_duration
-from tui.formatting import money
+from tui.formatting import money, timestamp
 
 BUDGET_BAR = 10
 
 
 class SpendSummary(Widget):
-    """Three lines: spend against budget, billed GPU time and the machine, when automatic runs happen."""
+    """Three lines: spend against budget, billed GPU time and the machine, when automatic runs happen; then a
+    line for each of the machine's notes (a backstop off, storage a stopped pod pays for) and for visitors
+    who got another avatar because something failed."""
 
-    COMPONENT_CLASSES = {"spend--used", "spend--left", "spend--over", "spend--paused"}
+    COMPONENT_CLASSES = {"spend--used", "spend--left", "spend--over", "spend--paused", "spend--warning"}
 
     status: reactive[Status | None] = reactive(None)
 
@@ -40,12 +43,23 @@ class SpendSummary(Widget):
             ("░" * (BUDGET_BAR - used), self.get_component_rich_style("spend--left")),
             f" {money(cost.today)} of {money(cost.daily_budget)} budget · month {money(cost.month)}",
         )
+        source = f"{status.provider}'s price" if cost.rate_source == "provider" else "gpu.hourly_cost"
+        rate = "" if cost.hourly_rate is None else f" · {money(cost.hourly_rate)}/h ({source})"
         machine = Text(
             f"GPU today {format_duration(cost.billed_seconds_today)}, month "
             f"{format_duration(cost.billed_seconds_month)} · machine {status.machine_state or 'unknown'}"
-            f" ({status.provider})"
+            f" ({status.provider}){rate}"
         )
-        return Text("\n").join([spend, machine, self._schedule(status)])
+        return Text("\n").join([spend, machine, self._schedule(status), *self._warnings(status)])
+
+    def _warnings(self, status: Status) -> list[Text]:
+        warning = self.get_component_rich_style("spend--warning")
+        lines = [Text(f"⚠ {note}", warning) for note in status.machine_notes]
+        visitors = status.visitors
+        if visitors.errors and visitors.last_error_at is not None:
+            lines.append(Text(f"⚠ {visitors.errors} visitors got another avatar after an error; last "
+                              f"{timestamp(visitors.last_error_at)}: {visitors.last_error}", warning))
+        return lines
 
     def _schedule(self, status: Status) -> Text:
         if status.paused_reason:
