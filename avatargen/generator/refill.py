@@ -316,7 +316,7 @@ class Refill:
 
     async def _poll_preview(self, sd: SdBackend, every: float) -> None:
         """The live preview of the job computing, sent on when it is a new one, `every` seconds after the
-        last one was sent (and made small). A try that sends nothing (the web UI has no newer picture yet,
+        last one was sent (and made small). A try that sends nothing (the SD server has no newer picture yet,
         or a job ended meanwhile and whose picture it is cannot be told) is followed by another half a
         period later: each try may fetch a full-size image. Failures here are harmless: only the owner's
         panel depends on them."""
