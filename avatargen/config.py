@@ -28,6 +28,7 @@ from avatargen.redact import redact_url
 
 PROVIDERS = ("paperspace", "runpod", "always_on", "simulated")
 PROVIDER_APIS = ("paperspace", "runpod")  # the cloud machine APIs avatargen speaks (and simulates)
+SD_BACKENDS = ("a1111", "comfyui")
 BUCKET_NAMES = ("unique", "fallback")
 STORAGE_BACKENDS = ("files", "redis")
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
@@ -247,7 +248,37 @@ class GpuSettings:
 
 
 @dataclass(frozen=True)
+class ComfyUiSettings:
+    """[sd.comfyui]: the owner's workflow and, for an unusual graph, which of its nodes take the settings.
+
+    The workflow is read and checked by `avatargen.sd.workflow` (at `check-config` and start-up), which
+    says what a graph lacks in terms of its nodes and inputs.
+    """
+
+    workflow: str = ""  # API-format JSON ("Save (API)"), relative to the config file; empty: the built-in graph
+    scheduler: str = ""  # empty: the schedule that goes with sd.sampler
+    token_env: str = ""  # the env variable holding a bearer token for a reverse proxy in front of ComfyUI
+    sampler_node: str = ""
+    positive_node: str = ""
+    negative_node: str = ""
+    latent_node: str = ""
+    checkpoint_node: str = ""
+    output_node: str = ""
+
+    def token(self) -> Secret:
+        return Secret(os.environ.get(self.token_env, "") if self.token_env else "")
+
+    def check(self) -> None:
+        from avatargen.sd.samplers import COMFYUI_SCHEDULERS
+
+        if self.scheduler and self.scheduler not in COMFYUI_SCHEDULERS:
+            raise ConfigError(f"must be empty or one of {', '.join(map(repr, COMFYUI_SCHEDULERS))}, "
+                              f"got {self.scheduler!r}", key="scheduler")
+
+
+@dataclass(frozen=True)
 class SdSettings:
+    backend: str = _f("a1111", choices=SD_BACKENDS)
     url: str = "http://127.0.0.1:7860"
     username: str = ""
     password_env: str = "SD_API_PASSWORD"
@@ -259,6 +290,7 @@ class SdSettings:
     width: int = _f(512, low=64, high=2048)
     height: int = _f(512, low=64, high=2048)
     negative_prompt: str = ""
+    comfyui: ComfyUiSettings = _f(ComfyUiSettings())
 
     def password(self) -> Secret:
         return Secret(os.environ.get(self.password_env, ""))
@@ -266,6 +298,16 @@ class SdSettings:
     def check(self) -> None:
         _check_service_url(_placeholders_filled(self.url), "url", "set sd.username, and put the password in the "
                            f"environment variable named by sd.password_env ({self.password_env})")
+        if self.backend == "comfyui":
+            from avatargen.sd.samplers import comfyui_sampler
+
+            try:
+                comfyui_sampler(self.sampler)
+            except ValueError as exc:
+                raise ConfigError(str(exc), key="sampler") from None
+            if self.username and self.comfyui.token_env:
+                raise ConfigError("a reverse proxy takes either Basic auth (sd.username) or a bearer token, "
+                                  "not both", key="comfyui.token_env")
         for name in ("width", "height"):
             if getattr(self, name) % 8:
                 raise ConfigError(f"must be a multiple of 8, got {getattr(self, name)}", key=name)

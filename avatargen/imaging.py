@@ -11,7 +11,7 @@ import base64
 import binascii
 import functools
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps, WebPImagePlugin  # noqa: F401
 
@@ -227,7 +227,7 @@ def preview_webp(data: bytes, edge: int = PREVIEW_EDGE, limit: int = PREVIEW_BYT
     return encode_webp(image, PREVIEW_QUALITIES[-1])
 
 
-def make_avatars(images: list[str], size: int, quality: int,
+def make_avatars(images: Sequence[str | bytes], size: int, quality: int,
                  prepare: Callable[[bytes], bytes] | None) -> list[tuple[bytes, bytes | None]]:
     """The stored avatars for a batch of SD's base64 images, each with its prepared (framed) copy when the
     bucket wants one. All the CPU work of a generated image, in one call: the generator runs it in a

@@ -169,9 +169,11 @@ class Simulator:
     """
 
     def __init__(self, log: Path, *, boot_delay: str, stop_delay: str, sd_boot_delay: str, step_time: str,
-                 faults: Sequence[str] = (), api: str = "paperspace") -> None:
+                 faults: Sequence[str] = (), api: str = "paperspace", backend: str = "a1111") -> None:
         self.log = log
+        self.backend = backend
         self.command = ["nice", "-n", "19", sys.executable, "-m", "avatargen.simulator", "--api", api,
+                        "--backend", backend,
                         "--boot-delay", boot_delay, "--stop-delay", stop_delay, "--sd-boot-delay", sd_boot_delay,
                         "--step-time", step_time, *(arg for name in faults for arg in ("--fault", name))]
         self.process: subprocess.Popen[str] | None = None
@@ -216,7 +218,7 @@ class Simulator:
         machine = {"pod_id" if api == "runpod" else "machine_id": self.info["machine_id"]}
         sd_url = "http://{public_ip}:{port:7860}" if api == "runpod" else self.info["sd_url"]
         return {"gpu": {"provider": api, api: {"api_url": self.info["api_url"], "api_key_env": SIM_KEY_ENV, **machine}},
-                "sd": {"url": sd_url}}
+                "sd": {"url": sd_url, "backend": self.backend}}
 
     def env(self) -> dict[str, str]:
         return {SIM_KEY_ENV: self.info["api_key"]}

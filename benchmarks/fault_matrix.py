@@ -1,5 +1,6 @@
 """Fault matrix: every fault the simulated GPU can inject, one per run, and SIGKILL of the server in each run state,
-for each provider's API (Paperspace, RunPod); and storage faults, with the first API.
+for each provider's API (Paperspace, RunPod) and each SD backend (the web UI API, ComfyUI); and storage faults,
+with the first API.
 
 The simulated GPU runs as a process of its own (a machine outlives any avatargen process), and every row
 gets a fresh `avatargen serve` process and data folder. A row is a manual refill of the unique bucket:
@@ -20,7 +21,14 @@ the stop confirmation (the simulator's count at the end and a few poll periods l
 without its sidecar, or one that does not decode); visitors answered throughout. The script exits with
 status 1 if a row does not hold.
 
-    python -m benchmarks.fault_matrix [--quick] [--jobs N] [--api paperspace|runpod ...] [--storage]
+The ComfyUI rows (on the first API: the machine's faults do not depend on the backend) are the SD server's
+faults (`SD_FAULTS`: those that strike the web UI as they strike ComfyUI, and ComfyUI's own) and SIGKILL
+while generating; the web UI's rows leave ComfyUI's own faults out. `--quick` runs 4 images per row instead
+of 20, and of the ComfyUI rows only a representative part (`QUICK_COMFYUI`: ComfyUI's own faults, the
+machine stopped from outside, SIGKILL while generating), so the test suite that runs it stays short: the
+SD server's other faults meet ComfyUI in the engine tests too.
+
+    python -m benchmarks.fault_matrix [--quick] [--jobs N] [--api paperspace|runpod ...] [--storage] [--comfyui]
 """
 
 from __future__ import annotations
@@ -65,6 +73,9 @@ from benchmarks.storage_faults import SqliteLock, fill, read_only, tmpfs
 
 KILL_STATES = ("booting", "generating", "shutting_down")
 APIS = ("paperspace", "runpod")  # rows of the first are named by their fault alone, the others' say the API
+COMFYUI_ONLY = ("comfyui_validation", "comfyui_socket_drop")
+SD_FAULTS = ("sd_500", "sd_garbage", "sd_invalid_image", "sd_slow_first", "external_stop", *COMFYUI_ONLY)
+QUICK_COMFYUI = (*COMFYUI_ONLY, "external_stop")  # with SIGKILL while generating
 STORAGE_FAULTS = ("locked ledger", "full disk", "read-only unique bucket", "corrupt images")
 UNIQUES_BEFORE = 3  # uniques in the bucket before a storage-fault row's run, for visitors to claim
 VISITOR_UNIQUES = 1000  # the visitors' unique allowance in the storage-fault rows
@@ -224,17 +235,20 @@ class Matrix:
         self.poll_every = parse_duration(POLL_EVERY)
 
     def row(self, api: str, name: str, faults: list[str], body: Callable[[Row, Path, Simulator], None], *,
-            uniques: int = 0, disk: Callable[[Path], contextlib.AbstractContextManager[object]] | None = None) -> Row:
-        """Run one row; an error in it fails the row, and the matrix goes on. Rows of RunPod's API say so.
+            backend: str = "a1111", uniques: int = 0,
+            disk: Callable[[Path], contextlib.AbstractContextManager[object]] | None = None) -> Row:
+        """Run one row; an error in it fails the row, and the matrix goes on. Rows of RunPod's API and of
+        ComfyUI say so.
 
         `uniques`: the visitors' unique allowance (0: fallbacks only). `disk`: what the row's data folder is
         mounted on, from before anything is written there until the row is over.
         """
         row = Row(name if api == APIS[0] else f"{name} ({api})")
-        directory = self.work / f"{api}_{name.replace(' ', '_')}"
+        row.name += "" if backend == "a1111" else f" ({backend})"
+        directory = self.work / f"{api}_{backend}_{name.replace(' ', '_')}"
         directory.mkdir()
         simulator = Simulator(directory / "simulator.log", boot_delay=BOOT_DELAY, stop_delay=STOP_DELAY,
-                              sd_boot_delay="100ms", step_time="2ms", faults=faults, api=api)
+                              sd_boot_delay="100ms", step_time="2ms", faults=faults, api=api, backend=backend)
         try:
             with simulator, (disk or _as_it_is)(directory / "data"):
                 config = write_config(directory, simulator.provider_config(), {
@@ -276,8 +290,8 @@ class Matrix:
                        + (f": {error[:ERROR_QUOTE]}{'...' if len(error) > ERROR_QUOTE else ''}" if error else ""))
         row.lost, row.broken = bucket_damage(load_settings(config).buckets.unique.dir, announced, row.visitors.uniques)
 
-    def fault(self, api: str, fault: str) -> Row:
-        return self.row(api, fault, [fault], self.refill)
+    def fault(self, api: str, fault: str, backend: str = "a1111") -> Row:
+        return self.row(api, fault, [fault], self.refill, backend=backend)
 
     def storage(self, api: str, fault: str) -> Row:
         """A storage fault from before the run until after it; visitors may claim the uniques already there."""
@@ -302,7 +316,7 @@ class Matrix:
             "full disk": partial(tmpfs, size=DATA_DISK), "read-only unique bucket": _unique_on_tmpfs}
         return self.row(api, fault, [], body, uniques=VISITOR_UNIQUES, disk=disks.get(fault))
 
-    def kill(self, api: str, state: str) -> Row:
+    def kill(self, api: str, state: str, backend: str = "a1111") -> Row:
         def body(row: Row, config: Path, simulator: Simulator) -> None:
             server = self._server(config, "server.log", simulator).start()
             try:
@@ -325,7 +339,7 @@ class Matrix:
             row.lost, row.broken = bucket_damage(load_settings(config).buckets.unique.dir, announced,
                                                  row.visitors.uniques if row.visitors else set())
 
-        return self.row(api, f"SIGKILL while {state}", [], body)
+        return self.row(api, f"SIGKILL while {state}", [], body, backend=backend)
 
 
 @contextlib.contextmanager
@@ -371,7 +385,9 @@ def options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api", action="append", choices=APIS,
                         help="run the simulator-fault and SIGKILL rows of these provider APIs (default: both)")
     parser.add_argument("--storage", action="store_true",
-                        help="run the storage-fault rows (with the first provider API); with neither option: every row")
+                        help="run the storage-fault rows (with the first provider API)")
+    parser.add_argument("--comfyui", action="store_true",
+                        help="run the ComfyUI rows (with the first provider API); with none of these three: every row")
 
 
 def main() -> int:
@@ -380,12 +396,16 @@ def main() -> int:
     print_machine()
     with scratch() as work, ThreadPoolExecutor(args.jobs) as pool:
         matrix = Matrix(work, run_images)
-        everything = not args.api and not args.storage
+        everything = not args.api and not args.storage and not args.comfyui
         futures = [future for api in (APIS if everything else args.api or ()) for future in (
-            *(pool.submit(matrix.fault, api, fault) for fault in faults_for(api)),
+            *(pool.submit(matrix.fault, api, fault) for fault in faults_for(api) if fault not in COMFYUI_ONLY),
             *(pool.submit(matrix.kill, api, state) for state in KILL_STATES))]
         if everything or args.storage:
             futures += [pool.submit(matrix.storage, APIS[0], fault) for fault in STORAGE_FAULTS]
+        if everything or args.comfyui:
+            futures += [pool.submit(matrix.fault, APIS[0], fault, "comfyui")
+                        for fault in (QUICK_COMFYUI if args.quick else SD_FAULTS)]
+            futures.append(pool.submit(matrix.kill, APIS[0], "generating", "comfyui"))
         rows = [future.result() for future in futures]
     print_table("Fault matrix: one fault per run, SIGKILL in each run state", [
         "fault", "run outcome", "machine at end", "billed s after the end", "images lost", "images half-written",

@@ -1,20 +1,22 @@
-"""GPU efficiency and cost: how much of the billed machine time the SD web UI spends generating.
+"""GPU efficiency and cost: how much of the billed machine time the SD server spends generating.
 
-The refill engine runs in this process against the simulated GPU (`SimulatedGpu`, whose web UI takes a
-fixed time per image: steps x step_time for a one-image batch, a batch of b images 1 + 0.18 (b - 1) times
-that) and fills the fallback bucket with one run, for each batch_size and concurrency. Per run:
+The refill engine runs in this process against the simulated GPU (`SimulatedGpu`, whose SD server, web UI
+or ComfyUI, takes a fixed time per image: steps x step_time for a one-image batch, a batch of b images
+1 + 0.18 (b - 1) times that) and fills the fallback bucket with one run, for each batch_size and concurrency. Per run:
 - billed: start request to confirmed stop (the run's ledger entry), less the configured boot delay;
-- SD busy: the time the web UI spent on jobs (the simulator's `busy_seconds`);
+- SD busy: the time the SD server (web UI or ComfyUI) spent on jobs (the simulator's `busy_seconds`);
 - busy share = SD busy / billed, billed seconds per image, and the projected cost of 1,000 avatars at the
   shipped config.toml's hourly_cost.
-Target: busy share >= 97% with the shipped defaults (sd.batch_size, generator.concurrency).
+Target: busy share >= 97% with the shipped defaults (sd.batch_size, generator.concurrency), on both SD
+backends (`--backend` runs one).
 
 `--gate` measures the shipped defaults with the safety gate off and on (`[review] enabled`, the shipped
 rules; needs the `review` extra: NudeNet checks each image in the imaging process before it is
 published), taking turns for `--rounds` rounds, so both meet the same load on a shared machine; the
-target holds for the gate's median.
+target holds for the gate's median on each backend.
 
-    python -m benchmarks.gpu_efficiency [--quick] [--images N] [--step-time 15ms] [--gate [--rounds 3]]
+    python -m benchmarks.gpu_efficiency [--quick] [--images N] [--step-time 15ms] [--backend comfyui]
+                                        [--gate [--rounds 3]]
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from avatargen.config import Settings, load_settings
+from avatargen.config import SD_BACKENDS, Settings, load_settings
 from avatargen.durations import parse_duration
 from avatargen.events import EventHub
 from avatargen.generator import Generator
@@ -45,11 +47,12 @@ QUICK_COMBOS = [(1, 1), (2, 2)]
 
 @dataclass(frozen=True)
 class Measurement:
+    backend: str
     batch: int
     concurrency: int
     images: int
     billed: float  # seconds, boot delay left out
-    busy: float  # seconds the web UI spent sampling
+    busy: float  # seconds the SD server spent on jobs
     hourly_cost: float
 
     @property
@@ -71,6 +74,7 @@ def options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gate", action="store_true",
                         help="the shipped defaults with the safety gate off and on, taking turns")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of --gate (default 3)")
+    parser.add_argument("--backend", choices=SD_BACKENDS, default=None, help="only this SD backend (default: both)")
 
 
 async def started(engine: Generator, timeout: float = 30.0) -> None:
@@ -83,9 +87,9 @@ async def started(engine: Generator, timeout: float = 30.0) -> None:
 
 
 async def one_run(settings: Settings) -> tuple[float, float, int]:
-    """Fill the fallback bucket in one run: the billed seconds, the web UI's busy seconds and jobs done."""
+    """Fill the fallback bucket in one run: the billed seconds, the SD server's busy seconds and jobs done."""
     buckets = folder_buckets(settings)
-    async with SimulatedGpu(settings.gpu.simulated) as gpu:
+    async with SimulatedGpu(settings.gpu.simulated, backend=settings.sd.backend) as gpu:
         ledger = await FileLedger.open(settings.server.data_dir / "ledger.sqlite3")
         engine = Generator(settings, buckets, gpu.provider(settings.gpu), ledger, EventHub())
         await engine.start()
@@ -104,9 +108,9 @@ async def one_run(settings: Settings) -> tuple[float, float, int]:
     return run.billed_seconds(), busy, jobs
 
 
-def measure(work: Path, batch: int, concurrency: int, images: int, step_time: str, hourly_cost: float,
-            gate: bool) -> Measurement:
-    directory = work / f"batch{batch}-concurrency{concurrency}"
+def measure(work: Path, backend: str, batch: int, concurrency: int, images: int, step_time: str,
+            hourly_cost: float, gate: bool) -> Measurement:
+    directory = work / f"{backend}-batch{batch}-concurrency{concurrency}"
     directory.mkdir()
     settings = load_settings(write_config(directory, {
         "buckets": {"fallback": {"max": images}},
@@ -114,40 +118,43 @@ def measure(work: Path, batch: int, concurrency: int, images: int, step_time: st
         "gpu": {"hourly_cost": hourly_cost, "poll_every": "100ms",
                 "simulated": {"boot_delay": BOOT_DELAY, "stop_delay": "200ms", "sd_boot_delay": "200ms",
                               "step_time": step_time}},
-        "sd": {"batch_size": batch, "steps": STEPS},
+        "sd": {"batch_size": batch, "steps": STEPS, "backend": backend},
         "review": {"enabled": gate},
     }))
     billed, busy, jobs = asyncio.run(one_run(settings))
     if jobs != -(-images // batch):
-        raise SystemExit(f"the web UI computed {jobs} jobs for {images} images in batches of {batch}")
-    measurement = Measurement(batch, concurrency, images, billed - settings.gpu.simulated.boot_delay, busy,
+        raise SystemExit(f"the {backend} server computed {jobs} jobs for {images} images in batches of {batch}")
+    measurement = Measurement(backend, batch, concurrency, images, billed - settings.gpu.simulated.boot_delay, busy,
                               hourly_cost)
-    print(f"batch {batch} concurrency {concurrency}{' gate on' if gate else ''}: share {measurement.share:.1%}",
-          file=sys.stderr, flush=True)
+    print(f"{backend} batch {batch} concurrency {concurrency}{' gate on' if gate else ''}: "
+          f"share {measurement.share:.1%}", file=sys.stderr, flush=True)
     return measurement
 
 
-def compare_gate(shipped: Settings, images: int, step_time: str, rounds: int) -> None:
-    """The shipped defaults with the safety gate off and on, taking turns."""
+def compare_gate(shipped: Settings, backends: list[str], images: int, step_time: str, rounds: int) -> None:
+    """The shipped defaults with the safety gate off and on, taking turns, on each backend."""
     batch, concurrency = shipped.sd.batch_size, shipped.generator.concurrency
-    results: dict[bool, list[Measurement]] = {False: [], True: []}
+    results: dict[tuple[str, bool], list[Measurement]] = {(b, gate): [] for b in backends for gate in (False, True)}
     rows = []
     with scratch() as work:
         for round_ in range(1, rounds + 1):
-            for gate in (False, True):
-                folder = work / f"round{round_}-gate-{'on' if gate else 'off'}"
-                folder.mkdir()
-                m = measure(folder, batch, concurrency, images, step_time, shipped.gpu.hourly_cost, gate)
-                results[gate].append(m)
-                rows.append(["on" if gate else "off", round_, m.images, fmt(m.billed), fmt(m.busy), f"{m.share:.1%}",
-                             fmt(m.seconds_per_image, 3)])
-    off, on = (statistics.median(m.share for m in results[gate]) for gate in (False, True))
+            for backend in backends:
+                for gate in (False, True):
+                    folder = work / f"round{round_}-gate-{'on' if gate else 'off'}"
+                    folder.mkdir(exist_ok=True)
+                    m = measure(folder, backend, batch, concurrency, images, step_time, shipped.gpu.hourly_cost,
+                                gate)
+                    results[backend, gate].append(m)
+                    rows.append([backend, "on" if gate else "off", round_, m.images, fmt(m.billed), fmt(m.busy),
+                                 f"{m.share:.1%}", fmt(m.seconds_per_image, 3)])
+    median = {key: statistics.median(m.share for m in ms) for key, ms in results.items()}
     print_table("Safety gate and GPU busy share, shipped defaults", [
-        "safety gate", "round", "images", "billed s", "SD busy s", "busy share", "billed s/image"], rows, [
-        f"batch_size {batch}, concurrency {concurrency}; simulated web UI: {STEPS} steps x {step_time}; gate off "
+        "backend", "safety gate", "round", "images", "billed s", "SD busy s", "busy share", "billed s/image"], rows, [
+        f"batch_size {batch}, concurrency {concurrency}; simulated SD server: {STEPS} steps x {step_time}; gate off "
         "and on take turns; gate on: [review] enabled with the shipped rules",
-        f"median busy share: gate off {off:.1%}, gate on {on:.1%}",
-        f"target: busy share >= {TARGET_SHARE:.0%} with the gate on: {on:.1%}, {verdict(on >= TARGET_SHARE)}",
+        *(f"{backend}: median busy share gate off {median[backend, False]:.1%}, gate on {median[backend, True]:.1%}; "
+          f"target >= {TARGET_SHARE:.0%} with the gate on: {verdict(median[backend, True] >= TARGET_SHARE)}"
+          for backend in backends),
     ])
 
 
@@ -159,27 +166,28 @@ def main() -> int:
     if defaults not in combos:
         raise SystemExit(f"the shipped defaults (batch {defaults[0]}, concurrency {defaults[1]}) are not measured")
     print_machine()
+    backends = [args.backend] if args.backend else list(SD_BACKENDS)
     if args.gate:
-        compare_gate(shipped, images, step_time, 1 if args.quick else args.rounds)
+        compare_gate(shipped, backends, images, step_time, 1 if args.quick else args.rounds)
         return 0
     with scratch() as work:
-        results = [measure(work, batch, concurrency, images, step_time, shipped.gpu.hourly_cost, gate=False)
-                   for batch, concurrency in combos]
-    rows = [[m.batch, m.concurrency, m.images, fmt(m.billed), fmt(m.busy), f"{m.share:.1%}",
+        results = [measure(work, backend, batch, concurrency, images, step_time, shipped.gpu.hourly_cost, False)
+                   for backend in backends for batch, concurrency in combos]
+    rows = [[m.backend, m.batch, m.concurrency, m.images, fmt(m.billed), fmt(m.busy), f"{m.share:.1%}",
              fmt(m.seconds_per_image, 3), fmt(m.cost_per_thousand, 3)] for m in results]
-    default = next(m for m in results if (m.batch, m.concurrency) == defaults)
     cheapest = min(results, key=lambda m: m.seconds_per_image)
     per_image = STEPS * parse_duration(step_time)
     print_table("GPU efficiency and cost per run", [
-        "batch_size", "concurrency", "images", "billed s", "SD busy s", "busy share", "billed s/image",
+        "backend", "batch_size", "concurrency", "images", "billed s", "SD busy s", "busy share", "billed s/image",
         "cost per 1,000 avatars"], rows, [
-        f"simulated web UI: {STEPS} steps x {step_time} = {per_image:g} s per one-image batch; boot delay "
-        f"{BOOT_DELAY} left out of billed time; SD boot 200ms, stop 200ms, poll_every 100ms",
+        f"simulated SD server (web UI or ComfyUI): {STEPS} steps x {step_time} = {per_image:g} s per one-image "
+        f"batch; boot delay {BOOT_DELAY} left out of billed time; SD boot 200ms, stop 200ms, poll_every 100ms",
         f"cost at the shipped hourly_cost {shipped.gpu.hourly_cost:g}; a real run also pays its boot once "
         "(a minute or two per run, whatever its size)",
-        f"cheapest per image: batch_size {cheapest.batch}, concurrency {cheapest.concurrency}",
-        f"target: busy share >= {TARGET_SHARE:.0%} with the shipped defaults (batch_size {defaults[0]}, "
-        f"concurrency {defaults[1]}): {default.share:.1%}, {verdict(default.share >= TARGET_SHARE)}",
+        f"cheapest per image: {cheapest.backend}, batch_size {cheapest.batch}, concurrency {cheapest.concurrency}",
+        *(f"target: busy share >= {TARGET_SHARE:.0%} with the shipped defaults (batch_size {defaults[0]}, "
+          f"concurrency {defaults[1]}) on {m.backend}: {m.share:.1%}, {verdict(m.share >= TARGET_SHARE)}"
+          for m in results if (m.batch, m.concurrency) == defaults),
     ])
     return 0
 

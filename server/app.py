@@ -96,9 +96,10 @@ def create_app(settings: Settings) -> Starlette:
 
                         # The simulated machine costs what the owner configured, whichever API says so.
                         simulated = await held.enter_async_context(
-                            SimulatedGpu(settings.gpu.simulated, hourly_price=settings.gpu.hourly_cost))
-                        log.info("simulated GPU: %s API at %s, SD web UI at %s", simulated.api, simulated.api_url,
-                                 simulated.sd_url)
+                            SimulatedGpu(settings.gpu.simulated, hourly_price=settings.gpu.hourly_cost,
+                                         backend=settings.sd.backend))
+                        log.info("simulated GPU: %s API at %s, SD server (%s) at %s", simulated.api,
+                                 simulated.api_url, settings.sd.backend, simulated.sd_url)
                         provider = simulated.provider(settings.gpu)
                     else:
                         provider = make_provider(settings)

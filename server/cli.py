@@ -53,7 +53,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
     path = find_config(args.config)
     settings = load_settings(path)
-    preflight(settings)
+    notes = preflight(settings)
     warnings = settings_warnings(settings)
     if problem := review.missing_extra(settings.review):
         warnings.append(problem)
@@ -66,6 +66,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         print(f"avatargen: warning: {warning}", file=sys.stderr)
     where = path if path is not None else "built-in defaults (no config.toml here)"
     print(f"{where}: OK (provider {settings.gpu.provider}, data in {settings.server.data_dir})")
+    for note in notes:
+        print(note)
     return 0
 
 
@@ -101,7 +103,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     settings = _load(args)
     check_simulated(settings)
-    return serve_simulator(settings.gpu.simulated, args.host, args.api_port, args.sd_port)
+    return serve_simulator(settings.gpu.simulated, args.host, args.api_port, args.sd_port, settings.sd.backend)
 
 
 def _as_owner(args: argparse.Namespace, action: Callable[[AdminClient], Awaitable[str]]) -> int:
@@ -229,7 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     move.add_argument("--to", required=True, choices=("redis", "files"), help="where the buckets go")
 
     simulate = add("simulate", cmd_simulate,
-                   "run the simulated GPU (the machine API of gpu.simulated.api and the SD web UI) on loopback")
+                   "run the simulated GPU (the machine API of gpu.simulated.api and the SD server of sd.backend) "
+                   "on loopback")
     simulate.add_argument("--host", default="127.0.0.1")
     simulate.add_argument("--api-port", type=setting("server.port"), default=0, help="default: any free port")
     simulate.add_argument("--sd-port", type=setting("server.port"), default=0, help="default: any free port")

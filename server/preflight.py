@@ -14,15 +14,19 @@ from pathlib import Path
 from avatargen.buckets import open_buckets
 from avatargen.config import ConfigError, Settings
 from avatargen.gpu import check_settings
+from avatargen.sd import check_backend
 from server.logs import log_path, open_private
 
 
-def preflight(settings: Settings) -> None:
-    """Raise ConfigError for the first problem found; create the folders the server needs on the way."""
+def preflight(settings: Settings) -> list[str]:
+    """Raise ConfigError for the first problem found; create the folders the server needs on the way.
+    Returns what the owner may want to know otherwise (where the ComfyUI workflow takes each setting)."""
     check_settings(settings)
     if settings.gpu.provider == "simulated":
         check_simulated(settings)
+    notes = check_backend(settings)
     check_folders(settings)
+    return notes
 
 
 def check_simulated(settings: Settings) -> None:

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from avatargen.config import SD_BACKENDS
 from avatargen.testing import RedisServer, running_redis
 from tests.processes import SESSION_ENV, describe, left_behind, still_running_after
+from tests.support import FAST
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -40,3 +42,10 @@ def durable_redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     """A fresh redis-server with an append-only file fsynced at every write (survives a restart or a crash)."""
     with running_redis(tmp_path / "redis", appendonly=True) as server:
         yield server
+
+
+@pytest.fixture(params=SD_BACKENDS)
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A test that takes this runs on each SD backend (the web UI API, ComfyUI) against its simulator."""
+    monkeypatch.setitem(FAST, "sd", {**FAST["sd"], "backend": request.param})
+    return str(request.param)

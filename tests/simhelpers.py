@@ -18,8 +18,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from avatargen.config import SdSettings, SimulatedSettings
-from avatargen.sd import SdClient, SdNotReady
+from avatargen.sd import SdBackend, SdNotReady
 from avatargen.simulator import Faults, LoopbackServer
+from avatargen.simulator.comfyui import SimulatedComfyUi
 from avatargen.simulator.sdwebui import SimulatedSdWebUi
 
 FAST = SimulatedSettings(boot_delay=0.3, stop_delay=0.1, sd_boot_delay=0.0, step_time=0.001)
@@ -53,6 +54,19 @@ async def sd_webui(settings: SimulatedSettings = FAST, *, faults: Iterable[str] 
 
 
 @contextlib.asynccontextmanager
+async def comfyui(settings: SimulatedSettings = FAST, *, faults: Iterable[str] = (),
+                  auth: tuple[str, str] | None = None, token: str | None = None
+                  ) -> AsyncIterator[tuple[SimulatedComfyUi, str]]:
+    """The simulated ComfyUI alone (no machine around it), booted now, and its URL."""
+    server_state = SimulatedComfyUi(settings, Faults(faults), auth=auth, token=token)
+    async with LoopbackServer(server_state.app) as server:
+        try:
+            yield server_state, server.url
+        finally:
+            server_state.power_off()
+
+
+@contextlib.asynccontextmanager
 async def fixed_answers(answers: dict[str, Response]) -> AsyncIterator[str]:
     """A server answering each path with a fixed response, for shapes no simulator fault produces."""
     async def answer(request: Request) -> Response:
@@ -63,8 +77,8 @@ async def fixed_answers(answers: dict[str, Response]) -> AsyncIterator[str]:
         yield server.url
 
 
-async def wait_sd_ready(sd: SdClient, checkpoint: str = "", timeout: float = 5.0) -> None:
-    """Probe until the web UI is ready, as the refill engine does."""
+async def wait_sd_ready(sd: SdBackend, checkpoint: str = "", timeout: float = 5.0) -> None:
+    """Probe until the SD server is ready, as the refill engine does."""
     deadline = time.monotonic() + timeout
     while True:
         try:

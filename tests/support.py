@@ -62,7 +62,8 @@ async def running_engine(
     buckets = folder_buckets(settings)
     for bucket in buckets.values():
         bucket.folder.recover()
-    async with SimulatedGpu(settings.gpu.simulated, hourly_price=settings.gpu.hourly_cost) as gpu:
+    async with SimulatedGpu(settings.gpu.simulated, hourly_price=settings.gpu.hourly_cost,
+                            backend=settings.sd.backend) as gpu:
         ledger = await FileLedger.open(settings.server.data_dir / "ledger.sqlite3")
         engine = Generator(settings, buckets, gpu.provider(settings.gpu), ledger, EventHub())
         if before_start is not None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from avatargen.simulator.faults import faults_for
-from benchmarks.fault_matrix import APIS, KILL_STATES, STORAGE_FAULTS
+from benchmarks.fault_matrix import APIS, COMFYUI_ONLY, KILL_STATES, QUICK_COMFYUI, STORAGE_FAULTS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,8 +35,9 @@ TABLES = {
                     "| step | images | median ms | p99 ms | CPU ms (median) |",
                     ["| imaging without the gate (512 px PNG -> 256 px WebP) |", "| safety gate (256 px avatar) |"]),
     "gpu_efficiency": ("GPU efficiency and cost per run",
-                       "| batch_size | concurrency | images | billed s | SD busy s | busy share | billed s/image |",
-                       ["| 1 | 1 | 20 |", "| 2 | 2 | 20 |"]),
+                       "| backend | batch_size | concurrency | images | billed s | SD busy s | busy share |",
+                       ["| a1111 | 1 | 1 | 20 |", "| a1111 | 2 | 2 | 20 |", "| comfyui | 1 | 1 | 20 |",
+                        "| comfyui | 2 | 2 | 20 |"]),
     "proxy_limits": ("Slow and oversized headers, and the visitor's address, with and without a proxy",
                      "| check | avatargen serve alone | behind the nginx example |",
                      ["| request headers sent one byte a second | still open after 15 s | closed after",
@@ -47,8 +48,12 @@ TABLES = {
     **{f"fault_matrix --api {api}": ("Fault matrix: one fault per run, SIGKILL in each run state",
                                      "| fault | run outcome | machine at end | billed s after the end | images lost |",
                                      [f"| {row}{'' if api == APIS[0] else f' ({api})'} |" for row in (
-                                         *faults_for(api), *(f"SIGKILL while {state}" for state in KILL_STATES))])
+                                         *(fault for fault in faults_for(api) if fault not in COMFYUI_ONLY),
+                                         *(f"SIGKILL while {state}" for state in KILL_STATES))])
        for api in APIS},  # one provider's rows at a time, so each run fits the test timeout
+    "fault_matrix --comfyui": ("Fault matrix: one fault per run, SIGKILL in each run state",
+                               "| fault | run outcome | machine at end | billed s after the end | images lost |",
+                               [f"| {row} (comfyui) |" for row in (*QUICK_COMFYUI, "SIGKILL while generating")]),
     "fault_matrix --storage": ("Fault matrix: one fault per run, SIGKILL in each run state",
                                "| fault | run outcome | machine at end | billed s after the end | images lost |",
                                [f"| {fault} |" for fault in STORAGE_FAULTS]),
@@ -78,4 +83,5 @@ def test_gpu_efficiency_compares_the_safety_gate_off_and_on() -> None:
                           capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
     assert "### Safety gate and GPU busy share, shipped defaults\n" in done.stdout
-    assert "| off | 1 | 20 |" in done.stdout and "| on | 1 | 20 |" in done.stdout
+    for backend in ("a1111", "comfyui"):
+        assert f"| {backend} | off | 1 | 20 |" in done.stdout and f"| {backend} | on | 1 | 20 |" in done.stdout

@@ -47,7 +47,7 @@ async def run_to_end(engine: Generator, buckets: list[str] | None = None) -> tup
     return engine.last_run.to_dict(), states
 
 
-async def test_one_run_fills_both_buckets_to_max_and_ends_with_machine_off(tmp_path: Path) -> None:
+async def test_one_run_fills_both_buckets_to_max_and_ends_with_machine_off(tmp_path: Path, backend: str) -> None:
     settings = fast_settings(tmp_path, buckets__fallback__max=5)  # odd: the last request asks for 1 image
     async with running_engine(settings) as (engine, gpu):
         await engine.buckets["unique"].publish(placeholder_webp(64), {"prompt": "already there"})
@@ -65,7 +65,8 @@ async def test_one_run_fills_both_buckets_to_max_and_ends_with_machine_off(tmp_p
             assert framed == frame_unique(await unique.read(record.id), settings.generator.webp_quality)
         newest = (await engine.buckets["fallback"].newest(1))[0]
         assert newest.metadata["prompt"].startswith(("A ", "An ")) and " of cjs" in newest.metadata["prompt"]
-        assert newest.metadata["backend"] == "simulated" and isinstance(newest.metadata["seed"], int)
+        assert newest.metadata["backend"] == backend and newest.metadata["provider"] == "simulated"
+        assert isinstance(newest.metadata["seed"], int)
         status = engine.status()
         assert status["state"] == "idle" and status["last_run"]["id"] == run["id"]
         assert status["cost"]["billed_seconds_today"] == pytest.approx(run["billed_seconds"], abs=0.2)
@@ -87,7 +88,7 @@ async def test_refill_named_bucket_only_and_409_while_active(tmp_path: Path) -> 
 
 
 @pytest.mark.parametrize("when", ["booting", "generating"])
-async def test_abort_stops_the_machine_and_keeps_images(tmp_path: Path, when: str) -> None:
+async def test_abort_stops_the_machine_and_keeps_images(tmp_path: Path, when: str, backend: str) -> None:
     settings = fast_settings(tmp_path, buckets__fallback__max=200, gpu__simulated__step_time="5ms")
     async with running_engine(settings) as (engine, gpu):
         with engine.events.subscribe() as subscription:
@@ -125,12 +126,20 @@ async def test_boot_timeout_fails_and_stops(tmp_path: Path) -> None:
 
 
 async def test_a_run_past_max_run_duration_is_ended_and_stops(tmp_path: Path) -> None:
-    settings = fast_settings(tmp_path, generator__max_run_duration="2s", buckets__fallback__max=500,
-                             gpu__simulated__step_time="10ms")
+    # 252 jobs of 10 steps x 20 ms: a minute of sampling, far past the limit on any machine; the limit leaves
+    # a loaded machine seconds to boot and store the first images, which the run keeps.
+    settings = fast_settings(tmp_path, generator__max_run_duration="5s", buckets__fallback__max=500,
+                             gpu__simulated__step_time="20ms")
     async with running_engine(settings) as (engine, gpu):
-        run, _ = await run_to_end(engine)
-        assert run["outcome"] == "failed" and run["error"] == "the run exceeded max_run_duration (2s)"
-        assert 0 < run["done"] < 504 and gpu.machine.state == "off"
+        with engine.events.subscribe() as subscription:
+            engine.refill()
+            await wait_for_event(subscription, "image", lambda d: True)  # generating when the limit strikes
+            await states_until_idle(subscription)
+        run = engine.last_run
+        assert run is not None and run.outcome == "failed"
+        assert run.error == "the run exceeded max_run_duration (5s)"
+        stored = engine.buckets["unique"].count() + engine.buckets["fallback"].count()
+        assert 0 < run.done == stored < 504 and gpu.machine.state == "off"
 
 
 async def test_failing_start_event_fails_fast_and_stops(tmp_path: Path) -> None:
@@ -144,7 +153,7 @@ async def test_failing_start_event_fails_fast_and_stops(tmp_path: Path) -> None:
         assert gpu.machine.state == "off"
 
 
-async def test_sd_errors_end_the_run_after_consecutive_failures(tmp_path: Path) -> None:
+async def test_sd_errors_end_the_run_after_consecutive_failures(tmp_path: Path, backend: str) -> None:
     settings = fast_settings(tmp_path, generator__max_consecutive_failures=3, gpu__simulated__faults=["sd_500"])
     async with running_engine(settings) as (engine, gpu):
         run, _ = await run_to_end(engine)
@@ -153,7 +162,7 @@ async def test_sd_errors_end_the_run_after_consecutive_failures(tmp_path: Path) 
         assert run["done"] == 0 and run["failed"] >= 2 and gpu.machine.state == "off"
 
 
-async def test_a_run_that_stored_nothing_is_failed_not_completed(tmp_path: Path) -> None:
+async def test_a_run_that_stored_nothing_is_failed_not_completed(tmp_path: Path, backend: str) -> None:
     settings = fast_settings(tmp_path, generator__max_consecutive_failures=10, generator__image_retries=0,
                              gpu__simulated__faults=["sd_500"])
     async with running_engine(settings) as (engine, gpu):
@@ -163,7 +172,7 @@ async def test_a_run_that_stored_nothing_is_failed_not_completed(tmp_path: Path)
 
 
 @pytest.mark.parametrize("fault", ["sd_invalid_image", "sd_garbage"])
-async def test_bad_sd_answers_fail_the_run_and_store_nothing(tmp_path: Path, fault: str) -> None:
+async def test_bad_sd_answers_fail_the_run_and_store_nothing(tmp_path: Path, fault: str, backend: str) -> None:
     settings = fast_settings(tmp_path, generator__max_consecutive_failures=2, gpu__simulated__faults=[fault])
     async with running_engine(settings) as (engine, gpu):
         run, _ = await run_to_end(engine)
@@ -193,7 +202,7 @@ async def test_a_failing_stop_is_retried_until_confirmed(tmp_path: Path) -> None
         assert gpu.machine.state == "off"
 
 
-async def test_external_stop_mid_run_fails_the_run_and_machine_ends_off(tmp_path: Path) -> None:
+async def test_external_stop_mid_run_fails_the_run_and_machine_ends_off(tmp_path: Path, backend: str) -> None:
     settings = fast_settings(tmp_path, buckets__fallback__max=40, generator__max_consecutive_failures=2,
                              gpu__simulated__faults=["external_stop"])
     async with running_engine(settings) as (engine, gpu):
@@ -202,7 +211,7 @@ async def test_external_stop_mid_run_fails_the_run_and_machine_ends_off(tmp_path
         assert gpu.machine.state == "off"
 
 
-async def test_missing_checkpoint_fails_before_any_image(tmp_path: Path) -> None:
+async def test_missing_checkpoint_fails_before_any_image(tmp_path: Path, backend: str) -> None:
     settings = fast_settings(tmp_path, sd__checkpoint="a-stranger.safetensors")
     async with running_engine(settings) as (engine, gpu):
         run, _ = await run_to_end(engine)
@@ -281,9 +290,9 @@ def test_only_one_generator_per_data_directory(tmp_path: Path) -> None:
     assert GeneratorLock(tmp_path).acquire() is True  # released when its holder exits
 
 
-async def test_always_on_machine_is_used_as_it_is_never_started_or_stopped(tmp_path: Path) -> None:
+async def test_always_on_machine_is_used_as_it_is_never_started_or_stopped(tmp_path: Path, backend: str) -> None:
     base = fast_settings(tmp_path)
-    async with SimulatedGpu(base.gpu.simulated) as gpu:
+    async with SimulatedGpu(base.gpu.simulated, backend=backend) as gpu:
         gpu.machine.start()  # the owner's own machine, up before avatargen starts
         await gpu.machine.wait_for("ready")
         settings = fast_settings(tmp_path, gpu__provider="always_on", sd__url=gpu.sd_url)

@@ -49,7 +49,7 @@ async def run_with_events(engine: Generator) -> list[tuple[float, str, dict[str,
         return await events_until_idle(subscription)
 
 
-async def test_a_run_sends_small_throttled_previews_of_the_job_being_made(tmp_path: Path) -> None:
+async def test_a_run_sends_small_throttled_previews_of_the_job_being_made(tmp_path: Path, backend: str) -> None:
     settings = fast_settings(tmp_path, generator__preview_every="1s", **PACED)
     async with running_engine(settings) as (engine, _):
         events = await run_with_events(engine)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import time
 from typing import Any
@@ -15,6 +16,7 @@ from avatargen.sd import SdClient, SdError
 from avatargen.simulator import SimulatedGpu
 from avatargen.simulator.drawing import avatar_png, draw_avatar
 from avatargen.simulator.sdwebui import BATCH_COST, MODEL
+from avatargen.sockets import bound_socket
 from tests.simhelpers import decode_image, sd_settings, sd_webui, sim_settings, wait_sd_ready
 from tests.support import wait_until
 
@@ -314,6 +316,22 @@ async def test_the_web_ui_is_refused_while_the_machine_is_off_and_404_while_it_m
         await sim.machine.wait_for("off")
         with pytest.raises(httpx.ConnectError):
             await client.get(f"{sim.sd_url}/sdapi/v1/progress")
+
+
+@pytest.mark.parametrize("backend", ["a1111", "comfyui"])
+async def test_no_other_server_can_take_the_sd_port_while_the_machine_is_off(backend: str) -> None:
+    # Before a boot and between two, another process's server on that port would answer the run's probe.
+    async with SimulatedGpu(sim_settings(), backend=backend) as sim, httpx.AsyncClient() as client:
+        port = int(sim.sd_url.rsplit(":", 1)[1])
+        for _ in range(2):
+            with pytest.raises(OSError) as taken:
+                bound_socket("127.0.0.1", port).close()  # as uvicorn binds: SO_REUSEADDR
+            assert taken.value.errno == errno.EADDRINUSE
+            sim.machine.start()
+            await sim.machine.wait_for("ready")
+            await first_answer(client, f"{sim.sd_url}/system_stats")  # served on that port
+            sim.machine.stop()
+            await sim.machine.wait_for("off")
 
 
 async def test_external_stop_fault_stops_the_machine_after_the_first_answer() -> None:

@@ -54,16 +54,16 @@ class Billing:
         """Why the ledger on disk is behind or short of the truth, for the status; None when it is not."""
         return self._write_problem or self._history_problem
 
-    async def load(self, buckets: Mapping[str, StoredBucket], backend: str | None) -> None:
+    async def load(self, buckets: Mapping[str, StoredBucket], provider: str | None) -> None:
         """This month's entries and any left open, from the ledger; then write behind from now on.
 
-        `backend`: the provider whose runs are billed (None when none are), to recognise images of
+        `provider`: the provider whose runs are billed (None when none are), to recognise images of
         earlier billed runs in the buckets when the ledger has nothing.
         """
         entries = await self.ledger.entries(month_start(time.time()))
         self._entries = {entry.run_id: entry for entry in entries}
-        if not entries and backend is not None:
-            earlier = await _image_of_an_earlier_run(self.ledger, buckets, backend)
+        if not entries and provider is not None:
+            earlier = await _image_of_an_earlier_run(self.ledger, buckets, provider)
             if earlier is not None:
                 self._found_empty(earlier)
         self._writer = asyncio.create_task(self._write_behind(), name="ledger-writer")
@@ -135,7 +135,7 @@ class Billing:
                   "run %s (%s): the ledger was deleted or replaced while the server was down. Spend billed before "
                   "now is not counted, so today's spend and the daily budget start again from 0; restore the "
                   "ledger from a backup if you have one", self.ledger.location, image.bucket,
-                  image.metadata.get("backend"), run_id, made)
+                  _provider(image), run_id, made)
 
     async def _write_behind(self) -> None:
         failures = 0
@@ -179,11 +179,17 @@ class Billing:
                 del self._unwritten[entry.run_id]
 
 
+def _provider(image: ImageRecord) -> object:
+    """The provider whose machine made an image: `provider`, or `backend` in images made before the SD
+    backend took that name (it held the provider's then)."""
+    return image.metadata.get("provider", image.metadata.get("backend"))
+
+
 async def _image_of_an_earlier_run(ledger: Ledger, buckets: Mapping[str, StoredBucket],
-                                   backend: str) -> ImageRecord | None:
-    """The newest image a run on the `backend` machine made, when the ledger holds no entry at all."""
+                                   provider: str) -> ImageRecord | None:
+    """The newest image a run on the `provider`'s machine made, when the ledger holds no entry at all."""
     if not await ledger.is_empty():
         return None
     made = [record for bucket in buckets.values() for record in await bucket.newest(1)
-            if record.metadata.get("run_id") and record.metadata.get("backend") == backend]
+            if record.metadata.get("run_id") and _provider(record) == provider]
     return max(made, key=lambda record: record.created_at, default=None)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -78,7 +78,7 @@ class ImagingPool:
         """Why the safety gate cannot run in the imaging process (None: it can, and its detector is loaded)."""
         return await self._call(review.problem)
 
-    async def make_avatars(self, bucket_name: str, images: list[str]) -> list[Avatar]:
+    async def make_avatars(self, bucket_name: str, images: Sequence[str | bytes]) -> list[Avatar]:
         """The stored avatars of a batch of SD's base64 images, checked by the gate when it is on, with the
         framed copies of the uniques that may be published."""
         size, quality = self._settings.image_size, self._settings.webp_quality

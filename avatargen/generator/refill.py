@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from avatargen.api.wire import BucketLevel, ImageHeld, NewImage, Preview, Step, encode_event
-from avatargen.config import PromptSettings, Settings
+from avatargen.config import ConfigError, PromptSettings, Settings
 from avatargen.durations import format_duration
 from avatargen.events import EventHub
 from avatargen.generator.billing import Billing
@@ -33,7 +33,7 @@ from avatargen.gpu.base import MachineUnusable
 from avatargen.prompts import compose
 from avatargen.retry import backoff_delay
 from avatargen.run import Run
-from avatargen.sd import SdClient, SdError, SdNotReady, SdProgress
+from avatargen.sd import SdBackend, SdError, SdNotReady, SdProgress, make_backend
 from avatargen.storage.protocols import StoredBucket
 
 log = logging.getLogger("avatargen.generator")
@@ -116,7 +116,7 @@ class Refill:
     async def _execute(self) -> None:
         self._started = True
         run = self.run
-        sd: SdClient | None = None
+        sd: SdBackend | None = None
         run_limit = asyncio.timeout(self._settings.generator.max_run_duration)
         try:
             try:
@@ -155,7 +155,11 @@ class Refill:
         if self._settings.review.enabled and (problem := await self._context.imaging.gate_problem()):
             raise RunFailed(f"the safety gate cannot run, so the machine was not started: {problem}")
 
-    async def _boot(self) -> SdClient:
+    async def _boot(self) -> SdBackend:
+        try:
+            connect = make_backend(self._settings)  # before the machine is paid for: a broken workflow costs nothing
+        except ConfigError as exc:
+            raise RunFailed(str(exc)) from None
         run, gpu = self.run, self._settings.gpu
         loop = asyncio.get_running_loop()
         deadline = loop.time() + gpu.ready_timeout
@@ -165,9 +169,8 @@ class Refill:
         provider = self._context.machine.provider
         await provider.start()
         await provider.wait_ready(max(0.0, deadline - loop.time()), self._context.machine.observe)
-        sd = SdClient(self._settings.sd, url=provider.sd_url(),
-                      live_previews=self._settings.generator.preview_every > 0)
-        log.info("machine ready; waiting for the Stable Diffusion API")
+        sd = connect(provider.sd_url())
+        log.info("machine ready; waiting for the Stable Diffusion API (%s)", sd.name)
         while True:
             try:
                 await sd.probe(self._settings.sd.checkpoint)
@@ -175,7 +178,7 @@ class Refill:
             except SdNotReady as exc:
                 if loop.time() >= deadline:
                     raise RunFailed(
-                        f"the SD web UI was not ready within ready_timeout "
+                        f"the SD server ({sd.name}) was not ready within ready_timeout "
                         f"({format_duration(gpu.ready_timeout)}): {exc}"
                     ) from None
                 await asyncio.sleep(gpu.poll_every)
@@ -183,7 +186,7 @@ class Refill:
                 raise RunFailed(str(exc)) from None
         return sd
 
-    async def _generate(self, sd: SdClient) -> None:
+    async def _generate(self, sd: SdBackend) -> None:
         run = self.run
         self._context.states.move("generating")
         run.generating_since = time.time()
@@ -217,7 +220,7 @@ class Refill:
         if run.done + run.held == 0 and run.failed > 0:
             raise RunFailed(f"no image could be made; last error: {failures.last}")
 
-    async def _fill(self, sd: SdClient, bucket_name: str, count: int, failures: _Failures) -> None:
+    async def _fill(self, sd: SdBackend, bucket_name: str, count: int, failures: _Failures) -> None:
         """One request of `count` images for a bucket, retried with backoff; never more than reserved."""
         run, generator = self.run, self._settings.generator
         for attempt in range(generator.image_retries + 1):
@@ -226,7 +229,7 @@ class Refill:
             started = time.monotonic()
             try:
                 with self._in_flight(_Job(bucket_name, prompt.text)):
-                    result = await sd.txt2img(prompt.text, batch_size=count)
+                    result = await sd.generate(prompt.text, count=count)
                 avatars = await self._context.imaging.make_avatars(bucket_name, result.images[:count])
             except (SdError, ValueError) as exc:
                 failures.consecutive += 1
@@ -243,7 +246,7 @@ class Refill:
             seconds = (time.monotonic() - started) / max(1, len(avatars))
             for index, avatar in enumerate(avatars):
                 seed = result.seeds[index] if index < len(result.seeds) else -1
-                await _uncancellable(self._store(bucket_name, avatar, prompt.text, seed, seconds, result.info))
+                await _uncancellable(self._store(bucket_name, avatar, prompt.text, seed, seconds, result.metadata))
             run.failed += count - len(avatars)
             self._stop_if_the_gate_failed(avatars)
             return
@@ -259,7 +262,7 @@ class Refill:
                             f"{self.run.held} image(s) held back for review")
 
     async def _store(self, bucket_name: str, avatar: Avatar, prompt: str, seed: int, seconds: float,
-                     info: Mapping[str, Any]) -> None:
+                     generated: Mapping[str, Any]) -> None:
         sd = self._settings.sd
         metadata = {
             "prompt": prompt,
@@ -269,10 +272,10 @@ class Refill:
             "cfg_scale": sd.cfg_scale,
             "size": self._settings.generator.image_size,
             "generated_size": [sd.width, sd.height],
-            "backend": self._context.machine.provider.name,
-            "model": info.get("sd_model_name"),
+            "provider": self._context.machine.provider.name,
             "generation_seconds": round(seconds, 3),
             "run_id": self.run.id,
+            **generated,  # the SD backend's name ("a1111", "comfyui"), the model, ComfyUI's workflow
         }
         bucket = self._context.buckets[bucket_name]
         if avatar.verdict is not None:
@@ -302,7 +305,7 @@ class Refill:
         finally:
             self._jobs.remove(job)
 
-    async def _poll_step(self, sd: SdClient) -> None:
+    async def _poll_step(self, sd: SdBackend) -> None:
         """The SD job's own step progress, for the live progress bar (failures here are harmless)."""
         while True:
             await asyncio.sleep(PROGRESS_POLL)
@@ -311,9 +314,9 @@ class Refill:
                 self.run.step = Step(progress.sampling_step, progress.sampling_steps, round(progress.progress, 3))
                 self._publish_progress()
 
-    async def _poll_preview(self, sd: SdClient, every: float) -> None:
+    async def _poll_preview(self, sd: SdBackend, every: float) -> None:
         """The live preview of the job computing, sent on when it is a new one, `every` seconds after the
-        last one was sent (and made small). A try that sends nothing (the web UI has no newer picture yet,
+        last one was sent (and made small). A try that sends nothing (the SD server has no newer picture yet,
         or a job ended meanwhile and whose picture it is cannot be told) is followed by another half a
         period later: each try may fetch a full-size image. Failures here are harmless: only the owner's
         panel depends on them."""
@@ -337,14 +340,14 @@ class Refill:
         self._context.events.publish(*encode_event(Preview(
             self.run.id, job.bucket, job.prompt, progress.sampling_step, progress.sampling_steps, "image/webp", small)))
 
-    async def _shut_down(self, sd: SdClient | None) -> None:
+    async def _shut_down(self, sd: SdBackend | None) -> None:
         """Stop the machine and confirm it is off, retrying for as long as it takes; then back to idle."""
         run = self.run
         self._context.states.move("shutting_down")
         if sd is not None:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(5):
-                    await sd.interrupt()  # an always-on GPU stops computing what nobody will store
+                    await sd.cancel()  # an always-on GPU stops computing what nobody will store
             with contextlib.suppress(Exception):
                 await sd.aclose()
         await self._context.machine.stop()

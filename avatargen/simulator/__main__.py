@@ -1,6 +1,6 @@
 """`python -m avatargen.simulator`: the simulated GPU as a process of its own.
 
-Prints one JSON line (`api`, `api_url`, `sd_url`, `api_key`, `machine_id`) once it listens, then
+Prints one JSON line (`api`, `api_url`, `sd_url`, `api_key`, `machine_id`, `backend`) once it listens, then
 serves until SIGTERM or Ctrl-C. A machine that must outlive an avatargen process (the test of "a
 machine found running at start-up is stopped") lives in such a process.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from avatargen.config import SimulatedSettings
+from avatargen.config import SD_BACKENDS, SimulatedSettings
 from avatargen.durations import parse_duration
 from avatargen.simulator.faults import FAULTS
 from avatargen.simulator.runner import serve_simulator
@@ -35,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--stop-delay", type=_duration, default=defaults.stop_delay)
     parser.add_argument("--sd-boot-delay", type=_duration, default=defaults.sd_boot_delay)
     parser.add_argument("--step-time", type=_duration, default=defaults.step_time, help="e.g. 50ms")
+    parser.add_argument("--backend", default="a1111", choices=SD_BACKENDS, help="the SD server to simulate")
     parser.add_argument("--fault", action="append", default=[], choices=sorted(FAULTS),
                         help="inject a fault (repeatable)")
     return parser
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = SimulatedSettings(api=args.api, boot_delay=args.boot_delay, stop_delay=args.stop_delay,
                                  sd_boot_delay=args.sd_boot_delay, step_time=args.step_time,
                                  faults=tuple(args.fault))
-    return serve_simulator(settings, args.host, args.api_port, args.sd_port)
+    return serve_simulator(settings, args.host, args.api_port, args.sd_port, args.backend)
 
 
 if __name__ == "__main__":

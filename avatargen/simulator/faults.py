@@ -1,5 +1,5 @@
 """Failures the simulated GPU can be told to produce, so the demo and the tests can show how avatargen
-copes with the ways a rented machine and the Stable Diffusion web UI really go wrong.
+copes with the ways a rented machine, the Stable Diffusion web UI and ComfyUI really go wrong.
 
 Faults are switched on with `[gpu.simulated] faults = [...]` at start, or at runtime through
 `PUT /_sim/faults {"faults": [...]}` on either simulated service (both share one set) or
@@ -28,15 +28,20 @@ FAULTS: dict[str, str] = {
     "external_terminate": "Someone terminates the RunPod pod from the console right after the first txt2img "
     "answer of each boot: it is TERMINATED for good and the web UI goes away with it (RunPod only).",
     "sd_500": "Every txt2img fails with 500 OutOfMemoryError (CUDA out of memory), in the web UI's error "
-    "shape, once it gets its turn.",
+    "shape, once it gets its turn; on ComfyUI every job ends in an execution_error of the sampler "
+    "(torch.OutOfMemoryError).",
     "sd_garbage": "Every txt2img answers a body that is not JSON: alternately a proxy's 502 HTML page and a "
-    "200 answer cut off mid-JSON.",
+    "200 answer cut off mid-JSON; on ComfyUI, so does the history of every finished job.",
     "sd_invalid_image": "Every txt2img answers 200 with images that are not images: alternately base64 of "
-    "other bytes and text that is not base64 at all.",
-    "sd_slow_first": "The first txt2img after each boot of the web UI takes five times as long (the checkpoint "
-    "is still loading).",
+    "other bytes and text that is not base64 at all; on ComfyUI, /view answers other bytes and an HTML page.",
+    "sd_slow_first": "The first txt2img (ComfyUI job) after each boot of the web UI (ComfyUI) takes five times as "
+    "long (the checkpoint is still loading).",
     "external_stop": "Someone stops the machine from the provider's console right after the first txt2img "
-    "answer of each boot: it goes stopping -> off and the web UI goes away with it.",
+    "answer (ComfyUI job) of each boot: it goes stopping -> off and the SD server goes away with it.",
+    "comfyui_validation": "Every ComfyUI /prompt is refused with 400 and node_errors: the sampler's "
+    "sampler_name is not in the list (a ComfyUI version without that sampler).",
+    "comfyui_socket_drop": "ComfyUI closes the WebSocket of each job's client halfway through sampling and refuses "
+    "that client's new sockets until the job is over, so the client must poll /history.",
 }
 
 

@@ -26,9 +26,9 @@ def http_url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def listening_socket(host: str, port: int) -> socket.socket:
+def listening_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
     """A socket bound and listening: connections queue in the kernel from now on, none is refused."""
-    sock = bound_socket(host, port)
+    sock = bound_socket(host, port, reuse_port=reuse_port)
     try:
         sock.listen(128)
     except OSError:
@@ -59,14 +59,16 @@ class LoopbackServer:
 
     `graceful=False` (the default) stops like a power cut, `True` like a SIGTERM; `options` are
     uvicorn's (a test server passes `avatargen serve`'s). The app's lifespan runs only when
-    `lifespan="on"`.
+    `lifespan="on"`. `reuse_port`: the port is held meanwhile by a socket of ours with SO_REUSEPORT
+    (`bound_socket`), as the simulated GPU holds its SD server's port while the machine is off.
     """
 
     def __init__(self, app: ASGIApp, *, host: str = "127.0.0.1", port: int = 0, grace: float = 1.0,
-                 graceful: bool = False, lifespan: str = "off", **options: Any) -> None:
+                 graceful: bool = False, lifespan: str = "off", reuse_port: bool = False, **options: Any) -> None:
         self._app = app
         self.host = host
         self.port = port
+        self._reuse_port = reuse_port
         self._grace = grace
         self._graceful = graceful
         self._options = {"lifespan": lifespan, "access_log": False, **options}
@@ -84,7 +86,7 @@ class LoopbackServer:
 
     async def start(self) -> None:
         """Serve from now on; RuntimeError when uvicorn gives up starting (the app's lifespan failed)."""
-        self._sock = listening_socket(self.host, self.port)
+        self._sock = listening_socket(self.host, self.port, reuse_port=self._reuse_port)
         self.port = self._sock.getsockname()[1]
         # No log_config or log_level: uvicorn would reconfigure the embedding process's logging.
         config = uvicorn.Config(self._app, log_config=None, log_level=None, **self._options)

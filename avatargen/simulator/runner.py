@@ -13,6 +13,7 @@ import contextlib
 import json
 import secrets
 import signal
+import socket
 import sys
 from collections.abc import Iterable
 from types import TracebackType
@@ -20,12 +21,14 @@ from typing import Any
 
 from avatargen.config import GpuSettings, Secret, SimulatedSettings
 from avatargen.gpu import Provider, api_provider
+from avatargen.simulator.comfyui import SimulatedComfyUi
 from avatargen.simulator.faults import Faults
-from avatargen.simulator.loopback import LoopbackServer, listening_socket
+from avatargen.simulator.loopback import LoopbackServer
 from avatargen.simulator.machine import SimulatedMachine
 from avatargen.simulator.paperspace import SimulatedPaperspace
 from avatargen.simulator.runpod import SimulatedRunPod
 from avatargen.simulator.sdwebui import SimulatedSdWebUi
+from avatargen.sockets import bound_socket
 
 SD_PORT = 7860  # the web UI's port inside the machine (RunPod maps it to a public one)
 MACHINE_IDS = {"paperspace": "pssim42", "runpod": "simpod42xyz"}  # ids in each vendor's style
@@ -33,26 +36,31 @@ DEFAULT_PRICE = 0.44  # per hour, what the simulated RunPod pod says it costs un
 
 
 class SimulatedGpu:
-    """The simulated GPU machine: a cloud API (`settings.api`) and an SD web UI that lives while the machine is on.
+    """The simulated GPU machine: a cloud API (`settings.api`) and an SD server that lives while the machine is
+    on: the web UI, or ComfyUI with `backend="comfyui"` (what `sd.backend` names).
 
         async with SimulatedGpu(settings.gpu.simulated) as sim:
             provider = sim.provider(settings.gpu)
 
     Exposes `api` ("paperspace" | "runpod"), `api_url` (ending in /v1), `api_key`, `machine_id` (the pod's
-    id on RunPod), `sd_url`, the live `machine` (`machine.state`, `machine.billed_seconds`), the web UI
-    state `sd` and the shared `faults`. `hourly_price` is what the machine's API says an hour costs.
+    id on RunPod), `sd_url`, the live `machine` (`machine.state`, `machine.billed_seconds`), the SD
+    server's state `sd` and the shared `faults`. `hourly_price` is what the machine's API says an hour costs.
     """
 
     def __init__(self, settings: SimulatedSettings, *, host: str = "127.0.0.1", api_port: int = 0,
                  sd_port: int = 0, machine_id: str | None = None, sd_auth: tuple[str, str] | None = None,
-                 hourly_price: float = DEFAULT_PRICE) -> None:
+                 hourly_price: float = DEFAULT_PRICE, backend: str = "a1111") -> None:
         self.api = settings.api
+        self.backend = backend
         self.faults = Faults(settings.faults)
         self.api_key = secrets.token_urlsafe(24)
         self.machine_id = machine_id or MACHINE_IDS[self.api]
         self.machine = SimulatedMachine(settings, self.faults, machine_id=self.machine_id, public_ip=host,
                                         stop_delay=0.0 if self.api == "runpod" else None)
-        self.sd = SimulatedSdWebUi(settings, self.faults, auth=sd_auth, after_txt2img=self._after_txt2img)
+        self.sd: SimulatedSdWebUi | SimulatedComfyUi = (
+            SimulatedComfyUi(settings, self.faults, auth=sd_auth, after_delivery=self._after_txt2img)
+            if backend == "comfyui" else
+            SimulatedSdWebUi(settings, self.faults, auth=sd_auth, after_txt2img=self._after_txt2img))
         self._pod: SimulatedRunPod | None = None
         if self.api == "runpod":
             self._pod = SimulatedRunPod(self.machine, self.faults, api_key=self.api_key, hourly_price=hourly_price)
@@ -60,7 +68,8 @@ class SimulatedGpu:
         else:
             app = SimulatedPaperspace(self.machine, self.faults, api_key=self.api_key, hourly_price=hourly_price).app
         self._api_server = LoopbackServer(app, host=host, port=api_port)
-        self._sd_server = LoopbackServer(self.sd.app, host=host, port=sd_port)
+        self._sd_server = LoopbackServer(self.sd.app, host=host, port=sd_port, reuse_port=True)
+        self._sd_port_held: socket.socket | None = None
         self._follower: asyncio.Task[None] | None = None
 
     @property
@@ -90,13 +99,21 @@ class SimulatedGpu:
     def describe(self) -> dict[str, Any]:
         """Where to reach the simulator: what a separate process needs to talk to it."""
         return {"api": self.api, "api_url": self.api_url, "sd_url": self.sd_url, "api_key": self.api_key,
-                "machine_id": self.machine_id}
+                "machine_id": self.machine_id, "backend": self.backend}
 
     async def __aenter__(self) -> SimulatedGpu:
-        await self._api_server.start()
-        if self._sd_server.port == 0:  # pick the web UI's port now, so its URL is known while it is down
-            with listening_socket(self._sd_server.host, 0) as probe:
-                self._sd_server.port = probe.getsockname()[1]
+        # The SD server's port is held from now on, not listening while the machine is off (connections are
+        # refused, as by a machine that is down), so its URL is known and no other process takes the port
+        # between two boots (a test would then talk to a stranger's server). A port the owner chose keeps
+        # SO_REUSEADDR, so a simulator started again at once is not refused for the last one's connections.
+        port = self._sd_server.port
+        self._sd_port_held = bound_socket(self._sd_server.host, port, reuse_address=port != 0, reuse_port=True)
+        self._sd_server.port = self._sd_port_held.getsockname()[1]
+        try:
+            await self._api_server.start()
+        except BaseException:
+            self._sd_port_held.close()
+            raise
         if self._pod is not None:
             self._pod.ports[SD_PORT] = self._sd_server.port
         self._follower = asyncio.create_task(self._follow_machine())
@@ -104,12 +121,16 @@ class SimulatedGpu:
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
-        if self._follower is not None:
-            self._follower.cancel()
-            await asyncio.gather(self._follower, return_exceptions=True)
-        await self._sd_down()
-        await self._api_server.stop()
-        await self.machine.aclose()
+        try:
+            if self._follower is not None:
+                self._follower.cancel()
+                await asyncio.gather(self._follower, return_exceptions=True)
+            await self._sd_down()
+            await self._api_server.stop()
+            await self.machine.aclose()
+        finally:
+            if self._sd_port_held is not None:
+                self._sd_port_held.close()
 
     async def _follow_machine(self) -> None:
         """Serve the web UI exactly while the machine is ready."""
@@ -139,20 +160,20 @@ class SimulatedGpu:
 
 
 async def run_simulator(settings: SimulatedSettings, host: str = "127.0.0.1", api_port: int = 0,
-                        sd_port: int = 0) -> None:
+                        sd_port: int = 0, backend: str = "a1111") -> None:
     """Serve the simulated GPU until cancelled, after printing where it is as one JSON line on stdout
-    (`api`, `api_url`, `sd_url`, `api_key`, `machine_id`), for a separate process or the owner to use."""
-    async with SimulatedGpu(settings, host=host, api_port=api_port, sd_port=sd_port) as sim:
+    (`api`, `api_url`, `sd_url`, `api_key`, `machine_id`, `backend`), for a separate process or the owner."""
+    async with SimulatedGpu(settings, host=host, api_port=api_port, sd_port=sd_port, backend=backend) as sim:
         print(json.dumps(sim.describe()), flush=True)
         await asyncio.Event().wait()
 
 
 def serve_simulator(settings: SimulatedSettings, host: str = "127.0.0.1", api_port: int = 0,
-                    sd_port: int = 0) -> int:
+                    sd_port: int = 0, backend: str = "a1111") -> int:
     """Run the simulated GPU as a process of its own until SIGTERM or Ctrl-C; the exit status."""
 
     async def until_signalled() -> None:
-        serving = asyncio.create_task(run_simulator(settings, host, api_port, sd_port))
+        serving = asyncio.create_task(run_simulator(settings, host, api_port, sd_port, backend))
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, serving.cancel)

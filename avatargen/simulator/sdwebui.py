@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
-import hmac
 import json
 import random
 import time
@@ -36,6 +34,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from avatargen.config import SimulatedSettings
+from avatargen.simulator.auth import basic_auth_matches
 from avatargen.simulator.drawing import avatar_png, preview_png
 from avatargen.simulator.faults import Faults
 from avatargen.simulator.service import SimRoute, simulated_app
@@ -257,12 +256,7 @@ class SimulatedSdWebUi:
         """401 for wrong Basic credentials when the web UI runs with --api-auth, else None."""
         if self._auth is None:
             return None
-        scheme, _, encoded = request.headers.get("authorization", "").partition(" ")
-        try:
-            given = base64.b64decode(encoded, validate=True) if scheme.lower() == "basic" else b""
-        except binascii.Error:
-            given = b""
-        if not hmac.compare_digest(given, ":".join(self._auth).encode()):
+        if not basic_auth_matches(request.headers.get("authorization", ""), self._auth):
             return JSONResponse({"detail": "Incorrect username or password"}, status_code=401,
                                 headers={"WWW-Authenticate": "Basic"})
         return None

@@ -21,30 +21,13 @@ from avatargen.config import SdSettings
 from avatargen.http_client import HttpClient
 from avatargen.imaging import sniff_format
 from avatargen.redact import redact_url
+from avatargen.sd.base import Generated, SdError, SdNotReady, SdProgress, quote, send
 
 TXT2IMG_TIMEOUT = 900.0  # seconds: txt2img answers only when the images are done, a big batch takes minutes
 _TIMEOUT = httpx.Timeout(30.0, connect=10.0)
-_QUOTE = 300  # characters of an error text worth quoting
 PREVIEWS_PER_IMAGE = 5  # live previews asked of the web UI per image, when previews are on
 _NOT_JSON = object()
 PROXY_TIMEOUT = 524  # Cloudflare's "a timeout occurred": RunPod's proxy cuts every request at 100 s
-
-
-class SdError(Exception):
-    """A failed web UI request: HTTP status (None when there was no answer), message, whether to retry."""
-
-    def __init__(self, status: int | None, message: str, retryable: bool) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.retryable = retryable
-
-
-class SdNotReady(SdError):
-    """The web UI is not up yet (refused connection, routes not mounted, no model loaded): poll again."""
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(status, message, retryable=True)
 
 
 @dataclass(frozen=True)
@@ -58,28 +41,11 @@ class Txt2ImgResult:
     parameters: dict[str, Any]
 
 
-@dataclass(frozen=True)
-class SdProgress:
-    """`/sdapi/v1/progress`: overall progress 0..1 of the current job, 0 and job_count 0 when idle, and
-    the live preview of the image being sampled (an image file, when asked for and the web UI has one)."""
-
-    progress: float
-    eta_relative: float
-    sampling_step: int
-    sampling_steps: int
-    job_count: int
-    preview: bytes | None = None
-
-
-def _quote(text: str) -> str:
-    return " ".join(text.split())[:_QUOTE]
-
-
 def _error_text(body: Any, raw: str) -> str:
     """What went wrong, from each error shape the web UI and FastAPI produce."""
     if isinstance(body, dict) and body.get("error"):  # an exception: {"error", "detail", "body", "errors"}
         detail = body.get("detail") or body.get("errors")
-        return _quote(f"{body['error']}: {detail}" if detail else str(body["error"]))
+        return quote(f"{body['error']}: {detail}" if detail else str(body["error"]))
     if isinstance(body, dict) and isinstance(body.get("detail"), list):  # FastAPI's 422
         problems = []
         for item in body["detail"]:
@@ -88,10 +54,10 @@ def _error_text(body: Any, raw: str) -> str:
             problems.append(f"{where}: {item.get('msg', 'invalid')}")
         return "invalid request: " + "; ".join(problems)
     if isinstance(body, dict) and body.get("detail"):
-        return _quote(str(body["detail"]))
+        return quote(str(body["detail"]))
     if body is _NOT_JSON:
-        return f"the answer is not JSON: {_quote(raw)!r}"
-    return _quote(raw)
+        return f"the answer is not JSON: {quote(raw)!r}"
+    return quote(raw)
 
 
 def _unusable(text: str) -> SdError:
@@ -152,9 +118,13 @@ def _preview(image: Any) -> bytes | None:
 class SdClient(HttpClient):
     """The web UI routes avatargen uses; Basic auth when `sd.username` is set (password from the env).
 
-    With `live_previews`, each txt2img asks the web UI (for that request only: `override_settings`) to
-    draw a live preview of the image every few steps, which `progress(preview=True)` fetches.
+    It is the `a1111` backend (`avatargen.sd.base.SdBackend`): AUTOMATIC1111, Forge, reForge and SD.Next
+    all keep this API. With `live_previews`, each txt2img asks the web UI (for that request only:
+    `override_settings`) to draw a live preview of the image every few steps, which `progress(preview=True)`
+    fetches.
     """
+
+    name = "a1111"
 
     def __init__(self, settings: SdSettings, *, url: str | None = None, http: httpx.AsyncClient | None = None,
                  txt2img_timeout: float = TXT2IMG_TIMEOUT, live_previews: bool = False) -> None:
@@ -196,6 +166,12 @@ class SdClient(HttpClient):
         return Txt2ImgResult(images=images, seeds=_seeds(info, len(images)), info=info,
                              parameters=parameters if isinstance(parameters, dict) else {})
 
+    async def generate(self, prompt: str, *, count: int, seed: int = -1) -> Generated:
+        """One txt2img of `count` images, with the model the web UI names in its answer."""
+        result = await self.txt2img(prompt, batch_size=count, seed=seed)
+        return Generated(images=result.images, seeds=result.seeds,
+                         metadata={"backend": self.name, "model": result.info.get("sd_model_name")})
+
     async def progress(self, *, preview: bool = False) -> SdProgress:
         """The current job's progress; with `preview`, also its live preview (a few hundred kB: ask sparingly)."""
         skip = "false" if preview else "true"
@@ -213,6 +189,10 @@ class SdClient(HttpClient):
     async def interrupt(self) -> None:
         """Stop the current job early: its pending txt2img still answers, with the images it has."""
         await self._call("POST", "/sdapi/v1/interrupt")
+
+    async def cancel(self) -> None:
+        """The web UI computes one job at a time and queues nothing of ours: interrupting it is enough."""
+        await self.interrupt()
 
     async def sd_models(self) -> list[dict[str, Any]]:
         body = await self._call("GET", "/sdapi/v1/sd-models")
@@ -245,17 +225,9 @@ class SdClient(HttpClient):
     async def _call(self, method: str, path: str, *, json: Any = None, params: dict[str, str] | None = None,
                     timeout: httpx.Timeout | None = None) -> Any:
         """One request; the parsed JSON body, or SdError for every way it can fail."""
-        try:
-            response = await self._http.request(
-                method, self._url + path, json=json, params=params, auth=self._auth or httpx.USE_CLIENT_DEFAULT,
-                timeout=timeout or httpx.USE_CLIENT_DEFAULT,
-            )
-        except httpx.TimeoutException as exc:
-            raise SdError(None, f"the SD web UI at {self._shown_url} did not answer in time ({type(exc).__name__})",
-                          retryable=True) from exc
-        except httpx.TransportError as exc:
-            detail = redact_url(f"{type(exc).__name__} {exc}".rstrip())
-            raise SdError(None, f"cannot reach the SD web UI at {self._shown_url}: {detail}", retryable=True) from exc
+        response = await send(self._http, method, self._url + path, server=f"the SD web UI at {self._shown_url}",
+                              json=json, params=params, auth=self._auth or httpx.USE_CLIENT_DEFAULT,
+                              timeout=timeout or httpx.USE_CLIENT_DEFAULT)
         try:
             body = response.json()
         except ValueError:

@@ -1,0 +1,44 @@
+"""Stable Diffusion backends: the web UI API (`a1111`: AUTOMATIC1111, Forge, reForge, SD.Next) and ComfyUI.
+
+`make_backend` picks the one `sd.backend` names; the generator only sees `SdBackend`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from avatargen.config import ConfigError, Settings
+from avatargen.sd.a1111 import SdClient, Txt2ImgResult
+from avatargen.sd.base import Generated, SdBackend, SdError, SdNotReady, SdProgress
+
+__all__ = ["Generated", "SdBackend", "SdClient", "SdError", "SdNotReady", "SdProgress", "Txt2ImgResult",
+           "check_backend", "make_backend"]
+
+
+def make_backend(settings: Settings) -> Callable[[str], SdBackend]:
+    """What makes the `sd.backend` client once the machine's SD address is known (when it is ready).
+
+    ComfyUI's workflow is read and checked now, before a machine is started for it: a file broken since
+    start-up is a ConfigError that costs nothing.
+    """
+    if settings.sd.backend == "comfyui":
+        from avatargen.sd.comfyui import ComfyUiClient
+        from avatargen.sd.workflow import load_workflow
+
+        workflow = load_workflow(settings)
+        return lambda url: ComfyUiClient(settings.sd, workflow, url=url)
+    return lambda url: SdClient(settings.sd, url=url, live_previews=settings.generator.preview_every > 0)
+
+
+def check_backend(settings: Settings) -> list[str]:
+    """What `check-config` and start-up check of the backend beyond the config file (the workflow, the
+    proxy token in the environment); ConfigError when a run could not work. Returns notes for the owner."""
+    if settings.sd.backend != "comfyui":
+        return []
+    from avatargen.sd.workflow import load_workflow
+
+    comfyui = settings.sd.comfyui
+    if comfyui.token_env and not comfyui.token():
+        raise ConfigError(f"the environment variable {comfyui.token_env} holding the proxy's bearer token is not set "
+                          "or empty", key="sd.comfyui.token_env", file=settings.path)
+    return [load_workflow(settings).describe()]

@@ -1,0 +1,368 @@
+"""The ComfyUI client against the simulated ComfyUI over real loopback HTTP and WebSocket, every fault
+included, and against hand-made servers for what no fault produces (a socket that never reports)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trustme
+from PIL import Image
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from avatargen.config import ComfyUiSettings, SdSettings
+from avatargen.sd import SdError, SdNotReady
+from avatargen.sd.comfyui import ComfyUiClient
+from avatargen.sd.workflow import BUILTIN_GRAPH, BUILTIN_NAME, find_workflow
+from avatargen.simulator import Faults, LoopbackServer, SimulatedGpu
+from avatargen.simulator.comfyui import SimulatedComfyUi
+from avatargen.simulator.drawing import draw_avatar
+from tests.simhelpers import comfyui, sd_settings, sim_settings, wait_sd_ready
+from tests.support import serve_asgi, wait_until
+
+LORA_UPSCALE = json.loads((Path(__file__).parent / "workflows" / "lora_upscale_api.json").read_text())
+
+
+def settings(**changes: Any) -> SdSettings:
+    return replace(sd_settings(), backend="comfyui", **changes)
+
+
+def client(url: str, sd: SdSettings | None = None, nodes: dict[str, Any] | None = None,
+           **options: Any) -> contextlib.aclosing[ComfyUiClient]:
+    """A client of the built-in graph (or `nodes`), closed when the `async with` ends."""
+    sd = sd or settings()
+    workflow = find_workflow("owner_api" if nodes else BUILTIN_NAME, nodes or BUILTIN_GRAPH, sd.comfyui,
+                             negative=bool(sd.negative_prompt), checkpoint=bool(sd.checkpoint))
+    return contextlib.aclosing(ComfyUiClient(sd, workflow, url=url, poll_every=0.05, **options))
+
+
+def pixels(data: str | bytes) -> tuple[tuple[int, int], bytes]:
+    assert isinstance(data, bytes)  # ComfyUI's images come as the bytes /view sends
+    with Image.open(io.BytesIO(data)) as image:
+        assert image.format == "PNG"
+        return image.size, image.convert("RGB").tobytes()
+
+
+async def test_images_are_drawn_from_the_prompt_seed_and_size_written_into_the_graph() -> None:
+    async with comfyui() as (sim, url), client(url, settings(negative_prompt="blurry")) as sd:
+        await wait_sd_ready(sd)
+        result = await sd.generate("A sketch of cjs, bokeh", count=2, seed=11)
+    assert [pixels(image) for image in result.images] == [
+        ((128, 96), draw_avatar("A sketch of cjs, bokeh", 11 + index, 128, 96).tobytes()) for index in range(2)]
+    assert result.seeds == [11, 11]  # one seed makes a batch's noise on ComfyUI
+    assert result.metadata == {"backend": "comfyui", "workflow": BUILTIN_NAME, "model": "cjs-dreambooth.safetensors",
+                               "sampler_name": "dpmpp_2m", "scheduler": "karras"}
+    assert sim.completed == ["A sketch of cjs, bokeh"]
+
+
+async def test_an_owner_graph_with_loras_and_an_upscaler_gets_the_settings_in_the_right_nodes() -> None:
+    async with comfyui() as (_, url), client(url, settings(checkpoint="cjs-dreambooth.safetensors"),
+                                                nodes=LORA_UPSCALE) as sd:
+        await wait_sd_ready(sd, "cjs-dreambooth.safetensors")
+        result = await sd.generate("A photograph of cjs", count=3, seed=5)
+    # 128x96 sampled, 1.5x latent upscale for the second pass, then the 2x upscale model; the first pass's
+    # preview node is not what is kept
+    expected = draw_avatar("A photograph of cjs", 5, 192, 144).resize((384, 288), Image.Resampling.BICUBIC)
+    assert len(result.images) == 3 and pixels(result.images[0]) == ((384, 288), expected.tobytes())
+    assert result.metadata["workflow"] == "owner_api" and result.metadata["model"] == "cjs-dreambooth.safetensors"
+
+
+async def test_probe_waits_for_comfyui_then_guards_the_checkpoint() -> None:
+    async with comfyui(sim_settings(sd_boot_delay=5)) as (_, url), client(url) as sd:
+        with pytest.raises(SdNotReady, match="ComfyUI is not ready: ComfyUI error 502"):
+            await sd.probe("")
+    async with comfyui() as (_, url):
+        async with client(url) as sd:
+            with pytest.raises(SdError) as info:
+                await sd.probe("my-face.safetensors")
+            assert not info.value.retryable and isinstance(info.value, SdError)
+            assert "sd.checkpoint 'my-face.safetensors' is not on ComfyUI (available: " \
+                   "'cjs-dreambooth.safetensors', 'v1-5-pruned-emaonly.ckpt')" in info.value.message
+        async with client(url, settings(checkpoint="v1-5-pruned-emaonly.ckpt")) as sd:
+            await sd.probe("v1-5-pruned-emaonly.ckpt")
+            assert (await sd.generate("A painting of cjs", count=1)).metadata["model"] == "v1-5-pruned-emaonly.ckpt"
+
+
+async def test_jobs_queue_at_once_and_the_gpu_takes_them_in_turn() -> None:
+    async with comfyui(sim_settings(step_time=0.03)) as (sim, url), client(url) as sd:
+        await wait_sd_ready(sd)
+        jobs = [asyncio.create_task(sd.generate(f"A painting of cjs {index}", count=2)) for index in range(3)]
+        await wait_until(lambda: sim.queue_length == 3)  # all three on ComfyUI's queue: no gap between jobs
+        results = await asyncio.gather(*jobs)
+        assert [len(result.images) for result in results] == [2, 2, 2]
+        assert sim.completed == [f"A painting of cjs {index}" for index in range(3)]
+        assert (await sd.progress()).job_count == 0
+
+
+async def test_progress_and_previews_come_from_the_socket() -> None:
+    async with comfyui(sim_settings(step_time=0.02)) as (_, url), client(url) as sd:
+        await wait_sd_ready(sd)
+        job = asyncio.create_task(sd.generate("A painting of cjs", count=1))
+        await wait_until(lambda: sd.preview is not None)
+        progress = await sd.progress()
+        assert progress.sampling_steps == 20 and 1 <= progress.sampling_step <= 20 and progress.job_count == 1
+        assert 0 < progress.progress <= 1 and sd.preview is not None and sd.preview.startswith(b"\xff\xd8\xff")
+        await job
+
+
+OOM = ["ComfyUI failed job ", " in node 3 (KSampler): torch.OutOfMemoryError: Allocation on device 0 would exceed "
+       "allowed memory. (out of memory)"]
+NOT_AN_IMAGE = "ComfyUI sent something that is not an image for 'avatargen_0000"
+REFUSED = ["ComfyUI refused the workflow: node 3 (KSampler) input 'sampler_name': Value not in list: sampler_name: "
+           "'dpmpp_2m' not in (list of length 38)"]
+
+
+@pytest.mark.parametrize(("fault", "failures"), [  # each fault alternates between its shapes: (words, status)
+    ("sd_500", [(OOM, None), (OOM, None)]),
+    ("sd_garbage", [(["ComfyUI error 502 <html><body><h1>502 Bad Gateway</h1>nginx</body></html>"], 502),
+                    (["ComfyUI sent an unusable answer to /history/", "it is not JSON"], 200)]),
+    ("sd_invalid_image", [([NOT_AN_IMAGE, "\\x00not an"], 200), ([NOT_AN_IMAGE, "<html><bo"], 200)]),
+    ("comfyui_validation", [(REFUSED, 400), (REFUSED, 400)]),
+])
+async def test_failures_are_worded_for_the_owner(fault: str, failures: list[tuple[list[str], int | None]]) -> None:
+    async with comfyui(faults=[fault]) as (_, url), client(url) as sd:
+        await wait_sd_ready(sd)
+        for words, status in failures:
+            with pytest.raises(SdError) as info:
+                await sd.generate("A painting of cjs", count=1)
+            assert all(fragment in info.value.message for fragment in words), info.value.message
+            assert info.value.status == status and info.value.retryable == (fault != "comfyui_validation")
+        assert (await sd.progress()).job_count == 0  # nothing of ours left on ComfyUI
+
+
+async def test_a_socket_dropped_mid_job_falls_back_to_polling_the_history() -> None:
+    faults = Faults(["comfyui_socket_drop"])
+    async with LoopbackServer(SimulatedComfyUi(sim_settings(step_time=0.01), faults).app) as server, client(
+            server.url) as sd:
+        await wait_sd_ready(sd)
+        for index in range(2):  # the socket is refused until each job is over: only the history tells its end
+            result = await sd.generate(f"A painting of cjs {index}", count=1)
+            assert len(result.images) == 1
+        assert faults.hits("comfyui_socket_drop") == 2
+
+
+async def test_the_first_job_after_a_boot_is_slow_but_succeeds() -> None:
+    async with comfyui(sim_settings(step_time=0.01), faults=["sd_slow_first"]) as (_, url), client(
+            url, settings(steps=40)) as sd:
+        await wait_sd_ready(sd)
+        durations = []
+        for _ in range(2):
+            began = time.monotonic()
+            await sd.generate("A painting of cjs", count=1)
+            durations.append(time.monotonic() - began)
+    assert durations[0] >= 40 * 0.01 * 5  # five times the sampling time, while the checkpoint loads
+    assert durations[1] < durations[0] / 2
+
+
+async def test_a_machine_stopped_from_outside_fails_the_next_job_clearly() -> None:
+    async with SimulatedGpu(sim_settings(), backend="comfyui") as gpu:
+        gpu.set_faults(["external_stop"])
+        gpu.machine.start()
+        await gpu.machine.wait_for("ready")
+        async with client(gpu.sd_url) as sd:
+            await wait_sd_ready(sd)
+            assert len((await sd.generate("A painting of cjs", count=1)).images) == 1
+            await gpu.machine.wait_for("off")
+            with pytest.raises(SdError) as info:
+                await sd.generate("A painting of cjs", count=1)
+            assert info.value.message.startswith(f"cannot reach ComfyUI at {gpu.sd_url}: ConnectError")
+
+
+async def test_cancel_deletes_our_queued_jobs_and_interrupts_the_running_one() -> None:
+    async with comfyui(sim_settings(step_time=0.05)) as (sim, url), client(url) as sd:
+        await wait_sd_ready(sd)
+        jobs = [asyncio.create_task(sd.generate(f"A painting of cjs {index}", count=1)) for index in range(3)]
+        await wait_until(lambda: sim.queue_length == 3)
+        for job in jobs:  # what an abort does to the generator's requests
+            job.cancel()
+        await asyncio.gather(*jobs, return_exceptions=True)
+        await sd.cancel()
+        await wait_until(lambda: sim.queue_length == 0, timeout=5)
+        assert sim.completed == []
+        async with httpx.AsyncClient() as http:
+            history = (await http.get(f"{url}/history")).json()
+        [status] = [entry["status"] for entry in history.values()]  # the two others never ran
+        assert status["status_str"] == "error" and status["messages"][-1][0] == "execution_interrupted"
+
+
+@pytest.mark.parametrize("proxy", ["basic", "bearer"])
+async def test_the_reverse_proxy_credentials_go_with_every_request_and_the_socket(
+        proxy: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SD_API_PASSWORD", "s3cret")
+    monkeypatch.setenv("COMFY_PROXY_TOKEN", "t0ken")
+    right = settings(username="owner") if proxy == "basic" else settings(
+        comfyui=ComfyUiSettings(token_env="COMFY_PROXY_TOKEN"))
+    credentials: dict[str, Any] = {"auth": ("owner", "s3cret")} if proxy == "basic" else {"token": "t0ken"}
+    async with comfyui(**credentials) as (_, url):
+        async with client(url, right) as sd:
+            await wait_sd_ready(sd)
+            await sd.generate("A painting of cjs", count=1)
+            assert sd.preview is not None  # previews come only on the socket: it was let in
+        wrong = replace(right, password_env="NO_SUCH_ENV") if proxy == "basic" else replace(
+            right, comfyui=ComfyUiSettings(token_env="NO_SUCH_ENV"))
+        async with client(url, wrong) as sd:
+            with pytest.raises(SdError) as info:
+                await sd.probe("")
+        hint = "check sd.username and the password in $NO_SUCH_ENV" if proxy == "basic" else \
+            "check the token in $NO_SUCH_ENV"
+        assert info.value.status == 401 and not info.value.retryable and hint in info.value.message
+
+
+async def _silent_socket(websocket: WebSocket) -> None:
+    await websocket.accept()
+    try:
+        while True:
+            await websocket.receive_text()
+    except WebSocketDisconnect:
+        pass
+
+
+def _fixed(answer: Any) -> Any:
+    async def route(request: Request) -> Response:
+        return JSONResponse(answer(request) if callable(answer) else answer)
+    return route
+
+
+def _object_info(request: Request) -> dict[str, Any]:
+    """ComfyUI's `/object_info/{class}`: `{}` for a class it does not have."""
+    if request.path_params["node_class"] != "CheckpointLoaderSimple":
+        return {}
+    return {"CheckpointLoaderSimple": {"input": {"required": {"ckpt_name": [["cjs.safetensors"], {}]}}}}
+
+
+@pytest.fixture
+async def stuck_comfyui() -> AsyncIterator[str]:
+    """A ComfyUI that takes a job and then says nothing: a silent socket, an empty history, an empty queue."""
+    app = Starlette(routes=[
+        Route("/system_stats", _fixed({"system": {}, "devices": []})),
+        Route("/object_info/{node_class}", _fixed(_object_info)),
+        Route("/prompt", _fixed({"prompt_id": "p-1", "number": 0, "node_errors": {}}), methods=["POST"]),
+        Route("/history/{prompt_id}", _fixed({})),
+        Route("/queue", _fixed({"queue_running": [], "queue_pending": []})),
+        WebSocketRoute("/ws", _silent_socket),
+    ])
+    async with LoopbackServer(app) as server:
+        yield server.url
+
+
+async def test_a_socket_that_never_reports_ends_in_a_clear_error(stuck_comfyui: str) -> None:
+    async with client(stuck_comfyui, silence_timeout=0.3) as sd:
+        await sd.probe("")
+        with pytest.raises(SdError) as info:
+            await sd.generate("A painting of cjs", count=1)
+    assert info.value.message == (
+        "ComfyUI said nothing about job p-1 for 0 s and has no result for it (the socket never reported and the "
+        "history stayed empty): it seems stuck")
+
+
+async def test_a_loader_the_server_lacks_is_refused_before_any_job(stuck_comfyui: str) -> None:
+    nodes = json.loads(json.dumps(BUILTIN_GRAPH))
+    nodes["4"]["class_type"] = "CheckpointLoaderGGUF"  # a loader this server does not have
+    async with client(stuck_comfyui, nodes=nodes) as sd:
+        with pytest.raises(SdError, match="ComfyUI has no CheckpointLoaderGGUF node"):
+            await sd.probe("")
+
+
+async def test_https_and_wss_behind_a_tls_proxy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    authority = trustme.CA()
+    certificate = authority.issue_cert("127.0.0.1")
+    key, chain, ca = tmp_path / "key.pem", tmp_path / "chain.pem", tmp_path / "ca.pem"
+    certificate.private_key_pem.write_to_path(str(key))
+    certificate.private_key_and_cert_chain_pem.write_to_path(str(chain))
+    authority.cert_pem.write_to_path(str(ca))
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca))  # the client trusts what the machine trusts, nothing more
+    sim = SimulatedComfyUi(sim_settings(sd_boot_delay=0), Faults())
+    async with serve_asgi(sim.app, ssl_certfile=str(chain), ssl_keyfile=str(key)) as url, client(
+            url.replace("http://", "https://")) as sd:
+        await wait_sd_ready(sd)
+        assert len((await sd.generate("A painting of cjs", count=1)).images) == 1
+        assert sd.preview is not None  # the socket went over wss://
+    sim.power_off()
+
+
+class ForkComfyUi:
+    """The shapes of a ComfyUI fork (hiddenswitch's pip-installable one): `/queue` lists jobs as objects
+    with a "prompt_id", and the history keeps only the names of status events (their data is on the socket)."""
+
+    def __init__(self) -> None:
+        self.queued: list[str] = []
+        self.deleted: list[str] = []
+        self.interrupted: list[str] = []
+        self.sockets: dict[str, WebSocket] = {}
+        self.failing = False
+        self.app = Starlette(routes=[
+            Route("/system_stats", _fixed({"system": {}, "devices": []})),
+            Route("/object_info/{node_class}", _fixed(_object_info)),
+            Route("/prompt", self.prompt, methods=["POST"]),
+            Route("/queue", self.queue, methods=["GET", "POST"]),
+            Route("/interrupt", self.interrupt, methods=["POST"]),
+            Route("/history/{prompt_id}", self.history),
+            WebSocketRoute("/ws", self.socket),
+        ])
+
+    async def prompt(self, request: Request) -> Response:
+        body = await request.json()
+        self.queued.append(body["prompt_id"])
+        if self.failing:
+            data = {"prompt_id": body["prompt_id"], "node_id": "3", "node_type": "KSampler",
+                    "exception_type": "torch.OutOfMemoryError", "exception_message": "Allocation on device"}
+            await self.sockets[body["client_id"]].send_json({"type": "execution_error", "data": data})
+        return JSONResponse({"prompt_id": body["prompt_id"], "number": len(self.queued), "node_errors": {}})
+
+    async def queue(self, request: Request) -> Response:
+        if request.method == "POST":
+            self.deleted += (await request.json())["delete"]
+            return Response()
+        jobs = [{"priority": number, "prompt_id": prompt_id} for number, prompt_id in enumerate(self.queued)]
+        return JSONResponse({"queue_running": jobs[:1], "queue_pending": jobs[1:]})
+
+    async def interrupt(self, request: Request) -> Response:
+        self.interrupted.append((await request.json())["prompt_id"])
+        return Response()
+
+    async def history(self, request: Request) -> Response:
+        prompt_id = request.path_params["prompt_id"]
+        if not self.failing:
+            return JSONResponse({})
+        status = {"status_str": "error", "completed": False, "messages": ["execution_start", "execution_error"]}
+        return JSONResponse({prompt_id: {"prompt": {}, "outputs": {}, "status": status, "meta": {}}})
+
+    async def socket(self, websocket: WebSocket) -> None:
+        await websocket.accept()
+        self.sockets[websocket.query_params["clientId"]] = websocket
+        with contextlib.suppress(WebSocketDisconnect):
+            while True:
+                await websocket.receive_text()
+
+
+async def test_a_forks_queue_and_history_shapes_are_understood() -> None:
+    fork = ForkComfyUi()
+    async with LoopbackServer(fork.app) as server, client(server.url) as sd:
+        await sd.probe("")
+        jobs = [asyncio.create_task(sd.generate(f"A painting of cjs {index}", count=1)) for index in range(2)]
+        await wait_until(lambda: len(fork.queued) == 2)
+        for job in jobs:
+            job.cancel()
+        await asyncio.gather(*jobs, return_exceptions=True)
+        await sd.cancel()
+        assert (fork.interrupted, fork.deleted) == (fork.queued[:1], fork.queued[1:])
+        assert (await sd.progress()).job_count == 0
+
+        fork.failing = True  # the error's words come from the socket: the history has only its name
+        await wait_until(lambda: len(fork.sockets) == 1)
+        with pytest.raises(SdError) as info:
+            await sd.generate("A painting of cjs", count=1)
+    assert info.value.message.endswith("in node 3 (KSampler): torch.OutOfMemoryError: Allocation on device")
