@@ -1,5 +1,6 @@
 """What the live preview costs: the event stream an owner's panel receives during a run, and what the
-generator fetches from the web UI for it.
+generator fetches from the web UI for it (ComfyUI pushes its frames on the socket the client follows
+anyway: nothing is fetched for them).
 
 A real `avatargen serve` process drives the simulated GPU (its own process, at the shipped demo pace:
 20 steps of 50 ms, 512 px, two images a request, two requests in flight) through a manual refill, while
@@ -7,9 +8,10 @@ this script follows the admin API's event stream with the product's client. It r
 generates: events and bytes a second by type, the preview events' sizes and spacing, and the size of the
 full-size live preview the generator fetches from `/sdapi/v1/progress` for each one.
 Targets: no event above 4 kB, previews at least `generator.preview_every` (1 s) apart (as this client
-sees them arrive, less 50 ms for each event's own delivery delay).
+sees them arrive, less 50 ms for each event's own delivery delay: ComfyUI's previews need no fetch, so
+the generator sends them about 1.00 s apart).
 
-    python -m benchmarks.preview_stream [--quick] [--images N]
+    python -m benchmarks.preview_stream [--quick] [--images N] [--backend comfyui]
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from itertools import pairwise
 import httpx
 
 from avatargen.api import AdminClient, Preview, StateChange, encode_event
+from avatargen.config import SD_BACKENDS
 from avatargen.testing import Simulator
 from benchmarks.harness import ADMIN_TOKEN, Admin, avatargen_server, parse_args, scratch, write_config
 from benchmarks.report import fmt, median, print_machine, print_table, verdict
@@ -35,6 +38,7 @@ DELIVERY_JITTER = 0.05  # seconds: gaps are seen where the stream arrives, each 
 
 def options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", type=int, default=60, help="images the run makes (default 60)")
+    parser.add_argument("--backend", choices=SD_BACKENDS, default="a1111", help="the SD server (default a1111)")
 
 
 async def follow(url: str) -> tuple[list[tuple[float, str, int, object]], float]:
@@ -76,7 +80,7 @@ def main() -> int:
     images = 16 if args.quick else args.images  # quick: about 4 s generating, so a few previews to compare
     print_machine()
     with scratch() as work, Simulator(work / "simulator.log", boot_delay="300ms", stop_delay="200ms",
-                                      sd_boot_delay="100ms", step_time="50ms") as simulator:
+                                      sd_boot_delay="100ms", step_time="50ms", backend=args.backend) as simulator:
         config = write_config(work, simulator.provider_config(), {
             "buckets": {"fallback": {"max": images}},
             "generator": {"concurrency": 2, "preview_every": f"{PREVIEW_EVERY}s"},
@@ -84,13 +88,14 @@ def main() -> int:
         })
         with avatargen_server(config, work / "avatargen.log", env=simulator.env()) as server:
             Admin(server.url).wait_generator_started()
-            seen, seconds, fetched = asyncio.run(_measure(server.url, simulator.info["sd_url"]))
+            fetch_from = simulator.info["sd_url"] if args.backend == "a1111" else None
+            seen, seconds, fetched = asyncio.run(_measure(server.url, fetch_from))
     kinds: Counter[str] = Counter()
     sizes: defaultdict[str, int] = defaultdict(int)
     for _, name, size, _ in seen:
         kinds[name] += 1
         sizes[name] += size
-    print(f"a run of {images} images, {fmt(seconds, 1)} s generating")
+    print(f"a run of {images} images on {args.backend}, {fmt(seconds, 1)} s generating")
     print_table("Event stream while a run generates",
                 ["event", "count", "per second", "bytes/s", "largest bytes"],
                 [[name, kinds[name], fmt(kinds[name] / seconds), fmt(sizes[name] / seconds, 0),
@@ -103,13 +108,15 @@ def main() -> int:
         print(f"{len(previews)} preview(s) in {fmt(seconds, 1)} s generating: none to compare; {verdict(False)}")
         return 1
     pictures = [event.image for _, _, _, event in seen if isinstance(event, Preview)]
-    print_table("Live previews", ["what", "median", "largest"], [
+    rows: list[list[object]] = [
         ["preview event, bytes", fmt(median([size for _, size in previews]), 0), max(size for _, size in previews)],
         ["its WebP, bytes", fmt(median([len(picture) for picture in pictures]), 0), max(map(len, pictures))],
         ["seconds between previews", fmt(median(gaps)), fmt(max(gaps))],
-        ["progress with the full-size preview (fetched per preview), bytes", fmt(median(fetched), 0),
-         max(fetched)],
-    ])
+    ]
+    if fetched:  # the web UI's: ComfyUI's frames come on its socket whether or not avatargen shows them
+        rows.append(["progress with the full-size preview (fetched per preview), bytes", fmt(median(fetched), 0),
+                     max(fetched)])
+    print_table("Live previews", ["what", "median", "largest"], rows)
     largest = max(size for _, _, size, _ in seen)
     met = largest <= EVENT_LIMIT and min(gaps) >= PREVIEW_EVERY - DELIVERY_JITTER
     print(f"largest event {largest} B (limit {EVENT_LIMIT}), closest previews {fmt(min(gaps))} s apart "
@@ -117,9 +124,10 @@ def main() -> int:
     return 0 if met else 1
 
 
-async def _measure(url: str, sd_url: str) -> tuple[list[tuple[float, str, int, object]], float, list[int]]:
+async def _measure(url: str, sd_url: str | None) -> tuple[list[tuple[float, str, int, object]], float, list[int]]:
+    """The stream while the run generates, and (from the web UI at `sd_url`) what a preview fetch weighs."""
     stream = asyncio.create_task(follow(url))
-    fetched = await asyncio.to_thread(full_size_preview, sd_url, 4.0)
+    fetched = [] if sd_url is None else await asyncio.to_thread(full_size_preview, sd_url, 4.0)
     seen, seconds = await stream
     return seen, seconds, fetched
 

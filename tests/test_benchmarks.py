@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from avatargen.config import SD_BACKENDS
 from avatargen.simulator.faults import faults_for
 from benchmarks.fault_matrix import APIS, COMFYUI_ONLY, KILL_STATES, QUICK_COMFYUI, STORAGE_FAULTS
 
@@ -42,9 +43,10 @@ TABLES = {
                      "| check | avatargen serve alone | behind the nginx example |",
                      ["| request headers sent one byte a second | still open after 15 s | closed after",
                       "| admin API from 127.0.0.3 with a forged X-Forwarded-For: 127.0.0.2 | 403 | 403 |"]),
-    "preview_stream": ("Event stream while a run generates",
-                       "| event | count | per second | bytes/s | largest bytes |",
-                       ["| preview |", "| progress |", "| all |"]),
+    **{f"preview_stream --backend {backend}": ("Event stream while a run generates",
+                                               "| event | count | per second | bytes/s | largest bytes |",
+                                               ["| preview |", "| progress |", "| all |"])
+       for backend in SD_BACKENDS},
     **{f"fault_matrix --api {api}": ("Fault matrix: one fault per run, SIGKILL in each run state",
                                      "| fault | run outcome | machine at end | billed s after the end | images lost |",
                                      [f"| {row}{'' if api == APIS[0] else f' ({api})'} |" for row in (

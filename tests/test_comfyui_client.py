@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 import trustme
-from PIL import Image
+from PIL import Image, ImageChops, ImageStat
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -116,6 +116,39 @@ async def test_progress_and_previews_come_from_the_socket() -> None:
         assert progress.sampling_steps == 20 and 1 <= progress.sampling_step <= 20 and progress.job_count == 1
         assert 0 < progress.progress <= 1 and sd.preview is not None and sd.preview.startswith(b"\xff\xd8\xff")
         await job
+
+
+def _distance(frame: bytes, final: Image.Image) -> float:
+    """Mean absolute difference per channel value (0..255) between a preview frame and the final image."""
+    with Image.open(io.BytesIO(frame)) as image:
+        assert image.format == "JPEG"
+        preview = image.convert("RGB")
+    return sum(ImageStat.Stat(ImageChops.difference(preview, final.resize(preview.size))).mean) / 3
+
+
+async def test_the_preview_is_the_frame_of_our_job_computing_now() -> None:
+    """What the generator's preview poller gets: frames of the job computing, coming out of the noise
+    towards its final picture; none between jobs; never the last job's frame for the next."""
+    async with comfyui(sim_settings(step_time=0.05)) as (_, url), client(url) as sd:
+        await wait_sd_ready(sd)
+        await sd.generate("A painting of cjs", count=1, seed=1)
+        last_of_the_first = sd.preview
+        assert last_of_the_first is not None
+        assert (await sd.progress(preview=True)).preview is None  # no job of ours computing
+        job = asyncio.create_task(sd.generate("A painting of cjs", count=1, seed=2))
+        seen: list[bytes] = []
+        while not job.done():
+            progress = await sd.progress(preview=True)
+            if progress.preview is not None and (not seen or seen[-1] != progress.preview):
+                seen.append(progress.preview)
+            await asyncio.sleep(0.01)  # a poller's pace; frames come a few a second
+        (final,) = (await job).images
+        assert sd.preview is not None and (await sd.progress()).preview is None  # only when asked for
+    assert last_of_the_first not in seen
+    with Image.open(io.BytesIO(final)) as image:
+        distances = [_distance(frame, image.convert("RGB")) for frame in seen]
+    assert len(distances) >= 3
+    assert distances[0] > 20 and distances[0] > 3 * distances[-1]  # from noise to (nearly: JPEG) the picture
 
 
 OOM = ["ComfyUI failed job ", " in node 3 (KSampler): torch.OutOfMemoryError: Allocation on device 0 would exceed "

@@ -296,15 +296,18 @@ async def test_an_image_whose_pixels_do_not_decode_is_marked_on_its_card_and_the
             grid = app.main.query_one("#thumbnails", ThumbnailGrid)
             await wait_for(pilot, lambda: len(grid.cards) == 3, "three cards, the broken one among them")
             card = next(card for card in grid.cards if card.picture.info.id == broken)
-            shown = str(card.query_one(".thumbnail-image", Static).render())
-            assert "cannot show image" in shown
-            assert f"cannot show image {broken}" in logged(app)
+            await wait_for(pilot, lambda: any("cannot show image" in str(image.render())
+                                              for image in card.query(".thumbnail-image").results(Static)),
+                           "the card's note in place of the image (the card composes it after mounting)")
+            await wait_for(pilot, lambda: f"cannot show image {broken}" in logged(app), "the line in the log")
 
             await pilot.press("i")
             card.focus()
             await pilot.press("enter")  # its details still open: the rest of the panel goes on
             await wait_for(pilot, lambda: isinstance(app.screen, ImageDetailScreen), "the image view")
-            assert "cannot show image" in str(app.screen.query_one(".detail-image", Static).render())
+            await wait_for(pilot, lambda: any("cannot show image" in str(image.render())
+                                              for image in app.screen.query(".detail-image").results(Static)),
+                           "the note in the image view")
             assert app.is_running
 
 

@@ -54,7 +54,7 @@ from avatargen.simulator.comfyui_nodes import (
     sampled,
     validate,
 )
-from avatargen.simulator.drawing import draw_avatar
+from avatargen.simulator.drawing import draw_preview
 from avatargen.simulator.faults import Faults, faults_from_body
 from avatargen.simulator.sdwebui import SLOW_FIRST_FACTOR, batch_factor
 
@@ -103,10 +103,11 @@ def _now_ms() -> int:
 
 
 def _preview_frame(prompt: str, seed: int, width: int, height: int, denoised: float) -> bytes:
-    """One binary preview message: the job's avatar as far as it is denoised, a small JPEG."""
+    """One binary preview message: the job's avatar coming out of its noise as far as it is denoised (the
+    web UI simulator's live preview, `draw_preview`), a small JPEG."""
     scale = PREVIEW_EDGE / max(width, height)
-    image = draw_avatar(prompt, seed, max(1, round(width * scale)), max(1, round(height * scale)),
-                        denoised=denoised)
+    image = draw_preview(prompt, seed, max(1, round(width * scale)), max(1, round(height * scale)),
+                         denoised=denoised)
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=70)
     return struct.pack(">II", PREVIEW_IMAGE, PREVIEW_JPEG) + buffer.getvalue()
