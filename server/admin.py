@@ -8,8 +8,9 @@ raise `HTTPException`; `server.errors` renders every error as `{"error": "..."}`
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import anyio
@@ -154,27 +155,30 @@ def _image_target(request: Request) -> tuple[str, str]:
         raise HTTPException(404, f"no image {echo(image_id)} in the {name} bucket") from None
 
 
-def _not_found(name: str, image_id: str, where: str = "in") -> HTTPException:
-    return HTTPException(404, f"no image {echo(image_id)} {where} the {name} bucket")
+@contextlib.contextmanager
+def _answering_for(name: str, image_id: str, where: str = "in") -> Iterator[None]:
+    """What an action on one image can meet, as the owner's answer: refused (422) or no such image (404)."""
+    try:
+        yield
+    except Refused as exc:
+        raise HTTPException(422, str(exc)) from None
+    except (ImageNotFound, FileNotFoundError):
+        raise HTTPException(404, f"no image {echo(image_id)} {where} the {name} bucket") from None
 
 
 async def image(request: Request) -> Response:
     """An image's bytes, published or held back for review."""
     name, image_id = _image_target(request)
-    try:
+    with _answering_for(name, image_id):
         data = await services(request).actions.read(name, image_id)
-    except (ImageNotFound, FileNotFoundError):
-        raise _not_found(name, image_id) from None
     return Response(data, media_type="image/webp", headers={"Cache-Control": "private, max-age=3600"})
 
 
 async def delete_image(request: Request) -> Response:
     """Delete an image for good, with its sidecar (published or held back): 204, or 404."""
     name, image_id = _image_target(request)
-    try:
+    with _answering_for(name, image_id):
         await services(request).actions.delete(name, image_id)
-    except ImageNotFound:
-        raise _not_found(name, image_id) from None
     return Response(status_code=204)
 
 
@@ -185,12 +189,8 @@ def _answer(request: Request, image: ImageInfo) -> Response:
 async def keep_image(request: Request) -> Response:
     """POST: keep a fallback for good (never retired); DELETE: undo that."""
     name, image_id = _image_target(request)
-    try:
+    with _answering_for(name, image_id):
         kept = await services(request).actions.keep(name, image_id, kept=request.method == "POST")
-    except Refused as exc:
-        raise HTTPException(422, str(exc)) from None
-    except ImageNotFound:
-        raise _not_found(name, image_id) from None
     return _answer(request, kept)
 
 
@@ -200,22 +200,16 @@ async def move_image(request: Request) -> Response:
     to = (await json_object(request)).get("to")
     if not isinstance(to, str):
         raise HTTPException(422, 'to must name the bucket to move the image into, e.g. {"to": "fallback"}')
-    try:
+    with _answering_for(name, image_id):
         moved = await services(request).actions.move(name, image_id, to)
-    except Refused as exc:
-        raise HTTPException(422, str(exc)) from None
-    except ImageNotFound:
-        raise _not_found(name, image_id) from None
     return _answer(request, moved)
 
 
 async def approve_image(request: Request) -> Response:
     """Publish an image the safety gate held back: it goes to visitors as any new image does."""
     name, image_id = _image_target(request)
-    try:
+    with _answering_for(name, image_id, "held back in"):
         approved = await services(request).actions.approve(name, image_id)
-    except ImageNotFound:
-        raise _not_found(name, image_id, "held back in") from None
     return _answer(request, approved)
 
 
