@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import replace
 from typing import Any
 
+import httpx
 from PIL import Image
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -19,7 +20,7 @@ from starlette.routing import Route
 
 from avatargen.config import SdSettings, SimulatedSettings
 from avatargen.sd import SdBackend, SdNotReady
-from avatargen.simulator import Faults, LoopbackServer
+from avatargen.simulator import Faults, LoopbackServer, SimulatedGpu
 from avatargen.simulator.comfyui import SimulatedComfyUi
 from avatargen.simulator.sdwebui import SimulatedSdWebUi
 
@@ -87,3 +88,11 @@ async def wait_sd_ready(sd: SdBackend, checkpoint: str = "", timeout: float = 5.
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.01)
+
+
+@contextlib.asynccontextmanager
+async def cloud_api(sim: SimulatedGpu) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of the simulated provider's API (Paperspace or RunPod), with its key."""
+    headers = {"Authorization": f"Bearer {sim.api_key}"}
+    async with httpx.AsyncClient(base_url=sim.api_url, headers=headers) as client:
+        yield client

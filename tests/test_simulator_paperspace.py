@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from avatargen.simulator import FAULTS, SimulatedGpu
-from tests.simhelpers import sim_settings
+from tests.simhelpers import cloud_api, sim_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST_BOOT = sim_settings().boot_delay
@@ -28,8 +28,7 @@ async def sim() -> AsyncIterator[SimulatedGpu]:
 
 @pytest.fixture
 async def api(sim: SimulatedGpu) -> AsyncIterator[httpx.AsyncClient]:
-    headers = {"Authorization": f"Bearer {sim.api_key}"}
-    async with httpx.AsyncClient(base_url=sim.api_url, headers=headers) as client:
+    async with cloud_api(sim) as client:
         yield client
 
 
@@ -116,8 +115,7 @@ async def test_start_and_stop_are_harmless_when_already_done(sim: SimulatedGpu, 
 
 async def test_start_while_stopping_is_a_conflict() -> None:
     # A stop that lasts a minute: however busy the machine, the second start comes while it is stopping.
-    async with SimulatedGpu(sim_settings(stop_delay=60.0)) as sim, \
-            httpx.AsyncClient(base_url=sim.api_url, headers={"Authorization": f"Bearer {sim.api_key}"}) as api:
+    async with SimulatedGpu(sim_settings(stop_delay=60.0)) as sim, cloud_api(sim) as api:
         await api.patch(f"/machines/{sim.machine_id}/start")
         first = (await api.patch(f"/machines/{sim.machine_id}/stop")).json()
         second = (await api.patch(f"/machines/{sim.machine_id}/stop")).json()

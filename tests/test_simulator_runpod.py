@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from avatargen.simulator import SimulatedGpu
-from tests.simhelpers import sim_settings
+from tests.simhelpers import cloud_api, sim_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,8 +27,7 @@ async def sim() -> AsyncIterator[SimulatedGpu]:
 
 @pytest.fixture
 async def api(sim: SimulatedGpu) -> AsyncIterator[httpx.AsyncClient]:
-    headers = {"Authorization": f"Bearer {sim.api_key}"}
-    async with httpx.AsyncClient(base_url=sim.api_url, headers=headers) as client:
+    async with cloud_api(sim) as client:
         yield client
 
 
