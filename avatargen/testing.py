@@ -227,7 +227,7 @@ class Simulator:
 # --- a real Redis ---------------------------------------------------------------------------------------
 # Debian's redis-server on a free loopback port in a folder of its own, started with no snapshots
 # (`--save ''`) and, where it must survive a restart, an append-only file fsynced at every write
-# (`appendfsync always`: what the README asks of the owner's Redis). Ready is read from its log.
+# (`appendfsync always`: what docs/redis.md asks of the owner's Redis). Ready is read from its log.
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 REDIS_START_TIMEOUT = 20.0

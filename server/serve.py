@@ -54,7 +54,7 @@ def _cannot_listen(host: str, port: int, exc: OSError) -> CannotListen:
 
 def _implementations(config: uvicorn.Config) -> str:
     """The HTTP parser and event loop uvicorn picked: httptools and uvloop where installed (faster), else
-    h11 and asyncio. The owner may need to know: their limits on request headers differ (README)."""
+    h11 and asyncio. The owner may need to know: their limits on request headers differ (docs/deployment.md)."""
     config.load()
     http = config.http_protocol_class.__module__.rpartition(".")[2].removesuffix("_impl")
     factory = config.get_loop_factory()

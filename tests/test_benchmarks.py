@@ -17,6 +17,8 @@ from avatargen.simulator.faults import faults_for
 from benchmarks.fault_matrix import APIS, COMFYUI_ONLY, KILL_STATES, QUICK_COMFYUI, STORAGE_FAULTS
 
 ROOT = Path(__file__).resolve().parent.parent
+# Their own step of .ci/run, after the rest of the suite (`-m bench`): about a third of the suite's time.
+pytestmark = pytest.mark.bench
 
 TABLES = {
     "visitor_throughput": ("Visitor throughput: GET /avatar",

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from playwright.async_api import Page, async_playwright
 
 from tests.support import fast_settings, serving
 from tests.test_visitor import stock, stored
+
+# About 35 s alone (Chromium starting, two page loads): the slowest test outside the benchmarks.
+pytestmark = pytest.mark.slow
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

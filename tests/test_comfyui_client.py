@@ -143,6 +143,7 @@ async def test_the_preview_is_the_frame_of_our_job_computing_now() -> None:
                 seen.append(progress.preview)
             await asyncio.sleep(0.01)  # a poller's pace; frames come a few a second
         (final,) = (await job).images
+        assert isinstance(final, bytes)
         assert sd.preview is not None and (await sd.progress()).preview is None  # only when asked for
     assert last_of_the_first not in seen
     with Image.open(io.BytesIO(final)) as image:

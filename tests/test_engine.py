@@ -84,6 +84,7 @@ async def test_refill_named_bucket_only_and_409_while_active(tmp_path: Path) -> 
             engine.abort()
         with pytest.raises(NothingToDo, match="unique already at max"):
             engine.refill(["unique"])  # a machine would boot for nothing
+        assert engine.last_run is not None
         assert gpu.machine.billed_seconds == pytest.approx(engine.last_run.billed_seconds(), abs=0.3)
 
 
@@ -178,9 +179,9 @@ async def test_bad_sd_answers_fail_the_run_and_store_nothing(tmp_path: Path, fau
         run, _ = await run_to_end(engine)
         assert run["outcome"] == "failed" and run["done"] == 0
         assert gpu.machine.state == "off"
-        for bucket in engine.buckets.values():
-            assert bucket.count() == 0
-            assert not list(bucket.folder.directory.glob("*.webp"))
+        for name, bucket in settings.buckets.items():
+            assert engine.buckets[name].count() == 0
+            assert not list(bucket.dir.glob("*.webp"))
 
 
 async def test_an_exception_in_our_own_code_still_stops_the_machine(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import json
 import time
 from typing import Any
@@ -115,9 +116,13 @@ async def test_impossible_values_fail_in_the_web_ui_error_shape() -> None:
 async def test_jobs_run_one_at_a_time_first_in_first_out() -> None:
     async with sd_webui(sim_settings(step_time=0.01)) as (webui, url):
         tasks = []
+
+        def queued(length: int) -> bool:
+            return webui.queue_length == length
+
         for number in range(3):  # each job takes 0.3 s: time to see it queue behind the others
             tasks.append(asyncio.create_task(post(url, {"prompt": f"job {number}", "steps": 30})))
-            await wait_until(lambda n=number: webui.queue_length == n + 1, timeout=5)
+            await wait_until(functools.partial(queued, number + 1), timeout=5)
         responses = await asyncio.gather(*tasks)
     assert [response.status_code for response in responses] == [200] * 3
     assert webui.completed == ["job 0", "job 1", "job 2"]

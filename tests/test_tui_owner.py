@@ -181,5 +181,5 @@ async def test_images_the_gate_holds_back_during_a_run_arrive_in_the_review_view
             assert all("held: no face" in meta(card) for card in review.cards)
             await wait_for(pilot, lambda: (s := app.main.status) is not None and s.last_run is not None,
                            "the run to end", timeout=30)
-            last = app.main.status.last_run
+            last = app.main.status.last_run if app.main.status else None
             assert last is not None and (last.run.done, last.run.held) == (0, 5)
