@@ -91,8 +91,8 @@ def webui_sampler(name: str, listed: dict[str, list[str]], *, has_schedulers: bo
             if wanted.lower().endswith(suffix) and wanted.lower().removesuffix(suffix) in by_lower:
                 return wanted, ""
     if known is None:
-        raise ValueError(f"the SD web UI has no sampler {name!r} (every image would get its default sampler, or an error); it has: "
-                         f"{', '.join(listed)}")
+        raise ValueError(f"the SD web UI has no sampler {name!r} (every image would get its default sampler, or "
+                         f"an error); it has: {', '.join(listed)}")
     schedule = A1111_SAMPLERS.get(known, ("", "normal"))[1]
     with_schedule = by_lower.get(f"{known} {schedule}".lower())
     if has_schedulers or schedule == "normal" or with_schedule is None:
