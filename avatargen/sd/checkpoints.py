@@ -19,6 +19,7 @@ from typing import Any
 
 _HASH_SUFFIX = re.compile(r"\s*\[[0-9a-fA-F]+\]$")
 _MIN_HASH_PREFIX = 8  # the web UI's old short hash is 8 hex digits, its newer one 10; shorter is a guess
+_MODEL_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".gguf")  # "cjs-v1.5" keeps its ".5"
 
 
 class CheckpointMismatch(ValueError):
@@ -40,6 +41,8 @@ class Checkpoint:
         filename = str(model.get("filename") or name)
         base = PureWindowsPath(filename).name if "\\" in filename else PurePosixPath(filename).name
         names = {title, name, _stem(name), base, _stem(base), str(model.get("model_name") or "")}
+        if _stem(name) == name:  # SD.Next's title has no extension: the path with the file's own one
+            names.add(name + PurePosixPath(base).suffix)
         hashes = tuple(str(model[key]).lower() for key in ("hash", "sha256") if model.get(key))
         names |= {f"{alias} [{digest}]" for alias in (name, _stem(base)) for digest in hashes}
         return cls(title=title, aliases=frozenset(alias for alias in names if alias), hashes=hashes)
@@ -58,9 +61,10 @@ class Checkpoint:
 
 
 def _stem(name: str) -> str:
-    """The name without its file extension ("face.safetensors" -> "face"); a name without one stays."""
+    """The name without its model file extension ("face.safetensors" -> "face"); a name without one stays
+    (SD.Next titles carry none)."""
     suffix = PurePosixPath(name).suffix
-    return name[: -len(suffix)] if suffix and len(suffix) <= 13 else name
+    return name[: -len(suffix)] if suffix.lower() in _MODEL_EXTENSIONS else name
 
 
 def resolve_checkpoint(wanted: str, models: Iterable[dict[str, Any]], *, server: str = "the SD web UI") -> str:
