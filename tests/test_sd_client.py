@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import io
 import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -315,3 +318,30 @@ async def test_a_web_ui_that_draws_no_previews_is_named_once_and_the_step_bar_go
     told = [record.getMessage() for record in caplog.records if "draws no live previews" in record.getMessage()]
     assert len(told) == 1
     assert "the panel shows the step bar without a picture" in told[0]
+
+
+@pytest.mark.parametrize(("sd", "status", "said"), [
+    ('checkpoint = "cjs-dreambooth.safetensors"', 0,
+     "sd.checkpoint 'cjs-dreambooth.safetensors' is the SD web UI's 'cjs-dreambooth.safetensors [3f6a1c9e2b]'; "
+     "the SD web UI has no schedulers (Forge, or AUTOMATIC1111 before 1.9): sending 'DPM++ 2M Karras'"),
+    ('checkpoint = "someone-else"', 2, "sd.checkpoint: sd.checkpoint 'someone-else' is not on the SD web UI"),
+    ('sampler = "DPM++ 9M"', 2, "sd.sampler: the SD web UI has no sampler 'DPM++ 9M'"),
+])
+async def test_check_config_asks_an_always_on_web_ui_what_it_has(tmp_path: Path, sd: str, status: int,
+                                                                 said: str) -> None:
+    async with sd_webui(sim_settings(webui="forge")) as (_, url):
+        config = tmp_path / "config.toml"
+        config.write_text(f'[gpu]\nprovider = "always_on"\n[sd]\nurl = "{url}"\n{sd}\n')
+        checked = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "server.cli", "check-config",
+                                                           "--config", str(config)], capture_output=True, text=True)
+    assert checked.returncode == status, checked.stderr
+    assert said in checked.stdout + checked.stderr
+
+
+async def test_check_config_says_when_an_always_on_web_ui_does_not_answer(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(f'[gpu]\nprovider = "always_on"\n[sd]\nurl = "{closed_port_url()}"\n')
+    checked = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "server.cli", "check-config", "--config",
+                                                       str(config)], capture_output=True, text=True)
+    assert checked.returncode == 0
+    assert "sd.checkpoint and sd.sampler are checked when a run starts" in checked.stderr

@@ -141,7 +141,7 @@ class SdClient(HttpClient):
         self._settings = settings
         self._live_previews = live_previews
         self._url = (url or settings.url).rstrip("/")
-        self._shown_url = redact_url(self._url)  # for messages: they end up in logs, events and the status
+        self.shown_url = redact_url(self._url)  # for messages: they end up in logs, events and the status
         self._txt2img_timeout = httpx.Timeout(txt2img_timeout, connect=10.0)
         self._auth = httpx.BasicAuth(settings.username, settings.password().reveal()) if settings.username else None
         # What the server calls the owner's model and sampler, settled by `probe` (the config's words until then)
@@ -149,9 +149,10 @@ class SdClient(HttpClient):
         self._sampler = settings.sampler
         self._preview_every = max(1, settings.steps // PREVIEWS_PER_IMAGE)
         self._previews_seen = False  # whether the web UI has drawn one: if not, the owner is told once
+        self.settled = ""  # what `probe` settled of the model and sampler, in words (for the log and check-config)
 
     def __repr__(self) -> str:
-        return f"SdClient({self._shown_url!r}, username={self._settings.username!r})"
+        return f"SdClient({self.shown_url!r}, username={self._settings.username!r})"
 
     async def txt2img(self, prompt: str, *, batch_size: int, seed: int = -1) -> Txt2ImgResult:
         """Generate `batch_size` images in one pass; waits until they are done (a long read timeout)."""
@@ -209,7 +210,7 @@ class SdClient(HttpClient):
         elif not self._previews_seen and _number(state.get("sampling_step"), int) > 2 * self._preview_every:
             self._previews_seen = True
             log.info("the SD web UI at %s draws no live previews (asked for every %d steps, method %r): the panel "
-                     "shows the step bar without a picture", self._shown_url, self._preview_every, PREVIEW_METHOD)
+                     "shows the step bar without a picture", self.shown_url, self._preview_every, PREVIEW_METHOD)
         return picture
 
     async def interrupt(self) -> None:
@@ -268,15 +269,15 @@ class SdClient(HttpClient):
                                                 has_schedulers=await self.has_schedulers())
         except ValueError as exc:  # CheckpointMismatch, or an unknown sampler
             raise SdError(None, str(exc), retryable=False) from None
-        if self._checkpoint and self._checkpoint != checkpoint:
-            log.info("sd.checkpoint %r is the SD web UI's %r", checkpoint, self._checkpoint)
-        if note:
-            log.info("%s", note)
+        self.settled = "; ".join(filter(None, [
+            f"sd.checkpoint {checkpoint!r} is the SD web UI's {self._checkpoint!r}" if checkpoint else "",
+            note or f"sampler {self._sampler!r}"]))
+        log.info("SD web UI at %s: %s", self.shown_url, self.settled)
 
     async def _call(self, method: str, path: str, *, json: Any = None, params: dict[str, str] | None = None,
                     timeout: httpx.Timeout | None = None) -> Any:
         """One request; the parsed JSON body, or SdError for every way it can fail."""
-        response = await send(self._http, method, self._url + path, server=f"the SD web UI at {self._shown_url}",
+        response = await send(self._http, method, self._url + path, server=f"the SD web UI at {self.shown_url}",
                               json=json, params=params, auth=self._auth or httpx.USE_CLIENT_DEFAULT,
                               timeout=timeout or httpx.USE_CLIENT_DEFAULT)
         try:
