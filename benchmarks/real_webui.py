@@ -48,16 +48,20 @@ def config_for(work: Path, args: argparse.Namespace, checkpoint: str, **extra: A
     }, extra)
 
 
-def checkpoint_spellings(url: str, index: int) -> tuple[str, list[str]]:
+def checkpoint_spellings(url: str, index: int) -> tuple[str, list[str], set[str]]:
     """The name a model's images report (`sd_model_name`: its file name without extension), and the ways
     an owner writes it: its title, the file name with its folder (if any) and without, the name without
-    extension, and the short hash (the model name before the web UI has hashed the file)."""
-    model = httpx.get(f"{url}/sdapi/v1/sd-models", timeout=30).json()[index]
+    extension, and the short hash (the model name before the web UI has hashed the file); and those of them
+    that also name another model (the same file in two folders has the same hash), which must be refused."""
+    models = httpx.get(f"{url}/sdapi/v1/sd-models", timeout=30).json()
+    model = models[index]
     title = model["title"]
     name = title.rsplit(" [", 1)[0]
     base = name.rsplit("/", 1)[-1]
     stem = base.rsplit(".", 1)[0]
-    return stem, list(dict.fromkeys([title, name, base, stem, model["hash"] or model["model_name"]]))
+    spellings = list(dict.fromkeys([title, name, base, stem, model["hash"] or model["model_name"]]))
+    shared = {other["hash"] for position, other in enumerate(models) if position != index and other["hash"]}
+    return stem, spellings, {spelling for spelling in spellings if spelling in shared}
 
 
 async def refill_and_watch(url: str) -> tuple[dict[str, Any], int, float, float | None]:
@@ -117,7 +121,7 @@ def abort_mid_job(work: Path, args: argparse.Namespace) -> tuple[float, bool]:
 def main() -> int:
     args = parse_args(__doc__.split("\n")[0], options)
     print_machine()
-    model_name, spellings = checkpoint_spellings(args.url, args.model)
+    model_name, spellings, ambiguous = checkpoint_spellings(args.url, args.model)
     rows: list[list[object]] = []
     met = True
     with scratch() as work:
@@ -129,13 +133,13 @@ def main() -> int:
                 Admin(server.url).wait_generator_started()
                 run, previews, seconds, first_preview = asyncio.run(refill_and_watch(server.url))
             models = models_of(folder / "data" / "fallback")
-            guard = spelling == "someone-else.safetensors"
-            ok = (run["outcome"] == "failed" and run["done"] == 0) if guard else (
+            refused = spelling == "someone-else.safetensors" or spelling in ambiguous
+            ok = (run["outcome"] == "failed" and run["done"] == 0) if refused else (
                 run["outcome"] == "completed" and run["done"] == args.images and models == {model_name})
             met &= ok
             rows.append([spelling, run["outcome"], run["done"], ", ".join(sorted(map(str, models))) or "-",
                          previews, fmt(first_preview, 1) if first_preview else "-", fmt(seconds, 1),
-                         verdict(ok) + (f" ({run['error']})" if guard else "")])
+                         verdict(ok) + (f" ({run['error']})" if run["error"] else "")])
         abort_seconds, interrupted = abort_mid_job(work, args)
     met &= interrupted
     print_table(f"Refills against {args.url} ({args.images} images, {args.steps} steps, {args.size} px)",
