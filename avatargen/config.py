@@ -28,6 +28,7 @@ from avatargen.redact import redact_url
 
 PROVIDERS = ("paperspace", "runpod", "always_on", "simulated")
 PROVIDER_APIS = ("paperspace", "runpod")  # the cloud machine APIs avatargen speaks (and simulates)
+SIMULATED_WEBUIS = ("automatic1111", "forge")  # the web UIs the simulator can be: see avatargen.simulator.sdwebui
 SD_BACKENDS = ("a1111", "comfyui")
 BUCKET_NAMES = ("unique", "fallback")
 STORAGE_BACKENDS = ("files", "redis")
@@ -221,6 +222,7 @@ class SimulatedSettings:
     """The built-in GPU machine and SD web UI (demo mode); see avatargen.simulator."""
 
     api: str = _f("paperspace", choices=PROVIDER_APIS)  # the cloud machine API the simulated GPU speaks
+    webui: str = _f("automatic1111", choices=SIMULATED_WEBUIS)  # which web UI the simulated a1111 backend is
     boot_delay: float = _f(8.0, kind="duration")
     stop_delay: float = _f(3.0, kind="duration")
     sd_boot_delay: float = _f(2.0, kind="duration")

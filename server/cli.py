@@ -62,6 +62,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             warnings += asyncio.run(ask_provider(settings))
         except MachineError as exc:
             warnings.append(f"could not ask the {settings.gpu.provider} API about the machine: {exc}")
+    if settings.gpu.provider == "always_on" and settings.sd.backend == "a1111":  # its web UI answers now
+        from avatargen.sd import ask_sd_server
+
+        sd_notes, sd_warnings = asyncio.run(ask_sd_server(settings))
+        notes += sd_notes
+        warnings += sd_warnings
     for warning in warnings:
         print(f"avatargen: warning: {warning}", file=sys.stderr)
     where = path if path is not None else "built-in defaults (no config.toml here)"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -218,6 +219,19 @@ async def test_missing_checkpoint_fails_before_any_image(tmp_path: Path, backend
         run, _ = await run_to_end(engine)
         assert run["outcome"] == "failed" and "a-stranger.safetensors" in run["error"]
         assert run["done"] == 0 and gpu.machine.state == "off"
+
+
+@pytest.mark.parametrize("webui", ["automatic1111", "forge"])
+async def test_the_checkpoint_by_its_file_name_fills_the_buckets_with_the_owners_model(tmp_path: Path,
+                                                                                       webui: str) -> None:
+    settings = fast_settings(tmp_path, sd__checkpoint="cjs-dreambooth.safetensors", buckets__fallback__max=3,
+                             buckets__unique__max=0, gpu__simulated__webui=webui)
+    async with running_engine(settings) as (engine, gpu):
+        run, _ = await run_to_end(engine)
+        assert (run["outcome"], run["done"]) == ("completed", 3)
+        assert gpu.machine.state == "off"
+    models = {json.loads(sidecar.read_text())["model"] for sidecar in (tmp_path / "data" / "fallback").glob("*.json")}
+    assert models == {"cjs-dreambooth"}  # what the web UI says it drew with
 
 
 async def test_machine_running_at_start_up_is_stopped(tmp_path: Path) -> None:

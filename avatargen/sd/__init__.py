@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 from avatargen.config import ConfigError, Settings
@@ -12,7 +13,8 @@ from avatargen.sd.a1111 import SdClient, Txt2ImgResult
 from avatargen.sd.base import Generated, SdBackend, SdError, SdNotReady, SdProgress
 
 __all__ = ["Generated", "SdBackend", "SdClient", "SdError", "SdNotReady", "SdProgress", "Txt2ImgResult",
-           "check_backend", "make_backend"]
+           "ask_sd_server", "check_backend", "make_backend"]
+ASK_TIMEOUT = 5.0  # seconds check-config waits for an always-on web UI before it says it could not ask
 
 
 def make_backend(settings: Settings) -> Callable[[str], SdBackend]:
@@ -42,3 +44,22 @@ def check_backend(settings: Settings) -> list[str]:
         raise ConfigError(f"the environment variable {comfyui.token_env} holding the proxy's bearer token is not set "
                           "or empty", key="sd.comfyui.token_env", file=settings.path)
     return [load_workflow(settings).describe()]
+
+
+async def ask_sd_server(settings: Settings, timeout: float = ASK_TIMEOUT) -> tuple[list[str], list[str]]:
+    """What `check-config` learns from an always-on web UI (the only SD server that answers before a run),
+    as (notes, warnings): which of its models `sd.checkpoint` names and which sampler the requests will
+    carry. A name the server does not have is a ConfigError; no answer within `timeout` is a warning."""
+    later = "sd.checkpoint and sd.sampler are checked when a run starts"
+    async with SdClient(settings.sd) as sd:
+        try:
+            async with asyncio.timeout(timeout):
+                await sd.probe(settings.sd.checkpoint)
+        except TimeoutError:
+            return [], [f"the SD web UI at {sd.shown_url} did not answer within {timeout:g} s: {later}"]
+        except SdNotReady as exc:
+            return [], [f"{exc.message}: {later}"]
+        except SdError as exc:
+            key = "sd.checkpoint" if "sd.checkpoint" in exc.message else "sd.sampler"
+            raise ConfigError(exc.message, key=key, file=settings.path) from None
+    return [f"SD web UI at {sd.shown_url}: {sd.settled}"], []
