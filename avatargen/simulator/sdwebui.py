@@ -50,7 +50,7 @@ from avatargen.simulator.faults import Faults
 from avatargen.simulator.service import SimRoute, simulated_app
 
 _MODELS_DIR = "/notebooks/stable-diffusion-webui/models/Stable-diffusion/"
-MODEL = {  # the owner's model, loaded at start
+MODEL: dict[str, Any] = {  # the owner's model, loaded at start
     "title": "cjs-dreambooth.safetensors [3f6a1c9e2b]",
     "model_name": "cjs-dreambooth",
     "hash": "3f6a1c9e2b",
@@ -58,7 +58,7 @@ MODEL = {  # the owner's model, loaded at start
     "filename": _MODELS_DIR + "cjs-dreambooth.safetensors",
     "config": None,
 }
-STRANGER = {  # a stock model beside it: what an unknown name would quietly give
+STRANGER: dict[str, Any] = {  # a stock model beside it: what an unknown name would quietly give
     "title": "v1-5-pruned-emaonly.safetensors [6ce0161689]",
     "model_name": "v1-5-pruned-emaonly",
     "hash": "6ce0161689",
