@@ -204,7 +204,8 @@ async def test_faults_change_at_runtime_over_http_and_reject_unknown_names(
     malformed = await api.put(faults_url, content=b"sd_500")
     assert malformed.status_code == 400
     await api.patch(f"/machines/{sim.machine_id}/stop")  # stop_500 strikes once
-    assert (await api.get(faults_url)).json() == {"faults": ["sd_500", "stop_500"], "hits": {"sd_500": 0, "stop_500": 1}}
+    assert (await api.get(faults_url)).json() == {"faults": ["sd_500", "stop_500"],
+                                                  "hits": {"sd_500": 0, "stop_500": 1}}
     with pytest.raises(ValueError, match="gremlins"):
         sim.set_faults(["gremlins"])
     with pytest.raises(ValueError, match="unknown simulator fault"):

@@ -105,19 +105,26 @@ async def test_api_faults_strike_every_third_request(sim: SimulatedGpu, api: htt
     assert codes == [500, 500, 500, 200]
 
 
-def test_standalone_process_speaks_runpod_when_asked() -> None:
-    process = subprocess.Popen([sys.executable, "-m", "avatargen.simulator", "--api", "runpod"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+def test_standalone_process_speaks_runpod_when_asked_at_the_price_asked() -> None:
+    process = subprocess.Popen([sys.executable, "-m", "avatargen.simulator", "--api", "runpod",
+                                "--hourly-price", "3600"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         assert process.stdout is not None
         where = json.loads(process.stdout.readline())
         assert where["api"] == "runpod"
         headers = {"Authorization": f"Bearer {where['api_key']}"}
         pod = httpx.get(f"{where['api_url']}/pods/{where['machine_id']}", headers=headers).json()
-        assert pod["desiredStatus"] == "EXITED"
+        assert (pod["desiredStatus"], pod["costPerHr"]) == ("EXITED", 3600)  # the soak's machine: 1 a second
         machine = httpx.get(where["api_url"].removesuffix("/v1") + "/_sim/machine", headers=headers).json()
         assert (machine["state"], machine["billedSeconds"]) == ("off", 0)
     finally:
         process.send_signal(signal.SIGTERM)
         _, errors = process.communicate(timeout=10)
     assert process.returncode == 0, errors
+
+
+@pytest.mark.parametrize("price", ["-1", "free", "inf"])
+def test_standalone_process_refuses_a_price_that_is_not_one(price: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "avatargen.simulator", "--hourly-price", price],
+                          capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert done.returncode == 2 and f"an hourly price is a number of 0 or more, got {price!r}" in done.stderr
