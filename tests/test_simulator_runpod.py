@@ -107,7 +107,8 @@ async def test_api_faults_strike_every_third_request(sim: SimulatedGpu, api: htt
 
 def test_standalone_process_speaks_runpod_when_asked_at_the_price_asked() -> None:
     process = subprocess.Popen([sys.executable, "-m", "avatargen.simulator", "--api", "runpod",
-                                "--hourly-price", "3600"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+                                "--hourly-price", "3600"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         assert process.stdout is not None
         where = json.loads(process.stdout.readline())
