@@ -57,7 +57,7 @@ def to_generator(handler: Handler, *, stream: bool = False) -> Handler:
         if state.engine is not None or forwarder is None or (stream and not forwarder.streams):
             return await handler(request)
         try:
-            return await forwarder.forward(request)
+            return await forwarder.forward(request, stream=stream)
         except GeneratorUnreachable as exc:
             state.generator_elsewhere = str(exc)
             return await handler(request)
