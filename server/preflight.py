@@ -16,6 +16,7 @@ from avatargen.config import ConfigError, Settings
 from avatargen.gpu import check_settings
 from avatargen.sd import check_backend
 from server.logs import log_path, open_private
+from server.socket_place import generator_socket
 
 
 def preflight(settings: Settings) -> list[str]:
@@ -48,6 +49,11 @@ def check_folders(settings: Settings) -> None:
     except OSError as exc:
         raise settings.error(f"cannot write the log file {log_path(settings)}: {exc.strerror}",
                              "server.data_dir") from None
+    if settings.storage.backend == "files":  # the workers of one server meet on a socket
+        try:
+            generator_socket(settings.server.data_dir)
+        except OSError as exc:
+            raise settings.error(str(exc), "server.data_dir") from None
 
 
 def _check_bucket_folders(settings: Settings) -> None:
