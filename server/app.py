@@ -17,6 +17,7 @@ from starlette.routing import Route
 
 from avatargen.config import Settings
 from avatargen.events import EventHub, EventLogHandler
+from avatargen.files import private_folder
 from avatargen.generator import Generator
 from avatargen.gpu import make_provider
 from avatargen.owner_actions import OwnerActions
@@ -54,7 +55,7 @@ def create_app(settings: Settings) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(backend.aclose)
-            settings.server.data_dir.mkdir(parents=True, exist_ok=True)
+            private_folder(settings.server.data_dir)
             await backend.recover()
             events = EventHub()
             handler = EventLogHandler(events, asyncio.get_running_loop())

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from avatargen.buckets import open_buckets
 from avatargen.config import ConfigError, Settings
+from avatargen.files import private_folder
 from avatargen.gpu import check_settings
 from avatargen.sd import check_backend
 from server.logs import log_path, open_private
@@ -69,7 +70,7 @@ def _check_bucket_folders(settings: Settings) -> None:
 
 def _check_writable(settings: Settings, key: str, folder: Path) -> None:
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        private_folder(folder)
         with tempfile.TemporaryFile(dir=folder) as probe:  # gone when closed, even if this process dies
             probe.write(b"avatargen write test")
             probe.flush()
