@@ -139,7 +139,10 @@ def chain_of_saves(length: int) -> dict[str, Any]:
     (b"[" * 100_000 + b"]" * 100_000, "wf.json is nested too deeply to be a workflow"),
     (json.dumps(BUILTIN_GRAPH).replace("avatargen", "avatargen\xe9").encode("latin-1"), "wf.json is not UTF-8"),
     (json.dumps(chain_of_saves(20_000)).encode(), f"40006 nodes: a workflow may have at most {MAX_NODES}"),
-], ids=["nested", "latin-1", "20k saves"])
+    (json.dumps({**BUILTIN_GRAPH, "9": {"class_type": "SaveImage", "inputs": {
+        "images": ["8", 0], "filename_prefix": json.loads("[" * 500 + "]" * 500)}}}).encode(),
+     "node 9 (SaveImage): input 'filename_prefix' is nested more than 32 levels deep"),
+], ids=["nested", "latin-1", "20k saves", "nested input"])
 def test_a_hostile_workflow_file_is_a_config_error(tmp_path: Path, workflow: bytes, words: str) -> None:
     result = check_config(comfyui_config(tmp_path, workflow), timeout=60)
     assert result.returncode == 2 and "Traceback" not in result.stderr

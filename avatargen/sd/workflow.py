@@ -46,6 +46,7 @@ LOADER_INPUTS = ("ckpt_name", "unet_name")  # CheckpointLoaderSimple & co., UNET
 # the file is a mistake (or an attack), and analysing it must not hold up check-config or start-up.
 MAX_NODES = 2000
 MAX_FILE_BYTES = 10_000_000
+MAX_INPUT_DEPTH = 32  # lists and objects within one input (a link is 1); each run copies the graph recursively
 
 
 class WorkflowError(ValueError):
@@ -135,6 +136,18 @@ class Graph:
         return depths
 
 
+def _nesting(value: Any) -> int:
+    """How many lists and objects deep a JSON value goes (0 for a number or a string), without recursion."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, list | dict):
+            depth += 1
+            deepest = max(deepest, depth)
+            stack.extend((child, depth) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
 def parse_graph(document: Any) -> dict[str, dict[str, Any]]:
     """Check the shape of an API-format graph; WorkflowError says what is wrong with it."""
     if isinstance(document, dict) and isinstance(document.get("nodes"), list) and "links" in document:
@@ -150,6 +163,10 @@ def parse_graph(document: Any) -> dict[str, dict[str, Any]]:
             raise WorkflowError(f"node {node_id} has no class_type: not a workflow in API format")
         if not isinstance(node.get("inputs"), dict):
             raise WorkflowError(f"node {node_id} ({node['class_type']}) has no inputs object")
+        for name, value in node["inputs"].items():
+            if _nesting(value) > MAX_INPUT_DEPTH:
+                raise WorkflowError(f"node {node_id} ({node['class_type']}): input {name!r} is nested more than "
+                                    f"{MAX_INPUT_DEPTH} levels deep")
     graph = Graph(document)
     for node_id in document:
         for name, source in graph.links(node_id):
