@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from avatargen.config import Settings
-from avatargen.files import sync_folder, write_atomically
+from avatargen.files import PRIVATE_FILE, private_folder, sync_folder, write_atomically
 from avatargen.imaging import ImageError, check_webp, check_webp_header, frame_unique, sniff_format
 from avatargen.timestamps import utc_iso
 
@@ -244,7 +244,7 @@ class Bucket:
         self._kept = self.directory / ".kept"
         self._rejected = self.directory / ".rejected"
         for folder in self.folders:
-            folder.mkdir(parents=True, exist_ok=True)
+            private_folder(folder)
         self._lock = threading.Lock()
         self._index = _Index([])
         self._stamp: int | None = None
@@ -518,7 +518,7 @@ class Bucket:
         """Keep an image for good (never retired), or undo that; ImageNotFound if it is not in the bucket."""
         marker = self._kept_path(check_id(image_id))
         if kept:
-            marker.touch()
+            marker.touch(mode=PRIVATE_FILE)
             sync_folder(self._kept)
         else:
             _unlink(marker)

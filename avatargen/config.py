@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, get_type_hints
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import tomlkit
 
@@ -169,8 +169,18 @@ class BucketsSettings:
         return [(name, getattr(self, name)) for name in BUCKET_NAMES]
 
     def check(self) -> None:
-        if self.unique.dir == self.fallback.dir:
+        """Each bucket in a folder of its own, side by side: a bucket inside another's folder would sit in
+        the way of its work folders (`.review/` holds what the gate held back, `.claimed/` what was served,
+        `.tmp/` half-written files), whose images it would then serve."""
+        unique, fallback = self.unique.dir.resolve(), self.fallback.dir.resolve()
+        if unique == fallback:
             raise ConfigError("the unique and fallback buckets need different folders", key="fallback.dir")
+        for inner, outer in (("unique", "fallback"), ("fallback", "unique")):
+            inside, around = getattr(self, inner).dir, getattr(self, outer).dir
+            if inside.resolve().is_relative_to(around.resolve()):
+                raise ConfigError(f"{inside} is inside the {outer} bucket's folder {around}, where the "
+                                  f"{outer} bucket keeps its own files and work folders; give each bucket a "
+                                  f"folder of its own (e.g. data/unique and data/fallback)", key=f"{inner}.dir")
 
 
 @dataclass(frozen=True)
@@ -401,9 +411,12 @@ class StorageSettings:
             raise ConfigError('required when backend = "redis" (for example "redis://10.0.0.5:6379/0")', key="url")
         if not self.url.startswith(REDIS_SCHEMES):
             raise ConfigError(f"must start with {', '.join(REDIS_SCHEMES)}, got {self.url!r}", key="url")
-        if "@" in self.url.split("://", 1)[1].split("/", 1)[0]:
-            raise ConfigError(f"must not hold a user name or password; put the password in the environment "
-                              f"variable named by password_env ({self.password_env})", key="url")
+        parts = urlsplit(self.url)
+        query = parse_qs(parts.query, keep_blank_values=True)  # redis-py takes ?password= too
+        if "@" in parts.netloc or "password" in (name.lower() for name in query):
+            raise ConfigError(f"must not hold a user name or password (got {redact_url(self.url)!r}): put the "
+                              f"password in the environment variable named by storage.password_env "
+                              f"({self.password_env})", key="url")
 
 
 @dataclass(frozen=True)
@@ -510,6 +523,13 @@ def _check_network(item: str, dotted: str, ctx: _Context) -> None:
         raise ctx.error(f"{item!r} has host bits set; did you mean {str(meant)!r}?", dotted) from None
 
 
+def _check_no_nul(texts: Any, dotted: str, ctx: _Context) -> None:
+    """No text setting may hold a NUL: the OS refuses one in a path or an environment variable's name (a
+    ValueError deep inside start-up), and in a prompt or a URL it is a mistake."""
+    if any("\0" in text for text in texts):
+        raise ctx.error("must not contain a NUL character (\\u0000)", dotted)
+
+
 def _convert(hint: Any, meta: Mapping[str, Any], raw: Any, dotted: str, ctx: _Context) -> Any:
     kind = meta.get("kind")
     if kind == "duration":
@@ -534,6 +554,7 @@ def _convert(hint: Any, meta: Mapping[str, Any], raw: Any, dotted: str, ctx: _Co
     elif hint in (str, Path, Secret):
         if not isinstance(raw, str):
             raise ctx.error(f"expected a string, got {_type_name(raw)} ({raw!r})", dotted)
+        _check_no_nul([raw], dotted, ctx)
         if meta.get("nonempty") and not raw.strip():
             raise ctx.error("must not be empty", dotted)
         if hint is Path:
@@ -543,6 +564,7 @@ def _convert(hint: Any, meta: Mapping[str, Any], raw: Any, dotted: str, ctx: _Co
     elif hint == tuple[str, ...]:
         if not isinstance(raw, list | tuple) or not all(isinstance(item, str) for item in raw):
             raise ctx.error(f"expected a list of strings, got {_type_name(raw)} ({raw!r})", dotted)
+        _check_no_nul(raw, dotted, ctx)
         items = tuple(item.strip() for item in raw)
         if meta.get("nonempty") and not items:
             raise ctx.error("the list must not be empty", dotted)
@@ -615,19 +637,27 @@ def _walk(cls: type, table: Mapping[str, Any], default: Any, prefix: str, ctx: _
 
 def _error_line(text: str, exc: tomlkit.exceptions.TOMLKitError) -> int | None:
     """Where a TOML error is. tomlkit does not say for every error (a key set twice in a table) and points
-    past a table set twice; the standard library's parser, which agrees on what is valid, says exactly."""
+    past a table set twice; the standard library's parser, which agrees on what is valid, says exactly.
+    Not for nesting, which tomlkit places right and on which the standard parser takes quadratic time (a
+    dotted key of 100,000 parts: minutes) or runs out of stack."""
+    line = getattr(exc, "line", None)
+    if "nested more than" in str(exc):
+        return int(line) if line else None
     try:
         tomllib.loads(text)
+    except RecursionError:
+        pass
     except tomllib.TOMLDecodeError as found:
         if where := _TOMLLIB_WHERE.search(str(found)):
             return int(where.group(1))
-    line = getattr(exc, "line", None)
     return int(line) if line else None
 
 
 def _parse_text(text: str, ctx: _Context) -> Mapping[str, Any]:
     try:
         return tomlkit.parse(text).unwrap()
+    except RecursionError:  # arrays or inline tables nested thousands deep: no setting is
+        raise ConfigError("not valid TOML for avatargen: a value is nested too deeply", file=ctx.file) from None
     except tomlkit.exceptions.TOMLKitError as exc:  # a syntax error, a key or table set twice, ...
         line = _error_line(text, exc)
         problem = _TOMLKIT_WHERE.sub("", str(exc))

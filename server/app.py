@@ -17,6 +17,7 @@ from starlette.routing import Route
 
 from avatargen.config import Settings
 from avatargen.events import EventHub, EventLogHandler
+from avatargen.files import private_folder
 from avatargen.generator import Generator
 from avatargen.gpu import make_provider
 from avatargen.owner_actions import OwnerActions
@@ -30,12 +31,10 @@ from server.errors import ERROR_HANDLERS
 from server.forwarding import RedisDesk, RedisForwarder, SocketForwarder, serving_on_socket
 from server.generator_host import GeneratorHost, hosting
 from server.services import Services
+from server.socket_place import generator_socket
 from server.visitor import VisitorService
 
 log = logging.getLogger("avatargen.server")
-
-# Where the worker that runs the generator answers the others (in data_dir; see server.forwarding).
-GENERATOR_SOCKET = "generator.sock"
 
 
 async def healthz(request: Request) -> Response:
@@ -51,13 +50,12 @@ def create_app(settings: Settings) -> Starlette:
     """Build the app; nothing starts until the lifespan runs (uvicorn, or a test's lifespan manager)."""
     backend = open_backend(settings)
     visitor = VisitorService(settings, backend.buckets)
-    socket_path = settings.server.data_dir / GENERATOR_SOCKET
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(backend.aclose)
-            settings.server.data_dir.mkdir(parents=True, exist_ok=True)
+            private_folder(settings.server.data_dir)
             await backend.recover()
             events = EventHub()
             handler = EventLogHandler(events, asyncio.get_running_loop())
@@ -84,7 +82,7 @@ def create_app(settings: Settings) -> Starlette:
                 services.forwarder = RedisForwarder(redis)
                 await stack.enter_async_context(background(EventRelay(redis, events).run(), "event relay"))
             else:
-                services.forwarder = SocketForwarder(socket_path)
+                services.forwarder = SocketForwarder(generator_socket(settings.server.data_dir))
             stack.push_async_callback(services.forwarder.aclose)
 
             @contextlib.asynccontextmanager
@@ -108,7 +106,7 @@ def create_app(settings: Settings) -> Starlette:
                     held.push_async_callback(engine.close)
                     await held.enter_async_context(background(backend.finish_recovery(), "framing"))
                     desk = (background(RedisDesk(redis, internal).run(), "generator desk") if redis is not None
-                            else serving_on_socket(internal, socket_path))
+                            else serving_on_socket(internal, generator_socket(settings.server.data_dir)))
                     await held.enter_async_context(desk)
                     yield engine
 

@@ -13,9 +13,11 @@ from pathlib import Path
 
 from avatargen.buckets import open_buckets
 from avatargen.config import ConfigError, Settings
+from avatargen.files import private_folder
 from avatargen.gpu import check_settings
 from avatargen.sd import check_backend
 from server.logs import log_path, open_private
+from server.socket_place import generator_socket
 
 
 def preflight(settings: Settings) -> list[str]:
@@ -48,6 +50,11 @@ def check_folders(settings: Settings) -> None:
     except OSError as exc:
         raise settings.error(f"cannot write the log file {log_path(settings)}: {exc.strerror}",
                              "server.data_dir") from None
+    if settings.storage.backend == "files":  # the workers of one server meet on a socket
+        try:
+            generator_socket(settings.server.data_dir)
+        except OSError as exc:
+            raise settings.error(str(exc), "server.data_dir") from None
 
 
 def _check_bucket_folders(settings: Settings) -> None:
@@ -63,7 +70,7 @@ def _check_bucket_folders(settings: Settings) -> None:
 
 def _check_writable(settings: Settings, key: str, folder: Path) -> None:
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        private_folder(folder)
         with tempfile.TemporaryFile(dir=folder) as probe:  # gone when closed, even if this process dies
             probe.write(b"avatargen write test")
             probe.flush()
