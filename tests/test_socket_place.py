@@ -60,7 +60,7 @@ def test_a_trap_in_the_short_place_is_refused(tmp_path: Path, runtime_dir: Path)
 
 
 async def test_two_workers_serve_from_a_long_data_dir(tmp_path: Path, runtime_dir: Path) -> None:
-    with server(tmp_path, **{"server.data_dir": str(long_data_dir(tmp_path))}) as service:
+    with server(tmp_path, None, **{"server.data_dir": str(long_data_dir(tmp_path))}) as service:
         async def status() -> bool:
             async with httpx.AsyncClient(base_url=service.url, timeout=60,
                                          headers={"Authorization": f"Bearer {TOKEN}"}) as owner:  # either worker

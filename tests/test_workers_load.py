@@ -73,7 +73,7 @@ async def test_panels_closing_during_a_run_leave_no_traceback(tmp_path: Path) ->
     times in four rounds)."""
     fast = {"buckets.fallback.max": 400, "gpu.simulated.boot_delay": "100ms", "gpu.simulated.sd_boot_delay": "50ms",
             "gpu.simulated.step_time": "1ms"}
-    with server(tmp_path, **fast) as service:
+    with server(tmp_path, None, **fast) as service:
         async with httpx.AsyncClient(base_url=service.url, headers=AUTH, timeout=60) as owner:
             assert (await owner.post("/admin/api/refill", json={"buckets": ["fallback"]})).status_code == 202
             for _ in range(4):
