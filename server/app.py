@@ -8,6 +8,7 @@ import gc
 import logging
 import sys
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 from starlette.applications import Starlette
@@ -19,6 +20,7 @@ from avatargen.config import Settings
 from avatargen.events import EventHub, EventLogHandler
 from avatargen.generator import Generator
 from avatargen.gpu import make_provider
+from avatargen.notify import Notifier, Sender, Watcher
 from avatargen.owner_actions import OwnerActions
 from avatargen.redact import RedactingFilter
 from avatargen.storage.backend import open_backend
@@ -73,6 +75,9 @@ def create_app(settings: Settings) -> Starlette:
             actions = OwnerActions(settings, backend.buckets, events, forget=visitor.forget)
             services = Services(settings, backend.buckets, events, ledger, actions, token=token)
             app.state.services = services
+            notifier = Notifier(settings.notify, Sender(settings.notify.all_urls()))
+            services.notifier = notifier
+            await stack.enter_async_context(background(notifier.sender.run(), "notification sender"))
             log.info("data in %s; provider %s; admin token %s", backend.where, settings.gpu.provider, source)
             if source.startswith("generated") and sys.stderr.isatty():
                 print(f"\n  admin token (shown once): {token.reveal()}\n", file=sys.stderr)
@@ -110,6 +115,9 @@ def create_app(settings: Settings) -> Starlette:
                     desk = (background(RedisDesk(redis, internal).run(), "generator desk") if redis is not None
                             else serving_on_socket(internal, socket_path))
                     await held.enter_async_context(desk)
+                    watcher = Watcher(settings, lambda: replace(engine.view(), visitors=visitor.status()),
+                                      notifier.notify, took_over=host.took_over)
+                    await held.enter_async_context(background(watcher.run(), "notifications"))
                     yield engine
 
             def on_change(engine: Generator | None) -> None:

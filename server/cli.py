@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -95,6 +96,24 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         print(f"{moved.set_aside} broken image(s) were not moved: they stay in the folders' .rejected/")
     print(f'done: set [storage] backend = "{args.to}" in {settings.path or "config.toml"} and start the servers')
     return 0
+
+
+def cmd_notify(args: argparse.Namespace) -> int:
+    """Send one test message through every [notify] URL and say which ones worked (1 if any did not)."""
+    from avatargen.notify import Message, try_urls
+
+    settings = _load(args)
+    urls = settings.notify.all_urls()
+    if not urls:
+        print(f"avatargen: no [notify] urls in {settings.path or 'the config'} (nor in ${settings.notify.urls_env}): "
+              "nothing to test", file=sys.stderr)
+        return 1
+    message = Message("test", "avatargen: test message",
+                      f"A test from avatargen on {socket.gethostname()}: the owner's messages reach you here.")
+    results = asyncio.run(try_urls(urls, message))
+    for url, reason in results.items():
+        print(f"OK      {url}" if reason is None else f"FAILED  {url}: {reason}")
+    return 1 if any(reason is not None for reason in results.values()) else 0
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -229,6 +248,10 @@ def build_parser() -> argparse.ArgumentParser:
     move = add("migrate", cmd_migrate, "move the buckets (and copy the cost ledger) between the folders and Redis; "
                                        "every avatargen serve must be stopped")
     move.add_argument("--to", required=True, choices=("redis", "files"), help="where the buckets go")
+
+    notify = add("notify", cmd_notify, "send the owner's messages ([notify] urls)")
+    notify.add_argument("--test", action="store_true", required=True,
+                        help="send one test message through every URL and say which ones worked")
 
     simulate = add("simulate", cmd_simulate,
                    "run the simulated GPU (the machine API of gpu.simulated.api and the SD server of sd.backend) "
