@@ -103,7 +103,8 @@ def status(**changes: object) -> Status:
 
 def test_the_watcher_tells_what_the_status_shows(tmp_path: Path) -> None:
     told: list[tuple[str, str]] = []
-    watcher = Watcher(load_settings(write_config(tmp_path)), status, lambda kind, title, body: told.append((kind, body)))
+    settings = load_settings(write_config(tmp_path))
+    watcher = Watcher(settings, status, lambda kind, title, body: told.append((kind, body)))
     watcher.look(status(state="shutting_down", gpu={"provider": "runpod", "machine_state": "running"}), 0.0)
     assert told.pop()[0] == "money"  # found running at start-up
     watcher.look(status(state="shutting_down"), 11.0)  # the test config's stop_timeout is 10s
