@@ -12,6 +12,7 @@ from dataclasses import replace
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -31,6 +32,7 @@ from server.admin_token import resolve_admin_token
 from server.errors import ERROR_HANDLERS
 from server.forwarding import RedisDesk, RedisForwarder, SocketForwarder, serving_on_socket
 from server.generator_host import GeneratorHost, hosting
+from server.metrics import Measured, counters, metrics_route
 from server.services import Services
 from server.visitor import VisitorService
 
@@ -146,7 +148,9 @@ def create_app(settings: Settings) -> Starlette:
             yield
 
     # The visitor routes come first: Starlette tries routes in order, and /avatar is the hot path.
-    routes = [*visitor.routes(), Route("/healthz", healthz, methods=["GET"]), admin_api()]
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=ERROR_HANDLERS)
+    routes = [*visitor.routes(), Route("/healthz", healthz, methods=["GET"]),
+              Route("/metrics", metrics_route(counters()), methods=["GET"]), admin_api()]
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=ERROR_HANDLERS,
+                    middleware=[Middleware(Measured)])
     app.state.visitor = visitor  # its status() says what visitors were spared (for the admin API)
     return app
