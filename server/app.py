@@ -32,7 +32,7 @@ from server.admin_token import resolve_admin_token
 from server.errors import ERROR_HANDLERS
 from server.forwarding import RedisDesk, RedisForwarder, SocketForwarder, serving_on_socket
 from server.generator_host import GeneratorHost, hosting
-from server.metrics import Measured, counters, metrics_route
+from server.metrics import Measured, Tally, counters, metrics_route
 from server.services import Services
 from server.visitor import VisitorService
 
@@ -56,6 +56,7 @@ def create_app(settings: Settings) -> Starlette:
     backend = open_backend(settings)
     visitor = VisitorService(settings, backend.buckets)
     socket_path = settings.server.data_dir / GENERATOR_SOCKET
+    tally = Tally()  # the requests' counts, added to /metrics' counters now and then (server.metrics)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -140,6 +141,7 @@ def create_app(settings: Settings) -> Starlette:
             for bucket in backend.buckets.values():
                 await stack.enter_async_context(background(bucket.follow(), f"{bucket.name} bucket upkeep"))
             await stack.enter_async_context(background(services.watch_levels(), "bucket levels"))
+            await stack.enter_async_context(background(tally.run(), "metrics"))
             # What start-up made lives as long as the process: frozen out of the collector's sight, it is no
             # longer walked by every full collection (50 ms each, a pause visitors see). Collected first, so
             # no garbage is frozen with it.
@@ -149,8 +151,8 @@ def create_app(settings: Settings) -> Starlette:
 
     # The visitor routes come first: Starlette tries routes in order, and /avatar is the hot path.
     routes = [*visitor.routes(), Route("/healthz", healthz, methods=["GET"]),
-              Route("/metrics", metrics_route(counters()), methods=["GET"]), admin_api()]
+              Route("/metrics", metrics_route(counters(), tally), methods=["GET"]), admin_api()]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=ERROR_HANDLERS,
-                    middleware=[Middleware(Measured)])
+                    middleware=[Middleware(Measured, tally=tally)])
     app.state.visitor = visitor  # its status() says what visitors were spared (for the admin API)
     return app

@@ -11,6 +11,8 @@ levels, the generator's state, the spend), read from the process that runs the g
 
 from __future__ import annotations
 
+import asyncio
+import bisect
 import ipaddress
 import json
 import os
@@ -29,7 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from avatargen.api.wire import Status
 from avatargen.config import Settings
-from avatargen.metrics import AVATARS_SERVED, REQUEST_DURATION, SERVED_KINDS
+from avatargen.metrics import AVATARS_SERVED, DURATION_BUCKETS, REQUEST_DURATION, ROUTES, SERVED_KINDS
 from avatargen.run import State
 from server.admin_guard import address_allowed, token_matches
 from server.forwarding import GeneratorUnreachable, read_answer
@@ -115,10 +117,11 @@ async def generator_status(request: Request, services: Services) -> tuple[Status
         return await services.status(), False
 
 
-def metrics_route(registry: CollectorRegistry) -> Any:
+def metrics_route(registry: CollectorRegistry, tally: Tally) -> Any:
     async def metrics(request: Request) -> Response:
         services: Services = request.app.state.services
         check_scraper(request, services)
+        tally.flush()
         status, here = await generator_status(request, services)
         gauges = CollectorRegistry(auto_describe=False)
         gauges.register(StatusCollector(status, here))
@@ -127,9 +130,12 @@ def metrics_route(registry: CollectorRegistry) -> Any:
     return metrics
 
 
+FLUSH_EVERY = 1.0  # seconds: how stale another worker's counts may be in a scrape
+
+
 def route_of(path: str) -> str | None:
-    """The `route` label of a request path (a few fixed values); None for what is not timed (the event
-    stream lasts for hours, /metrics would time itself)."""
+    """The `route` label of a request path (one of ROUTES); None for what is not timed (the event stream
+    lasts for hours, /metrics would time itself)."""
     if path.startswith("/avatar"):
         return "avatar"
     if path.startswith("/admin/api/"):
@@ -141,16 +147,58 @@ def route_of(path: str) -> str | None:
     return None if path == "/metrics" else "other"
 
 
+class _Durations:
+    """One route's request times not yet in the histogram: a count per bucket (as Histogram.observe would
+    add them) and their sum."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(DURATION_BUCKETS) + 1)  # the last: over the largest bound (+Inf)
+        self.total = 0.0
+
+
+class Tally:
+    """This process's request counts, kept in plain numbers on the event loop (no lock, no shared file per
+    request: the visitor path pays a few additions) and added to the Prometheus metrics by `flush`: before
+    this process answers a scrape, and every FLUSH_EVERY (another worker may answer the next scrape)."""
+
+    def __init__(self) -> None:
+        self.served = dict.fromkeys((kind.encode() for kind in SERVED_KINDS), 0)
+        self.durations = {route: _Durations() for route in ROUTES}
+
+    def flush(self) -> None:
+        for kind, count in self.served.items():
+            if count:
+                AVATARS_SERVED.labels(kind.decode()).inc(count)
+                self.served[kind] = 0
+        for route, pending in self.durations.items():
+            if not any(pending.counts):
+                continue
+            child = REQUEST_DURATION.labels(route)
+            # Histogram has no public call to add many observations at once; its per-bucket values are
+            # what observe() adds to (prometheus_client < 1 is pinned).
+            for index, count in enumerate(pending.counts):
+                if count:
+                    child._buckets[index].inc(count)
+                    pending.counts[index] = 0
+            child._sum.inc(pending.total)
+            pending.total = 0.0
+
+    async def run(self) -> None:
+        """Flush every FLUSH_EVERY, for ever (cancel it at shutdown)."""
+        while True:
+            await asyncio.sleep(FLUSH_EVERY)
+            self.flush()
+
+
 class Measured:
     """ASGI middleware: each request's time to its last body byte, by route, and the kind of each avatar
-    sent (its X-Avatar-Kind). Label children are bound once: the visitor path pays two clock reads and two
-    locked additions."""
+    sent (its X-Avatar-Kind), counted in the tally."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, tally: Tally) -> None:
         self.app = app
-        self._durations = {route: REQUEST_DURATION.labels(route) for route in ("avatar", "admin", "demo", "healthz",
-                                                                                 "other")}
-        self._served = {kind.encode(): AVATARS_SERVED.labels(kind) for kind in SERVED_KINDS}
+        self.tally = tally
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         route = route_of(scope["path"]) if scope["type"] == "http" else None
@@ -158,19 +206,21 @@ class Measured:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        duration = self._durations[route]
-        served = self._served if route == "avatar" else None
+        pending = self.tally.durations[route]
+        served = self.tally.served if route == "avatar" else None
 
         async def measured(message: Message) -> None:
             if message["type"] == "http.response.start":
                 if served is not None:
                     for name, value in message["headers"]:
                         if name == b"x-avatar-kind":
-                            if (counter := served.get(value)) is not None:
-                                counter.inc()
+                            if value in served:
+                                served[value] += 1
                             break
             elif message["type"] == "http.response.body" and not message.get("more_body", False):
-                duration.observe(time.perf_counter() - started)
+                elapsed = time.perf_counter() - started
+                pending.counts[bisect.bisect_left(DURATION_BUCKETS, elapsed)] += 1
+                pending.total += elapsed
             await send(message)
 
         await self.app(scope, receive, measured)

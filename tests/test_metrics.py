@@ -55,6 +55,10 @@ async def test_every_worker_counted_behind_the_metrics_token(tmp_path: Path) -> 
             for _ in range(20):
                 async with httpx.AsyncClient(base_url=service.url, timeout=30) as visitor:
                     assert (await visitor.get("/avatar")).headers["x-avatar-kind"] == "placeholder"
+            # Each worker adds its counts to the shared files within a second (server.metrics.FLUSH_EVERY).
+            async with asyncio.timeout(30):
+                while value(samples(await scrape(client)), "avatargen_avatars_served_total", kind="placeholder") < 20:
+                    await asyncio.sleep(0.2)
             pages = [samples(await scrape(client)) for _ in range(6)]
     for page in pages:
         assert value(page, "avatargen_avatars_served_total", kind="placeholder") == 20
