@@ -98,6 +98,34 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_backup(args: argparse.Namespace) -> int:
+    from avatargen.backup import BackupRefused, backup
+
+    settings = _load(args)
+    try:
+        copied = backup(settings, args.dest)
+    except BackupRefused as exc:
+        print(f"avatargen: {exc}", file=sys.stderr)
+        return 1
+    print(f"backup in {args.dest}: {copied.describe()}")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from avatargen.backup import BackupRefused, restore
+
+    settings = _load(args)
+    try:
+        copied = restore(settings, args.source, replace=args.replace)
+    except BackupRefused as exc:
+        print(f"avatargen: {exc}", file=sys.stderr)
+        return 1
+    print(f"restored from {args.source}: {copied.describe()}")
+    print(f"the backup's config is {args.source / 'config.toml'}; this restore used "
+          f"{settings.path or 'the built-in defaults'}. Start the server: avatargen serve")
+    return 0
+
+
 def cmd_notify(args: argparse.Namespace) -> int:
     """Send one test message through every [notify] URL and say which ones worked (1 if any did not)."""
     from avatargen.notify import Message, try_urls
@@ -248,6 +276,15 @@ def build_parser() -> argparse.ArgumentParser:
     move = add("migrate", cmd_migrate, "move the buckets (and copy the cost ledger) between the folders and Redis; "
                                        "every avatargen serve must be stopped")
     move.add_argument("--to", required=True, choices=("redis", "files"), help="where the buckets go")
+
+    save = add("backup", cmd_backup, "copy the ledger, visitor allowances, buckets and config into a new folder "
+                                     "while the server runs")
+    save.add_argument("dest", type=Path, metavar="DEST", help="the folder to create (must not exist, or be empty)")
+    back = add("restore", cmd_restore, "bring a backup back into the configured data and bucket folders; every "
+                                       "avatargen serve must be stopped")
+    back.add_argument("source", type=Path, metavar="BACKUP", help="a folder made by avatargen backup")
+    back.add_argument("--replace", action="store_true",
+                      help="replace the ledger, allowances and images there are (default: refuse to overwrite)")
 
     notify = add("notify", cmd_notify, "send the owner's messages ([notify] urls)")
     notify.add_argument("--test", action="store_true", required=True,
