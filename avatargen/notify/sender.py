@@ -13,8 +13,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import apprise
-
 from avatargen.api.wire import Notifications
 from avatargen.metrics import NOTIFICATIONS_FAILED
 from avatargen.redact import redact_url
@@ -54,7 +52,10 @@ class Delivery:
 
 
 def deliver(url: str, message: Message) -> str | None:
-    """Send `message` through one Apprise URL (blocking); None when it went, else why not in Apprise's words."""
+    """Send `message` through one Apprise URL (blocking); None when it went, else why not in Apprise's words.
+    Apprise is imported here, by the process that sends: loading its plugins costs about 25 MB."""
+    import apprise
+
     sender = apprise.Apprise()
     if not sender.add(url):
         return "not a URL Apprise understands"
