@@ -221,6 +221,9 @@ async def _status(client: AdminClient) -> str:
     if status.paused_reason:
         lines.append(f"automatic refills paused: {status.paused_reason}")
     lines += [f"note: {note}" for note in status.machine_notes]
+    if (notes := status.notifications).failed:
+        lines.append(f"messages to the owner not delivered: {notes.failed} (of {notes.sent + notes.failed}); "
+                     f"last: {notes.last_failure} (avatargen notify --test)")
     visitors = status.visitors
     if visitors.errors and visitors.last_error_at is not None:
         lines.append(f"visitors given another avatar because of an error: {visitors.errors}; "

@@ -33,9 +33,10 @@ async def test_a_failed_run_is_told_once_and_a_broken_url_shows_in_the_status(tm
             async with AdminClient(service.url, TOKEN, timeout=30) as admin, asyncio.timeout(120):
                 run = await admin.refill(["fallback"])
                 message = await asyncio.to_thread(receiver.wait_for, lambda m: run.id in m["title"], 100)
-                # The broken URL is tried after the good one, with retries: once it is given up, the status
-                # says so, and any second copy of the message would have arrived by then.
-                while (status := await admin.status()).notifications.failed == 0:
+                # Two messages: the empty fallback bucket at start-up, then the failed run. The broken URL is
+                # tried after the good one, with retries: once both are given up, the status says so, and any
+                # second copy of the message would have arrived by then.
+                while (status := await admin.status()).notifications.failed < 2:
                     await asyncio.sleep(0.2)
             assert "failed" in message["title"] and "failed" in message["message"]
             assert "OutOfMemoryError" in message["message"]  # the run's error, as the web UI gave it
@@ -43,6 +44,9 @@ async def test_a_failed_run_is_told_once_and_a_broken_url_shows_in_the_status(tm
             assert "/broken" in (status.notifications.last_failure or "")
             assert sum(run.id in body["title"] for _, body in receiver.messages) == 1
             assert "not delivered" in service.log_text()
+            told = subprocess.run([sys.executable, "-m", "server.cli", "status", "--config", str(config), "--url",
+                                   service.url, "--token", TOKEN], capture_output=True, text=True, timeout=60)
+            assert "messages to the owner not delivered: 2" in told.stdout, told.stdout + told.stderr
 
 
 def notify_test(config: Path) -> subprocess.CompletedProcess[str]:
