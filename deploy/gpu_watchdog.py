@@ -136,7 +136,7 @@ def watch(args: argparse.Namespace) -> int:
     last_job = time.monotonic()  # the boot counts as idle time: a machine whose SD server never comes up stops too
     answered = ""
     while True:
-        busy, kind = has_job(args.sd_url, args.sd_kind, auth)
+        busy, kind = has_job(args.sd_url, answered or args.sd_kind, auth)  # the one that answered last, else all
         if kind != answered:
             log.info("SD server: %s", f"{kind} answers" if kind else "not answering")
             answered = kind

@@ -9,12 +9,14 @@ import re
 from pathlib import Path
 
 import httpx
+import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from avatargen.api import AdminClient, NewImage
-from avatargen.config import load_settings
+from avatargen.config import ConfigError, load_settings
 from avatargen.testing import avatargen_server
+from server.preflight import preflight
 from tests.support import serving, write_config
 
 ADMIN_TOKEN = "metrics-test-admin-token"
@@ -113,3 +115,10 @@ async def test_who_may_scrape(tmp_path: Path) -> None:
     async with serving(elsewhere) as (url, _), httpx.AsyncClient(base_url=url) as client:
         answer = await client.get("/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
         assert answer.status_code == 403
+
+
+def test_the_metrics_token_must_differ_from_the_admin_token(tmp_path: Path) -> None:
+    settings = load_settings(write_config(tmp_path, {"admin.token": "one-token-for-both", "metrics.token":
+                                                     "one-token-for-both"}))
+    with pytest.raises(ConfigError, match=r"metrics.token: must differ from the admin token"):
+        preflight(settings)
