@@ -58,6 +58,11 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     warnings = settings_warnings(settings)
     if problem := review.missing_extra(settings.review):
         warnings.append(problem)
+    if urls := settings.notify.all_urls():
+        from avatargen.notify import not_understood
+
+        warnings += [f"[notify] urls: Apprise does not understand {url} (see `avatargen notify --test`)"
+                     for url in not_understood(urls)]
     if settings.gpu.provider in ("paperspace", "runpod"):  # preflight made sure the key is there
         try:
             warnings += asyncio.run(ask_provider(settings))

@@ -56,17 +56,29 @@ def notify_test(config: Path) -> subprocess.CompletedProcess[str]:
 
 def test_notify_test_says_which_urls_worked(tmp_path: Path) -> None:
     with Receiver() as receiver:
-        config = write_config(tmp_path, {"notify.urls": [receiver.url("/ok"), receiver.url("/broken")]})
+        secret = receiver.url("/broken-too").replace("json://", "json://owner:hunter2@")
+        config = write_config(tmp_path, {"notify.urls": [receiver.url("/ok"), receiver.url("/broken"), secret]})
         answer = notify_test(config)
         assert answer.returncode == 1, answer.stderr
         lines = answer.stdout.splitlines()
         assert any(line.startswith("OK") and "/ok" in line for line in lines), answer.stdout
         assert any(line.startswith("FAILED") and "/broken" in line for line in lines), answer.stdout
+        assert any(line.startswith("FAILED") and "owner:****@" in line for line in lines), answer.stdout
+        assert "hunter2" not in answer.stdout + answer.stderr
         assert [path for path, _ in receiver.messages] == ["/ok"]
         assert "test" in receiver.messages[0][1]["title"]
         (tmp_path / "good").mkdir()
         only_good = write_config(tmp_path / "good", {"notify.urls": [receiver.url("/ok")]})
         assert notify_test(only_good).returncode == 0
+
+
+def test_check_config_names_a_url_apprise_does_not_understand(tmp_path: Path) -> None:
+    config = write_config(tmp_path, {"notify.urls": ["json://127.0.0.1:9/ok", "nosuchservice://somewhere/x"]})
+    answer = subprocess.run([sys.executable, "-m", "server.cli", "check-config", "--config", str(config)],
+                            capture_output=True, text=True, timeout=120)
+    assert answer.returncode == 0, answer.stderr
+    assert "does not understand nosuchservice://somewhere/x" in answer.stderr
+    assert "json://" not in answer.stderr
 
 
 def test_notify_test_without_urls_says_so(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ runs the generator watches, so with several workers or replicas each event is se
 """
 
 from avatargen.notify.notifier import Notifier
-from avatargen.notify.sender import Delivery, Message, Sender, try_urls
+from avatargen.notify.sender import Delivery, Message, Sender, not_understood, try_urls
 from avatargen.notify.watch import Watcher
 
-__all__ = ["Delivery", "Message", "Notifier", "Sender", "Watcher", "try_urls"]
+__all__ = ["Delivery", "Message", "Notifier", "Sender", "Watcher", "not_understood", "try_urls"]

@@ -67,6 +67,24 @@ def deliver(url: str, message: Message) -> str | None:
     return lines[-1] if lines else "Apprise could not deliver it"
 
 
+def label(url: str) -> str:
+    """How a URL is shown in the log, the status and `notify --test`: Apprise's own privacy form (tokens and
+    passwords shortened or starred), without its option string."""
+    import apprise
+
+    sender = apprise.Apprise()
+    if not sender.add(url):
+        return redact_url(url)
+    return str(sender[0].url(privacy=True)).partition("?")[0]
+
+
+def not_understood(urls: Sequence[str]) -> list[str]:
+    """The URLs (redacted) Apprise cannot send to: an unknown scheme, a required part missing."""
+    import apprise
+
+    return [redact_url(url) for url in urls if not apprise.Apprise().add(url)]
+
+
 class Sender:
     """Delivers queued messages to every URL, each retried with backoff; `run` is the delivering task."""
 
@@ -112,7 +130,7 @@ class Sender:
             if reason is None:
                 self.health.sent += 1
                 return None
-        where = redact_url(url)
+        where = label(url)
         self.health.failure(f"{where}: {reason}")
         log.error("notification %r not delivered to %s after %d attempts: %s", message.title, where,
                   self._attempts, reason)
@@ -120,7 +138,7 @@ class Sender:
 
 
 async def try_urls(urls: Sequence[str], message: Message) -> dict[str, str | None]:
-    """`avatargen notify --test`: each URL (redacted) and why it failed, None where the message went."""
+    """`avatargen notify --test`: each URL (its label) and why it failed, None where the message went."""
     sender = Sender(urls, attempts=1)
     results = await asyncio.gather(*(sender.send(url, message) for url in urls))
-    return {redact_url(url): reason for url, reason in zip(urls, results, strict=True)}
+    return {label(url): reason for url, reason in zip(urls, results, strict=True)}
