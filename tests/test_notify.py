@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 
 from avatargen.api import AdminClient, Status
@@ -137,3 +138,16 @@ def test_the_watcher_tells_what_the_status_shows(tmp_path: Path) -> None:
     told.clear()
     watcher.look(status(buckets=held), 15.0)  # nothing new
     assert told == []
+
+
+async def test_a_generator_taken_over_by_another_worker_is_told(tmp_path: Path) -> None:
+    with Receiver() as receiver:
+        config = write_config(tmp_path, {"server.workers": 2, "notify.urls": [receiver.url("/hook")]})
+        with avatargen_server(config, tmp_path / "server.log", token=TOKEN) as service:
+            async with AdminClient(service.url, TOKEN, timeout=30) as admin:
+                await admin.status()  # both workers are up: one of them says where the generator runs
+            await wait_until(lambda: "the generator runs in another process (pid " in service.log_text(), 60)
+            holder = int(service.log_text().split("the generator runs in another process (pid ")[1].split(")")[0])
+            psutil.Process(holder).kill()
+            message = await asyncio.to_thread(receiver.wait_for, lambda m: "moved" in m["title"], 100)
+    assert "took over" in message["message"]
