@@ -419,6 +419,40 @@ class StorageSettings:
                               f"({self.password_env})", key="url")
 
 
+NOTIFY_EVENTS = ("money", "run_failed", "runs_paused", "held", "bucket_empty", "storage", "generator_moved")
+
+
+@dataclass(frozen=True)
+class NotifySettings:
+    """Messages to the owner through Apprise URLs (ntfy, Pushover, e-mail, a JSON webhook, ...)."""
+
+    urls: tuple[str, ...] = ()
+    urls_env: str = "AVATARGEN_NOTIFY_URLS"  # more URLs (space-separated) from the environment: they hold secrets
+    events: tuple[str, ...] = _f(NOTIFY_EVENTS)
+    min_interval: float = _f(3600.0, kind="duration")  # one kind of event at most this often ("money": always)
+
+    def all_urls(self) -> tuple[str, ...]:
+        """The configured URLs and those from the environment variable named by urls_env."""
+        return self.urls + tuple(os.environ.get(self.urls_env, "").split()) if self.urls_env else self.urls
+
+    def check(self) -> None:
+        for event in self.events:
+            if event not in NOTIFY_EVENTS:
+                close = difflib.get_close_matches(event, NOTIFY_EVENTS, n=1)
+                hint = f"did you mean {close[0]!r}?" if close else f"events are {', '.join(NOTIFY_EVENTS)}"
+                raise ConfigError(f"no event {event!r}; {hint}", key="events")
+        for url in self.urls:
+            if "://" not in url:
+                raise ConfigError(f"not an Apprise URL (scheme://...): {redact_url(url)!r}", key="urls")
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    """`GET /metrics` for Prometheus: from admin.allow_from, with this read-only token (never the admin's)."""
+
+    token: Secret = _f(Secret(""))
+
+
 @dataclass(frozen=True)
 class Settings:
     server: ServerSettings = _f(ServerSettings())
@@ -431,6 +465,8 @@ class Settings:
     prompts: PromptSettings = _f(PromptSettings())
     review: ReviewSettings = _f(ReviewSettings())
     storage: StorageSettings = _f(StorageSettings())
+    notify: NotifySettings = _f(NotifySettings())
+    metrics: MetricsSettings = _f(MetricsSettings())
     # Where the settings came from (None: built-in defaults); not a config key.
     path: Path | None = field(default=None, metadata={"internal": True})
 
@@ -442,6 +478,10 @@ class Settings:
     def admin_token(self) -> Secret:
         """The configured admin token: AVATARGEN_ADMIN_TOKEN wins over the file; may be empty."""
         return Secret(os.environ.get("AVATARGEN_ADMIN_TOKEN", "")) or self.admin.token
+
+    def metrics_token(self) -> Secret:
+        """The token /metrics asks for: AVATARGEN_METRICS_TOKEN wins over the file; may be empty."""
+        return Secret(os.environ.get("AVATARGEN_METRICS_TOKEN", "")) or self.metrics.token
 
     def error(self, message: str, key: str) -> ConfigError:
         """A problem with a loaded setting found later (a folder that cannot be written), located in the file

@@ -24,6 +24,9 @@ def preflight(settings: Settings) -> list[str]:
     """Raise ConfigError for the first problem found; create the folders the server needs on the way.
     Returns what the owner may want to know otherwise (where the ComfyUI workflow takes each setting)."""
     check_settings(settings)
+    if settings.metrics_token() and settings.metrics_token() == settings.admin_token():
+        raise settings.error("must differ from the admin token: /metrics is read-only, the admin token is not",
+                             "metrics.token")
     if settings.gpu.provider == "simulated":
         check_simulated(settings)
     notes = check_backend(settings)

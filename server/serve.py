@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
+import shutil
 import signal
 import socket
 from dataclasses import replace
 from functools import partial
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -27,8 +30,10 @@ from avatargen.config import ServerSettings, Settings
 from avatargen.sockets import bound_socket
 from server.app import create_app
 from server.logs import configure_logging, redact_uvicorn_logs
+from server.metrics import MULTIPROCESS_ENV
 from server.preflight import preflight
 
+METRICS_DIR = "metrics"  # in data_dir: the workers' counters (prometheus_client's multiprocess files)
 EXIT_STARTUP_FAILED = 3  # the app's start-up failed (uvicorn's own status for it); the log says why
 
 
@@ -101,6 +106,7 @@ def _run_workers(settings: Settings, sock: socket.socket, log: logging.Logger) -
     dies. They share the buckets and the allowance (folders and SQLite, or Redis), one of them runs the
     generator and the others forward the owner's requests to it (server.forwarding)."""
     server = settings.server
+    share_counters(server.data_dir / METRICS_DIR)
     config = uvicorn.Config(partial(worker_app, settings), factory=True, workers=server.workers, log_level="info",
                             **uvicorn_options(server))
     redact_uvicorn_logs()
@@ -112,6 +118,15 @@ def _run_workers(settings: Settings, sock: socket.socket, log: logging.Logger) -
     supervisor.run()
     failed = any(process.exitcode == STARTUP_FAILURE for process in supervisor.processes)
     return EXIT_STARTUP_FAILED if failed else 0
+
+
+def share_counters(folder: Path) -> None:
+    """The workers (spawned: they import prometheus_client afresh and inherit the environment) keep their
+    counters in files in `folder`, which /metrics sums; emptied first, so a restart starts from zero as a
+    single process does."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(mode=0o700, parents=True)
+    os.environ[MULTIPROCESS_ENV] = str(folder)
 
 
 def _stopped(signum: int, frame: FrameType | None) -> None:

@@ -34,6 +34,7 @@ from avatargen.api.wire import VisitorErrors
 from avatargen.buckets import Claim, ImageNotFound
 from avatargen.config import Settings
 from avatargen.imaging import placeholder_webp
+from avatargen.metrics import VISITOR_ERRORS
 from avatargen.storage.protocols import StoredBucket, UniqueAllowance
 from server.addresses import visitor_key
 
@@ -136,6 +137,7 @@ class PathErrors:
         """`what` did not happen because of `exc`."""
         kind = (what, type(exc).__name__, getattr(exc, "errno", None))
         message = f"{what}: {exc}"
+        VISITOR_ERRORS.inc()
         with self._lock:
             self.count += 1
             self.last, self.last_at = message, time.time()

@@ -246,6 +246,25 @@ class VisitorErrors:
 
 
 @dataclass(frozen=True)
+class Notifications:
+    """How the owner's messages ([notify]) went: a failure to deliver is shown, or the owner would never know."""
+
+    sent: int = 0
+    failed: int = 0
+    last_failure: str | None = None
+    last_failure_at: datetime | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"sent": self.sent, "failed": self.failed, "last_failure": self.last_failure,
+                "last_failure_at": time_json(self.last_failure_at)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Notifications:
+        return cls(int(data.get("sent") or 0), int(data.get("failed") or 0), data.get("last_failure"),
+                   _optional(data.get("last_failure_at"), _time))
+
+
+@dataclass(frozen=True)
 class Status:
     """Everything `GET /admin/api/status` says: the picture a client starts from after each (re)connect."""
 
@@ -260,6 +279,7 @@ class Status:
     paused_reason: str | None = None
     machine_notes: tuple[str, ...] = ()  # what the owner should know about the machine (a backstop off, ...)
     visitors: VisitorErrors = VisitorErrors()  # the visitor path's failures, told by the serving process
+    notifications: Notifications = Notifications()  # the owner's messages, sent by the generator's process
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -273,6 +293,7 @@ class Status:
             "next_check_at": time_json(self.next_check_at),
             "paused_reason": self.paused_reason,
             "visitors": self.visitors.to_json(),
+            "notifications": self.notifications.to_json(),
         }
 
     @classmethod
@@ -291,6 +312,7 @@ class Status:
                 next_check_at=_optional(data.get("next_check_at"), _time),
                 paused_reason=data.get("paused_reason"),
                 visitors=VisitorErrors.from_json(data.get("visitors") or {}),
+                notifications=Notifications.from_json(data.get("notifications") or {}),
             )
 
         return decode("status", convert, data)
