@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from avatargen.allowance import Allowance
@@ -216,6 +217,23 @@ async def test_the_unique_allowance_is_carried_both_ways(tmp_path: Path, redis_s
         assert allowance.state().tokens == pytest.approx(before.tokens, abs=0.01)
     finally:
         allowance.close()
+
+
+async def test_a_visitor_who_got_a_unique_gets_no_second_one_after_the_switch(tmp_path: Path,
+                                                                              redis_server: RedisServer) -> None:
+    config = write_config(tmp_path, {"storage.url": redis_server.url})
+    stock_folders(fast_settings(tmp_path, storage__url=redis_server.url))
+
+    def kind(url: str, visitor: str) -> str:
+        return httpx.get(f"{url}/avatar", headers={"X-Forwarded-For": visitor}).headers["x-avatar-kind"]
+
+    with avatargen_server(config, tmp_path / "files.log", token="t") as server:
+        assert kind(server.url, "10.0.0.7") == "unique"
+    assert migrate(config, "redis").returncode == 0
+    switched = write_config(tmp_path, {"storage.url": redis_server.url, "storage.backend": "redis"})
+    with avatargen_server(switched, tmp_path / "redis.log", token="t") as server:
+        assert kind(server.url, "10.0.0.7") == "fallback"  # today's unique was had, on the folders
+        assert kind(server.url, "10.0.0.8") == "unique"
 
 
 def test_no_redis_named(tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 """Automatic runs: the buckets are checked at start-up and every check_every, within the daily budget.
 
-A bucket below its min is due (min 0: never automatically). No run starts while a bucket's level is
+A bucket below its min is due (min 0: never automatically). No run starts while such a bucket's level is
 unknown (its store did not answer at the last look): a list emptied by an outage is not an empty bucket.
 No automatic run starts once today's spend reaches daily_budget, and after a failed automatic run the
 wait before the next attempt doubles, up to 24 x check_every, so a broken setup does not boot a paid
@@ -78,7 +78,8 @@ class Scheduler:
         """Start an automatic run for the buckets below their min, unless today's budget is spent."""
         levels = self._levels()
         due = [name for name, level in levels.items() if level.min > 0 and level.count < level.min]
-        if reason := self._blocked() or unknown_levels(levels):
+        watched = {name: level for name, level in levels.items() if level.min > 0}
+        if reason := self._blocked() or unknown_levels(watched):
             self.paused_reason = reason
             return None
         if not due:
