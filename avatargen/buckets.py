@@ -317,9 +317,10 @@ class Bucket:
             if stamp == self._stamp and not self._racy:
                 return
             images = self._scan()[0]
-        except OSError as exc:  # the folder is gone or unreadable: the bucket is empty until it is back
+        except OSError as exc:  # gone or unreadable: nothing in it can be served, and its level is unknown
             if not self._unlisted:
-                log.error("the %s bucket's folder cannot be listed, so it counts as empty: %s", self.name, exc)
+                log.error("the %s bucket's folder cannot be listed: nothing is served from it, and no run fills "
+                          "it, until it can: %s", self.name, exc)
             self._unlisted = f"the {self.name} bucket's folder cannot be listed: {exc}"
             self._install([], None)
             return
