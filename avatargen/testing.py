@@ -89,6 +89,7 @@ class Service:
                         return self
                 except httpx.TransportError:
                     time.sleep(0.02)
+        self.stop()  # a caller whose start failed never stops it: nothing may be left running
         raise TimeoutError(f"{self.name} did not answer {self.health_path} within {START_TIMEOUT:g}s:\n"
                            f"{self.log_text()}")
 
