@@ -27,6 +27,7 @@ from avatargen.durations import format_duration
 
 EXIT_CONFIG = 2  # a config or command-line error (argparse's usage errors are 2 as well)
 EXIT_CANNOT_LISTEN = 4  # serve: the port is in use or the address is not this machine's
+EXIT_REFUSED = 1  # migrate: a server runs; serve: a migration runs (each refuses the other)
 
 
 def _load(args: argparse.Namespace) -> Settings:
@@ -84,6 +85,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from avatargen.lock import DataFolderInUse
     from server.serve import CannotListen, serve
 
     settings = _load(args)
@@ -92,6 +94,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except CannotListen as exc:
         print(f"avatargen: {exc}", file=sys.stderr)
         return EXIT_CANNOT_LISTEN
+    except DataFolderInUse as exc:
+        print(f"avatargen: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -102,7 +107,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         moved = asyncio.run(migrate(settings, args.to))
     except MigrationRefused as exc:
         print(f"avatargen: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_REFUSED
     if moved.set_aside:
         print(f"{moved.set_aside} broken image(s) were not moved: they stay in the folders' .rejected/")
     print(f'done: set [storage] backend = "{args.to}" in {settings.path or "config.toml"} and start the servers')

@@ -27,6 +27,7 @@ from uvicorn.supervisors import Multiprocess
 
 from avatargen import review
 from avatargen.config import ServerSettings, Settings
+from avatargen.lock import DataFolderLock
 from avatargen.sockets import bound_socket
 from server.app import create_app
 from server.logs import configure_logging, redact_uvicorn_logs
@@ -77,20 +78,31 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None) 
         raise _cannot_listen(server_settings.host, server_settings.port, exc) from None
     with sock:  # closed whatever happens below, the preflight's refusal included
         preflight(settings)
-        configure_logging(settings)
-        log = logging.getLogger("avatargen.server")
-        if problem := review.missing_extra(settings.review):
-            log.warning(problem)
-        workers = server_settings.workers
-        if workers > 1:
-            return _run_workers(settings, sock, log)
-        config = uvicorn.Config(create_app(settings), log_level="info", **uvicorn_options(server_settings))
-        redact_uvicorn_logs()
-        log.info("listening on http://%s:%d (config: %s; uvicorn with %s)", server_settings.host,
-                 sock.getsockname()[1], settings.path or "built-in defaults", _implementations(config))
-        server = uvicorn.Server(config)
-        signal.signal(signal.SIGTERM, _stopped)
-        server.run(sockets=[sock])
+        in_use = DataFolderLock(settings.server.data_dir)
+        in_use.share()  # refused while `avatargen migrate` moves the buckets; held until the server ends
+        try:
+            return _serve(settings, sock)
+        finally:
+            in_use.release()
+
+
+def _serve(settings: Settings, sock: socket.socket) -> int:
+    """The server on its bound socket, once the preflight passed, while it shares the data folder."""
+    server_settings = settings.server
+    configure_logging(settings)
+    log = logging.getLogger("avatargen.server")
+    if problem := review.missing_extra(settings.review):
+        log.warning(problem)
+    workers = server_settings.workers
+    if workers > 1:
+        return _run_workers(settings, sock, log)
+    config = uvicorn.Config(create_app(settings), log_level="info", **uvicorn_options(server_settings))
+    redact_uvicorn_logs()
+    log.info("listening on http://%s:%d (config: %s; uvicorn with %s)", server_settings.host,
+             sock.getsockname()[1], settings.path or "built-in defaults", _implementations(config))
+    server = uvicorn.Server(config)
+    signal.signal(signal.SIGTERM, _stopped)
+    server.run(sockets=[sock])
     return 0 if server.started else EXIT_STARTUP_FAILED
 
 

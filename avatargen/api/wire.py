@@ -70,20 +70,26 @@ class BucketLevel:
     max: int
     held: int = 0
     rejected: int = 0
+    unknown: str | None = None  # why `count` cannot be trusted now (the store did not answer): the last known
 
-    def to_json(self) -> dict[str, int]:
-        return {"count": self.count, "min": self.min, "max": self.max, "held": self.held, "rejected": self.rejected}
+    def to_json(self) -> dict[str, Any]:
+        level: dict[str, Any] = {"count": self.count, "min": self.min, "max": self.max, "held": self.held,
+                                 "rejected": self.rejected}
+        if self.unknown is not None:
+            level["unknown"] = self.unknown
+        return level
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> BucketLevel:
+        unknown = data.get("unknown")
         return cls(int(data["count"]), int(data["min"]), int(data["max"]), int(data.get("held") or 0),
-                   int(data.get("rejected") or 0))
+                   int(data.get("rejected") or 0), None if unknown is None else str(unknown))
 
 
 Levels = Mapping[str, BucketLevel]
 
 
-def levels_json(levels: Levels) -> dict[str, dict[str, int]]:
+def levels_json(levels: Levels) -> dict[str, dict[str, Any]]:
     return {name: level.to_json() for name, level in levels.items()}
 
 
