@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -57,12 +59,15 @@ async def status_until(admin: AdminClient, condition: Callable[[Status], bool], 
     return status
 
 
+def _check_moved(before: datetime | None, now: Status) -> bool:
+    return now.next_check_at != before
+
+
 async def checks_pass(admin: AdminClient, checks: int = 2) -> Status:
     """The status once the scheduler has made `checks` more automatic checks (each moves next_check_at)."""
     status = await admin.status()
     for _ in range(checks):
-        before = status.next_check_at
-        status = await status_until(admin, lambda now, before=before: now.next_check_at != before)
+        status = await status_until(admin, functools.partial(_check_moved, status.next_check_at))
     return status
 
 
