@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, get_type_hints
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import tomlkit
 
@@ -169,8 +169,18 @@ class BucketsSettings:
         return [(name, getattr(self, name)) for name in BUCKET_NAMES]
 
     def check(self) -> None:
-        if self.unique.dir == self.fallback.dir:
+        """Each bucket in a folder of its own, side by side: a bucket inside another's folder would sit in
+        the way of its work folders (`.review/` holds what the gate held back, `.claimed/` what was served,
+        `.tmp/` half-written files), whose images it would then serve."""
+        unique, fallback = self.unique.dir.resolve(), self.fallback.dir.resolve()
+        if unique == fallback:
             raise ConfigError("the unique and fallback buckets need different folders", key="fallback.dir")
+        for inner, outer in (("unique", "fallback"), ("fallback", "unique")):
+            inside, around = getattr(self, inner).dir, getattr(self, outer).dir
+            if inside.resolve().is_relative_to(around.resolve()):
+                raise ConfigError(f"{inside} is inside the {outer} bucket's folder {around}, where the "
+                                  f"{outer} bucket keeps its own files and work folders; give each bucket a "
+                                  f"folder of its own (e.g. data/unique and data/fallback)", key=f"{inner}.dir")
 
 
 @dataclass(frozen=True)
@@ -401,9 +411,46 @@ class StorageSettings:
             raise ConfigError('required when backend = "redis" (for example "redis://10.0.0.5:6379/0")', key="url")
         if not self.url.startswith(REDIS_SCHEMES):
             raise ConfigError(f"must start with {', '.join(REDIS_SCHEMES)}, got {self.url!r}", key="url")
-        if "@" in self.url.split("://", 1)[1].split("/", 1)[0]:
-            raise ConfigError(f"must not hold a user name or password; put the password in the environment "
-                              f"variable named by password_env ({self.password_env})", key="url")
+        parts = urlsplit(self.url)
+        query = parse_qs(parts.query, keep_blank_values=True)  # redis-py takes ?password= too
+        if "@" in parts.netloc or "password" in (name.lower() for name in query):
+            raise ConfigError(f"must not hold a user name or password (got {redact_url(self.url)!r}): put the "
+                              f"password in the environment variable named by storage.password_env "
+                              f"({self.password_env})", key="url")
+
+
+NOTIFY_EVENTS = ("money", "run_failed", "runs_paused", "held", "bucket_empty", "storage", "generator_moved")
+
+
+@dataclass(frozen=True)
+class NotifySettings:
+    """Messages to the owner through Apprise URLs (ntfy, Pushover, e-mail, a JSON webhook, ...)."""
+
+    urls: tuple[str, ...] = ()
+    urls_env: str = "AVATARGEN_NOTIFY_URLS"  # more URLs (space-separated) from the environment: they hold secrets
+    events: tuple[str, ...] = _f(NOTIFY_EVENTS)
+    min_interval: float = _f(3600.0, kind="duration")  # one kind of event at most this often ("money": always)
+
+    def all_urls(self) -> tuple[str, ...]:
+        """The configured URLs and those from the environment variable named by urls_env."""
+        return self.urls + tuple(os.environ.get(self.urls_env, "").split()) if self.urls_env else self.urls
+
+    def check(self) -> None:
+        for event in self.events:
+            if event not in NOTIFY_EVENTS:
+                close = difflib.get_close_matches(event, NOTIFY_EVENTS, n=1)
+                hint = f"did you mean {close[0]!r}?" if close else f"events are {', '.join(NOTIFY_EVENTS)}"
+                raise ConfigError(f"no event {event!r}; {hint}", key="events")
+        for url in self.urls:
+            if "://" not in url:
+                raise ConfigError(f"not an Apprise URL (scheme://...): {redact_url(url)!r}", key="urls")
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    """`GET /metrics` for Prometheus: from admin.allow_from, with this read-only token (never the admin's)."""
+
+    token: Secret = _f(Secret(""))
 
 
 @dataclass(frozen=True)
@@ -418,6 +465,8 @@ class Settings:
     prompts: PromptSettings = _f(PromptSettings())
     review: ReviewSettings = _f(ReviewSettings())
     storage: StorageSettings = _f(StorageSettings())
+    notify: NotifySettings = _f(NotifySettings())
+    metrics: MetricsSettings = _f(MetricsSettings())
     # Where the settings came from (None: built-in defaults); not a config key.
     path: Path | None = field(default=None, metadata={"internal": True})
 
@@ -429,6 +478,10 @@ class Settings:
     def admin_token(self) -> Secret:
         """The configured admin token: AVATARGEN_ADMIN_TOKEN wins over the file; may be empty."""
         return Secret(os.environ.get("AVATARGEN_ADMIN_TOKEN", "")) or self.admin.token
+
+    def metrics_token(self) -> Secret:
+        """The token /metrics asks for: AVATARGEN_METRICS_TOKEN wins over the file; may be empty."""
+        return Secret(os.environ.get("AVATARGEN_METRICS_TOKEN", "")) or self.metrics.token
 
     def error(self, message: str, key: str) -> ConfigError:
         """A problem with a loaded setting found later (a folder that cannot be written), located in the file
@@ -510,6 +563,13 @@ def _check_network(item: str, dotted: str, ctx: _Context) -> None:
         raise ctx.error(f"{item!r} has host bits set; did you mean {str(meant)!r}?", dotted) from None
 
 
+def _check_no_nul(texts: Any, dotted: str, ctx: _Context) -> None:
+    """No text setting may hold a NUL: the OS refuses one in a path or an environment variable's name (a
+    ValueError deep inside start-up), and in a prompt or a URL it is a mistake."""
+    if any("\0" in text for text in texts):
+        raise ctx.error("must not contain a NUL character (\\u0000)", dotted)
+
+
 def _convert(hint: Any, meta: Mapping[str, Any], raw: Any, dotted: str, ctx: _Context) -> Any:
     kind = meta.get("kind")
     if kind == "duration":
@@ -534,6 +594,7 @@ def _convert(hint: Any, meta: Mapping[str, Any], raw: Any, dotted: str, ctx: _Co
     elif hint in (str, Path, Secret):
         if not isinstance(raw, str):
             raise ctx.error(f"expected a string, got {_type_name(raw)} ({raw!r})", dotted)
+        _check_no_nul([raw], dotted, ctx)
         if meta.get("nonempty") and not raw.strip():
             raise ctx.error("must not be empty", dotted)
         if hint is Path:
@@ -543,6 +604,7 @@ def _convert(hint: Any, meta: Mapping[str, Any], raw: Any, dotted: str, ctx: _Co
     elif hint == tuple[str, ...]:
         if not isinstance(raw, list | tuple) or not all(isinstance(item, str) for item in raw):
             raise ctx.error(f"expected a list of strings, got {_type_name(raw)} ({raw!r})", dotted)
+        _check_no_nul(raw, dotted, ctx)
         items = tuple(item.strip() for item in raw)
         if meta.get("nonempty") and not items:
             raise ctx.error("the list must not be empty", dotted)
@@ -615,19 +677,27 @@ def _walk(cls: type, table: Mapping[str, Any], default: Any, prefix: str, ctx: _
 
 def _error_line(text: str, exc: tomlkit.exceptions.TOMLKitError) -> int | None:
     """Where a TOML error is. tomlkit does not say for every error (a key set twice in a table) and points
-    past a table set twice; the standard library's parser, which agrees on what is valid, says exactly."""
+    past a table set twice; the standard library's parser, which agrees on what is valid, says exactly.
+    Not for nesting, which tomlkit places right and on which the standard parser takes quadratic time (a
+    dotted key of 100,000 parts: minutes) or runs out of stack."""
+    line = getattr(exc, "line", None)
+    if "nested more than" in str(exc):
+        return int(line) if line else None
     try:
         tomllib.loads(text)
+    except RecursionError:
+        pass
     except tomllib.TOMLDecodeError as found:
         if where := _TOMLLIB_WHERE.search(str(found)):
             return int(where.group(1))
-    line = getattr(exc, "line", None)
     return int(line) if line else None
 
 
 def _parse_text(text: str, ctx: _Context) -> Mapping[str, Any]:
     try:
         return tomlkit.parse(text).unwrap()
+    except RecursionError:  # arrays or inline tables nested thousands deep: no setting is
+        raise ConfigError("not valid TOML for avatargen: a value is nested too deeply", file=ctx.file) from None
     except tomlkit.exceptions.TOMLKitError as exc:  # a syntax error, a key or table set twice, ...
         line = _error_line(text, exc)
         problem = _TOMLKIT_WHERE.sub("", str(exc))

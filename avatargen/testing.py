@@ -89,6 +89,7 @@ class Service:
                         return self
                 except httpx.TransportError:
                     time.sleep(0.02)
+        self.stop()  # a caller whose start failed never stops it: nothing may be left running
         raise TimeoutError(f"{self.name} did not answer {self.health_path} within {START_TIMEOUT:g}s:\n"
                            f"{self.log_text()}")
 
@@ -250,9 +251,10 @@ class PortTaken(RuntimeError):
 class RedisServer:
     """One redis-server process; `restart` keeps its port and folder (and, with AOF, its data)."""
 
-    def __init__(self, directory: Path, *, appendonly: bool = False) -> None:
+    def __init__(self, directory: Path, *, appendonly: bool = False, debug: bool = False) -> None:
         self.directory = directory
         self.appendonly = appendonly
+        self.debug = debug  # DEBUG commands (DEBUG SLEEP: a Redis that answers nobody) from loopback
         self.port = free_port()
         self.process: subprocess.Popen[str] | None = None
 
@@ -266,6 +268,8 @@ class RedisServer:
                 str(self.directory), "--logfile", "", "--daemonize", "no"]
         if self.appendonly:
             args += ["--appendonly", "yes", "--appendfsync", "always"]
+        if self.debug:
+            args += ["--enable-debug-command", "local"]
         process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.process = process
         assert process.stdout is not None
@@ -330,9 +334,9 @@ def _drain(process: subprocess.Popen[str]) -> None:
 
 
 @contextlib.contextmanager
-def running_redis(directory: Path, *, appendonly: bool = False) -> Iterator[RedisServer]:
+def running_redis(directory: Path, *, appendonly: bool = False, debug: bool = False) -> Iterator[RedisServer]:
     for attempt in range(REDIS_PORT_TRIES):
-        server = RedisServer(directory, appendonly=appendonly)
+        server = RedisServer(directory, appendonly=appendonly, debug=debug)
         try:
             server.start()
             break

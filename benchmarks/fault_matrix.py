@@ -7,8 +7,10 @@ gets a fresh `avatargen serve` process and data folder. A row is a manual refill
 - with one fault of `avatargen.simulator.FAULTS` switched on, until the run is over; or
 - with a storage fault (`STORAGE_FAULTS`) from before the run until after it: another process holding
   the cost ledger locked; the disk under data_dir full; the unique bucket's filesystem read-only;
-  truncated images in both buckets (images and framed copies, there before the server starts). Visitors
-  may claim uniques in these rows, so the unique path meets the fault too; or
+  truncated images in both buckets (images and framed copies, there before the server starts); Redis (the
+  storage backend of that row) stopped for 2 s and started again before the run, the fallback bucket full,
+  which must be at most at its max at the end (`benchmarks.redis_blip`). Visitors may claim
+  uniques in these rows, so the unique path meets the fault too; or
 - with no fault, the server SIGKILLed once the run is booting (machine starting), generating (images
   stored) or shutting_down, then started again: its start-up check must stop the orphaned machine.
 Meanwhile a background loop GETs /avatar, each request from a visitor address of its own (from the
@@ -56,6 +58,7 @@ from avatargen.durations import parse_duration
 from avatargen.imaging import ImageError, check_webp
 from avatargen.simulator.faults import faults_for
 from avatargen.testing import Service, Simulator
+from benchmarks import redis_blip
 from benchmarks.harness import (
     Admin,
     EventTest,
@@ -76,7 +79,7 @@ APIS = ("paperspace", "runpod")  # rows of the first are named by their fault al
 COMFYUI_ONLY = ("comfyui_validation", "comfyui_socket_drop")
 SD_FAULTS = ("sd_500", "sd_garbage", "sd_invalid_image", "sd_slow_first", "external_stop", *COMFYUI_ONLY)
 QUICK_COMFYUI = (*COMFYUI_ONLY, "external_stop")  # with SIGKILL while generating
-STORAGE_FAULTS = ("locked ledger", "full disk", "read-only unique bucket", "corrupt images")
+STORAGE_FAULTS = ("locked ledger", "full disk", "read-only unique bucket", "corrupt images", "Redis blip")
 UNIQUES_BEFORE = 3  # uniques in the bucket before a storage-fault row's run, for visitors to claim
 VISITOR_UNIQUES = 1000  # the visitors' unique allowance in the storage-fault rows
 DATA_DISK = "64m"  # the tmpfs under data_dir in the full-disk row
@@ -271,15 +274,20 @@ class Matrix:
         return avatargen_server(config, config.parent / log, env=simulator.env())
 
     def refill(self, row: Row, config: Path, simulator: Simulator, *,
-               during: Callable[[], contextlib.AbstractContextManager[object]] | None = None) -> None:
+               during: Callable[[], contextlib.AbstractContextManager[object]] | None = None,
+               before: Callable[[Admin], None] | None = None, stored: Callable[[], set[str]] | None = None) -> None:
         """Start the server, refill the unique bucket while visitors come, until the run is over.
 
-        `during`: a fault that strikes once the server is up, from before the run until after it.
+        `during`: a fault that strikes once the server is up, from before the run until after it. `before`:
+        what happens to the server, visitors coming, before the refill. `stored`: the uniques in the bucket at
+        the end (default: its folder's images; the images' files are checked there too).
         """
         with self._server(config, "server.log", simulator) as server:
             admin = Admin(server.url)
             admin.wait_generator_started()
             with (during or contextlib.nullcontext)(), Visitors(server.url) as row.visitors:
+                if before is not None:
+                    before(admin)
                 run_id = admin.refill(["unique"]).id
                 announced, event = follow_run(admin, run_ended(run_id))
             settle(row, simulator, self.poll_every)
@@ -288,13 +296,20 @@ class Matrix:
         error = last_run.error or ""
         row.outcome = (f"{last_run.outcome} ({last_run.run.done} stored, {last_run.run.failed} failed)"
                        + (f": {error[:ERROR_QUOTE]}{'...' if len(error) > ERROR_QUOTE else ''}" if error else ""))
-        row.lost, row.broken = bucket_damage(load_settings(config).buckets.unique.dir, announced, row.visitors.uniques)
+        if stored is None:
+            row.lost, row.broken = bucket_damage(load_settings(config).buckets.unique.dir, announced,
+                                                 row.visitors.uniques)
+        else:  # in Redis: nothing half-written can be seen (each image is stored by one script)
+            row.lost, row.broken = len(announced - stored() - row.visitors.uniques), 0
 
     def fault(self, api: str, fault: str, backend: str = "a1111") -> Row:
         return self.row(api, fault, [fault], self.refill, backend=backend)
 
     def storage(self, api: str, fault: str) -> Row:
         """A storage fault from before the run until after it; visitors may claim the uniques already there."""
+        if fault == "Redis blip":
+            return self.row(api, fault, [], self._redis_blip, uniques=VISITOR_UNIQUES)
+
         def body(row: Row, config: Path, simulator: Simulator) -> None:
             settings = load_settings(config)
             unique = open_buckets(settings)["unique"]
@@ -315,6 +330,17 @@ class Matrix:
         disks: dict[str, Callable[[Path], contextlib.AbstractContextManager[object]]] = {
             "full disk": partial(tmpfs, size=DATA_DISK), "read-only unique bucket": _unique_on_tmpfs}
         return self.row(api, fault, [], body, uniques=VISITOR_UNIQUES, disk=disks.get(fault))
+
+    def _redis_blip(self, row: Row, config: Path, simulator: Simulator) -> None:
+        """See `benchmarks.redis_blip`: the fallback bucket, full, must be at its max after the blip, no more."""
+        most = redis_blip.FALLBACKS
+        with redis_blip.on_redis(config, sample_avatars(most)) as (moved, redis):
+            self.refill(row, moved, simulator, before=partial(redis_blip.blip, redis),
+                        stored=partial(redis_blip.ids, redis, "unique"))
+            fallbacks = len(redis_blip.ids(redis, "fallback"))
+        row.outcome += f"; fallback bucket {fallbacks} of max {most}"
+        if fallbacks > most:
+            row.problems.append(f"the fallback bucket was filled past its max: {fallbacks} of {most}")
 
     def kill(self, api: str, state: str, backend: str = "a1111") -> Row:
         def body(row: Row, config: Path, simulator: Simulator) -> None:

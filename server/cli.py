@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -26,6 +27,7 @@ from avatargen.durations import format_duration
 
 EXIT_CONFIG = 2  # a config or command-line error (argparse's usage errors are 2 as well)
 EXIT_CANNOT_LISTEN = 4  # serve: the port is in use or the address is not this machine's
+EXIT_REFUSED = 1  # migrate: a server runs; serve: a migration runs (each refuses the other)
 
 
 def _load(args: argparse.Namespace) -> Settings:
@@ -57,6 +59,11 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     warnings = settings_warnings(settings)
     if problem := review.missing_extra(settings.review):
         warnings.append(problem)
+    if urls := settings.notify.all_urls():
+        from avatargen.notify import not_understood
+
+        warnings += [f"[notify] urls: Apprise does not understand {url} (see `avatargen notify --test`)"
+                     for url in not_understood(urls)]
     if settings.gpu.provider in ("paperspace", "runpod"):  # preflight made sure the key is there
         try:
             warnings += asyncio.run(ask_provider(settings))
@@ -78,6 +85,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from avatargen.lock import DataFolderInUse
     from server.serve import CannotListen, serve
 
     settings = _load(args)
@@ -86,6 +94,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except CannotListen as exc:
         print(f"avatargen: {exc}", file=sys.stderr)
         return EXIT_CANNOT_LISTEN
+    except DataFolderInUse as exc:
+        print(f"avatargen: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -96,11 +107,57 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         moved = asyncio.run(migrate(settings, args.to))
     except MigrationRefused as exc:
         print(f"avatargen: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_REFUSED
     if moved.set_aside:
         print(f"{moved.set_aside} broken image(s) were not moved: they stay in the folders' .rejected/")
     print(f'done: set [storage] backend = "{args.to}" in {settings.path or "config.toml"} and start the servers')
     return 0
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from avatargen.backup import BackupRefused, backup
+
+    settings = _load(args)
+    try:
+        copied = backup(settings, args.dest)
+    except BackupRefused as exc:
+        print(f"avatargen: {exc}", file=sys.stderr)
+        return 1
+    print(f"backup in {args.dest}: {copied.describe()}")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from avatargen.backup import BackupRefused, restore
+
+    settings = _load(args)
+    try:
+        copied = restore(settings, args.source, replace=args.replace)
+    except BackupRefused as exc:
+        print(f"avatargen: {exc}", file=sys.stderr)
+        return 1
+    print(f"restored from {args.source}: {copied.describe()}")
+    print(f"the backup's config is {args.source / 'config.toml'}; this restore used "
+          f"{settings.path or 'the built-in defaults'}. Start the server: avatargen serve")
+    return 0
+
+
+def cmd_notify(args: argparse.Namespace) -> int:
+    """Send one test message through every [notify] URL and say which ones worked (1 if any did not)."""
+    from avatargen.notify import Message, try_urls
+
+    settings = _load(args)
+    urls = settings.notify.all_urls()
+    if not urls:
+        print(f"avatargen: no [notify] urls in {settings.path or 'the config'} (nor in ${settings.notify.urls_env}): "
+              "nothing to test", file=sys.stderr)
+        return 1
+    message = Message("test", "avatargen: test message",
+                      f"A test from avatargen on {socket.gethostname()}: the owner's messages reach you here.")
+    results = asyncio.run(try_urls(urls, message))
+    for url, reason in results.items():
+        print(f"OK      {url}" if reason is None else f"FAILED  {url}: {reason}")
+    return 1 if any(reason is not None for reason in results.values()) else 0
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -180,6 +237,9 @@ async def _status(client: AdminClient) -> str:
     if status.paused_reason:
         lines.append(f"automatic refills paused: {status.paused_reason}")
     lines += [f"note: {note}" for note in status.machine_notes]
+    if (notes := status.notifications).failed:
+        lines.append(f"messages to the owner not delivered: {notes.failed} (of {notes.sent + notes.failed}); "
+                     f"last: {notes.last_failure} (avatargen notify --test)")
     visitors = status.visitors
     if visitors.errors and visitors.last_error_at is not None:
         lines.append(f"visitors given another avatar because of an error: {visitors.errors}; "
@@ -235,6 +295,19 @@ def build_parser() -> argparse.ArgumentParser:
     move = add("migrate", cmd_migrate, "move the buckets (and copy the cost ledger) between the folders and Redis; "
                                        "every avatargen serve must be stopped")
     move.add_argument("--to", required=True, choices=("redis", "files"), help="where the buckets go")
+
+    save = add("backup", cmd_backup, "copy the ledger, visitor allowances, buckets and config into a new folder "
+                                     "while the server runs")
+    save.add_argument("dest", type=Path, metavar="DEST", help="the folder to create (must not exist, or be empty)")
+    back = add("restore", cmd_restore, "bring a backup back into the configured data and bucket folders; every "
+                                       "avatargen serve must be stopped")
+    back.add_argument("source", type=Path, metavar="BACKUP", help="a folder made by avatargen backup")
+    back.add_argument("--replace", action="store_true",
+                      help="replace the ledger, allowances and images there are (default: refuse to overwrite)")
+
+    notify = add("notify", cmd_notify, "send the owner's messages ([notify] urls)")
+    notify.add_argument("--test", action="store_true", required=True,
+                        help="send one test message through every URL and say which ones worked")
 
     simulate = add("simulate", cmd_simulate,
                    "run the simulated GPU (the machine API of gpu.simulated.api and the SD server of sd.backend) "

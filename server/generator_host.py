@@ -37,6 +37,8 @@ class GeneratorHost:
         self.on_change = on_change
         # Set once start-up knows where the generator runs: started here, or the seat found taken.
         self.settled = asyncio.Event()
+        # Whether the generator came here from another process (the seat was taken when this one started).
+        self.took_over = False
 
     async def run(self) -> None:
         """Hold the seat and run the generator, for ever (cancel it at shutdown: the run is aborted and the
@@ -50,6 +52,7 @@ class GeneratorHost:
             if not held:
                 self.settled.set()
                 await self.seat.wait_acquire()
+                self.took_over = True
             try:
                 await self._serve()
             except LeaseLost as exc:

@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from email.utils import formatdate, parsedate_to_datetime
 from pathlib import Path
@@ -34,7 +34,9 @@ from avatargen.api.wire import VisitorErrors
 from avatargen.buckets import Claim, ImageNotFound
 from avatargen.config import Settings
 from avatargen.imaging import placeholder_webp
+from avatargen.metrics import VISITOR_ERRORS
 from avatargen.storage.protocols import StoredBucket, UniqueAllowance
+from avatargen.storage.redis_connection import StorageUnavailable
 from server.addresses import visitor_key
 
 log = logging.getLogger("avatargen.visitor")
@@ -110,9 +112,9 @@ class _RecentImages:
     def drop(self, image_id: str) -> None:
         self._items.pop(image_id, None)
 
-    def any(self) -> tuple[str, bytes] | None:
-        """One of the images held, the most recently used; None when none is."""
-        return next(reversed(self._items.items()), None)
+    def newest(self, wanted: Callable[[str], bool]) -> tuple[str, bytes] | None:
+        """The most recently used image held whose id is `wanted`; None when none is."""
+        return next(((image_id, data) for image_id, data in reversed(self._items.items()) if wanted(image_id)), None)
 
 
 class PathErrors:
@@ -136,6 +138,7 @@ class PathErrors:
         """`what` did not happen because of `exc`."""
         kind = (what, type(exc).__name__, getattr(exc, "errno", None))
         message = f"{what}: {exc}"
+        VISITOR_ERRORS.inc()
         with self._lock:
             self.count += 1
             self.last, self.last_at = message, time.time()
@@ -201,7 +204,10 @@ class VisitorService:
         # The visitor's key is only worked out when a unique could be given at all (the hot path skips it).
         if sends_body and self.unique.count() and self.allowance.token_may_be_due():
             visitor = visitor_key(request.client.host if request.client else None, self._ipv6_prefix)
-            claim = await self._claim_unique(visitor)
+            try:
+                claim = await self._claim_unique(visitor)
+            except StorageUnavailable:  # one failure of the store is all this visitor waits for
+                return self._from_memory()
             if claim is not None:
                 return self._image_response(claim.image, b"unique", claim.id,
                                             BackgroundTask(self._finish_claim, claim))
@@ -225,6 +231,8 @@ class VisitorService:
 
         Any failure means no unique this time (recorded for the owner): what was taken was given back, or
         in Redis, a claim whose answer was lost took that unique out unseen (it is lost, never doubled).
+        A store that is down or slow (StorageUnavailable) is raised after it is recorded: the visitor then
+        gets a fallback from memory without waiting on the store again.
         """
         if not self.allowance.may_grant(visitor):
             return None
@@ -232,6 +240,8 @@ class VisitorService:
             return await self.allowance.claim(visitor)
         except Exception as exc:
             self.errors.record("a visitor got no unique", exc)
+            if isinstance(exc, StorageUnavailable):
+                raise
             return None
 
     async def _finish_claim(self, claim: Claim) -> None:
@@ -260,27 +270,33 @@ class VisitorService:
             return False
 
     async def _read_fallback(self, image_id: str) -> bytes | None:
-        """A fallback's bytes, from memory or its bucket; None when it is gone or cannot be read now."""
+        """A fallback's bytes: from memory once the bucket says it may still be served (deleted anywhere is
+        gone at once), else from its bucket; None when it is gone. A failure of the store is raised."""
         data = self._recent.get(image_id)
-        if data is not None:
+        if data is None:
+            try:
+                data = await self.fallback.read(image_id)
+            except ImageNotFound:  # retired or deleted by another process since the last look, or broken
+                self.fallback.forget(image_id)
+                return None
+            self._recent.put(image_id, data)
             return data
-        try:
-            data = await self.fallback.read(image_id)
-        except ImageNotFound:  # retired or deleted by another process since the last rescan, or broken
-            self.fallback.forget(image_id)
-            return None
-        except Exception as exc:  # unreadable: out of the pool until the next rescan
-            self.errors.record(f"a fallback cannot be read from the {self.fallback.name} bucket", exc)
-            self.fallback.forget(image_id)
-            return None
-        self._recent.put(image_id, data)
-        return data
+        if await self.fallback.servable(image_id):
+            return data
+        self._recent.drop(image_id)
+        self.fallback.forget(image_id)
+        return None
 
     async def _fallback_response(self, *, retire: bool) -> Response:
         """A random fallback; at most one served per retire period is deleted afterwards (never one the owner
-        keeps: looked up only when a retirement is due). Else the placeholder."""
+        keeps: looked up only when a retirement is due). Else the placeholder. The first failure of the store
+        sends the visitor to memory: a slow Redis costs one timeout, not one per fallback tried."""
         while (image_id := self.fallback.random_id()) is not None:
-            data = await self._read_fallback(image_id)
+            try:
+                data = await self._read_fallback(image_id)
+            except Exception as exc:  # unreadable now: it stays in the bucket's index (its level stays right)
+                self.errors.record(f"a fallback cannot be read from the {self.fallback.name} bucket", exc)
+                return self._from_memory()
             if data is None:
                 continue
             background = None
@@ -291,8 +307,13 @@ class VisitorService:
                 self._recent.drop(image_id)
                 background = BackgroundTask(self._retire, image_id)
             return self._image_response(data, b"fallback", image_id, background)
-        if (held := self._recent.any()) is not None:  # the bucket cannot be read now: one kept in memory
-            return self._image_response(held[1], b"fallback", held[0], None)
+        return self._from_memory()
+
+    def _from_memory(self) -> Response:
+        """What a visitor gets without asking the store: a fallback kept in memory that the bucket listed at its
+        last successful look (one deleted before it is never sent), else the placeholder."""
+        if (kept := self._recent.newest(self.fallback.listed)) is not None:
+            return self._image_response(kept[1], b"fallback", kept[0], None)
         return Response(
             placeholder_webp(self.settings.generator.image_size),
             media_type="image/webp",

@@ -24,7 +24,7 @@ from avatargen.generator.imaging_pool import ImagingPool
 from avatargen.generator.machine import Machine
 from avatargen.generator.orphan import OrphanRecovery
 from avatargen.generator.refill import Refill, RunContext
-from avatargen.generator.scheduler import Scheduler
+from avatargen.generator.scheduler import Scheduler, unknown_levels
 from avatargen.generator.states import States
 from avatargen.generator.views import bucket_levels, cost_summary, history_view, state_change
 from avatargen.gpu.base import Provider
@@ -168,6 +168,8 @@ class Generator:
         if unknown:
             raise ValueError(f"unknown bucket {unknown[0]!r}; buckets are unique and fallback")
         levels = self.levels()
+        if reason := unknown_levels({name: levels[name] for name in names}):
+            raise NothingToDo(reason)
         targets = {name: max(0, levels[name].max - levels[name].count) for name in names}
         if not any(targets.values()):
             raise NothingToDo(f"{' and '.join(names)} already at max: nothing to generate")

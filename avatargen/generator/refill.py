@@ -30,6 +30,7 @@ from avatargen.generator.machine import Machine
 from avatargen.generator.states import States
 from avatargen.generator.views import image_info
 from avatargen.gpu.base import MachineUnusable
+from avatargen.metrics import IMAGES_GENERATED
 from avatargen.prompts import compose
 from avatargen.retry import backoff_delay
 from avatargen.run import Run
@@ -236,7 +237,7 @@ class Refill:
                 failures.last = str(exc)
                 log.warning("image request failed (%d in a row): %s", failures.consecutive, exc)
                 if failures.consecutive >= generator.max_consecutive_failures:
-                    run.failed += count
+                    self._failed(bucket_name, count)
                     raise RunFailed(f"{failures.consecutive} image requests failed in a row; last error: {exc}"
                                     ) from None
                 if attempt < generator.image_retries:
@@ -247,11 +248,16 @@ class Refill:
             for index, avatar in enumerate(avatars):
                 seed = result.seeds[index] if index < len(result.seeds) else -1
                 await _uncancellable(self._store(bucket_name, avatar, prompt.text, seed, seconds, result.metadata))
-            run.failed += count - len(avatars)
+            self._failed(bucket_name, count - len(avatars))
             self._stop_if_the_gate_failed(avatars)
             return
-        run.failed += count
+        self._failed(bucket_name, count)
         self._publish_progress()
+
+    def _failed(self, bucket_name: str, count: int) -> None:
+        """`count` images of a request for the bucket could not be made."""
+        self.run.failed += count
+        IMAGES_GENERATED.labels(bucket_name, "failed").inc(count)
 
     def _stop_if_the_gate_failed(self, avatars: list[Avatar]) -> None:
         """A gate that failed on a batch (its detector raised or crashed) would fail on the next one too:
@@ -283,11 +289,13 @@ class Refill:
         if avatar.held:
             record = await bucket.hold(avatar.webp, metadata)
             self.run.held += 1
+            IMAGES_GENERATED.labels(bucket_name, "held").inc()
             log.info("image %s of the %s bucket held back for review: %s", record.id, bucket_name, avatar.verdict)
             event: NewImage | ImageHeld = ImageHeld(image_info(record), self._context.levels())
         else:
             record = await bucket.publish(avatar.webp, metadata, prepared=avatar.framed)
             self.run.stored_image()
+            IMAGES_GENERATED.labels(bucket_name, "stored").inc()
             if self.run.bills:
                 self._context.billing.count_image(self.run.id)
             event = NewImage(image_info(record), self._context.levels())

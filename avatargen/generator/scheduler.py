@@ -1,9 +1,10 @@
 """Automatic runs: the buckets are checked at start-up and every check_every, within the daily budget.
 
-A bucket below its min is due (min 0: never automatically). No automatic run starts once today's spend
-reaches daily_budget, and after a failed automatic run the wait before the next attempt doubles, up to
-24 x check_every, so a broken setup does not boot a paid machine every few minutes; a completed run or a
-manual refill resets it.
+A bucket below its min is due (min 0: never automatically). No run starts while such a bucket's level is
+unknown (its store did not answer at the last look): a list emptied by an outage is not an empty bucket.
+No automatic run starts once today's spend reaches daily_budget, and after a failed automatic run the
+wait before the next attempt doubles, up to 24 x check_every, so a broken setup does not boot a paid
+machine every few minutes; a completed run or a manual refill resets it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 from avatargen.api.wire import BucketLevel
 from avatargen.config import Settings
@@ -75,8 +76,10 @@ class Scheduler:
 
     def check(self) -> Run | None:
         """Start an automatic run for the buckets below their min, unless today's budget is spent."""
-        due = [name for name, level in self._levels().items() if level.min > 0 and level.count < level.min]
-        if reason := self._blocked():
+        levels = self._levels()
+        due = [name for name, level in levels.items() if level.min > 0 and level.count < level.min]
+        watched = {name: level for name, level in levels.items() if level.min > 0}
+        if reason := self._blocked() or unknown_levels(watched):
             self.paused_reason = reason
             return None
         if not due:
@@ -108,3 +111,9 @@ class Scheduler:
     def _delay(self) -> float:
         every = self._settings.generator.check_every
         return doubling(every, self._failures, cap=every * MAX_BACKOFF)
+
+
+def unknown_levels(levels: Mapping[str, BucketLevel]) -> str | None:
+    """Why no run may start on these levels: the buckets whose count cannot be trusted now; None if all can."""
+    unknown = [f"{name}: {level.unknown}" for name, level in levels.items() if level.unknown]
+    return f"bucket levels unknown ({'; '.join(unknown)}): no run starts until they can be read" if unknown else None
