@@ -32,10 +32,14 @@ PAUSE_MS, PAUSE_EVERY = 700, 1.0  # Redis slowed: all clients paused 0.7 s of ev
 
 def faults_of(setup: Setup) -> list[str]:
     """The faults that strike this setup, in schedule order (the disk only where a tmpfs could be mounted)."""
-    own = [*SIM_FAULTS, *(RUNPOD_FAULTS if setup.api == "runpod" else ())]
-    if setup.redis is not None:
-        return [*own, *REDIS_FAULTS]
-    return [*own, *(fault for fault in FILES_FAULTS if fault != "disk full" or setup.disk is not None)]
+    simulated = [*SIM_FAULTS, *(RUNPOD_FAULTS if setup.api == "runpod" else ())]
+    processes = list(REDIS_FAULTS) if setup.redis is not None else [
+        fault for fault in FILES_FAULTS if fault != "disk full" or setup.disk is not None]
+    # Interleaved, the processes' faults first: a short soak (--quick) meets every kind before it ends.
+    order: list[str] = []
+    for n in range(max(len(simulated), len(processes))):
+        order += [*processes[n:n + 1], *simulated[n:n + 1]]
+    return order
 
 
 @dataclass

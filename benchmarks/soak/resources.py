@@ -2,10 +2,11 @@
 from /proc), its event hub's listeners (the status's `event_listeners`, asked of that very process), the
 keys in Redis, and the log's size on disk.
 
-A server started again by a fault begins a new life: growth is judged within the last life of each slot,
-its first part (the first ten minutes, or with --quick the first quarter) against its last quarter, the
-highest value of each: caches fill early, a leak keeps climbing. A count may grow by one (a thread, a
-panel's listener) without counting as growth; everything else by less than 10%.
+A server started again by a fault begins a new life: growth is judged within the longest life of each
+slot (if it lasted a quarter of the soak at least): its first part (the first ten minutes, at most half of
+it, or with --quick its first quarter) against its last quarter, the highest value of each: caches fill
+early, a leak keeps climbing. A count may grow by one (a thread, a panel's listener) without counting as
+growth; everything else by less than 10%.
 """
 
 from __future__ import annotations
@@ -98,13 +99,17 @@ class Resources:
                 if self.stop.wait(self.every):
                     return
 
-    def growth(self, quick: bool) -> list[tuple[str, str, float, float, int, bool]]:
-        """Per process and measure: (process, measure, first, last, samples, holds), in the last life."""
+    def growth(self, quick: bool, soak_seconds: float) -> list[tuple[str, str, float, float, int, bool]]:
+        """Per process and measure: (process, measure, first, last, samples, holds), in its longest life, if that
+        lasted a quarter of the soak at least (a life begun by a late restart is still warming up)."""
         rows = []
         for (process, measure), readings in sorted(self.readings.items()):
-            life = [reading for reading in readings if reading.pid == readings[-1].pid]
+            lives: dict[int, list[Reading]] = defaultdict(list)
+            for reading in readings:
+                lives[reading.pid].append(reading)
+            life = max(lives.values(), key=lambda life: life[-1].at - life[0].at)
             span = life[-1].at - life[0].at
-            if len(life) < 4 or span <= 0:
+            if len(life) < 4 or span < soak_seconds / 4:
                 continue
             first_until = life[0].at + (span / 4 if quick else min(600.0, span / 2))
             last_from = life[-1].at - span / 4
