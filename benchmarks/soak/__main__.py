@@ -19,7 +19,7 @@ from benchmarks.report import fmt, print_machine, print_table
 from benchmarks.soak.faults import RUNPOD_FAULTS, SIM_FAULTS, Schedule, Strike
 from benchmarks.soak.receiver import Receiver
 from benchmarks.soak.resources import GROWTH_LIMIT, Resources
-from benchmarks.soak.setups import Setup, config_layer, files_setup, has_notify, redis_setup
+from benchmarks.soak.setups import LOG_BACKUPS, LOG_MAX_BYTES, Setup, config_layer, files_setup, has_notify, redis_setup
 from benchmarks.soak.traffic import Owner, Panels, Served, Visitors
 from benchmarks.soak.watch import Watch
 
@@ -28,7 +28,7 @@ FIRST_FAULT_AFTER = 10.0
 FAULT_CYCLE = 540.0  # every kind of fault at least once per ten minutes (a tenth to spare)
 BUDGET_SHARE = 0.25  # the daily budget: a quarter of a day's seconds of machine time
 MACHINE_PRICE = 3600.0  # an hour of the machine, as its provider's API says (and gpu.hourly_cost): 1 a second
-LOG_LIMIT = 4 * 5_000_000 + 1_000_000  # avatargen.log rotates at 5 MB and keeps 3 old files
+LOG_LIMIT = (LOG_BACKUPS + 1) * LOG_MAX_BYTES + 2_000  # the files avatargen.log may take (a line over at most)
 BILLING_SLACK = 1.0  # seconds per run the ledger may differ from the machine's bill (a start request, a poll)
 LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) (WARNING|ERROR|CRITICAL)")
 
@@ -133,8 +133,7 @@ def invariant_rows(teams: list[Team], machines_at_end: list[str], logs_largest: 
     billed_right = [machine * 0.95 - BILLING_SLACK * runs <= ledger <= machine * 1.05 + BILLING_SLACK * runs
                     for ledger, machine, runs in billing]
     failures = [len(s.failures) for s in served]
-    logs = [max((size for folder, (_, size) in logs_largest.items() if f"/{team.setup.name}/" in folder), default=0)
-            for team in teams]
+    logs = [[counts for folder, counts in logs_largest.items() if f"/{team.setup.name}/" in folder] for team in teams]
     return [
         row("uniques served twice", [len(s.uniques_twice) for s in served], not any(s.uniques_twice for s in served)),
         row("held images served", [len(s.held_served) for s in served], not any(s.held_served for s in served)),
@@ -153,8 +152,9 @@ def invariant_rows(teams: list[Team], machines_at_end: list[str], logs_largest: 
             [f"{fmt(ledger, 1)} / {fmt(machine, 1)}" for ledger, machine, _ in billing], all(billed_right)),
         row("faults noticed in the status or the log (of those that met a run or a process)",
             [f"{seen} of {met}" for met, seen in faults], all(met == seen for met, seen in faults)),
-        row("log files' largest size, MB (rotated at 5 MB, 3 kept)", [fmt(size / 1e6, 2) for size in logs],
-            all(size <= LOG_LIMIT for size in logs)),
+        row(f"log files at most, and their kB (rotated at {LOG_MAX_BYTES // 1000} kB, {LOG_BACKUPS} kept)",
+            [", ".join(f"{count} files, {size / 1000:.0f} kB" for count, size in folders) for folders in logs],
+            all(1 < count <= LOG_BACKUPS + 1 and size <= LOG_LIMIT for folders in logs for count, size in folders)),
     ]
 
 
