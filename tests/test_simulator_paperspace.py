@@ -154,6 +154,7 @@ async def test_start_error_fault_ends_the_event_in_error_and_the_machine_off() -
         started = (await api.patch(f"/machines/{sim.machine_id}/start")).json()
         assert await record_states(sim, "off") == ["off"]
         event = (await api.get(f"/machine-events/{started['event']['id']}")).json()
+        assert sim.faults.hits("start_error") == 1  # counted, as the soak reads it from /_sim/faults
     assert event["state"] == "error"
     assert "capacity" in event["error"]
 

@@ -68,10 +68,12 @@ async def test_start_error_is_refused_at_once_and_zero_gpu_resumes_without_a_gpu
     refused = await api.post(f"/pods/{sim.machine_id}/start")
     assert refused.status_code == 400 and "not enough free GPUs" in refused.json()["error"]
     assert sim.machine.state == "off"
+    assert sim.faults.hits("start_error") == 1  # counted, as the soak reads it from /_sim/faults
     sim.set_faults(["zero_gpu"])
     await api.post(f"/pods/{sim.machine_id}/start")
     pod = (await api.get(f"/pods/{sim.machine_id}")).json()
     assert (pod["desiredStatus"], pod["gpu"]["count"]) == ("RUNNING", 0)
+    assert sim.faults.hits("zero_gpu") == 1
 
 
 async def test_external_terminate_ends_the_pod_for_good_after_the_first_image() -> None:

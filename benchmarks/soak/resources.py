@@ -2,8 +2,9 @@
 from /proc), its event hub's listeners (the status's `event_listeners`, asked of that very process), the
 keys in Redis, and the log's size on disk.
 
-A server started again by a fault begins a new life: growth is judged within the longest life of each
-slot (if it lasted a quarter of the soak at least): its first part (the first ten minutes, at most half of
+A server started again by a fault begins a new life, and so does a replica that takes the generator over
+(it loads the generator's modules and clients then): growth is judged within the longest life of each
+slot in one role (if it lasted a quarter of the soak at least): its first part (the first ten minutes, at most half of
 it, or with --quick its first quarter) against its last quarter, the highest value of each: caches fill
 early, a leak keeps climbing. A count may grow by one (a thread, a panel's listener) without counting as
 growth; everything else by less than 10%.
@@ -34,6 +35,7 @@ LOG_FILES = "avatargen.log*"
 class Reading:
     at: float
     pid: int
+    role: str  # "generator" or "visitors": a replica that takes the generator over loads its modules then
     value: float
 
 
@@ -76,16 +78,20 @@ class Resources:
                 if pid is None:
                     continue
                 name = f"{setup.name} {slot.name}"
-                for measure, value in zip(MEASURES, _proc(pid), strict=False):
-                    self.readings[(name, measure)].append(Reading(now, pid, value))
-                with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
+                try:
+                    health = client.get(slot.url + "/healthz", timeout=5).json()
                     status = client.get(slot.url + "/admin/api/status", headers=AUTH, timeout=5).json()
-                    self.readings[(name, "event listeners")].append(Reading(now, pid, status["event_listeners"]))
+                except (httpx.HTTPError, ValueError):
+                    continue
+                role = "visitors" if health.get("generator") == "elsewhere" else "generator"
+                for measure, value in zip(MEASURES, _proc(pid), strict=False):
+                    self.readings[(name, measure)].append(Reading(now, pid, role, value))
+                self.readings[(name, "event listeners")].append(Reading(now, pid, role, status["event_listeners"]))
             if setup.redis is not None and setup.redis.process is not None:
                 with contextlib.suppress(redis.RedisError):
                     keys = redis.Redis.from_url(setup.redis.url, socket_timeout=2).dbsize()
                     self.readings[(f"{setup.name} redis-server", "Redis keys")].append(
-                        Reading(now, setup.redis.process.pid, float(keys)))
+                        Reading(now, setup.redis.process.pid, "storage", float(keys)))
             for folder in setup.data_dirs:
                 with contextlib.suppress(OSError):
                     count, size = log_bytes(folder)
@@ -100,13 +106,14 @@ class Resources:
                     return
 
     def growth(self, quick: bool, soak_seconds: float) -> list[tuple[str, str, float, float, int, bool]]:
-        """Per process and measure: (process, measure, first, last, samples, holds), in its longest life, if that
-        lasted a quarter of the soak at least (a life begun by a late restart is still warming up)."""
+        """Per process and measure: (process (role), measure, first, last, samples, holds), in its longest life in
+        one role, if that lasted a quarter of the soak at least (a life begun by a late restart is still warming
+        up)."""
         rows = []
         for (process, measure), readings in sorted(self.readings.items()):
-            lives: dict[int, list[Reading]] = defaultdict(list)
+            lives: dict[tuple[int, str], list[Reading]] = defaultdict(list)
             for reading in readings:
-                lives[reading.pid].append(reading)
+                lives[(reading.pid, reading.role)].append(reading)
             life = max(lives.values(), key=lambda life: life[-1].at - life[0].at)
             span = life[-1].at - life[0].at
             if len(life) < 4 or span < soak_seconds / 4:
@@ -116,5 +123,5 @@ class Resources:
             first = max(reading.value for reading in life if reading.at <= first_until)
             last = max(reading.value for reading in life if reading.at >= last_from)
             holds = last <= first * (1 + GROWTH_LIMIT) or last - first <= COUNT_SLACK[measure]
-            rows.append((process, measure, first, last, len(life), holds))
+            rows.append((f"{process} ({life[0].role})", measure, first, last, len(life), holds))
         return rows
