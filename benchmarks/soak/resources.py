@@ -79,14 +79,17 @@ class Resources:
                     continue
                 name = f"{setup.name} {slot.name}"
                 try:
-                    health = client.get(slot.url + "/healthz", timeout=5).json()
-                    status = client.get(slot.url + "/admin/api/status", headers=AUTH, timeout=5).json()
+                    role = "visitors" if client.get(slot.url + "/healthz", timeout=5).json().get(
+                        "generator") == "elsewhere" else "generator"
                 except (httpx.HTTPError, ValueError):
                     continue
-                role = "visitors" if health.get("generator") == "elsewhere" else "generator"
                 for measure, value in zip(MEASURES, _proc(pid), strict=False):
                     self.readings[(name, measure)].append(Reading(now, pid, role, value))
-                self.readings[(name, "event listeners")].append(Reading(now, pid, role, status["event_listeners"]))
+                # Not while the storage is down: the status answers 503 then, without the count.
+                with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
+                    listeners = client.get(slot.url + "/admin/api/status", headers=AUTH, timeout=5).json()[
+                        "event_listeners"]
+                    self.readings[(name, "event listeners")].append(Reading(now, pid, role, listeners))
             if setup.redis is not None and setup.redis.process is not None:
                 with contextlib.suppress(redis.RedisError):
                     keys = redis.Redis.from_url(setup.redis.url, socket_timeout=2).dbsize()

@@ -34,12 +34,12 @@ HELD_PER_BUCKET = 3  # images held back for review in each bucket before the sta
 DATA_DISK = "128m"  # the tmpfs under the files setup's data folder, so that its disk can be filled
 EXCUSE_AFTER = 2.0  # seconds after a slot is back during which its failures are still excused
 STATUS_TIMEOUT = 5.0
-LOG_MAX_BYTES, LOG_BACKUPS = 20_000, 3  # a small log, so that the soak sees it rotate many times
+LOG_MAX_BYTES, LOG_BACKUPS = 10_000, 3  # the smallest log allowed, so that the soak sees it rotate
 
 
 def config_layer(day_seconds: float, *, budget_share: float) -> dict[str, Any]:
     """Time compressed: checks every 2 s, visitor windows of seconds, a fallback retired every 3 s, a machine
-    that costs 1 a second and a daily budget of `budget_share` of a (compressed) day; a log rotated at 20 kB."""
+    that costs 1 a second and a daily budget of `budget_share` of a (compressed) day; a log rotated at 10 kB."""
     return {
         "server": {"log_max_bytes": LOG_MAX_BYTES, "log_backups": LOG_BACKUPS},
         "serving": {"unique_every": "500ms", "unique_burst": 4, "unique_per_visitor": "15s",
