@@ -87,6 +87,8 @@ def create_app(settings: Settings) -> Starlette:
                 services.forwarder = SocketForwarder(socket_path)
             stack.push_async_callback(services.forwarder.aclose)
 
+            seat = backend.seat()
+
             @contextlib.asynccontextmanager
             async def generator() -> AsyncIterator[Generator]:
                 """The generator of this process while it holds the seat, answering the other processes."""
@@ -100,9 +102,9 @@ def create_app(settings: Settings) -> Starlette:
                                          backend=settings.sd.backend))
                         log.info("simulated GPU: %s API at %s, SD server (%s) at %s", simulated.api,
                                  simulated.api_url, settings.sd.backend, simulated.sd_url)
-                        provider = simulated.provider(settings.gpu)
+                        provider = simulated.provider(settings.gpu, fence=seat.confirm)
                     else:
-                        provider = make_provider(settings)
+                        provider = make_provider(settings, fence=seat.confirm)
                     engine = Generator(settings, backend.buckets, provider, ledger, events)
                     await engine.start()
                     held.push_async_callback(engine.close)
@@ -117,7 +119,7 @@ def create_app(settings: Settings) -> Starlette:
                 if engine is None:
                     services.generator_elsewhere = "the generator runs in another process"
 
-            host = GeneratorHost(backend.seat(), generator, on_change=on_change)
+            host = GeneratorHost(seat, generator, on_change=on_change)
             await stack.enter_async_context(hosting(host))
             if services.engine is None:
                 holder = await host.seat.holder()

@@ -134,11 +134,20 @@ class Generator:
         self._scheduling = asyncio.create_task(self.scheduler.run(self._orphan.stop if orphaned else None),
                                                name="generator-scheduler")
 
+    def stand_down(self, reason: str) -> None:
+        """This process lost the generator's seat (`reason`): the run is aborted and no other starts here. A
+        fenced provider refuses the lost holder's machine calls, so the machine is left to the new holder."""
+        self._abort_for_good(reason, lease_lost=True)
+
+    def _abort_for_good(self, reason: str, *, lease_lost: bool = False) -> None:
+        if (not self._closing and self._refill is not None and self.states.run is not None
+                and self.states.state != "shutting_down"):
+            self._refill.abort(reason, lease_lost=lease_lost)
+        self._closing = True
+
     async def close(self) -> None:
         """Abort the active run and wait until its machine is confirmed off (Ctrl-C, SIGTERM)."""
-        if self._refill is not None and self.states.run is not None and self.states.state != "shutting_down":
-            self._refill.abort("the server is shutting down")
-        self._closing = True
+        self._abort_for_good("the server is shutting down")
         if self._refill is not None:
             await asyncio.shield(self._refill.task)
         await self.states.wait_idle()  # an orphaned machine being stopped at start-up

@@ -35,6 +35,7 @@ from avatargen.retry import backoff_delay
 from avatargen.run import Run
 from avatargen.sd import SdBackend, SdError, SdNotReady, SdProgress, make_backend
 from avatargen.storage.protocols import StoredBucket
+from avatargen.storage.redis_connection import LeaseLost
 
 log = logging.getLogger("avatargen.generator")
 
@@ -103,12 +104,15 @@ class Refill:
         self._settings = context.settings
         self._rng = random.Random()
         self._abort_reason: str | None = None
+        # This process lost the generator lease: the SD server is the new holder's too, and is left alone.
+        self._lease_lost = False
         self._started = False
         self._jobs: list[_Job] = []  # in the order they were sent: the SD server computes them in that order
         self.task = asyncio.create_task(self._execute(), name=f"run-{run.id}")
 
-    def abort(self, reason: str) -> None:
+    def abort(self, reason: str, *, lease_lost: bool = False) -> None:
         self._abort_reason = reason
+        self._lease_lost = self._lease_lost or lease_lost
         log.warning("aborting run %s: %s", self.run.id, reason)
         if self._started:  # a task cancelled before its first step would skip the `finally` that stops the machine
             self.task.cancel()
@@ -142,7 +146,8 @@ class Refill:
                     run.error = str(cause) or type(cause).__name__
                     if isinstance(cause, MachineUnusable):  # a pod terminated, say: no run will start again
                         self._context.machine.found_unusable(cause)
-                    if not isinstance(cause, RunFailed | SdError):
+                    self._lease_lost = self._lease_lost or isinstance(cause, LeaseLost)
+                    if not isinstance(cause, RunFailed | SdError | LeaseLost):
                         log.error("run %s failed", run.id, exc_info=cause)
         finally:
             if run.outcome is None:
@@ -345,9 +350,10 @@ class Refill:
         run = self.run
         self._context.states.move("shutting_down")
         if sd is not None:
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(5):
-                    await sd.cancel()  # an always-on GPU stops computing what nobody will store
+            if not self._lease_lost:  # else what the SD server computes is the new holder's
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(5):
+                        await sd.cancel()  # an always-on GPU stops computing what nobody will store
             with contextlib.suppress(Exception):
                 await sd.aclose()
         await self._context.machine.stop()
