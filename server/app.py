@@ -22,6 +22,7 @@ from avatargen.gpu import make_provider
 from avatargen.owner_actions import OwnerActions
 from avatargen.redact import RedactingFilter
 from avatargen.storage.backend import open_backend
+from avatargen.storage.redis_connection import StorageUnavailable
 from avatargen.storage.redis_events import EventRelay
 from avatargen.tasks import background
 from server.admin import admin_api
@@ -45,6 +46,19 @@ async def healthz(request: Request) -> Response:
         body.update(generator=state.engine.state if state.engine else "elsewhere",
                     buckets={name: bucket.count() for name, bucket in state.buckets.items()})
     return JSONResponse(body)
+
+
+async def _say_where_the_generator_runs(host: GeneratorHost) -> None:
+    """Log who runs the generator, when start-up found it elsewhere; a Redis that does not answer yet is no
+    reason not to start: the host takes the lease once it answers, and meanwhile visitors are served."""
+    try:
+        holder = await host.seat.holder()
+    except StorageUnavailable:
+        log.warning("the generator starts here or in another replica once Redis answers; meanwhile this process "
+                    "serves visitors (local fallbacks or the placeholder)")
+        return
+    log.warning("the generator runs in another process (%s); this one serves visitors and forwards the owner's "
+                "requests there", holder or "taking over")
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -122,9 +136,7 @@ def create_app(settings: Settings) -> Starlette:
             host = GeneratorHost(seat, generator, on_change=on_change)
             await stack.enter_async_context(hosting(host))
             if services.engine is None:
-                holder = await host.seat.holder()
-                log.warning("the generator runs in another process (%s); this one serves visitors and forwards "
-                            "the owner's requests there", holder or "taking over")
+                await _say_where_the_generator_runs(host)
 
             allowance = await backend.open_allowance()
             stack.push_async_callback(allowance.aclose)

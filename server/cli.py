@@ -62,6 +62,11 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             warnings += asyncio.run(ask_provider(settings))
         except MachineError as exc:
             warnings.append(f"could not ask the {settings.gpu.provider} API about the machine: {exc}")
+    if settings.storage.backend == "redis":
+        from avatargen.storage.redis_connection import ask_redis
+
+        if problem := asyncio.run(ask_redis(settings.storage)):
+            warnings.append(problem)
     for warning in warnings:
         print(f"avatargen: warning: {warning}", file=sys.stderr)
     where = path if path is not None else "built-in defaults (no config.toml here)"
