@@ -327,6 +327,8 @@ class ReviewSettings:
     block: dict[str, float] = _f({name: 0.4 for name in (
         "FEMALE_GENITALIA_EXPOSED", "MALE_GENITALIA_EXPOSED", "FEMALE_BREAST_EXPOSED", "BUTTOCKS_EXPOSED",
         "ANUS_EXPOSED")}, low=0, high=1)
+    # A run whose images were mostly held back pauses automatic runs until the owner acts, or this long.
+    pause_for: float = _f(86400.0, kind="duration", low=60, high=30 * 86400)
 
     def check(self) -> None:
         from avatargen.review import CLASSES  # the detector's own class names

@@ -85,6 +85,11 @@ class Generator:
         return self.machine.cannot_run or self.scheduler.paused_reason
 
     @property
+    def paused_by(self) -> str | None:
+        """What keeps automatic runs from starting: "machine", "safety_gate" or "daily_budget" (None: nothing)."""
+        return "machine" if self.machine.cannot_run else self.scheduler.paused_by
+
+    @property
     def machine_state(self) -> str | None:
         return self.machine.state
 
@@ -105,6 +110,7 @@ class Generator:
             cost=cost_summary(self.settings, self.billing.spend(), self.billing.problem, self.provider.hourly_rate()),
             next_check_at=utc(self.scheduler.next_check_at),
             paused_reason=self.paused_reason,
+            paused_by=self.paused_by,
         )
 
     def status(self) -> dict[str, Any]:

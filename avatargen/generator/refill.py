@@ -224,6 +224,9 @@ class Refill:
             run.step = None
         if run.done + run.held == 0 and run.failed > 0:
             raise RunFailed(f"no image could be made; last error: {failures.last}")
+        if run.mostly_held:  # a problem for the owner, not a success: see the scheduler's pause
+            raise RunFailed(f"the safety gate held back {run.held} of the {run.done + run.held} images made; "
+                            "review them (GET /admin/api/images?held=true)")
 
     async def _fill(self, sd: SdBackend, bucket_name: str, count: int, failures: _Failures) -> None:
         """One request of `count` images for a bucket, retried with backoff; never more than reserved."""
