@@ -240,6 +240,9 @@ class Refill:
                     result = await sd.generate(prompt.text, count=count)
                 avatars = await self._context.imaging.make_avatars(bucket_name, result.images[:count])
             except (SdError, ValueError) as exc:
+                if isinstance(exc, SdError) and not exc.retryable:  # refused as asked (a validation 400): final
+                    run.failed += count
+                    raise RunFailed(f"{exc}; not asked again: the same request cannot succeed") from None
                 failures.consecutive += 1
                 failures.last = str(exc)
                 log.warning("image request failed (%d in a row): %s", failures.consecutive, exc)
@@ -366,7 +369,7 @@ class Refill:
         run.ended_at = time.time()
         self._context.ended(run)
         level = logging.INFO if run.outcome == "completed" else logging.WARNING
-        log.log(level, "run %s %s: %d stored, %d held back, %d failed, %s billed, cost %.4f%s", run.id, run.outcome,
-                run.done, run.held, run.failed, format_duration(run.billed_seconds()),
+        log.log(level, "run %s %s: %d images stored, %d held back, %d failed, %s billed, cost %.4f%s", run.id,
+                run.outcome, run.done, run.held, run.failed, format_duration(run.billed_seconds()),
                 run.cost(), f" ({run.error})" if run.error else "")
         self._context.states.move("idle")
