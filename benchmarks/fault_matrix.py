@@ -10,7 +10,12 @@ gets a fresh `avatargen serve` process and data folder. A row is a manual refill
   truncated images in both buckets (images and framed copies, there before the server starts). Visitors
   may claim uniques in these rows, so the unique path meets the fault too; or
 - with no fault, the server SIGKILLed once the run is booting (machine starting), generating (images
-  stored) or shutting_down, then started again: its start-up check must stop the orphaned machine.
+  stored) or shutting_down, then started again: its start-up check must stop the orphaned machine; or
+- one of issue 19's money rows (`MONEY_ROWS`, `--money`): two replicas on a real redis-server, the
+  generator's SIGSTOPped mid-run and woken up during the new holder's run (which must complete, with no
+  machine call from the stalled one); `serve` started with Redis down (placeholder first, then a run once
+  Redis answers); a safety gate that holds every image (the run fails, automatic runs paused); a workflow
+  whose LoRA ComfyUI lacks (the run fails before its first image).
 Meanwhile a background loop GETs /avatar, each request from a visitor address of its own (from the
 killed server's twin, a visitor-only process on the same folders, in the SIGKILL rows), and records every
 answer that is not a whole image with a 200.
@@ -29,6 +34,7 @@ machine stopped from outside, SIGKILL while generating), so the test suite that 
 SD server's other faults meet ComfyUI in the engine tests too.
 
     python -m benchmarks.fault_matrix [--quick] [--jobs N] [--api paperspace|runpod ...] [--storage] [--comfyui]
+        [--money]
 """
 
 from __future__ import annotations
