@@ -102,6 +102,9 @@ def create_app(settings: Settings) -> Starlette:
             stack.push_async_callback(services.forwarder.aclose)
 
             seat = backend.seat()
+            # Among replicas, every machine call waits for the lease confirmed (see GeneratorSeat.confirm); a lock
+            # file is never lost while this process lives, and its machine calls keep the provider's own timeout.
+            fence = seat.confirm if redis is not None else None
 
             @contextlib.asynccontextmanager
             async def generator() -> AsyncIterator[Generator]:
@@ -116,9 +119,9 @@ def create_app(settings: Settings) -> Starlette:
                                          backend=settings.sd.backend))
                         log.info("simulated GPU: %s API at %s, SD server (%s) at %s", simulated.api,
                                  simulated.api_url, settings.sd.backend, simulated.sd_url)
-                        provider = simulated.provider(settings.gpu, fence=seat.confirm)
+                        provider = simulated.provider(settings.gpu, fence=fence)
                     else:
-                        provider = make_provider(settings, fence=seat.confirm)
+                        provider = make_provider(settings, fence=fence)
                     engine = Generator(settings, backend.buckets, provider, ledger, events)
                     await engine.start()
                     held.push_async_callback(engine.close)
