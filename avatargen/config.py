@@ -23,7 +23,7 @@ from urllib.parse import parse_qs, urlsplit
 import tomlkit
 
 from avatargen import wordlists
-from avatargen.durations import parse_duration
+from avatargen.durations import format_duration, parse_duration
 from avatargen.redact import redact_url
 
 PROVIDERS = ("paperspace", "runpod", "always_on", "simulated")
@@ -325,6 +325,10 @@ class SdSettings:
                 raise ConfigError(f"must be a multiple of 8, got {getattr(self, name)}", key=name)
 
 
+# How long a safety gate that held back most of a run's images pauses automatic runs, at most and at least.
+PAUSE_FOR_MIN, PAUSE_FOR_MAX = 60.0, 30 * 86400.0
+
+
 @dataclass(frozen=True)
 class ReviewSettings:
     """The safety gate before publishing (optional extra avatargen[review]); see avatargen.review.
@@ -339,6 +343,8 @@ class ReviewSettings:
     block: dict[str, float] = _f({name: 0.4 for name in (
         "FEMALE_GENITALIA_EXPOSED", "MALE_GENITALIA_EXPOSED", "FEMALE_BREAST_EXPOSED", "BUTTOCKS_EXPOSED",
         "ANUS_EXPOSED")}, low=0, high=1)
+    # A run whose images were mostly held back pauses automatic runs until the owner acts, or this long.
+    pause_for: float = _f(86400.0, kind="duration")
 
     def check(self) -> None:
         from avatargen.review import CLASSES  # the detector's own class names
@@ -348,6 +354,8 @@ class ReviewSettings:
                 close = difflib.get_close_matches(name, CLASSES, n=1)
                 hint = f"did you mean {close[0]!r}?" if close else f"known classes: {', '.join(CLASSES)}"
                 raise ConfigError(f"unknown detector class {name!r}; {hint}", key=f"block.{name}")
+        if not PAUSE_FOR_MIN <= self.pause_for <= PAUSE_FOR_MAX:
+            raise ConfigError(f"must be from 1m to 30d, got {format_duration(self.pause_for)}", key="pause_for")
         if self.enabled and not self.block and not self.require_face:
             raise ConfigError("the gate is enabled but blocks no class and does not require a face; "
                               "list classes in [review.block], set require_face = true, or enabled = false",

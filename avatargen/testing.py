@@ -108,6 +108,19 @@ class Service:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait(10)
 
+    def pause(self) -> None:
+        """SIGSTOP the process and its workers: a stalled VM, a long GC pause; `resume` wakes them."""
+        self._signal_family(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self._signal_family(signal.SIGCONT)
+
+    def _signal_family(self, signum: signal.Signals) -> None:
+        assert self.process is not None
+        for pid in _family(self.process.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
     def stop(self, timeout: float = 30.0) -> int | None:
         """SIGTERM and wait (SIGKILL past the timeout); the exit status, None if it never ran."""
         if self.process is None:
@@ -209,7 +222,8 @@ class Simulator:
         return response.json()
 
     def machine(self) -> dict[str, Any]:
-        """The machine as the simulator sees it: `state` (off, starting, ..., ready) and `billedSeconds`."""
+        """The machine as the simulator sees it: `state` (off, starting, ..., ready), `billedSeconds` and
+        `calls` (the start and stop requests it received, oldest first)."""
         return self._request("GET", "/_sim/machine")
 
     def provider_config(self) -> dict[str, Any]:

@@ -75,6 +75,11 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         sd_notes, sd_warnings = asyncio.run(ask_sd_server(settings))
         notes += sd_notes
         warnings += sd_warnings
+    if settings.storage.backend == "redis":
+        from avatargen.storage.redis_connection import ask_redis
+
+        if problem := asyncio.run(ask_redis(settings.storage)):
+            warnings.append(problem)
     for warning in warnings:
         print(f"avatargen: warning: {warning}", file=sys.stderr)
     where = path if path is not None else "built-in defaults (no config.toml here)"

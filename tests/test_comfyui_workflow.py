@@ -76,6 +76,18 @@ def test_lora_and_upscaler_graph_is_followed_through_its_links() -> None:
     assert workflow.output == "43"  # the upscaled save, not the preview of the first pass
 
 
+def test_the_model_files_a_graph_names_are_listed_for_the_owner() -> None:
+    workflow = find(LORA_UPSCALE, negative=True, checkpoint=True)
+    assert [(file.node, file.input, file.value) for file in workflow.model_files] == [
+        ("11", "lora_name", "cjs-face.safetensors"), ("12", "lora_name", "film-grain.safetensors"),
+        ("41", "model_name", "RealESRGAN_x2.pth")]  # not the checkpoint: avatargen sets it, and checks it alone
+    assert workflow.loras == ["cjs-face.safetensors", "film-grain.safetensors"]
+    described = workflow.describe()
+    assert "  LoRA: node 11 (LoraLoader).lora_name = 'cjs-face.safetensors'" in described
+    assert "  LoRA: node 12 (LoraLoader).lora_name = 'film-grain.safetensors'" in described
+    assert "  model file: node 41 (UpscaleModelLoader).model_name = 'RealESRGAN_x2.pth'" in described
+
+
 def test_custom_sampler_graph_without_negative_and_a_primitive_seed() -> None:
     workflow = find(FLUX, checkpoint=True)
     targets = workflow.targets

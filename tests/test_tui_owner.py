@@ -15,6 +15,7 @@ from tui.messages import Answered
 from tui.screens.confirm_delete import ConfirmDeleteScreen
 from tui.screens.image_detail import ImageDetailScreen
 from tui.screens.refill import RefillScreen
+from tui.widgets.spend import SpendSummary
 from tui.widgets.thumbnail import Thumbnail
 from tui.widgets.thumbnail_grid import ThumbnailGrid
 
@@ -183,3 +184,9 @@ async def test_images_the_gate_holds_back_during_a_run_arrive_in_the_review_view
                            "the run to end", timeout=30)
             last = app.main.status.last_run if app.main.status else None
             assert last is not None and (last.run.done, last.run.held) == (0, 5)
+            assert last.outcome == "failed"  # shown as a problem, not a green success
+            # The panel says automatic runs are paused, and why (the status fetched at the run's end).
+            await wait_for(pilot, lambda: (s := app.main.status) is not None and s.paused_by == "safety_gate",
+                           "the pause", timeout=30)
+            assert "automatic runs paused: the safety gate held back 5" in str(
+                app.main.query_one(SpendSummary).render())

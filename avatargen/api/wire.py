@@ -282,7 +282,10 @@ class Status:
     machine_state: str | None
     cost: Cost
     next_check_at: datetime | None = None
-    paused_reason: str | None = None
+    paused_reason: str | None = None  # why automatic runs do not start now, for the owner
+    # What paused them, for whatever reacts to it (a notification): "machine" (it can never run as configured),
+    # "safety_gate" (a run's images were mostly held back) or "daily_budget"; None otherwise.
+    paused_by: str | None = None
     machine_notes: tuple[str, ...] = ()  # what the owner should know about the machine (a backstop off, ...)
     visitors: VisitorErrors = VisitorErrors()  # the visitor path's failures, told by the serving process
     notifications: Notifications = Notifications()  # the owner's messages, sent by the generator's process
@@ -298,6 +301,7 @@ class Status:
             "cost": self.cost.to_json(),
             "next_check_at": time_json(self.next_check_at),
             "paused_reason": self.paused_reason,
+            "paused_by": self.paused_by,
             "visitors": self.visitors.to_json(),
             "notifications": self.notifications.to_json(),
         }
@@ -317,6 +321,7 @@ class Status:
                 cost=Cost.from_json(data["cost"]),
                 next_check_at=_optional(data.get("next_check_at"), _time),
                 paused_reason=data.get("paused_reason"),
+                paused_by=data.get("paused_by"),
                 visitors=VisitorErrors.from_json(data.get("visitors") or {}),
                 notifications=Notifications.from_json(data.get("notifications") or {}),
             )

@@ -36,6 +36,7 @@ from avatargen.retry import backoff_delay
 from avatargen.run import Run
 from avatargen.sd import SdBackend, SdError, SdNotReady, SdProgress, make_backend
 from avatargen.storage.protocols import StoredBucket
+from avatargen.storage.redis_connection import LeaseLost
 
 log = logging.getLogger("avatargen.generator")
 
@@ -104,12 +105,15 @@ class Refill:
         self._settings = context.settings
         self._rng = random.Random()
         self._abort_reason: str | None = None
+        # This process lost the generator lease: the SD server is the new holder's too, and is left alone.
+        self._lease_lost = False
         self._started = False
         self._jobs: list[_Job] = []  # in the order they were sent: the SD server computes them in that order
         self.task = asyncio.create_task(self._execute(), name=f"run-{run.id}")
 
-    def abort(self, reason: str) -> None:
+    def abort(self, reason: str, *, lease_lost: bool = False) -> None:
         self._abort_reason = reason
+        self._lease_lost = self._lease_lost or lease_lost
         log.warning("aborting run %s: %s", self.run.id, reason)
         if self._started:  # a task cancelled before its first step would skip the `finally` that stops the machine
             self.task.cancel()
@@ -143,7 +147,8 @@ class Refill:
                     run.error = str(cause) or type(cause).__name__
                     if isinstance(cause, MachineUnusable):  # a pod terminated, say: no run will start again
                         self._context.machine.found_unusable(cause)
-                    if not isinstance(cause, RunFailed | SdError):
+                    self._lease_lost = self._lease_lost or isinstance(cause, LeaseLost)
+                    if not isinstance(cause, RunFailed | SdError | LeaseLost):
                         log.error("run %s failed", run.id, exc_info=cause)
         finally:
             if run.outcome is None:
@@ -220,6 +225,9 @@ class Refill:
             run.step = None
         if run.done + run.held == 0 and run.failed > 0:
             raise RunFailed(f"no image could be made; last error: {failures.last}")
+        if run.mostly_held:  # a problem for the owner, not a success: see the scheduler's pause
+            raise RunFailed(f"the safety gate held back {run.held} of the {run.done + run.held} images made; "
+                            "review them (GET /admin/api/images?held=true)")
 
     async def _fill(self, sd: SdBackend, bucket_name: str, count: int, failures: _Failures) -> None:
         """One request of `count` images for a bucket, retried with backoff; never more than reserved."""
@@ -233,6 +241,9 @@ class Refill:
                     result = await sd.generate(prompt.text, count=count)
                 avatars = await self._context.imaging.make_avatars(bucket_name, result.images[:count])
             except (SdError, ValueError) as exc:
+                if isinstance(exc, SdError) and not exc.retryable:  # refused as asked (a validation 400): final
+                    run.failed += count
+                    raise RunFailed(f"{exc}; not asked again: the same request cannot succeed") from None
                 failures.consecutive += 1
                 failures.last = str(exc)
                 log.warning("image request failed (%d in a row): %s", failures.consecutive, exc)
@@ -353,9 +364,10 @@ class Refill:
         run = self.run
         self._context.states.move("shutting_down")
         if sd is not None:
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(5):
-                    await sd.cancel()  # an always-on GPU stops computing what nobody will store
+            if not self._lease_lost:  # else what the SD server computes is the new holder's
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(5):
+                        await sd.cancel()  # an always-on GPU stops computing what nobody will store
             with contextlib.suppress(Exception):
                 await sd.aclose()
         await self._context.machine.stop()
@@ -365,7 +377,7 @@ class Refill:
         run.ended_at = time.time()
         self._context.ended(run)
         level = logging.INFO if run.outcome == "completed" else logging.WARNING
-        log.log(level, "run %s %s: %d stored, %d held back, %d failed, %s billed, cost %.4f%s", run.id, run.outcome,
-                run.done, run.held, run.failed, format_duration(run.billed_seconds()),
+        log.log(level, "run %s %s: %d images stored, %d held back, %d failed, %s billed, cost %.4f%s", run.id,
+                run.outcome, run.done, run.held, run.failed, format_duration(run.billed_seconds()),
                 run.cost(), f" ({run.error})" if run.error else "")
         self._context.states.move("idle")

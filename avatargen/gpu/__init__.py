@@ -17,6 +17,7 @@ from avatargen.config import ConfigError, GpuSettings, Secret, Settings
 from avatargen.gpu import paperspace, runpod
 from avatargen.gpu.address import template_problem
 from avatargen.gpu.always_on import AlwaysOnProvider
+from avatargen.gpu.api import Fence
 from avatargen.gpu.base import OFF, READY, HourlyRate, MachineError, MachineTimeout, MachineUnusable, Provider
 from avatargen.gpu.paperspace import PaperspaceClient, PaperspaceError, PaperspaceProvider
 from avatargen.gpu.runpod import RunPodClient, RunPodError, RunPodProvider
@@ -55,17 +56,18 @@ def api_provider(gpu: GpuSettings, api: str, *, api_url: str, api_key: Secret, m
                               name=name or api, auto_shutdown=gpu.paperspace.auto_shutdown, **timing)
 
 
-def make_provider(settings: Settings) -> Provider:
-    """The provider for `settings.gpu.provider` ("simulated" is built by the running simulator instead)."""
+def make_provider(settings: Settings, *, fence: Fence | None = None) -> Provider:
+    """The provider for `settings.gpu.provider` ("simulated" is built by the running simulator instead);
+    `fence` guards each call that changes the machine (see avatargen.gpu.api)."""
     gpu = settings.gpu
     if gpu.provider == "always_on":
         return AlwaysOnProvider(settings.sd.url)
     if gpu.provider == "paperspace":
         return api_provider(gpu, "paperspace", api_url=gpu.paperspace.api_url, api_key=provider_api_key(settings),
-                            machine_id=gpu.paperspace.machine_id, sd_url=settings.sd.url)
+                            machine_id=gpu.paperspace.machine_id, sd_url=settings.sd.url, fence=fence)
     if gpu.provider == "runpod":
         return api_provider(gpu, "runpod", api_url=gpu.runpod.api_url, api_key=provider_api_key(settings),
-                            machine_id=gpu.runpod.pod_id, sd_url=settings.sd.url)
+                            machine_id=gpu.runpod.pod_id, sd_url=settings.sd.url, fence=fence)
     raise ValueError(f"gpu.provider = {gpu.provider!r} is not built here: the simulated GPU's provider comes from "
                      "the running simulator (avatargen.simulator.SimulatedGpu.provider)")
 

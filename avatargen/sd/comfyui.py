@@ -41,7 +41,7 @@ from avatargen.redact import redact_url
 from avatargen.retry import backoff_delay
 from avatargen.sd.base import Generated, SdError, SdNotReady, SdProgress, quote, send
 from avatargen.sd.samplers import comfyui_sampler
-from avatargen.sd.workflow import Graph, Workflow
+from avatargen.sd.workflow import Graph, Workflow, names_model_file
 
 log = logging.getLogger("avatargen.sd.comfyui")
 
@@ -122,6 +122,18 @@ def _status_events(status: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]
     return events
 
 
+def _options(node: Mapping[str, Any], input_name: str) -> list[str] | None:
+    """The choices `/object_info` lists for a node's input (either shape: a list, or COMBO options), or None
+    when it takes no list."""
+    inputs = _obj(node.get("input"))
+    spec = _obj(inputs.get("required")).get(input_name) or _obj(inputs.get("optional")).get(input_name)
+    if isinstance(spec, list) and spec and isinstance(spec[0], list):
+        return [str(choice) for choice in spec[0]]
+    if isinstance(spec, list) and len(spec) > 1 and isinstance(spec[1], dict) and "options" in spec[1]:
+        return [str(choice) for choice in spec[1]["options"]]
+    return None
+
+
 def validation_text(body: Any) -> str:
     """ComfyUI's answer to a refused `/prompt`, in one line: each node, input and message."""
     if not isinstance(body, dict):
@@ -196,6 +208,7 @@ class ComfyUiClient:
         self._start_listening()
         loader = self._workflow.loader
         if loader is None:
+            await self._check_model_files()
             return
         loader_class = self._workflow.loader_class
         info = await self._json("GET", f"/object_info/{loader_class}")
@@ -212,6 +225,7 @@ class ComfyUiClient:
             raise SdError(None, f"{named_by} {wanted!r} is not on ComfyUI (available: {available}); every job "
                                 "would fail", retryable=False)
         self._checkpoint = wanted
+        await self._check_model_files()
 
     @staticmethod
     def _choices(info: Any, loader_class: str, input_name: str) -> list[str]:
@@ -220,12 +234,29 @@ class ComfyUiClient:
         if not isinstance(node, dict):
             raise SdError(None, f"ComfyUI has no {loader_class} node (the workflow needs it; a custom node that is "
                                 "not installed?)", retryable=False)
-        spec = (node.get("input", {}).get("required", {}) or {}).get(input_name)
-        if isinstance(spec, list) and spec and isinstance(spec[0], list):
-            return [str(choice) for choice in spec[0]]
-        if isinstance(spec, list) and len(spec) > 1 and isinstance(spec[1], dict):
-            return [str(choice) for choice in spec[1].get("options", [])]
-        raise SdError(None, f"ComfyUI's {loader_class} has no list of {input_name} choices", retryable=False)
+        choices = _options(node, input_name)
+        if choices is None:
+            raise SdError(None, f"ComfyUI's {loader_class} has no list of {input_name} choices", retryable=False)
+        return choices
+
+    async def _check_model_files(self) -> None:
+        """Every model file the graph names by itself (a LoRA, VAE, upscaler...) must be among those its node
+        offers in `/object_info`, or every job would be refused ("Value not in list") after the boot."""
+        infos: dict[str, Any] = {}
+        for fixed in self._workflow.fixed_choices():
+            if fixed.class_type not in infos:
+                infos[fixed.class_type] = await self._json("GET", f"/object_info/{fixed.class_type}")
+            info = infos[fixed.class_type]
+            node = info.get(fixed.class_type) if isinstance(info, dict) else None
+            choices = _options(node, fixed.input) if isinstance(node, dict) else None
+            if choices is None:
+                if names_model_file(fixed.value):  # ComfyUI would refuse the node, or the file it names
+                    self._choices(info, fixed.class_type, fixed.input)
+                continue
+            if fixed.value not in choices and (names_model_file(fixed.value) or any(map(names_model_file, choices))):
+                available = ", ".join(map(repr, choices[:20])) or "none"
+                raise SdError(None, f"the workflow's {fixed.where()} names {fixed.value!r}, which is not on ComfyUI "
+                                    f"(available: {available}); every job would fail", retryable=False)
 
     # --- a job -------------------------------------------------------------------------------------------
 
@@ -251,6 +282,7 @@ class ComfyUiClient:
         images = await self._images(prompt_id, entry)
         return Generated(images=images, seeds=[seed] * len(images), metadata={
             "backend": self.name, "workflow": self._workflow.name, "model": self._checkpoint,
+            **({"loras": self._workflow.loras} if self._workflow.loras else {}),
             "sampler_name": self._sampler_name, "scheduler": self._scheduler})
 
     async def _queue(self, graph: dict[str, Any]) -> str:

@@ -57,11 +57,13 @@ def api_fault(faults: Faults) -> int | None:
 
 def machine_report(machine: SimulatedMachine) -> Handler:
     """`GET /_sim/machine`: what only the simulator knows, the machine's state in its own words and the
-    seconds a cloud would bill (vendors' objects have no room for it: their schemas allow no extra field)."""
+    seconds a cloud would bill (vendors' objects have no room for it: their schemas allow no extra field), and
+    the start and stop calls it received, oldest first (who touched the machine when)."""
 
     async def report(request: Request) -> Response:
         return JSONResponse({"id": machine.id, "state": machine.state,
-                             "billedSeconds": round(machine.billed_seconds, 3)})
+                             "billedSeconds": round(machine.billed_seconds, 3),
+                             "calls": [event["name"] for event in machine.events(newest_first=False)]})
 
     return report
 
