@@ -26,6 +26,8 @@ from avatargen.durations import format_duration
 
 EXIT_CONFIG = 2  # a config or command-line error (argparse's usage errors are 2 as well)
 EXIT_CANNOT_LISTEN = 4  # serve: the port is in use or the address is not this machine's
+UNREACHABLE_HINT = ("Is `avatargen serve` running with the same --config? A server on another machine, or one "
+                    "started with another data folder, is reached with --url http://HOST:PORT")
 
 
 def _load(args: argparse.Namespace) -> Settings:
@@ -122,7 +124,10 @@ def _as_owner(args: argparse.Namespace, action: Callable[[AdminClient], Awaitabl
 
     try:
         print(asyncio.run(call()))
-    except (AdminError, Unreachable, ProtocolError) as exc:
+    except Unreachable as exc:
+        print(f"avatargen: {exc}\n{UNREACHABLE_HINT}", file=sys.stderr)
+        return 1
+    except (AdminError, ProtocolError) as exc:
         print(f"avatargen: {exc}", file=sys.stderr)
         return 1
     return 0

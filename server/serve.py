@@ -26,6 +26,7 @@ from avatargen import review
 from avatargen.config import ServerSettings, Settings
 from avatargen.sockets import bound_socket
 from server.app import create_app
+from server.listening import recorded_address
 from server.logs import configure_logging, redact_uvicorn_logs
 from server.preflight import preflight
 
@@ -76,16 +77,16 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None) 
         log = logging.getLogger("avatargen.server")
         if problem := review.missing_extra(settings.review):
             log.warning(problem)
-        workers = server_settings.workers
-        if workers > 1:
-            return _run_workers(settings, sock, log)
-        config = uvicorn.Config(create_app(settings), log_level="info", **uvicorn_options(server_settings))
-        redact_uvicorn_logs()
-        log.info("listening on http://%s:%d (config: %s; uvicorn with %s)", server_settings.host,
-                 sock.getsockname()[1], settings.path or "built-in defaults", _implementations(config))
-        server = uvicorn.Server(config)
-        signal.signal(signal.SIGTERM, _stopped)
-        server.run(sockets=[sock])
+        with recorded_address(settings, server_settings.host, sock.getsockname()[1]):
+            if server_settings.workers > 1:
+                return _run_workers(settings, sock, log)
+            config = uvicorn.Config(create_app(settings), log_level="info", **uvicorn_options(server_settings))
+            redact_uvicorn_logs()
+            log.info("listening on http://%s:%d (config: %s; uvicorn with %s)", server_settings.host,
+                     sock.getsockname()[1], settings.path or "built-in defaults", _implementations(config))
+            server = uvicorn.Server(config)
+            signal.signal(signal.SIGTERM, _stopped)
+            server.run(sockets=[sock])
     return 0 if server.started else EXIT_STARTUP_FAILED
 
 

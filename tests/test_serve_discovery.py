@@ -1,0 +1,51 @@
+"""`avatargen serve` as a real process: found by `avatargen status` however it was started, and what its
+first screen of output says (which config, what it will do; uvicorn's start-up said once)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from avatargen.testing import avatargen_server, free_port
+from tests.support import write_config
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKEN = "discovery-token"
+
+
+def avatargen(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "server.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          env=dict(os.environ, AVATARGEN_ADMIN_TOKEN=TOKEN), timeout=120, check=False)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_status_finds_a_server_started_with_another_port(tmp_path: Path, workers: int) -> None:
+    configured = free_port()  # nobody listens there: the server runs on --port
+    config = write_config(tmp_path, {"server.port": configured, "server.workers": workers})
+    record = tmp_path / "data" / "server.json"
+    with avatargen_server(config, tmp_path / "server.log", token=TOKEN) as server:
+        assert json.loads(record.read_text())["url"] == server.url
+        status = avatargen("status", "--config", str(config))
+        assert status.returncode == 0, status.stderr
+        assert status.stdout.startswith("state: idle")
+        assert server.stop() == 0
+    assert not record.exists()  # removed at a clean exit
+
+
+def test_a_record_left_by_a_killed_server_is_ignored_and_the_message_suggests_url(tmp_path: Path) -> None:
+    configured = free_port()
+    config = write_config(tmp_path, {"server.port": configured})
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])  # its pid names no process once it is reaped
+    finished.wait()
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "server.json").write_text(json.dumps({"url": f"http://127.0.0.1:{free_port()}",
+                                                               "pid": finished.pid}))
+    status = avatargen("status", "--config", str(config))
+    assert status.returncode == 1
+    assert f"cannot reach http://127.0.0.1:{configured}" in status.stderr
+    assert "--url http://HOST:PORT" in status.stderr and "Traceback" not in status.stderr
