@@ -32,9 +32,11 @@ def test_status_finds_a_server_started_with_another_port(tmp_path: Path, workers
         assert json.loads(record.read_text())["url"] == server.url
         status = avatargen("status", "--config", str(config))
         assert status.returncode == 0, status.stderr
-        assert status.stdout.startswith("state: idle")
-        assert server.stop() == 0
+        assert status.stdout.startswith("state: idle"), status.stdout
+        assert server.stop() == 0, server.log_text()
     assert not record.exists()  # removed at a clean exit
+    # Once per uvicorn process, not once more for each simulated service running inside it.
+    assert server.log_text().count("Started server process") == workers
 
 
 def test_a_record_left_by_a_killed_server_is_ignored_and_the_message_suggests_url(tmp_path: Path) -> None:
