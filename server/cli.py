@@ -28,6 +28,7 @@ from avatargen.durations import format_duration
 
 EXIT_CONFIG = 2  # a config or command-line error (argparse's usage errors are 2 as well)
 EXIT_CANNOT_LISTEN = 4  # serve: the port is in use or the address is not this machine's
+ASK_PROVIDER_WITHIN = 5.0  # check-config: seconds for the provider's API to answer, retries included
 UNREACHABLE_HINT = ("Is `avatargen serve` running with the same --config? A server on another machine, or one "
                     "started with another data folder, is reached with --url http://HOST:PORT")
 
@@ -61,11 +62,17 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     warnings = settings_warnings(settings)
     if problem := review.missing_extra(settings.review):
         warnings.append(problem)
-    if settings.gpu.provider in ("paperspace", "runpod"):  # preflight made sure the key is there
+    if (provider := settings.gpu.provider) in ("paperspace", "runpod"):  # preflight made sure the key is there
+        vendor = settings.gpu.runpod if provider == "runpod" else settings.gpu.paperspace
+        print(f"avatargen: asking the {provider} API at {vendor.api_url} about the machine "
+              f"(at most {ASK_PROVIDER_WITHIN:g}s)...", file=sys.stderr, flush=True)
         try:
-            warnings += asyncio.run(ask_provider(settings))
+            warnings += asyncio.run(asyncio.wait_for(ask_provider(settings), ASK_PROVIDER_WITHIN))
+        except TimeoutError:
+            warnings.append(f"the {provider} API did not answer within {ASK_PROVIDER_WITHIN:g}s: the machine was "
+                            "not checked (the server retries for longer when it starts)")
         except MachineError as exc:
-            warnings.append(f"could not ask the {settings.gpu.provider} API about the machine: {exc}")
+            warnings.append(f"could not ask the {provider} API about the machine: {exc}")
     for warning in warnings:
         print(f"avatargen: warning: {warning}", file=sys.stderr)
     where = path if path is not None else "built-in defaults (no config.toml here)"
