@@ -26,6 +26,7 @@ from avatargen import review
 from avatargen.config import ServerSettings, Settings
 from avatargen.sockets import bound_socket
 from server.app import create_app
+from server.first_screen import first_screen, settings_in_force
 from server.listening import recorded_address
 from server.logs import configure_logging, redact_uvicorn_logs
 from server.preflight import preflight
@@ -66,7 +67,7 @@ def _implementations(config: uvicorn.Config) -> str:
 def serve(settings: Settings, host: str | None = None, port: int | None = None) -> int:
     server_settings = replace(settings.server, host=host or settings.server.host,
                               port=settings.server.port if port is None else port)
-    settings = replace(settings, server=server_settings)
+    settings = settings_in_force(replace(settings, server=server_settings))
     try:
         sock = bound_socket(server_settings.host, server_settings.port)
     except OSError as exc:
@@ -75,6 +76,11 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None) 
         preflight(settings)
         configure_logging(settings)
         log = logging.getLogger("avatargen.server")
+        warnings, notes = first_screen(settings)
+        for line in warnings:
+            log.warning(line)
+        for line in notes:
+            log.info(line)
         if problem := review.missing_extra(settings.review):
             log.warning(problem)
         with recorded_address(settings, server_settings.host, sock.getsockname()[1]):

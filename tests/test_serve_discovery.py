@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from avatargen.config import load_settings
 from avatargen.testing import avatargen_server, free_port
+from server.first_screen import DEMO_BUCKETS
 from tests.support import write_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,3 +53,33 @@ def test_a_record_left_by_a_killed_server_is_ignored_and_the_message_suggests_ur
     assert status.returncode == 1
     assert f"cannot reach http://127.0.0.1:{configured}" in status.stderr
     assert "--url http://HOST:PORT" in status.stderr and "Traceback" not in status.stderr
+
+
+def test_serve_without_a_config_file_says_so_first_and_runs_demo_sized_buckets(tmp_path: Path) -> None:
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--port", str(port)], cwd=tmp_path,
+                               stderr=subprocess.PIPE, text=True, env=dict(os.environ, AVATARGEN_ADMIN_TOKEN=TOKEN))
+    try:
+        assert process.stderr is not None
+        lines = []
+        for line in process.stderr:
+            lines.append(line)
+            if "Application startup complete" in line:
+                break
+        status = avatargen("status", cwd=tmp_path)
+    finally:
+        process.terminate()
+        rest = process.communicate(timeout=60)[1]
+    assert process.returncode == 0, "".join(lines) + rest
+    first = [line.partition(": ")[2].strip() for line in lines[:3]]
+    assert "WARNING" in lines[0] and first[0].startswith(f"no config file: neither --config nor a config.toml in "
+                                                         f"{tmp_path}; running the built-in defaults, a demo")
+    assert first[1] == "config: built-in defaults"
+    assert first[2].startswith("buckets: unique 10 to 30, fallback 20 to 40 images (refilled from min to max; up to "
+                               "70 images in a run from empty), checked now and every 10m")
+    assert "unique: " in status.stdout and "(min 10, max 30)" in status.stdout, status.stdout + status.stderr
+
+
+def test_the_demo_buckets_are_the_shipped_config_files() -> None:
+    shipped = load_settings(ROOT / "config.toml")
+    assert {name: (bucket.min, bucket.max) for name, bucket in shipped.buckets.items()} == DEMO_BUCKETS
