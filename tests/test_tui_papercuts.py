@@ -1,0 +1,27 @@
+"""The panel's papercuts, driven with Pilot against a real `avatargen serve`: the countdown to the next
+automatic check, the step shown beside the preview, the Review tab with the safety gate off."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.tui_support import panel, running_server, wait_for
+from tui.widgets.spend import SpendSummary
+
+SIZE = (100, 30)
+
+
+async def test_the_countdown_follows_checks_that_start_nothing(tmp_path: Path) -> None:
+    """Buckets with min 0: each automatic check starts nothing and sends no event; the countdown still
+    moves on to the next one instead of standing at 0 s."""
+    with running_server(tmp_path, {"generator.check_every": "3s"}) as server:
+        app = panel(server.url)
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for(pilot, lambda: app.main.status is not None, "the first status")
+            status = app.main.status
+            assert status is not None and status.next_check_at is not None
+            first = status.next_check_at
+            await wait_for(pilot, lambda: (s := app.main.status) is not None and s.next_check_at is not None
+                           and (s.next_check_at - first).total_seconds() >= 2.5, "a later check's time", timeout=40)
+            spend = str(app.main.query_one(SpendSummary).render())
+            assert "next automatic check in " in spend or "automatic check due now" in spend
