@@ -5,7 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from textual.widgets import Static
+
 from tests.tui_support import panel, running_server, wait_for
+from tui.screens.refill import RefillScreen
+from tui.widgets.live_preview import LivePreview
 from tui.widgets.spend import SpendSummary
 
 SIZE = (100, 30)
@@ -25,3 +29,26 @@ async def test_the_countdown_follows_checks_that_start_nothing(tmp_path: Path) -
                            and (s.next_check_at - first).total_seconds() >= 2.5, "a later check's time", timeout=40)
             spend = str(app.main.query_one(SpendSummary).render())
             assert "next automatic check in " in spend or "automatic check due now" in spend
+
+
+
+async def test_the_step_bar_and_the_preview_caption_say_the_same_step(tmp_path: Path) -> None:
+    """A run whose previews come once a second while the step moves every 0.1 s: whenever a preview stands
+    beside the step bar, the bar says the step of the picture's caption."""
+    paced = {"buckets.unique.max": 3, "buckets.fallback.max": 3, "sd.steps": 20, "gpu.simulated.step_time": "100ms"}
+    with running_server(tmp_path, paced) as server:
+        app = panel(server.url)
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for(pilot, lambda: app.main.status is not None, "the first status")
+            await pilot.press("r")
+            await wait_for(pilot, lambda: isinstance(app.screen, RefillScreen), "the refill dialog")
+            await pilot.press("enter")
+            preview = app.main.query_one(LivePreview)
+            await wait_for(pilot, lambda: preview.live, "a live preview", timeout=60)
+            seen = []
+            for _ in range(12):
+                if preview.live:
+                    caption = str(preview.query_one(".live-preview-caption", Static).render())
+                    seen.append((caption, str(app.main.query_one("#step-counts", Static).render())))
+                await pilot.pause(0.25)
+            assert seen and all(caption == f"step {bar}" for caption, bar in seen), seen

@@ -14,7 +14,7 @@ from textual.reactive import reactive
 from textual.screen import Screen
 from textual.widgets import Footer, Label, TabbedContent, TabPane, Tabs
 
-from avatargen.api import History, LogEntry, Preview, Status
+from avatargen.api import History, LogEntry, Preview, Status, Step
 from avatargen.config import BUCKET_NAMES
 from tui.images import ImageStyle, Picture, decode_pixels
 from tui.widgets.bucket_gauge import BucketGauge
@@ -118,6 +118,7 @@ class MainScreen(Screen[None]):
         image = decode_pixels(preview.image)
         if image is not None:
             self.query_one(LivePreview).show_preview(image, preview.step, preview.steps)
+            self.query_one(RunProgress).preview_step = Step(preview.step, preview.steps, 0.0)
 
     def show_newest(self, picture: Picture | None) -> None:
         """The newest finished image, shown beside the step bar unless a preview of the next one is."""
@@ -128,6 +129,7 @@ class MainScreen(Screen[None]):
     def _show_newest(self) -> None:
         picture = self.newest
         caption = "no image yet" if picture is None else "last image"
+        self.query_one(RunProgress).preview_step = None  # no preview: the step bar follows the run's progress
         self.query_one(LivePreview).show_finished(None if picture is None else picture.image, caption)
 
     def show_history(self, history: History) -> None:
