@@ -6,8 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from textual.widgets import Static
+from textual.widgets._footer import FooterKey
 
 from tests.tui_support import panel, running_server, wait_for
+from tui.app import AvatarApp
 from tui.screens.refill import RefillScreen
 from tui.widgets.live_preview import LivePreview
 from tui.widgets.spend import SpendSummary
@@ -52,3 +54,22 @@ async def test_the_step_bar_and_the_preview_caption_say_the_same_step(tmp_path: 
                     seen.append((caption, str(app.main.query_one("#step-counts", Static).render())))
                 await pilot.pause(0.25)
             assert seen and all(caption == f"step {bar}" for caption, bar in seen), seen
+
+
+def footer_keys(app: AvatarApp) -> set[str]:
+    return {key.key_display or key.key for key in app.screen.query(FooterKey)}
+
+
+async def test_the_review_tab_says_when_the_gate_is_off_and_offers_no_key_that_does_nothing(tmp_path: Path) -> None:
+    with running_server(tmp_path) as server:  # [review] enabled = false, as shipped
+        app = panel(server.url)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await wait_for(pilot, lambda: app.main.status is not None, "the first status")
+            await pilot.press("v")
+            grid = app.main.review_grid
+            await wait_for(pilot, lambda: "safety gate is off" in str(grid.border_title), "the gate's word")
+            assert str(grid.border_title) == ("the safety gate is off (review.enabled = false): no image is held "
+                                              "back for review")
+            await pilot.pause()
+            keys = footer_keys(app)
+            assert "q" in keys and not keys & {"y", "d", "space"}, " ".join(sorted(keys))

@@ -260,6 +260,7 @@ class Status:
     paused_reason: str | None = None
     machine_notes: tuple[str, ...] = ()  # what the owner should know about the machine (a backstop off, ...)
     visitors: VisitorErrors = VisitorErrors()  # the visitor path's failures, told by the serving process
+    gate_on: bool | None = None  # whether the safety gate ([review] enabled) checks new images; None: not told
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -273,6 +274,7 @@ class Status:
             "next_check_at": time_json(self.next_check_at),
             "paused_reason": self.paused_reason,
             "visitors": self.visitors.to_json(),
+            **({} if self.gate_on is None else {"review": {"enabled": self.gate_on}}),
         }
 
     @classmethod
@@ -291,6 +293,7 @@ class Status:
                 next_check_at=_optional(data.get("next_check_at"), _time),
                 paused_reason=data.get("paused_reason"),
                 visitors=VisitorErrors.from_json(data.get("visitors") or {}),
+                gate_on=_optional((data.get("review") or {}).get("enabled"), bool),
             )
 
         return decode("status", convert, data)

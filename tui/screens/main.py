@@ -96,6 +96,7 @@ class MainScreen(Screen[None]):
         self.query_one(RunProgress).run = status.run
         self.query_one(LastRunSummary).last_run = status.last_run
         self.query_one(SpendSummary).status = status
+        self.review_grid.show_gate(status.gate_on)
         held = sum(level.held for level in status.buckets.values())
         self.query_one(TabbedContent).get_tab("review").label = f"Review ({held})" if held else "Review"
         if status.state != "generating" and self.query_one(LivePreview).live:
