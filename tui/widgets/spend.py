@@ -26,7 +26,7 @@ class SpendSummary(Widget):
 
     COMPONENT_CLASSES = {"spend--used", "spend--left", "spend--over", "spend--paused", "spend--warning"}
 
-    status: reactive[Status | None] = reactive(None)
+    status: reactive[Status | None] = reactive(None, layout=True)  # lines come and go: height follows
 
     class CheckDue(Message):
         """The next automatic check's time has passed. A check that starts no run sends no event, so only a
