@@ -6,11 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from textual.widgets import Static
-from textual.widgets._footer import FooterKey
 
-from tests.tui_support import panel, running_server, wait_for
-from tui.app import AvatarApp
-from tui.screens.refill import RefillScreen
+from tests.tui_support import footer_keys, panel, refill_everything, running_server, wait_for
 from tui.widgets.live_preview import LivePreview
 from tui.widgets.spend import SpendSummary
 
@@ -41,10 +38,7 @@ async def test_the_step_bar_and_the_preview_caption_say_the_same_step(tmp_path: 
     with running_server(tmp_path, paced) as server:
         app = panel(server.url)
         async with app.run_test(size=SIZE) as pilot:
-            await wait_for(pilot, lambda: app.main.status is not None, "the first status")
-            await pilot.press("r")
-            await wait_for(pilot, lambda: isinstance(app.screen, RefillScreen), "the refill dialog")
-            await pilot.press("enter")
+            await refill_everything(pilot, app)
             preview = app.main.query_one(LivePreview)
             await wait_for(pilot, lambda: preview.live, "a live preview", timeout=60)
             seen = []
@@ -54,10 +48,6 @@ async def test_the_step_bar_and_the_preview_caption_say_the_same_step(tmp_path: 
                     seen.append((caption, str(app.main.query_one("#step-counts", Static).render())))
                 await pilot.pause(0.25)
             assert seen and all(caption == f"step {bar}" for caption, bar in seen), seen
-
-
-def footer_keys(app: AvatarApp) -> set[str]:
-    return {key.key_display or key.key for key in app.screen.query(FooterKey)}
 
 
 async def test_the_review_tab_says_when_the_gate_is_off_and_offers_no_key_that_does_nothing(tmp_path: Path) -> None:
@@ -71,5 +61,5 @@ async def test_the_review_tab_says_when_the_gate_is_off_and_offers_no_key_that_d
             assert str(grid.border_title) == ("the safety gate is off (review.enabled = false): no image is held "
                                               "back for review")
             await pilot.pause()
-            keys = footer_keys(app)
+            keys = footer_keys(app).keys()
             assert "q" in keys and not keys & {"y", "d", "space"}, " ".join(sorted(keys))
