@@ -15,6 +15,8 @@ from avatargen.config import load_settings
 from avatargen.testing import avatargen_server, free_port
 from server.first_screen import DEMO_BUCKETS
 from tests.support import write_config
+from tests.tui_support import wait_for
+from tui.cli import build_parser, panel_for
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "discovery-token"
@@ -39,6 +41,17 @@ def test_status_finds_a_server_started_with_another_port(tmp_path: Path, workers
     assert not record.exists()  # removed at a clean exit
     # Once per uvicorn process, not once more for each simulated service running inside it.
     assert server.log_text().count("Started server process") == workers
+
+
+async def test_the_panel_finds_a_server_started_with_another_port(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    config = write_config(tmp_path, {"server.port": free_port()})
+    monkeypatch.setenv("AVATARGEN_ADMIN_TOKEN", TOKEN)
+    with avatargen_server(config, tmp_path / "server.log", token=TOKEN) as server:
+        app = panel_for(build_parser().parse_args(["--config", str(config), "--images", "halfcell"]))
+        assert app.client.url == server.url
+        async with app.run_test(size=(100, 30)) as pilot:
+            await wait_for(pilot, lambda: app.main.status is not None, "the server's status")
 
 
 def test_a_record_left_by_a_killed_server_is_ignored_and_the_message_suggests_url(tmp_path: Path) -> None:
