@@ -94,11 +94,22 @@ def check_http_url(url: str) -> str:
 
 def _placeholders_filled(url: str) -> str:
     """`url` with the machine placeholders the GPU provider fills at each start (`{public_ip}`, `{pod_id}`,
-    `{port:7860}`; see avatargen.gpu.address) standing in as a host part and a port, for checking the rest."""
+    `{port:7860}`; see avatargen.gpu.address) standing in as a host part and a port, for checking the rest.
+    A placeholder that is not written right is a ConfigError naming it (which ones a provider fills is
+    checked with the provider)."""
+    if "{" in (rest := _ANY_PLACEHOLDER.sub("", url)) or "}" in rest:
+        raise ConfigError(f"unbalanced brace in {url!r}: write a placeholder as {{public_ip}}, {{pod_id}} or "
+                          "{port:7860}", key="url")
+    for name in _ANY_PLACEHOLDER.findall(url):
+        if name.startswith("port:") and not (_PORT_NUMBER.fullmatch(name) and 0 < int(name[5:]) < 65536):
+            raise ConfigError(f"placeholder {{{name}}}: the machine's internal port must be a number from 1 to "
+                              "65535, as in {port:7860}", key="url")
     return _PLACEHOLDER.sub(lambda match: match.group(1) or "placeholder", url)
 
 
 _PLACEHOLDER = re.compile(r"\{(?:port:(\d+)|[^{}]*)\}")
+_ANY_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+_PORT_NUMBER = re.compile(r"port:\d{1,5}")
 
 
 def _check_service_url(url: str, key: str, credentials: str) -> None:

@@ -317,8 +317,10 @@ class VisitorService:
         return Response(
             placeholder_webp(self.settings.generator.image_size),
             media_type="image/webp",
-            # No Last-Modified: a revalidation would get a 304 and keep the placeholder for a whole day.
+            # Dated just outside the cache_max_age window: a revalidation with it gets an image, never a 304
+            # that would keep the placeholder for a whole day.
             headers={"Cache-Control": f"private, max-age={PLACEHOLDER_MAX_AGE}",
+                     "Last-Modified": formatdate(time.time() - self.max_age - 1, usegmt=True),
                      "X-Avatar-Kind": "placeholder", "X-Avatar-Id": "placeholder"},
         )
 

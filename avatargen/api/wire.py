@@ -289,6 +289,7 @@ class Status:
     machine_notes: tuple[str, ...] = ()  # what the owner should know about the machine (a backstop off, ...)
     visitors: VisitorErrors = VisitorErrors()  # the visitor path's failures, told by the serving process
     notifications: Notifications = Notifications()  # the owner's messages, sent by the generator's process
+    gate_on: bool | None = None  # whether the safety gate ([review] enabled) checks new images; None: not told
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -304,6 +305,7 @@ class Status:
             "paused_by": self.paused_by,
             "visitors": self.visitors.to_json(),
             "notifications": self.notifications.to_json(),
+            **({} if self.gate_on is None else {"review": {"enabled": self.gate_on}}),
         }
 
     @classmethod
@@ -324,6 +326,7 @@ class Status:
                 paused_by=data.get("paused_by"),
                 visitors=VisitorErrors.from_json(data.get("visitors") or {}),
                 notifications=Notifications.from_json(data.get("notifications") or {}),
+                gate_on=_optional((data.get("review") or {}).get("enabled"), bool),
             )
 
         return decode("status", convert, data)

@@ -171,7 +171,8 @@ def _nesting(value: Any) -> int:
 def parse_graph(document: Any) -> dict[str, dict[str, Any]]:
     """Check the shape of an API-format graph; WorkflowError says what is wrong with it."""
     if isinstance(document, dict) and isinstance(document.get("nodes"), list) and "links" in document:
-        raise WorkflowError('this is the UI format ("Save"); export the workflow with "Save (API)" instead')
+        raise WorkflowError('this is the UI format ("Save"); export the workflow with "Export (API)" instead '
+                            '(older ComfyUI: "Save (API Format)", shown once Dev mode is on)')
     if isinstance(document, dict) and isinstance(document.get("prompt"), dict):
         document = document["prompt"]  # a saved /prompt request body
     if not isinstance(document, dict) or not document:
@@ -487,6 +488,6 @@ def load_workflow(settings: Settings) -> Workflow:
             return find_workflow(name, nodes, sd.comfyui, negative=bool(sd.negative_prompt),
                                  checkpoint=bool(sd.checkpoint))
         except WorkflowError as exc:
-            raise WorkflowError(f"{path.name}: {exc}" if path else str(exc), exc.key) from None
+            raise WorkflowError(f"{path}: {exc}" if path else str(exc), exc.key) from None
     except WorkflowError as exc:
         raise ConfigError(str(exc), key=f"sd.comfyui.{exc.key}", file=settings.path) from None

@@ -3,9 +3,11 @@ rate, the next check; below them what the owner should act on (a machine's notes
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 
 from rich.text import Text
+from textual.message import Message
 from textual.reactive import reactive
 from textual.widget import Widget
 
@@ -14,6 +16,7 @@ from avatargen.durations import format_duration
 from tui.formatting import money, timestamp
 
 BUDGET_BAR = 10
+ASK_EVERY = 5.0  # seconds between asks for a newer status while a check is overdue
 
 
 class SpendSummary(Widget):
@@ -23,11 +26,26 @@ class SpendSummary(Widget):
 
     COMPONENT_CLASSES = {"spend--used", "spend--left", "spend--over", "spend--paused", "spend--warning"}
 
-    status: reactive[Status | None] = reactive(None)
+    status: reactive[Status | None] = reactive(None, layout=True)  # lines come and go: height follows
+
+    class CheckDue(Message):
+        """The next automatic check's time has passed. A check that starts no run sends no event, so only a
+        fresh status tells when the one after it is."""
 
     def on_mount(self) -> None:
+        self._asked = 0.0  # time.monotonic() of the last CheckDue
         # "next check in ..." is relative: keep it true as time passes.
-        self.auto_refresh = 1.0
+        self.set_interval(1.0, self._tick)
+
+    def _tick(self) -> None:
+        self.refresh()
+        status = self.status
+        if status is None or status.paused_reason or status.next_check_at is None:
+            return
+        overdue = datetime.now(UTC) > status.next_check_at
+        if overdue and time.monotonic() - self._asked >= ASK_EVERY:
+            self._asked = time.monotonic()
+            self.post_message(self.CheckDue())
 
     def render(self) -> Text:
         status = self.status
@@ -68,4 +86,6 @@ class SpendSummary(Widget):
         if status.next_check_at is None:
             return Text("no automatic check scheduled", "dim")
         wait = (status.next_check_at - datetime.now(UTC)).total_seconds()
+        if wait < 1:
+            return Text("automatic check due now", "dim")
         return Text(f"next automatic check in {format_duration(wait)}", "dim")
