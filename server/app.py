@@ -100,7 +100,7 @@ def create_app(settings: Settings) -> Starlette:
                                          backend=settings.sd.backend))
                         log.info("simulated GPU: %s API at %s, SD server (%s) at %s", simulated.api,
                                  simulated.api_url, settings.sd.backend, simulated.sd_url)
-                        provider = simulated.provider(settings.gpu)
+                        provider = simulated.provider(settings.gpu, data_dir=settings.server.data_dir)
                     else:
                         provider = make_provider(settings)
                     engine = Generator(settings, backend.buckets, provider, ledger, events)

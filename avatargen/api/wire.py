@@ -260,15 +260,19 @@ class Status:
     paused_reason: str | None = None
     machine_notes: tuple[str, ...] = ()  # what the owner should know about the machine (a backstop off, ...)
     visitors: VisitorErrors = VisitorErrors()  # the visitor path's failures, told by the serving process
+    endpoint: Mapping[str, Any] | None = None  # a serverless provider's phase, health and billing basis
 
     def to_json(self) -> dict[str, Any]:
+        gpu: dict[str, Any] = {"provider": self.provider, "machine_state": self.machine_state,
+                               "notes": list(self.machine_notes)}
+        if self.endpoint is not None:
+            gpu["endpoint"] = dict(self.endpoint)
         return {
             "state": self.state,
             "run": None if self.run is None else self.run.to_json(),
             "last_run": None if self.last_run is None else self.last_run.to_json(),
             "buckets": levels_json(self.buckets),
-            "gpu": {"provider": self.provider, "machine_state": self.machine_state,
-                    "notes": list(self.machine_notes)},
+            "gpu": gpu,
             "cost": self.cost.to_json(),
             "next_check_at": time_json(self.next_check_at),
             "paused_reason": self.paused_reason,
@@ -291,6 +295,7 @@ class Status:
                 next_check_at=_optional(data.get("next_check_at"), _time),
                 paused_reason=data.get("paused_reason"),
                 visitors=VisitorErrors.from_json(data.get("visitors") or {}),
+                endpoint=gpu.get("endpoint") if isinstance(gpu.get("endpoint"), dict) else None,
             )
 
         return decode("status", convert, data)

@@ -41,7 +41,7 @@ from avatargen.redact import redact_url
 from avatargen.retry import backoff_delay
 from avatargen.sd.base import Generated, SdError, SdNotReady, SdProgress, quote, send
 from avatargen.sd.samplers import comfyui_sampler
-from avatargen.sd.workflow import Graph, Workflow
+from avatargen.sd.workflow import Graph, Workflow, job_graph
 
 log = logging.getLogger("avatargen.sd.comfyui")
 
@@ -233,12 +233,8 @@ class ComfyUiClient:
         """Queue the workflow with this prompt and the `[sd]` settings, wait for it, fetch its images."""
         self._start_listening()
         seed = random.randint(0, MAX_SEED) if seed < 0 else seed
-        settings = self._settings
-        graph = self._workflow.patched({
-            "prompt": prompt, "negative_prompt": settings.negative_prompt, "seed": seed, "steps": settings.steps,
-            "cfg": settings.cfg_scale, "sampler_name": self._sampler_name, "scheduler": self._scheduler,
-            "width": settings.width, "height": settings.height, "batch_size": count, "checkpoint": self._checkpoint,
-        })
+        graph = job_graph(self._workflow, self._settings, prompt=prompt, count=count, seed=seed,
+                          checkpoint=self._checkpoint)
         prompt_id = await self._queue(graph)
         try:
             entry = await self._finished(self._jobs[prompt_id])
