@@ -57,7 +57,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     warnings = settings_warnings(settings)
     if problem := review.missing_extra(settings.review):
         warnings.append(problem)
-    if settings.gpu.provider in ("paperspace", "runpod"):  # preflight made sure the key is there
+    if settings.gpu.provider in ("paperspace", "runpod", "runpod_serverless"):  # preflight made sure of the key
         try:
             warnings += asyncio.run(ask_provider(settings))
         except MachineError as exc:

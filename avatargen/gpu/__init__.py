@@ -28,7 +28,8 @@ from avatargen.gpu.serverless_api import ServerlessClient
 __all__ = [
     "OFF", "READY", "AlwaysOnProvider", "HourlyRate", "MachineError", "MachineTimeout", "MachineUnusable",
     "PaperspaceClient", "PaperspaceError", "PaperspaceProvider", "Provider", "RunPodClient", "RunPodError",
-    "RunPodProvider", "RunPodServerlessProvider", "api_provider", "ask_provider", "check_settings", "make_provider", "settings_warnings",
+    "RunPodProvider", "RunPodServerlessProvider", "api_provider", "ask_provider", "check_settings", "make_provider",
+    "settings_warnings",
 ]
 
 _PLACEHOLDERS = {"paperspace": paperspace.PLACEHOLDERS, "runpod": runpod.PLACEHOLDERS, "always_on": ()}

@@ -139,6 +139,8 @@ class RunPodServerlessProvider:
 
     async def machine_state(self) -> str:
         """"off" unless the journal lists jobs (a killed server's): then they are what is left to stop."""
+        if not self._endpoint.jobs:
+            self._endpoint.journal.reload()
         self._phase = LEFT_OVER if self._endpoint.journal else OFF
         return self._phase
 

@@ -104,6 +104,10 @@ class JobJournal:
         self.path = path
         self._entries: dict[str, float] = self._read()  # job id (or a pending key) -> when it was sent
 
+    def reload(self) -> None:
+        """Read the file again (at start-up, before anything is sent: what the last process left)."""
+        self._entries = self._read()
+
     def _read(self) -> dict[str, float]:
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
@@ -164,8 +168,8 @@ class WorkerTime:
     Each worker that ran a job of the run bills, rounded up to the second once: the `executionTime` of
     every job it ran, the `delayTime` of its first one (the worker boots while that job waits, and the boot
     is billed; a wait behind a busy worker or a warm worker's short delay is counted too, so this errs
-    high) and the endpoint's idle timeout after its last job. A job that names no worker counts as a worker
-    of its own (erring high again).
+    high) and the endpoint's idle timeout after its last job. A job that ran but names no worker counts as
+    a worker of its own (erring high again); one that never left the queue bills nothing we can know of.
     """
 
     idle_timeout: float
@@ -179,8 +183,10 @@ class WorkerTime:
     def add(self, status: dict[str, Any]) -> None:
         execution, delay = _ms(status.get("executionTime")), _ms(status.get("delayTime"))
         worker = status.get("workerId")
-        worker = worker if isinstance(worker, str) and worker else f"job-{status.get('id')}"
         self.jobs += 1
+        if not (isinstance(worker, str) and worker) and not execution:
+            return  # it never reached a worker (cancelled or purged in the queue): RunPod names none to bill
+        worker = worker if isinstance(worker, str) and worker else f"job-{status.get('id')}"
         if worker not in self.workers:
             self.workers[worker] = self.idle_timeout + delay / 1000
         self.workers[worker] += execution / 1000

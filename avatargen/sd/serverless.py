@@ -88,17 +88,16 @@ class ServerlessComfyUi:
         """Queue the job, in the journal before it goes and under its id once RunPod gave it."""
         endpoint, key = self._endpoint, uuid.uuid4().hex
         endpoint.journal.sending(key)
-        job_id: str | None = None
         try:
             answer = await endpoint.client.run({"workflow": graph})
-            given = answer.get("id")
-            if not isinstance(given, str) or not given:
-                raise SdError(200, f"the endpoint queued a job but sent no id: {quote(str(answer))}", retryable=True)
-            job_id = given
         except ServerlessError as exc:
-            raise _sd_error(exc) from exc
-        finally:
-            endpoint.journal.sent(key, job_id)
+            if exc.status is not None and not exc.retryable:  # refused: nothing was queued
+                endpoint.journal.sent(key, None)
+            raise _sd_error(exc) from exc  # else it may have been queued: the stop purges the queue
+        job_id = answer.get("id")
+        if not isinstance(job_id, str) or not job_id:
+            raise SdError(200, f"the endpoint queued a job but sent no id: {quote(str(answer))}", retryable=True)
+        endpoint.journal.sent(key, job_id)
         endpoint.seen(job_id, str(answer.get("status") or QUEUED))
         return job_id
 

@@ -406,7 +406,8 @@ def load_workflow(settings: Settings) -> Workflow:
         raise ConfigError(str(exc), key=f"sd.comfyui.{exc.key}", file=settings.path) from None
 
 
-def job_graph(workflow: Workflow, sd: SdSettings, *, prompt: str, count: int, seed: int, checkpoint: str) -> dict[str, Any]:
+def job_graph(workflow: Workflow, sd: SdSettings, *, prompt: str, count: int, seed: int,
+              checkpoint: str) -> dict[str, Any]:
     """The graph of one job: the workflow with this prompt, `count` images, `seed` and the `[sd]` settings
     written in, as ComfyUI's `/prompt` and a serverless worker's `input.workflow` both take it."""
     sampler_name, scheduler = comfyui_sampler(sd.sampler, sd.comfyui.scheduler)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import itertools
 import math
 import secrets
 import time
@@ -31,7 +30,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from avatargen.config import SimulatedSettings
-from avatargen.simulator.comfyui_nodes import SAMPLING_CLASSES, execution_order, png, resolve, run_node, sampled, validate
+from avatargen.simulator.comfyui_nodes import (
+    SAMPLING_CLASSES,
+    execution_order,
+    png,
+    resolve,
+    run_node,
+    sampled,
+    validate,
+)
 from avatargen.simulator.faults import Faults
 from avatargen.simulator.sdwebui import SLOW_FIRST_FACTOR, batch_factor
 from avatargen.simulator.service import SimRoute, api_fault, bearer_key_matches, simulated_app
@@ -90,7 +97,7 @@ class SimulatedServerless:
     """The endpoint's state (jobs, workers, billed seconds) and its Starlette app (`.app`).
 
     Tests read `completed` (positive prompts of the jobs that completed), `billed_seconds`, `jobs`,
-    `workers` and `peak_in_flight`; `cancelled` and `purged` count what the client took back.
+    `workers`, `workers_started` and `peak_in_flight`; `cancelled` and `purged` count what the client took back.
     """
 
     def __init__(self, settings: SimulatedSettings, faults: Faults, *, endpoint_id: str, api_key: str) -> None:
@@ -104,8 +111,8 @@ class SimulatedServerless:
         self.cancelled = 0
         self.purged = 0
         self.peak_in_flight = 0  # the most jobs queued or running at once
+        self.workers_started = 0
         self._billed = 0.0
-        self._names = itertools.count(1)
         self._first_job = True
         self._wake = asyncio.Event()
         self._dispatcher: asyncio.Task[None] | None = None
@@ -167,7 +174,8 @@ class SimulatedServerless:
         job_input = body.get("input") if isinstance(body, dict) else None
         if not isinstance(job_input, dict):
             return _error(400, "the body has no input object")
-        job = _Job(f"{secrets.token_hex(4)}-{secrets.token_hex(2)}-{secrets.token_hex(2)}-u1", job_input.get("workflow"))
+        job_id = f"{secrets.token_hex(4)}-{secrets.token_hex(2)}-{secrets.token_hex(2)}-u1"  # RunPod's style
+        job = _Job(job_id, job_input.get("workflow"))
         self.jobs[job.id] = job
         self.peak_in_flight = max(self.peak_in_flight, sum(job.status not in ENDED for job in self.jobs.values()))
         self._wake.set()
@@ -227,7 +235,8 @@ class SimulatedServerless:
             await self._wake.wait()
 
     def _start_worker(self) -> None:
-        worker = _Worker(f"simworker{next(self._names)}")
+        self.workers_started += 1
+        worker = _Worker(f"simworker{self.workers_started}")
         self.workers[worker.id] = worker
         worker.task = asyncio.create_task(self._live(worker))
 
@@ -259,7 +268,8 @@ class SimulatedServerless:
             self._end(job, "FAILED")
         else:
             job.output = {"images": [{"filename": f"ComfyUI_{index:05}_.png", "type": "base64",
-                                      "data": base64.b64encode(image).decode()} for index, image in enumerate(images, 1)]}
+                                      "data": base64.b64encode(image).decode()}
+                                     for index, image in enumerate(images, 1)]}
             self.completed.append(drawn)
             self._end(job, "COMPLETED")
         finally:
