@@ -22,6 +22,8 @@ from avatargen.simulator import SimulatedGpu
 from avatargen.simulator.serverless import SimulatedServerless
 from tests.simhelpers import sim_settings
 from tests.support import fast_settings, running_engine, wait_for_event, wait_until, write_config
+from tests.tui_support import panel, running_server, wait_for
+from tui.widgets.spend import SpendSummary
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY_ENV = "AVATARGEN_TEST_GPU_KEY"
@@ -184,3 +186,16 @@ async def test_check_config_asks_the_endpoint_and_refuses_the_web_ui_backend(tmp
     assert wrong_key.returncode == 2 and "refuses the API key" in wrong_key.stderr
     assert no_model.returncode == 2 and "sd.checkpoint" in no_model.stderr and "network volume" in no_model.stderr
     assert "Traceback" not in web_ui.stderr + wrong_key.stderr + no_model.stderr
+
+
+async def test_the_demo_on_the_simulated_endpoint_shows_its_workers_and_queue_in_the_panel(tmp_path: Path) -> None:
+    """`avatargen serve` with gpu.simulated.api = "runpod_serverless" (the shipped web UI backend left as it
+    is: the simulated endpoint is worker-comfyui), and the owner's panel on it."""
+    with running_server(tmp_path, {"gpu.simulated.api": "runpod_serverless"}) as server:
+        app = panel(server.url)
+        async with app.run_test(size=(120, 30)) as pilot:
+            spend = app.main.query_one(SpendSummary)
+            await wait_for(pilot, lambda: "jobs in queue" in str(spend.render()), "the endpoint's health line")
+            shown = str(spend.render())
+    assert "endpoint off (simulated_serverless)" in shown and "ours 0 of max 4" in shown
+    assert "cost estimated from worker time" in shown
