@@ -113,6 +113,7 @@ class SimulatedServerless:
         self.peak_in_flight = 0  # the most jobs queued or running at once
         self.workers_started = 0
         self._billed = 0.0
+        self._exact = 0.0
         self._first_job = True
         self._wake = asyncio.Event()
         self._dispatcher: asyncio.Task[None] | None = None
@@ -126,7 +127,7 @@ class SimulatedServerless:
                 SimRoute(base + "/health", self._health),
             ],
             faults=faults, gate=self._refuse, sim_gate=self._unauthorized, error=_error,
-            sim_routes=[SimRoute("/_sim/endpoint", self._report)],
+            sim_routes=[SimRoute("/_sim/endpoint", self._report), SimRoute("/_sim/machine", self._machine)],
         )
 
     @property
@@ -134,6 +135,12 @@ class SimulatedServerless:
         """Worker seconds RunPod would bill: each worker from start to stop, rounded up."""
         now = time.monotonic()
         return self._billed + sum(math.ceil(now - worker.started) for worker in self.workers.values())
+
+    @property
+    def worker_seconds(self) -> float:
+        """Worker seconds so far, before RunPod's rounding."""
+        now = time.monotonic()
+        return self._exact + sum(now - worker.started for worker in self.workers.values())
 
     @property
     def queued(self) -> list[_Job]:
@@ -213,6 +220,15 @@ class SimulatedServerless:
                         "initializing": len(workers) - len(ready), "ready": len(ready), "throttled": 0,
                         "unhealthy": 0}})
 
+    async def _machine(self, request: Request) -> Response:
+        """What the fault matrix reads of any simulated GPU: "off" once no job is queued or running (workers
+        idling out their idle timeout are the endpoint's own), and the worker seconds so far, unrounded (so
+        that time billed after a run shows as it accrues)."""
+        busy = any(job.status not in ENDED for job in self.jobs.values())
+        return JSONResponse({"id": self.endpoint_id, "state": "busy" if busy else "off",
+                             "billedSeconds": self.worker_seconds, "idleTimeout": self._settings.stop_delay,
+                             "workers": self.workers_started})
+
     async def _report(self, request: Request) -> Response:
         return JSONResponse({"id": self.endpoint_id, "billedSeconds": self.billed_seconds,
                              "workers": len(self.workers), "cancelled": self.cancelled, "purged": self.purged})
@@ -241,10 +257,13 @@ class SimulatedServerless:
         worker.task = asyncio.create_task(self._live(worker))
 
     async def _live(self, worker: _Worker) -> None:
-        """Boot (for ever under never_ready), then stay up until idle for the endpoint's idle timeout."""
+        """Boot (under never_ready: until no job waits any more, as RunPod scales an endpoint to its queue),
+        then stay up until idle for the endpoint's idle timeout."""
         try:
             if "never_ready" in self._faults:
-                await asyncio.Event().wait()
+                while self.queued:
+                    await asyncio.sleep(self._settings.stop_delay)
+                return
             await asyncio.sleep(self._settings.boot_delay)
             worker.ready.set()
             self._wake.set()
@@ -253,6 +272,7 @@ class SimulatedServerless:
                 await asyncio.sleep(self._settings.stop_delay if worker.busy else left)
         finally:
             self._billed += math.ceil(time.monotonic() - worker.started)
+            self._exact += time.monotonic() - worker.started
             self.workers.pop(worker.id, None)
 
     async def _execute(self, job: _Job, worker: _Worker) -> None:
