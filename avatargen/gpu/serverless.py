@@ -45,9 +45,9 @@ WAITING = "waiting for a worker"
 GENERATING = "generating"
 CANCELLING = "cancelling jobs"
 LEFT_OVER = "jobs left by an earlier run"
-BILLING_BASIS = ("estimate: per worker, the executionTime of its jobs, the delayTime of its first one (its cold "
-                 "start, erring high) and the endpoint's idle timeout, rounded up to the second, at gpu.hourly_cost "
-                 "per worker hour; RunPod's invoice is the truth")
+BILLING_BASIS = ("estimate: per worker, from its first job's start less that job's delayTime (its cold start) to "
+                 "its last job's end as seen here, plus the endpoint's idle timeout, rounded up to the second, at "
+                 "gpu.hourly_cost per worker hour; RunPod's invoice is the truth")
 
 
 class Endpoint:

@@ -165,31 +165,34 @@ class JobJournal:
 class WorkerTime:
     """Worker seconds RunPod bills for a run's jobs, estimated from their final statuses.
 
-    Each worker that ran a job of the run bills, rounded up to the second once: the `executionTime` of
-    every job it ran, the `delayTime` of its first one (the worker boots while that job waits, and the boot
-    is billed; a wait behind a busy worker or a warm worker's short delay is counted too, so this errs
-    high) and the endpoint's idle timeout after its last job. A job that ran but names no worker counts as
-    a worker of its own (erring high again); one that never left the queue bills nothing we can know of.
+    A worker is billed from its start to its stop, rounded up to the second: here from the start of its
+    first job less that job's `delayTime` (the worker boots while the job waits; a wait behind a busy worker
+    counts too, erring high), to the moment we saw its last job end (late by up to a poll, erring high),
+    plus the endpoint's idle timeout. Waits between its jobs are inside that span, as they are billed. A job
+    that ran but names no worker counts as a worker of its own; one that never left the queue bills nothing
+    we can know of, nor does a worker that started for a job another worker then took.
     """
 
     idle_timeout: float
-    workers: dict[str, float] = field(default_factory=dict)  # worker id -> its billed seconds so far, unrounded
+    spans: dict[str, tuple[float, float]] = field(default_factory=dict)  # worker id -> (started, last job seen ended)
     jobs: int = 0
 
     @property
     def seconds(self) -> float:
-        return float(sum(math.ceil(seconds) for seconds in self.workers.values()))
+        return float(sum(math.ceil(end - start + self.idle_timeout) for start, end in self.spans.values()))
 
-    def add(self, status: dict[str, Any]) -> None:
+    def add(self, status: dict[str, Any], seen_at: float | None = None) -> None:
+        """A job's final status, read at `seen_at` (default: now)."""
+        seen_at = time.time() if seen_at is None else seen_at
         execution, delay = _ms(status.get("executionTime")), _ms(status.get("delayTime"))
         worker = status.get("workerId")
         self.jobs += 1
         if not (isinstance(worker, str) and worker) and not execution:
             return  # it never reached a worker (cancelled or purged in the queue): RunPod names none to bill
         worker = worker if isinstance(worker, str) and worker else f"job-{status.get('id')}"
-        if worker not in self.workers:
-            self.workers[worker] = self.idle_timeout + delay / 1000
-        self.workers[worker] += execution / 1000
+        started = seen_at - (execution + delay) / 1000
+        first, last = self.spans.get(worker, (started, seen_at))
+        self.spans[worker] = (min(first, started), max(last, seen_at))
 
 
 def _ms(value: Any) -> float:

@@ -97,7 +97,8 @@ class SimulatedServerless:
     """The endpoint's state (jobs, workers, billed seconds) and its Starlette app (`.app`).
 
     Tests read `completed` (positive prompts of the jobs that completed), `billed_seconds`, `jobs`,
-    `workers`, `workers_started` and `peak_in_flight`; `cancelled` and `purged` count what the client took back.
+    `workers`, `workers_started`, `busy_seconds` and `peak_in_flight`; `cancelled` and `purged` count what
+    the client took back.
     """
 
     def __init__(self, settings: SimulatedSettings, faults: Faults, *, endpoint_id: str, api_key: str) -> None:
@@ -112,6 +113,7 @@ class SimulatedServerless:
         self.purged = 0
         self.peak_in_flight = 0  # the most jobs queued or running at once
         self.workers_started = 0
+        self.busy_seconds = 0.0  # time workers spent running jobs
         self._billed = 0.0
         self._exact = 0.0
         self._first_job = True
@@ -295,6 +297,7 @@ class SimulatedServerless:
         finally:
             worker.busy = False
             worker.idle_since = time.monotonic()
+            self.busy_seconds += worker.idle_since - job.started_at
             self._wake.set()
 
     async def _comfyui(self, workflow: Any) -> tuple[list[bytes], str]:
