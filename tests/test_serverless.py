@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,11 +19,9 @@ from avatargen.simulator import SimulatedGpu
 from avatargen.simulator.serverless import SimulatedServerless
 from tests.simhelpers import sim_settings
 from tests.support import fast_settings, running_engine, wait_for_event, wait_until, write_config
+from tests.test_generator_providers import KEY_ENV, check_config
 from tests.tui_support import panel, running_server, wait_for
 from tui.widgets.spend import SpendSummary
-
-ROOT = Path(__file__).resolve().parent.parent
-KEY_ENV = "AVATARGEN_TEST_GPU_KEY"
 
 
 def serverless_settings(tmp_path: Path, **overrides: object) -> Settings:
@@ -162,12 +157,6 @@ async def test_rate_limits_and_server_errors_of_the_api_are_retried(tmp_path: Pa
             engine.refill(["unique"])
             run, _phases = await run_to_end(engine, subscription)
     assert run["outcome"] == "completed" and run["done"] == 4
-
-
-def check_config(config: Path, key: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "server.cli", "check-config", "--config", str(config)],
-                          capture_output=True, text=True, cwd=ROOT, timeout=60, check=False,
-                          env={**os.environ, KEY_ENV: key})
 
 
 async def test_check_config_asks_the_endpoint_and_refuses_the_web_ui_backend(tmp_path: Path) -> None:

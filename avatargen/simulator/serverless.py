@@ -41,7 +41,7 @@ from avatargen.simulator.comfyui_nodes import (
 )
 from avatargen.simulator.faults import Faults
 from avatargen.simulator.sdwebui import SLOW_FIRST_FACTOR, batch_factor
-from avatargen.simulator.service import SimRoute, api_fault, bearer_key_matches, simulated_app
+from avatargen.simulator.service import SimRoute, bearer_key_matches, refuse_runpod_request, simulated_app
 
 MAX_WORKERS = 3
 TIMEOUT_AFTER = 0.05  # seconds a job runs before the serverless_timeout fault ends it
@@ -161,13 +161,9 @@ class SimulatedServerless:
         return None if bearer_key_matches(request, self._api_key) else _error(401, "Unauthorized")
 
     def _refuse(self, request: Request) -> Response | None:
-        if refusal := self._unauthorized(request):
+        """The answer for a request that does not get through (bad key, injected fault, unknown job), else None."""
+        if refusal := refuse_runpod_request(request, self._api_key, self._faults, _error):
             return refusal
-        if status := api_fault(self._faults):
-            response = _error(status, "rate limit exceeded" if status == 429 else "internal server error")
-            if status == 429:
-                response.headers["Retry-After"] = "1"
-            return response
         job_id = request.path_params.get("job_id")
         if job_id is not None and job_id not in self.jobs:
             return _error(404, f"job {job_id} not found")
