@@ -188,3 +188,32 @@ async def test_the_demo_on_the_simulated_endpoint_shows_its_workers_and_queue_in
             shown = str(spend.render())
     assert "endpoint off (simulated_serverless)" in shown and "ours 0 of max 4" in shown
     assert "cost estimated from worker time" in shown
+
+
+async def test_max_run_duration_ends_a_run_of_waiting_jobs_and_takes_them_all_back(tmp_path: Path) -> None:
+    settings = serverless_settings(tmp_path, gpu__simulated__faults=["never_ready"], gpu__ready_timeout="10m",
+                                   generator__max_run_duration="1s")
+    async with running_engine(settings) as (engine, gpu):
+        with engine.events.subscribe() as subscription:
+            engine.refill()
+            run, _phases = await run_to_end(engine, subscription)
+        endpoint = endpoint_of(gpu)
+        assert endpoint.jobs and all(job.status == "CANCELLED" for job in endpoint.jobs.values())
+    assert run["outcome"] == "failed" and "max_run_duration" in run["error"] and journal(settings) == {}
+
+
+async def test_the_daily_budget_counts_worker_time_and_stops_automatic_runs(tmp_path: Path) -> None:
+    # 3600 an hour is 1 a second: one run's worker seconds are more than a budget of 0.5.
+    settings = serverless_settings(tmp_path, gpu__daily_budget=0.5, buckets__unique__min=1)
+    async with running_engine(settings) as (engine, _gpu):
+        await wait_until(lambda: engine.last_run is not None and engine.state == "idle")  # the automatic run
+        assert engine.last_run is not None and engine.last_run.outcome == "completed"
+        spent = engine.status()["cost"]["today"]
+        for bucket in engine.buckets.values():  # below min again
+            for record in await bucket.newest(10):
+                await bucket.delete(record.id)
+        assert engine.auto_check() is None
+        paused = engine.status()["paused_reason"]
+        assert isinstance(engine.provider, Serverless)
+        assert spent == pytest.approx(engine.provider.worker_seconds(), abs=0.01) and spent >= 1
+        assert paused is not None and "daily budget reached" in paused
