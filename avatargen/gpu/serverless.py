@@ -66,9 +66,12 @@ class Endpoint:
         self.idle_timeout = idle_timeout
         self.health: Health | None = None
         self.observe: Callable[[str], None] | None = None  # the generator's ear for machine states
+        self.stopping = False
 
     @property
     def phase(self) -> str:
+        if self.stopping:
+            return CANCELLING
         states = set(self.jobs.values())
         if RUNNING in states:
             return GENERATING
@@ -159,6 +162,7 @@ class RunPodServerlessProvider:
     async def stop(self, on_state: Callable[[str], None]) -> None:
         watch = self._endpoint.observe = self._watch(on_state)
         if self._endpoint.jobs or self._endpoint.journal:
+            self._endpoint.stopping = True
             watch(CANCELLING)
         try:
             cancelled = await self._endpoint.cancel_all()
@@ -166,7 +170,7 @@ class RunPodServerlessProvider:
             raise MachineError(f"cannot cancel the jobs on {self._label} (they are billed while they run): {exc}"
                                ) from exc
         finally:
-            self._endpoint.observe = None
+            self._endpoint.observe, self._endpoint.stopping = None, False
         if cancelled:
             log.warning("%d job(s) cancelled on %s", cancelled, self._label)
         watch(OFF)
