@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -15,8 +17,10 @@ from avatargen.events import Subscription
 from avatargen.generator import Generator
 from avatargen.gpu.base import Serverless
 from avatargen.gpu.serverless_api import JOURNAL, JobJournal
+from avatargen.ledger import Entry
 from avatargen.simulator import SimulatedGpu
 from avatargen.simulator.serverless import SimulatedServerless
+from avatargen.storage.folders import FileLedger
 from tests.simhelpers import sim_settings
 from tests.support import fast_settings, running_engine, wait_for_event, wait_until, write_config
 from tests.test_generator_providers import KEY_ENV, check_config
@@ -54,7 +58,9 @@ def journal(settings: Settings) -> dict:
 
 
 async def test_a_run_reads_as_a_queue_and_bills_worker_time_with_at_most_max_in_flight_jobs(tmp_path: Path) -> None:
-    settings = serverless_settings(tmp_path, gpu__runpod_serverless__max_in_flight=1, generator__concurrency=3)
+    # Jobs of 0.3 s (10 steps of 30 ms): long enough for a status poll (20 ms) to find one IN_PROGRESS.
+    settings = serverless_settings(tmp_path, gpu__runpod_serverless__max_in_flight=1, generator__concurrency=3,
+                                   gpu__simulated__step_time="30ms")
     async with running_engine(settings) as (engine, gpu):
         endpoint = endpoint_of(gpu)
         with engine.events.subscribe() as subscription:
@@ -127,8 +133,10 @@ async def test_abort_cancels_every_job_and_purges_the_queue(tmp_path: Path) -> N
 
 async def test_jobs_a_killed_server_left_are_cancelled_at_the_next_start(tmp_path: Path) -> None:
     """The journal a server killed mid-run leaves behind (a job queued, a job whose id never came back)
-    is acted on before any run: the job is cancelled and the queue purged."""
+    is acted on before any run: the job is cancelled and the queue purged. The killed run's billing ends
+    where its jobs' activity did, not hours later when the server came back."""
     settings = serverless_settings(tmp_path, gpu__simulated__faults=["never_ready"])
+    crashed_at = time.time() - 2 * 3600
 
     async def leave_orphans(gpu: SimulatedGpu) -> None:
         earlier = gpu.provider(settings.gpu, data_dir=settings.server.data_dir)  # the killed server's
@@ -141,6 +149,10 @@ async def test_jobs_a_killed_server_left_are_cancelled_at_the_next_start(tmp_pat
         JobJournal(settings.server.data_dir / JOURNAL).sending("lost")  # killed while sending a second job
         await sd.aclose()
         await earlier.aclose()
+        os.utime(settings.server.data_dir / JOURNAL, (crashed_at, crashed_at))  # the server was down 2 hours
+        ledger = await FileLedger.open(settings.server.data_dir / "ledger.sqlite3")
+        await ledger.record([Entry("killed-run", crashed_at - 60, None, 3600.0)])  # its entry, left open
+        await ledger.aclose()
 
     async with running_engine(settings, before_start=leave_orphans) as (engine, gpu):
         assert len(journal(settings)) == 2
@@ -148,6 +160,8 @@ async def test_jobs_a_killed_server_left_are_cancelled_at_the_next_start(tmp_pat
         endpoint = endpoint_of(gpu)
         assert endpoint.cancelled == 1 and all(job.status == "CANCELLED" for job in endpoint.jobs.values())
         assert journal(settings) == {} and engine.status()["gpu"]["machine_state"] == "off"
+        billed = sum(day.billed_seconds for day in await engine.billing.history(2))
+    assert billed == pytest.approx(60, abs=2)  # the minute before the crash, not the two hours after it
 
 
 async def test_rate_limits_and_server_errors_of_the_api_are_retried(tmp_path: Path) -> None:

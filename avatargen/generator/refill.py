@@ -301,7 +301,7 @@ class Refill:
         provider, run = self._context.machine.provider, self.run
         if not isinstance(provider, Serverless) or run.billing_since is None:
             return
-        elapsed = max(1.0, (run.billing_until or time.time()) - run.billing_since)
+        elapsed = max(1e-3, (run.billing_until or time.time()) - run.billing_since)  # a run may take under 1 s
         run.hourly_cost = provider.hourly_rate().amount * provider.worker_seconds() / elapsed
         self._context.billing.reprice(run.id, run.hourly_cost)
 

@@ -113,6 +113,11 @@ class Serverless(Protocol):
         the cost is estimated."""
         ...
 
+    def last_activity(self) -> float | None:
+        """When a job of ours was last sent or seen ending, as the journal on disk says (None: never): for a
+        run a crash interrupted, the end of its billing, rather than the hour the server came back."""
+        ...
+
 
 class StateWatch:
     """Passes a machine state on to `on_state` only when it differs from the last one seen."""

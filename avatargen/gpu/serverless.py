@@ -191,6 +191,9 @@ class RunPodServerlessProvider:
     def worker_seconds(self) -> float:
         return self._endpoint.worker_time.seconds
 
+    def last_activity(self) -> float | None:
+        return self._endpoint.journal.changed_at
+
     def detail(self) -> dict[str, Any]:
         endpoint = self._endpoint
         return {"kind": "serverless", "endpoint_id": self._endpoint_id, "phase": self._phase,

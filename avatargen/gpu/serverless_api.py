@@ -125,6 +125,14 @@ class JobJournal:
         write_atomically(self.path, json.dumps({"jobs": self._entries}, indent=1).encode(), mode=0o600)
 
     @property
+    def changed_at(self) -> float | None:
+        """When the file was last written (a job sent or ended), None when there is none."""
+        try:
+            return self.path.stat().st_mtime
+        except FileNotFoundError:
+            return None
+
+    @property
     def job_ids(self) -> list[str]:
         """The ids of jobs that may still be queued or running (pending placeholders left out)."""
         return [key for key in self._entries if not key.startswith(PENDING)]
