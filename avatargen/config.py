@@ -26,8 +26,8 @@ from avatargen import wordlists
 from avatargen.durations import format_duration, parse_duration
 from avatargen.redact import redact_url
 
-PROVIDERS = ("paperspace", "runpod", "always_on", "simulated")
-PROVIDER_APIS = ("paperspace", "runpod")  # the cloud machine APIs avatargen speaks (and simulates)
+PROVIDERS = ("paperspace", "runpod", "runpod_serverless", "always_on", "simulated")
+PROVIDER_APIS = ("paperspace", "runpod", "runpod_serverless")  # the cloud GPU APIs avatargen speaks (and simulates)
 SIMULATED_WEBUIS = ("automatic1111", "forge")  # the web UIs the simulator can be: see avatargen.simulator.sdwebui
 SD_BACKENDS = ("a1111", "comfyui")
 BUCKET_NAMES = ("unique", "fallback")
@@ -239,6 +239,28 @@ class RunPodSettings:
 
 
 @dataclass(frozen=True)
+class RunPodServerlessSettings:
+    """[gpu.runpod_serverless]: a queue-based RunPod Serverless endpoint running worker-comfyui (see
+    avatargen.gpu.serverless): no machine to start or stop, workers billed per second while they run."""
+
+    endpoint_id: str = ""
+    api_url: str = "https://api.runpod.ai/v2"
+    api_key_env: str = "RUNPOD_API_KEY"
+    max_in_flight: int = _f(4, low=1, high=100)  # jobs queued or running at once: the owner's cap on parallel spend
+    idle_timeout: float = _f(5.0, kind="duration")  # the endpoint's idle timeout: billed after each worker's last job
+
+    def api_key(self) -> Secret:
+        return Secret(os.environ.get(self.api_key_env, ""))
+
+    def check(self) -> None:
+        _check_service_url(self.api_url, "api_url", f"the API key comes from the environment variable named by "
+                                                    f"api_key_env ({self.api_key_env})")
+        if "/" in self.endpoint_id:
+            raise ConfigError(f"an endpoint id, not a URL (got {self.endpoint_id!r}): the id shown on the endpoint's "
+                              "page, e.g. \"abc123xyz\"", key="endpoint_id")
+
+
+@dataclass(frozen=True)
 class SimulatedSettings:
     """The built-in GPU machine and SD web UI (demo mode); see avatargen.simulator."""
 
@@ -261,6 +283,7 @@ class GpuSettings:
     daily_budget: float = _f(5.0, low=0)
     paperspace: PaperspaceSettings = _f(PaperspaceSettings())
     runpod: RunPodSettings = _f(RunPodSettings())
+    runpod_serverless: RunPodServerlessSettings = _f(RunPodServerlessSettings())
     simulated: SimulatedSettings = _f(SimulatedSettings())
 
     def check(self) -> None:
@@ -268,6 +291,8 @@ class GpuSettings:
             raise ConfigError("required when provider = \"paperspace\"", key="paperspace.machine_id")
         if self.provider == "runpod" and not self.runpod.pod_id:
             raise ConfigError("required when provider = \"runpod\"", key="runpod.pod_id")
+        if self.provider == "runpod_serverless" and not self.runpod_serverless.endpoint_id:
+            raise ConfigError("required when provider = \"runpod_serverless\"", key="runpod_serverless.endpoint_id")
 
 
 @dataclass(frozen=True)

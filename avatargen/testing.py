@@ -27,6 +27,7 @@ import tomlkit
 
 START_TIMEOUT = 30.0
 SIM_KEY_ENV = "AVATARGEN_TEST_SIM_PAPERSPACE_KEY"
+SERVERLESS_CHECKPOINT = "cjs-dreambooth.safetensors"  # on the simulated endpoint's volume
 SIM_RETRIES, SIM_RETRY_PAUSE = 10, 0.1
 
 
@@ -211,7 +212,7 @@ class Simulator:
             self.process.wait(30)  # at nice 19 on a busy machine, it may wait a while for the CPU to exit
 
     def _request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-        url = self.info["api_url"].removesuffix("/v1") + path
+        url = self.info["api_url"].removesuffix("/v1").removesuffix("/v2") + path
         headers = {"Authorization": f"Bearer {self.info['api_key']}"}
         for _ in range(SIM_RETRIES):
             response = httpx.request(method, url, headers=headers, timeout=10, **kwargs)
@@ -230,6 +231,10 @@ class Simulator:
         """The config layer that points an avatargen server at this simulator (env: `env()`), exactly as at the
         real provider: a pod's web UI is reached on its TCP-exposed port."""
         api = self.info["api"]
+        if api == "runpod_serverless":  # worker-comfyui, with the model the simulated volume holds
+            return {"gpu": {"provider": api, api: {"api_url": self.info["api_url"], "api_key_env": SIM_KEY_ENV,
+                                                   "endpoint_id": self.info["machine_id"]}},
+                    "sd": {"backend": "comfyui", "checkpoint": SERVERLESS_CHECKPOINT}}
         machine = {"pod_id" if api == "runpod" else "machine_id": self.info["machine_id"]}
         sd_url = "http://{public_ip}:{port:7860}" if api == "runpod" else self.info["sd_url"]
         return {"gpu": {"provider": api, api: {"api_url": self.info["api_url"], "api_key_env": SIM_KEY_ENV, **machine}},

@@ -1,6 +1,6 @@
 """Fault matrix: every fault the simulated GPU can inject, one per run, and SIGKILL of the server in each run state,
-for each provider's API (Paperspace, RunPod) and each SD backend (the web UI API, ComfyUI); and storage faults,
-with the first API.
+for each provider's API (Paperspace, RunPod pods, RunPod Serverless) and each SD backend (the web UI API, ComfyUI);
+and storage faults, with the first API.
 
 The simulated GPU runs as a process of its own (a machine outlives any avatargen process), and every row
 gets a fresh `avatargen serve` process and data folder. A row is a manual refill of the unique bucket:
@@ -35,8 +35,13 @@ of 20, and of the ComfyUI rows only a representative part (`QUICK_COMFYUI`: Comf
 machine stopped from outside, SIGKILL while generating), so the test suite that runs it stays short: the
 SD server's other faults meet ComfyUI in the engine tests too.
 
-    python -m benchmarks.fault_matrix [--quick] [--jobs N] [--api paperspace|runpod ...] [--storage] [--comfyui]
-        [--money]
+A serverless endpoint has no machine: its rows' "machine" is "off" once no job is queued or running, and
+its workers may bill the endpoint's idle timeout after the run (RunPod bills it), nothing more. Its rows
+run its own faults (`faults.SERVERLESS`) and SIGKILL while generating or shutting down: the restart must
+cancel the jobs the killed server left and purge the queue.
+
+    python -m benchmarks.fault_matrix [--quick] [--jobs N] [--api paperspace|runpod|runpod_serverless ...]
+                                      [--storage] [--comfyui] [--money]
 """
 
 from __future__ import annotations
@@ -85,7 +90,8 @@ from benchmarks.report import print_machine, print_table
 from benchmarks.storage_faults import SqliteLock, fill, read_only, tmpfs
 
 KILL_STATES = ("booting", "generating", "shutting_down")
-APIS = ("paperspace", "runpod")  # rows of the first are named by their fault alone, the others' say the API
+# Rows of the first API are named by their fault alone, the others' say the API.
+APIS = ("paperspace", "runpod", "runpod_serverless")
 COMFYUI_ONLY = ("comfyui_validation", "comfyui_socket_drop")
 SD_FAULTS = ("sd_500", "sd_garbage", "sd_invalid_image", "sd_slow_first", "external_stop", *COMFYUI_ONLY)
 QUICK_COMFYUI = (*COMFYUI_ONLY, "external_stop")  # with SIGKILL while generating
@@ -104,6 +110,12 @@ FALLBACK_IMAGES = 5
 VISITOR_PAUSE = 0.02
 ROW_TIMEOUT = 60.0
 ERROR_QUOTE = 100  # characters of a run's error shown in the table
+
+
+def kill_states(api: str) -> tuple[str, ...]:
+    """The run states a row SIGKILLs the server in: a serverless run has no machine to boot (its booting is one
+    request), so its rows kill it generating (jobs out) and shutting down (jobs being cancelled)."""
+    return KILL_STATES[1:] if api == "runpod_serverless" else KILL_STATES
 
 
 class Visitors:
@@ -163,12 +175,13 @@ class Row:
     broken: int | None = None
     visitors: Visitors | None = None
     problems: list[str] = field(default_factory=list)
+    billed_allowed: float = 0.0005  # a serverless endpoint's workers bill their idle timeout after the last job
 
     def check(self) -> None:
         """Record what does not hold."""
         if self.machine not in ("off", "terminated"):
             self.problems.append(f"the machine is {self.machine}")
-        if self.billed_after is None or self.billed_after > 0.0005:
+        if self.billed_after is None or self.billed_after > self.billed_allowed:
             self.problems.append(f"billed after the stop: {self.billed_after}")
         if self.lost or self.broken:
             self.problems.append(f"{self.lost} images lost, {self.broken} half-written")
@@ -209,8 +222,12 @@ def after_images(count: int) -> EventTest:
     return test
 
 
-def kill_point(state: str, run_id: str) -> EventTest:
-    """The moment to SIGKILL the server: its machine billing while booting, images stored, or stopping."""
+def kill_point(state: str, run_id: str, api: str) -> EventTest:
+    """The moment to SIGKILL the server: its machine billing while booting, images stored (on a serverless
+    endpoint: a job of ours running, so the restart finds it in the journal), or stopping."""
+    if state == "generating" and api == "runpod_serverless":
+        return lambda event: isinstance(event, StateChange) and event.run is not None and event.run.id == run_id \
+            and event.machine_state == "generating"
     if state == "booting":
         return lambda event: isinstance(event, StateChange) and event.run is not None and event.run.id == run_id \
             and event.machine_state == "starting"
@@ -241,6 +258,8 @@ def settle(row: Row, simulator: Simulator, poll_every: float) -> None:
     row.machine = machine["state"]
     time.sleep(max(0.3, SETTLE_POLLS * poll_every))  # nothing happens here, and that is what is measured
     row.billed_after = simulator.machine()["billedSeconds"] - machine["billedSeconds"]
+    if "idleTimeout" in machine:  # a serverless endpoint: "off" is no job out; idle workers bill their timeout
+        row.billed_allowed = float(machine["idleTimeout"]) * int(machine["workers"]) + 0.0005
 
 
 class Matrix:
@@ -369,13 +388,15 @@ class Matrix:
                 # A visitor-only twin on the same folders: it answers visitors while the generator dies.
                 with self._server(config, "twin.log", simulator) as twin, Visitors(twin.url) as row.visitors:
                     run_id = admin.refill(["unique"]).id
-                    announced, _ = follow_run(admin, kill_point(state, run_id))
+                    announced, _ = follow_run(admin, kill_point(state, run_id, api))
                     server.kill()
                     left = simulator.machine()["state"]
                     with self._server(config, "restarted.log", simulator) as restarted:
                         Admin(restarted.url).wait_generator_started()  # after the start-up check stopped it
                         settle(row, simulator, self.poll_every)
-                        stopped = "no run is active: stopping it" in restarted.log_text()
+                        # whichever took the generator's seat: the restarted server or the visitor-only twin
+                        stopped = any("no run is active: stopping it" in service.log_text()
+                                      for service in (restarted, twin))
             finally:
                 server.stop()
             row.outcome = (f"killed while {state} (machine {left}); the restart "
@@ -569,7 +590,7 @@ def options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jobs", type=int, default=4, help="rows run at the same time (default 4); each row has "
                         "its own simulated GPU, server and folders")
     parser.add_argument("--api", action="append", choices=APIS,
-                        help="run the simulator-fault and SIGKILL rows of these provider APIs (default: both)")
+                        help="run the simulator-fault and SIGKILL rows of these provider APIs (default: all)")
     parser.add_argument("--storage", action="store_true",
                         help="run the storage-fault rows (with the first provider API)")
     parser.add_argument("--comfyui", action="store_true",
@@ -588,7 +609,7 @@ def main() -> int:
         everything = not args.api and not args.storage and not args.comfyui and not args.money
         futures = [future for api in (APIS if everything else args.api or ()) for future in (
             *(pool.submit(matrix.fault, api, fault) for fault in faults_for(api) if fault not in COMFYUI_ONLY),
-            *(pool.submit(matrix.kill, api, state) for state in KILL_STATES))]
+            *(pool.submit(matrix.kill, api, state) for state in kill_states(api)))]
         if everything or args.storage:
             futures += [pool.submit(matrix.storage, APIS[0], fault) for fault in STORAGE_FAULTS]
         if everything or args.comfyui:

@@ -125,7 +125,7 @@ def create_app(settings: Settings) -> Starlette:
                                          backend=settings.sd.backend))
                         log.info("simulated GPU: %s API at %s, SD server (%s) at %s", simulated.api,
                                  simulated.api_url, settings.sd.backend, simulated.sd_url)
-                        provider = simulated.provider(settings.gpu, fence=fence)
+                        provider = simulated.provider(settings.gpu, data_dir=settings.server.data_dir, fence=fence)
                     else:
                         provider = make_provider(settings, fence=fence)
                     engine = Generator(settings, backend.buckets, provider, ledger, events)

@@ -69,8 +69,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
         warnings += [f"[notify] urls: Apprise does not understand {url} (see `avatargen notify --test`)"
                      for url in not_understood(urls)]
-    if (provider := settings.gpu.provider) in ("paperspace", "runpod"):  # preflight made sure the key is there
-        vendor = settings.gpu.runpod if provider == "runpod" else settings.gpu.paperspace
+    if (provider := settings.gpu.provider) in ("paperspace", "runpod", "runpod_serverless"):  # preflight: the key
+        vendor = getattr(settings.gpu, provider)
         print(f"avatargen: asking the {provider} API at {vendor.api_url} about the machine "
               f"(at most {ASK_PROVIDER_WITHIN:g}s)...", file=sys.stderr, flush=True)
         try:

@@ -14,7 +14,7 @@ import pytest
 
 from avatargen.config import SD_BACKENDS
 from avatargen.simulator.faults import faults_for
-from benchmarks.fault_matrix import APIS, COMFYUI_ONLY, KILL_STATES, MONEY_ROWS, QUICK_COMFYUI, STORAGE_FAULTS
+from benchmarks.fault_matrix import APIS, COMFYUI_ONLY, MONEY_ROWS, QUICK_COMFYUI, STORAGE_FAULTS, kill_states
 
 ROOT = Path(__file__).resolve().parent.parent
 # Their own step of .ci/run, after the rest of the suite (`-m bench`): about a third of the suite's time.
@@ -53,7 +53,7 @@ TABLES = {
                                      "| fault | run outcome | machine at end | billed s after the end | images lost |",
                                      [f"| {row}{'' if api == APIS[0] else f' ({api})'} |" for row in (
                                          *(fault for fault in faults_for(api) if fault not in COMFYUI_ONLY),
-                                         *(f"SIGKILL while {state}" for state in KILL_STATES))])
+                                         *(f"SIGKILL while {state}" for state in kill_states(api)))])
        for api in APIS},  # one provider's rows at a time, so each run fits the test timeout
     "fault_matrix --comfyui": ("Fault matrix: one fault per run, SIGKILL in each run state",
                                "| fault | run outcome | machine at end | billed s after the end | images lost |",

@@ -290,15 +290,19 @@ class Status:
     visitors: VisitorErrors = VisitorErrors()  # the visitor path's failures, told by the serving process
     notifications: Notifications = Notifications()  # the owner's messages, sent by the generator's process
     gate_on: bool | None = None  # whether the safety gate ([review] enabled) checks new images; None: not told
+    endpoint: Mapping[str, Any] | None = None  # a serverless provider's phase, health and billing basis
 
     def to_json(self) -> dict[str, Any]:
+        gpu: dict[str, Any] = {"provider": self.provider, "machine_state": self.machine_state,
+                               "notes": list(self.machine_notes)}
+        if self.endpoint is not None:
+            gpu["endpoint"] = dict(self.endpoint)
         return {
             "state": self.state,
             "run": None if self.run is None else self.run.to_json(),
             "last_run": None if self.last_run is None else self.last_run.to_json(),
             "buckets": levels_json(self.buckets),
-            "gpu": {"provider": self.provider, "machine_state": self.machine_state,
-                    "notes": list(self.machine_notes)},
+            "gpu": gpu,
             "cost": self.cost.to_json(),
             "next_check_at": time_json(self.next_check_at),
             "paused_reason": self.paused_reason,
@@ -327,6 +331,7 @@ class Status:
                 visitors=VisitorErrors.from_json(data.get("visitors") or {}),
                 notifications=Notifications.from_json(data.get("notifications") or {}),
                 gate_on=_optional((data.get("review") or {}).get("enabled"), bool),
+                endpoint=gpu.get("endpoint") if isinstance(gpu.get("endpoint"), dict) else None,
             )
 
         return decode("status", convert, data)

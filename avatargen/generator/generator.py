@@ -27,7 +27,7 @@ from avatargen.generator.refill import Refill, RunContext
 from avatargen.generator.scheduler import Scheduler, unknown_levels
 from avatargen.generator.states import States
 from avatargen.generator.views import bucket_levels, cost_summary, history_view, state_change
-from avatargen.gpu.base import Provider
+from avatargen.gpu.base import Provider, Serverless
 from avatargen.run import Run, State, Trigger, utc
 from avatargen.storage.protocols import Ledger, StoredBucket
 
@@ -111,6 +111,7 @@ class Generator:
             next_check_at=utc(self.scheduler.next_check_at),
             paused_reason=self.paused_reason,
             paused_by=self.paused_by,
+            endpoint=self.provider.detail() if isinstance(self.provider, Serverless) else None,
         )
 
     def status(self) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from avatargen.generator.imaging_pool import Avatar, ImagingPool
 from avatargen.generator.machine import Machine
 from avatargen.generator.states import States
 from avatargen.generator.views import image_info
-from avatargen.gpu.base import MachineUnusable
+from avatargen.gpu.base import MachineUnusable, Serverless
 from avatargen.metrics import IMAGES_GENERATED
 from avatargen.prompts import compose
 from avatargen.retry import backoff_delay
@@ -162,8 +162,9 @@ class Refill:
             raise RunFailed(f"the safety gate cannot run, so the machine was not started: {problem}")
 
     async def _boot(self) -> SdBackend:
-        try:
-            connect = make_backend(self._settings)  # before the machine is paid for: a broken workflow costs nothing
+        provider = self._context.machine.provider
+        try:  # before the machine is paid for: a broken workflow costs nothing
+            connect = make_backend(self._settings, provider)
         except ConfigError as exc:
             raise RunFailed(str(exc)) from None
         run, gpu = self.run, self._settings.gpu
@@ -172,7 +173,6 @@ class Refill:
         if run.bills:
             run.billing_since = time.time()
             self._context.billing.start(run.id, run.billing_since, run.hourly_cost)
-        provider = self._context.machine.provider
         await provider.start()
         await provider.wait_ready(max(0.0, deadline - loop.time()), self._context.machine.observe)
         sd = connect(provider.sd_url())
@@ -309,9 +309,20 @@ class Refill:
             IMAGES_GENERATED.labels(bucket_name, "stored").inc()
             if self.run.bills:
                 self._context.billing.count_image(self.run.id)
+                self._bill_worker_time()
             event = NewImage(image_info(record), self._context.levels())
         self._context.events.publish(*encode_event(event))
         self._publish_progress()
+
+    def _bill_worker_time(self) -> None:
+        """A serverless run is billed its workers' time, not its own: spread over the run's time so far, that
+        is a rate (higher than one worker's with several working at once, far lower while jobs wait)."""
+        provider, run = self._context.machine.provider, self.run
+        if not isinstance(provider, Serverless) or run.billing_since is None:
+            return
+        elapsed = max(1e-3, (run.billing_until or time.time()) - run.billing_since)  # a run may take under 1 s
+        run.hourly_cost = provider.hourly_rate().amount * provider.worker_seconds() / elapsed
+        self._context.billing.reprice(run.id, run.hourly_cost)
 
     def _publish_progress(self) -> None:
         self._context.events.publish(*encode_event(self.run.view()))
@@ -373,6 +384,7 @@ class Refill:
         await self._context.machine.stop()
         if run.bills:
             run.billing_until = time.time()
+            self._bill_worker_time()
             self._context.billing.stop(run.id, run.billing_until)
         run.ended_at = time.time()
         self._context.ended(run)

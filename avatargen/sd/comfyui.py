@@ -41,7 +41,7 @@ from avatargen.redact import redact_url
 from avatargen.retry import backoff_delay
 from avatargen.sd.base import Generated, SdError, SdNotReady, SdProgress, quote, send
 from avatargen.sd.samplers import comfyui_sampler
-from avatargen.sd.workflow import Graph, Workflow, names_model_file
+from avatargen.sd.workflow import Graph, Workflow, job_graph, names_model_file
 
 log = logging.getLogger("avatargen.sd.comfyui")
 
@@ -50,6 +50,8 @@ SOCKET_POLL = 10.0  # ... while the socket is up: a safety net for messages a re
 SILENCE_TIMEOUT = 300.0  # a job running with no word about it for this long is stuck
 MAX_SEED = 2**32 - 1
 PREVIEW_IMAGE = 1  # binary WebSocket event: a preview frame of the job computing
+PREVIEW_IMAGE_WITH_METADATA = 4  # ... with the node and prompt it belongs to (ComfyUI 0.12, when asked for)
+FEATURE_FLAGS = json.dumps({"type": "feature_flags", "data": {"supports_preview_metadata": True}})
 _TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 _MAX_MESSAGE = 16 * 1024 * 1024  # preview frames are small; an `executed` message of a big batch is not
 
@@ -185,6 +187,7 @@ class ComfyUiClient:
         self._running: str | None = None  # the prompt ComfyUI executes now, when the socket said so
         self._step = (0, 0, 0.0)  # sampling step, steps, when the current sampler started
         self.preview: bytes | None = None  # the latest preview frame of our job (JPEG or PNG)
+        self.nodes: dict[str, dict[str, Any]] = {}  # progress_state of our job running: node id -> its progress
 
     def __repr__(self) -> str:
         return f"ComfyUiClient({self._shown_url!r}, workflow={self._workflow.name!r})"
@@ -264,12 +267,8 @@ class ComfyUiClient:
         """Queue the workflow with this prompt and the `[sd]` settings, wait for it, fetch its images."""
         self._start_listening()
         seed = random.randint(0, MAX_SEED) if seed < 0 else seed
-        settings = self._settings
-        graph = self._workflow.patched({
-            "prompt": prompt, "negative_prompt": settings.negative_prompt, "seed": seed, "steps": settings.steps,
-            "cfg": settings.cfg_scale, "sampler_name": self._sampler_name, "scheduler": self._scheduler,
-            "width": settings.width, "height": settings.height, "batch_size": count, "checkpoint": self._checkpoint,
-        })
+        graph = job_graph(self._workflow, self._settings, prompt=prompt, count=count, seed=seed,
+                          checkpoint=self._checkpoint)
         prompt_id = await self._queue(graph)
         try:
             entry = await self._finished(self._jobs[prompt_id])
@@ -428,6 +427,7 @@ class ComfyUiClient:
                                        process_exception=_retry_any, reconnect_delays=_reconnect_delays):
             self._socket_up = True
             try:
+                await websocket.send(FEATURE_FLAGS)  # previews then say whose they are; older servers ignore it
                 await self._read(websocket)
             except WebSocketException as exc:
                 log.info("ComfyUI socket dropped (%s); polling the history until it is back", exc)
@@ -460,6 +460,7 @@ class ComfyUiClient:
             elif isinstance(prompt_id, str):
                 if prompt_id != self._running:
                     self.preview = None  # the last job's picture is not this one's
+                    self.nodes = {}
                 self._running = prompt_id
         elif kind == "progress":
             job = job or self._jobs.get(self._running or "")  # older ComfyUI sends no prompt_id here
@@ -468,6 +469,8 @@ class ComfyUiClient:
                 step, _, started = self._step
                 fresh = value <= step or not started  # a new sampler (or the first message we see of it)
                 self._step = (value, steps, time.monotonic() if fresh else started)
+        elif kind == "progress_state" and job is not None and isinstance(data.get("nodes"), dict):
+            self.nodes = {str(node): _obj(state) for node, state in data["nodes"].items()}
         elif kind in ("execution_success", "execution_error", "execution_interrupted") and job is not None:
             if kind != "execution_success":
                 job.failure = (kind, data)
@@ -477,10 +480,25 @@ class ComfyUiClient:
             job.hear()
 
     def _on_frame(self, frame: bytes) -> None:
-        """A binary message: a preview frame (event 1) of the job running, 4-byte event and format first."""
-        if len(frame) > 8 and struct.unpack(">I", frame[:4])[0] == PREVIEW_IMAGE and self._running in self._jobs:
+        """A binary message: a preview frame of the job running. Event 1: 4-byte event and format, then the
+        image, which is taken to be the running job's; event 4: 4-byte event and metadata length, the metadata
+        (JSON, with the prompt id), then the image, kept only when the job is ours."""
+        if len(frame) <= 8:
+            return
+        event, size = struct.unpack(">II", frame[:8])
+        if event == PREVIEW_IMAGE and self._running in self._jobs:
             self.preview = frame[8:]
             self._jobs[self._running or ""].hear()
+        elif event == PREVIEW_IMAGE_WITH_METADATA:
+            try:
+                prompt_id = _obj(json.loads(frame[8:8 + size])).get("prompt_id")
+            except ValueError:
+                return
+            if isinstance(prompt_id, str) and prompt_id in self._jobs:
+                if prompt_id != self._running:
+                    self._running = prompt_id
+                self.preview = frame[8 + size:]
+                self._jobs[prompt_id].hear()
 
     # --- HTTP --------------------------------------------------------------------------------------------
 

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from avatargen.config import ComfyUiSettings, ConfigError, Settings
+from avatargen.config import ComfyUiSettings, ConfigError, SdSettings, Settings
+from avatargen.sd.samplers import comfyui_sampler
 
 Target = tuple[str, str]  # (node id, input name)
 
@@ -491,3 +492,15 @@ def load_workflow(settings: Settings) -> Workflow:
             raise WorkflowError(f"{path}: {exc}" if path else str(exc), exc.key) from None
     except WorkflowError as exc:
         raise ConfigError(str(exc), key=f"sd.comfyui.{exc.key}", file=settings.path) from None
+
+
+def job_graph(workflow: Workflow, sd: SdSettings, *, prompt: str, count: int, seed: int,
+              checkpoint: str) -> dict[str, Any]:
+    """The graph of one job: the workflow with this prompt, `count` images, `seed` and the `[sd]` settings
+    written in, as ComfyUI's `/prompt` and a serverless worker's `input.workflow` both take it."""
+    sampler_name, scheduler = comfyui_sampler(sd.sampler, sd.comfyui.scheduler)
+    return workflow.patched({
+        "prompt": prompt, "negative_prompt": sd.negative_prompt, "seed": seed, "steps": sd.steps,
+        "cfg": sd.cfg_scale, "sampler_name": sampler_name, "scheduler": scheduler,
+        "width": sd.width, "height": sd.height, "batch_size": count, "checkpoint": checkpoint,
+    })
