@@ -141,7 +141,8 @@ class SimulatedComfyUi:
     """
 
     def __init__(self, settings: SimulatedSettings, faults: Faults, *, auth: tuple[str, str] | None = None,
-                 token: str | None = None, after_delivery: Callable[[], Awaitable[None]] | None = None) -> None:
+                 token: str | None = None, after_delivery: Callable[[], Awaitable[None]] | None = None,
+                 jobs_api: bool = True) -> None:
         self._settings = settings
         self._faults = faults
         self._auth = auth
@@ -181,8 +182,13 @@ class SimulatedComfyUi:
             Route("/free", self._free, methods=["POST"]),
             Route("/_sim/faults", self._faults_route, methods=["GET", "PUT"]),
         ]
-        # ComfyUI serves every route under /api too (its frontend uses those); either may be in sd.url.
-        self.app = Starlette(routes=[*routes, Mount("/api", routes=list(routes))])
+        # ComfyUI serves every route under /api too (its frontend uses those); either may be in sd.url. The
+        # jobs routes are only there (jobs_api=False: a ComfyUI from before them, which answers 404).
+        jobs = [Route("/jobs", self._jobs, methods=["GET"]),
+                Route("/jobs/cancel", self._cancel_jobs, methods=["POST"]),
+                Route("/jobs/{job_id}", self._job, methods=["GET"]),
+                Route("/jobs/{job_id}/cancel", self._cancel_job, methods=["POST"])] if jobs_api else []
+        self.app = Starlette(routes=[*routes, Mount("/api", routes=[*jobs, *routes])])
 
     @property
     def queue_length(self) -> int:
@@ -506,6 +512,82 @@ class SimulatedComfyUi:
             "meta": {node_id: {"node_id": node_id, "display_node": node_id, "parent_node": None,
                                "real_node_id": node_id} for node_id in outputs},
         })
+
+    # --- /api/jobs: the queue and the history as one list of jobs (ComfyUI 0.6 and later) ----------------
+
+    def _job_view(self, prompt_id: str, *, details: bool) -> dict[str, Any] | None:
+        """A job as `/api/jobs` shows it: `id`, `status` (pending, in_progress, completed, failed), its queue
+        number and, in the details of an ended one, `outputs` and `execution_status` (the history's status)."""
+        queued = [(job, "pending") for job in self._pending]
+        if self._running is not None:
+            queued.insert(0, (self._running, "in_progress"))
+        for job, status in queued:
+            if job.prompt_id == prompt_id:
+                return {"id": prompt_id, "status": status, "priority": job.number, "outputs_count": 0}
+        entry = self._history.get(prompt_id)
+        if entry is None:
+            return None
+        status = "failed" if entry["status"]["status_str"] == "error" else "completed"
+        view = {"id": prompt_id, "status": status, "priority": entry["prompt"][0],
+                "outputs_count": sum(len(output.get("images", [])) for output in entry["outputs"].values())}
+        return {**view, "outputs": entry["outputs"], "execution_status": entry["status"]} if details else view
+
+    def _job_ids(self) -> list[str]:
+        running = [self._running.prompt_id] if self._running is not None else []
+        return [*running, *(job.prompt_id for job in self._pending), *reversed(self._history)]
+
+    async def _jobs(self, request: Request) -> Response:
+        if refusal := self._refuse(request):
+            return refusal
+        wanted = set(filter(None, request.query_params.get("status", "").split(",")))
+        views = [view for prompt_id in self._job_ids()
+                 if (view := self._job_view(prompt_id, details=False)) and (not wanted or view["status"] in wanted)]
+        try:
+            offset = max(0, int(request.query_params.get("offset", 0)))
+            limit = int(request.query_params["limit"]) if "limit" in request.query_params else len(views)
+        except ValueError:
+            return JSONResponse({"error": "limit and offset must be integers"}, status_code=400)
+        page = views[offset:offset + max(0, limit)]
+        return JSONResponse({"jobs": page, "pagination": {"offset": offset, "limit": limit, "total": len(views),
+                                                          "has_more": offset + len(page) < len(views)}})
+
+    async def _job(self, request: Request) -> Response:
+        if refusal := self._refuse(request):
+            return refusal
+        view = self._job_view(request.path_params["job_id"], details=True)
+        return JSONResponse(view) if view is not None else JSONResponse({"error": "Job not found"}, status_code=404)
+
+    def _cancel(self, prompt_id: str) -> bool:
+        """Take a job off the queue, or interrupt it when it runs; False when it is neither."""
+        if self._running is not None and self._running.prompt_id == prompt_id:
+            self._running.interrupted = True
+            return True
+        kept = [job for job in self._pending if job.prompt_id != prompt_id]
+        cancelled, self._pending = len(kept) < len(self._pending), kept
+        return cancelled
+
+    async def _cancel_job(self, request: Request) -> Response:
+        """200 whatever the job's state: one that ended, or that nobody knows, has nothing left to cancel."""
+        if refusal := self._refuse(request):
+            return refusal
+        prompt_id = request.path_params["job_id"]
+        return JSONResponse({"id": prompt_id, "cancelled": self._cancel(prompt_id)})
+
+    async def _cancel_jobs(self, request: Request) -> Response:
+        """`{"job_ids": [...]}`: all or nothing, 404 when one of them is unknown."""
+        if refusal := self._refuse(request):
+            return refusal
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            body = None
+        ids = body.get("job_ids") if isinstance(body, dict) else None
+        if not isinstance(ids, list) or not all(isinstance(prompt_id, str) for prompt_id in ids):
+            return JSONResponse({"error": "job_ids must be a list of job ids"}, status_code=400)
+        unknown = [prompt_id for prompt_id in ids if self._job_view(prompt_id, details=False) is None]
+        if unknown:
+            return JSONResponse({"error": f"unknown job ids: {', '.join(unknown)}"}, status_code=404)
+        return JSONResponse({"cancelled": [prompt_id for prompt_id in ids if self._cancel(prompt_id)]})
 
     # --- results -------------------------------------------------------------------------------------
 
