@@ -57,8 +57,12 @@ def pixels(data: str | bytes) -> tuple[tuple[int, int], bytes]:
         return image.size, image.convert("RGB").tobytes()
 
 
-async def test_images_are_drawn_from_the_prompt_seed_and_size_written_into_the_graph() -> None:
-    async with comfyui() as (sim, url), client(url, settings(negative_prompt="blurry")) as sd:
+JOBS_API = pytest.mark.parametrize("jobs_api", [True, False], ids=["api-jobs", "before-api-jobs"])
+
+
+@JOBS_API
+async def test_images_are_drawn_from_the_prompt_seed_and_size_written_into_the_graph(jobs_api: bool) -> None:
+    async with comfyui(jobs_api=jobs_api) as (sim, url), client(url, settings(negative_prompt="blurry")) as sd:
         await wait_sd_ready(sd)
         result = await sd.generate("A sketch of cjs, bokeh", count=2, seed=11)
     assert [pixels(image) for image in result.images] == [
@@ -67,6 +71,10 @@ async def test_images_are_drawn_from_the_prompt_seed_and_size_written_into_the_g
     assert result.metadata == {"backend": "comfyui", "workflow": BUILTIN_NAME, "model": "cjs-dreambooth.safetensors",
                                "sampler_name": "dpmpp_2m", "scheduler": "karras"}
     assert sim.completed == ["A sketch of cjs, bokeh"]
+    # the job is followed through /api/jobs/{id} where ComfyUI has it, else through /history/{id}
+    followed = {request.split("/")[-2] for request in sim.requests if request.startswith("GET") and
+                request.count("/") >= 2 and request.split("/")[-2] in ("history", "jobs")}
+    assert followed == ({"jobs"} if jobs_api else {"history"})
 
 
 async def test_an_owner_graph_with_loras_and_an_upscaler_gets_the_settings_in_the_right_nodes() -> None:
@@ -163,12 +171,14 @@ REFUSED = ["ComfyUI refused the workflow: node 3 (KSampler) input 'sampler_name'
 @pytest.mark.parametrize(("fault", "failures"), [  # each fault alternates between its shapes: (words, status)
     ("sd_500", [(OOM, None), (OOM, None)]),
     ("sd_garbage", [(["ComfyUI error 502 <html><body><h1>502 Bad Gateway</h1>nginx</body></html>"], 502),
-                    (["ComfyUI sent an unusable answer to /history/", "it is not JSON"], 200)]),
+                    (["ComfyUI sent an unusable answer to /", "it is not", "JSON"], 200)]),
     ("sd_invalid_image", [([NOT_AN_IMAGE, "\\x00not an"], 200), ([NOT_AN_IMAGE, "<html><bo"], 200)]),
     ("comfyui_validation", [(REFUSED, 400), (REFUSED, 400)]),
 ])
-async def test_failures_are_worded_for_the_owner(fault: str, failures: list[tuple[list[str], int | None]]) -> None:
-    async with comfyui(faults=[fault]) as (_, url), client(url) as sd:
+@JOBS_API
+async def test_failures_are_worded_for_the_owner(fault: str, failures: list[tuple[list[str], int | None]],
+                                                 jobs_api: bool) -> None:
+    async with comfyui(faults=[fault], jobs_api=jobs_api) as (_, url), client(url) as sd:
         await wait_sd_ready(sd)
         for words, status in failures:
             with pytest.raises(SdError) as info:
@@ -216,8 +226,9 @@ async def test_a_machine_stopped_from_outside_fails_the_next_job_clearly() -> No
             assert info.value.message.startswith(f"cannot reach ComfyUI at {gpu.sd_url}: ConnectError")
 
 
-async def test_cancel_deletes_our_queued_jobs_and_interrupts_the_running_one() -> None:
-    async with comfyui(sim_settings(step_time=0.05)) as (sim, url), client(url) as sd:
+@JOBS_API
+async def test_cancel_deletes_our_queued_jobs_and_interrupts_the_running_one(jobs_api: bool) -> None:
+    async with comfyui(sim_settings(step_time=0.05), jobs_api=jobs_api) as (sim, url), client(url) as sd:
         await wait_sd_ready(sd)
         jobs = [asyncio.create_task(sd.generate(f"A painting of cjs {index}", count=1)) for index in range(3)]
         await wait_until(lambda: sim.queue_length == 3)
@@ -231,6 +242,12 @@ async def test_cancel_deletes_our_queued_jobs_and_interrupts_the_running_one() -
             history = (await http.get(f"{url}/history")).json()
         [status] = [entry["status"] for entry in history.values()]  # the two others never ran
         assert status["status_str"] == "error" and status["messages"][-1][0] == "execution_interrupted"
+    cancels = [request for request in sim.requests if request.endswith("/cancel") or
+               request in ("POST /queue", "POST /interrupt")]
+    if jobs_api:  # one per job (the first is the probe's, of a made-up id): the server knows queued from running
+        assert len(cancels) == 4 and all(request.startswith("POST /api/jobs/") for request in cancels), cancels
+    else:
+        assert cancels == ["POST /queue", "POST /interrupt"]
 
 
 @pytest.mark.parametrize("proxy", ["basic", "bearer"])

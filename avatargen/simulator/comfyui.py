@@ -32,7 +32,7 @@ import struct
 import sys
 import time
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -137,7 +137,8 @@ class SimulatedComfyUi:
     """The simulated ComfyUI's state (queue, history, files, sockets, boot phase) and its Starlette app.
 
     Like `SimulatedSdWebUi`, tests may read `queue_length` (jobs waiting or running), `completed`
-    (positive prompts in the order their jobs finished) and `busy_seconds` (time spent running jobs).
+    (positive prompts in the order their jobs finished) and `busy_seconds` (time spent running jobs), and
+    `requests` (what the client asked for). `jobs_api=False` makes it a ComfyUI from before `/api/jobs`.
     """
 
     def __init__(self, settings: SimulatedSettings, faults: Faults, *, auth: tuple[str, str] | None = None,
@@ -153,6 +154,7 @@ class SimulatedComfyUi:
         self._files: OrderedDict[tuple[str, str, str], bytes] = OrderedDict()
         self._file_counter = itertools.count(1)
         self.completed: list[str] = []
+        self.requests: deque[str] = deque(maxlen=_KEEP * 4)  # "METHOD /path" of the latest requests, oldest first
         self.busy_seconds = 0.0
         self._sockets: dict[str, WebSocket] = {}
         self.preview_metadata: set[str] = set()  # clients that said supports_preview_metadata
@@ -214,7 +216,9 @@ class SimulatedComfyUi:
     # --- access ------------------------------------------------------------------------------------
 
     def _refuse(self, connection: HTTPConnection) -> Response | None:
-        """502 while ComfyUI is still starting, 401 without the reverse proxy's credentials, else None."""
+        """502 while ComfyUI is still starting, 401 without the reverse proxy's credentials, else None. Every
+        request passes here: its method and path (no query) go into `requests`, for tests."""
+        self.requests.append(f"{getattr(connection, 'method', 'GET')} {connection.url.path}")
         if time.monotonic() < self._mounted_at:
             return Response("<html><body><h1>502 Bad Gateway</h1>nginx</body></html>", status_code=502,
                             media_type="text/html")
@@ -555,6 +559,9 @@ class SimulatedComfyUi:
         if refusal := self._refuse(request):
             return refusal
         view = self._job_view(request.path_params["job_id"], details=True)
+        if view is not None and view["status"] not in ("pending", "in_progress") and (
+                garbled := self._garbled('{"id": "' + view["id"] + '", "outputs": {"9": {"im')):
+            return garbled
         return JSONResponse(view) if view is not None else JSONResponse({"error": "Job not found"}, status_code=404)
 
     def _cancel(self, prompt_id: str) -> bool:
@@ -599,13 +606,18 @@ class SimulatedComfyUi:
             return refusal
         prompt_id = request.path_params["prompt_id"]
         entry = self._history.get(prompt_id)
-        if entry is not None and (garbage := self._faults.hit("sd_garbage")) is not None:
-            if garbage % 2:
-                return Response("<html><body><h1>502 Bad Gateway</h1>nginx</body></html>", status_code=502,
-                                media_type="text/html")
-            return Response('{"' + prompt_id + '": {"outputs": {"9": {"images": [{"filename": "Comf',
-                            media_type="application/json")
+        if entry is not None and (garbled := self._garbled('{"' + prompt_id + '": {"outputs": {"9": {"im')):
+            return garbled
         return JSONResponse({prompt_id: entry} if entry is not None else {})
+
+    def _garbled(self, truncated: str) -> Response | None:
+        """The sd_garbage fault on an ended job's answer: a proxy's 502 page, then the answer cut short."""
+        if (garbage := self._faults.hit("sd_garbage")) is None:
+            return None
+        if garbage % 2:
+            return Response("<html><body><h1>502 Bad Gateway</h1>nginx</body></html>", status_code=502,
+                            media_type="text/html")
+        return Response(truncated + 'ages": [{"filename": "Comf', media_type="application/json")
 
     async def _view(self, request: Request) -> Response:
         if refusal := self._refuse(request):
