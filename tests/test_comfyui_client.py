@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import io
 import json
+import logging
 import struct
 import time
 from collections.abc import AsyncIterator
@@ -25,8 +26,9 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from avatargen.config import ComfyUiSettings, SdSettings
+from avatargen.journal import JobJournal
 from avatargen.sd import SdError, SdNotReady
-from avatargen.sd.comfyui import ComfyUiClient
+from avatargen.sd.comfyui import JOURNAL, ComfyUiClient
 from avatargen.sd.workflow import BUILTIN_GRAPH, BUILTIN_NAME, find_workflow
 from avatargen.simulator import Faults, LoopbackServer, SimulatedGpu
 from avatargen.simulator.comfyui import SimulatedComfyUi
@@ -479,3 +481,33 @@ async def test_a_preview_with_metadata_is_taken_only_for_a_prompt_of_ours() -> N
         await asyncio.gather(job, return_exceptions=True)
     assert preview == b"\xff\xd8\xffOURS"
     assert flags == [{"type": "feature_flags", "data": {"supports_preview_metadata": True}}]
+
+
+@JOBS_API
+async def test_jobs_an_earlier_client_left_on_comfyui_are_taken_off_at_the_next_probe(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, jobs_api: bool) -> None:
+    path = tmp_path / "data" / JOURNAL
+    async with comfyui(sim_settings(step_time=0.2), jobs_api=jobs_api) as (sim, url):  # 4 s a job
+        async with client(url, journal=JobJournal(path)) as first:
+            await wait_sd_ready(first)
+            jobs = [asyncio.create_task(first.generate(f"A painting of cjs {index}", count=1)) for index in range(3)]
+            await wait_until(lambda: sim.queue_length == 3)
+            for job in jobs:  # the process dies: nobody cancels anything
+                job.cancel()
+            await asyncio.gather(*jobs, return_exceptions=True)
+        sent = json.loads(path.read_text())["jobs"]
+        assert len(sent) == 3 and path.stat().st_mode & 0o777 == 0o600
+        JobJournal(path).add("made-up-0000")  # sent by a process killed before ComfyUI took it
+        assert sim.queue_length == 3
+
+        with caplog.at_level(logging.WARNING, logger="avatargen.sd.comfyui"):
+            async with client(url, journal=JobJournal(path)) as second:
+                await wait_sd_ready(second)
+                await wait_until(lambda: sim.queue_length == 0, timeout=5)
+                assert json.loads(path.read_text())["jobs"] == {}
+    assert sim.completed == []  # none of the three was computed to the end for nobody
+    [line] = [record.getMessage() for record in caplog.records if "never collected" in record.getMessage()]
+    assert "4 job(s) an earlier run sent and never collected" in line
+    assert "dropped from the queue" in line and "interrupted" in line
+    assert "made-up-0000 are unknown to ComfyUI" in line
+    assert all(prompt_id in line for prompt_id in sent)
