@@ -6,7 +6,9 @@ ComfyUI sends: `execution_start`, `execution_cached`, `executing` per node, `pro
 step with binary JPEG preview frames, `executed` for the outputs, then `execution_success` (or
 `execution_error`, `execution_interrupted`), the history entry, and `executing` with `node: null`.
 `/history`, `/view`, `/queue` (with deletion), `/interrupt`, `/object_info` and `/system_stats` answer
-as ComfyUI's do, so ComfyUI's own example API client runs against it unchanged.
+as ComfyUI's do, so ComfyUI's own example API client runs against it unchanged; so do `/api/jobs` (the
+queue and history as one list of jobs), `/api/jobs/{id}`, `/api/jobs/{id}/cancel` and `/api/jobs/cancel`,
+unless it is made a ComfyUI from before them (`jobs_api=False`).
 
 As ComfyUI 0.12 does, it also sends `progress_state` throughout a job (every node started so far, keyed
 by node id, with its value, max and state: running or finished), sends preview frames as
