@@ -16,7 +16,8 @@ from avatargen.config import Settings
 from avatargen.events import Subscription
 from avatargen.generator import Generator
 from avatargen.gpu.base import Serverless
-from avatargen.gpu.serverless_api import JOURNAL, JobJournal
+from avatargen.gpu.serverless_api import JOURNAL
+from avatargen.journal import JobJournal
 from avatargen.ledger import Entry
 from avatargen.simulator import SimulatedGpu
 from avatargen.simulator.serverless import SimulatedServerless

@@ -4,7 +4,7 @@ A run "boots" by asking the endpoint's `/health` (the key and the endpoint id ar
 image request as a job (`avatargen.sd.serverless`), at most `max_in_flight` queued or running at once.
 Its machine state reads as the endpoint's phase for the run: "waiting for a worker" while our jobs are
 IN_QUEUE (a cold start happens there), "generating" while one is IN_PROGRESS. Stopping cancels every job
-of ours still out and purges the queue; a journal in the data folder (`serverless_api.JobJournal`)
+of ours still out and purges the queue; a journal in the data folder (`avatargen.journal.JobJournal`)
 lets the next start do the same for jobs a killed server left behind.
 
 The cost: `gpu.hourly_cost` is the price of an hour of one worker of the endpoint's GPU (RunPod's price
@@ -29,16 +29,17 @@ from avatargen.gpu.serverless_api import (
     QUEUED,
     RUNNING,
     Health,
-    JobJournal,
     ServerlessClient,
     ServerlessError,
     WorkerTime,
 )
+from avatargen.journal import JobJournal
 
 if TYPE_CHECKING:
     from avatargen.config import Settings
     from avatargen.sd.base import SdBackend
 
+UNREADABLE = "its jobs, if any, are purged with the queue at the next stop"  # for the journal's log line
 log = logging.getLogger("avatargen.gpu.serverless")
 
 WAITING = "waiting for a worker"
@@ -132,7 +133,8 @@ class RunPodServerlessProvider:
         self._endpoint_id = endpoint_id
         self._label = f"endpoint {endpoint_id}"
         self._hourly_cost = hourly_cost
-        self._endpoint = Endpoint(client, JobJournal(data_dir / JOURNAL), max_in_flight=max_in_flight,
+        journal = JobJournal(data_dir / JOURNAL, unreadable=UNREADABLE)
+        self._endpoint = Endpoint(client, journal, max_in_flight=max_in_flight,
                                   poll_every=poll_every, queue_timeout=queue_timeout, idle_timeout=idle_timeout)
         self._phase = OFF
         self.volume_checkpoint = ""  # the model a worker has when sd.checkpoint and the workflow name none

@@ -6,8 +6,8 @@ with `delayTime` and `executionTime` in milliseconds), `POST /cancel/{id}`, `POS
 queued job goes) and `GET /health` (workers idle and running, jobs in queue). Retries and errors are
 those of every cloud API client (`avatargen.gpu.api`).
 
-Our job ids are written to a journal in the data folder before a job is sent (a placeholder) and as
-soon as its id is known, and struck off once the job has ended: a server killed mid-run leaves the
+Our job ids are written to a journal in the data folder (`avatargen.journal`) before a job is sent (a
+placeholder) and as soon as its id is known, and struck off once the job has ended: a server killed mid-run leaves the
 journal behind, and the next start cancels what it lists and purges the queue instead of paying for
 jobs nobody will collect.
 
@@ -18,15 +18,12 @@ estimates it from what the job statuses say (see its docstring): an estimate, an
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from avatargen.files import write_atomically
 from avatargen.gpu.api import ApiError, CloudApiClient
 
 log = logging.getLogger("avatargen.gpu.serverless")
@@ -35,7 +32,6 @@ QUEUED, RUNNING = "IN_QUEUE", "IN_PROGRESS"
 COMPLETED, FAILED, CANCELLED, TIMED_OUT = "COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"
 ENDED = frozenset({COMPLETED, FAILED, CANCELLED, TIMED_OUT})
 JOURNAL = "runpod-serverless-jobs.json"
-PENDING = "pending"  # a job being sent: its id is not known yet
 
 
 class ServerlessError(ApiError):
@@ -95,78 +91,6 @@ class Health:
         return {"workers_idle": self.workers_idle, "workers_running": self.workers_running,
                 "workers_initializing": self.workers_initializing, "jobs_in_queue": self.jobs_in_queue,
                 "jobs_in_progress": self.jobs_in_progress}
-
-
-class JobJournal:
-    """Our jobs not known to have ended, in a file of the data folder (written atomically, owner only)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._entries: dict[str, float] = self._read()  # job id (or a pending key) -> when it was sent
-
-    def reload(self) -> None:
-        """Read the file again (at start-up, before anything is sent: what the last process left)."""
-        self._entries = self._read()
-
-    def _read(self) -> dict[str, float]:
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError) as exc:
-            log.error("the serverless job journal %s cannot be read (%s): its jobs, if any, are purged with the "
-                      "queue at the next stop", self.path, exc)
-            return {f"{PENDING}-unreadable": time.time()}
-        jobs = data.get("jobs") if isinstance(data, dict) else None
-        return {str(key): float(value) for key, value in jobs.items()} if isinstance(jobs, dict) else {}
-
-    def _write(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        write_atomically(self.path, json.dumps({"jobs": self._entries}, indent=1).encode(), mode=0o600)
-
-    @property
-    def changed_at(self) -> float | None:
-        """When the file was last written (a job sent or ended), None when there is none."""
-        try:
-            return self.path.stat().st_mtime
-        except FileNotFoundError:
-            return None
-
-    @property
-    def job_ids(self) -> list[str]:
-        """The ids of jobs that may still be queued or running (pending placeholders left out)."""
-        return [key for key in self._entries if not key.startswith(PENDING)]
-
-    @property
-    def has_unknown(self) -> bool:
-        """Whether a job was being sent when the server stopped: its id never came back, only a purge of the
-        queue can reach it."""
-        return any(key.startswith(PENDING) for key in self._entries)
-
-    def __bool__(self) -> bool:
-        return bool(self._entries)
-
-    def sending(self, key: str) -> None:
-        """A job is about to be sent (written first: the server may die before its id comes back)."""
-        self._entries[f"{PENDING}-{key}"] = time.time()
-        self._write()
-
-    def sent(self, key: str, job_id: str | None) -> None:
-        """The job was queued as `job_id` (None: it was not queued after all)."""
-        since = self._entries.pop(f"{PENDING}-{key}", time.time())
-        if job_id is not None:
-            self._entries[job_id] = since
-        self._write()
-
-    def ended(self, *job_ids: str) -> None:
-        for job_id in job_ids:
-            self._entries.pop(job_id, None)
-        self._write()
-
-    def forget_unknown(self) -> None:
-        """The queue was purged: jobs whose id never came back are gone (or ran; nothing can tell)."""
-        self._entries = {key: since for key, since in self._entries.items() if not key.startswith(PENDING)}
-        self._write()
 
 
 @dataclass

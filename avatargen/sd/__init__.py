@@ -28,11 +28,14 @@ def make_backend(settings: Settings, provider: Provider | None = None) -> Callab
     if isinstance(provider, Serverless):
         return provider.sd_backend(settings)
     if settings.sd.backend == "comfyui":
-        from avatargen.sd.comfyui import ComfyUiClient
+        from avatargen.journal import JobJournal
+        from avatargen.sd.comfyui import JOURNAL, ComfyUiClient
         from avatargen.sd.workflow import load_workflow
 
         workflow = load_workflow(settings)
-        return lambda url: ComfyUiClient(settings.sd, workflow, url=url)
+        journal = settings.server.data_dir / JOURNAL  # read by each client: what the clients before it left
+        return lambda url: ComfyUiClient(settings.sd, workflow, url=url, journal=JobJournal(
+            journal, unreadable="jobs an earlier run left on ComfyUI, if any, are not cancelled"))
     return lambda url: SdClient(settings.sd, url=url, live_previews=settings.generator.preview_every > 0)
 
 

@@ -10,6 +10,18 @@ drop, a proxy may buffer it, a reconnect may miss the end of a job. So a job is 
 the end, every `poll_every` while it is down, every `SOCKET_POLL` while it is up but quiet). The
 images come from `/view`.
 
+A recent ComfyUI (0.6 and later) also has `/api/jobs`: the queue and the history as one list of jobs, each
+with a `status` (pending, in_progress, completed, failed), and `GET /api/jobs/{id}` with an ended job's outputs;
+later ones (mid-2026) add `POST /api/jobs/{id}/cancel`, which dequeues a waiting job or interrupts the running
+one, whichever it is. The client asks once whether the server has them and then prefers them; an older server
+is followed through `/history`, `/queue` and `/interrupt` as before.
+
+Each prompt id is written to a journal in the data folder (`avatargen.journal`) before the job is sent and
+struck off when it ends. A client finds there the jobs an earlier one sent and never collected (a server
+killed mid-run, a run aborted while ComfyUI could not be reached) and, at its first successful probe, takes
+those still queued or running off ComfyUI, saying in the log which it dropped, so the GPU does not compute
+images nobody will collect (with `gpu.provider = "always_on"`, the only case where ComfyUI outlives us).
+
 Every failure is an `SdError` worded for the owner: a validation error names the node, the input and
 ComfyUI's message; an execution error names the node and the exception (out of memory); a job nobody
 reports on for `silence_timeout` is called stuck; an answer that is not an image says so.
@@ -37,6 +49,7 @@ from websockets.exceptions import WebSocketException
 
 from avatargen.config import SdSettings
 from avatargen.imaging import sniff_format
+from avatargen.journal import JobJournal
 from avatargen.redact import redact_url
 from avatargen.retry import backoff_delay
 from avatargen.sd.base import Generated, SdError, SdNotReady, SdProgress, quote, send
@@ -54,6 +67,8 @@ PREVIEW_IMAGE_WITH_METADATA = 4  # ... with the node and prompt it belongs to (C
 FEATURE_FLAGS = json.dumps({"type": "feature_flags", "data": {"supports_preview_metadata": True}})
 _TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 _MAX_MESSAGE = 16 * 1024 * 1024  # preview frames are small; an `executed` message of a big batch is not
+JOURNAL = "comfyui-jobs.json"  # in the data folder: our prompt ids, sent and not yet seen ending
+PENDING, RUNNING, ENDED, UNKNOWN = "pending", "in_progress", "ended", "unknown"  # a job's state on ComfyUI
 
 
 @dataclass
@@ -167,7 +182,8 @@ class ComfyUiClient:
     name = "comfyui"
 
     def __init__(self, settings: SdSettings, workflow: Workflow, *, url: str, http: httpx.AsyncClient | None = None,
-                 poll_every: float = POLL_EVERY, silence_timeout: float = SILENCE_TIMEOUT) -> None:
+                 poll_every: float = POLL_EVERY, silence_timeout: float = SILENCE_TIMEOUT,
+                 journal: JobJournal | None = None) -> None:
         self._settings = settings
         self._workflow = workflow
         self._url = url.rstrip("/")
@@ -188,6 +204,12 @@ class ComfyUiClient:
         self._step = (0, 0, 0.0)  # sampling step, steps, when the current sampler started
         self.preview: bytes | None = None  # the latest preview frame of our job (JPEG or PNG)
         self.nodes: dict[str, dict[str, Any]] = {}  # progress_state of our job running: node id -> its progress
+        self._journal = journal
+        self._left_behind = set(journal.job_ids) if journal is not None else set()  # sent by an earlier client
+        # `/api/jobs` sits under /api, whichever form sd.url has
+        self._jobs_path = "/jobs" if self._url.endswith("/api") else "/api/jobs"
+        self._jobs_api: bool | None = None  # GET /api/jobs and /api/jobs/{id}; None until the first probe asked
+        self._cancel_api = False  # POST /api/jobs/{id}/cancel
 
     def __repr__(self) -> str:
         return f"ComfyUiClient({self._shown_url!r}, workflow={self._workflow.name!r})"
@@ -209,6 +231,8 @@ class ComfyUiClient:
                 raise SdNotReady(f"ComfyUI is not ready: {exc.message}", exc.status) from exc
             raise
         self._start_listening()
+        await self._ask_jobs_api()
+        await self._drop_left_behind()
         loader = self._workflow.loader
         if loader is None:
             await self._check_model_files()
@@ -289,6 +313,8 @@ class ComfyUiClient:
         which may come before its answer to the POST). A ComfyUI too old to take it sends its own."""
         prompt_id = str(uuid.uuid4())
         self._jobs[prompt_id] = _Job(prompt_id)
+        if self._journal is not None:
+            self._journal.add(prompt_id)  # before it goes: we may be killed before ComfyUI answers
         try:
             response = await send(self._http, "POST", self._url + "/prompt", server=self._server,
                                   json={"prompt": graph, "client_id": self._client_id, "prompt_id": prompt_id})
@@ -296,8 +322,10 @@ class ComfyUiClient:
             if response.status_code == 400:
                 raise SdError(400, f"ComfyUI refused the workflow: {validation_text(body)}", retryable=False)
             self._raise_for_status(response, body)
-        except SdError:
+        except SdError as exc:
             del self._jobs[prompt_id]
+            if exc.status == 400:  # refused: nothing was queued (after any other failure, it may have been)
+                self._ended(prompt_id)
             raise
         given = _obj(body).get("prompt_id")
         if not isinstance(given, str) or not given:
@@ -306,6 +334,9 @@ class ComfyUiClient:
         if given != prompt_id:
             self._jobs[given] = self._jobs.pop(prompt_id)
             self._jobs[given].prompt_id = given
+            if self._journal is not None:
+                self._journal.add(given)
+            self._ended(prompt_id)
         return given
 
     async def _finished(self, job: _Job) -> dict[str, Any]:
@@ -321,13 +352,14 @@ class ComfyUiClient:
             entry = await self._history(job.prompt_id)
             if entry is not None:
                 self._jobs.pop(job.prompt_id, None)
+                self._ended(job.prompt_id)
                 return self._succeeded(job, entry)
             if time.monotonic() >= silent_until:
                 await self._still_queued(job)
 
     async def _still_queued(self, job: _Job) -> None:
         """A job nothing was heard of for `silence_timeout`: fine while it waits its turn, stuck otherwise."""
-        if job.prompt_id in _queued_ids(await self._json("GET", "/queue"), "queue_pending"):
+        if (await self._states({job.prompt_id}))[job.prompt_id] == PENDING:
             job.hear()
             return
         silence = round(self._silence_timeout)
@@ -351,6 +383,13 @@ class ComfyUiClient:
         raise SdError(None, f"ComfyUI reports job {job.prompt_id} as {status.get('status_str')!r}", retryable=True)
 
     async def _history(self, prompt_id: str) -> Mapping[str, Any] | None:
+        """The job's history entry once it has ended (from `/api/jobs/{id}` where the server has it), else None."""
+        if self._jobs_api:
+            job = await self._job(prompt_id)
+            if job is None or job.get("status") in (PENDING, RUNNING):
+                return None
+            failed = {"status_str": "success" if job.get("status") == "completed" else "error"}
+            return {"outputs": job.get("outputs"), "status": _obj(job.get("execution_status")) or failed}
         body = await self._json("GET", f"/history/{prompt_id}")
         if not isinstance(body, dict):
             raise SdError(200, f"ComfyUI sent an unusable history for job {prompt_id}: not an object", retryable=True)
@@ -400,19 +439,98 @@ class ComfyUiClient:
         """Take our pending jobs off ComfyUI's queue, then interrupt ours if it is the one running."""
         await self._cancel(set(self._jobs))
 
-    async def _cancel(self, mine: set[str]) -> None:
+    async def _cancel(self, mine: set[str], *, ended: bool = False) -> dict[str, str]:
+        """Take these jobs off ComfyUI: dequeue those waiting, interrupt the one running (through
+        `/api/jobs/{id}/cancel` where the server has it). Returns the state each was found in (see `_states`)."""
         if not mine:
-            return
-        queue = await self._json("GET", "/queue")
-        pending = [prompt_id for prompt_id in _queued_ids(queue, "queue_pending") if prompt_id in mine]
-        running = [prompt_id for prompt_id in _queued_ids(queue, "queue_running") if prompt_id in mine]
-        if pending:
-            await self._json("POST", "/queue", json={"delete": pending}, expect_json=False)
-        for prompt_id in running:
-            await self._json("POST", "/interrupt", json={"prompt_id": prompt_id}, expect_json=False)
+            return {}
+        states = await self._states(mine, ended=ended)
+        pending = sorted(prompt_id for prompt_id, state in states.items() if state == PENDING)
+        running = sorted(prompt_id for prompt_id, state in states.items() if state == RUNNING)
+        if self._cancel_api:
+            for prompt_id in pending + running:
+                await self._json("POST", f"{self._jobs_path}/{prompt_id}/cancel", expect_json=False)
+        else:
+            if pending:
+                await self._json("POST", "/queue", json={"delete": pending}, expect_json=False)
+            for prompt_id in running:
+                await self._json("POST", "/interrupt", json={"prompt_id": prompt_id}, expect_json=False)
         log.info("ComfyUI: %d queued job(s) of ours deleted, %d interrupted", len(pending), len(running))
         for prompt_id in mine:  # nobody waits for them any more
             self._jobs.pop(prompt_id, None)
+        self._ended(*mine)
+        return states
+
+    async def _states(self, prompt_ids: set[str], *, ended: bool = False) -> dict[str, str]:
+        """Where each job is on ComfyUI: PENDING or RUNNING (one request: the queue, or `/api/jobs` listing
+        those two), else UNKNOWN; with `ended`, those are looked up one by one: ENDED when ComfyUI has their
+        result, UNKNOWN when it never queued them or restarted since (its queue and history live in memory)."""
+        if self._jobs_api:
+            listing = _obj(await self._json("GET", self._jobs_path, params={"status": f"{PENDING},{RUNNING}"}))
+            queued = {str(job.get("id")): str(job.get("status")) for job in map(_obj, listing.get("jobs") or [])}
+        else:
+            queue = await self._json("GET", "/queue")
+            queued = {prompt_id: RUNNING for prompt_id in _queued_ids(queue, "queue_running")}
+            queued |= {prompt_id: PENDING for prompt_id in _queued_ids(queue, "queue_pending")}
+        states = {prompt_id: queued.get(prompt_id, UNKNOWN) for prompt_id in prompt_ids}
+        for prompt_id in (prompt_id for prompt_id, state in states.items() if ended and state == UNKNOWN):
+            states[prompt_id] = ENDED if await self._history(prompt_id) is not None else UNKNOWN
+        return states
+
+    async def _job(self, prompt_id: str) -> dict[str, Any] | None:
+        """`GET /api/jobs/{id}`: the job (`status`, and `outputs` once it ended), None when ComfyUI has none."""
+        path = f"{self._jobs_path}/{prompt_id}"
+        response = await send(self._http, "GET", self._url + path, server=self._server)
+        if response.status_code == 404:
+            return None
+        body = self._parse(response)
+        self._raise_for_status(response, body)
+        if not isinstance(body, dict):
+            raise SdError(response.status_code, f"ComfyUI sent an unusable answer to {path}: it is not a JSON "
+                                                f"object: {quote(response.text)!r}", retryable=True)
+        return body
+
+    def _ended(self, *prompt_ids: str) -> None:
+        if self._journal is not None and prompt_ids:
+            self._journal.ended(*prompt_ids)
+
+    # --- what the server offers, and jobs an earlier client left ------------------------------------------
+
+    async def _ask_jobs_api(self) -> None:
+        """Once: whether the server has `/api/jobs` (a list, not a 404) and `/api/jobs/{id}/cancel` (200 even for
+        a job it does not know, which a made-up id is; a server without it answers 404 or 405)."""
+        if self._jobs_api is not None:
+            return
+        listing = await send(self._http, "GET", f"{self._url}{self._jobs_path}", server=self._server,
+                             params={"limit": "1"})
+        self._jobs_api = listing.status_code == 200 and isinstance(_obj(self._parse(listing)).get("jobs"), list)
+        if self._jobs_api:
+            probe = await send(self._http, "POST", f"{self._url}{self._jobs_path}/{uuid.uuid4()}/cancel",
+                               server=self._server)
+            self._cancel_api = probe.status_code == 200
+        log.info("%s: /api/jobs %s, /api/jobs/{id}/cancel %s", self._server,
+                 "used" if self._jobs_api else "absent (an older ComfyUI: /history, /queue)",
+                 "used" if self._cancel_api else "absent (/queue and /interrupt)")
+
+    async def _drop_left_behind(self) -> None:
+        """Take off ComfyUI the jobs an earlier client sent and never collected (its process was killed, or
+        ComfyUI could not be reached to cancel them), and say in the log what became of each."""
+        left = self._left_behind - set(self._jobs)
+        if not left:
+            return
+        try:
+            states = await self._cancel(left, ended=True)
+        except SdError as exc:
+            log.warning("ComfyUI: cannot take off the %d job(s) an earlier run left (%s); trying again at the next "
+                        "run", len(left), exc.message)
+            return
+        self._left_behind = set()
+        said = {PENDING: "dropped from the queue", RUNNING: "interrupted",
+                ENDED: "had finished (their images are not collected)",
+                UNKNOWN: "are unknown to ComfyUI (it restarted since)"}
+        parts = [f"{', '.join(sorted(ids))} {words}" for state, words in said.items()
+                 if (ids := [prompt_id for prompt_id, found in states.items() if found == state])]
+        log.warning("ComfyUI: %d job(s) an earlier run sent and never collected: %s", len(left), "; ".join(parts))
 
     # --- the socket ------------------------------------------------------------------------------------
 
@@ -526,9 +644,10 @@ class ComfyUiClient:
             return f"check the token in ${settings.comfyui.token_env}"
         return "the proxy in front of ComfyUI wants credentials: set sd.username or [sd.comfyui] token_env"
 
-    async def _json(self, method: str, path: str, *, json: Any = None, expect_json: bool = True) -> Any:
+    async def _json(self, method: str, path: str, *, json: Any = None, params: Mapping[str, str] | None = None,
+                    expect_json: bool = True) -> Any:
         """One request; the parsed JSON body, or SdError for every way it can fail."""
-        response = await send(self._http, method, self._url + path, server=self._server, json=json)
+        response = await send(self._http, method, self._url + path, server=self._server, json=json, params=params)
         body = self._parse(response)
         self._raise_for_status(response, body)
         if expect_json and body is None:

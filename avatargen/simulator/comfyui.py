@@ -6,7 +6,9 @@ ComfyUI sends: `execution_start`, `execution_cached`, `executing` per node, `pro
 step with binary JPEG preview frames, `executed` for the outputs, then `execution_success` (or
 `execution_error`, `execution_interrupted`), the history entry, and `executing` with `node: null`.
 `/history`, `/view`, `/queue` (with deletion), `/interrupt`, `/object_info` and `/system_stats` answer
-as ComfyUI's do, so ComfyUI's own example API client runs against it unchanged.
+as ComfyUI's do, so ComfyUI's own example API client runs against it unchanged; so do `/api/jobs` (the
+queue and history as one list of jobs), `/api/jobs/{id}`, `/api/jobs/{id}/cancel` and `/api/jobs/cancel`,
+unless it is made a ComfyUI from before them (`jobs_api=False`).
 
 As ComfyUI 0.12 does, it also sends `progress_state` throughout a job (every node started so far, keyed
 by node id, with its value, max and state: running or finished), sends preview frames as
@@ -32,7 +34,7 @@ import struct
 import sys
 import time
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -137,11 +139,13 @@ class SimulatedComfyUi:
     """The simulated ComfyUI's state (queue, history, files, sockets, boot phase) and its Starlette app.
 
     Like `SimulatedSdWebUi`, tests may read `queue_length` (jobs waiting or running), `completed`
-    (positive prompts in the order their jobs finished) and `busy_seconds` (time spent running jobs).
+    (positive prompts in the order their jobs finished) and `busy_seconds` (time spent running jobs), and
+    `requests` (what the client asked for). `jobs_api=False` makes it a ComfyUI from before `/api/jobs`.
     """
 
     def __init__(self, settings: SimulatedSettings, faults: Faults, *, auth: tuple[str, str] | None = None,
-                 token: str | None = None, after_delivery: Callable[[], Awaitable[None]] | None = None) -> None:
+                 token: str | None = None, after_delivery: Callable[[], Awaitable[None]] | None = None,
+                 jobs_api: bool = True) -> None:
         self._settings = settings
         self._faults = faults
         self._auth = auth
@@ -152,6 +156,7 @@ class SimulatedComfyUi:
         self._files: OrderedDict[tuple[str, str, str], bytes] = OrderedDict()
         self._file_counter = itertools.count(1)
         self.completed: list[str] = []
+        self.requests: deque[str] = deque(maxlen=_KEEP * 4)  # "METHOD /path" of the latest requests, oldest first
         self.busy_seconds = 0.0
         self._sockets: dict[str, WebSocket] = {}
         self.preview_metadata: set[str] = set()  # clients that said supports_preview_metadata
@@ -181,8 +186,13 @@ class SimulatedComfyUi:
             Route("/free", self._free, methods=["POST"]),
             Route("/_sim/faults", self._faults_route, methods=["GET", "PUT"]),
         ]
-        # ComfyUI serves every route under /api too (its frontend uses those); either may be in sd.url.
-        self.app = Starlette(routes=[*routes, Mount("/api", routes=list(routes))])
+        # ComfyUI serves every route under /api too (its frontend uses those); either may be in sd.url. The
+        # jobs routes are only there (jobs_api=False: a ComfyUI from before them, which answers 404).
+        jobs = [Route("/jobs", self._jobs, methods=["GET"]),
+                Route("/jobs/cancel", self._cancel_jobs, methods=["POST"]),
+                Route("/jobs/{job_id}", self._job, methods=["GET"]),
+                Route("/jobs/{job_id}/cancel", self._cancel_job, methods=["POST"])] if jobs_api else []
+        self.app = Starlette(routes=[*routes, Mount("/api", routes=[*jobs, *routes])])
 
     @property
     def queue_length(self) -> int:
@@ -208,7 +218,9 @@ class SimulatedComfyUi:
     # --- access ------------------------------------------------------------------------------------
 
     def _refuse(self, connection: HTTPConnection) -> Response | None:
-        """502 while ComfyUI is still starting, 401 without the reverse proxy's credentials, else None."""
+        """502 while ComfyUI is still starting, 401 without the reverse proxy's credentials, else None. Every
+        request passes here: its method and path (no query) go into `requests`, for tests."""
+        self.requests.append(f"{getattr(connection, 'method', 'GET')} {connection.url.path}")
         if time.monotonic() < self._mounted_at:
             return Response("<html><body><h1>502 Bad Gateway</h1>nginx</body></html>", status_code=502,
                             media_type="text/html")
@@ -507,6 +519,85 @@ class SimulatedComfyUi:
                                "real_node_id": node_id} for node_id in outputs},
         })
 
+    # --- /api/jobs: the queue and the history as one list of jobs (ComfyUI 0.6 and later) ----------------
+
+    def _job_view(self, prompt_id: str, *, details: bool) -> dict[str, Any] | None:
+        """A job as `/api/jobs` shows it: `id`, `status` (pending, in_progress, completed, failed), its queue
+        number and, in the details of an ended one, `outputs` and `execution_status` (the history's status)."""
+        queued = [(job, "pending") for job in self._pending]
+        if self._running is not None:
+            queued.insert(0, (self._running, "in_progress"))
+        for job, status in queued:
+            if job.prompt_id == prompt_id:
+                return {"id": prompt_id, "status": status, "priority": job.number, "outputs_count": 0}
+        entry = self._history.get(prompt_id)
+        if entry is None:
+            return None
+        status = "failed" if entry["status"]["status_str"] == "error" else "completed"
+        view = {"id": prompt_id, "status": status, "priority": entry["prompt"][0],
+                "outputs_count": sum(len(output.get("images", [])) for output in entry["outputs"].values())}
+        return {**view, "outputs": entry["outputs"], "execution_status": entry["status"]} if details else view
+
+    def _job_ids(self) -> list[str]:
+        running = [self._running.prompt_id] if self._running is not None else []
+        return [*running, *(job.prompt_id for job in self._pending), *reversed(self._history)]
+
+    async def _jobs(self, request: Request) -> Response:
+        if refusal := self._refuse(request):
+            return refusal
+        wanted = set(filter(None, request.query_params.get("status", "").split(",")))
+        views = [view for prompt_id in self._job_ids()
+                 if (view := self._job_view(prompt_id, details=False)) and (not wanted or view["status"] in wanted)]
+        try:
+            offset = max(0, int(request.query_params.get("offset", 0)))
+            limit = int(request.query_params["limit"]) if "limit" in request.query_params else len(views)
+        except ValueError:
+            return JSONResponse({"error": "limit and offset must be integers"}, status_code=400)
+        page = views[offset:offset + max(0, limit)]
+        return JSONResponse({"jobs": page, "pagination": {"offset": offset, "limit": limit, "total": len(views),
+                                                          "has_more": offset + len(page) < len(views)}})
+
+    async def _job(self, request: Request) -> Response:
+        if refusal := self._refuse(request):
+            return refusal
+        view = self._job_view(request.path_params["job_id"], details=True)
+        if view is not None and view["status"] not in ("pending", "in_progress") and (
+                garbled := self._garbled('{"id": "' + view["id"] + '", "outputs": {"9": {"im')):
+            return garbled
+        return JSONResponse(view) if view is not None else JSONResponse({"error": "Job not found"}, status_code=404)
+
+    def _cancel(self, prompt_id: str) -> bool:
+        """Take a job off the queue, or interrupt it when it runs; False when it is neither."""
+        if self._running is not None and self._running.prompt_id == prompt_id:
+            self._running.interrupted = True
+            return True
+        kept = [job for job in self._pending if job.prompt_id != prompt_id]
+        cancelled, self._pending = len(kept) < len(self._pending), kept
+        return cancelled
+
+    async def _cancel_job(self, request: Request) -> Response:
+        """200 whatever the job's state: one that ended, or that nobody knows, has nothing left to cancel."""
+        if refusal := self._refuse(request):
+            return refusal
+        prompt_id = request.path_params["job_id"]
+        return JSONResponse({"id": prompt_id, "cancelled": self._cancel(prompt_id)})
+
+    async def _cancel_jobs(self, request: Request) -> Response:
+        """`{"job_ids": [...]}`: all or nothing, 404 when one of them is unknown."""
+        if refusal := self._refuse(request):
+            return refusal
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            body = None
+        ids = body.get("job_ids") if isinstance(body, dict) else None
+        if not isinstance(ids, list) or not all(isinstance(prompt_id, str) for prompt_id in ids):
+            return JSONResponse({"error": "job_ids must be a list of job ids"}, status_code=400)
+        unknown = [prompt_id for prompt_id in ids if self._job_view(prompt_id, details=False) is None]
+        if unknown:
+            return JSONResponse({"error": f"unknown job ids: {', '.join(unknown)}"}, status_code=404)
+        return JSONResponse({"cancelled": [prompt_id for prompt_id in ids if self._cancel(prompt_id)]})
+
     # --- results -------------------------------------------------------------------------------------
 
     async def _history_all(self, request: Request) -> Response:
@@ -517,13 +608,18 @@ class SimulatedComfyUi:
             return refusal
         prompt_id = request.path_params["prompt_id"]
         entry = self._history.get(prompt_id)
-        if entry is not None and (garbage := self._faults.hit("sd_garbage")) is not None:
-            if garbage % 2:
-                return Response("<html><body><h1>502 Bad Gateway</h1>nginx</body></html>", status_code=502,
-                                media_type="text/html")
-            return Response('{"' + prompt_id + '": {"outputs": {"9": {"images": [{"filename": "Comf',
-                            media_type="application/json")
+        if entry is not None and (garbled := self._garbled('{"' + prompt_id + '": {"outputs": {"9": {"im')):
+            return garbled
         return JSONResponse({prompt_id: entry} if entry is not None else {})
+
+    def _garbled(self, truncated: str) -> Response | None:
+        """The sd_garbage fault on an ended job's answer: a proxy's 502 page, then the answer cut short."""
+        if (garbage := self._faults.hit("sd_garbage")) is None:
+            return None
+        if garbage % 2:
+            return Response("<html><body><h1>502 Bad Gateway</h1>nginx</body></html>", status_code=502,
+                            media_type="text/html")
+        return Response(truncated + 'ages": [{"filename": "Comf', media_type="application/json")
 
     async def _view(self, request: Request) -> Response:
         if refusal := self._refuse(request):
