@@ -10,13 +10,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
-from functools import partial
 from typing import Protocol
 
 from avatargen.allowance import FolderAllowance
-from avatargen.buckets import check_and_frame
+from avatargen.buckets import check_and_frame, unique_copy
 from avatargen.config import Settings
-from avatargen.imaging import frame_unique
 from avatargen.lock import FileSeat, GeneratorLock
 from avatargen.storage.folders import FileLedger, FolderBucket, folder_buckets
 from avatargen.storage.protocols import GeneratorSeat, Ledger, StoredBucket, UniqueAllowance
@@ -89,7 +87,7 @@ class RedisBackend:
         self.settings = settings
         self.client = RedisStorage.connect(settings.storage)
         self.redis: RedisStorage | None = self.client
-        frame = partial(frame_unique, quality=settings.generator.webp_quality)
+        frame = unique_copy(settings)
         self.shared: dict[str, RedisBucket] = {
             name: RedisBucket(self.client, name, prepare=frame if name == "unique" else None)
             for name, _ in settings.buckets.items()}
