@@ -76,11 +76,22 @@ def framed_variants(webp: bytes, quality: int, sizes: Iterable[int]) -> bytes:
     """Every variant of a unique, framed at each size (the frame is drawn at the size shown, not shrunk
     with the picture, so its label stays legible), as one archive. The stored size's WebP is byte for byte
     `imaging.frame_unique`'s."""
-    original = open_webp(webp, "frame").convert("RGB")
+    return _all_variants(webp, quality, sizes, framed_image)
+
+
+def scaled_variants(webp: bytes, quality: int, sizes: Iterable[int]) -> bytes:
+    """Every variant of an image as it is (a unique framed before variants existed: its frame is scaled
+    with it), as one archive."""
+    return _all_variants(webp, quality, sizes, lambda image: image)
+
+
+def _all_variants(webp: bytes, quality: int, sizes: Iterable[int],
+                  finish: Callable[[Image.Image], Image.Image]) -> bytes:
+    original = open_webp(webp, "make variants").convert("RGB")
     files = []
     for size in sizes:
-        framed = framed_image(scaled(original, size))
-        files += [(member(size, form), form.encode(framed, quality)) for form in FORMATS]
+        image = finish(scaled(original, size))
+        files += [(member(size, form), form.encode(image, quality)) for form in FORMATS]
     return pack(files)
 
 

@@ -1,5 +1,10 @@
 """The visitor side: `GET /avatar` (a unique when the allowance says so, else a fallback) and the demo page.
 
+Each answer is the variant asked for (`server.avatar_request`: size, format, `?d=`) with a strong ETag and
+`Vary: Accept`; the visitor's face is remembered for `serving.same_face_for` (`avatargen.faces`), so a page
+that shows the avatar twice shows one person. A unique's variants come made with it (an archive); a
+fallback's variant is made on first use, in a worker thread, and kept with its image in memory.
+
 The order matters: a fresh conditional request gets 304 before any bucket is touched; only a GET that
 will send a body may claim a unique (never HEAD: link previewers send those); the token is spent only
 when a unique is actually claimed; a claimed file is deleted by a BackgroundTask once the body is sent
@@ -16,15 +21,17 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import io
 import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from email.utils import formatdate, parsedate_to_datetime
 from pathlib import Path
 
+from PIL import Image
 from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
@@ -33,9 +40,12 @@ from starlette.routing import Route
 from avatargen.api.wire import VisitorErrors
 from avatargen.buckets import Claim, ImageNotFound
 from avatargen.config import Settings
-from avatargen.imaging import placeholder_webp
+from avatargen.faces import Face, FaceMemo, FaceStore
+from avatargen.imaging import ImageError, placeholder_webp
 from avatargen.storage.protocols import StoredBucket, UniqueAllowance
+from avatargen.variants import BY_NAME, FORMATS, WEBP, Format, is_archive, scaled_variants, unpack, variant
 from server.addresses import visitor_key
+from server.avatar_request import AvatarRequests, Wanted
 
 log = logging.getLogger("avatargen.visitor")
 
@@ -44,6 +54,11 @@ DEMO_PAGE = Path(__file__).parent / "static" / "index.html"
 PLACEHOLDER_MAX_AGE = 60
 # Fallback images kept in memory; each is a few kB, and hot ones would otherwise be re-read per request.
 FALLBACK_CACHE_SIZE = 256
+# The bytes those images and their variants may take in one process, all told: with the real-use 2,500
+# fallbacks and a site asking for two or three variants of each, they all fit.
+FALLBACK_CACHE_BYTES = 64 * 1024 * 1024
+# An answer that differs by the Accept header says so, so that no cache hands an AVIF to a JPEG-only client.
+VARY = (b"vary", b"accept")
 # A failure that repeats (a read-only bucket fails every claim) is logged again at most this often.
 REPORT_EVERY = 60.0
 
@@ -71,6 +86,27 @@ def http_now() -> bytes:
     return _http_date_of(int(time.time()))
 
 
+@functools.lru_cache(maxsize=4096)
+def _visitor(host: str | None, ipv6_prefix: int) -> str:
+    """`visitor_key`, cached: it is needed on every request now, and a few addresses send most of them."""
+    return visitor_key(host, ipv6_prefix)
+
+
+@functools.lru_cache(maxsize=32)
+def placeholder(size: int, form: Format) -> bytes:
+    """The placeholder in one size and format (drawn once per process)."""
+    webp = placeholder_webp(size)
+    return webp if form is WEBP else variant(webp, size, form, 80)
+
+
+@functools.lru_cache(maxsize=8)
+def blank_png(size: int) -> bytes:
+    """A fully transparent square, for `?d=blank` (PNG: every client shows it, transparency included)."""
+    out = io.BytesIO()
+    Image.new("LA", (size, size), (0, 0)).save(out, format="PNG", optimize=True)
+    return out.getvalue()
+
+
 class PreparedResponse(Response):
     """A response whose header lines the caller encoded itself.
 
@@ -89,11 +125,18 @@ class PreparedResponse(Response):
 
 
 class _RecentImages:
-    """A small LRU of fallback image bytes by id (used from the event loop only)."""
+    """A small LRU of fallback image bytes by id, each with the variants made of it (event loop only).
 
-    def __init__(self, size: int) -> None:
+    An image and its variants are one entry: whatever drops the image drops every variant with it. At most
+    `size` images and `budget` bytes are held; the least recently used go first.
+    """
+
+    def __init__(self, size: int, budget: int = FALLBACK_CACHE_BYTES) -> None:
         self._size = size
+        self._budget = budget
+        self._bytes = 0
         self._items: OrderedDict[str, bytes] = OrderedDict()
+        self._variants: dict[str, dict[str, bytes]] = {}
 
     def get(self, image_id: str) -> bytes | None:
         data = self._items.get(image_id)
@@ -101,14 +144,31 @@ class _RecentImages:
             self._items.move_to_end(image_id)
         return data
 
+    def variant(self, image_id: str, name: str) -> bytes | None:
+        """A variant made earlier (`64.avif`) of an image held here."""
+        return self._variants.get(image_id, {}).get(name)
+
     def put(self, image_id: str, data: bytes) -> None:
+        self.drop(image_id)
         self._items[image_id] = data
-        self._items.move_to_end(image_id)
-        if len(self._items) > self._size:
-            self._items.popitem(last=False)
+        self._bytes += len(data)
+        self._trim()
+
+    def put_variant(self, image_id: str, name: str, data: bytes) -> None:
+        """Keep a variant, if its image is still held (a variant never outlives its image here)."""
+        if image_id in self._items and name not in (held := self._variants.setdefault(image_id, {})):
+            held[name] = data
+            self._bytes += len(data)
+            self._trim()
 
     def drop(self, image_id: str) -> None:
-        self._items.pop(image_id, None)
+        data = self._items.pop(image_id, None)
+        if data is not None:
+            self._bytes -= len(data) + sum(map(len, self._variants.pop(image_id, {}).values()))
+
+    def _trim(self) -> None:
+        while len(self._items) > self._size or (self._bytes > self._budget and len(self._items) > 1):
+            self.drop(next(iter(self._items)))
 
     def any(self) -> tuple[str, bytes] | None:
         """One of the images held, the most recently used; None when none is."""
@@ -165,6 +225,8 @@ class VisitorService:
         # while those cannot be read, what is here is what visitors get.
         self._recent = _RecentImages(max(FALLBACK_CACHE_SIZE, settings.buckets.fallback.max))
         self._allowance: UniqueAllowance | None = None
+        self._faces: FaceMemo | None = None
+        self.requests = AvatarRequests(settings.serving.sizes)
         self._page = b""
         self.errors = PathErrors()
 
@@ -172,14 +234,31 @@ class VisitorService:
         """For the owner: how many visitors got another avatar because something failed, and the last cause."""
         return self.errors.status()
 
-    async def start(self, allowance: UniqueAllowance) -> None:
-        """Serve within `allowance` (its owner closes it); load the demo page."""
+    async def start(self, allowance: UniqueAllowance, faces: FaceStore) -> None:
+        """Serve within `allowance`, remembering faces in `faces` (their owner closes both); load the demo page."""
         self._allowance = allowance
+        self._faces = FaceMemo(faces, self.settings.serving.same_face_for)
         self._page = await asyncio.to_thread(DEMO_PAGE.read_bytes)
 
     def routes(self) -> list[Route]:
-        """`/avatar` and the demo page `/`; Starlette answers HEAD on both, which `avatar` handles itself."""
-        return [Route("/avatar", self.avatar, methods=["GET"]), Route("/", self.demo_page, methods=["GET"])]
+        """`/avatar` (and `/avatar.jpg`, `.webp`, `.avif`: one format whatever the Accept header) and the demo
+        page `/`; Starlette answers HEAD on all of them, which `avatar` handles itself."""
+        forced = [Route(f"/avatar.{suffix}", self._forcing(form), methods=["GET"])
+                  for suffix, form in (("jpg", BY_NAME["jpg"]), ("webp", WEBP), ("avif", BY_NAME["avif"]))]
+        return [Route("/avatar", self.avatar, methods=["GET"]), *forced,
+                Route("/", self.demo_page, methods=["GET"])]
+
+    def _forcing(self, form: Format) -> Callable[[Request], Awaitable[Response]]:
+        async def avatar_as(request: Request) -> Response:
+            return await self.avatar(request, form)
+        avatar_as.__doc__ = f"`/avatar` as {form.media_type}, whatever the client's Accept header says."
+        return avatar_as
+
+    @property
+    def faces(self) -> FaceMemo:
+        if self._faces is None:
+            raise RuntimeError("VisitorService.start() has not been awaited (the app's lifespan does it)")
+        return self._faces
 
     @property
     def allowance(self) -> UniqueAllowance:
@@ -193,25 +272,38 @@ class VisitorService:
         """A small "about" page that shows /avatar the way the owner's site does; revalidated, never stale."""
         return HTMLResponse(self._page, headers={"Cache-Control": "no-cache"})
 
-    async def avatar(self, request: Request) -> Response:
-        """304 for a fresh copy; else a unique (GET only, allowance permitting), a fallback or the placeholder."""
-        if self._still_fresh(request.headers.get("if-modified-since")):
-            return PreparedResponse(b"", [self._cache_control], status_code=304)
-        sends_body = request.method == "GET"
-        # The visitor's key is only worked out when a unique could be given at all (the hot path skips it).
-        if sends_body and self.unique.count() and self.allowance.token_may_be_due():
-            visitor = visitor_key(request.client.host if request.client else None, self._ipv6_prefix)
+    async def avatar(self, request: Request, forced: Format | None = None) -> Response:
+        """304 for a fresh copy; else the face this visitor got within `same_face_for`, a unique (GET only,
+        allowance permitting), a fallback, or what `?d=` asks for when there is none: in the size and
+        format asked for."""
+        headers = request.headers
+        wanted = self.requests.wanted(request.scope["query_string"], headers.get("accept"), forced)
+        if (if_none_match := headers.get("if-none-match")) is not None:  # it wins over If-Modified-Since
+            if wanted.matches(if_none_match):
+                return PreparedResponse(b"", [self._cache_control, VARY], status_code=304)
+        elif self._still_fresh(headers.get("if-modified-since")):
+            return PreparedResponse(b"", [self._cache_control, VARY], status_code=304)
+        if request.method != "GET":  # HEAD: a fallback's headers; it never claims, nor takes a face
+            return await self._fallback_response(wanted, None)
+        visitor = _visitor(request.client.host if request.client else None, self._ipv6_prefix)
+        face = self.faces.seen(visitor) or await self._recall(visitor)
+        if face is not None and (again := await self._face_response(face, wanted)) is not None:
+            return again
+        if self.unique.count() and self.allowance.token_may_be_due():
             claim = await self._claim_unique(visitor)
             if claim is not None:
-                return self._image_response(claim.image, b"unique", claim.id,
+                archive = await self._unique_variants(claim.image)
+                await self._remember(visitor, "unique", claim.id, archive)
+                return self._image_response(unpack(archive, wanted.member), b"unique", claim.id, wanted,
                                             BackgroundTask(self._finish_claim, claim))
-        return await self._fallback_response(retire=sends_body)
+        return await self._fallback_response(wanted, visitor)
 
     def forget(self, bucket: str, image_id: str) -> None:
         """An image left its bucket by the owner's hand (deleted, moved): no visitor gets it again, not even
-        from the copy in memory (the bucket itself has already dropped it from its index)."""
+        from the copy in memory with its variants (the bucket itself has already dropped it from its index)."""
         if bucket == self.fallback.name:
             self._recent.drop(image_id)
+            self.faces.forget_image(image_id)
 
     # --- the pieces --------------------------------------------------------------------------------------
 
@@ -233,6 +325,36 @@ class VisitorService:
         except Exception as exc:
             self.errors.record("a visitor got no unique", exc)
             return None
+
+    async def _recall(self, visitor: str) -> Face | None:
+        """The visitor's face from the shared store; None when they have none (or it cannot be read now)."""
+        try:
+            return await self.faces.recall(visitor)
+        except Exception as exc:
+            self.errors.record("a visitor's face cannot be looked up", exc)
+            return None
+
+    async def _remember(self, visitor: str, kind: str, image_id: str, archive: bytes | None = None) -> None:
+        """Remember what the visitor got (a failure only costs them the same face next time)."""
+        try:
+            await self.faces.remember(visitor, kind, image_id, archive)
+        except Exception as exc:
+            self.errors.record("a visitor's face cannot be remembered", exc)
+
+    async def _face_response(self, face: Face, wanted: Wanted) -> Response | None:
+        """The visitor's face again, in the size and format asked now; None when it is gone (a fallback
+        deleted or retired since: the visitor gets another)."""
+        if face.variants is not None:
+            return self._image_response(unpack(face.variants, wanted.member), b"unique", face.id, wanted, None)
+        data = await self._fallback_variant(face.id, wanted)
+        return None if data is None else self._image_response(data, b"fallback", face.id, wanted, None)
+
+    async def _unique_variants(self, copy: bytes) -> bytes:
+        """A claimed unique's variants archive; a copy framed before variants existed is made into one now."""
+        if is_archive(copy):
+            return copy
+        return await asyncio.to_thread(scaled_variants, copy, self.settings.generator.webp_quality,
+                                       self.settings.serving.sizes)
 
     async def _finish_claim(self, claim: Claim) -> None:
         """After the unique was sent: delete it for good (a failure only leaves a file for the claim sweep)."""
@@ -276,38 +398,73 @@ class VisitorService:
         self._recent.put(image_id, data)
         return data
 
-    async def _fallback_response(self, *, retire: bool) -> Response:
-        """A random fallback; at most one served per retire period is deleted afterwards (never one the owner
-        keeps: looked up only when a retirement is due). Else the placeholder."""
+    async def _fallback_variant(self, image_id: str, wanted: Wanted) -> bytes | None:
+        """The variant asked for of a fallback: kept in memory with its image, else made now in a worker
+        thread (once per process); None when the image is gone or cannot be read or made."""
+        data = await self._read_fallback(image_id)
+        if data is None or (wanted.size == self.requests.largest and wanted.form is WEBP):
+            return data  # the stored image is this variant
+        if (made := self._recent.variant(image_id, wanted.member)) is not None:
+            return made
+        try:
+            made = await asyncio.to_thread(variant, data, wanted.size, wanted.form,
+                                           self.settings.generator.webp_quality)
+        except ImageError as exc:  # a whole WebP file whose pixels do not decode
+            self.errors.record(f"no variant can be made of fallback {image_id}", exc)
+            self.fallback.forget(image_id)
+            self._recent.drop(image_id)
+            return None
+        self._recent.put_variant(image_id, wanted.member, made)
+        return made
+
+    async def _fallback_response(self, wanted: Wanted, visitor: str | None) -> Response:
+        """A random fallback, remembered as the face of `visitor` (None: a HEAD, which neither retires nor is
+        remembered); at most one served per retire period is deleted afterwards (never one the owner keeps:
+        looked up only when a retirement is due). Else what `?d=` asks for, by default the placeholder."""
         while (image_id := self.fallback.random_id()) is not None:
-            data = await self._read_fallback(image_id)
+            data = await self._fallback_variant(image_id, wanted)
             if data is None:
                 continue
             background = None
-            if retire and self.allowance.may_retire() and not self.fallback.is_kept(image_id) \
-                    and await self._take_retire_slot():
-                # Out of the pool at once, so no later request picks it; the file goes once this one is sent.
-                self.fallback.forget(image_id)
-                self._recent.drop(image_id)
-                background = BackgroundTask(self._retire, image_id)
-            return self._image_response(data, b"fallback", image_id, background)
+            if visitor is not None:
+                await self._remember(visitor, "fallback", image_id)
+                if self.allowance.may_retire() and not self.fallback.is_kept(image_id) \
+                        and await self._take_retire_slot():
+                    # Out of the pool at once, so no later request picks it; the file goes once this one is sent.
+                    self.fallback.forget(image_id)
+                    self._recent.drop(image_id)
+                    background = BackgroundTask(self._retire, image_id)
+            return self._image_response(data, b"fallback", image_id, wanted, background)
         if (held := self._recent.any()) is not None:  # the bucket cannot be read now: one kept in memory
-            return self._image_response(held[1], b"fallback", held[0], None)
-        return Response(
-            placeholder_webp(self.settings.generator.image_size),
-            media_type="image/webp",
-            # No Last-Modified: a revalidation would get a 304 and keep the placeholder for a whole day.
-            headers={"Cache-Control": f"private, max-age={PLACEHOLDER_MAX_AGE}",
-                     "X-Avatar-Kind": "placeholder", "X-Avatar-Id": "placeholder"},
-        )
+            data = await self._fallback_variant(held[0], wanted)
+            if data is not None:
+                return self._image_response(data, b"fallback", held[0], wanted, None)
+        return self._nothing_response(wanted)
 
-    def _image_response(self, data: bytes, kind: bytes, image_id: str,
+    def _nothing_response(self, wanted: Wanted) -> Response:
+        """Both buckets empty: 404 (`?d=404`), a transparent image (`?d=blank`) or the placeholder. Briefly
+        cached, and with no validator: a revalidation must not keep it for a whole day."""
+        headers = {"Cache-Control": f"private, max-age={PLACEHOLDER_MAX_AGE}", "Vary": "Accept",
+                   "X-Avatar-Kind": "placeholder", "X-Avatar-Id": "placeholder"}
+        if wanted.default == "404":
+            return Response("no avatar to serve now\n", 404, headers=headers, media_type="text/plain")
+        if wanted.default == "blank":
+            return Response(blank_png(wanted.size), headers={**headers, "X-Avatar-Kind": "blank",
+                                                              "X-Avatar-Id": "blank"}, media_type="image/png")
+        return Response(placeholder(wanted.size, wanted.form), headers=headers, media_type=wanted.form.media_type)
+
+    def _image_response(self, data: bytes, kind: bytes, image_id: str, wanted: Wanted,
                         background: BackgroundTask | None) -> Response:
         return PreparedResponse(data, [
-            (b"content-type", b"image/webp"),
+            _CONTENT_TYPES[wanted.form.name],
             (b"content-length", b"%d" % len(data)),
             self._cache_control,
             (b"last-modified", http_now()),
+            (b"etag", wanted.etag(image_id)),
+            VARY,
             (b"x-avatar-kind", kind),
             (b"x-avatar-id", image_id.encode()),
         ], background=background)
+
+
+_CONTENT_TYPES = {form.name: (b"content-type", form.media_type.encode()) for form in FORMATS}

@@ -15,12 +15,14 @@ from typing import Protocol
 from avatargen.allowance import FolderAllowance
 from avatargen.buckets import check_and_frame, unique_copy
 from avatargen.config import Settings
+from avatargen.faces import FaceStore, FolderFaces
 from avatargen.lock import FileSeat, GeneratorLock
 from avatargen.storage.folders import FileLedger, FolderBucket, folder_buckets
 from avatargen.storage.protocols import GeneratorSeat, Ledger, StoredBucket, UniqueAllowance
 from avatargen.storage.redis_allowance import RedisAllowance
 from avatargen.storage.redis_buckets import RedisBucket
 from avatargen.storage.redis_connection import RedisStorage, StorageUnavailable
+from avatargen.storage.redis_faces import RedisFaces
 from avatargen.storage.redis_lease import GeneratorLease
 from avatargen.storage.redis_ledger import RedisLedger
 
@@ -45,6 +47,7 @@ class Backend(Protocol):
 
     async def open_ledger(self) -> Ledger: ...
     async def open_allowance(self) -> UniqueAllowance: ...
+    async def open_faces(self) -> FaceStore: ...
     def seat(self) -> GeneratorSeat: ...
     async def aclose(self) -> None: ...
 
@@ -74,6 +77,9 @@ class FolderBackend:
     async def open_allowance(self) -> UniqueAllowance:
         return await FolderAllowance.open(self.settings.server.data_dir / "visitors.sqlite3", self.settings.serving,
                                           self.folders["unique"].folder)
+
+    async def open_faces(self) -> FaceStore:
+        return await FolderFaces.open(self.settings.server.data_dir / "faces.sqlite3")
 
     def seat(self) -> GeneratorSeat:
         return FileSeat(GeneratorLock(self.settings.server.data_dir))
@@ -117,6 +123,9 @@ class RedisBackend:
 
     async def open_allowance(self) -> UniqueAllowance:
         return RedisAllowance(self.client, self.settings.serving, self.shared["unique"])
+
+    async def open_faces(self) -> FaceStore:
+        return RedisFaces(self.client)
 
     def seat(self) -> GeneratorSeat:
         return GeneratorLease(self.client)

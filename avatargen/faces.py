@@ -1,0 +1,143 @@
+"""One page view, one face: which avatar each visitor got, remembered for `serving.same_face_for`.
+
+A page that shows the avatar at two sizes sends two requests (often to two worker processes, or two
+replicas); both must show the same person. So the first answer is remembered per visitor (the same key as
+the unique allowance: `server.addresses.visitor_key`) in a store every process shares: SQLite under
+`server.data_dir` (`FolderFaces`), or Redis keys that expire
+(`avatargen.storage.redis_faces`). A unique's variants are kept in
+that record, for that visitor only, and vanish with it when the window ends: the unique itself left its
+bucket when it was claimed, so no other visitor can ever get it.
+
+Each process also remembers the faces it has seen (`FaceMemo`), so a visitor's repeat requests to the
+same process answer from memory; only a visitor new to this process costs a look at the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from avatargen import sqlite
+
+# Faces one process remembers; the oldest are dropped first. A unique's record holds its variants (tens
+# of kB), but uniques are rationed by the allowance, so few are within their window at any time.
+REMEMBERED_FACES = 10_000
+
+
+@dataclass(frozen=True)
+class Face:
+    """What a visitor got: a unique (with its variants archive, for them alone) or a fallback, until when."""
+
+    kind: str  # "unique" | "fallback"
+    id: str
+    until: float  # wall-clock seconds
+    variants: bytes | None = None  # a unique's variants archive; None for a fallback (read from its bucket)
+
+
+class FaceStore(Protocol):
+    """Where every process finds the faces visitors got (expired ones are never returned)."""
+
+    async def get(self, visitor: str, now: float) -> Face | None: ...
+    async def put(self, visitor: str, face: Face, now: float) -> None: ...
+    async def aclose(self) -> None: ...
+
+
+class FaceMemo:
+    """The faces this process has seen, by visitor, until their window ends (event loop only)."""
+
+    def __init__(self, store: FaceStore, window: float, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.window = window
+        self.clock = clock
+        self._faces: OrderedDict[str, Face] = OrderedDict()
+
+    def seen(self, visitor: str) -> Face | None:
+        """The visitor's face if this process knows it and its window is still open; no I/O."""
+        face = self._faces.get(visitor)
+        if face is not None and face.until <= self.clock():
+            del self._faces[visitor]
+            return None
+        return face
+
+    async def recall(self, visitor: str) -> Face | None:
+        """The visitor's face within its window, from memory or the shared store."""
+        if self.window <= 0:
+            return None
+        face = self.seen(visitor)
+        if face is None and (face := await self.store.get(visitor, self.clock())) is not None:
+            self._note(visitor, face)
+        return face
+
+    async def remember(self, visitor: str, kind: str, image_id: str, variants: bytes | None = None) -> Face:
+        """The visitor got this image now: they get it again until the window ends, in every process."""
+        now = self.clock()
+        face = Face(kind, image_id, now + self.window, variants)
+        if self.window > 0:
+            self._note(visitor, face)
+            await self.store.put(visitor, face, now)
+        return face
+
+    def forget_image(self, image_id: str) -> None:
+        """An image left its bucket (deleted, retired): no visitor's memory points at it any more here."""
+        for visitor in [visitor for visitor, face in self._faces.items() if face.id == image_id]:
+            del self._faces[visitor]
+
+    def _note(self, visitor: str, face: Face) -> None:
+        self._faces[visitor] = face
+        self._faces.move_to_end(visitor)
+        if len(self._faces) > REMEMBERED_FACES:
+            self._faces.popitem(last=False)
+
+
+_SCHEMA = ("CREATE TABLE IF NOT EXISTS faces (visitor TEXT PRIMARY KEY, kind TEXT NOT NULL, id TEXT NOT NULL, "
+           "until REAL NOT NULL, variants BLOB)")
+
+
+class FolderFaces:
+    """The faces in an SQLite file shared by the worker processes of one machine; a record whose window
+    ended is deleted at the next write (and never returned before that)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._db = sqlite.connect(path)
+        self._db.execute(_SCHEMA)
+
+    @classmethod
+    async def open(cls, path: Path) -> FolderFaces:
+        return await asyncio.to_thread(cls, path)
+
+    async def get(self, visitor: str, now: float) -> Face | None:
+        return await asyncio.to_thread(self._get, visitor, now)
+
+    def _get(self, visitor: str, now: float) -> Face | None:
+        with self._lock:
+            row = self._db.execute("SELECT kind, id, until, variants FROM faces WHERE visitor = ? AND until > ?",
+                                   (visitor, now)).fetchone()
+        return None if row is None else Face(row[0], row[1], row[2], row[3])
+
+    async def put(self, visitor: str, face: Face, now: float) -> None:
+        await asyncio.to_thread(self._put, visitor, face, now)
+
+    def _put(self, visitor: str, face: Face, now: float) -> None:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("DELETE FROM faces WHERE until <= ?", (now,))
+                self._db.execute("INSERT OR REPLACE INTO faces VALUES (?, ?, ?, ?, ?)",
+                                 (visitor, face.kind, face.id, face.until, face.variants))
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+
+    async def aclose(self) -> None:
+        with self._lock:
+            self._db.close()
