@@ -889,4 +889,4 @@ def open_buckets(settings: Settings) -> dict[str, Bucket]:
 def unique_copy(settings: Settings) -> Callable[[bytes], bytes]:
     """What a unique's claimer receives, made from its stored WebP at publish time, whichever the backend:
     every variant of it, framed (`avatargen.variants.framed_variants`)."""
-    return partial(framed_variants, quality=settings.generator.webp_quality, sizes=settings.serving.sizes)
+    return partial(framed_variants, quality=settings.generator.webp_quality, sizes=settings.sizes)

@@ -434,10 +434,12 @@ class Settings:
         """The configured admin token: AVATARGEN_ADMIN_TOKEN wins over the file; may be empty."""
         return Secret(os.environ.get("AVATARGEN_ADMIN_TOKEN", "")) or self.admin.token
 
-    def check(self) -> None:
-        if self.serving.sizes[-1] > self.generator.image_size:
-            raise ConfigError(f"the largest size ({self.serving.sizes[-1]}) is larger than generator.image_size "
-                              f"({self.generator.image_size}), the stored edge", key="serving.sizes")
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        """The edges /avatar serves, smallest first: `serving.sizes` below the stored edge, and the stored edge
+        (`generator.image_size`) as the largest, since nothing larger can be made without blurring."""
+        edge = self.generator.image_size
+        return (*(size for size in self.serving.sizes if size < edge), edge)
 
     def error(self, message: str, key: str) -> ConfigError:
         """A problem with a loaded setting found later (a folder that cannot be written), located in the file

@@ -79,8 +79,8 @@ class FaceMemo:
         now = self.clock()
         face = Face(kind, image_id, now + self.window, variants)
         if self.window > 0:
+            await self.store.put(visitor, face, now)  # remembered here only once every process can know it
             self._note(visitor, face)
-            await self.store.put(visitor, face, now)
         return face
 
     def forget_image(self, image_id: str) -> None:

@@ -226,7 +226,7 @@ class VisitorService:
         self._recent = _RecentImages(max(FALLBACK_CACHE_SIZE, settings.buckets.fallback.max))
         self._allowance: UniqueAllowance | None = None
         self._faces: FaceMemo | None = None
-        self.requests = AvatarRequests(settings.serving.sizes)
+        self.requests = AvatarRequests(settings.sizes)
         self._page = b""
         self.errors = PathErrors()
 
@@ -354,7 +354,7 @@ class VisitorService:
         if is_archive(copy):
             return copy
         return await asyncio.to_thread(scaled_variants, copy, self.settings.generator.webp_quality,
-                                       self.settings.serving.sizes)
+                                       self.settings.sizes)
 
     async def _finish_claim(self, claim: Claim) -> None:
         """After the unique was sent: delete it for good (a failure only leaves a file for the claim sweep)."""
