@@ -58,7 +58,7 @@ FALLBACK_CACHE_SIZE = 256
 # fallbacks and a site asking for two or three variants of each, they all fit.
 FALLBACK_CACHE_BYTES = 64 * 1024 * 1024
 # An answer that differs by the Accept header says so, so that no cache hands an AVIF to a JPEG-only client.
-VARY = (b"vary", b"accept")
+VARY = (b"vary", b"Accept")
 # A failure that repeats (a read-only bucket fails every claim) is logged again at most this often.
 REPORT_EVERY = 60.0
 

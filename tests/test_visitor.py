@@ -25,8 +25,8 @@ from avatargen.config import Settings
 from avatargen.imaging import check_webp, frame_unique, to_avatar_webp
 from avatargen.storage.folders import FolderBucket
 from avatargen.tasks import background
-from benchmarks.storage_faults import fill, read_only, tmpfs
 from avatargen.variants import unpack
+from benchmarks.storage_faults import fill, read_only, tmpfs
 from tests.support import fast_settings, serving, wait_until
 
 TOKEN = "visitor-test-token"
