@@ -15,10 +15,11 @@ same process answer from memory; only a visitor new to this process costs a look
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -56,6 +57,7 @@ class FaceMemo:
         self.window = window
         self.clock = clock
         self._faces: OrderedDict[str, Face] = OrderedDict()
+        self._choosing: dict[str, asyncio.Future[Face | None]] = {}
 
     def seen(self, visitor: str) -> Face | None:
         """The visitor's face if this process knows it and its window is still open; no I/O."""
@@ -64,6 +66,24 @@ class FaceMemo:
             del self._faces[visitor]
             return None
         return face
+
+    async def being_chosen(self, visitor: str) -> Face | None:
+        """The face another request of this visitor is choosing right now in this process, once chosen (a
+        page's two <img> requests arrive together); None when none is being chosen, or none was."""
+        pending = self._choosing.get(visitor)
+        return None if pending is None else await asyncio.shield(pending)
+
+    @contextlib.contextmanager
+    def choosing(self, visitor: str) -> Iterator[None]:
+        """While a request chooses this visitor's face, their other requests here wait for it (`being_chosen`)."""
+        pending = self._choosing[visitor] = asyncio.get_running_loop().create_future()
+        try:
+            yield
+        finally:
+            if not pending.done():
+                pending.set_result(None)
+            if self._choosing.get(visitor) is pending:
+                del self._choosing[visitor]
 
     async def recall(self, visitor: str) -> Face | None:
         """The visitor's face within its window, from memory or the shared store."""
@@ -89,6 +109,8 @@ class FaceMemo:
             del self._faces[visitor]
 
     def _note(self, visitor: str, face: Face) -> None:
+        if (pending := self._choosing.get(visitor)) is not None and not pending.done():
+            pending.set_result(face)
         self._faces[visitor] = face
         self._faces.move_to_end(visitor)
         if len(self._faces) > REMEMBERED_FACES:

@@ -286,17 +286,21 @@ class VisitorService:
         if request.method != "GET":  # HEAD: a fallback's headers; it never claims, nor takes a face
             return await self._fallback_response(wanted, None)
         visitor = _visitor(request.client.host if request.client else None, self._ipv6_prefix)
-        face = self.faces.seen(visitor) or await self._recall(visitor)
+        face = self.faces.seen(visitor) or await self.faces.being_chosen(visitor)
         if face is not None and (again := await self._face_response(face, wanted)) is not None:
             return again
-        if self.unique.count() and self.allowance.token_may_be_due():
-            claim = await self._claim_unique(visitor)
-            if claim is not None:
-                archive = await self._unique_variants(claim.image)
-                await self._remember(visitor, "unique", claim.id, archive)
-                return self._image_response(unpack(archive, wanted.member), b"unique", claim.id, wanted,
-                                            BackgroundTask(self._finish_claim, claim))
-        return await self._fallback_response(wanted, visitor)
+        with self.faces.choosing(visitor):  # this visitor's other requests to this process wait for the choice
+            face = await self._recall(visitor)  # chosen in another process?
+            if face is not None and (again := await self._face_response(face, wanted)) is not None:
+                return again
+            if self.unique.count() and self.allowance.token_may_be_due():
+                claim = await self._claim_unique(visitor)
+                if claim is not None:
+                    archive = await self._unique_variants(claim.image)
+                    await self._remember(visitor, "unique", claim.id, archive)
+                    return self._image_response(unpack(archive, wanted.member), b"unique", claim.id, wanted,
+                                                BackgroundTask(self._finish_claim, claim))
+            return await self._fallback_response(wanted, visitor)
 
     def forget(self, bucket: str, image_id: str) -> None:
         """An image left its bucket by the owner's hand (deleted, moved): no visitor gets it again, not even

@@ -193,6 +193,15 @@ async def test_a_visitor_sees_one_face_per_window_in_every_process(settings: Set
     assert unique_id not in await stored_faces(settings)
 
 
+async def test_a_pages_parallel_requests_show_one_face(settings: Settings) -> None:
+    await stock(settings, unique=3, fallback=3)
+    async with client(settings) as http:
+        for n in range(5):  # the first visit of each: a unique, and its other <img> waits for that choice
+            answers = await asyncio.gather(*(http.get(f"/avatar?s={size}", headers=visitor(f"192.0.2.{n}"))
+                                             for size in (32, 64, 128)))
+            assert len({answer.headers["x-avatar-id"] for answer in answers}) == 1, [a.headers for a in answers]
+
+
 async def stored_faces(settings: Settings) -> set[str]:
     """The image ids in the shared face store, whichever the backend (expired records included)."""
     if settings.storage.backend == "redis":
