@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from playwright.async_api import Page, async_playwright
+from playwright.async_api import Page, Response, async_playwright
 
 from tests.support import fast_settings, serving
 from tests.test_visitor import stock, stored
@@ -63,3 +63,37 @@ async def test_demo_page_renders_and_reloads_keep_the_cached_unique(tmp_path: Pa
             await browser.close()
     assert stored(settings, "unique") < set(ids["unique"])
     assert len(stored(settings, "unique")) == 4, "the browser reused its cached unique: no second claim"
+
+
+# Each image of the demo page's variants table: the size it asked for, what it decoded to, and its URL.
+VARIANTS = """images => images.map(img => ({asked: Number(img.dataset.size), width: img.naturalWidth,
+                                      src: img.currentSrc}))"""
+
+
+async def test_demo_page_shows_one_face_in_every_size_and_format(tmp_path: Path) -> None:
+    settings = fast_settings(tmp_path, generator__image_size=128, serving__unique_every=0, serving__unique_burst=10)
+    stock(settings, unique=3, fallback=3)
+    edge = settings.generator.image_size
+    async with serving(settings) as (url, _), async_playwright() as playwright:
+        browser = await playwright.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=CHROMIUM, args=ARGS, headless=True)
+        try:
+            page = await browser.new_page()
+            answers: list[Response] = []
+            page.on("response", lambda response: answers.append(response) if "/avatar" in response.url else None)
+            await page.goto(url + "/")
+            await page.wait_for_function("Array.from(document.images).every(img => img.complete)")
+            # The <picture> chose AVIF, which Chromium shows, and the unique came framed.
+            assert (await page.locator("#avatar").evaluate("img => img.currentSrc")).endswith("/avatar.avif")
+            assert await shows_the_unique(page, edge)
+            shown = await page.locator("img.variant").evaluate_all(VARIANTS)
+            assert len(shown) == 13
+            assert all(image["width"] == min(image["asked"], edge) for image in shown), shown
+            ids = {(await answer.all_headers()).get("x-avatar-id") for answer in answers}
+            assert len(ids) == 1 and len(answers) == 14, "one face on the whole page, a unique claimed once"
+            kinds = {(await answer.all_headers()).get("x-avatar-kind") for answer in answers}
+            types = {(await answer.all_headers()).get("content-type") for answer in answers}
+            assert kinds == {"unique"} and types == {"image/avif", "image/webp", "image/jpeg"}
+        finally:
+            await browser.close()
+    assert len(stored(settings, "unique")) == 2
