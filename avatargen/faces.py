@@ -113,7 +113,9 @@ class FaceMemo:
             pending.set_result(face)
         self._faces[visitor] = face
         self._faces.move_to_end(visitor)
-        if len(self._faces) > REMEMBERED_FACES:
+        # Oldest first: those whose window ended go now (a unique's variants with them), then any beyond the bound.
+        while self._faces and (len(self._faces) > REMEMBERED_FACES
+                               or next(iter(self._faces.values())).until <= self.clock()):
             self._faces.popitem(last=False)
 
 

@@ -109,6 +109,15 @@ def unpack(archive: bytes, name: str) -> bytes:
         raise ImageError(f"not a whole variants archive: {exc}") from None
 
 
+def webp_members(archive: bytes) -> list[bytes]:
+    """Every WebP variant in an archive (the sizes it was made for); ImageError when it is broken."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(archive)) as files:
+            return [files.read(name) for name in files.namelist() if name.endswith(f".{WEBP.name}")]
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise ImageError(f"not a whole variants archive: {exc}") from None
+
+
 def check_archive(data: bytes) -> None:
     """Raise ImageError unless `data` is a whole variants archive (every member's checksum matches)."""
     try:

@@ -43,7 +43,17 @@ from avatargen.config import Settings
 from avatargen.faces import Face, FaceMemo, FaceStore
 from avatargen.imaging import ImageError, placeholder_webp
 from avatargen.storage.protocols import StoredBucket, UniqueAllowance
-from avatargen.variants import BY_NAME, FORMATS, WEBP, Format, is_archive, scaled_variants, unpack, variant
+from avatargen.variants import (
+    BY_NAME,
+    FORMATS,
+    WEBP,
+    Format,
+    is_archive,
+    scaled_variants,
+    unpack,
+    variant,
+    webp_members,
+)
 from server.addresses import visitor_key
 from server.avatar_request import AvatarRequests, Wanted
 
@@ -297,9 +307,10 @@ class VisitorService:
                 claim = await self._claim_unique(visitor)
                 if claim is not None:
                     archive = await self._unique_variants(claim.image)
-                    await self._remember(visitor, "unique", claim.id, archive)
-                    return self._image_response(unpack(archive, wanted.member), b"unique", claim.id, wanted,
-                                                BackgroundTask(self._finish_claim, claim))
+                    if (data := await self._unique_variant(claim.id, archive, wanted)) is not None:
+                        await self._remember(visitor, "unique", claim.id, archive)
+                        return self._image_response(data, b"unique", claim.id, wanted,
+                                                    BackgroundTask(self._finish_claim, claim))
             return await self._fallback_response(wanted, visitor)
 
     def forget(self, bucket: str, image_id: str) -> None:
@@ -349,7 +360,8 @@ class VisitorService:
         """The visitor's face again, in the size and format asked now; None when it is gone (a fallback
         deleted or retired since: the visitor gets another)."""
         if face.variants is not None:
-            return self._image_response(unpack(face.variants, wanted.member), b"unique", face.id, wanted, None)
+            data = await self._unique_variant(face.id, face.variants, wanted)
+            return None if data is None else self._image_response(data, b"unique", face.id, wanted, None)
         data = await self._fallback_variant(face.id, wanted)
         return None if data is None else self._image_response(data, b"fallback", face.id, wanted, None)
 
@@ -359,6 +371,21 @@ class VisitorService:
             return copy
         return await asyncio.to_thread(scaled_variants, copy, self.settings.generator.webp_quality,
                                        self.settings.sizes)
+
+    async def _unique_variant(self, image_id: str, archive: bytes, wanted: Wanted) -> bytes | None:
+        """The variant asked for from a unique's archive. One made for other sizes (`serving.sizes` changed
+        since) is made from its largest WebP now; None when the archive is broken (recorded: a claimed file
+        goes back to its bucket with the next sweep of stale claims)."""
+        try:
+            try:
+                return unpack(archive, wanted.member)
+            except KeyError:
+                largest = max(webp_members(archive), key=len)
+                return await asyncio.to_thread(variant, largest, wanted.size, wanted.form,
+                                               self.settings.generator.webp_quality)
+        except (ImageError, ValueError) as exc:
+            self.errors.record(f"unique {image_id} cannot be sent: its variants are broken", exc)
+            return None
 
     async def _finish_claim(self, claim: Claim) -> None:
         """After the unique was sent: delete it for good (a failure only leaves a file for the claim sweep)."""

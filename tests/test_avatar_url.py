@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import io
 import sqlite3
 import time
@@ -271,3 +272,13 @@ def test_a_unique_is_framed_at_every_size_in_every_format(settings: Settings) ->
     small = Image.open(io.BytesIO(unpack(archive, "32.webp"))).convert("RGB")
     corner = small.getpixel((24, 24))
     assert isinstance(corner, tuple) and corner[0] > 150 and corner[2] < 120, "the gold diamond marks it at 32 px"
+
+
+async def test_a_unique_framed_for_other_sizes_is_served_at_the_size_asked(settings: Settings) -> None:
+    await stock(settings, unique=1)  # framed for 32, 64 and 128 px
+    changed = dataclasses.replace(settings, serving=dataclasses.replace(settings.serving, sizes=(48,)))
+    async with client(changed) as http:
+        answer = await http.get("/avatar?s=40", headers=visitor("203.0.113.70"))
+        assert answer.headers["x-avatar-kind"] == "unique" and picture(answer) == ("AVIF", (48, 48))
+        again = await http.get("/avatar.jpg?s=48", headers=visitor("203.0.113.70"))
+        assert again.headers["x-avatar-id"] == answer.headers["x-avatar-id"] and picture(again) == ("JPEG", (48, 48))
