@@ -287,11 +287,11 @@ class VisitorService:
         allowance permitting), a fallback, or what `?d=` asks for when there is none: in the size and
         format asked for."""
         headers = request.headers
+        if_none_match = headers.get("if-none-match")  # when sent, it wins over If-Modified-Since
+        if if_none_match is None and self._still_fresh(headers.get("if-modified-since")):
+            return PreparedResponse(b"", [self._cache_control, VARY], status_code=304)
         wanted = self.requests.wanted(request.scope["query_string"], headers.get("accept"), forced)
-        if (if_none_match := headers.get("if-none-match")) is not None:  # it wins over If-Modified-Since
-            if wanted.matches(if_none_match):
-                return PreparedResponse(b"", [self._cache_control, VARY], status_code=304)
-        elif self._still_fresh(headers.get("if-modified-since")):
+        if if_none_match is not None and wanted.matches(if_none_match):
             return PreparedResponse(b"", [self._cache_control, VARY], status_code=304)
         if request.method != "GET":  # HEAD: a fallback's headers; it never claims, nor takes a face
             return await self._fallback_response(wanted, None)
