@@ -1,8 +1,9 @@
 """One page view, one face: which avatar each visitor got, remembered for `serving.same_face_for`.
 
 A page that shows the avatar at two sizes sends two requests (often to two worker processes, or two
-replicas); both must show the same person. So the first answer is remembered per visitor (the same key as
-the unique allowance: `server.addresses.visitor_key`) in a store every process shares: SQLite under
+replicas); both must show the same person. So the first answer is remembered per visitor (their IPv4 address
+or IPv6 /64: `server.addresses.visitor_key`, never a wider network, so a unique is never shown to a
+neighbour) in a store every process shares: SQLite under
 `server.data_dir` (`FolderFaces`), or Redis keys that expire
 (`avatargen.storage.redis_faces`). A unique's variants are kept in
 that record, for that visitor only, and vanish with it when the window ends: the unique itself left its

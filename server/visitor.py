@@ -44,7 +44,6 @@ from avatargen.faces import Face, FaceMemo, FaceStore
 from avatargen.imaging import ImageError, placeholder_webp
 from avatargen.storage.protocols import StoredBucket, UniqueAllowance
 from avatargen.variants import (
-    BY_NAME,
     FORMATS,
     WEBP,
     Format,
@@ -67,6 +66,8 @@ FALLBACK_CACHE_SIZE = 256
 # The bytes those images and their variants may take in one process, all told: with the real-use 2,500
 # fallbacks and a site asking for two or three variants of each, they all fit.
 FALLBACK_CACHE_BYTES = 64 * 1024 * 1024
+# The IPv6 network one client holds: the key of the face a viewer sees (`avatargen.faces`).
+FACE_PREFIX = 64
 # An answer that differs by the Accept header says so, so that no cache hands an AVIF to a JPEG-only client.
 VARY = (b"vary", b"Accept")
 # A failure that repeats (a read-only bucket fails every claim) is logged again at most this often.
@@ -115,6 +116,21 @@ def blank_png(size: int) -> bytes:
     out = io.BytesIO()
     Image.new("LA", (size, size), (0, 0)).save(out, format="PNG", optimize=True)
     return out.getvalue()
+
+
+def _request_headers(raw: list[tuple[bytes, bytes]]) -> tuple[str | None, str | None, str | None]:
+    """If-None-Match, If-Modified-Since and Accept, in one pass over the raw headers (the ASGI server gives
+    their names in lower case): Starlette's `request.headers` would build an object and scan once per name,
+    a measurable share of the 304 path."""
+    if_none_match = if_modified_since = accept = None
+    for name, value in raw:
+        if name == b"accept":
+            accept = value.decode("latin-1")
+        elif name == b"if-modified-since":
+            if_modified_since = value.decode("latin-1")
+        elif name == b"if-none-match":
+            if_none_match = value.decode("latin-1")
+    return if_none_match, if_modified_since, accept
 
 
 class PreparedResponse(Response):
@@ -253,8 +269,7 @@ class VisitorService:
     def routes(self) -> list[Route]:
         """`/avatar` (and `/avatar.jpg`, `.webp`, `.avif`: one format whatever the Accept header) and the demo
         page `/`; Starlette answers HEAD on all of them, which `avatar` handles itself."""
-        forced = [Route(f"/avatar.{suffix}", self._forcing(form), methods=["GET"])
-                  for suffix, form in (("jpg", BY_NAME["jpg"]), ("webp", WEBP), ("avif", BY_NAME["avif"]))]
+        forced = [Route(f"/avatar.{form.name}", self._forcing(form), methods=["GET"]) for form in FORMATS]
         return [Route("/avatar", self.avatar, methods=["GET"]), *forced,
                 Route("/", self.demo_page, methods=["GET"])]
 
@@ -286,21 +301,25 @@ class VisitorService:
         """304 for a fresh copy; else the face this visitor got within `same_face_for`, a unique (GET only,
         allowance permitting), a fallback, or what `?d=` asks for when there is none: in the size and
         format asked for."""
-        headers = request.headers
-        if_none_match = headers.get("if-none-match")  # when sent, it wins over If-Modified-Since
-        if if_none_match is None and self._still_fresh(headers.get("if-modified-since")):
+        if_none_match, if_modified_since, accept = _request_headers(request.scope["headers"])
+        # If-None-Match, when sent, wins over If-Modified-Since (RFC 9110).
+        if if_none_match is None and self._still_fresh(if_modified_since):
             return PreparedResponse(b"", [self._cache_control, VARY], status_code=304)
-        wanted = self.requests.wanted(request.scope["query_string"], headers.get("accept"), forced)
+        wanted = self.requests.wanted(request.scope["query_string"], accept, forced)
         if if_none_match is not None and wanted.matches(if_none_match):
             return PreparedResponse(b"", [self._cache_control, VARY], status_code=304)
         if request.method != "GET":  # HEAD: a fallback's headers; it never claims, nor takes a face
             return await self._fallback_response(wanted, None)
-        visitor = _visitor(request.client.host if request.client else None, self._ipv6_prefix)
-        face = self.faces.seen(visitor) or await self.faces.being_chosen(visitor)
+        host = request.client.host if request.client else None
+        # A face is one client's (IPv6: its /64), even where the allowance counts a wider network as one
+        # visitor: a unique is never shown to the other clients of that network.
+        viewer = _visitor(host, FACE_PREFIX)
+        visitor = viewer if self._ipv6_prefix == FACE_PREFIX else _visitor(host, self._ipv6_prefix)
+        face = self.faces.seen(viewer) or await self.faces.being_chosen(viewer)
         if face is not None and (again := await self._face_response(face, wanted)) is not None:
             return again
-        with self.faces.choosing(visitor):  # this visitor's other requests to this process wait for the choice
-            face = await self._recall(visitor)  # chosen in another process?
+        with self.faces.choosing(viewer):  # this viewer's other requests to this process wait for the choice
+            face = await self._recall(viewer)  # chosen in another process?
             if face is not None and (again := await self._face_response(face, wanted)) is not None:
                 return again
             if self.unique.count() and self.allowance.token_may_be_due():
@@ -308,10 +327,10 @@ class VisitorService:
                 if claim is not None:
                     archive = await self._unique_variants(claim.image)
                     if (data := await self._unique_variant(claim.id, archive, wanted)) is not None:
-                        await self._remember(visitor, "unique", claim.id, archive)
+                        await self._remember(viewer, "unique", claim.id, archive)
                         return self._image_response(data, b"unique", claim.id, wanted,
                                                     BackgroundTask(self._finish_claim, claim))
-            return await self._fallback_response(wanted, visitor)
+            return await self._fallback_response(wanted, viewer)
 
     def forget(self, bucket: str, image_id: str) -> None:
         """An image left its bucket by the owner's hand (deleted, moved): no visitor gets it again, not even
@@ -341,18 +360,18 @@ class VisitorService:
             self.errors.record("a visitor got no unique", exc)
             return None
 
-    async def _recall(self, visitor: str) -> Face | None:
-        """The visitor's face from the shared store; None when they have none (or it cannot be read now)."""
+    async def _recall(self, viewer: str) -> Face | None:
+        """The viewer's face from the shared store; None when they have none (or it cannot be read now)."""
         try:
-            return await self.faces.recall(visitor)
+            return await self.faces.recall(viewer)
         except Exception as exc:
             self.errors.record("a visitor's face cannot be looked up", exc)
             return None
 
-    async def _remember(self, visitor: str, kind: str, image_id: str, archive: bytes | None = None) -> None:
-        """Remember what the visitor got (a failure only costs them the same face next time)."""
+    async def _remember(self, viewer: str, kind: str, image_id: str, archive: bytes | None = None) -> None:
+        """Remember what the viewer got (a failure only costs them the same face next time)."""
         try:
-            await self.faces.remember(visitor, kind, image_id, archive)
+            await self.faces.remember(viewer, kind, image_id, archive)
         except Exception as exc:
             self.errors.record("a visitor's face cannot be remembered", exc)
 
@@ -448,8 +467,8 @@ class VisitorService:
         self._recent.put_variant(image_id, wanted.member, made)
         return made
 
-    async def _fallback_response(self, wanted: Wanted, visitor: str | None) -> Response:
-        """A random fallback, remembered as the face of `visitor` (None: a HEAD, which neither retires nor is
+    async def _fallback_response(self, wanted: Wanted, viewer: str | None) -> Response:
+        """A random fallback, remembered as the face of `viewer` (None: a HEAD, which neither retires nor is
         remembered); at most one served per retire period is deleted afterwards (never one the owner keeps:
         looked up only when a retirement is due). Else what `?d=` asks for, by default the placeholder."""
         while (image_id := self.fallback.random_id()) is not None:
@@ -457,8 +476,8 @@ class VisitorService:
             if data is None:
                 continue
             background = None
-            if visitor is not None:
-                await self._remember(visitor, "fallback", image_id)
+            if viewer is not None:
+                await self._remember(viewer, "fallback", image_id)
                 if self.allowance.may_retire() and not self.fallback.is_kept(image_id) \
                         and await self._take_retire_slot():
                     # Out of the pool at once, so no later request picks it; the file goes once this one is sent.

@@ -244,7 +244,8 @@ async def test_demo_page_shows_the_avatar(tmp_path: Path) -> None:
         response = await client.get("/")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/html")
-    assert '<img id="avatar" src="/avatar"' in response.text
+    assert '<source type="image/avif" srcset="/avatar.avif">' in response.text
+    assert '<img id="avatar" src="/avatar.jpg"' in response.text
     assert "UNIQUE LIMITED EDITION" in response.text
 
 
