@@ -143,7 +143,8 @@ class FaceMemo:
 
 
 _SCHEMA = ("CREATE TABLE IF NOT EXISTS faces (visitor TEXT PRIMARY KEY, kind TEXT NOT NULL, id TEXT NOT NULL, "
-           "until REAL NOT NULL, variants BLOB)")
+           "until REAL NOT NULL, variants BLOB)",
+           "CREATE INDEX IF NOT EXISTS faces_by_until ON faces (until)")
 
 
 class FolderFaces:
@@ -154,7 +155,8 @@ class FolderFaces:
         self.path = path
         self._lock = threading.Lock()
         self._db = sqlite.connect(path)
-        self._db.execute(_SCHEMA)
+        for statement in _SCHEMA:
+            self._db.execute(statement)
 
     @classmethod
     async def open(cls, path: Path) -> FolderFaces:
