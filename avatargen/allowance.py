@@ -21,6 +21,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from avatargen import sqlite
@@ -84,6 +85,18 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS visitors (visitor TEXT PRIMARY KEY, granted_at REAL NOT NULL)",
     "CREATE INDEX IF NOT EXISTS visitors_by_time ON visitors (granted_at)",
 )
+
+@dataclass(frozen=True)
+class AllowanceState:
+    """The whole allowance, as `avatargen migrate` carries it between the folders and Redis: the global
+    tokens (with when they were counted), when the fallback retire slot is due, and each visitor still
+    inside the per-visitor window with when it got its unique (wall-clock seconds)."""
+
+    tokens: float
+    tokens_at: float
+    next_retire_at: float
+    visitors: dict[str, float] = field(default_factory=dict)
+
 
 class Allowance:
     """Who may have a unique now, shared by all processes through one SQLite file.
@@ -189,6 +202,24 @@ class Allowance:
             self._write(db, tokens=tokens, tokens_at=now)
             db.execute("DELETE FROM visitors WHERE visitor = ?", (visitor,))
         self.memo.given_back(visitor, now)
+
+    def state(self) -> AllowanceState:
+        """The whole allowance now (visitors whose window has passed left out), for a migration."""
+        now = self.clock()
+        with self._transaction() as db:
+            values = dict(db.execute("SELECT name, value FROM state").fetchall())
+            visitors = dict(db.execute("SELECT visitor, granted_at FROM visitors WHERE granted_at > ?",
+                                       (now - self.window,)).fetchall())
+        return AllowanceState(values["tokens"], values["tokens_at"], values["next_retire_at"], visitors)
+
+    def adopt(self, state: AllowanceState) -> None:
+        """Take over an allowance carried from elsewhere: its tokens and retire slot replace these, its visitors
+        join these (the later grant wins), so nobody gets a second unique within the window by the move."""
+        with self._transaction() as db:
+            self._write(db, tokens=state.tokens, tokens_at=state.tokens_at, next_retire_at=state.next_retire_at)
+            db.executemany("INSERT INTO visitors (visitor, granted_at) VALUES (?, ?) ON CONFLICT (visitor) "
+                           "DO UPDATE SET granted_at = max(granted_at, excluded.granted_at)",
+                           list(state.visitors.items()))
 
     def may_retire(self) -> bool:
         return self.memo.may_retire()

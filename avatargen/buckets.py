@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from avatargen.config import Settings
-from avatargen.files import sync_folder, write_atomically
+from avatargen.files import PRIVATE_FILE, private_folder, sync_folder, write_atomically
 from avatargen.imaging import ImageError, check_webp, check_webp_header, sniff_format
 from avatargen.timestamps import utc_iso
 from avatargen.variants import check_archive, framed_variants
@@ -139,6 +139,9 @@ class _Index:
 
     def __len__(self) -> int:
         return len(self._ids)
+
+    def __contains__(self, image_id: object) -> bool:
+        return image_id in self._positions
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._ids)
@@ -248,13 +251,15 @@ class Bucket:
         self._kept = self.directory / ".kept"
         self._rejected = self.directory / ".rejected"
         for folder in self.folders:
-            folder.mkdir(parents=True, exist_ok=True)
+            private_folder(folder)
         self._lock = threading.Lock()
         self._index = _Index([])
         self._stamp: int | None = None
         self._racy = True
         self._checked_at = float("-inf")
-        self._unlisted = False  # the last look at the folder failed (logged once)
+        self._unlisted: str | None = None  # why the last look at the folder failed (logged once)
+        self._held: int | None = None  # images in .review/ (see recount_held)
+        self._held_stamp: int | None = None
 
     def __repr__(self) -> str:
         return f"Bucket({self.name!r}, {str(self.directory)!r})"
@@ -316,13 +321,14 @@ class Bucket:
             if stamp == self._stamp and not self._racy:
                 return
             images = self._scan()[0]
-        except OSError as exc:  # the folder is gone or unreadable: the bucket is empty until it is back
+        except OSError as exc:  # gone or unreadable: nothing in it can be served, and its level is unknown
             if not self._unlisted:
-                log.error("the %s bucket's folder cannot be listed, so it counts as empty: %s", self.name, exc)
-            self._unlisted = True
+                log.error("the %s bucket's folder cannot be listed: nothing is served from it, and no run fills "
+                          "it, until it can: %s", self.name, exc)
+            self._unlisted = f"the {self.name} bucket's folder cannot be listed: {exc}"
             self._install([], None)
             return
-        self._unlisted = False
+        self._unlisted = None
         self._install(list(images), stamp)
 
     def count(self) -> int:
@@ -347,6 +353,20 @@ class Bucket:
         """Drop an id found gone (another process took it) from the index until the next rescan."""
         with self._lock:
             self._index.discard(image_id)
+
+    def listed(self, image_id: str) -> bool:
+        """Whether the index, as of the last look at the folder, holds this id (no I/O)."""
+        with self._lock:
+            return image_id in self._index
+
+    def servable(self, image_id: str) -> bool:
+        """Whether the image is in the bucket right now, in every process's eyes: one stat of its file, which
+        the owner's delete, a retirement, a move or a claim (all renames) take away at once."""
+        return self._image_path(check_id(image_id)).exists()
+
+    def unknown(self) -> str | None:
+        """Why `count` cannot be trusted now (the folder could not be listed at the last look); None if it can."""
+        return self._unlisted
 
     # --- reading -------------------------------------------------------------------------------------
 
@@ -453,8 +473,10 @@ class Bucket:
         bucket (sidecar first, then the image): out of the bucket, so no visitor and no recovery ever serves
         it, until the owner approves it. `metadata` says why (`review`); `image_id` keeps a migrated one's."""
         image_id, metadata, created_at, sidecar = self._prepare_files(image, metadata, image_id)
+        fresh = not self._held_path(image_id).exists()
         self._place_all([(sidecar, self._held_meta_path(image_id)), (image, self._held_path(image_id))])
         sync_folder(self._review)
+        self._held_changed(fresh)
         return ImageRecord(image_id, self.name, self._held_path(image_id), metadata, created_at, held=True)
 
     def _prepare_files(self, image: bytes, metadata: dict[str, Any],
@@ -522,7 +544,7 @@ class Bucket:
         """Keep an image for good (never retired), or undo that; ImageNotFound if it is not in the bucket."""
         marker = self._kept_path(check_id(image_id))
         if kept:
-            marker.touch()
+            marker.touch(mode=PRIVATE_FILE)
             sync_folder(self._kept)
         else:
             _unlink(marker)
@@ -572,8 +594,34 @@ class Bucket:
     # --- held back by the safety gate ----------------------------------------------------------------
 
     def held_count(self) -> int:
-        """How many images wait in the review folder."""
-        return len(_ids_in(self._review, IMAGE_SUFFIX))
+        """How many images wait in the review folder, as of the last count: no listing here, as the status
+        and the level events ask on the event loop, and `.review/` may hold 200,000 images (a listing of
+        those stalled visitors for 229 ms). Counted here only when nothing counted it before."""
+        if self._held is None:
+            self.recount_held()
+        return self._held or 0
+
+    def recount_held(self) -> bool:
+        """Count the images in `.review/` again if it changed since the last count (its mtime, redone when
+        read in the tick of a change); whether it counted. Blocks on the listing: start-up recovery and the
+        server's upkeep (`FolderBucket.follow`) call it from a worker thread. This process's own holds,
+        approvals and deletions of held images adjust the count at once."""
+        try:
+            stamp: int | None = os.stat(self._review).st_mtime_ns
+        except FileNotFoundError:
+            stamp = None
+        if stamp is not None and stamp == self._held_stamp and self._held is not None:
+            return False
+        count = len(_ids_in(self._review, IMAGE_SUFFIX))
+        with self._lock:
+            self._held = count
+            self._held_stamp = None if stamp is None or time.time_ns() - stamp < _RACY_NS else stamp
+        return True
+
+    def _held_changed(self, by: int) -> None:
+        with self._lock:
+            if self._held is not None:
+                self._held = max(0, self._held + by)
 
     def held(self, n: int) -> list[ImageRecord]:
         """The `n` newest images held back for review, newest first."""
@@ -607,7 +655,9 @@ class Bucket:
         """Delete an image held back for review, with its sidecar; False if none is held with that id."""
         # An approval cut short by a crash may have placed the sidecar in the bucket already: it goes too.
         unfinished = () if self._image_path(check_id(image_id)).exists() else (self._meta_path(image_id),)
-        return self._remove(self._held_path(image_id), (self._held_meta_path(image_id), *unfinished))
+        removed = self._remove(self._held_path(image_id), (self._held_meta_path(image_id), *unfinished))
+        self._held_changed(-removed)
+        return removed
 
     def approve(self, image_id: str) -> ImageRecord:
         """Publish an image the owner approved after the gate held it back, as any new image is published:
@@ -635,6 +685,7 @@ class Bucket:
                 raise ImageNotFound(f"no image {image_id!r} held back in the {self.name} bucket") from None
         _unlink(self._held_meta_path(image_id))
         sync_folder(self.directory)
+        self._held_changed(-1)
         with self._lock:
             self._index.add(image_id)
         return ImageRecord(image_id, self.name, self._image_path(image_id), metadata, created_at)
@@ -750,6 +801,7 @@ class Bucket:
         orphans = sidecars - images - _ids_in(self._claimed, IMAGE_SUFFIX) - _ids_in(self._review, IMAGE_SUFFIX)
         orphans_removed = self._remove_orphans([self._meta_path(image_id) for image_id in orphans], stale_after)
         orphans_removed += self._tidy_owner_files(stale_after)
+        self.recount_held()
         return Recovery(released, temp_removed, orphans_removed)
 
     def _tidy_owner_files(self, stale_after: float) -> int:

@@ -18,16 +18,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, get_type_hints
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import tomlkit
 
 from avatargen import wordlists
-from avatargen.durations import parse_duration
+from avatargen.durations import format_duration, parse_duration
 from avatargen.redact import redact_url
 
-PROVIDERS = ("paperspace", "runpod", "always_on", "simulated")
-PROVIDER_APIS = ("paperspace", "runpod")  # the cloud machine APIs avatargen speaks (and simulates)
+PROVIDERS = ("paperspace", "runpod", "runpod_serverless", "always_on", "simulated")
+PROVIDER_APIS = ("paperspace", "runpod", "runpod_serverless")  # the cloud GPU APIs avatargen speaks (and simulates)
+SIMULATED_WEBUIS = ("automatic1111", "forge")  # the web UIs the simulator can be: see avatargen.simulator.sdwebui
 SD_BACKENDS = ("a1111", "comfyui")
 BUCKET_NAMES = ("unique", "fallback")
 STORAGE_BACKENDS = ("files", "redis")
@@ -93,11 +94,22 @@ def check_http_url(url: str) -> str:
 
 def _placeholders_filled(url: str) -> str:
     """`url` with the machine placeholders the GPU provider fills at each start (`{public_ip}`, `{pod_id}`,
-    `{port:7860}`; see avatargen.gpu.address) standing in as a host part and a port, for checking the rest."""
+    `{port:7860}`; see avatargen.gpu.address) standing in as a host part and a port, for checking the rest.
+    A placeholder that is not written right is a ConfigError naming it (which ones a provider fills is
+    checked with the provider)."""
+    if "{" in (rest := _ANY_PLACEHOLDER.sub("", url)) or "}" in rest:
+        raise ConfigError(f"unbalanced brace in {url!r}: write a placeholder as {{public_ip}}, {{pod_id}} or "
+                          "{port:7860}", key="url")
+    for name in _ANY_PLACEHOLDER.findall(url):
+        if name.startswith("port:") and not (_PORT_NUMBER.fullmatch(name) and 0 < int(name[5:]) < 65536):
+            raise ConfigError(f"placeholder {{{name}}}: the machine's internal port must be a number from 1 to "
+                              "65535, as in {port:7860}", key="url")
     return _PLACEHOLDER.sub(lambda match: match.group(1) or "placeholder", url)
 
 
 _PLACEHOLDER = re.compile(r"\{(?:port:(\d+)|[^{}]*)\}")
+_ANY_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+_PORT_NUMBER = re.compile(r"port:\d{1,5}")
 
 
 def _check_service_url(url: str, key: str, credentials: str) -> None:
@@ -174,8 +186,18 @@ class BucketsSettings:
         return [(name, getattr(self, name)) for name in BUCKET_NAMES]
 
     def check(self) -> None:
-        if self.unique.dir == self.fallback.dir:
+        """Each bucket in a folder of its own, side by side: a bucket inside another's folder would sit in
+        the way of its work folders (`.review/` holds what the gate held back, `.claimed/` what was served,
+        `.tmp/` half-written files), whose images it would then serve."""
+        unique, fallback = self.unique.dir.resolve(), self.fallback.dir.resolve()
+        if unique == fallback:
             raise ConfigError("the unique and fallback buckets need different folders", key="fallback.dir")
+        for inner, outer in (("unique", "fallback"), ("fallback", "unique")):
+            inside, around = getattr(self, inner).dir, getattr(self, outer).dir
+            if inside.resolve().is_relative_to(around.resolve()):
+                raise ConfigError(f"{inside} is inside the {outer} bucket's folder {around}, where the "
+                                  f"{outer} bucket keeps its own files and work folders; give each bucket a "
+                                  f"folder of its own (e.g. data/unique and data/fallback)", key=f"{inner}.dir")
 
 
 @dataclass(frozen=True)
@@ -223,10 +245,33 @@ class RunPodSettings:
 
 
 @dataclass(frozen=True)
+class RunPodServerlessSettings:
+    """[gpu.runpod_serverless]: a queue-based RunPod Serverless endpoint running worker-comfyui (see
+    avatargen.gpu.serverless): no machine to start or stop, workers billed per second while they run."""
+
+    endpoint_id: str = ""
+    api_url: str = "https://api.runpod.ai/v2"
+    api_key_env: str = "RUNPOD_API_KEY"
+    max_in_flight: int = _f(4, low=1, high=100)  # jobs queued or running at once: the owner's cap on parallel spend
+    idle_timeout: float = _f(5.0, kind="duration")  # the endpoint's idle timeout: billed after each worker's last job
+
+    def api_key(self) -> Secret:
+        return Secret(os.environ.get(self.api_key_env, ""))
+
+    def check(self) -> None:
+        _check_service_url(self.api_url, "api_url", f"the API key comes from the environment variable named by "
+                                                    f"api_key_env ({self.api_key_env})")
+        if "/" in self.endpoint_id:
+            raise ConfigError(f"an endpoint id, not a URL (got {self.endpoint_id!r}): the id shown on the endpoint's "
+                              "page, e.g. \"abc123xyz\"", key="endpoint_id")
+
+
+@dataclass(frozen=True)
 class SimulatedSettings:
     """The built-in GPU machine and SD web UI (demo mode); see avatargen.simulator."""
 
     api: str = _f("paperspace", choices=PROVIDER_APIS)  # the cloud machine API the simulated GPU speaks
+    webui: str = _f("automatic1111", choices=SIMULATED_WEBUIS)  # which web UI the simulated a1111 backend is
     boot_delay: float = _f(8.0, kind="duration")
     stop_delay: float = _f(3.0, kind="duration")
     sd_boot_delay: float = _f(2.0, kind="duration")
@@ -244,6 +289,7 @@ class GpuSettings:
     daily_budget: float = _f(5.0, low=0)
     paperspace: PaperspaceSettings = _f(PaperspaceSettings())
     runpod: RunPodSettings = _f(RunPodSettings())
+    runpod_serverless: RunPodServerlessSettings = _f(RunPodServerlessSettings())
     simulated: SimulatedSettings = _f(SimulatedSettings())
 
     def check(self) -> None:
@@ -251,6 +297,8 @@ class GpuSettings:
             raise ConfigError("required when provider = \"paperspace\"", key="paperspace.machine_id")
         if self.provider == "runpod" and not self.runpod.pod_id:
             raise ConfigError("required when provider = \"runpod\"", key="runpod.pod_id")
+        if self.provider == "runpod_serverless" and not self.runpod_serverless.endpoint_id:
+            raise ConfigError("required when provider = \"runpod_serverless\"", key="runpod_serverless.endpoint_id")
 
 
 @dataclass(frozen=True)
@@ -319,6 +367,10 @@ class SdSettings:
                 raise ConfigError(f"must be a multiple of 8, got {getattr(self, name)}", key=name)
 
 
+# How long a safety gate that held back most of a run's images pauses automatic runs, at most and at least.
+PAUSE_FOR_MIN, PAUSE_FOR_MAX = 60.0, 30 * 86400.0
+
+
 @dataclass(frozen=True)
 class ReviewSettings:
     """The safety gate before publishing (optional extra avatargen[review]); see avatargen.review.
@@ -333,6 +385,8 @@ class ReviewSettings:
     block: dict[str, float] = _f({name: 0.4 for name in (
         "FEMALE_GENITALIA_EXPOSED", "MALE_GENITALIA_EXPOSED", "FEMALE_BREAST_EXPOSED", "BUTTOCKS_EXPOSED",
         "ANUS_EXPOSED")}, low=0, high=1)
+    # A run whose images were mostly held back pauses automatic runs until the owner acts, or this long.
+    pause_for: float = _f(86400.0, kind="duration")
 
     def check(self) -> None:
         from avatargen.review import CLASSES  # the detector's own class names
@@ -342,6 +396,8 @@ class ReviewSettings:
                 close = difflib.get_close_matches(name, CLASSES, n=1)
                 hint = f"did you mean {close[0]!r}?" if close else f"known classes: {', '.join(CLASSES)}"
                 raise ConfigError(f"unknown detector class {name!r}; {hint}", key=f"block.{name}")
+        if not PAUSE_FOR_MIN <= self.pause_for <= PAUSE_FOR_MAX:
+            raise ConfigError(f"must be from 1m to 30d, got {format_duration(self.pause_for)}", key="pause_for")
         if self.enabled and not self.block and not self.require_face:
             raise ConfigError("the gate is enabled but blocks no class and does not require a face; "
                               "list classes in [review.block], set require_face = true, or enabled = false",
@@ -405,9 +461,46 @@ class StorageSettings:
             raise ConfigError('required when backend = "redis" (for example "redis://10.0.0.5:6379/0")', key="url")
         if not self.url.startswith(REDIS_SCHEMES):
             raise ConfigError(f"must start with {', '.join(REDIS_SCHEMES)}, got {self.url!r}", key="url")
-        if "@" in self.url.split("://", 1)[1].split("/", 1)[0]:
-            raise ConfigError(f"must not hold a user name or password; put the password in the environment "
-                              f"variable named by password_env ({self.password_env})", key="url")
+        parts = urlsplit(self.url)
+        query = parse_qs(parts.query, keep_blank_values=True)  # redis-py takes ?password= too
+        if "@" in parts.netloc or "password" in (name.lower() for name in query):
+            raise ConfigError(f"must not hold a user name or password (got {redact_url(self.url)!r}): put the "
+                              f"password in the environment variable named by storage.password_env "
+                              f"({self.password_env})", key="url")
+
+
+NOTIFY_EVENTS = ("money", "run_failed", "runs_paused", "held", "bucket_empty", "storage", "generator_moved")
+
+
+@dataclass(frozen=True)
+class NotifySettings:
+    """Messages to the owner through Apprise URLs (ntfy, Pushover, e-mail, a JSON webhook, ...)."""
+
+    urls: tuple[str, ...] = ()
+    urls_env: str = "AVATARGEN_NOTIFY_URLS"  # more URLs (space-separated) from the environment: they hold secrets
+    events: tuple[str, ...] = _f(NOTIFY_EVENTS)
+    min_interval: float = _f(3600.0, kind="duration")  # one kind of event at most this often ("money": always)
+
+    def all_urls(self) -> tuple[str, ...]:
+        """The configured URLs and those from the environment variable named by urls_env."""
+        return self.urls + tuple(os.environ.get(self.urls_env, "").split()) if self.urls_env else self.urls
+
+    def check(self) -> None:
+        for event in self.events:
+            if event not in NOTIFY_EVENTS:
+                close = difflib.get_close_matches(event, NOTIFY_EVENTS, n=1)
+                hint = f"did you mean {close[0]!r}?" if close else f"events are {', '.join(NOTIFY_EVENTS)}"
+                raise ConfigError(f"no event {event!r}; {hint}", key="events")
+        for url in self.urls:
+            if "://" not in url:
+                raise ConfigError(f"not an Apprise URL (scheme://...): {redact_url(url)!r}", key="urls")
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    """`GET /metrics` for Prometheus: from admin.allow_from, with this read-only token (never the admin's)."""
+
+    token: Secret = _f(Secret(""))
 
 
 @dataclass(frozen=True)
@@ -422,6 +515,8 @@ class Settings:
     prompts: PromptSettings = _f(PromptSettings())
     review: ReviewSettings = _f(ReviewSettings())
     storage: StorageSettings = _f(StorageSettings())
+    notify: NotifySettings = _f(NotifySettings())
+    metrics: MetricsSettings = _f(MetricsSettings())
     # Where the settings came from (None: built-in defaults); not a config key.
     path: Path | None = field(default=None, metadata={"internal": True})
 
@@ -440,6 +535,10 @@ class Settings:
         (`generator.image_size`) as the largest, since nothing larger can be made without blurring."""
         edge = self.generator.image_size
         return (*(size for size in self.serving.sizes if size < edge), edge)
+
+    def metrics_token(self) -> Secret:
+        """The token /metrics asks for: AVATARGEN_METRICS_TOKEN wins over the file; may be empty."""
+        return Secret(os.environ.get("AVATARGEN_METRICS_TOKEN", "")) or self.metrics.token
 
     def error(self, message: str, key: str) -> ConfigError:
         """A problem with a loaded setting found later (a folder that cannot be written), located in the file
@@ -521,6 +620,13 @@ def _check_network(item: str, dotted: str, ctx: _Context) -> None:
         raise ctx.error(f"{item!r} has host bits set; did you mean {str(meant)!r}?", dotted) from None
 
 
+def _check_no_nul(texts: Any, dotted: str, ctx: _Context) -> None:
+    """No text setting may hold a NUL: the OS refuses one in a path or an environment variable's name (a
+    ValueError deep inside start-up), and in a prompt or a URL it is a mistake."""
+    if any("\0" in text for text in texts):
+        raise ctx.error("must not contain a NUL character (\\u0000)", dotted)
+
+
 def _convert(hint: Any, meta: Mapping[str, Any], raw: Any, dotted: str, ctx: _Context) -> Any:
     kind = meta.get("kind")
     if kind == "duration":
@@ -545,6 +651,7 @@ def _convert(hint: Any, meta: Mapping[str, Any], raw: Any, dotted: str, ctx: _Co
     elif hint in (str, Path, Secret):
         if not isinstance(raw, str):
             raise ctx.error(f"expected a string, got {_type_name(raw)} ({raw!r})", dotted)
+        _check_no_nul([raw], dotted, ctx)
         if meta.get("nonempty") and not raw.strip():
             raise ctx.error("must not be empty", dotted)
         if hint is Path:
@@ -554,6 +661,7 @@ def _convert(hint: Any, meta: Mapping[str, Any], raw: Any, dotted: str, ctx: _Co
     elif hint == tuple[str, ...]:
         if not isinstance(raw, list | tuple) or not all(isinstance(item, str) for item in raw):
             raise ctx.error(f"expected a list of strings, got {_type_name(raw)} ({raw!r})", dotted)
+        _check_no_nul(raw, dotted, ctx)
         items = tuple(item.strip() for item in raw)
         if meta.get("nonempty") and not items:
             raise ctx.error("the list must not be empty", dotted)
@@ -630,19 +738,27 @@ def _walk(cls: type, table: Mapping[str, Any], default: Any, prefix: str, ctx: _
 
 def _error_line(text: str, exc: tomlkit.exceptions.TOMLKitError) -> int | None:
     """Where a TOML error is. tomlkit does not say for every error (a key set twice in a table) and points
-    past a table set twice; the standard library's parser, which agrees on what is valid, says exactly."""
+    past a table set twice; the standard library's parser, which agrees on what is valid, says exactly.
+    Not for nesting, which tomlkit places right and on which the standard parser takes quadratic time (a
+    dotted key of 100,000 parts: minutes) or runs out of stack."""
+    line = getattr(exc, "line", None)
+    if "nested more than" in str(exc):
+        return int(line) if line else None
     try:
         tomllib.loads(text)
+    except RecursionError:
+        pass
     except tomllib.TOMLDecodeError as found:
         if where := _TOMLLIB_WHERE.search(str(found)):
             return int(where.group(1))
-    line = getattr(exc, "line", None)
     return int(line) if line else None
 
 
 def _parse_text(text: str, ctx: _Context) -> Mapping[str, Any]:
     try:
         return tomlkit.parse(text).unwrap()
+    except RecursionError:  # arrays or inline tables nested thousands deep: no setting is
+        raise ConfigError("not valid TOML for avatargen: a value is nested too deeply", file=ctx.file) from None
     except tomlkit.exceptions.TOMLKitError as exc:  # a syntax error, a key or table set twice, ...
         line = _error_line(text, exc)
         problem = _TOMLKIT_WHERE.sub("", str(exc))

@@ -9,6 +9,11 @@ _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 
 
+# The longest duration any setting takes. Past it a value is a mistake, and a huge one (1e23 seconds) breaks
+# the date arithmetic it feeds (OverflowError in the status, a timer that never fires).
+MAX_DURATION = 365 * 86400.0
+
+
 def parse_duration(value: object) -> float:
     """Return the duration in seconds, or raise ValueError saying what a valid one looks like."""
     if isinstance(value, bool):
@@ -18,15 +23,18 @@ def parse_duration(value: object) -> float:
             raise ValueError(f"a duration must be a finite number of seconds, got {value!r}")
         if value < 0:
             raise ValueError(f"a duration cannot be negative, got {value!r}")
-        return float(value)
-    if isinstance(value, str):
+        seconds = float(value)
+    elif isinstance(value, str):
         match = _PATTERN.match(value)
-        if match:
-            return float(match.group(1)) * _UNITS[match.group(2)]
-        raise ValueError(
-            f"bad duration {value!r}: use a number with a unit (ms, s, m, h, d) such as \"90s\" or \"10m\""
-        )
-    raise ValueError(f"expected a duration such as \"90s\" or integer seconds, got {type(value).__name__}")
+        if not match:
+            raise ValueError(
+                f"bad duration {value!r}: use a number with a unit (ms, s, m, h, d) such as \"90s\" or \"10m\"")
+        seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    else:
+        raise ValueError(f"expected a duration such as \"90s\" or integer seconds, got {type(value).__name__}")
+    if seconds > MAX_DURATION:
+        raise ValueError(f"a duration can be at most 365d, got {value!r}")
+    return seconds
 
 
 def format_duration(seconds: float) -> str:

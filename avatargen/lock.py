@@ -63,8 +63,55 @@ class FileSeat:
     async def keep(self) -> None:
         await asyncio.Event().wait()  # the kernel holds it until this process ends
 
+    async def confirm(self, duration: float) -> None:
+        """Held for as long as this process lives: any machine call may go ahead."""
+
     async def holder(self) -> str | None:
         return f"pid {self.lock.holder()}"
 
     async def release(self) -> None:
         self.lock.release()
+
+
+class DataFolderInUse(Exception):
+    """The data folder is held by the other side: a migration while a server starts, or the reverse."""
+
+
+class DataFolderLock:
+    """Who uses `data_dir` now: every `avatargen serve` shares `<data_dir>/in-use.lock` for as long as it
+    runs, and `avatargen migrate` takes it alone. Each side's flock is refused while the other holds it,
+    by the kernel at once, so a server never starts in the middle of a migration and a migration never
+    starts under a server; a process that dies lets go of it with its last breath."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = data_dir / "in-use.lock"
+        self._fd: int | None = None
+
+    def share(self) -> None:
+        """Hold the folder as a server does (alongside other servers); DataFolderInUse during a migration."""
+        self._take(fcntl.LOCK_SH, "a migration (avatargen migrate, pid {holder}) is moving the buckets: "
+                   "start the server once it has finished")
+
+    def take_alone(self) -> None:
+        """Hold the folder alone, as a migration does; DataFolderInUse while any server uses it."""
+        self._take(fcntl.LOCK_EX, "an avatargen server uses {path}: stop every avatargen serve first")
+
+    def _take(self, mode: int, refusal: str) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = self.path.read_text().strip() or "unknown"
+            os.close(fd)
+            raise DataFolderInUse(refusal.format(holder=holder, path=self.path.parent)) from None
+        if mode == fcntl.LOCK_EX:  # the migration says who it is; servers leave the file alone
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        """Let go (closing the file ends the flock)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

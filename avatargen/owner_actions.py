@@ -90,11 +90,15 @@ class OwnerActions:
         return image
 
     async def move(self, bucket: str, image_id: str, to: str) -> ImageInfo:
-        """Move an image into another bucket, under the same id."""
+        """Move an image into another bucket, under the same id: a unique into the fallbacks only. A fallback
+        has been shown to any number of visitors, so it never becomes a unique (each is served once)."""
         if to not in self._buckets:
             raise Refused(f"unknown bucket {to!r} to move into; buckets are {' and '.join(self._buckets)}")
         if to == bucket:
             raise Refused(f"the image is already in the {bucket} bucket")
+        if to == "unique":
+            raise Refused(f"a {bucket} image never becomes a unique: many visitors may have seen it already, "
+                          "and a unique is one nobody else ever gets")
         record = await self._buckets[bucket].move(image_id, self._buckets[to])
         self._forget(bucket, image_id)
         image = image_info(record)

@@ -13,11 +13,14 @@ import re
 
 # scheme://userinfo@ : the user info runs up to the first "@" of the authority (no "/", "?", "#" before it).
 _USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/?#@\s]+@")
+# ?password=... or &password=... in a query (redis-py reads a password there too).
+_QUERY_PASSWORD = re.compile(r"(?P<key>[?&]password=)[^&#\s]*", re.IGNORECASE)
 
 
 def redact_url(text: str) -> str:
-    """A URL, or a text holding URLs, with each URL's user name and password replaced by ***."""
-    return _USERINFO.sub(r"\g<scheme>***@", text)
+    """A URL, or a text holding URLs, with each URL's user name and password (and a password given as a
+    query parameter) replaced by ***."""
+    return _QUERY_PASSWORD.sub(r"\g<key>***", _USERINFO.sub(r"\g<scheme>***@", text))
 
 
 class RedactingFilter(logging.Filter):

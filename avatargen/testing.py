@@ -27,6 +27,7 @@ import tomlkit
 
 START_TIMEOUT = 30.0
 SIM_KEY_ENV = "AVATARGEN_TEST_SIM_PAPERSPACE_KEY"
+SERVERLESS_CHECKPOINT = "cjs-dreambooth.safetensors"  # on the simulated endpoint's volume
 SIM_RETRIES, SIM_RETRY_PAUSE = 10, 0.1
 
 
@@ -89,6 +90,7 @@ class Service:
                         return self
                 except httpx.TransportError:
                     time.sleep(0.02)
+        self.stop()  # a caller whose start failed never stops it: nothing may be left running
         raise TimeoutError(f"{self.name} did not answer {self.health_path} within {START_TIMEOUT:g}s:\n"
                            f"{self.log_text()}")
 
@@ -106,6 +108,19 @@ class Service:
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait(10)
+
+    def pause(self) -> None:
+        """SIGSTOP the process and its workers: a stalled VM, a long GC pause; `resume` wakes them."""
+        self._signal_family(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self._signal_family(signal.SIGCONT)
+
+    def _signal_family(self, signum: signal.Signals) -> None:
+        assert self.process is not None
+        for pid in _family(self.process.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
 
     def stop(self, timeout: float = 30.0) -> int | None:
         """SIGTERM and wait (SIGKILL past the timeout); the exit status, None if it never ran."""
@@ -197,7 +212,7 @@ class Simulator:
             self.process.wait(30)  # at nice 19 on a busy machine, it may wait a while for the CPU to exit
 
     def _request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-        url = self.info["api_url"].removesuffix("/v1") + path
+        url = self.info["api_url"].removesuffix("/v1").removesuffix("/v2") + path
         headers = {"Authorization": f"Bearer {self.info['api_key']}"}
         for _ in range(SIM_RETRIES):
             response = httpx.request(method, url, headers=headers, timeout=10, **kwargs)
@@ -208,13 +223,18 @@ class Simulator:
         return response.json()
 
     def machine(self) -> dict[str, Any]:
-        """The machine as the simulator sees it: `state` (off, starting, ..., ready) and `billedSeconds`."""
+        """The machine as the simulator sees it: `state` (off, starting, ..., ready), `billedSeconds` and
+        `calls` (the start and stop requests it received, oldest first)."""
         return self._request("GET", "/_sim/machine")
 
     def provider_config(self) -> dict[str, Any]:
         """The config layer that points an avatargen server at this simulator (env: `env()`), exactly as at the
         real provider: a pod's web UI is reached on its TCP-exposed port."""
         api = self.info["api"]
+        if api == "runpod_serverless":  # worker-comfyui, with the model the simulated volume holds
+            return {"gpu": {"provider": api, api: {"api_url": self.info["api_url"], "api_key_env": SIM_KEY_ENV,
+                                                   "endpoint_id": self.info["machine_id"]}},
+                    "sd": {"backend": "comfyui", "checkpoint": SERVERLESS_CHECKPOINT}}
         machine = {"pod_id" if api == "runpod" else "machine_id": self.info["machine_id"]}
         sd_url = "http://{public_ip}:{port:7860}" if api == "runpod" else self.info["sd_url"]
         return {"gpu": {"provider": api, api: {"api_url": self.info["api_url"], "api_key_env": SIM_KEY_ENV, **machine}},
@@ -227,7 +247,7 @@ class Simulator:
 # --- a real Redis ---------------------------------------------------------------------------------------
 # Debian's redis-server on a free loopback port in a folder of its own, started with no snapshots
 # (`--save ''`) and, where it must survive a restart, an append-only file fsynced at every write
-# (`appendfsync always`: what the README asks of the owner's Redis). Ready is read from its log.
+# (`appendfsync always`: what docs/redis.md asks of the owner's Redis). Ready is read from its log.
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 REDIS_START_TIMEOUT = 20.0
@@ -241,9 +261,10 @@ class PortTaken(RuntimeError):
 class RedisServer:
     """One redis-server process; `restart` keeps its port and folder (and, with AOF, its data)."""
 
-    def __init__(self, directory: Path, *, appendonly: bool = False) -> None:
+    def __init__(self, directory: Path, *, appendonly: bool = False, debug: bool = False) -> None:
         self.directory = directory
         self.appendonly = appendonly
+        self.debug = debug  # DEBUG commands (DEBUG SLEEP: a Redis that answers nobody) from loopback
         self.port = free_port()
         self.process: subprocess.Popen[str] | None = None
 
@@ -257,6 +278,8 @@ class RedisServer:
                 str(self.directory), "--logfile", "", "--daemonize", "no"]
         if self.appendonly:
             args += ["--appendonly", "yes", "--appendfsync", "always"]
+        if self.debug:
+            args += ["--enable-debug-command", "local"]
         process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.process = process
         assert process.stdout is not None
@@ -321,9 +344,9 @@ def _drain(process: subprocess.Popen[str]) -> None:
 
 
 @contextlib.contextmanager
-def running_redis(directory: Path, *, appendonly: bool = False) -> Iterator[RedisServer]:
+def running_redis(directory: Path, *, appendonly: bool = False, debug: bool = False) -> Iterator[RedisServer]:
     for attempt in range(REDIS_PORT_TRIES):
-        server = RedisServer(directory, appendonly=appendonly)
+        server = RedisServer(directory, appendonly=appendonly, debug=debug)
         try:
             server.start()
             break

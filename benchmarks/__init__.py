@@ -1,5 +1,5 @@
 """Benchmarks: scripts that measure avatargen and print their figures (`python -m benchmarks.<name>`).
 
 Each script takes `--quick` (tiny durations, so CI can run it and it never rots) and prints a
-Markdown table. The README's `## Benchmarks` section holds the figures of a full run.
+Markdown table. docs/benchmarks.md holds the figures of a full run.
 """

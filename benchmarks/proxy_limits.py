@@ -1,5 +1,5 @@
 """Slow and oversized request headers and the visitor's address: `avatargen serve` alone, and behind the
-README's nginx example (deploy/nginx-avatargen.conf, used as shipped but for its two ports).
+documented nginx example (deploy/nginx-avatargen.conf, used as shipped but for its two ports).
 
 uvicorn sets no deadline for a request's headers: its keep-alive timeout runs only between requests, and
 the first byte of a request cancels it. So a client sending its headers one byte a second holds a

@@ -1,4 +1,4 @@
-"""Printing figures: percentiles, Markdown tables (pasted into the README as they are), the machine."""
+"""Printing figures: percentiles, Markdown tables (pasted into docs/benchmarks.md as they are), the machine."""
 
 from __future__ import annotations
 

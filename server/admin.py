@@ -57,7 +57,7 @@ def to_generator(handler: Handler, *, stream: bool = False) -> Handler:
         if state.engine is not None or forwarder is None or (stream and not forwarder.streams):
             return await handler(request)
         try:
-            return await forwarder.forward(request)
+            return await forwarder.forward(request, stream=stream)
         except GeneratorUnreachable as exc:
             state.generator_elsewhere = str(exc)
             return await handler(request)
@@ -77,7 +77,8 @@ async def status(request: Request) -> Response:
     if answer.status_code != 200:
         return answer
     visitors = request.app.state.visitor.status()
-    return JSONResponse({**json.loads(await read_answer(answer)), "visitors": visitors.to_json()})
+    gate = {"enabled": services(request).settings.review.enabled}  # every process reads the same config
+    return JSONResponse({**json.loads(await read_answer(answer)), "visitors": visitors.to_json(), "review": gate})
 
 
 async def events(request: Request) -> Response:
@@ -338,7 +339,7 @@ def admin_api(*, internal: bool = False) -> Mount:
         Route("/images/{bucket}/{image_id}/approve", generators(approve_image), methods=["POST"]),
         Route("/prompts", generators(get_prompts), methods=["GET"]),
         Route("/prompts", generators(put_prompts), methods=["PUT"]),
-        Route("/prompts/sample", sample_prompts, methods=["GET", "POST"]),
+        Route("/prompts/sample", generators(sample_prompts), methods=["GET", "POST"]),  # its saved settings
         Route("/history", generators(history), methods=["GET"]),
         Route("/refill", generators(refill), methods=["POST"]),
         Route("/abort", generators(abort), methods=["POST"]),

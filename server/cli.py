@@ -1,9 +1,12 @@
-"""The `avatargen` command: serve, prompts, check-config, simulate, and the owner's status, refill, abort."""
+"""The `avatargen` command: the server and generator (`serve`), and the owner's tools around it."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import signal
+import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -20,12 +23,16 @@ from avatargen.api import (
     find_token,
     server_url,
 )
-from avatargen.cli_options import add_version, count, http_url, setting
+from avatargen.cli_options import add_version, count, http_url, integer, refuse, setting
 from avatargen.config import BUCKET_NAMES, ConfigError, Settings, find_config, load_settings
 from avatargen.durations import format_duration
 
 EXIT_CONFIG = 2  # a config or command-line error (argparse's usage errors are 2 as well)
 EXIT_CANNOT_LISTEN = 4  # serve: the port is in use or the address is not this machine's
+EXIT_REFUSED = 1  # migrate: a server runs; serve: a migration runs (each refuses the other)
+ASK_PROVIDER_WITHIN = 5.0  # check-config: seconds for the provider's API to answer, retries included
+UNREACHABLE_HINT = ("Is `avatargen serve` running with the same --config? A server on another machine, or one "
+                    "started with another data folder, is reached with --url http://HOST:PORT")
 
 
 def _load(args: argparse.Namespace) -> Settings:
@@ -57,11 +64,33 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     warnings = settings_warnings(settings)
     if problem := review.missing_extra(settings.review):
         warnings.append(problem)
-    if settings.gpu.provider in ("paperspace", "runpod"):  # preflight made sure the key is there
+    if urls := settings.notify.all_urls():
+        from avatargen.notify import not_understood
+
+        warnings += [f"[notify] urls: Apprise does not understand {url} (see `avatargen notify --test`)"
+                     for url in not_understood(urls)]
+    if (provider := settings.gpu.provider) in ("paperspace", "runpod", "runpod_serverless"):  # preflight: the key
+        vendor = getattr(settings.gpu, provider)
+        print(f"avatargen: asking the {provider} API at {vendor.api_url} about the machine "
+              f"(at most {ASK_PROVIDER_WITHIN:g}s)...", file=sys.stderr, flush=True)
         try:
-            warnings += asyncio.run(ask_provider(settings))
+            warnings += asyncio.run(asyncio.wait_for(ask_provider(settings), ASK_PROVIDER_WITHIN))
+        except TimeoutError:
+            warnings.append(f"the {provider} API did not answer within {ASK_PROVIDER_WITHIN:g}s: the machine was "
+                            "not checked (the server retries for longer when it starts)")
         except MachineError as exc:
-            warnings.append(f"could not ask the {settings.gpu.provider} API about the machine: {exc}")
+            warnings.append(f"could not ask the {provider} API about the machine: {exc}")
+    if settings.gpu.provider == "always_on" and settings.sd.backend == "a1111":  # its web UI answers now
+        from avatargen.sd import ask_sd_server
+
+        sd_notes, sd_warnings = asyncio.run(ask_sd_server(settings))
+        notes += sd_notes
+        warnings += sd_warnings
+    if settings.storage.backend == "redis":
+        from avatargen.storage.redis_connection import ask_redis
+
+        if problem := asyncio.run(ask_redis(settings.storage)):
+            warnings.append(problem)
     for warning in warnings:
         print(f"avatargen: warning: {warning}", file=sys.stderr)
     where = path if path is not None else "built-in defaults (no config.toml here)"
@@ -72,6 +101,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from avatargen.lock import DataFolderInUse
     from server.serve import CannotListen, serve
 
     settings = _load(args)
@@ -80,6 +110,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except CannotListen as exc:
         print(f"avatargen: {exc}", file=sys.stderr)
         return EXIT_CANNOT_LISTEN
+    except DataFolderInUse as exc:
+        print(f"avatargen: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -90,17 +123,66 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         moved = asyncio.run(migrate(settings, args.to))
     except MigrationRefused as exc:
         print(f"avatargen: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_REFUSED
     if moved.set_aside:
         print(f"{moved.set_aside} broken image(s) were not moved: they stay in the folders' .rejected/")
     print(f'done: set [storage] backend = "{args.to}" in {settings.path or "config.toml"} and start the servers')
     return 0
 
 
+def cmd_backup(args: argparse.Namespace) -> int:
+    from avatargen.backup import BackupRefused, backup
+
+    settings = _load(args)
+    try:
+        copied = backup(settings, args.dest)
+    except BackupRefused as exc:
+        print(f"avatargen: {exc}", file=sys.stderr)
+        return 1
+    print(f"backup in {args.dest}: {copied.describe()}")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from avatargen.backup import BackupRefused, restore
+
+    settings = _load(args)
+    try:
+        copied = restore(settings, args.source, replace=args.replace)
+    except BackupRefused as exc:
+        print(f"avatargen: {exc}", file=sys.stderr)
+        return 1
+    print(f"restored from {args.source}: {copied.describe()}")
+    print(f"the backup's config is {args.source / 'config.toml'}; this restore used "
+          f"{settings.path or 'the built-in defaults'}. Start the server: avatargen serve")
+    return 0
+
+
+def cmd_notify(args: argparse.Namespace) -> int:
+    """Send one test message through every [notify] URL and say which ones worked (1 if any did not)."""
+    from avatargen.notify import Message, try_urls
+
+    settings = _load(args)
+    urls = settings.notify.all_urls()
+    if not urls:
+        print(f"avatargen: no [notify] urls in {settings.path or 'the config'} (nor in ${settings.notify.urls_env}): "
+              "nothing to test", file=sys.stderr)
+        return 1
+    message = Message("test", "avatargen: test message",
+                      f"A test from avatargen on {socket.gethostname()}: the owner's messages reach you here.")
+    results = asyncio.run(try_urls(urls, message))
+    for url, reason in results.items():
+        print(f"OK      {url}" if reason is None else f"FAILED  {url}: {reason}")
+    return 1 if any(reason is not None for reason in results.values()) else 0
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from avatargen.simulator.runner import serve_simulator
     from server.preflight import check_simulated
 
+    if args.api_port and args.api_port == args.sd_port:
+        refuse(args, f"--api-port and --sd-port are both {args.api_port}: the machine API and the SD server "
+                     "need a port each")
     settings = _load(args)
     check_simulated(settings)
     return serve_simulator(settings.gpu.simulated, args.host, args.api_port, args.sd_port, settings.sd.backend)
@@ -122,7 +204,10 @@ def _as_owner(args: argparse.Namespace, action: Callable[[AdminClient], Awaitabl
 
     try:
         print(asyncio.run(call()))
-    except (AdminError, Unreachable, ProtocolError) as exc:
+    except Unreachable as exc:
+        print(f"avatargen: {exc}\n{UNREACHABLE_HINT}", file=sys.stderr)
+        return 1
+    except (AdminError, ProtocolError) as exc:
         print(f"avatargen: {exc}", file=sys.stderr)
         return 1
     return 0
@@ -174,6 +259,9 @@ async def _status(client: AdminClient) -> str:
     if status.paused_reason:
         lines.append(f"automatic refills paused: {status.paused_reason}")
     lines += [f"note: {note}" for note in status.machine_notes]
+    if (notes := status.notifications).failed:
+        lines.append(f"messages to the owner not delivered: {notes.failed} (of {notes.sent + notes.failed}); "
+                     f"last: {notes.last_failure} (avatargen notify --test)")
     visitors = status.visitors
     if visitors.errors and visitors.last_error_at is not None:
         lines.append(f"visitors given another avatar because of an error: {visitors.errors}; "
@@ -213,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
         command = sub.add_parser(name, help=help_text, description=help_text)
         command.add_argument("--config", type=Path, default=None,
                              help="config file (default: ./config.toml if present, else built-in defaults)")
-        command.set_defaults(func=func)
+        command.set_defaults(func=func, parser=command)
         return command
 
     serve = add("serve", cmd_serve, "run the visitor server, the admin API and the generator")
@@ -222,13 +310,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     sample = add("prompts", cmd_prompts, "print sample prompts")
     sample.add_argument("-n", type=count, default=10, help="how many (default 10)")
-    sample.add_argument("--seed", type=int, default=None, help="random seed, for repeatable output")
+    sample.add_argument("--seed", type=integer, default=None, help="random seed, for repeatable output")
 
     add("check-config", cmd_check_config, "validate the configuration and exit")
 
     move = add("migrate", cmd_migrate, "move the buckets (and copy the cost ledger) between the folders and Redis; "
                                        "every avatargen serve must be stopped")
     move.add_argument("--to", required=True, choices=("redis", "files"), help="where the buckets go")
+
+    save = add("backup", cmd_backup, "copy the ledger, visitor allowances, buckets and config into a new folder "
+                                     "while the server runs")
+    save.add_argument("dest", type=Path, metavar="DEST", help="the folder to create (must not exist, or be empty)")
+    back = add("restore", cmd_restore, "bring a backup back into the configured data and bucket folders; every "
+                                       "avatargen serve must be stopped")
+    back.add_argument("source", type=Path, metavar="BACKUP", help="a folder made by avatargen backup")
+    back.add_argument("--replace", action="store_true",
+                      help="replace the ledger, allowances and images there are (default: refuse to overwrite)")
+
+    notify = add("notify", cmd_notify, "send the owner's messages ([notify] urls)")
+    notify.add_argument("--test", action="store_true", required=True,
+                        help="send one test message through every URL and say which ones worked")
 
     simulate = add("simulate", cmd_simulate,
                    "run the simulated GPU (the machine API of gpu.simulated.api and the SD server of sd.backend) "
@@ -248,13 +349,27 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "refill":
             owner.add_argument("buckets", nargs="*", type=bucket_name, metavar="BUCKET",
                                help="unique and/or fallback (default: every bucket)")
+    parser.description = f"{__doc__} Commands: {', '.join(sub.choices)}."  # never missing a command
     return parser
+
+
+def _reader_gone() -> int:
+    """The reader of our output went away (`avatargen prompts | head -1`): stop quietly, as Unix tools
+    do. What is still buffered goes nowhere, so the interpreter's last flush cannot complain either."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 128 + signal.SIGPIPE  # the status a shell reports for a tool that SIGPIPE ended
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        status = args.func(args)
+        sys.stdout.flush()  # output still buffered meets a closed pipe here, not after main returned
+        return status
+    except BrokenPipeError:
+        return _reader_gone()
     except ConfigError as exc:
         print(f"avatargen: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG

@@ -24,7 +24,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -35,7 +35,9 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import ASGIApp
 
+from avatargen.embedded_server import EmbeddedServer
 from avatargen.storage.redis_connection import Outage, RedisStorage, StorageUnavailable
+from server.socket_transport import socket_transport
 
 log = logging.getLogger("avatargen.server")
 
@@ -57,7 +59,10 @@ class Forwarder(Protocol):
 
     streams: bool  # whether the event stream can be forwarded (else each process relays the events itself)
 
-    async def forward(self, request: Request) -> Response: ...
+    async def forward(self, request: Request, *, stream: bool = False) -> Response:
+        """`stream`: the answer is an event stream, open for as long as the panel is."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
@@ -85,47 +90,51 @@ def _answer_headers(headers: httpx.Headers) -> dict[str, str]:
 
 
 class SocketForwarder:
-    """Forwards over the generator worker's Unix socket, streaming the answer through (events included)."""
+    """Forwards over the generator worker's Unix socket, streaming the answer through (events included).
+
+    Event streams and the owner's other requests go through separate connection pools: each open panel
+    holds a connection for as long as it is open, and however many are open, a refill or an abort must not
+    wait for one of them to close. The streams' pool has no limit (each stream is a panel the owner's token
+    opened, and the generator's worker answers it either way); the requests' pool keeps httpx's limit.
+    """
 
     streams = True
 
     def __init__(self, path: Path, *, timeout: float = FORWARD_TIMEOUT) -> None:
         self.path = path
         self.timeout = timeout
-        self._client = httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=str(path)),
-                                         base_url="http://generator", timeout=httpx.Timeout(timeout, read=None))
+        self._requests = self._client(httpx.Limits())
+        self._streams = self._client(httpx.Limits(max_connections=None, max_keepalive_connections=0))
 
-    async def forward(self, request: Request) -> Response:
+    def _client(self, limits: httpx.Limits) -> httpx.AsyncClient:
+        return httpx.AsyncClient(transport=socket_transport(self.path, limits),
+                                 base_url="http://generator", timeout=httpx.Timeout(self.timeout, read=None))
+
+    async def forward(self, request: Request, *, stream: bool = False) -> Response:
         """Forward, waiting up to `timeout` while nobody listens on the socket yet (the generator's worker is
         starting, or another is taking over from one that died), as a request through Redis waits for the
         generator's replica. Only a request that never reached the generator is sent again."""
-        outgoing = self._client.build_request(request.method, request.url.path, params=request.query_params,
-                                              headers=_kept_headers(request), content=await request.body())
+        client = self._streams if stream else self._requests
+        outgoing = client.build_request(request.method, request.url.path, params=request.query_params,
+                                        headers=_kept_headers(request), content=await request.body())
         loop = asyncio.get_running_loop()
         give_up_at = loop.time() + self.timeout
         while True:
             try:
-                answer = await self._client.send(outgoing, stream=True)
+                answer = await client.send(outgoing, stream=True)
                 break
             except httpx.ConnectError as exc:
                 if loop.time() >= give_up_at:
                     raise GeneratorUnreachable(f"the worker that runs the generator does not answer ({exc})") from None
                 await asyncio.sleep(CONNECT_RETRY)
             except httpx.TransportError as exc:
-                raise GeneratorUnreachable(f"the worker that runs the generator does not answer ({exc})") from None
+                raise GeneratorUnreachable(f"the worker that runs the generator does not answer "
+                                           f"({exc or type(exc).__name__})") from None
         return StreamingResponse(answer.aiter_raw(), status_code=answer.status_code,
                                  headers=_answer_headers(answer.headers), background=BackgroundTask(answer.aclose))
 
     async def aclose(self) -> None:
-        await self._client.aclose()
-
-
-class _Embedded(uvicorn.Server):
-    """A uvicorn server inside the server process, which handles the signals itself."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
+        await asyncio.gather(self._requests.aclose(), self._streams.aclose())
 
 
 @contextlib.asynccontextmanager
@@ -141,9 +150,9 @@ async def serving_on_socket(app: ASGIApp, path: Path) -> AsyncIterator[None]:
     except OSError:
         sock.close()
         raise
-    server = _Embedded(uvicorn.Config(app, lifespan="off", log_config=None, log_level=None, access_log=False,
-                                      timeout_graceful_shutdown=1))
-    task = asyncio.create_task(server.serve(sockets=[sock]), name=f"answering on {path}")
+    server = EmbeddedServer(uvicorn.Config(app, lifespan="off", log_config=None, log_level=None, access_log=False,
+                                           timeout_graceful_shutdown=1))
+    task = server.serve_task(sock, name=f"answering on {path}")
     try:
         yield
     finally:
@@ -167,7 +176,7 @@ class RedisForwarder:
         self.timeout = timeout
         self._requests = storage.key("admin", "requests")
 
-    async def forward(self, request: Request) -> Response:
+    async def forward(self, request: Request, *, stream: bool = False) -> Response:
         request_id = secrets.token_hex(8)
         reply_key = self.storage.key("admin", "reply", request_id)
         payload = {"id": request_id, "deadline": time.time() + self.timeout, "method": request.method,

@@ -13,15 +13,20 @@ from pathlib import Path
 
 from avatargen.buckets import open_buckets
 from avatargen.config import ConfigError, Settings
+from avatargen.files import private_folder
 from avatargen.gpu import check_settings
 from avatargen.sd import check_backend
 from server.logs import log_path, open_private
+from server.socket_place import generator_socket
 
 
 def preflight(settings: Settings) -> list[str]:
     """Raise ConfigError for the first problem found; create the folders the server needs on the way.
     Returns what the owner may want to know otherwise (where the ComfyUI workflow takes each setting)."""
     check_settings(settings)
+    if settings.metrics_token() and settings.metrics_token() == settings.admin_token():
+        raise settings.error("must differ from the admin token: /metrics is read-only, the admin token is not",
+                             "metrics.token")
     if settings.gpu.provider == "simulated":
         check_simulated(settings)
     notes = check_backend(settings)
@@ -48,6 +53,11 @@ def check_folders(settings: Settings) -> None:
     except OSError as exc:
         raise settings.error(f"cannot write the log file {log_path(settings)}: {exc.strerror}",
                              "server.data_dir") from None
+    if settings.storage.backend == "files":  # the workers of one server meet on a socket
+        try:
+            generator_socket(settings.server.data_dir)
+        except OSError as exc:
+            raise settings.error(str(exc), "server.data_dir") from None
 
 
 def _check_bucket_folders(settings: Settings) -> None:
@@ -63,7 +73,7 @@ def _check_bucket_folders(settings: Settings) -> None:
 
 def _check_writable(settings: Settings, key: str, folder: Path) -> None:
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        private_folder(folder)
         with tempfile.TemporaryFile(dir=folder) as probe:  # gone when closed, even if this process dies
             probe.write(b"avatargen write test")
             probe.flush()

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
+import shutil
 import signal
 import socket
 from dataclasses import replace
 from functools import partial
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -24,11 +27,16 @@ from uvicorn.supervisors import Multiprocess
 
 from avatargen import review
 from avatargen.config import ServerSettings, Settings
+from avatargen.lock import DataFolderLock
 from avatargen.sockets import bound_socket
 from server.app import create_app
+from server.first_screen import first_screen, settings_in_force
+from server.listening import recorded_address
 from server.logs import configure_logging, redact_uvicorn_logs
+from server.metrics import MULTIPROCESS_ENV
 from server.preflight import preflight
 
+METRICS_DIR = "metrics"  # in data_dir: the workers' counters (prometheus_client's multiprocess files)
 EXIT_STARTUP_FAILED = 3  # the app's start-up failed (uvicorn's own status for it); the log says why
 
 
@@ -54,7 +62,7 @@ def _cannot_listen(host: str, port: int, exc: OSError) -> CannotListen:
 
 def _implementations(config: uvicorn.Config) -> str:
     """The HTTP parser and event loop uvicorn picked: httptools and uvloop where installed (faster), else
-    h11 and asyncio. The owner may need to know: their limits on request headers differ (README)."""
+    h11 and asyncio. The owner may need to know: their limits on request headers differ (docs/deployment.md)."""
     config.load()
     http = config.http_protocol_class.__module__.rpartition(".")[2].removesuffix("_impl")
     factory = config.get_loop_factory()
@@ -65,19 +73,35 @@ def _implementations(config: uvicorn.Config) -> str:
 def serve(settings: Settings, host: str | None = None, port: int | None = None) -> int:
     server_settings = replace(settings.server, host=host or settings.server.host,
                               port=settings.server.port if port is None else port)
-    settings = replace(settings, server=server_settings)
+    settings = settings_in_force(replace(settings, server=server_settings))
     try:
         sock = bound_socket(server_settings.host, server_settings.port)
     except OSError as exc:
         raise _cannot_listen(server_settings.host, server_settings.port, exc) from None
     with sock:  # closed whatever happens below, the preflight's refusal included
         preflight(settings)
-        configure_logging(settings)
-        log = logging.getLogger("avatargen.server")
-        if problem := review.missing_extra(settings.review):
-            log.warning(problem)
-        workers = server_settings.workers
-        if workers > 1:
+        in_use = DataFolderLock(settings.server.data_dir)
+        in_use.share()  # refused while `avatargen migrate` moves the buckets; held until the server ends
+        try:
+            return _serve(settings, sock)
+        finally:
+            in_use.release()
+
+
+def _serve(settings: Settings, sock: socket.socket) -> int:
+    """The server on its bound socket, once the preflight passed, while it shares the data folder."""
+    server_settings = settings.server
+    configure_logging(settings)
+    log = logging.getLogger("avatargen.server")
+    warnings, notes = first_screen(settings)
+    for line in warnings:
+        log.warning(line)
+    for line in notes:
+        log.info(line)
+    if problem := review.missing_extra(settings.review):
+        log.warning(problem)
+    with recorded_address(settings, server_settings.host, sock.getsockname()[1]):
+        if server_settings.workers > 1:
             return _run_workers(settings, sock, log)
         config = uvicorn.Config(create_app(settings), log_level="info", **uvicorn_options(server_settings))
         redact_uvicorn_logs()
@@ -101,6 +125,7 @@ def _run_workers(settings: Settings, sock: socket.socket, log: logging.Logger) -
     dies. They share the buckets and the allowance (folders and SQLite, or Redis), one of them runs the
     generator and the others forward the owner's requests to it (server.forwarding)."""
     server = settings.server
+    share_counters(server.data_dir / METRICS_DIR)
     config = uvicorn.Config(partial(worker_app, settings), factory=True, workers=server.workers, log_level="info",
                             **uvicorn_options(server))
     redact_uvicorn_logs()
@@ -112,6 +137,15 @@ def _run_workers(settings: Settings, sock: socket.socket, log: logging.Logger) -
     supervisor.run()
     failed = any(process.exitcode == STARTUP_FAILURE for process in supervisor.processes)
     return EXIT_STARTUP_FAILED if failed else 0
+
+
+def share_counters(folder: Path) -> None:
+    """The workers (spawned: they import prometheus_client afresh and inherit the environment) keep their
+    counters in files in `folder`, which /metrics sums; emptied first, so a restart starts from zero as a
+    single process does."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(mode=0o700, parents=True)
+    os.environ[MULTIPROCESS_ENV] = str(folder)
 
 
 def _stopped(signum: int, frame: FrameType | None) -> None:

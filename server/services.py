@@ -6,7 +6,7 @@ import asyncio
 import ipaddress
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from avatargen.api.wire import BucketsChange, Status, encode_event
@@ -14,6 +14,7 @@ from avatargen.config import PromptSettings, Secret, Settings, update_prompts
 from avatargen.config_writer import save_prompts
 from avatargen.events import EventHub
 from avatargen.generator import Generator, bucket_levels, cost_summary
+from avatargen.notify import Notifier
 from avatargen.owner_actions import OwnerActions
 from avatargen.storage.protocols import Ledger, StoredBucket
 from server.forwarding import Forwarder
@@ -32,6 +33,7 @@ class Services:
     engine: Generator | None = None  # while this process runs the generator
     forwarder: Forwarder | None = None  # how the owner's requests reach the generator in another process
     generator_elsewhere: str | None = None  # why this process does not run the generator
+    notifier: Notifier | None = None  # the owner's messages ([notify]), sent from the generator's process
     prompts: PromptSettings = field(init=False)
     admin_networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(init=False)
     _edit_lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False)
@@ -69,7 +71,10 @@ class Services:
 
     async def status(self) -> Status:
         if self.engine is not None:
-            return self.engine.view()
+            status = self.engine.view()
+            if self.notifier is None:
+                return status
+            return replace(status, notifications=self.notifier.sender.health.view())
         # Another process runs the generator: report what this one can see (the shared folders and ledger).
         return Status(state="idle", run=None, last_run=None, buckets=bucket_levels(self.settings, self.buckets),
                       provider=self.settings.gpu.provider, machine_state=None,

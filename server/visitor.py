@@ -42,7 +42,9 @@ from avatargen.buckets import Claim, ImageNotFound
 from avatargen.config import Settings
 from avatargen.faces import Face, FaceMemo, FaceStore
 from avatargen.imaging import ImageError, placeholder_webp
+from avatargen.metrics import VISITOR_ERRORS
 from avatargen.storage.protocols import StoredBucket, UniqueAllowance
+from avatargen.storage.redis_connection import StorageUnavailable
 from avatargen.variants import (
     FORMATS,
     WEBP,
@@ -196,9 +198,9 @@ class _RecentImages:
         while len(self._items) > self._size or (self._bytes > self._budget and len(self._items) > 1):
             self.drop(next(iter(self._items)))
 
-    def any(self) -> tuple[str, bytes] | None:
-        """One of the images held, the most recently used; None when none is."""
-        return next(reversed(self._items.items()), None)
+    def newest(self, wanted: Callable[[str], bool]) -> tuple[str, bytes] | None:
+        """The most recently used image held whose id is `wanted`; None when none is."""
+        return next(((image_id, data) for image_id, data in reversed(self._items.items()) if wanted(image_id)), None)
 
 
 class PathErrors:
@@ -222,6 +224,7 @@ class PathErrors:
         """`what` did not happen because of `exc`."""
         kind = (what, type(exc).__name__, getattr(exc, "errno", None))
         message = f"{what}: {exc}"
+        VISITOR_ERRORS.inc()
         with self._lock:
             self.count += 1
             self.last, self.last_at = message, time.time()
@@ -319,11 +322,17 @@ class VisitorService:
         if face is not None and (again := await self._face_response(face, wanted)) is not None:
             return again
         with self.faces.choosing(viewer):  # this viewer's other requests to this process wait for the choice
-            face = await self._recall(viewer)  # chosen in another process?
+            try:
+                face = await self._recall(viewer)  # chosen in another process?
+            except StorageUnavailable:  # one failure of the store is all this visitor waits for
+                return await self._from_memory(wanted)
             if face is not None and (again := await self._face_response(face, wanted)) is not None:
                 return again
             if self.unique.count() and self.allowance.token_may_be_due():
-                claim = await self._claim_unique(visitor)
+                try:
+                    claim = await self._claim_unique(visitor)
+                except StorageUnavailable:  # one failure of the store is all this visitor waits for
+                    return await self._from_memory(wanted)
                 if claim is not None:
                     archive = await self._unique_variants(claim.image)
                     if (data := await self._unique_variant(claim.id, archive, wanted)) is not None:
@@ -351,6 +360,8 @@ class VisitorService:
 
         Any failure means no unique this time (recorded for the owner): what was taken was given back, or
         in Redis, a claim whose answer was lost took that unique out unseen (it is lost, never doubled).
+        A store that is down or slow (StorageUnavailable) is raised after it is recorded: the visitor then
+        gets a fallback from memory without waiting on the store again.
         """
         if not self.allowance.may_grant(visitor):
             return None
@@ -358,14 +369,19 @@ class VisitorService:
             return await self.allowance.claim(visitor)
         except Exception as exc:
             self.errors.record("a visitor got no unique", exc)
+            if isinstance(exc, StorageUnavailable):
+                raise
             return None
 
     async def _recall(self, viewer: str) -> Face | None:
-        """The viewer's face from the shared store; None when they have none (or it cannot be read now)."""
+        """The viewer's face from the shared store; None when they have none (or it cannot be read now). A
+        store that is down or slow (StorageUnavailable) is raised after it is recorded, as by a claim."""
         try:
             return await self.faces.recall(viewer)
         except Exception as exc:
             self.errors.record("a visitor's face cannot be looked up", exc)
+            if isinstance(exc, StorageUnavailable):
+                raise
             return None
 
     async def _remember(self, viewer: str, kind: str, image_id: str, archive: bytes | None = None) -> None:
@@ -381,7 +397,11 @@ class VisitorService:
         if face.variants is not None:
             data = await self._unique_variant(face.id, face.variants, wanted)
             return None if data is None else self._image_response(data, b"unique", face.id, wanted, None)
-        data = await self._fallback_variant(face.id, wanted)
+        try:
+            data = await self._fallback_variant(face.id, wanted)
+        except Exception as exc:  # the store failed: the visitor is served like any other, from memory
+            self.errors.record(f"a fallback cannot be read from the {self.fallback.name} bucket", exc)
+            return await self._from_memory(wanted)
         return None if data is None else self._image_response(data, b"fallback", face.id, wanted, None)
 
     async def _unique_variants(self, copy: bytes) -> bytes:
@@ -440,27 +460,33 @@ class VisitorService:
             return False
 
     async def _read_fallback(self, image_id: str) -> bytes | None:
-        """A fallback's bytes, from memory or its bucket; None when it is gone or cannot be read now."""
+        """A fallback's bytes: from memory once the bucket says it may still be served (deleted anywhere is
+        gone at once), else from its bucket; None when it is gone. A failure of the store is raised."""
         data = self._recent.get(image_id)
-        if data is not None:
+        if data is None:
+            try:
+                data = await self.fallback.read(image_id)
+            except ImageNotFound:  # retired or deleted by another process since the last look, or broken
+                self.fallback.forget(image_id)
+                return None
+            self._recent.put(image_id, data)
             return data
-        try:
-            data = await self.fallback.read(image_id)
-        except ImageNotFound:  # retired or deleted by another process since the last rescan, or broken
-            self.fallback.forget(image_id)
-            return None
-        except Exception as exc:  # unreadable: out of the pool until the next rescan
-            self.errors.record(f"a fallback cannot be read from the {self.fallback.name} bucket", exc)
-            self.fallback.forget(image_id)
-            return None
-        self._recent.put(image_id, data)
-        return data
+        if await self.fallback.servable(image_id):
+            return data
+        self._recent.drop(image_id)
+        self.fallback.forget(image_id)
+        return None
 
     async def _fallback_variant(self, image_id: str, wanted: Wanted) -> bytes | None:
-        """The variant asked for of a fallback: kept in memory with its image, else made now in a worker
-        thread (once per process); None when the image is gone or cannot be read or made."""
+        """The variant asked for of a fallback (`_variant`); None when the image is gone or cannot be made.
+        A failure of the store is raised."""
         data = await self._read_fallback(image_id)
-        if data is None or (wanted.size == self.requests.largest and wanted.form is WEBP):
+        return None if data is None else await self._variant(image_id, data, wanted)
+
+    async def _variant(self, image_id: str, data: bytes, wanted: Wanted) -> bytes | None:
+        """The variant asked for of a fallback whose stored bytes are `data`: kept in memory with its image,
+        else made now in a worker thread (once per process); None when it cannot be made."""
+        if wanted.size == self.requests.largest and wanted.form is WEBP:
             return data  # the stored image is this variant
         if (made := self._recent.variant(image_id, wanted.member)) is not None:
             return made
@@ -478,9 +504,15 @@ class VisitorService:
     async def _fallback_response(self, wanted: Wanted, viewer: str | None) -> Response:
         """A random fallback, remembered as the face of `viewer` (None: a HEAD, which neither retires nor is
         remembered); at most one served per retire period is deleted afterwards (never one the owner keeps:
-        looked up only when a retirement is due). Else what `?d=` asks for, by default the placeholder."""
+        looked up only when a retirement is due). Else what memory holds, or what `?d=` asks for. The first
+        failure of the store sends the visitor to memory: a slow Redis costs one timeout, not one per
+        fallback tried."""
         while (image_id := self.fallback.random_id()) is not None:
-            data = await self._fallback_variant(image_id, wanted)
+            try:
+                data = await self._fallback_variant(image_id, wanted)
+            except Exception as exc:  # unreadable now: it stays in the bucket's index (its level stays right)
+                self.errors.record(f"a fallback cannot be read from the {self.fallback.name} bucket", exc)
+                return await self._from_memory(wanted)
             if data is None:
                 continue
             background = None
@@ -493,16 +525,24 @@ class VisitorService:
                     self._recent.drop(image_id)
                     background = BackgroundTask(self._retire, image_id)
             return self._image_response(data, b"fallback", image_id, wanted, background)
-        if (held := self._recent.any()) is not None:  # the bucket cannot be read now: one kept in memory
-            data = await self._fallback_variant(held[0], wanted)
-            if data is not None:
-                return self._image_response(data, b"fallback", held[0], wanted, None)
+        return await self._from_memory(wanted)
+
+    async def _from_memory(self, wanted: Wanted) -> Response:
+        """What a visitor gets without asking the store: a fallback kept in memory that the bucket listed at its
+        last successful look (one deleted before it is never sent), in the variant asked; else what `?d=`
+        asks for, by default the placeholder."""
+        if (kept := self._recent.newest(self.fallback.listed)) is not None \
+                and (data := await self._variant(kept[0], kept[1], wanted)) is not None:
+            return self._image_response(data, b"fallback", kept[0], wanted, None)
         return self._nothing_response(wanted)
 
     def _nothing_response(self, wanted: Wanted) -> Response:
         """Both buckets empty: 404 (`?d=404`), a transparent image (`?d=blank`) or the placeholder. Briefly
-        cached, and with no validator: a revalidation must not keep it for a whole day."""
+        cached, and with no ETag: a revalidation must not keep it for a whole day."""
         headers = {"Cache-Control": f"private, max-age={PLACEHOLDER_MAX_AGE}", "Vary": "Accept",
+                   # Dated just outside the cache_max_age window: a revalidation with it gets an image, never
+                   # a 304 that would keep the placeholder for a whole day.
+                   "Last-Modified": formatdate(time.time() - self.max_age - 1, usegmt=True),
                    "X-Avatar-Kind": "placeholder", "X-Avatar-Id": "placeholder"}
         if wanted.default == "404":
             return Response("no avatar to serve now\n", 404, headers=headers, media_type="text/plain")

@@ -7,7 +7,7 @@ import base64
 import contextlib
 import io
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -68,7 +68,7 @@ async def comfyui(settings: SimulatedSettings = FAST, *, faults: Iterable[str] =
 
 
 @contextlib.asynccontextmanager
-async def fixed_answers(answers: dict[str, Response]) -> AsyncIterator[str]:
+async def fixed_answers(answers: Mapping[str, Response]) -> AsyncIterator[str]:
     """A server answering each path with a fixed response, for shapes no simulator fault produces."""
     async def answer(request: Request) -> Response:
         return answers[request.url.path]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -306,8 +307,9 @@ async def test_an_oversized_body_is_413_and_the_config_untouched(server: tuple[h
 async def test_concurrent_prompt_edits_all_land(server: tuple[httpx.AsyncClient, Path]) -> None:
     """Each PUT is a partial update applied on top of the latest settings, one after the other."""
     client, config = server
-    edits = [{"subject": "(cjs)"}, {"films": ["Alien", "Heat"]}, {"artists": ["Hokusai"]},
-             {"prefixes": ["A woodcut"]}, {"suffixes": [f"suffix {n}" for n in range(12)]}, {"suffix_max": 2}]
+    edits: list[dict[str, Any]] = [
+        {"subject": "(cjs)"}, {"films": ["Alien", "Heat"]}, {"artists": ["Hokusai"]}, {"prefixes": ["A woodcut"]},
+        {"suffixes": [f"suffix {n}" for n in range(12)]}, {"suffix_max": 2}]
     answers = await asyncio.gather(*(client.put("/admin/api/prompts", json=edit) for edit in edits))
     assert [answer.status_code for answer in answers] == [200] * len(edits)
     merged = {name: value for edit in edits for name, value in edit.items()}

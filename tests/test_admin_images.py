@@ -191,6 +191,21 @@ async def test_move_refuses_what_cannot_be_done(tmp_path: Path, body: dict[str, 
         assert (await web.get(f"/admin/api/images/unique/{image_id}")).status_code == 200
 
 
+async def assert_fallback_stays(web: httpx.AsyncClient, image_id: str) -> None:
+    """A fallback asked to become a unique is refused, and stays a fallback."""
+    response = await web.post(f"/admin/api/images/fallback/{image_id}/move", json={"to": "unique"})
+    assert response.status_code == 422 and "never becomes a unique" in response.json()["error"]
+    assert (await web.get(f"/admin/api/images/fallback/{image_id}")).status_code == 200
+    assert (await web.get(f"/admin/api/images/unique/{image_id}")).status_code == 404
+
+
+async def test_a_fallback_never_becomes_a_unique(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path)
+    [image_id] = seed(settings, "fallback", 1)
+    async with running(settings) as (_, web):
+        await assert_fallback_stays(web, image_id)
+
+
 # --- held back for review ---------------------------------------------------------------------------------
 
 
@@ -284,6 +299,7 @@ async def test_the_owners_word_on_images_in_redis(tmp_path: Path, redis_server: 
         removed = await next_event(owner, ImageRemoved, lambda: owner.delete_image("unique", refused))
         assert (removed.id, removed.held, removed.buckets["unique"].held) == (refused, True, 0)
         assert (await owner.status()).buckets["fallback"].count == 1
+        await assert_fallback_stays(web, kept)
         replica = RedisBucket(RedisStorage.connect(settings.storage), "fallback")  # what any replica finds
         try:
             await replica.refresh()

@@ -6,6 +6,7 @@ import multiprocessing
 import sqlite3
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,9 +27,10 @@ class Clock:
         return self.now
 
 
-def allowance(path: Path, clock: Clock, **serving: float) -> Allowance:
-    settings = ServingSettings(**{"unique_every": 600.0, "unique_burst": 3, "unique_per_visitor": DAY,
-                                  "fallback_retire_every": 3600.0, **serving})
+def allowance(path: Path, clock: Clock, **serving: Any) -> Allowance:
+    values: dict[str, Any] = {"unique_every": 600.0, "unique_burst": 3, "unique_per_visitor": DAY,
+                              "fallback_retire_every": 3600.0, **serving}
+    settings = ServingSettings(**values)
     return Allowance(path / "visitors.sqlite3", settings, clock=clock)
 
 

@@ -14,9 +14,11 @@ import pytest
 
 from avatargen.config import SD_BACKENDS
 from avatargen.simulator.faults import faults_for
-from benchmarks.fault_matrix import APIS, COMFYUI_ONLY, KILL_STATES, QUICK_COMFYUI, STORAGE_FAULTS
+from benchmarks.fault_matrix import APIS, COMFYUI_ONLY, MONEY_ROWS, QUICK_COMFYUI, STORAGE_FAULTS, kill_states
 
 ROOT = Path(__file__).resolve().parent.parent
+# Their own step of .ci/run, after the rest of the suite (`-m bench`): about a third of the suite's time.
+pytestmark = pytest.mark.bench
 
 TABLES = {
     "visitor_throughput": ("Visitor throughput: GET /avatar",
@@ -55,7 +57,7 @@ TABLES = {
                                      "| fault | run outcome | machine at end | billed s after the end | images lost |",
                                      [f"| {row}{'' if api == APIS[0] else f' ({api})'} |" for row in (
                                          *(fault for fault in faults_for(api) if fault not in COMFYUI_ONLY),
-                                         *(f"SIGKILL while {state}" for state in KILL_STATES))])
+                                         *(f"SIGKILL while {state}" for state in kill_states(api)))])
        for api in APIS},  # one provider's rows at a time, so each run fits the test timeout
     "fault_matrix --comfyui": ("Fault matrix: one fault per run, SIGKILL in each run state",
                                "| fault | run outcome | machine at end | billed s after the end | images lost |",
@@ -63,6 +65,9 @@ TABLES = {
     "fault_matrix --storage": ("Fault matrix: one fault per run, SIGKILL in each run state",
                                "| fault | run outcome | machine at end | billed s after the end | images lost |",
                                [f"| {fault} |" for fault in STORAGE_FAULTS]),
+    "fault_matrix --money": ("Fault matrix: one fault per run, SIGKILL in each run state",
+                             "| fault | run outcome | machine at end | billed s after the end | images lost |",
+                             [f"| {row}{' (comfyui)' if 'ComfyUI' in row else ''} |" for row in MONEY_ROWS]),
     "startup": ("Start-up: spawn to the first GET /avatar answered",
                 "| buckets | images | median s | max s | server CPU s by then | all framed after s |",
                 ["| empty buckets | 0 |", "| 1,000 images, uniques framed |", "| 50 uniques without framed copies |"]),

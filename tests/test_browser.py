@@ -11,10 +11,14 @@ import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import pytest
 from playwright.async_api import Page, Response, async_playwright
 
 from tests.support import fast_settings, serving
 from tests.test_visitor import stock, stored
+
+# About 35 s alone (Chromium starting, two page loads): the slowest test outside the benchmarks.
+pytestmark = pytest.mark.slow
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

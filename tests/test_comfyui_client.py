@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import io
 import json
+import struct
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -143,6 +144,7 @@ async def test_the_preview_is_the_frame_of_our_job_computing_now() -> None:
                 seen.append(progress.preview)
             await asyncio.sleep(0.01)  # a poller's pace; frames come a few a second
         (final,) = (await job).images
+        assert isinstance(final, bytes)
         assert sd.preview is not None and (await sd.progress()).preview is None  # only when asked for
     assert last_of_the_first not in seen
     with Image.open(io.BytesIO(final)) as image:
@@ -399,3 +401,64 @@ async def test_a_forks_queue_and_history_shapes_are_understood() -> None:
         with pytest.raises(SdError) as info:
             await sd.generate("A painting of cjs", count=1)
     assert info.value.message.endswith("in node 3 (KSampler): torch.OutOfMemoryError: Allocation on device")
+
+
+async def test_comfyui_today_routes_under_api_per_node_progress_and_previews_with_their_prompt() -> None:
+    """ComfyUI 0.12: `sd.url` may name the `/api/` routes; `progress_state` gives each node's progress; the
+    client asks for previews with metadata (type 4), so each frame says which prompt it belongs to."""
+    async with comfyui(sim_settings(step_time=0.02)) as (sim, url), client(url + "/api") as sd:
+        await wait_sd_ready(sd)
+        job = asyncio.create_task(sd.generate("A painting of cjs", count=1))
+        await wait_until(lambda: sd.preview is not None and sd.nodes.get("3", {}).get("state") == "running")
+        sampler = sd.nodes["3"]
+        assert sampler["max"] == 20 and 1 <= sampler["value"] <= 20
+        assert sd.preview is not None and sd.preview.startswith(b"\xff\xd8\xff")
+        assert sd.nodes["4"]["state"] == "finished"  # the checkpoint loader ran before the sampler
+        await job
+    assert sim.completed == ["A painting of cjs"] and len(sim.preview_metadata) == 1
+
+
+async def test_a_preview_with_metadata_is_taken_only_for_a_prompt_of_ours() -> None:
+    """Type 4 frames name their prompt: a frame of a prompt that is not ours (another client's job on a shared
+    server, a job of ours already given up) never becomes our preview, even while ours runs."""
+    queued: asyncio.Queue[str] = asyncio.Queue()  # the prompt id the client chose, as ComfyUI keeps it
+    flags: list[Any] = []
+
+    def frame(prompt_id: str, image: bytes) -> bytes:
+        metadata = json.dumps({"node_id": "3", "prompt_id": prompt_id, "image_type": "image/jpeg"}).encode()
+        return struct.pack(">II", 4, len(metadata)) + metadata + image
+
+    async def socket(websocket: WebSocket) -> None:
+        await websocket.accept()
+        flags.append(json.loads(await websocket.receive_text()))
+        ours = await queued.get()
+        await websocket.send_json({"type": "executing", "data": {"node": "3", "prompt_id": ours}})
+        await websocket.send_bytes(frame(ours, b"\xff\xd8\xffOURS"))
+        await websocket.send_bytes(frame("stranger", b"\xff\xd8\xffNOT OURS"))
+        await websocket.send_json({"type": "progress_state", "data": {"prompt_id": ours, "nodes": {
+            "3": {"value": 2, "max": 20, "state": "running", "node_id": "3", "prompt_id": ours}}}})
+        with contextlib.suppress(WebSocketDisconnect):
+            await websocket.receive_text()
+
+    async def prompt(request: Request) -> Response:
+        chosen = (await request.json())["prompt_id"]
+        queued.put_nowait(chosen)
+        return JSONResponse({"prompt_id": chosen, "number": 0, "node_errors": {}})
+
+    app = Starlette(routes=[
+        Route("/system_stats", _fixed({"system": {}, "devices": []})),
+        Route("/object_info/{node_class}", _fixed(_object_info)),
+        Route("/prompt", prompt, methods=["POST"]),
+        Route("/history/{prompt_id}", _fixed({})),
+        Route("/queue", _fixed({"queue_running": [], "queue_pending": []})),
+        WebSocketRoute("/ws", socket),
+    ])
+    async with LoopbackServer(app) as server, client(server.url, silence_timeout=30) as sd:
+        await sd.probe("")
+        job = asyncio.create_task(sd.generate("A painting of cjs", count=1))
+        await wait_until(lambda: sd.nodes.get("3", {}).get("value") == 2)  # sent after both frames
+        preview = (await sd.progress(preview=True)).preview
+        job.cancel()
+        await asyncio.gather(job, return_exceptions=True)
+    assert preview == b"\xff\xd8\xffOURS"
+    assert flags == [{"type": "feature_flags", "data": {"supports_preview_metadata": True}}]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -85,6 +86,7 @@ async def test_refill_named_bucket_only_and_409_while_active(tmp_path: Path) -> 
             engine.abort()
         with pytest.raises(NothingToDo, match="unique already at max"):
             engine.refill(["unique"])  # a machine would boot for nothing
+        assert engine.last_run is not None
         assert gpu.machine.billed_seconds == pytest.approx(engine.last_run.billed_seconds(), abs=0.3)
 
 
@@ -179,9 +181,9 @@ async def test_bad_sd_answers_fail_the_run_and_store_nothing(tmp_path: Path, fau
         run, _ = await run_to_end(engine)
         assert run["outcome"] == "failed" and run["done"] == 0
         assert gpu.machine.state == "off"
-        for bucket in engine.buckets.values():
-            assert bucket.count() == 0
-            assert not list(bucket.folder.directory.glob("*.webp"))
+        for name, bucket in settings.buckets.items():
+            assert engine.buckets[name].count() == 0
+            assert not list(bucket.dir.glob("*.webp"))
 
 
 async def test_an_exception_in_our_own_code_still_stops_the_machine(tmp_path: Path) -> None:
@@ -218,6 +220,19 @@ async def test_missing_checkpoint_fails_before_any_image(tmp_path: Path, backend
         run, _ = await run_to_end(engine)
         assert run["outcome"] == "failed" and "a-stranger.safetensors" in run["error"]
         assert run["done"] == 0 and gpu.machine.state == "off"
+
+
+@pytest.mark.parametrize("webui", ["automatic1111", "forge"])
+async def test_the_checkpoint_by_its_file_name_fills_the_buckets_with_the_owners_model(tmp_path: Path,
+                                                                                       webui: str) -> None:
+    settings = fast_settings(tmp_path, sd__checkpoint="cjs-dreambooth.safetensors", buckets__fallback__max=3,
+                             buckets__unique__max=0, gpu__simulated__webui=webui)
+    async with running_engine(settings) as (engine, gpu):
+        run, _ = await run_to_end(engine)
+        assert (run["outcome"], run["done"]) == ("completed", 3)
+        assert gpu.machine.state == "off"
+    models = {json.loads(sidecar.read_text())["model"] for sidecar in (tmp_path / "data" / "fallback").glob("*.json")}
+    assert models == {"cjs-dreambooth"}  # what the web UI says it drew with
 
 
 async def test_machine_running_at_start_up_is_stopped(tmp_path: Path) -> None:

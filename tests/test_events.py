@@ -6,7 +6,14 @@ import asyncio
 
 import pytest
 
-from avatargen.events import EventHub, ListenerTooSlow
+from avatargen.events import Event, EventHub, ListenerTooSlow, Subscription
+
+
+async def arrived(subscription: Subscription) -> Event:
+    """The next event, which is already published: it must come at once (within a second)."""
+    event = await subscription.next(1)
+    assert event is not None, "no event came"
+    return event
 
 
 async def test_listeners_get_events_in_order_and_replay_after_last_id() -> None:
@@ -14,10 +21,10 @@ async def test_listeners_get_events_in_order_and_replay_after_last_id() -> None:
     first = hub.publish("state", {"state": "booting"})
     with hub.subscribe() as live:
         hub.publish("image", {"id": "a"})
-        assert (await live.next(1)).data == {"id": "a"}
+        assert (await arrived(live)).data == {"id": "a"}
         assert await live.next(0.01) is None  # nothing more: the caller sends a heartbeat
     with hub.subscribe(last_id=first.id) as replay:
-        assert (await replay.next(1)).data == {"id": "a"}
+        assert (await arrived(replay)).data == {"id": "a"}
 
 
 async def test_a_slow_listener_drops_progress_but_keeps_what_matters() -> None:
@@ -27,7 +34,7 @@ async def test_a_slow_listener_drops_progress_but_keeps_what_matters() -> None:
             hub.publish("image", {"n": step})
         for step in range(100):
             hub.publish("progress", {"done": step})  # never blocks, whatever the listener does
-        received = [await slow.next(1) for _ in range(4)]
+        received = [await arrived(slow) for _ in range(4)]
     assert [event.type for event in received] == ["image", "image", "image", "progress"]
 
 
@@ -41,7 +48,7 @@ async def test_a_listener_that_falls_behind_on_images_is_cut_off_and_can_catch_u
         with pytest.raises(ListenerTooSlow):
             await slow.next(1)
     with hub.subscribe(last_id=seen.id) as again:  # what a reconnect with Last-Event-ID gets
-        assert [(await again.next(1)).data["n"] for _ in range(4)] == [1, 2, 3, 4]
+        assert [(await arrived(again)).data["n"] for _ in range(4)] == [1, 2, 3, 4]
 
 
 async def test_publish_wakes_a_waiting_listener() -> None:
@@ -50,7 +57,8 @@ async def test_publish_wakes_a_waiting_listener() -> None:
         waiting = asyncio.create_task(listener.next(5))
         await asyncio.sleep(0)
         hub.publish("log", {"message": "hello"})
-        assert (await waiting).data == {"message": "hello"}
+        event = await waiting
+        assert event is not None and event.data == {"message": "hello"}
 
 
 async def test_a_preview_goes_to_who_listens_now_and_is_never_replayed() -> None:
@@ -58,15 +66,15 @@ async def test_a_preview_goes_to_who_listens_now_and_is_never_replayed() -> None
     before = hub.publish("state", {"state": "generating"})
     with hub.subscribe() as live, hub.subscribe() as slow:
         hub.publish("preview", {"step": 5})
-        assert (await live.next(1)).data == {"step": 5}
+        assert (await arrived(live)).data == {"step": 5}
         for step in range(10, 20):
             hub.publish("preview", {"step": step})  # the slow one's queue fills: later previews are dropped
         assert hub.listener_count == 2  # dropping previews cut no one off
-        assert [(await slow.next(1)).data["step"] for _ in range(2)] == [5, 10]
+        assert [(await arrived(slow)).data["step"] for _ in range(2)] == [5, 10]
         assert await slow.next(0.01) is None
         hub.publish("image", {"id": "a"})
     with hub.subscribe(last_id=before.id) as replay:
-        assert (await replay.next(1)).type == "image"  # a reconnect replays what matters, not stale pictures
+        assert (await arrived(replay)).type == "image"  # a reconnect replays what matters, not stale pictures
         assert await replay.next(0.01) is None
 
 
@@ -76,12 +84,12 @@ async def test_a_new_listener_gets_the_recent_log_first_and_a_reconnecting_one_o
         hub.publish("log", {"n": n})
         hub.publish("progress", {"done": n})  # not replayed: the status says where a run is
     with hub.subscribe() as new:
-        assert [(await new.next(1)).data for _ in range(3)] == [{"n": 2}, {"n": 3}, {"n": 4}]
+        assert [(await arrived(new)).data for _ in range(3)] == [{"n": 2}, {"n": 3}, {"n": 4}]
         assert await new.next(0.01) is None
     with hub.subscribe(last_id=hub.last_id) as reconnecting:
         assert await reconnecting.next(0.01) is None
     with hub.subscribe(last_id=hub.last_id + 100) as from_before_a_restart:
-        assert (await from_before_a_restart.next(1)).data == {"n": 2}
+        assert (await arrived(from_before_a_restart)).data == {"n": 2}
 
 
 async def test_a_client_whose_last_event_was_a_preview_gets_no_log_again() -> None:

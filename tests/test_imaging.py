@@ -102,14 +102,21 @@ def test_pillow_decompression_bomb_becomes_image_error() -> None:
         decode_image(png_header_only(20_000, 20_000))
 
 
+def rgb(image: Image.Image, xy: tuple[int, int]) -> tuple[int, int, int]:
+    """One pixel of an RGB image as its three channels."""
+    pixel = image.getpixel(xy)
+    assert isinstance(pixel, tuple) and len(pixel) == 3, pixel
+    return pixel[0], pixel[1], pixel[2]
+
+
 def test_avatar_is_a_centre_cropped_square_webp() -> None:
     avatar = to_avatar_webp(stripes(300, 100), 64, 80)
     image = Image.open(io.BytesIO(avatar))
     assert (image.format, image.size, image.mode) == ("WEBP", (64, 64), "RGB")
-    red, green, blue = image.getpixel((32, 32))
+    red, green, blue = rgb(image, (32, 32))
     assert green > 150 and red < 60 and blue < 60
     # the side stripes were cropped away entirely
-    assert image.getpixel((1, 32))[0] < 60 and image.getpixel((62, 32))[2] < 60
+    assert rgb(image, (1, 32))[0] < 60 and rgb(image, (62, 32))[2] < 60
 
 
 def test_avatar_quality_controls_the_encoding() -> None:
@@ -129,11 +136,11 @@ def test_frame_keeps_the_size_and_draws_border_and_label() -> None:
     image = Image.open(io.BytesIO(framed)).convert("RGB")
     assert image.size == (256, 256)
     for corner in ((0, 0), (255, 0), (0, 255), (255, 255), (128, 2)):
-        red, green, blue = image.getpixel(corner)
+        red, green, blue = rgb(image, corner)
         assert red > 150 and green > 120 and blue < 110, f"border pixel {corner} is {(red, green, blue)}"
-    red, green, blue = image.getpixel((128, 100))
+    red, green, blue = rgb(image, (128, 100))
     assert blue > 150 and red < 80, "the avatar itself is untouched"
-    band = [image.getpixel((x, y)) for x in range(20, 236) for y in range(224, 246)]
+    band = [rgb(image, (x, y)) for x in range(20, 236) for y in range(224, 246)]
     assert sum(pixel[2] for pixel in band) / len(band) < 120, "the label band darkens the bottom"
     assert any(pixel[0] > 150 and pixel[2] < 100 for pixel in band), "the label text is drawn"
 

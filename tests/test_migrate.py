@@ -4,20 +4,30 @@ again, and no migration while a server uses either side."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
+import pytest
+
+from avatargen.allowance import Allowance
 from avatargen.buckets import open_buckets, unique_copy
 from avatargen.config import Settings, StorageSettings
 from avatargen.imaging import placeholder_webp
 from avatargen.ledger import CostLedger, Entry
 from avatargen.lock import GeneratorLock
+from avatargen.storage.backend import VISITORS_FILE
+from avatargen.storage.redis_allowance import RedisAllowance
 from avatargen.storage.redis_buckets import RedisBucket
 from avatargen.storage.redis_connection import RedisStorage
 from avatargen.storage.redis_lease import GeneratorLease
 from avatargen.storage.redis_ledger import RedisLedger
-from avatargen.testing import RedisServer
+from avatargen.testing import RedisServer, avatargen_server, free_port, serve_command
 from tests.support import fast_settings, write_config
 
 
@@ -121,10 +131,12 @@ async def test_refused_while_a_server_uses_either_side(tmp_path: Path, redis_ser
     config = write_config(tmp_path, {"storage.url": redis_server.url})
     settings = fast_settings(tmp_path, storage__url=redis_server.url)
     stock_folders(settings)
+    # A server on the folders that does not run the generator (another one holds its lock) still counts.
     lock = GeneratorLock(settings.server.data_dir)
     assert lock.acquire()
     try:
-        refused = migrate(config, "redis")
+        with avatargen_server(config, tmp_path / "server.log", token="t"):
+            refused = migrate(config, "redis")
     finally:
         lock.release()
     assert refused.returncode == 1 and "stop every avatargen serve first" in refused.stderr
@@ -138,6 +150,90 @@ async def test_refused_while_a_server_uses_either_side(tmp_path: Path, redis_ser
         await storage.aclose()
     assert refused.returncode == 1 and "uses the Redis" in refused.stderr
     assert sum(map(len, folders_content(settings).values())) == 8  # nothing moved
+
+
+def test_no_server_starts_while_a_migration_runs(tmp_path: Path, redis_server: RedisServer) -> None:
+    config = write_config(tmp_path, {"storage.url": redis_server.url})
+    settings = fast_settings(tmp_path, storage__url=redis_server.url)
+    stock_folders(settings)
+    assert redis_server.process is not None
+    in_use = settings.server.data_dir / "in-use.lock"
+    redis_server.process.send_signal(signal.SIGSTOP)  # the migration waits for Redis once it holds the folder
+    running = subprocess.Popen([sys.executable, "-m", "server.cli", "migrate", "--to", "redis", "--config",
+                                str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (in_use.exists() and in_use.read_text().strip() == str(running.pid)):  # its pid: it holds it
+            assert running.poll() is None and time.monotonic() < deadline, running.communicate()
+            time.sleep(0.02)
+        os.kill(running.pid, signal.SIGSTOP)  # caught in the middle, for as long as the server takes to start
+        redis_server.process.send_signal(signal.SIGCONT)
+        serve = subprocess.run(serve_command(config, free_port()), capture_output=True, text=True, timeout=120)
+    finally:
+        redis_server.process.send_signal(signal.SIGCONT)
+        os.kill(running.pid, signal.SIGCONT)
+        _, errors = running.communicate(timeout=120)
+    assert serve.returncode == 1, serve.stderr
+    assert f"a migration (avatargen migrate, pid {running.pid}) is moving the buckets" in serve.stderr
+    # Stopped for longer than its patience with Redis, the migration may have given up cleanly: run it again.
+    assert running.returncode == 0 or "nothing was lost" in errors, errors
+    assert migrate(config, "redis").returncode == 0
+    assert redis_count(redis_server.url) == 8 and folders_content(settings) == {"unique": {}, "fallback": {}}
+
+
+def redis_count(url: str) -> int:
+    content = asyncio.run(redis_content(url))
+    return sum(map(len, content.values()))
+
+
+async def test_the_unique_allowance_is_carried_both_ways(tmp_path: Path, redis_server: RedisServer) -> None:
+    config = write_config(tmp_path, {"storage.url": redis_server.url})
+    settings = fast_settings(tmp_path, storage__url=redis_server.url)
+    stock_folders(settings)
+    allowance = Allowance(settings.server.data_dir / VISITORS_FILE, settings.serving)
+    try:
+        assert allowance.grant("10.0.0.1")  # today's unique for this visitor: one token spent
+        before = allowance.state()
+    finally:
+        allowance.close()
+    assert migrate(config, "redis").returncode == 0
+    storage = RedisStorage.connect(StorageSettings(backend="redis", url=redis_server.url, timeout=10.0))
+    try:
+        shared = RedisAllowance(storage, settings.serving, RedisBucket(storage, "unique"))
+        there = await shared.state()
+        assert there is not None and set(there.visitors) == {"10.0.0.1"}
+        assert there.tokens == before.tokens == settings.serving.unique_burst - 1
+        assert 0 < await storage.client.pttl(storage.key("visitor", "10.0.0.1")) <= \
+            settings.serving.unique_per_visitor * 1000  # it goes when the visitor's window ends
+        back = migrate(config, "files")
+        assert back.returncode == 0, back.stderr
+        left = [key async for key in storage.client.scan_iter(match=f"{storage.prefix}:*")]
+        assert not [key for key in left if key.split(b":")[1] in (b"visitor", b"allowance", b"ledger")], left
+    finally:
+        await storage.aclose()
+    allowance = Allowance(settings.server.data_dir / VISITORS_FILE, settings.serving)
+    try:
+        assert not allowance.grant("10.0.0.1")  # still inside the window, after both switches
+        assert allowance.state().tokens == pytest.approx(before.tokens, abs=0.01)
+    finally:
+        allowance.close()
+
+
+async def test_a_visitor_who_got_a_unique_gets_no_second_one_after_the_switch(tmp_path: Path,
+                                                                              redis_server: RedisServer) -> None:
+    config = write_config(tmp_path, {"storage.url": redis_server.url})
+    stock_folders(fast_settings(tmp_path, storage__url=redis_server.url))
+
+    def kind(url: str, visitor: str) -> str:
+        return httpx.get(f"{url}/avatar", headers={"X-Forwarded-For": visitor}).headers["x-avatar-kind"]
+
+    with avatargen_server(config, tmp_path / "files.log", token="t") as server:
+        assert kind(server.url, "10.0.0.7") == "unique"
+    assert migrate(config, "redis").returncode == 0
+    switched = write_config(tmp_path, {"storage.url": redis_server.url, "storage.backend": "redis"})
+    with avatargen_server(switched, tmp_path / "redis.log", token="t") as server:
+        assert kind(server.url, "10.0.0.7") == "fallback"  # today's unique was had, on the folders
+        assert kind(server.url, "10.0.0.8") == "unique"
 
 
 def test_no_redis_named(tmp_path: Path) -> None:

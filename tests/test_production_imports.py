@@ -1,4 +1,9 @@
-"""Production paths never load the simulator: it is demo and test code, imported only for `provider = "simulated"`."""
+"""Production paths never load the simulator: it is demo and test code, imported only for `provider = "simulated"`.
+
+The import contracts in pyproject.toml (`lint-imports`) allow the server three function-level imports of
+the simulator, its demo-mode seams; this checks what they cannot see: that building and starting the app
+for a real provider does not run those imports.
+"""
 
 from __future__ import annotations
 

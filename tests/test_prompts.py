@@ -7,6 +7,7 @@ import sys
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,10 +26,10 @@ ROOT = Path(__file__).resolve().parent.parent
         {"film_only": 0.3, "artist_only": 0.0, "both": 0.0},
     ],
 )
-def test_category_shares_follow_weights(weights: dict[str, float]) -> None:
+def test_category_shares_follow_weights(weights: dict[str, Any]) -> None:
     settings = replace(PromptSettings(), **weights)
     prompts = sample(settings, N, seed=1)
-    shares = Counter(p.reference for p in prompts)
+    shares: Counter[str] = Counter(p.reference for p in prompts)
     expected = dict(weights, neither=1 - sum(weights.values()))
     for kind, weight in expected.items():
         assert abs(shares[kind] / N - weight) <= 0.02, (kind, shares[kind] / N, weight)
@@ -41,7 +42,7 @@ def test_category_shares_follow_weights(weights: dict[str, float]) -> None:
 
 def test_suffixes_in_range_and_distinct_and_subject_present() -> None:
     settings = replace(PromptSettings(), subject="(((cjs)))", suffix_min=2, suffix_max=5)
-    counts = Counter()
+    counts: Counter[int] = Counter()
     for p in sample(settings, N, seed=2):
         assert 2 <= len(p.suffixes) <= 5
         assert len(set(p.suffixes)) == len(p.suffixes)

@@ -7,6 +7,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from typing import Any
 
 import httpx
 import pytest
@@ -51,7 +52,7 @@ def label(sim: SimulatedGpu) -> str:
     return f"{'pod' if sim.api == 'runpod' else 'machine'} {sim.machine_id}"
 
 
-def settings_with(provider: str, **machine: str) -> Settings:
+def settings_with(provider: str, **machine: Any) -> Settings:
     gpu = GpuSettings(provider=provider, poll_every=0.02)
     if provider == "runpod":
         gpu = replace(gpu, runpod=RunPodSettings(**machine))

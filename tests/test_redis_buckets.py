@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from avatargen.buckets import ImageNotFound, check_id
+from avatargen.buckets import Claim, ImageNotFound, check_id
 from avatargen.config import ServingSettings, StorageSettings
 from avatargen.storage.redis_allowance import RedisAllowance
 from avatargen.storage.redis_buckets import RedisBucket
@@ -358,8 +358,8 @@ async def test_a_move_and_concurrent_claims_never_both_get_a_unique(storage: Red
             return None  # a visitor claimed it first
 
     outcomes = await asyncio.gather(*(allowance.claim(f"v{n}") for n in range(30)), *map(move, stocked))
-    claimed = [claim.id for claim in outcomes[:30] if claim is not None]
-    moved = [image_id for image_id in outcomes[30:] if image_id is not None]
+    claimed = [claim.id for claim in outcomes[:30] if isinstance(claim, Claim)]  # None: no unique left for it
+    moved = [image_id for image_id in outcomes[30:] if isinstance(image_id, str)]
     assert not set(claimed) & set(moved)
     assert sorted(claimed + moved) == sorted(stocked)
     await fallback.refresh()

@@ -5,16 +5,25 @@ from __future__ import annotations
 import asyncio
 import io
 import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 
+import httpx
 import pytest
 from PIL import Image
 from starlette.responses import JSONResponse, Response
 
 from avatargen.sd import SdClient, SdError, SdNotReady
-from avatargen.simulator.sdwebui import MODEL
+from avatargen.simulator.sdwebui import MODEL, STRANGER
 from tests.simhelpers import decode_image, fixed_answers, sd_settings, sd_webui, sim_settings
 from tests.support import wait_until
+
+
+async def sim_options(url: str, changes: dict[str, object]) -> None:
+    async with httpx.AsyncClient(base_url=url) as client:
+        (await client.post("/sdapi/v1/options", json=changes)).raise_for_status()
 
 
 def closed_port_url() -> str:
@@ -170,7 +179,7 @@ async def test_progress_interrupt_and_models() -> None:
             sd_settings(steps=150), url=url) as sd:
         idle = await sd.progress()
         assert (idle.progress, idle.job_count) == (0, 0)
-        assert await sd.sd_models() == [MODEL]
+        assert [model["title"] for model in await sd.sd_models()] == [MODEL["title"], STRANGER["title"]]
         started = time.monotonic()
         job = asyncio.create_task(sd.txt2img("cjs", batch_size=2))  # 150 steps: 3.5 s unless interrupted
         await wait_until(lambda: webui.queue_length == 1, timeout=5, every=0.005)
@@ -202,20 +211,72 @@ async def test_probe_waits_through_a_refused_port_and_unmounted_routes() -> None
             await sd.probe("")
 
 
-@pytest.mark.parametrize("checkpoint", ["", MODEL["title"], "cjs-dreambooth", "abc123"])
-async def test_probe_accepts_the_checkpoint_by_title_model_name_or_hash(checkpoint: str) -> None:
-    async with sd_webui() as (_, url), SdClient(sd_settings(), url=url) as sd:
+@pytest.mark.parametrize("webui", ["automatic1111", "forge"])
+@pytest.mark.parametrize("checkpoint", [MODEL["title"], "cjs-dreambooth.safetensors", "cjs-dreambooth",
+                                        "3f6a1c9e2b", MODEL["sha256"], MODEL["sha256"][:8]])
+async def test_the_checkpoint_written_any_way_the_web_ui_knows_it_gets_the_owners_model(
+        checkpoint: str, webui: str) -> None:
+    async with sd_webui(sim_settings(webui=webui)) as (sim, url), SdClient(
+            sd_settings(checkpoint=checkpoint), url=url) as sd:
+        await sim_options(url, {"sd_model_checkpoint": STRANGER["title"]})  # the server has loaded another model
         await sd.probe(checkpoint)
+        result = await sd.generate("cjs", count=1)
+    assert result.metadata["model"] == "cjs-dreambooth"
+    assert result.images and sim.loaded is STRANGER
 
 
-async def test_probe_fails_for_good_when_the_checkpoint_is_missing() -> None:
+async def test_without_a_checkpoint_the_probe_takes_the_web_uis_model() -> None:
     async with sd_webui() as (_, url), SdClient(sd_settings(), url=url) as sd:
+        await sd.probe("")
+        result = await sd.txt2img("cjs", batch_size=1)
+    assert result.parameters["override_settings"] is None
+
+
+@pytest.mark.parametrize("webui", ["automatic1111", "forge"])
+async def test_probe_fails_for_good_when_the_checkpoint_is_missing(webui: str) -> None:
+    async with sd_webui(sim_settings(webui=webui)) as (sim, url), SdClient(sd_settings(), url=url) as sd:
         with pytest.raises(SdError) as failure:
             await sd.probe("someone-else.safetensors")
     assert not isinstance(failure.value, SdNotReady)
     assert not failure.value.retryable
     assert "'someone-else.safetensors'" in failure.value.message
-    assert "cjs-dreambooth.safetensors [abc123]" in failure.value.message  # what is available
+    assert "'cjs-dreambooth.safetensors [3f6a1c9e2b]' or 'cjs-dreambooth'" in failure.value.message  # what would do
+    assert "'v1-5-pruned-emaonly.safetensors [6ce0161689]'" in failure.value.message
+    assert sim.completed == []  # nothing paid for
+
+
+async def test_a_name_two_models_answer_to_is_refused_naming_both() -> None:
+    models = [{"title": f"{folder}/face.safetensors [{digest}]", "model_name": f"{folder}_face", "hash": digest,
+               "sha256": digest + "0" * 54, "filename": f"/models/Stable-diffusion/{folder}/face.safetensors"}
+              for folder, digest in (("2024", "1111111111"), ("2025", "2222222222"))]
+    async with fixed_answers({"/sdapi/v1/sd-models": JSONResponse(models)}) as url, SdClient(
+            sd_settings(), url=url) as sd:
+        with pytest.raises(SdError) as failure:
+            await sd.probe("face")
+    assert "names 2 models" in failure.value.message
+    assert "'2024/face.safetensors [1111111111]', '2025/face.safetensors [2222222222]'" in failure.value.message
+
+
+@pytest.mark.parametrize(("webui", "sent"), [("automatic1111", "DPM++ 2M"), ("forge", "DPM++ 2M Karras")])
+async def test_the_sampler_gets_the_schedule_automatic1111_pairs_with_it_on_either_server(webui: str,
+                                                                                          sent: str) -> None:
+    async with sd_webui(sim_settings(webui=webui)) as (_, url), SdClient(
+            sd_settings(sampler="DPM++ 2M"), url=url) as sd:
+        await sd.probe("")
+        result = await sd.txt2img("cjs", batch_size=1)
+    assert result.parameters["sampler_name"] == sent
+    assert result.info["sampler_name"] == sent if webui == "forge" else result.info["scheduler"] == "Automatic"
+
+
+@pytest.mark.parametrize("webui", ["automatic1111", "forge"])
+async def test_a_sampler_the_server_lacks_fails_the_probe_naming_what_it_has(webui: str) -> None:
+    async with sd_webui(sim_settings(webui=webui)) as (_, url), SdClient(
+            sd_settings(sampler="DPM++ 9M"), url=url) as sd:
+        with pytest.raises(SdError) as failure:
+            await sd.probe("")
+    assert not failure.value.retryable
+    assert "no sampler 'DPM++ 9M'" in failure.value.message
+    assert "Euler a" in failure.value.message
 
 
 async def test_live_previews_are_asked_for_each_request_and_fetched_only_when_wanted() -> None:
@@ -231,7 +292,7 @@ async def test_live_previews_are_asked_for_each_request_and_fetched_only_when_wa
         result = await job
     assert result.parameters["override_settings"] == {
         "sd_model_checkpoint": "cjs-dreambooth", "live_previews_enable": True, "show_progress_grid": False,
-        "show_progress_every_n_steps": 4}
+        "show_progress_every_n_steps": 4, "show_progress_type": "Approx cheap"}
     image = Image.open(io.BytesIO(progress.preview))
     assert (image.format, image.size) == ("PNG", (128, 96))
 
@@ -243,3 +304,44 @@ async def test_a_preview_that_is_not_an_image_is_dropped(current_image: object) 
     async with fixed_answers({"/sdapi/v1/progress": JSONResponse(body)}) as url, SdClient(sd_settings(), url=url) as sd:
         progress = await sd.progress(preview=True)
     assert (progress.sampling_step, progress.preview) == (5, None)  # the step bar still moves
+
+
+async def test_a_web_ui_that_draws_no_previews_is_named_once_and_the_step_bar_goes_on(
+        caplog: pytest.LogCaptureFixture) -> None:
+    body = {"progress": 0.6, "eta_relative": 1, "state": {"sampling_step": 12, "sampling_steps": 20, "job_count": 1},
+            "current_image": None}
+    async with fixed_answers({"/sdapi/v1/progress": JSONResponse(body)}) as url, SdClient(
+            sd_settings(steps=20), url=url, live_previews=True) as sd:
+        with caplog.at_level("INFO", logger="avatargen.sd.a1111"):
+            first, second = await sd.progress(preview=True), await sd.progress(preview=True)
+    assert (first.sampling_step, first.preview, second.preview) == (12, None, None)
+    told = [record.getMessage() for record in caplog.records if "draws no live previews" in record.getMessage()]
+    assert len(told) == 1
+    assert "the panel shows the step bar without a picture" in told[0]
+
+
+@pytest.mark.parametrize(("sd", "status", "said"), [
+    ('checkpoint = "cjs-dreambooth.safetensors"', 0,
+     "sd.checkpoint 'cjs-dreambooth.safetensors' is the SD web UI's 'cjs-dreambooth.safetensors [3f6a1c9e2b]'; "
+     "the SD web UI has no schedulers (Forge, or AUTOMATIC1111 before 1.9): sending 'DPM++ 2M Karras'"),
+    ('checkpoint = "someone-else"', 2, "sd.checkpoint: sd.checkpoint 'someone-else' is not on the SD web UI"),
+    ('sampler = "DPM++ 9M"', 2, "sd.sampler: the SD web UI has no sampler 'DPM++ 9M'"),
+])
+async def test_check_config_asks_an_always_on_web_ui_what_it_has(tmp_path: Path, sd: str, status: int,
+                                                                 said: str) -> None:
+    async with sd_webui(sim_settings(webui="forge")) as (_, url):
+        config = tmp_path / "config.toml"
+        config.write_text(f'[gpu]\nprovider = "always_on"\n[sd]\nurl = "{url}"\n{sd}\n')
+        checked = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "server.cli", "check-config",
+                                                           "--config", str(config)], capture_output=True, text=True)
+    assert checked.returncode == status, checked.stderr
+    assert said in checked.stdout + checked.stderr
+
+
+async def test_check_config_says_when_an_always_on_web_ui_does_not_answer(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(f'[gpu]\nprovider = "always_on"\n[sd]\nurl = "{closed_port_url()}"\n')
+    checked = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "server.cli", "check-config", "--config",
+                                                       str(config)], capture_output=True, text=True)
+    assert checked.returncode == 0
+    assert "sd.checkpoint and sd.sampler are checked when a run starts" in checked.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import json
 import time
 from typing import Any
@@ -15,7 +16,7 @@ from PIL import Image, ImageChops, ImageStat
 from avatargen.sd import SdClient, SdError
 from avatargen.simulator import SimulatedGpu
 from avatargen.simulator.drawing import avatar_png, draw_avatar
-from avatargen.simulator.sdwebui import BATCH_COST, MODEL
+from avatargen.simulator.sdwebui import BATCH_COST, MODEL, MODELS, STRANGER
 from avatargen.sockets import bound_socket
 from tests.simhelpers import decode_image, sd_settings, sd_webui, sim_settings, wait_sd_ready
 from tests.support import wait_until
@@ -73,7 +74,7 @@ async def test_an_unknown_sampler_silently_falls_back_and_numbers_as_strings_are
     async with sd_webui() as (_, url):
         response = await post(url, {"sampler_name": "Imaginary", "steps": "3", "width": 64.0, "height": 64})
     assert response.status_code == 200
-    assert json.loads(response.json()["info"])["sampler_name"] == "Euler"
+    assert json.loads(response.json()["info"])["sampler_name"] == "DPM++ 2M"  # AUTOMATIC1111 1.10: its first sampler
     assert response.json()["parameters"]["steps"] == 3
 
 
@@ -115,9 +116,13 @@ async def test_impossible_values_fail_in_the_web_ui_error_shape() -> None:
 async def test_jobs_run_one_at_a_time_first_in_first_out() -> None:
     async with sd_webui(sim_settings(step_time=0.01)) as (webui, url):
         tasks = []
+
+        def queued(length: int) -> bool:
+            return webui.queue_length == length
+
         for number in range(3):  # each job takes 0.3 s: time to see it queue behind the others
             tasks.append(asyncio.create_task(post(url, {"prompt": f"job {number}", "steps": 30})))
-            await wait_until(lambda n=number: webui.queue_length == n + 1, timeout=5)
+            await wait_until(functools.partial(queued, number + 1), timeout=5)
         responses = await asyncio.gather(*tasks)
     assert [response.status_code for response in responses] == [200] * 3
     assert webui.completed == ["job 0", "job 1", "job 2"]
@@ -230,16 +235,74 @@ async def test_models_samplers_and_options_answer() -> None:
     async with sd_webui() as (_, url), httpx.AsyncClient(base_url=url) as client:
         models = (await client.get("/sdapi/v1/sd-models")).json()
         samplers = (await client.get("/sdapi/v1/samplers")).json()
+        schedulers = (await client.get("/sdapi/v1/schedulers")).json()
         options = (await client.get("/sdapi/v1/options")).json()
         assert (await client.post("/sdapi/v1/options", json={"samples_format": "webp"})).json() is None
         changed = (await client.get("/sdapi/v1/options")).json()
         refused = await client.post("/sdapi/v1/options", json=["webp"])
-    assert models == [MODEL]
-    assert models[0]["title"] == "cjs-dreambooth.safetensors [abc123]"
+    assert models == list(MODELS)
+    assert models[0]["title"] == "cjs-dreambooth.safetensors [3f6a1c9e2b]"  # name [first 10 of the sha256]
+    assert all(model["title"].endswith(f" [{model['sha256'][:10]}]") for model in models)
     assert {"DPM++ 2M", "Euler"} <= {sampler["name"] for sampler in samplers}
+    assert "Karras" in {scheduler["label"] for scheduler in schedulers}
     assert options["sd_model_checkpoint"] == MODEL["title"]
     assert changed["samples_format"] == "webp"
     assert refused.status_code == 422
+
+
+async def test_forge_has_no_schedulers_names_the_schedule_in_the_sampler_and_refuses_unknown_ones() -> None:
+    async with sd_webui(sim_settings(webui="forge")) as (_, url), httpx.AsyncClient(base_url=url) as client:
+        samplers = {sampler["name"] for sampler in (await client.get("/sdapi/v1/samplers")).json()}
+        schedulers = await client.get("/sdapi/v1/schedulers")
+        options = (await client.get("/sdapi/v1/options")).json()
+        karras = await post(url, {"prompt": "cjs", "steps": 2, "sampler_name": "DPM++ 2M Karras",
+                                  "scheduler": "Exponential"})
+        unknown = await post(url, {"prompt": "cjs", "steps": 2, "sampler_name": "DPM++ 9M"})
+        default = await post(url, {"prompt": "cjs", "steps": 2})
+    assert {"DPM++ 2M", "DPM++ 2M Karras"} <= samplers
+    assert schedulers.status_code == 404
+    assert options["sd_model_checkpoint"] is None  # until a model is set
+    assert options["live_previews_enable"] is False
+    info = json.loads(karras.json()["info"])
+    assert (info["sampler_name"], info["scheduler"]) == ("DPM++ 2M Karras", None)  # the scheduler field ignored
+    assert (unknown.status_code, unknown.json()) == (404, {"detail": "Sampler not found"})
+    assert json.loads(default.json()["info"])["sampler_name"] == "Euler"
+
+
+async def test_automatic1111_splits_the_schedule_off_and_quietly_replaces_an_unknown_sampler() -> None:
+    async with sd_webui() as (_, url):
+        karras = await post(url, {"prompt": "cjs", "steps": 2, "sampler_name": "DPM++ 2M Karras"})
+        unknown = await post(url, {"prompt": "cjs", "steps": 2, "sampler_name": "DPM++ 9M"})
+    assert (json.loads(karras.json()["info"])["sampler_name"], json.loads(karras.json()["info"])["scheduler"]) == (
+        "DPM++ 2M", "Karras")
+    assert unknown.status_code == 200
+    assert json.loads(unknown.json()["info"])["sampler_name"] == "DPM++ 2M"
+
+
+@pytest.mark.parametrize("name", ["cjs-dreambooth.safetensors [3f6a1c9e2b]", "cjs-dreambooth.safetensors",
+                                  "cjs-dreambooth", "3f6a1c9e2b", MODEL["sha256"]])
+async def test_a_request_gets_the_model_by_any_of_its_names(name: str) -> None:
+    async with sd_webui() as (webui, url), httpx.AsyncClient(base_url=url) as client:
+        assert (await client.post("/sdapi/v1/options", json={"sd_model_checkpoint": STRANGER["title"]})).json() is None
+        answer = await post(url, {"prompt": "cjs", "steps": 2, "override_settings": {"sd_model_checkpoint": name}})
+    assert json.loads(answer.json()["info"])["sd_model_name"] == "cjs-dreambooth"
+    assert webui.loaded is STRANGER  # an override is for that request only
+
+
+async def test_an_unknown_model_quietly_keeps_the_loaded_one_and_options_refuse_it_with_500() -> None:
+    async with sd_webui(sim_settings(webui="forge")) as (webui, url), httpx.AsyncClient(base_url=url) as client:
+        answer = await post(url, {"prompt": "cjs", "steps": 2,
+                                  "override_settings": {"sd_model_checkpoint": "cjs-dreambooth.ckpt"}})
+        refused = await client.post("/sdapi/v1/options", json={"sd_model_checkpoint": "cjs-dreambooth.ckpt"})
+        set_by_file_name = await client.post("/sdapi/v1/options",
+                                             json={"sd_model_checkpoint": "v1-5-pruned-emaonly.safetensors"})
+        options = (await client.get("/sdapi/v1/options")).json()
+    assert json.loads(answer.json()["info"])["sd_model_name"] == "cjs-dreambooth"  # no error: the loaded model
+    assert refused.status_code == 500
+    assert refused.json()["detail"] == "model 'cjs-dreambooth.ckpt' not found"
+    assert set_by_file_name.status_code == 200
+    assert options["sd_model_checkpoint"] == "v1-5-pruned-emaonly.safetensors"  # as it was set
+    assert webui.loaded is STRANGER
 
 
 async def test_basic_auth_guards_every_route_when_set() -> None:

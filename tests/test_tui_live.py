@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -64,7 +65,12 @@ async def test_refill_from_the_panel_walks_every_state_and_shows_the_new_images(
     seen: list[Message] = []
     events: list[Message] = []
     hooks = (collect(Answered, seen), collect(Received, events))
-    async with app.run_test(size=SIZE, message_hook=lambda message: [hook(message) for hook in hooks]) as pilot:
+
+    def hook_all(message: Message) -> None:
+        for hook in hooks:
+            hook(message)
+
+    async with app.run_test(size=SIZE, message_hook=hook_all) as pilot:
         await wait_for(pilot, lambda: app.main.status is not None, "the first status")
         states: list[str] = []
         app.watch(app.main.query_one(StateDiagram), "state", lambda state: states.append(state), init=False)
@@ -116,7 +122,7 @@ async def test_abort_asks_first_then_stops_the_run(tmp_path: Path) -> None:
             await wait_for(pilot, lambda: any(t.startswith("Abort accepted") for t in answers(seen)), "the answer")
             await wait_for(pilot, lambda: (s := app.main.status) is not None and s.state == "idle"
                            and s.last_run is not None, "the run to end", timeout=30)
-            last = app.main.status.last_run
+            last = app.main.status.last_run if app.main.status else None
             assert last is not None and last.outcome == "aborted"
             assert 0 < last.run.done < 400
             assert "aborted" in str(app.main.query_one(LastRunSummary).render())
@@ -331,6 +337,10 @@ async def test_an_unexpected_error_in_a_worker_is_reported_and_the_connection_co
         assert app.is_running
 
 
+def shows_the_entry(log: EventLog) -> bool:
+    return any("aborting run" in line.text for line in log.lines)
+
+
 async def test_the_log_fills_its_width_loses_no_character_and_keeps_the_level_apart(server: ServerProcess) -> None:
     app = panel(server.url)
     message = "aborting run: " + "film only + artist only + film and artist must be at most 1, got 1.2; " * 4
@@ -340,8 +350,7 @@ async def test_the_log_fills_its_width_loses_no_character_and_keeps_the_level_ap
         for tab, log_id in (("o", "#overview-log"), ("l", "#log-view")):
             await pilot.press(tab)
             log = app.main.query_one(log_id, EventLog)
-            await wait_for(pilot, lambda log=log: any("aborting run" in line.text for line in log.lines),
-                           f"the entry in {log_id}")
+            await wait_for(pilot, functools.partial(shows_the_entry, log), f"the entry in {log_id}")
             width = log.scrollable_content_region.width
             lines = [line.text for line in log.lines]
             start = next(number for number, line in enumerate(lines) if "aborting run" in line)

@@ -81,7 +81,8 @@ async def test_a_broken_stream_is_reported_and_resumed_from_the_last_event_id() 
 
     def report(message: Any) -> None:
         reports.append(message)
-        if isinstance(message, Received) and message.event.message == "after the break":
+        if isinstance(message, Received) and isinstance(message.event, LogEntry) \
+                and message.event.message == "after the break":
             second_log.set()
 
     async with serve_asgi(app, timeout_graceful_shutdown=1) as url:

@@ -70,20 +70,26 @@ class BucketLevel:
     max: int
     held: int = 0
     rejected: int = 0
+    unknown: str | None = None  # why `count` cannot be trusted now (the store did not answer): the last known
 
-    def to_json(self) -> dict[str, int]:
-        return {"count": self.count, "min": self.min, "max": self.max, "held": self.held, "rejected": self.rejected}
+    def to_json(self) -> dict[str, Any]:
+        level: dict[str, Any] = {"count": self.count, "min": self.min, "max": self.max, "held": self.held,
+                                 "rejected": self.rejected}
+        if self.unknown is not None:
+            level["unknown"] = self.unknown
+        return level
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> BucketLevel:
+        unknown = data.get("unknown")
         return cls(int(data["count"]), int(data["min"]), int(data["max"]), int(data.get("held") or 0),
-                   int(data.get("rejected") or 0))
+                   int(data.get("rejected") or 0), None if unknown is None else str(unknown))
 
 
 Levels = Mapping[str, BucketLevel]
 
 
-def levels_json(levels: Levels) -> dict[str, dict[str, int]]:
+def levels_json(levels: Levels) -> dict[str, dict[str, Any]]:
     return {name: level.to_json() for name, level in levels.items()}
 
 
@@ -246,6 +252,25 @@ class VisitorErrors:
 
 
 @dataclass(frozen=True)
+class Notifications:
+    """How the owner's messages ([notify]) went: a failure to deliver is shown, or the owner would never know."""
+
+    sent: int = 0
+    failed: int = 0
+    last_failure: str | None = None
+    last_failure_at: datetime | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"sent": self.sent, "failed": self.failed, "last_failure": self.last_failure,
+                "last_failure_at": time_json(self.last_failure_at)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Notifications:
+        return cls(int(data.get("sent") or 0), int(data.get("failed") or 0), data.get("last_failure"),
+                   _optional(data.get("last_failure_at"), _time))
+
+
+@dataclass(frozen=True)
 class Status:
     """Everything `GET /admin/api/status` says: the picture a client starts from after each (re)connect."""
 
@@ -257,22 +282,34 @@ class Status:
     machine_state: str | None
     cost: Cost
     next_check_at: datetime | None = None
-    paused_reason: str | None = None
+    paused_reason: str | None = None  # why automatic runs do not start now, for the owner
+    # What paused them, for whatever reacts to it (a notification): "machine" (it can never run as configured),
+    # "safety_gate" (a run's images were mostly held back) or "daily_budget"; None otherwise.
+    paused_by: str | None = None
     machine_notes: tuple[str, ...] = ()  # what the owner should know about the machine (a backstop off, ...)
     visitors: VisitorErrors = VisitorErrors()  # the visitor path's failures, told by the serving process
+    notifications: Notifications = Notifications()  # the owner's messages, sent by the generator's process
+    gate_on: bool | None = None  # whether the safety gate ([review] enabled) checks new images; None: not told
+    endpoint: Mapping[str, Any] | None = None  # a serverless provider's phase, health and billing basis
 
     def to_json(self) -> dict[str, Any]:
+        gpu: dict[str, Any] = {"provider": self.provider, "machine_state": self.machine_state,
+                               "notes": list(self.machine_notes)}
+        if self.endpoint is not None:
+            gpu["endpoint"] = dict(self.endpoint)
         return {
             "state": self.state,
             "run": None if self.run is None else self.run.to_json(),
             "last_run": None if self.last_run is None else self.last_run.to_json(),
             "buckets": levels_json(self.buckets),
-            "gpu": {"provider": self.provider, "machine_state": self.machine_state,
-                    "notes": list(self.machine_notes)},
+            "gpu": gpu,
             "cost": self.cost.to_json(),
             "next_check_at": time_json(self.next_check_at),
             "paused_reason": self.paused_reason,
+            "paused_by": self.paused_by,
             "visitors": self.visitors.to_json(),
+            "notifications": self.notifications.to_json(),
+            **({} if self.gate_on is None else {"review": {"enabled": self.gate_on}}),
         }
 
     @classmethod
@@ -290,7 +327,11 @@ class Status:
                 cost=Cost.from_json(data["cost"]),
                 next_check_at=_optional(data.get("next_check_at"), _time),
                 paused_reason=data.get("paused_reason"),
+                paused_by=data.get("paused_by"),
                 visitors=VisitorErrors.from_json(data.get("visitors") or {}),
+                notifications=Notifications.from_json(data.get("notifications") or {}),
+                gate_on=_optional((data.get("review") or {}).get("enabled"), bool),
+                endpoint=gpu.get("endpoint") if isinstance(gpu.get("endpoint"), dict) else None,
             )
 
         return decode("status", convert, data)

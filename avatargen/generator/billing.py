@@ -26,6 +26,7 @@ from dataclasses import replace
 from avatargen.buckets import ImageRecord
 from avatargen.durations import format_duration
 from avatargen.ledger import DAY, Day, Entry, Spend, daily, day_start, month_start
+from avatargen.metrics import GPU_BILLED_SECONDS
 from avatargen.retry import backoff_delay
 from avatargen.run import iso
 from avatargen.storage.protocols import Ledger, StoredBucket
@@ -78,6 +79,13 @@ class Billing:
         entry = self._entries.get(run_id)
         if entry is not None and entry.stopped is None:
             self._set(replace(entry, stopped=when))
+            GPU_BILLED_SECONDS.inc(entry.seconds_since(entry.started, when))
+
+    def reprice(self, run_id: str, hourly_cost: float) -> None:
+        """The run's hourly rate as now known (a serverless run's worker time spread over the run)."""
+        entry = self._entries.get(run_id)
+        if entry is not None and entry.hourly_cost != hourly_cost:
+            self._set(replace(entry, hourly_cost=hourly_cost))
 
     def count_image(self, run_id: str) -> None:
         """The run stored an image: counted in memory now, written with the run's stop."""

@@ -23,9 +23,9 @@ from avatargen.storage.protocols import StoredBucket
 
 def bucket_levels(settings: Settings, buckets: Mapping[str, StoredBucket]) -> dict[str, BucketLevel]:
     """Each bucket's count against its min and max, its images held for review and those set aside as broken,
-    as status and events report them."""
+    as status and events report them; and why the count cannot be trusted, while the store cannot be read."""
     return {name: BucketLevel(buckets[name].count(), conf.min, conf.max, buckets[name].held_count(),
-                              buckets[name].rejected())
+                              buckets[name].rejected(), buckets[name].unknown())
             for name, conf in settings.buckets.items()}
 
 

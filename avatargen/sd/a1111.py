@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,10 +23,18 @@ from avatargen.http_client import HttpClient
 from avatargen.imaging import sniff_format
 from avatargen.redact import redact_url
 from avatargen.sd.base import Generated, SdError, SdNotReady, SdProgress, quote, send
+from avatargen.sd.checkpoints import resolve_checkpoint
+from avatargen.sd.samplers import webui_sampler
+
+log = logging.getLogger(__name__)
 
 TXT2IMG_TIMEOUT = 900.0  # seconds: txt2img answers only when the images are done, a big batch takes minutes
 _TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 PREVIEWS_PER_IMAGE = 5  # live previews asked of the web UI per image, when previews are on
+# The web UI's cheapest preview: a fixed linear map of the latent, no model to load. Forge's default (TAESD)
+# downloads a decoder at the first preview, which a machine without internet never gets (no preview at all);
+# the panel shows a thumbnail of a few kB, for which this is plenty.
+PREVIEW_METHOD = "Approx cheap"
 _NOT_JSON = object()
 PROXY_TIMEOUT = 524  # Cloudflare's "a timeout occurred": RunPod's proxy cuts every request at 100 s
 
@@ -132,27 +141,33 @@ class SdClient(HttpClient):
         self._settings = settings
         self._live_previews = live_previews
         self._url = (url or settings.url).rstrip("/")
-        self._shown_url = redact_url(self._url)  # for messages: they end up in logs, events and the status
+        self.shown_url = redact_url(self._url)  # for messages: they end up in logs, events and the status
         self._txt2img_timeout = httpx.Timeout(txt2img_timeout, connect=10.0)
         self._auth = httpx.BasicAuth(settings.username, settings.password().reveal()) if settings.username else None
+        # What the server calls the owner's model and sampler, settled by `probe` (the config's words until then)
+        self._checkpoint = settings.checkpoint
+        self._sampler = settings.sampler
+        self._preview_every = max(1, settings.steps // PREVIEWS_PER_IMAGE)
+        self._previews_seen = False  # whether the web UI has drawn one: if not, the owner is told once
+        self.settled = ""  # what `probe` settled of the model and sampler, in words (for the log and check-config)
 
     def __repr__(self) -> str:
-        return f"SdClient({self._shown_url!r}, username={self._settings.username!r})"
+        return f"SdClient({self.shown_url!r}, username={self._settings.username!r})"
 
     async def txt2img(self, prompt: str, *, batch_size: int, seed: int = -1) -> Txt2ImgResult:
         """Generate `batch_size` images in one pass; waits until they are done (a long read timeout)."""
         settings = self._settings
         payload: dict[str, Any] = {
             "prompt": prompt, "negative_prompt": settings.negative_prompt, "seed": seed,
-            "sampler_name": settings.sampler, "steps": settings.steps, "cfg_scale": settings.cfg_scale,
+            "sampler_name": self._sampler, "steps": settings.steps, "cfg_scale": settings.cfg_scale,
             "width": settings.width, "height": settings.height, "batch_size": batch_size,
         }
         overrides: dict[str, Any] = {}
-        if settings.checkpoint:
-            overrides["sd_model_checkpoint"] = settings.checkpoint
+        if self._checkpoint:
+            overrides["sd_model_checkpoint"] = self._checkpoint
         if self._live_previews:  # one image, not the grid of the whole batch, a few times per image
             overrides.update(live_previews_enable=True, show_progress_grid=False,
-                             show_progress_every_n_steps=max(1, settings.steps // PREVIEWS_PER_IMAGE))
+                             show_progress_every_n_steps=self._preview_every, show_progress_type=PREVIEW_METHOD)
         if overrides:
             payload["override_settings"] = overrides
         body = await self._call("POST", "/sdapi/v1/txt2img", json=payload, timeout=self._txt2img_timeout)
@@ -183,8 +198,20 @@ class SdClient(HttpClient):
             progress=_number(body.get("progress"), float), eta_relative=_number(body.get("eta_relative"), float),
             sampling_step=_number(state.get("sampling_step"), int),
             sampling_steps=_number(state.get("sampling_steps"), int), job_count=_number(state.get("job_count"), int),
-            preview=_preview(body.get("current_image")) if preview else None,
+            preview=self._live_preview(body, state) if preview else None,
         )
+
+    def _live_preview(self, body: dict[str, Any], state: dict[str, Any]) -> bytes | None:
+        """The job's live preview; when a job is past two preview periods without one, the log says once
+        that this web UI draws none (its options or version), and the panel shows the step bar alone."""
+        picture = _preview(body.get("current_image"))
+        if picture is not None:
+            self._previews_seen = True
+        elif not self._previews_seen and _number(state.get("sampling_step"), int) > 2 * self._preview_every:
+            self._previews_seen = True
+            log.info("the SD web UI at %s draws no live previews (asked for every %d steps, method %r): the panel "
+                     "shows the step bar without a picture", self.shown_url, self._preview_every, PREVIEW_METHOD)
+        return picture
 
     async def interrupt(self) -> None:
         """Stop the current job early: its pending txt2img still answers, with the images it has."""
@@ -200,12 +227,31 @@ class SdClient(HttpClient):
             raise _unusable("sd-models is not a list of models")
         return body
 
+    async def samplers(self) -> dict[str, list[str]]:
+        """The server's samplers: name -> aliases."""
+        body = await self._call("GET", "/sdapi/v1/samplers")
+        if not isinstance(body, list) or not all(isinstance(item, dict) and item.get("name") for item in body):
+            raise _unusable("samplers is not a list of samplers")
+        return {str(item["name"]): [str(alias) for alias in item.get("aliases") or []] for item in body}
+
+    async def has_schedulers(self) -> bool:
+        """Whether the server splits samplers and schedules (AUTOMATIC1111 1.9+); Forge Classic does not."""
+        try:
+            await self._call("GET", "/sdapi/v1/schedulers")
+        except SdError as exc:
+            if exc.status in (404, 405):
+                return False
+            raise
+        return True
+
     async def probe(self, checkpoint: str) -> None:
         """Return when the web UI can generate; SdNotReady while it boots (poll again), SdError otherwise.
 
-        With `checkpoint` set it must be listed by title, model name or hash: the web UI silently
-        falls back to its default model for an unknown one, and the owner would pay for avatars of a
-        stranger.
+        With `checkpoint` set it must name exactly one of the web UI's models, as the web UI matches names
+        (`avatargen.sd.checkpoints`): for an unknown one the web UI silently falls back to its default
+        model, and the owner would pay for avatars of a stranger. `sd.sampler` must be one the server has
+        (it would silently use its default sampler too); where the server has no schedulers, the name
+        with the schedule AUTOMATIC1111 pairs with it is sent instead.
         """
         try:
             models = await self.sd_models()
@@ -217,15 +263,21 @@ class SdClient(HttpClient):
             raise
         if not models:
             raise SdNotReady("the SD web UI lists no models yet (still loading)", 200)
-        if checkpoint and not any(checkpoint in (m.get("title"), m.get("model_name"), m.get("hash")) for m in models):
-            available = ", ".join(repr(m.get("title") or m.get("model_name")) for m in models)
-            raise SdError(None, f"sd.checkpoint {checkpoint!r} is not on the SD web UI (available: {available}); "
-                                "the web UI would silently use another model", retryable=False)
+        try:
+            self._checkpoint = resolve_checkpoint(checkpoint, models) if checkpoint else ""
+            self._sampler, note = webui_sampler(self._settings.sampler, await self.samplers(),
+                                                has_schedulers=await self.has_schedulers())
+        except ValueError as exc:  # CheckpointMismatch, or an unknown sampler
+            raise SdError(None, str(exc), retryable=False) from None
+        self.settled = "; ".join(filter(None, [
+            f"sd.checkpoint {checkpoint!r} is the SD web UI's {self._checkpoint!r}" if checkpoint else "",
+            note or f"sampler {self._sampler!r}"]))
+        log.info("SD web UI at %s: %s", self.shown_url, self.settled)
 
     async def _call(self, method: str, path: str, *, json: Any = None, params: dict[str, str] | None = None,
                     timeout: httpx.Timeout | None = None) -> Any:
         """One request; the parsed JSON body, or SdError for every way it can fail."""
-        response = await send(self._http, method, self._url + path, server=f"the SD web UI at {self._shown_url}",
+        response = await send(self._http, method, self._url + path, server=f"the SD web UI at {self.shown_url}",
                               json=json, params=params, auth=self._auth or httpx.USE_CLIENT_DEFAULT,
                               timeout=timeout or httpx.USE_CLIENT_DEFAULT)
         try:

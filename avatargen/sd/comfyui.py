@@ -41,7 +41,7 @@ from avatargen.redact import redact_url
 from avatargen.retry import backoff_delay
 from avatargen.sd.base import Generated, SdError, SdNotReady, SdProgress, quote, send
 from avatargen.sd.samplers import comfyui_sampler
-from avatargen.sd.workflow import Graph, Workflow
+from avatargen.sd.workflow import Graph, Workflow, job_graph, names_model_file
 
 log = logging.getLogger("avatargen.sd.comfyui")
 
@@ -50,6 +50,8 @@ SOCKET_POLL = 10.0  # ... while the socket is up: a safety net for messages a re
 SILENCE_TIMEOUT = 300.0  # a job running with no word about it for this long is stuck
 MAX_SEED = 2**32 - 1
 PREVIEW_IMAGE = 1  # binary WebSocket event: a preview frame of the job computing
+PREVIEW_IMAGE_WITH_METADATA = 4  # ... with the node and prompt it belongs to (ComfyUI 0.12, when asked for)
+FEATURE_FLAGS = json.dumps({"type": "feature_flags", "data": {"supports_preview_metadata": True}})
 _TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 _MAX_MESSAGE = 16 * 1024 * 1024  # preview frames are small; an `executed` message of a big batch is not
 
@@ -122,6 +124,18 @@ def _status_events(status: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]
     return events
 
 
+def _options(node: Mapping[str, Any], input_name: str) -> list[str] | None:
+    """The choices `/object_info` lists for a node's input (either shape: a list, or COMBO options), or None
+    when it takes no list."""
+    inputs = _obj(node.get("input"))
+    spec = _obj(inputs.get("required")).get(input_name) or _obj(inputs.get("optional")).get(input_name)
+    if isinstance(spec, list) and spec and isinstance(spec[0], list):
+        return [str(choice) for choice in spec[0]]
+    if isinstance(spec, list) and len(spec) > 1 and isinstance(spec[1], dict) and "options" in spec[1]:
+        return [str(choice) for choice in spec[1]["options"]]
+    return None
+
+
 def validation_text(body: Any) -> str:
     """ComfyUI's answer to a refused `/prompt`, in one line: each node, input and message."""
     if not isinstance(body, dict):
@@ -173,6 +187,7 @@ class ComfyUiClient:
         self._running: str | None = None  # the prompt ComfyUI executes now, when the socket said so
         self._step = (0, 0, 0.0)  # sampling step, steps, when the current sampler started
         self.preview: bytes | None = None  # the latest preview frame of our job (JPEG or PNG)
+        self.nodes: dict[str, dict[str, Any]] = {}  # progress_state of our job running: node id -> its progress
 
     def __repr__(self) -> str:
         return f"ComfyUiClient({self._shown_url!r}, workflow={self._workflow.name!r})"
@@ -196,6 +211,7 @@ class ComfyUiClient:
         self._start_listening()
         loader = self._workflow.loader
         if loader is None:
+            await self._check_model_files()
             return
         loader_class = self._workflow.loader_class
         info = await self._json("GET", f"/object_info/{loader_class}")
@@ -212,6 +228,7 @@ class ComfyUiClient:
             raise SdError(None, f"{named_by} {wanted!r} is not on ComfyUI (available: {available}); every job "
                                 "would fail", retryable=False)
         self._checkpoint = wanted
+        await self._check_model_files()
 
     @staticmethod
     def _choices(info: Any, loader_class: str, input_name: str) -> list[str]:
@@ -220,12 +237,29 @@ class ComfyUiClient:
         if not isinstance(node, dict):
             raise SdError(None, f"ComfyUI has no {loader_class} node (the workflow needs it; a custom node that is "
                                 "not installed?)", retryable=False)
-        spec = (node.get("input", {}).get("required", {}) or {}).get(input_name)
-        if isinstance(spec, list) and spec and isinstance(spec[0], list):
-            return [str(choice) for choice in spec[0]]
-        if isinstance(spec, list) and len(spec) > 1 and isinstance(spec[1], dict):
-            return [str(choice) for choice in spec[1].get("options", [])]
-        raise SdError(None, f"ComfyUI's {loader_class} has no list of {input_name} choices", retryable=False)
+        choices = _options(node, input_name)
+        if choices is None:
+            raise SdError(None, f"ComfyUI's {loader_class} has no list of {input_name} choices", retryable=False)
+        return choices
+
+    async def _check_model_files(self) -> None:
+        """Every model file the graph names by itself (a LoRA, VAE, upscaler...) must be among those its node
+        offers in `/object_info`, or every job would be refused ("Value not in list") after the boot."""
+        infos: dict[str, Any] = {}
+        for fixed in self._workflow.fixed_choices():
+            if fixed.class_type not in infos:
+                infos[fixed.class_type] = await self._json("GET", f"/object_info/{fixed.class_type}")
+            info = infos[fixed.class_type]
+            node = info.get(fixed.class_type) if isinstance(info, dict) else None
+            choices = _options(node, fixed.input) if isinstance(node, dict) else None
+            if choices is None:
+                if names_model_file(fixed.value):  # ComfyUI would refuse the node, or the file it names
+                    self._choices(info, fixed.class_type, fixed.input)
+                continue
+            if fixed.value not in choices and (names_model_file(fixed.value) or any(map(names_model_file, choices))):
+                available = ", ".join(map(repr, choices[:20])) or "none"
+                raise SdError(None, f"the workflow's {fixed.where()} names {fixed.value!r}, which is not on ComfyUI "
+                                    f"(available: {available}); every job would fail", retryable=False)
 
     # --- a job -------------------------------------------------------------------------------------------
 
@@ -233,12 +267,8 @@ class ComfyUiClient:
         """Queue the workflow with this prompt and the `[sd]` settings, wait for it, fetch its images."""
         self._start_listening()
         seed = random.randint(0, MAX_SEED) if seed < 0 else seed
-        settings = self._settings
-        graph = self._workflow.patched({
-            "prompt": prompt, "negative_prompt": settings.negative_prompt, "seed": seed, "steps": settings.steps,
-            "cfg": settings.cfg_scale, "sampler_name": self._sampler_name, "scheduler": self._scheduler,
-            "width": settings.width, "height": settings.height, "batch_size": count, "checkpoint": self._checkpoint,
-        })
+        graph = job_graph(self._workflow, self._settings, prompt=prompt, count=count, seed=seed,
+                          checkpoint=self._checkpoint)
         prompt_id = await self._queue(graph)
         try:
             entry = await self._finished(self._jobs[prompt_id])
@@ -251,6 +281,7 @@ class ComfyUiClient:
         images = await self._images(prompt_id, entry)
         return Generated(images=images, seeds=[seed] * len(images), metadata={
             "backend": self.name, "workflow": self._workflow.name, "model": self._checkpoint,
+            **({"loras": self._workflow.loras} if self._workflow.loras else {}),
             "sampler_name": self._sampler_name, "scheduler": self._scheduler})
 
     async def _queue(self, graph: dict[str, Any]) -> str:
@@ -396,6 +427,7 @@ class ComfyUiClient:
                                        process_exception=_retry_any, reconnect_delays=_reconnect_delays):
             self._socket_up = True
             try:
+                await websocket.send(FEATURE_FLAGS)  # previews then say whose they are; older servers ignore it
                 await self._read(websocket)
             except WebSocketException as exc:
                 log.info("ComfyUI socket dropped (%s); polling the history until it is back", exc)
@@ -428,6 +460,7 @@ class ComfyUiClient:
             elif isinstance(prompt_id, str):
                 if prompt_id != self._running:
                     self.preview = None  # the last job's picture is not this one's
+                    self.nodes = {}
                 self._running = prompt_id
         elif kind == "progress":
             job = job or self._jobs.get(self._running or "")  # older ComfyUI sends no prompt_id here
@@ -436,6 +469,8 @@ class ComfyUiClient:
                 step, _, started = self._step
                 fresh = value <= step or not started  # a new sampler (or the first message we see of it)
                 self._step = (value, steps, time.monotonic() if fresh else started)
+        elif kind == "progress_state" and job is not None and isinstance(data.get("nodes"), dict):
+            self.nodes = {str(node): _obj(state) for node, state in data["nodes"].items()}
         elif kind in ("execution_success", "execution_error", "execution_interrupted") and job is not None:
             if kind != "execution_success":
                 job.failure = (kind, data)
@@ -445,10 +480,25 @@ class ComfyUiClient:
             job.hear()
 
     def _on_frame(self, frame: bytes) -> None:
-        """A binary message: a preview frame (event 1) of the job running, 4-byte event and format first."""
-        if len(frame) > 8 and struct.unpack(">I", frame[:4])[0] == PREVIEW_IMAGE and self._running in self._jobs:
+        """A binary message: a preview frame of the job running. Event 1: 4-byte event and format, then the
+        image, which is taken to be the running job's; event 4: 4-byte event and metadata length, the metadata
+        (JSON, with the prompt id), then the image, kept only when the job is ours."""
+        if len(frame) <= 8:
+            return
+        event, size = struct.unpack(">II", frame[:8])
+        if event == PREVIEW_IMAGE and self._running in self._jobs:
             self.preview = frame[8:]
             self._jobs[self._running or ""].hear()
+        elif event == PREVIEW_IMAGE_WITH_METADATA:
+            try:
+                prompt_id = _obj(json.loads(frame[8:8 + size])).get("prompt_id")
+            except ValueError:
+                return
+            if isinstance(prompt_id, str) and prompt_id in self._jobs:
+                if prompt_id != self._running:
+                    self._running = prompt_id
+                self.preview = frame[8 + size:]
+                self._jobs[prompt_id].hear()
 
     # --- HTTP --------------------------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""`sd.sampler` in ComfyUI's words: the web UI's sampler names mapped to a `sampler_name` and `scheduler`.
+"""`sd.sampler` as each server understands it: ComfyUI's `sampler_name` and `scheduler`, and the web UI's name.
 
 The owner's `[sd]` section speaks the web UI's language ("DPM++ 2M"), and the same config must give
 the same kind of image on ComfyUI, which splits a sampler into the sampling method and the noise
@@ -7,6 +7,12 @@ schedule. Since version 1.9 the web UI picks a schedule per sampler when its sch
 versions spelled that into the name ("DPM++ 2M Karras"). Both spellings map here, and so does a
 ComfyUI sampler name itself ("dpmpp_2m", with the "normal" schedule). `[sd.comfyui] scheduler`
 overrides the schedule.
+
+Web UIs differ too: AUTOMATIC1111 1.9+ has `/sdapi/v1/schedulers` and pairs "DPM++ 2M" with Karras by
+itself, while Forge Classic (and the web UI before 1.9) has no schedulers, runs "DPM++ 2M" on the plain
+schedule and lists "DPM++ 2M Karras" beside it. `webui_sampler` picks the name that gives the owner the
+same kind of image on the server at hand, and an unknown name (which the web UI would silently replace
+by its default) is refused with the names the server has.
 """
 
 from __future__ import annotations
@@ -68,3 +74,28 @@ def comfyui_sampler(name: str, scheduler: str = "") -> tuple[str, str]:
         hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(A1111_SAMPLERS)}"
         raise ValueError(f"ComfyUI has no sampler like {name!r}; {hint}")
     return pair[0], scheduler or pair[1]
+
+
+def webui_sampler(name: str, listed: dict[str, list[str]], *, has_schedulers: bool) -> tuple[str, str]:
+    """The `sampler_name` to send for `sd.sampler` to a web UI whose `/sdapi/v1/samplers` gave `listed`
+    (name -> aliases), and a note for the log when it differs from what the owner wrote.
+
+    ValueError names what the server supports when it has no sampler of that name.
+    """
+    by_lower = {known.lower(): known for known in listed}
+    by_lower.update({alias.lower(): known for known, aliases in listed.items() for alias in aliases})
+    wanted = name.strip()
+    known = by_lower.get(wanted.lower())
+    if known is None and has_schedulers:  # 1.9+ splits "DPM++ 2M Karras" into a sampler and a schedule itself
+        for suffix in _SCHEDULE_SUFFIXES:
+            if wanted.lower().endswith(suffix) and wanted.lower().removesuffix(suffix) in by_lower:
+                return wanted, ""
+    if known is None:
+        raise ValueError(f"the SD web UI has no sampler {name!r} (every image would get its default sampler, or "
+                         f"an error); it has: {', '.join(listed)}")
+    schedule = A1111_SAMPLERS.get(known, ("", "normal"))[1]
+    with_schedule = by_lower.get(f"{known} {schedule}".lower())
+    if has_schedulers or schedule == "normal" or with_schedule is None:
+        return known, ""
+    return with_schedule, (f"the SD web UI has no schedulers (Forge, or AUTOMATIC1111 before 1.9): sending "
+                           f"{with_schedule!r}, the schedule AUTOMATIC1111 pairs with {known!r}")

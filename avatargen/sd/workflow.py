@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from avatargen.config import ComfyUiSettings, ConfigError, Settings
+from avatargen.config import ComfyUiSettings, ConfigError, SdSettings, Settings
+from avatargen.sd.samplers import comfyui_sampler
 
 Target = tuple[str, str]  # (node id, input name)
 
@@ -42,6 +43,31 @@ SAMPLER_CLASSES = ("KSampler", "KSamplerAdvanced", "SamplerCustom", "SamplerCust
 PROMPT_INPUTS = ("text", "text_g", "text_l", "clip_l", "clip_g", "t5xxl")  # CLIPTextEncode, SDXL, SD3, Flux
 SIZE_INPUTS = ("width", "height", "batch_size")
 LOADER_INPUTS = ("ckpt_name", "unet_name")  # CheckpointLoaderSimple & co., UNETLoader (Flux)
+# Bounds on a workflow file: the biggest real graphs have a few hundred nodes and a few hundred kB; past these
+# the file is a mistake (or an attack), and analysing it must not hold up check-config or start-up.
+MAX_NODES = 2000
+MAX_FILE_BYTES = 10_000_000
+MAX_INPUT_DEPTH = 32  # lists and objects within one input (a link is 1); each run copies the graph recursively
+# What model files are called: an input whose /object_info choices (or whose value) end so names a file
+# the server must have (LoRA, VAE, upscaler, ControlNet, CLIP, UNet...), checked before the first paid image.
+MODEL_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".gguf", ".sft", ".onnx")
+
+
+def names_model_file(value: str) -> bool:
+    return value.lower().endswith(MODEL_FILE_SUFFIXES)
+
+
+@dataclass(frozen=True)
+class FixedChoice:
+    """A plain string input the graph itself fixes (avatargen does not set it): a model file or an option."""
+
+    node: str
+    class_type: str
+    input: str
+    value: str
+
+    def where(self) -> str:
+        return f"node {self.node} ({self.class_type}) input {self.input!r}"
 
 
 class WorkflowError(ValueError):
@@ -114,31 +140,55 @@ class Graph:
             queue.extend([links[role]] if role in links else links.values())
         return None
 
-    def depth_to(self, start: str, goal: str) -> int | None:
-        """How many links back from `start` `goal` is (None when it is not upstream at all)."""
-        frontier, seen, depth = [start], {start}, 0
-        while frontier:
-            if goal in frontier:
-                return depth
-            following = [source for node_id in frontier for _, source in self.links(node_id) if source not in seen]
-            seen.update(following)
-            frontier, depth = following, depth + 1
-        return None
+    def depths_below(self, start: str) -> dict[str, int]:
+        """How many links below `start` each node downstream of it is (`start` itself at 0), in one walk
+        over the graph: per node, a walk of its own would take minutes on a graph of thousands."""
+        below: dict[str, list[str]] = {}
+        for node_id in self.nodes:
+            for _, source in self.links(node_id):
+                below.setdefault(source, []).append(node_id)
+        depths, queue = {start: 0}, deque([start])
+        while queue:
+            node_id = queue.popleft()
+            for child in below.get(node_id, ()):
+                if child not in depths:
+                    depths[child] = depths[node_id] + 1
+                    queue.append(child)
+        return depths
+
+
+def _nesting(value: Any) -> int:
+    """How many lists and objects deep a JSON value goes (0 for a number or a string), without recursion."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, list | dict):
+            depth += 1
+            deepest = max(deepest, depth)
+            stack.extend((child, depth) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 def parse_graph(document: Any) -> dict[str, dict[str, Any]]:
     """Check the shape of an API-format graph; WorkflowError says what is wrong with it."""
     if isinstance(document, dict) and isinstance(document.get("nodes"), list) and "links" in document:
-        raise WorkflowError('this is the UI format ("Save"); export the workflow with "Save (API)" instead')
+        raise WorkflowError('this is the UI format ("Save"); export the workflow with "Export (API)" instead '
+                            '(older ComfyUI: "Save (API Format)", shown once Dev mode is on)')
     if isinstance(document, dict) and isinstance(document.get("prompt"), dict):
         document = document["prompt"]  # a saved /prompt request body
     if not isinstance(document, dict) or not document:
         raise WorkflowError("expected a JSON object of node id -> {\"class_type\", \"inputs\"} (ComfyUI's API format)")
+    if len(document) > MAX_NODES:
+        raise WorkflowError(f"{len(document)} nodes: a workflow may have at most {MAX_NODES}")
     for node_id, node in document.items():
         if not isinstance(node, dict) or not isinstance(node.get("class_type"), str):
             raise WorkflowError(f"node {node_id} has no class_type: not a workflow in API format")
         if not isinstance(node.get("inputs"), dict):
             raise WorkflowError(f"node {node_id} ({node['class_type']}) has no inputs object")
+        for name, value in node["inputs"].items():
+            if _nesting(value) > MAX_INPUT_DEPTH:
+                raise WorkflowError(f"node {node_id} ({node['class_type']}): input {name!r} is nested more than "
+                                    f"{MAX_INPUT_DEPTH} levels deep")
     graph = Graph(document)
     for node_id in document:
         for name, source in graph.links(node_id):
@@ -183,12 +233,32 @@ class Workflow:
                 graph[node_id]["inputs"][input_name] = value
         return graph
 
+    def fixed_choices(self) -> tuple[FixedChoice, ...]:
+        """Every plain string input avatargen does not set (the prompts and the checkpoint it does), in node
+        order: what `/object_info` must offer, for those of its inputs that list model files."""
+        graph, ours = Graph(self.graph), {target for targets in self.targets.values() for target in targets}
+        return tuple(FixedChoice(node_id, graph.cls(node_id), name, value)
+                     for node_id in graph.nodes for name, value in graph.inputs(node_id).items()
+                     if isinstance(value, str) and (node_id, name) not in ours)
+
+    @property
+    def model_files(self) -> tuple[FixedChoice, ...]:
+        """The model files the graph names by themselves (LoRAs, VAE, upscaler...), for the owner."""
+        return tuple(choice for choice in self.fixed_choices() if names_model_file(choice.value))
+
+    @property
+    def loras(self) -> list[str]:
+        """The LoRA files the graph applies, recorded in each image's metadata."""
+        return [choice.value for choice in self.model_files if "lora" in choice.class_type.lower()]
+
     def describe(self) -> str:
-        """Where each setting goes, for `check-config`."""
+        """Where each setting goes, and the model files the graph names, for `check-config`."""
         graph = Graph(self.graph)
         lines = [f"workflow {self.name!r}: sampler {graph.name(self.sampler)}, images from {graph.name(self.output)}"]
         lines += [f"  {setting} -> " + ", ".join(f"{graph.name(node)}.{name}" for node, name in targets)
                   for setting, targets in self.targets.items() if targets]
+        lines += [f"  {'LoRA' if 'lora' in file.class_type.lower() else 'model file'}: {graph.name(file.node)}."
+                  f"{file.input} = {file.value!r}" for file in self.model_files]
         missing = [setting for setting, targets in self.targets.items() if not targets]
         if missing:
             lines.append(f"  not set by avatargen (the graph decides): {', '.join(missing)}")
@@ -293,10 +363,11 @@ class _Finder:
         if chosen := self.override("output_node", lambda n: "images" in self.graph.inputs(n), "images input"):
             return chosen
         ranked: list[tuple[bool, int, str]] = []
+        depths = self.graph.depths_below(sampler)
         for node_id in self.graph.nodes:
             cls = self.graph.cls(node_id)
             if cls.startswith(("Save", "Preview")) and "images" in self.graph.inputs(node_id):
-                depth = self.graph.depth_to(node_id, sampler)
+                depth = depths.get(node_id)
                 if depth is not None:
                     ranked.append((cls.startswith("Save"), depth, node_id))
         if not ranked:
@@ -377,6 +448,33 @@ def workflow_path(settings: Settings) -> Path | None:
     return path if path.is_absolute() else base / path
 
 
+def _read_graph(path: Path) -> dict[str, dict[str, Any]]:
+    """The graph in a workflow file; WorkflowError for a file that cannot be read, is too big, is not UTF-8
+    JSON (or is nested deeper than any graph: a RecursionError is not the owner's message), or is no graph."""
+    try:
+        with path.open("rb") as file:
+            data = file.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise WorkflowError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise WorkflowError(f"{path} is over {MAX_FILE_BYTES // 1_000_000} MB: not a workflow")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise WorkflowError(f"{path} is not UTF-8 text (byte {exc.start}): export it again with \"Save (API)\"") \
+            from None
+    try:
+        document = json.loads(text)
+    except RecursionError:
+        raise WorkflowError(f"{path} is nested too deeply to be a workflow") from None
+    except ValueError as exc:
+        raise WorkflowError(f"{path} is not JSON: {exc}") from None
+    try:
+        return parse_graph(document)
+    except WorkflowError as exc:
+        raise WorkflowError(f"{path}: {exc}") from None
+
+
 def load_workflow(settings: Settings) -> Workflow:
     """The configured workflow, analysed; every problem is a ConfigError naming the key (and node, input)."""
     path = workflow_path(settings)
@@ -385,21 +483,24 @@ def load_workflow(settings: Settings) -> Workflow:
             name, nodes = BUILTIN_NAME, BUILTIN_GRAPH
         else:
             name = path.stem
-            try:
-                text = path.read_text(encoding="utf-8")
-            except OSError as exc:
-                raise WorkflowError(f"cannot read {path}: {exc.strerror or exc}") from None
-            try:
-                nodes = parse_graph(json.loads(text))
-            except ValueError as exc:
-                if isinstance(exc, WorkflowError):
-                    raise WorkflowError(f"{path}: {exc}") from None
-                raise WorkflowError(f"{path} is not JSON: {exc}") from None
+            nodes = _read_graph(path)
         sd = settings.sd
         try:
             return find_workflow(name, nodes, sd.comfyui, negative=bool(sd.negative_prompt),
                                  checkpoint=bool(sd.checkpoint))
         except WorkflowError as exc:
-            raise WorkflowError(f"{path.name}: {exc}" if path else str(exc), exc.key) from None
+            raise WorkflowError(f"{path}: {exc}" if path else str(exc), exc.key) from None
     except WorkflowError as exc:
         raise ConfigError(str(exc), key=f"sd.comfyui.{exc.key}", file=settings.path) from None
+
+
+def job_graph(workflow: Workflow, sd: SdSettings, *, prompt: str, count: int, seed: int,
+              checkpoint: str) -> dict[str, Any]:
+    """The graph of one job: the workflow with this prompt, `count` images, `seed` and the `[sd]` settings
+    written in, as ComfyUI's `/prompt` and a serverless worker's `input.workflow` both take it."""
+    sampler_name, scheduler = comfyui_sampler(sd.sampler, sd.comfyui.scheduler)
+    return workflow.patched({
+        "prompt": prompt, "negative_prompt": sd.negative_prompt, "seed": seed, "steps": sd.steps,
+        "cfg": sd.cfg_scale, "sampler_name": sampler_name, "scheduler": scheduler,
+        "width": sd.width, "height": sd.height, "batch_size": count, "checkpoint": checkpoint,
+    })

@@ -8,6 +8,11 @@ step with binary JPEG preview frames, `executed` for the outputs, then `executio
 `/history`, `/view`, `/queue` (with deletion), `/interrupt`, `/object_info` and `/system_stats` answer
 as ComfyUI's do, so ComfyUI's own example API client runs against it unchanged.
 
+As ComfyUI 0.12 does, it also sends `progress_state` throughout a job (every node started so far, keyed
+by node id, with its value, max and state: running or finished), sends preview frames as
+PREVIEW_IMAGE_WITH_METADATA (type 4: the node and prompt they belong to) to a client whose
+`feature_flags` message says `supports_preview_metadata`, and serves every route under `/api/` too.
+
 Sampling takes `steps * step_time * batch_factor` seconds, as in the simulated web UI, and draws the
 same procedural avatars (see `comfyui_nodes`). After each `boot()` the server answers 502 for
 `sd_boot_delay`, as the reverse proxy in front of a ComfyUI still loading its nodes does. Faults are
@@ -37,7 +42,7 @@ from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from avatargen.config import SimulatedSettings
@@ -58,8 +63,11 @@ from avatargen.simulator.drawing import draw_preview
 from avatargen.simulator.faults import Faults, faults_from_body
 from avatargen.simulator.sdwebui import SLOW_FIRST_FACTOR, batch_factor
 
-VERSION = "0.3.40"
+VERSION = "0.12.0"
 PREVIEW_IMAGE = 1  # binary event type: 4 bytes big-endian, then 4 bytes format (1 = JPEG), then the image
+# ... and, to a client that said it supports it (feature flag supports_preview_metadata), 4 bytes of the
+# metadata's length, the metadata (JSON: node, prompt, image type), then the image
+PREVIEW_IMAGE_WITH_METADATA = 4
 PREVIEW_JPEG = 1
 PREVIEW_EVERY = 0.25  # seconds between preview frames of a job (ComfyUI sends one per step; tests run fast)
 PREVIEW_EDGE = 128
@@ -92,6 +100,7 @@ class _Job:
     node: str | None = None  # the node executing now
     drawn: str = ""  # the text its (first) sampler denoised from
     messages: list[list[Any]] = field(default_factory=list)
+    nodes: dict[str, dict[str, Any]] = field(default_factory=dict)  # progress_state: nodes started, by id
 
     def queue_item(self) -> list[Any]:
         """How `/queue` and the history show a job: [number, prompt_id, prompt, extra_data, outputs]."""
@@ -102,15 +111,26 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _preview_frame(prompt: str, seed: int, width: int, height: int, denoised: float) -> bytes:
+def _preview_frame(prompt: str, seed: int, width: int, height: int, denoised: float,
+                   metadata: dict[str, Any] | None = None) -> bytes:
     """One binary preview message: the job's avatar coming out of its noise as far as it is denoised (the
-    web UI simulator's live preview, `draw_preview`), a small JPEG."""
+    web UI simulator's live preview, `draw_preview`), a small JPEG; with `metadata` (the node and prompt
+    it belongs to), as PREVIEW_IMAGE_WITH_METADATA."""
     scale = PREVIEW_EDGE / max(width, height)
     image = draw_preview(prompt, seed, max(1, round(width * scale)), max(1, round(height * scale)),
                          denoised=denoised)
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=70)
-    return struct.pack(">II", PREVIEW_IMAGE, PREVIEW_JPEG) + buffer.getvalue()
+    if metadata is None:
+        return struct.pack(">II", PREVIEW_IMAGE, PREVIEW_JPEG) + buffer.getvalue()
+    described = json.dumps({**metadata, "image_type": "image/jpeg"}).encode()
+    return struct.pack(">II", PREVIEW_IMAGE_WITH_METADATA, len(described)) + described + buffer.getvalue()
+
+
+def _node_state(job: _Job, node_id: str, value: float, maximum: float, state: str) -> dict[str, Any]:
+    """One node's entry in a `progress_state` message, as ComfyUI 0.12 sends it."""
+    return {"value": value, "max": maximum, "state": state, "node_id": node_id, "prompt_id": job.prompt_id,
+            "display_node_id": node_id, "parent_node_id": None, "real_node_id": node_id}
 
 
 class SimulatedComfyUi:
@@ -134,6 +154,7 @@ class SimulatedComfyUi:
         self.completed: list[str] = []
         self.busy_seconds = 0.0
         self._sockets: dict[str, WebSocket] = {}
+        self.preview_metadata: set[str] = set()  # clients that said supports_preview_metadata
         self._pending: list[_Job] = []
         self._running: _Job | None = None
         self._history: OrderedDict[str, dict[str, Any]] = OrderedDict()
@@ -160,7 +181,8 @@ class SimulatedComfyUi:
             Route("/free", self._free, methods=["POST"]),
             Route("/_sim/faults", self._faults_route, methods=["GET", "PUT"]),
         ]
-        self.app = Starlette(routes=routes)
+        # ComfyUI serves every route under /api too (its frontend uses those); either may be in sd.url.
+        self.app = Starlette(routes=[*routes, Mount("/api", routes=list(routes))])
 
     @property
     def queue_length(self) -> int:
@@ -213,12 +235,24 @@ class SimulatedComfyUi:
             if running is not None and running.client_id == client_id and running.node is not None:
                 await websocket.send_json({"type": "executing", "data": {"node": running.node}})  # on reconnect
             while True:
-                await websocket.receive_text()  # the frontend's feature flags; nothing to answer here
+                self._feature_flags(client_id, await websocket.receive_text())
         except (WebSocketDisconnect, RuntimeError):
             pass
         finally:
             if self._sockets.get(client_id) is websocket:
                 del self._sockets[client_id]
+
+    def _feature_flags(self, client_id: str, text: str) -> None:
+        """A client's `feature_flags` message: whether it reads previews with their metadata."""
+        with contextlib.suppress(ValueError, AttributeError):
+            message = json.loads(text)
+            if message.get("type") == "feature_flags" and message["data"].get("supports_preview_metadata"):
+                self.preview_metadata.add(client_id)
+
+    async def _progress_state(self, job: _Job, node_id: str, value: float, maximum: float, state: str) -> None:
+        """ComfyUI 0.12's per-node progress: every node of the job started so far, keyed by node id."""
+        job.nodes[node_id] = _node_state(job, node_id, value, maximum, state)
+        await self._send(job.client_id, "progress_state", {"prompt_id": job.prompt_id, "nodes": dict(job.nodes)})
 
     async def _send(self, client_id: str | None, event: str, data: dict[str, Any]) -> None:
         """A JSON message to one client (None: every client), as ComfyUI's `send_sync`."""
@@ -364,6 +398,7 @@ class SimulatedComfyUi:
                 job.node = node_id
                 await self._send(job.client_id, "executing",
                                  {"node": node_id, "display_node": node_id, "prompt_id": job.prompt_id})
+                await self._progress_state(job, node_id, 0, 1, "running")
                 args = resolve(node["inputs"], values)
                 if node["class_type"] in SAMPLING_CLASSES:
                     values[node_id] = (await self._sample(job, node_id, args),)
@@ -375,6 +410,8 @@ class SimulatedComfyUi:
                                                                  "output": outputs[node_id],
                                                                  "prompt_id": job.prompt_id})
                 executed.append(node_id)
+                done = job.nodes[node_id]
+                await self._progress_state(job, node_id, done["max"], done["max"], "finished")
             await self._message(job, "execution_success", {})
         except _Interrupted:
             status = "error"
@@ -411,11 +448,15 @@ class SimulatedComfyUi:
                 raise _Interrupted()
             await self._send(job.client_id, "progress",
                              {"value": step, "max": steps, "prompt_id": job.prompt_id, "node": node_id})
+            await self._progress_state(job, node_id, step, steps, "running")
             if time.monotonic() - last_preview >= PREVIEW_EVERY or step == steps:
                 last_preview = time.monotonic()
                 partial = sampled(args, step)
+                described = ({"node_id": node_id, "prompt_id": job.prompt_id, "display_node_id": node_id,
+                              "parent_node_id": None, "real_node_id": node_id}
+                             if job.client_id in self.preview_metadata else None)
                 frame = await asyncio.to_thread(_preview_frame, partial.prompt or "", partial.seed, latent.width,
-                                                latent.height, partial.denoised)
+                                                latent.height, partial.denoised, described)
                 await self._send_bytes(job.client_id, frame)
             if step == drop_at:
                 self._faults.hit("comfyui_socket_drop")

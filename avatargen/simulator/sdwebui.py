@@ -15,6 +15,16 @@ as a request's `override_settings`): progress's `current_image` is the first ima
 sampled, a PNG at full size going from noise to the final picture, renewed every N steps (-1: none
 while sampling; the web UI's grid of a whole batch, `show_progress_grid`, is not drawn).
 After each `boot()` the routes answer 404 for `sd_boot_delay`, as while the real web UI mounts them.
+
+`gpu.simulated.webui` picks which web UI it is, where real ones differ behind the same API (seen on
+AUTOMATIC1111 1.10 and on Forge Classic): AUTOMATIC1111 has `/sdapi/v1/schedulers`, reads a
+request's `scheduler` and quietly uses its first sampler for an unknown name; Forge has no schedulers,
+names the schedule in the sampler ("DPM++ 2M Karras" beside "DPM++ 2M"), answers 404 "Sampler not
+found" for an unknown one, draws no live preview unless the options ask for one, and its
+`options.sd_model_checkpoint` is null until a model is set. Both list models titled
+`name.safetensors [shorthash]` and know each by the same names (`CheckpointInfo.ids`); a request's
+`override_settings.sd_model_checkpoint` that is none of them quietly keeps the loaded model (the trap
+`sd.checkpoint` guards against), and `POST /sdapi/v1/options` answers 500 for it.
 """
 
 from __future__ import annotations
@@ -39,16 +49,67 @@ from avatargen.simulator.drawing import avatar_png, preview_png
 from avatargen.simulator.faults import Faults
 from avatargen.simulator.service import SimRoute, simulated_app
 
-MODEL = {
-    "title": "cjs-dreambooth.safetensors [abc123]",
+_MODELS_DIR = "/notebooks/stable-diffusion-webui/models/Stable-diffusion/"
+MODEL: dict[str, Any] = {  # the owner's model, loaded at start
+    "title": "cjs-dreambooth.safetensors [3f6a1c9e2b]",
     "model_name": "cjs-dreambooth",
-    "hash": "abc123",
-    "sha256": "abc123" + "0" * 58,
-    "filename": "/notebooks/stable-diffusion-webui/models/Stable-diffusion/cjs-dreambooth.safetensors",
+    "hash": "3f6a1c9e2b",
+    "sha256": "3f6a1c9e2b0d4e6a8c1b5f7d9e2a4c6b8d0f1e3a5c7b9d2f4e6a8c0b1d3f5e7a",
+    "filename": _MODELS_DIR + "cjs-dreambooth.safetensors",
     "config": None,
 }
-SAMPLERS = ("DPM++ 2M", "DPM++ SDE", "Euler a", "Euler", "DDIM")
-DEFAULT_SAMPLER = "Euler"
+STRANGER: dict[str, Any] = {  # a stock model beside it: what an unknown name would quietly give
+    "title": "v1-5-pruned-emaonly.safetensors [6ce0161689]",
+    "model_name": "v1-5-pruned-emaonly",
+    "hash": "6ce0161689",
+    "sha256": "6ce0161689b3853acaa03779ec93eafe75a02f4ced659bee03f50797806fa2fa",
+    "filename": _MODELS_DIR + "v1-5-pruned-emaonly.safetensors",
+    "config": None,
+}
+MODELS = (MODEL, STRANGER)
+DEFAULT_SAMPLER = "Euler"  # the request model's `sampler_index`, used when no sampler_name is given
+
+
+def model_ids(model: dict[str, Any]) -> list[str]:
+    """Every name the web UI knows a model by (AUTOMATIC1111's `CheckpointInfo.ids`, kept by Forge)."""
+    name = model["title"].rsplit(" [", 1)[0]  # the path under the models folder
+    name_for_extra = name.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+    shorthash = model["sha256"][:10]
+    return [model["hash"], model["model_name"], model["title"], name, name_for_extra, f"{name} [{model['hash']}]",
+            shorthash, model["sha256"], f"{name} [{shorthash}]", f"{name_for_extra} [{shorthash}]"]
+
+
+@dataclass(frozen=True)
+class WebUiKind:
+    """What sets one web UI apart from another behind the same `/sdapi/v1` API."""
+
+    samplers: tuple[tuple[str, tuple[str, ...]], ...]  # (name, aliases) as /sdapi/v1/samplers lists them
+    schedulers: tuple[str, ...]  # /sdapi/v1/schedulers' labels; none: the route answers 404
+    unknown_sampler_is_404: bool  # Forge: 404 "Sampler not found"; AUTOMATIC1111: its first sampler, quietly
+    live_previews: bool  # the options' live_previews_enable when nothing set it
+    names_loaded_model: bool  # options.sd_model_checkpoint names the model from the start (Forge: null until set)
+
+    def sampler_names(self) -> dict[str, str]:
+        """Every name and alias -> the sampler it means."""
+        return {alias: name for name, aliases in self.samplers for alias in (name, *aliases)}
+
+
+WEBUIS = {
+    "automatic1111": WebUiKind(  # 1.10
+        samplers=(("DPM++ 2M", ("k_dpmpp_2m",)), ("DPM++ SDE", ("k_dpmpp_sde",)),
+                  ("DPM++ 2M SDE", ("k_dpmpp_2m_sde",)), ("Euler a", ("k_euler_a", "k_euler_ancestral")),
+                  ("Euler", ("k_euler",)), ("Heun", ("k_heun",)), ("DDIM", ()), ("UniPC", ()), ("LCM", ())),
+        schedulers=("Automatic", "Uniform", "Karras", "Exponential", "Polyexponential", "SGM Uniform",
+                    "Simple", "Normal", "DDIM", "Beta"),
+        unknown_sampler_is_404=False, live_previews=True, names_loaded_model=True),
+    "forge": WebUiKind(  # Forge Classic, February 2025
+        samplers=(("DPM++ 2M Karras", ("k_dpmpp_2m_ka",)), ("DPM++ SDE Karras", ("k_dpmpp_sde_ka",)),
+                  ("Euler a", ("k_euler_a", "k_euler_ancestral")), ("Euler", ("k_euler",)), ("Heun", ("k_heun",)),
+                  ("DPM++ 2M", ("k_dpmpp_2m",)), ("DPM++ SDE", ("k_dpmpp_sde",)),
+                  ("DPM++ 2M SDE", ("k_dpmpp_2m_sde_ka",)), ("DPM++ 2M SDE Karras", ("k_dpmpp_2m_sde_ka",)),
+                  ("DDIM", ()), ("UniPC", ()), ("LCM", ())),
+        schedulers=(), unknown_sampler_is_404=True, live_previews=False, names_loaded_model=False),
+}
 BATCH_COST = 0.18  # each extra image in a batch adds this share of a one-image batch's time
 SLOW_FIRST_FACTOR = 5.0  # sd_slow_first: the first job after a boot takes this many times as long
 
@@ -213,9 +274,14 @@ class SimulatedSdWebUi:
         self._after_txt2img = after_txt2img
         self._lock = asyncio.Lock()  # asyncio.Lock wakes waiters first come, first served: FIFO jobs
         self._job: _Job | None = None
-        self._options: dict[str, Any] = {"sd_model_checkpoint": MODEL["title"], "samples_format": "png",
-                                         "sd_checkpoint_hash": MODEL["sha256"], "live_previews_enable": True,
-                                         "show_progress_every_n_steps": 10, "show_progress_grid": True}
+        self.kind = WEBUIS[settings.webui]
+        self._models = {name: model for model in MODELS for name in model_ids(model)}
+        self.loaded = MODEL  # the model the web UI has loaded: a request's override applies to that request only
+        self._options: dict[str, Any] = {
+            "sd_model_checkpoint": MODEL["title"] if self.kind.names_loaded_model else None,
+            "samples_format": "png", "sd_checkpoint_hash": MODEL["sha256"],
+            "live_previews_enable": self.kind.live_previews, "show_progress_every_n_steps": 10,
+            "show_progress_grid": True}
         self.queue_length = 0
         self.completed: list[str] = []
         self._power_cycle = 0  # counts power-offs: a request from before one has no one to answer
@@ -231,6 +297,7 @@ class SimulatedSdWebUi:
             SimRoute("/sdapi/v1/sd-models", self._sd_models),
             SimRoute("/sdapi/v1/options", self._options_route, ("GET", "POST")),
             SimRoute("/sdapi/v1/samplers", self._samplers),
+            *([SimRoute("/sdapi/v1/schedulers", self._schedulers)] if self.kind.schedulers else []),
         ]
         self.app: Starlette = simulated_app(routes, faults=faults, gate=self._refuse, sim_gate=self._unauthorized,
                                             error=_detail)
@@ -268,6 +335,10 @@ class SimulatedSdWebUi:
         for name, (low, high) in _LIMITS.items():
             if not low <= params[name] <= high:
                 return _failure("ValueError", f"{name} must be from {low} to {high}, got {params[name]}")
+        sampler = self._sampler(params)
+        if sampler is None:
+            return _detail(404, "Sampler not found")
+        params["sampler_name"], params["scheduler"] = sampler
         self.queue_length += 1
         power_cycle = self._power_cycle
         try:
@@ -290,7 +361,9 @@ class SimulatedSdWebUi:
         slow = SLOW_FIRST_FACTOR if self._first_job_pending and "sd_slow_first" in self._faults else 1.0
         self._first_job_pending = False
         seed = params["seed"] if params["seed"] != -1 else random.randrange(2**32)
-        job = _Job(params, seed, {**self._options, **(params["override_settings"] or {})},
+        options = {**self._options, **(params["override_settings"] or {})}
+        model = self._models.get(options["sd_model_checkpoint"] or "", self.loaded)  # unknown: quietly the loaded one
+        job = _Job(params, seed, options,
                    step_seconds=self._settings.step_time * batch_factor(params["batch_size"]) * slow)
         self._job = job
         try:
@@ -309,8 +382,7 @@ class SimulatedSdWebUi:
         if (invalid := self._faults.hit("sd_invalid_image")) is not None:
             fake = base64.b64encode(b"\x00not an image\x00" * 8).decode() if invalid % 2 else "not base64 at all!"
             images = [fake for _ in images]
-        sampler = params["sampler_name"] if params["sampler_name"] in SAMPLERS else DEFAULT_SAMPLER
-        info = self._info(params, seed, sampler, job)
+        info = self._info(params, seed, model, job)
         background = BackgroundTask(self._after_txt2img) if self._after_txt2img else None
         return JSONResponse({"images": images if params["send_images"] else [], "parameters": params,
                              "info": json.dumps(info)}, background=background)
@@ -335,24 +407,38 @@ class SimulatedSdWebUi:
             for index in range(batch * len(denoised))
         ]
 
+    def _sampler(self, params: dict[str, Any]) -> tuple[str, str | None] | None:
+        """The (sampler, schedule) a request gets: AUTOMATIC1111 splits a schedule off the name and uses its
+        first sampler for an unknown one; Forge takes the name as it is and refuses an unknown one (None)."""
+        names, kind = self.kind.sampler_names(), self.kind
+        wanted = params["sampler_name"] or DEFAULT_SAMPLER
+        if not kind.schedulers:
+            return (names[wanted], None) if wanted in names else None
+        schedule = params["scheduler"] or "Automatic"
+        for label in kind.schedulers:
+            if wanted.endswith(" " + label):
+                wanted, schedule = wanted.removesuffix(" " + label), label
+        return names.get(wanted, kind.samplers[0][0]), schedule
+
     @staticmethod
-    def _info(params: dict[str, Any], seed: int, sampler: str, job: _Job) -> dict[str, Any]:
+    def _info(params: dict[str, Any], seed: int, model: dict[str, Any], job: _Job) -> dict[str, Any]:
         count = params["batch_size"] * params["n_iter"]
         all_seeds = [seed + index for index in range(count)]
         infotexts = [
             f"{params['prompt']}\nNegative prompt: {params['negative_prompt']}\nSteps: {params['steps']}, "
-            f"Sampler: {sampler}, CFG scale: {params['cfg_scale']:g}, Seed: {image_seed}, "
-            f"Size: {params['width']}x{params['height']}, Model hash: {MODEL['hash']}, "
-            f"Model: {MODEL['model_name']}"
+            f"Sampler: {params['sampler_name']}, CFG scale: {params['cfg_scale']:g}, Seed: {image_seed}, "
+            f"Size: {params['width']}x{params['height']}, Model hash: {model['hash']}, "
+            f"Model: {model['model_name']}"
             for image_seed in all_seeds
         ]
         return {
             "prompt": params["prompt"], "all_prompts": [params["prompt"]] * count,
             "negative_prompt": params["negative_prompt"], "seed": seed, "all_seeds": all_seeds,
             "subseed": params["subseed"], "width": params["width"], "height": params["height"],
-            "sampler_name": sampler, "cfg_scale": params["cfg_scale"], "steps": params["steps"],
-            "batch_size": params["batch_size"], "sd_model_name": MODEL["model_name"],
-            "sd_model_hash": MODEL["hash"], "index_of_first_image": 0, "infotexts": infotexts,
+            "sampler_name": params["sampler_name"], "scheduler": params["scheduler"],
+            "cfg_scale": params["cfg_scale"], "steps": params["steps"],
+            "batch_size": params["batch_size"], "sd_model_name": model["model_name"],
+            "sd_model_hash": model["hash"], "index_of_first_image": 0, "infotexts": infotexts,
             "job_timestamp": job.timestamp,
         }
 
@@ -402,10 +488,15 @@ class SimulatedSdWebUi:
         return JSONResponse({})
 
     async def _sd_models(self, request: Request) -> Response:
-        return JSONResponse([MODEL])
+        return JSONResponse(list(MODELS))
 
     async def _samplers(self, request: Request) -> Response:
-        return JSONResponse([{"name": name, "aliases": [], "options": {}} for name in SAMPLERS])
+        return JSONResponse([{"name": name, "aliases": list(aliases), "options": {}}
+                             for name, aliases in self.kind.samplers])
+
+    async def _schedulers(self, request: Request) -> Response:
+        return JSONResponse([{"name": label.lower().replace(" ", "_"), "label": label, "aliases": None,
+                              "default_rho": -1, "need_inner_model": False} for label in self.kind.schedulers])
 
     async def _options_route(self, request: Request) -> Response:
         if request.method == "POST":
@@ -416,6 +507,10 @@ class SimulatedSdWebUi:
             if not isinstance(changes, dict):
                 return JSONResponse({"detail": [{"loc": ["body"], "msg": "value is not a valid dict",
                                                  "type": "type_error.dict"}]}, status_code=422)
+            if "sd_model_checkpoint" in changes:
+                if (model := self._models.get(str(changes["sd_model_checkpoint"]))) is None:
+                    return _failure("RuntimeError", f"model {changes['sd_model_checkpoint']!r} not found")
+                self.loaded = model
             self._options.update(changes)
             return JSONResponse(None)
         return JSONResponse(self._options)

@@ -28,6 +28,8 @@ from avatargen.storage.redis_ledger import RedisLedger
 
 log = logging.getLogger("avatargen.storage")
 
+VISITORS_FILE = "visitors.sqlite3"  # the folders' unique allowance, in data_dir
+
 
 class Backend(Protocol):
     """Where this process keeps what matters."""
@@ -75,7 +77,7 @@ class FolderBackend:
         return await FileLedger.open(self.settings.server.data_dir / "ledger.sqlite3")
 
     async def open_allowance(self) -> UniqueAllowance:
-        return await FolderAllowance.open(self.settings.server.data_dir / "visitors.sqlite3", self.settings.serving,
+        return await FolderAllowance.open(self.settings.server.data_dir / VISITORS_FILE, self.settings.serving,
                                           self.folders["unique"].folder)
 
     async def open_faces(self) -> FaceStore:

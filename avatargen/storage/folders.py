@@ -24,13 +24,15 @@ class FolderBucket:
     """A bucket folder (`avatargen.buckets.Bucket`) as a `StoredBucket`.
 
     `sweep_every`: how often uniques claimed by a process that died before sending them (and at least
-    that long ago) go back into the bucket.
+    that long ago) go back into the bucket. `recount_every`: how often the images held for review are
+    counted again, in a worker thread, when their folder changed (never on the visitors' event loop).
     """
 
-    def __init__(self, bucket: Bucket, *, sweep_every: float = CLAIM_TIMEOUT) -> None:
+    def __init__(self, bucket: Bucket, *, sweep_every: float = CLAIM_TIMEOUT, recount_every: float = 1.0) -> None:
         self.folder = bucket
         self.name = bucket.name
         self.sweep_every = sweep_every
+        self.recount_every = recount_every
 
     def __repr__(self) -> str:
         return f"FolderBucket({self.folder!r})"
@@ -50,6 +52,17 @@ class FolderBucket:
 
     def forget(self, image_id: str) -> None:
         self.folder.forget(image_id)
+
+    def listed(self, image_id: str) -> bool:
+        return self.folder.listed(image_id)
+
+    async def servable(self, image_id: str) -> bool:
+        """One stat, on the event loop: cheaper than a worker thread, and no slower than the folder's own
+        mtime check that `count` makes there."""
+        return self.folder.servable(image_id)
+
+    def unknown(self) -> str | None:
+        return self.folder.unknown()
 
     async def read(self, image_id: str) -> bytes:
         return await asyncio.to_thread(self.folder.read, image_id)
@@ -105,11 +118,29 @@ class FolderBucket:
         return await asyncio.to_thread(self.folder.approve, image_id)
 
     async def follow(self) -> None:
-        """Put back uniques whose claimer died before sending them, every `sweep_every`.
+        """Put back uniques whose claimer died before sending them, every `sweep_every`; count the held
+        images again, off the event loop, every `recount_every` (when another process held or approved one).
 
         Start-up recovery must leave fresh claims alone (another worker may be sending them), so after a
         crash and a quick restart it is this sweep that returns them to the bucket.
         """
+        async with asyncio.TaskGroup() as upkeep:
+            upkeep.create_task(self._sweep())
+            upkeep.create_task(self._recount())
+
+    async def _recount(self) -> None:
+        failing = False
+        while True:
+            try:
+                await asyncio.to_thread(self.folder.recount_held)
+                failing = False
+            except OSError as exc:  # the last count stands until the folder can be listed again
+                if not failing:
+                    log.error("the images held back in the %s bucket cannot be counted: %s", self.name, exc)
+                failing = True
+            await asyncio.sleep(self.recount_every)
+
+    async def _sweep(self) -> None:
         while True:
             await asyncio.sleep(self.sweep_every)
             released = await asyncio.to_thread(self.folder.release_stale_claims, self.sweep_every)

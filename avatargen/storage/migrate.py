@@ -5,9 +5,15 @@ Each image is copied under its own id (with the owner's keep mark), then removed
 from; so are the images the safety gate holds back for review. Copying twice leaves one copy (the id is
 the key), so a migration that stops half-way (Ctrl-C, Redis gone) is finished by running it again: an
 image is always in the source, in the target, or, for that moment, in both, and the next run moves it
-once more. It refuses to start while any `avatargen serve` uses either side: it takes the
-generator's seat of both (the lock file of data_dir, the lease in Redis), which one server always holds.
-Ledger entries are copied (by run id: again harmless) and left in place, so the budget keeps its history.
+once more. It refuses to start while any `avatargen serve` uses either side, and no server starts while it runs: it
+holds the data folder alone (`avatargen.lock.DataFolderLock`, which every server shares while it runs)
+and the generator lease in Redis (which one replica always holds). A unique that a server the lock
+cannot see (a replica on another machine) claims while it is being copied is served once from there, and
+its copy is deleted again. Ledger entries are copied (by run id: again harmless); the unique allowance
+(the global tokens, the retire slot and every visitor inside the per-visitor window) is carried too, so
+nobody gets a second unique by the switch. `--to files` then deletes the ledger, the allowance and the
+visitors' keys from Redis; `--to redis` leaves the SQLite files in data_dir, which are not read again
+while the backend is Redis.
 """
 
 from __future__ import annotations
@@ -18,12 +24,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Literal
 
+from avatargen.allowance import Allowance
 from avatargen.buckets import BadImage, ImageNotFound
 from avatargen.config import Settings
-from avatargen.lock import GeneratorLock
-from avatargen.storage.backend import FolderBackend, RedisBackend
+from avatargen.lock import DataFolderInUse, DataFolderLock
+from avatargen.storage.backend import VISITORS_FILE, FolderBackend, RedisBackend
+from avatargen.storage.redis_allowance import RedisAllowance
 from avatargen.storage.redis_connection import StorageUnavailable
 from avatargen.storage.redis_lease import GeneratorLease
+from avatargen.storage.redis_ledger import RedisLedger
 
 log = logging.getLogger("avatargen.storage")
 
@@ -41,6 +50,7 @@ class Moved:
     held: dict[str, int]
     set_aside: int
     ledger_entries: int
+    visitors: int = 0  # visitors inside their unique window, carried with the allowance
 
 
 async def migrate(settings: Settings, to: Direction, *, say: Callable[[str], None] = print) -> Moved:
@@ -51,11 +61,12 @@ async def migrate(settings: Settings, to: Direction, *, say: Callable[[str], Non
     # A batch job, not a visitor: it waits for a busy Redis rather than stopping half-way.
     patient = replace(settings.storage, backend="redis", timeout=max(settings.storage.timeout, PATIENCE))
     redis = RedisBackend(replace(settings, storage=patient))
-    lock = GeneratorLock(settings.server.data_dir)
+    lock = DataFolderLock(settings.server.data_dir)
     try:
-        if not lock.acquire():
-            raise MigrationRefused(f"an avatargen server uses {settings.server.data_dir} (pid {lock.holder()}): "
-                                   "stop every avatargen serve first")
+        try:
+            lock.take_alone()
+        except DataFolderInUse as exc:
+            raise MigrationRefused(str(exc)) from None
         lease = GeneratorLease(redis.client)
         try:
             held = await lease.acquire()
@@ -65,7 +76,7 @@ async def migrate(settings: Settings, to: Direction, *, say: Callable[[str], Non
             raise MigrationRefused(f"an avatargen server uses the Redis ({await lease.holder()}): stop every "
                                    "avatargen serve first (a replica killed a moment ago holds it for 10 s more)")
         try:
-            return await _move(folders, redis, to, say)
+            return await _move(settings, folders, redis, to, say)
         except StorageUnavailable as exc:
             raise MigrationRefused(f"{exc}; nothing was lost: run the migration again once Redis answers") from None
         finally:
@@ -75,7 +86,8 @@ async def migrate(settings: Settings, to: Direction, *, say: Callable[[str], Non
         await redis.aclose()
 
 
-async def _move(folders: FolderBackend, redis: RedisBackend, to: Direction, say: Callable[[str], None]) -> Moved:
+async def _move(settings: Settings, folders: FolderBackend, redis: RedisBackend, to: Direction,
+                say: Callable[[str], None]) -> Moved:
     moved, held, set_aside = {}, {}, 0
     for name, folder in folders.folders.items():
         await asyncio.to_thread(folder.folder.recover, stale_after=0)  # no server runs: every claim is stale
@@ -95,7 +107,11 @@ async def _move(folders: FolderBackend, redis: RedisBackend, to: Direction, say:
             await destination.publish(image, metadata, prepared=framed, image_id=image_id)
             if origin.is_kept(image_id):
                 await destination.keep(image_id)
-            await origin.delete(image_id)
+            if not await origin.delete(image_id):
+                # Claimed (or deleted) meanwhile by a server the lock could not see (a replica on another
+                # machine): it was served from there, so the copy must not be served again after the switch.
+                await destination.delete(image_id)
+                continue
             count += 1
         moved[name] = count
         waiting = await origin.held(origin.held_count())
@@ -114,4 +130,30 @@ async def _move(folders: FolderBackend, redis: RedisBackend, to: Direction, say:
         await source.aclose()
         await target.aclose()
     say(f"cost ledger: {len(entries)} run(s) copied to {target.location}")
-    return Moved(moved, held, set_aside, len(entries))
+    visitors = await _carry_allowance(settings, redis, to)
+    say(f"unique allowance: the tokens and {visitors} visitor(s) inside their window carried to "
+        f"{'Redis' if to == 'redis' else settings.server.data_dir / VISITORS_FILE}")
+    if to == "files":  # nothing of the site's state stays behind in Redis to be read again later
+        await RedisLedger(redis.client).drop()
+        say("Redis: the ledger, the allowance and the visitors' keys deleted (carried to the folders)")
+    return Moved(moved, held, set_aside, len(entries), visitors)
+
+
+async def _carry_allowance(settings: Settings, redis: RedisBackend, to: Direction) -> int:
+    """The global tokens, the retire slot and each visitor inside its window, carried to `to` (someone who got
+    today's unique does not get another after the switch); how many visitors. `--to files` then deletes them
+    from Redis."""
+    shared = RedisAllowance(redis.client, settings.serving, redis.shared["unique"])
+    local = await asyncio.to_thread(Allowance, settings.server.data_dir / VISITORS_FILE, settings.serving)
+    try:
+        if to == "redis":
+            state = await asyncio.to_thread(local.state)
+            await shared.adopt(state)
+            return len(state.visitors)
+        carried = await shared.state()
+        if carried is not None:
+            await asyncio.to_thread(local.adopt, carried)
+        await shared.drop()
+        return 0 if carried is None else len(carried.visitors)
+    finally:
+        await asyncio.to_thread(local.close)

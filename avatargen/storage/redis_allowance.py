@@ -18,12 +18,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from avatargen.allowance import AllowanceMemo
+from avatargen.allowance import AllowanceMemo, AllowanceState
 from avatargen.buckets import Claim
 from avatargen.config import ServingSettings
 from avatargen.storage.redis_buckets import PUT, TAKE_ONE, RedisBucket
@@ -91,6 +92,45 @@ class RedisAllowance:
         self._undoing: set[asyncio.Future[None]] = set()  # puts-back in flight, kept from the garbage collector
         self.memo = AllowanceMemo(every=self.every, burst=self.burst, window=self.window, clock=clock)
 
+    async def state(self) -> AllowanceState | None:
+        """The whole allowance in Redis (for a migration); None when it was never used (it starts full)."""
+        async with self.storage.guard("read the unique allowance"):
+            values: dict[bytes, bytes] = await self.storage.client.hgetall(self._key)  # type: ignore[assignment]
+            names: list[bytes] = [name async for name in self.storage.client.scan_iter(match=self._visitor_key("*"))]
+            granted = await self.storage.client.mget(names) if names else []
+        if not values:
+            return None
+        fields = {name.decode(): float(value) for name, value in values.items()}
+        now = self.clock()
+        cut = len(self._visitor_key(""))
+        visitors = {name.decode()[cut:]: float(at) for name, at in zip(names, granted, strict=True)
+                    if at is not None and float(at) > now - self.window}
+        return AllowanceState(fields.get("tokens", float(self.burst)), fields.get("tokens_at", now),
+                              fields.get("next_retire_at", now), visitors)
+
+    async def adopt(self, state: AllowanceState) -> None:
+        """Take over an allowance carried from the folders: its tokens and retire slot, and each visitor still
+        inside the window, whose key expires when the window it started does."""
+        now = self.clock()
+        async with self.storage.guard("write the unique allowance"), \
+                self.storage.client.pipeline(transaction=True) as pipe:
+            pipe.hset(self._key, mapping={"tokens": repr(state.tokens), "tokens_at": repr(state.tokens_at),
+                                          "next_retire_at": repr(state.next_retire_at)})
+            for visitor, granted_at in state.visitors.items():
+                left_ms = math.ceil((granted_at + self.window - now) * 1000)
+                if left_ms > 0:
+                    pipe.set(self._visitor_key(visitor), repr(granted_at), px=left_ms)
+            await pipe.execute()
+
+    async def drop(self) -> int:
+        """Delete the allowance and every visitor's key from Redis (carried to the folders); how many keys."""
+        async with self.storage.guard("delete the unique allowance"):
+            names = [self._key, *[name async for name in self.storage.client.scan_iter(match=self._visitor_key("*"))]]
+            return int(await self.storage.client.delete(*names))
+
+    def _visitor_key(self, visitor: str) -> str:
+        return self.storage.key("visitor", visitor)
+
     def token_may_be_due(self) -> bool:
         return self.memo.token_may_be_due()
 
@@ -103,7 +143,7 @@ class RedisAllowance:
         The unique is out of the bucket for good when this returns it (there is nothing to finish).
         """
         now = self.clock()
-        keys = [self._key, self.storage.key("visitor", visitor), *self.unique.keys]
+        keys = [self._key, self._visitor_key(visitor), *self.unique.keys]
         args: list[str | int] = [repr(now), repr(self.every), self.burst, repr(self.window)]
         claiming = asyncio.ensure_future(self._grant_and_claim(keys=keys, args=args))
         try:

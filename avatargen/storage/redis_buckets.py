@@ -10,8 +10,11 @@ in one place at every moment. Nothing is set aside as broken here: what is store
 way in, and Redis does not rot a value the way a disk can a file.
 
 Counting and picking a random fallback happen on every visit: they read an in-memory copy of the ids,
-which `follow` refreshes (a version check per period; the id list only when it changed). The copy is
-also what keeps fallbacks coming from the visitor's local cache while Redis is down.
+which `follow` refreshes (a version check per period; the id list only when it changed, or when an id was
+dropped from it). The copy is also what keeps fallbacks coming from the visitor's local cache while Redis
+is down; a failed read never drops an id from it, and while the last look failed the count is marked
+unknown (`unknown`), so no run is started on it. A fallback served from a replica's memory is checked
+first (`servable`) against a look at Redis begun after the visitor came: deleted is gone everywhere.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 from avatargen.buckets import ImageNotFound, ImageRecord, _Index, check_id, stamped
+from avatargen.fresh_look import FreshLook
 from avatargen.storage.redis_connection import FENCING, Outage, RedisStorage, StorageUnavailable
 from avatargen.timestamps import utc_iso
 
@@ -186,6 +190,8 @@ class RedisBucket:
         self._kept: set[str] = set()
         self._held_count = 0
         self._version = ""
+        self._unknown: str | None = f"the {name} bucket was not read from Redis yet"
+        self._look = FreshLook(self.refresh)
 
     def __repr__(self) -> str:
         return f"RedisBucket({self.name!r}, {self.storage!r})"
@@ -208,8 +214,27 @@ class RedisBucket:
         return self._index.choice()
 
     def forget(self, image_id: str) -> None:
-        """Drop an id found gone (taken by another replica) until the next refresh."""
+        """Drop an id found gone (taken by another replica) until the next refresh, which reads the whole
+        list again whatever its version: an id dropped by mistake comes back then, never stays out."""
         self._index.discard(image_id)
+        self._version = ""
+
+    def listed(self, image_id: str) -> bool:
+        """Whether the list, as of the last refresh, holds this id (no I/O)."""
+        return image_id in self._index
+
+    async def servable(self, image_id: str) -> bool:
+        """Whether the image is in the bucket now, as every replica sees it: the list is brought up to date by
+        a look at Redis begun after this call (shared by the visitors who ask meanwhile: one round trip for
+        a batch), so an image deleted by any replica before this call is never served from memory.
+        StorageUnavailable when Redis does not answer."""
+        await self._look()
+        return image_id in self._index
+
+    def unknown(self) -> str | None:
+        """Why `count` cannot be trusted now (the last look at Redis failed, or none succeeded yet); None when
+        it is as of the last refresh. No run is started on a level that is unknown."""
+        return self._unknown
 
     def is_kept(self, image_id: str) -> bool:
         """Whether the owner keeps this image, as of the last refresh (no I/O: asked on the visitor path;
@@ -226,9 +251,14 @@ class RedisBucket:
 
     async def refresh(self) -> bool:
         """Bring the in-memory ids up to date: one version check, the id list only when it changed."""
-        async with self.storage.guard(f"list the {self.name} bucket"):
-            reply = await self._snapshot(keys=[self._keys[0], self._keys[4], self._kept_key, self._held_keys[0]],
-                                         args=[self._version])
+        try:
+            async with self.storage.guard(f"list the {self.name} bucket"):
+                reply = await self._snapshot(keys=[self._keys[0], self._keys[4], self._kept_key, self._held_keys[0]],
+                                             args=[self._version])
+        except StorageUnavailable as exc:
+            self._unknown = str(exc)
+            raise
+        self._unknown = None
         version = reply[0].decode()
         if len(reply) == 1:
             return False

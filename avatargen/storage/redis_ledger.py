@@ -66,6 +66,11 @@ class RedisLedger:
     def __str__(self) -> str:
         return self.location
 
+    async def drop(self) -> None:
+        """Delete the ledger from Redis (a migration carried it to the folders' SQLite ledger)."""
+        async with self.storage.guard("delete the cost ledger"):
+            await self.storage.client.delete(*self._keys)
+
     async def open(self) -> None:
         """Adopt the ledger in Redis (marking a new one as born now), so that losing it is noticed."""
         marker = secrets.token_hex(8)
