@@ -152,6 +152,12 @@ class ServingSettings:
     unique_per_network: str = _f("/64", choices=("/32", "/40", "/48", "/56", "/60", "/64"))  # IPv6 visitor key
     cache_max_age: float = _f(86400.0, kind="duration")
     fallback_retire_every: float = _f(3600.0, kind="duration")
+    sizes: tuple[int, ...] = _f((32, 64, 128, 256), low=8)  # /avatar?s= snaps up to one of these edges, px
+    same_face_for: float = _f(60.0, kind="duration")  # one visitor's repeat requests get the same image this long
+
+    def check(self) -> None:
+        if list(self.sizes) != sorted(set(self.sizes)):
+            raise ConfigError(f"must list each size once, smallest first, got {list(self.sizes)}", key="sizes")
 
 
 @dataclass(frozen=True)
@@ -523,6 +529,13 @@ class Settings:
         """The configured admin token: AVATARGEN_ADMIN_TOKEN wins over the file; may be empty."""
         return Secret(os.environ.get("AVATARGEN_ADMIN_TOKEN", "")) or self.admin.token
 
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        """The edges /avatar serves, smallest first: `serving.sizes` below the stored edge, and the stored edge
+        (`generator.image_size`) as the largest, since nothing larger can be made without blurring."""
+        edge = self.generator.image_size
+        return (*(size for size in self.serving.sizes if size < edge), edge)
+
     def metrics_token(self) -> Secret:
         """The token /metrics asks for: AVATARGEN_METRICS_TOKEN wins over the file; may be empty."""
         return Secret(os.environ.get("AVATARGEN_METRICS_TOKEN", "")) or self.metrics.token
@@ -658,6 +671,10 @@ def _convert(hint: Any, meta: Mapping[str, Any], raw: Any, dotted: str, ctx: _Co
             for item in items:
                 _check_network(item, dotted, ctx)
         return items
+    elif hint == tuple[int, ...]:
+        if not isinstance(raw, list | tuple) or not raw:
+            raise ctx.error(f"expected a non-empty list of integers, got {_type_name(raw)} ({raw!r})", dotted)
+        return tuple(_convert(int, meta, item, dotted, ctx) for item in raw)
     elif hint == dict[str, float]:
         if not isinstance(raw, Mapping):
             raise ctx.error(f"expected a table of numbers, got {_type_name(raw)} ({raw!r})", dotted)

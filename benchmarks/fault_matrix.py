@@ -136,7 +136,7 @@ class Visitors:
                 self.requests += 1
                 address = f"10.{self.requests >> 16 & 255}.{self.requests >> 8 & 255}.{self.requests & 255}"
                 try:
-                    response = client.get(self.url + "/avatar", headers={"X-Forwarded-For": address})
+                    response = client.get(self.url + "/avatar.webp", headers={"X-Forwarded-For": address})
                 except httpx.HTTPError as exc:
                     self.failures.append(f"{type(exc).__name__}: {exc}")
                     continue

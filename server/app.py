@@ -152,7 +152,9 @@ def create_app(settings: Settings) -> Starlette:
 
             allowance = await backend.open_allowance()
             stack.push_async_callback(allowance.aclose)
-            await visitor.start(allowance)
+            faces = await backend.open_faces()
+            stack.push_async_callback(faces.aclose)
+            await visitor.start(allowance, faces)
             for bucket in backend.buckets.values():
                 await stack.enter_async_context(background(bucket.follow(), f"{bucket.name} bucket upkeep"))
             await stack.enter_async_context(background(services.watch_levels(), "bucket levels"))

@@ -10,6 +10,7 @@ import io
 import itertools
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from avatargen.config import StorageSettings
 from avatargen.storage.redis_buckets import RedisBucket
 from avatargen.storage.redis_connection import RedisStorage
 from avatargen.testing import RedisServer, Service, Simulator, avatargen_server, free_port
+from avatargen.variants import framed_variants
 from tests.support import write_config
 
 TOKEN = "replica-test-token"
@@ -47,7 +49,8 @@ async def stock(url: str, uniques: int = UNIQUES, fallbacks: int = FALLBACKS) ->
     """Uniques and fallbacks in Redis, as a generator would have stored them; the uniques' ids."""
     storage = RedisStorage.connect(StorageSettings(backend="redis", url=url, timeout=10.0))
     try:
-        unique, fallback = RedisBucket(storage, "unique", prepare=lambda image: image), RedisBucket(storage, "fallback")
+        framed = partial(framed_variants, quality=60, sizes=(32, 64))  # as the replicas' generator frames
+        unique, fallback = RedisBucket(storage, "unique", prepare=framed), RedisBucket(storage, "fallback")
         for n in range(fallbacks):
             await fallback.publish(webp(n), {"prompt": f"fallback {n}"})
         return {(await unique.publish(webp(n), {"prompt": f"unique {n}"})).id for n in range(uniques)}
