@@ -33,8 +33,9 @@ from typing import Any
 
 from avatargen.config import Settings
 from avatargen.files import PRIVATE_FILE, private_folder, sync_folder, write_atomically
-from avatargen.imaging import ImageError, check_webp, check_webp_header, frame_unique, sniff_format
+from avatargen.imaging import ImageError, check_webp, check_webp_header, sniff_format
 from avatargen.timestamps import utc_iso
+from avatargen.variants import check_archive, framed_variants
 
 log = logging.getLogger("avatargen.buckets")
 
@@ -230,14 +231,17 @@ class Bucket:
 
     `prepare` (the unique bucket's framing) maps stored WebP bytes to the bytes a claimer receives; its
     result is written to `.framed/` at publish time so that claiming costs a rename and a read.
+    `check_prepared` raises ImageError for a framed copy that is not whole (default: a WebP file; the
+    server's unique bucket stores an archive of framed variants, `avatargen.variants`).
     `recheck_every` bounds how often the folder's mtime is looked at to notice other processes.
     """
 
     def __init__(self, name: str, directory: Path, *, prepare: Callable[[bytes], bytes] | None = None,
-                 recheck_every: float = 1.0) -> None:
+                 check_prepared: Callable[[bytes], None] = check_webp, recheck_every: float = 1.0) -> None:
         self.name = name
         self.directory = Path(directory)
         self.prepare = prepare
+        self.check_prepared = check_prepared
         self.recheck_every = recheck_every
         self.scans = 0  # how many times the folder was listed: lets tests and the admin see it stays cheap
         self._tmp = self.directory / ".tmp"
@@ -722,7 +726,7 @@ class Bucket:
         framed = self._framed_path(image_id)
         try:
             data = framed.read_bytes()
-            check_webp(data)
+            self.check_prepared(data)
             return data
         except FileNotFoundError:
             pass
@@ -858,7 +862,7 @@ class Bucket:
                 continue
             framed = self._framed_path(image_id)
             try:
-                problem = _header_problem(framed)
+                problem = self._prepared_problem(framed)
             except FileNotFoundError:
                 unframed.append(image_id)
                 continue
@@ -870,6 +874,17 @@ class Bucket:
                 self._tidy(framed)
                 unframed.append(image_id)
         return unframed
+
+    def _prepared_problem(self, path: Path) -> str | None:
+        """What is wrong with a framed copy (a copy of another kind, made before an upgrade, included); None
+        if nothing. A WebP copy is judged by its header alone, anything else read whole."""
+        if self.check_prepared is check_webp:
+            return _header_problem(path)
+        try:
+            self.check_prepared(path.read_bytes())
+        except ImageError as exc:
+            return str(exc)
+        return None
 
     def frame(self, image_id: str) -> bool:
         """Make the framed copy of a stored unique if it is still missing; True when one was made.
@@ -918,8 +933,12 @@ def open_buckets(settings: Settings) -> dict[str, Bucket]:
 
     Nothing is repaired here: call `recover()` on each at start-up (the app's lifespan does).
     """
-    frame = partial(frame_unique, quality=settings.generator.webp_quality)
-    return {
-        name: Bucket(name, bucket.dir, prepare=frame if name == "unique" else None)
-        for name, bucket in settings.buckets.items()
-    }
+    unique = Bucket("unique", settings.buckets.unique.dir, prepare=unique_copy(settings),
+                    check_prepared=check_archive)
+    return {"unique": unique, "fallback": Bucket("fallback", settings.buckets.fallback.dir)}
+
+
+def unique_copy(settings: Settings) -> Callable[[bytes], bytes]:
+    """What a unique's claimer receives, made from its stored WebP at publish time, whichever the backend:
+    every variant of it, framed (`avatargen.variants.framed_variants`)."""
+    return partial(framed_variants, quality=settings.generator.webp_quality, sizes=settings.sizes)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import Any, NoReturn
 
 from avatargen.config import ConfigError, check_http_url, option_value
 
@@ -28,12 +28,24 @@ def setting(dotted: str) -> Callable[[str], Any]:
     return parse
 
 
-def count(text: str) -> int:
-    """A number of things to make or show: a whole number, at least 1."""
+def refuse(args: argparse.Namespace, message: str) -> NoReturn:
+    """A usage error found after parsing (two options that contradict each other): said the way argparse
+    says its own, with the command's usage, and exit status 2. The command's parser is in `args.parser`."""
+    parser: argparse.ArgumentParser = args.parser
+    parser.error(message)
+
+
+def integer(text: str) -> int:
+    """Any integer (a random seed), refused in the words the config's own integers are."""
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def count(text: str) -> int:
+    """A number of things to make or show: an integer, at least 1."""
+    value = integer(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value

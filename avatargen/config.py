@@ -23,11 +23,11 @@ from urllib.parse import parse_qs, urlsplit
 import tomlkit
 
 from avatargen import wordlists
-from avatargen.durations import parse_duration
+from avatargen.durations import format_duration, parse_duration
 from avatargen.redact import redact_url
 
-PROVIDERS = ("paperspace", "runpod", "always_on", "simulated")
-PROVIDER_APIS = ("paperspace", "runpod")  # the cloud machine APIs avatargen speaks (and simulates)
+PROVIDERS = ("paperspace", "runpod", "runpod_serverless", "always_on", "simulated")
+PROVIDER_APIS = ("paperspace", "runpod", "runpod_serverless")  # the cloud GPU APIs avatargen speaks (and simulates)
 SIMULATED_WEBUIS = ("automatic1111", "forge")  # the web UIs the simulator can be: see avatargen.simulator.sdwebui
 SD_BACKENDS = ("a1111", "comfyui")
 BUCKET_NAMES = ("unique", "fallback")
@@ -94,11 +94,22 @@ def check_http_url(url: str) -> str:
 
 def _placeholders_filled(url: str) -> str:
     """`url` with the machine placeholders the GPU provider fills at each start (`{public_ip}`, `{pod_id}`,
-    `{port:7860}`; see avatargen.gpu.address) standing in as a host part and a port, for checking the rest."""
+    `{port:7860}`; see avatargen.gpu.address) standing in as a host part and a port, for checking the rest.
+    A placeholder that is not written right is a ConfigError naming it (which ones a provider fills is
+    checked with the provider)."""
+    if "{" in (rest := _ANY_PLACEHOLDER.sub("", url)) or "}" in rest:
+        raise ConfigError(f"unbalanced brace in {url!r}: write a placeholder as {{public_ip}}, {{pod_id}} or "
+                          "{port:7860}", key="url")
+    for name in _ANY_PLACEHOLDER.findall(url):
+        if name.startswith("port:") and not (_PORT_NUMBER.fullmatch(name) and 0 < int(name[5:]) < 65536):
+            raise ConfigError(f"placeholder {{{name}}}: the machine's internal port must be a number from 1 to "
+                              "65535, as in {port:7860}", key="url")
     return _PLACEHOLDER.sub(lambda match: match.group(1) or "placeholder", url)
 
 
 _PLACEHOLDER = re.compile(r"\{(?:port:(\d+)|[^{}]*)\}")
+_ANY_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+_PORT_NUMBER = re.compile(r"port:\d{1,5}")
 
 
 def _check_service_url(url: str, key: str, credentials: str) -> None:
@@ -143,6 +154,12 @@ class ServingSettings:
     unique_per_network: str = _f("/64", choices=("/32", "/40", "/48", "/56", "/60", "/64"))  # IPv6 visitor key
     cache_max_age: float = _f(86400.0, kind="duration")
     fallback_retire_every: float = _f(3600.0, kind="duration")
+    sizes: tuple[int, ...] = _f((32, 64, 128, 256), low=8)  # /avatar?s= snaps up to one of these edges, px
+    same_face_for: float = _f(60.0, kind="duration")  # one visitor's repeat requests get the same image this long
+
+    def check(self) -> None:
+        if list(self.sizes) != sorted(set(self.sizes)):
+            raise ConfigError(f"must list each size once, smallest first, got {list(self.sizes)}", key="sizes")
 
 
 @dataclass(frozen=True)
@@ -230,6 +247,28 @@ class RunPodSettings:
 
 
 @dataclass(frozen=True)
+class RunPodServerlessSettings:
+    """[gpu.runpod_serverless]: a queue-based RunPod Serverless endpoint running worker-comfyui (see
+    avatargen.gpu.serverless): no machine to start or stop, workers billed per second while they run."""
+
+    endpoint_id: str = ""
+    api_url: str = "https://api.runpod.ai/v2"
+    api_key_env: str = "RUNPOD_API_KEY"
+    max_in_flight: int = _f(4, low=1, high=100)  # jobs queued or running at once: the owner's cap on parallel spend
+    idle_timeout: float = _f(5.0, kind="duration")  # the endpoint's idle timeout: billed after each worker's last job
+
+    def api_key(self) -> Secret:
+        return Secret(os.environ.get(self.api_key_env, ""))
+
+    def check(self) -> None:
+        _check_service_url(self.api_url, "api_url", f"the API key comes from the environment variable named by "
+                                                    f"api_key_env ({self.api_key_env})")
+        if "/" in self.endpoint_id:
+            raise ConfigError(f"an endpoint id, not a URL (got {self.endpoint_id!r}): the id shown on the endpoint's "
+                              "page, e.g. \"abc123xyz\"", key="endpoint_id")
+
+
+@dataclass(frozen=True)
 class SimulatedSettings:
     """The built-in GPU machine and SD web UI (demo mode); see avatargen.simulator."""
 
@@ -252,6 +291,7 @@ class GpuSettings:
     daily_budget: float = _f(5.0, low=0)
     paperspace: PaperspaceSettings = _f(PaperspaceSettings())
     runpod: RunPodSettings = _f(RunPodSettings())
+    runpod_serverless: RunPodServerlessSettings = _f(RunPodServerlessSettings())
     simulated: SimulatedSettings = _f(SimulatedSettings())
 
     def check(self) -> None:
@@ -259,6 +299,8 @@ class GpuSettings:
             raise ConfigError("required when provider = \"paperspace\"", key="paperspace.machine_id")
         if self.provider == "runpod" and not self.runpod.pod_id:
             raise ConfigError("required when provider = \"runpod\"", key="runpod.pod_id")
+        if self.provider == "runpod_serverless" and not self.runpod_serverless.endpoint_id:
+            raise ConfigError("required when provider = \"runpod_serverless\"", key="runpod_serverless.endpoint_id")
 
 
 @dataclass(frozen=True)
@@ -327,6 +369,10 @@ class SdSettings:
                 raise ConfigError(f"must be a multiple of 8, got {getattr(self, name)}", key=name)
 
 
+# How long a safety gate that held back most of a run's images pauses automatic runs, at most and at least.
+PAUSE_FOR_MIN, PAUSE_FOR_MAX = 60.0, 30 * 86400.0
+
+
 @dataclass(frozen=True)
 class ReviewSettings:
     """The safety gate before publishing (optional extra avatargen[review]); see avatargen.review.
@@ -341,6 +387,8 @@ class ReviewSettings:
     block: dict[str, float] = _f({name: 0.4 for name in (
         "FEMALE_GENITALIA_EXPOSED", "MALE_GENITALIA_EXPOSED", "FEMALE_BREAST_EXPOSED", "BUTTOCKS_EXPOSED",
         "ANUS_EXPOSED")}, low=0, high=1)
+    # A run whose images were mostly held back pauses automatic runs until the owner acts, or this long.
+    pause_for: float = _f(86400.0, kind="duration")
 
     def check(self) -> None:
         from avatargen.review import CLASSES  # the detector's own class names
@@ -350,6 +398,8 @@ class ReviewSettings:
                 close = difflib.get_close_matches(name, CLASSES, n=1)
                 hint = f"did you mean {close[0]!r}?" if close else f"known classes: {', '.join(CLASSES)}"
                 raise ConfigError(f"unknown detector class {name!r}; {hint}", key=f"block.{name}")
+        if not PAUSE_FOR_MIN <= self.pause_for <= PAUSE_FOR_MAX:
+            raise ConfigError(f"must be from 1m to 30d, got {format_duration(self.pause_for)}", key="pause_for")
         if self.enabled and not self.block and not self.require_face:
             raise ConfigError("the gate is enabled but blocks no class and does not require a face; "
                               "list classes in [review.block], set require_face = true, or enabled = false",
@@ -480,6 +530,13 @@ class Settings:
     def admin_token(self) -> Secret:
         """The configured admin token: AVATARGEN_ADMIN_TOKEN wins over the file; may be empty."""
         return Secret(os.environ.get("AVATARGEN_ADMIN_TOKEN", "")) or self.admin.token
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        """The edges /avatar serves, smallest first: `serving.sizes` below the stored edge, and the stored edge
+        (`generator.image_size`) as the largest, since nothing larger can be made without blurring."""
+        edge = self.generator.image_size
+        return (*(size for size in self.serving.sizes if size < edge), edge)
 
     def metrics_token(self) -> Secret:
         """The token /metrics asks for: AVATARGEN_METRICS_TOKEN wins over the file; may be empty."""
@@ -616,6 +673,10 @@ def _convert(hint: Any, meta: Mapping[str, Any], raw: Any, dotted: str, ctx: _Co
             for item in items:
                 _check_network(item, dotted, ctx)
         return items
+    elif hint == tuple[int, ...]:
+        if not isinstance(raw, list | tuple) or not raw:
+            raise ctx.error(f"expected a non-empty list of integers, got {_type_name(raw)} ({raw!r})", dotted)
+        return tuple(_convert(int, meta, item, dotted, ctx) for item in raw)
     elif hint == dict[str, float]:
         if not isinstance(raw, Mapping):
             raise ctx.error(f"expected a table of numbers, got {_type_name(raw)} ({raw!r})", dotted)

@@ -146,47 +146,81 @@ def to_avatar_webp(image: Image.Image, size: int, quality: int) -> bytes:
     return encode_webp(square, quality)
 
 
+UNIQUE_SHORT_LABEL = "UNIQUE"
+# Below these edges the full label, then the short one, no longer fits in letters a visitor can read.
+FULL_LABEL_FROM = 128
+SHORT_LABEL_FROM = 48
+
+
+def unique_label(edge: int) -> str | None:
+    """What the band of a unique `edge` px wide says: the full label, the short one, or None (too small for
+    letters: the frame and a gold diamond mark it instead)."""
+    if edge >= FULL_LABEL_FROM:
+        return UNIQUE_LABEL
+    return UNIQUE_SHORT_LABEL if edge >= SHORT_LABEL_FROM else None
+
+
 @functools.lru_cache(maxsize=16)
-def _label_layout(width: int, height: int) -> tuple[int, int, ImageFont.FreeTypeFont | ImageFont.ImageFont,
-                                                   tuple[float, float]]:
+def _label_layout(width: int, height: int, label: str) -> tuple[int, int, ImageFont.FreeTypeFont | ImageFont.ImageFont,
+                                                                tuple[float, float]]:
     """Border width, band height, font and text position for one image size (computed once per size)."""
     border = max(2, round(min(width, height) * 0.03))
     band = max(10, round(height * 0.11))
     room = width - 2 * border - 2 * max(2, border // 2)
     font_size = max(6, round(band * 0.6))
     font = ImageFont.load_default(size=font_size)
-    while font_size > 6 and font.getlength(UNIQUE_LABEL) > room:
+    while font_size > 6 and font.getlength(label) > room:
         font_size -= 1
         font = ImageFont.load_default(size=font_size)
-    left, top, right, bottom = font.getbbox(UNIQUE_LABEL)
+    left, top, right, bottom = font.getbbox(label)
     band_top = height - border - band
     x = (width - (right - left)) / 2 - left
     y = band_top + (band - (bottom - top)) / 2 - top
     return border, band, font, (x, y)
 
 
-def frame_unique(webp: bytes, quality: int) -> bytes:
-    """The unique avatar as the visitor sees it: a gold border and a "UNIQUE LIMITED EDITION" band.
-
-    Same pixel size as the input. Deterministic: the pre-framed copy made at publish time is
-    byte-identical to framing on the fly, so moving this off the request path changes nothing visible.
-    """
-    try:
-        with Image.open(io.BytesIO(webp), formats=["WEBP"]) as source:
-            image = source.convert("RGBA")
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(f"cannot frame: not a valid WebP image: {exc}") from None
+def framed_image(image: Image.Image) -> Image.Image:
+    """The unique as the visitor sees it (RGB, same size): a gold border and a band with its label, or at
+    the smallest sizes, where no letters can be read, the border and a gold diamond in the corner."""
+    image = image.convert("RGBA")
     width, height = image.size
-    border, band, font, position = _label_layout(width, height)
+    label = unique_label(min(width, height))
     overlay = Image.new("RGBA", image.size, (0, 0, 0, 0))
     draw = ImageDraw.Draw(overlay)
-    draw.rectangle((0, height - border - band, width, height), fill=_BAND)
-    draw.text(position, UNIQUE_LABEL, font=font, fill=_GOLD)
+    if label is not None:
+        border, band, font, position = _label_layout(width, height, label)
+        draw.rectangle((0, height - border - band, width, height), fill=_BAND)
+        draw.text(position, label, font=font, fill=_GOLD)
+    else:
+        border = 2
+        reach = max(4, round(min(width, height) * 0.22))  # the diamond's half-diagonal
+        cx, cy = width - border - reach - 1, height - border - reach - 1
+        draw.polygon([(cx, cy - reach), (cx + reach, cy), (cx, cy + reach), (cx - reach, cy)], fill=_GOLD,
+                     outline=_DARK)
     framed = Image.alpha_composite(image, overlay)
     draw = ImageDraw.Draw(framed)
     draw.rectangle((0, 0, width - 1, height - 1), outline=_GOLD, width=border)
     draw.rectangle((border, border, width - 1 - border, height - 1 - border), outline=_DARK, width=1)
-    return encode_webp(framed.convert("RGB"), quality)
+    return framed.convert("RGB")
+
+
+def open_webp(webp: bytes, what: str) -> Image.Image:
+    """Decode stored WebP bytes; ImageError (saying `what` could not be done) when they are not a WebP image."""
+    try:
+        with Image.open(io.BytesIO(webp), formats=["WEBP"]) as source:
+            source.load()
+            return source.copy()
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"cannot {what}: not a valid WebP image: {exc}") from None
+
+
+def frame_unique(webp: bytes, quality: int) -> bytes:
+    """The unique avatar as the visitor sees it, at its stored size, as WebP (`framed_image`).
+
+    Deterministic: the pre-framed copy made at publish time is byte-identical to framing on the fly, so
+    moving this off the request path changes nothing visible.
+    """
+    return encode_webp(framed_image(open_webp(webp, "frame")), quality)
 
 
 @functools.lru_cache(maxsize=8)

@@ -63,6 +63,9 @@ class FileSeat:
     async def keep(self) -> None:
         await asyncio.Event().wait()  # the kernel holds it until this process ends
 
+    async def confirm(self, duration: float) -> None:
+        """Held for as long as this process lives: any machine call may go ahead."""
+
     async def holder(self) -> str | None:
         return f"pid {self.lock.holder()}"
 

@@ -79,6 +79,12 @@ class Run:
         return [RunMinute(images[minute], round(self.cost(min(end, self.started_at + (minute + 1) * 60)), 4))
                 for minute in range(count)]
 
+    @property
+    def mostly_held(self) -> bool:
+        """More than half of the images made were held back by the safety gate: the gate (or the model, or
+        the prompts) needs the owner, and more runs would only pay for more images nobody sees."""
+        return self.held * 2 > self.done + self.held
+
     def held_cost(self, now: float | None = None) -> float:
         """The share of the run's cost spent on images the gate held back (each image made costs the same)."""
         made = self.done + self.held

@@ -27,6 +27,7 @@ import tomlkit
 
 START_TIMEOUT = 30.0
 SIM_KEY_ENV = "AVATARGEN_TEST_SIM_PAPERSPACE_KEY"
+SERVERLESS_CHECKPOINT = "cjs-dreambooth.safetensors"  # on the simulated endpoint's volume
 SIM_RETRIES, SIM_RETRY_PAUSE = 10, 0.1
 
 
@@ -107,6 +108,19 @@ class Service:
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait(10)
+
+    def pause(self) -> None:
+        """SIGSTOP the process and its workers: a stalled VM, a long GC pause; `resume` wakes them."""
+        self._signal_family(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self._signal_family(signal.SIGCONT)
+
+    def _signal_family(self, signum: signal.Signals) -> None:
+        assert self.process is not None
+        for pid in family(self.process.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
 
     def stop(self, timeout: float = 30.0) -> int | None:
         """SIGTERM and wait (SIGKILL past the timeout); the exit status, None if it never ran."""
@@ -200,7 +214,7 @@ class Simulator:
             self.process.wait(30)  # at nice 19 on a busy machine, it may wait a while for the CPU to exit
 
     def _request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-        url = self.info["api_url"].removesuffix("/v1") + path
+        url = self.info["api_url"].removesuffix("/v1").removesuffix("/v2") + path
         headers = {"Authorization": f"Bearer {self.info['api_key']}"}
         for _ in range(SIM_RETRIES):
             response = httpx.request(method, url, headers=headers, timeout=10, **kwargs)
@@ -211,7 +225,8 @@ class Simulator:
         return response.json()
 
     def machine(self) -> dict[str, Any]:
-        """The machine as the simulator sees it: `state` (off, starting, ..., ready) and `billedSeconds`."""
+        """The machine as the simulator sees it: `state` (off, starting, ..., ready), `billedSeconds` and
+        `calls` (the start and stop requests it received, oldest first)."""
         return self._request("GET", "/_sim/machine")
 
     def faults(self, names: Sequence[str] | None = None) -> dict[str, Any]:
@@ -225,6 +240,10 @@ class Simulator:
         """The config layer that points an avatargen server at this simulator (env: `env()`), exactly as at the
         real provider: a pod's web UI is reached on its TCP-exposed port."""
         api = self.info["api"]
+        if api == "runpod_serverless":  # worker-comfyui, with the model the simulated volume holds
+            return {"gpu": {"provider": api, api: {"api_url": self.info["api_url"], "api_key_env": SIM_KEY_ENV,
+                                                   "endpoint_id": self.info["machine_id"]}},
+                    "sd": {"backend": "comfyui", "checkpoint": SERVERLESS_CHECKPOINT}}
         machine = {"pod_id" if api == "runpod" else "machine_id": self.info["machine_id"]}
         sd_url = "http://{public_ip}:{port:7860}" if api == "runpod" else self.info["sd_url"]
         return {"gpu": {"provider": api, api: {"api_url": self.info["api_url"], "api_key_env": SIM_KEY_ENV, **machine}},

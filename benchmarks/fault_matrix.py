@@ -1,6 +1,6 @@
 """Fault matrix: every fault the simulated GPU can inject, one per run, and SIGKILL of the server in each run state,
-for each provider's API (Paperspace, RunPod) and each SD backend (the web UI API, ComfyUI); and storage faults,
-with the first API.
+for each provider's API (Paperspace, RunPod pods, RunPod Serverless) and each SD backend (the web UI API, ComfyUI);
+and storage faults, with the first API.
 
 The simulated GPU runs as a process of its own (a machine outlives any avatargen process), and every row
 gets a fresh `avatargen serve` process and data folder. A row is a manual refill of the unique bucket:
@@ -12,7 +12,12 @@ gets a fresh `avatargen serve` process and data folder. A row is a manual refill
   which must be at most at its max at the end (`benchmarks.redis_blip`). Visitors may claim
   uniques in these rows, so the unique path meets the fault too; or
 - with no fault, the server SIGKILLed once the run is booting (machine starting), generating (images
-  stored) or shutting_down, then started again: its start-up check must stop the orphaned machine.
+  stored) or shutting_down, then started again: its start-up check must stop the orphaned machine; or
+- one of issue 19's money rows (`MONEY_ROWS`, `--money`): two replicas on a real redis-server, the
+  generator's SIGSTOPped mid-run and woken up during the new holder's run (which must complete, with no
+  machine call from the stalled one); `serve` started with Redis down (placeholder first, then a run once
+  Redis answers); a safety gate that holds every image (the run fails, automatic runs paused); a workflow
+  whose LoRA ComfyUI lacks (the run fails before its first image).
 Meanwhile a background loop GETs /avatar, each request from a visitor address of its own (from the
 killed server's twin, a visitor-only process on the same folders, in the SIGKILL rows), and records every
 answer that is not a whole image with a 200.
@@ -30,13 +35,20 @@ of 20, and of the ComfyUI rows only a representative part (`QUICK_COMFYUI`: Comf
 machine stopped from outside, SIGKILL while generating), so the test suite that runs it stays short: the
 SD server's other faults meet ComfyUI in the engine tests too.
 
-    python -m benchmarks.fault_matrix [--quick] [--jobs N] [--api paperspace|runpod ...] [--storage] [--comfyui]
+A serverless endpoint has no machine: its rows' "machine" is "off" once no job is queued or running, and
+its workers may bill the endpoint's idle timeout after the run (RunPod bills it), nothing more. Its rows
+run its own faults (`faults.SERVERLESS`) and SIGKILL while generating or shutting down: the restart must
+cancel the jobs the killed server left and purge the queue.
+
+    python -m benchmarks.fault_matrix [--quick] [--jobs N] [--api paperspace|runpod|runpod_serverless ...]
+                                      [--storage] [--comfyui] [--money]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import sys
 import threading
@@ -47,17 +59,20 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import httpx
 from PIL import Image
 
 from avatargen.api import NewImage, ServerEvent, StateChange
+from avatargen.api.client import AdminError, Unreachable
 from avatargen.buckets import open_buckets
 from avatargen.config import load_settings
 from avatargen.durations import parse_duration
 from avatargen.imaging import ImageError, check_webp
+from avatargen.sd.workflow import BUILTIN_GRAPH
 from avatargen.simulator.faults import faults_for
-from avatargen.testing import Service, Simulator
+from avatargen.testing import RedisServer, Service, Simulator
 from benchmarks import redis_blip
 from benchmarks.harness import (
     Admin,
@@ -75,11 +90,16 @@ from benchmarks.report import print_machine, print_table
 from benchmarks.storage_faults import SqliteLock, fill, read_only, tmpfs
 
 KILL_STATES = ("booting", "generating", "shutting_down")
-APIS = ("paperspace", "runpod")  # rows of the first are named by their fault alone, the others' say the API
+# Rows of the first API are named by their fault alone, the others' say the API.
+APIS = ("paperspace", "runpod", "runpod_serverless")
 COMFYUI_ONLY = ("comfyui_validation", "comfyui_socket_drop")
 SD_FAULTS = ("sd_500", "sd_garbage", "sd_invalid_image", "sd_slow_first", "external_stop", *COMFYUI_ONLY)
 QUICK_COMFYUI = (*COMFYUI_ONLY, "external_stop")  # with SIGKILL while generating
 STORAGE_FAULTS = ("locked ledger", "full disk", "read-only unique bucket", "corrupt images", "Redis blip")
+# Issue 19's money rows: a generator replica stalled past its lease, Redis down at start-up, a safety gate that
+# holds every image back, a LoRA the ComfyUI server does not have.
+MONEY_ROWS = ("stalled generator replica", "Redis down at start-up", "gate holds every image", "LoRA not on ComfyUI")
+MONEY_UNIQUES = 40  # the stalled replica's row: the new holder's run lasts while the stalled one wakes up
 UNIQUES_BEFORE = 3  # uniques in the bucket before a storage-fault row's run, for visitors to claim
 VISITOR_UNIQUES = 1000  # the visitors' unique allowance in the storage-fault rows
 DATA_DISK = "64m"  # the tmpfs under data_dir in the full-disk row
@@ -90,6 +110,12 @@ FALLBACK_IMAGES = 5
 VISITOR_PAUSE = 0.02
 ROW_TIMEOUT = 60.0
 ERROR_QUOTE = 100  # characters of a run's error shown in the table
+
+
+def kill_states(api: str) -> tuple[str, ...]:
+    """The run states a row SIGKILLs the server in: a serverless run has no machine to boot (its booting is one
+    request), so its rows kill it generating (jobs out) and shutting down (jobs being cancelled)."""
+    return KILL_STATES[1:] if api == "runpod_serverless" else KILL_STATES
 
 
 class Visitors:
@@ -110,7 +136,7 @@ class Visitors:
                 self.requests += 1
                 address = f"10.{self.requests >> 16 & 255}.{self.requests >> 8 & 255}.{self.requests & 255}"
                 try:
-                    response = client.get(self.url + "/avatar", headers={"X-Forwarded-For": address})
+                    response = client.get(self.url + "/avatar.webp", headers={"X-Forwarded-For": address})
                 except httpx.HTTPError as exc:
                     self.failures.append(f"{type(exc).__name__}: {exc}")
                     continue
@@ -149,12 +175,13 @@ class Row:
     broken: int | None = None
     visitors: Visitors | None = None
     problems: list[str] = field(default_factory=list)
+    billed_allowed: float = 0.0005  # a serverless endpoint's workers bill their idle timeout after the last job
 
     def check(self) -> None:
         """Record what does not hold."""
         if self.machine not in ("off", "terminated"):
             self.problems.append(f"the machine is {self.machine}")
-        if self.billed_after is None or self.billed_after > 0.0005:
+        if self.billed_after is None or self.billed_after > self.billed_allowed:
             self.problems.append(f"billed after the stop: {self.billed_after}")
         if self.lost or self.broken:
             self.problems.append(f"{self.lost} images lost, {self.broken} half-written")
@@ -195,8 +222,12 @@ def after_images(count: int) -> EventTest:
     return test
 
 
-def kill_point(state: str, run_id: str) -> EventTest:
-    """The moment to SIGKILL the server: its machine billing while booting, images stored, or stopping."""
+def kill_point(state: str, run_id: str, api: str) -> EventTest:
+    """The moment to SIGKILL the server: its machine billing while booting, images stored (on a serverless
+    endpoint: a job of ours running, so the restart finds it in the journal), or stopping."""
+    if state == "generating" and api == "runpod_serverless":
+        return lambda event: isinstance(event, StateChange) and event.run is not None and event.run.id == run_id \
+            and event.machine_state == "generating"
     if state == "booting":
         return lambda event: isinstance(event, StateChange) and event.run is not None and event.run.id == run_id \
             and event.machine_state == "starting"
@@ -227,6 +258,8 @@ def settle(row: Row, simulator: Simulator, poll_every: float) -> None:
     row.machine = machine["state"]
     time.sleep(max(0.3, SETTLE_POLLS * poll_every))  # nothing happens here, and that is what is measured
     row.billed_after = simulator.machine()["billedSeconds"] - machine["billedSeconds"]
+    if "idleTimeout" in machine:  # a serverless endpoint: "off" is no job out; idle workers bill their timeout
+        row.billed_allowed = float(machine["idleTimeout"]) * int(machine["workers"]) + 0.0005
 
 
 class Matrix:
@@ -239,12 +272,14 @@ class Matrix:
 
     def row(self, api: str, name: str, faults: list[str], body: Callable[[Row, Path, Simulator], None], *,
             backend: str = "a1111", uniques: int = 0,
-            disk: Callable[[Path], contextlib.AbstractContextManager[object]] | None = None) -> Row:
+            disk: Callable[[Path], contextlib.AbstractContextManager[object]] | None = None,
+            layer: Callable[[Path], dict[str, Any]] | None = None) -> Row:
         """Run one row; an error in it fails the row, and the matrix goes on. Rows of RunPod's API and of
         ComfyUI say so.
 
         `uniques`: the visitors' unique allowance (0: fallbacks only). `disk`: what the row's data folder is
-        mounted on, from before anything is written there until the row is over.
+        mounted on, from before anything is written there until the row is over. `layer`: a config layer of
+        the row's own, made in its folder.
         """
         row = Row(name if api == APIS[0] else f"{name} ({api})")
         row.name += "" if backend == "a1111" else f" ({backend})"
@@ -260,7 +295,7 @@ class Matrix:
                                 "fallback": {"max": FALLBACK_IMAGES}},
                     "generator": {"image_retries": 1},
                     "gpu": {"poll_every": POLL_EVERY, "ready_timeout": "5s", "stop_timeout": "30s"},
-                })
+                }, layer(directory) if layer else {})
                 publish(open_buckets(load_settings(config))["fallback"], sample_avatars(FALLBACK_IMAGES))
                 body(row, config, simulator)
             row.check()
@@ -275,12 +310,14 @@ class Matrix:
 
     def refill(self, row: Row, config: Path, simulator: Simulator, *,
                during: Callable[[], contextlib.AbstractContextManager[object]] | None = None,
-               before: Callable[[Admin], None] | None = None, stored: Callable[[], set[str]] | None = None) -> None:
+               before: Callable[[Admin], None] | None = None, stored: Callable[[], set[str]] | None = None,
+               after: Callable[[Row, Admin], None] | None = None) -> None:
         """Start the server, refill the unique bucket while visitors come, until the run is over.
 
         `during`: a fault that strikes once the server is up, from before the run until after it. `before`:
         what happens to the server, visitors coming, before the refill. `stored`: the uniques in the bucket at
-        the end (default: its folder's images; the images' files are checked there too).
+        the end (default: its folder's images; the images' files are checked there too). `after`: what the
+        row checks once the run is over, while the server still runs (a problem goes in the row).
         """
         with self._server(config, "server.log", simulator) as server:
             admin = Admin(server.url)
@@ -291,11 +328,10 @@ class Matrix:
                 run_id = admin.refill(["unique"]).id
                 announced, event = follow_run(admin, run_ended(run_id))
             settle(row, simulator, self.poll_every)
+            if after is not None:
+                after(row, admin)
         assert isinstance(event, StateChange) and event.last_run is not None
-        last_run = event.last_run
-        error = last_run.error or ""
-        row.outcome = (f"{last_run.outcome} ({last_run.run.done} stored, {last_run.run.failed} failed)"
-                       + (f": {error[:ERROR_QUOTE]}{'...' if len(error) > ERROR_QUOTE else ''}" if error else ""))
+        row.outcome = _outcome(event)
         if stored is None:
             row.lost, row.broken = bucket_damage(load_settings(config).buckets.unique.dir, announced,
                                                  row.visitors.uniques)
@@ -303,6 +339,7 @@ class Matrix:
             row.lost, row.broken = len(announced - stored() - row.visitors.uniques), 0
 
     def fault(self, api: str, fault: str, backend: str = "a1111") -> Row:
+
         return self.row(api, fault, [fault], self.refill, backend=backend)
 
     def storage(self, api: str, fault: str) -> Row:
@@ -351,13 +388,15 @@ class Matrix:
                 # A visitor-only twin on the same folders: it answers visitors while the generator dies.
                 with self._server(config, "twin.log", simulator) as twin, Visitors(twin.url) as row.visitors:
                     run_id = admin.refill(["unique"]).id
-                    announced, _ = follow_run(admin, kill_point(state, run_id))
+                    announced, _ = follow_run(admin, kill_point(state, run_id, api))
                     server.kill()
                     left = simulator.machine()["state"]
                     with self._server(config, "restarted.log", simulator) as restarted:
                         Admin(restarted.url).wait_generator_started()  # after the start-up check stopped it
                         settle(row, simulator, self.poll_every)
-                        stopped = "no run is active: stopping it" in restarted.log_text()
+                        # whichever took the generator's seat: the restarted server or the visitor-only twin
+                        stopped = any("no run is active: stopping it" in service.log_text()
+                                      for service in (restarted, twin))
             finally:
                 server.stop()
             row.outcome = (f"killed while {state} (machine {left}); the restart "
@@ -366,6 +405,148 @@ class Matrix:
                                                  row.visitors.uniques if row.visitors else set())
 
         return self.row(api, f"SIGKILL while {state}", [], body, backend=backend)
+
+
+class MoneyRows:
+    """Issue 19's money rows, on the first provider API: each must end with the machine off, nothing billed
+    after, and what the owner pays for limited to what the row allows."""
+
+    def __init__(self, matrix: Matrix) -> None:
+        self.matrix = matrix
+
+    def row(self, name: str) -> Row:
+        rows = {"stalled generator replica": self.stalled_replica, "Redis down at start-up": self.redis_down,
+                "gate holds every image": self.gate_holds_everything, "LoRA not on ComfyUI": self.missing_lora}
+        return rows[name]()
+
+    def gate_holds_everything(self) -> Row:
+        """`require_face` on drawings without a face: the run fails and automatic runs are paused."""
+        def paused(row: Row, admin: Admin) -> None:
+            status = admin.status()
+            if status.paused_by != "safety_gate":
+                row.problems.append(f"automatic runs are not paused by the gate (paused_by {status.paused_by!r})")
+            if status.last_run is None or status.last_run.outcome != "failed":
+                row.problems.append("the run the gate held back is not shown as failed")
+
+        return self.matrix.row(APIS[0], "gate holds every image", [],
+                               lambda row, config, sim: self.matrix.refill(row, config, sim, after=paused),
+                               layer=lambda _: {"review": {"enabled": True, "require_face": True, "face_score": 1.0}})
+
+    def missing_lora(self) -> Row:
+        """A workflow whose LoRA ComfyUI does not have: the run fails before its first image."""
+        def workflow(directory: Path) -> dict[str, Any]:
+            nodes = json.loads(json.dumps(BUILTIN_GRAPH))
+            nodes["10"] = {"class_type": "LoraLoader", "inputs": {
+                "model": ["4", 0], "clip": ["4", 1], "lora_name": "no-such-lora.safetensors",
+                "strength_model": 1.0, "strength_clip": 1.0}}
+            nodes["3"]["inputs"]["model"] = ["10", 0]
+            for encoder in ("6", "7"):
+                nodes[encoder]["inputs"]["clip"] = ["10", 1]
+            (directory / "lora_api.json").write_text(json.dumps(nodes))
+            return {"sd": {"comfyui": {"workflow": "lora_api.json"}}}
+
+        def nothing_made(row: Row, admin: Admin) -> None:
+            last = admin.status().last_run
+            if last is None or last.run.done + last.run.held + last.run.failed or "no-such-lora" not in (
+                    last.error or ""):
+                row.problems.append("the run did not fail on the missing LoRA before its first image")
+
+        return self.matrix.row(APIS[0], "LoRA not on ComfyUI", [],
+                               lambda row, config, sim: self.matrix.refill(row, config, sim, after=nothing_made),
+                               backend="comfyui", layer=workflow)
+
+    def redis_down(self) -> Row:
+        """`serve` with Redis not there yet: visitors get the placeholder; once Redis answers, the generator
+        starts and a refill runs."""
+        redis: list[RedisServer] = []
+
+        def storage(directory: Path) -> dict[str, Any]:
+            redis.append(RedisServer(directory / "redis"))
+            return {"storage": {"backend": "redis", "url": redis[0].url}}
+
+        def body(row: Row, config: Path, simulator: Simulator) -> None:
+            try:
+                with self.matrix._server(config, "server.log", simulator) as server, \
+                        Visitors(server.url) as row.visitors:
+                    before = httpx.get(server.url + "/avatar", timeout=10).headers.get("x-avatar-kind")
+                    redis[0].start()
+                    admin = Admin(server.url)
+                    _generator_here(admin)
+                    _, event = follow_run(admin, run_ended(admin.refill(["unique"]).id))
+                    settle(row, simulator, self.matrix.poll_every)
+            finally:
+                redis[0].stop()
+            row.outcome = f"{before} before Redis; then {_outcome(event)}"
+
+        return self.matrix.row(APIS[0], "Redis down at start-up", [], body, layer=storage)
+
+    def stalled_replica(self) -> Row:
+        """Two replicas: the generator's is SIGSTOPped mid-run, the other takes over and runs; the first wakes
+        up during that run and must neither start nor stop the machine."""
+        redis: list[RedisServer] = []
+
+        def storage(directory: Path) -> dict[str, Any]:
+            redis.append(RedisServer(directory / "redis"))
+            return {"storage": {"backend": "redis", "url": redis[0].url},
+                    "buckets": {"unique": {"max": MONEY_UNIQUES}}}
+
+        def body(row: Row, config: Path, simulator: Simulator) -> None:
+            (config.parent / "second").mkdir()
+            second_config = config.parent / "second" / "config.toml"
+            second_config.write_text(config.read_text())  # its own data folder beside it
+            redis[0].start()
+            try:
+                with self.matrix._server(config, "first.log", simulator) as first, \
+                        self.matrix._server(second_config, "second.log", simulator) as second, \
+                        Visitors(second.url) as row.visitors:
+                    holder, standby = Admin(first.url), Admin(second.url)
+                    holder.wait_generator_started()
+                    holder.refill(["unique"])
+                    holder.wait_event(after_images(1))
+                    first.pause()
+                    try:
+                        _generator_here(standby)  # the lease expired: the second took over, stopped the machine
+                        run_id = standby.refill(["unique"]).id
+                        standby.wait_event(run_in_state(run_id, "generating"))
+                    finally:
+                        first.resume()
+                    _, event = follow_run(standby, run_ended(run_id))
+                    settle(row, simulator, self.matrix.poll_every)
+                    woken = first.log_text()
+            finally:
+                redis[0].stop()
+            calls = simulator.machine()["calls"]
+            if calls.count("start") != 2 or calls[-2:] != ["start", "stop"]:
+                row.problems.append(f"the stalled replica touched the machine: {calls}")
+            if "lost the generator lease" not in woken:
+                row.problems.append("the stalled replica did not say it lost the generator lease")
+            row.outcome = f"the new holder's run {_outcome(event)}; machine calls {' '.join(calls)}"
+
+        return self.matrix.row(APIS[0], "stalled generator replica", [], body, layer=storage)
+
+
+def _generator_here(admin: Admin) -> None:
+    """Until the generator of this server (or of one it forwards to) answers and has made its start-up check."""
+    deadline = time.monotonic() + ROW_TIMEOUT
+    while True:
+        try:
+            status = admin.status()
+        except (AdminError, Unreachable):  # 503, or no answer in time, while no replica runs the generator
+            status = None
+        if status is not None and status.next_check_at is not None and status.state == "idle":
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError("the generator did not start in time")
+        time.sleep(0.1)
+
+
+def _outcome(event: ServerEvent) -> str:
+    """A finished run in the table: how it ended, its counts and the start of its error."""
+    assert isinstance(event, StateChange) and event.last_run is not None
+    last_run = event.last_run
+    error = last_run.error or ""
+    return (f"{last_run.outcome} ({last_run.run.done} stored, {last_run.run.held} held, {last_run.run.failed} failed)"
+            + (f": {error[:ERROR_QUOTE]}{'...' if len(error) > ERROR_QUOTE else ''}" if error else ""))
 
 
 @contextlib.contextmanager
@@ -409,11 +590,14 @@ def options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jobs", type=int, default=4, help="rows run at the same time (default 4); each row has "
                         "its own simulated GPU, server and folders")
     parser.add_argument("--api", action="append", choices=APIS,
-                        help="run the simulator-fault and SIGKILL rows of these provider APIs (default: both)")
+                        help="run the simulator-fault and SIGKILL rows of these provider APIs (default: all)")
     parser.add_argument("--storage", action="store_true",
                         help="run the storage-fault rows (with the first provider API)")
     parser.add_argument("--comfyui", action="store_true",
-                        help="run the ComfyUI rows (with the first provider API); with none of these three: every row")
+                        help="run the ComfyUI rows (with the first provider API)")
+    parser.add_argument("--money", action="store_true",
+                        help="run issue 19's money rows (with the first provider API, two of them on a real "
+                             "redis-server); with none of these four: every row")
 
 
 def main() -> int:
@@ -422,16 +606,18 @@ def main() -> int:
     print_machine()
     with scratch() as work, ThreadPoolExecutor(args.jobs) as pool:
         matrix = Matrix(work, run_images)
-        everything = not args.api and not args.storage and not args.comfyui
+        everything = not args.api and not args.storage and not args.comfyui and not args.money
         futures = [future for api in (APIS if everything else args.api or ()) for future in (
             *(pool.submit(matrix.fault, api, fault) for fault in faults_for(api) if fault not in COMFYUI_ONLY),
-            *(pool.submit(matrix.kill, api, state) for state in KILL_STATES))]
+            *(pool.submit(matrix.kill, api, state) for state in kill_states(api)))]
         if everything or args.storage:
             futures += [pool.submit(matrix.storage, APIS[0], fault) for fault in STORAGE_FAULTS]
         if everything or args.comfyui:
             futures += [pool.submit(matrix.fault, APIS[0], fault, "comfyui")
                         for fault in (QUICK_COMFYUI if args.quick else SD_FAULTS)]
             futures.append(pool.submit(matrix.kill, APIS[0], "generating", "comfyui"))
+        if everything or args.money:
+            futures += [pool.submit(MoneyRows(matrix).row, name) for name in MONEY_ROWS]
         rows = [future.result() for future in futures]
     print_table("Fault matrix: one fault per run, SIGKILL in each run state", [
         "fault", "run outcome", "machine at end", "billed s after the end", "images lost", "images half-written",

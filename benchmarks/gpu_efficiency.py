@@ -10,6 +10,10 @@ or ComfyUI, takes a fixed time per image: steps x step_time for a one-image batc
 Target: busy share >= 97% with the shipped defaults (sd.batch_size, generator.concurrency), on both SD
 backends (`--backend` runs one).
 
+With ComfyUI, the shipped defaults also run on the simulated RunPod Serverless endpoint (worker-comfyui),
+beside a ComfyUI pod: what each bills for the same images, and the cost per 1,000 avatars. Here the pod's
+boot counts (a pod pays it once per run; an endpoint pays a cold start per worker it starts).
+
 `--gate` measures the shipped defaults with the safety gate off and on (`[review] enabled`, the shipped
 rules; needs the `review` extra: NudeNet checks each image in the imaging process before it is
 published), taking turns for `--rounds` rounds, so both meet the same load on a shared machine; the
@@ -86,12 +90,15 @@ async def started(engine: Generator, timeout: float = 30.0) -> None:
         await asyncio.sleep(0.01)
 
 
-async def one_run(settings: Settings) -> tuple[float, float, int]:
-    """Fill the fallback bucket in one run: the billed seconds, the SD server's busy seconds and jobs done."""
+async def one_run(settings: Settings) -> tuple[float, float, int, float]:
+    """Fill the fallback bucket in one run: the billed seconds (on a serverless endpoint, what it bills), the SD
+    server's busy seconds, jobs done, and the seconds the ledger billed (a serverless run's estimate)."""
     buckets = folder_buckets(settings)
-    async with SimulatedGpu(settings.gpu.simulated, backend=settings.sd.backend) as gpu:
+    async with SimulatedGpu(settings.gpu.simulated, backend=settings.sd.backend,
+                            hourly_price=settings.gpu.hourly_cost) as gpu:
         ledger = await FileLedger.open(settings.server.data_dir / "ledger.sqlite3")
-        engine = Generator(settings, buckets, gpu.provider(settings.gpu), ledger, EventHub())
+        engine = Generator(settings, buckets, gpu.provider(settings.gpu, data_dir=settings.server.data_dir), ledger,
+                           EventHub())
         await engine.start()
         try:
             await started(engine)
@@ -100,12 +107,20 @@ async def one_run(settings: Settings) -> tuple[float, float, int]:
         finally:
             await engine.close()
             await ledger.aclose()
-        busy, jobs = gpu.sd.busy_seconds, len(gpu.sd.completed)
+        sd = gpu.endpoint or gpu.sd
+        busy, jobs = sd.busy_seconds, len(sd.completed)
+        if gpu.endpoint is not None:  # what RunPod bills: every worker's time, rounded up, once they all stopped
+            while gpu.endpoint.workers:
+                await asyncio.sleep(0.05)
+            billed_by_endpoint = gpu.endpoint.billed_seconds
     run = engine.last_run
     expected = settings.buckets.fallback.max
     if run is None or run.outcome != "completed" or run.done + run.held != expected:
         raise SystemExit(f"the run did not complete with {expected} images: {run and run.to_dict()}")
-    return run.billed_seconds(), busy, jobs
+    ledger_seconds = run.cost() / settings.gpu.hourly_cost * 3600
+    if gpu.endpoint is not None:
+        return billed_by_endpoint, busy, jobs, ledger_seconds
+    return run.billed_seconds(), busy, jobs, ledger_seconds
 
 
 def measure(work: Path, backend: str, batch: int, concurrency: int, images: int, step_time: str,
@@ -121,7 +136,7 @@ def measure(work: Path, backend: str, batch: int, concurrency: int, images: int,
         "sd": {"batch_size": batch, "steps": STEPS, "backend": backend},
         "review": {"enabled": gate},
     }))
-    billed, busy, jobs = asyncio.run(one_run(settings))
+    billed, busy, jobs, _ledger = asyncio.run(one_run(settings))
     if jobs != -(-images // batch):
         raise SystemExit(f"the {backend} server computed {jobs} jobs for {images} images in batches of {batch}")
     measurement = Measurement(backend, batch, concurrency, images, billed - settings.gpu.simulated.boot_delay, busy,
@@ -129,6 +144,38 @@ def measure(work: Path, backend: str, batch: int, concurrency: int, images: int,
     print(f"{backend} batch {batch} concurrency {concurrency}{' gate on' if gate else ''}: "
           f"share {measurement.share:.1%}", file=sys.stderr, flush=True)
     return measurement
+
+
+def serverless_beside_the_pod(work: Path, shipped: Settings, images: int, step_time: str) -> None:
+    """The shipped defaults on a serverless endpoint (worker-comfyui) and on a ComfyUI pod: cost per 1,000."""
+    batch, concurrency, rate = shipped.sd.batch_size, shipped.generator.concurrency, shipped.gpu.hourly_cost
+    timing = {"stop_delay": "200ms", "sd_boot_delay": "200ms", "step_time": step_time}
+    rows = []
+    for name, api in (("ComfyUI pod", "runpod"), ("serverless endpoint (worker-comfyui)", "runpod_serverless")):
+        directory = work / f"beside-{api}"
+        directory.mkdir()
+        settings = load_settings(write_config(directory, {
+            "buckets": {"fallback": {"max": images}},
+            "generator": {"concurrency": concurrency},
+            "gpu": {"hourly_cost": rate, "poll_every": "100ms", "runpod_serverless": {"idle_timeout": "200ms"},
+                    "simulated": {"api": api, "boot_delay": BOOT_DELAY, **timing}},
+            "sd": {"batch_size": batch, "steps": STEPS, "backend": "comfyui"},
+        }))
+        billed, busy, _jobs, ledger = asyncio.run(one_run(settings))
+        per_image = billed / images
+        rows.append([name, images, fmt(billed), fmt(ledger), fmt(busy), f"{busy / billed:.1%}", fmt(per_image, 3),
+                     fmt(per_image * 1000 / 3600 * rate, 3)])
+        print(f"{name}: billed {billed:.2f} s, ledger {ledger:.2f} s", file=sys.stderr, flush=True)
+    print_table("Serverless endpoint beside a pod, shipped defaults", [
+        "GPU", "images", "billed s", "ledger s", "SD busy s", "busy share", "billed s/image",
+        "cost per 1,000 avatars"], rows, [
+        f"batch_size {batch}, concurrency {concurrency}, max_in_flight {shipped.gpu.runpod_serverless.max_in_flight}; "
+        f"{STEPS} steps x {step_time}; both at hourly_cost {rate:g} (RunPod's serverless price per second is "
+        "higher than a pod's for the same GPU: compare with your own prices)",
+        f"pod: start request to confirmed stop, its boot ({BOOT_DELAY}) included; serverless: what the simulated "
+        f"endpoint bills (each worker from start to stop, rounded up to the second, cold start {BOOT_DELAY} and "
+        "idle timeout 200ms included); ledger s: what avatargen's ledger counted (for the endpoint, its estimate)",
+    ])
 
 
 def compare_gate(shipped: Settings, backends: list[str], images: int, step_time: str, rounds: int) -> None:
@@ -173,6 +220,8 @@ def main() -> int:
     with scratch() as work:
         results = [measure(work, backend, batch, concurrency, images, step_time, shipped.gpu.hourly_cost, False)
                    for backend in backends for batch, concurrency in combos]
+        if "comfyui" in backends:
+            serverless_beside_the_pod(work, shipped, images, step_time)
     rows = [[m.backend, m.batch, m.concurrency, m.images, fmt(m.billed), fmt(m.busy), f"{m.share:.1%}",
              fmt(m.seconds_per_image, 3), fmt(m.cost_per_thousand, 3)] for m in results]
     cheapest = min(results, key=lambda m: m.seconds_per_image)

@@ -43,6 +43,7 @@ _REFERENCE = """\
             add_header Cache-Control "private, max-age={max_age}";
             add_header X-Avatar-Kind fallback;
             add_header X-Avatar-Id {image_id};
+            add_header Vary Accept;
         }}
     }}
 """

@@ -7,8 +7,12 @@ wrk (2 threads, 64 connections, on loopback) loads, in the same run and taking t
 - bare Starlette: one route returning the same image bytes from memory with the same headers, under
   the same uvicorn settings (the framework's ceiling);
 - nginx: the same file with the same headers (the machine's ceiling).
-The 304 path sends If-Modified-Since (set by wrk's Lua script). Run-to-run noise is large on a small
-machine, so each figure is the median over the rounds, and the ratios are medians of per-round ratios.
+The fallback path asks for the stored WebP (`Accept: image/webp`), the 304 path sends If-Modified-Since
+(set by wrk's Lua script), and two variant paths ask for `?s=64` with `Accept: image/avif,image/webp` and
+with `Accept: image/jpeg` (nginx, which serves one file, sits those out; bare Starlette answers them with
+the same variant's bytes). All of wrk's requests come from one visitor, so after the first one avatargen
+serves that visitor's face (`serving.same_face_for`) from memory, variant made once. Run-to-run noise is
+large on a small machine, so each figure is the median over the rounds, and the ratios are medians of per-round ratios.
 Beside req/s, the CPU time each Python server used per request (its processes, from /proc): it hardly
 moves with what else the machine runs, so it tells a slower server from a busier machine.
 Target: avatargen at 0.9x or better of bare Starlette, on both paths.
@@ -30,6 +34,7 @@ import httpx
 from avatargen.buckets import open_buckets
 from avatargen.config import load_settings
 from avatargen.testing import Service, free_port
+from avatargen.variants import AVIF, JPEG, variant
 from benchmarks.harness import (
     avatargen_server,
     parse_args,
@@ -45,10 +50,18 @@ from benchmarks.wrk import WrkResult, run_wrk
 THREADS, CONNECTIONS = 2, 64
 TARGET = 0.9
 TWO_WORKERS = "avatargen, 2 workers"
+REFERENCES = ("bare Starlette", "nginx")
 SERVERS = ("avatargen", TWO_WORKERS, "bare Starlette", "nginx")
 PYTHON_SERVERS = ("avatargen", TWO_WORKERS, "bare Starlette")  # whose CPU time /proc gives
-PATHS = ("fallback", "304")
-CHECKED_HEADERS = ("content-type", "cache-control", "x-avatar-kind")
+PATHS = ("fallback", "304", "s=64 avif", "s=64 jpeg")
+# Each path's URL and headers (the 304 path's If-Modified-Since is added fresh per run).
+REQUESTS = {"fallback": ("/avatar", {"Accept": "image/webp"}), "304": ("/avatar", {}),
+            "s=64 avif": ("/avatar?s=64", {"Accept": "image/avif,image/webp"}),
+            "s=64 jpeg": ("/avatar?s=64", {"Accept": "image/jpeg"})}
+NGINX_PATHS = ("fallback", "304")
+CHECKED_HEADERS = ("content-type", "cache-control", "x-avatar-kind", "vary")
+PATH_NAMES = {"fallback": "fallback (200)", "304": "If-Modified-Since (304)",
+              "s=64 avif": "?s=64, Accept AVIF (200)", "s=64 jpeg": "?s=64, Accept JPEG (200)"}
 
 
 def options(parser: argparse.ArgumentParser) -> None:
@@ -59,13 +72,21 @@ def options(parser: argparse.ArgumentParser) -> None:
 
 def path_headers(path: str) -> dict[str, str]:
     """The request headers of a path: a fresh If-Modified-Since (now) for the 304 path."""
-    return {"If-Modified-Since": formatdate(usegmt=True)} if path == "304" else {}
+    fresh = {"If-Modified-Since": formatdate(usegmt=True)} if path == "304" else {}
+    return {**REQUESTS[path][1], **fresh}
 
 
-def check_same_answers(urls: dict[str, str], published: set[bytes], reference: bytes) -> None:
-    """Before measuring: every server answers each path alike, with the images it should."""
+def servers_on(path: str) -> tuple[str, ...]:
+    """The servers measured on a path (nginx serves one file: the stored image only)."""
+    return SERVERS if path in NGINX_PATHS else PYTHON_SERVERS
+
+
+def check_same_answers(urls: dict[str, str], published: set[bytes], references: dict[str, bytes]) -> None:
+    """Before measuring: every server answers each path alike, with the images it should (`published`: every
+    variant of every published image; `references`: what the references send per path)."""
     for path in PATHS:
-        answers = {server: httpx.get(url + "/avatar", headers=path_headers(path)) for server, url in urls.items()}
+        answers = {server: httpx.get(url + REQUESTS[path][0], headers=path_headers(path))
+                   for server, url in urls.items() if server in servers_on(path)}
         expected = 304 if path == "304" else 200
         for server, answer in answers.items():
             if answer.status_code != expected:
@@ -79,7 +100,7 @@ def check_same_answers(urls: dict[str, str], published: set[bytes], reference: b
                 raise SystemExit(f"{server} sends other headers than avatargen: {dict(answer.headers)}")
         if first.content not in published or first.headers["x-avatar-kind"] != "fallback":
             raise SystemExit("avatargen did not answer with a published fallback image")
-        if any(answers[server].content != reference for server in ("bare Starlette", "nginx")):
+        if any(answer.content != references[path] for server, answer in answers.items() if server in REFERENCES):
             raise SystemExit("a reference server did not send the reference image")
 
 
@@ -97,11 +118,11 @@ def measure(services: dict[str, Service], rounds: int, seconds: int) -> Measured
     for turn in range(rounds):
         order = SERVERS[turn % len(SERVERS):] + SERVERS[:turn % len(SERVERS)]
         for path in PATHS:
-            for server in order:
+            for server in (server for server in order if server in servers_on(path)):
                 service = services[server]
                 cpu_before = service.cpu_seconds() if server in PYTHON_SERVERS else 0.0
-                result = run_wrk(service.url + "/avatar", threads=THREADS, connections=CONNECTIONS, seconds=seconds,
-                                 headers=path_headers(path))
+                result = run_wrk(service.url + REQUESTS[path][0], threads=THREADS, connections=CONNECTIONS,
+                                 seconds=seconds, headers=path_headers(path))
                 measured.wrk[path, server].append(result)
                 if server in PYTHON_SERVERS:
                     used = service.cpu_seconds() - cpu_before
@@ -120,14 +141,14 @@ def ratio(results: dict[tuple[str, str], list[WrkResult]], path: str, server: st
 def report(measured: Measured, rounds: int, seconds: int, images: int) -> None:
     results, rows = measured.wrk, []
     for path in PATHS:
-        for server in SERVERS:
+        for server in servers_on(path):
             runs, cpu = results[path, server], measured.cpu_us[path, server]
             rows.append([
-                "fallback (200)" if path == "fallback" else "If-Modified-Since (304)", server,
+                PATH_NAMES[path], server,
                 fmt(median([run.requests_per_second for run in runs]), 0),
                 fmt(median([run.p50_ms for run in runs])), fmt(median([run.p99_ms for run in runs])),
                 f"{ratio(results, path, server, 'bare Starlette'):.2f}x",
-                f"{ratio(results, path, server, 'nginx'):.2f}x",
+                f"{ratio(results, path, server, 'nginx'):.2f}x" if path in NGINX_PATHS else "-",
                 fmt(median(cpu), 0) if cpu else "-",
                 sum(run.socket_errors for run in runs),
             ])
@@ -160,8 +181,14 @@ def main() -> int:
         middle = sorted(range(images), key=lambda n: len(avatars[n]))[images // 2]
         image = work / "avatar.webp"
         shutil.copyfile(settings.buckets.fallback.dir / f"{ids[middle]}.webp", image)
+        # Every variant of every image avatargen may send on the variant paths, and the reference's own.
+        quality = settings.generator.webp_quality
+        variants_sent = {variant(webp, 64, form, quality) for webp in avatars for form in (AVIF, JPEG)}
+        for form in (AVIF, JPEG):
+            (work / f"avatar.{form.name}").write_bytes(variant(avatars[middle], 64, form, quality))
         reference_command = [sys.executable, "-m", "benchmarks.reference_app", "--image", str(image),
-                             "--id", ids[middle]]
+                             "--id", ids[middle], "--variant", f"avif={work / 'avatar.avif'}",
+                             "--variant", f"jpg={work / 'avatar.jpg'}"]
         starlette_port, nginx_port = free_port(), free_port()
         starlette = Service("bare Starlette", [*reference_command, "--port", str(starlette_port)],
                             port=starlette_port, log=work / "starlette.log", health_path="/avatar")
@@ -175,8 +202,10 @@ def main() -> int:
         with avatargen_server(config, work / "avatargen.log") as avatargen, \
                 avatargen_server(workers, work / "workers.log") as two_workers, starlette, nginx:
             services = {"avatargen": avatargen, TWO_WORKERS: two_workers, "bare Starlette": starlette, "nginx": nginx}
-            check_same_answers({name: service.url for name, service in services.items()}, set(avatars),
-                               image.read_bytes())
+            references = {"fallback": image.read_bytes(), "304": b"", "s=64 avif": (work / "avatar.avif").read_bytes(),
+                          "s=64 jpeg": (work / "avatar.jpg").read_bytes()}
+            check_same_answers({name: service.url for name, service in services.items()},
+                               set(avatars) | variants_sent, references)
             if not args.quick:
                 measure(services, 1, 2)  # warm-up: caches filled, code paths hot
             measured = measure(services, rounds, seconds)

@@ -79,7 +79,8 @@ async def status(request: Request) -> Response:
     if answer.status_code != 200:
         return answer
     visitors = request.app.state.visitor.status()
-    return JSONResponse({**json.loads(await read_answer(answer)), "visitors": visitors.to_json(),
+    gate = {"enabled": services(request).settings.review.enabled}  # every process reads the same config
+    return JSONResponse({**json.loads(await read_answer(answer)), "visitors": visitors.to_json(), "review": gate,
                          "event_listeners": services(request).events.listener_count})
 
 

@@ -26,6 +26,7 @@ from avatargen.notify import Notifier, Sender, Watcher
 from avatargen.owner_actions import OwnerActions
 from avatargen.redact import RedactingFilter
 from avatargen.storage.backend import open_backend
+from avatargen.storage.redis_connection import StorageUnavailable
 from avatargen.storage.redis_events import EventRelay
 from avatargen.tasks import background
 from server.admin import admin_api
@@ -48,6 +49,19 @@ async def healthz(request: Request) -> Response:
         body.update(generator=state.engine.state if state.engine else "elsewhere",
                     buckets={name: bucket.count() for name, bucket in state.buckets.items()})
     return JSONResponse(body)
+
+
+async def _say_where_the_generator_runs(host: GeneratorHost) -> None:
+    """Log who runs the generator, when start-up found it elsewhere; a Redis that does not answer yet is no
+    reason not to start: the host takes the lease once it answers, and meanwhile visitors are served."""
+    try:
+        holder = await host.seat.holder()
+    except StorageUnavailable:
+        log.warning("the generator starts here or in another replica once Redis answers; meanwhile this process "
+                    "serves visitors (local fallbacks or the placeholder)")
+        return
+    log.warning("the generator runs in another process (%s); this one serves visitors and forwards the owner's "
+                "requests there", holder or "taking over")
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -93,6 +107,11 @@ def create_app(settings: Settings) -> Starlette:
                 services.forwarder = SocketForwarder(generator_socket(settings.server.data_dir))
             stack.push_async_callback(services.forwarder.aclose)
 
+            seat = backend.seat()
+            # Among replicas, every machine call waits for the lease confirmed (see GeneratorSeat.confirm); a lock
+            # file is never lost while this process lives, and its machine calls keep the provider's own timeout.
+            fence = seat.confirm if redis is not None else None
+
             @contextlib.asynccontextmanager
             async def generator() -> AsyncIterator[Generator]:
                 """The generator of this process while it holds the seat, answering the other processes."""
@@ -106,9 +125,9 @@ def create_app(settings: Settings) -> Starlette:
                                          backend=settings.sd.backend))
                         log.info("simulated GPU: %s API at %s, SD server (%s) at %s", simulated.api,
                                  simulated.api_url, settings.sd.backend, simulated.sd_url)
-                        provider = simulated.provider(settings.gpu)
+                        provider = simulated.provider(settings.gpu, data_dir=settings.server.data_dir, fence=fence)
                     else:
-                        provider = make_provider(settings)
+                        provider = make_provider(settings, fence=fence)
                     engine = Generator(settings, backend.buckets, provider, ledger, events)
                     await engine.start()
                     held.push_async_callback(engine.close)
@@ -126,16 +145,16 @@ def create_app(settings: Settings) -> Starlette:
                 if engine is None:
                     services.generator_elsewhere = "the generator runs in another process"
 
-            host = GeneratorHost(backend.seat(), generator, on_change=on_change)
+            host = GeneratorHost(seat, generator, on_change=on_change)
             await stack.enter_async_context(hosting(host))
             if services.engine is None:
-                holder = await host.seat.holder()
-                log.warning("the generator runs in another process (%s); this one serves visitors and forwards "
-                            "the owner's requests there", holder or "taking over")
+                await _say_where_the_generator_runs(host)
 
             allowance = await backend.open_allowance()
             stack.push_async_callback(allowance.aclose)
-            await visitor.start(allowance)
+            faces = await backend.open_faces()
+            stack.push_async_callback(faces.aclose)
+            await visitor.start(allowance, faces)
             for bucket in backend.buckets.values():
                 await stack.enter_async_context(background(bucket.follow(), f"{bucket.name} bucket upkeep"))
             await stack.enter_async_context(background(services.watch_levels(), "bucket levels"))

@@ -1,9 +1,11 @@
-"""The `avatargen` command: serve, prompts, check-config, simulate, and the owner's status, refill, abort."""
+"""The `avatargen` command: the server and generator (`serve`), and the owner's tools around it."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import signal
 import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -21,13 +23,16 @@ from avatargen.api import (
     find_token,
     server_url,
 )
-from avatargen.cli_options import add_version, count, http_url, setting
+from avatargen.cli_options import add_version, count, http_url, integer, refuse, setting
 from avatargen.config import BUCKET_NAMES, ConfigError, Settings, find_config, load_settings
 from avatargen.durations import format_duration
 
 EXIT_CONFIG = 2  # a config or command-line error (argparse's usage errors are 2 as well)
 EXIT_CANNOT_LISTEN = 4  # serve: the port is in use or the address is not this machine's
 EXIT_REFUSED = 1  # migrate: a server runs; serve: a migration runs (each refuses the other)
+ASK_PROVIDER_WITHIN = 5.0  # check-config: seconds for the provider's API to answer, retries included
+UNREACHABLE_HINT = ("Is `avatargen serve` running with the same --config? A server on another machine, or one "
+                    "started with another data folder, is reached with --url http://HOST:PORT")
 
 
 def _load(args: argparse.Namespace) -> Settings:
@@ -64,17 +69,28 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
         warnings += [f"[notify] urls: Apprise does not understand {url} (see `avatargen notify --test`)"
                      for url in not_understood(urls)]
-    if settings.gpu.provider in ("paperspace", "runpod"):  # preflight made sure the key is there
+    if (provider := settings.gpu.provider) in ("paperspace", "runpod", "runpod_serverless"):  # preflight: the key
+        vendor = getattr(settings.gpu, provider)
+        print(f"avatargen: asking the {provider} API at {vendor.api_url} about the machine "
+              f"(at most {ASK_PROVIDER_WITHIN:g}s)...", file=sys.stderr, flush=True)
         try:
-            warnings += asyncio.run(ask_provider(settings))
+            warnings += asyncio.run(asyncio.wait_for(ask_provider(settings), ASK_PROVIDER_WITHIN))
+        except TimeoutError:
+            warnings.append(f"the {provider} API did not answer within {ASK_PROVIDER_WITHIN:g}s: the machine was "
+                            "not checked (the server retries for longer when it starts)")
         except MachineError as exc:
-            warnings.append(f"could not ask the {settings.gpu.provider} API about the machine: {exc}")
+            warnings.append(f"could not ask the {provider} API about the machine: {exc}")
     if settings.gpu.provider == "always_on" and settings.sd.backend == "a1111":  # its web UI answers now
         from avatargen.sd import ask_sd_server
 
         sd_notes, sd_warnings = asyncio.run(ask_sd_server(settings))
         notes += sd_notes
         warnings += sd_warnings
+    if settings.storage.backend == "redis":
+        from avatargen.storage.redis_connection import ask_redis
+
+        if problem := asyncio.run(ask_redis(settings.storage)):
+            warnings.append(problem)
     for warning in warnings:
         print(f"avatargen: warning: {warning}", file=sys.stderr)
     where = path if path is not None else "built-in defaults (no config.toml here)"
@@ -164,6 +180,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from avatargen.simulator.runner import serve_simulator
     from server.preflight import check_simulated
 
+    if args.api_port and args.api_port == args.sd_port:
+        refuse(args, f"--api-port and --sd-port are both {args.api_port}: the machine API and the SD server "
+                     "need a port each")
     settings = _load(args)
     check_simulated(settings)
     return serve_simulator(settings.gpu.simulated, args.host, args.api_port, args.sd_port, settings.sd.backend)
@@ -185,7 +204,10 @@ def _as_owner(args: argparse.Namespace, action: Callable[[AdminClient], Awaitabl
 
     try:
         print(asyncio.run(call()))
-    except (AdminError, Unreachable, ProtocolError) as exc:
+    except Unreachable as exc:
+        print(f"avatargen: {exc}\n{UNREACHABLE_HINT}", file=sys.stderr)
+        return 1
+    except (AdminError, ProtocolError) as exc:
         print(f"avatargen: {exc}", file=sys.stderr)
         return 1
     return 0
@@ -279,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
         command = sub.add_parser(name, help=help_text, description=help_text)
         command.add_argument("--config", type=Path, default=None,
                              help="config file (default: ./config.toml if present, else built-in defaults)")
-        command.set_defaults(func=func)
+        command.set_defaults(func=func, parser=command)
         return command
 
     serve = add("serve", cmd_serve, "run the visitor server, the admin API and the generator")
@@ -288,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sample = add("prompts", cmd_prompts, "print sample prompts")
     sample.add_argument("-n", type=count, default=10, help="how many (default 10)")
-    sample.add_argument("--seed", type=int, default=None, help="random seed, for repeatable output")
+    sample.add_argument("--seed", type=integer, default=None, help="random seed, for repeatable output")
 
     add("check-config", cmd_check_config, "validate the configuration and exit")
 
@@ -327,13 +349,27 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "refill":
             owner.add_argument("buckets", nargs="*", type=bucket_name, metavar="BUCKET",
                                help="unique and/or fallback (default: every bucket)")
+    parser.description = f"{__doc__} Commands: {', '.join(sub.choices)}."  # never missing a command
     return parser
+
+
+def _reader_gone() -> int:
+    """The reader of our output went away (`avatargen prompts | head -1`): stop quietly, as Unix tools
+    do. What is still buffered goes nowhere, so the interpreter's last flush cannot complain either."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 128 + signal.SIGPIPE  # the status a shell reports for a tool that SIGPIPE ended
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        status = args.func(args)
+        sys.stdout.flush()  # output still buffered meets a closed pipe here, not after main returned
+        return status
+    except BrokenPipeError:
+        return _reader_gone()
     except ConfigError as exc:
         print(f"avatargen: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG

@@ -24,7 +24,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -35,6 +35,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import ASGIApp
 
+from avatargen.embedded_server import EmbeddedServer
 from avatargen.storage.redis_connection import Outage, RedisStorage, StorageUnavailable
 from server.socket_transport import socket_transport
 
@@ -136,14 +137,6 @@ class SocketForwarder:
         await asyncio.gather(self._requests.aclose(), self._streams.aclose())
 
 
-class _Embedded(uvicorn.Server):
-    """A uvicorn server inside the server process, which handles the signals itself."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
 @contextlib.asynccontextmanager
 async def serving_on_socket(app: ASGIApp, path: Path) -> AsyncIterator[None]:
     """`app` answering on a Unix socket at `path` (only this user may connect) while the block runs."""
@@ -157,9 +150,9 @@ async def serving_on_socket(app: ASGIApp, path: Path) -> AsyncIterator[None]:
     except OSError:
         sock.close()
         raise
-    server = _Embedded(uvicorn.Config(app, lifespan="off", log_config=None, log_level=None, access_log=False,
-                                      timeout_graceful_shutdown=1))
-    task = asyncio.create_task(server.serve(sockets=[sock]), name=f"answering on {path}")
+    server = EmbeddedServer(uvicorn.Config(app, lifespan="off", log_config=None, log_level=None, access_log=False,
+                                           timeout_graceful_shutdown=1))
+    task = server.serve_task(sock, name=f"answering on {path}")
     try:
         yield
     finally:

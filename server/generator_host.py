@@ -4,8 +4,9 @@ Every worker and every replica starts one of these; exactly one holds the seat (
 workers of one machine, a lease in Redis among replicas) and runs the generator. The others wait for
 the seat: when its holder dies, one of them takes over, and the generator's start-up stops a machine
 the dead holder left on. A holder that loses a lease (Redis unreachable for its whole ttl, or a replica
-that took over after this one stalled) stops its generator at once: the run is aborted and the machine
-stopped, and it stands by again.
+that took over after this one stalled) stops its generator at once, "lost the generator lease": the run
+is aborted, and it stands by again. The machine is stopped only if the lease is still confirmed (see
+`GeneratorSeat.confirm`): otherwise it belongs to the new holder, which stopped it when it took over.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ class GeneratorHost:
             try:
                 await self._serve()
             except LeaseLost as exc:
-                log.error("%s: this replica stopped its generator and stands by", exc)
+                log.error("lost the generator lease (%s): this replica stopped its generator and stands by", exc)
             held = False
 
     async def _serve(self) -> None:
@@ -66,6 +67,9 @@ class GeneratorHost:
                 self.settled.set()
                 try:
                     await self.seat.keep()
+                except LeaseLost as exc:
+                    generator.stand_down(f"lost the generator lease ({exc})")
+                    raise
                 finally:
                     self.on_change(None)
         finally:

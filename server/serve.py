@@ -30,6 +30,8 @@ from avatargen.config import ServerSettings, Settings
 from avatargen.lock import DataFolderLock
 from avatargen.sockets import bound_socket
 from server.app import create_app
+from server.first_screen import first_screen, settings_in_force
+from server.listening import recorded_address
 from server.logs import configure_logging, redact_uvicorn_logs
 from server.metrics import MULTIPROCESS_ENV
 from server.preflight import preflight
@@ -71,7 +73,7 @@ def _implementations(config: uvicorn.Config) -> str:
 def serve(settings: Settings, host: str | None = None, port: int | None = None) -> int:
     server_settings = replace(settings.server, host=host or settings.server.host,
                               port=settings.server.port if port is None else port)
-    settings = replace(settings, server=server_settings)
+    settings = settings_in_force(replace(settings, server=server_settings))
     try:
         sock = bound_socket(server_settings.host, server_settings.port)
     except OSError as exc:
@@ -91,18 +93,23 @@ def _serve(settings: Settings, sock: socket.socket) -> int:
     server_settings = settings.server
     configure_logging(settings)
     log = logging.getLogger("avatargen.server")
+    warnings, notes = first_screen(settings)
+    for line in warnings:
+        log.warning(line)
+    for line in notes:
+        log.info(line)
     if problem := review.missing_extra(settings.review):
         log.warning(problem)
-    workers = server_settings.workers
-    if workers > 1:
-        return _run_workers(settings, sock, log)
-    config = uvicorn.Config(create_app(settings), log_level="info", **uvicorn_options(server_settings))
-    redact_uvicorn_logs()
-    log.info("listening on http://%s:%d (config: %s; uvicorn with %s)", server_settings.host,
-             sock.getsockname()[1], settings.path or "built-in defaults", _implementations(config))
-    server = uvicorn.Server(config)
-    signal.signal(signal.SIGTERM, _stopped)
-    server.run(sockets=[sock])
+    with recorded_address(settings, server_settings.host, sock.getsockname()[1]):
+        if server_settings.workers > 1:
+            return _run_workers(settings, sock, log)
+        config = uvicorn.Config(create_app(settings), log_level="info", **uvicorn_options(server_settings))
+        redact_uvicorn_logs()
+        log.info("listening on http://%s:%d (config: %s; uvicorn with %s)", server_settings.host,
+                 sock.getsockname()[1], settings.path or "built-in defaults", _implementations(config))
+        server = uvicorn.Server(config)
+        signal.signal(signal.SIGTERM, _stopped)
+        server.run(sockets=[sock])
     return 0 if server.started else EXIT_STARTUP_FAILED
 
 

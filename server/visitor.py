@@ -1,5 +1,10 @@
 """The visitor side: `GET /avatar` (a unique when the allowance says so, else a fallback) and the demo page.
 
+Each answer is the variant asked for (`server.avatar_request`: size, format, `?d=`) with a strong ETag and
+`Vary: Accept`; the visitor's face is remembered for `serving.same_face_for` (`avatargen.faces`), so a page
+that shows the avatar twice shows one person. A unique's variants come made with it (an archive); a
+fallback's variant is made on first use, in a worker thread, and kept with its image in memory.
+
 The order matters: a fresh conditional request gets 304 before any bucket is touched; only a GET that
 will send a body may claim a unique (never HEAD: link previewers send those); the token is spent only
 when a unique is actually claimed; a claimed file is deleted by a BackgroundTask once the body is sent
@@ -16,15 +21,17 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import io
 import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from email.utils import formatdate, parsedate_to_datetime
 from pathlib import Path
 
+from PIL import Image
 from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
@@ -33,11 +40,23 @@ from starlette.routing import Route
 from avatargen.api.wire import VisitorErrors
 from avatargen.buckets import Claim, ImageNotFound
 from avatargen.config import Settings
-from avatargen.imaging import placeholder_webp
+from avatargen.faces import Face, FaceMemo, FaceStore
+from avatargen.imaging import ImageError, placeholder_webp
 from avatargen.metrics import VISITOR_ERRORS
 from avatargen.storage.protocols import StoredBucket, UniqueAllowance
 from avatargen.storage.redis_connection import StorageUnavailable
+from avatargen.variants import (
+    FORMATS,
+    WEBP,
+    Format,
+    is_archive,
+    scaled_variants,
+    unpack,
+    variant,
+    webp_members,
+)
 from server.addresses import visitor_key
+from server.avatar_request import AvatarRequests, Wanted
 
 log = logging.getLogger("avatargen.visitor")
 
@@ -46,6 +65,13 @@ DEMO_PAGE = Path(__file__).parent / "static" / "index.html"
 PLACEHOLDER_MAX_AGE = 60
 # Fallback images kept in memory; each is a few kB, and hot ones would otherwise be re-read per request.
 FALLBACK_CACHE_SIZE = 256
+# The bytes those images and their variants may take in one process, all told: with the real-use 2,500
+# fallbacks and a site asking for two or three variants of each, they all fit.
+FALLBACK_CACHE_BYTES = 64 * 1024 * 1024
+# The IPv6 network one client holds: the key of the face a viewer sees (`avatargen.faces`).
+FACE_PREFIX = 64
+# An answer that differs by the Accept header says so, so that no cache hands an AVIF to a JPEG-only client.
+VARY = (b"vary", b"Accept")
 # A failure that repeats (a read-only bucket fails every claim) is logged again at most this often.
 REPORT_EVERY = 60.0
 
@@ -73,6 +99,42 @@ def http_now() -> bytes:
     return _http_date_of(int(time.time()))
 
 
+@functools.lru_cache(maxsize=4096)
+def _visitor(host: str | None, ipv6_prefix: int) -> str:
+    """`visitor_key`, cached: it is needed on every request now, and a few addresses send most of them."""
+    return visitor_key(host, ipv6_prefix)
+
+
+@functools.lru_cache(maxsize=32)
+def placeholder(size: int, form: Format) -> bytes:
+    """The placeholder in one size and format (drawn once per process)."""
+    webp = placeholder_webp(size)
+    return webp if form is WEBP else variant(webp, size, form, 80)
+
+
+@functools.lru_cache(maxsize=8)
+def blank_png(size: int) -> bytes:
+    """A fully transparent square, for `?d=blank` (PNG: every client shows it, transparency included)."""
+    out = io.BytesIO()
+    Image.new("LA", (size, size), (0, 0)).save(out, format="PNG", optimize=True)
+    return out.getvalue()
+
+
+def _request_headers(raw: list[tuple[bytes, bytes]]) -> tuple[str | None, str | None, str | None]:
+    """If-None-Match, If-Modified-Since and Accept, in one pass over the raw headers (the ASGI server gives
+    their names in lower case): Starlette's `request.headers` would build an object and scan once per name,
+    a measurable share of the 304 path."""
+    if_none_match = if_modified_since = accept = None
+    for name, value in raw:
+        if name == b"accept":
+            accept = value.decode("latin-1")
+        elif name == b"if-modified-since":
+            if_modified_since = value.decode("latin-1")
+        elif name == b"if-none-match":
+            if_none_match = value.decode("latin-1")
+    return if_none_match, if_modified_since, accept
+
+
 class PreparedResponse(Response):
     """A response whose header lines the caller encoded itself.
 
@@ -91,11 +153,18 @@ class PreparedResponse(Response):
 
 
 class _RecentImages:
-    """A small LRU of fallback image bytes by id (used from the event loop only)."""
+    """A small LRU of fallback image bytes by id, each with the variants made of it (event loop only).
 
-    def __init__(self, size: int) -> None:
+    An image and its variants are one entry: whatever drops the image drops every variant with it. At most
+    `size` images and `budget` bytes are held; the least recently used go first.
+    """
+
+    def __init__(self, size: int, budget: int = FALLBACK_CACHE_BYTES) -> None:
         self._size = size
+        self._budget = budget
+        self._bytes = 0
         self._items: OrderedDict[str, bytes] = OrderedDict()
+        self._variants: dict[str, dict[str, bytes]] = {}
 
     def get(self, image_id: str) -> bytes | None:
         data = self._items.get(image_id)
@@ -103,14 +172,31 @@ class _RecentImages:
             self._items.move_to_end(image_id)
         return data
 
+    def variant(self, image_id: str, name: str) -> bytes | None:
+        """A variant made earlier (`64.avif`) of an image held here."""
+        return self._variants.get(image_id, {}).get(name)
+
     def put(self, image_id: str, data: bytes) -> None:
+        self.drop(image_id)
         self._items[image_id] = data
-        self._items.move_to_end(image_id)
-        if len(self._items) > self._size:
-            self._items.popitem(last=False)
+        self._bytes += len(data)
+        self._trim()
+
+    def put_variant(self, image_id: str, name: str, data: bytes) -> None:
+        """Keep a variant, if its image is still held (a variant never outlives its image here)."""
+        if image_id in self._items and name not in (held := self._variants.setdefault(image_id, {})):
+            held[name] = data
+            self._bytes += len(data)
+            self._trim()
 
     def drop(self, image_id: str) -> None:
-        self._items.pop(image_id, None)
+        data = self._items.pop(image_id, None)
+        if data is not None:
+            self._bytes -= len(data) + sum(map(len, self._variants.pop(image_id, {}).values()))
+
+    def _trim(self) -> None:
+        while len(self._items) > self._size or (self._bytes > self._budget and len(self._items) > 1):
+            self.drop(next(iter(self._items)))
 
     def newest(self, wanted: Callable[[str], bool]) -> tuple[str, bytes] | None:
         """The most recently used image held whose id is `wanted`; None when none is."""
@@ -168,6 +254,8 @@ class VisitorService:
         # while those cannot be read, what is here is what visitors get.
         self._recent = _RecentImages(max(FALLBACK_CACHE_SIZE, settings.buckets.fallback.max))
         self._allowance: UniqueAllowance | None = None
+        self._faces: FaceMemo | None = None
+        self.requests = AvatarRequests(settings.sizes)
         self._page = b""
         self.errors = PathErrors()
 
@@ -175,14 +263,30 @@ class VisitorService:
         """For the owner: how many visitors got another avatar because something failed, and the last cause."""
         return self.errors.status()
 
-    async def start(self, allowance: UniqueAllowance) -> None:
-        """Serve within `allowance` (its owner closes it); load the demo page."""
+    async def start(self, allowance: UniqueAllowance, faces: FaceStore) -> None:
+        """Serve within `allowance`, remembering faces in `faces` (their owner closes both); load the demo page."""
         self._allowance = allowance
+        self._faces = FaceMemo(faces, self.settings.serving.same_face_for)
         self._page = await asyncio.to_thread(DEMO_PAGE.read_bytes)
 
     def routes(self) -> list[Route]:
-        """`/avatar` and the demo page `/`; Starlette answers HEAD on both, which `avatar` handles itself."""
-        return [Route("/avatar", self.avatar, methods=["GET"]), Route("/", self.demo_page, methods=["GET"])]
+        """`/avatar` (and `/avatar.jpg`, `.webp`, `.avif`: one format whatever the Accept header) and the demo
+        page `/`; Starlette answers HEAD on all of them, which `avatar` handles itself."""
+        forced = [Route(f"/avatar.{form.name}", self._forcing(form), methods=["GET"]) for form in FORMATS]
+        return [Route("/avatar", self.avatar, methods=["GET"]), *forced,
+                Route("/", self.demo_page, methods=["GET"])]
+
+    def _forcing(self, form: Format) -> Callable[[Request], Awaitable[Response]]:
+        async def avatar_as(request: Request) -> Response:
+            return await self.avatar(request, form)
+        avatar_as.__doc__ = f"`/avatar` as {form.media_type}, whatever the client's Accept header says."
+        return avatar_as
+
+    @property
+    def faces(self) -> FaceMemo:
+        if self._faces is None:
+            raise RuntimeError("VisitorService.start() has not been awaited (the app's lifespan does it)")
+        return self._faces
 
     @property
     def allowance(self) -> UniqueAllowance:
@@ -196,28 +300,53 @@ class VisitorService:
         """A small "about" page that shows /avatar the way the owner's site does; revalidated, never stale."""
         return HTMLResponse(self._page, headers={"Cache-Control": "no-cache"})
 
-    async def avatar(self, request: Request) -> Response:
-        """304 for a fresh copy; else a unique (GET only, allowance permitting), a fallback or the placeholder."""
-        if self._still_fresh(request.headers.get("if-modified-since")):
-            return PreparedResponse(b"", [self._cache_control], status_code=304)
-        sends_body = request.method == "GET"
-        # The visitor's key is only worked out when a unique could be given at all (the hot path skips it).
-        if sends_body and self.unique.count() and self.allowance.token_may_be_due():
-            visitor = visitor_key(request.client.host if request.client else None, self._ipv6_prefix)
+    async def avatar(self, request: Request, forced: Format | None = None) -> Response:
+        """304 for a fresh copy; else the face this visitor got within `same_face_for`, a unique (GET only,
+        allowance permitting), a fallback, or what `?d=` asks for when there is none: in the size and
+        format asked for."""
+        if_none_match, if_modified_since, accept = _request_headers(request.scope["headers"])
+        # If-None-Match, when sent, wins over If-Modified-Since (RFC 9110).
+        if if_none_match is None and self._still_fresh(if_modified_since):
+            return PreparedResponse(b"", [self._cache_control, VARY], status_code=304)
+        wanted = self.requests.wanted(request.scope["query_string"], accept, forced)
+        if if_none_match is not None and wanted.matches(if_none_match):
+            return PreparedResponse(b"", [self._cache_control, VARY], status_code=304)
+        if request.method != "GET":  # HEAD: a fallback's headers; it never claims, nor takes a face
+            return await self._fallback_response(wanted, None)
+        host = request.client.host if request.client else None
+        # A face is one client's (IPv6: its /64), even where the allowance counts a wider network as one
+        # visitor: a unique is never shown to the other clients of that network.
+        viewer = _visitor(host, FACE_PREFIX)
+        visitor = viewer if self._ipv6_prefix == FACE_PREFIX else _visitor(host, self._ipv6_prefix)
+        face = self.faces.seen(viewer) or await self.faces.being_chosen(viewer)
+        if face is not None and (again := await self._face_response(face, wanted)) is not None:
+            return again
+        with self.faces.choosing(viewer):  # this viewer's other requests to this process wait for the choice
             try:
-                claim = await self._claim_unique(visitor)
+                face = await self._recall(viewer)  # chosen in another process?
             except StorageUnavailable:  # one failure of the store is all this visitor waits for
-                return self._from_memory()
-            if claim is not None:
-                return self._image_response(claim.image, b"unique", claim.id,
-                                            BackgroundTask(self._finish_claim, claim))
-        return await self._fallback_response(retire=sends_body)
+                return await self._from_memory(wanted)
+            if face is not None and (again := await self._face_response(face, wanted)) is not None:
+                return again
+            if self.unique.count() and self.allowance.token_may_be_due():
+                try:
+                    claim = await self._claim_unique(visitor)
+                except StorageUnavailable:  # one failure of the store is all this visitor waits for
+                    return await self._from_memory(wanted)
+                if claim is not None:
+                    archive = await self._unique_variants(claim.image)
+                    if (data := await self._unique_variant(claim.id, archive, wanted)) is not None:
+                        face = self.faces.note(viewer, "unique", claim.id, archive)
+                        return self._image_response(data, b"unique", claim.id, wanted,
+                                                    BackgroundTask(self._after_unique, viewer, face, claim))
+            return await self._fallback_response(wanted, viewer)
 
     def forget(self, bucket: str, image_id: str) -> None:
         """An image left its bucket by the owner's hand (deleted, moved): no visitor gets it again, not even
-        from the copy in memory (the bucket itself has already dropped it from its index)."""
+        from the copy in memory with its variants (the bucket itself has already dropped it from its index)."""
         if bucket == self.fallback.name:
             self._recent.drop(image_id)
+            self.faces.forget_image(image_id)
 
     # --- the pieces --------------------------------------------------------------------------------------
 
@@ -243,6 +372,67 @@ class VisitorService:
             if isinstance(exc, StorageUnavailable):
                 raise
             return None
+
+    async def _recall(self, viewer: str) -> Face | None:
+        """The viewer's face from the shared store; None when they have none (or it cannot be read now). A
+        store that is down or slow (StorageUnavailable) is raised after it is recorded, as by a claim."""
+        try:
+            return await self.faces.recall(viewer)
+        except Exception as exc:
+            self.errors.record("a visitor's face cannot be looked up", exc)
+            if isinstance(exc, StorageUnavailable):
+                raise
+            return None
+
+    async def _remember(self, viewer: str, kind: str, image_id: str, archive: bytes | None = None) -> None:
+        """Remember what the viewer got (a failure only costs them the same face next time)."""
+        try:
+            await self.faces.remember(viewer, kind, image_id, archive)
+        except Exception as exc:
+            self.errors.record("a visitor's face cannot be remembered", exc)
+
+    async def _face_response(self, face: Face, wanted: Wanted) -> Response | None:
+        """The visitor's face again, in the size and format asked now; None when it is gone (a fallback
+        deleted or retired since: the visitor gets another)."""
+        if face.variants is not None:
+            data = await self._unique_variant(face.id, face.variants, wanted)
+            return None if data is None else self._image_response(data, b"unique", face.id, wanted, None)
+        try:
+            data = await self._fallback_variant(face.id, wanted)
+        except Exception as exc:  # the store failed: the visitor is served like any other, from memory
+            self.errors.record(f"a fallback cannot be read from the {self.fallback.name} bucket", exc)
+            return await self._from_memory(wanted)
+        return None if data is None else self._image_response(data, b"fallback", face.id, wanted, None)
+
+    async def _unique_variants(self, copy: bytes) -> bytes:
+        """A claimed unique's variants archive; a copy framed before variants existed is made into one now."""
+        if is_archive(copy):
+            return copy
+        return await asyncio.to_thread(scaled_variants, copy, self.settings.generator.webp_quality,
+                                       self.settings.sizes)
+
+    async def _unique_variant(self, image_id: str, archive: bytes, wanted: Wanted) -> bytes | None:
+        """The variant asked for from a unique's archive. One made for other sizes (`serving.sizes` changed
+        since) is made from its largest WebP now; None when the archive is broken (recorded: a claimed file
+        goes back to its bucket with the next sweep of stale claims)."""
+        try:
+            try:
+                return unpack(archive, wanted.member)
+            except KeyError:
+                largest = max(webp_members(archive), key=len)
+                return await asyncio.to_thread(variant, largest, wanted.size, wanted.form,
+                                               self.settings.generator.webp_quality)
+        except (ImageError, ValueError) as exc:
+            self.errors.record(f"unique {image_id} cannot be sent: its variants are broken", exc)
+            return None
+
+    async def _after_unique(self, viewer: str, face: Face, claim: Claim) -> None:
+        """Once the unique was sent: its face shared with the other processes, the claim finished."""
+        try:
+            await self.faces.share(viewer, face)
+        except Exception as exc:
+            self.errors.record("a visitor's face cannot be remembered", exc)
+        await self._finish_claim(claim)
 
     async def _finish_claim(self, claim: Claim) -> None:
         """After the unique was sent: delete it for good (a failure only leaves a file for the claim sweep)."""
@@ -287,48 +477,92 @@ class VisitorService:
         self.fallback.forget(image_id)
         return None
 
-    async def _fallback_response(self, *, retire: bool) -> Response:
-        """A random fallback; at most one served per retire period is deleted afterwards (never one the owner
-        keeps: looked up only when a retirement is due). Else the placeholder. The first failure of the store
-        sends the visitor to memory: a slow Redis costs one timeout, not one per fallback tried."""
+    async def _fallback_variant(self, image_id: str, wanted: Wanted) -> bytes | None:
+        """The variant asked for of a fallback (`_variant`); None when the image is gone or cannot be made.
+        A failure of the store is raised."""
+        data = await self._read_fallback(image_id)
+        return None if data is None else await self._variant(image_id, data, wanted)
+
+    async def _variant(self, image_id: str, data: bytes, wanted: Wanted) -> bytes | None:
+        """The variant asked for of a fallback whose stored bytes are `data`: kept in memory with its image,
+        else made now in a worker thread (once per process); None when it cannot be made."""
+        if wanted.size == self.requests.largest and wanted.form is WEBP:
+            return data  # the stored image is this variant
+        if (made := self._recent.variant(image_id, wanted.member)) is not None:
+            return made
+        try:
+            made = await asyncio.to_thread(variant, data, wanted.size, wanted.form,
+                                           self.settings.generator.webp_quality)
+        except ImageError as exc:  # a whole WebP file whose pixels do not decode
+            self.errors.record(f"no variant can be made of fallback {image_id}", exc)
+            self.fallback.forget(image_id)
+            self._recent.drop(image_id)
+            return None
+        self._recent.put_variant(image_id, wanted.member, made)
+        return made
+
+    async def _fallback_response(self, wanted: Wanted, viewer: str | None) -> Response:
+        """A random fallback, remembered as the face of `viewer` (None: a HEAD, which neither retires nor is
+        remembered); at most one served per retire period is deleted afterwards (never one the owner keeps:
+        looked up only when a retirement is due). Else what memory holds, or what `?d=` asks for. The first
+        failure of the store sends the visitor to memory: a slow Redis costs one timeout, not one per
+        fallback tried."""
         while (image_id := self.fallback.random_id()) is not None:
             try:
-                data = await self._read_fallback(image_id)
+                data = await self._fallback_variant(image_id, wanted)
             except Exception as exc:  # unreadable now: it stays in the bucket's index (its level stays right)
                 self.errors.record(f"a fallback cannot be read from the {self.fallback.name} bucket", exc)
-                return self._from_memory()
+                return await self._from_memory(wanted)
             if data is None:
                 continue
             background = None
-            if retire and self.allowance.may_retire() and not self.fallback.is_kept(image_id) \
-                    and await self._take_retire_slot():
-                # Out of the pool at once, so no later request picks it; the file goes once this one is sent.
-                self.fallback.forget(image_id)
-                self._recent.drop(image_id)
-                background = BackgroundTask(self._retire, image_id)
-            return self._image_response(data, b"fallback", image_id, background)
-        return self._from_memory()
+            if viewer is not None:
+                await self._remember(viewer, "fallback", image_id)
+                if self.allowance.may_retire() and not self.fallback.is_kept(image_id) \
+                        and await self._take_retire_slot():
+                    # Out of the pool at once, so no later request picks it; the file goes once this one is sent.
+                    self.fallback.forget(image_id)
+                    self._recent.drop(image_id)
+                    background = BackgroundTask(self._retire, image_id)
+            return self._image_response(data, b"fallback", image_id, wanted, background)
+        return await self._from_memory(wanted)
 
-    def _from_memory(self) -> Response:
+    async def _from_memory(self, wanted: Wanted) -> Response:
         """What a visitor gets without asking the store: a fallback kept in memory that the bucket listed at its
-        last successful look (one deleted before it is never sent), else the placeholder."""
-        if (kept := self._recent.newest(self.fallback.listed)) is not None:
-            return self._image_response(kept[1], b"fallback", kept[0], None)
-        return Response(
-            placeholder_webp(self.settings.generator.image_size),
-            media_type="image/webp",
-            # No Last-Modified: a revalidation would get a 304 and keep the placeholder for a whole day.
-            headers={"Cache-Control": f"private, max-age={PLACEHOLDER_MAX_AGE}",
-                     "X-Avatar-Kind": "placeholder", "X-Avatar-Id": "placeholder"},
-        )
+        last successful look (one deleted before it is never sent), in the variant asked; else what `?d=`
+        asks for, by default the placeholder."""
+        if (kept := self._recent.newest(self.fallback.listed)) is not None \
+                and (data := await self._variant(kept[0], kept[1], wanted)) is not None:
+            return self._image_response(data, b"fallback", kept[0], wanted, None)
+        return self._nothing_response(wanted)
 
-    def _image_response(self, data: bytes, kind: bytes, image_id: str,
+    def _nothing_response(self, wanted: Wanted) -> Response:
+        """Both buckets empty: 404 (`?d=404`), a transparent image (`?d=blank`) or the placeholder. Briefly
+        cached, and with no ETag: a revalidation must not keep it for a whole day."""
+        headers = {"Cache-Control": f"private, max-age={PLACEHOLDER_MAX_AGE}", "Vary": "Accept",
+                   # Dated just outside the cache_max_age window: a revalidation with it gets an image, never
+                   # a 304 that would keep the placeholder for a whole day.
+                   "Last-Modified": formatdate(time.time() - self.max_age - 1, usegmt=True),
+                   "X-Avatar-Kind": "placeholder", "X-Avatar-Id": "placeholder"}
+        if wanted.default == "404":
+            return Response("no avatar to serve now\n", 404, headers=headers, media_type="text/plain")
+        if wanted.default == "blank":
+            return Response(blank_png(wanted.size), headers={**headers, "X-Avatar-Kind": "blank",
+                                                              "X-Avatar-Id": "blank"}, media_type="image/png")
+        return Response(placeholder(wanted.size, wanted.form), headers=headers, media_type=wanted.form.media_type)
+
+    def _image_response(self, data: bytes, kind: bytes, image_id: str, wanted: Wanted,
                         background: BackgroundTask | None) -> Response:
         return PreparedResponse(data, [
-            (b"content-type", b"image/webp"),
+            _CONTENT_TYPES[wanted.form.name],
             (b"content-length", b"%d" % len(data)),
             self._cache_control,
             (b"last-modified", http_now()),
+            (b"etag", wanted.etag(image_id)),
+            VARY,
             (b"x-avatar-kind", kind),
             (b"x-avatar-id", image_id.encode()),
         ], background=background)
+
+
+_CONTENT_TYPES = {form.name: (b"content-type", form.media_type.encode()) for form in FORMATS}

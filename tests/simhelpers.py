@@ -56,10 +56,11 @@ async def sd_webui(settings: SimulatedSettings = FAST, *, faults: Iterable[str] 
 
 @contextlib.asynccontextmanager
 async def comfyui(settings: SimulatedSettings = FAST, *, faults: Iterable[str] = (),
-                  auth: tuple[str, str] | None = None, token: str | None = None
+                  auth: tuple[str, str] | None = None, token: str | None = None, jobs_api: bool = True
                   ) -> AsyncIterator[tuple[SimulatedComfyUi, str]]:
-    """The simulated ComfyUI alone (no machine around it), booted now, and its URL."""
-    server_state = SimulatedComfyUi(settings, Faults(faults), auth=auth, token=token)
+    """The simulated ComfyUI alone (no machine around it), booted now, and its URL; `jobs_api=False`: one from
+    before `/api/jobs`."""
+    server_state = SimulatedComfyUi(settings, Faults(faults), auth=auth, token=token, jobs_api=jobs_api)
     async with LoopbackServer(server_state.app) as server:
         try:
             yield server_state, server.url

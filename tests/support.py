@@ -65,7 +65,8 @@ async def running_engine(
     async with SimulatedGpu(settings.gpu.simulated, hourly_price=settings.gpu.hourly_cost,
                             backend=settings.sd.backend) as gpu:
         ledger = await FileLedger.open(settings.server.data_dir / "ledger.sqlite3")
-        engine = Generator(settings, buckets, gpu.provider(settings.gpu), ledger, EventHub())
+        engine = Generator(settings, buckets, gpu.provider(settings.gpu, data_dir=settings.server.data_dir), ledger,
+                           EventHub())
         if before_start is not None:
             await before_start(gpu)
         await engine.start()

@@ -144,7 +144,8 @@ async def test_keep_refuses_a_unique_and_an_unknown_image(tmp_path: Path) -> Non
 
 
 async def test_a_kept_fallback_is_never_retired(tmp_path: Path) -> None:
-    settings = settings_for(tmp_path, serving__fallback_retire_every=0)  # every served fallback is retired...
+    # Every served fallback is retired... (and each request is a visitor's first: no same face for a while)
+    settings = settings_for(tmp_path, serving__fallback_retire_every=0, serving__same_face_for=0)
     kept, other = seed(settings, "fallback", 2)
     async with running(settings) as (owner, web):
         await owner.keep_image("fallback", kept)
@@ -271,7 +272,8 @@ async def seed_redis(settings: Settings, bucket: str, shades: range, *, held: bo
 
 async def test_the_owners_word_on_images_in_redis(tmp_path: Path, redis_server: RedisServer) -> None:
     settings = settings_for(tmp_path, storage__backend="redis", storage__url=redis_server.url, storage__timeout="10s",
-                            serving__fallback_retire_every=0)  # every served fallback is retired, unless kept
+                            serving__fallback_retire_every=0,  # every served fallback is retired, unless kept
+                            serving__same_face_for=0)  # and each request picks one afresh
     moving, deleted = await seed_redis(settings, "unique", range(2))
     [kept] = await seed_redis(settings, "fallback", range(2, 3))
     approved, refused = await seed_redis(settings, "unique", range(3, 5), held=True)

@@ -14,7 +14,7 @@ import pytest
 
 from avatargen.config import SD_BACKENDS
 from avatargen.simulator.faults import faults_for
-from benchmarks.fault_matrix import APIS, COMFYUI_ONLY, KILL_STATES, QUICK_COMFYUI, STORAGE_FAULTS
+from benchmarks.fault_matrix import APIS, COMFYUI_ONLY, MONEY_ROWS, QUICK_COMFYUI, STORAGE_FAULTS, kill_states
 from benchmarks.soak.faults import REDIS_FAULTS, SIM_FAULTS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,7 +25,8 @@ TABLES = {
     "visitor_throughput": ("Visitor throughput: GET /avatar",
                            "| path | server | req/s | p50 ms | p99 ms | vs bare Starlette | vs nginx | CPU us/req |",
                            ["| fallback (200) | avatargen |", "| fallback (200) | avatargen, 2 workers |",
-                            "| If-Modified-Since (304) | nginx |"]),
+                            "| If-Modified-Since (304) | nginx |", "| ?s=64, Accept AVIF (200) | avatargen |",
+                            "| ?s=64, Accept JPEG (200) | bare Starlette |"]),
     "replicas": ("Storage backends and replicas: GET /avatar",
                  "| storage | replicas | fallback req/s | fallback p99 ms | socket errors | uniques |",
                  ["| files | 1 |", "| files | 2 |", "| redis | 1 |", "| redis | 2 |"]),
@@ -35,6 +36,9 @@ TABLES = {
     "unique_path": ("Unique path: GET /avatar that claims, frames and sends one unique",
                     "| server | requests | median ms | p99 ms |",
                     ["| avatargen (unique) |", "| bare Starlette (same bytes from memory) |"]),
+    "variant_cost": ("Avatar variants: bytes and CPU per image",
+                     "| size | format | bytes (median) | fallback variant CPU ms (median) |",
+                     ["| 32 | avif |", "| 256 | jpg |"]),
     "review_cost": ("Safety gate: cost per image",
                     "| step | images | median ms | p99 ms | CPU ms (median) |",
                     ["| imaging without the gate (512 px PNG -> 256 px WebP) |", "| safety gate (256 px avatar) |"]),
@@ -54,7 +58,7 @@ TABLES = {
                                      "| fault | run outcome | machine at end | billed s after the end | images lost |",
                                      [f"| {row}{'' if api == APIS[0] else f' ({api})'} |" for row in (
                                          *(fault for fault in faults_for(api) if fault not in COMFYUI_ONLY),
-                                         *(f"SIGKILL while {state}" for state in KILL_STATES))])
+                                         *(f"SIGKILL while {state}" for state in kill_states(api)))])
        for api in APIS},  # one provider's rows at a time, so each run fits the test timeout
     "fault_matrix --comfyui": ("Fault matrix: one fault per run, SIGKILL in each run state",
                                "| fault | run outcome | machine at end | billed s after the end | images lost |",
@@ -62,6 +66,9 @@ TABLES = {
     "fault_matrix --storage": ("Fault matrix: one fault per run, SIGKILL in each run state",
                                "| fault | run outcome | machine at end | billed s after the end | images lost |",
                                [f"| {fault} |" for fault in STORAGE_FAULTS]),
+    "fault_matrix --money": ("Fault matrix: one fault per run, SIGKILL in each run state",
+                             "| fault | run outcome | machine at end | billed s after the end | images lost |",
+                             [f"| {row}{' (comfyui)' if 'ComfyUI' in row else ''} |" for row in MONEY_ROWS]),
     "startup": ("Start-up: spawn to the first GET /avatar answered",
                 "| buckets | images | median s | max s | server CPU s by then | all framed after s |",
                 ["| empty buckets | 0 |", "| 1,000 images, uniques framed |", "| 50 uniques without framed copies |"]),

@@ -98,6 +98,9 @@ def test_refill_names_only_buckets() -> None:
         (["serve", "--port", "http"], "argument --port: expected an integer, got 'http'"),
         (["prompts", "-n", "-3"], "avatargen prompts: error: argument -n: must be at least 1, got -3"),
         (["prompts", "-n", "0"], "argument -n: must be at least 1, got 0"),
+        # A bad number gets the same words on every option (argparse's own "invalid int value" nowhere).
+        (["prompts", "-n", "abc"], "avatargen prompts: error: argument -n: expected an integer, got 'abc'"),
+        (["prompts", "--seed", "x"], "avatargen prompts: error: argument --seed: expected an integer, got 'x'"),
         (["simulate", "--sd-port", "70000"], "argument --sd-port: must be at most 65535, got 70000"),
         (["simulate", "--api-port", "-1"], "argument --api-port: must be at least 0, got -1"),
         (["status", "--url", "127.0.0.1:8080"], "argument --url: must be an http:// or https:// URL with a host"),

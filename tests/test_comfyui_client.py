@@ -7,6 +7,8 @@ import asyncio
 import contextlib
 import io
 import json
+import logging
+import struct
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -24,8 +26,9 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from avatargen.config import ComfyUiSettings, SdSettings
+from avatargen.journal import JobJournal
 from avatargen.sd import SdError, SdNotReady
-from avatargen.sd.comfyui import ComfyUiClient
+from avatargen.sd.comfyui import JOURNAL, ComfyUiClient
 from avatargen.sd.workflow import BUILTIN_GRAPH, BUILTIN_NAME, find_workflow
 from avatargen.simulator import Faults, LoopbackServer, SimulatedGpu
 from avatargen.simulator.comfyui import SimulatedComfyUi
@@ -56,8 +59,12 @@ def pixels(data: str | bytes) -> tuple[tuple[int, int], bytes]:
         return image.size, image.convert("RGB").tobytes()
 
 
-async def test_images_are_drawn_from_the_prompt_seed_and_size_written_into_the_graph() -> None:
-    async with comfyui() as (sim, url), client(url, settings(negative_prompt="blurry")) as sd:
+JOBS_API = pytest.mark.parametrize("jobs_api", [True, False], ids=["api-jobs", "before-api-jobs"])
+
+
+@JOBS_API
+async def test_images_are_drawn_from_the_prompt_seed_and_size_written_into_the_graph(jobs_api: bool) -> None:
+    async with comfyui(jobs_api=jobs_api) as (sim, url), client(url, settings(negative_prompt="blurry")) as sd:
         await wait_sd_ready(sd)
         result = await sd.generate("A sketch of cjs, bokeh", count=2, seed=11)
     assert [pixels(image) for image in result.images] == [
@@ -66,6 +73,10 @@ async def test_images_are_drawn_from_the_prompt_seed_and_size_written_into_the_g
     assert result.metadata == {"backend": "comfyui", "workflow": BUILTIN_NAME, "model": "cjs-dreambooth.safetensors",
                                "sampler_name": "dpmpp_2m", "scheduler": "karras"}
     assert sim.completed == ["A sketch of cjs, bokeh"]
+    # the job is followed through /api/jobs/{id} where ComfyUI has it, else through /history/{id}
+    followed = {request.split("/")[-2] for request in sim.requests if request.startswith("GET") and
+                request.count("/") >= 2 and request.split("/")[-2] in ("history", "jobs")}
+    assert followed == ({"jobs"} if jobs_api else {"history"})
 
 
 async def test_an_owner_graph_with_loras_and_an_upscaler_gets_the_settings_in_the_right_nodes() -> None:
@@ -162,12 +173,14 @@ REFUSED = ["ComfyUI refused the workflow: node 3 (KSampler) input 'sampler_name'
 @pytest.mark.parametrize(("fault", "failures"), [  # each fault alternates between its shapes: (words, status)
     ("sd_500", [(OOM, None), (OOM, None)]),
     ("sd_garbage", [(["ComfyUI error 502 <html><body><h1>502 Bad Gateway</h1>nginx</body></html>"], 502),
-                    (["ComfyUI sent an unusable answer to /history/", "it is not JSON"], 200)]),
+                    (["ComfyUI sent an unusable answer to /", "it is not", "JSON"], 200)]),
     ("sd_invalid_image", [([NOT_AN_IMAGE, "\\x00not an"], 200), ([NOT_AN_IMAGE, "<html><bo"], 200)]),
     ("comfyui_validation", [(REFUSED, 400), (REFUSED, 400)]),
 ])
-async def test_failures_are_worded_for_the_owner(fault: str, failures: list[tuple[list[str], int | None]]) -> None:
-    async with comfyui(faults=[fault]) as (_, url), client(url) as sd:
+@JOBS_API
+async def test_failures_are_worded_for_the_owner(fault: str, failures: list[tuple[list[str], int | None]],
+                                                 jobs_api: bool) -> None:
+    async with comfyui(faults=[fault], jobs_api=jobs_api) as (_, url), client(url) as sd:
         await wait_sd_ready(sd)
         for words, status in failures:
             with pytest.raises(SdError) as info:
@@ -215,8 +228,9 @@ async def test_a_machine_stopped_from_outside_fails_the_next_job_clearly() -> No
             assert info.value.message.startswith(f"cannot reach ComfyUI at {gpu.sd_url}: ConnectError")
 
 
-async def test_cancel_deletes_our_queued_jobs_and_interrupts_the_running_one() -> None:
-    async with comfyui(sim_settings(step_time=0.05)) as (sim, url), client(url) as sd:
+@JOBS_API
+async def test_cancel_deletes_our_queued_jobs_and_interrupts_the_running_one(jobs_api: bool) -> None:
+    async with comfyui(sim_settings(step_time=0.05), jobs_api=jobs_api) as (sim, url), client(url) as sd:
         await wait_sd_ready(sd)
         jobs = [asyncio.create_task(sd.generate(f"A painting of cjs {index}", count=1)) for index in range(3)]
         await wait_until(lambda: sim.queue_length == 3)
@@ -230,6 +244,12 @@ async def test_cancel_deletes_our_queued_jobs_and_interrupts_the_running_one() -
             history = (await http.get(f"{url}/history")).json()
         [status] = [entry["status"] for entry in history.values()]  # the two others never ran
         assert status["status_str"] == "error" and status["messages"][-1][0] == "execution_interrupted"
+    cancels = [request for request in sim.requests if request.endswith("/cancel") or
+               request in ("POST /queue", "POST /interrupt")]
+    if jobs_api:  # one per job (the first is the probe's, of a made-up id): the server knows queued from running
+        assert len(cancels) == 4 and all(request.startswith("POST /api/jobs/") for request in cancels), cancels
+    else:
+        assert cancels == ["POST /queue", "POST /interrupt"]
 
 
 @pytest.mark.parametrize("proxy", ["basic", "bearer"])
@@ -400,3 +420,94 @@ async def test_a_forks_queue_and_history_shapes_are_understood() -> None:
         with pytest.raises(SdError) as info:
             await sd.generate("A painting of cjs", count=1)
     assert info.value.message.endswith("in node 3 (KSampler): torch.OutOfMemoryError: Allocation on device")
+
+
+async def test_comfyui_today_routes_under_api_per_node_progress_and_previews_with_their_prompt() -> None:
+    """ComfyUI 0.12: `sd.url` may name the `/api/` routes; `progress_state` gives each node's progress; the
+    client asks for previews with metadata (type 4), so each frame says which prompt it belongs to."""
+    async with comfyui(sim_settings(step_time=0.02)) as (sim, url), client(url + "/api") as sd:
+        await wait_sd_ready(sd)
+        job = asyncio.create_task(sd.generate("A painting of cjs", count=1))
+        await wait_until(lambda: sd.preview is not None and sd.nodes.get("3", {}).get("state") == "running")
+        sampler = sd.nodes["3"]
+        assert sampler["max"] == 20 and 1 <= sampler["value"] <= 20
+        assert sd.preview is not None and sd.preview.startswith(b"\xff\xd8\xff")
+        assert sd.nodes["4"]["state"] == "finished"  # the checkpoint loader ran before the sampler
+        await job
+    assert sim.completed == ["A painting of cjs"] and len(sim.preview_metadata) == 1
+
+
+async def test_a_preview_with_metadata_is_taken_only_for_a_prompt_of_ours() -> None:
+    """Type 4 frames name their prompt: a frame of a prompt that is not ours (another client's job on a shared
+    server, a job of ours already given up) never becomes our preview, even while ours runs."""
+    queued: asyncio.Queue[str] = asyncio.Queue()  # the prompt id the client chose, as ComfyUI keeps it
+    flags: list[Any] = []
+
+    def frame(prompt_id: str, image: bytes) -> bytes:
+        metadata = json.dumps({"node_id": "3", "prompt_id": prompt_id, "image_type": "image/jpeg"}).encode()
+        return struct.pack(">II", 4, len(metadata)) + metadata + image
+
+    async def socket(websocket: WebSocket) -> None:
+        await websocket.accept()
+        flags.append(json.loads(await websocket.receive_text()))
+        ours = await queued.get()
+        await websocket.send_json({"type": "executing", "data": {"node": "3", "prompt_id": ours}})
+        await websocket.send_bytes(frame(ours, b"\xff\xd8\xffOURS"))
+        await websocket.send_bytes(frame("stranger", b"\xff\xd8\xffNOT OURS"))
+        await websocket.send_json({"type": "progress_state", "data": {"prompt_id": ours, "nodes": {
+            "3": {"value": 2, "max": 20, "state": "running", "node_id": "3", "prompt_id": ours}}}})
+        with contextlib.suppress(WebSocketDisconnect):
+            await websocket.receive_text()
+
+    async def prompt(request: Request) -> Response:
+        chosen = (await request.json())["prompt_id"]
+        queued.put_nowait(chosen)
+        return JSONResponse({"prompt_id": chosen, "number": 0, "node_errors": {}})
+
+    app = Starlette(routes=[
+        Route("/system_stats", _fixed({"system": {}, "devices": []})),
+        Route("/object_info/{node_class}", _fixed(_object_info)),
+        Route("/prompt", prompt, methods=["POST"]),
+        Route("/history/{prompt_id}", _fixed({})),
+        Route("/queue", _fixed({"queue_running": [], "queue_pending": []})),
+        WebSocketRoute("/ws", socket),
+    ])
+    async with LoopbackServer(app) as server, client(server.url, silence_timeout=30) as sd:
+        await sd.probe("")
+        job = asyncio.create_task(sd.generate("A painting of cjs", count=1))
+        await wait_until(lambda: sd.nodes.get("3", {}).get("value") == 2)  # sent after both frames
+        preview = (await sd.progress(preview=True)).preview
+        job.cancel()
+        await asyncio.gather(job, return_exceptions=True)
+    assert preview == b"\xff\xd8\xffOURS"
+    assert flags == [{"type": "feature_flags", "data": {"supports_preview_metadata": True}}]
+
+
+@JOBS_API
+async def test_jobs_an_earlier_client_left_on_comfyui_are_taken_off_at_the_next_probe(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, jobs_api: bool) -> None:
+    path = tmp_path / "data" / JOURNAL
+    async with comfyui(sim_settings(step_time=0.2), jobs_api=jobs_api) as (sim, url):  # 4 s a job
+        async with client(url, journal=JobJournal(path)) as first:
+            await wait_sd_ready(first)
+            jobs = [asyncio.create_task(first.generate(f"A painting of cjs {index}", count=1)) for index in range(3)]
+            await wait_until(lambda: sim.queue_length == 3)
+            for job in jobs:  # the process dies: nobody cancels anything
+                job.cancel()
+            await asyncio.gather(*jobs, return_exceptions=True)
+        sent = json.loads(path.read_text())["jobs"]
+        assert len(sent) == 3 and path.stat().st_mode & 0o777 == 0o600
+        JobJournal(path).add("made-up-0000")  # sent by a process killed before ComfyUI took it
+        assert sim.queue_length == 3
+
+        with caplog.at_level(logging.WARNING, logger="avatargen.sd.comfyui"):
+            async with client(url, journal=JobJournal(path)) as second:
+                await wait_sd_ready(second)
+                await wait_until(lambda: sim.queue_length == 0, timeout=5)
+                assert json.loads(path.read_text())["jobs"] == {}
+    assert sim.completed == []  # none of the three was computed to the end for nobody
+    [line] = [record.getMessage() for record in caplog.records if "never collected" in record.getMessage()]
+    assert "4 job(s) an earlier run sent and never collected" in line
+    assert "dropped from the queue" in line and "interrupted" in line
+    assert "made-up-0000 are unknown to ComfyUI" in line
+    assert all(prompt_id in line for prompt_id in sent)

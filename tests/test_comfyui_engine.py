@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import httpx
@@ -11,7 +12,10 @@ from avatargen.generator import Generator
 from avatargen.gpu import make_provider
 from avatargen.simulator.runner import SimulatedGpu
 from avatargen.storage.folders import FileLedger, folder_buckets
-from tests.support import fast_settings, wait_for_event, wait_until
+from tests.support import fast_settings, running_engine, wait_for_event, wait_until
+from tests.test_engine import run_to_end
+
+LORA_UPSCALE = json.loads((Path(__file__).parent / "workflows" / "lora_upscale_api.json").read_text())
 
 
 async def test_an_abort_takes_our_jobs_off_an_always_on_comfyui_at_once(tmp_path: Path) -> None:
@@ -41,3 +45,49 @@ async def test_an_abort_takes_our_jobs_off_an_always_on_comfyui_at_once(tmp_path
         finally:
             await engine.close()
             await ledger.aclose()
+
+
+def lora_workflow(tmp_path: Path, lora: str) -> str:
+    """The LoRA and upscaler graph with `lora` as its first LoRA, in a file beside the config."""
+    nodes = json.loads(json.dumps(LORA_UPSCALE))
+    nodes["11"]["inputs"]["lora_name"] = lora
+    (tmp_path / "lora_api.json").write_text(json.dumps(nodes))
+    return "lora_api.json"
+
+
+async def test_a_lora_comfyui_lacks_fails_the_run_before_the_first_image(tmp_path: Path) -> None:
+    settings = fast_settings(tmp_path, sd__backend="comfyui",
+                             sd__comfyui__workflow=lora_workflow(tmp_path, "cjs-face-v2.safetensors"))
+    async with running_engine(settings) as (engine, gpu):
+        run, _ = await run_to_end(engine, ["unique"])
+        assert run["outcome"] == "failed" and gpu.machine.state == "off"
+        assert run["error"].startswith("the workflow's node 11 (LoraLoader) input 'lora_name' names "
+                                       "'cjs-face-v2.safetensors', which is not on ComfyUI (available: "
+                                       "'cjs-face.safetensors', 'film-grain.safetensors')")
+        assert (run["done"], run["failed"]) == (0, 0)
+        assert gpu.sd.completed == [] and gpu.sd.queue_length == 0, "no job was ever queued"
+
+
+async def test_a_refused_workflow_is_not_asked_again(tmp_path: Path) -> None:
+    settings = fast_settings(tmp_path, sd__backend="comfyui", gpu__simulated__faults=["comfyui_validation"],
+                             generator__max_consecutive_failures=5, generator__image_retries=4)
+    async with running_engine(settings) as (engine, gpu):
+        run, _ = await run_to_end(engine, ["unique"])
+        assert run["outcome"] == "failed" and gpu.machine.state == "off"
+        assert "Value not in list" in run["error"] and "not asked again" in run["error"]
+        assert "in a row" not in run["error"]
+        # One refusal per request already on its way (concurrency 2), none asked again: 2 images per request
+        # refused, of which those whose answer was read before the run stopped count as failed.
+        assert gpu.faults.hits("comfyui_validation") <= 2
+        assert 0 < run["failed"] <= 2 * gpu.faults.hits("comfyui_validation")
+
+
+async def test_the_loras_of_the_workflow_are_in_each_images_metadata(tmp_path: Path) -> None:
+    settings = fast_settings(tmp_path, sd__backend="comfyui", sd__steps=2,
+                             sd__comfyui__workflow=lora_workflow(tmp_path, "cjs-face.safetensors"))
+    async with running_engine(settings) as (engine, _gpu):
+        run, _ = await run_to_end(engine, ["unique"])
+        assert run["outcome"] == "completed", run["error"]
+        image_id = engine.buckets["unique"].ids()[0]
+        metadata = await engine.buckets["unique"].metadata(image_id)
+        assert metadata["loras"] == ["cjs-face.safetensors", "film-grain.safetensors"]

@@ -14,7 +14,7 @@ from avatargen.sd.samplers import comfyui_sampler
 from avatargen.sd.workflow import BUILTIN_GRAPH, WorkflowError, find_workflow, load_workflow, parse_graph
 from server.cli import main
 
-# An owner's SD1.5 graph as ComfyUI's "Save (API)" exports it: a face LoRA and a style LoRA, a hires-fix second
+# An owner's SD1.5 graph as ComfyUI's "Export (API)" exports it: a face LoRA and a style LoRA, a hires-fix second
 # pass, a model upscaler and a preview of the first pass; ids as ComfyUI numbered them, nothing where a fixed-id
 # client would look.
 LORA_UPSCALE: dict[str, Any] = json.loads((Path(__file__).parent / "workflows" / "lora_upscale_api.json").read_text())
@@ -74,6 +74,18 @@ def test_lora_and_upscaler_graph_is_followed_through_its_links() -> None:
     assert workflow.targets["batch_size"] == (("30", "batch_size"),)
     assert workflow.loader == ("10", "ckpt_name") and workflow.checkpoint == "v1-5-pruned-emaonly.ckpt"
     assert workflow.output == "43"  # the upscaled save, not the preview of the first pass
+
+
+def test_the_model_files_a_graph_names_are_listed_for_the_owner() -> None:
+    workflow = find(LORA_UPSCALE, negative=True, checkpoint=True)
+    assert [(file.node, file.input, file.value) for file in workflow.model_files] == [
+        ("11", "lora_name", "cjs-face.safetensors"), ("12", "lora_name", "film-grain.safetensors"),
+        ("41", "model_name", "RealESRGAN_x2.pth")]  # not the checkpoint: avatargen sets it, and checks it alone
+    assert workflow.loras == ["cjs-face.safetensors", "film-grain.safetensors"]
+    described = workflow.describe()
+    assert "  LoRA: node 11 (LoraLoader).lora_name = 'cjs-face.safetensors'" in described
+    assert "  LoRA: node 12 (LoraLoader).lora_name = 'film-grain.safetensors'" in described
+    assert "  model file: node 41 (UpscaleModelLoader).model_name = 'RealESRGAN_x2.pth'" in described
 
 
 def test_custom_sampler_graph_without_negative_and_a_primitive_seed() -> None:
@@ -151,7 +163,7 @@ def test_a_graph_lacking_what_a_run_needs_names_the_node_and_input(change: Any, 
 
 
 @pytest.mark.parametrize(("document", "words"), [
-    ({"nodes": [], "links": []}, 'this is the UI format ("Save")'),
+    ({"nodes": [], "links": []}, 'this is the UI format ("Save"); export the workflow with "Export (API)"'),
     ([1, 2], "expected a JSON object of node id"),
     ({"1": {"inputs": {}}}, "node 1 has no class_type"),
     ({"1": {"class_type": "KSampler", "inputs": {"model": ["9", 0]}}}, "input 'model' links to node 9, which is not"),
@@ -187,7 +199,9 @@ def test_check_config_reports_a_broken_graph_before_any_run(tmp_path: Path, caps
     config.write_text('[sd]\nbackend = "comfyui"\n[sd.comfyui]\nworkflow = "wf.json"\n')
     assert main(["check-config", "--config", str(config)]) == 2
     err = capsys.readouterr().err
-    assert "sd.comfyui.workflow: wf.json: input 'latent_image' of node 3 (KSampler) does not come from" in err
+    # The file named as every other workflow error names it: by its full path.
+    assert f"sd.comfyui.workflow: {tmp_path / 'wf.json'}: input 'latent_image' of node 3 (KSampler) does not come " \
+           "from" in err
 
     config.write_text('[sd]\nbackend = "comfyui"\n[sd.comfyui]\ntoken_env = "AVATARGEN_TEST_NO_SUCH_TOKEN"\n')
     assert main(["check-config", "--config", str(config)]) == 2

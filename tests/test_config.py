@@ -105,6 +105,8 @@ data_dir = "state"
         ("[sd]\ncfg_scale = nan\n", "sd.cfg_scale", 2, "must be a finite number"),
         ("[serving]\nunique_every = inf\n", "serving.unique_every", 2, "must be a finite number of seconds"),
         ("[gpu.simulated]\nstep_time = nan\n", "gpu.simulated.step_time", 2, "must be a finite number of seconds"),
+        ("[review]\npause_for = \"10s\"\n", "review.pause_for", 2, "must be from 1m to 30d, got 10s"),
+        ("[review]\npause_for = \"31d\"\n", "review.pause_for", 2, "must be from 1m to 30d, got 31d"),
     ],
 )
 def test_errors_name_file_key_line(tmp_path: Path, text: str, key: str | None, line: int | None, words: str) -> None:

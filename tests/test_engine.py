@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from avatargen.buckets import unique_copy
 from avatargen.events import EventHub, Subscription
 from avatargen.generator import Generator, NothingToDo, NotRunning, RunActive
 from avatargen.gpu import make_provider
-from avatargen.imaging import frame_unique, placeholder_webp
+from avatargen.imaging import placeholder_webp
 from avatargen.ledger import CostLedger
 from avatargen.lock import GeneratorLock
 from avatargen.simulator.runner import SimulatedGpu
@@ -63,7 +64,7 @@ async def test_one_run_fills_both_buckets_to_max_and_ends_with_machine_off(tmp_p
         unique = engine.buckets["unique"]
         for record in await unique.newest(3):  # framed in the imaging process, exactly as a visitor's claim would
             framed = (settings.buckets.unique.dir / ".framed" / f"{record.id}.webp").read_bytes()
-            assert framed == frame_unique(await unique.read(record.id), settings.generator.webp_quality)
+            assert framed == unique_copy(settings)(await unique.read(record.id))
         newest = (await engine.buckets["fallback"].newest(1))[0]
         assert newest.metadata["prompt"].startswith(("A ", "An ")) and " of cjs" in newest.metadata["prompt"]
         assert newest.metadata["backend"] == backend and newest.metadata["provider"] == "simulated"

@@ -18,7 +18,7 @@ from avatargen.api import ImageHeld, NewImage, decode_event
 from avatargen.buckets import open_buckets
 from avatargen.config import ReviewSettings
 from avatargen.generator import Generator
-from tests.support import fast_settings, running_engine
+from tests.support import fast_settings, running_engine, wait_until
 from tests.test_engine import run_to_end
 
 GATE_ON = {"review__enabled": True}
@@ -59,7 +59,8 @@ async def test_require_face_holds_back_the_simulators_faceless_drawings(tmp_path
     settings = fast_settings(tmp_path, **GATE_ON, review__require_face=True, review__face_score=1.0)
     async with running_engine(settings) as (engine, gpu):
         run, kinds = await run_and_watch(engine)
-        assert run["outcome"] == "completed" and gpu.machine.state == "off"
+        assert run["outcome"] == "failed" and gpu.machine.state == "off"  # a problem, not a success
+        assert run["error"].startswith("the safety gate held back 10 of the 10 images made")
         assert (run["done"], run["held"], run["failed"], run["total"]) == (0, 10, 0, 10)
         assert run["held_cost"] == run["cost"] > 0, "every image made was held: the whole cost is theirs"
         assert kinds == ["held"] * 10
@@ -70,6 +71,37 @@ async def test_require_face_holds_back_the_simulators_faceless_drawings(tmp_path
         assert not any((unique.directory / ".framed").iterdir()), "a held image is never framed"
         reasons = [meta["review"]["reasons"] for meta in sidecars(unique.directory / ".review")]
         assert len(reasons) == 4 and all(reason[0]["kind"] == "no_face" for reason in reasons)
+
+
+async def test_a_run_mostly_held_back_pauses_automatic_runs_until_the_owner_acts(tmp_path: Path) -> None:
+    """Every image held (no face): the automatic run at start-up pauses the next ones, as the status and the
+    log say, until the owner deletes or approves a held image, or asks for a refill."""
+    settings = fast_settings(tmp_path, **GATE_ON, review__require_face=True, review__face_score=1.0,
+                             buckets__unique__min=2, generator__check_every="1h")
+    async with running_engine(settings) as (engine, gpu):
+        await wait_until(lambda: engine.last_run is not None)
+        assert engine.last_run is not None and engine.last_run.trigger == "auto"
+        assert engine.last_run.outcome == "failed" and engine.last_run.held == 4
+        status = engine.status()
+        assert status["paused_by"] == "safety_gate"
+        assert "held back 4 of the 4 images" in status["paused_reason"]
+        assert "automatic runs are paused until you approve or delete held images" in status["paused_reason"]
+        assert engine.auto_check() is None and engine.run is None, "the unique bucket is below its min"
+        billed = gpu.machine.billed_seconds
+        # The owner deletes one held image: automatic runs resume (and hold back again: paused again).
+        unique = engine.buckets["unique"]
+        held = await unique.held(10)
+        assert await unique.delete_held(held[0].id)
+        assert engine.status()["paused_by"] is None
+        assert engine.auto_check() is not None
+        await engine.wait_idle()
+        assert gpu.machine.billed_seconds > billed
+        assert engine.status()["paused_by"] == "safety_gate"
+        # A manual refill is the owner's word too: the pause is over while it runs (then it holds back again).
+        engine.refill(["unique"])
+        assert engine.status()["paused_by"] is None
+        await engine.wait_idle()
+        assert engine.status()["paused_by"] == "safety_gate"
 
 
 # --- fault cases: a gate that cannot run ------------------------------------------------------------------

@@ -16,9 +16,9 @@ import httpx
 import pytest
 
 from avatargen.allowance import Allowance
-from avatargen.buckets import open_buckets
+from avatargen.buckets import open_buckets, unique_copy
 from avatargen.config import Settings, StorageSettings
-from avatargen.imaging import frame_unique, placeholder_webp
+from avatargen.imaging import placeholder_webp
 from avatargen.ledger import CostLedger, Entry
 from avatargen.lock import GeneratorLock
 from avatargen.storage.backend import VISITORS_FILE
@@ -246,4 +246,4 @@ def test_framed_copies_are_the_visitors_framing(tmp_path: Path) -> None:
     stock_folders(settings)
     unique = open_buckets(settings)["unique"]
     image_id = unique.ids()[0]
-    assert unique.framed(image_id) == frame_unique(unique.read(image_id), settings.generator.webp_quality)
+    assert unique.framed(image_id) == unique_copy(settings)(unique.read(image_id))

@@ -81,6 +81,27 @@ async def test_a_dead_holder_is_taken_over_and_its_writes_are_fenced(replicas: l
     keeping.cancel()
 
 
+async def test_a_machine_call_waits_for_a_confirmed_lease(replicas: list[RedisStorage],
+                                                          redis_server: RedisServer) -> None:
+    """`confirm` renews the lease for a call that fits in it, and refuses a holder that lost it; with Redis
+    down, only the time left on this process's clock counts."""
+    holder, standby = GeneratorLease(replicas[0], ttl=3.0), GeneratorLease(replicas[1], ttl=3.0)
+    assert await holder.acquire()
+    await holder.confirm(1.0)
+    with pytest.raises(ValueError, match="cannot fit"):
+        await holder.confirm(3.0)
+    async with asyncio.timeout(20):  # nobody renews: it expires, and the standby takes it
+        await standby.wait_acquire()
+    with pytest.raises(LeaseLost, match="taken over"):
+        await holder.confirm(1.0)
+    await standby.confirm(1.0)
+    redis_server.stop()
+    await standby.confirm(0.1)  # just confirmed: still the standby's for this long, whatever Redis says
+    await asyncio.sleep(1.0)  # time passes on this process's clock: a 2.5s call no longer fits in what is left
+    with pytest.raises(LeaseLost, match="could not be confirmed"):
+        await standby.confirm(2.5)
+
+
 async def test_a_holder_that_cannot_reach_redis_gives_up_within_its_ttl(redis_server: RedisServer) -> None:
     storage = RedisStorage.connect(StorageSettings(backend="redis", url=redis_server.url, timeout=2.0))
     lease = GeneratorLease(storage, ttl=1.0)

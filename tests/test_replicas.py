@@ -10,6 +10,7 @@ import io
 import itertools
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from avatargen.config import StorageSettings
 from avatargen.storage.redis_buckets import RedisBucket
 from avatargen.storage.redis_connection import RedisStorage
 from avatargen.testing import RedisServer, Service, Simulator, avatargen_server, free_port
+from avatargen.variants import framed_variants
 from tests.support import write_config
 
 TOKEN = "replica-test-token"
@@ -47,7 +49,8 @@ async def stock(url: str, uniques: int = UNIQUES, fallbacks: int = FALLBACKS) ->
     """Uniques and fallbacks in Redis, as a generator would have stored them; the uniques' ids."""
     storage = RedisStorage.connect(StorageSettings(backend="redis", url=url, timeout=10.0))
     try:
-        unique, fallback = RedisBucket(storage, "unique", prepare=lambda image: image), RedisBucket(storage, "fallback")
+        framed = partial(framed_variants, quality=60, sizes=(32, 64))  # as the replicas' generator frames
+        unique, fallback = RedisBucket(storage, "unique", prepare=framed), RedisBucket(storage, "fallback")
         for n in range(fallbacks):
             await fallback.publish(webp(n), {"prompt": f"fallback {n}"})
         return {(await unique.publish(webp(n), {"prompt": f"unique {n}"})).id for n in range(uniques)}
@@ -174,3 +177,43 @@ async def test_redis_restarted_mid_load_never_serves_a_unique_twice(tmp_path: Pa
     left = await left_in_redis(durable_redis_server.url)
     assert len(served) + left <= len(stocked)  # a claim whose answer was lost in the crash is lost, not doubled
     assert len(served) > 60  # uniques kept going out before and after the restart
+
+
+async def test_a_stalled_replica_that_wakes_up_never_touches_the_new_holders_machine(
+        tmp_path: Path, redis_server: RedisServer, simulator: Simulator) -> None:
+    """SIGSTOP the generator's replica mid-run; the other takes over, stops the machine left on and starts a
+    run of its own; SIGCONT the first: it says it lost the lease and neither starts nor stops the machine."""
+    async with replicas(tmp_path, redis_server, simulator, **{"buckets.fallback.max": 60}) as (first, second):
+        async with AdminClient(first.url, TOKEN) as admin, asyncio.timeout(60):
+            await admin.refill(["fallback"])
+            await admin.first_event(lambda event: isinstance(event, NewImage), since="0")
+        first.pause()  # mid-run, the machine on
+        try:
+            async with AdminClient(second.url, TOKEN, timeout=60) as admin, asyncio.timeout(180):
+                async with admin.subscribe() as events:  # the second takes over and stops the machine
+                    async for _, event in events:
+                        if isinstance(event, StateChange) and event.state == "idle" and event.machine_state == "off":
+                            break
+                async with admin.subscribe() as events:
+                    run = await admin.refill(["fallback"])
+                    async for _, event in events:  # its run is generating: the machine is on for it
+                        if isinstance(event, NewImage):
+                            break
+        finally:
+            first.resume()
+        async with AdminClient(second.url, TOKEN, timeout=60) as admin, asyncio.timeout(180):
+            await admin.first_event(lambda event: isinstance(event, StateChange) and event.state == "idle"
+                                    and event.last_run is not None and event.last_run.run.id == run.id, since="0")
+            status = await admin.status()
+        assert status.last_run is not None
+        assert status.last_run.outcome == "completed", status.last_run
+        assert status.last_run.run.done == run.total and status.buckets["fallback"].count == 60
+        # The first replica's start, the second's stop(s) of what it found on, then the second's run: its
+        # start and its stop, nothing in between (the first woke up during that run).
+        machine = simulator.machine()
+        assert machine["calls"].count("start") == 2, machine["calls"]
+        assert machine["calls"][-2:] == ["start", "stop"], machine["calls"]
+        assert machine["state"] == "off"
+        woken = first.log_text()
+        assert "lost the generator lease" in woken
+        assert "shutting down" not in woken

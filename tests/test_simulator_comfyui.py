@@ -92,12 +92,21 @@ async def test_a_job_is_reported_on_the_socket_as_comfyui_reports_it() -> None:
             data = parsed["data"]
             if parsed["type"] != "status":
                 assert data.get("prompt_id") == prompt_id
-            events.append((parsed["type"], data["value"] if parsed["type"] == "progress" else data.get("node")))
+            kind = parsed["type"]
+            events.append((kind, data["value"] if kind == "progress" else data["nodes"] if kind == "progress_state"
+                           else data.get("node")))
         history = (await http.get(f"/history/{prompt_id}")).json()[prompt_id]
         image = history["outputs"]["9"]["images"][0]
         view = await http.get("/view", params=image)
-    kinds = [kind for kind, _ in events if kind != "status"]
+    kinds = [kind for kind, _ in events if kind not in ("status", "progress_state")]
     assert kinds[:2] == ["execution_start", "execution_cached"]
+    # ComfyUI 0.12's per-node progress: the sampler's steps, and every node finished by the end
+    states = [nodes for kind, nodes in events if kind == "progress_state"]
+    sampling = [nodes["3"]["value"] for nodes in states if nodes.get("3", {}).get("state") == "running"]
+    assert sampling[-4:] == [1, 2, 3, 4]
+    assert {node: state["state"] for node, state in states[-1].items()} == dict.fromkeys(
+        ["4", "6", "7", "5", "3", "8", "9"], "finished")
+    assert states[-1]["3"]["max"] == 4 and states[-1]["3"]["prompt_id"] == prompt_id
     assert [node for kind, node in events if kind == "executing"] == ["4", "6", "7", "5", "3", "8", "9", None]
     assert [value for kind, value in events if kind == "progress"] == [1, 2, 3, 4]
     assert ("preview", (1, 1, b"\xff\xd8\xff")) in events  # a JPEG preview frame
@@ -153,6 +162,38 @@ async def test_queue_deletion_and_interrupt_stop_the_work() -> None:
     assert list(history) == ids[:1] and sim.completed == []
     event, data = history[ids[0]]["status"]["messages"][-1]
     assert event == "execution_interrupted" and data["node_id"] == "3" and data["node_type"] == "KSampler"
+
+
+async def test_api_jobs_lists_queue_and_history_as_jobs_and_cancels_them_by_id() -> None:
+    async with comfyui(sim_settings(step_time=0.05)) as (sim, url), httpx.AsyncClient(base_url=url) as http:
+        done = (await http.post("/prompt", json={"prompt": graph("done", steps=2)})).json()["prompt_id"]
+        await wait_until(lambda: sim.queue_length == 0, timeout=5)  # a second for the 20-step ones
+        ids = [(await http.post("/prompt", json={"prompt": graph(f"job {index}", steps=20)})).json()["prompt_id"]
+               for index in range(3)]
+        listing = (await http.get("/api/jobs", params={"status": "pending,in_progress"})).json()
+        assert [(job["id"], job["status"]) for job in listing["jobs"]] == [
+            (ids[0], "in_progress"), (ids[1], "pending"), (ids[2], "pending")]
+        assert listing["pagination"] == {"offset": 0, "limit": 3, "total": 3, "has_more": False}
+        page = (await http.get("/api/jobs", params={"limit": "1", "offset": "3"})).json()
+        assert [job["id"] for job in page["jobs"]] == [done] and page["pagination"]["has_more"] is False
+        assert (await http.get("/api/jobs", params={"limit": "x"})).status_code == 400
+        job = (await http.get(f"/api/jobs/{done}")).json()
+        assert job["status"] == "completed" and job["outputs"]["9"]["images"] and job["execution_status"]["completed"]
+        assert (await http.get("/api/jobs/unknown")).status_code == 404
+        assert (await http.get("/jobs")).status_code == 404  # only under /api, as ComfyUI registers it
+
+        # all or nothing: one unknown id and none is cancelled
+        assert (await http.post("/api/jobs/cancel", json={"job_ids": [ids[2], "unknown"]})).status_code == 404
+        assert (await http.post("/api/jobs/cancel", json={"job_ids": "x"})).status_code == 400
+        assert (await http.post("/api/jobs/cancel", json={"job_ids": [ids[2]]})).json() == {"cancelled": [ids[2]]}
+        for prompt_id in ("unknown", done, ids[1], ids[0]):  # 200 whether there is something to cancel or not
+            assert (await http.post(f"/api/jobs/{prompt_id}/cancel")).status_code == 200
+        await wait_until(lambda: sim.queue_length == 0, timeout=5)
+        assert (await http.get(f"/api/jobs/{ids[0]}")).json()["status"] == "failed"  # interrupted
+        assert (await http.get(f"/api/jobs/{ids[1]}")).status_code == 404  # dequeued before it ran
+    async with comfyui(jobs_api=False) as (_, url), httpx.AsyncClient(base_url=url) as http:
+        assert (await http.get("/api/jobs")).status_code == 404  # a ComfyUI from before /api/jobs
+        assert (await http.get("/api/queue")).status_code == 200
 
 
 async def test_server_facts_and_missing_things() -> None:

@@ -99,7 +99,8 @@ async def test_billed_seconds_count_every_state_but_off(sim: SimulatedGpu, api: 
     billed = sim.machine.billed_seconds
     assert 0.4 <= billed < 0.8  # boot_delay 0.3 s + stop_delay 0.1 s, and some scheduling slack
     report = (await api.get(sim.api_url.removesuffix("/v1") + "/_sim/machine")).json()
-    assert report == {"id": sim.machine_id, "state": "off", "billedSeconds": pytest.approx(billed, abs=0.001)}
+    assert report == {"id": sim.machine_id, "state": "off", "billedSeconds": pytest.approx(billed, abs=0.001),
+                      "calls": ["start", "stop"]}  # who touched the machine, oldest first
     assert sim.machine.billed_seconds == billed  # the clock does not run while off
 
 

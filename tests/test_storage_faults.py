@@ -166,7 +166,9 @@ async def test_a_slow_redis_costs_a_visitor_one_timeout_not_one_per_fallback(tmp
                                                                              debug_redis_server: RedisServer) -> None:
     redis_server = debug_redis_server
     await stock(redis_server.url, uniques=3, fallbacks=60)
-    server = redis_server_process(tmp_path, "server", redis_server, **{"buckets.fallback.max": 60})
+    # Each visit picks afresh (no same face), so the replica has fallbacks in memory.
+    server = redis_server_process(tmp_path, "server", redis_server,
+                                  **{"buckets.fallback.max": 60, "serving.same_face_for": 0})
     async with started(server), httpx.AsyncClient(timeout=30) as client:
         # This visitor's first visit is a unique; the next ones are fallbacks, which the replica keeps in memory.
         answers = await visits(server.url, 4)

@@ -9,12 +9,12 @@ from textual.message import Message
 from textual.widgets import Label, TabbedContent
 
 from tests.test_tui_live import SIZE, answers, collect
-from tests.tui_support import panel, running_server, seed_images, wait_for
+from tests.tui_support import footer_keys, panel, refill_everything, running_server, seed_images, wait_for
 from tui.app import AvatarApp
 from tui.messages import Answered
 from tui.screens.confirm_delete import ConfirmDeleteScreen
 from tui.screens.image_detail import ImageDetailScreen
-from tui.screens.refill import RefillScreen
+from tui.widgets.spend import SpendSummary
 from tui.widgets.thumbnail import Thumbnail
 from tui.widgets.thumbnail_grid import ThumbnailGrid
 
@@ -33,11 +33,6 @@ def stored(folder: Path) -> list[str]:
 
 def review_tab(app: AvatarApp) -> str:
     return str(app.main.query_one(TabbedContent).get_tab("review").label)
-
-
-def footer_keys(app: AvatarApp) -> dict[str, str]:
-    return {key: active.binding.description for key, active in app.screen.active_bindings.items()
-            if active.binding.show}
 
 
 async def test_delete_asks_first_and_the_image_leaves_every_grid(tmp_path: Path) -> None:
@@ -147,7 +142,7 @@ async def test_the_review_view_approves_and_deletes_what_the_gate_held_back(tmp_
             await wait_for(pilot, lambda: len(review.cards) == 2, "the held images")
             assert images.cards == []
             assert all(meta(card) == "fallback · held: no face" for card in review.cards)
-            await wait_for(pilot, lambda: review_tab(app) == "Review (2)",
+            await wait_for(pilot, lambda: review_tab(app) == "v Review (2)",
                            "the tab to count them")
             await pilot.press("v")
             assert {"y", "d"} <= footer_keys(app).keys() and not {"k", "m"} & footer_keys(app).keys()
@@ -161,7 +156,7 @@ async def test_the_review_view_approves_and_deletes_what_the_gate_held_back(tmp_
             assert answers(seen) == [f"Approved and published: fallback image {approved}",
                                      f"Deleted: fallback image {refused}"]
             assert stored(fallback / ".review") == []
-            await wait_for(pilot, lambda: review_tab(app) == "Review",
+            await wait_for(pilot, lambda: review_tab(app) == "v Review",
                            "the tab to say nothing waits")
 
 
@@ -171,10 +166,7 @@ async def test_images_the_gate_holds_back_during_a_run_arrive_in_the_review_view
     with running_server(tmp_path, overrides) as server:
         app = panel(server.url)
         async with app.run_test(size=SIZE) as pilot:
-            await wait_for(pilot, lambda: app.main.status is not None, "the first status")
-            await pilot.press("r")
-            await wait_for(pilot, lambda: isinstance(app.screen, RefillScreen), "the refill dialog")
-            await pilot.press("enter")
+            await refill_everything(pilot, app)
             review = app.main.review_grid
             await wait_for(pilot, lambda: len(review.cards) == 5, "five held images", timeout=60)
             assert app.main.query_one("#thumbnails", ThumbnailGrid).cards == []
@@ -183,3 +175,9 @@ async def test_images_the_gate_holds_back_during_a_run_arrive_in_the_review_view
                            "the run to end", timeout=30)
             last = app.main.status.last_run if app.main.status else None
             assert last is not None and (last.run.done, last.run.held) == (0, 5)
+            assert last.outcome == "failed"  # shown as a problem, not a green success
+            # The panel says automatic runs are paused, and why (the status fetched at the run's end).
+            await wait_for(pilot, lambda: (s := app.main.status) is not None and s.paused_by == "safety_gate",
+                           "the pause", timeout=30)
+            assert "automatic runs paused: the safety gate held back 5" in str(
+                app.main.query_one(SpendSummary).render())

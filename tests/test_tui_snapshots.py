@@ -255,3 +255,34 @@ def test_abort_confirmation(snap_compare: Snap) -> None:
         await pilot.app.push_screen(ConfirmAbortScreen(run))
 
     assert snap_compare(OverviewOnly(), terminal_size=SIZE, run_before=confirm)
+
+
+@pytest.mark.parametrize("size", [(160, 45), (120, 40), (80, 24)], ids=["160x45", "120x40", "80x24"])
+def test_overview_at_each_supported_size(snap_compare: Snap, server: ServerProcess, size: tuple[int, int]) -> None:
+    """The log beside the panels only where it has room (160), the strip's cards whole with their captions,
+    and every key that applies in the footer (q included at 80 columns)."""
+    assert snap_compare(panel(server.url), terminal_size=size, run_before=settled)
+
+
+def test_images_at_80x24_offer_every_key(snap_compare: Snap, server: ServerProcess) -> None:
+    assert snap_compare(panel(server.url), press=["i"], terminal_size=(80, 24), run_before=settled)
+
+
+AFTER_RUN = {**MID_RUN, "state": "idle", "run": None, "last_run": {
+    **MID_RUN["last_run"], "outcome": "completed", "error": None, "done": 30, "failed": 0}}
+
+
+class AfterRunScreen(FrozenMainScreen):
+    def on_mount(self) -> None:  # after FrozenMainScreen's own (Textual calls both)
+        # The run ends after the panel has laid itself out: the last-run line must keep its GPU time and cost.
+        self.call_after_refresh(setattr, self, "status", Status.from_json(AFTER_RUN))
+
+
+class AfterRun(OverviewOnly):
+    def get_default_screen(self) -> Screen:
+        self.animation_level = "none"
+        return AfterRunScreen("halfcell")
+
+
+def test_the_last_run_line_keeps_its_gpu_time_and_cost_at_160x45(snap_compare: Snap) -> None:
+    assert snap_compare(AfterRun(), terminal_size=(160, 45))

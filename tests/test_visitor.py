@@ -25,10 +25,14 @@ from avatargen.config import Settings
 from avatargen.imaging import check_webp, frame_unique, to_avatar_webp
 from avatargen.storage.folders import FolderBucket
 from avatargen.tasks import background
+from avatargen.variants import unpack
 from benchmarks.storage_faults import fill, read_only, tmpfs
 from tests.support import fast_settings, serving, wait_until
 
 TOKEN = "visitor-test-token"
+# What a browser's image request lists: the stored WebP is then sent as it is (tests/test_avatar_url.py
+# covers the other formats and sizes).
+STORED_FORMAT = {"Accept": "image/webp,*/*"}
 
 
 def stock(settings: Settings, unique: int = 0, fallback: int = 0) -> dict[str, list[str]]:
@@ -65,7 +69,7 @@ def kinds(responses: list[httpx.Response]) -> list[str]:
 
 async def get_many(url: str, addresses: list[str], method: str = "GET", **headers: Any) -> list[httpx.Response]:
     limits = httpx.Limits(max_connections=len(addresses))
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30, headers=STORED_FORMAT) as client:
         return list(await asyncio.gather(*(
             client.request(method, "/avatar", headers={**visitor(address), **headers}) for address in addresses
         )))
@@ -92,7 +96,7 @@ async def test_exactly_one_of_200_concurrent_visitors_gets_the_last_unique(tmp_p
 async def test_response_headers_and_no_byte_ranges(tmp_path: Path) -> None:
     settings = fast_settings(tmp_path, serving__cache_max_age="24h")
     stock(settings, unique=1, fallback=1)
-    async with serving(settings) as (url, _), httpx.AsyncClient(base_url=url) as client:
+    async with serving(settings) as (url, _), httpx.AsyncClient(base_url=url, headers=STORED_FORMAT) as client:
         response = await client.get("/avatar", headers={**visitor("203.0.113.9"), "Range": "bytes=0-9"})
         assert response.status_code == 200, "a unique is never served in pieces"
         assert response.headers["x-avatar-kind"] == "unique"
@@ -105,9 +109,9 @@ async def test_response_headers_and_no_byte_ranges(tmp_path: Path) -> None:
 
 
 async def test_a_visitor_gets_one_unique_per_window(tmp_path: Path) -> None:
-    settings = fast_settings(tmp_path)
+    settings = fast_settings(tmp_path, serving__same_face_for=0)
     stock(settings, unique=5, fallback=2)
-    async with serving(settings) as (url, _), httpx.AsyncClient(base_url=url) as client:
+    async with serving(settings) as (url, _), httpx.AsyncClient(base_url=url, headers=STORED_FORMAT) as client:
         async def kind(address: str) -> str:
             return (await client.get("/avatar", headers=visitor(address))).headers["x-avatar-kind"]
 
@@ -134,7 +138,7 @@ async def test_unique_per_network_limits_visitors_inside_one_ipv6_network(tmp_pa
 
 
 async def test_forwarded_for_from_an_untrusted_peer_changes_nothing(tmp_path: Path) -> None:
-    settings = fast_settings(tmp_path, server__trusted_proxies=["192.0.2.1"])
+    settings = fast_settings(tmp_path, serving__same_face_for=0, server__trusted_proxies=["192.0.2.1"])
     stock(settings, unique=3, fallback=3)
     async with serving(settings) as (url, _):
         responses = [
@@ -163,7 +167,7 @@ async def test_head_never_claims(tmp_path: Path) -> None:
 async def test_fresh_conditional_request_gets_304_without_touching_a_bucket(tmp_path: Path) -> None:
     settings = fast_settings(tmp_path, serving__cache_max_age="1h")
     ids = stock(settings, unique=2, fallback=1)
-    async with serving(settings) as (url, _), httpx.AsyncClient(base_url=url) as client:
+    async with serving(settings) as (url, _), httpx.AsyncClient(base_url=url, headers=STORED_FORMAT) as client:
         for age in (0, 60, 3599):
             since = formatdate(time.time() - age, usegmt=True)
             response = await client.get("/avatar", headers={**visitor(f"203.0.113.{age % 250}"),
@@ -179,13 +183,13 @@ async def test_fresh_conditional_request_gets_304_without_touching_a_bucket(tmp_
 
 async def test_empty_buckets_give_the_short_lived_placeholder(tmp_path: Path) -> None:
     settings = fast_settings(tmp_path)
-    async with serving(settings) as (url, _), httpx.AsyncClient(base_url=url) as client:
+    async with serving(settings) as (url, _), httpx.AsyncClient(base_url=url, headers=STORED_FORMAT) as client:
         for method in ("GET", "HEAD"):
             response = await client.request(method, "/avatar", headers=visitor("203.0.113.7"))
             assert response.status_code == 200
             assert response.headers["x-avatar-kind"] == "placeholder"
             assert response.headers["cache-control"] == "private, max-age=60"
-            assert "last-modified" not in response.headers
+            assert "last-modified" in response.headers  # never fresh for a revalidation: test_placeholder_headers
             assert response.headers["content-type"] == "image/webp"
         body = (await client.get("/avatar")).content
     image = Image.open(io.BytesIO(body))
@@ -209,7 +213,7 @@ async def test_allowance_is_spent_only_on_a_claim_and_survives_a_restart(tmp_pat
 async def test_at_most_one_served_fallback_is_retired_per_period(tmp_path: Path) -> None:
     settings = fast_settings(tmp_path, serving__unique_burst=0, serving__fallback_retire_every="1h")
     ids = stock(settings, fallback=5)
-    async with serving(settings) as (url, _), httpx.AsyncClient(base_url=url) as client:
+    async with serving(settings) as (url, _), httpx.AsyncClient(base_url=url, headers=STORED_FORMAT) as client:
         for _ in range(5):
             await client.head("/avatar")
         first = await client.get("/avatar")
@@ -225,7 +229,7 @@ async def test_at_most_one_served_fallback_is_retired_per_period(tmp_path: Path)
 async def test_retire_every_zero_retires_each_served_fallback(tmp_path: Path) -> None:
     settings = fast_settings(tmp_path, serving__unique_burst=0, serving__fallback_retire_every=0)
     stock(settings, fallback=4)
-    async with serving(settings) as (url, _), httpx.AsyncClient(base_url=url) as client:
+    async with serving(settings) as (url, _), httpx.AsyncClient(base_url=url, headers=STORED_FORMAT) as client:
         served = [(await client.get("/avatar")).headers["x-avatar-id"] for _ in range(3)]
         assert len(set(served)) == 3, "a retired fallback is never served again"
         await wait_until(lambda: len(stored(settings, "fallback")) == 1)
@@ -236,11 +240,12 @@ async def test_retire_every_zero_retires_each_served_fallback(tmp_path: Path) ->
 
 async def test_demo_page_shows_the_avatar(tmp_path: Path) -> None:
     settings = fast_settings(tmp_path)
-    async with serving(settings) as (url, _), httpx.AsyncClient(base_url=url) as client:
+    async with serving(settings) as (url, _), httpx.AsyncClient(base_url=url, headers=STORED_FORMAT) as client:
         response = await client.get("/")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/html")
-    assert '<img id="avatar" src="/avatar"' in response.text
+    assert '<source type="image/avif" srcset="/avatar.avif">' in response.text
+    assert '<img id="avatar" src="/avatar.jpg"' in response.text
     assert "UNIQUE LIMITED EDITION" in response.text
 
 
@@ -259,7 +264,7 @@ async def test_a_broken_unique_without_its_framed_copy_is_set_aside_at_start_up(
     broken, good = ids["unique"]
     break_image(folder, broken)
     (folder / ".framed" / f"{broken}.webp").unlink()
-    async with serving(settings) as (url, app), httpx.AsyncClient(base_url=url) as client:
+    async with serving(settings) as (url, app), httpx.AsyncClient(base_url=url, headers=STORED_FORMAT) as client:
         assert (await client.get("/healthz")).status_code == 200
         await wait_until(lambda: (folder / ".rejected" / f"{broken}.webp").exists())
         assert (await app.state.services.status()).buckets["unique"].rejected == 1
@@ -299,12 +304,14 @@ async def test_the_server_answers_before_uniques_restored_without_framed_copies_
     ids = stock(settings, unique=200)
     framed = settings.buckets.unique.dir / ".framed"
     originals = {image_id: (framed / f"{image_id}.webp").read_bytes() for image_id in ids["unique"]}
+    edge = settings.generator.image_size
     shutil.rmtree(framed)  # a backup restored without its .framed/ folder
     async with serving(settings) as (url, _):
         assert len(list(framed.iterdir())) < 200, "the port opened before every unique was framed"
         response = (await get_many(url, ["203.0.113.1"]))[0]
         assert response.headers["x-avatar-kind"] == "unique"
-        assert response.content == originals[response.headers["x-avatar-id"]], "framed by its claim if need be"
+        assert response.content == unpack(originals[response.headers["x-avatar-id"]], f"{edge}.webp"), \
+            "framed by its claim if need be"
         left = stored(settings, "unique")
         await wait_until(lambda: all((framed / f"{image_id}.webp").exists() for image_id in left))
     assert len(left) == 199
@@ -365,7 +372,7 @@ async def test_a_full_disk_under_data_dir_gives_fallbacks_and_spends_nothing(tmp
 async def test_a_bucket_folder_that_vanishes_gives_the_placeholder(tmp_path: Path) -> None:
     settings = fast_settings(tmp_path, serving__unique_burst=0)
     stock(settings, fallback=2)
-    async with serving(settings) as (url, _), httpx.AsyncClient(base_url=url) as client:
+    async with serving(settings) as (url, _), httpx.AsyncClient(base_url=url, headers=STORED_FORMAT) as client:
         assert (await client.get("/avatar")).headers["x-avatar-kind"] == "fallback"
         settings.buckets.fallback.dir.rename(tmp_path / "moved away")
         answers = []

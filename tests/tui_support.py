@@ -65,6 +65,22 @@ def panel(url: str, token: str = TOKEN, **options: Any) -> AvatarApp:
     return app
 
 
+def footer_keys(app: AvatarApp) -> dict[str, str]:
+    """The keys the footer offers now, with their descriptions."""
+    return {key: active.binding.description for key, active in app.screen.active_bindings.items()
+            if active.binding.show}
+
+
+async def refill_everything(pilot: Pilot[Any], app: AvatarApp) -> None:
+    """Once connected, start a refill of every bucket the way the owner does: r, then Enter in the dialog."""
+    from tui.screens.refill import RefillScreen
+
+    await wait_for(pilot, lambda: app.main.status is not None, "the first status")
+    await pilot.press("r")
+    await wait_for(pilot, lambda: isinstance(app.screen, RefillScreen), "the refill dialog")
+    await pilot.press("enter")
+
+
 async def wait_for(pilot: Pilot[Any], condition: Callable[[], object], what: str, timeout: float = 20.0) -> None:
     """Let the panel run until condition holds; fail naming what never happened."""
     deadline = time.monotonic() + timeout

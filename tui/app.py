@@ -68,6 +68,7 @@ from tui.screens.problem import ProblemScreen
 from tui.screens.refill import RefillScreen, is_full
 from tui.widgets.link_indicator import LinkIndicator
 from tui.widgets.prompt_editor import PromptEditor
+from tui.widgets.spend import SpendSummary
 from tui.widgets.thumbnail import Thumbnail
 from tui.widgets.thumbnail_grid import ThumbnailGrid
 
@@ -257,6 +258,9 @@ class AvatarApp(App[None]):
             self.main.status = message.status.keeping_live_parts_of(current)
         else:
             self.main.status = message.status
+
+    def on_spend_summary_check_due(self, message: SpendSummary.CheckDue) -> None:
+        self.refresh_status()
 
     # --- charts ----------------------------------------------------------------------------------------
 

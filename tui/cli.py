@@ -34,13 +34,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def panel_for(args: argparse.Namespace) -> AvatarApp:
+    """The panel for these arguments, pointed at the server they name or the one found through the config
+    (where a running server recorded it listens, else [server] host and port). ConfigError or TokenError
+    when there is no config to read or no token."""
+    settings = load_settings(find_config(args.config))
+    token = find_token(args.token, settings)
+    return AvatarApp(args.url or server_url(settings), token, image_style=args.images)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        settings = load_settings(find_config(args.config))
-        token = find_token(args.token, settings)
+        app = panel_for(args)
     except (ConfigError, TokenError) as exc:
         print(f"avatargen-tui: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    AvatarApp(args.url or server_url(settings), token, image_style=args.images).run()
+    app.run()
     return 0

@@ -282,24 +282,34 @@ class Status:
     machine_state: str | None
     cost: Cost
     next_check_at: datetime | None = None
-    paused_reason: str | None = None
+    paused_reason: str | None = None  # why automatic runs do not start now, for the owner
+    # What paused them, for whatever reacts to it (a notification): "machine" (it can never run as configured),
+    # "safety_gate" (a run's images were mostly held back) or "daily_budget"; None otherwise.
+    paused_by: str | None = None
     machine_notes: tuple[str, ...] = ()  # what the owner should know about the machine (a backstop off, ...)
     visitors: VisitorErrors = VisitorErrors()  # the visitor path's failures, told by the serving process
     notifications: Notifications = Notifications()  # the owner's messages, sent by the generator's process
+    gate_on: bool | None = None  # whether the safety gate ([review] enabled) checks new images; None: not told
+    endpoint: Mapping[str, Any] | None = None  # a serverless provider's phase, health and billing basis
 
     def to_json(self) -> dict[str, Any]:
+        gpu: dict[str, Any] = {"provider": self.provider, "machine_state": self.machine_state,
+                               "notes": list(self.machine_notes)}
+        if self.endpoint is not None:
+            gpu["endpoint"] = dict(self.endpoint)
         return {
             "state": self.state,
             "run": None if self.run is None else self.run.to_json(),
             "last_run": None if self.last_run is None else self.last_run.to_json(),
             "buckets": levels_json(self.buckets),
-            "gpu": {"provider": self.provider, "machine_state": self.machine_state,
-                    "notes": list(self.machine_notes)},
+            "gpu": gpu,
             "cost": self.cost.to_json(),
             "next_check_at": time_json(self.next_check_at),
             "paused_reason": self.paused_reason,
+            "paused_by": self.paused_by,
             "visitors": self.visitors.to_json(),
             "notifications": self.notifications.to_json(),
+            **({} if self.gate_on is None else {"review": {"enabled": self.gate_on}}),
         }
 
     @classmethod
@@ -317,8 +327,11 @@ class Status:
                 cost=Cost.from_json(data["cost"]),
                 next_check_at=_optional(data.get("next_check_at"), _time),
                 paused_reason=data.get("paused_reason"),
+                paused_by=data.get("paused_by"),
                 visitors=VisitorErrors.from_json(data.get("visitors") or {}),
                 notifications=Notifications.from_json(data.get("notifications") or {}),
+                gate_on=_optional((data.get("review") or {}).get("enabled"), bool),
+                endpoint=gpu.get("endpoint") if isinstance(gpu.get("endpoint"), dict) else None,
             )
 
         return decode("status", convert, data)

@@ -81,6 +81,12 @@ class Billing:
             self._set(replace(entry, stopped=when))
             GPU_BILLED_SECONDS.inc(entry.seconds_since(entry.started, when))
 
+    def reprice(self, run_id: str, hourly_cost: float) -> None:
+        """The run's hourly rate as now known (a serverless run's worker time spread over the run)."""
+        entry = self._entries.get(run_id)
+        if entry is not None and entry.hourly_cost != hourly_cost:
+            self._set(replace(entry, hourly_cost=hourly_cost))
+
     def count_image(self, run_id: str) -> None:
         """The run stored an image: counted in memory now, written with the run's stop."""
         entry = self._entries.get(run_id)

@@ -27,7 +27,7 @@ from avatargen.generator.refill import Refill, RunContext
 from avatargen.generator.scheduler import Scheduler, unknown_levels
 from avatargen.generator.states import States
 from avatargen.generator.views import bucket_levels, cost_summary, history_view, state_change
-from avatargen.gpu.base import Provider
+from avatargen.gpu.base import Provider, Serverless
 from avatargen.run import Run, State, Trigger, utc
 from avatargen.storage.protocols import Ledger, StoredBucket
 
@@ -85,6 +85,11 @@ class Generator:
         return self.machine.cannot_run or self.scheduler.paused_reason
 
     @property
+    def paused_by(self) -> str | None:
+        """What keeps automatic runs from starting: "machine", "safety_gate" or "daily_budget" (None: nothing)."""
+        return "machine" if self.machine.cannot_run else self.scheduler.paused_by
+
+    @property
     def machine_state(self) -> str | None:
         return self.machine.state
 
@@ -105,6 +110,8 @@ class Generator:
             cost=cost_summary(self.settings, self.billing.spend(), self.billing.problem, self.provider.hourly_rate()),
             next_check_at=utc(self.scheduler.next_check_at),
             paused_reason=self.paused_reason,
+            paused_by=self.paused_by,
+            endpoint=self.provider.detail() if isinstance(self.provider, Serverless) else None,
         )
 
     def status(self) -> dict[str, Any]:
@@ -134,11 +141,20 @@ class Generator:
         self._scheduling = asyncio.create_task(self.scheduler.run(self._orphan.stop if orphaned else None),
                                                name="generator-scheduler")
 
+    def stand_down(self, reason: str) -> None:
+        """This process lost the generator's seat (`reason`): the run is aborted and no other starts here. A
+        fenced provider refuses the lost holder's machine calls, so the machine is left to the new holder."""
+        self._abort_for_good(reason, lease_lost=True)
+
+    def _abort_for_good(self, reason: str, *, lease_lost: bool = False) -> None:
+        if (not self._closing and self._refill is not None and self.states.run is not None
+                and self.states.state != "shutting_down"):
+            self._refill.abort(reason, lease_lost=lease_lost)
+        self._closing = True
+
     async def close(self) -> None:
         """Abort the active run and wait until its machine is confirmed off (Ctrl-C, SIGTERM)."""
-        if self._refill is not None and self.states.run is not None and self.states.state != "shutting_down":
-            self._refill.abort("the server is shutting down")
-        self._closing = True
+        self._abort_for_good("the server is shutting down")
         if self._refill is not None:
             await asyncio.shield(self._refill.task)
         await self.states.wait_idle()  # an orphaned machine being stopped at start-up

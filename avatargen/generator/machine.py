@@ -5,6 +5,10 @@ Both a run's end and the start-up recovery of a machine found running stop it th
 as it takes, because every minute it is not `off` costs the owner money. A machine that can never run as
 configured (a terminated pod, a wrong id, a refused key) is remembered as such, so that no run is started
 on it again: the owner must fix the configuration, and a retry loop would only fail again.
+
+The one stop that is not retried: one refused because this process lost the generator lease (LeaseLost,
+from the provider's fence). The machine is then the new holder's, maybe in the middle of its run; the new
+holder stopped what this one left on when it took over.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from collections.abc import Callable
 from avatargen.durations import format_duration
 from avatargen.gpu.base import MachineUnusable, Provider
 from avatargen.retry import backoff_delay
+from avatargen.storage.redis_connection import LeaseLost
 
 log = logging.getLogger("avatargen.generator")
 
@@ -63,6 +68,10 @@ class Machine:
         for attempt in itertools.count():
             try:
                 await self.provider.stop(self.observe)
+                return
+            except LeaseLost as exc:
+                log.error("lost the generator lease, so the machine is not stopped from here: it is the new "
+                          "holder's (%s)", exc)
                 return
             except Exception as exc:
                 delay = backoff_delay(attempt, base=1.0, cap=STOP_RETRY_MAX)

@@ -29,13 +29,14 @@ from avatargen.generator.imaging_pool import Avatar, ImagingPool
 from avatargen.generator.machine import Machine
 from avatargen.generator.states import States
 from avatargen.generator.views import image_info
-from avatargen.gpu.base import MachineUnusable
+from avatargen.gpu.base import MachineUnusable, Serverless
 from avatargen.metrics import IMAGES_GENERATED
 from avatargen.prompts import compose
 from avatargen.retry import backoff_delay
 from avatargen.run import Run
 from avatargen.sd import SdBackend, SdError, SdNotReady, SdProgress, make_backend
 from avatargen.storage.protocols import StoredBucket
+from avatargen.storage.redis_connection import LeaseLost
 
 log = logging.getLogger("avatargen.generator")
 
@@ -104,12 +105,15 @@ class Refill:
         self._settings = context.settings
         self._rng = random.Random()
         self._abort_reason: str | None = None
+        # This process lost the generator lease: the SD server is the new holder's too, and is left alone.
+        self._lease_lost = False
         self._started = False
         self._jobs: list[_Job] = []  # in the order they were sent: the SD server computes them in that order
         self.task = asyncio.create_task(self._execute(), name=f"run-{run.id}")
 
-    def abort(self, reason: str) -> None:
+    def abort(self, reason: str, *, lease_lost: bool = False) -> None:
         self._abort_reason = reason
+        self._lease_lost = self._lease_lost or lease_lost
         log.warning("aborting run %s: %s", self.run.id, reason)
         if self._started:  # a task cancelled before its first step would skip the `finally` that stops the machine
             self.task.cancel()
@@ -143,7 +147,8 @@ class Refill:
                     run.error = str(cause) or type(cause).__name__
                     if isinstance(cause, MachineUnusable):  # a pod terminated, say: no run will start again
                         self._context.machine.found_unusable(cause)
-                    if not isinstance(cause, RunFailed | SdError):
+                    self._lease_lost = self._lease_lost or isinstance(cause, LeaseLost)
+                    if not isinstance(cause, RunFailed | SdError | LeaseLost):
                         log.error("run %s failed", run.id, exc_info=cause)
         finally:
             if run.outcome is None:
@@ -157,8 +162,9 @@ class Refill:
             raise RunFailed(f"the safety gate cannot run, so the machine was not started: {problem}")
 
     async def _boot(self) -> SdBackend:
-        try:
-            connect = make_backend(self._settings)  # before the machine is paid for: a broken workflow costs nothing
+        provider = self._context.machine.provider
+        try:  # before the machine is paid for: a broken workflow costs nothing
+            connect = make_backend(self._settings, provider)
         except ConfigError as exc:
             raise RunFailed(str(exc)) from None
         run, gpu = self.run, self._settings.gpu
@@ -167,7 +173,6 @@ class Refill:
         if run.bills:
             run.billing_since = time.time()
             self._context.billing.start(run.id, run.billing_since, run.hourly_cost)
-        provider = self._context.machine.provider
         await provider.start()
         await provider.wait_ready(max(0.0, deadline - loop.time()), self._context.machine.observe)
         sd = connect(provider.sd_url())
@@ -220,6 +225,9 @@ class Refill:
             run.step = None
         if run.done + run.held == 0 and run.failed > 0:
             raise RunFailed(f"no image could be made; last error: {failures.last}")
+        if run.mostly_held:  # a problem for the owner, not a success: see the scheduler's pause
+            raise RunFailed(f"the safety gate held back {run.held} of the {run.done + run.held} images made; "
+                            "review them (GET /admin/api/images?held=true)")
 
     async def _fill(self, sd: SdBackend, bucket_name: str, count: int, failures: _Failures) -> None:
         """One request of `count` images for a bucket, retried with backoff; never more than reserved."""
@@ -233,6 +241,9 @@ class Refill:
                     result = await sd.generate(prompt.text, count=count)
                 avatars = await self._context.imaging.make_avatars(bucket_name, result.images[:count])
             except (SdError, ValueError) as exc:
+                if isinstance(exc, SdError) and not exc.retryable:  # refused as asked (a validation 400): final
+                    run.failed += count
+                    raise RunFailed(f"{exc}; not asked again: the same request cannot succeed") from None
                 failures.consecutive += 1
                 failures.last = str(exc)
                 log.warning("image request failed (%d in a row): %s", failures.consecutive, exc)
@@ -298,9 +309,20 @@ class Refill:
             IMAGES_GENERATED.labels(bucket_name, "stored").inc()
             if self.run.bills:
                 self._context.billing.count_image(self.run.id)
+                self._bill_worker_time()
             event = NewImage(image_info(record), self._context.levels())
         self._context.events.publish(*encode_event(event))
         self._publish_progress()
+
+    def _bill_worker_time(self) -> None:
+        """A serverless run is billed its workers' time, not its own: spread over the run's time so far, that
+        is a rate (higher than one worker's with several working at once, far lower while jobs wait)."""
+        provider, run = self._context.machine.provider, self.run
+        if not isinstance(provider, Serverless) or run.billing_since is None:
+            return
+        elapsed = max(1e-3, (run.billing_until or time.time()) - run.billing_since)  # a run may take under 1 s
+        run.hourly_cost = provider.hourly_rate().amount * provider.worker_seconds() / elapsed
+        self._context.billing.reprice(run.id, run.hourly_cost)
 
     def _publish_progress(self) -> None:
         self._context.events.publish(*encode_event(self.run.view()))
@@ -353,19 +375,21 @@ class Refill:
         run = self.run
         self._context.states.move("shutting_down")
         if sd is not None:
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(5):
-                    await sd.cancel()  # an always-on GPU stops computing what nobody will store
+            if not self._lease_lost:  # else what the SD server computes is the new holder's
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(5):
+                        await sd.cancel()  # an always-on GPU stops computing what nobody will store
             with contextlib.suppress(Exception):
                 await sd.aclose()
         await self._context.machine.stop()
         if run.bills:
             run.billing_until = time.time()
+            self._bill_worker_time()
             self._context.billing.stop(run.id, run.billing_until)
         run.ended_at = time.time()
         self._context.ended(run)
         level = logging.INFO if run.outcome == "completed" else logging.WARNING
-        log.log(level, "run %s %s: %d stored, %d held back, %d failed, %s billed, cost %.4f%s", run.id, run.outcome,
-                run.done, run.held, run.failed, format_duration(run.billed_seconds()),
+        log.log(level, "run %s %s: %d images stored, %d held back, %d failed, %s billed, cost %.4f%s", run.id,
+                run.outcome, run.done, run.held, run.failed, format_duration(run.billed_seconds()),
                 run.cost(), f" ({run.error})" if run.error else "")
         self._context.states.move("idle")

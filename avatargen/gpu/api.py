@@ -5,12 +5,17 @@ client goes too fast, 5xx when they are in trouble. A client retries what a busy
 it, 429 (honouring `Retry-After`), 5xx, timeouts and refused connections, with exponential backoff,
 and fails at once on any other 4xx with the API's own message. The API key never appears in an error,
 a log line or a repr.
+
+A request that changes the machine (anything but GET: start, stop, settings) waits first for the client's
+`fence`, when it has one: among replicas, the generator lease confirmed for as long as the request may
+take (`CHANGE_TIMEOUT`), so a replica that lost its lease never starts or stops the machine of another's run.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -20,6 +25,12 @@ from avatargen.http_client import HttpClient
 from avatargen.retry import backoff_delay, parse_retry_after
 
 _SNIPPET = 200  # characters of a non-JSON error body worth quoting
+# The longest a fenced request that changes the machine may take (the cloud APIs answer them in about a
+# second): well within the generator lease's ttl, which the fence guarantees for this long.
+CHANGE_TIMEOUT = 5.0
+
+# Awaited with CHANGE_TIMEOUT right before each request that changes the machine; raises to refuse it.
+Fence = Callable[[float], Awaitable[None]]
 
 
 class ApiError(Exception):
@@ -51,8 +62,10 @@ class CloudApiClient(HttpClient):
     error: type[ApiError] = ApiError
 
     def __init__(self, api_url: str, api_key: Secret, *, http: httpx.AsyncClient | None = None,
-                 max_retries: int = 6, backoff: float = 0.5, timeout: float = 30.0) -> None:
+                 max_retries: int = 6, backoff: float = 0.5, timeout: float = 30.0, fence: Fence | None = None
+                 ) -> None:
         super().__init__(http, timeout=timeout)
+        self._fence = fence
         self._api_url = api_url.rstrip("/")
         self._api_key = api_key
         self._max_retries = max_retries
@@ -78,11 +91,16 @@ class CloudApiClient(HttpClient):
     async def _send(self, method: str, path: str, *, json: Any = None) -> httpx.Response:
         """One API call, retried on 429, 5xx and transport failures; the successful response."""
         headers = {"Authorization": f"Bearer {self._api_key.reveal()}", "Accept": "application/json"}
+        fence = self._fence if method != "GET" else None
+        timeout = CHANGE_TIMEOUT if fence is not None else httpx.USE_CLIENT_DEFAULT
         attempt = 0
         while True:
             retry_after = None
+            if fence is not None:
+                await fence(CHANGE_TIMEOUT)  # before each attempt: the lease may have gone meanwhile
             try:
-                response = await self._http.request(method, self._api_url + path, headers=headers, json=json)
+                response = await self._http.request(method, self._api_url + path, headers=headers, json=json,
+                                                    timeout=timeout)
             except httpx.TransportError as exc:
                 error = self.error(None, "UNREACHABLE",
                                    f"cannot reach {self._api_url}: {type(exc).__name__} {exc}".rstrip())

@@ -12,10 +12,14 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from avatargen.durations import format_duration
 from avatargen.retry import backoff_delay
+
+if TYPE_CHECKING:
+    from avatargen.config import Settings
+    from avatargen.sd.base import SdBackend
 
 READY = "ready"
 OFF = "off"
@@ -87,6 +91,31 @@ class Provider(Protocol):
 
     async def aclose(self) -> None:
         """Release connections."""
+        ...
+
+
+@runtime_checkable
+class Serverless(Protocol):
+    """A provider with no machine of its own: it runs jobs on workers a cloud starts and stops (RunPod
+    Serverless). It supplies the SD backend that sends the jobs, bills worker time rather than the run's
+    wall-clock time, and has more to tell the owner than a machine state."""
+
+    def sd_backend(self, settings: Settings) -> Callable[[str], SdBackend]:
+        """What makes the run's SD backend (the address `sd_url` gives is the endpoint's)."""
+        ...
+
+    def worker_seconds(self) -> float:
+        """Worker seconds billed for the jobs of the run under way (or the last one), as far as known."""
+        ...
+
+    def detail(self) -> dict[str, Any]:
+        """What the status says beside the machine state: the phase in the cloud's words, its health, how
+        the cost is estimated."""
+        ...
+
+    def last_activity(self) -> float | None:
+        """When a job of ours was last sent or seen ending, as the journal on disk says (None: never): for a
+        run a crash interrupted, the end of its billing, rather than the hour the server came back."""
         ...
 
 

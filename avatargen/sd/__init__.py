@@ -9,6 +9,7 @@ import asyncio
 from collections.abc import Callable
 
 from avatargen.config import ConfigError, Settings
+from avatargen.gpu.base import Provider, Serverless
 from avatargen.sd.a1111 import SdClient, Txt2ImgResult
 from avatargen.sd.base import Generated, SdBackend, SdError, SdNotReady, SdProgress
 
@@ -17,18 +18,24 @@ __all__ = ["Generated", "SdBackend", "SdClient", "SdError", "SdNotReady", "SdPro
 ASK_TIMEOUT = 5.0  # seconds check-config waits for an always-on web UI before it says it could not ask
 
 
-def make_backend(settings: Settings) -> Callable[[str], SdBackend]:
-    """What makes the `sd.backend` client once the machine's SD address is known (when it is ready).
+def make_backend(settings: Settings, provider: Provider | None = None) -> Callable[[str], SdBackend]:
+    """What makes the `sd.backend` client once the machine's SD address is known (when it is ready); a
+    serverless provider supplies its own, which sends the jobs to its endpoint.
 
     ComfyUI's workflow is read and checked now, before a machine is started for it: a file broken since
     start-up is a ConfigError that costs nothing.
     """
+    if isinstance(provider, Serverless):
+        return provider.sd_backend(settings)
     if settings.sd.backend == "comfyui":
-        from avatargen.sd.comfyui import ComfyUiClient
+        from avatargen.journal import JobJournal
+        from avatargen.sd.comfyui import JOURNAL, ComfyUiClient
         from avatargen.sd.workflow import load_workflow
 
         workflow = load_workflow(settings)
-        return lambda url: ComfyUiClient(settings.sd, workflow, url=url)
+        journal = settings.server.data_dir / JOURNAL  # read by each client: what the clients before it left
+        return lambda url: ComfyUiClient(settings.sd, workflow, url=url, journal=JobJournal(
+            journal, unreadable="jobs an earlier run left on ComfyUI, if any, are not cancelled"))
     return lambda url: SdClient(settings.sd, url=url, live_previews=settings.generator.preview_every > 0)
 
 

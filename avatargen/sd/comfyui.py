@@ -10,6 +10,18 @@ drop, a proxy may buffer it, a reconnect may miss the end of a job. So a job is 
 the end, every `poll_every` while it is down, every `SOCKET_POLL` while it is up but quiet). The
 images come from `/view`.
 
+A recent ComfyUI (0.6 and later) also has `/api/jobs`: the queue and the history as one list of jobs, each
+with a `status` (pending, in_progress, completed, failed), and `GET /api/jobs/{id}` with an ended job's outputs;
+later ones (mid-2026) add `POST /api/jobs/{id}/cancel`, which dequeues a waiting job or interrupts the running
+one, whichever it is. The client asks once whether the server has them and then prefers them; an older server
+is followed through `/history`, `/queue` and `/interrupt` as before.
+
+Each prompt id is written to a journal in the data folder (`avatargen.journal`) before the job is sent and
+struck off when it ends. A client finds there the jobs an earlier one sent and never collected (a server
+killed mid-run, a run aborted while ComfyUI could not be reached) and, at its first successful probe, takes
+those still queued or running off ComfyUI, saying in the log which it dropped, so the GPU does not compute
+images nobody will collect (with `gpu.provider = "always_on"`, the only case where ComfyUI outlives us).
+
 Every failure is an `SdError` worded for the owner: a validation error names the node, the input and
 ComfyUI's message; an execution error names the node and the exception (out of memory); a job nobody
 reports on for `silence_timeout` is called stuck; an answer that is not an image says so.
@@ -37,11 +49,12 @@ from websockets.exceptions import WebSocketException
 
 from avatargen.config import SdSettings
 from avatargen.imaging import sniff_format
+from avatargen.journal import JobJournal
 from avatargen.redact import redact_url
 from avatargen.retry import backoff_delay
 from avatargen.sd.base import Generated, SdError, SdNotReady, SdProgress, quote, send
 from avatargen.sd.samplers import comfyui_sampler
-from avatargen.sd.workflow import Graph, Workflow
+from avatargen.sd.workflow import Graph, Workflow, job_graph, names_model_file
 
 log = logging.getLogger("avatargen.sd.comfyui")
 
@@ -50,8 +63,12 @@ SOCKET_POLL = 10.0  # ... while the socket is up: a safety net for messages a re
 SILENCE_TIMEOUT = 300.0  # a job running with no word about it for this long is stuck
 MAX_SEED = 2**32 - 1
 PREVIEW_IMAGE = 1  # binary WebSocket event: a preview frame of the job computing
+PREVIEW_IMAGE_WITH_METADATA = 4  # ... with the node and prompt it belongs to (ComfyUI 0.12, when asked for)
+FEATURE_FLAGS = json.dumps({"type": "feature_flags", "data": {"supports_preview_metadata": True}})
 _TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 _MAX_MESSAGE = 16 * 1024 * 1024  # preview frames are small; an `executed` message of a big batch is not
+JOURNAL = "comfyui-jobs.json"  # in the data folder: our prompt ids, sent and not yet seen ending
+PENDING, RUNNING, ENDED, UNKNOWN = "pending", "in_progress", "ended", "unknown"  # a job's state on ComfyUI
 
 
 @dataclass
@@ -122,6 +139,18 @@ def _status_events(status: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]
     return events
 
 
+def _options(node: Mapping[str, Any], input_name: str) -> list[str] | None:
+    """The choices `/object_info` lists for a node's input (either shape: a list, or COMBO options), or None
+    when it takes no list."""
+    inputs = _obj(node.get("input"))
+    spec = _obj(inputs.get("required")).get(input_name) or _obj(inputs.get("optional")).get(input_name)
+    if isinstance(spec, list) and spec and isinstance(spec[0], list):
+        return [str(choice) for choice in spec[0]]
+    if isinstance(spec, list) and len(spec) > 1 and isinstance(spec[1], dict) and "options" in spec[1]:
+        return [str(choice) for choice in spec[1]["options"]]
+    return None
+
+
 def validation_text(body: Any) -> str:
     """ComfyUI's answer to a refused `/prompt`, in one line: each node, input and message."""
     if not isinstance(body, dict):
@@ -153,7 +182,8 @@ class ComfyUiClient:
     name = "comfyui"
 
     def __init__(self, settings: SdSettings, workflow: Workflow, *, url: str, http: httpx.AsyncClient | None = None,
-                 poll_every: float = POLL_EVERY, silence_timeout: float = SILENCE_TIMEOUT) -> None:
+                 poll_every: float = POLL_EVERY, silence_timeout: float = SILENCE_TIMEOUT,
+                 journal: JobJournal | None = None) -> None:
         self._settings = settings
         self._workflow = workflow
         self._url = url.rstrip("/")
@@ -173,6 +203,13 @@ class ComfyUiClient:
         self._running: str | None = None  # the prompt ComfyUI executes now, when the socket said so
         self._step = (0, 0, 0.0)  # sampling step, steps, when the current sampler started
         self.preview: bytes | None = None  # the latest preview frame of our job (JPEG or PNG)
+        self.nodes: dict[str, dict[str, Any]] = {}  # progress_state of our job running: node id -> its progress
+        self._journal = journal
+        self._left_behind = set(journal.job_ids) if journal is not None else set()  # sent by an earlier client
+        # `/api/jobs` sits under /api, whichever form sd.url has
+        self._jobs_path = "/jobs" if self._url.endswith("/api") else "/api/jobs"
+        self._jobs_api: bool | None = None  # GET /api/jobs and /api/jobs/{id}; None until the first probe asked
+        self._cancel_api = False  # POST /api/jobs/{id}/cancel
 
     def __repr__(self) -> str:
         return f"ComfyUiClient({self._shown_url!r}, workflow={self._workflow.name!r})"
@@ -194,8 +231,11 @@ class ComfyUiClient:
                 raise SdNotReady(f"ComfyUI is not ready: {exc.message}", exc.status) from exc
             raise
         self._start_listening()
+        await self._ask_jobs_api()
+        await self._drop_left_behind()
         loader = self._workflow.loader
         if loader is None:
+            await self._check_model_files()
             return
         loader_class = self._workflow.loader_class
         info = await self._json("GET", f"/object_info/{loader_class}")
@@ -212,6 +252,7 @@ class ComfyUiClient:
             raise SdError(None, f"{named_by} {wanted!r} is not on ComfyUI (available: {available}); every job "
                                 "would fail", retryable=False)
         self._checkpoint = wanted
+        await self._check_model_files()
 
     @staticmethod
     def _choices(info: Any, loader_class: str, input_name: str) -> list[str]:
@@ -220,12 +261,29 @@ class ComfyUiClient:
         if not isinstance(node, dict):
             raise SdError(None, f"ComfyUI has no {loader_class} node (the workflow needs it; a custom node that is "
                                 "not installed?)", retryable=False)
-        spec = (node.get("input", {}).get("required", {}) or {}).get(input_name)
-        if isinstance(spec, list) and spec and isinstance(spec[0], list):
-            return [str(choice) for choice in spec[0]]
-        if isinstance(spec, list) and len(spec) > 1 and isinstance(spec[1], dict):
-            return [str(choice) for choice in spec[1].get("options", [])]
-        raise SdError(None, f"ComfyUI's {loader_class} has no list of {input_name} choices", retryable=False)
+        choices = _options(node, input_name)
+        if choices is None:
+            raise SdError(None, f"ComfyUI's {loader_class} has no list of {input_name} choices", retryable=False)
+        return choices
+
+    async def _check_model_files(self) -> None:
+        """Every model file the graph names by itself (a LoRA, VAE, upscaler...) must be among those its node
+        offers in `/object_info`, or every job would be refused ("Value not in list") after the boot."""
+        infos: dict[str, Any] = {}
+        for fixed in self._workflow.fixed_choices():
+            if fixed.class_type not in infos:
+                infos[fixed.class_type] = await self._json("GET", f"/object_info/{fixed.class_type}")
+            info = infos[fixed.class_type]
+            node = info.get(fixed.class_type) if isinstance(info, dict) else None
+            choices = _options(node, fixed.input) if isinstance(node, dict) else None
+            if choices is None:
+                if names_model_file(fixed.value):  # ComfyUI would refuse the node, or the file it names
+                    self._choices(info, fixed.class_type, fixed.input)
+                continue
+            if fixed.value not in choices and (names_model_file(fixed.value) or any(map(names_model_file, choices))):
+                available = ", ".join(map(repr, choices[:20])) or "none"
+                raise SdError(None, f"the workflow's {fixed.where()} names {fixed.value!r}, which is not on ComfyUI "
+                                    f"(available: {available}); every job would fail", retryable=False)
 
     # --- a job -------------------------------------------------------------------------------------------
 
@@ -233,12 +291,8 @@ class ComfyUiClient:
         """Queue the workflow with this prompt and the `[sd]` settings, wait for it, fetch its images."""
         self._start_listening()
         seed = random.randint(0, MAX_SEED) if seed < 0 else seed
-        settings = self._settings
-        graph = self._workflow.patched({
-            "prompt": prompt, "negative_prompt": settings.negative_prompt, "seed": seed, "steps": settings.steps,
-            "cfg": settings.cfg_scale, "sampler_name": self._sampler_name, "scheduler": self._scheduler,
-            "width": settings.width, "height": settings.height, "batch_size": count, "checkpoint": self._checkpoint,
-        })
+        graph = job_graph(self._workflow, self._settings, prompt=prompt, count=count, seed=seed,
+                          checkpoint=self._checkpoint)
         prompt_id = await self._queue(graph)
         try:
             entry = await self._finished(self._jobs[prompt_id])
@@ -251,6 +305,7 @@ class ComfyUiClient:
         images = await self._images(prompt_id, entry)
         return Generated(images=images, seeds=[seed] * len(images), metadata={
             "backend": self.name, "workflow": self._workflow.name, "model": self._checkpoint,
+            **({"loras": self._workflow.loras} if self._workflow.loras else {}),
             "sampler_name": self._sampler_name, "scheduler": self._scheduler})
 
     async def _queue(self, graph: dict[str, Any]) -> str:
@@ -258,6 +313,8 @@ class ComfyUiClient:
         which may come before its answer to the POST). A ComfyUI too old to take it sends its own."""
         prompt_id = str(uuid.uuid4())
         self._jobs[prompt_id] = _Job(prompt_id)
+        if self._journal is not None:
+            self._journal.add(prompt_id)  # before it goes: we may be killed before ComfyUI answers
         try:
             response = await send(self._http, "POST", self._url + "/prompt", server=self._server,
                                   json={"prompt": graph, "client_id": self._client_id, "prompt_id": prompt_id})
@@ -265,8 +322,10 @@ class ComfyUiClient:
             if response.status_code == 400:
                 raise SdError(400, f"ComfyUI refused the workflow: {validation_text(body)}", retryable=False)
             self._raise_for_status(response, body)
-        except SdError:
+        except SdError as exc:
             del self._jobs[prompt_id]
+            if exc.status == 400:  # refused: nothing was queued (after any other failure, it may have been)
+                self._ended(prompt_id)
             raise
         given = _obj(body).get("prompt_id")
         if not isinstance(given, str) or not given:
@@ -275,6 +334,9 @@ class ComfyUiClient:
         if given != prompt_id:
             self._jobs[given] = self._jobs.pop(prompt_id)
             self._jobs[given].prompt_id = given
+            if self._journal is not None:
+                self._journal.add(given)
+            self._ended(prompt_id)
         return given
 
     async def _finished(self, job: _Job) -> dict[str, Any]:
@@ -290,13 +352,14 @@ class ComfyUiClient:
             entry = await self._history(job.prompt_id)
             if entry is not None:
                 self._jobs.pop(job.prompt_id, None)
+                self._ended(job.prompt_id)
                 return self._succeeded(job, entry)
             if time.monotonic() >= silent_until:
                 await self._still_queued(job)
 
     async def _still_queued(self, job: _Job) -> None:
         """A job nothing was heard of for `silence_timeout`: fine while it waits its turn, stuck otherwise."""
-        if job.prompt_id in _queued_ids(await self._json("GET", "/queue"), "queue_pending"):
+        if (await self._states({job.prompt_id}))[job.prompt_id] == PENDING:
             job.hear()
             return
         silence = round(self._silence_timeout)
@@ -320,6 +383,13 @@ class ComfyUiClient:
         raise SdError(None, f"ComfyUI reports job {job.prompt_id} as {status.get('status_str')!r}", retryable=True)
 
     async def _history(self, prompt_id: str) -> Mapping[str, Any] | None:
+        """The job's history entry once it has ended (from `/api/jobs/{id}` where the server has it), else None."""
+        if self._jobs_api:
+            job = await self._job(prompt_id)
+            if job is None or job.get("status") in (PENDING, RUNNING):
+                return None
+            failed = {"status_str": "success" if job.get("status") == "completed" else "error"}
+            return {"outputs": job.get("outputs"), "status": _obj(job.get("execution_status")) or failed}
         body = await self._json("GET", f"/history/{prompt_id}")
         if not isinstance(body, dict):
             raise SdError(200, f"ComfyUI sent an unusable history for job {prompt_id}: not an object", retryable=True)
@@ -369,19 +439,98 @@ class ComfyUiClient:
         """Take our pending jobs off ComfyUI's queue, then interrupt ours if it is the one running."""
         await self._cancel(set(self._jobs))
 
-    async def _cancel(self, mine: set[str]) -> None:
+    async def _cancel(self, mine: set[str], *, ended: bool = False) -> dict[str, str]:
+        """Take these jobs off ComfyUI: dequeue those waiting, interrupt the one running (through
+        `/api/jobs/{id}/cancel` where the server has it). Returns the state each was found in (see `_states`)."""
         if not mine:
-            return
-        queue = await self._json("GET", "/queue")
-        pending = [prompt_id for prompt_id in _queued_ids(queue, "queue_pending") if prompt_id in mine]
-        running = [prompt_id for prompt_id in _queued_ids(queue, "queue_running") if prompt_id in mine]
-        if pending:
-            await self._json("POST", "/queue", json={"delete": pending}, expect_json=False)
-        for prompt_id in running:
-            await self._json("POST", "/interrupt", json={"prompt_id": prompt_id}, expect_json=False)
+            return {}
+        states = await self._states(mine, ended=ended)
+        pending = sorted(prompt_id for prompt_id, state in states.items() if state == PENDING)
+        running = sorted(prompt_id for prompt_id, state in states.items() if state == RUNNING)
+        if self._cancel_api:
+            for prompt_id in pending + running:
+                await self._json("POST", f"{self._jobs_path}/{prompt_id}/cancel", expect_json=False)
+        else:
+            if pending:
+                await self._json("POST", "/queue", json={"delete": pending}, expect_json=False)
+            for prompt_id in running:
+                await self._json("POST", "/interrupt", json={"prompt_id": prompt_id}, expect_json=False)
         log.info("ComfyUI: %d queued job(s) of ours deleted, %d interrupted", len(pending), len(running))
         for prompt_id in mine:  # nobody waits for them any more
             self._jobs.pop(prompt_id, None)
+        self._ended(*mine)
+        return states
+
+    async def _states(self, prompt_ids: set[str], *, ended: bool = False) -> dict[str, str]:
+        """Where each job is on ComfyUI: PENDING or RUNNING (one request: the queue, or `/api/jobs` listing
+        those two), else UNKNOWN; with `ended`, those are looked up one by one: ENDED when ComfyUI has their
+        result, UNKNOWN when it never queued them or restarted since (its queue and history live in memory)."""
+        if self._jobs_api:
+            listing = _obj(await self._json("GET", self._jobs_path, params={"status": f"{PENDING},{RUNNING}"}))
+            queued = {str(job.get("id")): str(job.get("status")) for job in map(_obj, listing.get("jobs") or [])}
+        else:
+            queue = await self._json("GET", "/queue")
+            queued = {prompt_id: RUNNING for prompt_id in _queued_ids(queue, "queue_running")}
+            queued |= {prompt_id: PENDING for prompt_id in _queued_ids(queue, "queue_pending")}
+        states = {prompt_id: queued.get(prompt_id, UNKNOWN) for prompt_id in prompt_ids}
+        for prompt_id in (prompt_id for prompt_id, state in states.items() if ended and state == UNKNOWN):
+            states[prompt_id] = ENDED if await self._history(prompt_id) is not None else UNKNOWN
+        return states
+
+    async def _job(self, prompt_id: str) -> dict[str, Any] | None:
+        """`GET /api/jobs/{id}`: the job (`status`, and `outputs` once it ended), None when ComfyUI has none."""
+        path = f"{self._jobs_path}/{prompt_id}"
+        response = await send(self._http, "GET", self._url + path, server=self._server)
+        if response.status_code == 404:
+            return None
+        body = self._parse(response)
+        self._raise_for_status(response, body)
+        if not isinstance(body, dict):
+            raise SdError(response.status_code, f"ComfyUI sent an unusable answer to {path}: it is not a JSON "
+                                                f"object: {quote(response.text)!r}", retryable=True)
+        return body
+
+    def _ended(self, *prompt_ids: str) -> None:
+        if self._journal is not None and prompt_ids:
+            self._journal.ended(*prompt_ids)
+
+    # --- what the server offers, and jobs an earlier client left ------------------------------------------
+
+    async def _ask_jobs_api(self) -> None:
+        """Once: whether the server has `/api/jobs` (a list, not a 404) and `/api/jobs/{id}/cancel` (200 even for
+        a job it does not know, which a made-up id is; a server without it answers 404 or 405)."""
+        if self._jobs_api is not None:
+            return
+        listing = await send(self._http, "GET", f"{self._url}{self._jobs_path}", server=self._server,
+                             params={"limit": "1"})
+        self._jobs_api = listing.status_code == 200 and isinstance(_obj(self._parse(listing)).get("jobs"), list)
+        if self._jobs_api:
+            probe = await send(self._http, "POST", f"{self._url}{self._jobs_path}/{uuid.uuid4()}/cancel",
+                               server=self._server)
+            self._cancel_api = probe.status_code == 200
+        log.info("%s: /api/jobs %s, /api/jobs/{id}/cancel %s", self._server,
+                 "used" if self._jobs_api else "absent (an older ComfyUI: /history, /queue)",
+                 "used" if self._cancel_api else "absent (/queue and /interrupt)")
+
+    async def _drop_left_behind(self) -> None:
+        """Take off ComfyUI the jobs an earlier client sent and never collected (its process was killed, or
+        ComfyUI could not be reached to cancel them), and say in the log what became of each."""
+        left = self._left_behind - set(self._jobs)
+        if not left:
+            return
+        try:
+            states = await self._cancel(left, ended=True)
+        except SdError as exc:
+            log.warning("ComfyUI: cannot take off the %d job(s) an earlier run left (%s); trying again at the next "
+                        "run", len(left), exc.message)
+            return
+        self._left_behind = set()
+        said = {PENDING: "dropped from the queue", RUNNING: "interrupted",
+                ENDED: "had finished (their images are not collected)",
+                UNKNOWN: "are unknown to ComfyUI (it restarted since)"}
+        parts = [f"{', '.join(sorted(ids))} {words}" for state, words in said.items()
+                 if (ids := [prompt_id for prompt_id, found in states.items() if found == state])]
+        log.warning("ComfyUI: %d job(s) an earlier run sent and never collected: %s", len(left), "; ".join(parts))
 
     # --- the socket ------------------------------------------------------------------------------------
 
@@ -396,6 +545,7 @@ class ComfyUiClient:
                                        process_exception=_retry_any, reconnect_delays=_reconnect_delays):
             self._socket_up = True
             try:
+                await websocket.send(FEATURE_FLAGS)  # previews then say whose they are; older servers ignore it
                 await self._read(websocket)
             except WebSocketException as exc:
                 log.info("ComfyUI socket dropped (%s); polling the history until it is back", exc)
@@ -428,6 +578,7 @@ class ComfyUiClient:
             elif isinstance(prompt_id, str):
                 if prompt_id != self._running:
                     self.preview = None  # the last job's picture is not this one's
+                    self.nodes = {}
                 self._running = prompt_id
         elif kind == "progress":
             job = job or self._jobs.get(self._running or "")  # older ComfyUI sends no prompt_id here
@@ -436,6 +587,8 @@ class ComfyUiClient:
                 step, _, started = self._step
                 fresh = value <= step or not started  # a new sampler (or the first message we see of it)
                 self._step = (value, steps, time.monotonic() if fresh else started)
+        elif kind == "progress_state" and job is not None and isinstance(data.get("nodes"), dict):
+            self.nodes = {str(node): _obj(state) for node, state in data["nodes"].items()}
         elif kind in ("execution_success", "execution_error", "execution_interrupted") and job is not None:
             if kind != "execution_success":
                 job.failure = (kind, data)
@@ -445,10 +598,25 @@ class ComfyUiClient:
             job.hear()
 
     def _on_frame(self, frame: bytes) -> None:
-        """A binary message: a preview frame (event 1) of the job running, 4-byte event and format first."""
-        if len(frame) > 8 and struct.unpack(">I", frame[:4])[0] == PREVIEW_IMAGE and self._running in self._jobs:
+        """A binary message: a preview frame of the job running. Event 1: 4-byte event and format, then the
+        image, which is taken to be the running job's; event 4: 4-byte event and metadata length, the metadata
+        (JSON, with the prompt id), then the image, kept only when the job is ours."""
+        if len(frame) <= 8:
+            return
+        event, size = struct.unpack(">II", frame[:8])
+        if event == PREVIEW_IMAGE and self._running in self._jobs:
             self.preview = frame[8:]
             self._jobs[self._running or ""].hear()
+        elif event == PREVIEW_IMAGE_WITH_METADATA:
+            try:
+                prompt_id = _obj(json.loads(frame[8:8 + size])).get("prompt_id")
+            except ValueError:
+                return
+            if isinstance(prompt_id, str) and prompt_id in self._jobs:
+                if prompt_id != self._running:
+                    self._running = prompt_id
+                self.preview = frame[8 + size:]
+                self._jobs[prompt_id].hear()
 
     # --- HTTP --------------------------------------------------------------------------------------------
 
@@ -476,9 +644,10 @@ class ComfyUiClient:
             return f"check the token in ${settings.comfyui.token_env}"
         return "the proxy in front of ComfyUI wants credentials: set sd.username or [sd.comfyui] token_env"
 
-    async def _json(self, method: str, path: str, *, json: Any = None, expect_json: bool = True) -> Any:
+    async def _json(self, method: str, path: str, *, json: Any = None, params: Mapping[str, str] | None = None,
+                    expect_json: bool = True) -> Any:
         """One request; the parsed JSON body, or SdError for every way it can fail."""
-        response = await send(self._http, method, self._url + path, server=self._server, json=json)
+        response = await send(self._http, method, self._url + path, server=self._server, json=json, params=params)
         body = self._parse(response)
         self._raise_for_status(response, body)
         if expect_json and body is None:

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from avatargen.config import ComfyUiSettings, ConfigError, Settings
+from avatargen.config import ComfyUiSettings, ConfigError, SdSettings, Settings
+from avatargen.sd.samplers import comfyui_sampler
 
 Target = tuple[str, str]  # (node id, input name)
 
@@ -47,6 +48,26 @@ LOADER_INPUTS = ("ckpt_name", "unet_name")  # CheckpointLoaderSimple & co., UNET
 MAX_NODES = 2000
 MAX_FILE_BYTES = 10_000_000
 MAX_INPUT_DEPTH = 32  # lists and objects within one input (a link is 1); each run copies the graph recursively
+# What model files are called: an input whose /object_info choices (or whose value) end so names a file
+# the server must have (LoRA, VAE, upscaler, ControlNet, CLIP, UNet...), checked before the first paid image.
+MODEL_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".gguf", ".sft", ".onnx")
+
+
+def names_model_file(value: str) -> bool:
+    return value.lower().endswith(MODEL_FILE_SUFFIXES)
+
+
+@dataclass(frozen=True)
+class FixedChoice:
+    """A plain string input the graph itself fixes (avatargen does not set it): a model file or an option."""
+
+    node: str
+    class_type: str
+    input: str
+    value: str
+
+    def where(self) -> str:
+        return f"node {self.node} ({self.class_type}) input {self.input!r}"
 
 
 class WorkflowError(ValueError):
@@ -151,7 +172,8 @@ def _nesting(value: Any) -> int:
 def parse_graph(document: Any) -> dict[str, dict[str, Any]]:
     """Check the shape of an API-format graph; WorkflowError says what is wrong with it."""
     if isinstance(document, dict) and isinstance(document.get("nodes"), list) and "links" in document:
-        raise WorkflowError('this is the UI format ("Save"); export the workflow with "Save (API)" instead')
+        raise WorkflowError('this is the UI format ("Save"); export the workflow with "Export (API)" instead '
+                            '(older ComfyUI: "Save (API Format)", shown once Dev mode is on)')
     if isinstance(document, dict) and isinstance(document.get("prompt"), dict):
         document = document["prompt"]  # a saved /prompt request body
     if not isinstance(document, dict) or not document:
@@ -211,12 +233,32 @@ class Workflow:
                 graph[node_id]["inputs"][input_name] = value
         return graph
 
+    def fixed_choices(self) -> tuple[FixedChoice, ...]:
+        """Every plain string input avatargen does not set (the prompts and the checkpoint it does), in node
+        order: what `/object_info` must offer, for those of its inputs that list model files."""
+        graph, ours = Graph(self.graph), {target for targets in self.targets.values() for target in targets}
+        return tuple(FixedChoice(node_id, graph.cls(node_id), name, value)
+                     for node_id in graph.nodes for name, value in graph.inputs(node_id).items()
+                     if isinstance(value, str) and (node_id, name) not in ours)
+
+    @property
+    def model_files(self) -> tuple[FixedChoice, ...]:
+        """The model files the graph names by themselves (LoRAs, VAE, upscaler...), for the owner."""
+        return tuple(choice for choice in self.fixed_choices() if names_model_file(choice.value))
+
+    @property
+    def loras(self) -> list[str]:
+        """The LoRA files the graph applies, recorded in each image's metadata."""
+        return [choice.value for choice in self.model_files if "lora" in choice.class_type.lower()]
+
     def describe(self) -> str:
-        """Where each setting goes, for `check-config`."""
+        """Where each setting goes, and the model files the graph names, for `check-config`."""
         graph = Graph(self.graph)
         lines = [f"workflow {self.name!r}: sampler {graph.name(self.sampler)}, images from {graph.name(self.output)}"]
         lines += [f"  {setting} -> " + ", ".join(f"{graph.name(node)}.{name}" for node, name in targets)
                   for setting, targets in self.targets.items() if targets]
+        lines += [f"  {'LoRA' if 'lora' in file.class_type.lower() else 'model file'}: {graph.name(file.node)}."
+                  f"{file.input} = {file.value!r}" for file in self.model_files]
         missing = [setting for setting, targets in self.targets.items() if not targets]
         if missing:
             lines.append(f"  not set by avatargen (the graph decides): {', '.join(missing)}")
@@ -447,6 +489,18 @@ def load_workflow(settings: Settings) -> Workflow:
             return find_workflow(name, nodes, sd.comfyui, negative=bool(sd.negative_prompt),
                                  checkpoint=bool(sd.checkpoint))
         except WorkflowError as exc:
-            raise WorkflowError(f"{path.name}: {exc}" if path else str(exc), exc.key) from None
+            raise WorkflowError(f"{path}: {exc}" if path else str(exc), exc.key) from None
     except WorkflowError as exc:
         raise ConfigError(str(exc), key=f"sd.comfyui.{exc.key}", file=settings.path) from None
+
+
+def job_graph(workflow: Workflow, sd: SdSettings, *, prompt: str, count: int, seed: int,
+              checkpoint: str) -> dict[str, Any]:
+    """The graph of one job: the workflow with this prompt, `count` images, `seed` and the `[sd]` settings
+    written in, as ComfyUI's `/prompt` and a serverless worker's `input.workflow` both take it."""
+    sampler_name, scheduler = comfyui_sampler(sd.sampler, sd.comfyui.scheduler)
+    return workflow.patched({
+        "prompt": prompt, "negative_prompt": sd.negative_prompt, "seed": seed, "steps": sd.steps,
+        "cfg": sd.cfg_scale, "sampler_name": sampler_name, "scheduler": scheduler,
+        "width": sd.width, "height": sd.height, "batch_size": count, "checkpoint": checkpoint,
+    })

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from avatargen.config import SD_BACKENDS, SIMULATED_WEBUIS, SimulatedSettings
+from avatargen.config import PROVIDER_APIS, SD_BACKENDS, SIMULATED_WEBUIS, SimulatedSettings
 from avatargen.durations import parse_duration
 from avatargen.simulator.faults import FAULTS
 from avatargen.simulator.runner import DEFAULT_PRICE, serve_simulator
@@ -37,8 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     defaults = SimulatedSettings()
     parser = argparse.ArgumentParser(prog="python -m avatargen.simulator", description=__doc__.split("\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--api", choices=("paperspace", "runpod"), default=defaults.api,
-                        help="the cloud machine API to speak (default: paperspace)")
+    parser.add_argument("--api", choices=PROVIDER_APIS, default=defaults.api,
+                        help="the cloud API to speak (default: paperspace; runpod_serverless: a serverless endpoint)")
     parser.add_argument("--api-port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--sd-port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--boot-delay", type=_duration, default=defaults.boot_delay, help="e.g. 8s")

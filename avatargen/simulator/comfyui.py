@@ -6,7 +6,14 @@ ComfyUI sends: `execution_start`, `execution_cached`, `executing` per node, `pro
 step with binary JPEG preview frames, `executed` for the outputs, then `execution_success` (or
 `execution_error`, `execution_interrupted`), the history entry, and `executing` with `node: null`.
 `/history`, `/view`, `/queue` (with deletion), `/interrupt`, `/object_info` and `/system_stats` answer
-as ComfyUI's do, so ComfyUI's own example API client runs against it unchanged.
+as ComfyUI's do, so ComfyUI's own example API client runs against it unchanged; so do `/api/jobs` (the
+queue and history as one list of jobs), `/api/jobs/{id}`, `/api/jobs/{id}/cancel` and `/api/jobs/cancel`,
+unless it is made a ComfyUI from before them (`jobs_api=False`).
+
+As ComfyUI 0.12 does, it also sends `progress_state` throughout a job (every node started so far, keyed
+by node id, with its value, max and state: running or finished), sends preview frames as
+PREVIEW_IMAGE_WITH_METADATA (type 4: the node and prompt they belong to) to a client whose
+`feature_flags` message says `supports_preview_metadata`, and serves every route under `/api/` too.
 
 Sampling takes `steps * step_time * batch_factor` seconds, as in the simulated web UI, and draws the
 same procedural avatars (see `comfyui_nodes`). After each `boot()` the server answers 502 for
@@ -27,7 +34,7 @@ import struct
 import sys
 import time
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,7 +44,7 @@ from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from avatargen.config import SimulatedSettings
@@ -58,8 +65,11 @@ from avatargen.simulator.drawing import draw_preview
 from avatargen.simulator.faults import Faults, faults_from_body
 from avatargen.simulator.sdwebui import SLOW_FIRST_FACTOR, batch_factor
 
-VERSION = "0.3.40"
+VERSION = "0.12.0"
 PREVIEW_IMAGE = 1  # binary event type: 4 bytes big-endian, then 4 bytes format (1 = JPEG), then the image
+# ... and, to a client that said it supports it (feature flag supports_preview_metadata), 4 bytes of the
+# metadata's length, the metadata (JSON: node, prompt, image type), then the image
+PREVIEW_IMAGE_WITH_METADATA = 4
 PREVIEW_JPEG = 1
 PREVIEW_EVERY = 0.25  # seconds between preview frames of a job (ComfyUI sends one per step; tests run fast)
 PREVIEW_EDGE = 128
@@ -92,6 +102,7 @@ class _Job:
     node: str | None = None  # the node executing now
     drawn: str = ""  # the text its (first) sampler denoised from
     messages: list[list[Any]] = field(default_factory=list)
+    nodes: dict[str, dict[str, Any]] = field(default_factory=dict)  # progress_state: nodes started, by id
 
     def queue_item(self) -> list[Any]:
         """How `/queue` and the history show a job: [number, prompt_id, prompt, extra_data, outputs]."""
@@ -102,26 +113,39 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _preview_frame(prompt: str, seed: int, width: int, height: int, denoised: float) -> bytes:
+def _preview_frame(prompt: str, seed: int, width: int, height: int, denoised: float,
+                   metadata: dict[str, Any] | None = None) -> bytes:
     """One binary preview message: the job's avatar coming out of its noise as far as it is denoised (the
-    web UI simulator's live preview, `draw_preview`), a small JPEG."""
+    web UI simulator's live preview, `draw_preview`), a small JPEG; with `metadata` (the node and prompt
+    it belongs to), as PREVIEW_IMAGE_WITH_METADATA."""
     scale = PREVIEW_EDGE / max(width, height)
     image = draw_preview(prompt, seed, max(1, round(width * scale)), max(1, round(height * scale)),
                          denoised=denoised)
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=70)
-    return struct.pack(">II", PREVIEW_IMAGE, PREVIEW_JPEG) + buffer.getvalue()
+    if metadata is None:
+        return struct.pack(">II", PREVIEW_IMAGE, PREVIEW_JPEG) + buffer.getvalue()
+    described = json.dumps({**metadata, "image_type": "image/jpeg"}).encode()
+    return struct.pack(">II", PREVIEW_IMAGE_WITH_METADATA, len(described)) + described + buffer.getvalue()
+
+
+def _node_state(job: _Job, node_id: str, value: float, maximum: float, state: str) -> dict[str, Any]:
+    """One node's entry in a `progress_state` message, as ComfyUI 0.12 sends it."""
+    return {"value": value, "max": maximum, "state": state, "node_id": node_id, "prompt_id": job.prompt_id,
+            "display_node_id": node_id, "parent_node_id": None, "real_node_id": node_id}
 
 
 class SimulatedComfyUi:
     """The simulated ComfyUI's state (queue, history, files, sockets, boot phase) and its Starlette app.
 
     Like `SimulatedSdWebUi`, tests may read `queue_length` (jobs waiting or running), `completed`
-    (positive prompts in the order their jobs finished) and `busy_seconds` (time spent running jobs).
+    (positive prompts in the order their jobs finished) and `busy_seconds` (time spent running jobs), and
+    `requests` (what the client asked for). `jobs_api=False` makes it a ComfyUI from before `/api/jobs`.
     """
 
     def __init__(self, settings: SimulatedSettings, faults: Faults, *, auth: tuple[str, str] | None = None,
-                 token: str | None = None, after_delivery: Callable[[], Awaitable[None]] | None = None) -> None:
+                 token: str | None = None, after_delivery: Callable[[], Awaitable[None]] | None = None,
+                 jobs_api: bool = True) -> None:
         self._settings = settings
         self._faults = faults
         self._auth = auth
@@ -132,8 +156,10 @@ class SimulatedComfyUi:
         self._files: OrderedDict[tuple[str, str, str], bytes] = OrderedDict()
         self._file_counter = itertools.count(1)
         self.completed: list[str] = []
+        self.requests: deque[str] = deque(maxlen=_KEEP * 4)  # "METHOD /path" of the latest requests, oldest first
         self.busy_seconds = 0.0
         self._sockets: dict[str, WebSocket] = {}
+        self.preview_metadata: set[str] = set()  # clients that said supports_preview_metadata
         self._pending: list[_Job] = []
         self._running: _Job | None = None
         self._history: OrderedDict[str, dict[str, Any]] = OrderedDict()
@@ -160,7 +186,13 @@ class SimulatedComfyUi:
             Route("/free", self._free, methods=["POST"]),
             Route("/_sim/faults", self._faults_route, methods=["GET", "PUT"]),
         ]
-        self.app = Starlette(routes=routes)
+        # ComfyUI serves every route under /api too (its frontend uses those); either may be in sd.url. The
+        # jobs routes are only there (jobs_api=False: a ComfyUI from before them, which answers 404).
+        jobs = [Route("/jobs", self._jobs, methods=["GET"]),
+                Route("/jobs/cancel", self._cancel_jobs, methods=["POST"]),
+                Route("/jobs/{job_id}", self._job, methods=["GET"]),
+                Route("/jobs/{job_id}/cancel", self._cancel_job, methods=["POST"])] if jobs_api else []
+        self.app = Starlette(routes=[*routes, Mount("/api", routes=[*jobs, *routes])])
 
     @property
     def queue_length(self) -> int:
@@ -186,7 +218,9 @@ class SimulatedComfyUi:
     # --- access ------------------------------------------------------------------------------------
 
     def _refuse(self, connection: HTTPConnection) -> Response | None:
-        """502 while ComfyUI is still starting, 401 without the reverse proxy's credentials, else None."""
+        """502 while ComfyUI is still starting, 401 without the reverse proxy's credentials, else None. Every
+        request passes here: its method and path (no query) go into `requests`, for tests."""
+        self.requests.append(f"{getattr(connection, 'method', 'GET')} {connection.url.path}")
         if time.monotonic() < self._mounted_at:
             return Response("<html><body><h1>502 Bad Gateway</h1>nginx</body></html>", status_code=502,
                             media_type="text/html")
@@ -213,12 +247,24 @@ class SimulatedComfyUi:
             if running is not None and running.client_id == client_id and running.node is not None:
                 await websocket.send_json({"type": "executing", "data": {"node": running.node}})  # on reconnect
             while True:
-                await websocket.receive_text()  # the frontend's feature flags; nothing to answer here
+                self._feature_flags(client_id, await websocket.receive_text())
         except (WebSocketDisconnect, RuntimeError):
             pass
         finally:
             if self._sockets.get(client_id) is websocket:
                 del self._sockets[client_id]
+
+    def _feature_flags(self, client_id: str, text: str) -> None:
+        """A client's `feature_flags` message: whether it reads previews with their metadata."""
+        with contextlib.suppress(ValueError, AttributeError):
+            message = json.loads(text)
+            if message.get("type") == "feature_flags" and message["data"].get("supports_preview_metadata"):
+                self.preview_metadata.add(client_id)
+
+    async def _progress_state(self, job: _Job, node_id: str, value: float, maximum: float, state: str) -> None:
+        """ComfyUI 0.12's per-node progress: every node of the job started so far, keyed by node id."""
+        job.nodes[node_id] = _node_state(job, node_id, value, maximum, state)
+        await self._send(job.client_id, "progress_state", {"prompt_id": job.prompt_id, "nodes": dict(job.nodes)})
 
     async def _send(self, client_id: str | None, event: str, data: dict[str, Any]) -> None:
         """A JSON message to one client (None: every client), as ComfyUI's `send_sync`."""
@@ -364,6 +410,7 @@ class SimulatedComfyUi:
                 job.node = node_id
                 await self._send(job.client_id, "executing",
                                  {"node": node_id, "display_node": node_id, "prompt_id": job.prompt_id})
+                await self._progress_state(job, node_id, 0, 1, "running")
                 args = resolve(node["inputs"], values)
                 if node["class_type"] in SAMPLING_CLASSES:
                     values[node_id] = (await self._sample(job, node_id, args),)
@@ -375,6 +422,8 @@ class SimulatedComfyUi:
                                                                  "output": outputs[node_id],
                                                                  "prompt_id": job.prompt_id})
                 executed.append(node_id)
+                done = job.nodes[node_id]
+                await self._progress_state(job, node_id, done["max"], done["max"], "finished")
             await self._message(job, "execution_success", {})
         except _Interrupted:
             status = "error"
@@ -411,11 +460,15 @@ class SimulatedComfyUi:
                 raise _Interrupted()
             await self._send(job.client_id, "progress",
                              {"value": step, "max": steps, "prompt_id": job.prompt_id, "node": node_id})
+            await self._progress_state(job, node_id, step, steps, "running")
             if time.monotonic() - last_preview >= PREVIEW_EVERY or step == steps:
                 last_preview = time.monotonic()
                 partial = sampled(args, step)
+                described = ({"node_id": node_id, "prompt_id": job.prompt_id, "display_node_id": node_id,
+                              "parent_node_id": None, "real_node_id": node_id}
+                             if job.client_id in self.preview_metadata else None)
                 frame = await asyncio.to_thread(_preview_frame, partial.prompt or "", partial.seed, latent.width,
-                                                latent.height, partial.denoised)
+                                                latent.height, partial.denoised, described)
                 await self._send_bytes(job.client_id, frame)
             if step == drop_at:
                 self._faults.hit("comfyui_socket_drop")
@@ -466,6 +519,85 @@ class SimulatedComfyUi:
                                "real_node_id": node_id} for node_id in outputs},
         })
 
+    # --- /api/jobs: the queue and the history as one list of jobs (ComfyUI 0.6 and later) ----------------
+
+    def _job_view(self, prompt_id: str, *, details: bool) -> dict[str, Any] | None:
+        """A job as `/api/jobs` shows it: `id`, `status` (pending, in_progress, completed, failed), its queue
+        number and, in the details of an ended one, `outputs` and `execution_status` (the history's status)."""
+        queued = [(job, "pending") for job in self._pending]
+        if self._running is not None:
+            queued.insert(0, (self._running, "in_progress"))
+        for job, status in queued:
+            if job.prompt_id == prompt_id:
+                return {"id": prompt_id, "status": status, "priority": job.number, "outputs_count": 0}
+        entry = self._history.get(prompt_id)
+        if entry is None:
+            return None
+        status = "failed" if entry["status"]["status_str"] == "error" else "completed"
+        view = {"id": prompt_id, "status": status, "priority": entry["prompt"][0],
+                "outputs_count": sum(len(output.get("images", [])) for output in entry["outputs"].values())}
+        return {**view, "outputs": entry["outputs"], "execution_status": entry["status"]} if details else view
+
+    def _job_ids(self) -> list[str]:
+        running = [self._running.prompt_id] if self._running is not None else []
+        return [*running, *(job.prompt_id for job in self._pending), *reversed(self._history)]
+
+    async def _jobs(self, request: Request) -> Response:
+        if refusal := self._refuse(request):
+            return refusal
+        wanted = set(filter(None, request.query_params.get("status", "").split(",")))
+        views = [view for prompt_id in self._job_ids()
+                 if (view := self._job_view(prompt_id, details=False)) and (not wanted or view["status"] in wanted)]
+        try:
+            offset = max(0, int(request.query_params.get("offset", 0)))
+            limit = int(request.query_params["limit"]) if "limit" in request.query_params else len(views)
+        except ValueError:
+            return JSONResponse({"error": "limit and offset must be integers"}, status_code=400)
+        page = views[offset:offset + max(0, limit)]
+        return JSONResponse({"jobs": page, "pagination": {"offset": offset, "limit": limit, "total": len(views),
+                                                          "has_more": offset + len(page) < len(views)}})
+
+    async def _job(self, request: Request) -> Response:
+        if refusal := self._refuse(request):
+            return refusal
+        view = self._job_view(request.path_params["job_id"], details=True)
+        if view is not None and view["status"] not in ("pending", "in_progress") and (
+                garbled := self._garbled('{"id": "' + view["id"] + '", "outputs": {"9": {"im')):
+            return garbled
+        return JSONResponse(view) if view is not None else JSONResponse({"error": "Job not found"}, status_code=404)
+
+    def _cancel(self, prompt_id: str) -> bool:
+        """Take a job off the queue, or interrupt it when it runs; False when it is neither."""
+        if self._running is not None and self._running.prompt_id == prompt_id:
+            self._running.interrupted = True
+            return True
+        kept = [job for job in self._pending if job.prompt_id != prompt_id]
+        cancelled, self._pending = len(kept) < len(self._pending), kept
+        return cancelled
+
+    async def _cancel_job(self, request: Request) -> Response:
+        """200 whatever the job's state: one that ended, or that nobody knows, has nothing left to cancel."""
+        if refusal := self._refuse(request):
+            return refusal
+        prompt_id = request.path_params["job_id"]
+        return JSONResponse({"id": prompt_id, "cancelled": self._cancel(prompt_id)})
+
+    async def _cancel_jobs(self, request: Request) -> Response:
+        """`{"job_ids": [...]}`: all or nothing, 404 when one of them is unknown."""
+        if refusal := self._refuse(request):
+            return refusal
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            body = None
+        ids = body.get("job_ids") if isinstance(body, dict) else None
+        if not isinstance(ids, list) or not all(isinstance(prompt_id, str) for prompt_id in ids):
+            return JSONResponse({"error": "job_ids must be a list of job ids"}, status_code=400)
+        unknown = [prompt_id for prompt_id in ids if self._job_view(prompt_id, details=False) is None]
+        if unknown:
+            return JSONResponse({"error": f"unknown job ids: {', '.join(unknown)}"}, status_code=404)
+        return JSONResponse({"cancelled": [prompt_id for prompt_id in ids if self._cancel(prompt_id)]})
+
     # --- results -------------------------------------------------------------------------------------
 
     async def _history_all(self, request: Request) -> Response:
@@ -476,13 +608,18 @@ class SimulatedComfyUi:
             return refusal
         prompt_id = request.path_params["prompt_id"]
         entry = self._history.get(prompt_id)
-        if entry is not None and (garbage := self._faults.hit("sd_garbage")) is not None:
-            if garbage % 2:
-                return Response("<html><body><h1>502 Bad Gateway</h1>nginx</body></html>", status_code=502,
-                                media_type="text/html")
-            return Response('{"' + prompt_id + '": {"outputs": {"9": {"images": [{"filename": "Comf',
-                            media_type="application/json")
+        if entry is not None and (garbled := self._garbled('{"' + prompt_id + '": {"outputs": {"9": {"im')):
+            return garbled
         return JSONResponse({prompt_id: entry} if entry is not None else {})
+
+    def _garbled(self, truncated: str) -> Response | None:
+        """The sd_garbage fault on an ended job's answer: a proxy's 502 page, then the answer cut short."""
+        if (garbage := self._faults.hit("sd_garbage")) is None:
+            return None
+        if garbage % 2:
+            return Response("<html><body><h1>502 Bad Gateway</h1>nginx</body></html>", status_code=502,
+                            media_type="text/html")
+        return Response(truncated + 'ages": [{"filename": "Comf', media_type="application/json")
 
     async def _view(self, request: Request) -> Response:
         if refusal := self._refuse(request):

@@ -40,16 +40,26 @@ FAULTS: dict[str, str] = {
     "answer (ComfyUI job) of each boot: it goes stopping -> off and the SD server goes away with it.",
     "comfyui_validation": "Every ComfyUI /prompt is refused with 400 and node_errors: the sampler's "
     "sampler_name is not in the list (a ComfyUI version without that sampler).",
+    "serverless_timeout": "Every serverless job runs past the endpoint's execution timeout: it ends TIMED_OUT "
+    "after running a while, without output (RunPod Serverless only).",
     "comfyui_socket_drop": "ComfyUI closes the WebSocket of each job's client halfway through sampling and refuses "
     "that client's new sockets until the job is over, so the client must poll /history.",
 }
 
 
-ONLY_ON = {"zero_gpu": "runpod", "external_terminate": "runpod"}  # faults one provider's machines alone have
+ONLY_ON = {"zero_gpu": "runpod", "external_terminate": "runpod",  # faults one provider's machines alone have
+           "serverless_timeout": "runpod_serverless"}
+# What can happen on a serverless endpoint: its API's faults, a worker that never comes (never_ready), and the
+# worker's ComfyUI failing a job (sd_500: out of memory; comfyui_validation: refused graph; sd_slow_first).
+SERVERLESS = ("api_429", "api_500", "never_ready", "sd_500", "sd_slow_first", "comfyui_validation",
+              "serverless_timeout")
 
 
 def faults_for(api: str) -> list[str]:
-    """The faults that happen to a machine behind this cloud API ("paperspace" | "runpod")."""
+    """The faults that happen to a machine behind this cloud API ("paperspace" | "runpod" |
+    "runpod_serverless")."""
+    if api == "runpod_serverless":
+        return list(SERVERLESS)
     return [name for name in FAULTS if ONLY_ON.get(name, api) == api]
 
 

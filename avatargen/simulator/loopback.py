@@ -11,14 +11,13 @@ graceful, as `avatargen serve` ends on SIGTERM (the lifespan shuts down, request
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
-from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
 from starlette.types import ASGIApp
 
+from avatargen.embedded_server import EmbeddedServer
 from avatargen.sockets import bound_socket
 
 
@@ -36,22 +35,6 @@ def listening_socket(host: str, port: int, *, reuse_port: bool = False) -> socke
         raise
     sock.setblocking(False)
     return sock
-
-
-class _EmbeddedServer(uvicorn.Server):
-    """A uvicorn server that leaves signal handling to the process embedding it and says when it has started."""
-
-    def __init__(self, config: uvicorn.Config) -> None:
-        super().__init__(config)
-        self.up = asyncio.Event()
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets)
-        self.up.set()
 
 
 class LoopbackServer:
@@ -73,7 +56,7 @@ class LoopbackServer:
         self._graceful = graceful
         self._options = {"lifespan": lifespan, "access_log": False, **options}
         self._sock: socket.socket | None = None
-        self._server: _EmbeddedServer | None = None
+        self._server: EmbeddedServer | None = None
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -90,8 +73,8 @@ class LoopbackServer:
         self.port = self._sock.getsockname()[1]
         # No log_config or log_level: uvicorn would reconfigure the embedding process's logging.
         config = uvicorn.Config(self._app, log_config=None, log_level=None, **self._options)
-        server = self._server = _EmbeddedServer(config)
-        task = self._task = asyncio.create_task(server.serve(sockets=[self._sock]))
+        server = self._server = EmbeddedServer(config)
+        task = self._task = server.serve_task(self._sock)
         up = asyncio.create_task(server.up.wait())
         await asyncio.wait({up, task}, return_when=asyncio.FIRST_COMPLETED)
         up.cancel()

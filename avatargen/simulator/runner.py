@@ -1,6 +1,7 @@
 """Run the simulated GPU: a cloud machine API and the SD web UI served on loopback, inside this event loop.
 
-The machine API is Paperspace's or RunPod's (`gpu.simulated.api`), over the same simulated machine.
+The machine API is Paperspace's or RunPod's (`gpu.simulated.api`), over the same simulated machine; or a
+RunPod Serverless endpoint (`runpod_serverless`), whose workers run ComfyUI themselves (no machine starts).
 The SD web UI is served only while that machine is `ready`: before that a connection to it is refused,
 as with a machine that is off, and after each start its routes answer 404 for `sd_boot_delay`.
 Stopping the machine drops the web UI's connections, requests in flight included.
@@ -16,22 +17,26 @@ import signal
 import socket
 import sys
 from collections.abc import Iterable
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from avatargen.config import GpuSettings, Secret, SimulatedSettings
-from avatargen.gpu import Provider, api_provider
+from avatargen.gpu import Provider, RunPodServerlessProvider, api_provider
 from avatargen.simulator.comfyui import SimulatedComfyUi
+from avatargen.simulator.comfyui_nodes import CHECKPOINTS
 from avatargen.simulator.faults import Faults
 from avatargen.simulator.loopback import LoopbackServer
 from avatargen.simulator.machine import SimulatedMachine
 from avatargen.simulator.paperspace import SimulatedPaperspace
 from avatargen.simulator.runpod import SimulatedRunPod
 from avatargen.simulator.sdwebui import SimulatedSdWebUi
+from avatargen.simulator.serverless import SimulatedServerless
 from avatargen.sockets import bound_socket
 
 SD_PORT = 7860  # the web UI's port inside the machine (RunPod maps it to a public one)
-MACHINE_IDS = {"paperspace": "pssim42", "runpod": "simpod42xyz"}  # ids in each vendor's style
+# ids in each vendor's style (a serverless endpoint's id names the endpoint)
+MACHINE_IDS = {"paperspace": "pssim42", "runpod": "simpod42xyz", "runpod_serverless": "simendpoint42"}
 DEFAULT_PRICE = 0.44  # per hour, what the simulated RunPod pod says it costs unless told otherwise
 
 
@@ -62,7 +67,12 @@ class SimulatedGpu:
             if backend == "comfyui" else
             SimulatedSdWebUi(settings, self.faults, auth=sd_auth, after_txt2img=self._after_txt2img))
         self._pod: SimulatedRunPod | None = None
-        if self.api == "runpod":
+        self.endpoint: SimulatedServerless | None = None  # the serverless endpoint, when that is the API
+        if self.api == "runpod_serverless":
+            self.endpoint = SimulatedServerless(settings, self.faults, endpoint_id=self.machine_id,
+                                                api_key=self.api_key)
+            app = self.endpoint.app
+        elif self.api == "runpod":
             self._pod = SimulatedRunPod(self.machine, self.faults, api_key=self.api_key, hourly_price=hourly_price)
             app = self._pod.app
         else:
@@ -74,23 +84,29 @@ class SimulatedGpu:
 
     @property
     def api_url(self) -> str:
-        return self._api_server.url + "/v1"
+        return self._api_server.url + ("/v2" if self.endpoint is not None else "/v1")
 
     @property
     def sd_url(self) -> str:
         return self._sd_server.url
 
-    def provider(self, gpu: GpuSettings, *, sd_url: str | None = None, **client_options: Any) -> Provider:
-        """The provider production uses for this API, pointed at the simulator (named "simulated").
+    def provider(self, gpu: GpuSettings, *, sd_url: str | None = None, data_dir: Path | None = None,
+                 **client_options: Any) -> Provider:
+        """The provider production uses for this API, pointed at the simulator (named "simulated", or
+        "simulated_serverless" for the serverless endpoint, which keeps its journal of jobs in `data_dir`).
 
         `sd_url` may hold the provider's placeholders, e.g. `{public_ip}`; by default a pod is reached as a
         port exposed over TCP (its address known once the container runs), any other machine at `sd_url`.
         `client_options` tune the client's retries.
         """
         default = f"http://{{public_ip}}:{{port:{SD_PORT}}}" if self.api == "runpod" else self.sd_url
-        return api_provider(gpu, self.api, api_url=self.api_url, api_key=Secret(self.api_key),
-                            machine_id=self.machine_id, sd_url=sd_url or default, name="simulated",
-                            **client_options)
+        name = "simulated_serverless" if self.endpoint is not None else "simulated"
+        provider = api_provider(gpu, self.api, api_url=self.api_url, api_key=Secret(self.api_key),
+                                machine_id=self.machine_id, sd_url=sd_url or default, name=name, data_dir=data_dir,
+                                **client_options)
+        if isinstance(provider, RunPodServerlessProvider):
+            provider.volume_checkpoint = CHECKPOINTS[0]  # what the simulated workers' network volume holds
+        return provider
 
     def set_faults(self, names: Iterable[str]) -> None:
         """Switch on exactly these faults (an unknown name raises ValueError)."""
@@ -128,6 +144,8 @@ class SimulatedGpu:
             await self._sd_down()
             await self._api_server.stop()
             await self.machine.aclose()
+            if self.endpoint is not None:
+                await self.endpoint.aclose()
         finally:
             if self._sd_port_held is not None:
                 self._sd_port_held.close()

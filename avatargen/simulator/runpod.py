@@ -18,7 +18,13 @@ from starlette.responses import JSONResponse, Response
 
 from avatargen.simulator.faults import Faults
 from avatargen.simulator.machine import TERMINATED, MachineConflict, SimulatedMachine
-from avatargen.simulator.service import SimRoute, api_fault, bearer_key_matches, machine_report, simulated_app
+from avatargen.simulator.service import (
+    SimRoute,
+    bearer_key_matches,
+    machine_report,
+    refuse_runpod_request,
+    simulated_app,
+)
 
 NO_FREE_GPU = "There are not enough free GPUs on the host machine to start this pod."
 _RUNNING = ("starting", "serviceready", "ready")
@@ -95,13 +101,8 @@ class SimulatedRunPod:
 
     def _refuse(self, request: Request) -> Response | None:
         """The answer for a request that does not get through (bad key, injected fault, wrong pod), else None."""
-        if refusal := self._unauthorized(request):
+        if refusal := refuse_runpod_request(request, self._api_key, self._faults, _error):
             return refusal
-        if status := api_fault(self._faults):
-            response = _error(status, "rate limit exceeded" if status == 429 else "internal server error")
-            if status == 429:
-                response.headers["Retry-After"] = "1"
-            return response
         pod_id = request.path_params.get("pod_id")
         if pod_id is not None and pod_id != self.machine.id:
             return _error(404, "pod not found") if request.method == "GET" else _error(400, "Invalid Pod ID.")

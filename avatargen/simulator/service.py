@@ -55,13 +55,28 @@ def api_fault(faults: Faults) -> int | None:
     return None
 
 
+def refuse_runpod_request(request: Request, api_key: str, faults: Faults, error: ErrorShape) -> Response | None:
+    """What RunPod's APIs (pods, serverless) answer a request that does not get through: 401 without the key,
+    an injected 429 (with `Retry-After: 1`) or 500; None when it gets through."""
+    if not bearer_key_matches(request, api_key):
+        return error(401, "Unauthorized")
+    if status := api_fault(faults):
+        response = error(status, "rate limit exceeded" if status == 429 else "internal server error")
+        if status == 429:
+            response.headers["Retry-After"] = "1"
+        return response
+    return None
+
+
 def machine_report(machine: SimulatedMachine) -> Handler:
     """`GET /_sim/machine`: what only the simulator knows, the machine's state in its own words and the
-    seconds a cloud would bill (vendors' objects have no room for it: their schemas allow no extra field)."""
+    seconds a cloud would bill (vendors' objects have no room for it: their schemas allow no extra field), and
+    the start and stop calls it received, oldest first (who touched the machine when)."""
 
     async def report(request: Request) -> Response:
         return JSONResponse({"id": machine.id, "state": machine.state,
-                             "billedSeconds": round(machine.billed_seconds, 3)})
+                             "billedSeconds": round(machine.billed_seconds, 3),
+                             "calls": [event["name"] for event in machine.events(newest_first=False)]})
 
     return report
 

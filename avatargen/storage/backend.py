@@ -10,19 +10,19 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
-from functools import partial
 from typing import Protocol
 
 from avatargen.allowance import FolderAllowance
-from avatargen.buckets import check_and_frame
+from avatargen.buckets import check_and_frame, unique_copy
 from avatargen.config import Settings
-from avatargen.imaging import frame_unique
+from avatargen.faces import FaceStore, FolderFaces
 from avatargen.lock import FileSeat, GeneratorLock
 from avatargen.storage.folders import FileLedger, FolderBucket, folder_buckets
 from avatargen.storage.protocols import GeneratorSeat, Ledger, StoredBucket, UniqueAllowance
 from avatargen.storage.redis_allowance import RedisAllowance
 from avatargen.storage.redis_buckets import RedisBucket
 from avatargen.storage.redis_connection import RedisStorage, StorageUnavailable
+from avatargen.storage.redis_faces import RedisFaces
 from avatargen.storage.redis_lease import GeneratorLease
 from avatargen.storage.redis_ledger import RedisLedger
 
@@ -49,6 +49,7 @@ class Backend(Protocol):
 
     async def open_ledger(self) -> Ledger: ...
     async def open_allowance(self) -> UniqueAllowance: ...
+    async def open_faces(self) -> FaceStore: ...
     def seat(self) -> GeneratorSeat: ...
     async def aclose(self) -> None: ...
 
@@ -79,6 +80,9 @@ class FolderBackend:
         return await FolderAllowance.open(self.settings.server.data_dir / VISITORS_FILE, self.settings.serving,
                                           self.folders["unique"].folder)
 
+    async def open_faces(self) -> FaceStore:
+        return await FolderFaces.open(self.settings.server.data_dir / "faces.sqlite3")
+
     def seat(self) -> GeneratorSeat:
         return FileSeat(GeneratorLock(self.settings.server.data_dir))
 
@@ -91,7 +95,7 @@ class RedisBackend:
         self.settings = settings
         self.client = RedisStorage.connect(settings.storage)
         self.redis: RedisStorage | None = self.client
-        frame = partial(frame_unique, quality=settings.generator.webp_quality)
+        frame = unique_copy(settings)
         self.shared: dict[str, RedisBucket] = {
             name: RedisBucket(self.client, name, prepare=frame if name == "unique" else None)
             for name, _ in settings.buckets.items()}
@@ -121,6 +125,9 @@ class RedisBackend:
 
     async def open_allowance(self) -> UniqueAllowance:
         return RedisAllowance(self.client, self.settings.serving, self.shared["unique"])
+
+    async def open_faces(self) -> FaceStore:
+        return RedisFaces(self.client)
 
     def seat(self) -> GeneratorSeat:
         return GeneratorLease(self.client)

@@ -139,6 +139,11 @@ class GeneratorSeat(Protocol):
         """Hold on for as long as possible; raise LeaseLost when the seat was lost. Cancel to let go."""
         ...
 
+    async def confirm(self, duration: float) -> None:
+        """Return only when this process holds the seat for `duration` seconds more; raise LeaseLost otherwise.
+        Awaited right before every provider call that changes the machine (see avatargen.gpu.api.Fence)."""
+        ...
+
     async def holder(self) -> str | None:
         """Who holds the seat, for the owner; None when nobody does."""
         ...

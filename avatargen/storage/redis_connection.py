@@ -150,6 +150,20 @@ class RedisStorage:
                 await client.aclose()
 
 
+async def ask_redis(settings: StorageSettings) -> str | None:
+    """What `check-config` says about Redis: None when it answers a ping within `[storage] timeout` (what the
+    server itself allows it), else why not and what the server does about it."""
+    storage = RedisStorage.connect(settings)
+    try:
+        await storage.ping()
+    except (StorageUnavailable, rx.RedisError) as exc:
+        return (f"{exc}: `avatargen serve` starts all the same, serves the placeholder (or what it has in "
+                "memory) and starts the generator once Redis answers")
+    finally:
+        await storage.aclose()
+    return None
+
+
 class Outage:
     """Says once that Redis cannot be reached and what that means, and once that it answers again, for
     loops that keep trying (a warning per attempt would flood the owner's log)."""

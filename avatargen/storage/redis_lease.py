@@ -10,6 +10,12 @@ The holder gives the lease up as lost, on its own clock, `ttl` after the last re
 answered: no later than Redis lets it expire. Replicas without the lease try to take it every third of
 `ttl`, so one of them takes over within about `ttl` of a holder's death; it then starts the generator,
 whose start-up stops a machine the dead holder left on.
+
+The machine itself is fenced too: before every provider call that changes it (start, stop), the holder
+`confirm`s the lease, a Redis-side compare of its name and fencing token that renews it in the same
+script. The call is bounded well within `ttl` (`avatargen.gpu.api.CHANGE_TIMEOUT`), so no replica can take
+the lease before the call has ended: a holder that stalled past its lease wakes up to a refused confirm
+and never starts or stops the machine under the new holder's run.
 """
 
 from __future__ import annotations
@@ -36,6 +42,13 @@ _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
 """
+# KEYS: lease fence; ARGV: holder token ttl_ms
+_CONFIRM = """
+if redis.call('GET', KEYS[1]) == ARGV[1] and redis.call('GET', KEYS[2]) == ARGV[2] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[3])
+end
+return 0
+"""
 # KEYS: lease; ARGV: holder
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -55,6 +68,10 @@ class GeneratorLease:
         self._key = storage.key("lease")
         self._acquire = storage.script(_ACQUIRE)
         self._renew = storage.script(_RENEW)
+        self._confirm = storage.script(_CONFIRM)
+        # Until when (event loop clock) Redis keeps the lease at the latest: the last answered renewal's
+        # send time + ttl. The monotonic clock counts time spent stopped, so a stalled process sees it passed.
+        self._valid_until = 0.0
         self._release = storage.script(_RELEASE)
 
     @property
@@ -63,11 +80,13 @@ class GeneratorLease:
 
     async def acquire(self) -> bool:
         """True when this replica now holds the lease (and a new fencing token); False when another does."""
+        sent_at = asyncio.get_running_loop().time()
         async with self.storage.guard("take the generator lease"):
             fence = int(await self._acquire(keys=[self._key, self.storage.fence_key], args=[self.name, self._ttl_ms]))
         if not fence:
             return False
         self.fence = self.storage.fence = fence
+        self._valid_until = sent_at + self.ttl
         log.info("this replica (%s) holds the generator lease, fencing token %d", self.name, fence)
         return True
 
@@ -95,7 +114,6 @@ class GeneratorLease:
         """Renew every third of the ttl; raise LeaseLost when another replica has it or it may have expired
         (Redis unreachable for a whole ttl). Never returns otherwise: cancel it to stop renewing."""
         loop = asyncio.get_running_loop()
-        renewed_at = loop.time()
         while True:
             await asyncio.sleep(self.ttl / 3)
             sent_at = loop.time()
@@ -103,14 +121,44 @@ class GeneratorLease:
                 async with self.storage.guard("renew the generator lease", timeout=self.ttl / 3):
                     renewed = await self._renew(keys=[self._key], args=[self.name, self._ttl_ms])
             except StorageUnavailable as exc:
-                if loop.time() - renewed_at >= self.ttl:
+                if loop.time() >= self._valid_until:
                     raise LeaseLost(f"the generator lease could not be renewed for {self.ttl:g}s ({exc}); "
                                     "another replica may hold it now") from exc
                 log.warning("could not renew the generator lease (%s); retrying", exc)
                 continue
             if not renewed:
                 raise LeaseLost(f"the generator lease was taken over by {await self._holder_or_unknown()}")
-            renewed_at = sent_at
+            self._valid_until = sent_at + self.ttl
+
+    async def confirm(self, duration: float) -> None:
+        """Return only when this replica holds the lease for `duration` seconds more (renewed here, in Redis,
+        if its fencing token is still the newest); raise LeaseLost otherwise. Awaited right before a call that
+        changes the machine, `duration` being the longest that call may take.
+
+        When Redis does not answer, the last renewal counts: Redis cannot have let the lease expire before
+        then. An answer that comes too late (this process stalled after sending) confirms nothing.
+        """
+        if duration >= self.ttl:
+            raise ValueError(f"a machine call of {duration:g}s cannot fit in the {self.ttl:g}s generator lease")
+        loop = asyncio.get_running_loop()
+        sent_at = loop.time()
+        try:
+            async with self.storage.guard("confirm the generator lease"):
+                held = await self._confirm(keys=[self._key, self.storage.fence_key],
+                                           args=[self.name, self.storage.fence_token, self._ttl_ms])
+        except StorageUnavailable as exc:
+            if loop.time() + duration < self._valid_until:
+                log.warning("%s; the generator lease is still held for %.1fs on this process's clock",
+                            exc, self._valid_until - loop.time())
+                return
+            raise LeaseLost(f"the generator lease could not be confirmed ({exc}); another replica may hold it now"
+                            ) from exc
+        if not held:
+            raise LeaseLost(f"the generator lease was taken over by {await self._holder_or_unknown()}")
+        self._valid_until = sent_at + self.ttl
+        if loop.time() + duration >= self._valid_until:
+            raise LeaseLost("the generator lease was confirmed too late (this process stalled); "
+                            "another replica may hold it by the time the machine call ends")
 
     async def _holder_or_unknown(self) -> str:
         try:

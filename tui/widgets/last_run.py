@@ -16,7 +16,7 @@ class LastRunSummary(Widget):
 
     COMPONENT_CLASSES = {"last-run--completed", "last-run--aborted", "last-run--failed", "last-run--error"}
 
-    last_run: reactive[LastRun | None] = reactive(None)
+    last_run: reactive[LastRun | None] = reactive(None, layout=True)  # its lines may wrap: height follows
 
     def render(self) -> Text:
         last = self.last_run

@@ -9,7 +9,7 @@ from textual.reactive import reactive
 from textual.widget import Widget
 from textual.widgets import Label, ProgressBar, Static
 
-from avatargen.api import Run
+from avatargen.api import Run, Step
 from avatargen.durations import format_duration
 from tui.formatting import money, targets
 
@@ -28,9 +28,14 @@ def _counts(run: Run) -> str:
 
 
 class RunProgress(Widget):
-    """Shows the run in progress, or says there is none."""
+    """Shows the run in progress, or says there is none.
+
+    The SD step comes from the run's progress events, except while a live preview stands beside the bar:
+    then from the preview (`preview_step`), so that the bar and the picture's caption never disagree (the
+    two are polled at different moments, and a new job starts at step 0 before its first preview)."""
 
     run: reactive[Run | None] = reactive(None, init=False)
+    preview_step: reactive[Step | None] = reactive(None, init=False)
 
     def compose(self) -> ComposeResult:
         yield Static(id="run-title")
@@ -59,10 +64,19 @@ class RunProgress(Widget):
         ))
         self.query_one("#run-bar", ProgressBar).update(total=max(run.total, 1), progress=run.done + run.held)
         self.query_one("#run-counts", Static).update(_counts(run))
-        step = run.step if run.step is not None and run.step.sampling_steps > 0 else None
+        self._show_step()
+        self.query_one("#run-prompt", Static).update(Text.assemble(("prompt  ", "dim"), run.current_prompt or "…"))
+
+    def watch_preview_step(self) -> None:
+        self._show_step()
+
+    def _show_step(self) -> None:
+        run = self.run
+        step = self.preview_step or (run.step if run is not None else None)
+        if step is not None and step.sampling_steps <= 0:
+            step = None
         self.query_one("#step-row").display = step is not None
         if step is not None:
             bar = self.query_one("#step-bar", ProgressBar)
             bar.update(total=max(step.sampling_steps, 1), progress=step.sampling_step)
             self.query_one("#step-counts", Static).update(f"{step.sampling_step}/{step.sampling_steps}")
-        self.query_one("#run-prompt", Static).update(Text.assemble(("prompt  ", "dim"), run.current_prompt or "…"))

@@ -54,6 +54,7 @@ class ThumbnailGrid(VerticalScroll):
         self.image_style = style
         self.limit = limit
         self.review = review
+        self.gate_on: bool | None = None  # the review grid: whether the safety gate holds anything back at all
 
     @property
     def cards(self) -> list[Thumbnail]:
@@ -65,14 +66,24 @@ class ThumbnailGrid(VerticalScroll):
     def on_resize(self, event: Resize) -> None:
         self.styles.grid_size_columns = max(1, event.size.width // CARD_WIDTH)
 
+    def show_gate(self, on: bool | None) -> None:
+        """The review grid's title says so when the safety gate is off (nothing can ever be held back)."""
+        if on != self.gate_on:
+            self.gate_on = on
+            self._retitle()
+
     def _retitle(self) -> None:
         count = len(self.cards)
         marked = sum(card.marked for card in self.cards)
-        if self.review:
+        if self.review and not count and self.gate_on is False:
+            title = "the safety gate is off (review.enabled = false): no image is held back for review"
+        elif self.review:
             title = f"held back for review ({count})" if count else "nothing held back for review"
         else:
             title = f"newest images ({count})" if count else "no images yet: press r to refill"
         self.border_title = title + (f" · {marked} marked" if marked else "")
+        if self.is_attached:
+            self.refresh_bindings()  # the keys offered depend on the cards
 
     async def show(self, pictures: list[Picture]) -> None:
         """Start over from these pictures (after a (re)connect)."""
@@ -142,7 +153,11 @@ class ThumbnailGrid(VerticalScroll):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """Offer only what applies to the cards acted on: approve in review; elsewhere keep (or unkeep, when
         every fallback among them is kept already) for fallbacks and a move for uniques."""
-        if action != "act":
+        if action not in ("act", "mark"):
+            return True
+        if not self.cards:
+            return False  # nothing to act on: the footer offers no key that would do nothing
+        if action == "mark":
             return True
         name = parameters[0]
         if name in (PUBLISHED_ONLY if self.review else REVIEW_ONLY):
