@@ -11,7 +11,6 @@ continued), the server SIGTERMed and started again.
 from __future__ import annotations
 
 import contextlib
-import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -153,11 +152,11 @@ class Schedule:
     def _replica_stopped(self) -> None:
         slot = self.setup.slots[-1]
         with slot.down():
-            slot.signal(signal.SIGSTOP)
+            slot.service.pause()
             try:
                 self._hold()
             finally:
-                slot.signal(signal.SIGCONT)
+                slot.service.resume()
 
     def _loop(self) -> None:
         if self.stop.wait(self.first_after):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -106,10 +105,6 @@ class Slot:
         with self.down():
             self.service.kill()
             self.service.start()
-
-    def signal(self, number: signal.Signals) -> None:
-        if self.service.process is not None:
-            self.service.process.send_signal(number)
 
 
 @dataclass
