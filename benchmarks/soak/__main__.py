@@ -136,7 +136,8 @@ def invariant_rows(teams: list[Team], machines_at_end: list[str], logs_largest: 
     failures = [len(s.failures) for s in served]
     logs = [[counts for folder, counts in logs_largest.items() if f"/{team.setup.name}/" in folder] for team in teams]
     return [
-        row("uniques served twice", [len(s.uniques_twice) for s in served], not any(s.uniques_twice for s in served)),
+        row("uniques served to two visitors", [len(s.uniques_twice) for s in served],
+            not any(s.uniques_twice for s in served)),
         row("held images served", [len(s.held_served) for s in served], not any(s.held_served for s in served)),
         row("deleted images served", [len(s.deleted_served) for s in served],
             not any(s.deleted_served for s in served)),
@@ -165,6 +166,7 @@ def figure_rows(teams: list[Team]) -> list[list[object]]:
     return [
         ["visitor answers", *[sum(team.served.kinds.values()) for team in teams]],
         ["uniques served", *[len(team.served.uniques) for team in teams]],
+        ["a unique again to its own visitor (same_face_for)", *[team.served.same_face for team in teams]],
         ["answers 304", *[sum(n for key, n in team.served.kinds.items() if key.endswith(" 304"))
                           for team in teams]],
         ["visitors turned away by a slot down on purpose", *[team.served.excused for team in teams]],

@@ -37,12 +37,13 @@ LOG_MAX_BYTES, LOG_BACKUPS = 10_000, 3  # the smallest log allowed, so that the 
 
 
 def config_layer(day_seconds: float, *, budget_share: float) -> dict[str, Any]:
-    """Time compressed: checks every 2 s, visitor windows of seconds, a fallback retired every 3 s, a machine
-    that costs 1 a second and a daily budget of `budget_share` of a (compressed) day; a log rotated at 10 kB."""
+    """Time compressed: checks every 2 s, visitor windows of seconds (one face per visitor for 5 s), a
+    fallback retired every 3 s, a machine that costs 1 a second and a daily budget of `budget_share` of a
+    (compressed) day; a log rotated at 10 kB."""
     return {
         "server": {"log_max_bytes": LOG_MAX_BYTES, "log_backups": LOG_BACKUPS},
         "serving": {"unique_every": "500ms", "unique_burst": 4, "unique_per_visitor": "15s",
-                    "fallback_retire_every": "3s", "cache_max_age": "1h"},
+                    "fallback_retire_every": "3s", "cache_max_age": "1h", "same_face_for": "5s"},
         "buckets": {"unique": {"min": 4, "max": 10}, "fallback": {"min": 6, "max": 12}},
         "generator": {"check_every": "2s", "image_retries": 1, "max_consecutive_failures": 3},
         "gpu": {"poll_every": "100ms", "ready_timeout": "8s", "stop_timeout": "20s", "hourly_cost": 3600.0,

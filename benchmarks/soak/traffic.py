@@ -3,7 +3,8 @@
 Visitors come through a trusted proxy (loopback, with X-Forwarded-For): a new address (due a unique), an
 address seen before (a fallback), a conditional request with the Last-Modified or ETag it got (304), HEAD,
 `?s=` sizes and `Accept` formats. Every answer is checked as it comes: a unique's id never twice, never an
-image held back or deleted before the request began, never a 5xx; a visitor turned away by a slot that was
+image held back or deleted before the request began, never a 5xx (a unique may come again to its own
+visitor: `serving.same_face_for` shows one visitor one face across a page); a visitor turned away by a slot that was
 down on purpose is excused, any other failed request is counted.
 """
 
@@ -35,8 +36,9 @@ class Served:
 
     held: set[str]
     deleted: dict[str, float] = field(default_factory=dict)  # id -> when its deletion was confirmed
-    uniques: dict[str, float] = field(default_factory=dict)  # id -> when it was served
-    uniques_twice: list[str] = field(default_factory=list)
+    uniques: dict[str, str] = field(default_factory=dict)  # id -> the visitor it was served to
+    uniques_twice: list[str] = field(default_factory=list)  # served to a second visitor
+    same_face: int = 0  # a unique again to its own visitor (serving.same_face_for: one page, one face)
     held_served: list[str] = field(default_factory=list)
     deleted_served: list[str] = field(default_factory=list)
     server_errors: list[str] = field(default_factory=list)  # 5xx to a visitor
@@ -45,7 +47,7 @@ class Served:
     kinds: Counter[str] = field(default_factory=Counter)  # answers by kind of request and status
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def answer(self, kind: str, response: httpx.Response, began: float) -> None:
+    def answer(self, kind: str, address: str, response: httpx.Response, began: float) -> None:
         image_id = response.headers.get("x-avatar-id", "")
         avatar = response.headers.get("x-avatar-kind", "")
         with self.lock:
@@ -60,9 +62,11 @@ class Served:
             if deleted is not None and deleted < began:
                 self.deleted_served.append(f"{kind}: {avatar} {image_id}, {began - deleted:.1f} s after its deletion")
             if avatar == "unique" and kind != "HEAD":
-                if image_id in self.uniques:
-                    self.uniques_twice.append(image_id)
-                self.uniques[image_id] = began
+                first = self.uniques.setdefault(image_id, address)
+                if first != address:
+                    self.uniques_twice.append(f"{image_id} to {first} and to {address}")
+                elif kind != "new visitor":
+                    self.same_face += 1
 
 
 class Visitors:
@@ -113,7 +117,7 @@ class Visitors:
                 else:
                     self.served.failures.append(f"{kind} to {slot.name}: {type(exc).__name__}: {exc}")
             return
-        self.served.answer(kind, response, began)
+        self.served.answer(kind, address, response, began)
         if response.status_code == 200 and len(self.seen) < 5000:
             self.seen.append((address, response.headers.get("last-modified", ""), response.headers.get("etag", "")))
 
