@@ -19,7 +19,7 @@ from benchmarks.report import fmt, print_machine, print_table
 from benchmarks.soak.faults import RUNPOD_FAULTS, SIM_FAULTS, Schedule, Strike
 from benchmarks.soak.receiver import Receiver
 from benchmarks.soak.resources import GROWTH_LIMIT, Resources
-from benchmarks.soak.setups import LOG_BACKUPS, LOG_MAX_BYTES, Setup, config_layer, files_setup, has_notify, redis_setup
+from benchmarks.soak.setups import LOG_BACKUPS, LOG_MAX_BYTES, Setup, config_layer, files_setup, redis_setup
 from benchmarks.soak.traffic import Owner, Panels, Served, Visitors
 from benchmarks.soak.watch import Watch
 
@@ -66,15 +66,15 @@ def warnings_at(logs: Sequence[Path]) -> list[float]:
 
 
 def noticed(team: Team, strike: Strike, gap: float, warnings: list[float],
-            receiver: Receiver) -> tuple[bool, bool, bool | None]:
-    """Whether a strike showed in the status, the log and (where the build has them) a notification."""
+            receiver: Receiver) -> tuple[bool, bool, bool]:
+    """Whether a strike showed in the status, the log and a notification (to the json:// receiver)."""
     until = strike.end + gap
     with team.watch.lock:
         looks = list(team.watch.looks)
     before = next((seen.trouble for seen in reversed(looks) if seen.at < strike.start), frozenset())
     status = any(seen.trouble - before for seen in looks if strike.start <= seen.at <= until)
     log = any(strike.start <= at <= until for at in warnings)
-    message = bool(receiver.between(team.setup.name, strike.start, until)) if has_notify() else None
+    message = bool(receiver.between(team.setup.name, strike.start, until))
     return status, log, message
 
 
@@ -112,7 +112,7 @@ def fault_rows(teams: list[Team], gap: float,
             rows.append([team.setup.name, fault, len(strikes),
                          sum(strike.hits or 0 for strike in strikes) if simulated else "-", len(effective),
                          sum(status for status, _, _ in verdicts), sum(log for _, log, _ in verdicts),
-                         "n/a" if not has_notify() else sum(bool(note) for note in notes)])
+                         sum(notes)])
         counts.append((met, seen))
     return rows, counts
 
@@ -255,7 +255,6 @@ def main() -> int:
         f"the daily budget is {layer['gpu']['daily_budget']}; checks every 2 s; a fault every {on + gap:.0f} s "
         f"({on:.0f} s on)",
         *([files.disk_note] if files.disk_note else []),
-        *([] if has_notify() else ["this build has no [notify]: notifications are not counted"]),
     ])
     print_table("Soak: what happened", ["figure", *names], figure_rows(teams))
     print_table("Soak: faults", ["setup", "fault", "times", "simulator hits", "met something", "in the status",

@@ -13,13 +13,13 @@ import contextlib
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from avatargen.config import Settings, load_settings
+from avatargen.config import load_settings
 from avatargen.ledger import DAY_SECONDS_ENV
 from avatargen.storage.backend import open_backend
 from avatargen.testing import RedisServer, Service, free_port, running_redis
@@ -50,11 +50,6 @@ def config_layer(day_seconds: float, *, budget_share: float) -> dict[str, Any]:
                 "daily_budget": round(budget_share * day_seconds, 1)},
         "sd": {"steps": 10},
     }
-
-
-def has_notify() -> bool:
-    """Whether this build has the [notify] table (notifications to the owner)."""
-    return any(item.name == "notify" for item in fields(Settings))
 
 
 @dataclass
@@ -172,7 +167,7 @@ def files_setup(work: Path, simulator: Any, layer: dict[str, Any], receiver: Rec
             disk = stack.enter_context(tmpfs(folder / "data", DATA_DISK))
         except (RuntimeError, OSError) as exc:
             note = f"no tmpfs for a full disk: {exc}"
-        notify = {"notify": {"urls": [receiver.url("files")], "min_interval": "1s"}} if has_notify() else {}
+        notify = {"notify": {"urls": [receiver.url("files")], "min_interval": "1s"}}
         config = write_config(folder, simulator.provider_config(), layer, notify)
         held = seed(config)
         slot = Slot("files", avatargen_server(config, folder / "server.log", env=day_env(day_seconds, simulator)))
@@ -190,7 +185,7 @@ def redis_setup(work: Path, simulator: Any, layer: dict[str, Any], receiver: Rec
     folder.mkdir()
     with contextlib.ExitStack() as stack:
         redis = stack.enter_context(running_redis(folder / "redis-data", appendonly=True))
-        notify = {"notify": {"urls": [receiver.url("redis")], "min_interval": "1s"}} if has_notify() else {}
+        notify = {"notify": {"urls": [receiver.url("redis")], "min_interval": "1s"}}
         configs = []
         for n in range(2):
             replica = folder / f"replica-{n}"
