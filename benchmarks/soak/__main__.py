@@ -107,7 +107,7 @@ def fault_rows(teams: list[Team], gap: float,
             effective = [strike for strike in strikes if met_something(team, strike)]
             verdicts = [noticed(team, strike, gap, warnings, receiver) for strike in effective]
             met += len(verdicts)
-            seen += sum(status or log for status, log, _ in verdicts)
+            seen += sum(any(verdict) for verdict in verdicts)
             notes = [verdict[2] for verdict in verdicts]
             rows.append([team.setup.name, fault, len(strikes),
                          sum(strike.hits or 0 for strike in strikes) if simulated else "-", len(effective),
@@ -152,7 +152,7 @@ def invariant_rows(teams: list[Team], machines_at_end: list[str], logs_largest: 
             not any(m.auto_runs_over_budget for m in money)),
         row("ledger s / machine billed s (nothing billed twice or unbilled)",
             [f"{fmt(ledger, 1)} / {fmt(machine, 1)}" for ledger, machine, _ in billing], all(billed_right)),
-        row("faults noticed in the status or the log (of those that met a run or a process)",
+        row("faults noticed in the status, the log or a notification (of those that met something)",
             [f"{seen} of {met}" for met, seen in faults], all(met == seen for met, seen in faults)),
         row(f"log files at most, and their kB (rotated at {LOG_MAX_BYTES // 1000} kB, {LOG_BACKUPS} kept)",
             [", ".join(f"{count} files, {size / 1000:.0f} kB" for count, size in folders) for folders in logs],

@@ -114,10 +114,12 @@ class Resources:
         up)."""
         rows = []
         for (process, measure), readings in sorted(self.readings.items()):
-            lives: dict[tuple[int, str], list[Reading]] = defaultdict(list)
+            lives: list[list[Reading]] = []  # runs of readings of one process in one role, in order
             for reading in readings:
-                lives[(reading.pid, reading.role)].append(reading)
-            life = max(lives.values(), key=lambda life: life[-1].at - life[0].at)
+                if not lives or (lives[-1][-1].pid, lives[-1][-1].role) != (reading.pid, reading.role):
+                    lives.append([])
+                lives[-1].append(reading)
+            life = max(lives, key=lambda life: life[-1].at - life[0].at)
             span = life[-1].at - life[0].at
             if len(life) < 4 or span < soak_seconds / 4:
                 continue
