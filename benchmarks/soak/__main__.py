@@ -124,9 +124,10 @@ def yes(holds: bool) -> str:
 def invariant_rows(teams: list[Team], machines_at_end: list[str], logs_largest: dict[str, tuple[int, int]],
                    faults: list[tuple[int, int]], quick: bool) -> list[list[object]]:
     """The invariants, one row each: the figure per setup, and whether it holds everywhere. A quick soak logs
-    too little to see the log rotate: there it need only stay bounded."""
-    def row(name: str, cells: Sequence[object], holds: bool) -> list[object]:
-        return [name, *cells, yes(holds)]
+    too little to see the log rotate (there it need only stay bounded), and its faults last 4 s: one that
+    shows only when a request meets it (Redis slowed) may pass unseen, so noticing is judged by full soaks."""
+    def row(name: str, cells: Sequence[object], holds: bool | None) -> list[object]:
+        return [name, *cells, "not judged with --quick" if holds is None else yes(holds)]
 
     served = [team.served for team in teams]
     money = [team.watch.money for team in teams]
@@ -153,7 +154,8 @@ def invariant_rows(teams: list[Team], machines_at_end: list[str], logs_largest: 
         row("ledger s / machine billed s (nothing billed twice or unbilled)",
             [f"{fmt(ledger, 1)} / {fmt(machine, 1)}" for ledger, machine, _ in billing], all(billed_right)),
         row("faults noticed in the status, the log or a notification (of those that met something)",
-            [f"{seen} of {met}" for met, seen in faults], all(met == seen for met, seen in faults)),
+            [f"{seen} of {met}" for met, seen in faults],
+            None if quick else all(met == seen for met, seen in faults)),
         row(f"log files at most, and their kB (rotated at {LOG_MAX_BYTES // 1000} kB, {LOG_BACKUPS} kept)",
             [", ".join(f"{count} files, {size / 1000:.0f} kB" for count, size in folders) for folders in logs],
             all((quick or count > 1) and count <= LOG_BACKUPS + 1 and size <= LOG_LIMIT
@@ -271,7 +273,7 @@ def main() -> int:
         f"soak, after a restart, are not judged); holds: growth under "
         f"{GROWTH_LIMIT:.0%} (a count may grow by 1)",
     ])
-    broken = [row[0] for row in invariants if row[-1] != "yes"] + [f"{row[0]} {row[1]}" for row in growth if not row[5]]
+    broken = [row[0] for row in invariants if row[-1] == "NO"] + [f"{row[0]} {row[1]}" for row in growth if not row[5]]
     broken += [f"the soak's thread {crash}" for crash in CRASHES]
     if broken:
         print(f"does not hold: {', '.join(str(item) for item in broken)}", file=sys.stderr)
