@@ -10,7 +10,7 @@ import json
 import logging
 import struct
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -297,6 +297,25 @@ def _object_info(request: Request) -> dict[str, Any]:
     return {"CheckpointLoaderSimple": {"input": {"required": {"ckpt_name": [["cjs.safetensors"], {}]}}}}
 
 
+def _socket_only_comfyui(socket: Callable[[WebSocket], Awaitable[None]], queued: asyncio.Queue[str]) -> Starlette:
+    """A ComfyUI whose jobs never end: it puts the prompt id of each job queued on `queued` and says about
+    it only what `socket` sends."""
+
+    async def prompt(request: Request) -> Response:
+        chosen = (await request.json())["prompt_id"]
+        queued.put_nowait(chosen)
+        return JSONResponse({"prompt_id": chosen, "number": 0, "node_errors": {}})
+
+    return Starlette(routes=[
+        Route("/system_stats", _fixed({"system": {}, "devices": []})),
+        Route("/object_info/{node_class}", _fixed(_object_info)),
+        Route("/prompt", prompt, methods=["POST"]),
+        Route("/history/{prompt_id}", _fixed({})),
+        Route("/queue", _fixed({"queue_running": [], "queue_pending": []})),
+        WebSocketRoute("/ws", socket),
+    ])
+
+
 @pytest.fixture
 async def stuck_comfyui() -> AsyncIterator[str]:
     """A ComfyUI that takes a job and then says nothing: a silent socket, an empty history, an empty queue."""
@@ -484,19 +503,7 @@ async def test_progress_names_each_node_as_progress_state_moves_on() -> None:
         with contextlib.suppress(WebSocketDisconnect):
             await websocket.receive_text()
 
-    async def prompt(request: Request) -> Response:
-        chosen = (await request.json())["prompt_id"]
-        queued.put_nowait(chosen)
-        return JSONResponse({"prompt_id": chosen, "number": 0, "node_errors": {}})
-
-    app = Starlette(routes=[
-        Route("/system_stats", _fixed({"system": {}, "devices": []})),
-        Route("/object_info/{node_class}", _fixed(_object_info)),
-        Route("/prompt", prompt, methods=["POST"]),
-        Route("/history/{prompt_id}", _fixed({})),
-        Route("/queue", _fixed({"queue_running": [], "queue_pending": []})),
-        WebSocketRoute("/ws", socket),
-    ])
+    app = _socket_only_comfyui(socket, queued)
     named: list[str | None] = []
     async with LoopbackServer(app) as server, client(server.url, silence_timeout=30) as sd:
         await sd.probe("")
@@ -537,19 +544,7 @@ async def test_a_preview_with_metadata_is_taken_only_for_a_prompt_of_ours() -> N
         with contextlib.suppress(WebSocketDisconnect):
             await websocket.receive_text()
 
-    async def prompt(request: Request) -> Response:
-        chosen = (await request.json())["prompt_id"]
-        queued.put_nowait(chosen)
-        return JSONResponse({"prompt_id": chosen, "number": 0, "node_errors": {}})
-
-    app = Starlette(routes=[
-        Route("/system_stats", _fixed({"system": {}, "devices": []})),
-        Route("/object_info/{node_class}", _fixed(_object_info)),
-        Route("/prompt", prompt, methods=["POST"]),
-        Route("/history/{prompt_id}", _fixed({})),
-        Route("/queue", _fixed({"queue_running": [], "queue_pending": []})),
-        WebSocketRoute("/ws", socket),
-    ])
+    app = _socket_only_comfyui(socket, queued)
     async with LoopbackServer(app) as server, client(server.url, silence_timeout=30) as sd:
         await sd.probe("")
         job = asyncio.create_task(sd.generate("A painting of cjs", count=1))

@@ -1,5 +1,6 @@
 """The step bar names ComfyUI's node running now, driven with Pilot: the words beside the bar for a run's
-progress with and without a node, before the first sampling step, and beside a live preview."""
+progress with and without a node, before the first sampling step, and beside a live preview; and a real
+run on the simulated ComfyUI naming its sampler there."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from textual.widgets import Static
 
 import tui.app
 from avatargen.api import Run, Step
+from tests.tui_support import panel, refill_everything, running_server, wait_for
 from tui.widgets.run_progress import RunProgress
 
 RUN: dict[str, Any] = {
@@ -59,3 +61,16 @@ async def test_the_step_bar_names_the_node_running() -> None:
         widget.run = replace(run, step=Step(0, 0, 0.0))
         await pilot.pause()
         assert shown() is None
+
+
+async def test_a_run_on_comfyui_names_the_sampler_beside_the_step_bar(tmp_path: Path) -> None:
+    """End to end: `avatargen serve` on the simulated ComfyUI, the generator's progress, the panel."""
+    paced = {"sd.backend": "comfyui", "buckets.unique.max": 3, "buckets.fallback.max": 3, "sd.steps": 20,
+             "gpu.simulated.step_time": "100ms"}
+    with running_server(tmp_path, paced) as server:
+        app = panel(server.url)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await refill_everything(pilot, app)
+            counts = app.main.query_one("#step-counts", Static)
+            await wait_for(pilot, lambda: str(counts.render()).endswith("/20 · KSampler"), "the sampler named",
+                           timeout=60)
