@@ -60,6 +60,17 @@ def test_what_the_server_encodes_the_client_decodes_to_the_same_values() -> None
     assert name == "state" and decode_event(name, data) == ended
 
 
+def test_the_comfyui_node_travels_with_the_step_and_only_when_known() -> None:
+    """The node running (ComfyUI) goes both ways; a web UI's step, with none, is encoded as it always was."""
+    with_node = {**RUN, "step": {**RUN["step"], "node": "KSampler"}}
+    run = Run.from_json(with_node)
+    assert run.step is not None and run.step.node == "KSampler"
+    assert run.to_json()["step"] == with_node["step"] and Run.from_json(run.to_json()) == run
+    web_ui = Run.from_json(RUN)
+    assert web_ui.step is not None and web_ui.step.node is None
+    assert web_ui.to_json()["step"] == {"sampling_step": 4, "sampling_steps": 10, "progress": 0.4}
+
+
 @pytest.mark.parametrize(("broken", "message"), [
     ({**STATUS, "cost": {}}, "the server's status lacks the key 'today'"),
     ({**STATUS, "state": "dancing"}, "unknown generator state 'dancing'"),

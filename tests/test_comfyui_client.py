@@ -10,7 +10,7 @@ import json
 import logging
 import struct
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -297,6 +297,25 @@ def _object_info(request: Request) -> dict[str, Any]:
     return {"CheckpointLoaderSimple": {"input": {"required": {"ckpt_name": [["cjs.safetensors"], {}]}}}}
 
 
+def _socket_only_comfyui(socket: Callable[[WebSocket], Awaitable[None]], queued: asyncio.Queue[str]) -> Starlette:
+    """A ComfyUI whose jobs never end: it puts the prompt id of each job queued on `queued` and says about
+    it only what `socket` sends."""
+
+    async def prompt(request: Request) -> Response:
+        chosen = (await request.json())["prompt_id"]
+        queued.put_nowait(chosen)
+        return JSONResponse({"prompt_id": chosen, "number": 0, "node_errors": {}})
+
+    return Starlette(routes=[
+        Route("/system_stats", _fixed({"system": {}, "devices": []})),
+        Route("/object_info/{node_class}", _fixed(_object_info)),
+        Route("/prompt", prompt, methods=["POST"]),
+        Route("/history/{prompt_id}", _fixed({})),
+        Route("/queue", _fixed({"queue_running": [], "queue_pending": []})),
+        WebSocketRoute("/ws", socket),
+    ])
+
+
 @pytest.fixture
 async def stuck_comfyui() -> AsyncIterator[str]:
     """A ComfyUI that takes a job and then says nothing: a silent socket, an empty history, an empty queue."""
@@ -437,6 +456,72 @@ async def test_comfyui_today_routes_under_api_per_node_progress_and_previews_wit
     assert sim.completed == ["A painting of cjs"] and len(sim.preview_metadata) == 1
 
 
+async def test_progress_names_the_node_of_our_job_running_now() -> None:
+    """`progress_state` says which node of our job runs, the graph we sent says what it is: the node names
+    follow the graph's order through the job (the sampler with its steps, then the nodes after it), and
+    none is named once the job has ended."""
+    order = ["CheckpointLoaderSimple", "CLIPTextEncode", "EmptyLatentImage", "KSampler", "VAEDecode", "SaveImage"]
+    async with comfyui(sim_settings(step_time=0.02)) as (_, url), client(url) as sd:
+        await wait_sd_ready(sd)
+        job = asyncio.create_task(sd.generate("A painting of cjs", count=1))
+        seen: list[str] = []
+        sampling: list[tuple[int, int]] = []
+        while not job.done():
+            progress = await sd.progress()
+            if progress.node is not None and progress.node not in seen[-1:]:
+                seen.append(progress.node)
+            if progress.node == "KSampler" and progress.sampling_step:
+                sampling.append((progress.sampling_step, progress.sampling_steps))
+            await asyncio.sleep(0.002)
+        await job
+        assert (await sd.progress()).node is None
+    assert "KSampler" in seen, seen  # the nodes around it may run too fast to be seen by polling
+    assert seen == sorted(seen, key=order.index), seen  # never back to an earlier node (nor an unknown one)
+    assert sampling and all(steps == 20 for _, steps in sampling), sampling
+
+
+async def test_progress_names_each_node_as_progress_state_moves_on() -> None:
+    """A ComfyUI that goes on to the next node only once the client has named the one running: every node of
+    the graph is named in turn, the newest running one when a node's expansion runs inside it, and those whose
+    ids are not in our graph (ComfyUI's own) never."""
+    queued: asyncio.Queue[str] = asyncio.Queue()
+    moved_on: asyncio.Queue[None] = asyncio.Queue()
+    walk = [("4", "running", None), ("4", "finished", None), ("3", "running", None),
+            ("3.0.1", "running", "3"), ("8", "running", None), ("99", "running", "99"), ("9", "running", None)]
+
+    async def socket(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await websocket.receive_text()  # the feature flags
+        ours = await queued.get()
+        await websocket.send_json({"type": "executing", "data": {"node": "4", "prompt_id": ours}})
+        nodes: dict[str, Any] = {}
+        for node_id, state, display in walk:
+            nodes[node_id] = {"value": 0, "max": 1, "state": state, "node_id": node_id, "prompt_id": ours,
+                              "display_node_id": display or node_id}
+            await websocket.send_json({"type": "progress_state", "data": {"prompt_id": ours, "nodes": nodes}})
+            await moved_on.get()
+        with contextlib.suppress(WebSocketDisconnect):
+            await websocket.receive_text()
+
+    app = _socket_only_comfyui(socket, queued)
+    named: list[str | None] = []
+    async with LoopbackServer(app) as server, client(server.url, silence_timeout=30) as sd:
+        await sd.probe("")
+        job = asyncio.create_task(sd.generate("A painting of cjs", count=1))
+        for step, (node_id, state, _) in enumerate(walk):
+            started = len({earlier for earlier, _, _ in walk[:step + 1]})
+
+            def reached(n: int = started, i: str = node_id, s: str = state) -> bool:
+                return len(sd.nodes) == n and sd.nodes[i]["state"] == s
+
+            await wait_until(reached)
+            named.append((await sd.progress()).node)
+            moved_on.put_nowait(None)
+        job.cancel()
+        await asyncio.gather(job, return_exceptions=True)
+    assert named == ["CheckpointLoaderSimple", None, "KSampler", "KSampler", "VAEDecode", "VAEDecode", "SaveImage"]
+
+
 async def test_a_preview_with_metadata_is_taken_only_for_a_prompt_of_ours() -> None:
     """Type 4 frames name their prompt: a frame of a prompt that is not ours (another client's job on a shared
     server, a job of ours already given up) never becomes our preview, even while ours runs."""
@@ -459,19 +544,7 @@ async def test_a_preview_with_metadata_is_taken_only_for_a_prompt_of_ours() -> N
         with contextlib.suppress(WebSocketDisconnect):
             await websocket.receive_text()
 
-    async def prompt(request: Request) -> Response:
-        chosen = (await request.json())["prompt_id"]
-        queued.put_nowait(chosen)
-        return JSONResponse({"prompt_id": chosen, "number": 0, "node_errors": {}})
-
-    app = Starlette(routes=[
-        Route("/system_stats", _fixed({"system": {}, "devices": []})),
-        Route("/object_info/{node_class}", _fixed(_object_info)),
-        Route("/prompt", prompt, methods=["POST"]),
-        Route("/history/{prompt_id}", _fixed({})),
-        Route("/queue", _fixed({"queue_running": [], "queue_pending": []})),
-        WebSocketRoute("/ws", socket),
-    ])
+    app = _socket_only_comfyui(socket, queued)
     async with LoopbackServer(app) as server, client(server.url, silence_timeout=30) as sd:
         await sd.probe("")
         job = asyncio.create_task(sd.generate("A painting of cjs", count=1))

@@ -30,6 +30,7 @@ from tui.connection import Backoff
 from tui.screens.confirm_abort import ConfirmAbortScreen
 from tui.screens.main import MainScreen
 from tui.screens.problem import ProblemScreen
+from tui.widgets.event_log import EventLog
 from tui.widgets.history_charts import HistoryCharts
 from tui.widgets.link_indicator import LinkIndicator
 from tui.widgets.prompt_editor import PromptEditor
@@ -257,11 +258,31 @@ def test_abort_confirmation(snap_compare: Snap) -> None:
     assert snap_compare(OverviewOnly(), terminal_size=SIZE, run_before=confirm)
 
 
+# What the overview's log shows at 160 columns: the real server's own lines name its ports, folders and clock
+FIXED_LOG = [LogEntry(datetime(2026, 12, 1, 9, 0, second, tzinfo=UTC), level, message) for second, level, message in (
+    (1, "INFO", "config: config.toml; buckets unique 10-30, fallback 20-40; checks every 10m; simulated GPU"),
+    (2, "INFO", "simulated GPU: paperspace API at http://127.0.0.1:9001/v1, SD server (a1111) at "
+                "http://127.0.0.1:9002"),
+    (3, "WARNING", "the safety gate held back 2 images: review them in the Review tab"),
+    (4, "INFO", "connected to http://127.0.0.1:9000"),
+)]
+
+
+async def settled_with_a_fixed_log(pilot: Pilot[Any]) -> None:
+    await settled(pilot)
+    for log in pilot.app.query(EventLog):
+        log.entries.clear()
+        log.clear()
+        for entry in FIXED_LOG:
+            log.add(entry)
+    await pilot.pause()
+
+
 @pytest.mark.parametrize("size", [(160, 45), (120, 40), (80, 24)], ids=["160x45", "120x40", "80x24"])
 def test_overview_at_each_supported_size(snap_compare: Snap, server: ServerProcess, size: tuple[int, int]) -> None:
     """The log beside the panels only where it has room (160), the strip's cards whole with their captions,
     and every key that applies in the footer (q included at 80 columns)."""
-    assert snap_compare(panel(server.url), terminal_size=size, run_before=settled)
+    assert snap_compare(panel(server.url), terminal_size=size, run_before=settled_with_a_fixed_log)
 
 
 def test_images_at_80x24_offer_every_key(snap_compare: Snap, server: ServerProcess) -> None:

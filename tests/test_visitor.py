@@ -335,7 +335,8 @@ async def test_broken_files_are_found_after_start_up_before_a_visitor_meets_them
 
 async def test_a_read_only_unique_bucket_gives_fallbacks_and_keeps_its_uniques(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    settings = fast_settings(tmp_path, admin__token=TOKEN)
+    # same_face_for 0: the visitor asks again after the fix, and must not be shown their fallback again
+    settings = fast_settings(tmp_path, admin__token=TOKEN, serving__same_face_for=0)
     folder = settings.buckets.unique.dir
     with tmpfs(folder):
         ids = stock(settings, unique=3, fallback=2)

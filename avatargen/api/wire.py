@@ -99,18 +99,26 @@ def _levels(data: Mapping[str, Any]) -> dict[str, BucketLevel]:
 
 @dataclass(frozen=True)
 class Step:
-    """The SD web UI's own progress on the image it is sampling now."""
+    """The SD server's own progress on the image it is sampling now, and with ComfyUI the node it runs
+    (its class_type; sent only when known, so a web UI backend's progress reads as it always did)."""
 
     sampling_step: int = 0
     sampling_steps: int = 0
     progress: float = 0.0
+    node: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"sampling_step": self.sampling_step, "sampling_steps": self.sampling_steps, "progress": self.progress}
+        data: dict[str, Any] = {"sampling_step": self.sampling_step, "sampling_steps": self.sampling_steps,
+                                "progress": self.progress}
+        if self.node is not None:
+            data["node"] = self.node
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Step:
-        return cls(int(data["sampling_step"]), int(data["sampling_steps"]), float(data["progress"]))
+        node = data.get("node")
+        return cls(int(data["sampling_step"]), int(data["sampling_steps"]), float(data["progress"]),
+                   None if node is None else str(node))
 
 
 @dataclass(frozen=True)

@@ -341,7 +341,8 @@ class Refill:
             await asyncio.sleep(PROGRESS_POLL)
             with contextlib.suppress(Exception):  # only the live progress bar depends on it
                 progress = await sd.progress()
-                self.run.step = Step(progress.sampling_step, progress.sampling_steps, round(progress.progress, 3))
+                self.run.step = Step(progress.sampling_step, progress.sampling_steps, round(progress.progress, 3),
+                                     progress.node)
                 self._publish_progress()
 
     async def _poll_preview(self, sd: SdBackend, every: float) -> None:

@@ -157,7 +157,11 @@ class PaperspaceProvider:
                 return None
             if stop_event:
                 event = await self._client.get_event(stop_event)
-                if event.get("state") in _ENDED:  # the stop is over and the machine is not off: ask again
+                if event.get("state") in _ENDED:  # the stop is over: off by now, or ask again
+                    state = (await self._client.get_machine(self._machine_id))["state"]  # it may have just gone off
+                    watch(state)
+                    if state == OFF:
+                        return None
                     stop_event = None
                     return f"the stop ended {event.get('state')}: {event.get('error') or 'no reason'}"
             return ""

@@ -55,8 +55,9 @@ async def send(http: httpx.AsyncClient, method: str, url: str, *, server: str, *
 
 @dataclass(frozen=True)
 class SdProgress:
-    """Progress 0..1 of the job computing now (0 and job_count 0 when idle), its sampling step, and the
-    live preview of the image being sampled (an image file, when asked for and the backend has one)."""
+    """Progress 0..1 of the job computing now (0 and job_count 0 when idle), its sampling step, the
+    live preview of the image being sampled (an image file, when asked for and the backend has one), and
+    the node running now (its class_type, "KSampler", "VAEDecode"; None where the backend has no nodes)."""
 
     progress: float
     eta_relative: float
@@ -64,6 +65,7 @@ class SdProgress:
     sampling_steps: int
     job_count: int
     preview: bytes | None = None
+    node: str | None = None
 
 
 @dataclass(frozen=True)

@@ -76,6 +76,7 @@ class _Job:
     """What we know of one queued prompt; `news` is set when its history is worth a look."""
 
     prompt_id: str
+    graph: Mapping[str, Any] = field(default_factory=dict)  # what was sent: node id -> its class_type and inputs
     queued_at: float = field(default_factory=time.monotonic)
     heard_at: float = field(default_factory=time.monotonic)
     ended: bool = False  # the socket reported its end: its history entry is about to be written
@@ -312,7 +313,7 @@ class ComfyUiClient:
         """Queue a job under a prompt id of our own, known before ComfyUI starts it (and reports on it,
         which may come before its answer to the POST). A ComfyUI too old to take it sends its own."""
         prompt_id = str(uuid.uuid4())
-        self._jobs[prompt_id] = _Job(prompt_id)
+        self._jobs[prompt_id] = _Job(prompt_id, graph)
         if self._journal is not None:
             self._journal.add(prompt_id)  # before it goes: we may be killed before ComfyUI answers
         try:
@@ -433,7 +434,20 @@ class ComfyUiClient:
         per_step = (time.monotonic() - started) / step if step else 0.0
         return SdProgress(progress=step / steps if steps else 0.0, eta_relative=(steps - step) * per_step,
                           sampling_step=step, sampling_steps=steps, job_count=len(self._jobs),
-                          preview=self.preview if preview and ours else None)
+                          preview=self.preview if preview and ours else None,
+                          node=self._running_node() if ours else None)
+
+    def _running_node(self) -> str | None:
+        """The class_type of the node of our job running now, from its `progress_state` and the graph we sent
+        (the newest node started, when several are: a node expanded into others reports them all)."""
+        graph = self._jobs[self._running or ""].graph
+        running = [state for state in self.nodes.values() if state.get("state") == "running"]
+        for state in reversed(running):
+            for key in ("display_node_id", "node_id"):  # an expanded node's own id is not in our graph
+                class_type = _obj(graph.get(str(state.get(key)))).get("class_type")
+                if isinstance(class_type, str):
+                    return class_type
+        return None
 
     async def cancel(self) -> None:
         """Take our pending jobs off ComfyUI's queue, then interrupt ours if it is the one running."""

@@ -71,12 +71,19 @@ class RunProgress(Widget):
         self._show_step()
 
     def _show_step(self) -> None:
+        """The step bar and its words: "12/20 · KSampler" while sampling; the ComfyUI node alone before the
+        first sampling step ("CheckpointLoaderSimple"). The node always comes from the run's progress."""
         run = self.run
+        node = run.step.node if run is not None and run.step is not None else None
         step = self.preview_step or (run.step if run is not None else None)
         if step is not None and step.sampling_steps <= 0:
             step = None
-        self.query_one("#step-row").display = step is not None
-        if step is not None:
+        self.query_one("#step-row").display = step is not None or node is not None
+        words = [f"{step.sampling_step}/{step.sampling_steps}"] if step is not None else []
+        if node is not None:
+            words.append(node)
+        if words:
             bar = self.query_one("#step-bar", ProgressBar)
-            bar.update(total=max(step.sampling_steps, 1), progress=step.sampling_step)
-            self.query_one("#step-counts", Static).update(f"{step.sampling_step}/{step.sampling_steps}")
+            bar.update(total=step.sampling_steps if step is not None else 1,
+                       progress=step.sampling_step if step is not None else 0)
+            self.query_one("#step-counts", Static).update(" · ".join(words))
