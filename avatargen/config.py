@@ -142,6 +142,8 @@ class ServerSettings:
     trusted_proxies: tuple[str, ...] = _f(("127.0.0.1", "::1"), kind="network")
     data_dir: Path = _f(Path("data"), kind="path")
     workers: int = _f(1, low=1, high=64)  # uvicorn worker processes on this machine, one port
+    log_max_bytes: int = _f(5_000_000, low=10_000)  # <data_dir>/avatargen.log is rotated at this size
+    log_backups: int = _f(3, low=0, high=100)  # rotated log files kept (avatargen.log.1, ...)
 
 
 @dataclass(frozen=True)

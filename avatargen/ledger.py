@@ -5,6 +5,11 @@ with the number of images the run stored. An entry left open by a crash is close
 that stops the orphaned machine, so the time the machine ran unattended is billed too. Days and months
 are UTC.
 
+Days can be compressed for the soak benchmark (`benchmarks/soak`), which must see several midnights and
+budget resets in an hour: `AVATARGEN_DAY_SECONDS=N` makes a "day" N seconds long, counted from the epoch,
+for everything that asks `day_start` and `day_length` (today's spend, the daily budget, the history).
+Months stay calendar months. Unset (always, in production) days are UTC days.
+
 This module is the file and the arithmetic. The generator never waits on the file: it keeps its own copy
 of the entries in memory and writes them here from a worker thread (`avatargen.generator.billing`). A
 file deleted or replaced under an open connection goes unnoticed by SQLite (it keeps writing to the
@@ -36,6 +41,7 @@ CREATE TABLE IF NOT EXISTS machine_time (
 )
 """
 DAY = 86400.0
+DAY_SECONDS_ENV = "AVATARGEN_DAY_SECONDS"  # a compressed day, for the soak benchmark only
 
 
 @dataclass(frozen=True)
@@ -96,21 +102,40 @@ def daily(entries: Iterable[Entry], days: int, now: float | None = None) -> list
     """The last `days` UTC days, oldest first, today last; a run across midnight bills each day its part."""
     now = time.time() if now is None else now
     today = day_start(now)
-    starts = [today - (days - 1 - index) * DAY for index in range(days)]
+    length = day_length()
+    starts = [today - (days - 1 - index) * length for index in range(days)]
     seconds, cost, images = [0.0] * days, [0.0] * days, [0] * days
     for entry in entries:
         for index, start in enumerate(starts):
-            billed = entry.seconds_between(start, start + DAY, now)
+            billed = entry.seconds_between(start, start + length, now)
             seconds[index] += billed
             cost[index] += billed / 3600 * entry.hourly_cost
         ended = (entry.stopped if entry.stopped is not None else now) - starts[0]
         if ended >= 0:
-            images[min(days - 1, int(ended // DAY))] += entry.images
+            images[min(days - 1, int(ended // length))] += entry.images
     first = datetime.fromtimestamp(today, UTC).date() - timedelta(days=days - 1)
     return [Day(first + timedelta(days=index), seconds[index], cost[index], images[index]) for index in range(days)]
 
 
+def day_length() -> float:
+    """Seconds in a day: 86400, unless AVATARGEN_DAY_SECONDS compresses days (the soak benchmark)."""
+    raw = os.environ.get(DAY_SECONDS_ENV)
+    if not raw:
+        return DAY
+    try:
+        length = float(raw)
+    except ValueError:
+        length = 0.0
+    if not 0 < length <= DAY:
+        raise ValueError(f"{DAY_SECONDS_ENV} must be a number of seconds from 1 to {DAY:g}, got {raw!r}")
+    return length
+
+
 def day_start(now: float) -> float:
+    """When today began: UTC midnight, or the last multiple of a compressed day since the epoch."""
+    length = day_length()
+    if length != DAY:
+        return now - now % length
     return datetime.fromtimestamp(now, UTC).replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
 
 

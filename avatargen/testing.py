@@ -101,7 +101,7 @@ class Service:
         """CPU time the process and the processes it started (uvicorn's workers) have used so far: user +
         system, from /proc."""
         assert self.process is not None
-        return sum(_cpu_seconds(pid) for pid in _family(self.process.pid))
+        return sum(_cpu_seconds(pid) for pid in family(self.process.pid))
 
     def kill(self) -> None:
         """SIGKILL: the process gets no chance to clean up (a crash, the OOM killer)."""
@@ -118,7 +118,7 @@ class Service:
 
     def _signal_family(self, signum: signal.Signals) -> None:
         assert self.process is not None
-        for pid in _family(self.process.pid):
+        for pid in family(self.process.pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
 
@@ -142,7 +142,7 @@ class Service:
         self.stop()
 
 
-def _family(pid: int) -> list[int]:
+def family(pid: int) -> list[int]:
     """A process and its descendants, from /proc (those that ended meanwhile are left out)."""
     family, index = [pid], 0
     while index < len(family):
@@ -184,13 +184,15 @@ class Simulator:
     """
 
     def __init__(self, log: Path, *, boot_delay: str, stop_delay: str, sd_boot_delay: str, step_time: str,
-                 faults: Sequence[str] = (), api: str = "paperspace", backend: str = "a1111") -> None:
+                 faults: Sequence[str] = (), api: str = "paperspace", backend: str = "a1111",
+                 hourly_price: float | None = None) -> None:
         self.log = log
         self.backend = backend
         self.command = ["nice", "-n", "19", sys.executable, "-m", "avatargen.simulator", "--api", api,
                         "--backend", backend,
                         "--boot-delay", boot_delay, "--stop-delay", stop_delay, "--sd-boot-delay", sd_boot_delay,
-                        "--step-time", step_time, *(arg for name in faults for arg in ("--fault", name))]
+                        "--step-time", step_time, *(arg for name in faults for arg in ("--fault", name)),
+                        *(["--hourly-price", str(hourly_price)] if hourly_price is not None else [])]
         self.process: subprocess.Popen[str] | None = None
         self.info: dict[str, str] = {}
 
@@ -226,6 +228,13 @@ class Simulator:
         """The machine as the simulator sees it: `state` (off, starting, ..., ready), `billedSeconds` and
         `calls` (the start and stop requests it received, oldest first)."""
         return self._request("GET", "/_sim/machine")
+
+    def faults(self, names: Sequence[str] | None = None) -> dict[str, Any]:
+        """The faults switched on, and how often each struck since the set last changed (`hits`); with `names`,
+        switch to exactly those first (their counts start again from 0)."""
+        if names is not None:
+            self._request("PUT", "/_sim/faults", json={"faults": list(names)})
+        return self._request("GET", "/_sim/faults")
 
     def provider_config(self) -> dict[str, Any]:
         """The config layer that points an avatargen server at this simulator (env: `env()`), exactly as at the

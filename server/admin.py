@@ -72,13 +72,16 @@ async def status_here(request: Request) -> Response:
 
 async def status(request: Request) -> Response:
     """The generator's status (from its process, wherever it runs) with the visitor path's errors of this
-    process: each worker or replica serves visitors of its own, and the owner asked this one."""
+    process: each worker or replica serves visitors of its own, and the owner asked this one. So is
+    `event_listeners`, the event streams this process's hub feeds now: a count that only grows would be panels
+    gone but never let go (the soak benchmark watches it)."""
     answer = await to_generator(status_here)(request)
     if answer.status_code != 200:
         return answer
     visitors = request.app.state.visitor.status()
     gate = {"enabled": services(request).settings.review.enabled}  # every process reads the same config
-    return JSONResponse({**json.loads(await read_answer(answer)), "visitors": visitors.to_json(), "review": gate})
+    return JSONResponse({**json.loads(await read_answer(answer)), "visitors": visitors.to_json(), "review": gate,
+                         "event_listeners": services(request).events.listener_count})
 
 
 async def events(request: Request) -> Response:

@@ -42,13 +42,14 @@ class PrivateLogFile(logging.handlers.RotatingFileHandler):
 
 
 def configure_logging(settings: Settings) -> list[logging.Handler]:
-    """Log to the terminal and to <data_dir>/avatargen.log (rotated at 5 MB, 3 old files kept), URL
-    credentials hidden; the handlers added."""
+    """Log to the terminal and to <data_dir>/avatargen.log (rotated at server.log_max_bytes, 5 MB by default;
+    server.log_backups old files kept, 3 by default), URL credentials hidden; the handlers added."""
     root = logging.getLogger("avatargen")
     root.setLevel(logging.INFO)
     formatter = logging.Formatter(LOG_FORMAT)
     console = logging.StreamHandler()
-    logfile = PrivateLogFile(log_path(settings), maxBytes=5_000_000, backupCount=3, encoding="utf-8")
+    logfile = PrivateLogFile(log_path(settings), maxBytes=settings.server.log_max_bytes,
+                             backupCount=settings.server.log_backups, encoding="utf-8")
     for handler in (console, logfile):
         handler.setFormatter(formatter)
         handler.addFilter(RedactingFilter())

@@ -330,3 +330,21 @@ async def test_a_sidecar_that_is_not_an_object_is_skipped(server: tuple[httpx.As
     assert response.status_code == 200
     assert broken.stem not in [image["id"] for image in response.json()["images"]]
     assert len(response.json()["images"]) == 3
+
+
+async def test_status_counts_the_event_streams_open_now(server: tuple[httpx.AsyncClient, Path]) -> None:
+    client, _ = server
+
+    async def listeners() -> int:
+        return (await client.get("/admin/api/status")).json()["event_listeners"]
+
+    assert await listeners() == 0
+    async with client.stream("GET", "/admin/api/events") as response:
+        await anext(response.aiter_lines())  # the stream is open: its first line came
+        assert await listeners() == 1
+    # The panel left: its listener is let go once the server sees the connection closed.
+    for _ in range(200):
+        if await listeners() == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert await listeners() == 0

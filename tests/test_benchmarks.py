@@ -15,6 +15,7 @@ import pytest
 from avatargen.config import SD_BACKENDS
 from avatargen.simulator.faults import faults_for
 from benchmarks.fault_matrix import APIS, COMFYUI_ONLY, MONEY_ROWS, QUICK_COMFYUI, STORAGE_FAULTS, kill_states
+from benchmarks.soak.faults import REDIS_FAULTS, SIM_FAULTS
 
 ROOT = Path(__file__).resolve().parent.parent
 # Their own step of .ci/run, after the rest of the suite (`-m bench`): about a third of the suite's time.
@@ -96,3 +97,20 @@ def test_gpu_efficiency_compares_the_safety_gate_off_and_on() -> None:
     assert "### Safety gate and GPU busy share, shipped defaults\n" in done.stdout
     for backend in ("a1111", "comfyui"):
         assert f"| {backend} | off | 1 | 20 |" in done.stdout and f"| {backend} | on | 1 | 20 |" in done.stdout
+
+
+@pytest.mark.timeout(420)  # about two minutes of soak, plus starting and stopping five servers on 2 busy cores
+def test_the_soak_runs_in_quick_mode_and_every_invariant_holds() -> None:
+    """The soak exits 1 when an invariant or a resource does not hold: its quick run is a check of its own."""
+    done = subprocess.run([sys.executable, "-m", "benchmarks.soak", "--quick"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=360)
+    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    for title in ("invariants", "what happened", "faults", "resources"):
+        assert f"### Soak: {title}\n" in done.stdout
+    for row in ("uniques served to two visitors", "held images served", "deleted images served", "5xx to a visitor",
+                "billed seconds outside runs", "automatic runs started over the daily budget",
+                "ledger s / machine billed s", "faults noticed", "log files at most"):
+        assert f"| {row}" in done.stdout, f"no invariant {row!r} in:\n{done.stdout}"
+    for fault in (*SIM_FAULTS, *REDIS_FAULTS, "server SIGTERM + restart"):
+        assert f" | {fault} | " in done.stdout, f"no fault {fault!r} in:\n{done.stdout}"
+    assert "| redis replica-0 (" in done.stdout and "| redis redis-server (storage) | Redis keys |" in done.stdout

@@ -155,6 +155,7 @@ async def test_start_error_fault_ends_the_event_in_error_and_the_machine_off() -
         started = (await api.patch(f"/machines/{sim.machine_id}/start")).json()
         assert await record_states(sim, "off") == ["off"]
         event = (await api.get(f"/machine-events/{started['event']['id']}")).json()
+        assert sim.faults.hits("start_error") == 1  # counted, as the soak reads it from /_sim/faults
     assert event["state"] == "error"
     assert "capacity" in event["error"]
 
@@ -196,7 +197,7 @@ async def test_faults_change_at_runtime_over_http_and_reject_unknown_names(
         sim: SimulatedGpu, api: httpx.AsyncClient) -> None:
     faults_url = sim.api_url.removesuffix("/v1") + "/_sim/faults"
     response = await api.put(faults_url, json={"faults": ["sd_500", "stop_500"]})
-    assert response.json() == {"faults": ["sd_500", "stop_500"]}
+    assert response.json() == {"faults": ["sd_500", "stop_500"], "hits": {"sd_500": 0, "stop_500": 0}}
     assert "sd_500" in sim.faults
     unknown = await api.put(faults_url, json={"faults": ["gremlins"]})
     assert unknown.status_code == 400
@@ -204,7 +205,9 @@ async def test_faults_change_at_runtime_over_http_and_reject_unknown_names(
     assert "sd_500" in unknown.json()["message"]  # lists the known faults
     malformed = await api.put(faults_url, content=b"sd_500")
     assert malformed.status_code == 400
-    assert (await api.get(faults_url)).json() == {"faults": ["sd_500", "stop_500"]}
+    await api.patch(f"/machines/{sim.machine_id}/stop")  # stop_500 strikes once
+    assert (await api.get(faults_url)).json() == {"faults": ["sd_500", "stop_500"],
+                                                  "hits": {"sd_500": 0, "stop_500": 1}}
     with pytest.raises(ValueError, match="gremlins"):
         sim.set_faults(["gremlins"])
     with pytest.raises(ValueError, match="unknown simulator fault"):
@@ -230,7 +233,7 @@ def test_standalone_process_prints_where_it_is_and_exits_on_sigterm() -> None:
         machine = httpx.get(f"{where['api_url']}/machines/{where['machine_id']}", headers=headers).json()
         assert machine["state"] == "off"
         faults_url = where["api_url"].removesuffix("/v1") + "/_sim/faults"
-        assert httpx.get(faults_url, headers=headers).json() == {"faults": ["stop_500"]}
+        assert httpx.get(faults_url, headers=headers).json() == {"faults": ["stop_500"], "hits": {"stop_500": 0}}
         with pytest.raises(httpx.ConnectError):  # the machine is off: no web UI
             httpx.get(f"{where['sd_url']}/sdapi/v1/progress")
     finally:

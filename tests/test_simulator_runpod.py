@@ -68,10 +68,12 @@ async def test_start_error_is_refused_at_once_and_zero_gpu_resumes_without_a_gpu
     refused = await api.post(f"/pods/{sim.machine_id}/start")
     assert refused.status_code == 400 and "not enough free GPUs" in refused.json()["error"]
     assert sim.machine.state == "off"
+    assert sim.faults.hits("start_error") == 1  # counted, as the soak reads it from /_sim/faults
     sim.set_faults(["zero_gpu"])
     await api.post(f"/pods/{sim.machine_id}/start")
     pod = (await api.get(f"/pods/{sim.machine_id}")).json()
     assert (pod["desiredStatus"], pod["gpu"]["count"]) == ("RUNNING", 0)
+    assert sim.faults.hits("zero_gpu") == 1
 
 
 async def test_external_terminate_ends_the_pod_for_good_after_the_first_image() -> None:
@@ -105,8 +107,9 @@ async def test_api_faults_strike_every_third_request(sim: SimulatedGpu, api: htt
     assert codes == [500, 500, 500, 200]
 
 
-def test_standalone_process_speaks_runpod_when_asked() -> None:
-    process = subprocess.Popen([sys.executable, "-m", "avatargen.simulator", "--api", "runpod"],
+def test_standalone_process_speaks_runpod_when_asked_at_the_price_asked() -> None:
+    process = subprocess.Popen([sys.executable, "-m", "avatargen.simulator", "--api", "runpod",
+                                "--hourly-price", "3600"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         assert process.stdout is not None
@@ -114,10 +117,17 @@ def test_standalone_process_speaks_runpod_when_asked() -> None:
         assert where["api"] == "runpod"
         headers = {"Authorization": f"Bearer {where['api_key']}"}
         pod = httpx.get(f"{where['api_url']}/pods/{where['machine_id']}", headers=headers).json()
-        assert pod["desiredStatus"] == "EXITED"
+        assert (pod["desiredStatus"], pod["costPerHr"]) == ("EXITED", 3600)  # the soak's machine: 1 a second
         machine = httpx.get(where["api_url"].removesuffix("/v1") + "/_sim/machine", headers=headers).json()
         assert (machine["state"], machine["billedSeconds"]) == ("off", 0)
     finally:
         process.send_signal(signal.SIGTERM)
         _, errors = process.communicate(timeout=10)
     assert process.returncode == 0, errors
+
+
+@pytest.mark.parametrize("price", ["-1", "free", "inf"])
+def test_standalone_process_refuses_a_price_that_is_not_one(price: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "avatargen.simulator", "--hourly-price", price],
+                          capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert done.returncode == 2 and f"an hourly price is a number of 0 or more, got {price!r}" in done.stderr

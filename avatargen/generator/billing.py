@@ -25,7 +25,7 @@ from dataclasses import replace
 
 from avatargen.buckets import ImageRecord
 from avatargen.durations import format_duration
-from avatargen.ledger import DAY, Day, Entry, Spend, daily, day_start, month_start
+from avatargen.ledger import Day, Entry, Spend, daily, day_length, day_start, month_start
 from avatargen.metrics import GPU_BILLED_SECONDS
 from avatargen.retry import backoff_delay
 from avatargen.run import iso
@@ -100,7 +100,7 @@ class Billing:
         whatever is not written yet) wins over it. A ledger that cannot be read leaves this month's days.
         """
         now = time.time() if now is None else now
-        since = day_start(now) - (days - 1) * DAY
+        since = day_start(now) - (days - 1) * day_length()
         try:
             stored = await self.ledger.entries(since)
         except Exception as exc:  # the chart is not worth an error page; the log says why it is short

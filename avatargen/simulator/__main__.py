@@ -13,7 +13,7 @@ import sys
 from avatargen.config import PROVIDER_APIS, SD_BACKENDS, SIMULATED_WEBUIS, SimulatedSettings
 from avatargen.durations import parse_duration
 from avatargen.simulator.faults import FAULTS
-from avatargen.simulator.runner import serve_simulator
+from avatargen.simulator.runner import DEFAULT_PRICE, serve_simulator
 
 
 def _duration(text: str) -> float:
@@ -21,6 +21,16 @@ def _duration(text: str) -> float:
         return parse_duration(int(text) if text.isdigit() else text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _price(text: str) -> float:
+    try:
+        price = float(text)
+    except ValueError:
+        price = -1.0
+    if not 0 <= price < float("inf"):
+        raise argparse.ArgumentTypeError(f"an hourly price is a number of 0 or more, got {text!r}")
+    return price
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--backend", default="a1111", choices=SD_BACKENDS, help="the SD server to simulate")
     parser.add_argument("--webui", default=defaults.webui, choices=SIMULATED_WEBUIS,
                         help="with --backend a1111, which web UI (default: automatic1111)")
+    parser.add_argument("--hourly-price", type=_price, default=DEFAULT_PRICE,
+                        help=f"what the machine's API says an hour costs (default {DEFAULT_PRICE})")
     parser.add_argument("--fault", action="append", default=[], choices=sorted(FAULTS),
                         help="inject a fault (repeatable)")
     return parser
@@ -48,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = SimulatedSettings(api=args.api, boot_delay=args.boot_delay, stop_delay=args.stop_delay,
                                  sd_boot_delay=args.sd_boot_delay, step_time=args.step_time,
                                  faults=tuple(args.fault), webui=args.webui)
-    return serve_simulator(settings, args.host, args.api_port, args.sd_port, args.backend)
+    return serve_simulator(settings, args.host, args.api_port, args.sd_port, args.backend, args.hourly_price)
 
 
 if __name__ == "__main__":

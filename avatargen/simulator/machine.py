@@ -101,7 +101,8 @@ class SimulatedMachine:
         if self.state != "off":
             self._set_event(event, "done")
             return event
-        self.gpus = 0 if "zero_gpu" in self._faults else 1  # the host's GPU may have been rented meanwhile
+        # The host's GPU may have been rented meanwhile (counted as a hit of the fault, as every fault is).
+        self.gpus = 0 if self._faults.hit("zero_gpu") is not None else 1
         self.started = now_iso()
         self._set_state("starting")
         self._begin(self._boot(event), event)
@@ -150,7 +151,7 @@ class SimulatedMachine:
     async def _boot(self, event: dict[str, Any]) -> None:
         delay = self._settings.boot_delay
         self._set_event(event, "in progress")
-        if "start_error" in self._faults:
+        if self._faults.hit("start_error") is not None:
             await asyncio.sleep(delay * _START_ERROR_AFTER)
             self._finish(event, "error", error=NO_CAPACITY)
             self._set_state("off")

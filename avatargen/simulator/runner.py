@@ -178,20 +178,21 @@ class SimulatedGpu:
 
 
 async def run_simulator(settings: SimulatedSettings, host: str = "127.0.0.1", api_port: int = 0,
-                        sd_port: int = 0, backend: str = "a1111") -> None:
+                        sd_port: int = 0, backend: str = "a1111", hourly_price: float = DEFAULT_PRICE) -> None:
     """Serve the simulated GPU until cancelled, after printing where it is as one JSON line on stdout
     (`api`, `api_url`, `sd_url`, `api_key`, `machine_id`, `backend`), for a separate process or the owner."""
-    async with SimulatedGpu(settings, host=host, api_port=api_port, sd_port=sd_port, backend=backend) as sim:
+    async with SimulatedGpu(settings, host=host, api_port=api_port, sd_port=sd_port, backend=backend,
+                            hourly_price=hourly_price) as sim:
         print(json.dumps(sim.describe()), flush=True)
         await asyncio.Event().wait()
 
 
 def serve_simulator(settings: SimulatedSettings, host: str = "127.0.0.1", api_port: int = 0,
-                    sd_port: int = 0, backend: str = "a1111") -> int:
+                    sd_port: int = 0, backend: str = "a1111", hourly_price: float = DEFAULT_PRICE) -> int:
     """Run the simulated GPU as a process of its own until SIGTERM or Ctrl-C; the exit status."""
 
     async def until_signalled() -> None:
-        serving = asyncio.create_task(run_simulator(settings, host, api_port, sd_port, backend))
+        serving = asyncio.create_task(run_simulator(settings, host, api_port, sd_port, backend, hourly_price))
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, serving.cancel)

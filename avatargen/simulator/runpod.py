@@ -115,7 +115,7 @@ class SimulatedRunPod:
         """200 once accepted (no body: the spec promises none); the pod object tells the rest."""
         if self.machine.state == TERMINATED:
             return _error(400, f"pod {self.machine.id} has been terminated and cannot be started")
-        if self.machine.state == "off" and "start_error" in self._faults:
+        if self.machine.state == "off" and self._faults.hit("start_error") is not None:
             return _error(400, NO_FREE_GPU)
         try:
             self.machine.start()

@@ -98,7 +98,8 @@ def simulated_app(routes: Sequence[SimRoute], *, faults: Faults, gate: Gate, sim
                 faults.set(faults_from_body(await request.body()))
             except ValueError as exc:
                 return error(400, str(exc))
-        return JSONResponse({"faults": faults.names})
+        # How often each fault struck since the set last changed: the soak benchmark reads it before switching.
+        return JSONResponse({"faults": faults.names, "hits": {name: faults.hits(name) for name in faults.names}})
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
