@@ -74,6 +74,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         yield process
 
 
+async def tabs_drawn(pilot: Pilot[Any]) -> None:
+    """Until the tab bar's underline marks the active tab: it is placed after the tabs are laid out, and a
+    snapshot taken before that (a busy machine) shows a bar with no tab marked."""
+    await wait_for(pilot, lambda: any(getattr(line, "highlight_end", 0) > 0  # Textual's Tabs' Underline
+                                      for line in pilot.app.screen.query("Underline")), "the active tab's underline")
+
+
 async def settled(pilot: Pilot[Any]) -> None:
     """Connected, thumbnails and the last image drawn, the charts and sample prompts shown: nothing left in
     flight."""
@@ -89,6 +96,7 @@ async def settled(pilot: Pilot[Any]) -> None:
     await wait_for(pilot, lambda: main.query_one(HistoryCharts).history is not None, "the history charts")
     for field in main.query(Input):
         field.cursor_blink = False
+    await tabs_drawn(pilot)
 
 
 def test_overview(snap_compare: Snap, server: ServerProcess) -> None:
@@ -237,12 +245,13 @@ class OverviewOnly(App[None]):
 
 @pytest.mark.parametrize("size", [(80, 24), (160, 40)], ids=["80x24", "160x40"])
 def test_a_run_in_progress(snap_compare: Snap, size: tuple[int, int]) -> None:
-    assert snap_compare(OverviewOnly(), terminal_size=size)
+    assert snap_compare(OverviewOnly(), terminal_size=size, run_before=tabs_drawn)
 
 
 def test_history_charts_below_the_run_at_80x24(snap_compare: Snap) -> None:
     async def scroll_down(pilot: Pilot[Any]) -> None:
         await wait_for(pilot, lambda: pilot.app.screen.query("#dashboard"), "the overview")
+        await tabs_drawn(pilot)
         pilot.app.screen.query_one("#dashboard").scroll_end(animate=False)
         await pilot.pause()
 
@@ -253,6 +262,7 @@ def test_abort_confirmation(snap_compare: Snap) -> None:
     async def confirm(pilot: Pilot[Any]) -> None:
         run = Status.from_json(MID_RUN).run
         assert run is not None
+        await tabs_drawn(pilot)
         await pilot.app.push_screen(ConfirmAbortScreen(run))
 
     assert snap_compare(OverviewOnly(), terminal_size=SIZE, run_before=confirm)
