@@ -1,4 +1,8 @@
-"""A refill run as the owner sees it: what it targets, how far it got, what it cost."""
+"""A refill run as the generator keeps it: what it targets, how far it got, what it billed.
+
+`Run` is the live, changing record the generator's pieces update; `Run.view()` is its wire form,
+`avatargen.api.wire.RunView`, the moment the admin API sends.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from avatargen.api.wire import LastRun, RunMinute, Step, time_json
-from avatargen.api.wire import Run as RunView
+from avatargen.api.wire import LastRun, RunMinute, RunView, State, Step, time_json
 
-State = Literal["idle", "booting", "generating", "shutting_down"]
 Trigger = Literal["auto", "manual"]
 Outcome = Literal["completed", "aborted", "failed"]
 
@@ -26,6 +28,8 @@ def iso(timestamp: float | None) -> str | None:
 
 @dataclass
 class Run:
+    """One refill run while the generator makes it: counted, timed and billed as it goes."""
+
     trigger: Trigger
     targets: dict[str, int]
     hourly_cost: float

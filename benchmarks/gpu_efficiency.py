@@ -36,7 +36,7 @@ from pathlib import Path
 from avatargen.config import SD_BACKENDS, Settings, load_settings
 from avatargen.durations import parse_duration
 from avatargen.events import EventHub
-from avatargen.generator import Generator
+from avatargen.generator import AvatarGenerator
 from avatargen.simulator.runner import SimulatedGpu
 from avatargen.storage.folders import FileLedger, folder_buckets
 from benchmarks.harness import ROOT, parse_args, scratch, write_config
@@ -81,7 +81,7 @@ def options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=SD_BACKENDS, default=None, help="only this SD backend (default: both)")
 
 
-async def started(engine: Generator, timeout: float = 30.0) -> None:
+async def started(engine: AvatarGenerator, timeout: float = 30.0) -> None:
     """Until the engine has made its start-up check (nothing announces it: poll, with a deadline)."""
     deadline = time.monotonic() + timeout
     while engine.next_check_at is None:
@@ -97,8 +97,8 @@ async def one_run(settings: Settings) -> tuple[float, float, int, float]:
     async with SimulatedGpu(settings.gpu.simulated, backend=settings.sd.backend,
                             hourly_price=settings.gpu.hourly_cost) as gpu:
         ledger = await FileLedger.open(settings.server.data_dir / "ledger.sqlite3")
-        engine = Generator(settings, buckets, gpu.provider(settings.gpu, data_dir=settings.server.data_dir), ledger,
-                           EventHub())
+        engine = AvatarGenerator(settings, buckets, gpu.provider(settings.gpu, data_dir=settings.server.data_dir),
+                                 ledger, EventHub())
         await engine.start()
         try:
             await started(engine)

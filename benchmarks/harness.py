@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from avatargen import testing
-from avatargen.api import AdminClient, Run, ServerEvent, StateChange, Status
+from avatargen.api import AdminClient, RunView, ServerEvent, StateChange, Status
 from avatargen.buckets import Bucket
 from avatargen.imaging import to_avatar_webp
 from avatargen.simulator.drawing import draw_avatar
@@ -101,10 +101,10 @@ class Admin:
     def status(self) -> Status:
         return self._call(lambda client: client.status())
 
-    def refill(self, buckets: Sequence[str]) -> Run:
+    def refill(self, buckets: Sequence[str]) -> RunView:
         return self._call(lambda client: client.refill(buckets))
 
-    def abort(self) -> Run:
+    def abort(self) -> RunView:
         return self._call(lambda client: client.abort())
 
     def wait_generator_started(self, timeout: float = START_TIMEOUT) -> None:

@@ -26,7 +26,7 @@ from avatargen import prompts as prompt_composer
 from avatargen.api.wire import PROMPT_LIST_MAX, PROMPT_TEXT_MAX, ImageInfo
 from avatargen.buckets import ImageNotFound, check_id
 from avatargen.config import BUCKET_NAMES, ConfigError, update_prompts
-from avatargen.generator import Generator, NothingToDo, NotRunning, RunActive
+from avatargen.generator import AvatarGenerator, NothingToDo, NotRunning, RunActive
 from avatargen.owner_actions import Refused
 from server.admin_guard import OwnerOnly
 from server.errors import FieldError, echo
@@ -278,7 +278,7 @@ async def sample_prompts(request: Request) -> Response:
     return JSONResponse({"prompts": [prompt.text for prompt in prompt_composer.sample(settings, n)]})
 
 
-def generator(state: Services) -> Generator:
+def generator(state: Services) -> AvatarGenerator:
     """The generator, or 503 when another process runs the generator for this data directory."""
     if state.engine is None:
         raise HTTPException(503, state.generator_elsewhere or "the generator is not running")

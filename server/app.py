@@ -20,7 +20,7 @@ from starlette.routing import Route
 from avatargen.config import Settings
 from avatargen.events import EventHub, EventLogHandler
 from avatargen.files import private_folder
-from avatargen.generator import Generator
+from avatargen.generator import AvatarGenerator
 from avatargen.gpu import make_provider
 from avatargen.notify import Notifier, Sender, Watcher
 from avatargen.owner_actions import OwnerActions
@@ -113,7 +113,7 @@ def create_app(settings: Settings) -> Starlette:
             fence = seat.confirm if redis is not None else None
 
             @contextlib.asynccontextmanager
-            async def generator() -> AsyncIterator[Generator]:
+            async def generator() -> AsyncIterator[AvatarGenerator]:
                 """The generator of this process while it holds the seat, answering the other processes."""
                 async with contextlib.AsyncExitStack() as held:
                     if settings.gpu.provider == "simulated":
@@ -128,7 +128,7 @@ def create_app(settings: Settings) -> Starlette:
                         provider = simulated.provider(settings.gpu, data_dir=settings.server.data_dir, fence=fence)
                     else:
                         provider = make_provider(settings, fence=fence)
-                    engine = Generator(settings, backend.buckets, provider, ledger, events)
+                    engine = AvatarGenerator(settings, backend.buckets, provider, ledger, events)
                     await engine.start()
                     held.push_async_callback(engine.close)
                     await held.enter_async_context(background(backend.finish_recovery(), "framing"))
@@ -140,7 +140,7 @@ def create_app(settings: Settings) -> Starlette:
                     await held.enter_async_context(background(watcher.run(), "notifications"))
                     yield engine
 
-            def on_change(engine: Generator | None) -> None:
+            def on_change(engine: AvatarGenerator | None) -> None:
                 services.engine = engine
                 if engine is None:
                     services.generator_elsewhere = "the generator runs in another process"

@@ -17,7 +17,7 @@ from avatargen.api import (
     AdminError,
     History,
     ProtocolError,
-    Run,
+    RunView,
     TokenError,
     Unreachable,
     find_token,
@@ -213,7 +213,7 @@ def _as_owner(args: argparse.Namespace, action: Callable[[AdminClient], Awaitabl
     return 0
 
 
-def _describe_run(run: Run) -> str:
+def _describe_run(run: RunView) -> str:
     targets = ", ".join(f"{count} {name}" for name, count in run.targets.items())
     held = f", {run.held} held back" if run.held else ""
     counts = f"{run.done}/{run.total} done{held}, {run.failed} failed"

@@ -17,7 +17,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 
-from avatargen.generator import Generator
+from avatargen.generator import AvatarGenerator
 from avatargen.storage.protocols import GeneratorSeat
 from avatargen.storage.redis_connection import LeaseLost, StorageUnavailable
 from avatargen.tasks import background
@@ -25,14 +25,14 @@ from avatargen.tasks import background
 log = logging.getLogger("avatargen.server")
 
 # The generator with what it needs (a simulated GPU, say), started on entry and closed on exit.
-GeneratorFactory = Callable[[], AbstractAsyncContextManager[Generator]]
+GeneratorFactory = Callable[[], AbstractAsyncContextManager[AvatarGenerator]]
 
 
 class GeneratorHost:
     """`on_change` hears of the generator when it starts here and of None when it stops."""
 
     def __init__(self, seat: GeneratorSeat, factory: GeneratorFactory, *,
-                 on_change: Callable[[Generator | None], None] = lambda generator: None) -> None:
+                 on_change: Callable[[AvatarGenerator | None], None] = lambda generator: None) -> None:
         self.seat = seat
         self.factory = factory
         self.on_change = on_change

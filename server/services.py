@@ -13,7 +13,7 @@ from avatargen.api.wire import BucketsChange, Status, encode_event
 from avatargen.config import PromptSettings, Secret, Settings, update_prompts
 from avatargen.config_writer import save_prompts
 from avatargen.events import EventHub
-from avatargen.generator import Generator, bucket_levels, cost_summary
+from avatargen.generator import AvatarGenerator, bucket_levels, cost_summary
 from avatargen.notify import Notifier
 from avatargen.owner_actions import OwnerActions
 from avatargen.storage.protocols import Ledger, StoredBucket
@@ -30,7 +30,7 @@ class Services:
     ledger: Ledger
     actions: OwnerActions  # the owner's word on stored images
     token: Secret = field(default_factory=lambda: Secret(""))
-    engine: Generator | None = None  # while this process runs the generator
+    engine: AvatarGenerator | None = None  # while this process runs the generator
     forwarder: Forwarder | None = None  # how the owner's requests reach the generator in another process
     generator_elsewhere: str | None = None  # why this process does not run the generator
     notifier: Notifier | None = None  # the owner's messages ([notify]), sent from the generator's process

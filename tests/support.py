@@ -15,7 +15,7 @@ from starlette.types import ASGIApp
 from avatargen import testing
 from avatargen.config import Settings, load_settings
 from avatargen.events import EventHub, Subscription
-from avatargen.generator import Generator
+from avatargen.generator import AvatarGenerator
 from avatargen.simulator import LoopbackServer, SimulatedGpu
 from avatargen.storage.folders import FileLedger, folder_buckets
 from server.app import create_app
@@ -57,7 +57,7 @@ def fast_settings(directory: Path, **overrides: Any) -> Settings:
 @contextlib.asynccontextmanager
 async def running_engine(
     settings: Settings, before_start: Callable[[SimulatedGpu], Awaitable[None]] | None = None
-) -> AsyncIterator[tuple[Generator, SimulatedGpu]]:
+) -> AsyncIterator[tuple[AvatarGenerator, SimulatedGpu]]:
     """A started engine against a simulated GPU on loopback; closed (machine stopped) on exit."""
     buckets = folder_buckets(settings)
     for bucket in buckets.values():
@@ -65,8 +65,8 @@ async def running_engine(
     async with SimulatedGpu(settings.gpu.simulated, hourly_price=settings.gpu.hourly_cost,
                             backend=settings.sd.backend) as gpu:
         ledger = await FileLedger.open(settings.server.data_dir / "ledger.sqlite3")
-        engine = Generator(settings, buckets, gpu.provider(settings.gpu, data_dir=settings.server.data_dir), ledger,
-                           EventHub())
+        engine = AvatarGenerator(settings, buckets, gpu.provider(settings.gpu, data_dir=settings.server.data_dir),
+                                 ledger, EventHub())
         if before_start is not None:
             await before_start(gpu)
         await engine.start()

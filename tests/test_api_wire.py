@@ -16,9 +16,9 @@ from avatargen.api import (
     NewImage,
     Preview,
     ProtocolError,
-    Run,
     RunChart,
     RunMinute,
+    RunView,
     StateChange,
     Status,
     decode_event,
@@ -63,10 +63,10 @@ def test_what_the_server_encodes_the_client_decodes_to_the_same_values() -> None
 def test_the_comfyui_node_travels_with_the_step_and_only_when_known() -> None:
     """The node running (ComfyUI) goes both ways; a web UI's step, with none, is encoded as it always was."""
     with_node = {**RUN, "step": {**RUN["step"], "node": "KSampler"}}
-    run = Run.from_json(with_node)
+    run = RunView.from_json(with_node)
     assert run.step is not None and run.step.node == "KSampler"
-    assert run.to_json()["step"] == with_node["step"] and Run.from_json(run.to_json()) == run
-    web_ui = Run.from_json(RUN)
+    assert run.to_json()["step"] == with_node["step"] and RunView.from_json(run.to_json()) == run
+    web_ui = RunView.from_json(RUN)
     assert web_ui.step is not None and web_ui.step.node is None
     assert web_ui.to_json()["step"] == {"sampling_step": 4, "sampling_steps": 10, "progress": 0.4}
 
@@ -85,7 +85,7 @@ def test_a_status_the_client_cannot_read_says_what_is_wrong(broken: Any, message
 def test_events_update_the_status_they_concern() -> None:
     status = Status.from_json(STATUS)
     progress = decode_event("progress", {**RUN, "done": 2})
-    assert isinstance(progress, Run)
+    assert isinstance(progress, RunView)
     assert status.apply(progress).run == progress
 
     image = decode_event("image", {"id": "i1", "bucket": "unique", "prompt": "p", "created_at": "2025-01-01T12:00:00Z",

@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 
 from avatargen.events import EventHub
-from avatargen.generator import Generator
+from avatargen.generator import AvatarGenerator
 from avatargen.gpu import make_provider
 from avatargen.simulator.runner import SimulatedGpu
 from avatargen.storage.folders import FileLedger, folder_buckets
@@ -27,7 +27,7 @@ async def test_an_abort_takes_our_jobs_off_an_always_on_comfyui_at_once(tmp_path
         settings = fast_settings(tmp_path, sd__backend="comfyui", generator__concurrency=3,
                                  gpu__provider="always_on", sd__url=gpu.sd_url, buckets__fallback__max=60)
         ledger = await FileLedger.open(settings.server.data_dir / "ledger.sqlite3")
-        engine = Generator(settings, folder_buckets(settings), make_provider(settings), ledger, EventHub())
+        engine = AvatarGenerator(settings, folder_buckets(settings), make_provider(settings), ledger, EventHub())
         await engine.start()
         try:
             with engine.events.subscribe() as subscription:

@@ -12,7 +12,7 @@ import pytest
 
 from avatargen.buckets import unique_copy
 from avatargen.events import EventHub, Subscription
-from avatargen.generator import Generator, NothingToDo, NotRunning, RunActive
+from avatargen.generator import AvatarGenerator, NothingToDo, NotRunning, RunActive
 from avatargen.gpu import make_provider
 from avatargen.imaging import placeholder_webp
 from avatargen.ledger import CostLedger
@@ -41,7 +41,7 @@ async def states_until_idle(subscription: Subscription) -> list[str]:
     return seen
 
 
-async def run_to_end(engine: Generator, buckets: list[str] | None = None) -> tuple[dict, list[str]]:
+async def run_to_end(engine: AvatarGenerator, buckets: list[str] | None = None) -> tuple[dict, list[str]]:
     with engine.events.subscribe() as subscription:
         engine.refill(buckets)
         states = await states_until_idle(subscription)
@@ -314,7 +314,7 @@ async def test_always_on_machine_is_used_as_it_is_never_started_or_stopped(tmp_p
         settings = fast_settings(tmp_path, gpu__provider="always_on", sd__url=gpu.sd_url)
         buckets = folder_buckets(settings)
         ledger = await FileLedger.open(settings.server.data_dir / "ledger.sqlite3")
-        engine = Generator(settings, buckets, make_provider(settings), ledger, EventHub())
+        engine = AvatarGenerator(settings, buckets, make_provider(settings), ledger, EventHub())
         await engine.start()
         try:
             run, states = await run_to_end(engine, ["unique"])

@@ -17,7 +17,7 @@ import pytest
 from avatargen.api import ImageHeld, NewImage, decode_event
 from avatargen.buckets import open_buckets
 from avatargen.config import ReviewSettings
-from avatargen.generator import Generator
+from avatargen.generator import AvatarGenerator
 from tests.support import fast_settings, running_engine, wait_until
 from tests.test_engine import run_to_end
 
@@ -28,7 +28,7 @@ def sidecars(folder: Path) -> list[dict]:
     return [json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))]
 
 
-async def run_and_watch(engine: Generator) -> tuple[dict, list[str]]:
+async def run_and_watch(engine: AvatarGenerator) -> tuple[dict, list[str]]:
     """A run to its end, and the image events it sent ("image" for a published one, "held" for a held one)."""
     with engine.events.subscribe(engine.events.last_id) as subscription:
         run, _ = await run_to_end(engine)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from avatargen.events import Subscription
-from avatargen.generator import Generator, NothingToDo
+from avatargen.generator import AvatarGenerator, NothingToDo
 from avatargen.simulator import SimulatedGpu
 from tests.simhelpers import sim_settings
 from tests.support import fast_settings, running_engine, wait_for_event, write_config
@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 KEY_ENV = "AVATARGEN_TEST_GPU_KEY"
 
 
-async def run_to_end(engine: Generator) -> dict:
+async def run_to_end(engine: AvatarGenerator) -> dict:
     with engine.events.subscribe() as subscription:
         engine.refill(["unique"])
         await until_idle(subscription)

@@ -16,7 +16,7 @@ import httpx
 from PIL import Image
 
 from avatargen.events import Subscription
-from avatargen.generator import Generator
+from avatargen.generator import AvatarGenerator
 from tests.support import fast_settings, running_engine, serving
 
 TOKEN = "owner-test-token"
@@ -43,7 +43,7 @@ def picture(preview: dict[str, Any]) -> Image.Image:
     return image
 
 
-async def run_with_events(engine: Generator) -> list[tuple[float, str, dict[str, Any]]]:
+async def run_with_events(engine: AvatarGenerator) -> list[tuple[float, str, dict[str, Any]]]:
     with engine.events.subscribe() as subscription:
         engine.refill()
         return await events_until_idle(subscription)

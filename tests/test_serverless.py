@@ -14,7 +14,7 @@ import pytest
 
 from avatargen.config import Settings
 from avatargen.events import Subscription
-from avatargen.generator import Generator
+from avatargen.generator import AvatarGenerator
 from avatargen.gpu.base import Serverless
 from avatargen.gpu.serverless_api import JOURNAL
 from avatargen.journal import JobJournal
@@ -40,7 +40,7 @@ def endpoint_of(gpu: SimulatedGpu) -> SimulatedServerless:
     return gpu.endpoint
 
 
-async def run_to_end(engine: Generator, subscription: Subscription) -> tuple[dict, list[str]]:
+async def run_to_end(engine: AvatarGenerator, subscription: Subscription) -> tuple[dict, list[str]]:
     """The run's record once the generator is idle again, and every machine state it went through."""
     phases: list[str] = []
 

@@ -12,7 +12,7 @@ from textual.app import App, ComposeResult
 from textual.widgets import Static
 
 import tui.app
-from avatargen.api import Run, Step
+from avatargen.api import RunView, Step
 from tests.tui_support import panel, refill_everything, running_server, wait_for
 from tui.widgets.run_progress import RunProgress
 
@@ -35,7 +35,7 @@ async def test_the_step_bar_names_the_node_running() -> None:
     app = StepBarOnly()
     async with app.run_test(size=(100, 10)) as pilot:
         widget = app.query_one(RunProgress)
-        run = Run.from_json(RUN)
+        run = RunView.from_json(RUN)
         assert run.step is not None
 
         def shown() -> str | None:

@@ -37,7 +37,7 @@ from avatargen.api import (
     NewImage,
     Preview,
     ProtocolError,
-    Run,
+    RunView,
     StateChange,
     Unreachable,
 )
@@ -541,7 +541,7 @@ class AvatarApp(App[None]):
         await self._act("Abort", self.client.abort(),
                         lambda run: f"Abort accepted: run {run.id} stops, {run.done} images kept")
 
-    async def _act(self, action: str, call: Awaitable[Run], success: Callable[[Run], str]) -> None:
+    async def _act(self, action: str, call: Awaitable[RunView], success: Callable[[RunView], str]) -> None:
         """Send an owner's action and report the server's answer, whatever it is."""
         try:
             run = await call

@@ -25,9 +25,9 @@ from avatargen.api.wire import (
     NewImage,
     Preview,
     ProtocolError,
-    Run,
     RunChart,
     RunMinute,
+    RunView,
     ServerEvent,
     State,
     StateChange,
@@ -41,7 +41,7 @@ from avatargen.api.wire import (
 __all__ = [
     "STATES", "AdminClient", "AdminError", "AuthError", "BucketLevel", "BucketsChange", "Cost", "DayTotal",
     "History", "ImageApproved", "ImageEvent", "ImageHeld", "ImageInfo", "ImageKept", "ImageMoved", "ImageRemoved",
-    "LastRun", "LogEntry", "NewImage", "Preview", "ProtocolError", "Run", "RunChart", "RunMinute", "ServerEvent",
-    "State", "StateChange", "Status", "Step", "TokenError", "Unreachable", "VisitorErrors", "decode_event",
-    "encode_event", "find_token", "server_url",
+    "LastRun", "LogEntry", "NewImage", "Preview", "ProtocolError", "RunChart", "RunMinute", "RunView",
+    "ServerEvent", "State", "StateChange", "Status", "Step", "TokenError", "Unreachable", "VisitorErrors",
+    "decode_event", "encode_event", "find_token", "server_url",
 ]

@@ -26,7 +26,7 @@ from avatargen.api.wire import (
     History,
     ImageInfo,
     ProtocolError,
-    Run,
+    RunView,
     ServerEvent,
     Status,
     decode_event,
@@ -160,12 +160,12 @@ class AdminClient:
         body = _json(await self._call("POST", "/admin/api/prompts/sample", json={"settings": dict(changes), "n": n}))
         return [str(prompt) for prompt in body["prompts"]]
 
-    async def refill(self, buckets: Sequence[str] = ()) -> Run:
+    async def refill(self, buckets: Sequence[str] = ()) -> RunView:
         """Start a run that fills the named buckets (none named: every bucket) to their max."""
         body = _json(await self._call("POST", "/admin/api/refill", json={"buckets": list(buckets)}))
         return decode_run(body["run"])
 
-    async def abort(self) -> Run:
+    async def abort(self) -> RunView:
         return decode_run(_json(await self._call("POST", "/admin/api/abort"))["run"])
 
     @asynccontextmanager

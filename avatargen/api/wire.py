@@ -122,8 +122,12 @@ class Step:
 
 
 @dataclass(frozen=True)
-class Run:
-    """A refill run as the owner sees it: booting the machine, generating images, shutting it down."""
+class RunView:
+    """A refill run as the admin API carries it: what one moment of a run looks like to the owner.
+
+    The generator's own `avatargen.run.Run` (billing times, the hourly rate, images per minute) builds it
+    with `Run.view()`; the panel, the commands and the events read only this.
+    """
 
     id: str
     trigger: str
@@ -165,7 +169,7 @@ class Run:
         }
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Run:
+    def from_json(cls, data: Mapping[str, Any]) -> RunView:
         return cls(
             id=str(data["id"]),
             trigger=str(data["trigger"]),
@@ -191,7 +195,7 @@ class Run:
 class LastRun:
     """A finished run and how it ended; on the wire, the run's own fields plus these three."""
 
-    run: Run
+    run: RunView
     outcome: str
     error: str | None
     ended_at: datetime | None
@@ -202,7 +206,7 @@ class LastRun:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> LastRun:
-        return cls(Run.from_json(data), str(data["outcome"]), data.get("error"),
+        return cls(RunView.from_json(data), str(data["outcome"]), data.get("error"),
                    _optional(data.get("ended_at"), _time))
 
 
@@ -283,7 +287,7 @@ class Status:
     """Everything `GET /admin/api/status` says: the picture a client starts from after each (re)connect."""
 
     state: State
-    run: Run | None
+    run: RunView | None
     last_run: LastRun | None
     buckets: Levels
     provider: str
@@ -326,7 +330,7 @@ class Status:
             gpu = data.get("gpu") or {}
             return cls(
                 state=_state(data["state"]),
-                run=_optional(data.get("run"), Run.from_json),
+                run=_optional(data.get("run"), RunView.from_json),
                 last_run=_optional(data.get("last_run"), LastRun.from_json),
                 buckets=_levels(data["buckets"]),
                 provider=str(gpu.get("provider", "")),
@@ -349,7 +353,7 @@ class Status:
         if isinstance(event, StateChange):
             return replace(self, state=event.state, run=event.run, last_run=event.last_run,
                            machine_state=event.machine_state or self.machine_state)
-        if isinstance(event, Run):
+        if isinstance(event, RunView):
             # A progress event that arrives after its run ended must not bring the run back.
             return replace(self, run=event) if self.run is not None and self.run.id == event.id else self
         if isinstance(event, ImageEvent | ImageRemoved | BucketsChange):
@@ -422,7 +426,7 @@ class StateChange:
     """The generator moved to another state (a run started, advanced a phase, or ended)."""
 
     state: State
-    run: Run | None
+    run: RunView | None
     last_run: LastRun | None
     machine_state: str | None
 
@@ -433,7 +437,7 @@ class StateChange:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> StateChange:
-        return cls(_state(data["state"]), _optional(data.get("run"), Run.from_json),
+        return cls(_state(data["state"]), _optional(data.get("run"), RunView.from_json),
                    _optional(data.get("last_run"), LastRun.from_json), data.get("machine_state"))
 
 
@@ -557,12 +561,12 @@ class Preview:
                    int(data["steps"]), str(data["media_type"]), base64.b64decode(data["image"], validate=True))
 
 
-ServerEvent = StateChange | Run | ImageEvent | ImageRemoved | BucketsChange | LogEntry | Preview
+ServerEvent = StateChange | RunView | ImageEvent | ImageRemoved | BucketsChange | LogEntry | Preview
 
-EventKind = (type[StateChange] | type[Run] | type[ImageEvent] | type[ImageRemoved] | type[BucketsChange]
+EventKind = (type[StateChange] | type[RunView] | type[ImageEvent] | type[ImageRemoved] | type[BucketsChange]
              | type[LogEntry] | type[Preview])
-# Each SSE event name and the kind of event it carries (`progress` is a Run).
-EVENT_KINDS: dict[str, EventKind] = {"state": StateChange, "progress": Run, "image": NewImage,
+# Each SSE event name and the kind of event it carries (`progress` is a `RunView`).
+EVENT_KINDS: dict[str, EventKind] = {"state": StateChange, "progress": RunView, "image": NewImage,
                                      "buckets": BucketsChange, "log": LogEntry, "held": ImageHeld,
                                      "approved": ImageApproved, "kept": ImageKept, "moved": ImageMoved,
                                      "removed": ImageRemoved, "preview": Preview}
@@ -583,8 +587,8 @@ def decode_event(name: str, data: Any) -> ServerEvent | None:
     return decode(f"{name!r} event", convert, data)
 
 
-def decode_run(data: Any) -> Run:
-    return decode("run", Run.from_json, data)
+def decode_run(data: Any) -> RunView:
+    return decode("run", RunView.from_json, data)
 
 
 # --- charts ----------------------------------------------------------------------------------------

@@ -34,7 +34,12 @@ from avatargen.storage.protocols import Ledger, StoredBucket
 log = logging.getLogger("avatargen.generator")
 
 
-class Generator:
+class AvatarGenerator:
+    """The generator of the owner's avatars: one per data directory, started and closed by the server.
+
+    Named for what it makes, not `Generator`, which would shadow `collections.abc.Generator`.
+    """
+
     def __init__(
         self,
         settings: Settings,

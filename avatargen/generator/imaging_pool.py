@@ -3,7 +3,8 @@ and framed.
 
 That is CPU work that would otherwise hold the GIL against the event loop serving visitors, so it runs in
 one process of its own (spawned: the server's threads and sockets are not copied into it), started on
-first use and replaced when it dies. It never outlives the server, however the server ends (lifeline).
+first use and replaced when it dies. It never outlives the server, however the server ends
+(`avatargen.child_processes`).
 
 With the gate on, a batch takes two calls: the avatars are made first and come back, then they are
 checked (and the ones that pass framed). A detector that crashes the process in the second call (a
@@ -22,10 +23,10 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from avatargen import review
+from avatargen.child_processes import die_with_parent
 from avatargen.config import GeneratorSettings, ReviewSettings
 from avatargen.generator.errors import RunFailed
 from avatargen.imaging import make_avatars, preview_webp
-from avatargen.lifeline import helper_process
 from avatargen.storage.protocols import StoredBucket
 
 T = TypeVar("T")
@@ -67,7 +68,7 @@ class ImagingPool:
     async def _call(self, function: Callable[..., T], *args: Any) -> T:
         if self._pool is None:
             self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=helper_process, initargs=(os.getpid(),))
+                                             initializer=die_with_parent, initargs=(os.getpid(),))
         try:
             return await asyncio.get_running_loop().run_in_executor(self._pool, function, *args)
         except BrokenProcessPool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from textual.binding import Binding
 
-from avatargen.api import Run
+from avatargen.api import RunView
 from tui.screens.confirm import ConfirmScreen
 
 
@@ -14,7 +14,7 @@ class ConfirmAbortScreen(ConfirmScreen):
         Binding("n,escape", "answer(False)", "No"),
     ]
 
-    def __init__(self, run: Run) -> None:
+    def __init__(self, run: RunView) -> None:
         what = f"run {run.id} ({run.done}/{run.total} images)"
         super().__init__("Abort the run?",
                          f"This stops {what} and shuts the GPU machine down. Images already stored are kept.",

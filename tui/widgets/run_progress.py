@@ -9,12 +9,12 @@ from textual.reactive import reactive
 from textual.widget import Widget
 from textual.widgets import Label, ProgressBar, Static
 
-from avatargen.api import Run, Step
+from avatargen.api import RunView, Step
 from avatargen.durations import format_duration
 from tui.formatting import money, targets
 
 
-def _counts(run: Run) -> str:
+def _counts(run: RunView) -> str:
     parts = [f"{run.done}/{run.total}"]
     if run.held:
         parts.append(f"{run.held} held")
@@ -34,7 +34,7 @@ class RunProgress(Widget):
     then from the preview (`preview_step`), so that the bar and the picture's caption never disagree (the
     two are polled at different moments, and a new job starts at step 0 before its first preview)."""
 
-    run: reactive[Run | None] = reactive(None, init=False)
+    run: reactive[RunView | None] = reactive(None, init=False)
     preview_step: reactive[Step | None] = reactive(None, init=False)
 
     def compose(self) -> ComposeResult:
@@ -52,7 +52,7 @@ class RunProgress(Widget):
     def on_mount(self) -> None:
         self.watch_run(self.run)
 
-    def watch_run(self, run: Run | None) -> None:
+    def watch_run(self, run: RunView | None) -> None:
         self.set_class(run is None, "-no-run")
         title = self.query_one("#run-title", Static)
         if run is None:
