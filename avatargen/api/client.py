@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 
@@ -32,6 +31,7 @@ from avatargen.api.wire import (
     decode_event,
     decode_run,
 )
+from avatargen.http_client import HttpClient
 
 Events = AsyncIterator[tuple[str | None, ServerEvent]]
 
@@ -79,27 +79,18 @@ def _json(response: httpx.Response) -> Any:
         raise ProtocolError(f"{response.request.url.path} did not answer with JSON") from None
 
 
-class AdminClient:
-    """Talks to one avatargen server as its owner, with a bearer token. Close it (or use `async with`)."""
+class AdminClient(HttpClient):
+    """Talks to one avatargen server as its owner, with a bearer token. Close it (or use `async with`).
+
+    Its pool is its own (the server's address and the token are the pool's settings), closed with it.
+    """
 
     def __init__(self, url: str, token: str, *, timeout: float = 10.0, event_timeout: float = 60.0) -> None:
         self.url = url.rstrip("/")
+        super().__init__(None, timeout=timeout, base_url=self.url, headers={"Authorization": f"Bearer {token}"})
         self._timeout = timeout
         # Longer than the server's heartbeat interval: silence this long means the link is dead.
         self._event_timeout = event_timeout
-        self._http = httpx.AsyncClient(
-            base_url=self.url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout
-        )
-
-    async def __aenter__(self) -> AdminClient:
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
 
     def _unreachable(self, exc: httpx.TransportError) -> Unreachable:
         return Unreachable(f"cannot reach {self.url}: {exc or type(exc).__name__}")

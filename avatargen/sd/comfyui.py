@@ -48,6 +48,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import WebSocketException
 
 from avatargen.config import SdSettings
+from avatargen.http_client import HttpClient
 from avatargen.imaging import sniff_format
 from avatargen.journal import JobJournal
 from avatargen.redact import redact_url
@@ -177,7 +178,7 @@ def _execution_error(prompt_id: str, data: Mapping[str, Any]) -> SdError:
     return SdError(None, f"ComfyUI failed job {prompt_id} in {node}: {quote(message)}", retryable=True)
 
 
-class ComfyUiClient:
+class ComfyUiClient(HttpClient):
     """The `comfyui` backend (`avatargen.sd.base.SdBackend`) for one server and one workflow."""
 
     name = "comfyui"
@@ -190,9 +191,8 @@ class ComfyUiClient:
         self._url = url.rstrip("/")
         self._shown_url = redact_url(self._url)  # for messages: they end up in logs, events and the status
         headers = _authorization(settings)
+        super().__init__(http, timeout=_TIMEOUT, headers=headers)
         self._headers = headers
-        self._http = http if http is not None else httpx.AsyncClient(timeout=_TIMEOUT, headers=headers)
-        self._owns_http = http is None
         self._poll_every = poll_every
         self._silence_timeout = silence_timeout
         self._client_id = uuid.uuid4().hex
@@ -676,5 +676,4 @@ class ComfyUiClient:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._listener
-        if self._owns_http:
-            await self._http.aclose()
+        await super().aclose()

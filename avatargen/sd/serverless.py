@@ -28,6 +28,7 @@ from avatargen.config import SdSettings
 from avatargen.durations import format_duration
 from avatargen.gpu.serverless import Endpoint, cancel_quietly
 from avatargen.gpu.serverless_api import CANCELLED, COMPLETED, ENDED, FAILED, QUEUED, TIMED_OUT, ServerlessError
+from avatargen.http_client import HttpClient
 from avatargen.imaging import sniff_format
 from avatargen.sd.base import Generated, SdError, SdNotReady, SdProgress, quote, send
 from avatargen.sd.samplers import comfyui_sampler
@@ -42,18 +43,19 @@ def _sd_error(exc: ServerlessError) -> SdError:
     return SdError(exc.status, str(exc), retryable=exc.retryable)
 
 
-class ServerlessComfyUi:
+class ServerlessComfyUi(HttpClient):
     """The `comfyui` backend (`avatargen.sd.base.SdBackend`) whose jobs run on a serverless endpoint."""
 
     name = "comfyui"
 
-    def __init__(self, settings: SdSettings, workflow: Workflow, endpoint: Endpoint, *, checkpoint: str = "") -> None:
+    def __init__(self, settings: SdSettings, workflow: Workflow, endpoint: Endpoint, *, checkpoint: str = "",
+                 http: httpx.AsyncClient | None = None) -> None:
+        super().__init__(http, timeout=httpx.Timeout(60.0, connect=10.0))  # for S3 links only
         self._settings = settings
         self._workflow = workflow
         self._endpoint = endpoint
         self._checkpoint = settings.checkpoint or workflow.checkpoint or checkpoint
         self._health_at = 0.0
-        self._http = httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=10.0))  # for S3 links only
 
     def __repr__(self) -> str:
         return f"ServerlessComfyUi({self._endpoint.client.url!r}, workflow={self._workflow.name!r})"
@@ -193,6 +195,3 @@ class ServerlessComfyUi:
     async def cancel(self) -> None:
         with contextlib.suppress(ServerlessError):
             await self._endpoint.cancel_all()
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
