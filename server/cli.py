@@ -21,6 +21,7 @@ from avatargen.api import (
     TokenError,
     Unreachable,
     find_token,
+    money,
     server_url,
 )
 from avatargen.cli_options import add_version, count, http_url, integer, refuse, setting
@@ -229,14 +230,14 @@ def history_lines(history: History) -> list[str]:
         which = "this run" if run.outcome is None else "last run"
         per_minute = " ".join(str(minute.images) for minute in run.minutes)
         spent = run.minutes[-1].spend if run.minutes else 0.0
-        lines.append(f"{which} {run.id}, images per minute: {per_minute}; spent {spent:.2f}")
+        lines.append(f"{which} {run.id}, images per minute: {per_minute}; spent {money(spent)}")
     days = history.days
     busy = [day for day in days if day.billed_seconds > 0 or day.images > 0]
     lines.append(f"last {len(days)} days: {sum(day.images for day in days)} images, "
                  f"{format_duration(sum(day.billed_seconds for day in days))} billed, "
-                 f"{sum(day.spend for day in days):.2f} spent ({len(busy)} day{'s' if len(busy) != 1 else ''} "
+                 f"{money(sum(day.spend for day in days))} spent ({len(busy)} day{'s' if len(busy) != 1 else ''} "
                  "with runs)")
-    lines += [f"  {day.date}: {day.images} images, {format_duration(day.billed_seconds)} billed, {day.spend:.2f}"
+    lines += [f"  {day.date}: {day.images} images, {format_duration(day.billed_seconds)} billed, {money(day.spend)}"
               for day in busy]
     return lines
 
@@ -254,8 +255,8 @@ async def _status(client: AdminClient) -> str:
         last = status.last_run
         lines.append(f"last run {last.run.id}: {last.outcome}" + (f" ({last.error})" if last.error else ""))
     cost = status.cost
-    rate = "" if cost.hourly_rate is None else f"; billed at {cost.hourly_rate:.2f} an hour ({cost.rate_source})"
-    lines.append(f"spent today {cost.today:.2f} of {cost.daily_budget:.2f}, this month {cost.month:.2f}{rate}")
+    rate = "" if cost.hourly_rate is None else f"; billed at {money(cost.hourly_rate)} an hour ({cost.rate_source})"
+    lines.append(f"spent today {money(cost.today)} of {money(cost.daily_budget)}, this month {money(cost.month)}{rate}")
     if status.paused_reason:
         lines.append(f"automatic refills paused: {status.paused_reason}")
     lines += [f"note: {note}" for note in status.machine_notes]

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+from avatargen.api import money
 from avatargen.config import Settings
 from avatargen.durations import format_duration
 
@@ -41,7 +42,7 @@ def first_screen(settings: Settings) -> tuple[list[str], list[str]]:
         config = str(settings.path.resolve())
     provider = settings.gpu.provider
     machine = ("a simulated GPU (nothing is rented or billed)" if provider == "simulated"
-               else f"the {provider} machine (billed while it runs; daily budget {settings.gpu.daily_budget:.2f})")
+               else f"the {provider} machine (billed while it runs; daily budget {money(settings.gpu.daily_budget)})")
     levels = ", ".join(f"{name} {bucket.min} to {bucket.max}" for name, bucket in settings.buckets.items())
     most = sum(bucket.max for _, bucket in settings.buckets.items() if bucket.min > 0)
     notes = [f"config: {config}",

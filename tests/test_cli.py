@@ -177,10 +177,10 @@ def test_status_prints_the_charts_as_text() -> None:
     history = History(
         [DayTotal(date(2026, 11, 30), 0, 0, 0), DayTotal(date(2026, 12, 1), 3725.0, 0.786, 120)],
         RunChart("20261201T100000-abc123", datetime(2026, 12, 1, 10, tzinfo=UTC), None,
-                 [RunMinute(0, 0.01), RunMinute(12, 0.02), RunMinute(9, 0.03)]),
+                 [RunMinute(0, 0.01), RunMinute(12, 0.02), RunMinute(9, 0.0346)]),
     )
-    assert history_lines(history) == [
-        "this run 20261201T100000-abc123, images per minute: 0 12 9; spent 0.03",
+    assert history_lines(history) == [  # money as the panel shows it: a run under 0.10 keeps 3 digits
+        "this run 20261201T100000-abc123, images per minute: 0 12 9; spent 0.0346",
         "last 2 days: 120 images, 1h 02m billed, 0.79 spent (1 day with runs)",
         "  2026-12-01: 120 images, 1h 02m billed, 0.79",
     ]

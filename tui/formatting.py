@@ -1,4 +1,4 @@
-"""How numbers, times and prompts read on screen, the same in every panel."""
+"""How times, counts and prompts read on screen, the same in every panel (money: `avatargen.api.money`)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,6 @@ from rich.text import Text
 # The first part of a prompt as avatargen.prompts.compose writes it: "<prefix> of <subject>[ from the film <film>]".
 _OPENING = re.compile(r"^(?P<prefix>.+?) of .+?(?: from the film (?P<film>.+))?$")
 _ARTIST = "in the style of "
-
-
-def money(amount: float) -> str:
-    """Spend in the owner's currency; sub-cent runs keep three decimals so they do not read as free."""
-    return f"{amount:.3f}" if 0 < amount < 0.1 else f"{amount:.2f}"
 
 
 def clock(moment: datetime) -> str:

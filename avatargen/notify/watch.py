@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from avatargen.api.money import money
 from avatargen.api.wire import LastRun, Status
 from avatargen.config import Settings
 from avatargen.durations import format_duration
@@ -65,7 +66,7 @@ class Watcher:
 
     def _rate(self) -> str:
         rate = self._settings.gpu.hourly_cost
-        return f"{rate:.2f} an hour"
+        return f"{money(rate)} an hour"
 
     def _machine(self, now: Status, last: Status | None, at: float) -> None:
         if last is None and now.state == "shutting_down" and now.run is None:
@@ -147,6 +148,6 @@ class Watcher:
 
 def _failed_text(ended: LastRun) -> str:
     run = ended.run
-    return (f"Run {run.id} ({run.trigger}) failed: {ended.error or 'no reason given'}. It cost {run.cost:.2f} for "
+    return (f"Run {run.id} ({run.trigger}) failed: {ended.error or 'no reason given'}. It cost {money(run.cost)} for "
             f"{run.done} stored image(s); its machine was stopped. See `avatargen status` and the log; "
             "automatic runs try again later, less often after each failure.")

@@ -12,8 +12,7 @@ from textual.reactive import reactive
 from textual.widget import Widget
 from textual.widgets import Static
 
-from avatargen.api.wire import History
-from tui.formatting import money
+from avatargen.api import History, money
 from tui.widgets.chart import Chart
 
 

@@ -6,9 +6,9 @@ from rich.text import Text
 from textual.reactive import reactive
 from textual.widget import Widget
 
-from avatargen.api import LastRun
+from avatargen.api import LastRun, money
 from avatargen.durations import format_duration
-from tui.formatting import clock, money
+from tui.formatting import clock
 
 
 class LastRunSummary(Widget):

@@ -9,9 +9,9 @@ from textual.reactive import reactive
 from textual.widget import Widget
 from textual.widgets import Label, ProgressBar, Static
 
-from avatargen.api import RunView, Step
+from avatargen.api import RunView, Step, money
 from avatargen.durations import format_duration
-from tui.formatting import money, targets
+from tui.formatting import targets
 
 
 def _counts(run: RunView) -> str:

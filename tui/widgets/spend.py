@@ -13,9 +13,9 @@ from textual.message import Message
 from textual.reactive import reactive
 from textual.widget import Widget
 
-from avatargen.api import Status
+from avatargen.api import Status, money
 from avatargen.durations import format_duration
-from tui.formatting import money, timestamp
+from tui.formatting import timestamp
 
 BUDGET_BAR = 10
 ASK_EVERY = 5.0  # seconds between asks for a newer status while a check is overdue
