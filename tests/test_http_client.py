@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import httpx
 import pytest
@@ -17,21 +18,35 @@ import pytest
 from avatargen.api import AdminClient
 from avatargen.config import Secret, Settings
 from avatargen.gpu.paperspace import PaperspaceClient
+from avatargen.gpu.serverless import Endpoint
+from avatargen.gpu.serverless_api import ServerlessClient
 from avatargen.http_client import HttpClient
+from avatargen.journal import JobJournal
 from avatargen.sd.a1111 import SdClient
 from avatargen.sd.comfyui import ComfyUiClient
+from avatargen.sd.serverless import ServerlessComfyUi
 from avatargen.sd.workflow import load_workflow
 from tests.simhelpers import sd_settings
 
-# Each client that may borrow a pool, made for a server at `url`, with `pool` or a pool of its own.
-Make = Callable[[str, httpx.AsyncClient | None], HttpClient]
+# Each client that may borrow a pool, made for a server at `url`, with `pool` or a pool of its own (and a
+# folder for what it keeps on disk).
+Make = Callable[[str, httpx.AsyncClient | None, Path], HttpClient]
+
+
+def serverless(url: str, pool: httpx.AsyncClient | None, folder: Path) -> HttpClient:
+    endpoint = Endpoint(ServerlessClient(url, "endpoint", Secret("key")), JobJournal(folder / "jobs.json"),
+                        max_in_flight=1, poll_every=1.0, queue_timeout=60.0, idle_timeout=60.0)
+    return ServerlessComfyUi(sd_settings(), load_workflow(Settings()), endpoint, http=pool)
+
+
 BORROWERS: dict[str, Make] = {
-    "sd web UI": lambda url, pool: SdClient(sd_settings(), url=url, http=pool),
-    "ComfyUI": lambda url, pool: ComfyUiClient(sd_settings(), load_workflow(Settings()), url=url, http=pool),
-    "Paperspace API": lambda url, pool: PaperspaceClient(url, Secret("key"), http=pool),
+    "sd web UI": lambda url, pool, _: SdClient(sd_settings(), url=url, http=pool),
+    "ComfyUI": lambda url, pool, _: ComfyUiClient(sd_settings(), load_workflow(Settings()), url=url, http=pool),
+    "serverless ComfyUI": serverless,
+    "Paperspace API": lambda url, pool, _: PaperspaceClient(url, Secret("key"), http=pool),
 }
 # The admin API's client always opens its own: the server's address and the token are its pool's settings.
-OWNERS: dict[str, Make] = {**BORROWERS, "admin API": lambda url, pool: AdminClient(url, "token")}
+OWNERS: dict[str, Make] = {**BORROWERS, "admin API": lambda url, pool, _: AdminClient(url, "token")}
 
 
 class Connections:
@@ -74,9 +89,9 @@ async def loopback() -> AsyncIterator[tuple[Connections, str]]:
 
 
 @pytest.mark.parametrize("name", OWNERS)
-async def test_a_client_closes_the_pool_it_opened(name: str) -> None:
+async def test_a_client_closes_the_pool_it_opened(name: str, tmp_path: Path) -> None:
     async with loopback() as (connections, url):
-        async with OWNERS[name](url, None) as client:
+        async with OWNERS[name](url, None, tmp_path) as client:
             assert (await client.http.get(url + "/")).json() == {}
             assert connections.open == 1
         async with asyncio.timeout(30):
@@ -85,9 +100,9 @@ async def test_a_client_closes_the_pool_it_opened(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", BORROWERS)
-async def test_a_client_leaves_a_borrowed_pool_open(name: str) -> None:
+async def test_a_client_leaves_a_borrowed_pool_open(name: str, tmp_path: Path) -> None:
     async with loopback() as (connections, url), httpx.AsyncClient() as pool:
-        async with BORROWERS[name](url, pool) as client:
+        async with BORROWERS[name](url, pool, tmp_path) as client:
             assert client.http is pool
             await client.http.get(url + "/")
         assert not pool.is_closed
