@@ -1,5 +1,5 @@
 """The Starlette app and its composition root: `create_app` builds the routes, `lifespan` builds what they
-serve with, once per process, and tears it down at shutdown (see docs/deployment.md for the processes)."""
+serve with, once per process, and tears it down at shutdown (CONTRIBUTING.md lists what, in which order)."""
 
 from __future__ import annotations
 
