@@ -19,149 +19,34 @@ import heapq
 import json
 import logging
 import os
-import random
-import re
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 from avatargen.config import Settings
 from avatargen.files import PRIVATE_FILE, private_folder, sync_folder, write_atomically
-from avatargen.imaging import ImageError, check_webp, check_webp_header, sniff_format
+from avatargen.imaging import ImageError, check_webp, check_webp_header
+from avatargen.storage.errors import BadImage, ImageNotFound
+from avatargen.storage.framing import unique_copy
+from avatargen.storage.index import IdIndex
+from avatargen.storage.models import ID, Claim, ImageRecord, Recovery, check_id, stamped
 from avatargen.timestamps import utc_iso
-from avatargen.variants import check_archive, framed_variants
+from avatargen.variants import check_archive
 
 log = logging.getLogger("avatargen.buckets")
 
 IMAGE_SUFFIX = ".webp"
 META_SUFFIX = ".json"
-_ID = re.compile(r"[A-Za-z0-9_-]{1,100}")  # used with fullmatch: `$` would also accept a trailing newline
-# How much of a rejected id an error message quotes: ids come from URLs, and a 60 kB one must not be echoed.
-_QUOTED_ID = 40
 # A directory mtime this close to the moment it was read may still change within the same clock tick
 # (coarse filesystem timestamps), so the scan that read it is redone at the next check.
 _RACY_NS = 1_000_000_000
 # A claimed unique is sent within milliseconds; one claimed longer ago than this belongs to a process that
 # died before sending it. Fresh claims must be left alone: another worker may be sending them right now.
 CLAIM_TIMEOUT = 60.0
-
-
-class ImageNotFound(LookupError):
-    """No image with that id in the bucket (never published, claimed or deleted meanwhile)."""
-
-
-class BadImage(ImageNotFound):
-    """The image's file is not a whole WebP image: it was set aside, so it is no longer in the bucket."""
-
-
-def check_id(image_id: str) -> str:
-    """Return the id if it is safe to use in a file name (no path traversal); else raise ValueError."""
-    if not isinstance(image_id, str) or not _ID.fullmatch(image_id):
-        quoted = repr(image_id)
-        if len(quoted) > _QUOTED_ID:
-            quoted = quoted[:_QUOTED_ID] + "..."
-        raise ValueError(f"invalid image id {quoted}: expected 1-100 letters, digits, '-' or '_'")
-    return image_id
-
-
-def new_id(now: datetime | None = None) -> str:
-    """A fresh image id that sorts by creation time: `20261124T235959-123456-1a2b3c4d` (UTC, µs, random)."""
-    now = now or datetime.now(UTC)
-    return f"{now:%Y%m%dT%H%M%S-%f}-{secrets.token_hex(4)}"
-
-
-def stamped(bucket: str, image: bytes, metadata: dict[str, Any],
-            image_id: str | None = None) -> tuple[str, dict[str, Any], datetime]:
-    """What publishing an image into `bucket` stores, whatever the backend: its id (new unless given), its
-    metadata with `created_at` (now, unless given) and that moment. ValueError when the image is not WebP or
-    the metadata is not JSON with an ISO 8601 `created_at`."""
-    if sniff_format(image) != "WEBP":
-        raise ValueError(f"the {bucket} bucket stores WebP images; got data starting {image[:12]!r}")
-    now = datetime.now(UTC)
-    image_id = check_id(image_id) if image_id is not None else new_id(now)
-    metadata = {**metadata, "created_at": metadata.get("created_at") or utc_iso(now)}
-    try:
-        created_at = datetime.fromisoformat(metadata["created_at"])
-        json.dumps(metadata)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"image metadata must be JSON with an ISO 8601 created_at: {exc}") from None
-    return image_id, metadata, created_at
-
-
-@dataclass(frozen=True)
-class ImageRecord:
-    """One stored image: where it is (None in a bucket that lives in Redis) and what its sidecar says."""
-
-    id: str
-    bucket: str
-    path: Path | None
-    metadata: dict[str, Any]
-    created_at: datetime
-    kept: bool = False  # the owner keeps it for good: never retired
-    held: bool = False  # held back by the safety gate, waiting in the review folder: never served
-
-
-@dataclass(frozen=True)
-class Recovery:
-    """What start-up recovery did to a bucket."""
-
-    released: int = 0  # claimed uniques never sent, put back
-    temp_removed: int = 0  # work files left in .tmp/
-    orphans_removed: int = 0  # sidecars and framed copies whose image is gone
-
-    def summary(self) -> dict[str, int]:
-        """The counts, for the log (empty when there was nothing to do)."""
-        counts = {"released": self.released, "temp_removed": self.temp_removed, "orphans_removed": self.orphans_removed}
-        return {name: count for name, count in counts.items() if count}
-
-
-@dataclass(frozen=True)
-class Claim:
-    """A unique taken out of its bucket: `image` is what the visitor gets (framed when the bucket frames)."""
-
-    id: str
-    image: bytes
-    metadata: dict[str, Any]
-
-
-class _Index:
-    """The ids in a folder: O(1) add, remove, count and random pick (a list plus positions)."""
-
-    def __init__(self, ids: list[str]) -> None:
-        self._ids = ids
-        self._positions = {image_id: n for n, image_id in enumerate(ids)}
-
-    def __len__(self) -> int:
-        return len(self._ids)
-
-    def __contains__(self, image_id: object) -> bool:
-        return image_id in self._positions
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._ids)
-
-    def add(self, image_id: str) -> None:
-        if image_id not in self._positions:
-            self._positions[image_id] = len(self._ids)
-            self._ids.append(image_id)
-
-    def discard(self, image_id: str) -> None:
-        position = self._positions.pop(image_id, None)
-        if position is None:
-            return
-        last = self._ids.pop()
-        if last != image_id:
-            self._ids[position] = last
-            self._positions[last] = position
-
-    def choice(self) -> str | None:
-        return random.choice(self._ids) if self._ids else None
 
 
 def _unlink(path: Path) -> bool:
@@ -191,7 +76,7 @@ def _ids_in(folder: Path, suffix: str, names: list[str] | None = None) -> set[st
     """The ids of the `<id><suffix>` entries in a folder (or in `names`, a listing of it already taken)."""
     cut = len(suffix)
     return {name[:-cut] for name in (_names(folder) if names is None else names)
-            if name.endswith(suffix) and _ID.fullmatch(name, 0, len(name) - cut)}
+            if name.endswith(suffix) and ID.fullmatch(name, 0, len(name) - cut)}
 
 
 def _header_problem(path: Path) -> str | None:
@@ -254,7 +139,7 @@ class Bucket:
         for folder in self.folders:
             private_folder(folder)
         self._lock = threading.Lock()
-        self._index = _Index([])
+        self._index = IdIndex([])
         self._stamp: int | None = None
         self._racy = True
         self._checked_at = float("-inf")
@@ -302,7 +187,7 @@ class Bucket:
 
     def _install(self, ids: list[str], stamp: int | None) -> None:
         """Replace the index with a listing taken when the folder's mtime was `stamp` (lock held)."""
-        self._index = _Index(ids)
+        self._index = IdIndex(ids)
         self._stamp = stamp
         self._racy = stamp is None or time.time_ns() - stamp < _RACY_NS
         self._checked_at = time.monotonic()
@@ -940,8 +825,3 @@ def open_buckets(settings: Settings) -> dict[str, Bucket]:
                     check_prepared=check_archive)
     return {"unique": unique, "fallback": Bucket("fallback", settings.buckets.fallback.dir)}
 
-
-def unique_copy(settings: Settings) -> Callable[[bytes], bytes]:
-    """What a unique's claimer receives, made from its stored WebP at publish time, whichever the backend:
-    every variant of it, framed (`avatargen.variants.framed_variants`)."""
-    return partial(framed_variants, quality=settings.generator.webp_quality, sizes=settings.sizes)

@@ -26,7 +26,7 @@ from avatargen.notify import Notifier, Sender, Watcher
 from avatargen.owner_actions import OwnerActions
 from avatargen.redact import RedactingFilter
 from avatargen.storage.backend import open_backend
-from avatargen.storage.redis_connection import StorageUnavailable
+from avatargen.storage.errors import StorageUnavailable
 from avatargen.storage.redis_events import EventRelay
 from avatargen.tasks import background
 from server.admin import admin_api

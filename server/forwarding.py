@@ -36,7 +36,8 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import ASGIApp
 
 from avatargen.embedded_server import EmbeddedServer
-from avatargen.storage.redis_connection import Outage, RedisStorage, StorageUnavailable
+from avatargen.storage.errors import StorageUnavailable
+from avatargen.storage.redis_connection import Outage, RedisStorage
 from server.socket_transport import socket_transport
 
 log = logging.getLogger("avatargen.server")

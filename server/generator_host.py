@@ -18,8 +18,8 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 
 from avatargen.generator import Generator
+from avatargen.storage.errors import LeaseLost, StorageUnavailable
 from avatargen.storage.protocols import GeneratorSeat
-from avatargen.storage.redis_connection import LeaseLost, StorageUnavailable
 from avatargen.tasks import background
 
 log = logging.getLogger("avatargen.server")

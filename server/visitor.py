@@ -38,13 +38,13 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from avatargen.api.wire import VisitorErrors
-from avatargen.buckets import Claim, ImageNotFound
 from avatargen.config import Settings
-from avatargen.faces import Face, FaceMemo, FaceStore
 from avatargen.imaging import ImageError, placeholder_webp
 from avatargen.metrics import VISITOR_ERRORS
-from avatargen.storage.protocols import StoredBucket, UniqueAllowance
-from avatargen.storage.redis_connection import StorageUnavailable
+from avatargen.storage.errors import ImageNotFound, StorageUnavailable
+from avatargen.storage.face_memo import FaceMemo
+from avatargen.storage.models import Claim, Face
+from avatargen.storage.protocols import FaceStore, StoredBucket, UniqueAllowance
 from avatargen.variants import (
     FORMATS,
     WEBP,

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from avatargen.buckets import unique_copy
 from avatargen.events import EventHub, Subscription
 from avatargen.generator import Generator, NothingToDo, NotRunning, RunActive
 from avatargen.gpu import make_provider
@@ -19,6 +18,7 @@ from avatargen.ledger import CostLedger
 from avatargen.lock import GeneratorLock
 from avatargen.simulator.runner import SimulatedGpu
 from avatargen.storage.folders import FileLedger, folder_buckets
+from avatargen.storage.framing import unique_copy
 from tests.support import FAST, fast_settings, running_engine, wait_for_event, wait_until
 
 

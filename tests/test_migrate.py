@@ -16,17 +16,19 @@ import httpx
 import pytest
 
 from avatargen.allowance import Allowance
-from avatargen.buckets import open_buckets, unique_copy
+from avatargen.buckets import open_buckets
 from avatargen.config import Settings, StorageSettings
 from avatargen.imaging import placeholder_webp
-from avatargen.ledger import CostLedger, Entry
+from avatargen.ledger import CostLedger
 from avatargen.lock import GeneratorLock
 from avatargen.storage.backend import VISITORS_FILE
+from avatargen.storage.framing import unique_copy
 from avatargen.storage.redis_allowance import RedisAllowance
 from avatargen.storage.redis_buckets import RedisBucket
 from avatargen.storage.redis_connection import RedisStorage
 from avatargen.storage.redis_lease import GeneratorLease
 from avatargen.storage.redis_ledger import RedisLedger
+from avatargen.storage.spend import Entry
 from avatargen.testing import RedisServer, avatargen_server, free_port, serve_command
 from tests.support import fast_settings, write_config
 

@@ -8,10 +8,11 @@ from datetime import UTC, datetime
 import pytest
 
 from avatargen.config import StorageSettings
-from avatargen.ledger import Entry
-from avatargen.storage.redis_connection import LeaseLost, RedisStorage
+from avatargen.storage.errors import LeaseLost
+from avatargen.storage.redis_connection import RedisStorage
 from avatargen.storage.redis_lease import GeneratorLease
 from avatargen.storage.redis_ledger import RedisLedger
+from avatargen.storage.spend import Entry
 from avatargen.testing import RedisServer
 
 NOON = datetime(2026, 11, 30, 12, 0, tzinfo=UTC).timestamp()

@@ -13,15 +13,17 @@ from collections.abc import Mapping
 from typing import Protocol
 
 from avatargen.allowance import FolderAllowance
-from avatargen.buckets import check_and_frame, unique_copy
+from avatargen.buckets import check_and_frame
 from avatargen.config import Settings
-from avatargen.faces import FaceStore, FolderFaces
+from avatargen.faces import FolderFaces
 from avatargen.lock import FileSeat, GeneratorLock
+from avatargen.storage.errors import StorageUnavailable
 from avatargen.storage.folders import FileLedger, FolderBucket, folder_buckets
-from avatargen.storage.protocols import GeneratorSeat, Ledger, StoredBucket, UniqueAllowance
+from avatargen.storage.framing import unique_copy
+from avatargen.storage.protocols import FaceStore, GeneratorSeat, Ledger, StoredBucket, UniqueAllowance
 from avatargen.storage.redis_allowance import RedisAllowance
 from avatargen.storage.redis_buckets import RedisBucket
-from avatargen.storage.redis_connection import RedisStorage, StorageUnavailable
+from avatargen.storage.redis_connection import RedisStorage
 from avatargen.storage.redis_faces import RedisFaces
 from avatargen.storage.redis_lease import GeneratorLease
 from avatargen.storage.redis_ledger import RedisLedger

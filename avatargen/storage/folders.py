@@ -13,9 +13,11 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from avatargen.buckets import CLAIM_TIMEOUT, Bucket, ImageRecord, open_buckets
+from avatargen.buckets import CLAIM_TIMEOUT, Bucket, open_buckets
 from avatargen.config import Settings
-from avatargen.ledger import CostLedger, Entry, Spend
+from avatargen.ledger import CostLedger
+from avatargen.storage.models import ImageRecord
+from avatargen.storage.spend import Entry, Spend
 
 log = logging.getLogger("avatargen.storage")
 

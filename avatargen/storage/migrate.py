@@ -25,12 +25,11 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from avatargen.allowance import Allowance
-from avatargen.buckets import BadImage, ImageNotFound
 from avatargen.config import Settings
 from avatargen.lock import DataFolderInUse, DataFolderLock
 from avatargen.storage.backend import VISITORS_FILE, FolderBackend, RedisBackend
+from avatargen.storage.errors import BadImage, ImageNotFound, StorageUnavailable
 from avatargen.storage.redis_allowance import RedisAllowance
-from avatargen.storage.redis_connection import StorageUnavailable
 from avatargen.storage.redis_lease import GeneratorLease
 from avatargen.storage.redis_ledger import RedisLedger
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol, Self
 
-from avatargen.buckets import Claim, ImageRecord
-from avatargen.ledger import Entry, Spend
+from avatargen.storage.models import Claim, Face, ImageRecord
+from avatargen.storage.spend import Entry, Spend
 
 
 class StoredBucket(Protocol):
@@ -108,6 +108,15 @@ class UniqueAllowance(Protocol):
         ...
     def may_retire(self) -> bool: ...
     async def retire(self) -> bool: ...
+    async def aclose(self) -> None: ...
+
+
+class FaceStore(Protocol):
+    """Where every process finds the faces visitors got (expired ones are never returned); see
+    `avatargen.storage.face_memo`."""
+
+    async def get(self, visitor: str, now: float) -> Face | None: ...
+    async def put(self, visitor: str, face: Face, now: float) -> None: ...
     async def aclose(self) -> None: ...
 
 

@@ -24,11 +24,12 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from avatargen.allowance import AllowanceMemo, AllowanceState
-from avatargen.buckets import Claim
 from avatargen.config import ServingSettings
+from avatargen.storage.allowance_memo import AllowanceMemo
+from avatargen.storage.errors import StorageUnavailable
+from avatargen.storage.models import AllowanceState, Claim
 from avatargen.storage.redis_buckets import PUT, TAKE_ONE, RedisBucket
-from avatargen.storage.redis_connection import RedisStorage, StorageUnavailable
+from avatargen.storage.redis_connection import RedisStorage
 
 log = logging.getLogger("avatargen.storage")
 

@@ -24,6 +24,7 @@ from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 
 from avatargen.config import StorageSettings
+from avatargen.storage.errors import LeaseLost, StorageUnavailable
 
 log = logging.getLogger("avatargen.storage")
 
@@ -46,19 +47,6 @@ local function fenced(fence_key, token)
   end
 end
 """
-
-
-class StorageUnavailable(Exception):
-    """Redis did not do what was asked within the timeout (down, slow, loading, read-only, full).
-
-    The operation may or may not have happened; every write the product makes is safe either way (a
-    claim that happened unseen only loses that unique, it is never served twice).
-    """
-
-
-class LeaseLost(Exception):
-    """A generator write was refused: another replica holds the generator lease now (its fencing token
-    is newer than the one this write carried)."""
 
 
 def _is_transient(exc: rx.RedisError) -> bool:

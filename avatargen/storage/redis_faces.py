@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from avatargen.faces import Face
+from avatargen.storage.models import Face
 from avatargen.storage.redis_connection import RedisStorage
 
 

@@ -26,7 +26,8 @@ import os
 import secrets
 import socket
 
-from avatargen.storage.redis_connection import LeaseLost, Outage, RedisStorage, StorageUnavailable
+from avatargen.storage.errors import LeaseLost, StorageUnavailable
+from avatargen.storage.redis_connection import Outage, RedisStorage
 
 log = logging.getLogger("avatargen.storage")
 
