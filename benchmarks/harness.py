@@ -18,9 +18,9 @@ from typing import Any, TypeVar
 
 from avatargen import testing
 from avatargen.api import AdminClient, Run, ServerEvent, StateChange, Status
-from avatargen.buckets import Bucket
 from avatargen.imaging import to_avatar_webp
 from avatargen.simulator.drawing import draw_avatar
+from avatargen.storage.files.bucket import Bucket
 from avatargen.testing import START_TIMEOUT, Service
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -24,8 +24,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from avatargen.buckets import open_buckets
 from avatargen.config import StorageSettings, load_settings
+from avatargen.storage.files.bucket import open_buckets
 from avatargen.storage.redis_buckets import RedisBucket
 from avatargen.storage.redis_connection import RedisStorage
 from avatargen.testing import RedisServer, Service, running_redis

@@ -24,8 +24,8 @@ import sys
 import time
 from pathlib import Path
 
-from avatargen.buckets import Bucket, open_buckets
 from avatargen.config import load_settings
+from avatargen.storage.files.bucket import Bucket, open_buckets
 from avatargen.storage.models import new_id
 from benchmarks.harness import avatargen_server, parse_args, publish, sample_avatars, scratch, write_config
 from benchmarks.report import fmt, median, print_machine, print_table, verdict

@@ -101,7 +101,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from avatargen.lock import DataFolderInUse
+    from avatargen.storage.files.lock import DataFolderInUse
     from server.serve import CannotListen, serve
 
     settings = _load(args)

@@ -17,7 +17,8 @@ from avatargen.config import Settings, load_settings
 from avatargen.events import EventHub, Subscription
 from avatargen.generator import Generator
 from avatargen.simulator import LoopbackServer, SimulatedGpu
-from avatargen.storage.folders import FileLedger, folder_buckets
+from avatargen.storage.files.folder_bucket import folder_buckets
+from avatargen.storage.files.ledger import FileLedger
 from server.app import create_app
 from server.serve import uvicorn_options
 

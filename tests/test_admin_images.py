@@ -22,9 +22,9 @@ from avatargen.api import (
     ImageMoved,
     ImageRemoved,
 )
-from avatargen.buckets import Bucket, open_buckets
 from avatargen.config import Settings
 from avatargen.storage.backend import RedisBackend
+from avatargen.storage.files.bucket import Bucket, open_buckets
 from avatargen.storage.redis_buckets import RedisBucket
 from avatargen.storage.redis_connection import RedisStorage
 from avatargen.testing import RedisServer

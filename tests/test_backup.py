@@ -12,9 +12,9 @@ import httpx
 from PIL import Image
 
 from avatargen.api import AdminClient, Status
-from avatargen.buckets import open_buckets
 from avatargen.config import load_settings
 from avatargen.imaging import to_avatar_webp
+from avatargen.storage.files.bucket import open_buckets
 from avatargen.testing import avatargen_server
 from tests.support import write_config
 

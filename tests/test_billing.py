@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from avatargen.buckets import open_buckets
 from avatargen.imaging import placeholder_webp
-from avatargen.ledger import CostLedger
+from avatargen.storage.files.bucket import open_buckets
+from avatargen.storage.files.ledger import CostLedger
 from benchmarks.storage_faults import SqliteLock
 from tests.support import fast_settings, running_engine, wait_until
 from tests.test_engine import run_to_end

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from avatargen.buckets import Bucket
 from avatargen.imaging import frame_unique
 from avatargen.storage.errors import ImageNotFound
+from avatargen.storage.files.bucket import Bucket
 from tests.test_buckets import META, webp
 
 frame = partial(frame_unique, quality=60)

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from avatargen.buckets import Bucket, check_and_frame
 from avatargen.imaging import frame_unique
 from avatargen.storage.errors import ImageNotFound
+from avatargen.storage.files.bucket import Bucket, check_and_frame
 from avatargen.storage.models import Recovery, check_id, new_id
 
 META = {"prompt": "A painting of cjs", "seed": 7, "sampler": "DPM++ 2M", "steps": 20, "size": 256,

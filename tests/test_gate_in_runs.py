@@ -15,9 +15,9 @@ import nudenet
 import pytest
 
 from avatargen.api import ImageHeld, NewImage, decode_event
-from avatargen.buckets import open_buckets
 from avatargen.config import ReviewSettings
 from avatargen.generator import Generator
+from avatargen.storage.files.bucket import open_buckets
 from tests.support import fast_settings, running_engine, wait_until
 from tests.test_engine import run_to_end
 

@@ -17,8 +17,8 @@ import httpx
 from PIL import Image
 
 from avatargen.api import AdminClient
-from avatargen.buckets import open_buckets
 from avatargen.config import load_settings
+from avatargen.storage.files.bucket import open_buckets
 from avatargen.testing import Service, free_port, serve_command
 from tests.support import write_config
 from tests.test_storage_faults import status_until

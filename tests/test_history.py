@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from avatargen.api import AdminClient, DayTotal, RunMinute
-from avatargen.ledger import CostLedger
 from avatargen.run import Run
+from avatargen.storage.files.ledger import CostLedger
 from avatargen.storage.spend import DAY, Entry, daily
 from tests.support import fast_settings, running_engine, serving
 from tests.test_engine import run_to_end

@@ -34,7 +34,7 @@ def checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.parametrize(("module", "line", "broken"), [
     ("avatargen/prompts.py", "import server.app", "avatargen.prompts -> server.app"),
-    ("tui/app.py", "from avatargen import buckets", "tui.app -> avatargen.buckets"),
+    ("tui/app.py", "from avatargen.storage.files import bucket", "tui.app -> avatargen.storage.files.bucket"),
     ("server/visitor.py", "from avatargen.simulator import faults", "server.visitor -> avatargen.simulator"),
     ("server/cli.py", "from avatargen import testing", "server.cli -> avatargen.testing"),
     ("avatargen/api/wire.py", "import starlette.responses", "avatargen.api.wire -> starlette"),

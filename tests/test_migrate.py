@@ -15,13 +15,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from avatargen.allowance import Allowance
-from avatargen.buckets import open_buckets
 from avatargen.config import Settings, StorageSettings
 from avatargen.imaging import placeholder_webp
-from avatargen.ledger import CostLedger
-from avatargen.lock import GeneratorLock
 from avatargen.storage.backend import VISITORS_FILE
+from avatargen.storage.files.allowance import Allowance
+from avatargen.storage.files.bucket import open_buckets
+from avatargen.storage.files.ledger import CostLedger
+from avatargen.storage.files.lock import GeneratorLock
 from avatargen.storage.framing import unique_copy
 from avatargen.storage.redis_allowance import RedisAllowance
 from avatargen.storage.redis_buckets import RedisBucket

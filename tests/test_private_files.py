@@ -15,9 +15,9 @@ import httpx
 import pytest
 from PIL import Image
 
-from avatargen.buckets import open_buckets
 from avatargen.config import load_settings
 from avatargen.imaging import to_avatar_webp
+from avatargen.storage.files.bucket import open_buckets
 from tests.test_workers import server
 
 HELD = {"review": {"held": True, "reasons": []}}

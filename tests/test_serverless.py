@@ -20,7 +20,7 @@ from avatargen.gpu.serverless_api import JOURNAL
 from avatargen.journal import JobJournal
 from avatargen.simulator import SimulatedGpu
 from avatargen.simulator.serverless import SimulatedServerless
-from avatargen.storage.folders import FileLedger
+from avatargen.storage.files.ledger import FileLedger
 from avatargen.storage.spend import Entry
 from tests.simhelpers import sim_settings
 from tests.support import fast_settings, running_engine, wait_for_event, wait_until, write_config

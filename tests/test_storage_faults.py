@@ -19,8 +19,8 @@ import pytest
 import redis
 
 from avatargen.api import AdminClient, Status
-from avatargen.buckets import open_buckets
 from avatargen.config import StorageSettings, load_settings
+from avatargen.storage.files.bucket import open_buckets
 from avatargen.storage.redis_buckets import RedisBucket
 from avatargen.storage.redis_connection import RedisStorage
 from avatargen.testing import RedisServer, Service, avatargen_server, free_port, running_redis

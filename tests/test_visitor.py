@@ -20,10 +20,10 @@ import pytest
 from PIL import Image
 
 from avatargen.api import AdminClient
-from avatargen.buckets import open_buckets
 from avatargen.config import Settings
 from avatargen.imaging import check_webp, frame_unique, to_avatar_webp
-from avatargen.storage.folders import FolderBucket
+from avatargen.storage.files.bucket import open_buckets
+from avatargen.storage.files.folder_bucket import FolderBucket
 from avatargen.tasks import background
 from avatargen.variants import unpack
 from benchmarks.storage_faults import fill, read_only, tmpfs

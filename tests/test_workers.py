@@ -13,9 +13,9 @@ import psutil
 from PIL import Image
 
 from avatargen.api import AdminClient, NewImage, Status
-from avatargen.buckets import open_buckets
 from avatargen.config import load_settings
 from avatargen.imaging import to_avatar_webp
+from avatargen.storage.files.bucket import open_buckets
 from avatargen.testing import Service, Simulator, avatargen_server
 from tests.support import write_config
 

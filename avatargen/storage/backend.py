@@ -12,13 +12,14 @@ import logging
 from collections.abc import Mapping
 from typing import Protocol
 
-from avatargen.allowance import FolderAllowance
-from avatargen.buckets import check_and_frame
 from avatargen.config import Settings
-from avatargen.faces import FolderFaces
-from avatargen.lock import FileSeat, GeneratorLock
 from avatargen.storage.errors import StorageUnavailable
-from avatargen.storage.folders import FileLedger, FolderBucket, folder_buckets
+from avatargen.storage.files.allowance import FolderAllowance
+from avatargen.storage.files.bucket import check_and_frame
+from avatargen.storage.files.faces import FolderFaces
+from avatargen.storage.files.folder_bucket import FolderBucket, folder_buckets
+from avatargen.storage.files.ledger import FileLedger
+from avatargen.storage.files.lock import FileSeat, GeneratorLock
 from avatargen.storage.framing import unique_copy
 from avatargen.storage.protocols import FaceStore, GeneratorSeat, Ledger, StoredBucket, UniqueAllowance
 from avatargen.storage.redis_allowance import RedisAllowance

@@ -6,7 +6,7 @@ from; so are the images the safety gate holds back for review. Copying twice lea
 the key), so a migration that stops half-way (Ctrl-C, Redis gone) is finished by running it again: an
 image is always in the source, in the target, or, for that moment, in both, and the next run moves it
 once more. It refuses to start while any `avatargen serve` uses either side, and no server starts while it runs: it
-holds the data folder alone (`avatargen.lock.DataFolderLock`, which every server shares while it runs)
+holds the data folder alone (`avatargen.storage.files.lock.DataFolderLock`, which every server shares while it runs)
 and the generator lease in Redis (which one replica always holds). A unique that a server the lock
 cannot see (a replica on another machine) claims while it is being copied is served once from there, and
 its copy is deleted again. Ledger entries are copied (by run id: again harmless); the unique allowance
@@ -24,11 +24,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from avatargen.allowance import Allowance
 from avatargen.config import Settings
-from avatargen.lock import DataFolderInUse, DataFolderLock
 from avatargen.storage.backend import VISITORS_FILE, FolderBackend, RedisBackend
 from avatargen.storage.errors import BadImage, ImageNotFound, StorageUnavailable
+from avatargen.storage.files.allowance import Allowance
+from avatargen.storage.files.lock import DataFolderInUse, DataFolderLock
 from avatargen.storage.redis_allowance import RedisAllowance
 from avatargen.storage.redis_lease import GeneratorLease
 from avatargen.storage.redis_ledger import RedisLedger

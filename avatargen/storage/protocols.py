@@ -1,6 +1,6 @@
 """What the server and the generator need from storage, whichever the backend.
 
-The folders (`avatargen.storage.folders`, over `avatargen.buckets` and the SQLite files) and Redis
+The folders (`avatargen.storage.files`: the bucket folders and the SQLite files) and Redis
 (`avatargen.storage.redis_*`) both provide these. What happens on every visit (counting, picking a
 random id, the allowance's "certainly not" answers) is plain and answers from memory; whatever touches
 the disk or the network is a coroutine, so the event loop never waits on either.
@@ -16,7 +16,7 @@ from avatargen.storage.spend import Entry, Spend
 
 
 class StoredBucket(Protocol):
-    """One bucket of avatars (see `avatargen.buckets.Bucket` for the rules every backend keeps)."""
+    """One bucket of avatars (see `avatargen.storage.files.bucket.Bucket` for the rules every backend keeps)."""
 
     name: str
 
@@ -121,7 +121,7 @@ class FaceStore(Protocol):
 
 
 class Ledger(Protocol):
-    """The cost ledger (see `avatargen.ledger` and `avatargen.generator.billing`)."""
+    """The cost ledger (see `avatargen.storage.spend` and `avatargen.generator.billing`)."""
 
     location: str  # where it is, for the owner's messages
 

@@ -9,7 +9,7 @@ script on the same hash.
 Times are the callers' wall clocks (as with the SQLite allowance, so tests can move them); the visitor's
 key expires with its window, so Redis forgets visitors by itself.
 
-Like `avatargen.allowance.Allowance`, this process remembers what it can (`AllowanceMemo`) and only asks
+Like `avatargen.storage.files.allowance.Allowance`, this process remembers what it can (`AllowanceMemo`) and only asks
 Redis when a grant might succeed.
 """
 

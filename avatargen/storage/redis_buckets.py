@@ -164,7 +164,7 @@ return out
 
 
 class RedisBucket:
-    """One bucket in Redis, with the same operations as the folder-backed `avatargen.buckets.Bucket`.
+    """One bucket in Redis, with the same operations as the folder-backed `avatargen.storage.files.bucket.Bucket`.
 
     `count`, `ids` and `random_id` answer from memory (see `follow`); every other operation is a
     coroutine that raises StorageUnavailable when Redis does not answer in time.

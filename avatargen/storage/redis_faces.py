@@ -1,4 +1,4 @@
-"""The visitors' faces (`avatargen.faces`) in Redis, shared by every replica."""
+"""The visitors' faces (`avatargen.storage.face_memo`) in Redis, shared by every replica."""
 
 from __future__ import annotations
 

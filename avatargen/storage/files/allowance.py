@@ -21,10 +21,10 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from avatargen import sqlite
-from avatargen.buckets import Bucket
 from avatargen.config import ServingSettings
 from avatargen.storage.allowance_memo import AllowanceMemo
+from avatargen.storage.files import sqlite
+from avatargen.storage.files.bucket import Bucket
 from avatargen.storage.models import AllowanceState, Claim
 
 _SCHEMA = (

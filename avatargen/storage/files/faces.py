@@ -7,7 +7,7 @@ import asyncio
 import threading
 from pathlib import Path
 
-from avatargen import sqlite
+from avatargen.storage.files import sqlite
 from avatargen.storage.models import Face
 
 _SCHEMA = ("CREATE TABLE IF NOT EXISTS faces (visitor TEXT PRIMARY KEY, kind TEXT NOT NULL, id TEXT NOT NULL, "

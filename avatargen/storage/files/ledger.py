@@ -5,21 +5,24 @@ with the number of images the run stored. An entry left open by a crash is close
 that stops the orphaned machine, so the time the machine ran unattended is billed too. What the entries
 add up to (today, this month, by day) is `avatargen.storage.spend`, shared with the Redis ledger.
 
-This module is the SQLite file. The generator never waits on the file: it keeps its own copy
-of the entries in memory and writes them here from a worker thread (`avatargen.generator.billing`). A
-file deleted or replaced under an open connection goes unnoticed by SQLite (it keeps writing to the
-deleted file), so the ledger remembers which file it opened and can tell when the path holds another.
+The SQLite file (`CostLedger`, blocking) and the same as a `Ledger` (`FileLedger`, its calls in worker
+threads). The generator never waits on the file: it keeps its own copy of the entries in memory and
+writes them here from a worker thread (`avatargen.generator.billing`). A file deleted or replaced under an
+open connection goes unnoticed by SQLite (it keeps writing to the deleted file), so the ledger remembers
+which file it opened and can tell when the path holds another.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
-from avatargen import sqlite
+from avatargen.storage.files import sqlite
 from avatargen.storage.spend import Entry, Spend, month_start
 
 # How long a write waits for another process's lock before it fails (and is retried later).
@@ -105,3 +108,38 @@ def _add_images_column(db: sqlite3.Connection) -> None:
 def _identity(path: Path) -> tuple[int, int]:
     stat = os.stat(path)
     return stat.st_dev, stat.st_ino
+
+
+class FileLedger:
+    """The SQLite ledger file (`CostLedger`) as a `Ledger`; its calls go one at a time."""
+
+    def __init__(self, ledger: CostLedger) -> None:
+        self.file = ledger
+        self.location = str(ledger.path)
+        self._lock = asyncio.Lock()  # the connection serves one thread at a time
+
+    @classmethod
+    async def open(cls, path: Path) -> FileLedger:
+        return cls(await asyncio.to_thread(CostLedger, path))
+
+    async def _call(self, function: Callable[..., Any], *args: Any) -> Any:
+        async with self._lock:
+            return await asyncio.to_thread(function, *args)
+
+    async def reopen_if_lost(self) -> str | None:
+        return await self._call(self.file.reopen_if_lost)
+
+    async def is_empty(self) -> bool:
+        return await self._call(self.file.is_empty)
+
+    async def entries(self, since: float) -> list[Entry]:
+        return await self._call(self.file.entries, since)
+
+    async def record(self, entries: Iterable[Entry]) -> None:
+        await self._call(self.file.record, list(entries))
+
+    async def spend(self, now: float | None = None) -> Spend:
+        return await self._call(self.file.spend, now)
+
+    async def aclose(self) -> None:
+        await self._call(self.file.close_db)

@@ -1,29 +1,26 @@
-"""The default backend: the bucket folders and the SQLite ledger, behind the storage protocols.
+"""A bucket folder behind the `StoredBucket` protocol.
 
-`Bucket` and `CostLedger` block on the disk; here their blocking calls run in worker threads, so the
-event loop serving visitors never waits on a slow disk or another process's lock.
+`Bucket` blocks on the disk; here its blocking calls run in worker threads, so the event loop serving
+visitors never waits on a slow disk, and the upkeep every server runs (`follow`) lives here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from functools import partial
-from pathlib import Path
 from typing import Any
 
-from avatargen.buckets import CLAIM_TIMEOUT, Bucket, open_buckets
 from avatargen.config import Settings
-from avatargen.ledger import CostLedger
+from avatargen.storage.files.bucket import CLAIM_TIMEOUT, Bucket, open_buckets
 from avatargen.storage.models import ImageRecord
-from avatargen.storage.spend import Entry, Spend
 
 log = logging.getLogger("avatargen.storage")
 
 
 class FolderBucket:
-    """A bucket folder (`avatargen.buckets.Bucket`) as a `StoredBucket`.
+    """A bucket folder (`avatargen.storage.files.bucket.Bucket`) as a `StoredBucket`.
 
     `sweep_every`: how often uniques claimed by a process that died before sending them (and at least
     that long ago) go back into the bucket. `recount_every`: how often the images held for review are
@@ -151,40 +148,5 @@ class FolderBucket:
 
 
 def folder_buckets(settings: Settings) -> dict[str, FolderBucket]:
-    """The two bucket folders of the configuration (see `avatargen.buckets.open_buckets`)."""
+    """The two bucket folders of the configuration (see `avatargen.storage.files.bucket.open_buckets`)."""
     return {name: FolderBucket(bucket) for name, bucket in open_buckets(settings).items()}
-
-
-class FileLedger:
-    """The SQLite ledger file (`avatargen.ledger.CostLedger`) as a `Ledger`; its calls go one at a time."""
-
-    def __init__(self, ledger: CostLedger) -> None:
-        self.file = ledger
-        self.location = str(ledger.path)
-        self._lock = asyncio.Lock()  # the connection serves one thread at a time
-
-    @classmethod
-    async def open(cls, path: Path) -> FileLedger:
-        return cls(await asyncio.to_thread(CostLedger, path))
-
-    async def _call(self, function: Callable[..., Any], *args: Any) -> Any:
-        async with self._lock:
-            return await asyncio.to_thread(function, *args)
-
-    async def reopen_if_lost(self) -> str | None:
-        return await self._call(self.file.reopen_if_lost)
-
-    async def is_empty(self) -> bool:
-        return await self._call(self.file.is_empty)
-
-    async def entries(self, since: float) -> list[Entry]:
-        return await self._call(self.file.entries, since)
-
-    async def record(self, entries: Iterable[Entry]) -> None:
-        await self._call(self.file.record, list(entries))
-
-    async def spend(self, now: float | None = None) -> Spend:
-        return await self._call(self.file.spend, now)
-
-    async def aclose(self) -> None:
-        await self._call(self.file.close_db)
