@@ -27,7 +27,7 @@ from avatargen.owner_actions import OwnerActions
 from avatargen.redact import RedactingFilter
 from avatargen.storage.backend import open_backend
 from avatargen.storage.errors import StorageUnavailable
-from avatargen.storage.redis_events import EventRelay
+from avatargen.storage.redis.events import EventRelay
 from avatargen.tasks import background
 from server.admin import admin_api
 from server.admin_token import resolve_admin_token

@@ -87,7 +87,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         notes += sd_notes
         warnings += sd_warnings
     if settings.storage.backend == "redis":
-        from avatargen.storage.redis_connection import ask_redis
+        from avatargen.storage.redis.connection import ask_redis
 
         if problem := asyncio.run(ask_redis(settings.storage)):
             warnings.append(problem)

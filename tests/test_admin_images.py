@@ -25,8 +25,8 @@ from avatargen.api import (
 from avatargen.config import Settings
 from avatargen.storage.backend import RedisBackend
 from avatargen.storage.files.bucket import Bucket, open_buckets
-from avatargen.storage.redis_buckets import RedisBucket
-from avatargen.storage.redis_connection import RedisStorage
+from avatargen.storage.redis.buckets import RedisBucket
+from avatargen.storage.redis.connection import RedisStorage
 from avatargen.testing import RedisServer
 from tests.support import fast_settings, serving
 from tests.test_buckets import META, webp

@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from avatargen.config import StorageSettings
-from avatargen.storage.redis_connection import RedisStorage
+from avatargen.storage.redis.connection import RedisStorage
 from avatargen.tasks import background
 from avatargen.testing import RedisServer
 from server.forwarding import (

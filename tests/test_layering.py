@@ -38,6 +38,10 @@ def checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ("server/visitor.py", "from avatargen.simulator import faults", "server.visitor -> avatargen.simulator"),
     ("server/cli.py", "from avatargen import testing", "server.cli -> avatargen.testing"),
     ("avatargen/api/wire.py", "import starlette.responses", "avatargen.api.wire -> starlette"),
+    ("avatargen/storage/files/bucket.py", "from avatargen.storage.redis import connection",
+     "avatargen.storage.files.bucket -> avatargen.storage.redis.connection"),
+    ("avatargen/storage/framing.py", "from avatargen.storage.files import lock",
+     "avatargen.storage.framing -> avatargen.storage.files.lock"),
 ])
 def test_an_import_against_the_layering_breaks_its_contract(checkout: Path, module: str, line: str,
                                                             broken: str) -> None:

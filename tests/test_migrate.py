@@ -23,11 +23,11 @@ from avatargen.storage.files.bucket import open_buckets
 from avatargen.storage.files.ledger import CostLedger
 from avatargen.storage.files.lock import GeneratorLock
 from avatargen.storage.framing import unique_copy
-from avatargen.storage.redis_allowance import RedisAllowance
-from avatargen.storage.redis_buckets import RedisBucket
-from avatargen.storage.redis_connection import RedisStorage
-from avatargen.storage.redis_lease import GeneratorLease
-from avatargen.storage.redis_ledger import RedisLedger
+from avatargen.storage.redis.allowance import RedisAllowance
+from avatargen.storage.redis.buckets import RedisBucket
+from avatargen.storage.redis.connection import RedisStorage
+from avatargen.storage.redis.lease import GeneratorLease
+from avatargen.storage.redis.ledger import RedisLedger
 from avatargen.storage.spend import Entry
 from avatargen.testing import RedisServer, avatargen_server, free_port, serve_command
 from tests.support import fast_settings, write_config

@@ -14,10 +14,10 @@ from PIL import Image
 from avatargen.config import StorageSettings
 from avatargen.events import EventHub
 from avatargen.storage.errors import LeaseLost
-from avatargen.storage.redis_buckets import RedisBucket
-from avatargen.storage.redis_connection import RedisStorage
-from avatargen.storage.redis_events import EventRelay
-from avatargen.storage.redis_lease import GeneratorLease
+from avatargen.storage.redis.buckets import RedisBucket
+from avatargen.storage.redis.connection import RedisStorage
+from avatargen.storage.redis.events import EventRelay
+from avatargen.storage.redis.lease import GeneratorLease
 from avatargen.testing import RedisServer
 
 

@@ -9,9 +9,9 @@ import pytest
 
 from avatargen.config import StorageSettings
 from avatargen.storage.errors import LeaseLost
-from avatargen.storage.redis_connection import RedisStorage
-from avatargen.storage.redis_lease import GeneratorLease
-from avatargen.storage.redis_ledger import RedisLedger
+from avatargen.storage.redis.connection import RedisStorage
+from avatargen.storage.redis.lease import GeneratorLease
+from avatargen.storage.redis.ledger import RedisLedger
 from avatargen.storage.spend import Entry
 from avatargen.testing import RedisServer
 

@@ -21,8 +21,8 @@ import redis
 from avatargen.api import AdminClient, Status
 from avatargen.config import StorageSettings, load_settings
 from avatargen.storage.files.bucket import open_buckets
-from avatargen.storage.redis_buckets import RedisBucket
-from avatargen.storage.redis_connection import RedisStorage
+from avatargen.storage.redis.buckets import RedisBucket
+from avatargen.storage.redis.connection import RedisStorage
 from avatargen.testing import RedisServer, Service, avatargen_server, free_port, running_redis
 from tests.support import write_config
 from tests.test_replicas import stock, webp

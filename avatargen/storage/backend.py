@@ -22,12 +22,12 @@ from avatargen.storage.files.ledger import FileLedger
 from avatargen.storage.files.lock import FileSeat, GeneratorLock
 from avatargen.storage.framing import unique_copy
 from avatargen.storage.protocols import FaceStore, GeneratorSeat, Ledger, StoredBucket, UniqueAllowance
-from avatargen.storage.redis_allowance import RedisAllowance
-from avatargen.storage.redis_buckets import RedisBucket
-from avatargen.storage.redis_connection import RedisStorage
-from avatargen.storage.redis_faces import RedisFaces
-from avatargen.storage.redis_lease import GeneratorLease
-from avatargen.storage.redis_ledger import RedisLedger
+from avatargen.storage.redis.allowance import RedisAllowance
+from avatargen.storage.redis.buckets import RedisBucket
+from avatargen.storage.redis.connection import RedisStorage
+from avatargen.storage.redis.faces import RedisFaces
+from avatargen.storage.redis.lease import GeneratorLease
+from avatargen.storage.redis.ledger import RedisLedger
 
 log = logging.getLogger("avatargen.storage")
 

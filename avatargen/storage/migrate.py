@@ -29,9 +29,9 @@ from avatargen.storage.backend import VISITORS_FILE, FolderBackend, RedisBackend
 from avatargen.storage.errors import BadImage, ImageNotFound, StorageUnavailable
 from avatargen.storage.files.allowance import Allowance
 from avatargen.storage.files.lock import DataFolderInUse, DataFolderLock
-from avatargen.storage.redis_allowance import RedisAllowance
-from avatargen.storage.redis_lease import GeneratorLease
-from avatargen.storage.redis_ledger import RedisLedger
+from avatargen.storage.redis.allowance import RedisAllowance
+from avatargen.storage.redis.lease import GeneratorLease
+from avatargen.storage.redis.ledger import RedisLedger
 
 log = logging.getLogger("avatargen.storage")
 

@@ -1,7 +1,7 @@
 """What the server and the generator need from storage, whichever the backend.
 
 The folders (`avatargen.storage.files`: the bucket folders and the SQLite files) and Redis
-(`avatargen.storage.redis_*`) both provide these. What happens on every visit (counting, picking a
+(`avatargen.storage.redis`) both provide these. What happens on every visit (counting, picking a
 random id, the allowance's "certainly not" answers) is plain and answers from memory; whatever touches
 the disk or the network is a coroutine, so the event loop never waits on either.
 """

@@ -88,7 +88,7 @@ class RedisStorage:
 
     @property
     def fence_key(self) -> str:
-        """The generator lease's fencing counter (see avatargen.storage.redis_lease)."""
+        """The generator lease's fencing counter (see `avatargen.storage.redis.lease`)."""
         return self.key("lease", "fence")
 
     @property

@@ -28,8 +28,8 @@ from avatargen.config import ServingSettings
 from avatargen.storage.allowance_memo import AllowanceMemo
 from avatargen.storage.errors import StorageUnavailable
 from avatargen.storage.models import AllowanceState, Claim
-from avatargen.storage.redis_buckets import PUT, TAKE_ONE, RedisBucket
-from avatargen.storage.redis_connection import RedisStorage
+from avatargen.storage.redis.buckets import PUT, TAKE_ONE, RedisBucket
+from avatargen.storage.redis.connection import RedisStorage
 
 log = logging.getLogger("avatargen.storage")
 

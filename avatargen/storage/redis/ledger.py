@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from avatargen.storage.redis_connection import FENCING, RedisStorage
+from avatargen.storage.redis.connection import FENCING, RedisStorage
 from avatargen.storage.spend import Entry, Spend, month_start
 
 # KEYS: entries ends fence; ARGV: token, then run_id entry-json end (x n)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from avatargen.storage.models import Face
-from avatargen.storage.redis_connection import RedisStorage
+from avatargen.storage.redis.connection import RedisStorage
 
 
 class RedisFaces:

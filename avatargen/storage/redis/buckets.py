@@ -25,11 +25,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from avatargen.fresh_look import FreshLook
 from avatargen.storage.errors import ImageNotFound, StorageUnavailable
 from avatargen.storage.index import IdIndex
 from avatargen.storage.models import ImageRecord, check_id, stamped
-from avatargen.storage.redis_connection import FENCING, Outage, RedisStorage
+from avatargen.storage.redis.connection import FENCING, Outage, RedisStorage
+from avatargen.storage.redis.fresh_look import FreshLook
 from avatargen.timestamps import utc_iso
 
 # Takes one random image out of a bucket for good and returns {id, what the claimer gets, metadata, then the

@@ -27,7 +27,7 @@ import secrets
 import socket
 
 from avatargen.storage.errors import LeaseLost, StorageUnavailable
-from avatargen.storage.redis_connection import Outage, RedisStorage
+from avatargen.storage.redis.connection import Outage, RedisStorage
 
 log = logging.getLogger("avatargen.storage")
 
