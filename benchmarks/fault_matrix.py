@@ -394,7 +394,7 @@ class Matrix:
                     with self._server(config, "restarted.log", simulator) as restarted:
                         Admin(restarted.url).wait_generator_started()  # after the start-up check stopped it
                         settle(row, simulator, self.poll_every)
-                        # whichever took the generator's seat: the restarted server or the visitor-only twin
+                        # whichever took the generator's lease: the restarted server or the visitor-only twin
                         stopped = any("no run is active: stopping it" in service.log_text()
                                       for service in (restarted, twin))
             finally:

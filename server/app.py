@@ -107,8 +107,8 @@ def create_app(settings: Settings) -> Starlette:
                 services.forwarder = SocketForwarder(generator_socket(settings.server.data_dir))
             stack.push_async_callback(services.forwarder.aclose)
 
-            seat = backend.seat()
-            # Among replicas, every machine call waits for the lease confirmed (see GeneratorSeat.confirm); a lock
+            seat = backend.generator_lease()
+            # Among replicas, every machine call waits for the lease confirmed (see GeneratorLease.confirm); a lock
             # file is never lost while this process lives, and its machine calls keep the provider's own timeout.
             fence = seat.confirm if redis is not None else None
 

@@ -6,7 +6,7 @@ the seat: when its holder dies, one of them takes over, and the generator's star
 the dead holder left on. A holder that loses a lease (Redis unreachable for its whole ttl, or a replica
 that took over after this one stalled) stops its generator at once, "lost the generator lease": the run
 is aborted, and it stands by again. The machine is stopped only if the lease is still confirmed (see
-`GeneratorSeat.confirm`): otherwise it belongs to the new holder, which stopped it when it took over.
+`GeneratorLease.confirm`): otherwise it belongs to the new holder, which stopped it when it took over.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from contextlib import AbstractAsyncContextManager
 
 from avatargen.generator import Generator
 from avatargen.storage.errors import LeaseLost, StorageUnavailable
-from avatargen.storage.protocols import GeneratorSeat
+from avatargen.storage.protocols import GeneratorLease
 from avatargen.tasks import background
 
 log = logging.getLogger("avatargen.server")
@@ -31,7 +31,7 @@ GeneratorFactory = Callable[[], AbstractAsyncContextManager[Generator]]
 class GeneratorHost:
     """`on_change` hears of the generator when it starts here and of None when it stops."""
 
-    def __init__(self, seat: GeneratorSeat, factory: GeneratorFactory, *,
+    def __init__(self, seat: GeneratorLease, factory: GeneratorFactory, *,
                  on_change: Callable[[Generator | None], None] = lambda generator: None) -> None:
         self.seat = seat
         self.factory = factory

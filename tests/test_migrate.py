@@ -26,7 +26,7 @@ from avatargen.storage.framing import unique_copy
 from avatargen.storage.redis.allowance import RedisAllowance
 from avatargen.storage.redis.buckets import RedisBucket
 from avatargen.storage.redis.connection import RedisStorage
-from avatargen.storage.redis.lease import GeneratorLease
+from avatargen.storage.redis.lease import RedisLease
 from avatargen.storage.redis.ledger import RedisLedger
 from avatargen.storage.spend import Entry
 from avatargen.testing import RedisServer, avatargen_server, free_port, serve_command
@@ -144,7 +144,7 @@ async def test_refused_while_a_server_uses_either_side(tmp_path: Path, redis_ser
     assert refused.returncode == 1 and "stop every avatargen serve first" in refused.stderr
     storage = RedisStorage.connect(StorageSettings(backend="redis", url=redis_server.url, timeout=10.0))
     try:
-        lease = GeneratorLease(storage, ttl=60)
+        lease = RedisLease(storage, ttl=60)
         assert await lease.acquire()
         refused = migrate(config, "redis")
         await lease.release()

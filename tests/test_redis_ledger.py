@@ -10,7 +10,7 @@ import pytest
 from avatargen.config import StorageSettings
 from avatargen.storage.errors import LeaseLost
 from avatargen.storage.redis.connection import RedisStorage
-from avatargen.storage.redis.lease import GeneratorLease
+from avatargen.storage.redis.lease import RedisLease
 from avatargen.storage.redis.ledger import RedisLedger
 from avatargen.storage.spend import Entry
 from avatargen.testing import RedisServer
@@ -63,7 +63,7 @@ async def test_a_lost_ledger_is_noticed_once(replicas: list[RedisStorage]) -> No
 
 
 async def test_a_replica_that_lost_the_lease_cannot_bill(replicas: list[RedisStorage]) -> None:
-    old, new = GeneratorLease(replicas[0], ttl=5), GeneratorLease(replicas[1], ttl=5)
+    old, new = RedisLease(replicas[0], ttl=5), RedisLease(replicas[1], ttl=5)
     assert await old.acquire()
     await old.release()
     assert await new.acquire()

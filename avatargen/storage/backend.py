@@ -1,6 +1,6 @@
 """The storage of one server process, for `[storage] backend`: the folders (default) or a shared Redis.
 
-Both give the server the same pieces (buckets, allowance, ledger, the generator's seat); only what
+Both give the server the same pieces (buckets, allowance, ledger, the generator's lease); only what
 differs is here: the folders are repaired at start-up, then checked and their missing framed copies made;
 Redis needs neither (every change there is one script) but a client to close.
 """
@@ -19,14 +19,14 @@ from avatargen.storage.files.bucket import check_and_frame
 from avatargen.storage.files.faces import FolderFaces
 from avatargen.storage.files.folder_bucket import FolderBucket, folder_buckets
 from avatargen.storage.files.ledger import FileLedger
-from avatargen.storage.files.lock import FileSeat, GeneratorLock
+from avatargen.storage.files.lock import FileLease, GeneratorLock
 from avatargen.storage.framing import unique_copy
-from avatargen.storage.protocols import FaceStore, GeneratorSeat, Ledger, StoredBucket, UniqueAllowance
+from avatargen.storage.protocols import FaceStore, GeneratorLease, Ledger, StoredBucket, UniqueAllowance
 from avatargen.storage.redis.allowance import RedisAllowance
 from avatargen.storage.redis.buckets import RedisBucket
 from avatargen.storage.redis.connection import RedisStorage
 from avatargen.storage.redis.faces import RedisFaces
-from avatargen.storage.redis.lease import GeneratorLease
+from avatargen.storage.redis.lease import RedisLease
 from avatargen.storage.redis.ledger import RedisLedger
 
 log = logging.getLogger("avatargen.storage")
@@ -53,7 +53,7 @@ class Backend(Protocol):
     async def open_ledger(self) -> Ledger: ...
     async def open_allowance(self) -> UniqueAllowance: ...
     async def open_faces(self) -> FaceStore: ...
-    def seat(self) -> GeneratorSeat: ...
+    def generator_lease(self) -> GeneratorLease: ...
     async def aclose(self) -> None: ...
 
 
@@ -86,8 +86,8 @@ class FolderBackend:
     async def open_faces(self) -> FaceStore:
         return await FolderFaces.open(self.settings.server.data_dir / "faces.sqlite3")
 
-    def seat(self) -> GeneratorSeat:
-        return FileSeat(GeneratorLock(self.settings.server.data_dir))
+    def generator_lease(self) -> GeneratorLease:
+        return FileLease(GeneratorLock(self.settings.server.data_dir))
 
     async def aclose(self) -> None:
         """Nothing to close: each piece closes its own files."""
@@ -132,8 +132,8 @@ class RedisBackend:
     async def open_faces(self) -> FaceStore:
         return RedisFaces(self.client)
 
-    def seat(self) -> GeneratorSeat:
-        return GeneratorLease(self.client)
+    def generator_lease(self) -> GeneratorLease:
+        return RedisLease(self.client)
 
     async def aclose(self) -> None:
         await self.client.aclose()

@@ -30,7 +30,7 @@ from avatargen.storage.errors import BadImage, ImageNotFound, StorageUnavailable
 from avatargen.storage.files.allowance import Allowance
 from avatargen.storage.files.lock import DataFolderInUse, DataFolderLock
 from avatargen.storage.redis.allowance import RedisAllowance
-from avatargen.storage.redis.lease import GeneratorLease
+from avatargen.storage.redis.lease import RedisLease
 from avatargen.storage.redis.ledger import RedisLedger
 
 log = logging.getLogger("avatargen.storage")
@@ -66,7 +66,7 @@ async def migrate(settings: Settings, to: Direction, *, say: Callable[[str], Non
             lock.take_alone()
         except DataFolderInUse as exc:
             raise MigrationRefused(str(exc)) from None
-        lease = GeneratorLease(redis.client)
+        lease = RedisLease(redis.client)
         try:
             held = await lease.acquire()
         except StorageUnavailable as exc:

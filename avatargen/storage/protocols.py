@@ -133,28 +133,30 @@ class Ledger(Protocol):
     async def aclose(self) -> None: ...
 
 
-class GeneratorSeat(Protocol):
-    """The right to run the generator: one process among the workers (a lock file) or the replicas (a lease)."""
+class GeneratorLease(Protocol):
+    """The generator's lease: only one process runs the generator, among the workers of one machine (a lock
+    file, `avatargen.storage.files.lock.FileLease`) or among the replicas (a lease in Redis with a fencing
+    token, `avatargen.storage.redis.lease.RedisLease`)."""
 
     async def acquire(self) -> bool:
-        """True when this process now holds the seat; False when another one does."""
+        """True when this process now holds the lease; False when another one does."""
         ...
 
     async def wait_acquire(self) -> None:
-        """Return once this process holds the seat (the holder died or let go)."""
+        """Return once this process holds the lease (the holder died or let go)."""
         ...
 
     async def keep(self) -> None:
-        """Hold on for as long as possible; raise LeaseLost when the seat was lost. Cancel to let go."""
+        """Hold on for as long as possible; raise LeaseLost when the lease was lost. Cancel to let go."""
         ...
 
     async def confirm(self, duration: float) -> None:
-        """Return only when this process holds the seat for `duration` seconds more; raise LeaseLost otherwise.
+        """Return only when this process holds the lease for `duration` seconds more; raise LeaseLost otherwise.
         Awaited right before every provider call that changes the machine (see avatargen.gpu.api.Fence)."""
         ...
 
     async def holder(self) -> str | None:
-        """Who holds the seat, for the owner; None when nobody does."""
+        """Who holds the lease, for the owner; None when nobody does."""
         ...
 
     async def release(self) -> None: ...

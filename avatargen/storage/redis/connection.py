@@ -59,7 +59,7 @@ class RedisStorage:
     """The client of one process, its key prefix and deadline; shared by every Redis-backed piece.
 
     `fence` is the generator lease's fencing token while this process holds the lease (set by
-    `GeneratorLease`); generator writes carry it, and Redis refuses them once a newer lease exists.
+    `RedisLease`); generator writes carry it, and Redis refuses them once a newer lease exists.
     """
 
     def __init__(self, client: aioredis.Redis, *, prefix: str, timeout: float, where: str) -> None:

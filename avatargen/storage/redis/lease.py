@@ -57,8 +57,9 @@ return 0
 """
 
 
-class GeneratorLease:
-    """This replica's claim on the generator; `acquire`, then `keep` while the generator runs."""
+class RedisLease:
+    """This replica's claim on the generator, as a `GeneratorLease`; `acquire`, then `keep` while the generator
+    runs."""
 
     def __init__(self, storage: RedisStorage, *, ttl: float = DEFAULT_TTL) -> None:
         self.storage = storage
