@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from avatargen.config import BUCKET_NAMES, Settings
-from avatargen.storage.files.bucket import IMAGE_SUFFIX, META_SUFFIX
 from avatargen.storage.files.lock import GeneratorLock
+from avatargen.storage.files.paths import IMAGE_SUFFIX, META_SUFFIX
 from avatargen.timestamps import utc_iso
 
 FORMAT = 1

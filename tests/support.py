@@ -62,7 +62,7 @@ async def running_engine(
     """A started engine against a simulated GPU on loopback; closed (machine stopped) on exit."""
     buckets = folder_buckets(settings)
     for bucket in buckets.values():
-        bucket.folder.recover()
+        bucket.folder.repair.recover()
     async with SimulatedGpu(settings.gpu.simulated, hourly_price=settings.gpu.hourly_cost,
                             backend=settings.sd.backend) as gpu:
         ledger = await FileLedger.open(settings.server.data_dir / "ledger.sqlite3")

@@ -44,7 +44,7 @@ def settings_for(tmp_path: Path, **overrides: Any) -> Settings:
 def seed(settings: Settings, bucket: str, count: int, *, held: bool = False) -> list[str]:
     """Images stored before the server starts, as the generator would store (or hold) them."""
     store: Bucket = open_buckets(settings)[bucket]
-    return [(store.hold(webp(n), {**META, "review": HELD}) if held else store.publish(webp(n), META)).id
+    return [(store.held.hold(webp(n), {**META, "review": HELD}) if held else store.images.publish(webp(n), META)).id
             for n in range(count)]
 
 

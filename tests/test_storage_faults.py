@@ -217,7 +217,7 @@ async def test_a_deleted_fallback_is_not_served_by_the_other_worker(tmp_path: Pa
     server = avatargen_server(config, tmp_path / "server.log", token=TOKEN, port=free_port())
     fallback = open_buckets(load_settings(config))["fallback"]
     for shade in range(4):
-        fallback.publish(webp(shade), {"prompt": f"fallback {shade}"})
+        fallback.images.publish(webp(shade), {"prompt": f"fallback {shade}"})
     async with started(server):
         await visits(server.url, 60)  # both workers hold the fallbacks in memory
         deleted = await delete_every_fallback(server.url)

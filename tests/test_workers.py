@@ -38,7 +38,8 @@ def server(tmp_path: Path, simulator: Simulator | None = None, **overrides: obje
 def stock_uniques(tmp_path: Path, count: int) -> set[str]:
     settings = load_settings(tmp_path / "config.toml")
     unique = open_buckets(settings)["unique"]
-    return {unique.publish(to_avatar_webp(Image.new("RGB", (64, 64), (n, 90, 150)), 64, 60), {"prompt": str(n)}).id
+    return {unique.images.publish(to_avatar_webp(Image.new("RGB", (64, 64), (n, 90, 150)), 64, 60),
+                                  {"prompt": str(n)}).id
             for n in range(count)}
 
 

@@ -15,11 +15,11 @@ from typing import Protocol
 from avatargen.config import Settings
 from avatargen.storage.errors import StorageUnavailable
 from avatargen.storage.files.allowance import FolderAllowance
-from avatargen.storage.files.bucket import check_and_frame
 from avatargen.storage.files.faces import FolderFaces
 from avatargen.storage.files.folder_bucket import FolderBucket, folder_buckets
 from avatargen.storage.files.ledger import FileLedger
 from avatargen.storage.files.lock import FileLease, GeneratorLock
+from avatargen.storage.files.repair import check_and_frame
 from avatargen.storage.framing import unique_copy
 from avatargen.storage.protocols import FaceStore, GeneratorLease, Ledger, StoredBucket, UniqueAllowance
 from avatargen.storage.redis.allowance import RedisAllowance
@@ -67,14 +67,14 @@ class FolderBackend:
 
     async def recover(self) -> None:
         for name, bucket in self.folders.items():
-            recovery = await asyncio.to_thread(bucket.folder.recover)
+            recovery = await asyncio.to_thread(bucket.folder.repair.recover)
             if recovery.summary():
                 log.info("bucket %s recovered at start-up: %s", name, recovery.summary())
 
     async def finish_recovery(self) -> None:
         """Every image checked cheaply (broken ones set aside), then the missing framed copies made."""
         for bucket in self.folders.values():
-            await check_and_frame(bucket.folder)
+            await check_and_frame(bucket.folder.repair)
 
     async def open_ledger(self) -> Ledger:
         return await FileLedger.open(self.settings.server.data_dir / "ledger.sqlite3")

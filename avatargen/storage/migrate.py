@@ -89,7 +89,7 @@ async def _move(settings: Settings, folders: FolderBackend, redis: RedisBackend,
                 say: Callable[[str], None]) -> Moved:
     moved, held, set_aside = {}, {}, 0
     for name, folder in folders.folders.items():
-        await asyncio.to_thread(folder.folder.recover, stale_after=0)  # no server runs: every claim is stale
+        await asyncio.to_thread(folder.folder.repair.recover, stale_after=0)  # no server runs: every claim is stale
         shared = redis.shared[name]
         await shared.refresh()
         origin, destination = (folder, shared) if to == "redis" else (shared, folder)

@@ -206,7 +206,7 @@ class FolderAllowance:
             return None
         claim = None
         try:
-            claim = self.unique.claim()
+            claim = self.unique.claims.claim()
         finally:
             if claim is None:  # another visitor or process took the last one since the count, or it failed
                 self.allowance.give_back(visitor)
@@ -214,7 +214,7 @@ class FolderAllowance:
 
     async def sent(self, claim: Claim) -> None:
         """Delete the sent unique for good (a failure only leaves a file for the claim sweep)."""
-        await asyncio.to_thread(self.unique.finish_claim, claim.id)
+        await asyncio.to_thread(self.unique.claims.finish, claim.id)
 
     def may_retire(self) -> bool:
         return self.allowance.may_retire()
