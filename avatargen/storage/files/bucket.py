@@ -55,9 +55,9 @@ class Bucket:
         self.prepare = prepare
         self.index = FolderIndex(self.paths, recheck_every=recheck_every)
         self.images = BucketImages(self.paths, self.index, prepare=prepare)
-        self.held = HeldImages(self.paths, self.index, prepare=prepare)
-        self.claims = Claims(self.paths, self.index, self.images, check_prepared=check_prepared)
-        self.repair = BucketRepair(self.images, self.held, self.claims)
+        self.held = HeldImages(self.images)
+        self.claims = Claims(self.images, check_prepared=check_prepared)
+        self.repair = BucketRepair(self.held, self.claims)
 
     def __repr__(self) -> str:
         return f"Bucket({self.name!r}, {str(self.directory)!r})"

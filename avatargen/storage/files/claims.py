@@ -16,8 +16,7 @@ from typing import Any
 from avatargen.imaging import ImageError
 from avatargen.storage.errors import BadImage, ImageNotFound
 from avatargen.storage.files.images import BucketImages
-from avatargen.storage.files.index import FolderIndex
-from avatargen.storage.files.paths import IMAGE_SUFFIX, BucketPaths, ids_in, is_stale, unlink
+from avatargen.storage.files.paths import IMAGE_SUFFIX, ids_in, is_stale, unlink
 from avatargen.storage.models import Claim, check_id
 
 log = logging.getLogger("avatargen.buckets")
@@ -31,13 +30,9 @@ class Claims:
     """The claims on one bucket folder's images. `check_prepared` raises ImageError for a framed copy that
     is not whole (see `avatargen.storage.files.bucket.Bucket`)."""
 
-    def __init__(self, paths: BucketPaths, index: FolderIndex, images: BucketImages, *,
-                 check_prepared: Callable[[bytes], None]) -> None:
-        self.paths = paths
-        self.index = index
+    def __init__(self, images: BucketImages, *, check_prepared: Callable[[bytes], None]) -> None:
         self.images = images
-        self.name = paths.name
-        self.prepare = images.prepare
+        self.paths, self.index, self.name, self.prepare = images.paths, images.index, images.name, images.prepare
         self.check_prepared = check_prepared
 
     def claim(self) -> Claim | None:

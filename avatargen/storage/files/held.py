@@ -13,27 +13,24 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from avatargen.files import sync_folder
 from avatargen.storage.errors import ImageNotFound
-from avatargen.storage.files.index import RACY_NS, FolderIndex
-from avatargen.storage.files.paths import IMAGE_SUFFIX, BucketPaths, creation_time, ids_in, prepare_files, unlink
+from avatargen.storage.files.images import BucketImages
+from avatargen.storage.files.index import RACY_NS
+from avatargen.storage.files.paths import IMAGE_SUFFIX, creation_time, ids_in, prepare_files, unlink
 from avatargen.storage.models import ImageRecord, check_id
 from avatargen.timestamps import utc_iso
 
 
 class HeldImages:
-    """The held-back images of one bucket folder; `approve` publishes one into the bucket (`index`)."""
+    """The held-back images of one bucket folder (its `.review/`); `approve` publishes one into the bucket
+    that `images` holds, framed when that bucket frames."""
 
-    def __init__(self, paths: BucketPaths, index: FolderIndex, *,
-                 prepare: Callable[[bytes], bytes] | None = None) -> None:
-        self.paths = paths
-        self.index = index
-        self.name = paths.name
-        self.prepare = prepare
+    def __init__(self, images: BucketImages) -> None:
+        self.paths, self.index, self.name, self.prepare = images.paths, images.index, images.name, images.prepare
         self._lock = threading.Lock()
         self._count: int | None = None  # images in .review/ (see recount)
         self._stamp: int | None = None

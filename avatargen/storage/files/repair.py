@@ -15,7 +15,6 @@ from avatargen.imaging import ImageError, check_webp
 from avatargen.storage.errors import ImageNotFound
 from avatargen.storage.files.claims import CLAIM_TIMEOUT, Claims
 from avatargen.storage.files.held import HeldImages
-from avatargen.storage.files.images import BucketImages
 from avatargen.storage.files.paths import IMAGE_SUFFIX, META_SUFFIX, header_problem, ids_in, is_stale
 from avatargen.storage.models import Recovery
 
@@ -25,15 +24,10 @@ log = logging.getLogger("avatargen.buckets")
 class BucketRepair:
     """What a crash can leave behind in one bucket folder, and the check of what is stored."""
 
-    def __init__(self, images: BucketImages, held: HeldImages, claims: Claims) -> None:
-        self.images = images
-        self.held = held
-        self.claims = claims
-        self.paths = images.paths
-        self.index = images.index
-        self.name = images.name
-        self.prepare = images.prepare
-        self.check_prepared = claims.check_prepared
+    def __init__(self, held: HeldImages, claims: Claims) -> None:
+        self.held, self.claims, self.images = held, claims, claims.images
+        self.paths, self.index, self.name = self.images.paths, self.images.index, self.images.name
+        self.prepare, self.check_prepared = self.images.prepare, claims.check_prepared
 
     def recover(self, *, stale_after: float = CLAIM_TIMEOUT) -> Recovery:
         """Repair what a crash can leave behind, at start-up, from one listing of each folder.
