@@ -33,7 +33,7 @@ faults (`SD_FAULTS`: those that strike the web UI as they strike ComfyUI, and Co
 while generating; the web UI's rows leave ComfyUI's own faults out. `--quick` runs 4 images per row instead
 of 20, and of the ComfyUI rows only a representative part (`QUICK_COMFYUI`: ComfyUI's own faults, the
 machine stopped from outside, SIGKILL while generating), so the test suite that runs it stays short: the
-SD server's other faults meet ComfyUI in the engine tests too.
+SD server's other faults meet ComfyUI in the generator tests too.
 
 A serverless endpoint has no machine: its rows' "machine" is "off" once no job is queued or running, and
 its workers may bill the endpoint's idle timeout after the run (RunPod bills it), nothing more. Its rows

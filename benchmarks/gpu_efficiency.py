@@ -1,6 +1,6 @@
 """GPU efficiency and cost: how much of the billed machine time the SD server spends generating.
 
-The refill engine runs in this process against the simulated GPU (`SimulatedGpu`, whose SD server, web UI
+The generator runs in this process against the simulated GPU (`SimulatedGpu`, whose SD server, web UI
 or ComfyUI, takes a fixed time per image: steps x step_time for a one-image batch, a batch of b images
 1 + 0.18 (b - 1) times that) and fills the fallback bucket with one run, for each batch_size and concurrency. Per run:
 - billed: start request to confirmed stop (the run's ledger entry), less the configured boot delay;
@@ -82,12 +82,12 @@ def options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=SD_BACKENDS, default=None, help="only this SD backend (default: both)")
 
 
-async def started(engine: Generator, timeout: float = 30.0) -> None:
-    """Until the engine has made its start-up check (nothing announces it: poll, with a deadline)."""
+async def started(generator: Generator, timeout: float = 30.0) -> None:
+    """Until the generator has made its start-up check (nothing announces it: poll, with a deadline)."""
     deadline = time.monotonic() + timeout
-    while engine.next_check_at is None:
+    while generator.next_check_at is None:
         if time.monotonic() > deadline:
-            raise TimeoutError("the engine did not make its start-up check in time")
+            raise TimeoutError("the generator did not make its start-up check in time")
         await asyncio.sleep(0.01)
 
 
@@ -98,15 +98,15 @@ async def one_run(settings: Settings) -> tuple[float, float, int, float]:
     async with SimulatedGpu(settings.gpu.simulated, backend=settings.sd.backend,
                             hourly_price=settings.gpu.hourly_cost) as gpu:
         ledger = await FileLedger.open(settings.server.data_dir / "ledger.sqlite3")
-        engine = Generator(settings, buckets, gpu.provider(settings.gpu, data_dir=settings.server.data_dir), ledger,
+        generator = Generator(settings, buckets, gpu.provider(settings.gpu, data_dir=settings.server.data_dir), ledger,
                            EventHub())
-        await engine.start()
+        await generator.start()
         try:
-            await started(engine)
-            engine.refill(["fallback"])
-            await engine.wait_idle()
+            await started(generator)
+            generator.refill(["fallback"])
+            await generator.wait_idle()
         finally:
-            await engine.close()
+            await generator.close()
             await ledger.aclose()
         sd = gpu.endpoint or gpu.sd
         busy, jobs = sd.busy_seconds, len(sd.completed)
@@ -114,7 +114,7 @@ async def one_run(settings: Settings) -> tuple[float, float, int, float]:
             while gpu.endpoint.workers:
                 await asyncio.sleep(0.05)
             billed_by_endpoint = gpu.endpoint.billed_seconds
-    run = engine.last_run
+    run = generator.last_run
     expected = settings.buckets.fallback.max
     if run is None or run.outcome != "completed" or run.done + run.held != expected:
         raise SystemExit(f"the run did not complete with {expected} images: {run and run.to_dict()}")

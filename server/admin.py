@@ -32,6 +32,7 @@ from avatargen.storage.models import check_id
 from server.admin_guard import OwnerOnly
 from server.errors import FieldError, echo
 from server.forwarding import GeneratorUnreachable, read_answer
+from server.generator_place import GeneratorElsewhere
 from server.json_body import json_object
 from server.services import Services
 
@@ -41,9 +42,13 @@ RECONNECT_MS = 2000  # how soon a browser's EventSource reconnects after the str
 # How long a stream may take to end by itself once the server shuts down (it takes milliseconds) before it is
 # cancelled; well inside uvicorn's graceful shutdown timeout, so the stream always ends properly.
 SHUTDOWN_GRACE_SECONDS = 1.0
+IMAGES_LIMIT_MAX = 500  # images in one list
+SAMPLES_MAX = 100  # sample prompts in one answer
+HISTORY_DAYS_MAX = 366  # days of history: a year, leap day included
 
 
-def services(request: Request) -> Services:
+def services_of(request: Request) -> Services:
+    """The services of the process that answers the request (built by the app's lifespan)."""
     return request.app.state.services
 
 
@@ -53,14 +58,12 @@ def to_generator(handler: Handler, *, stream: bool = False) -> Handler:
     When it cannot be reached, this process answers what it can (the status says why; a refill is 503)."""
 
     async def answered(request: Request) -> Response:
-        state = services(request)
-        forwarder = state.forwarder
-        if state.engine is not None or forwarder is None or (stream and not forwarder.streams):
+        place = services_of(request).place
+        if not place.forwards(stream=stream):
             return await handler(request)
         try:
-            return await forwarder.forward(request, stream=stream)
-        except GeneratorUnreachable as exc:
-            state.generator_elsewhere = str(exc)
+            return await place.forward(request, stream=stream)
+        except GeneratorUnreachable:  # the place learned why
             return await handler(request)
 
     return answered
@@ -68,7 +71,7 @@ def to_generator(handler: Handler, *, stream: bool = False) -> Handler:
 
 async def status_here(request: Request) -> Response:
     """The status as this process knows it (the generator's own, when it runs here)."""
-    return JSONResponse((await services(request).status()).to_json())
+    return JSONResponse((await services_of(request).status()).to_json())
 
 
 async def status(request: Request) -> Response:
@@ -80,9 +83,9 @@ async def status(request: Request) -> Response:
     if answer.status_code != 200:
         return answer
     visitors = request.app.state.visitor.status()
-    gate = {"enabled": services(request).settings.review.enabled}  # every process reads the same config
+    gate = {"enabled": services_of(request).settings.review.enabled}  # every process reads the same config
     return JSONResponse({**json.loads(await read_answer(answer)), "visitors": visitors.to_json(), "review": gate,
-                         "event_listeners": services(request).events.listener_count})
+                         "event_listeners": services_of(request).events.listener_count})
 
 
 async def events(request: Request) -> Response:
@@ -92,7 +95,7 @@ async def events(request: Request) -> Response:
     shutting down (so SIGTERM is not held up by an open control panel). The hub bounds what waits for a
     slow client: it loses progress events first and is cut off after that, to catch up when it reconnects.
     """
-    hub = services(request).events
+    hub = services_of(request).events
     raw_last = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
     try:
         last_id = int(raw_last) if raw_last else None
@@ -116,9 +119,9 @@ def heartbeat() -> ServerSentEvent:
     return ServerSentEvent(comment="ping")
 
 
-def _bucket_name(state: Services, name: str | None, status_code: int) -> str:
+def _bucket_name(services: Services, name: str | None, status_code: int) -> str:
     """The bucket named by a request; unknown: 404 in a path, 422 in a parameter."""
-    if name is None or name not in state.buckets:
+    if name is None or name not in services.buckets:
         raise HTTPException(status_code, f"unknown bucket {echo(name)}; buckets are {' and '.join(BUCKET_NAMES)}")
     return name
 
@@ -127,6 +130,17 @@ def listed(request: Request, image: ImageInfo) -> dict[str, Any]:
     """An image in the list: its JSON, and where the server answers with its bytes."""
     url = request.app.url_path_for("admin:image", bucket=image.bucket, image_id=image.id)
     return {**image.to_json(), "url": str(url)}
+
+
+def whole_number(name: str, value: Any, low: int, high: int) -> int:
+    """A whole-number parameter (from the query string or a JSON body) within its bounds, or 422 naming it."""
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise HTTPException(422, f"{name} must be a whole number, got {echo(value)}") from None
+    if not low <= number <= high:
+        raise HTTPException(422, f"{name} must be between {low} and {high}, got {number}")
+    return number
 
 
 def _flag(request: Request, name: str) -> bool:
@@ -138,21 +152,16 @@ def _flag(request: Request, name: str) -> bool:
 
 async def images(request: Request) -> Response:
     """The newest images of a bucket; `held=true`: those the safety gate held back for review instead."""
-    state = services(request)
-    name = _bucket_name(state, request.query_params.get("bucket", "unique"), 422)
-    try:
-        limit = int(request.query_params.get("limit", "24"))
-    except ValueError:
-        raise HTTPException(422, "limit must be a whole number") from None
-    if not 1 <= limit <= 500:
-        raise HTTPException(422, "limit must be between 1 and 500")
-    found = await state.actions.images(name, limit, held=_flag(request, "held"))
+    services = services_of(request)
+    name = _bucket_name(services, request.query_params.get("bucket", "unique"), 422)
+    limit = whole_number("limit", request.query_params.get("limit", "24"), 1, IMAGES_LIMIT_MAX)
+    found = await services.actions.images(name, limit, held=_flag(request, "held"))
     return JSONResponse({"images": [listed(request, image) for image in found]})
 
 
 def _image_target(request: Request) -> tuple[str, str]:
     """The bucket and image id a request's path names: 404 for an unknown bucket or a malformed id."""
-    name = _bucket_name(services(request), request.path_params["bucket"], 404)
+    name = _bucket_name(services_of(request), request.path_params["bucket"], 404)
     image_id = request.path_params["image_id"]
     try:
         return name, check_id(image_id)
@@ -175,7 +184,7 @@ async def image(request: Request) -> Response:
     """An image's bytes, published or held back for review."""
     name, image_id = _image_target(request)
     with _answering_for(name, image_id):
-        data = await services(request).actions.read(name, image_id)
+        data = await services_of(request).actions.read(name, image_id)
     return Response(data, media_type="image/webp", headers={"Cache-Control": "private, max-age=3600"})
 
 
@@ -183,7 +192,7 @@ async def delete_image(request: Request) -> Response:
     """Delete an image for good, with its sidecar (published or held back): 204, or 404."""
     name, image_id = _image_target(request)
     with _answering_for(name, image_id):
-        await services(request).actions.delete(name, image_id)
+        await services_of(request).actions.delete(name, image_id)
     return Response(status_code=204)
 
 
@@ -195,7 +204,7 @@ async def keep_image(request: Request) -> Response:
     """POST: keep a fallback for good (never retired); DELETE: undo that."""
     name, image_id = _image_target(request)
     with _answering_for(name, image_id):
-        kept = await services(request).actions.keep(name, image_id, kept=request.method == "POST")
+        kept = await services_of(request).actions.keep(name, image_id, kept=request.method == "POST")
     return _answer(request, kept)
 
 
@@ -206,7 +215,7 @@ async def move_image(request: Request) -> Response:
     if not isinstance(to, str):
         raise HTTPException(422, 'to must name the bucket to move the image into, e.g. {"to": "fallback"}')
     with _answering_for(name, image_id):
-        moved = await services(request).actions.move(name, image_id, to)
+        moved = await services_of(request).actions.move(name, image_id, to)
     return _answer(request, moved)
 
 
@@ -214,7 +223,7 @@ async def approve_image(request: Request) -> Response:
     """Publish an image the safety gate held back: it goes to visitors as any new image does."""
     name, image_id = _image_target(request)
     with _answering_for(name, image_id, "held back in"):
-        approved = await services(request).actions.approve(name, image_id)
+        approved = await services_of(request).actions.approve(name, image_id)
     return _answer(request, approved)
 
 
@@ -239,35 +248,24 @@ def invalid(exc: ConfigError) -> FieldError:
 
 
 async def get_prompts(request: Request) -> Response:
-    return JSONResponse(services(request).prompts.to_dict())
+    return JSONResponse(services_of(request).prompts.current.to_dict())
 
 
 async def put_prompts(request: Request) -> Response:
-    state = services(request)
+    services = services_of(request)
     changes = _bounded(await json_object(request))
     try:
-        new = await state.edit_prompts(changes)
+        new = await services.prompts.edit(changes)
     except ConfigError as exc:
         raise invalid(exc) from None
     except OSError as exc:
-        raise HTTPException(500, f"could not save {state.settings.path}: {exc.strerror or exc}") from None
+        raise HTTPException(500, f"could not save {services.settings.path}: {exc.strerror or exc}") from None
     return JSONResponse(new.to_dict())
-
-
-def _sample_count(value: Any) -> int:
-    try:
-        n = int(value)
-    except (TypeError, ValueError):
-        raise HTTPException(422, "n must be a whole number") from None
-    if not 1 <= n <= 100:
-        raise HTTPException(422, "n must be between 1 and 100")
-    return n
 
 
 async def sample_prompts(request: Request) -> Response:
     """GET: samples of the saved settings. POST {"settings": {...}, "n"}: of unsaved edits (live preview)."""
-    state = services(request)
-    settings, raw_n = state.prompts, request.query_params.get("n", "5")
+    settings, raw_n = services_of(request).prompts.current, request.query_params.get("n", "5")
     if request.method == "POST":
         body = await json_object(request)
         raw_n = body.get("n", raw_n)
@@ -275,41 +273,32 @@ async def sample_prompts(request: Request) -> Response:
             settings = update_prompts(settings, _bounded(body.get("settings") or {}))
         except ConfigError as exc:
             raise invalid(exc) from None
-    n = _sample_count(raw_n)
+    n = whole_number("n", raw_n, 1, SAMPLES_MAX)
     return JSONResponse({"prompts": [prompt.text for prompt in prompt_composer.sample(settings, n)]})
 
 
-def generator(state: Services) -> Generator:
-    """The generator, or 503 when another process runs the generator for this data directory."""
-    if state.engine is None:
-        raise HTTPException(503, state.generator_elsewhere or "the generator is not running")
-    return state.engine
-
-
-HISTORY_DAYS_MAX = 366
+def generator(request: Request) -> Generator:
+    """The generator, or 503 (saying why) when another process runs it, or none does."""
+    try:
+        return services_of(request).place.generator()
+    except GeneratorElsewhere as exc:
+        raise HTTPException(503, str(exc)) from None
 
 
 async def history(request: Request) -> Response:
     """`?days=30`: the daily spend, billed time and images, and the current (else last) run by the minute."""
-    raw = request.query_params.get("days", "30")
-    try:
-        days = int(raw)
-    except ValueError:
-        raise HTTPException(422, f"days must be a whole number, got {echo(raw)}") from None
-    if not 1 <= days <= HISTORY_DAYS_MAX:
-        raise HTTPException(422, f"days must be between 1 and {HISTORY_DAYS_MAX}, got {days}")
-    return JSONResponse((await generator(services(request)).history(days)).to_json())
+    days = whole_number("days", request.query_params.get("days", "30"), 1, HISTORY_DAYS_MAX)
+    return JSONResponse((await generator(request).history(days)).to_json())
 
 
 async def refill(request: Request) -> Response:
-    state = services(request)
     names = (await json_object(request)).get("buckets")
     if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
         raise HTTPException(422, "buckets must be a list of bucket names, e.g. [\"unique\"]")
     for name in names or []:
-        _bucket_name(state, name, 422)
+        _bucket_name(services_of(request), name, 422)
     try:
-        run = generator(state).refill(names or None)
+        run = generator(request).refill(names or None)
     except (RunActive, NothingToDo) as exc:
         raise HTTPException(409, str(exc)) from None
     return JSONResponse({"run": run.view().to_json()}, status_code=202)
@@ -317,7 +306,7 @@ async def refill(request: Request) -> Response:
 
 async def abort(request: Request) -> Response:
     try:
-        run = generator(services(request)).abort()
+        run = generator(request).abort()
     except NotRunning as exc:
         raise HTTPException(409, str(exc)) from None
     return JSONResponse({"run": run.view().to_json()}, status_code=202)

@@ -177,15 +177,12 @@ def cmd_notify(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from avatargen.simulator.runner import serve_simulator
-    from server.preflight import check_simulated
+    from avatargen.gpu.providing import serve_simulated
 
     if args.api_port and args.api_port == args.sd_port:
         refuse(args, f"--api-port and --sd-port are both {args.api_port}: the machine API and the SD server "
                      "need a port each")
-    settings = _load(args)
-    check_simulated(settings)
-    return serve_simulator(settings.gpu.simulated, args.host, args.api_port, args.sd_port, settings.sd.backend)
+    return serve_simulated(_load(args), args.host, args.api_port, args.sd_port)
 
 
 def _as_owner(args: argparse.Namespace, action: Callable[[AdminClient], Awaitable[str]]) -> int:

@@ -24,8 +24,9 @@ from avatargen.tasks import background
 
 log = logging.getLogger("avatargen.server")
 
-# The generator with what it needs (a simulated GPU, say), started on entry and closed on exit.
-GeneratorFactory = Callable[[], AbstractAsyncContextManager[Generator]]
+# The generator with what it needs (a simulated GPU, say), started on entry and closed on exit; its argument
+# says whether the generator came here from another process (the seat was taken when this one started).
+GeneratorFactory = Callable[[bool], AbstractAsyncContextManager[Generator]]
 
 
 class GeneratorHost:
@@ -62,7 +63,7 @@ class GeneratorHost:
 
     async def _serve(self) -> None:
         try:
-            async with self.factory() as generator:
+            async with self.factory(self.took_over) as generator:
                 self.on_change(generator)
                 self.settled.set()
                 try:

@@ -102,8 +102,8 @@ def counters() -> CollectorRegistry:
 
 async def generator_status(request: Request, services: Services) -> tuple[Status, bool]:
     """The generator's status from its process, and whether it came from there (else this process's view)."""
-    if services.engine is not None or services.forwarder is None:
-        return await services.status(), services.engine is not None
+    if not services.place.forwards():
+        return await services.status(), True
     scope: dict[str, Any] = {"type": "http", "method": "GET", "path": "/admin/api/status", "query_string": b"",
                              "headers": [], "client": request.scope.get("client")}
 
@@ -111,7 +111,7 @@ async def generator_status(request: Request, services: Services) -> tuple[Status
         return {"type": "http.request", "body": b"", "more_body": False}
 
     try:
-        answer = await services.forwarder.forward(Request(scope, nothing))
+        answer = await services.place.forward(Request(scope, nothing))
         return Status.from_json(json.loads(await read_answer(answer))), answer.status_code == 200
     except (GeneratorUnreachable, ValueError):
         return await services.status(), False

@@ -14,6 +14,7 @@ from pathlib import Path
 from avatargen.config import ConfigError, Settings
 from avatargen.files import private_folder
 from avatargen.gpu import check_settings
+from avatargen.gpu.providing import check_simulated
 from avatargen.sd import check_backend
 from avatargen.storage.files.bucket import open_buckets
 from server.logs import log_path, open_private
@@ -32,14 +33,6 @@ def preflight(settings: Settings) -> list[str]:
     notes = check_backend(settings)
     check_folders(settings)
     return notes
-
-
-def check_simulated(settings: Settings) -> None:
-    """The simulated GPU's settings the config cannot check itself (the core never imports the simulator)."""
-    from avatargen.simulator.faults import unknown_fault
-
-    if problem := unknown_fault(settings.gpu.simulated.faults):
-        raise settings.error(problem, "gpu.simulated.faults")
 
 
 def check_folders(settings: Settings) -> None:

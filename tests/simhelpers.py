@@ -80,7 +80,7 @@ async def fixed_answers(answers: Mapping[str, Response]) -> AsyncIterator[str]:
 
 
 async def wait_sd_ready(sd: SdBackend, checkpoint: str = "", timeout: float = 5.0) -> None:
-    """Probe until the SD server is ready, as the refill engine does."""
+    """Probe until the SD server is ready, as the generator does."""
     deadline = time.monotonic() + timeout
     while True:
         try:

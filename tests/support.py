@@ -1,4 +1,4 @@
-"""Shared test helpers: a fast config file, a running engine against the simulated GPU, event waits."""
+"""Shared test helpers: a fast config file, a running generator against the simulated GPU, event waits."""
 
 from __future__ import annotations
 
@@ -56,25 +56,25 @@ def fast_settings(directory: Path, **overrides: Any) -> Settings:
 
 
 @contextlib.asynccontextmanager
-async def running_engine(
+async def running_generator(
     settings: Settings, before_start: Callable[[SimulatedGpu], Awaitable[None]] | None = None
 ) -> AsyncIterator[tuple[Generator, SimulatedGpu]]:
-    """A started engine against a simulated GPU on loopback; closed (machine stopped) on exit."""
+    """A started generator against a simulated GPU on loopback; closed (machine stopped) on exit."""
     buckets = folder_buckets(settings)
     for bucket in buckets.values():
         bucket.folder.repair.recover()
     async with SimulatedGpu(settings.gpu.simulated, hourly_price=settings.gpu.hourly_cost,
                             backend=settings.sd.backend) as gpu:
         ledger = await FileLedger.open(settings.server.data_dir / "ledger.sqlite3")
-        engine = Generator(settings, buckets, gpu.provider(settings.gpu, data_dir=settings.server.data_dir), ledger,
+        generator = Generator(settings, buckets, gpu.provider(settings.gpu, data_dir=settings.server.data_dir), ledger,
                            EventHub())
         if before_start is not None:
             await before_start(gpu)
-        await engine.start()
+        await generator.start()
         try:
-            yield engine, gpu
+            yield generator, gpu
         finally:
-            await engine.close()
+            await generator.close()
             await ledger.aclose()
 
 

@@ -207,6 +207,24 @@ async def test_sample_preview_of_unsaved_settings(server: tuple[httpx.AsyncClien
     assert config.read_bytes() == before
 
 
+async def test_whole_number_parameters_say_which_and_why_in_one_wording(
+        server: tuple[httpx.AsyncClient, Path]) -> None:
+    """`limit`, `n` (query or body) and `days` are read by one parser: 422 naming the parameter and its bounds."""
+    client, _ = server
+    asked: list[tuple[str, str, dict[str, Any], str]] = [
+        ("GET", "/admin/api/images", {"params": {"limit": "many"}}, "limit must be a whole number, got 'many'"),
+        ("GET", "/admin/api/images", {"params": {"limit": "0"}}, "limit must be between 1 and 500, got 0"),
+        ("GET", "/admin/api/prompts/sample", {"params": {"n": "2.5"}}, "n must be a whole number, got '2.5'"),
+        ("POST", "/admin/api/prompts/sample", {"json": {"n": [3]}}, "n must be a whole number, got '[3]'"),
+        ("POST", "/admin/api/prompts/sample", {"json": {"n": 101}}, "n must be between 1 and 100, got 101"),
+        ("GET", "/admin/api/history", {"params": {"days": "a week"}}, "days must be a whole number, got 'a week'"),
+        ("GET", "/admin/api/history", {"params": {"days": "367"}}, "days must be between 1 and 366, got 367"),
+    ]
+    for method, path, options, error in asked:
+        response = await client.request(method, path, **options)
+        assert (response.status_code, response.json()) == (422, {"error": error}), path
+
+
 async def test_healthz(server: tuple[httpx.AsyncClient, Path]) -> None:
     client, _ = server
     response = await client.get("/healthz", headers={"Authorization": ""})

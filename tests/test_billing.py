@@ -15,8 +15,8 @@ from avatargen.imaging import placeholder_webp
 from avatargen.storage.files.bucket import open_buckets
 from avatargen.storage.files.ledger import CostLedger
 from benchmarks.storage_faults import SqliteLock
-from tests.support import fast_settings, running_engine, wait_until
-from tests.test_engine import run_to_end
+from tests.support import fast_settings, running_generator, wait_until
+from tests.test_generator_runs import run_to_end
 
 
 @contextlib.asynccontextmanager
@@ -51,22 +51,22 @@ def billed_on_disk(path: Path) -> float:
 async def test_a_locked_ledger_neither_freezes_the_loop_nor_wedges_the_run(tmp_path: Path) -> None:
     settings = fast_settings(tmp_path)
     path = settings.server.data_dir / "ledger.sqlite3"
-    async with running_engine(settings) as (engine, gpu):
+    async with running_generator(settings) as (generator, gpu):
         with SqliteLock(path) as lock:
             async with heartbeat() as longest:
-                run, states = await run_to_end(engine, ["unique"])
-                await wait_until(lambda: engine.status()["cost"]["ledger_problem"] is not None)
+                run, states = await run_to_end(generator, ["unique"])
+                await wait_until(lambda: generator.status()["cost"]["ledger_problem"] is not None)
             assert longest[0] < 1.0, f"the event loop stalled {longest[0]:.2f} s"
             assert states == ["booting", "generating", "shutting_down", "idle"]
-            assert run["outcome"] == "completed" and engine.state == "idle" and gpu.machine.state == "off"
-            cost = engine.status()["cost"]
+            assert run["outcome"] == "completed" and generator.state == "idle" and gpu.machine.state == "off"
+            cost = generator.status()["cost"]
             assert "database is locked" in cost["ledger_problem"]
             assert cost["billed_seconds_today"] == pytest.approx(run["billed_seconds"], abs=0.2)  # from memory
             assert billed_on_disk(path) == 0
             lock.release()
-            await wait_until(lambda: engine.status()["cost"]["ledger_problem"] is None, timeout=30)
+            await wait_until(lambda: generator.status()["cost"]["ledger_problem"] is None, timeout=30)
         assert billed_on_disk(path) == pytest.approx(run["billed_seconds"], abs=0.2)
-        run, _ = await run_to_end(engine, ["fallback"])  # and the next run starts as usual
+        run, _ = await run_to_end(generator, ["fallback"])  # and the next run starts as usual
         assert run["outcome"] == "completed"
 
 
@@ -75,11 +75,11 @@ async def test_closing_with_the_ledger_still_locked_ends_and_logs_the_unwritten_
     settings = fast_settings(tmp_path)
     path = settings.server.data_dir / "ledger.sqlite3"
     with caplog.at_level(logging.ERROR, logger="avatargen"):
-        async with running_engine(settings) as (engine, gpu):
+        async with running_generator(settings) as (generator, gpu):
             with SqliteLock(path):
-                run, _ = await run_to_end(engine, ["unique"])
+                run, _ = await run_to_end(generator, ["unique"])
                 closing = time.monotonic()
-                await engine.close()
+                await generator.close()
                 assert time.monotonic() - closing < 15
         assert gpu.machine.state == "off"
     assert f"billed time of run {run['id']}" in caplog.text and "could not be written" in caplog.text
@@ -104,16 +104,16 @@ async def test_a_ledger_lost_while_running_is_written_again_and_todays_spend_sur
     settings = fast_settings(tmp_path)
     path = settings.server.data_dir / "ledger.sqlite3"
     with caplog.at_level(logging.ERROR, logger="avatargen"):
-        async with running_engine(settings) as (engine, _gpu):
-            engine.billing.check_every = 0.05
-            run, _ = await run_to_end(engine, ["unique"])
+        async with running_generator(settings) as (generator, _gpu):
+            generator.billing.check_every = 0.05
+            run, _ = await run_to_end(generator, ["unique"])
             await wait_until(lambda: billed_on_disk(path) > 0)
             lose(path, how)
             expected = "was replaced by another file" if how == "replaced" else "was deleted"
             await wait_until(lambda: expected in caplog.text)
             await wait_until(lambda: billed_on_disk(path) == pytest.approx(run["billed_seconds"], abs=0.2))
-    async with running_engine(settings) as (engine, _gpu):
-        cost = engine.status()["cost"]
+    async with running_generator(settings) as (generator, _gpu):
+        cost = generator.status()["cost"]
         assert cost["billed_seconds_today"] == pytest.approx(run["billed_seconds"], abs=0.2)
         assert cost["ledger_problem"] is None
 
@@ -122,12 +122,12 @@ async def test_a_ledger_lost_while_the_server_was_down_is_reported_at_start_up(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     settings = fast_settings(tmp_path)
     path = settings.server.data_dir / "ledger.sqlite3"
-    async with running_engine(settings) as (engine, _gpu):
-        run, _ = await run_to_end(engine, ["unique"])
+    async with running_generator(settings) as (generator, _gpu):
+        run, _ = await run_to_end(generator, ["unique"])
     lose(path, "deleted with its write-ahead log")
     with caplog.at_level(logging.ERROR, logger="avatargen"):
-        async with running_engine(settings) as (engine, _gpu):
-            problem = engine.status()["cost"]["ledger_problem"]
+        async with running_generator(settings) as (generator, _gpu):
+            problem = generator.status()["cost"]["ledger_problem"]
     assert problem is not None and "found empty" in problem and run["id"] in problem
     assert "holds no billed time" in caplog.text and "restore the ledger" in caplog.text
 
@@ -137,6 +137,6 @@ async def test_images_made_before_metadata_named_the_provider_still_reveal_a_los
     open_buckets(settings)["unique"].images.publish(placeholder_webp(64), {"prompt": "old",
                                                                           "run_id": "20260101T000000-aa",
                                                                           "backend": "simulated"})
-    async with running_engine(settings) as (engine, _gpu):
-        problem = engine.status()["cost"]["ledger_problem"]
+    async with running_generator(settings) as (generator, _gpu):
+        problem = generator.status()["cost"]["ledger_problem"]
     assert problem is not None and "found empty" in problem and "20260101T000000-aa" in problem

@@ -18,8 +18,8 @@ from avatargen.api import ImageHeld, NewImage, decode_event
 from avatargen.config import ReviewSettings
 from avatargen.generator import Generator
 from avatargen.storage.files.bucket import open_buckets
-from tests.support import fast_settings, running_engine, wait_until
-from tests.test_engine import run_to_end
+from tests.support import fast_settings, running_generator, wait_until
+from tests.test_generator_runs import run_to_end
 
 GATE_ON = {"review__enabled": True}
 
@@ -28,10 +28,10 @@ def sidecars(folder: Path) -> list[dict]:
     return [json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))]
 
 
-async def run_and_watch(engine: Generator) -> tuple[dict, list[str]]:
+async def run_and_watch(generator: Generator) -> tuple[dict, list[str]]:
     """A run to its end, and the image events it sent ("image" for a published one, "held" for a held one)."""
-    with engine.events.subscribe(engine.events.last_id) as subscription:
-        run, _ = await run_to_end(engine)
+    with generator.events.subscribe(generator.events.last_id) as subscription:
+        run, _ = await run_to_end(generator)
         kinds = []
         while (event := await subscription.next(timeout=0.2)) is not None:
             if isinstance(decode_event(event.type, event.data), NewImage | ImageHeld):
@@ -44,11 +44,11 @@ async def test_images_that_pass_are_published_with_the_gates_verdict(tmp_path: P
     # 0.4, a skin-coloured drawing now and then scores 0.5 as an exposed breast and is rightly held back.
     strict = {name: 0.95 for name in ReviewSettings().block}
     settings = fast_settings(tmp_path, **GATE_ON, review__block=strict)
-    async with running_engine(settings) as (engine, _gpu):
-        run, kinds = await run_and_watch(engine)
+    async with running_generator(settings) as (generator, _gpu):
+        run, kinds = await run_and_watch(generator)
         assert run["outcome"] == "completed" and (run["done"], run["held"]) == (10, 0)
         assert kinds == ["image"] * 10
-        unique = open_buckets(settings)["unique"]  # the folder behind the engine's bucket
+        unique = open_buckets(settings)["unique"]  # the folder behind the generator's bucket
         assert unique.index.count() == 4 and unique.held.count() == 0
         assert len(list((unique.directory / ".framed").iterdir())) == 4
         assert all(meta["review"] == {"held": False, "reasons": []} for meta in sidecars(unique.directory))
@@ -57,16 +57,16 @@ async def test_images_that_pass_are_published_with_the_gates_verdict(tmp_path: P
 async def test_require_face_holds_back_the_simulators_faceless_drawings(tmp_path: Path) -> None:
     # A face must score 1.0 to count, which none does: every drawing is held, whatever the prompt drew.
     settings = fast_settings(tmp_path, **GATE_ON, review__require_face=True, review__face_score=1.0)
-    async with running_engine(settings) as (engine, gpu):
-        run, kinds = await run_and_watch(engine)
+    async with running_generator(settings) as (generator, gpu):
+        run, kinds = await run_and_watch(generator)
         assert run["outcome"] == "failed" and gpu.machine.state == "off"  # a problem, not a success
         assert run["error"].startswith("the safety gate held back 10 of the 10 images made")
         assert (run["done"], run["held"], run["failed"], run["total"]) == (0, 10, 0, 10)
         assert run["held_cost"] == run["cost"] > 0, "every image made was held: the whole cost is theirs"
         assert kinds == ["held"] * 10
-        levels = engine.view().buckets
+        levels = generator.view().buckets
         assert (levels["unique"].count, levels["unique"].held, levels["fallback"].held) == (0, 4, 6)
-        unique = open_buckets(settings)["unique"]  # the folder behind the engine's bucket
+        unique = open_buckets(settings)["unique"]  # the folder behind the generator's bucket
         assert unique.index.ids() == [] and unique.claims.claim() is None
         assert not any((unique.directory / ".framed").iterdir()), "a held image is never framed"
         reasons = [meta["review"]["reasons"] for meta in sidecars(unique.directory / ".review")]
@@ -79,30 +79,30 @@ async def test_a_run_mostly_held_back_pauses_automatic_runs_until_the_owner_acts
     log say, until the owner deletes or approves a held image, or asks for a refill."""
     settings = fast_settings(tmp_path, **GATE_ON, review__require_face=True, review__face_score=1.0,
                              buckets__unique__min=2, generator__check_every="1h")
-    async with running_engine(settings) as (engine, gpu):
-        await wait_until(lambda: engine.last_run is not None)
-        assert engine.last_run is not None and engine.last_run.trigger == "auto"
-        assert engine.last_run.outcome == "failed" and engine.last_run.held == 4
-        status = engine.status()
+    async with running_generator(settings) as (generator, gpu):
+        await wait_until(lambda: generator.last_run is not None)
+        assert generator.last_run is not None and generator.last_run.trigger == "auto"
+        assert generator.last_run.outcome == "failed" and generator.last_run.held == 4
+        status = generator.status()
         assert status["paused_by"] == "safety_gate"
         assert "held back 4 of the 4 images" in status["paused_reason"]
         assert "automatic runs are paused until you approve or delete held images" in status["paused_reason"]
-        assert engine.auto_check() is None and engine.run is None, "the unique bucket is below its min"
+        assert generator.auto_check() is None and generator.run is None, "the unique bucket is below its min"
         billed = gpu.machine.billed_seconds
         # The owner deletes one held image: automatic runs resume (and hold back again: paused again).
-        unique = engine.buckets["unique"]
+        unique = generator.buckets["unique"]
         held = await unique.held(10)
         assert await unique.delete_held(held[0].id)
-        assert engine.status()["paused_by"] is None
-        assert engine.auto_check() is not None
-        await engine.wait_idle()
+        assert generator.status()["paused_by"] is None
+        assert generator.auto_check() is not None
+        await generator.wait_idle()
         assert gpu.machine.billed_seconds > billed
-        assert engine.status()["paused_by"] == "safety_gate"
+        assert generator.status()["paused_by"] == "safety_gate"
         # A manual refill is the owner's word too: the pause is over while it runs (then it holds back again).
-        engine.refill(["unique"])
-        assert engine.status()["paused_by"] is None
-        await engine.wait_idle()
-        assert engine.status()["paused_by"] == "safety_gate"
+        generator.refill(["unique"])
+        assert generator.status()["paused_by"] is None
+        await generator.wait_idle()
+        assert generator.status()["paused_by"] == "safety_gate"
 
 
 # --- fault cases: a gate that cannot run ------------------------------------------------------------------
@@ -132,13 +132,13 @@ async def test_a_corrupt_model_file_fails_the_run_before_the_machine_boots(tmp_p
     truncated = (Path(nudenet.__file__).parent / "320n.onnx").read_bytes()[:100_000]
     monkeypatch.syspath_prepend(str(broken_nudenet(tmp_path, model=truncated)))  # the imaging process's path too
     settings = fast_settings(tmp_path, **GATE_ON)
-    async with running_engine(settings) as (engine, gpu):
-        run, kinds = await run_and_watch(engine)
+    async with running_generator(settings) as (generator, gpu):
+        run, kinds = await run_and_watch(generator)
         assert run["outcome"] == "failed"
         assert run["error"].startswith("the safety gate cannot run, so the machine was not started: "
                                        "cannot load the detector model")
         assert gpu.machine.state == "off" and gpu.machine.billed_seconds == 0 and run["billed_seconds"] == 0
-        assert kinds == [] and engine.buckets["unique"].count() == engine.buckets["unique"].held_count() == 0
+        assert kinds == [] and generator.buckets["unique"].count() == generator.buckets["unique"].held_count() == 0
 
 
 async def test_the_extra_missing_fails_the_run_before_the_machine_boots(tmp_path: Path,
@@ -146,8 +146,8 @@ async def test_the_extra_missing_fails_the_run_before_the_machine_boots(tmp_path
     site = broken_nudenet(tmp_path)
     (site / "nudenet" / "__init__.py").write_text("raise ImportError('No module named nudenet')\n")
     monkeypatch.syspath_prepend(str(site))
-    async with running_engine(fast_settings(tmp_path, **GATE_ON)) as (engine, gpu):
-        run, _ = await run_and_watch(engine)
+    async with running_generator(fast_settings(tmp_path, **GATE_ON)) as (generator, gpu):
+        run, _ = await run_and_watch(generator)
         assert run["outcome"] == "failed" and "pip install 'avatargen[review]'" in run["error"]
         assert gpu.machine.billed_seconds == 0
 
@@ -160,13 +160,13 @@ async def test_a_crashing_detector_holds_the_images_back_and_stops_the_run(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, detect: str, error: str) -> None:
     monkeypatch.syspath_prepend(str(broken_nudenet(tmp_path, detect=detect)))
     settings = fast_settings(tmp_path, **GATE_ON, generator__concurrency=1)
-    async with running_engine(settings) as (engine, gpu):
-        run, kinds = await run_and_watch(engine)
+    async with running_generator(settings) as (generator, gpu):
+        run, kinds = await run_and_watch(generator)
         assert run["outcome"] == "failed" and gpu.machine.state == "off"
         assert run["error"].startswith("the safety gate failed (") and error in run["error"]
         assert "2 image(s) held back for review" in run["error"]
         assert (run["done"], run["held"]) == (0, 2) and kinds == ["held", "held"]
-        unique = open_buckets(settings)["unique"]  # the folder behind the engine's bucket
+        unique = open_buckets(settings)["unique"]  # the folder behind the generator's bucket
         assert unique.index.count() == 0 and unique.held.count() == 2
         [reason] = sidecars(unique.directory / ".review")[0]["review"]["reasons"]
         assert reason["kind"] == "gate_failed" and error in reason["error"]

@@ -15,18 +15,18 @@ from avatargen.events import Subscription
 from avatargen.generator import Generator, NothingToDo
 from avatargen.simulator import SimulatedGpu
 from tests.simhelpers import sim_settings
-from tests.support import fast_settings, running_engine, wait_for_event, write_config
+from tests.support import fast_settings, running_generator, wait_for_event, write_config
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY_ENV = "AVATARGEN_TEST_GPU_KEY"
 
 
-async def run_to_end(engine: Generator) -> dict:
-    with engine.events.subscribe() as subscription:
-        engine.refill(["unique"])
+async def run_to_end(generator: Generator) -> dict:
+    with generator.events.subscribe() as subscription:
+        generator.refill(["unique"])
         await until_idle(subscription)
-    assert engine.last_run is not None
-    return engine.last_run.to_dict()
+    assert generator.last_run is not None
+    return generator.last_run.to_dict()
 
 
 async def until_idle(subscription: Subscription) -> None:
@@ -36,8 +36,8 @@ async def until_idle(subscription: Subscription) -> None:
 async def test_a_pod_resumed_without_its_gpu_is_stopped_before_any_image(tmp_path: Path) -> None:
     settings = fast_settings(tmp_path, gpu__simulated__api="runpod", gpu__simulated__faults=["zero_gpu"],
                              gpu__ready_timeout="10m")
-    async with running_engine(settings) as (engine, gpu):
-        run = await run_to_end(engine)
+    async with running_generator(settings) as (generator, gpu):
+        run = await run_to_end(generator)
         assert run["outcome"] == "failed" and "without its GPU" in run["error"] and "network volume" in run["error"]
         assert run["done"] == 0 and gpu.sd.completed == []  # nothing was generated on a pod without its GPU
         assert run["billed_seconds"] < 5  # stopped at once, not at the 10-minute ready_timeout
@@ -50,12 +50,12 @@ async def test_a_terminated_pod_pauses_the_generator_at_start_up(tmp_path: Path)
     async def terminate(gpu: SimulatedGpu) -> None:
         gpu.machine.terminate()
 
-    async with running_engine(settings, before_start=terminate) as (engine, gpu):
-        status = engine.status()
+    async with running_generator(settings, before_start=terminate) as (generator, gpu):
+        status = generator.status()
         assert "TERMINATED" in (status["paused_reason"] or "") and "gpu.runpod.pod_id" in status["paused_reason"]
-        assert engine.auto_check() is None  # not a run that fails again and again
+        assert generator.auto_check() is None  # not a run that fails again and again
         with pytest.raises(NothingToDo, match="cannot run"):
-            engine.refill()
+            generator.refill()
         assert gpu.machine.billed_seconds == 0
 
 
@@ -64,21 +64,21 @@ async def test_a_pod_terminated_during_a_run_ends_it_and_no_run_starts_again(tmp
     # would rightly complete were it the last), so enough are left that must fail.
     settings = fast_settings(tmp_path, gpu__simulated__api="runpod", gpu__simulated__faults=["external_terminate"],
                              generator__max_consecutive_failures=2, buckets__unique__max=20)
-    async with running_engine(settings) as (engine, gpu):
-        first = await run_to_end(engine)
+    async with running_generator(settings) as (generator, gpu):
+        first = await run_to_end(generator)
         assert first["outcome"] == "failed" and gpu.machine.state == "terminated"
-        second = await run_to_end(engine)  # the owner tries again: the start finds the pod gone for good
+        second = await run_to_end(generator)  # the owner tries again: the start finds the pod gone for good
         assert second["outcome"] == "failed" and "TERMINATED" in second["error"]
-        assert engine.machine.cannot_run is not None and engine.auto_check() is None
+        assert generator.machine.cannot_run is not None and generator.auto_check() is None
 
 
 @pytest.mark.parametrize(("api", "source"), [("paperspace", "config"), ("runpod", "provider")])
 async def test_the_status_shows_the_rate_runs_are_billed_at_and_where_it_comes_from(
         tmp_path: Path, api: str, source: str) -> None:
     settings = fast_settings(tmp_path, gpu__simulated__api=api)
-    async with running_engine(settings) as (engine, _gpu):
-        run = await run_to_end(engine)
-        cost = engine.status()["cost"]
+    async with running_generator(settings) as (generator, _gpu):
+        run = await run_to_end(generator)
+        cost = generator.status()["cost"]
     assert (cost["hourly_rate"], cost["rate_source"]) == (3600.0, source)
     assert run["cost"] == pytest.approx(run["billed_seconds"], abs=0.2)  # 3600 an hour: 1 a second
 

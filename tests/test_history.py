@@ -15,8 +15,8 @@ from avatargen.api import AdminClient, DayTotal, RunMinute
 from avatargen.run import Run
 from avatargen.storage.files.ledger import CostLedger
 from avatargen.storage.spend import DAY, Entry, daily
-from tests.support import fast_settings, running_engine, serving
-from tests.test_engine import run_to_end
+from tests.support import fast_settings, running_generator, serving
+from tests.test_generator_runs import run_to_end
 
 NOW = datetime(2026, 12, 10, 12, 0, tzinfo=UTC).timestamp()
 MIDNIGHT = datetime(2026, 12, 10, tzinfo=UTC).timestamp()
@@ -74,9 +74,9 @@ async def test_history_counts_a_run_and_reads_earlier_months_from_the_ledger(tmp
     earlier = time.time() - 35 * DAY  # another month: not among the entries the generator keeps in memory
     ledger.record([Entry("earlier", earlier, earlier + 120, 3600.0, images=5)])
     ledger.close_db()
-    async with running_engine(settings) as (engine, _):
-        run, _ = await run_to_end(engine, ["unique"])
-        history = await engine.history(40)
+    async with running_generator(settings) as (generator, _):
+        run, _ = await run_to_end(generator, ["unique"])
+        history = await generator.history(40)
     assert len(history.days) == 40 and history.days[-1].date == datetime.now(UTC).date()
     today = history.days[-1]
     assert today.images == run["done"] == 4
@@ -88,8 +88,8 @@ async def test_history_counts_a_run_and_reads_earlier_months_from_the_ledger(tmp
     assert chart is not None and chart.id == run["id"] and chart.outcome == "completed"
     assert sum(minute.images for minute in chart.minutes) == 4
     assert chart.minutes[-1].spend == pytest.approx(run["cost"], abs=0.01)
-    async with running_engine(settings) as (engine, _):  # the count was written with the run's stop
-        assert (await engine.history(1)).days[0].images == 4
+    async with running_generator(settings) as (generator, _):  # the count was written with the run's stop
+        assert (await generator.history(1)).days[0].images == 4
 
 
 async def test_history_route(tmp_path: Path) -> None:

@@ -36,6 +36,9 @@ def checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ("avatargen/prompts.py", "import server.app", "avatargen.prompts -> server.app"),
     ("tui/app.py", "from avatargen.storage.files import bucket", "tui.app -> avatargen.storage.files.bucket"),
     ("server/visitor.py", "from avatargen.simulator import faults", "server.visitor -> avatargen.simulator"),
+    # The server's former demo seams: the simulator is reached only through avatargen.gpu.providing now.
+    ("server/app.py", "from avatargen.simulator import SimulatedGpu", "server.app -> avatargen.simulator"),
+    ("server/preflight.py", "from avatargen.simulator import faults", "server.preflight -> avatargen.simulator"),
     ("server/cli.py", "from avatargen import testing", "server.cli -> avatargen.testing"),
     ("avatargen/api/wire.py", "import starlette.responses", "avatargen.api.wire -> starlette"),
     ("avatargen/storage/files/bucket.py", "from avatargen.storage.redis import connection",

@@ -17,7 +17,7 @@ from PIL import Image
 
 from avatargen.events import Subscription
 from avatargen.generator import Generator
-from tests.support import fast_settings, running_engine, serving
+from tests.support import fast_settings, running_generator, serving
 
 TOKEN = "owner-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -43,17 +43,17 @@ def picture(preview: dict[str, Any]) -> Image.Image:
     return image
 
 
-async def run_with_events(engine: Generator) -> list[tuple[float, str, dict[str, Any]]]:
-    with engine.events.subscribe() as subscription:
-        engine.refill()
+async def run_with_events(generator: Generator) -> list[tuple[float, str, dict[str, Any]]]:
+    with generator.events.subscribe() as subscription:
+        generator.refill()
         return await events_until_idle(subscription)
 
 
 async def test_a_run_sends_small_throttled_previews_of_the_job_being_made(tmp_path: Path, backend: str) -> None:
     settings = fast_settings(tmp_path, generator__preview_every="1s", **PACED)
-    async with running_engine(settings) as (engine, _):
-        events = await run_with_events(engine)
-    run = engine.last_run
+    async with running_generator(settings) as (generator, _):
+        events = await run_with_events(generator)
+    run = generator.last_run
     assert run is not None and run.outcome == "completed"
     previews = [(at, data) for at, kind, data in events if kind == "preview"]
     assert len(previews) >= 2
@@ -73,8 +73,8 @@ async def test_a_run_sends_small_throttled_previews_of_the_job_being_made(tmp_pa
 
 async def test_no_previews_when_preview_every_is_zero(tmp_path: Path) -> None:
     settings = fast_settings(tmp_path, generator__preview_every=0, **PACED)
-    async with running_engine(settings) as (engine, _):
-        events = await run_with_events(engine)
+    async with running_generator(settings) as (generator, _):
+        events = await run_with_events(generator)
     kinds = {kind for _, kind, _ in events}
     assert "progress" in kinds and "image" in kinds and "preview" not in kinds
 

@@ -1,8 +1,8 @@
 """Production paths never load the simulator: it is demo and test code, imported only for `provider = "simulated"`.
 
-The import contracts in pyproject.toml (`lint-imports`) allow the server three function-level imports of
-the simulator, its demo-mode seams; this checks what they cannot see: that building and starting the app
-for a real provider does not run those imports.
+The import contracts in pyproject.toml (`lint-imports`) allow one module the simulator, the demo mode's seam
+(`avatargen.gpu.providing`, whose imports of it are function-level); this checks what they cannot see: that
+building the app for a real provider does not run those imports.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PRODUCTION = ("avatargen.config", "avatargen.gpu", "avatargen.generator", "server.app", "server.serve", "server.cli")
+PRODUCTION = ("avatargen.config", "avatargen.gpu", "avatargen.gpu.providing", "avatargen.generator", "server.app",
+              "server.serve", "server.cli", "server.preflight")
 
 
 def test_the_server_and_the_config_do_not_import_the_simulator(tmp_path: Path) -> None:

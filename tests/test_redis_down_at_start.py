@@ -29,6 +29,11 @@ async def test_serve_starts_without_redis_and_takes_the_generator_once_it_answer
             async with httpx.AsyncClient(timeout=30) as client:
                 answer = await client.get(f"{server.url}/avatar")
                 assert answer.status_code == 200 and answer.headers["x-avatar-kind"] == "placeholder"
+                # The refill cannot be forwarded to a generator: the 503 says why, as this process learned it.
+                answer = await client.post(f"{server.url}/admin/api/refill", json={},
+                                           headers={"Authorization": f"Bearer {TOKEN}"})
+                assert answer.status_code == 503
+                assert "cannot pass the request to the generator's replica" in answer.json()["error"]
                 await asyncio.to_thread(redis.start)
                 async with AdminClient(server.url, TOKEN, timeout=30) as admin, asyncio.timeout(120):
                     while True:  # until then the status answers 503: the generator is not running anywhere

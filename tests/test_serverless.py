@@ -23,7 +23,7 @@ from avatargen.simulator.serverless import SimulatedServerless
 from avatargen.storage.files.ledger import FileLedger
 from avatargen.storage.spend import Entry
 from tests.simhelpers import sim_settings
-from tests.support import fast_settings, running_engine, wait_for_event, wait_until, write_config
+from tests.support import fast_settings, running_generator, wait_for_event, wait_until, write_config
 from tests.test_generator_providers import KEY_ENV, check_config
 from tests.tui_support import panel, running_server, wait_for
 from tui.widgets.spend import SpendSummary
@@ -40,7 +40,7 @@ def endpoint_of(gpu: SimulatedGpu) -> SimulatedServerless:
     return gpu.endpoint
 
 
-async def run_to_end(engine: Generator, subscription: Subscription) -> tuple[dict, list[str]]:
+async def run_to_end(generator: Generator, subscription: Subscription) -> tuple[dict, list[str]]:
     """The run's record once the generator is idle again, and every machine state it went through."""
     phases: list[str] = []
 
@@ -50,8 +50,8 @@ async def run_to_end(engine: Generator, subscription: Subscription) -> tuple[dic
         return data["state"] == "idle" and bool(data["last_run"])
 
     await wait_for_event(subscription, "state", record, timeout=60)
-    assert engine.last_run is not None
-    return engine.last_run.to_dict(), phases
+    assert generator.last_run is not None
+    return generator.last_run.to_dict(), phases
 
 
 def journal(settings: Settings) -> dict:
@@ -62,13 +62,13 @@ async def test_a_run_reads_as_a_queue_and_bills_worker_time_with_at_most_max_in_
     # Jobs of 0.3 s (10 steps of 30 ms): long enough for a status poll (20 ms) to find one IN_PROGRESS.
     settings = serverless_settings(tmp_path, gpu__runpod_serverless__max_in_flight=1, generator__concurrency=3,
                                    gpu__simulated__step_time="30ms")
-    async with running_engine(settings) as (engine, gpu):
+    async with running_generator(settings) as (generator, gpu):
         endpoint = endpoint_of(gpu)
-        with engine.events.subscribe() as subscription:
-            engine.refill()
+        with generator.events.subscribe() as subscription:
+            generator.refill()
             health_seen = await wait_for_event(subscription, "state", lambda data: data["state"] == "generating")
-            run, phases = await run_to_end(engine, subscription)
-        status = engine.status()
+            run, phases = await run_to_end(generator, subscription)
+        status = generator.status()
     assert health_seen and run["outcome"] == "completed" and run["done"] == 10
     assert "waiting for a worker" in phases and "generating" in phases and phases[-1] == "off"
     assert endpoint.peak_in_flight == 1  # three request workers, one job at a time on the endpoint
@@ -93,10 +93,10 @@ async def test_a_run_reads_as_a_queue_and_bills_worker_time_with_at_most_max_in_
 ])
 async def test_a_job_that_fails_for_good_ends_the_run_with_what_happened(tmp_path: Path, fault: str, says: str) -> None:
     settings = serverless_settings(tmp_path, gpu__simulated__faults=[fault], generator__max_consecutive_failures=3)
-    async with running_engine(settings) as (engine, gpu):
-        with engine.events.subscribe() as subscription:
-            engine.refill(["unique"])
-            run, _phases = await run_to_end(engine, subscription)
+    async with running_generator(settings) as (generator, gpu):
+        with generator.events.subscribe() as subscription:
+            generator.refill(["unique"])
+            run, _phases = await run_to_end(generator, subscription)
         sent = len(endpoint_of(gpu).jobs)
     assert run["outcome"] == "failed" and says in run["error"] and run["done"] == 0
     assert sent <= 3 + settings.generator.concurrency  # not retried for ever: the run ends at the limit
@@ -105,10 +105,10 @@ async def test_a_job_that_fails_for_good_ends_the_run_with_what_happened(tmp_pat
 async def test_a_worker_that_never_comes_fails_the_job_at_ready_timeout_and_cancels_it(tmp_path: Path) -> None:
     settings = serverless_settings(tmp_path, gpu__simulated__faults=["never_ready"], gpu__ready_timeout="1s",
                                    generator__max_consecutive_failures=2, generator__image_retries=0)
-    async with running_engine(settings) as (engine, gpu):
-        with engine.events.subscribe() as subscription:
-            engine.refill(["unique"])
-            run, phases = await run_to_end(engine, subscription)
+    async with running_generator(settings) as (generator, gpu):
+        with generator.events.subscribe() as subscription:
+            generator.refill(["unique"])
+            run, phases = await run_to_end(generator, subscription)
         endpoint = endpoint_of(gpu)
         assert all(job.status == "CANCELLED" for job in endpoint.jobs.values())
     assert run["outcome"] == "failed" and "no worker took serverless job" in run["error"]
@@ -119,13 +119,13 @@ async def test_a_worker_that_never_comes_fails_the_job_at_ready_timeout_and_canc
 
 async def test_abort_cancels_every_job_and_purges_the_queue(tmp_path: Path) -> None:
     settings = serverless_settings(tmp_path, gpu__simulated__faults=["never_ready"], gpu__ready_timeout="10m")
-    async with running_engine(settings) as (engine, gpu):
+    async with running_generator(settings) as (generator, gpu):
         endpoint = endpoint_of(gpu)
-        with engine.events.subscribe() as subscription:
-            engine.refill()
+        with generator.events.subscribe() as subscription:
+            generator.refill()
             await wait_until(lambda: len(endpoint.queued) == settings.generator.concurrency)
-            engine.abort()
-            run, _phases = await run_to_end(engine, subscription)
+            generator.abort()
+            run, _phases = await run_to_end(generator, subscription)
         # Each cancelled by its id, or purged with the queue when the abort came before its id did.
         assert all(job.status == "CANCELLED" for job in endpoint.jobs.values())
         assert endpoint.cancelled + endpoint.purged == len(endpoint.jobs) == settings.generator.concurrency
@@ -155,22 +155,22 @@ async def test_jobs_a_killed_server_left_are_cancelled_at_the_next_start(tmp_pat
         await ledger.record([Entry("killed-run", crashed_at - 60, None, 3600.0)])  # its entry, left open
         await ledger.aclose()
 
-    async with running_engine(settings, before_start=leave_orphans) as (engine, gpu):
+    async with running_generator(settings, before_start=leave_orphans) as (generator, gpu):
         assert len(journal(settings)) == 2
-        await engine.wait_idle()  # the orphans are taken back before the generator goes idle
+        await generator.wait_idle()  # the orphans are taken back before the generator goes idle
         endpoint = endpoint_of(gpu)
         assert endpoint.cancelled == 1 and all(job.status == "CANCELLED" for job in endpoint.jobs.values())
-        assert journal(settings) == {} and engine.status()["gpu"]["machine_state"] == "off"
-        billed = sum(day.billed_seconds for day in await engine.billing.history(2))
+        assert journal(settings) == {} and generator.status()["gpu"]["machine_state"] == "off"
+        billed = sum(day.billed_seconds for day in await generator.billing.history(2))
     assert billed == pytest.approx(60, abs=2)  # the minute before the crash, not the two hours after it
 
 
 async def test_rate_limits_and_server_errors_of_the_api_are_retried(tmp_path: Path) -> None:
     settings = serverless_settings(tmp_path, gpu__simulated__faults=["api_500"])
-    async with running_engine(settings) as (engine, _gpu):
-        with engine.events.subscribe() as subscription:
-            engine.refill(["unique"])
-            run, _phases = await run_to_end(engine, subscription)
+    async with running_generator(settings) as (generator, _gpu):
+        with generator.events.subscribe() as subscription:
+            generator.refill(["unique"])
+            run, _phases = await run_to_end(generator, subscription)
     assert run["outcome"] == "completed" and run["done"] == 4
 
 
@@ -208,10 +208,10 @@ async def test_the_demo_on_the_simulated_endpoint_shows_its_workers_and_queue_in
 async def test_max_run_duration_ends_a_run_of_waiting_jobs_and_takes_them_all_back(tmp_path: Path) -> None:
     settings = serverless_settings(tmp_path, gpu__simulated__faults=["never_ready"], gpu__ready_timeout="10m",
                                    generator__max_run_duration="1s")
-    async with running_engine(settings) as (engine, gpu):
-        with engine.events.subscribe() as subscription:
-            engine.refill()
-            run, _phases = await run_to_end(engine, subscription)
+    async with running_generator(settings) as (generator, gpu):
+        with generator.events.subscribe() as subscription:
+            generator.refill()
+            run, _phases = await run_to_end(generator, subscription)
         endpoint = endpoint_of(gpu)
         assert endpoint.jobs and all(job.status == "CANCELLED" for job in endpoint.jobs.values())
     assert run["outcome"] == "failed" and "max_run_duration" in run["error"] and journal(settings) == {}
@@ -220,15 +220,15 @@ async def test_max_run_duration_ends_a_run_of_waiting_jobs_and_takes_them_all_ba
 async def test_the_daily_budget_counts_worker_time_and_stops_automatic_runs(tmp_path: Path) -> None:
     # 3600 an hour is 1 a second: one run's worker seconds are more than a budget of 0.5.
     settings = serverless_settings(tmp_path, gpu__daily_budget=0.5, buckets__unique__min=1)
-    async with running_engine(settings) as (engine, _gpu):
-        await wait_until(lambda: engine.last_run is not None and engine.state == "idle")  # the automatic run
-        assert engine.last_run is not None and engine.last_run.outcome == "completed"
-        spent = engine.status()["cost"]["today"]
-        for bucket in engine.buckets.values():  # below min again
+    async with running_generator(settings) as (generator, _gpu):
+        await wait_until(lambda: generator.last_run is not None and generator.state == "idle")  # the automatic run
+        assert generator.last_run is not None and generator.last_run.outcome == "completed"
+        spent = generator.status()["cost"]["today"]
+        for bucket in generator.buckets.values():  # below min again
             for record in await bucket.newest(10):
                 await bucket.delete(record.id)
-        assert engine.auto_check() is None
-        paused = engine.status()["paused_reason"]
-        assert isinstance(engine.provider, Serverless)
-        assert spent == pytest.approx(engine.provider.worker_seconds(), abs=0.01) and spent >= 1
+        assert generator.auto_check() is None
+        paused = generator.status()["paused_reason"]
+        assert isinstance(generator.provider, Serverless)
+        assert spent == pytest.approx(generator.provider.worker_seconds(), abs=0.01) and spent >= 1
         assert paused is not None and "daily budget reached" in paused

@@ -4,7 +4,8 @@ the simulated one (demo mode).
 `make_provider` builds the provider `gpu.provider` names from the settings. The simulated GPU runs
 inside the server process, so its provider comes from the running simulator
 (`avatargen.simulator.SimulatedGpu.provider`), which points `api_provider` at itself: the demo runs
-the very same provider and client code as production, and production never imports the simulator.
+the very same provider and client code as production. `avatargen.gpu.providing.running_provider` is the
+server's factory for both, and the one seam through which production code reaches the simulator.
 
 `check_settings` (before anything starts), `settings_warnings` and `ask_provider` (for `check-config`)
 find what would otherwise surface only once the generator runs.
@@ -72,8 +73,8 @@ def api_provider(gpu: GpuSettings, api: str, *, api_url: str, api_key: Secret, m
 
 
 def make_provider(settings: Settings, *, fence: Fence | None = None) -> Provider:
-    """The provider for `settings.gpu.provider` ("simulated" is built by the running simulator instead);
-    `fence` guards each call that changes the machine (see avatargen.gpu.api)."""
+    """The provider for `settings.gpu.provider` ("simulated" is built by the running simulator instead, see
+    `avatargen.gpu.providing`); `fence` guards each call that changes the machine (see avatargen.gpu.api)."""
     gpu = settings.gpu
     if gpu.provider == "always_on":
         return AlwaysOnProvider(settings.sd.url)
@@ -88,7 +89,8 @@ def make_provider(settings: Settings, *, fence: Fence | None = None) -> Provider
                             api_key=provider_api_key(settings), machine_id=gpu.runpod_serverless.endpoint_id,
                             sd_url="", data_dir=settings.server.data_dir)
     raise ValueError(f"gpu.provider = {gpu.provider!r} is not built here: the simulated GPU's provider comes from "
-                     "the running simulator (avatargen.simulator.SimulatedGpu.provider)")
+                     "the running simulator (avatargen.simulator.SimulatedGpu.provider), which "
+                     "avatargen.gpu.providing.running_provider starts")
 
 
 def check_settings(settings: Settings) -> None:

@@ -2,7 +2,7 @@
 
 Every way the web UI (or a proxy in front of it) can fail becomes one `SdError` with a message the
 owner can act on, e.g. "SD web UI error 500 OutOfMemoryError: CUDA out of memory", and a `retryable`
-flag that tells the refill engine whether asking again may help. `probe` is the readiness check of a
+flag that tells the generator whether asking again may help. `probe` is the readiness check of a
 run: the machine being ready says nothing about the web UI, which opens its port before mounting its
 routes and loads the checkpoint after that.
 """

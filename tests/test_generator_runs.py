@@ -19,7 +19,7 @@ from avatargen.storage.files.folder_bucket import folder_buckets
 from avatargen.storage.files.ledger import CostLedger, FileLedger
 from avatargen.storage.files.lock import GeneratorLock
 from avatargen.storage.framing import unique_copy
-from tests.support import FAST, fast_settings, running_engine, wait_for_event, wait_until
+from tests.support import FAST, fast_settings, running_generator, wait_for_event, wait_until
 
 
 @pytest.fixture(autouse=True, params=["paperspace", "runpod"])
@@ -41,89 +41,89 @@ async def states_until_idle(subscription: Subscription) -> list[str]:
     return seen
 
 
-async def run_to_end(engine: Generator, buckets: list[str] | None = None) -> tuple[dict, list[str]]:
-    with engine.events.subscribe() as subscription:
-        engine.refill(buckets)
+async def run_to_end(generator: Generator, buckets: list[str] | None = None) -> tuple[dict, list[str]]:
+    with generator.events.subscribe() as subscription:
+        generator.refill(buckets)
         states = await states_until_idle(subscription)
-    assert engine.last_run is not None
-    return engine.last_run.to_dict(), states
+    assert generator.last_run is not None
+    return generator.last_run.to_dict(), states
 
 
 async def test_one_run_fills_both_buckets_to_max_and_ends_with_machine_off(tmp_path: Path, backend: str) -> None:
     settings = fast_settings(tmp_path, buckets__fallback__max=5)  # odd: the last request asks for 1 image
-    async with running_engine(settings) as (engine, gpu):
-        await engine.buckets["unique"].publish(placeholder_webp(64), {"prompt": "already there"})
-        run, states = await run_to_end(engine)
+    async with running_generator(settings) as (generator, gpu):
+        await generator.buckets["unique"].publish(placeholder_webp(64), {"prompt": "already there"})
+        run, states = await run_to_end(generator)
         assert states == ["booting", "generating", "shutting_down", "idle"]
         assert run["outcome"] == "completed" and run["error"] is None
         assert run["targets"] == {"unique": 3, "fallback": 5}
         assert (run["done"], run["failed"], run["total"]) == (8, 0, 8)
-        assert engine.buckets["unique"].count() == 4 and engine.buckets["fallback"].count() == 5
+        assert generator.buckets["unique"].count() == 4 and generator.buckets["fallback"].count() == 5
         assert gpu.machine.state == "off"
         assert run["billed_seconds"] > 0.3  # at least the boot delay
-        unique = engine.buckets["unique"]
+        unique = generator.buckets["unique"]
         for record in await unique.newest(3):  # framed in the imaging process, exactly as a visitor's claim would
             framed = (settings.buckets.unique.dir / ".framed" / f"{record.id}.webp").read_bytes()
             assert framed == unique_copy(settings)(await unique.read(record.id))
-        newest = (await engine.buckets["fallback"].newest(1))[0]
+        newest = (await generator.buckets["fallback"].newest(1))[0]
         assert newest.metadata["prompt"].startswith(("A ", "An ")) and " of cjs" in newest.metadata["prompt"]
         assert newest.metadata["backend"] == backend and newest.metadata["provider"] == "simulated"
         assert isinstance(newest.metadata["seed"], int)
-        status = engine.status()
+        status = generator.status()
         assert status["state"] == "idle" and status["last_run"]["id"] == run["id"]
         assert status["cost"]["billed_seconds_today"] == pytest.approx(run["billed_seconds"], abs=0.2)
 
 
 async def test_refill_named_bucket_only_and_409_while_active(tmp_path: Path) -> None:
-    async with running_engine(fast_settings(tmp_path)) as (engine, gpu):
-        with engine.events.subscribe() as subscription:
-            engine.refill(["unique"])
+    async with running_generator(fast_settings(tmp_path)) as (generator, gpu):
+        with generator.events.subscribe() as subscription:
+            generator.refill(["unique"])
             with pytest.raises(RunActive):
-                engine.refill()
+                generator.refill()
             await states_until_idle(subscription)
-        assert engine.buckets["unique"].count() == 4 and engine.buckets["fallback"].count() == 0
+        assert generator.buckets["unique"].count() == 4 and generator.buckets["fallback"].count() == 0
         with pytest.raises(NotRunning):
-            engine.abort()
+            generator.abort()
         with pytest.raises(NothingToDo, match="unique already at max"):
-            engine.refill(["unique"])  # a machine would boot for nothing
-        assert engine.last_run is not None
-        assert gpu.machine.billed_seconds == pytest.approx(engine.last_run.billed_seconds(), abs=0.3)
+            generator.refill(["unique"])  # a machine would boot for nothing
+        assert generator.last_run is not None
+        assert gpu.machine.billed_seconds == pytest.approx(generator.last_run.billed_seconds(), abs=0.3)
 
 
 @pytest.mark.parametrize("when", ["booting", "generating"])
 async def test_abort_stops_the_machine_and_keeps_images(tmp_path: Path, when: str, backend: str) -> None:
     settings = fast_settings(tmp_path, buckets__fallback__max=200, gpu__simulated__step_time="5ms")
-    async with running_engine(settings) as (engine, gpu):
-        with engine.events.subscribe() as subscription:
-            engine.refill()
+    async with running_generator(settings) as (generator, gpu):
+        with generator.events.subscribe() as subscription:
+            generator.refill()
             if when == "booting":
                 await wait_for_event(subscription, "state", lambda d: d.get("machine_state") == "starting")
             else:
                 await wait_for_event(subscription, "image", lambda d: True)
-            assert engine.abort().state == when
+            assert generator.abort().state == when
             await states_until_idle(subscription)
-        run = engine.last_run
+        run = generator.last_run
         assert run is not None and run.outcome == "aborted" and run.error == "aborted by the owner"
         assert gpu.machine.state == "off"
-        stored = engine.buckets["unique"].count() + engine.buckets["fallback"].count()
+        stored = generator.buckets["unique"].count() + generator.buckets["fallback"].count()
         assert stored == run.done and (stored > 0) == (when == "generating")
 
 
 async def test_abort_while_shutting_down_changes_nothing(tmp_path: Path) -> None:
-    async with running_engine(fast_settings(tmp_path, gpu__simulated__stop_delay="500ms")) as (engine, gpu):
-        with engine.events.subscribe() as subscription:
-            engine.refill(["unique"])
+    async with running_generator(fast_settings(tmp_path, gpu__simulated__stop_delay="500ms")) as (generator, gpu):
+        with generator.events.subscribe() as subscription:
+            generator.refill(["unique"])
             await wait_for_event(subscription, "state", lambda d: d["state"] == "shutting_down")
-            assert engine.abort().state == "shutting_down"
+            assert generator.abort().state == "shutting_down"
             await states_until_idle(subscription)
-        assert engine.last_run is not None and engine.last_run.outcome == "completed"
+        assert generator.last_run is not None and generator.last_run.outcome == "completed"
         assert gpu.machine.state == "off"
 
 
 async def test_boot_timeout_fails_and_stops(tmp_path: Path) -> None:
     settings = fast_settings(tmp_path, gpu__ready_timeout="1s", gpu__simulated__faults=["never_ready"])
-    async with running_engine(settings) as (engine, gpu):
-        run, _ = await run_to_end(engine)
+    async with running_generator(settings) as (generator, gpu):
+        run, _ = await run_to_end(generator)
         assert run["outcome"] == "failed" and "ready" in run["error"]
         assert run["done"] == 0 and gpu.machine.state == "off"
 
@@ -133,23 +133,23 @@ async def test_a_run_past_max_run_duration_is_ended_and_stops(tmp_path: Path) ->
     # a loaded machine seconds to boot and store the first images, which the run keeps.
     settings = fast_settings(tmp_path, generator__max_run_duration="5s", buckets__fallback__max=500,
                              gpu__simulated__step_time="20ms")
-    async with running_engine(settings) as (engine, gpu):
-        with engine.events.subscribe() as subscription:
-            engine.refill()
+    async with running_generator(settings) as (generator, gpu):
+        with generator.events.subscribe() as subscription:
+            generator.refill()
             await wait_for_event(subscription, "image", lambda d: True)  # generating when the limit strikes
             await states_until_idle(subscription)
-        run = engine.last_run
+        run = generator.last_run
         assert run is not None and run.outcome == "failed"
         assert run.error == "the run exceeded max_run_duration (5s)"
-        stored = engine.buckets["unique"].count() + engine.buckets["fallback"].count()
+        stored = generator.buckets["unique"].count() + generator.buckets["fallback"].count()
         assert 0 < run.done == stored < 504 and gpu.machine.state == "off"
 
 
 async def test_failing_start_event_fails_fast_and_stops(tmp_path: Path) -> None:
     settings = fast_settings(tmp_path, gpu__ready_timeout="10m", gpu__simulated__faults=["start_error"])
-    async with running_engine(settings) as (engine, gpu):
+    async with running_generator(settings) as (generator, gpu):
         started = time.monotonic()
-        run, _ = await run_to_end(engine)
+        run, _ = await run_to_end(generator)
         assert run["outcome"] == "failed"
         assert "capacity" in run["error"] or "not enough free GPUs" in run["error"]  # Paperspace's words, RunPod's
         assert time.monotonic() - started < 60  # not the 10-minute ready_timeout
@@ -158,8 +158,8 @@ async def test_failing_start_event_fails_fast_and_stops(tmp_path: Path) -> None:
 
 async def test_sd_errors_end_the_run_after_consecutive_failures(tmp_path: Path, backend: str) -> None:
     settings = fast_settings(tmp_path, generator__max_consecutive_failures=3, gpu__simulated__faults=["sd_500"])
-    async with running_engine(settings) as (engine, gpu):
-        run, _ = await run_to_end(engine)
+    async with running_generator(settings) as (generator, gpu):
+        run, _ = await run_to_end(generator)
         assert run["outcome"] == "failed"
         assert "3 image requests failed in a row" in run["error"] and "out of memory" in run["error"].lower()
         assert run["done"] == 0 and run["failed"] >= 2 and gpu.machine.state == "off"
@@ -168,8 +168,8 @@ async def test_sd_errors_end_the_run_after_consecutive_failures(tmp_path: Path, 
 async def test_a_run_that_stored_nothing_is_failed_not_completed(tmp_path: Path, backend: str) -> None:
     settings = fast_settings(tmp_path, generator__max_consecutive_failures=10, generator__image_retries=0,
                              gpu__simulated__faults=["sd_500"])
-    async with running_engine(settings) as (engine, gpu):
-        run, _ = await run_to_end(engine, ["unique"])  # 2 requests of 2: fewer failures than the limit
+    async with running_generator(settings) as (generator, gpu):
+        run, _ = await run_to_end(generator, ["unique"])  # 2 requests of 2: fewer failures than the limit
         assert run["outcome"] == "failed" and run["error"].startswith("no image could be made; last error:")
         assert (run["done"], run["failed"]) == (0, 4) and gpu.machine.state == "off"
 
@@ -177,30 +177,30 @@ async def test_a_run_that_stored_nothing_is_failed_not_completed(tmp_path: Path,
 @pytest.mark.parametrize("fault", ["sd_invalid_image", "sd_garbage"])
 async def test_bad_sd_answers_fail_the_run_and_store_nothing(tmp_path: Path, fault: str, backend: str) -> None:
     settings = fast_settings(tmp_path, generator__max_consecutive_failures=2, gpu__simulated__faults=[fault])
-    async with running_engine(settings) as (engine, gpu):
-        run, _ = await run_to_end(engine)
+    async with running_generator(settings) as (generator, gpu):
+        run, _ = await run_to_end(generator)
         assert run["outcome"] == "failed" and run["done"] == 0
         assert gpu.machine.state == "off"
         for name, bucket in settings.buckets.items():
-            assert engine.buckets[name].count() == 0
+            assert generator.buckets[name].count() == 0
             assert not list(bucket.dir.glob("*.webp"))
 
 
 async def test_an_exception_in_our_own_code_still_stops_the_machine(tmp_path: Path) -> None:
     settings = fast_settings(tmp_path)
-    async with running_engine(settings) as (engine, gpu):
+    async with running_generator(settings) as (generator, gpu):
         work = settings.buckets.unique.dir / ".tmp"
         work.rmdir()
         work.write_text("not a folder")  # publishing will hit NotADirectoryError
-        run, _ = await run_to_end(engine, ["unique"])
+        run, _ = await run_to_end(generator, ["unique"])
         assert run["outcome"] == "failed" and "Not a directory" in run["error"]
         assert gpu.machine.state == "off"
 
 
 async def test_a_failing_stop_is_retried_until_confirmed(tmp_path: Path) -> None:
     settings = fast_settings(tmp_path, gpu__simulated__faults=["stop_500"])
-    async with running_engine(settings) as (engine, gpu):
-        run, _ = await run_to_end(engine, ["unique"])
+    async with running_generator(settings) as (generator, gpu):
+        run, _ = await run_to_end(generator, ["unique"])
         assert run["outcome"] == "completed"
         assert gpu.machine.state == "off"
 
@@ -208,16 +208,16 @@ async def test_a_failing_stop_is_retried_until_confirmed(tmp_path: Path) -> None
 async def test_external_stop_mid_run_fails_the_run_and_machine_ends_off(tmp_path: Path, backend: str) -> None:
     settings = fast_settings(tmp_path, buckets__fallback__max=40, generator__max_consecutive_failures=2,
                              gpu__simulated__faults=["external_stop"])
-    async with running_engine(settings) as (engine, gpu):
-        run, _ = await run_to_end(engine)
+    async with running_generator(settings) as (generator, gpu):
+        run, _ = await run_to_end(generator)
         assert run["outcome"] == "failed"
         assert gpu.machine.state == "off"
 
 
 async def test_missing_checkpoint_fails_before_any_image(tmp_path: Path, backend: str) -> None:
     settings = fast_settings(tmp_path, sd__checkpoint="a-stranger.safetensors")
-    async with running_engine(settings) as (engine, gpu):
-        run, _ = await run_to_end(engine)
+    async with running_generator(settings) as (generator, gpu):
+        run, _ = await run_to_end(generator)
         assert run["outcome"] == "failed" and "a-stranger.safetensors" in run["error"]
         assert run["done"] == 0 and gpu.machine.state == "off"
 
@@ -227,8 +227,8 @@ async def test_the_checkpoint_by_its_file_name_fills_the_buckets_with_the_owners
                                                                                        webui: str) -> None:
     settings = fast_settings(tmp_path, sd__checkpoint="cjs-dreambooth.safetensors", buckets__fallback__max=3,
                              buckets__unique__max=0, gpu__simulated__webui=webui)
-    async with running_engine(settings) as (engine, gpu):
-        run, _ = await run_to_end(engine)
+    async with running_generator(settings) as (generator, gpu):
+        run, _ = await run_to_end(generator)
         assert (run["outcome"], run["done"]) == ("completed", 3)
         assert gpu.machine.state == "off"
     models = {json.loads(sidecar.read_text())["model"] for sidecar in (tmp_path / "data" / "fallback").glob("*.json")}
@@ -242,46 +242,46 @@ async def test_machine_running_at_start_up_is_stopped(tmp_path: Path) -> None:
         gpu.machine.start()  # a crash left it running
         await gpu.machine.wait_for("ready")
 
-    async with running_engine(settings, before_start=start_machine) as (engine, gpu):
-        assert engine.state == "shutting_down"  # no run may start before the orphan is off
+    async with running_generator(settings, before_start=start_machine) as (generator, gpu):
+        assert generator.state == "shutting_down"  # no run may start before the orphan is off
         with pytest.raises(RunActive):
-            engine.refill()
-        await engine.wait_idle()
-        assert engine.state == "idle" and gpu.machine.state == "off"
+            generator.refill()
+        await generator.wait_idle()
+        assert generator.state == "idle" and gpu.machine.state == "off"
 
 
 async def test_automatic_check_fills_only_due_buckets(tmp_path: Path) -> None:
     settings = fast_settings(tmp_path, buckets__unique__min=2, generator__check_every="1h")
-    async with running_engine(settings) as (engine, _gpu):
-        await wait_until(lambda: engine.last_run is not None)
-        assert engine.last_run is not None and engine.last_run.trigger == "auto"
-        assert engine.last_run.outcome == "completed"
-        assert engine.buckets["unique"].count() == 4 and engine.buckets["fallback"].count() == 0
-        assert engine.auto_check() is None  # nothing due any more
+    async with running_generator(settings) as (generator, _gpu):
+        await wait_until(lambda: generator.last_run is not None)
+        assert generator.last_run is not None and generator.last_run.trigger == "auto"
+        assert generator.last_run.outcome == "completed"
+        assert generator.buckets["unique"].count() == 4 and generator.buckets["fallback"].count() == 0
+        assert generator.auto_check() is None  # nothing due any more
 
 
 async def test_failed_automatic_run_doubles_the_wait(tmp_path: Path) -> None:
     settings = fast_settings(tmp_path, buckets__unique__min=2, generator__check_every="1h",
                              generator__max_consecutive_failures=1, gpu__simulated__faults=["sd_500"])
-    async with running_engine(settings) as (engine, _gpu):
-        await wait_until(lambda: engine.last_run is not None)
-        assert engine.last_run is not None and engine.last_run.outcome == "failed"
-        assert engine.next_check_at is not None
-        assert engine.next_check_at - time.time() == pytest.approx(7200, abs=60)
+    async with running_generator(settings) as (generator, _gpu):
+        await wait_until(lambda: generator.last_run is not None)
+        assert generator.last_run is not None and generator.last_run.outcome == "failed"
+        assert generator.next_check_at is not None
+        assert generator.next_check_at - time.time() == pytest.approx(7200, abs=60)
 
 
 async def test_daily_budget_stops_automatic_runs(tmp_path: Path) -> None:
     settings = fast_settings(tmp_path, buckets__unique__min=2, gpu__daily_budget=0.0)
-    async with running_engine(settings) as (engine, gpu):
-        await wait_until(lambda: engine.paused_reason is not None)
-        assert "daily budget reached" in (engine.status()["paused_reason"] or "")
-        assert engine.run is None and gpu.machine.billed_seconds == 0
+    async with running_generator(settings) as (generator, gpu):
+        await wait_until(lambda: generator.paused_reason is not None)
+        assert "daily budget reached" in (generator.status()["paused_reason"] or "")
+        assert generator.run is None and gpu.machine.billed_seconds == 0
 
 
 async def test_cost_ledger_survives_restart(tmp_path: Path) -> None:
     settings = fast_settings(tmp_path)
-    async with running_engine(settings) as (engine, _gpu):
-        run, _ = await run_to_end(engine, ["unique"])
+    async with running_generator(settings) as (generator, _gpu):
+        run, _ = await run_to_end(generator, ["unique"])
     ledger = CostLedger(settings.server.data_dir / "ledger.sqlite3")
     spend = ledger.spend()
     assert spend.billed_seconds_today == pytest.approx(run["billed_seconds"], abs=0.2)
@@ -314,14 +314,14 @@ async def test_always_on_machine_is_used_as_it_is_never_started_or_stopped(tmp_p
         settings = fast_settings(tmp_path, gpu__provider="always_on", sd__url=gpu.sd_url)
         buckets = folder_buckets(settings)
         ledger = await FileLedger.open(settings.server.data_dir / "ledger.sqlite3")
-        engine = Generator(settings, buckets, make_provider(settings), ledger, EventHub())
-        await engine.start()
+        generator = Generator(settings, buckets, make_provider(settings), ledger, EventHub())
+        await generator.start()
         try:
-            run, states = await run_to_end(engine, ["unique"])
-            assert engine.status()["gpu"] == {"provider": "always_on", "machine_state": "ready", "notes": []}
-            assert engine.status()["cost"]["today"] == 0
+            run, states = await run_to_end(generator, ["unique"])
+            assert generator.status()["gpu"] == {"provider": "always_on", "machine_state": "ready", "notes": []}
+            assert generator.status()["cost"]["today"] == 0
         finally:
-            await engine.close()
+            await generator.close()
             await ledger.aclose()
         assert states == ["booting", "generating", "shutting_down", "idle"]
         assert run["outcome"] == "completed" and run["done"] == 4

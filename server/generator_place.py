@@ -1,0 +1,69 @@
+"""Where the generator runs, as one server process knows it: here (this process holds the generator's seat and
+its Generator), or in another worker or replica, which the owner's requests reach through the forwarder.
+
+The place changes in two ways only, each by one method: the generator host reports the generator started or
+stopped here (`moved`), and a forwarded request that found nobody to answer it teaches the reason
+(`forward`). The handlers ask; they never set it.
+"""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from avatargen.generator import Generator
+from server.forwarding import Forwarder, GeneratorUnreachable
+
+# Why this process does not run the generator once it stopped here: another process holds the seat now.
+ELSEWHERE = "the generator runs in another process"
+# Why, when no reason is known yet (start-up found the seat taken, or no process holds it).
+NOT_RUNNING = "the generator is not running"
+
+
+class GeneratorPlace:
+    """The generator of this process, or how to reach it elsewhere and why it is not here."""
+
+    def __init__(self, forwarder: Forwarder) -> None:
+        self.forwarder = forwarder
+        self._here: Generator | None = None
+        self._why_elsewhere: str | None = None  # None until something told this process
+
+    @property
+    def here(self) -> Generator | None:
+        """This process's generator, while it holds the seat."""
+        return self._here
+
+    @property
+    def why_elsewhere(self) -> str | None:
+        """What this process last learned of why the generator is not here (None: nothing yet)."""
+        return self._why_elsewhere
+
+    def generator(self) -> Generator:
+        """The generator of this process; `GeneratorElsewhere` (with the reason) when another one runs it."""
+        if self._here is None:
+            raise GeneratorElsewhere(self._why_elsewhere or NOT_RUNNING)
+        return self._here
+
+    def moved(self, generator: Generator | None) -> None:
+        """The generator host's news: the generator started here, or (None) stopped here."""
+        self._here = generator
+        if generator is None:
+            self._why_elsewhere = ELSEWHERE
+
+    def forwards(self, *, stream: bool = False) -> bool:
+        """Whether an owner's request goes to the generator's process: it runs elsewhere, and for the event
+        stream the forwarder can stream (else each process relays the events into its own hub)."""
+        return self._here is None and (not stream or self.forwarder.streams)
+
+    async def forward(self, request: Request, *, stream: bool = False) -> Response:
+        """The answer of the generator's process; when it cannot be reached, remember why (the status and the
+        503s say so) and raise `GeneratorUnreachable`."""
+        try:
+            return await self.forwarder.forward(request, stream=stream)
+        except GeneratorUnreachable as exc:
+            self._why_elsewhere = str(exc)
+            raise
+
+
+class GeneratorElsewhere(Exception):
+    """This process does not run the generator; the message says why, as far as it knows."""
