@@ -30,9 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from avatargen.buckets import IMAGE_SUFFIX, META_SUFFIX
 from avatargen.config import BUCKET_NAMES, Settings
-from avatargen.lock import GeneratorLock
+from avatargen.storage.files.lock import GeneratorLock
+from avatargen.storage.files.paths import IMAGE_SUFFIX, META_SUFFIX
 from avatargen.timestamps import utc_iso
 
 FORMAT = 1

@@ -24,10 +24,11 @@ from avatargen.api.wire import (
     ServerEvent,
     encode_event,
 )
-from avatargen.buckets import ImageNotFound, check_id
 from avatargen.config import Settings
 from avatargen.events import EventHub
 from avatargen.generator.views import bucket_levels, image_info
+from avatargen.storage.errors import ImageNotFound
+from avatargen.storage.models import check_id
 from avatargen.storage.protocols import StoredBucket
 
 log = logging.getLogger("avatargen.owner")

@@ -66,12 +66,12 @@ from PIL import Image
 
 from avatargen.api import NewImage, ServerEvent, StateChange
 from avatargen.api.client import AdminError, Unreachable
-from avatargen.buckets import open_buckets
 from avatargen.config import load_settings
 from avatargen.durations import parse_duration
 from avatargen.imaging import ImageError, check_webp
 from avatargen.sd.workflow import BUILTIN_GRAPH
 from avatargen.simulator.faults import faults_for
+from avatargen.storage.files.bucket import open_buckets
 from avatargen.testing import RedisServer, Service, Simulator
 from benchmarks import redis_blip
 from benchmarks.harness import (
@@ -394,7 +394,7 @@ class Matrix:
                     with self._server(config, "restarted.log", simulator) as restarted:
                         Admin(restarted.url).wait_generator_started()  # after the start-up check stopped it
                         settle(row, simulator, self.poll_every)
-                        # whichever took the generator's seat: the restarted server or the visitor-only twin
+                        # whichever took the generator's lease: the restarted server or the visitor-only twin
                         stopped = any("no run is active: stopping it" in service.log_text()
                                       for service in (restarted, twin))
             finally:

@@ -38,7 +38,8 @@ from avatargen.durations import parse_duration
 from avatargen.events import EventHub
 from avatargen.generator import AvatarGenerator
 from avatargen.simulator.runner import SimulatedGpu
-from avatargen.storage.folders import FileLedger, folder_buckets
+from avatargen.storage.files.folder_bucket import folder_buckets
+from avatargen.storage.files.ledger import FileLedger
 from benchmarks.harness import ROOT, parse_args, scratch, write_config
 from benchmarks.report import fmt, print_machine, print_table, verdict
 

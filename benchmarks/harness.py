@@ -2,7 +2,7 @@
 
 Benchmarks measure the product as the owner runs it: `avatargen serve` as its own process (the same
 command line), the simulated GPU as a process of its own when a machine must outlive a server (both
-from `avatargen.testing`, which the tests share), and buckets filled with `Bucket.publish`, as the
+from `avatargen.testing`, which the tests share), and buckets filled with `Bucket.images.publish`, as the
 generator fills them.
 """
 
@@ -18,9 +18,9 @@ from typing import Any, TypeVar
 
 from avatargen import testing
 from avatargen.api import AdminClient, RunView, ServerEvent, StateChange, Status
-from avatargen.buckets import Bucket
 from avatargen.imaging import to_avatar_webp
 from avatargen.simulator.drawing import draw_avatar
+from avatargen.storage.files.bucket import Bucket
 from avatargen.testing import START_TIMEOUT, Service
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,7 +82,7 @@ def sample_avatars(count: int, size: int = 256, quality: int = 60) -> list[bytes
 
 def publish(bucket: Bucket, images: Sequence[bytes]) -> list[str]:
     """Publish images into a bucket as the generator does; their ids."""
-    return [bucket.publish(image, {"prompt": "benchmark", "backend": "benchmark"}).id for image in images]
+    return [bucket.images.publish(image, {"prompt": "benchmark", "backend": "benchmark"}).id for image in images]
 
 
 class Admin:

@@ -16,8 +16,8 @@ import argparse
 import sys
 import time
 
-from avatargen.buckets import open_buckets
 from avatargen.config import load_settings
+from avatargen.storage.files.bucket import open_buckets
 from avatargen.testing import Simulator
 from benchmarks.harness import (
     Admin,

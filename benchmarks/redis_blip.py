@@ -18,8 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from avatargen.config import StorageSettings
-from avatargen.storage.redis_buckets import RedisBucket
-from avatargen.storage.redis_connection import RedisStorage
+from avatargen.storage.redis.buckets import RedisBucket
+from avatargen.storage.redis.connection import RedisStorage
 from avatargen.testing import RedisServer, running_redis
 from benchmarks.harness import Admin, write_config
 

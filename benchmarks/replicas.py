@@ -24,10 +24,10 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from avatargen.buckets import open_buckets
 from avatargen.config import StorageSettings, load_settings
-from avatargen.storage.redis_buckets import RedisBucket
-from avatargen.storage.redis_connection import RedisStorage
+from avatargen.storage.files.bucket import open_buckets
+from avatargen.storage.redis.buckets import RedisBucket
+from avatargen.storage.redis.connection import RedisStorage
 from avatargen.testing import RedisServer, Service, running_redis
 from benchmarks.harness import avatargen_server, parse_args, publish, sample_avatars, scratch, write_config
 from benchmarks.report import fmt, median, percentile, print_machine, print_table

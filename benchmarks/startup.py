@@ -5,7 +5,7 @@ the spawn to the first `GET /avatar` answered with 200 (uvicorn opens the port o
 start-up is done, so this is also how long the port stays closed). It also reads the CPU time the
 server process had used by then: on a machine shared with other work the wall time varies a lot, the
 CPU time hardly. The buckets are filled the way an
-owner restoring a backup fills them: a few avatars published with `Bucket.publish`, then copied under
+owner restoring a backup fills them: a few avatars published with `Bucket.images.publish`, then copied under
 fresh ids (hard links: the same bytes, and the fill takes seconds, not minutes). Rows:
 - empty buckets: the floor (interpreter, imports, SQLite, the simulated GPU);
 - half uniques, half fallbacks, every unique with its framed copy, as the generator leaves them;
@@ -24,8 +24,9 @@ import sys
 import time
 from pathlib import Path
 
-from avatargen.buckets import Bucket, new_id, open_buckets
 from avatargen.config import load_settings
+from avatargen.storage.files.bucket import Bucket, open_buckets
+from avatargen.storage.models import new_id
 from benchmarks.harness import avatargen_server, parse_args, publish, sample_avatars, scratch, write_config
 from benchmarks.report import fmt, median, print_machine, print_table, verdict
 

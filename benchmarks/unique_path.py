@@ -21,8 +21,8 @@ import sys
 import time
 from pathlib import Path
 
-from avatargen.buckets import open_buckets
 from avatargen.config import load_settings
+from avatargen.storage.files.bucket import open_buckets
 from avatargen.testing import Service, free_port
 from avatargen.variants import unpack
 from benchmarks.harness import (

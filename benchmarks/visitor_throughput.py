@@ -31,8 +31,8 @@ from email.utils import formatdate
 
 import httpx
 
-from avatargen.buckets import open_buckets
 from avatargen.config import load_settings
+from avatargen.storage.files.bucket import open_buckets
 from avatargen.testing import Service, free_port
 from avatargen.variants import AVIF, JPEG, variant
 from benchmarks.harness import (

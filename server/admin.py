@@ -24,10 +24,11 @@ from starlette.routing import Mount, Route
 
 from avatargen import prompts as prompt_composer
 from avatargen.api.wire import PROMPT_LIST_MAX, PROMPT_TEXT_MAX, ImageInfo
-from avatargen.buckets import ImageNotFound, check_id
 from avatargen.config import BUCKET_NAMES, ConfigError, update_prompts
 from avatargen.generator import AvatarGenerator, NothingToDo, NotRunning, RunActive
 from avatargen.owner_actions import Refused
+from avatargen.storage.errors import ImageNotFound
+from avatargen.storage.models import check_id
 from server.admin_guard import OwnerOnly
 from server.errors import FieldError, echo
 from server.forwarding import GeneratorUnreachable, read_answer

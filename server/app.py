@@ -30,13 +30,13 @@ from avatargen.notify import Notifier, Sender, Watcher
 from avatargen.owner_actions import OwnerActions
 from avatargen.redact import RedactingFilter
 from avatargen.storage.backend import Backend, open_backend
-from avatargen.storage.redis_connection import StorageUnavailable
-from avatargen.storage.redis_events import EventRelay
+from avatargen.storage.errors import StorageUnavailable
+from avatargen.storage.redis.events import EventRelay
 from avatargen.tasks import background
 from server.admin import admin_api
 from server.admin_token import resolve_admin_token
 from server.errors import ERROR_HANDLERS
-from server.forwarding import Forwarder, RedisDesk, RedisForwarder, SocketForwarder, serving_on_socket
+from server.forwarding import Forwarder, RedisForwarder, RedisForwardReceiver, SocketForwarder, serving_on_socket
 from server.generator_host import GeneratorHost, hosting
 from server.generator_place import GeneratorPlace
 from server.metrics import Measured, Tally, counters, metrics_route
@@ -156,14 +156,14 @@ async def forwarding(settings: Settings, backend: Backend, events: EventHub) -> 
 @contextlib.asynccontextmanager
 async def hosting_the_generator(services: Services, backend: Backend,
                                 visitor: VisitorService) -> AsyncIterator[None]:
-    """The generator runs here while this process holds its seat, and stands by otherwise; the block starts
+    """The generator runs here while this process holds its lease, and stands by otherwise; the block starts
     once start-up knows which (see server.generator_host). The place hears of every move."""
-    seat = backend.seat()
-    # Among replicas, every machine call waits for the lease confirmed (see GeneratorSeat.confirm); a lock
+    lease = backend.generator_lease()
+    # Among replicas, every machine call waits for the lease confirmed (see GeneratorLease.confirm); a lock
     # file is never lost while this process lives, and its machine calls keep the provider's own timeout.
-    fence = seat.confirm if backend.redis is not None else None
+    fence = lease.confirm if backend.redis is not None else None
     factory = partial(running_generator, services=services, backend=backend, visitor=visitor, fence=fence)
-    host = GeneratorHost(seat, factory, on_change=services.place.moved)
+    host = GeneratorHost(lease, factory, on_change=services.place.moved)
     async with hosting(host):
         if services.place.here is None:
             await _say_where_the_generator_runs(host)
@@ -173,7 +173,7 @@ async def hosting_the_generator(services: Services, backend: Backend,
 @contextlib.asynccontextmanager
 async def running_generator(took_over: bool, *, services: Services, backend: Backend, visitor: VisitorService,
                             fence: Fence | None) -> AsyncIterator[AvatarGenerator]:
-    """The generator of this process while it holds the seat, with what only its process does: the provider
+    """The generator of this process while it holds the lease, with what only its process does: the provider
     (the simulated GPU in demo mode), the framing left by recovery, answering the other processes' requests,
     and watching for what to tell the owner."""
     settings = services.settings
@@ -196,7 +196,7 @@ def answering_forwarded_requests(services: Services, backend: Backend) -> Abstra
     internal = Starlette(routes=[admin_api(internal=True)], exception_handlers=ERROR_HANDLERS)
     internal.state.services = services
     if backend.redis is not None:
-        return background(RedisDesk(backend.redis, internal).run(), "generator desk")
+        return background(RedisForwardReceiver(backend.redis, internal).run(), "forwarded requests")
     return serving_on_socket(internal, generator_socket(services.settings.server.data_dir))
 
 
@@ -204,7 +204,7 @@ async def _say_where_the_generator_runs(host: GeneratorHost) -> None:
     """Log who runs the generator, when start-up found it elsewhere; a Redis that does not answer yet is no
     reason not to start: the host takes the lease once it answers, and meanwhile visitors are served."""
     try:
-        holder = await host.seat.holder()
+        holder = await host.lease.holder()
     except StorageUnavailable:
         log.warning("the generator starts here or in another replica once Redis answers; meanwhile this process "
                     "serves visitors (local fallbacks or the placeholder)")

@@ -88,7 +88,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         notes += sd_notes
         warnings += sd_warnings
     if settings.storage.backend == "redis":
-        from avatargen.storage.redis_connection import ask_redis
+        from avatargen.storage.redis.connection import ask_redis
 
         if problem := asyncio.run(ask_redis(settings.storage)):
             warnings.append(problem)
@@ -102,7 +102,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from avatargen.lock import DataFolderInUse
+    from avatargen.storage.files.lock import DataFolderInUse
     from server.serve import CannotListen, serve
 
     settings = _load(args)

@@ -10,7 +10,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
-from avatargen.storage.redis_connection import StorageUnavailable
+from avatargen.storage.errors import StorageUnavailable
 
 ADMIN_PREFIX = "/admin/"
 ECHO_LIMIT = 60  # characters of a client's own value worth repeating back in an error message

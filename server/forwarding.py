@@ -7,7 +7,7 @@ so the status, the refill and abort answers and the event stream (with its event
 worker's own. Among replicas that share a Redis, a request and its answer travel through Redis: the
 requests go into a list the generator's replica reads, each answer into a key of its own that the
 replica forwarding it waits on. The event stream is not forwarded there: the events come through the
-relay (`avatargen.storage.redis_events`) into every replica's own hub.
+relay (`avatargen.storage.redis.events`) into every replica's own hub.
 
 The owner has been checked (address, token) by the process the request came to; the generator's process
 answers forwarded requests without checking again, on a socket or in a Redis only its peers reach.
@@ -36,7 +36,8 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import ASGIApp
 
 from avatargen.embedded_server import EmbeddedServer
-from avatargen.storage.redis_connection import Outage, RedisStorage, StorageUnavailable
+from avatargen.storage.errors import StorageUnavailable
+from avatargen.storage.redis.connection import Outage, RedisStorage
 from server.socket_transport import socket_transport
 
 log = logging.getLogger("avatargen.server")
@@ -200,7 +201,7 @@ class RedisForwarder:
         """Nothing to close: the client belongs to the process's storage."""
 
 
-class RedisDesk:
+class RedisForwardReceiver:
     """The generator's side of `RedisForwarder`: answers the forwarded requests with `app` (the admin API
     without the owner check), for as long as it runs. Requests past their deadline are dropped unanswered:
     their sender has given up, and a refill long asked for must not start now."""

@@ -1,12 +1,12 @@
-"""Runs the generator in this process while it holds the generator's seat, and stands by otherwise.
+"""Runs the generator in this process while it holds the generator's lease, and stands by otherwise.
 
-Every worker and every replica starts one of these; exactly one holds the seat (a lock file among the
+Every worker and every replica starts one of these; exactly one holds the lease (a lock file among the
 workers of one machine, a lease in Redis among replicas) and runs the generator. The others wait for
-the seat: when its holder dies, one of them takes over, and the generator's start-up stops a machine
+the lease: when its holder dies, one of them takes over, and the generator's start-up stops a machine
 the dead holder left on. A holder that loses a lease (Redis unreachable for its whole ttl, or a replica
 that took over after this one stalled) stops its generator at once, "lost the generator lease": the run
 is aborted, and it stands by again. The machine is stopped only if the lease is still confirmed (see
-`GeneratorSeat.confirm`): otherwise it belongs to the new holder, which stopped it when it took over.
+`GeneratorLease.confirm`): otherwise it belongs to the new holder, which stopped it when it took over.
 """
 
 from __future__ import annotations
@@ -18,42 +18,42 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 
 from avatargen.generator import AvatarGenerator
-from avatargen.storage.protocols import GeneratorSeat
-from avatargen.storage.redis_connection import LeaseLost, StorageUnavailable
+from avatargen.storage.errors import LeaseLost, StorageUnavailable
+from avatargen.storage.protocols import GeneratorLease
 from avatargen.tasks import background
 
 log = logging.getLogger("avatargen.server")
 
 # The generator with what it needs (a simulated GPU, say), started on entry and closed on exit; its argument
-# says whether the generator came here from another process (the seat was taken when this one started).
+# says whether the generator came here from another process (the lease was taken when this one started).
 GeneratorFactory = Callable[[bool], AbstractAsyncContextManager[AvatarGenerator]]
 
 
 class GeneratorHost:
     """`on_change` hears of the generator when it starts here and of None when it stops."""
 
-    def __init__(self, seat: GeneratorSeat, factory: GeneratorFactory, *,
+    def __init__(self, lease: GeneratorLease, factory: GeneratorFactory, *,
                  on_change: Callable[[AvatarGenerator | None], None] = lambda generator: None) -> None:
-        self.seat = seat
+        self.lease = lease
         self.factory = factory
         self.on_change = on_change
-        # Set once start-up knows where the generator runs: started here, or the seat found taken.
+        # Set once start-up knows where the generator runs: started here, or the lease found taken.
         self.settled = asyncio.Event()
-        # Whether the generator came here from another process (the seat was taken when this one started).
+        # Whether the generator came here from another process (the lease was taken when this one started).
         self.took_over = False
 
     async def run(self) -> None:
-        """Hold the seat and run the generator, for ever (cancel it at shutdown: the run is aborted and the
-        machine stopped, then the seat given up for the next holder)."""
+        """Hold the lease and run the generator, for ever (cancel it at shutdown: the run is aborted and the
+        machine stopped, then the lease given up for the next holder)."""
         try:
-            held = await self.seat.acquire()
+            held = await self.lease.acquire()
         except StorageUnavailable as exc:
             log.warning("%s; the generator starts once it answers", exc)
             held = False
         while True:
             if not held:
                 self.settled.set()
-                await self.seat.wait_acquire()
+                await self.lease.wait_acquire()
                 self.took_over = True
             try:
                 await self._serve()
@@ -67,14 +67,14 @@ class GeneratorHost:
                 self.on_change(generator)
                 self.settled.set()
                 try:
-                    await self.seat.keep()
+                    await self.lease.keep()
                 except LeaseLost as exc:
                     generator.stand_down(f"lost the generator lease ({exc})")
                     raise
                 finally:
                     self.on_change(None)
         finally:
-            await self.seat.release()
+            await self.lease.release()
 
 
 @contextlib.asynccontextmanager

@@ -1,4 +1,4 @@
-"""Where the generator runs, as one server process knows it: here (this process holds the generator's seat and
+"""Where the generator runs, as one server process knows it: here (this process holds the generator's lease and
 its `AvatarGenerator`), or in another worker or replica, which the owner's requests reach through the forwarder.
 
 The place changes in two ways only, each by one method: the generator host reports the generator started or
@@ -14,9 +14,9 @@ from starlette.responses import Response
 from avatargen.generator import AvatarGenerator
 from server.forwarding import Forwarder, GeneratorUnreachable
 
-# Why this process does not run the generator once it stopped here: another process holds the seat now.
+# Why this process does not run the generator once it stopped here: another process holds the lease now.
 ELSEWHERE = "the generator runs in another process"
-# Why, when no reason is known yet (start-up found the seat taken, or no process holds it).
+# Why, when no reason is known yet (start-up found the lease taken, or no process holds it).
 NOT_RUNNING = "the generator is not running"
 
 
@@ -30,7 +30,7 @@ class GeneratorPlace:
 
     @property
     def here(self) -> AvatarGenerator | None:
-        """This process's generator, while it holds the seat."""
+        """This process's generator, while it holds the lease."""
         return self._here
 
     @property

@@ -11,12 +11,12 @@ import os
 import tempfile
 from pathlib import Path
 
-from avatargen.buckets import open_buckets
 from avatargen.config import ConfigError, Settings
 from avatargen.files import private_folder
 from avatargen.gpu import check_settings
 from avatargen.gpu.providing import check_simulated
 from avatargen.sd import check_backend
+from avatargen.storage.files.bucket import open_buckets
 from server.logs import log_path, open_private
 from server.socket_place import generator_socket
 

@@ -27,8 +27,8 @@ from uvicorn.supervisors import Multiprocess
 
 from avatargen import review
 from avatargen.config import ServerSettings, Settings
-from avatargen.lock import DataFolderLock
 from avatargen.sockets import bound_socket
+from avatargen.storage.files.lock import DataFolderLock
 from server.app import create_app
 from server.first_screen import first_screen, settings_in_force
 from server.listening import recorded_address

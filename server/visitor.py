@@ -1,7 +1,7 @@
 """The visitor side: `GET /avatar` (a unique when the allowance says so, else a fallback) and the demo page.
 
 Each answer is the variant asked for (`server.avatar_request`: size, format, `?d=`) with a strong ETag and
-`Vary: Accept`; the visitor's face is remembered for `serving.same_face_for` (`avatargen.faces`), so a page
+`Vary: Accept`; the visitor's face is remembered for `serving.same_face_for` (`avatargen.storage.face_memo`), so a page
 that shows the avatar twice shows one person. A unique's variants come made with it (an archive); a
 fallback's variant is made on first use, in a worker thread, and kept with its image in memory.
 
@@ -38,13 +38,13 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from avatargen.api.wire import VisitorErrors
-from avatargen.buckets import Claim, ImageNotFound
 from avatargen.config import Settings
-from avatargen.faces import Face, FaceMemo, FaceStore
 from avatargen.imaging import ImageError, placeholder_webp
 from avatargen.metrics import VISITOR_ERRORS
-from avatargen.storage.protocols import StoredBucket, UniqueAllowance
-from avatargen.storage.redis_connection import StorageUnavailable
+from avatargen.storage.errors import ImageNotFound, StorageUnavailable
+from avatargen.storage.face_memo import FaceMemo
+from avatargen.storage.models import Claim, Face
+from avatargen.storage.protocols import FaceStore, StoredBucket, UniqueAllowance
 from avatargen.variants import (
     FORMATS,
     WEBP,
@@ -68,7 +68,7 @@ FALLBACK_CACHE_SIZE = 256
 # The bytes those images and their variants may take in one process, all told: with the real-use 2,500
 # fallbacks and a site asking for two or three variants of each, they all fit.
 FALLBACK_CACHE_BYTES = 64 * 1024 * 1024
-# The IPv6 network one client holds: the key of the face a viewer sees (`avatargen.faces`).
+# The IPv6 network one client holds: the key of the face a viewer sees (`avatargen.storage.face_memo`).
 FACE_PREFIX = 64
 # An answer that differs by the Accept header says so, so that no cache hands an AVIF to a JPEG-only client.
 VARY = (b"vary", b"Accept")

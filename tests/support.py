@@ -17,7 +17,8 @@ from avatargen.config import Settings, load_settings
 from avatargen.events import EventHub, Subscription
 from avatargen.generator import AvatarGenerator
 from avatargen.simulator import LoopbackServer, SimulatedGpu
-from avatargen.storage.folders import FileLedger, folder_buckets
+from avatargen.storage.files.folder_bucket import folder_buckets
+from avatargen.storage.files.ledger import FileLedger
 from server.app import create_app
 from server.serve import uvicorn_options
 
@@ -61,7 +62,7 @@ async def running_generator(
     """A started generator against a simulated GPU on loopback; closed (machine stopped) on exit."""
     buckets = folder_buckets(settings)
     for bucket in buckets.values():
-        bucket.folder.recover()
+        bucket.folder.repair.recover()
     async with SimulatedGpu(settings.gpu.simulated, hourly_price=settings.gpu.hourly_cost,
                             backend=settings.sd.backend) as gpu:
         ledger = await FileLedger.open(settings.server.data_dir / "ledger.sqlite3")

@@ -22,11 +22,11 @@ from avatargen.api import (
     ImageMoved,
     ImageRemoved,
 )
-from avatargen.buckets import Bucket, open_buckets
 from avatargen.config import Settings
 from avatargen.storage.backend import RedisBackend
-from avatargen.storage.redis_buckets import RedisBucket
-from avatargen.storage.redis_connection import RedisStorage
+from avatargen.storage.files.bucket import Bucket, open_buckets
+from avatargen.storage.redis.buckets import RedisBucket
+from avatargen.storage.redis.connection import RedisStorage
 from avatargen.testing import RedisServer
 from tests.support import fast_settings, serving
 from tests.test_buckets import META, webp
@@ -44,7 +44,7 @@ def settings_for(tmp_path: Path, **overrides: Any) -> Settings:
 def seed(settings: Settings, bucket: str, count: int, *, held: bool = False) -> list[str]:
     """Images stored before the server starts, as the generator would store (or hold) them."""
     store: Bucket = open_buckets(settings)[bucket]
-    return [(store.hold(webp(n), {**META, "review": HELD}) if held else store.publish(webp(n), META)).id
+    return [(store.held.hold(webp(n), {**META, "review": HELD}) if held else store.images.publish(webp(n), META)).id
             for n in range(count)]
 
 

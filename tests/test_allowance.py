@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from avatargen.allowance import Allowance
 from avatargen.config import ServingSettings
+from avatargen.storage.files.allowance import Allowance
 from server.addresses import SHARED_VISITOR, visitor_key
 
 DAY = 86_400.0

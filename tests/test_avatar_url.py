@@ -19,10 +19,10 @@ import pytest
 from PIL import Image
 
 from avatargen.api import AdminClient
-from avatargen.buckets import unique_copy
 from avatargen.config import Settings
 from avatargen.imaging import frame_unique, to_avatar_webp
 from avatargen.storage.backend import open_backend
+from avatargen.storage.framing import unique_copy
 from avatargen.testing import RedisServer
 from avatargen.variants import FORMATS, framed_variants, unpack
 from tests.support import fast_settings, serving

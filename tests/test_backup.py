@@ -12,9 +12,9 @@ import httpx
 from PIL import Image
 
 from avatargen.api import AdminClient, Status
-from avatargen.buckets import open_buckets
 from avatargen.config import load_settings
 from avatargen.imaging import to_avatar_webp
+from avatargen.storage.files.bucket import open_buckets
 from avatargen.testing import avatargen_server
 from tests.support import write_config
 
@@ -41,8 +41,9 @@ async def test_a_backup_of_a_running_server_restores_into_a_new_installation(tmp
     first = installation(tmp_path / "first")
     buckets = open_buckets(load_settings(first))
     for n in range(3):
-        buckets["unique"].publish(to_avatar_webp(Image.new("RGB", (64, 64), (n, 90, 150)), 64, 60), {"prompt": str(n)})
-    buckets["fallback"].hold(to_avatar_webp(Image.new("RGB", (64, 64), (200, 9, 9)), 64, 60), {"prompt": "held"})
+        buckets["unique"].images.publish(to_avatar_webp(Image.new("RGB", (64, 64), (n, 90, 150)), 64, 60),
+                                         {"prompt": str(n)})
+    buckets["fallback"].held.hold(to_avatar_webp(Image.new("RGB", (64, 64), (200, 9, 9)), 64, 60), {"prompt": "held"})
     backup = tmp_path / "backup"
     with avatargen_server(first, tmp_path / "first.log", token=TOKEN) as service:
         async with AdminClient(service.url, TOKEN, timeout=30) as admin, asyncio.timeout(120):

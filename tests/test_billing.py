@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from avatargen.buckets import open_buckets
 from avatargen.imaging import placeholder_webp
-from avatargen.ledger import CostLedger
+from avatargen.storage.files.bucket import open_buckets
+from avatargen.storage.files.ledger import CostLedger
 from benchmarks.storage_faults import SqliteLock
 from tests.support import fast_settings, running_generator, wait_until
 from tests.test_generator_runs import run_to_end
@@ -134,8 +134,9 @@ async def test_a_ledger_lost_while_the_server_was_down_is_reported_at_start_up(
 
 async def test_images_made_before_metadata_named_the_provider_still_reveal_a_lost_ledger(tmp_path: Path) -> None:
     settings = fast_settings(tmp_path)  # images of earlier versions said "backend": <provider>, no "provider"
-    open_buckets(settings)["unique"].publish(placeholder_webp(64), {"prompt": "old", "run_id": "20260101T000000-aa",
-                                                                    "backend": "simulated"})
+    open_buckets(settings)["unique"].images.publish(placeholder_webp(64), {"prompt": "old",
+                                                                          "run_id": "20260101T000000-aa",
+                                                                          "backend": "simulated"})
     async with running_generator(settings) as (generator, _gpu):
         problem = generator.status()["cost"]["ledger_problem"]
     assert problem is not None and "found empty" in problem and "20260101T000000-aa" in problem

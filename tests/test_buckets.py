@@ -16,8 +16,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from avatargen.buckets import Bucket, ImageNotFound, Recovery, check_and_frame, check_id, new_id
 from avatargen.imaging import frame_unique
+from avatargen.storage.errors import ImageNotFound
+from avatargen.storage.files.bucket import Bucket
+from avatargen.storage.files.repair import check_and_frame
+from avatargen.storage.models import Recovery, check_id, new_id
 
 META = {"prompt": "A painting of cjs", "seed": 7, "sampler": "DPM++ 2M", "steps": 20, "size": 256,
         "backend": "simulated", "generation_seconds": 1.5}
@@ -35,7 +38,7 @@ def names(folder: Path) -> set[str]:
 
 def test_publish_writes_image_and_sidecar_and_nothing_else(tmp_path: Path) -> None:
     bucket = Bucket("fallback", tmp_path / "fallback")
-    record = bucket.publish(webp(1), META)
+    record = bucket.images.publish(webp(1), META)
     assert check_id(record.id) == record.id
     assert names(bucket.directory) == {f"{record.id}.webp", f"{record.id}.json"}
     assert names(bucket.directory / ".tmp") == set()
@@ -43,45 +46,45 @@ def test_publish_writes_image_and_sidecar_and_nothing_else(tmp_path: Path) -> No
     assert sidecar == {**META, "created_at": record.metadata["created_at"]}
     assert sidecar["created_at"].endswith("Z")
     assert record.created_at == datetime.fromisoformat(sidecar["created_at"])
-    assert bucket.read(record.id) == webp(1)
-    assert bucket.metadata(record.id) == sidecar
+    assert bucket.images.read(record.id) == webp(1)
+    assert bucket.images.metadata(record.id) == sidecar
     assert record.path == bucket.directory / f"{record.id}.webp"
 
 
 def test_publish_keeps_a_given_created_at(tmp_path: Path) -> None:
     bucket = Bucket("fallback", tmp_path)
-    record = bucket.publish(webp(1), {**META, "created_at": "2024-01-02T03:04:05Z"})
-    assert bucket.metadata(record.id)["created_at"] == "2024-01-02T03:04:05Z"
+    record = bucket.images.publish(webp(1), {**META, "created_at": "2024-01-02T03:04:05Z"})
+    assert bucket.images.metadata(record.id)["created_at"] == "2024-01-02T03:04:05Z"
 
 
 def test_publish_refuses_bad_input(tmp_path: Path) -> None:
     bucket = Bucket("fallback", tmp_path)
     with pytest.raises(ValueError, match="stores WebP images"):
-        bucket.publish(b"\x89PNG\r\n\x1a\n....", META)
+        bucket.images.publish(b"\x89PNG\r\n\x1a\n....", META)
     with pytest.raises(ValueError, match="JSON"):
-        bucket.publish(webp(1), {"when": object()})
+        bucket.images.publish(webp(1), {"when": object()})
     with pytest.raises(ValueError, match="created_at"):
-        bucket.publish(webp(1), {"created_at": "yesterday"})
-    assert bucket.count() == 0
+        bucket.images.publish(webp(1), {"created_at": "yesterday"})
+    assert bucket.index.count() == 0
     assert names(tmp_path) == set() and names(tmp_path / ".tmp") == set()
 
 
 def test_count_newest_random_delete(tmp_path: Path) -> None:
     bucket = Bucket("fallback", tmp_path)
-    ids = [bucket.publish(webp(n), {**META, "seed": n}).id for n in range(5)]
+    ids = [bucket.images.publish(webp(n), {**META, "seed": n}).id for n in range(5)]
     assert ids == sorted(ids), "ids sort by creation time"
-    assert bucket.count() == 5
-    assert [record.id for record in bucket.newest(3)] == ids[::-1][:3]
-    assert [record.metadata["seed"] for record in bucket.newest(10)] == [4, 3, 2, 1, 0]
-    assert {bucket.random_id() for _ in range(50)} <= set(ids)
-    assert bucket.delete(ids[0]) is True
-    assert bucket.delete(ids[0]) is False
+    assert bucket.index.count() == 5
+    assert [record.id for record in bucket.images.newest(3)] == ids[::-1][:3]
+    assert [record.metadata["seed"] for record in bucket.images.newest(10)] == [4, 3, 2, 1, 0]
+    assert {bucket.index.random_id() for _ in range(50)} <= set(ids)
+    assert bucket.images.delete(ids[0]) is True
+    assert bucket.images.delete(ids[0]) is False
     assert not (tmp_path / f"{ids[0]}.json").exists()
-    assert bucket.count() == 4
+    assert bucket.index.count() == 4
     with pytest.raises(ImageNotFound, match="no image"):
-        bucket.read(ids[0])
+        bucket.images.read(ids[0])
     # another instance (another process) sees the same folder
-    assert sorted(Bucket("fallback", tmp_path).ids()) == ids[1:]
+    assert sorted(Bucket("fallback", tmp_path).index.ids()) == ids[1:]
 
 
 def test_ids_from_outside_are_validated(tmp_path: Path) -> None:
@@ -89,16 +92,16 @@ def test_ids_from_outside_are_validated(tmp_path: Path) -> None:
     (tmp_path / "secret.webp").write_bytes(webp(1))
     for bad in ("../secret", "a/b", "", ".hidden", "x" * 101, "a.b", "abc\n"):
         with pytest.raises(ValueError, match="invalid image id"):
-            bucket.read(bad)
+            bucket.images.read(bad)
         with pytest.raises(ValueError, match="invalid image id"):
-            bucket.delete(bad)
+            bucket.images.delete(bad)
         with pytest.raises(ValueError, match="invalid image id"):
             check_id(bad)
     with pytest.raises(ValueError) as refused:
         check_id("x" * 60_000)
     assert len(str(refused.value)) < 200, "an id from a URL is not echoed back whole"
     with pytest.raises(ValueError, match="invalid image id"):
-        bucket.finish_claim("../../secret")
+        bucket.claims.finish("../../secret")
     assert (tmp_path / "secret.webp").exists()
 
 
@@ -111,101 +114,101 @@ def test_new_ids_are_time_sortable_and_distinct() -> None:
 
 def test_work_files_and_claimed_images_are_never_counted(tmp_path: Path) -> None:
     bucket = Bucket("unique", tmp_path)
-    published = {bucket.publish(webp(n), META).id for n in range(2)}
+    published = {bucket.images.publish(webp(n), META).id for n in range(2)}
     (tmp_path / ".tmp" / "half-written.webp").write_bytes(webp(3)[:10])
     (tmp_path / "notes.txt").write_text("not an image")
-    claim = bucket.claim()
+    claim = bucket.claims.claim()
     assert claim is not None
     fresh = Bucket("unique", tmp_path)
-    assert fresh.ids() == bucket.ids() == list(published - {claim.id})
+    assert fresh.index.ids() == bucket.index.ids() == list(published - {claim.id})
 
 
 def test_claim_finish_and_release(tmp_path: Path) -> None:
     bucket = Bucket("unique", tmp_path)
-    record = bucket.publish(webp(9), META)
-    claim = bucket.claim()
+    record = bucket.images.publish(webp(9), META)
+    claim = bucket.claims.claim()
     assert claim is not None
     assert (claim.id, claim.image, claim.metadata["prompt"]) == (record.id, webp(9), META["prompt"])
-    assert bucket.count() == 0
-    assert bucket.claim() is None
-    bucket.release_claim(claim.id)
-    assert bucket.count() == 1
-    again = bucket.claim()
+    assert bucket.index.count() == 0
+    assert bucket.claims.claim() is None
+    bucket.claims.release(claim.id)
+    assert bucket.index.count() == 1
+    again = bucket.claims.claim()
     assert again is not None and again.id == record.id
-    bucket.finish_claim(again.id)
+    bucket.claims.finish(again.id)
     assert names(tmp_path) == set() and names(tmp_path / ".claimed") == set()
-    assert bucket.claim() is None
+    assert bucket.claims.claim() is None
 
 
 def test_claim_returns_the_framed_copy_made_at_publish(tmp_path: Path) -> None:
     frame = partial(frame_unique, quality=60)
     bucket = Bucket("unique", tmp_path, prepare=frame)
     stored = webp(5, size=128)
-    record = bucket.publish(stored, META)
+    record = bucket.images.publish(stored, META)
     framed_copy = tmp_path / ".framed" / f"{record.id}.webp"
     assert framed_copy.read_bytes() == frame(stored)
-    assert bucket.read(record.id) == stored, "the bucket keeps the plain image"
-    claim = bucket.claim()
+    assert bucket.images.read(record.id) == stored, "the bucket keeps the plain image"
+    claim = bucket.claims.claim()
     assert claim is not None and claim.image == frame(stored)
-    bucket.finish_claim(claim.id)
+    bucket.claims.finish(claim.id)
     assert not framed_copy.exists()
 
 
 def test_claim_frames_on_the_fly_when_the_copy_is_missing(tmp_path: Path) -> None:
     frame = partial(frame_unique, quality=60)
-    Bucket("unique", tmp_path).publish(webp(5, size=128), META)  # published by a bucket that does not frame
-    claim = Bucket("unique", tmp_path, prepare=frame).claim()
+    Bucket("unique", tmp_path).images.publish(webp(5, size=128), META)  # published by a bucket that does not frame
+    claim = Bucket("unique", tmp_path, prepare=frame).claims.claim()
     assert claim is not None and claim.image == frame(webp(5, size=128))
 
 
 def test_count_does_not_rescan_an_unchanged_folder(tmp_path: Path) -> None:
     writer = Bucket("fallback", tmp_path)
     for n in range(20):
-        writer.publish(webp(n), META)
+        writer.images.publish(webp(n), META)
     long_ago = time.time_ns() - 60 * 10**9
     os.utime(tmp_path, ns=(long_ago, long_ago))
     reader = Bucket("fallback", tmp_path, recheck_every=0)
-    assert [reader.count() for _ in range(200)] == [20] * 200
-    assert reader.random_id() is not None
-    assert reader.scans == 1
-    writer.publish(webp(99), META)  # another process's change moves the folder's mtime
-    assert reader.count() == 21
-    assert reader.scans == 2
+    assert [reader.index.count() for _ in range(200)] == [20] * 200
+    assert reader.index.random_id() is not None
+    assert reader.index.scans == 1
+    writer.images.publish(webp(99), META)  # another process's change moves the folder's mtime
+    assert reader.index.count() == 21
+    assert reader.index.scans == 2
 
 
 def test_own_changes_show_without_waiting_for_a_rescan(tmp_path: Path) -> None:
     bucket = Bucket("fallback", tmp_path, recheck_every=3600)
-    assert bucket.count() == 0
-    record = bucket.publish(webp(1), META)
-    assert bucket.count() == 1
-    bucket.delete(record.id)
-    assert bucket.count() == 0
-    assert bucket.scans == 1
+    assert bucket.index.count() == 0
+    record = bucket.images.publish(webp(1), META)
+    assert bucket.index.count() == 1
+    bucket.images.delete(record.id)
+    assert bucket.index.count() == 0
+    assert bucket.index.scans == 1
 
 
 def test_recover_repairs_what_a_crash_left(tmp_path: Path) -> None:
     frame = partial(frame_unique, quality=60)
     bucket = Bucket("unique", tmp_path, prepare=frame)
-    unsent = bucket.publish(webp(1), META)
-    kept = bucket.publish(webp(2), META)
-    while (claim := bucket.claim()) is not None and claim.id != unsent.id:
-        bucket.release_claim(claim.id)
+    unsent = bucket.images.publish(webp(1), META)
+    kept = bucket.images.publish(webp(2), META)
+    while (claim := bucket.claims.claim()) is not None and claim.id != unsent.id:
+        bucket.claims.release(claim.id)
     (tmp_path / ".framed" / f"{kept.id}.webp").unlink()
     (tmp_path / ".tmp" / "0000-leftover.webp").write_bytes(b"half")
     (tmp_path / "20200101T000000-000000-deadbeef.json").write_text("{}")
     (tmp_path / ".framed" / "20200101T000000-000000-deadbeef.webp").write_bytes(b"old")
 
-    assert Bucket("unique", tmp_path, prepare=frame).recover() == Recovery(temp_removed=1), \
+    assert Bucket("unique", tmp_path, prepare=frame).repair.recover() == Recovery(temp_removed=1), \
         "fresh claims and sidecars may belong to a claim or publish running in another process"
 
     restarted = Bucket("unique", tmp_path, prepare=frame, recheck_every=3600)
-    assert restarted.recover(stale_after=0) == Recovery(released=1, orphans_removed=1)
-    assert restarted.scans == 1, "the listing recovery took is the index: no second scan"
-    assert sorted(restarted.ids()) == sorted([unsent.id, kept.id])
-    assert restarted.scans == 1
-    assert restarted.inspect(restarted.ids()) == [kept.id]
-    assert restarted.remove_orphan_copies(stale_after=0) == 1, "the framed copy without its image"
-    asyncio.run(check_and_frame(restarted))
+    assert restarted.repair.recover(stale_after=0) == Recovery(released=1, orphans_removed=1)
+    assert restarted.index.scans == 1, "the listing recovery took is the index: no second scan"
+    assert sorted(restarted.index.ids()) == sorted([unsent.id, kept.id])
+    assert restarted.index.scans == 1
+    assert restarted.repair.inspect(restarted.index.ids()) == [kept.id]
+    assert restarted.repair.remove_orphan_copies(stale_after=0) == 1, "the framed copy without its image"
+    asyncio.run(check_and_frame(restarted.repair))
     assert names(tmp_path) == {f"{i}.{ext}" for i in (unsent.id, kept.id) for ext in ("webp", "json")}
     assert names(tmp_path / ".framed") == {f"{unsent.id}.webp", f"{kept.id}.webp"}
     assert names(tmp_path / ".tmp") == names(tmp_path / ".claimed") == set()
@@ -216,16 +219,16 @@ def _claimer_process(directory: Path, gate: multiprocessing.synchronize.Barrier,
                      results: multiprocessing.Queue) -> None:
     """One process: 8 threads claim until the bucket is empty; reports the ids this process won."""
     bucket = Bucket("unique", directory)
-    bucket.count()
+    bucket.index.count()
     won: list[str] = []
     ready = threading.Barrier(8)
     gate.wait()
 
     def claimer() -> None:
         ready.wait()
-        while (claim := bucket.claim()) is not None:
+        while (claim := bucket.claims.claim()) is not None:
             won.append(claim.id)
-            bucket.finish_claim(claim.id)
+            bucket.claims.finish(claim.id)
 
     workers = [threading.Thread(target=claimer) for _ in range(8)]
     for worker in workers:
@@ -237,7 +240,7 @@ def _claimer_process(directory: Path, gate: multiprocessing.synchronize.Barrier,
 
 def test_two_processes_of_eight_threads_claim_each_image_exactly_once(tmp_path: Path) -> None:
     bucket = Bucket("unique", tmp_path)
-    published = {bucket.publish(webp(n), {**META, "seed": n}).id for n in range(500)}
+    published = {bucket.images.publish(webp(n), {**META, "seed": n}).id for n in range(500)}
     context = multiprocessing.get_context("spawn")
     gate, results = context.Barrier(2), context.Queue()
     processes = [context.Process(target=_claimer_process, args=(tmp_path, gate, results)) for _ in range(2)]
@@ -262,21 +265,22 @@ def cut_short(path: Path) -> None:
 def test_recover_sets_a_broken_image_aside_instead_of_failing(tmp_path: Path) -> None:
     frame = partial(frame_unique, quality=60)
     bucket = Bucket("unique", tmp_path, prepare=frame)
-    broken, good = (bucket.publish(webp(n, size=64), META).id for n in range(2))
+    broken, good = (bucket.images.publish(webp(n, size=64), META).id for n in range(2))
     cut_short(tmp_path / f"{broken}.webp")
     (tmp_path / ".framed" / f"{broken}.webp").unlink()
     restarted = Bucket("unique", tmp_path, prepare=frame)
-    restarted.recover()
-    asyncio.run(check_and_frame(restarted))
-    assert restarted.ids() == [good]
+    restarted.repair.recover()
+    asyncio.run(check_and_frame(restarted.repair))
+    assert restarted.index.ids() == [good]
     assert names(tmp_path / ".rejected") == {f"{broken}.webp", f"{broken}.json"}
-    assert restarted.rejected() == 1 and Bucket("unique", tmp_path).rejected() == 1, "counted by any process"
+    assert restarted.images.rejected() == 1
+    assert Bucket("unique", tmp_path).images.rejected() == 1, "counted by any process"
 
 
 def test_a_sidecar_that_is_not_an_object_is_skipped(tmp_path: Path) -> None:
     bucket = Bucket("fallback", tmp_path)
-    odd, fine = (bucket.publish(webp(n), META).id for n in range(2))
+    odd, fine = (bucket.images.publish(webp(n), META).id for n in range(2))
     (tmp_path / f"{odd}.json").write_text("[]")
-    assert [record.id for record in bucket.newest(10)] == [fine]
+    assert [record.id for record in bucket.images.newest(10)] == [fine]
     with pytest.raises(ValueError, match="not a JSON object"):
-        bucket.metadata(odd)
+        bucket.images.metadata(odd)

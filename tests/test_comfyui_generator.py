@@ -11,7 +11,8 @@ from avatargen.events import EventHub
 from avatargen.generator import AvatarGenerator
 from avatargen.gpu import make_provider
 from avatargen.simulator.runner import SimulatedGpu
-from avatargen.storage.folders import FileLedger, folder_buckets
+from avatargen.storage.files.folder_bucket import folder_buckets
+from avatargen.storage.files.ledger import FileLedger
 from tests.support import fast_settings, running_generator, wait_for_event, wait_until
 from tests.test_generator_runs import run_to_end
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from avatargen.ledger import DAY, DAY_SECONDS_ENV, Entry, Spend, daily, day_length, day_start
+from avatargen.storage.spend import DAY, DAY_SECONDS_ENV, Entry, Spend, daily, day_length, day_start
 
 NOON = datetime(2026, 12, 10, 12, 0, tzinfo=UTC).timestamp()
 MIDNIGHT = datetime(2026, 12, 10, tzinfo=UTC).timestamp()

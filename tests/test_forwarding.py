@@ -15,14 +15,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from avatargen.config import StorageSettings
-from avatargen.storage.redis_connection import RedisStorage
+from avatargen.storage.redis.connection import RedisStorage
 from avatargen.tasks import background
 from avatargen.testing import RedisServer
 from server.forwarding import (
     Forwarder,
     GeneratorUnreachable,
-    RedisDesk,
     RedisForwarder,
+    RedisForwardReceiver,
     SocketForwarder,
     serving_on_socket,
 )
@@ -66,7 +66,8 @@ async def check_forwarded(client: httpx.AsyncClient) -> None:
 
 
 async def test_through_redis(storage: RedisStorage) -> None:
-    async with background(RedisDesk(storage, generator_app()).run(), "desk"), front(RedisForwarder(storage)) as client:
+    receiver = RedisForwardReceiver(storage, generator_app())
+    async with background(receiver.run(), "receiver"), front(RedisForwarder(storage)) as client:
         await check_forwarded(client)
         answers = await asyncio.gather(*(client.post("/admin/api/refill", content=str(n)) for n in range(20)))
         assert sorted(int(answer.json()["body"]) for answer in answers) == list(range(20))
@@ -85,7 +86,8 @@ async def test_through_redis_with_nobody_to_answer(storage: RedisStorage) -> Non
             return Response(status_code=202)
         return Starlette(routes=[Route("/admin/api/refill", refill, methods=["POST"])])
 
-    async with background(RedisDesk(storage, counting_app()).run(), "desk"), front(RedisForwarder(storage)) as client:
+    receiver = RedisForwardReceiver(storage, counting_app())
+    async with background(receiver.run(), "receiver"), front(RedisForwarder(storage)) as client:
         assert (await client.post("/admin/api/refill")).status_code == 202
     assert len(served) == 1
 

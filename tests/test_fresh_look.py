@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from avatargen.fresh_look import FreshLook
+from avatargen.storage.redis.fresh_look import FreshLook
 
 
 async def test_a_look_under_way_does_not_answer_a_later_caller_and_later_callers_share_the_next() -> None:

@@ -15,9 +15,9 @@ import nudenet
 import pytest
 
 from avatargen.api import ImageHeld, NewImage, decode_event
-from avatargen.buckets import open_buckets
 from avatargen.config import ReviewSettings
 from avatargen.generator import AvatarGenerator
+from avatargen.storage.files.bucket import open_buckets
 from tests.support import fast_settings, running_generator, wait_until
 from tests.test_generator_runs import run_to_end
 
@@ -49,7 +49,7 @@ async def test_images_that_pass_are_published_with_the_gates_verdict(tmp_path: P
         assert run["outcome"] == "completed" and (run["done"], run["held"]) == (10, 0)
         assert kinds == ["image"] * 10
         unique = open_buckets(settings)["unique"]  # the folder behind the generator's bucket
-        assert unique.count() == 4 and unique.held_count() == 0
+        assert unique.index.count() == 4 and unique.held.count() == 0
         assert len(list((unique.directory / ".framed").iterdir())) == 4
         assert all(meta["review"] == {"held": False, "reasons": []} for meta in sidecars(unique.directory))
 
@@ -67,7 +67,7 @@ async def test_require_face_holds_back_the_simulators_faceless_drawings(tmp_path
         levels = generator.view().buckets
         assert (levels["unique"].count, levels["unique"].held, levels["fallback"].held) == (0, 4, 6)
         unique = open_buckets(settings)["unique"]  # the folder behind the generator's bucket
-        assert unique.ids() == [] and unique.claim() is None
+        assert unique.index.ids() == [] and unique.claims.claim() is None
         assert not any((unique.directory / ".framed").iterdir()), "a held image is never framed"
         reasons = [meta["review"]["reasons"] for meta in sidecars(unique.directory / ".review")]
         # Each is held for the missing face; a drawing may also score as a blocked class (listed first)
@@ -167,6 +167,6 @@ async def test_a_crashing_detector_holds_the_images_back_and_stops_the_run(
         assert "2 image(s) held back for review" in run["error"]
         assert (run["done"], run["held"]) == (0, 2) and kinds == ["held", "held"]
         unique = open_buckets(settings)["unique"]  # the folder behind the generator's bucket
-        assert unique.count() == 0 and unique.held_count() == 2
+        assert unique.index.count() == 0 and unique.held.count() == 2
         [reason] = sidecars(unique.directory / ".review")[0]["review"]["reasons"]
         assert reason["kind"] == "gate_failed" and error in reason["error"]

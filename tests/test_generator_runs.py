@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from avatargen.buckets import unique_copy
 from avatargen.events import EventHub, Subscription
 from avatargen.generator import AvatarGenerator, NothingToDo, NotRunning, RunActive
 from avatargen.gpu import make_provider
 from avatargen.imaging import placeholder_webp
-from avatargen.ledger import CostLedger
-from avatargen.lock import GeneratorLock
 from avatargen.simulator.runner import SimulatedGpu
-from avatargen.storage.folders import FileLedger, folder_buckets
+from avatargen.storage.files.folder_bucket import folder_buckets
+from avatargen.storage.files.ledger import CostLedger, FileLedger
+from avatargen.storage.files.lock import GeneratorLock
+from avatargen.storage.framing import unique_copy
 from tests.support import FAST, fast_settings, running_generator, wait_for_event, wait_until
 
 
@@ -292,7 +292,7 @@ async def test_cost_ledger_survives_restart(tmp_path: Path) -> None:
 def test_only_one_generator_per_data_directory(tmp_path: Path) -> None:
     holder = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys; from pathlib import Path; from avatargen.lock import GeneratorLock;"
+         "import sys; from pathlib import Path; from avatargen.storage.files.lock import GeneratorLock;"
          f"lock = GeneratorLock(Path({str(tmp_path)!r})); print(lock.acquire(), flush=True); sys.stdin.read()"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )

@@ -17,8 +17,8 @@ import httpx
 from PIL import Image
 
 from avatargen.api import AdminClient
-from avatargen.buckets import open_buckets
 from avatargen.config import load_settings
+from avatargen.storage.files.bucket import open_buckets
 from avatargen.testing import Service, free_port, serve_command
 from tests.support import write_config
 from tests.test_storage_faults import status_until
@@ -49,8 +49,8 @@ async def test_the_event_loop_never_lists_the_held_images(tmp_path: Path) -> Non
     config = write_config(tmp_path)
     fallback = open_buckets(load_settings(config))["fallback"]
     for shade in range(3):
-        fallback.hold(webp(shade), {"prompt": "held", "review": {"held": True, "reasons": ["test"]}})
-    fallback.publish(webp(200), {"prompt": "served"})
+        fallback.held.hold(webp(shade), {"prompt": "held", "review": {"held": True, "reasons": ["test"]}})
+    fallback.images.publish(webp(200), {"prompt": "served"})
     listings = tmp_path / "listings.txt"
     port = free_port()
     command = [sys.executable, "-c", UNDER_AUDIT, str(listings), *serve_command(config, port)[3:]]
@@ -63,7 +63,7 @@ async def test_the_event_loop_never_lists_the_held_images(tmp_path: Path) -> Non
             for _ in range(5):
                 assert (await visitor.get(f"{server.url}/avatar")).status_code == 200
             # Another process holds one more back: the count follows, from a worker thread's listing.
-            fallback.hold(webp(9), {"prompt": "held", "review": {"held": True, "reasons": ["test"]}})
+            fallback.held.hold(webp(9), {"prompt": "held", "review": {"held": True, "reasons": ["test"]}})
             await status_until(admin, lambda status: status.buckets["fallback"].held == 4)
     finally:
         await asyncio.to_thread(server.stop)

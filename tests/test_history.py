@@ -12,8 +12,9 @@ import httpx
 import pytest
 
 from avatargen.api import AdminClient, DayTotal, RunMinute
-from avatargen.ledger import DAY, CostLedger, Entry, daily
 from avatargen.run import Run
+from avatargen.storage.files.ledger import CostLedger
+from avatargen.storage.spend import DAY, Entry, daily
 from tests.support import fast_settings, running_generator, serving
 from tests.test_generator_runs import run_to_end
 

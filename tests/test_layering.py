@@ -34,13 +34,17 @@ def checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.parametrize(("module", "line", "broken"), [
     ("avatargen/prompts.py", "import server.app", "avatargen.prompts -> server.app"),
-    ("tui/app.py", "from avatargen import buckets", "tui.app -> avatargen.buckets"),
+    ("tui/app.py", "from avatargen.storage.files import bucket", "tui.app -> avatargen.storage.files.bucket"),
     ("server/visitor.py", "from avatargen.simulator import faults", "server.visitor -> avatargen.simulator"),
     # The server's former demo seams: the simulator is reached only through avatargen.gpu.providing now.
     ("server/app.py", "from avatargen.simulator import SimulatedGpu", "server.app -> avatargen.simulator"),
     ("server/preflight.py", "from avatargen.simulator import faults", "server.preflight -> avatargen.simulator"),
     ("server/cli.py", "from avatargen import testing", "server.cli -> avatargen.testing"),
     ("avatargen/api/wire.py", "import starlette.responses", "avatargen.api.wire -> starlette"),
+    ("avatargen/storage/files/bucket.py", "from avatargen.storage.redis import connection",
+     "avatargen.storage.files.bucket -> avatargen.storage.redis.connection"),
+    ("avatargen/storage/framing.py", "from avatargen.storage.files import lock",
+     "avatargen.storage.framing -> avatargen.storage.files.lock"),
 ])
 def test_an_import_against_the_layering_breaks_its_contract(checkout: Path, module: str, line: str,
                                                             broken: str) -> None:

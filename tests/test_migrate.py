@@ -15,18 +15,20 @@ from pathlib import Path
 import httpx
 import pytest
 
-from avatargen.allowance import Allowance
-from avatargen.buckets import open_buckets, unique_copy
 from avatargen.config import Settings, StorageSettings
 from avatargen.imaging import placeholder_webp
-from avatargen.ledger import CostLedger, Entry
-from avatargen.lock import GeneratorLock
 from avatargen.storage.backend import VISITORS_FILE
-from avatargen.storage.redis_allowance import RedisAllowance
-from avatargen.storage.redis_buckets import RedisBucket
-from avatargen.storage.redis_connection import RedisStorage
-from avatargen.storage.redis_lease import GeneratorLease
-from avatargen.storage.redis_ledger import RedisLedger
+from avatargen.storage.files.allowance import Allowance
+from avatargen.storage.files.bucket import open_buckets
+from avatargen.storage.files.ledger import CostLedger
+from avatargen.storage.files.lock import GeneratorLock
+from avatargen.storage.framing import unique_copy
+from avatargen.storage.redis.allowance import RedisAllowance
+from avatargen.storage.redis.buckets import RedisBucket
+from avatargen.storage.redis.connection import RedisStorage
+from avatargen.storage.redis.lease import RedisLease
+from avatargen.storage.redis.ledger import RedisLedger
+from avatargen.storage.spend import Entry
 from avatargen.testing import RedisServer, avatargen_server, free_port, serve_command
 from tests.support import fast_settings, write_config
 
@@ -39,8 +41,9 @@ def migrate(config: Path, to: str) -> subprocess.CompletedProcess[str]:
 def folders_content(settings: Settings) -> dict[str, dict[str, tuple[bytes, bytes | None, str]]]:
     """Per bucket: id -> (image, framed copy, prompt), read from the folders."""
     buckets = open_buckets(settings)
-    return {name: {image_id: (bucket.read(image_id), bucket.framed(image_id), bucket.metadata(image_id)["prompt"])
-                   for image_id in bucket.ids()} for name, bucket in buckets.items()}
+    return {name: {image_id: (bucket.images.read(image_id), bucket.images.framed(image_id),
+                              bucket.images.metadata(image_id)["prompt"])
+                   for image_id in bucket.index.ids()} for name, bucket in buckets.items()}
 
 
 async def redis_content(url: str) -> dict[str, dict[str, tuple[bytes, bytes | None, str]]]:
@@ -60,11 +63,11 @@ async def redis_content(url: str) -> dict[str, dict[str, tuple[bytes, bytes | No
 def stock_folders(settings: Settings) -> None:
     buckets = open_buckets(settings)
     for n in range(5):
-        buckets["unique"].publish(placeholder_webp(32 + n), {"prompt": f"unique {n}"})
+        buckets["unique"].images.publish(placeholder_webp(32 + n), {"prompt": f"unique {n}"})
     for n in range(3):
-        buckets["fallback"].publish(placeholder_webp(40 + n), {"prompt": f"fallback {n}"})
-    buckets["fallback"].keep(min(buckets["fallback"].ids()))  # the owner keeps one for good
-    buckets["unique"].hold(placeholder_webp(50), {"prompt": "held", "review": {"held": True, "reasons": []}})
+        buckets["fallback"].images.publish(placeholder_webp(40 + n), {"prompt": f"fallback {n}"})
+    buckets["fallback"].images.keep(min(buckets["fallback"].index.ids()))  # the owner keeps one for good
+    buckets["unique"].held.hold(placeholder_webp(50), {"prompt": "held", "review": {"held": True, "reasons": []}})
     ledger = CostLedger(settings.server.data_dir / "ledger.sqlite3")
     ledger.record([Entry("run-1", 1_000.0, 1_060.0, 0.76)])
     ledger.close_db()
@@ -79,7 +82,7 @@ async def test_there_and_back_again(tmp_path: Path, redis_server: RedisServer) -
 
     folders = open_buckets(settings)
     kept = min(before["fallback"])
-    [held] = folders["unique"].held(5)
+    [held] = folders["unique"].held.newest(5)
 
     done = migrate(config, "redis")
     assert done.returncode == 0, done.stderr
@@ -87,7 +90,7 @@ async def test_there_and_back_again(tmp_path: Path, redis_server: RedisServer) -
     assert "cost ledger: 1 run(s) copied" in done.stdout
     assert await redis_content(redis_server.url) == before  # same ids, bytes, framed copies, metadata
     assert folders_content(settings) == {"unique": {}, "fallback": {}}
-    assert folders["unique"].held_count() == 0 and not folders["fallback"].is_kept(kept)
+    assert folders["unique"].held.count() == 0 and not folders["fallback"].images.is_kept(kept)
     storage = RedisStorage.connect(StorageSettings(backend="redis", url=redis_server.url, timeout=10.0))
     try:
         assert [entry.run_id for entry in await RedisLedger(storage).entries(0)] == ["run-1"]
@@ -103,8 +106,9 @@ async def test_there_and_back_again(tmp_path: Path, redis_server: RedisServer) -
     assert back.returncode == 0, back.stderr
     assert folders_content(settings) == before
     assert await redis_content(redis_server.url) == {"unique": {}, "fallback": {}}
-    assert folders["fallback"].is_kept(kept) and [record.id for record in folders["unique"].held(5)] == [held.id]
-    assert folders["unique"].read_held(held.id) == placeholder_webp(50)
+    assert folders["fallback"].images.is_kept(kept)
+    assert [record.id for record in folders["unique"].held.newest(5)] == [held.id]
+    assert folders["unique"].held.read(held.id) == placeholder_webp(50)
 
 
 async def test_a_migration_stopped_half_way_is_finished_by_running_it_again(tmp_path: Path,
@@ -118,8 +122,8 @@ async def test_a_migration_stopped_half_way_is_finished_by_running_it_again(tmp_
     storage = RedisStorage.connect(StorageSettings(backend="redis", url=redis_server.url, timeout=10.0))
     try:
         folder = open_buckets(settings)["unique"]
-        await RedisBucket(storage, "unique").publish(folder.read(caught), folder.metadata(caught),
-                                                     prepared=folder.framed(caught), image_id=caught)
+        await RedisBucket(storage, "unique").publish(folder.images.read(caught), folder.images.metadata(caught),
+                                                     prepared=folder.images.framed(caught), image_id=caught)
     finally:
         await storage.aclose()
     assert migrate(config, "redis").returncode == 0
@@ -142,7 +146,7 @@ async def test_refused_while_a_server_uses_either_side(tmp_path: Path, redis_ser
     assert refused.returncode == 1 and "stop every avatargen serve first" in refused.stderr
     storage = RedisStorage.connect(StorageSettings(backend="redis", url=redis_server.url, timeout=10.0))
     try:
-        lease = GeneratorLease(storage, ttl=60)
+        lease = RedisLease(storage, ttl=60)
         assert await lease.acquire()
         refused = migrate(config, "redis")
         await lease.release()
@@ -245,5 +249,5 @@ def test_framed_copies_are_the_visitors_framing(tmp_path: Path) -> None:
     settings = fast_settings(tmp_path)
     stock_folders(settings)
     unique = open_buckets(settings)["unique"]
-    image_id = unique.ids()[0]
-    assert unique.framed(image_id) == unique_copy(settings)(unique.read(image_id))
+    image_id = unique.index.ids()[0]
+    assert unique.images.framed(image_id) == unique_copy(settings)(unique.images.read(image_id))

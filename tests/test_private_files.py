@@ -15,9 +15,9 @@ import httpx
 import pytest
 from PIL import Image
 
-from avatargen.buckets import open_buckets
 from avatargen.config import load_settings
 from avatargen.imaging import to_avatar_webp
+from avatargen.storage.files.bucket import open_buckets
 from tests.test_workers import server
 
 HELD = {"review": {"held": True, "reasons": []}}
@@ -53,15 +53,15 @@ async def test_data_is_the_owners_alone(tmp_path: Path, permissive_umask: None) 
     settings = load_settings(tmp_path / "config.toml")
     with service:
         buckets = open_buckets(settings)
-        buckets["unique"].publish(webp(1), {"prompt": "served"})
+        buckets["unique"].images.publish(webp(1), {"prompt": "served"})
         async with httpx.AsyncClient(base_url=service.url, timeout=60) as visitors, asyncio.timeout(60):
             for n in itertools.count():  # until the server has seen the unique and a visitor got it (recorded)
                 answer = await visitors.get("/avatar", headers={"X-Forwarded-For": f"10.0.{n // 250}.{n % 250}"})
                 if answer.headers["x-avatar-kind"] == "unique":
                     break
                 await asyncio.sleep(0.1)
-        published = buckets["unique"].publish(webp(1), {"prompt": "a"})
-        held = buckets["fallback"].hold(webp(2), {"prompt": "b", **HELD})
+        published = buckets["unique"].images.publish(webp(1), {"prompt": "a"})
+        held = buckets["fallback"].held.hold(webp(2), {"prompt": "b", **HELD})
 
         folders = [data, *(path for path in data.rglob("*") if path.is_dir())]
         assert {path.relative_to(tmp_path).as_posix(): mode(path) for path in folders if mode(path) != 0o700} == {}

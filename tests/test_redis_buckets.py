@@ -14,11 +14,12 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from avatargen.buckets import Claim, ImageNotFound, check_id
 from avatargen.config import ServingSettings, StorageSettings
-from avatargen.storage.redis_allowance import RedisAllowance
-from avatargen.storage.redis_buckets import RedisBucket
-from avatargen.storage.redis_connection import RedisStorage, StorageUnavailable
+from avatargen.storage.errors import ImageNotFound, StorageUnavailable
+from avatargen.storage.models import Claim, check_id
+from avatargen.storage.redis.allowance import RedisAllowance
+from avatargen.storage.redis.buckets import RedisBucket
+from avatargen.storage.redis.connection import RedisStorage
 from avatargen.testing import RedisServer
 
 META = {"prompt": "A painting of cjs", "seed": 7, "backend": "simulated"}

@@ -13,10 +13,11 @@ from PIL import Image
 
 from avatargen.config import StorageSettings
 from avatargen.events import EventHub
-from avatargen.storage.redis_buckets import RedisBucket
-from avatargen.storage.redis_connection import LeaseLost, RedisStorage
-from avatargen.storage.redis_events import EventRelay
-from avatargen.storage.redis_lease import GeneratorLease
+from avatargen.storage.errors import LeaseLost
+from avatargen.storage.redis.buckets import RedisBucket
+from avatargen.storage.redis.connection import RedisStorage
+from avatargen.storage.redis.events import EventRelay
+from avatargen.storage.redis.lease import RedisLease
 from avatargen.testing import RedisServer
 
 
@@ -37,7 +38,7 @@ async def replicas(redis_server: RedisServer) -> AsyncIterator[list[RedisStorage
 
 
 async def test_one_holder_at_a_time_and_release_hands_over(replicas: list[RedisStorage]) -> None:
-    first, second = GeneratorLease(replicas[0], ttl=5), GeneratorLease(replicas[1], ttl=5)
+    first, second = RedisLease(replicas[0], ttl=5), RedisLease(replicas[1], ttl=5)
     assert await first.acquire() is True
     assert await second.acquire() is False
     assert await second.holder() == first.name
@@ -50,7 +51,7 @@ async def test_one_holder_at_a_time_and_release_hands_over(replicas: list[RedisS
 
 async def test_a_kept_lease_outlives_its_ttl(replicas: list[RedisStorage]) -> None:
     # A second's ttl: renewed every third of it, so only a stall of two thirds of a second could lose it.
-    holder, standby = GeneratorLease(replicas[0], ttl=1.0), GeneratorLease(replicas[1], ttl=1.0)
+    holder, standby = RedisLease(replicas[0], ttl=1.0), RedisLease(replicas[1], ttl=1.0)
     assert await holder.acquire()
     keeping = asyncio.create_task(holder.keep())
     try:
@@ -65,7 +66,7 @@ async def test_a_kept_lease_outlives_its_ttl(replicas: list[RedisStorage]) -> No
 
 async def test_a_dead_holder_is_taken_over_and_its_writes_are_fenced(replicas: list[RedisStorage]) -> None:
     # The standby's ttl is long enough that no stall of a busy machine lets its lease expire mid-test.
-    stale, standby = GeneratorLease(replicas[0], ttl=0.3), GeneratorLease(replicas[1], ttl=3.0)
+    stale, standby = RedisLease(replicas[0], ttl=0.3), RedisLease(replicas[1], ttl=3.0)
     assert await stale.acquire()  # ... and never renews: a holder that died or froze
     async with asyncio.timeout(20):
         await standby.wait_acquire()
@@ -85,7 +86,7 @@ async def test_a_machine_call_waits_for_a_confirmed_lease(replicas: list[RedisSt
                                                           redis_server: RedisServer) -> None:
     """`confirm` renews the lease for a call that fits in it, and refuses a holder that lost it; with Redis
     down, only the time left on this process's clock counts."""
-    holder, standby = GeneratorLease(replicas[0], ttl=3.0), GeneratorLease(replicas[1], ttl=3.0)
+    holder, standby = RedisLease(replicas[0], ttl=3.0), RedisLease(replicas[1], ttl=3.0)
     assert await holder.acquire()
     await holder.confirm(1.0)
     with pytest.raises(ValueError, match="cannot fit"):
@@ -104,7 +105,7 @@ async def test_a_machine_call_waits_for_a_confirmed_lease(replicas: list[RedisSt
 
 async def test_a_holder_that_cannot_reach_redis_gives_up_within_its_ttl(redis_server: RedisServer) -> None:
     storage = RedisStorage.connect(StorageSettings(backend="redis", url=redis_server.url, timeout=2.0))
-    lease = GeneratorLease(storage, ttl=1.0)
+    lease = RedisLease(storage, ttl=1.0)
     try:
         assert await lease.acquire()
         keeping = asyncio.create_task(lease.keep())

@@ -8,10 +8,11 @@ from datetime import UTC, datetime
 import pytest
 
 from avatargen.config import StorageSettings
-from avatargen.ledger import Entry
-from avatargen.storage.redis_connection import LeaseLost, RedisStorage
-from avatargen.storage.redis_lease import GeneratorLease
-from avatargen.storage.redis_ledger import RedisLedger
+from avatargen.storage.errors import LeaseLost
+from avatargen.storage.redis.connection import RedisStorage
+from avatargen.storage.redis.lease import RedisLease
+from avatargen.storage.redis.ledger import RedisLedger
+from avatargen.storage.spend import Entry
 from avatargen.testing import RedisServer
 
 NOON = datetime(2026, 11, 30, 12, 0, tzinfo=UTC).timestamp()
@@ -62,7 +63,7 @@ async def test_a_lost_ledger_is_noticed_once(replicas: list[RedisStorage]) -> No
 
 
 async def test_a_replica_that_lost_the_lease_cannot_bill(replicas: list[RedisStorage]) -> None:
-    old, new = GeneratorLease(replicas[0], ttl=5), GeneratorLease(replicas[1], ttl=5)
+    old, new = RedisLease(replicas[0], ttl=5), RedisLease(replicas[1], ttl=5)
     assert await old.acquire()
     await old.release()
     assert await new.acquire()

@@ -20,8 +20,8 @@ from PIL import Image
 
 from avatargen.api import AdminClient, NewImage, StateChange
 from avatargen.config import StorageSettings
-from avatargen.storage.redis_buckets import RedisBucket
-from avatargen.storage.redis_connection import RedisStorage
+from avatargen.storage.redis.buckets import RedisBucket
+from avatargen.storage.redis.connection import RedisStorage
 from avatargen.testing import RedisServer, Service, Simulator, avatargen_server, free_port
 from avatargen.variants import framed_variants
 from tests.support import write_config

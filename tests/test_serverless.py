@@ -18,10 +18,10 @@ from avatargen.generator import AvatarGenerator
 from avatargen.gpu.base import Serverless
 from avatargen.gpu.serverless_api import JOURNAL
 from avatargen.journal import JobJournal
-from avatargen.ledger import Entry
 from avatargen.simulator import SimulatedGpu
 from avatargen.simulator.serverless import SimulatedServerless
-from avatargen.storage.folders import FileLedger
+from avatargen.storage.files.ledger import FileLedger
+from avatargen.storage.spend import Entry
 from tests.simhelpers import sim_settings
 from tests.support import fast_settings, running_generator, wait_for_event, wait_until, write_config
 from tests.test_generator_providers import KEY_ENV, check_config

@@ -19,10 +19,10 @@ import pytest
 import redis
 
 from avatargen.api import AdminClient, Status
-from avatargen.buckets import open_buckets
 from avatargen.config import StorageSettings, load_settings
-from avatargen.storage.redis_buckets import RedisBucket
-from avatargen.storage.redis_connection import RedisStorage
+from avatargen.storage.files.bucket import open_buckets
+from avatargen.storage.redis.buckets import RedisBucket
+from avatargen.storage.redis.connection import RedisStorage
 from avatargen.testing import RedisServer, Service, avatargen_server, free_port, running_redis
 from tests.support import write_config
 from tests.test_replicas import stock, webp
@@ -217,7 +217,7 @@ async def test_a_deleted_fallback_is_not_served_by_the_other_worker(tmp_path: Pa
     server = avatargen_server(config, tmp_path / "server.log", token=TOKEN, port=free_port())
     fallback = open_buckets(load_settings(config))["fallback"]
     for shade in range(4):
-        fallback.publish(webp(shade), {"prompt": f"fallback {shade}"})
+        fallback.images.publish(webp(shade), {"prompt": f"fallback {shade}"})
     async with started(server):
         await visits(server.url, 60)  # both workers hold the fallbacks in memory
         deleted = await delete_every_fallback(server.url)

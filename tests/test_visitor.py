@@ -20,10 +20,10 @@ import pytest
 from PIL import Image
 
 from avatargen.api import AdminClient
-from avatargen.buckets import open_buckets
 from avatargen.config import Settings
 from avatargen.imaging import check_webp, frame_unique, to_avatar_webp
-from avatargen.storage.folders import FolderBucket
+from avatargen.storage.files.bucket import open_buckets
+from avatargen.storage.files.folder_bucket import FolderBucket
 from avatargen.tasks import background
 from avatargen.variants import unpack
 from benchmarks.storage_faults import fill, read_only, tmpfs
@@ -42,7 +42,7 @@ def stock(settings: Settings, unique: int = 0, fallback: int = 0) -> dict[str, l
     published: dict[str, list[str]] = {}
     for name, count in (("unique", unique), ("fallback", fallback)):
         published[name] = [
-            buckets[name].publish(to_avatar_webp(Image.new("RGB", (size, size), (n * 40 % 256, 90, 150)),
+            buckets[name].images.publish(to_avatar_webp(Image.new("RGB", (size, size), (n * 40 % 256, 90, 150)),
                                                  size, quality), {"prompt": f"{name} {n}"}).id
             for n in range(count)
         ]
@@ -78,7 +78,7 @@ async def get_many(url: str, addresses: list[str], method: str = "GET", **header
 async def test_exactly_one_of_200_concurrent_visitors_gets_the_last_unique(tmp_path: Path) -> None:
     settings = fast_settings(tmp_path)
     ids = stock(settings, unique=1, fallback=3)
-    plain = open_buckets(settings)["unique"].read(ids["unique"][0])
+    plain = open_buckets(settings)["unique"].images.read(ids["unique"][0])
     async with serving(settings) as (url, _):
         responses = await get_many(url, [f"198.51.{n // 250}.{n % 250 + 1}" for n in range(200)])
         assert [response.status_code for response in responses] == [200] * 200
@@ -285,7 +285,7 @@ async def test_broken_images_are_never_sent_and_are_set_aside(tmp_path: Path) ->
     break_image(unique_dir, lost, framed=True)
     broken_fallback, *whole_fallbacks = ids["fallback"]  # the first served one is retired: two whole ones
     break_image(fallback_dir, broken_fallback)
-    original = open_buckets(settings)["unique"].read(reframed)
+    original = open_buckets(settings)["unique"].images.read(reframed)
     async with serving(settings) as (url, _):
         responses = await get_many(url, [f"203.0.113.{n}" for n in range(1, 41)])
     assert [response.status_code for response in responses] == [200] * 40
@@ -389,7 +389,7 @@ async def test_a_bucket_folder_that_vanishes_gives_the_placeholder(tmp_path: Pat
 async def test_a_unique_claimed_by_a_dead_process_goes_back(tmp_path: Path) -> None:
     settings = fast_settings(tmp_path)
     ids = stock(settings, unique=2)
-    dead = open_buckets(settings)["unique"].claim()  # claimed, then the process died before sending it
+    dead = open_buckets(settings)["unique"].claims.claim()  # claimed, then the process died before sending it
     assert dead is not None and len(stored(settings, "unique")) == 1
     async with background(FolderBucket(open_buckets(settings)["unique"], sweep_every=0.1).follow(), "sweep"):
         await wait_until(lambda: len(stored(settings, "unique")) == 2)

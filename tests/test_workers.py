@@ -13,9 +13,9 @@ import psutil
 from PIL import Image
 
 from avatargen.api import AdminClient, NewImage, Status
-from avatargen.buckets import open_buckets
 from avatargen.config import load_settings
 from avatargen.imaging import to_avatar_webp
+from avatargen.storage.files.bucket import open_buckets
 from avatargen.testing import Service, Simulator, avatargen_server
 from tests.support import write_config
 
@@ -38,7 +38,8 @@ def server(tmp_path: Path, simulator: Simulator | None = None, **overrides: obje
 def stock_uniques(tmp_path: Path, count: int) -> set[str]:
     settings = load_settings(tmp_path / "config.toml")
     unique = open_buckets(settings)["unique"]
-    return {unique.publish(to_avatar_webp(Image.new("RGB", (64, 64), (n, 90, 150)), 64, 60), {"prompt": str(n)}).id
+    return {unique.images.publish(to_avatar_webp(Image.new("RGB", (64, 64), (n, 90, 150)), 64, 60),
+                                  {"prompt": str(n)}).id
             for n in range(count)}
 
 

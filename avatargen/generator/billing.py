@@ -23,13 +23,13 @@ import time
 from collections.abc import Mapping
 from dataclasses import replace
 
-from avatargen.buckets import ImageRecord
 from avatargen.durations import format_duration
-from avatargen.ledger import Day, Entry, Spend, daily, day_length, day_start, month_start
 from avatargen.metrics import GPU_BILLED_SECONDS
 from avatargen.retry import backoff_delay
 from avatargen.run import iso
+from avatargen.storage.models import ImageRecord
 from avatargen.storage.protocols import Ledger, StoredBucket
+from avatargen.storage.spend import Day, Entry, Spend, daily, day_length, day_start, month_start
 
 log = logging.getLogger("avatargen.generator")
 

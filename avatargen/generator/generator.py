@@ -147,7 +147,7 @@ class AvatarGenerator:
                                                name="generator-scheduler")
 
     def stand_down(self, reason: str) -> None:
-        """This process lost the generator's seat (`reason`): the run is aborted and no other starts here. A
+        """This process lost the generator's lease (`reason`): the run is aborted and no other starts here. A
         fenced provider refuses the lost holder's machine calls, so the machine is left to the new holder."""
         self._abort_for_good(reason, lease_lost=True)
 

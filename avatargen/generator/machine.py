@@ -21,7 +21,7 @@ from collections.abc import Callable
 from avatargen.durations import format_duration
 from avatargen.gpu.base import MachineUnusable, Provider
 from avatargen.retry import backoff_delay
-from avatargen.storage.redis_connection import LeaseLost
+from avatargen.storage.errors import LeaseLost
 
 log = logging.getLogger("avatargen.generator")
 

@@ -35,8 +35,8 @@ from avatargen.prompts import compose
 from avatargen.retry import backoff_delay
 from avatargen.run import Run
 from avatargen.sd import SdBackend, SdError, SdNotReady, SdProgress, make_backend
+from avatargen.storage.errors import LeaseLost
 from avatargen.storage.protocols import StoredBucket
-from avatargen.storage.redis_connection import LeaseLost
 
 log = logging.getLogger("avatargen.generator")
 

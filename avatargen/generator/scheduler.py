@@ -25,9 +25,9 @@ from avatargen.api.wire import BucketLevel
 from avatargen.config import Settings
 from avatargen.durations import format_duration
 from avatargen.generator.states import States
-from avatargen.ledger import Spend
 from avatargen.retry import doubling
 from avatargen.run import Run, iso
+from avatargen.storage.spend import Spend
 
 log = logging.getLogger("avatargen.generator")
 

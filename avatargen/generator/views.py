@@ -12,13 +12,13 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 
 from avatargen.api.wire import BucketLevel, Cost, DayTotal, History, ImageInfo, RunChart, StateChange
-from avatargen.buckets import ImageRecord
 from avatargen.config import Settings
 from avatargen.generator.states import States
 from avatargen.gpu.base import HourlyRate
-from avatargen.ledger import Day, Spend
 from avatargen.run import Run
+from avatargen.storage.models import ImageRecord
 from avatargen.storage.protocols import StoredBucket
+from avatargen.storage.spend import Day, Spend
 
 
 def bucket_levels(settings: Settings, buckets: Mapping[str, StoredBucket]) -> dict[str, BucketLevel]:

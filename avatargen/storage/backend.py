@@ -1,6 +1,6 @@
 """The storage of one server process, for `[storage] backend`: the folders (default) or a shared Redis.
 
-Both give the server the same pieces (buckets, allowance, ledger, the generator's seat); only what
+Both give the server the same pieces (buckets, allowance, ledger, the generator's lease); only what
 differs is here: the folders are repaired at start-up, then checked and their missing framed copies made;
 Redis needs neither (every change there is one script) but a client to close.
 """
@@ -12,19 +12,22 @@ import logging
 from collections.abc import Mapping
 from typing import Protocol
 
-from avatargen.allowance import FolderAllowance
-from avatargen.buckets import check_and_frame, unique_copy
 from avatargen.config import Settings
-from avatargen.faces import FaceStore, FolderFaces
-from avatargen.lock import FileSeat, GeneratorLock
-from avatargen.storage.folders import FileLedger, FolderBucket, folder_buckets
-from avatargen.storage.protocols import GeneratorSeat, Ledger, StoredBucket, UniqueAllowance
-from avatargen.storage.redis_allowance import RedisAllowance
-from avatargen.storage.redis_buckets import RedisBucket
-from avatargen.storage.redis_connection import RedisStorage, StorageUnavailable
-from avatargen.storage.redis_faces import RedisFaces
-from avatargen.storage.redis_lease import GeneratorLease
-from avatargen.storage.redis_ledger import RedisLedger
+from avatargen.storage.errors import StorageUnavailable
+from avatargen.storage.files.allowance import FolderAllowance
+from avatargen.storage.files.faces import FolderFaces
+from avatargen.storage.files.folder_bucket import FolderBucket, folder_buckets
+from avatargen.storage.files.ledger import FileLedger
+from avatargen.storage.files.lock import FileLease, GeneratorLock
+from avatargen.storage.files.repair import check_and_frame
+from avatargen.storage.framing import unique_copy
+from avatargen.storage.protocols import FaceStore, GeneratorLease, Ledger, StoredBucket, UniqueAllowance
+from avatargen.storage.redis.allowance import RedisAllowance
+from avatargen.storage.redis.buckets import RedisBucket
+from avatargen.storage.redis.connection import RedisStorage
+from avatargen.storage.redis.faces import RedisFaces
+from avatargen.storage.redis.lease import RedisLease
+from avatargen.storage.redis.ledger import RedisLedger
 
 log = logging.getLogger("avatargen.storage")
 
@@ -50,7 +53,7 @@ class Backend(Protocol):
     async def open_ledger(self) -> Ledger: ...
     async def open_allowance(self) -> UniqueAllowance: ...
     async def open_faces(self) -> FaceStore: ...
-    def seat(self) -> GeneratorSeat: ...
+    def generator_lease(self) -> GeneratorLease: ...
     async def aclose(self) -> None: ...
 
 
@@ -64,14 +67,14 @@ class FolderBackend:
 
     async def recover(self) -> None:
         for name, bucket in self.folders.items():
-            recovery = await asyncio.to_thread(bucket.folder.recover)
+            recovery = await asyncio.to_thread(bucket.folder.repair.recover)
             if recovery.summary():
                 log.info("bucket %s recovered at start-up: %s", name, recovery.summary())
 
     async def finish_recovery(self) -> None:
         """Every image checked cheaply (broken ones set aside), then the missing framed copies made."""
         for bucket in self.folders.values():
-            await check_and_frame(bucket.folder)
+            await check_and_frame(bucket.folder.repair)
 
     async def open_ledger(self) -> Ledger:
         return await FileLedger.open(self.settings.server.data_dir / "ledger.sqlite3")
@@ -83,8 +86,8 @@ class FolderBackend:
     async def open_faces(self) -> FaceStore:
         return await FolderFaces.open(self.settings.server.data_dir / "faces.sqlite3")
 
-    def seat(self) -> GeneratorSeat:
-        return FileSeat(GeneratorLock(self.settings.server.data_dir))
+    def generator_lease(self) -> GeneratorLease:
+        return FileLease(GeneratorLock(self.settings.server.data_dir))
 
     async def aclose(self) -> None:
         """Nothing to close: each piece closes its own files."""
@@ -129,8 +132,8 @@ class RedisBackend:
     async def open_faces(self) -> FaceStore:
         return RedisFaces(self.client)
 
-    def seat(self) -> GeneratorSeat:
-        return GeneratorLease(self.client)
+    def generator_lease(self) -> GeneratorLease:
+        return RedisLease(self.client)
 
     async def aclose(self) -> None:
         await self.client.aclose()

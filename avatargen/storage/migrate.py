@@ -6,7 +6,7 @@ from; so are the images the safety gate holds back for review. Copying twice lea
 the key), so a migration that stops half-way (Ctrl-C, Redis gone) is finished by running it again: an
 image is always in the source, in the target, or, for that moment, in both, and the next run moves it
 once more. It refuses to start while any `avatargen serve` uses either side, and no server starts while it runs: it
-holds the data folder alone (`avatargen.lock.DataFolderLock`, which every server shares while it runs)
+holds the data folder alone (`avatargen.storage.files.lock.DataFolderLock`, which every server shares while it runs)
 and the generator lease in Redis (which one replica always holds). A unique that a server the lock
 cannot see (a replica on another machine) claims while it is being copied is served once from there, and
 its copy is deleted again. Ledger entries are copied (by run id: again harmless); the unique allowance
@@ -24,15 +24,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from avatargen.allowance import Allowance
-from avatargen.buckets import BadImage, ImageNotFound
 from avatargen.config import Settings
-from avatargen.lock import DataFolderInUse, DataFolderLock
 from avatargen.storage.backend import VISITORS_FILE, FolderBackend, RedisBackend
-from avatargen.storage.redis_allowance import RedisAllowance
-from avatargen.storage.redis_connection import StorageUnavailable
-from avatargen.storage.redis_lease import GeneratorLease
-from avatargen.storage.redis_ledger import RedisLedger
+from avatargen.storage.errors import BadImage, ImageNotFound, StorageUnavailable
+from avatargen.storage.files.allowance import Allowance
+from avatargen.storage.files.lock import DataFolderInUse, DataFolderLock
+from avatargen.storage.redis.allowance import RedisAllowance
+from avatargen.storage.redis.lease import RedisLease
+from avatargen.storage.redis.ledger import RedisLedger
 
 log = logging.getLogger("avatargen.storage")
 
@@ -67,7 +66,7 @@ async def migrate(settings: Settings, to: Direction, *, say: Callable[[str], Non
             lock.take_alone()
         except DataFolderInUse as exc:
             raise MigrationRefused(str(exc)) from None
-        lease = GeneratorLease(redis.client)
+        lease = RedisLease(redis.client)
         try:
             held = await lease.acquire()
         except StorageUnavailable as exc:
@@ -90,7 +89,7 @@ async def _move(settings: Settings, folders: FolderBackend, redis: RedisBackend,
                 say: Callable[[str], None]) -> Moved:
     moved, held, set_aside = {}, {}, 0
     for name, folder in folders.folders.items():
-        await asyncio.to_thread(folder.folder.recover, stale_after=0)  # no server runs: every claim is stale
+        await asyncio.to_thread(folder.folder.repair.recover, stale_after=0)  # no server runs: every claim is stale
         shared = redis.shared[name]
         await shared.refresh()
         origin, destination = (folder, shared) if to == "redis" else (shared, folder)

@@ -1,7 +1,7 @@
 """What the server and the generator need from storage, whichever the backend.
 
-The folders (`avatargen.storage.folders`, over `avatargen.buckets` and the SQLite files) and Redis
-(`avatargen.storage.redis_*`) both provide these. What happens on every visit (counting, picking a
+The folders (`avatargen.storage.files`: the bucket folders and the SQLite files) and Redis
+(`avatargen.storage.redis`) both provide these. What happens on every visit (counting, picking a
 random id, the allowance's "certainly not" answers) is plain and answers from memory; whatever touches
 the disk or the network is a coroutine, so the event loop never waits on either.
 """
@@ -11,12 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol, Self
 
-from avatargen.buckets import Claim, ImageRecord
-from avatargen.ledger import Entry, Spend
+from avatargen.storage.models import Claim, Face, ImageRecord
+from avatargen.storage.spend import Entry, Spend
 
 
 class StoredBucket(Protocol):
-    """One bucket of avatars (see `avatargen.buckets.Bucket` for the rules every backend keeps)."""
+    """One bucket of avatars (see `avatargen.storage.files.bucket.Bucket` for the rules every backend keeps)."""
 
     name: str
 
@@ -111,8 +111,17 @@ class UniqueAllowance(Protocol):
     async def aclose(self) -> None: ...
 
 
+class FaceStore(Protocol):
+    """Where every process finds the faces visitors got (expired ones are never returned); see
+    `avatargen.storage.face_memo`."""
+
+    async def get(self, visitor: str, now: float) -> Face | None: ...
+    async def put(self, visitor: str, face: Face, now: float) -> None: ...
+    async def aclose(self) -> None: ...
+
+
 class Ledger(Protocol):
-    """The cost ledger (see `avatargen.ledger` and `avatargen.generator.billing`)."""
+    """The cost ledger (see `avatargen.storage.spend` and `avatargen.generator.billing`)."""
 
     location: str  # where it is, for the owner's messages
 
@@ -124,28 +133,30 @@ class Ledger(Protocol):
     async def aclose(self) -> None: ...
 
 
-class GeneratorSeat(Protocol):
-    """The right to run the generator: one process among the workers (a lock file) or the replicas (a lease)."""
+class GeneratorLease(Protocol):
+    """The generator's lease: only one process runs the generator, among the workers of one machine (a lock
+    file, `avatargen.storage.files.lock.FileLease`) or among the replicas (a lease in Redis with a fencing
+    token, `avatargen.storage.redis.lease.RedisLease`)."""
 
     async def acquire(self) -> bool:
-        """True when this process now holds the seat; False when another one does."""
+        """True when this process now holds the lease; False when another one does."""
         ...
 
     async def wait_acquire(self) -> None:
-        """Return once this process holds the seat (the holder died or let go)."""
+        """Return once this process holds the lease (the holder died or let go)."""
         ...
 
     async def keep(self) -> None:
-        """Hold on for as long as possible; raise LeaseLost when the seat was lost. Cancel to let go."""
+        """Hold on for as long as possible; raise LeaseLost when the lease was lost. Cancel to let go."""
         ...
 
     async def confirm(self, duration: float) -> None:
-        """Return only when this process holds the seat for `duration` seconds more; raise LeaseLost otherwise.
+        """Return only when this process holds the lease for `duration` seconds more; raise LeaseLost otherwise.
         Awaited right before every provider call that changes the machine (see avatargen.gpu.api.Fence)."""
         ...
 
     async def holder(self) -> str | None:
-        """Who holds the seat, for the owner; None when nobody does."""
+        """Who holds the lease, for the owner; None when nobody does."""
         ...
 
     async def release(self) -> None: ...

@@ -20,8 +20,8 @@ from typing import Any
 import httpx
 
 from avatargen.config import load_settings
-from avatargen.ledger import DAY_SECONDS_ENV
 from avatargen.storage.backend import open_backend
+from avatargen.storage.spend import DAY_SECONDS_ENV
 from avatargen.testing import RedisServer, Service, free_port, running_redis
 from benchmarks.harness import ADMIN_TOKEN, avatargen_server, sample_avatars, write_config
 from benchmarks.soak.receiver import Receiver

@@ -3,11 +3,10 @@
 A page that shows the avatar at two sizes sends two requests (often to two worker processes, or two
 replicas); both must show the same person. So the first answer is remembered per visitor (their IPv4 address
 or IPv6 /64: `server.addresses.visitor_key`, never a wider network, so a unique is never shown to a
-neighbour) in a store every process shares: SQLite under
-`server.data_dir` (`FolderFaces`), or Redis keys that expire
-(`avatargen.storage.redis_faces`). A unique's variants are kept in
-that record, for that visitor only, and vanish with it when the window ends: the unique itself left its
-bucket when it was claimed, so no other visitor can ever get it.
+neighbour) in a store every process shares (`avatargen.storage.protocols.FaceStore`: SQLite under
+`server.data_dir`, or Redis keys that expire). A unique's variants are kept in that record, for that
+visitor only, and vanish with it when the window ends: the unique itself left its bucket when it was
+claimed, so no other visitor can ever get it.
 
 Each process also remembers the faces it has seen (`FaceMemo`), so a visitor's repeat requests to the
 same process answer from memory; only a visitor new to this process costs a look at the store.
@@ -17,37 +16,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Protocol
 
-from avatargen import sqlite
+from avatargen.storage.models import Face
+from avatargen.storage.protocols import FaceStore
 
 # Faces one process remembers; the oldest are dropped first. A unique's record holds its variants (tens
 # of kB), but uniques are rationed by the allowance, so few are within their window at any time.
 REMEMBERED_FACES = 10_000
-
-
-@dataclass(frozen=True)
-class Face:
-    """What a visitor got: a unique (with its variants archive, for them alone) or a fallback, until when."""
-
-    kind: str  # "unique" | "fallback"
-    id: str
-    until: float  # wall-clock seconds
-    variants: bytes | None = None  # a unique's variants archive; None for a fallback (read from its bucket)
-
-
-class FaceStore(Protocol):
-    """Where every process finds the faces visitors got (expired ones are never returned)."""
-
-    async def get(self, visitor: str, now: float) -> Face | None: ...
-    async def put(self, visitor: str, face: Face, now: float) -> None: ...
-    async def aclose(self) -> None: ...
 
 
 class FaceMemo:
@@ -140,53 +118,3 @@ class FaceMemo:
         while self._faces and (len(self._faces) > REMEMBERED_FACES
                                or next(iter(self._faces.values())).until <= self.clock()):
             self._faces.popitem(last=False)
-
-
-_SCHEMA = ("CREATE TABLE IF NOT EXISTS faces (visitor TEXT PRIMARY KEY, kind TEXT NOT NULL, id TEXT NOT NULL, "
-           "until REAL NOT NULL, variants BLOB)",
-           "CREATE INDEX IF NOT EXISTS faces_by_until ON faces (until)")
-
-
-class FolderFaces:
-    """The faces in an SQLite file shared by the worker processes of one machine; a record whose window
-    ended is deleted at the next write (and never returned before that)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._lock = threading.Lock()
-        self._db = sqlite.connect(path)
-        for statement in _SCHEMA:
-            self._db.execute(statement)
-
-    @classmethod
-    async def open(cls, path: Path) -> FolderFaces:
-        return await asyncio.to_thread(cls, path)
-
-    async def get(self, visitor: str, now: float) -> Face | None:
-        return await asyncio.to_thread(self._get, visitor, now)
-
-    def _get(self, visitor: str, now: float) -> Face | None:
-        with self._lock:
-            row = self._db.execute("SELECT kind, id, until, variants FROM faces WHERE visitor = ? AND until > ?",
-                                   (visitor, now)).fetchone()
-        return None if row is None else Face(row[0], row[1], row[2], row[3])
-
-    async def put(self, visitor: str, face: Face, now: float) -> None:
-        await asyncio.to_thread(self._put, visitor, face, now)
-
-    def _put(self, visitor: str, face: Face, now: float) -> None:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.execute("DELETE FROM faces WHERE until <= ?", (now,))
-                self._db.execute("INSERT OR REPLACE INTO faces VALUES (?, ?, ?, ?, ?)",
-                                 (visitor, face.kind, face.id, face.until, face.variants))
-                self._db.execute("COMMIT")
-            except BaseException:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise
-
-    async def aclose(self) -> None:
-        with self._lock:
-            self._db.close()

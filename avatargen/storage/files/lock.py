@@ -2,8 +2,8 @@
 
 An exclusive, non-blocking flock on `<data_dir>/generator.lock`: the kernel releases it when the holder
 dies, so a crash never leaves a stale lock behind. The file records the holder's pid for the owner.
-`FileSeat` is the same lock as the generator's seat: the other workers try it again every `retry_every`
-and one of them takes over when the holder dies.
+`FileLease` is the same lock as the generator's lease (`avatargen.storage.protocols.GeneratorLease`): the
+other workers try it again every `retry_every` and one of them takes over when the holder dies.
 """
 
 from __future__ import annotations
@@ -46,8 +46,8 @@ class GeneratorLock:
             self._fd = None
 
 
-class FileSeat:
-    """The lock file as a `GeneratorSeat`: never lost while its process lives."""
+class FileLease:
+    """The lock file as a `GeneratorLease`: never lost while its process lives."""
 
     def __init__(self, lock: GeneratorLock, *, retry_every: float = 1.0) -> None:
         self.lock = lock

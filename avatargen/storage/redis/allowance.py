@@ -9,7 +9,7 @@ script on the same hash.
 Times are the callers' wall clocks (as with the SQLite allowance, so tests can move them); the visitor's
 key expires with its window, so Redis forgets visitors by itself.
 
-Like `avatargen.allowance.Allowance`, this process remembers what it can (`AllowanceMemo`) and only asks
+Like `avatargen.storage.files.allowance.Allowance`, this process remembers what it can (`AllowanceMemo`) and only asks
 Redis when a grant might succeed.
 """
 
@@ -24,11 +24,12 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from avatargen.allowance import AllowanceMemo, AllowanceState
-from avatargen.buckets import Claim
 from avatargen.config import ServingSettings
-from avatargen.storage.redis_buckets import PUT, TAKE_ONE, RedisBucket
-from avatargen.storage.redis_connection import RedisStorage, StorageUnavailable
+from avatargen.storage.allowance_memo import AllowanceMemo
+from avatargen.storage.errors import StorageUnavailable
+from avatargen.storage.models import AllowanceState, Claim
+from avatargen.storage.redis.buckets import PUT, TAKE_ONE, RedisBucket
+from avatargen.storage.redis.connection import RedisStorage
 
 log = logging.getLogger("avatargen.storage")
 

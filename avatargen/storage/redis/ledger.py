@@ -1,6 +1,6 @@
 """The cost ledger in Redis: billed machine time per run, shared by every replica.
 
-The same entries as the SQLite ledger (`avatargen.ledger`): a run's entry is written when billing starts
+The same entries as the SQLite ledger (`avatargen.storage.files.ledger`): a run's entry is written when billing starts
 and again when the stop is confirmed; whichever replica holds the generator lease writes, and every
 replica reads today's and this month's spend from it. Keys, under `<prefix>:ledger:`: `entries` (a hash
 by run id of `[run_id, started, stopped or null, hourly_cost, images]`; an entry written before images
@@ -19,8 +19,8 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from avatargen.ledger import Entry, Spend, month_start
-from avatargen.storage.redis_connection import FENCING, RedisStorage
+from avatargen.storage.redis.connection import FENCING, RedisStorage
+from avatargen.storage.spend import Entry, Spend, month_start
 
 # KEYS: entries ends fence; ARGV: token, then run_id entry-json end (x n)
 _RECORD = FENCING + """
@@ -52,7 +52,7 @@ return 'deleted'
 
 
 class RedisLedger:
-    """The ledger in Redis, with the operations of `avatargen.ledger.CostLedger` as coroutines."""
+    """The ledger in Redis, with the operations of `avatargen.storage.files.ledger.CostLedger` as coroutines."""
 
     def __init__(self, storage: RedisStorage) -> None:
         self.storage = storage

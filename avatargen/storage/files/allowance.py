@@ -5,12 +5,10 @@ the same tokens and the same visitors; a token is taken and the visitor marked i
 IMMEDIATE` transaction, so two processes can never spend the same token. The same file holds the
 fallback pool's retire slot (at most one served fallback retired per `fallback_retire_every`).
 
-The request path must stay cheap: a process remembers when the next token can be due at the earliest,
-which visitors it has seen served, and when the retire slot is due (`AllowanceMemo`), and asks the
-shared store (here SQLite, or Redis: `avatargen.storage.redis_allowance`) only when a grant or the slot
-might be had. Other processes can only take tokens and slots, never add them, so that memory errs on the
-side of asking. `FolderAllowance` is this allowance with the unique bucket's folder as the visitors'
-`UniqueAllowance`, its blocking calls in a worker thread.
+The request path must stay cheap: what a process knows without asking the file is
+`avatargen.storage.allowance_memo.AllowanceMemo`, shared with the Redis allowance. `FolderAllowance` is
+this allowance with the unique bucket's folder as the visitors' `UniqueAllowance`, its blocking calls in
+a worker thread.
 """
 
 from __future__ import annotations
@@ -21,81 +19,19 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from avatargen import sqlite
-from avatargen.buckets import Bucket, Claim
 from avatargen.config import ServingSettings
-
-# Visitors a process remembers as served, so their repeat visits skip the store; the oldest are dropped.
-REMEMBERED_VISITORS = 10_000
-
-
-class AllowanceMemo:
-    """What one process knows of the allowance without asking the shared store. `clock` is wall-clock
-    seconds, the clock the store's times are in."""
-
-    def __init__(self, *, every: float, burst: int, window: float, clock: Callable[[], float]) -> None:
-        self.every = every
-        self.burst = burst
-        self.window = window
-        self.clock = clock
-        self._next_token_at = float("-inf")
-        self._next_retire_at = float("-inf")
-        self._served: dict[str, float] = {}
-
-    def token_may_be_due(self) -> bool:
-        """False when no unique can be given to anyone yet; no I/O, no visitor needed."""
-        return self.burst >= 1 and self.clock() >= self._next_token_at
-
-    def may_grant(self, visitor: str) -> bool:
-        """False when a grant would certainly be refused; no I/O, for the request path."""
-        if not self.token_may_be_due():
-            return False
-        granted_at = self._served.get(visitor)
-        return granted_at is None or granted_at <= self.clock() - self.window
-
-    def may_retire(self) -> bool:
-        """False when the retire slot is certainly not due yet; no I/O."""
-        return self.clock() >= self._next_retire_at
-
-    def tokens_left(self, tokens: float, now: float) -> None:
-        """The store said `tokens` were left at `now`: none can be due before the next whole one."""
-        self._next_token_at = now + (1 - tokens) * self.every if tokens < 1 else now
-
-    def served(self, visitor: str, granted_at: float) -> None:
-        """The visitor had a unique at `granted_at` (here or, as the store said, elsewhere)."""
-        self._served.pop(visitor, None)
-        self._served[visitor] = granted_at
-        if len(self._served) > REMEMBERED_VISITORS:
-            del self._served[next(iter(self._served))]
-
-    def given_back(self, visitor: str, now: float) -> None:
-        """A grant was undone: the token is back and the visitor may try again."""
-        self._served.pop(visitor, None)
-        self._next_token_at = now
-
-    def retire_due_at(self, due_at: float) -> None:
-        self._next_retire_at = due_at
-
+from avatargen.storage.allowance_memo import AllowanceMemo
+from avatargen.storage.files import sqlite
+from avatargen.storage.files.bucket import Bucket
+from avatargen.storage.models import AllowanceState, Claim
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS state (name TEXT PRIMARY KEY, value REAL NOT NULL)",
     "CREATE TABLE IF NOT EXISTS visitors (visitor TEXT PRIMARY KEY, granted_at REAL NOT NULL)",
     "CREATE INDEX IF NOT EXISTS visitors_by_time ON visitors (granted_at)",
 )
-
-@dataclass(frozen=True)
-class AllowanceState:
-    """The whole allowance, as `avatargen migrate` carries it between the folders and Redis: the global
-    tokens (with when they were counted), when the fallback retire slot is due, and each visitor still
-    inside the per-visitor window with when it got its unique (wall-clock seconds)."""
-
-    tokens: float
-    tokens_at: float
-    next_retire_at: float
-    visitors: dict[str, float] = field(default_factory=dict)
 
 
 class Allowance:
@@ -270,7 +206,7 @@ class FolderAllowance:
             return None
         claim = None
         try:
-            claim = self.unique.claim()
+            claim = self.unique.claims.claim()
         finally:
             if claim is None:  # another visitor or process took the last one since the count, or it failed
                 self.allowance.give_back(visitor)
@@ -278,7 +214,7 @@ class FolderAllowance:
 
     async def sent(self, claim: Claim) -> None:
         """Delete the sent unique for good (a failure only leaves a file for the claim sweep)."""
-        await asyncio.to_thread(self.unique.finish_claim, claim.id)
+        await asyncio.to_thread(self.unique.claims.finish, claim.id)
 
     def may_retire(self) -> bool:
         return self.allowance.may_retire()

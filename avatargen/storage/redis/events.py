@@ -20,7 +20,8 @@ import secrets
 from typing import Any
 
 from avatargen.events import Event, EventHub, ListenerTooSlow
-from avatargen.storage.redis_connection import Outage, RedisStorage, StorageUnavailable
+from avatargen.storage.errors import StorageUnavailable
+from avatargen.storage.redis.connection import Outage, RedisStorage
 
 log = logging.getLogger("avatargen.storage")
 

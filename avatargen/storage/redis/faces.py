@@ -1,9 +1,9 @@
-"""The visitors' faces (`avatargen.faces`) in Redis, shared by every replica."""
+"""The visitors' faces (`avatargen.storage.face_memo`) in Redis, shared by every replica."""
 
 from __future__ import annotations
 
-from avatargen.faces import Face
-from avatargen.storage.redis_connection import RedisStorage
+from avatargen.storage.models import Face
+from avatargen.storage.redis.connection import RedisStorage
 
 
 class RedisFaces:

@@ -25,9 +25,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from avatargen.buckets import ImageNotFound, ImageRecord, _Index, check_id, stamped
-from avatargen.fresh_look import FreshLook
-from avatargen.storage.redis_connection import FENCING, Outage, RedisStorage, StorageUnavailable
+from avatargen.storage.errors import ImageNotFound, StorageUnavailable
+from avatargen.storage.index import IdIndex
+from avatargen.storage.models import ImageRecord, check_id, stamped
+from avatargen.storage.redis.connection import FENCING, Outage, RedisStorage
+from avatargen.storage.redis.fresh_look import FreshLook
 from avatargen.timestamps import utc_iso
 
 # Takes one random image out of a bucket for good and returns {id, what the claimer gets, metadata, then the
@@ -162,7 +164,7 @@ return out
 
 
 class RedisBucket:
-    """One bucket in Redis, with the same operations as the folder-backed `avatargen.buckets.Bucket`.
+    """One bucket in Redis, with the same operations as the folder-backed `avatargen.storage.files.bucket.Bucket`.
 
     `count`, `ids` and `random_id` answer from memory (see `follow`); every other operation is a
     coroutine that raises StorageUnavailable when Redis does not answer in time.
@@ -186,7 +188,7 @@ class RedisBucket:
         self._hold = storage.script(_HOLD)
         self._delete_held = storage.script(_DELETE_HELD)
         self._approve = storage.script(_APPROVE)
-        self._index = _Index([])
+        self._index = IdIndex([])
         self._kept: set[str] = set()
         self._held_count = 0
         self._version = ""
@@ -262,7 +264,7 @@ class RedisBucket:
         version = reply[0].decode()
         if len(reply) == 1:
             return False
-        self._index = _Index([image_id.decode() for image_id in reply[1]])
+        self._index = IdIndex([image_id.decode() for image_id in reply[1]])
         self._kept = {image_id.decode() for image_id in reply[2]}
         self._held_count = int(reply[3])
         self._version = version

@@ -4,7 +4,7 @@ Switching a database to WAL takes an exclusive lock and, unlike ordinary stateme
 the busy timeout: two processes opening the same new file at once can get "database is locked". The
 switch is retried until the file reports WAL, which one of them will have made it.
 
-The files are the owner's alone (0600 in a 0700 folder; see avatargen.files): the visitor limits hold
+The files are the owner's alone (0600 in a 0700 folder; see `avatargen.files`): the visitor limits hold
 visitors' addresses.
 """
 

@@ -1,45 +1,21 @@
-"""The cost ledger: billed machine time per run, on disk, surviving restarts and crashes.
-
-A run's entry is opened the moment the start request goes out and closed when the stop is confirmed,
-with the number of images the run stored. An entry left open by a crash is closed by the start-up check
-that stops the orphaned machine, so the time the machine ran unattended is billed too. Days and months
-are UTC.
+"""The cost ledger's entries and what they add up to, whichever the backend stores them: a run's billed
+machine time (`Entry`), today's and this month's spend (`Spend`), and the history by day (`Day`, `daily`).
+Days and months are UTC.
 
 Days can be compressed for the soak benchmark (`benchmarks/soak`), which must see several midnights and
 budget resets in an hour: `AVATARGEN_DAY_SECONDS=N` makes a "day" N seconds long, counted from the epoch,
 for everything that asks `day_start` and `day_length` (today's spend, the daily budget, the history).
 Months stay calendar months. Unset (always, in production) days are UTC days.
-
-This module is the file and the arithmetic. The generator never waits on the file: it keeps its own copy
-of the entries in memory and writes them here from a worker thread (`avatargen.generator.billing`). A
-file deleted or replaced under an open connection goes unnoticed by SQLite (it keeps writing to the
-deleted file), so the ledger remembers which file it opened and can tell when the path holds another.
 """
 
 from __future__ import annotations
 
 import os
-import sqlite3
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 
-from avatargen import sqlite
-
-# How long a write waits for another process's lock before it fails (and is retried later).
-WRITE_WAIT = 2.0
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS machine_time (
-    run_id TEXT PRIMARY KEY,
-    started REAL NOT NULL,
-    stopped REAL,
-    hourly_cost REAL NOT NULL,
-    images INTEGER NOT NULL DEFAULT 0
-)
-"""
 DAY = 86400.0
 DAY_SECONDS_ENV = "AVATARGEN_DAY_SECONDS"  # a compressed day, for the soak benchmark only
 
@@ -141,74 +117,3 @@ def day_start(now: float) -> float:
 
 def month_start(now: float) -> float:
     return datetime.fromtimestamp(now, UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0).timestamp()
-
-
-class CostLedger:
-    """The ledger file. Its methods block (a write waits up to WRITE_WAIT for a lock): call them from a
-    worker thread, one at a time."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._db, self._file = self._open()
-
-    def _open(self) -> tuple[sqlite3.Connection, tuple[int, int]]:
-        db = sqlite.connect(self.path, busy_timeout=WRITE_WAIT)
-        db.execute(_SCHEMA)
-        _add_images_column(db)
-        return db, _identity(self.path)
-
-    def reopen_if_lost(self) -> str | None:
-        """When the file at the path is no longer the one open ("deleted", "replaced by another file"),
-        open what is there now (a new, empty ledger if nothing) and say what happened."""
-        try:
-            lost = "replaced by another file" if _identity(self.path) != self._file else None
-        except FileNotFoundError:
-            lost = "deleted"
-        if lost is not None:
-            self._db.close()  # first: it folds its write-ahead log into the old file, not the new one
-            self._db, self._file = self._open()
-        return lost
-
-    def is_empty(self) -> bool:
-        return self._db.execute("SELECT 1 FROM machine_time LIMIT 1").fetchone() is None
-
-    def entries(self, since: float) -> list[Entry]:
-        """The entries still open or stopped after `since`."""
-        rows = self._db.execute(
-            "SELECT run_id, started, stopped, hourly_cost, images FROM machine_time "
-            "WHERE stopped IS NULL OR stopped > ?",
-            (since,),
-        ).fetchall()
-        return [Entry(*row) for row in rows]
-
-    def record(self, entries: Iterable[Entry]) -> None:
-        """Write entries as they are now (a run's entry is written when it opens and again when it closes)."""
-        self._db.executemany(
-            "INSERT OR REPLACE INTO machine_time (run_id, started, stopped, hourly_cost, images) "
-            "VALUES (?, ?, ?, ?, ?)",
-            [(entry.run_id, entry.started, entry.stopped, entry.hourly_cost, entry.images) for entry in entries],
-        )
-
-    def spend(self, now: float | None = None) -> Spend:
-        """Today's and this month's billed time and cost, open entries counted up to now."""
-        now = time.time() if now is None else now
-        return Spend.of(self.entries(month_start(now)), now)
-
-    def close_db(self) -> None:
-        self._db.close()
-
-
-def _add_images_column(db: sqlite3.Connection) -> None:
-    """A ledger written before images were counted gains the column (its runs count 0 images)."""
-    columns = {row[1] for row in db.execute("PRAGMA table_info(machine_time)")}
-    if "images" not in columns:
-        try:
-            db.execute("ALTER TABLE machine_time ADD COLUMN images INTEGER NOT NULL DEFAULT 0")
-        except sqlite3.OperationalError as exc:
-            if "duplicate column" not in str(exc):  # another process added it a moment ago
-                raise
-
-
-def _identity(path: Path) -> tuple[int, int]:
-    stat = os.stat(path)
-    return stat.st_dev, stat.st_ino

@@ -24,6 +24,7 @@ from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 
 from avatargen.config import StorageSettings
+from avatargen.storage.errors import LeaseLost, StorageUnavailable
 
 log = logging.getLogger("avatargen.storage")
 
@@ -48,19 +49,6 @@ end
 """
 
 
-class StorageUnavailable(Exception):
-    """Redis did not do what was asked within the timeout (down, slow, loading, read-only, full).
-
-    The operation may or may not have happened; every write the product makes is safe either way (a
-    claim that happened unseen only loses that unique, it is never served twice).
-    """
-
-
-class LeaseLost(Exception):
-    """A generator write was refused: another replica holds the generator lease now (its fencing token
-    is newer than the one this write carried)."""
-
-
 def _is_transient(exc: rx.RedisError) -> bool:
     if isinstance(exc, _UNAVAILABLE):
         return True
@@ -71,7 +59,7 @@ class RedisStorage:
     """The client of one process, its key prefix and deadline; shared by every Redis-backed piece.
 
     `fence` is the generator lease's fencing token while this process holds the lease (set by
-    `GeneratorLease`); generator writes carry it, and Redis refuses them once a newer lease exists.
+    `RedisLease`); generator writes carry it, and Redis refuses them once a newer lease exists.
     """
 
     def __init__(self, client: aioredis.Redis, *, prefix: str, timeout: float, where: str) -> None:
@@ -100,7 +88,7 @@ class RedisStorage:
 
     @property
     def fence_key(self) -> str:
-        """The generator lease's fencing counter (see avatargen.storage.redis_lease)."""
+        """The generator lease's fencing counter (see `avatargen.storage.redis.lease`)."""
         return self.key("lease", "fence")
 
     @property

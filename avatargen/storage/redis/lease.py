@@ -26,7 +26,8 @@ import os
 import secrets
 import socket
 
-from avatargen.storage.redis_connection import LeaseLost, Outage, RedisStorage, StorageUnavailable
+from avatargen.storage.errors import LeaseLost, StorageUnavailable
+from avatargen.storage.redis.connection import Outage, RedisStorage
 
 log = logging.getLogger("avatargen.storage")
 
@@ -56,8 +57,9 @@ return 0
 """
 
 
-class GeneratorLease:
-    """This replica's claim on the generator; `acquire`, then `keep` while the generator runs."""
+class RedisLease:
+    """This replica's claim on the generator, as a `GeneratorLease`; `acquire`, then `keep` while the generator
+    runs."""
 
     def __init__(self, storage: RedisStorage, *, ttl: float = DEFAULT_TTL) -> None:
         self.storage = storage
