@@ -355,11 +355,6 @@ class Bucket:
         with self._lock:
             self._index.discard(image_id)
 
-    def listed(self, image_id: str) -> bool:
-        """Whether the index, as of the last look at the folder, holds this id (no I/O)."""
-        with self._lock:
-            return image_id in self._index
-
     def servable(self, image_id: str) -> bool:
         """Whether the image is in the bucket right now, in every process's eyes: one stat of its file, which
         the owner's delete, a retirement, a move or a claim (all renames) take away at once."""
