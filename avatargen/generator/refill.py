@@ -170,10 +170,13 @@ class Refill:
         run, gpu = self.run, self._settings.gpu
         loop = asyncio.get_running_loop()
         deadline = loop.time() + gpu.ready_timeout
-        if run.bills:
+        if run.bills:  # opened now, so that a crash while the start is retried leaves the time billed
             run.billing_since = time.time()
             self._context.billing.start(run.id, run.billing_since, run.hourly_cost)
-        await provider.start()
+        accepted = await provider.start()
+        if run.bills:  # the provider bills from the start it accepted: refused attempts started nothing
+            run.billing_since = accepted
+            self._context.billing.accepted(run.id, run.billing_since)
         await provider.wait_ready(max(0.0, deadline - loop.time()), self._context.machine.observe)
         sd = connect(provider.sd_url())
         log.info("machine ready; waiting for the Stable Diffusion API (%s)", sd.name)
