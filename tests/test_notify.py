@@ -15,6 +15,7 @@ import pytest
 from avatargen.api import AdminClient, Status
 from avatargen.config import ConfigError, NotifySettings, load_settings
 from avatargen.notify import Notifier, Sender, Watcher
+from avatargen.run import Run
 from avatargen.tasks import background
 from avatargen.testing import avatargen_server
 from tests.receiver import Receiver
@@ -132,6 +133,11 @@ def test_the_watcher_tells_what_the_status_shows(tmp_path: Path) -> None:
     assert kind == "runs_paused" and "held back" in body
     watcher.look(status(paused_reason="daily budget reached: 5.00 of 5.00 spent today"), 13.0)
     assert told.pop()[0] == "money"
+    cut = Run("auto", {"fallback": 6}, 0.76, outcome="aborted", error="daily budget reached: 4.90 of 5.00 spent "
+              "today, and going on (about 0.20 more with the stop) would go over it")
+    watcher.look(status(last_run=cut.to_dict()), 13.5)
+    kind, body = told.pop()
+    assert kind == "money" and "going on (about 0.20 more" in body
     held = {"unique": {"count": 3, "min": 1, "max": 4, "held": 2}, "fallback": {"count": 0, "min": 1, "max": 6}}
     watcher.look(status(buckets=held), 14.0)
     assert sorted(kind for kind, _ in told) == ["bucket_empty", "held"]
