@@ -7,19 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from avatargen.ledger import CostLedger
 from tests.support import fast_settings, running_engine
+from tests.test_billing import billed_on_disk
 from tests.test_engine import states_until_idle
 
 BUDGET = 8.0  # at 3600 an hour (the test config), seconds of machine time
-
-
-def spent_on_disk(path: Path) -> float:
-    ledger = CostLedger(path)
-    try:
-        return ledger.spend().today
-    finally:
-        ledger.close_db()
 
 
 async def test_an_automatic_run_stops_before_the_days_spend_would_cross_the_budget(tmp_path: Path) -> None:
@@ -45,8 +37,9 @@ async def test_an_automatic_run_stops_before_the_days_spend_would_cross_the_budg
     assert first["done"] < 120
     assert status["paused_by"] == "daily_budget" and status["paused_reason"].startswith("daily budget reached")
     assert status["cost"]["today"] <= BUDGET
-    assert spent_on_disk(settings.server.data_dir / "ledger.sqlite3") == pytest.approx(status["cost"]["today"],
-                                                                                        abs=1e-3)
+    # 3600 an hour: the billed seconds are the spend
+    assert billed_on_disk(settings.server.data_dir / "ledger.sqlite3") == pytest.approx(status["cost"]["today"],
+                                                                                         abs=1e-3)
     assert gpu.machine.billed_seconds <= BUDGET  # what the provider bills, too
 
 

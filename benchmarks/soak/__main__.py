@@ -13,11 +13,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from avatargen.testing import Simulator
+from avatargen.testing import Receiver, Simulator
 from benchmarks.harness import parse_args, scratch
 from benchmarks.report import fmt, print_machine, print_table
 from benchmarks.soak.faults import RUNPOD_FAULTS, SIM_FAULTS, Schedule, Strike
-from benchmarks.soak.receiver import Receiver
 from benchmarks.soak.resources import GROWTH_LIMIT, Resources
 from benchmarks.soak.setups import LOG_BACKUPS, LOG_MAX_BYTES, Setup, config_layer, files_setup, redis_setup
 from benchmarks.soak.traffic import Owner, Panels, Served, Visitors

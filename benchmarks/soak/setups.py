@@ -22,9 +22,8 @@ import httpx
 from avatargen.config import load_settings
 from avatargen.ledger import DAY_SECONDS_ENV
 from avatargen.storage.backend import open_backend
-from avatargen.testing import RedisServer, Service, free_port, running_redis
+from avatargen.testing import Receiver, RedisServer, Service, free_port, running_redis
 from benchmarks.harness import ADMIN_TOKEN, avatargen_server, sample_avatars, write_config
-from benchmarks.soak.receiver import Receiver
 from benchmarks.storage_faults import tmpfs
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
