@@ -162,7 +162,8 @@ async def test_the_ledger_bills_from_the_start_the_provider_accepted(tmp_path: P
     provider = gpu.machine.billed_seconds
     # The ledger opens when the accepted request goes out (before the provider starts the machine) and
     # closes at the poll that finds it off: it is never under the provider's bill, and over it by the
-    # accepted request's and that poll's round trips and one poll interval. Counting from the refused
-    # start instead adds the 429's Retry-After, 1 s, and more: the bound lies between the two.
+    # accepted request's and that poll's round trips and one poll interval (20 ms). Counting from the
+    # refused attempts instead adds their waits: the 429's Retry-After (1 s) and the backoff after the 500
+    # (0.5 to 1 s), 1.5 s at least. The bound lies between the two.
     assert run["billed_seconds"] == pytest.approx(ledger, abs=1e-3)
-    assert provider - 0.01 <= ledger < provider + 1.0, (ledger, provider)
+    assert provider - 0.01 <= ledger < provider + 1.4, (ledger, provider)
