@@ -449,7 +449,7 @@ class StorageSettings:
     url: str = ""
     password_env: str = "AVATARGEN_REDIS_PASSWORD"
     key_prefix: str = _f("avatargen", nonempty=True)  # several sites may share one Redis under their own prefixes
-    timeout: float = _f(0.5, kind="duration")  # a Redis slower than this counts as down: visitors get fallbacks
+    timeout: float = _f(0.5, kind="duration")  # a Redis slower than this counts as down: visitors get the placeholder
 
     def password(self) -> Secret:
         return Secret(os.environ.get(self.password_env, ""))

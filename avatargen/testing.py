@@ -2,12 +2,14 @@
 
 Both measure and check the product from outside, so both need the same few helpers: a config file made
 of layered tables, `avatargen serve` and the simulated GPU as processes of their own on loopback ports,
-started when they answer and stopped with SIGTERM. Nothing in the product imports this module.
+started when they answer and stopped with SIGTERM; and the owner's webhook (`Receiver`), where Apprise's
+`json://` URLs post the notifications. Nothing in the product imports this module.
 """
 
 from __future__ import annotations
 
 import contextlib
+import http.server
 import json
 import os
 import shutil
@@ -17,7 +19,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -367,3 +370,82 @@ def running_redis(directory: Path, *, appendonly: bool = False, debug: bool = Fa
     finally:
         server.stop()
 
+
+
+@dataclass(frozen=True)
+class Message:
+    """One message a `json://` URL posted: when it came (epoch seconds), to which path ("/hook"), its body."""
+
+    at: float
+    path: str
+    body: dict[str, Any]
+
+
+def _path(path: str) -> str:
+    return "/" + path.lstrip("/")
+
+
+class Receiver:
+    """The owner's webhook, for real: a threading HTTP server on a free loopback port, while used as a context
+    manager, keeping every JSON message Apprise's `json://` URLs post to it (`messages`, in arrival order).
+
+    A path starting with `failing` (default `/broken`) answers 500 and keeps nothing: a webhook that is
+    down. A body that is not JSON is kept as `{"unreadable": true}`. Tests wait for a message
+    (`wait_for`); the soak asks which came to a setup's path while a fault was on (`between`).
+    """
+
+    def __init__(self, *, failing: str = "/broken") -> None:
+        self.messages: list[Message] = []
+        self.arrived = threading.Condition()
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                data = self.rfile.read(int(self.headers.get("content-length") or 0))
+                refused = self.path.startswith(failing)
+                self.send_response(500 if refused else 200)
+                self.send_header("content-length", "0")
+                self.end_headers()
+                if refused:
+                    return
+                try:
+                    body = json.loads(data or b"{}")
+                except ValueError:
+                    body = {"unreadable": True}
+                with receiver.arrived:
+                    receiver.messages.append(Message(time.time(), self.path, body))
+                    receiver.arrived.notify_all()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                """Quiet: what arrived is in `messages`."""
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="webhook receiver", daemon=True)
+
+    def url(self, path: str) -> str:
+        """The Apprise URL that posts to `path` ("/hook" or "hook") here."""
+        return f"json://127.0.0.1:{self._server.server_address[1]}{_path(path)}"
+
+    def wait_for(self, check: Callable[[dict[str, Any]], bool], timeout: float) -> dict[str, Any]:
+        """The body of the first message that passes `check`, waiting up to `timeout` seconds for it."""
+        with self.arrived:
+            found = self.arrived.wait_for(lambda: next((m.body for m in self.messages if check(m.body)), None),
+                                          timeout)
+        if found is None:
+            raise TimeoutError(f"no such message within {timeout} s; got {self.messages}")
+        return found
+
+    def between(self, path: str, start: float, end: float) -> list[Message]:
+        """The messages posted to `path` from `start` to `end` (epoch seconds)."""
+        with self.arrived:
+            return [message for message in self.messages
+                    if message.path == _path(path) and start <= message.at <= end]
+
+    def __enter__(self) -> Receiver:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()

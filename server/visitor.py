@@ -13,8 +13,9 @@ request would serve it in pieces).
 
 Visitors never see an error page: whatever fails on the way to a unique (a read-only bucket, a full disk
 under the allowance's SQLite file, a Redis that is down or slow) or to a fallback, the visitor gets a
-fallback (from memory, when the store cannot be read) or the placeholder, never a unique twice; the
-owner gets the cause in the log and in `VisitorService.status()`.
+fallback or the placeholder, never a unique twice, never a deleted image (with Redis down or slow a
+fallback in memory cannot be checked, so the placeholder); the owner gets the cause in the log and in
+`VisitorService.status()`.
 """
 
 from __future__ import annotations
@@ -198,9 +199,9 @@ class _RecentImages:
         while len(self._items) > self._size or (self._bytes > self._budget and len(self._items) > 1):
             self.drop(next(iter(self._items)))
 
-    def newest(self, wanted: Callable[[str], bool]) -> tuple[str, bytes] | None:
-        """The most recently used image held whose id is `wanted`; None when none is."""
-        return next(((image_id, data) for image_id, data in reversed(self._items.items()) if wanted(image_id)), None)
+    def newest(self) -> tuple[str, bytes] | None:
+        """The most recently used image held; None when none is."""
+        return next(reversed(self._items.items()), None)
 
 
 class PathErrors:
@@ -325,14 +326,14 @@ class VisitorService:
             try:
                 face = await self._recall(viewer)  # chosen in another process?
             except StorageUnavailable:  # one failure of the store is all this visitor waits for
-                return await self._from_memory(wanted)
+                return self._nothing_response(wanted)
             if face is not None and (again := await self._face_response(face, wanted)) is not None:
                 return again
             if self.unique.count() and self.allowance.token_may_be_due():
                 try:
                     claim = await self._claim_unique(visitor)
                 except StorageUnavailable:  # one failure of the store is all this visitor waits for
-                    return await self._from_memory(wanted)
+                    return self._nothing_response(wanted)
                 if claim is not None:
                     archive = await self._unique_variants(claim.image)
                     if (data := await self._unique_variant(claim.id, archive, wanted)) is not None:
@@ -361,7 +362,7 @@ class VisitorService:
         Any failure means no unique this time (recorded for the owner): what was taken was given back, or
         in Redis, a claim whose answer was lost took that unique out unseen (it is lost, never doubled).
         A store that is down or slow (StorageUnavailable) is raised after it is recorded: the visitor then
-        gets a fallback from memory without waiting on the store again.
+        gets the placeholder without waiting on the store again.
         """
         if not self.allowance.may_grant(visitor):
             return None
@@ -401,7 +402,7 @@ class VisitorService:
             data = await self._fallback_variant(face.id, wanted)
         except Exception as exc:  # the store failed: the visitor is served like any other, from memory
             self.errors.record(f"a fallback cannot be read from the {self.fallback.name} bucket", exc)
-            return await self._from_memory(wanted)
+            return await self._from_memory(wanted, exc)
         return None if data is None else self._image_response(data, b"fallback", face.id, wanted, None)
 
     async def _unique_variants(self, copy: bytes) -> bytes:
@@ -512,7 +513,7 @@ class VisitorService:
                 data = await self._fallback_variant(image_id, wanted)
             except Exception as exc:  # unreadable now: it stays in the bucket's index (its level stays right)
                 self.errors.record(f"a fallback cannot be read from the {self.fallback.name} bucket", exc)
-                return await self._from_memory(wanted)
+                return await self._from_memory(wanted, exc)
             if data is None:
                 continue
             background = None
@@ -525,14 +526,23 @@ class VisitorService:
                     self._recent.drop(image_id)
                     background = BackgroundTask(self._retire, image_id)
             return self._image_response(data, b"fallback", image_id, wanted, background)
-        return await self._from_memory(wanted)
+        return await self._from_memory(wanted, None)
 
-    async def _from_memory(self, wanted: Wanted) -> Response:
-        """What a visitor gets without asking the store: a fallback kept in memory that the bucket listed at its
-        last successful look (one deleted before it is never sent), in the variant asked; else what `?d=`
-        asks for, by default the placeholder."""
-        if (kept := self._recent.newest(self.fallback.listed)) is not None \
-                and (data := await self._variant(kept[0], kept[1], wanted)) is not None:
+    async def _from_memory(self, wanted: Wanted, failure: Exception | None) -> Response:
+        """What a visitor gets when no fallback could be read from the bucket (`failure`, or none listed): the
+        newest fallback kept in memory once the bucket says it may still be served, in the variant asked;
+        else what `?d=` asks for, by default the placeholder.
+
+        Never a fallback whose `servable` cannot be known: with the store down or slow (StorageUnavailable,
+        now or just before) a delete made through another replica meanwhile cannot be seen, and a deleted
+        image is never shown. Nor is the store asked again after it failed: one timeout per visitor."""
+        if isinstance(failure, StorageUnavailable) or (kept := self._recent.newest()) is None:
+            return self._nothing_response(wanted)
+        try:
+            servable = await self.fallback.servable(kept[0])
+        except StorageUnavailable:
+            return self._nothing_response(wanted)
+        if servable and (data := await self._variant(kept[0], kept[1], wanted)) is not None:
             return self._image_response(data, b"fallback", kept[0], wanted, None)
         return self._nothing_response(wanted)
 

@@ -33,6 +33,9 @@ FAST: dict[str, Any] = {
     "gpu": {
         "provider": "simulated", "ready_timeout": "20s", "stop_timeout": "10s", "poll_every": "20ms",
         "hourly_cost": 3600.0,  # one currency unit per billed second: easy to check
+        # Far off: an automatic run starts only when the budget can pay for the boot and the stop, bounded by
+        # ready_timeout and stop_timeout until some were seen (30 s here). Budget tests set their own.
+        "daily_budget": 1000.0,
         "simulated": {"boot_delay": "300ms", "stop_delay": "150ms", "sd_boot_delay": "100ms", "step_time": "2ms"},
     },
     "sd": {"steps": 10, "width": 128, "height": 128, "batch_size": 2},

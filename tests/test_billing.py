@@ -16,7 +16,7 @@ from avatargen.storage.files.bucket import open_buckets
 from avatargen.storage.files.ledger import CostLedger
 from benchmarks.storage_faults import SqliteLock
 from tests.support import fast_settings, running_generator, wait_until
-from tests.test_generator_runs import run_to_end
+from tests.test_generator_runs import run_to_end, states_until_idle
 
 
 @contextlib.asynccontextmanager
@@ -140,3 +140,31 @@ async def test_images_made_before_metadata_named_the_provider_still_reveal_a_los
     async with running_generator(settings) as (generator, _gpu):
         problem = generator.status()["cost"]["ledger_problem"]
     assert problem is not None and "found empty" in problem and "20260101T000000-aa" in problem
+
+
+@pytest.mark.parametrize("api", ["paperspace", "runpod"])
+async def test_the_ledger_bills_from_the_start_the_provider_accepted(tmp_path: Path, api: str) -> None:
+    """Start requests the provider refused (429 with `Retry-After: 1`, then 500) started nothing: the ledger
+    bills what the provider bills, from the accepted start to the machine confirmed off."""
+    settings = fast_settings(tmp_path, gpu__simulated__api=api)
+    async with running_generator(settings) as (generator, gpu):
+        # From now on, of every three API requests the first is answered 429 (`Retry-After: 1`) and the second
+        # 500: the start is refused twice before it is accepted (and RunPod's look at the pod before it too).
+        gpu.set_faults(["api_429", "api_500"])
+        with generator.events.subscribe() as subscription:
+            generator.refill(["unique"])
+            await gpu.machine.wait_for("starting")
+            gpu.set_faults([])  # the rest of the run as usual: only the start was refused
+            await states_until_idle(subscription)
+        assert generator.last_run is not None
+        run = generator.last_run.to_dict()
+        assert run["outcome"] == "completed" and gpu.machine.state == "off"
+        ledger = generator.status()["cost"]["billed_seconds_today"]
+    provider = gpu.machine.billed_seconds
+    # The ledger opens when the accepted request goes out (before the provider starts the machine) and
+    # closes at the poll that finds it off: it is never under the provider's bill, and over it by the
+    # accepted request's and that poll's round trips and one poll interval (20 ms). Counting from the
+    # refused attempts instead adds their waits: the 429's Retry-After (1 s) and the backoff after the 500
+    # (0.5 to 1 s), 1.5 s at least. The bound lies between the two.
+    assert run["billed_seconds"] == pytest.approx(ledger, abs=1e-3)
+    assert provider - 0.01 <= ledger < provider + 1.4, (ledger, provider)

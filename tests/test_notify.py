@@ -15,9 +15,9 @@ import pytest
 from avatargen.api import AdminClient, Status
 from avatargen.config import ConfigError, NotifySettings, load_settings
 from avatargen.notify import Notifier, Sender, Watcher
+from avatargen.run import Run
 from avatargen.tasks import background
-from avatargen.testing import avatargen_server
-from tests.receiver import Receiver
+from avatargen.testing import Receiver, avatargen_server
 from tests.support import wait_until, write_config
 
 TOKEN = "notify-test-token"
@@ -43,7 +43,7 @@ async def test_a_failed_run_is_told_once_and_a_broken_url_shows_in_the_status(tm
             assert "OutOfMemoryError" in message["message"]  # the run's error, as the web UI gave it
             assert status.notifications.sent >= 1
             assert "/broken" in (status.notifications.last_failure or "")
-            assert sum(run.id in body["title"] for _, body in receiver.messages) == 1
+            assert sum(run.id in message.body["title"] for message in receiver.messages) == 1
             assert "not delivered" in service.log_text()
             told = subprocess.run([sys.executable, "-m", "server.cli", "status", "--config", str(config), "--url",
                                    service.url, "--token", TOKEN], capture_output=True, text=True, timeout=60)
@@ -66,8 +66,8 @@ def test_notify_test_says_which_urls_worked(tmp_path: Path) -> None:
         assert any(line.startswith("FAILED") and "/broken" in line for line in lines), answer.stdout
         assert any(line.startswith("FAILED") and "owner:****@" in line for line in lines), answer.stdout
         assert "hunter2" not in answer.stdout + answer.stderr
-        assert [path for path, _ in receiver.messages] == ["/ok"]
-        assert "test" in receiver.messages[0][1]["title"]
+        assert [message.path for message in receiver.messages] == ["/ok"]
+        assert "test" in receiver.messages[0].body["title"]
         (tmp_path / "good").mkdir()
         only_good = write_config(tmp_path / "good", {"notify.urls": [receiver.url("/ok")]})
         assert notify_test(only_good).returncode == 0
@@ -99,7 +99,7 @@ async def test_money_is_never_held_back_and_other_kinds_are(tmp_path: Path) -> N
                     notifier.notify("storage", "not chosen", ".")]
             assert sent == [True, False, True, True, False]
             await wait_until(lambda: len(receiver.messages) == 3)
-        assert [body["title"] for _, body in receiver.messages] == ["first failure", "budget", "budget again"]
+        assert [message.body["title"] for message in receiver.messages] == ["first failure", "budget", "budget again"]
 
 
 def test_an_unknown_event_is_a_config_error(tmp_path: Path) -> None:
@@ -132,6 +132,11 @@ def test_the_watcher_tells_what_the_status_shows(tmp_path: Path) -> None:
     assert kind == "runs_paused" and "held back" in body
     watcher.look(status(paused_reason="daily budget reached: 5.00 of 5.00 spent today"), 13.0)
     assert told.pop()[0] == "money"
+    cut = Run("auto", {"fallback": 6}, 0.76, outcome="aborted", error="daily budget reached: 4.90 of 5.00 spent "
+              "today, and going on (about 0.20 more with the stop) would go over it")
+    watcher.look(status(last_run=cut.to_dict()), 13.5)
+    kind, body = told.pop()
+    assert kind == "money" and "going on (about 0.20 more" in body
     held = {"unique": {"count": 3, "min": 1, "max": 4, "held": 2}, "fallback": {"count": 0, "min": 1, "max": 6}}
     watcher.look(status(buckets=held), 14.0)
     assert sorted(kind for kind, _ in told) == ["bucket_empty", "held"]

@@ -11,12 +11,15 @@ from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
 import pytest
-from starlette.responses import Response
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from avatargen.config import Secret
 from avatargen.gpu.paperspace import PaperspaceClient, PaperspaceError
 from avatargen.retry import backoff_delay, parse_retry_after
-from avatargen.simulator import SimulatedGpu
+from avatargen.simulator import LoopbackServer, SimulatedGpu
 from tests.simhelpers import fixed_answers, sim_settings
 
 
@@ -33,8 +36,9 @@ def client_for(sim: SimulatedGpu, *, max_retries: int = 6, backoff: float = 0.5)
 async def test_reads_starts_follows_and_stops_the_machine(sim: SimulatedGpu) -> None:
     async with client_for(sim) as client:
         assert (await client.get_machine(sim.machine_id))["state"] == "off"
-        machine, event = await client.start(sim.machine_id)
+        machine, event, since = await client.start(sim.machine_id)
         assert (machine["state"], event["name"]) == ("starting", "start")
+        assert since <= time.time()
         await sim.machine.wait_for("ready")
         assert (await client.get_event(event["id"]))["state"] == "done"
         machine, event = await client.stop(sim.machine_id)
@@ -158,6 +162,32 @@ async def test_answers_that_are_not_the_api_shape_are_errors_with_a_quote() -> N
             await client.stop("ps1")
     assert (gateway.value.status, gateway.value.code) == (502, "HTTP_502")
     assert "502 Bad Gateway" in gateway.value.message
+
+
+async def test_a_start_counts_from_the_attempt_accepted_or_from_one_whose_outcome_is_unknown() -> None:
+    """What the ledger bills from: a refused attempt (429, 500) started nothing; one the client gave up
+    waiting for may have started the machine, so the time counts from it (in the owner's favour)."""
+    sent: list[float] = []
+    answer = JSONResponse({"data": {"id": "ps1", "state": "starting"}, "event": {"id": "ev1", "state": "pending"}})
+
+    async def start(request: Request) -> Response:
+        sent.append(time.time())
+        if len(sent) == 1:
+            return JSONResponse({"message": "slow down"}, status_code=429, headers={"Retry-After": "0"})
+        if len(sent) == 2:
+            return JSONResponse({"message": "try again"}, status_code=500)
+        if len(sent) == 3 and request.path_params["machine"] == "ps2":
+            await asyncio.sleep(5)  # past the client's timeout: did it start? The client cannot know
+        return answer
+
+    app = Starlette(routes=[Route("/v1/machines/{machine}/start", start, methods=["PATCH"])])
+    async with LoopbackServer(app) as server, PaperspaceClient(server.url + "/v1", Secret("k"), backoff=0.01,
+                                                               timeout=0.5) as client:
+        *_, since = await client.start("ps1")
+        assert len(sent) == 3 and since == pytest.approx(sent[2], abs=0.05) and since > sent[1]
+        sent.clear()
+        *_, since = await client.start("ps2")
+        assert len(sent) == 4 and since == pytest.approx(sent[2], abs=0.05) and since < sent[3]
 
 
 def test_retry_after_reads_seconds_or_a_date_and_is_capped() -> None:

@@ -256,7 +256,7 @@ async def test_redis_down_raises_storage_unavailable_quickly(durable_redis_serve
             with pytest.raises(StorageUnavailable, match=r"Redis at redis://127\.0\.0\.1:\d+/0 cannot"):
                 await operation
             assert loop.time() - started < 3.0  # refused at once; a busy machine may take a moment to say so
-        assert bucket.ids() == [record.id]  # the last known list stays, for the visitors' fallbacks
+        assert bucket.ids() == [record.id]  # the last known list stays (the levels)
         redis_server.start()  # same port, same append-only file: the next call reconnects and finds it
         assert await bucket.read(record.id) == webp(1)
     finally:

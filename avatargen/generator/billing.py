@@ -70,9 +70,17 @@ class Billing:
         self._writer = asyncio.create_task(self._write_behind(), name="ledger-writer")
 
     def start(self, run_id: str, when: float, hourly_cost: float | None = None) -> None:
-        """Billing starts: the start request is about to go out. `hourly_cost`: the machine's own price when
+        """Billing may start: the start request is about to go out (an entry open from now, so that a crash
+        before the provider answers still counts the time). `hourly_cost`: the machine's own price when
         its provider says it (RunPod does), else the configured one."""
         self._set(Entry(run_id, when, None, self.hourly_cost if hourly_cost is None else hourly_cost))
+
+    def accepted(self, run_id: str, when: float) -> None:
+        """The provider accepted the start: billing starts at `when` (see `Provider.start`), as the provider
+        bills, not at the first attempt it refused."""
+        entry = self._entries.get(run_id)
+        if entry is not None and entry.stopped is None and entry.started != when:
+            self._set(replace(entry, started=when))
 
     def stop(self, run_id: str, when: float) -> None:
         """Billing ends: the stop is confirmed."""

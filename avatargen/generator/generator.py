@@ -19,6 +19,7 @@ from avatargen.api.wire import BucketLevel, History, Status, encode_event
 from avatargen.config import PromptSettings, Settings
 from avatargen.events import EventHub
 from avatargen.generator.billing import Billing
+from avatargen.generator.budget import Budget
 from avatargen.generator.errors import NothingToDo, NotRunning, RunActive
 from avatargen.generator.imaging_pool import ImagingPool
 from avatargen.generator.machine import Machine
@@ -56,12 +57,14 @@ class AvatarGenerator:
         self.prompts: PromptSettings = settings.prompts  # the owner's edits apply from the next prompt
         self.states = States(announce=self._announce_state)
         self.machine = Machine(provider, on_change=self._on_machine_state)
-        self.scheduler = Scheduler(settings, self.states, self.levels, self.billing.spend, provider.bills,
+        self.budget = Budget(settings.gpu, self.billing.spend, lambda: provider.hourly_rate().amount)
+        self.scheduler = Scheduler(settings, self.states, self.levels, self.budget.no_run_now, provider.bills,
                                    start_run=lambda due: self.refill(due, trigger="auto"),
                                    announce=self._announce_state, blocked=lambda: self.machine.cannot_run)
         self._orphan = OrphanRecovery(self.machine, self.states, self.billing)
         self._imaging = ImagingPool(settings.generator, settings.review, buckets)
-        self._context = RunContext(settings, buckets, self.machine, self.states, self.billing, self._imaging, events,
+        self._context = RunContext(settings, buckets, self.machine, self.states, self.billing, self.budget,
+                                   self._imaging, events,
                                    prompts=lambda: self.prompts, levels=self.levels, ended=self.scheduler.run_ended)
         self._refill: Refill | None = None
         self._scheduling: asyncio.Task[None] | None = None

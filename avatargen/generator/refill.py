@@ -4,6 +4,11 @@ Whatever happens inside a run (an error, an abort, a timeout, a bug of ours), th
 `finally` that cannot be skipped, after all requests have finished or been cancelled, and the stop is
 retried until it is confirmed: the owner pays for every minute the machine is not `off`.
 
+An automatic run also keeps within the daily budget (`avatargen.generator.budget`): it sends no image
+request that could not be paid for with the stop after it, and it is cut, like an abort, once its spend
+and the stop would go over the budget (checked every `gpu.poll_every`); it ends "aborted" with the reason
+"daily budget reached: ...".
+
 While it generates, the run watches the SD job computing: its step for the progress bar, and a small live
 preview of the image for the owner's panel (`preview` events, at least `generator.preview_every` apart).
 """
@@ -24,6 +29,7 @@ from avatargen.config import ConfigError, PromptSettings, Settings
 from avatargen.durations import format_duration
 from avatargen.events import EventHub
 from avatargen.generator.billing import Billing
+from avatargen.generator.budget import Budget
 from avatargen.generator.errors import RunFailed
 from avatargen.generator.imaging_pool import Avatar, ImagingPool
 from avatargen.generator.machine import Machine
@@ -89,6 +95,7 @@ class RunContext:
     machine: Machine
     states: States
     billing: Billing
+    budget: Budget
     imaging: ImagingPool
     events: EventHub
     prompts: Callable[[], PromptSettings]  # the owner may change them between two prompts
@@ -105,6 +112,7 @@ class Refill:
         self._settings = context.settings
         self._rng = random.Random()
         self._abort_reason: str | None = None
+        self._budget_reason: str | None = None  # why the run sends no more image requests: the daily budget
         # This process lost the generator lease: the SD server is the new holder's too, and is left alone.
         self._lease_lost = False
         self._started = False
@@ -123,6 +131,7 @@ class Refill:
         run = self.run
         sd: SdBackend | None = None
         run_limit = asyncio.timeout(self._settings.generator.max_run_duration)
+        budget_watch = asyncio.create_task(self._watch_budget()) if self._budgeted() else None
         try:
             try:
                 if self._abort_reason is not None:
@@ -132,6 +141,8 @@ class Refill:
                     sd = await self._boot()
                     await self._generate(sd)
                 run.outcome = "completed"
+                if self._budget_reason is not None:  # it stopped short of its targets
+                    run.outcome, run.error = "aborted", self._budget_reason
             except asyncio.CancelledError:
                 if self._abort_reason is None:
                     raise
@@ -151,9 +162,34 @@ class Refill:
                     if not isinstance(cause, RunFailed | SdError | LeaseLost):
                         log.error("run %s failed", run.id, exc_info=cause)
         finally:
+            if budget_watch is not None:
+                budget_watch.cancel()
             if run.outcome is None:
                 run.outcome, run.error = "aborted", "cancelled"
             await asyncio.shield(self._shut_down(sd))
+
+    def _budgeted(self) -> bool:
+        """Whether the daily budget may cut this run: an automatic one that bills (a manual run is the owner's)."""
+        return self.run.trigger == "auto" and self.run.bills
+
+    async def _watch_budget(self) -> None:
+        """Cut the run, as an abort would, once its spend and the stop would go over the daily budget."""
+        every = self._settings.gpu.poll_every
+        while True:
+            await asyncio.sleep(every)
+            if (reason := self._context.budget.stop_now(self.run.hourly_cost, every)) is not None:
+                self.abort(reason)
+                return
+
+    def _may_send(self) -> bool:
+        """Whether another image request fits in the daily budget: it and those before it answered (the SD
+        server computes them in turn), then the stop. Once one does not, none is sent again."""
+        if self._budget_reason is None and self._budgeted():
+            ahead = (len(self._jobs) + 1) * self._context.budget.seconds("request")
+            self._budget_reason = self._context.budget.stop_now(self.run.hourly_cost, ahead)
+            if self._budget_reason is not None:
+                log.warning("run %s sends no more image requests: %s", self.run.id, self._budget_reason)
+        return self._budget_reason is None
 
     async def _check_gate(self) -> None:
         """With the safety gate on, load its detector before the machine boots: a gate that cannot run
@@ -170,16 +206,21 @@ class Refill:
         run, gpu = self.run, self._settings.gpu
         loop = asyncio.get_running_loop()
         deadline = loop.time() + gpu.ready_timeout
-        if run.bills:
+        if run.bills:  # opened now, so that a crash while the start is retried leaves the time billed
             run.billing_since = time.time()
             self._context.billing.start(run.id, run.billing_since, run.hourly_cost)
-        await provider.start()
+        accepted = await provider.start()
+        if run.bills:  # the provider bills from the start it accepted: refused attempts started nothing
+            run.billing_since = accepted
+            self._context.billing.accepted(run.id, run.billing_since)
         await provider.wait_ready(max(0.0, deadline - loop.time()), self._context.machine.observe)
         sd = connect(provider.sd_url())
         log.info("machine ready; waiting for the Stable Diffusion API (%s)", sd.name)
         while True:
             try:
                 await sd.probe(self._settings.sd.checkpoint)
+                if run.billing_since is not None:
+                    self._context.budget.saw("boot", time.time() - run.billing_since)
                 break
             except SdNotReady as exc:
                 if loop.time() >= deadline:
@@ -203,6 +244,8 @@ class Refill:
         def reserve() -> tuple[str, int] | None:
             for name, missing in unassigned.items():
                 if missing > 0:
+                    if not self._may_send():
+                        return None
                     count = min(self._settings.sd.batch_size, missing)
                     unassigned[name] -= count
                     return name, count
@@ -255,6 +298,7 @@ class Refill:
                     await asyncio.sleep(backoff_delay(attempt, base=0.5, cap=30.0))
                 continue
             failures.consecutive = 0
+            self._context.budget.saw("request", time.monotonic() - started)
             seconds = (time.monotonic() - started) / max(1, len(avatars))
             for index, avatar in enumerate(avatars):
                 seed = result.seeds[index] if index < len(result.seeds) else -1
@@ -374,6 +418,7 @@ class Refill:
     async def _shut_down(self, sd: SdBackend | None) -> None:
         """Stop the machine and confirm it is off, retrying for as long as it takes; then back to idle."""
         run = self.run
+        stopping_since = time.time()
         self._context.states.move("shutting_down")
         if sd is not None:
             if not self._lease_lost:  # else what the SD server computes is the new holder's
@@ -385,6 +430,7 @@ class Refill:
         await self._context.machine.stop()
         if run.bills:
             run.billing_until = time.time()
+            self._context.budget.saw("stop", run.billing_until - stopping_since)
             self._bill_worker_time()
             self._context.billing.stop(run.id, run.billing_until)
         run.ended_at = time.time()

@@ -2,7 +2,8 @@
 
 A bucket below its min is due (min 0: never automatically). No run starts while such a bucket's level is
 unknown (its store did not answer at the last look): a list emptied by an outage is not an empty bucket.
-No automatic run starts once today's spend reaches daily_budget, and after a failed automatic run the
+No automatic run starts once today's spend reaches daily_budget, or when what is left of it cannot pay
+for a boot, one image and the stop (`avatargen.generator.budget`), and after a failed automatic run the
 wait before the next attempt doubles, up to 24 x check_every, so a broken setup does not boot a paid
 machine every few minutes; a completed run or a manual refill resets it.
 
@@ -27,7 +28,6 @@ from avatargen.durations import format_duration
 from avatargen.generator.states import States
 from avatargen.retry import doubling
 from avatargen.run import Run, iso
-from avatargen.storage.spend import Spend
 
 log = logging.getLogger("avatargen.generator")
 
@@ -50,7 +50,7 @@ class Scheduler:
         settings: Settings,
         states: States,
         levels: Callable[[], dict[str, BucketLevel]],
-        spend: Callable[[], Spend],
+        no_run_now: Callable[[], str | None],
         bills: bool,
         start_run: Callable[[list[str]], Run],
         announce: Callable[[], None],
@@ -59,7 +59,7 @@ class Scheduler:
         self._settings = settings
         self._states = states
         self._levels = levels
-        self._spend = spend
+        self._no_run_now = no_run_now  # why today's budget allows no run (None: it allows one)
         self._bills = bills
         self._start_run = start_run
         self._announce = announce
@@ -117,9 +117,7 @@ class Scheduler:
         if not due:
             self._budget_reason = None
             return None
-        budget = self._settings.gpu.daily_budget
-        if self._bills and (today := self._spend().today) >= budget:
-            reason = f"daily budget reached: {today:.2f} of {budget:.2f} spent today"
+        if self._bills and (reason := self._no_run_now()) is not None:
             if reason != self._budget_reason:
                 log.warning("automatic refill paused, %s", reason)
             self._budget_reason = reason

@@ -5,6 +5,7 @@ Nothing to start or stop and nothing billed per minute: a run goes straight to p
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from avatargen.gpu.base import READY, HourlyRate
@@ -29,8 +30,9 @@ class AlwaysOnProvider:
         """Nothing to look at: the SD backend's own probe says whether the machine is there."""
         return []
 
-    async def start(self) -> None:
-        """Nothing to boot."""
+    async def start(self) -> float:
+        """Nothing to boot (and nothing billed)."""
+        return time.time()
 
     async def wait_ready(self, timeout: float, on_state: Callable[[str], None]) -> None:
         on_state(READY)

@@ -9,12 +9,19 @@ a log line or a repr.
 A request that changes the machine (anything but GET: start, stop, settings) waits first for the client's
 `fence`, when it has one: among replicas, the generator lease confirmed for as long as the request may
 take (`CHANGE_TIMEOUT`), so a replica that lost its lease never starts or stops the machine of another's run.
+
+A start is billed from the attempt the provider accepted, not from the first one sent: a refused attempt
+(an error answer: 429, 5xx) or one that never reached the API (connection refused) starts nothing, as
+Paperspace and RunPod bill from the moment the machine starts. An attempt whose outcome is unknown (a
+timeout, a connection dropped after the request went out) may have started it: billing counts from that
+one, in the owner's favour (`_send_since`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -77,7 +84,10 @@ class CloudApiClient(HttpClient):
 
     async def _request(self, method: str, path: str, *, json: Any = None) -> dict[str, Any]:
         """One API call, retried; the JSON object it answered."""
-        response = await self._send(method, path, json=json)
+        return self._object(await self._send(method, path, json=json), method, path)
+
+    def _object(self, response: httpx.Response, method: str, path: str) -> dict[str, Any]:
+        """The JSON object a successful call answered; the client's error when it is not one."""
         try:
             body = response.json()
         except ValueError:
@@ -90,23 +100,32 @@ class CloudApiClient(HttpClient):
 
     async def _send(self, method: str, path: str, *, json: Any = None) -> httpx.Response:
         """One API call, retried on 429, 5xx and transport failures; the successful response."""
+        return (await self._send_since(method, path, json=json))[0]
+
+    async def _send_since(self, method: str, path: str, *, json: Any = None) -> tuple[httpx.Response, float]:
+        """`_send`, and since when (epoch seconds) the request may have taken effect: when the attempt the
+        API accepted went out, or the first attempt before it whose outcome is unknown (it may have arrived)."""
         headers = {"Authorization": f"Bearer {self._api_key.reveal()}", "Accept": "application/json"}
         fence = self._fence if method != "GET" else None
         timeout = CHANGE_TIMEOUT if fence is not None else httpx.USE_CLIENT_DEFAULT
         attempt = 0
+        unknown_since: float | None = None
         while True:
             retry_after = None
             if fence is not None:
                 await fence(CHANGE_TIMEOUT)  # before each attempt: the lease may have gone meanwhile
+            sent = time.time()
             try:
                 response = await self._http.request(method, self._api_url + path, headers=headers, json=json,
                                                     timeout=timeout)
             except httpx.TransportError as exc:
+                if unknown_since is None and not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+                    unknown_since = sent  # the request may have arrived and been carried out
                 error = self.error(None, "UNREACHABLE",
                                    f"cannot reach {self._api_url}: {type(exc).__name__} {exc}".rstrip())
             else:
                 if response.is_success:
-                    return response
+                    return response, sent if unknown_since is None else unknown_since
                 error = self._error_from(response)
                 if response.status_code == 429:
                     retry_after = parse_retry_after(response.headers.get("retry-after"))

@@ -63,8 +63,10 @@ class Provider(Protocol):
         else return what the owner should know (a safety net that is off, storage billed while it is off)."""
         ...
 
-    async def start(self) -> None:
-        """Ask for the machine to boot; returns as soon as the request is accepted."""
+    async def start(self) -> float:
+        """Ask for the machine to boot; returns as soon as the request is accepted, with when (epoch seconds)
+        the provider's billing may have started: the accepted request's sending, or an earlier one whose
+        outcome is unknown (a refused request starts nothing)."""
         ...
 
     async def wait_ready(self, timeout: float, on_state: Callable[[str], None]) -> None:

@@ -48,9 +48,12 @@ class PaperspaceClient(CloudApiClient):
     async def get_machine(self, machine_id: str) -> dict[str, Any]:
         return await self._request("GET", f"/machines/{machine_id}")
 
-    async def start(self, machine_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Ask for a boot; returns at once with the machine and the event to follow."""
-        return self._machine_and_event(await self._request("PATCH", f"/machines/{machine_id}/start"))
+    async def start(self, machine_id: str) -> tuple[dict[str, Any], dict[str, Any], float]:
+        """Ask for a boot; returns at once with the machine, the event to follow, and when the machine may
+        have started (`_send_since`)."""
+        path = f"/machines/{machine_id}/start"
+        response, since = await self._send_since("PATCH", path)
+        return (*self._machine_and_event(self._object(response, "PATCH", path)), since)
 
     async def stop(self, machine_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
         """Ask for a shutdown; returns at once with the machine and the event to follow."""
@@ -122,13 +125,14 @@ class PaperspaceProvider:
                     "(e.g. \"3h\") or enable it in the Paperspace console"]
         return []
 
-    async def start(self) -> None:
+    async def start(self) -> float:
         try:
-            machine, event = await self._client.start(self._machine_id)
+            machine, event, since = await self._client.start(self._machine_id)
         except PaperspaceError as exc:
             raise MachineError(f"cannot start {self._label}: {exc}") from exc
         self._public_ip = machine.get("publicIp") or self._public_ip
         self._start_event = event.get("id")
+        return since
 
     async def wait_ready(self, timeout: float, on_state: Callable[[str], None]) -> None:
         watch = StateWatch(on_state)

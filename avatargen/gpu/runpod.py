@@ -55,9 +55,10 @@ class RunPodClient(CloudApiClient):
     async def get_pod(self, pod_id: str) -> dict[str, Any]:
         return await self._request("GET", f"/pods/{pod_id}")
 
-    async def start(self, pod_id: str) -> None:
-        """Ask for the pod to start (or resume); returns once RunPod accepted it (its answer has no body)."""
-        await self._send("POST", f"/pods/{pod_id}/start")
+    async def start(self, pod_id: str) -> float:
+        """Ask for the pod to start (or resume); returns once RunPod accepted it (its answer has no body), with
+        when the pod may have started (`_send_since`)."""
+        return (await self._send_since("POST", f"/pods/{pod_id}/start"))[1]
 
     async def stop(self, pod_id: str) -> None:
         """Ask for the pod to stop; harmless when it already is."""
@@ -137,10 +138,10 @@ class RunPodProvider:
                     f"{VOLUME_PRICE:.2f} per GB per month ({volume * VOLUME_PRICE:.2f} a month), running or not"]
         return []
 
-    async def start(self) -> None:
+    async def start(self) -> float:
         self._refuse_terminated(await self._read_pod())
         try:
-            await self._client.start(self._pod_id)
+            return await self._client.start(self._pod_id)
         except RunPodError as exc:
             raise MachineError(f"cannot start {self._label}: {exc}") from exc
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -153,9 +154,12 @@ class RunPodServerlessProvider:
         await self._health()
         return []
 
-    async def start(self) -> None:
+    async def start(self) -> float:
+        """Nothing to boot: the endpoint's workers start with the first job (the run's cost is worker time)."""
+        began = time.time()
         self._endpoint.worker_time = WorkerTime(self._endpoint.idle_timeout)
         await self._health()
+        return began
 
     async def wait_ready(self, timeout: float, on_state: Callable[[str], None]) -> None:
         self._endpoint.observe = self._watch(on_state)

@@ -22,6 +22,7 @@ from avatargen.durations import format_duration
 log = logging.getLogger("avatargen.notify")
 
 LOOK_EVERY = 2.0  # seconds between looks at the status
+BUDGET_REACHED = "daily budget reached"  # how an automatic run cut by the daily budget ends (its error)
 ZERO_GPU = "without its GPU"  # in a run's error when RunPod resumed the pod on a host whose GPU is gone
 
 Notify = Callable[[str, str, str], object]  # kind, title, body
@@ -93,6 +94,12 @@ class Watcher:
             return
         if ended.outcome != "failed":
             self._failed_in_a_row = 0
+            if ended.outcome == "aborted" and (ended.error or "").startswith(BUDGET_REACHED):
+                self._notify("money", f"avatargen: the daily budget ended run {ended.run.id}",
+                             f"The run stopped generating and its machine was shut down: {ended.error}. "
+                             "Automatic runs start again once the budget can pay for one (tomorrow at the "
+                             "latest); raise gpu.daily_budget, or start a refill by hand, if the buckets "
+                             "cannot wait.")
             return
         self._failed_in_a_row += 1
         kind = "money" if ZERO_GPU in (ended.error or "") else "run_failed"

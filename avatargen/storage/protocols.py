@@ -33,10 +33,6 @@ class StoredBucket(Protocol):
         back an id dropped by mistake). Never called because a read failed: see `unknown`."""
         ...
 
-    def listed(self, image_id: str) -> bool:
-        """Whether the in-memory index, as of the last look, holds this id (no I/O)."""
-        ...
-
     async def servable(self, image_id: str) -> bool:
         """Whether this image may be served now: it is in the bucket as every process and replica sees it
         at a moment after this call (deleted, retired, moved, claimed or held is gone everywhere at once).

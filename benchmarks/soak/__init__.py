@@ -12,5 +12,6 @@ many times.
 
 Modules: `setups` (the processes), `traffic` (visitors, panels, the owner), `watch` (status and the
 simulator's bill, sampled), `faults` (the schedule), `resources` (RSS, fds, threads, listeners, Redis keys,
-the log), `receiver` (the json:// notification receiver), `__main__` (the run and the tables).
+the log), `__main__` (the run and the tables). Notifications go to `avatargen.testing.Receiver`, the json://
+webhook the tests use too.
 """

@@ -22,9 +22,8 @@ import httpx
 from avatargen.config import load_settings
 from avatargen.storage.backend import open_backend
 from avatargen.storage.spend import DAY_SECONDS_ENV
-from avatargen.testing import RedisServer, Service, free_port, running_redis
+from avatargen.testing import Receiver, RedisServer, Service, free_port, running_redis
 from benchmarks.harness import ADMIN_TOKEN, avatargen_server, sample_avatars, write_config
-from benchmarks.soak.receiver import Receiver
 from benchmarks.storage_faults import tmpfs
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -46,7 +45,9 @@ def config_layer(day_seconds: float, *, budget_share: float) -> dict[str, Any]:
                     "fallback_retire_every": "3s", "cache_max_age": "1h", "same_face_for": "5s"},
         "buckets": {"unique": {"min": 4, "max": 10}, "fallback": {"min": 6, "max": 12}},
         "generator": {"check_every": "2s", "image_retries": 1, "max_consecutive_failures": 3},
-        "gpu": {"poll_every": "100ms", "ready_timeout": "8s", "stop_timeout": "20s", "hourly_cost": 3600.0,
+        # The bounds on a boot (300 ms) and a stop (200 ms, up to about 1.5 s through stop_500), with room for a
+        # loaded machine: until a process has seen a boot and a stop, the budget keeps them for the first run.
+        "gpu": {"poll_every": "100ms", "ready_timeout": "4s", "stop_timeout": "5s", "hourly_cost": 3600.0,
                 "daily_budget": round(budget_share * day_seconds, 1)},
         "sd": {"steps": 10},
     }

@@ -6,7 +6,8 @@ idle with the same last run (a run that started and ended in between changes it)
 interval are billed outside any run, and a machine not off in it is a machine on while no run is. Where no
 process answers as the generator (restarts, a replica killed before the other takes over) an interval is
 not judged: what was billed then is counted apart. An automatic run must never start once the day's spend
-reached the budget (a run may end above it: the budget stops runs from starting, as the contract says).
+reached the budget, and the day's spend (the highest seen is kept) must never go over it: a run under way
+stops in time.
 """
 
 from __future__ import annotations

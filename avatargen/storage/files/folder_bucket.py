@@ -53,9 +53,6 @@ class FolderBucket:
     def forget(self, image_id: str) -> None:
         self.folder.index.forget(image_id)
 
-    def listed(self, image_id: str) -> bool:
-        return self.folder.index.listed(image_id)
-
     async def servable(self, image_id: str) -> bool:
         """One stat, on the event loop: cheaper than a worker thread, and no slower than the folder's own
         mtime check that `count` makes there."""

@@ -111,11 +111,6 @@ class FolderIndex:
         with self._lock:
             self._index.add(image_id)
 
-    def listed(self, image_id: str) -> bool:
-        """Whether the index, as of the last look at the folder, holds this id (no I/O)."""
-        with self._lock:
-            return image_id in self._index
-
     def unknown(self) -> str | None:
         """Why `count` cannot be trusted now (the folder could not be listed at the last look); None if it can."""
         return self._unlisted

@@ -221,10 +221,6 @@ class RedisBucket:
         self._index.discard(image_id)
         self._version = ""
 
-    def listed(self, image_id: str) -> bool:
-        """Whether the list, as of the last refresh, holds this id (no I/O)."""
-        return image_id in self._index
-
     async def servable(self, image_id: str) -> bool:
         """Whether the image is in the bucket now, as every replica sees it: the list is brought up to date by
         a look at Redis begun after this call (shared by the visitors who ask meanwhile: one round trip for
@@ -272,8 +268,9 @@ class RedisBucket:
 
     async def follow(self) -> None:
         """Refresh every `refresh_every` seconds, for ever (a task of the server's lifespan). While Redis is
-        unreachable the last copy stays: fallbacks keep coming from the visitor's cache."""
-        outage = Outage(f"visitors get fallbacks from the last known list of the {self.name} bucket",
+        unreachable the last copy stays (the levels the generator sees); visitors get the placeholder, since
+        no image can be checked against Redis."""
+        outage = Outage(f"visitors get the placeholder until the {self.name} bucket can be read again",
                         f"the {self.name} bucket's list is up to date")
         while True:
             try:
