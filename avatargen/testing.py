@@ -373,7 +373,7 @@ def running_redis(directory: Path, *, appendonly: bool = False, debug: bool = Fa
 
 
 @dataclass(frozen=True)
-class Message:
+class Posted:
     """One message a `json://` URL posted: when it came (epoch seconds), to which path ("/hook"), its body."""
 
     at: float
@@ -395,7 +395,7 @@ class Receiver:
     """
 
     def __init__(self, *, failing: str = "/broken") -> None:
-        self.messages: list[Message] = []
+        self.messages: list[Posted] = []
         self.arrived = threading.Condition()
         receiver = self
 
@@ -413,7 +413,7 @@ class Receiver:
                 except ValueError:
                     body = {"unreadable": True}
                 with receiver.arrived:
-                    receiver.messages.append(Message(time.time(), self.path, body))
+                    receiver.messages.append(Posted(time.time(), self.path, body))
                     receiver.arrived.notify_all()
 
             def log_message(self, format: str, *args: Any) -> None:
@@ -435,7 +435,7 @@ class Receiver:
             raise TimeoutError(f"no such message within {timeout} s; got {self.messages}")
         return found
 
-    def between(self, path: str, start: float, end: float) -> list[Message]:
+    def between(self, path: str, start: float, end: float) -> list[Posted]:
         """The messages posted to `path` from `start` to `end` (epoch seconds)."""
         with self.arrived:
             return [message for message in self.messages

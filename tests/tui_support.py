@@ -34,6 +34,7 @@ TUI_SETTINGS: dict[str, Any] = {
     # A week and a half day between automatic checks: "next check in 7d 2h" holds still for half an hour.
     "generator.check_every": "10230m",
     "gpu.hourly_cost": 0.76,
+    "gpu.daily_budget": 5.0,  # what the panel shows as the budget in the snapshots
     "gpu.simulated.stop_delay": "200ms",
 }
 
