@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Literal
 
+from avatargen.api.money import money
 from avatargen.config import GpuSettings
 from avatargen.storage.spend import Spend
 
@@ -55,11 +56,11 @@ class Budget:
         for a boot, one image request and the stop. None when a run may start."""
         budget, today = self._settings.daily_budget, self._spend().today
         if today >= budget:
-            return f"daily budget reached: {today:.2f} of {budget:.2f} spent today"
+            return f"daily budget reached: {money(today)} of {money(budget)} spent today"
         smallest = sum(self.seconds(step) for step in ("boot", "request", "stop")) / 3600 * self._rate()
         if today + smallest > budget:
-            return (f"daily budget reached: {today:.2f} of {budget:.2f} spent today, and what is left cannot pay "
-                    f"for a boot, one image and the stop (about {smallest:.2f})")
+            return (f"daily budget reached: {money(today)} of {money(budget)} spent today, and what is left cannot pay "
+                    f"for a boot, one image and the stop (about {money(smallest)})")
         return None
 
     def stop_now(self, rate: float, ahead: float) -> str | None:
@@ -68,6 +69,6 @@ class Budget:
         budget, today = self._settings.daily_budget, self._spend().today
         coming = (ahead + self.seconds("stop")) / 3600 * rate
         if today + coming > budget:
-            return (f"daily budget reached: {today:.2f} of {budget:.2f} spent today, and going on "
-                    f"(about {coming:.2f} more with the stop) would go over it")
+            return (f"daily budget reached: {money(today)} of {money(budget)} spent today, and going on "
+                    f"(about {money(coming)} more with the stop) would go over it")
         return None

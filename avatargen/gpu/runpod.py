@@ -17,6 +17,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from avatargen.api.money import money
 from avatargen.config import SdSettings
 from avatargen.gpu.address import Address, fill
 from avatargen.gpu.api import ApiError, CloudApiClient
@@ -135,7 +136,7 @@ class RunPodProvider:
         volume = pod.get("volumeInGb")
         if isinstance(volume, int) and volume > 0:
             return [f"{self._label} keeps its {volume} GB volume while stopped: RunPod bills it at about "
-                    f"{VOLUME_PRICE:.2f} per GB per month ({volume * VOLUME_PRICE:.2f} a month), running or not"]
+                    f"{money(VOLUME_PRICE)} per GB per month ({money(volume * VOLUME_PRICE)} a month), running or not"]
         return []
 
     async def start(self) -> float:
