@@ -196,7 +196,18 @@ def details(teams: list[Team]) -> None:
                             ("fault not done", team.schedule.errors)):
             for item in items[:5]:
                 print(f"{team.setup.name}: {name}: {item}", file=sys.stderr)
+        if m.highest_day_share > 1.0 and m.highest_day_at is not None:
+            print(f"{team.setup.name}: day's spend at {m.highest_day_share:.3f} of the budget at "
+                  f"{time.strftime('%H:%M:%S', time.gmtime(m.highest_day_at))} UTC; faults on that day until then: "
+                  f"{faults_before(team, m.highest_day_at) or 'none'}", file=sys.stderr)
         print(f"{team.setup.name}: requests {dict(s.kinds)}; owner {dict(team.owner.actions)}", file=sys.stderr)
+
+
+def faults_before(team: Team, at: float) -> str:
+    """The faults on during the (compressed) day up to `at`: what the spend over the budget may come from."""
+    since = at // team.watch.day_seconds * team.watch.day_seconds  # the day began (days count from the epoch)
+    return ", ".join(f"{strike.fault} ({strike.start - at:+.0f} s to {strike.end - at:+.0f} s)"
+                     for strike in team.schedule.strikes if strike.start <= at and strike.end >= since)
 
 
 def simulator(work: Path, api: str) -> Simulator:

@@ -89,6 +89,7 @@ class Money:
     auto_runs_over_budget: list[str] = field(default_factory=list)
     runs_seen: set[str] = field(default_factory=set)
     highest_day_share: float = 0.0  # the highest day's spend, as a share of the budget
+    highest_day_at: float | None = None  # when it was seen (to find the fault that was on)
     midnights: int = 0  # day changes seen where the day's spend started again from 0
     machine_billed: float = 0.0  # the simulator's billed seconds at the last sample
     ledger_billed: float = 0.0  # the ledger's billed seconds this month, at the last sample
@@ -165,8 +166,8 @@ class Watch:
         last, self._last = self._last, seen
         if last is not None and self._day(last.at) != self._day(seen.at) and seen.today < last.today:
             self.money.midnights += 1
-        if seen.budget:
-            self.money.highest_day_share = max(self.money.highest_day_share, seen.today / seen.budget)
+        if seen.budget and seen.today / seen.budget > self.money.highest_day_share:
+            self.money.highest_day_share, self.money.highest_day_at = seen.today / seen.budget, seen.at
         if seen.run_id is None:
             self._last_idle = seen
             return
