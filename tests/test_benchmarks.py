@@ -75,30 +75,7 @@ TABLES = {
 }
 
 
-@pytest.mark.timeout(330)  # the fault matrix runs a dozen servers; quick mode still takes minutes on 2 busy cores
-@pytest.mark.parametrize("script", sorted(TABLES))
-def test_script_runs_in_quick_mode_and_prints_its_table(script: str) -> None:
-    module, *options = script.split()
-    done = subprocess.run([sys.executable, "-m", f"benchmarks.{module}", "--quick", *options], cwd=ROOT,
-                          capture_output=True, text=True, timeout=180)
-    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
-    title, header, rows = TABLES[script]
-    assert done.stdout.startswith("machine: ")
-    assert f"### {title}\n" in done.stdout
-    assert header in done.stdout
-    for row in rows:
-        assert row in done.stdout, f"no row starting {row!r} in:\n{done.stdout}"
-
-
-def test_gpu_efficiency_compares_the_safety_gate_off_and_on() -> None:
-    done = subprocess.run([sys.executable, "-m", "benchmarks.gpu_efficiency", "--quick", "--gate"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=180)
-    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
-    assert "### Safety gate and GPU busy share, shipped defaults\n" in done.stdout
-    for backend in ("a1111", "comfyui"):
-        assert f"| {backend} | off | 1 | 20 |" in done.stdout and f"| {backend} | on | 1 | 20 |" in done.stdout
-
-
+# First in the file: the step's longest test starts first (see QUICK_SECONDS below).
 @pytest.mark.timeout(420)  # about two minutes of soak, plus starting and stopping five servers on 2 busy cores
 def test_the_soak_runs_in_quick_mode_and_every_invariant_holds() -> None:
     """The soak exits 1 when an invariant or a resource does not hold: its quick run is a check of its own."""
@@ -114,3 +91,41 @@ def test_the_soak_runs_in_quick_mode_and_every_invariant_holds() -> None:
     for fault in (*SIM_FAULTS, *REDIS_FAULTS, "server SIGTERM + restart"):
         assert f" | {fault} | " in done.stdout, f"no fault {fault!r} in:\n{done.stdout}"
     assert "| redis replica-0 (" in done.stdout and "| redis redis-server (storage) | Redis keys |" in done.stdout
+
+
+def test_gpu_efficiency_compares_the_safety_gate_off_and_on() -> None:
+    done = subprocess.run([sys.executable, "-m", "benchmarks.gpu_efficiency", "--quick", "--gate"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    assert "### Safety gate and GPU busy share, shipped defaults\n" in done.stdout
+    for backend in ("a1111", "comfyui"):
+        assert f"| {backend} | off | 1 | 20 |" in done.stdout and f"| {backend} | on | 1 | 20 |" in done.stdout
+
+
+# Seconds each script takes in quick mode on 2 busy cores, roughly: xdist hands the tests out in the order they
+# are collected, so the longest go first (the soak, then the gate's comparison, then these, longest first) and
+# the step does not end waiting on a long one that started last. A script missing here runs last; its figure
+# only orders the tests, nothing checks it.
+QUICK_SECONDS = {
+    "fault_matrix --api paperspace": 41, "fault_matrix --api runpod": 34, "fault_matrix --money": 31,
+    "fault_matrix --api runpod_serverless": 27, "replicas": 25, "gpu_efficiency": 23, "visitor_throughput": 22,
+    "fault_matrix --storage": 17, "proxy_limits": 17, "startup": 14, "preview_stream --backend comfyui": 14,
+    "fault_matrix --comfyui": 13, "preview_stream --backend a1111": 13, "latency_during_run": 7, "unique_path": 6,
+    "review_cost": 4, "variant_cost": 1,
+}
+SCRIPTS = sorted(TABLES, key=lambda script: -QUICK_SECONDS.get(script, 0))
+
+
+@pytest.mark.timeout(330)  # the fault matrix runs a dozen servers; quick mode still takes minutes on 2 busy cores
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_script_runs_in_quick_mode_and_prints_its_table(script: str) -> None:
+    module, *options = script.split()
+    done = subprocess.run([sys.executable, "-m", f"benchmarks.{module}", "--quick", *options], cwd=ROOT,
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    title, header, rows = TABLES[script]
+    assert done.stdout.startswith("machine: ")
+    assert f"### {title}\n" in done.stdout
+    assert header in done.stdout
+    for row in rows:
+        assert row in done.stdout, f"no row starting {row!r} in:\n{done.stdout}"
