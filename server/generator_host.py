@@ -47,6 +47,10 @@ class GeneratorHost:
         machine stopped, then the lease given up for the next holder)."""
         try:
             held = await self.lease.acquire()
+            dead = self.lease.inherited() if held else None
+            if dead is not None:
+                log.warning("the generator's last process (%s) died holding it: this one takes over", dead)
+                self.took_over = True
         except StorageUnavailable as exc:
             log.warning("%s; the generator starts once it answers", exc)
             held = False

@@ -306,6 +306,36 @@ def test_only_one_generator_per_data_directory(tmp_path: Path) -> None:
     assert GeneratorLock(tmp_path).acquire() is True  # released when its holder exits
 
 
+@pytest.mark.parametrize("ends", ["killed", "released"])
+def test_a_lock_taken_from_a_holder_that_died_names_it(tmp_path: Path, ends: str) -> None:
+    """The process that takes the lock over from a dead holder says so (the owner is told the generator
+    moved), whoever it is; after a clean release the next holder is not taking over from anyone."""
+    release = "lock.release(); " if ends == "released" else ""
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys; from pathlib import Path; from avatargen.storage.files.lock import GeneratorLock;"
+         f"lock = GeneratorLock(Path({str(tmp_path)!r})); print(lock.acquire(), flush=True); sys.stdin.readline();"
+         f"{release}print('done', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    assert holder.stdin is not None and holder.stdout is not None
+    try:
+        assert holder.stdout.readline().strip() == "True"
+        holder.stdin.write("go\n")
+        holder.stdin.flush()
+        assert holder.stdout.readline().strip() == "done"
+        holder.kill()  # killed while holding it, or after letting go
+        holder.wait(timeout=30)
+    finally:
+        holder.kill()
+    lock = GeneratorLock(tmp_path)
+    assert lock.acquire() is True
+    assert lock.dead_holder == (str(holder.pid) if ends == "killed" else None)
+    lock.release()
+    again = GeneratorLock(tmp_path)
+    assert again.acquire() is True and again.dead_holder is None  # this process let go cleanly
+
+
 async def test_always_on_machine_is_used_as_it_is_never_started_or_stopped(tmp_path: Path, backend: str) -> None:
     base = fast_settings(tmp_path)
     async with SimulatedGpu(base.gpu.simulated, backend=backend) as gpu:

@@ -155,4 +155,9 @@ class GeneratorLease(Protocol):
         """Who holds the lease, for the owner; None when nobody does."""
         ...
 
+    def inherited(self) -> str | None:
+        """After an `acquire` that returned True: the holder that died holding the lease (this process takes
+        over from it), or None when the lease was free (never held, or let go)."""
+        ...
+
     async def release(self) -> None: ...

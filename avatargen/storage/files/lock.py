@@ -18,6 +18,10 @@ class GeneratorLock:
     def __init__(self, data_dir: Path) -> None:
         self.path = data_dir / "generator.lock"
         self._fd: int | None = None
+        # The pid a holder that died holding the lock left in the file (a clean release empties it): set by
+        # the acquire that found it, so the process that takes over says so even when it was not one of the
+        # workers standing by (uvicorn's replacement of the dead worker can take the lock first).
+        self.dead_holder: str | None = None
 
     def acquire(self) -> bool:
         """True when this process now runs the generator; False when another process does."""
@@ -28,6 +32,8 @@ class GeneratorLock:
         except BlockingIOError:
             os.close(fd)
             return False
+        left = os.pread(fd, 64, 0).decode(errors="replace").strip()
+        self.dead_holder = left if left and left != str(os.getpid()) else None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
@@ -40,7 +46,9 @@ class GeneratorLock:
             return "unknown"
 
     def release(self) -> None:
+        """Let go, emptying the file first: the next holder finds no pid, so it is not taking over."""
         if self._fd is not None:
+            os.ftruncate(self._fd, 0)
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
@@ -68,6 +76,9 @@ class FileLease:
 
     async def holder(self) -> str | None:
         return f"pid {self.lock.holder()}"
+
+    def inherited(self) -> str | None:
+        return f"pid {self.lock.dead_holder}" if self.lock.dead_holder else None
 
     async def release(self) -> None:
         self.lock.release()

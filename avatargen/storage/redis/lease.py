@@ -112,6 +112,11 @@ class RedisLease:
             value: bytes | None = await self.storage.client.get(self._key)  # type: ignore[assignment]
         return value.decode() if value is not None else None
 
+    def inherited(self) -> str | None:
+        """Always None: a dead replica's lease expires like a released one, so a replica that finds it free
+        cannot tell them apart. The replicas standing by (`wait_acquire`) are the ones that take over."""
+        return None
+
     async def keep(self) -> None:
         """Renew every third of the ttl; raise LeaseLost when another replica has it or it may have expired
         (Redis unreachable for a whole ttl). Never returns otherwise: cancel it to stop renewing."""
