@@ -93,6 +93,9 @@ class Money:
     midnights: int = 0  # day changes seen where the day's spend started again from 0
     machine_billed: float = 0.0  # the simulator's billed seconds at the last sample
     ledger_billed: float = 0.0  # the ledger's billed seconds this month, at the last sample
+    # Seconds between the two status reads around each read of the machine: the round trips the ledger's
+    # start and end are late by, as slow as the machine under the soak is loaded.
+    brackets: list[float] = field(default_factory=list)
 
 
 class Watch:
@@ -133,6 +136,8 @@ class Watch:
                     previous = None
                     continue
                 after = self._status(client)
+                if before is not None and after is not None:
+                    self.money.brackets.append(after.at - before.at)
                 if before is not None:
                     self._check_run_start(before)
                 if previous is not None:
