@@ -162,7 +162,8 @@ async def hosting_the_generator(services: Services, backend: Backend,
     # Among replicas, every machine call waits for the lease confirmed (see GeneratorLease.confirm); a lock
     # file is never lost while this process lives, and its machine calls keep the provider's own timeout.
     fence = lease.confirm if backend.redis is not None else None
-    factory = partial(running_generator, services=services, backend=backend, visitor=visitor, fence=fence)
+    factory = partial(running_generator, services=services, backend=backend, visitor=visitor, fence=fence,
+                      takeover=lease.takeover)
     host = GeneratorHost(lease, factory, on_change=services.place.moved)
     async with hosting(host):
         if services.place.here is None:
@@ -172,14 +173,15 @@ async def hosting_the_generator(services: Services, backend: Backend,
 
 @contextlib.asynccontextmanager
 async def running_generator(took_over: bool, *, services: Services, backend: Backend, visitor: VisitorService,
-                            fence: Fence | None) -> AsyncIterator[AvatarGenerator]:
+                            fence: Fence | None, takeover: float) -> AsyncIterator[AvatarGenerator]:
     """The generator of this process while it holds the lease, with what only its process does: the provider
     (the simulated GPU in demo mode), the framing left by recovery, answering the other processes' requests,
     and watching for what to tell the owner."""
     settings = services.settings
     async with contextlib.AsyncExitStack() as held:
         provider = await held.enter_async_context(running_provider(settings, fence=fence))
-        generator = AvatarGenerator(settings, backend.buckets, provider, services.ledger, services.events)
+        generator = AvatarGenerator(settings, backend.buckets, provider, services.ledger, services.events,
+                                    takeover=takeover)
         await generator.start()
         held.push_async_callback(generator.close)
         await held.enter_async_context(background(backend.finish_recovery(), "framing"))

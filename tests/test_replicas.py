@@ -217,3 +217,34 @@ async def test_a_stalled_replica_that_wakes_up_never_touches_the_new_holders_mac
         woken = first.log_text()
         assert "lost the generator lease" in woken
         assert "shutting down" not in woken
+
+
+async def test_a_replica_killed_as_late_as_its_run_goes_leaves_the_day_within_the_budget(
+        tmp_path: Path, redis_server: RedisServer, simulator: Simulator) -> None:
+    """The soak's 1.305: the generator's replica SIGKILLed near the end of a run cut by the daily budget leaves
+    its machine billing until the other replica takes the lease over and stops it. The reserve kept for a run's
+    end covers that takeover (10 s * 4/3) and the stop's bound (5 s): the run is cut about 18.4 s before the
+    budget; killed at that cut (or, before the reserve knew the takeover, 4 s before the budget), the day's
+    spend stays within the budget."""
+    budget = 30.0  # at 3600 an hour, seconds of machine time; a first run needs the boot's bound (4 s) and 18.4
+    settings = {"buckets.fallback.min": 400, "buckets.fallback.max": 400,  # an automatic run at start-up
+                "gpu.daily_budget": budget, "gpu.ready_timeout": "4s", "gpu.stop_timeout": "5s"}
+    async with replicas(tmp_path, redis_server, simulator, **settings) as (first, second):
+        async with AdminClient(first.url, TOKEN) as admin, asyncio.timeout(90):
+            await admin.first_event(lambda event: isinstance(event, NewImage), since="0")
+            while True:  # the spend is not announced: looked at every 50 ms, the run's last moments included
+                status = await admin.status()
+                if status.state != "generating" or status.cost.today >= budget - 4:
+                    break
+                await asyncio.sleep(0.05)
+        async with AdminClient(second.url, TOKEN, timeout=60) as admin, asyncio.timeout(120):
+            async with admin.subscribe() as events:
+                await asyncio.to_thread(first.kill)  # the machine is left on, billing, until the lease expires
+                async for _, event in events:
+                    if isinstance(event, StateChange) and event.state == "idle" and event.machine_state == "off":
+                        break
+            status = await admin.status()
+        assert simulator.machine()["state"] == "off"
+        assert "holds the generator lease" in second.log_text()  # taken over, the dead run's bill closed
+        assert 0 < status.cost.today <= budget
+        assert simulator.machine()["billedSeconds"] <= budget

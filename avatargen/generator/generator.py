@@ -48,6 +48,8 @@ class AvatarGenerator:
         provider: Provider,
         ledger: Ledger,
         events: EventHub,
+        *,
+        takeover: float = 0.0,
     ) -> None:
         self.settings = settings
         self.buckets = buckets
@@ -57,7 +59,9 @@ class AvatarGenerator:
         self.prompts: PromptSettings = settings.prompts  # the owner's edits apply from the next prompt
         self.states = States(announce=self._announce_state)
         self.machine = Machine(provider, on_change=self._on_machine_state)
-        self.budget = Budget(settings.gpu, self.billing.spend, lambda: provider.hourly_rate().amount)
+        # takeover: how long another process may take to stop the machine if this one dies (see Budget)
+        self.budget = Budget(settings.gpu, self.billing.spend, lambda: provider.hourly_rate().amount,
+                             takeover=takeover)
         self.scheduler = Scheduler(settings, self.states, self.levels, self.budget.no_run_now, provider.bills,
                                    start_run=lambda due: self.refill(due, trigger="auto"),
                                    announce=self._announce_state, blocked=lambda: self.machine.cannot_run)

@@ -134,6 +134,12 @@ class GeneratorLease(Protocol):
     file, `avatargen.storage.files.lock.FileLease`) or among the replicas (a lease in Redis with a fencing
     token, `avatargen.storage.redis.lease.RedisLease`)."""
 
+    @property
+    def takeover(self) -> float:
+        """At most how long after its holder dies another process holds the lease (and the generator's start-up
+        stops the machine the dead holder left on): the daily budget keeps it in reserve."""
+        ...
+
     async def acquire(self) -> bool:
         """True when this process now holds the lease; False when another one does."""
         ...

@@ -5,7 +5,8 @@ The simulated GPU's faults are switched through its `PUT /_sim/faults` (and how 
 back before switching it off); the rest are done to the processes: Redis stopped (SIGTERM, started again on
 its port: its append-only file keeps the data) and slowed (CLIENT PAUSE, again and again), the disk under
 the data folder filled to the last byte, a replica SIGKILLed (and started again) or SIGSTOPped (and
-continued), the server SIGTERMed and started again.
+continued), the server SIGTERMed and started again. Which replica each replica fault strikes: see
+REDIS_FAULTS.
 """
 
 from __future__ import annotations
@@ -19,13 +20,17 @@ from dataclasses import dataclass
 import httpx
 import redis
 
-from benchmarks.soak.setups import Setup
+from benchmarks.soak.setups import Setup, Slot
 from benchmarks.storage_faults import fill
 
 SIM_FAULTS = ("sd_500", "sd_garbage", "sd_invalid_image", "api_429", "api_500", "start_error", "stop_500")
 RUNPOD_FAULTS = ("zero_gpu",)
 FILES_FAULTS = ("disk full", "server SIGTERM + restart")
-REDIS_FAULTS = ("Redis stopped", "Redis slowed", "replica SIGKILL + restart", "replica SIGSTOP")
+# The SIGSTOP strikes the replica holding the generator (it comes back as the same process: its life goes on)
+# and, frozen for longer than the lease's takeover in a full soak, hands the generator to the other one; the
+# SIGKILL, next, strikes that other one, the last slot: the only one ever restarted, so the first lives the
+# whole soak, and its resources are judged over all of it.
+REDIS_FAULTS = ("Redis stopped", "Redis slowed", "replica SIGSTOP", "replica SIGKILL + restart")
 PAUSE_MS, PAUSE_EVERY = 700, 1.0  # Redis slowed: all clients paused 0.7 s of every second
 
 
@@ -94,6 +99,7 @@ class Schedule:
         self.faults = faults_of(setup)
         self.strikes: list[Strike] = []
         self.errors: list[str] = []  # a fault that could not be done (the soak's own failure)
+        self._target = setup.slots[-1]  # the replica a replica fault strikes
         self.thread = threading.Thread(target=self._loop, name=f"faults {setup.name}", daemon=True)
 
     def _hold(self) -> None:
@@ -108,8 +114,8 @@ class Schedule:
             strike.hits = _sim_faults(setup, []).get(fault, 0)
             return
         if fault.startswith("replica"):
-            health = httpx.get(setup.slots[-1].url + "/healthz", timeout=5).json()
-            strike.generator = health.get("generator") != "elsewhere"
+            self._target = self._holder() if fault == "replica SIGSTOP" else setup.slots[-1]
+            strike.generator = self._holds(self._target)
         actions: dict[str, Callable[[], None]] = {
             "disk full": self._disk_full,
             "server SIGTERM + restart": self._server_restarted,
@@ -120,12 +126,25 @@ class Schedule:
         }
         actions[fault]()
 
+    @staticmethod
+    def _holds(slot: Slot) -> bool:
+        """Whether the replica in `slot` holds the generator now."""
+        return bool(httpx.get(slot.url + "/healthz", timeout=5).json().get("generator") != "elsewhere")
+
+    def _holder(self) -> Slot:
+        """The slot holding the generator (the first one when none says so: a takeover under way)."""
+        for slot in self.setup.serving():
+            with contextlib.suppress(httpx.HTTPError, ValueError):
+                if self._holds(slot):
+                    return slot
+        return self.setup.slots[0]
+
     def _server_restarted(self) -> None:
         self.setup.slots[0].terminate_and_restart()
         self._hold()
 
     def _replica_killed(self) -> None:
-        self.setup.slots[-1].kill_and_restart()
+        self._target.kill_and_restart()
         self._hold()
 
     def _disk_full(self) -> None:
@@ -150,7 +169,7 @@ class Schedule:
             self._hold()
 
     def _replica_stopped(self) -> None:
-        slot = self.setup.slots[-1]
+        slot = self._target
         with slot.down():
             slot.service.pause()
             try:

@@ -3,11 +3,15 @@ from /proc), its event hub's listeners (the status's `event_listeners`, asked of
 keys in Redis, and the log's size on disk.
 
 A server started again by a fault begins a new life, and so does a replica that takes the generator over
-(it loads the generator's modules and clients then): growth is judged within the longest life of each
-slot in one role (if it lasted a quarter of the soak at least): its first part (the first ten minutes, at most half of
-it, or with --quick its first quarter) against its last quarter, the highest value of each: caches fill
-early, a leak keeps climbing. A count may grow by one (a thread, a panel's listener) without counting as
-growth; everything else by less than 10%.
+for the first time in its life (it loads the generator's modules and clients then, and keeps them when it
+hands the generator back: it is judged as the generator from then on). Every life that lasted `floor`
+seconds at least (half the fault cycle in a full soak: a process the schedule restarts lives about one
+cycle) is judged: its first part (the first ten minutes, at most half of it, or with --quick its first
+quarter) against its last quarter, the highest value of each: caches fill early, a leak keeps climbing. A
+count may grow by one (a thread, a panel's listener) without counting as growth; everything else by less
+than 10%. One process per setup the schedule never restarts judges the long run: the first replica (only
+frozen, never killed) and redis-server's keys (they outlive its restarts); the files setup's one server is
+restarted every cycle, so its lives are judged one by one.
 """
 
 from __future__ import annotations
@@ -108,25 +112,75 @@ class Resources:
                 if self.stop.wait(self.every):
                     return
 
-    def growth(self, quick: bool, soak_seconds: float) -> list[tuple[str, str, float, float, int, bool]]:
-        """Per process and measure: (process (role), measure, first, last, samples, holds), in its longest life in
-        one role, if that lasted a quarter of the soak at least (a life begun by a late restart is still warming
-        up)."""
+    def growth(self, quick: bool, floor: float) -> list[Growth]:
+        """Per process, role and measure, every life of at least `floor` seconds judged: its first part against
+        its last quarter (see the module's docstring); the row gives the longest judged life's figures, how
+        many lives were judged and the worst growth among them. Redis keys outlive redis-server's restarts (its
+        append-only file): one life for the whole soak."""
         rows = []
         for (process, measure), readings in sorted(self.readings.items()):
-            lives: list[list[Reading]] = []  # runs of readings of one process in one role, in order
+            lives: dict[str, list[list[Reading]]] = defaultdict(list)  # role -> lives, each a run of one pid
+            last: Reading | None = None
+            role = ""
             for reading in readings:
-                if not lives or (lives[-1][-1].pid, lives[-1][-1].role) != (reading.pid, reading.role):
-                    lives.append([])
-                lives[-1].append(reading)
-            life = max(lives, key=lambda life: life[-1].at - life[0].at)
-            span = life[-1].at - life[0].at
-            if len(life) < 4 or span < soak_seconds / 4:
-                continue
-            first_until = life[0].at + (span / 4 if quick else min(600.0, span / 2))
-            last_from = life[-1].at - span / 4
-            first = max(reading.value for reading in life if reading.at <= first_until)
-            last = max(reading.value for reading in life if reading.at >= last_from)
-            holds = last <= first * (1 + GROWTH_LIMIT) or last - first <= COUNT_SLACK[measure]
-            rows.append((f"{process} ({life[0].role})", measure, first, last, len(life), holds))
+                if measure == "Redis keys":
+                    role = reading.role
+                    new = last is None
+                elif last is None or last.pid != reading.pid:
+                    role, new = reading.role, True
+                else:  # a process that held the generator once keeps its modules: judged as the generator since
+                    new = role == "visitors" and reading.role == "generator"
+                    role = "generator" if new else role
+                if new:
+                    lives[role].append([])
+                lives[role][-1].append(reading)
+                last = reading
+            for role, runs in sorted(lives.items()):
+                judged = [judge(life, quick) for life in runs if len(life) >= 4 and life[-1].at - life[0].at >= floor]
+                if not judged:
+                    continue
+                longest = max(judged, key=lambda verdict: verdict.span)
+                worst = max(judged, key=lambda verdict: verdict.growth)
+                holds = all(verdict.holds(measure) for verdict in judged)
+                rows.append(Growth(f"{process} ({role})", measure, longest, len(judged), worst.growth, holds))
         return rows
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One life of one measure: how long it was judged, its first part's highest value and its last quarter's."""
+
+    span: float
+    first: float
+    last: float
+    samples: int
+
+    @property
+    def growth(self) -> float:
+        return (self.last - self.first) / self.first if self.first else 0.0
+
+    def holds(self, measure: str) -> bool:
+        return self.last <= self.first * (1 + GROWTH_LIMIT) or self.last - self.first <= COUNT_SLACK[measure]
+
+
+@dataclass(frozen=True)
+class Growth:
+    """A row of the resources table: the longest judged life's `verdict`, how many lives were judged, the
+    worst growth of any, and whether every one held."""
+
+    process: str
+    measure: str
+    verdict: Verdict
+    lives: int
+    worst: float
+    holds: bool
+
+
+def judge(life: list[Reading], quick: bool) -> Verdict:
+    """A life's first part (its first ten minutes, at most half of it; with --quick its first quarter) and its
+    last quarter, the highest value of each: caches fill early, a leak keeps climbing."""
+    span = life[-1].at - life[0].at
+    first_until = life[0].at + (span / 4 if quick else min(600.0, span / 2))
+    last_from = life[-1].at - span / 4
+    return Verdict(span, max(reading.value for reading in life if reading.at <= first_until),
+                   max(reading.value for reading in life if reading.at >= last_from), len(life))

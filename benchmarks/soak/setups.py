@@ -45,8 +45,9 @@ def config_layer(day_seconds: float, *, budget_share: float) -> dict[str, Any]:
                     "fallback_retire_every": "3s", "cache_max_age": "1h", "same_face_for": "5s"},
         "buckets": {"unique": {"min": 4, "max": 10}, "fallback": {"min": 6, "max": 12}},
         "generator": {"check_every": "2s", "image_retries": 1, "max_consecutive_failures": 3},
-        # The bounds on a boot (300 ms) and a stop (200 ms, up to about 1.5 s through stop_500), with room for a
-        # loaded machine: until a process has seen a boot and a stop, the budget keeps them for the first run.
+        # The bounds on a boot (300 ms) and a stop (200 ms; through stop_500 three 500s retried with up to 3.5 s
+        # of backoff), with room for a loaded machine: until a process has seen a boot, the budget keeps its
+        # bound for the first run; it keeps the stop's bound (and a lease's takeover) for every run's end.
         "gpu": {"poll_every": "100ms", "ready_timeout": "4s", "stop_timeout": "5s", "hourly_cost": 3600.0,
                 "daily_budget": round(budget_share * day_seconds, 1)},
         "sd": {"steps": 10},

@@ -61,6 +61,12 @@ class FileLease:
         self.lock = lock
         self.retry_every = retry_every
 
+    @property
+    def takeover(self) -> float:
+        """At most how long after this worker dies another one holds the lock (the kernel releases it at the
+        death; the others try every `retry_every`); with no other worker, nobody does until a restart."""
+        return self.retry_every
+
     async def acquire(self) -> bool:
         return self.lock.acquire()  # a non-blocking flock: nothing to wait for
 

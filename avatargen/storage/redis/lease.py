@@ -77,6 +77,12 @@ class RedisLease:
         self._release = storage.script(_RELEASE)
 
     @property
+    def takeover(self) -> float:
+        """At most how long after this holder dies another replica holds the lease: the lease outlives its last
+        renewal by `ttl`, and a replica tries every third of it."""
+        return self.ttl * 4 / 3
+
+    @property
     def _ttl_ms(self) -> int:
         return max(1, round(self.ttl * 1000))
 
