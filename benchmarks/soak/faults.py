@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import httpx
 import redis
 
+from avatargen.storage.redis.lease import DEFAULT_TTL
 from benchmarks.soak.setups import Setup, Slot
 from benchmarks.storage_faults import fill
 
@@ -176,6 +177,11 @@ class Schedule:
                 self._hold()
             finally:
                 slot.service.resume()
+            # Back from a freeze longer than the takeover, a replica still answers as the generator (idle) for
+            # a moment, until it learns that it lost the lease: the load balancer's health check would keep
+            # it out as long (the lease's ttl), and so does the soak, which would otherwise judge its idle
+            # status beside the new holder's running machine.
+            self.stop.wait(DEFAULT_TTL)
 
     def _loop(self) -> None:
         if self.stop.wait(self.first_after):
