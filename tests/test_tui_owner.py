@@ -27,6 +27,11 @@ def meta(card: Thumbnail) -> str:
     return str(card.query_one(".thumbnail-meta", Label).render())
 
 
+def shown(grid: ThumbnailGrid, count: int) -> bool:
+    """`count` cards, each with its caption mounted (a card is in the grid a moment before its children)."""
+    return len(grid.cards) == count and all(card.query(".thumbnail-meta") for card in grid.cards)
+
+
 def stored(folder: Path) -> list[str]:
     return sorted(path.stem for path in folder.glob("*.webp"))
 
@@ -44,7 +49,7 @@ async def test_delete_asks_first_and_the_image_leaves_every_grid(tmp_path: Path)
         async with app.run_test(size=SIZE, message_hook=collect(Answered, seen)) as pilot:
             grid = app.main.query_one("#thumbnails", ThumbnailGrid)
             overview = app.main.query_one("#overview-thumbnails", ThumbnailGrid)
-            await wait_for(pilot, lambda: len(grid.cards) == 3, "the three thumbnails")
+            await wait_for(pilot, lambda: shown(grid, 3), "the three thumbnails")
             await pilot.press("i")
             newest = ids(grid)[0]
             await pilot.press("d")
@@ -72,7 +77,7 @@ async def test_mark_several_with_space_then_delete_them_at_once(tmp_path: Path) 
         seen: list[Message] = []
         async with app.run_test(size=SIZE, message_hook=collect(Answered, seen)) as pilot:
             grid = app.main.query_one("#thumbnails", ThumbnailGrid)
-            await wait_for(pilot, lambda: len(grid.cards) == 3, "the three thumbnails")
+            await wait_for(pilot, lambda: shown(grid, 3), "the three thumbnails")
             await pilot.press("i", "space", "space")  # mark the newest two (the focus moves on after each)
             marked = [card.picture.info.id for card in grid.cards if card.marked]
             assert marked == ids(grid)[:2] and "2 marked" in str(grid.border_title)
@@ -81,7 +86,7 @@ async def test_mark_several_with_space_then_delete_them_at_once(tmp_path: Path) 
             await wait_for(pilot, lambda: isinstance(app.screen, ConfirmDeleteScreen), "the question")
             assert "2 images (2 fallback)" in str(app.screen.query_one(".dialog-text").render())
             await pilot.press("y")
-            await wait_for(pilot, lambda: len(grid.cards) == 1, "the two cards to go")
+            await wait_for(pilot, lambda: shown(grid, 1), "the two cards to go")
             assert answers(seen) == ["Deleted: 2 images"]
             assert stored(fallback) == ids(grid)
             assert not any(card.marked for card in grid.cards) and "marked" not in str(grid.border_title)
@@ -95,7 +100,7 @@ async def test_keep_and_unkeep_a_fallback_from_the_grid(tmp_path: Path) -> None:
         seen: list[Message] = []
         async with app.run_test(size=SIZE, message_hook=collect(Answered, seen)) as pilot:
             grid = app.main.query_one("#thumbnails", ThumbnailGrid)
-            await wait_for(pilot, lambda: len(grid.cards) == 2, "the thumbnails")
+            await wait_for(pilot, lambda: shown(grid, 2), "the thumbnails")
             await pilot.press("i")
             card = grid.cards[0]
             assert footer_keys(app)["k"] == "Keep" and "m" not in footer_keys(app)  # a fallback does not move
@@ -117,7 +122,7 @@ async def test_move_a_unique_into_the_fallback_bucket_from_the_detail_view(tmp_p
         seen: list[Message] = []
         async with app.run_test(size=SIZE, message_hook=collect(Answered, seen)) as pilot:
             grid = app.main.query_one("#thumbnails", ThumbnailGrid)
-            await wait_for(pilot, lambda: len(grid.cards) == 1, "the thumbnail")
+            await wait_for(pilot, lambda: shown(grid, 1), "the thumbnail")
             await pilot.press("i", "enter")
             await wait_for(pilot, lambda: isinstance(app.screen, ImageDetailScreen), "the image view")
             assert {"m", "d"} <= footer_keys(app).keys() and "k" not in footer_keys(app)  # a unique is not kept
@@ -139,7 +144,7 @@ async def test_the_review_view_approves_and_deletes_what_the_gate_held_back(tmp_
         async with app.run_test(size=SIZE, message_hook=collect(Answered, seen)) as pilot:
             review = app.main.review_grid
             images = app.main.query_one("#thumbnails", ThumbnailGrid)
-            await wait_for(pilot, lambda: len(review.cards) == 2, "the held images")
+            await wait_for(pilot, lambda: shown(review, 2), "the held images")
             assert images.cards == []
             assert all(meta(card) == "fallback · held: no face" for card in review.cards)
             await wait_for(pilot, lambda: review_tab(app) == "v Review (2)",
@@ -168,7 +173,7 @@ async def test_images_the_gate_holds_back_during_a_run_arrive_in_the_review_view
         async with app.run_test(size=SIZE) as pilot:
             await refill_everything(pilot, app)
             review = app.main.review_grid
-            await wait_for(pilot, lambda: len(review.cards) == 5, "five held images", timeout=60)
+            await wait_for(pilot, lambda: shown(review, 5), "five held images", timeout=60)
             assert app.main.query_one("#thumbnails", ThumbnailGrid).cards == []
             assert all("held: no face" in meta(card) for card in review.cards)
             await wait_for(pilot, lambda: (s := app.main.status) is not None and s.last_run is not None,
