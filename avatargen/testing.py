@@ -58,6 +58,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@contextlib.contextmanager
+def stopped_on_failure(stop: Callable[[], object]) -> Iterator[None]:
+    """Stop what a start began when the start fails, times out or is interrupted (Ctrl-C, or a `kill` that the
+    benchmarks turn into KeyboardInterrupt): its caller never reaches `__exit__`, and nothing may be left
+    running."""
+    try:
+        yield
+    except BaseException:
+        stop()
+        raise
+
+
 class Service:
     """A server process on a loopback port: started, waited for until `health_path` answers, stopped.
 
@@ -82,18 +94,22 @@ class Service:
         with self.log.open("ab") as output:
             self.process = subprocess.Popen(self.command, env=self.env, stdout=output,
                                             stderr=subprocess.STDOUT)
+        with stopped_on_failure(self.stop):
+            self._wait_until_ready(self.process)
+        return self
+
+    def _wait_until_ready(self, process: subprocess.Popen[bytes]) -> None:
         deadline = time.monotonic() + START_TIMEOUT
         # One client for all the polls: a client per poll costs ~0.1 s of CPU, taken from the server starting.
         with httpx.Client(timeout=1) as client:
             while time.monotonic() < deadline:
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"{self.name} exited with status {self.process.returncode}:\n{self.log_text()}")
+                if process.poll() is not None:
+                    raise RuntimeError(f"{self.name} exited with status {process.returncode}:\n{self.log_text()}")
                 try:
                     if client.get(self.url + self.health_path).status_code < 500:
-                        return self
+                        return
                 except httpx.TransportError:
                     time.sleep(0.02)
-        self.stop()  # a caller whose start failed never stops it: nothing may be left running
         raise TimeoutError(f"{self.name} did not answer {self.health_path} within {START_TIMEOUT:g}s:\n"
                            f"{self.log_text()}")
 
@@ -203,12 +219,13 @@ class Simulator:
         with self.log.open("ab") as errors:
             self.process = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=errors, text=True)
         assert self.process.stdout is not None
-        line = self.process.stdout.readline()
-        if not line:
-            self.process.wait(10)
-            raise RuntimeError(f"the simulator exited with status {self.process.returncode} before listening:\n"
-                               f"{self.log.read_text(errors='replace')}")
-        self.info = json.loads(line)
+        with stopped_on_failure(self.__exit__):
+            line = self.process.stdout.readline()
+            if not line:
+                self.process.wait(10)
+                raise RuntimeError(f"the simulator exited with status {self.process.returncode} before listening:\n"
+                                   f"{self.log.read_text(errors='replace')}")
+            self.info = json.loads(line)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -298,10 +315,11 @@ class RedisServer:
         log = []
         timer = _kill_after(process, REDIS_START_TIMEOUT)
         try:
-            for line in process.stdout:
-                log.append(line)
-                if "Ready to accept connections" in line:
-                    break
+            with stopped_on_failure(self.stop):
+                for line in process.stdout:
+                    log.append(line)
+                    if "Ready to accept connections" in line:
+                        break
         finally:
             timer.cancel()
         if process.poll() is not None or not log or "Ready to accept" not in log[-1]:

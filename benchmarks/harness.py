@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import signal
 import tempfile
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -45,7 +46,10 @@ BASE_CONFIG: dict[str, Any] = {
 
 
 def parse_args(description: str, add: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
-    """`--quick` for every script, plus the script's own options."""
+    """`--quick` for every script, plus the script's own options. A `kill` (SIGTERM) then ends the script as
+    Ctrl-C does, through its `with` blocks: the servers, simulators and Redis it started stop with it, where
+    Python's default would leave them running, orphaned."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--quick", action="store_true",
                         help="tiny durations: checks that the script works, its figures mean nothing")

@@ -6,10 +6,14 @@ that the script exits 0 (the fault matrix exits 1 when a row does not hold) and 
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from avatargen.config import SD_BACKENDS
@@ -91,6 +95,44 @@ def test_the_soak_runs_in_quick_mode_and_every_invariant_holds() -> None:
     for fault in (*SIM_FAULTS, *REDIS_FAULTS, "server SIGTERM + restart"):
         assert f" | {fault} | " in done.stdout, f"no fault {fault!r} in:\n{done.stdout}"
     assert "| redis replica-0 (" in done.stdout and "| redis redis-server (storage) | Redis keys |" in done.stdout
+
+
+def soak_processes(soak: subprocess.Popen[str]) -> list[psutil.Process]:
+    """The soak's processes once it has started them all (two simulators, three servers, Redis), or []."""
+    with contextlib.suppress(psutil.Error):
+        children = psutil.Process(soak.pid).children(recursive=True)
+        lines = [" ".join(child.cmdline()) for child in children]
+        if (sum(" serve " in line for line in lines) >= 3 and any("redis-server" in line for line in lines)
+                and sum("avatargen.simulator" in line for line in lines) >= 2):
+            return children
+    return []
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("moment", ["starting", "running"])
+def test_a_killed_soak_stops_every_process_it_started(moment: str) -> None:
+    """`kill` (SIGTERM) on an hour-long soak ends it as Ctrl-C does, whether its last server is still starting
+    or the traffic runs: no server, simulator or Redis left behind (the harness turns SIGTERM into
+    KeyboardInterrupt; the `with` blocks, and a start that is interrupted, stop what they started)."""
+    soak = subprocess.Popen([sys.executable, "-m", "benchmarks.soak", "--minutes", "60"], cwd=ROOT, text=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert soak.stderr is not None
+    try:
+        if moment == "running":  # the soak says so on stderr once its traffic and faults have started
+            lines = iter(soak.stderr.readline, "")
+            assert any(line.startswith("soak: running") for line in lines), f"the soak exited: {soak.wait()}"
+        deadline = time.monotonic() + 120
+        while not (children := soak_processes(soak)):
+            assert time.monotonic() < deadline and soak.poll() is None, "the soak did not start its processes"
+            time.sleep(0.1)
+        soak.send_signal(signal.SIGTERM)
+        _, stderr = soak.communicate(timeout=90)
+        assert soak.returncode != 0, stderr
+        _, alive = psutil.wait_procs(children, timeout=10)
+        assert not alive, [f"{process.pid} {process.name()}" for process in alive]
+    finally:
+        soak.kill()
+        soak.wait()
 
 
 def test_gpu_efficiency_compares_the_safety_gate_off_and_on() -> None:

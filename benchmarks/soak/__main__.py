@@ -267,11 +267,15 @@ def main() -> int:
             started = time.time()
             for thread in threads:
                 thread.start()
-            while not stop.wait(min(30.0, seconds / 10)):
-                elapsed = time.time() - started
-                print(f"soak: {elapsed / 60:.1f} of {seconds / 60:.1f} min", file=sys.stderr, flush=True)
-                if elapsed >= seconds:
-                    stop.set()
+            print(f"soak: running, {seconds / 60:g} min", file=sys.stderr, flush=True)
+            try:
+                while not stop.wait(min(30.0, seconds / 10)):
+                    elapsed = time.time() - started
+                    print(f"soak: {elapsed / 60:.1f} of {seconds / 60:.1f} min", file=sys.stderr, flush=True)
+                    if elapsed >= seconds:
+                        stop.set()
+            finally:  # Ctrl-C or a kill: the threads stop before the servers they talk to
+                stop.set()
             for thread in threads:
                 thread.join(60)
             faults, noticing = fault_rows(teams, gap, receiver)
