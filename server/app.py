@@ -76,7 +76,8 @@ async def lifespan(app: Starlette, *, settings: Settings, backend: Backend, visi
         token = admin_token(settings, backend)
         notifier = Notifier(settings.notify, Sender(settings.notify.all_urls()))
         await stack.enter_async_context(background(notifier.sender.run(), "notification sender"))
-        place = GeneratorPlace(await stack.enter_async_context(forwarding(settings, backend, events)))
+        place = GeneratorPlace(await stack.enter_async_context(forwarding(settings, backend, events)),
+                               backend.generator_lease())
         actions = OwnerActions(settings, backend.buckets, events, forget=visitor.forget)
         services = Services(settings, backend.buckets, events, ledger, actions, token, notifier, place,
                             Prompts(settings, place))
@@ -158,7 +159,7 @@ async def hosting_the_generator(services: Services, backend: Backend,
                                 visitor: VisitorService) -> AsyncIterator[None]:
     """The generator runs here while this process holds its lease, and stands by otherwise; the block starts
     once start-up knows which (see server.generator_host). The place hears of every move."""
-    lease = backend.generator_lease()
+    lease = services.place.lease
     # Among replicas, every machine call waits for the lease confirmed (see GeneratorLease.confirm); a lock
     # file is never lost while this process lives, and its machine calls keep the provider's own timeout.
     fence = lease.confirm if backend.redis is not None else None

@@ -8,6 +8,8 @@ import asyncio
 import contextlib
 import io
 import itertools
+import json
+import socket
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from functools import partial
@@ -182,7 +184,8 @@ async def test_redis_restarted_mid_load_never_serves_a_unique_twice(tmp_path: Pa
 async def test_a_stalled_replica_that_wakes_up_never_touches_the_new_holders_machine(
         tmp_path: Path, redis_server: RedisServer, simulator: Simulator) -> None:
     """SIGSTOP the generator's replica mid-run; the other takes over, stops the machine left on and starts a
-    run of its own; SIGCONT the first: it says it lost the lease and neither starts nor stops the machine."""
+    run of its own; SIGCONT the first: it says it lost the lease, neither starts nor stops the machine, and
+    never speaks as the generator once woken (its health check says the generator is elsewhere)."""
     async with replicas(tmp_path, redis_server, simulator, **{"buckets.fallback.max": 60}) as (first, second):
         async with AdminClient(first.url, TOKEN) as admin, asyncio.timeout(60):
             await admin.refill(["fallback"])
@@ -199,8 +202,15 @@ async def test_a_stalled_replica_that_wakes_up_never_touches_the_new_holders_mac
                     async for _, event in events:  # its run is generating: the machine is on for it
                         if isinstance(event, NewImage):
                             break
+            # Asked while frozen (the kernel takes the request), answered first thing once woken: before its
+            # renewal is refused, the first replica must not speak as the generator (its run is the second's).
+            asked = socket.create_connection(("127.0.0.1", first.port), timeout=60)
+            asked.sendall(b"GET /healthz HTTP/1.1\r\nhost: replica\r\nconnection: close\r\n\r\n")
         finally:
             first.resume()
+        with asked:
+            answer = await asyncio.to_thread(lambda: b"".join(iter(lambda: asked.recv(65536), b"")))
+        assert json.loads(answer.partition(b"\r\n\r\n")[2])["generator"] == "elsewhere", answer
         async with AdminClient(second.url, TOKEN, timeout=60) as admin, asyncio.timeout(180):
             await admin.first_event(lambda event: isinstance(event, StateChange) and event.state == "idle"
                                     and event.last_run is not None and event.last_run.run.id == run.id, since="0")

@@ -157,6 +157,12 @@ class GeneratorLease(Protocol):
         Awaited right before every provider call that changes the machine (see avatargen.gpu.api.Fence)."""
         ...
 
+    def held(self) -> bool:
+        """Whether this process holds the lease on its own clock, now: False once it may have lapsed (the
+        process stalled past the lease, or Redis did not answer for as long), before `keep` has noticed. What
+        the process says of the generator must not outlive the lease (see server.generator_place)."""
+        ...
+
     async def holder(self) -> str | None:
         """Who holds the lease, for the owner; None when nobody does."""
         ...

@@ -80,6 +80,9 @@ class FileLease:
     async def confirm(self, duration: float) -> None:
         """Held for as long as this process lives: any machine call may go ahead."""
 
+    def held(self) -> bool:
+        return True  # once acquired, for as long as this process lives: it never lapses
+
     async def holder(self) -> str | None:
         return f"pid {self.lock.holder()}"
 

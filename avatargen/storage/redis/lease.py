@@ -112,6 +112,11 @@ class RedisLease:
                 outage.ended()
             await asyncio.sleep(self.ttl / 3)
 
+    def held(self) -> bool:
+        """Until the last answered renewal's send time + ttl, on the event loop's monotonic clock: a process
+        SIGSTOPped past that sees it passed as soon as it runs again, before its renewal is refused."""
+        return self.fence is not None and asyncio.get_running_loop().time() < self._valid_until
+
     async def holder(self) -> str | None:
         """Who holds the lease now (host, pid and nonce), or None when nobody does."""
         async with self.storage.guard("read the generator lease"):
