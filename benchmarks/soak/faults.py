@@ -20,7 +20,6 @@ from dataclasses import dataclass
 import httpx
 import redis
 
-from avatargen.storage.redis.lease import DEFAULT_TTL
 from benchmarks.soak.setups import Setup, Slot
 from benchmarks.storage_faults import fill
 
@@ -176,12 +175,7 @@ class Schedule:
             try:
                 self._hold()
             finally:
-                slot.service.resume()
-            # Back from a freeze longer than the takeover, a replica still answers as the generator (idle) for
-            # a moment, until it learns that it lost the lease: the load balancer's health check would keep
-            # it out as long (the lease's ttl), and so does the soak, which would otherwise judge its idle
-            # status beside the new holder's running machine.
-            self.stop.wait(DEFAULT_TTL)
+                slot.service.resume()  # its traffic comes back at once: woken, it no longer speaks as the generator
 
     def _loop(self) -> None:
         if self.stop.wait(self.first_after):
