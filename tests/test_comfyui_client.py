@@ -252,22 +252,25 @@ async def test_cancel_deletes_our_queued_jobs_and_interrupts_the_running_one(job
         assert cancels == ["POST /queue", "POST /interrupt"]
 
 
+@pytest.mark.parametrize("pool", ["own", "borrowed"])
 @pytest.mark.parametrize("proxy", ["basic", "bearer"])
 async def test_the_reverse_proxy_credentials_go_with_every_request_and_the_socket(
-        proxy: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        proxy: str, pool: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through a pool of the client's own or a borrowed one (which keeps its owner's headers)."""
     monkeypatch.setenv("SD_API_PASSWORD", "s3cret")
     monkeypatch.setenv("COMFY_PROXY_TOKEN", "t0ken")
     right = settings(username="owner") if proxy == "basic" else settings(
         comfyui=ComfyUiSettings(token_env="COMFY_PROXY_TOKEN"))
     credentials: dict[str, Any] = {"auth": ("owner", "s3cret")} if proxy == "basic" else {"token": "t0ken"}
-    async with comfyui(**credentials) as (_, url):
-        async with client(url, right) as sd:
+    async with comfyui(**credentials) as (_, url), httpx.AsyncClient() as borrowed:
+        options: dict[str, Any] = {"http": borrowed} if pool == "borrowed" else {}
+        async with client(url, right, **options) as sd:
             await wait_sd_ready(sd)
             await sd.generate("A painting of cjs", count=1)
             assert sd.preview is not None  # previews come only on the socket: it was let in
         wrong = replace(right, password_env="NO_SUCH_ENV") if proxy == "basic" else replace(
             right, comfyui=ComfyUiSettings(token_env="NO_SUCH_ENV"))
-        async with client(url, wrong) as sd:
+        async with client(url, wrong, **options) as sd:
             with pytest.raises(SdError) as info:
                 await sd.probe("")
         hint = "check sd.username and the password in $NO_SUCH_ENV" if proxy == "basic" else \

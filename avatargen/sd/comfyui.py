@@ -190,9 +190,9 @@ class ComfyUiClient(HttpClient):
         self._workflow = workflow
         self._url = url.rstrip("/")
         self._shown_url = redact_url(self._url)  # for messages: they end up in logs, events and the status
-        headers = _authorization(settings)
-        super().__init__(http, timeout=_TIMEOUT, headers=headers)
-        self._headers = headers
+        super().__init__(http, timeout=_TIMEOUT)
+        # On every request (a borrowed pool keeps its owner's headers) and on the socket.
+        self._headers = _authorization(settings)
         self._poll_every = poll_every
         self._silence_timeout = silence_timeout
         self._client_id = uuid.uuid4().hex
@@ -317,8 +317,8 @@ class ComfyUiClient(HttpClient):
         if self._journal is not None:
             self._journal.add(prompt_id)  # before it goes: we may be killed before ComfyUI answers
         try:
-            response = await send(self._http, "POST", self._url + "/prompt", server=self._server,
-                                  json={"prompt": graph, "client_id": self._client_id, "prompt_id": prompt_id})
+            response = await self._send("POST", self._url + "/prompt",
+                                        json={"prompt": graph, "client_id": self._client_id, "prompt_id": prompt_id})
             body = self._parse(response)
             if response.status_code == 400:
                 raise SdError(400, f"ComfyUI refused the workflow: {validation_text(body)}", retryable=False)
@@ -415,7 +415,7 @@ class ComfyUiClient(HttpClient):
                               retryable=True)
             params = {"filename": item["filename"], "subfolder": str(item.get("subfolder", "")),
                       "type": str(item.get("type", "output"))}
-            response = await send(self._http, "GET", self._url + "/view", server=self._server, params=params)
+            response = await self._send("GET", self._url + "/view", params=params)
             self._raise_for_status(response, None)
             if sniff_format(response.content) is None:
                 raise SdError(200, f"ComfyUI sent something that is not an image for {item['filename']!r} of job "
@@ -494,7 +494,7 @@ class ComfyUiClient(HttpClient):
     async def _job(self, prompt_id: str) -> dict[str, Any] | None:
         """`GET /api/jobs/{id}`: the job (`status`, and `outputs` once it ended), None when ComfyUI has none."""
         path = f"{self._jobs_path}/{prompt_id}"
-        response = await send(self._http, "GET", self._url + path, server=self._server)
+        response = await self._send("GET", self._url + path)
         if response.status_code == 404:
             return None
         body = self._parse(response)
@@ -515,12 +515,10 @@ class ComfyUiClient(HttpClient):
         a job it does not know, which a made-up id is; a server without it answers 404 or 405)."""
         if self._jobs_api is not None:
             return
-        listing = await send(self._http, "GET", f"{self._url}{self._jobs_path}", server=self._server,
-                             params={"limit": "1"})
+        listing = await self._send("GET", f"{self._url}{self._jobs_path}", params={"limit": "1"})
         self._jobs_api = listing.status_code == 200 and isinstance(_obj(self._parse(listing)).get("jobs"), list)
         if self._jobs_api:
-            probe = await send(self._http, "POST", f"{self._url}{self._jobs_path}/{uuid.uuid4()}/cancel",
-                               server=self._server)
+            probe = await self._send("POST", f"{self._url}{self._jobs_path}/{uuid.uuid4()}/cancel")
             self._cancel_api = probe.status_code == 200
         log.info("%s: /api/jobs %s, /api/jobs/{id}/cancel %s", self._server,
                  "used" if self._jobs_api else "absent (an older ComfyUI: /history, /queue)",
@@ -658,10 +656,14 @@ class ComfyUiClient(HttpClient):
             return f"check the token in ${settings.comfyui.token_env}"
         return "the proxy in front of ComfyUI wants credentials: set sd.username or [sd.comfyui] token_env"
 
+    async def _send(self, method: str, url: str, **options: Any) -> httpx.Response:
+        """One request to the server, with the reverse proxy's credentials."""
+        return await send(self._http, method, url, server=self._server, headers=self._headers, **options)
+
     async def _json(self, method: str, path: str, *, json: Any = None, params: Mapping[str, str] | None = None,
                     expect_json: bool = True) -> Any:
         """One request; the parsed JSON body, or SdError for every way it can fail."""
-        response = await send(self._http, method, self._url + path, server=self._server, json=json, params=params)
+        response = await self._send(method, self._url + path, json=json, params=params)
         body = self._parse(response)
         self._raise_for_status(response, body)
         if expect_json and body is None:
