@@ -26,7 +26,7 @@ from avatargen.storage.redis.buckets import RedisBucket
 from avatargen.storage.redis.connection import RedisStorage
 from avatargen.testing import RedisServer, Service, Simulator, avatargen_server, free_port
 from avatargen.variants import framed_variants
-from tests.support import write_config
+from tests.support import wait_until, write_config
 
 TOKEN = "replica-test-token"
 UNIQUES, FALLBACKS = 40, 5
@@ -227,6 +227,30 @@ async def test_a_stalled_replica_that_wakes_up_never_touches_the_new_holders_mac
         woken = first.log_text()
         assert "lost the generator lease" in woken
         assert "shutting down" not in woken
+
+
+async def test_redis_stopped_while_the_machine_boots_does_not_leave_it_billing(
+        tmp_path: Path, durable_redis_server: RedisServer) -> None:
+    """Redis stops while the machine boots (minutes on a real GPU, and nothing written to Redis meanwhile), for
+    longer than the lease: the holder cannot confirm its lease, yet it stops the machine (a stop costs nothing,
+    and no replica could stop it before Redis is back), where it used to leave it billing for the whole
+    outage. The other replica cannot take the lease meanwhile, so the machine is nobody else's."""
+    with Simulator(tmp_path / "simulator.log", boot_delay="600s", stop_delay="200ms", sd_boot_delay="100ms",
+                   step_time="20ms") as simulator:
+        async with replicas(tmp_path, durable_redis_server, simulator) as (first, _):
+            async with AdminClient(first.url, TOKEN) as admin, asyncio.timeout(60):
+                async with admin.subscribe() as events:
+                    await admin.refill(["fallback"])
+                    async for _, event in events:
+                        if isinstance(event, StateChange) and event.state == "booting":
+                            break
+            await asyncio.to_thread(durable_redis_server.stop)
+            try:  # the lease's ttl (10 s), then the stop (200 ms): well within a minute on a loaded machine
+                await wait_until(lambda: simulator.machine()["state"] == "off", timeout=60, every=0.2)
+            finally:
+                await asyncio.to_thread(durable_redis_server.start)
+            assert simulator.machine()["calls"] == ["start", "stop"], simulator.machine()["calls"]
+            assert "stopped anyway" in first.log_text()
 
 
 async def test_a_replica_killed_as_late_as_its_run_goes_leaves_the_day_within_the_budget(

@@ -8,20 +8,24 @@ on it again: the owner must fix the configuration, and a retry loop would only f
 
 The one stop that is not retried: one refused because this process lost the generator lease (LeaseLost,
 from the provider's fence). The machine is then the new holder's, maybe in the middle of its run; the new
-holder stopped what this one left on when it took over.
+holder stopped what this one left on when it took over. A lease that only could not be confirmed (Redis
+did not answer for its ttl) is no reason to leave the machine billing: nobody holds it, so the stop goes
+ahead without the fence.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 from collections.abc import Callable
 
 from avatargen.durations import format_duration
+from avatargen.gpu.api import without_the_lease
 from avatargen.gpu.base import MachineUnusable, Provider
 from avatargen.retry import backoff_delay
-from avatargen.storage.errors import LeaseLost
+from avatargen.storage.errors import LeaseLost, LeaseUnconfirmed
 
 log = logging.getLogger("avatargen.generator")
 
@@ -64,11 +68,21 @@ class Machine:
         return self.state
 
     async def stop(self) -> None:
-        """Stop the machine and return once it is confirmed off, retrying (with backoff) until it is."""
+        """Stop the machine and return once it is confirmed off, retrying (with backoff) until it is.
+
+        Without the lease, the machine is left to the replica that took it over (its run may be on). When
+        Redis, not another replica, is why the lease could not be confirmed, nobody can take it over, nor stop
+        the machine, before Redis answers: the stop goes ahead, as a stop costs nothing and an outage may
+        last. Only a replica cut off from a Redis that the others still reach could stop another's run then."""
+        fenced = True
         for attempt in itertools.count():
             try:
-                await self.provider.stop(self.observe)
+                with contextlib.nullcontext() if fenced else without_the_lease():
+                    await self.provider.stop(self.observe)
                 return
+            except LeaseUnconfirmed as exc:
+                log.error("%s: the machine is stopped anyway, as nobody else can stop it until Redis answers", exc)
+                fenced = False
             except LeaseLost as exc:
                 log.error("lost the generator lease, so the machine is not stopped from here: it is the new "
                           "holder's (%s)", exc)

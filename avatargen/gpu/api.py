@@ -9,6 +9,8 @@ a log line or a repr.
 A request that changes the machine (anything but GET: start, stop, settings) waits first for the client's
 `fence`, when it has one: among replicas, the generator lease confirmed for as long as the request may
 take (`CHANGE_TIMEOUT`), so a replica that lost its lease never starts or stops the machine of another's run.
+A stop may go ahead without it (`without_the_lease`) when Redis, not another replica, is why the lease
+could not be confirmed: see `avatargen.generator.machine.Machine.stop`.
 
 A start is billed from the attempt the provider accepted, not from the first one sent: a refused attempt
 (an error answer: 429, 5xx) or one that never reached the API (connection refused) starts nothing, as
@@ -20,9 +22,11 @@ one, in the owner's favour (`_send_since`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import httpx
@@ -38,6 +42,18 @@ CHANGE_TIMEOUT = 5.0
 
 # Awaited with CHANGE_TIMEOUT right before each request that changes the machine; raises to refuse it.
 Fence = Callable[[float], Awaitable[None]]
+# Set while a stop goes ahead without the lease: the requests it makes skip the fence.
+_unfenced: contextvars.ContextVar[bool] = contextvars.ContextVar("unfenced", default=False)
+
+
+@contextlib.contextmanager
+def without_the_lease() -> Iterator[None]:
+    """The machine requests made in the block (a stop's) skip the fence."""
+    token = _unfenced.set(True)
+    try:
+        yield
+    finally:
+        _unfenced.reset(token)
 
 
 class ApiError(Exception):
@@ -106,7 +122,7 @@ class CloudApiClient(HttpClient):
         """`_send`, and since when (epoch seconds) the request may have taken effect: when the attempt the
         API accepted went out, or the first attempt before it whose outcome is unknown (it may have arrived)."""
         headers = {"Authorization": f"Bearer {self._api_key.reveal()}", "Accept": "application/json"}
-        fence = self._fence if method != "GET" else None
+        fence = self._fence if method != "GET" and not _unfenced.get() else None
         timeout = CHANGE_TIMEOUT if fence is not None else httpx.USE_CLIENT_DEFAULT
         attempt = 0
         unknown_since: float | None = None

@@ -27,3 +27,9 @@ class StorageUnavailable(Exception):
 class LeaseLost(Exception):
     """A generator write was refused: another replica holds the generator lease now (its fencing token
     is newer than the one this write carried)."""
+
+
+class LeaseUnconfirmed(LeaseLost):
+    """The generator lease may have lapsed because Redis did not answer for as long: no replica is known to
+    hold it, and none can take it until Redis answers. The machine may still be stopped (a stop costs
+    nothing, and nobody else can stop it meanwhile); it must not be started."""

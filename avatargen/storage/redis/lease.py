@@ -26,7 +26,7 @@ import os
 import secrets
 import socket
 
-from avatargen.storage.errors import LeaseLost, StorageUnavailable
+from avatargen.storage.errors import LeaseLost, LeaseUnconfirmed, StorageUnavailable
 from avatargen.storage.redis.connection import Outage, RedisStorage
 
 log = logging.getLogger("avatargen.storage")
@@ -140,8 +140,8 @@ class RedisLease:
                     renewed = await self._renew(keys=[self._key], args=[self.name, self._ttl_ms])
             except StorageUnavailable as exc:
                 if loop.time() >= self._valid_until:
-                    raise LeaseLost(f"the generator lease could not be renewed for {self.ttl:g}s ({exc}); "
-                                    "another replica may hold it now") from exc
+                    raise LeaseUnconfirmed(f"the generator lease could not be renewed for {self.ttl:g}s ({exc}); "
+                                           "another replica may hold it once Redis answers") from exc
                 log.warning("could not renew the generator lease (%s); retrying", exc)
                 continue
             if not renewed:
@@ -169,8 +169,8 @@ class RedisLease:
                 log.warning("%s; the generator lease is still held for %.1fs on this process's clock",
                             exc, self._valid_until - loop.time())
                 return
-            raise LeaseLost(f"the generator lease could not be confirmed ({exc}); another replica may hold it now"
-                            ) from exc
+            raise LeaseUnconfirmed(f"the generator lease could not be confirmed ({exc}); another replica may hold "
+                                   "it once Redis answers") from exc
         if not held:
             raise LeaseLost(f"the generator lease was taken over by {await self._holder_or_unknown()}")
         self._valid_until = sent_at + self.ttl
