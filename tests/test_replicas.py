@@ -237,13 +237,13 @@ async def test_redis_stopped_while_the_machine_boots_does_not_leave_it_billing(
     outage. The other replica cannot take the lease meanwhile, so the machine is nobody else's."""
     with Simulator(tmp_path / "simulator.log", boot_delay="600s", stop_delay="200ms", sd_boot_delay="100ms",
                    step_time="20ms") as simulator:
-        async with replicas(tmp_path, durable_redis_server, simulator) as (first, _):
-            async with AdminClient(first.url, TOKEN) as admin, asyncio.timeout(60):
-                async with admin.subscribe() as events:
-                    await admin.refill(["fallback"])
-                    async for _, event in events:
-                        if isinstance(event, StateChange) and event.state == "booting":
-                            break
+        # The boot's own bound must not stop the machine first (fenced, with the lease still held).
+        async with replicas(tmp_path, durable_redis_server, simulator, **{"gpu.ready_timeout": "10m"}) as (first, _):
+            async with AdminClient(first.url, TOKEN) as admin, asyncio.timeout(60), admin.subscribe() as events:
+                await admin.refill(["fallback"])
+                async for _, event in events:
+                    if isinstance(event, StateChange) and event.state == "booting":
+                        break
             await asyncio.to_thread(durable_redis_server.stop)
             try:  # the lease's ttl (10 s), then the stop (200 ms): well within a minute on a loaded machine
                 await wait_until(lambda: simulator.machine()["state"] == "off", timeout=60, every=0.2)
