@@ -4,9 +4,14 @@ first time it takes it over; Redis's keys are one life across redis-server's res
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
-from benchmarks.soak.resources import Reading, Resources
+from avatargen.storage.redis.connection import MAX_CONNECTIONS
+from avatargen.testing import running_redis
+from benchmarks.soak.resources import Reading, Resources, process_usage
 
 CYCLE = 540.0
 
@@ -58,3 +63,47 @@ def test_redis_keys_are_one_life_across_redis_restarts() -> None:
         for reading in readings(pid, n * 100.0, [150.0 + 10 * n] * 10, role="storage")]
     [row] = sampled.growth(quick=False, floor=CYCLE / 2)
     assert row.lives == 1 and not row.holds  # 150 to 240 keys over the soak: growth, whoever served them
+
+
+def test_a_redis_pool_filling_up_to_its_bound_holds_and_a_climb_past_it_does_not() -> None:
+    """The 60-minute run's one NO: a replica's pool opened 4 more connections to Redis during "Redis slowed"
+    (25 open fds to 29). Counted apart, its connections may grow by the pool's bound; past it is a leak."""
+    sampled = resources()
+    filled = [4.0] * 20 + [8.0 + MAX_CONNECTIONS] * 34  # the pool fills once (a slow Redis) and stays so
+    climbing = [4.0 + n for n in range(54)]  # a connection more every sample: a leak
+    sampled.readings[("redis replica-1", "Redis connections")] = readings(1, 0, filled)
+    [row] = sampled.growth(quick=False, floor=CYCLE / 2)
+    assert row.holds
+    sampled.readings[("redis replica-1", "Redis connections")] = readings(1, 0, climbing)
+    [row] = sampled.growth(quick=False, floor=CYCLE / 2)
+    assert not row.holds
+
+
+CONNECTING = """
+import sys, redis
+print("ready", flush=True)
+sys.stdin.readline()
+clients = [redis.Redis.from_url(sys.argv[1]) for _ in range(3)]
+for client in clients:
+    client.ping()  # each opens its connection
+print("connected", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_connections_to_redis_are_counted_apart_from_the_other_descriptors(tmp_path: Path) -> None:
+    """Through /proc and the kernel's socket table, of a real process connecting to a real redis-server."""
+    with running_redis(tmp_path / "redis") as server, subprocess.Popen(
+            [sys.executable, "-c", CONNECTING, server.url], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            text=True) as client:
+        assert client.stdin is not None and client.stdout is not None
+        assert client.stdout.readline() == "ready\n"
+        rss, fds, threads, to_redis = process_usage(client.pid, server.port)
+        client.stdin.write("connect\n")
+        client.stdin.flush()
+        assert client.stdout.readline() == "connected\n"
+        _, fds_connected, _, to_redis_connected = process_usage(client.pid, server.port)
+        client.stdin.close()
+    assert rss > 0 and threads >= 1
+    assert (to_redis, to_redis_connected) == (0, 3)
+    assert fds_connected == fds  # the other descriptors are the same
