@@ -139,7 +139,7 @@ class RedisLease:
                 async with self.storage.guard("renew the generator lease", timeout=self.ttl / 3):
                     renewed = await self._renew(keys=[self._key], args=[self.name, self._ttl_ms])
             except StorageUnavailable as exc:
-                if loop.time() >= self._valid_until:
+                if not self.held():
                     raise LeaseUnconfirmed(f"the generator lease could not be renewed for {self.ttl:g}s ({exc}); "
                                            "another replica may hold it once Redis answers") from exc
                 log.warning("could not renew the generator lease (%s); retrying", exc)
