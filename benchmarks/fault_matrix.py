@@ -618,7 +618,11 @@ def main() -> int:
             futures.append(pool.submit(matrix.kill, APIS[0], "generating", "comfyui"))
         if everything or args.money:
             futures += [pool.submit(MoneyRows(matrix).row, name) for name in MONEY_ROWS]
-        rows = [future.result() for future in futures]
+        try:
+            rows = [future.result() for future in futures]
+        except BaseException:  # Ctrl-C or `kill`: the rows under way finish and clean up, the queued ones never start
+            pool.shutdown(cancel_futures=True)
+            raise
     print_table("Fault matrix: one fault per run, SIGKILL in each run state", [
         "fault", "run outcome", "machine at end", "billed s after the end", "images lost", "images half-written",
         "visitors answered", "holds"], [row.cells() for row in rows], [

@@ -24,6 +24,19 @@ from benchmarks.soak.faults import REDIS_FAULTS, SIM_FAULTS
 ROOT = Path(__file__).resolve().parent.parent
 # Their own step of .ci/run, after the rest of the suite (`-m bench`): about a third of the suite's time.
 pytestmark = pytest.mark.bench
+# How long a script may run before it counts as hung: their speed is their own figure, this bound only ends one
+# that stopped. Beside `stress-ng --cpu 2` and the soak on the other worker, the slowest (the fault matrix's
+# Paperspace rows, 30 s alone) took 315 s: its processes answer each other, and each of their wake-ups waits for
+# a core. Twice that; the test's own timeout leaves room to print what the script had written.
+HUNG_AFTER = 600
+
+
+def quick(module: str, *options: str) -> subprocess.CompletedProcess[str]:
+    """`python -m benchmarks.<module> --quick <options>`, which must exit 0: its output for the checks."""
+    done = subprocess.run([sys.executable, "-m", f"benchmarks.{module}", "--quick", *options], cwd=ROOT,
+                          capture_output=True, text=True, timeout=HUNG_AFTER)
+    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    return done
 
 TABLES = {
     "visitor_throughput": ("Visitor throughput: GET /avatar",
@@ -80,12 +93,10 @@ TABLES = {
 
 
 # First in the file: the step's longest test starts first (see QUICK_SECONDS below).
-@pytest.mark.timeout(420)  # about two minutes of soak, plus starting and stopping five servers on 2 busy cores
+@pytest.mark.timeout(HUNG_AFTER + 60)
 def test_the_soak_runs_in_quick_mode_and_every_invariant_holds() -> None:
     """The soak exits 1 when an invariant or a resource does not hold: its quick run is a check of its own."""
-    done = subprocess.run([sys.executable, "-m", "benchmarks.soak", "--quick"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=360)
-    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    done = quick("soak")
     for title in ("invariants", "what happened", "faults", "resources"):
         assert f"### Soak: {title}\n" in done.stdout
     for row in ("uniques served to two visitors", "held images served", "deleted images served", "5xx to a visitor",
@@ -108,7 +119,7 @@ def soak_processes(soak: subprocess.Popen[str]) -> list[psutil.Process]:
     return []
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(420)  # its own bounds (the start 240 s, the exit 90 s, its processes' 30 s) and a margin
 @pytest.mark.parametrize("moment", ["starting", "running"])
 def test_a_killed_soak_stops_every_process_it_started(moment: str) -> None:
     """`kill` (SIGTERM) on an hour-long soak ends it as Ctrl-C does, whether its last server is still starting
@@ -121,7 +132,7 @@ def test_a_killed_soak_stops_every_process_it_started(moment: str) -> None:
         if moment == "running":  # the soak says so on stderr once its traffic and faults have started
             lines = iter(soak.stderr.readline, "")
             assert any(line.startswith("soak: running") for line in lines), f"the soak exited: {soak.wait()}"
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 240  # beside stress-ng and another benchmark, its "running" came at 100 s
         while not (children := soak_processes(soak)):
             assert time.monotonic() < deadline and soak.poll() is None, "the soak did not start its processes"
             time.sleep(0.1)
@@ -135,10 +146,35 @@ def test_a_killed_soak_stops_every_process_it_started(moment: str) -> None:
         soak.wait()
 
 
+@pytest.mark.timeout(360)  # its first row (54 s beside stress-ng), its own bounds (60, 120 and 30 s), a margin
+def test_a_killed_fault_matrix_starts_none_of_its_queued_rows() -> None:
+    """`kill` on the fault matrix lets the row under way finish and clean up, then ends: the rows still queued
+    never start (leaving the pool's block waits for every queued row, all 13 here) and no process is left."""
+    matrix = subprocess.Popen([sys.executable, "-m", "benchmarks.fault_matrix", "--quick", "--jobs", "1", "--api",
+                               "paperspace"], cwd=ROOT, text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert matrix.stderr is not None
+    try:
+        first = matrix.stderr.readline()
+        assert first.endswith("; holds\n"), first  # the first row is over, the second one starts
+        deadline = time.monotonic() + 60
+        while not (children := psutil.Process(matrix.pid).children(recursive=True)):
+            assert time.monotonic() < deadline and matrix.poll() is None, "the second row did not start"
+            time.sleep(0.05)
+        matrix.send_signal(signal.SIGTERM)
+        _, stderr = matrix.communicate(timeout=120)
+        assert matrix.returncode != 0, stderr
+        verdicts = [line for line in stderr.splitlines() if line.endswith(("; holds", "; DOES NOT HOLD"))]
+        assert len(verdicts) <= 1, stderr  # at most the row under way at the kill
+        _, alive = psutil.wait_procs(children, timeout=30)
+        assert not alive, [f"{process.pid} {process.name()}" for process in alive]
+    finally:
+        matrix.kill()
+        matrix.wait()
+
+
+@pytest.mark.timeout(HUNG_AFTER + 60)
 def test_gpu_efficiency_compares_the_safety_gate_off_and_on() -> None:
-    done = subprocess.run([sys.executable, "-m", "benchmarks.gpu_efficiency", "--quick", "--gate"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=180)
-    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    done = quick("gpu_efficiency", "--gate")
     assert "### Safety gate and GPU busy share, shipped defaults\n" in done.stdout
     for backend in ("a1111", "comfyui"):
         assert f"| {backend} | off | 1 | 20 |" in done.stdout and f"| {backend} | on | 1 | 20 |" in done.stdout
@@ -158,13 +194,10 @@ QUICK_SECONDS = {
 SCRIPTS = sorted(TABLES, key=lambda script: -QUICK_SECONDS.get(script, 0))
 
 
-@pytest.mark.timeout(330)  # the fault matrix runs a dozen servers; quick mode still takes minutes on 2 busy cores
+@pytest.mark.timeout(HUNG_AFTER + 60)
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_script_runs_in_quick_mode_and_prints_its_table(script: str) -> None:
-    module, *options = script.split()
-    done = subprocess.run([sys.executable, "-m", f"benchmarks.{module}", "--quick", *options], cwd=ROOT,
-                          capture_output=True, text=True, timeout=180)
-    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    done = quick(*script.split())
     title, header, rows = TABLES[script]
     assert done.stdout.startswith("machine: ")
     assert f"### {title}\n" in done.stdout

@@ -39,6 +39,9 @@ def test_help_lists_idle() -> None:
     assert "--idle" in answer.stdout and "20m" in answer.stdout
 
 
+# Its own bounds (the first image 120 s, three idle periods, the watchdog's stop 120 s, the machine off 60 s) and
+# its simulator's and server's start and stop: beside stress-ng it took 88 s of the suite's 120 s default.
+@pytest.mark.timeout(360)
 @pytest.mark.parametrize(("api", "backend"), [("runpod", "a1111"), ("paperspace", "comfyui")])
 async def test_a_run_is_never_stopped_and_a_dead_avatargen_machine_stops(tmp_path: Path, api: str,
                                                                           backend: str) -> None:
