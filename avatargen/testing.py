@@ -29,6 +29,10 @@ import httpx
 import tomlkit
 
 START_TIMEOUT = 30.0
+# The simulated GPU's niceness. Low enough that the server being measured keeps the CPU (about 90% of a core
+# they both want), not the lowest: at nice 19 a CPU-bound neighbour (`stress-ng --cpu 2`) left it about 1.5%
+# of a core, its start took 50 to 67 s and every run waited on it.
+SIMULATOR_NICE = 10
 SIM_KEY_ENV = "AVATARGEN_TEST_SIM_PAPERSPACE_KEY"
 SERVERLESS_CHECKPOINT = "cjs-dreambooth.safetensors"  # on the simulated endpoint's volume
 SIM_RETRIES, SIM_RETRY_PAUSE = 10, 0.1
@@ -197,7 +201,7 @@ def avatargen_server(config: Path, log: Path, *, token: str, port: int | None = 
 class Simulator:
     """`python -m avatargen.simulator` as its own process: a machine that outlives any avatargen process.
 
-    It runs at the lowest CPU priority (nice 19): it stands for a remote machine, so drawing its images
+    It runs at a low CPU priority (`SIMULATOR_NICE`): it stands for a remote machine, so drawing its images
     must not take CPU from the server being measured. Its faults strike the caller's own requests too,
     so those are retried as a client would.
     """
@@ -207,7 +211,7 @@ class Simulator:
                  hourly_price: float | None = None) -> None:
         self.log = log
         self.backend = backend
-        self.command = ["nice", "-n", "19", sys.executable, "-m", "avatargen.simulator", "--api", api,
+        self.command = ["nice", "-n", str(SIMULATOR_NICE), sys.executable, "-m", "avatargen.simulator", "--api", api,
                         "--backend", backend,
                         "--boot-delay", boot_delay, "--stop-delay", stop_delay, "--sd-boot-delay", sd_boot_delay,
                         "--step-time", step_time, *(arg for name in faults for arg in ("--fault", name)),
@@ -231,7 +235,7 @@ class Simulator:
     def __exit__(self, *exc: object) -> None:
         if self.process is not None:
             self.process.terminate()
-            self.process.wait(30)  # at nice 19 on a busy machine, it may wait a while for the CPU to exit
+            self.process.wait(30)  # at its low priority on a busy machine, it may wait a while for the CPU to exit
 
     def _request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         url = self.info["api_url"].removesuffix("/v1").removesuffix("/v2") + path
@@ -421,18 +425,17 @@ class Receiver:
             def do_POST(self) -> None:
                 data = self.rfile.read(int(self.headers.get("content-length") or 0))
                 refused = self.path.startswith(failing)
+                if not refused:  # kept before it is answered: the sender's next message waits for the answer,
+                    try:  # so `messages` is in the order they were sent (a thread each, kept after: not always)
+                        body = json.loads(data or b"{}")
+                    except ValueError:
+                        body = {"unreadable": True}
+                    with receiver.arrived:
+                        receiver.messages.append(Posted(time.time(), self.path, body))
+                        receiver.arrived.notify_all()
                 self.send_response(500 if refused else 200)
                 self.send_header("content-length", "0")
                 self.end_headers()
-                if refused:
-                    return
-                try:
-                    body = json.loads(data or b"{}")
-                except ValueError:
-                    body = {"unreadable": True}
-                with receiver.arrived:
-                    receiver.messages.append(Posted(time.time(), self.path, body))
-                    receiver.arrived.notify_all()
 
             def log_message(self, format: str, *args: Any) -> None:
                 """Quiet: what arrived is in `messages`."""

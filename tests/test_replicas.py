@@ -29,9 +29,9 @@ from avatargen.variants import framed_variants
 from tests.support import wait_until, write_config
 
 TOKEN = "replica-test-token"
-# Each test's own bounds reach 60 + 180 + 180 s (a takeover, then a run, on a loaded machine), and its
-# simulator runs at nice 19: beside `stress-ng --cpu 2` its start alone took 67 s, and the stalled-replica
-# test's teardown ran past the suite's 120 s. The bound is the tests' own, with their start and stop.
+# Each test's own bounds reach 60 + 180 + 180 s (a takeover, then a run, on a loaded machine): beside
+# `stress-ng --cpu 2` the stalled-replica test's teardown ran past the suite's 120 s (its simulator, then at
+# nice 19, took 67 s to start). The bound is the tests' own, with their start and stop.
 pytestmark = pytest.mark.timeout(480)
 UNIQUES, FALLBACKS = 40, 5
 addresses = (f"10.{n // 65536}.{n // 256 % 256}.{n % 256}" for n in itertools.count(1))
