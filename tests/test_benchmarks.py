@@ -26,8 +26,8 @@ ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.bench
 # How long a script may run before it counts as hung: their speed is their own figure, this bound only ends one
 # that stopped. Beside `stress-ng --cpu 2` and the soak on the other worker, the slowest (the fault matrix's
-# Paperspace rows, 30 s alone) took 315 s: its processes answer each other, and each of their wake-ups waits for
-# a core. Twice that; the test's own timeout leaves room to print what the script had written.
+# Paperspace rows, 30 s alone) took 315 s while the simulated GPU ran at nice 19, starved by stress-ng (at nice
+# 10 the slowest took 124 s). Twice the worse; the test's own timeout leaves room to print what it had written.
 HUNG_AFTER = 600
 
 
