@@ -337,9 +337,11 @@ class VisitorService:
                 if claim is not None:
                     archive = await self._unique_variants(claim.image)
                     if (data := await self._unique_variant(claim.id, archive, wanted)) is not None:
-                        face = self.faces.note(viewer, "unique", claim.id, archive)
+                        # Remembered before it is sent, as a fallback is: remembered once the body was sent, a
+                        # loaded machine answered the page's next request, in another process, with another face.
+                        await self._remember(viewer, "unique", claim.id, archive)
                         return self._image_response(data, b"unique", claim.id, wanted,
-                                                    BackgroundTask(self._after_unique, viewer, face, claim))
+                                                    BackgroundTask(self._finish_claim, claim))
             return await self._fallback_response(wanted, viewer)
 
     def forget(self, bucket: str, image_id: str) -> None:
@@ -426,14 +428,6 @@ class VisitorService:
         except (ImageError, ValueError) as exc:
             self.errors.record(f"unique {image_id} cannot be sent: its variants are broken", exc)
             return None
-
-    async def _after_unique(self, viewer: str, face: Face, claim: Claim) -> None:
-        """Once the unique was sent: its face shared with the other processes, the claim finished."""
-        try:
-            await self.faces.share(viewer, face)
-        except Exception as exc:
-            self.errors.record("a visitor's face cannot be remembered", exc)
-        await self._finish_claim(claim)
 
     async def _finish_claim(self, claim: Claim) -> None:
         """After the unique was sent: delete it for good (a failure only leaves a file for the claim sweep)."""

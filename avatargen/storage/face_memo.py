@@ -81,26 +81,6 @@ class FaceMemo:
             self._note(visitor, face)
         return face
 
-    def note(self, visitor: str, kind: str, image_id: str, variants: bytes | None = None) -> Face:
-        """`remember` in two steps, for the unique path, whose answer should not wait for the store: this
-        process knows at once, and `share` (after the answer is sent) tells the others."""
-        face = self._face(kind, image_id, variants)
-        if self.window > 0:
-            self._note(visitor, face)
-        return face
-
-    async def share(self, visitor: str, face: Face) -> None:
-        """Put a face `note` took into the shared store; if that fails, this process forgets it too (so no
-        process holds a face the others cannot know), and the failure is raised."""
-        if self.window <= 0:
-            return
-        try:
-            await self.store.put(visitor, face, self.clock())
-        except BaseException:
-            if self._faces.get(visitor) is face:
-                del self._faces[visitor]
-            raise
-
     def _face(self, kind: str, image_id: str, variants: bytes | None) -> Face:
         return Face(kind, image_id, self.clock() + self.window, variants)
 
