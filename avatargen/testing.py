@@ -425,8 +425,10 @@ class Receiver:
             def do_POST(self) -> None:
                 data = self.rfile.read(int(self.headers.get("content-length") or 0))
                 refused = self.path.startswith(failing)
-                if not refused:  # kept before it is answered: the sender's next message waits for the answer,
-                    try:  # so `messages` is in the order they were sent (a thread each, kept after: not always)
+                # Kept before it is answered: the sender sends its next message once this one is answered, so
+                # `messages` keeps their order (kept after, the next request's thread could keep its own first).
+                if not refused:
+                    try:
                         body = json.loads(data or b"{}")
                     except ValueError:
                         body = {"unreadable": True}
